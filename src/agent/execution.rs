@@ -1,0 +1,287 @@
+//! One running execution inside the sandbox: its process group, pipes and pending stdin.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::{set_nonblocking, AgentConfig};
+use crate::agent_protocol::{
+    ExecId, ExitStatus, FromAgent, ProcessLimits, SpawnRequest, Stream, MAX_CHUNK_BYTES,
+};
+
+/// `execve` refuses a single argument longer than 128 KiB; larger code goes through a file.
+const MAX_INLINE_CODE_BYTES: usize = 96 * 1024;
+
+/// Where code too large for an argument is written inside the sandbox.
+const CODE_DIR: &str = "/run/sandbox-agent";
+
+#[derive(Debug, Clone, Copy)]
+pub enum PipeRead {
+    Stdout,
+    Stderr,
+}
+
+pub struct Execution {
+    id: ExecId,
+    pid: Pid,
+    python: bool,
+    stdin: Option<ChildStdin>,
+    stdin_pending: Vec<u8>,
+    close_stdin_when_flushed: bool,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    exit: Option<ExitStatus>,
+    code_file: Option<PathBuf>,
+}
+
+impl Execution {
+    /// Start `request` as a new process group with fresh pipes.
+    pub fn spawn(id: ExecId, request: &SpawnRequest, config: &AgentConfig) -> Result<Self, String> {
+        let cwd_is_dir = std::fs::metadata(&request.cwd).map(|meta| meta.is_dir()).unwrap_or(false);
+        if !cwd_is_dir {
+            return Err(format!("working directory {:?} does not exist", request.cwd));
+        }
+        let (program, flag) = match request.language.as_str() {
+            "python" => ("/usr/bin/python3", "-c"),
+            "bash" => ("/bin/bash", "-c"),
+            other => return Err(format!("unsupported language {other:?}")),
+        };
+        let mut command = Command::new(program);
+        let mut code_file = None;
+        if request.code.len() > MAX_INLINE_CODE_BYTES {
+            let extension = if request.language == "python" { "py" } else { "sh" };
+            let path = PathBuf::from(format!("{CODE_DIR}/exec-{id}.{extension}"));
+            std::fs::create_dir_all(CODE_DIR)
+                .and_then(|()| std::fs::write(&path, &request.code))
+                .map_err(|error| format!("cannot store the code in {}: {error}", path.display()))?;
+            command.arg(&path);
+            code_file = Some(path);
+        } else {
+            command.arg(flag).arg(&request.code);
+        }
+        prepare_command(&mut command, config, &request.limits);
+        command.envs(request.env.iter().map(|(key, value)| (key, value)));
+        command.current_dir(&request.cwd);
+        let mut execution = Self::from_command(id, command, request.language == "python")?;
+        execution.code_file = code_file;
+        Ok(execution)
+    }
+
+    /// Spawn a prepared command with piped stdio and wrap it.
+    pub fn from_command(id: ExecId, mut command: Command, python: bool) -> Result<Self, String> {
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|error| format!("cannot start the process: {error}"))?;
+        // The agent reaps with waitpid(-1); the `Child` handle is not used to wait.
+        let pid = Pid::from_raw(child.id() as i32);
+        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        for fd in [stdin.as_ref().map(|p| p.as_fd()), stdout.as_ref().map(|p| p.as_fd()), stderr.as_ref().map(|p| p.as_fd())]
+            .into_iter()
+            .flatten()
+        {
+            set_nonblocking(fd).map_err(|error| format!("cannot configure the pipes: {error}"))?;
+        }
+        Ok(Execution {
+            id,
+            pid,
+            python,
+            stdin,
+            stdin_pending: Vec::new(),
+            close_stdin_when_flushed: false,
+            stdout,
+            stderr,
+            exit: None,
+            code_file: None,
+        })
+    }
+
+    pub fn set_id(&mut self, id: ExecId) {
+        self.id = id;
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    pub fn was_python(&self) -> bool {
+        self.python
+    }
+
+    pub fn stdout_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.stdout.as_ref().map(|pipe| pipe.as_fd())
+    }
+
+    pub fn stderr_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.stderr.as_ref().map(|pipe| pipe.as_fd())
+    }
+
+    pub fn stdin_fd_if_pending(&self) -> Option<BorrowedFd<'_>> {
+        if self.stdin_pending.is_empty() {
+            None
+        } else {
+            self.stdin.as_ref().map(|pipe| pipe.as_fd())
+        }
+    }
+
+    pub fn queue_stdin(&mut self, data: Vec<u8>) {
+        if self.stdin.is_some() {
+            self.stdin_pending.extend_from_slice(&data);
+        }
+    }
+
+    pub fn close_stdin_when_flushed(&mut self) {
+        self.close_stdin_when_flushed = true;
+        if self.stdin_pending.is_empty() {
+            self.stdin = None;
+        }
+    }
+
+    /// Write what the pipe takes now; report progress so the server can bound what is in
+    /// flight. A process that closed its stdin makes the rest count as written (and dropped:
+    /// nobody can read it any more).
+    pub fn write_stdin(&mut self, outbox: &mut Vec<u8>) {
+        let Some(pipe) = self.stdin.as_mut() else { return };
+        let mut written = 0usize;
+        let mut broken = false;
+        while written < self.stdin_pending.len() {
+            match pipe.write(&self.stdin_pending[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if broken {
+            written = self.stdin_pending.len();
+            self.stdin = None;
+        }
+        self.stdin_pending.drain(..written);
+        if written > 0 {
+            FromAgent::StdinWritten(self.id, written as u32).encode(outbox);
+        }
+        if self.stdin_pending.is_empty() && self.close_stdin_when_flushed {
+            self.stdin = None;
+        }
+    }
+
+    /// Read one chunk from a pipe that polled readable.
+    pub fn read_output(&mut self, which: PipeRead, outbox: &mut Vec<u8>) {
+        let _ = self.read_chunk(which, outbox);
+    }
+
+    /// Returns false when the pipe has nothing more right now (would block, EOF or error).
+    fn read_chunk(&mut self, which: PipeRead, outbox: &mut Vec<u8>) -> bool {
+        let mut buffer = [0u8; MAX_CHUNK_BYTES];
+        let (result, stream) = match which {
+            PipeRead::Stdout => match self.stdout.as_mut() {
+                Some(pipe) => (pipe.read(&mut buffer), Stream::Stdout),
+                None => return false,
+            },
+            PipeRead::Stderr => match self.stderr.as_mut() {
+                Some(pipe) => (pipe.read(&mut buffer), Stream::Stderr),
+                None => return false,
+            },
+        };
+        match result {
+            Ok(0) => {
+                self.close_pipe(which);
+                false
+            }
+            Ok(n) => {
+                FromAgent::Output(self.id, stream, buffer[..n].to_vec()).encode(outbox);
+                true
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => true,
+            Err(_) => {
+                self.close_pipe(which);
+                false
+            }
+        }
+    }
+
+    fn close_pipe(&mut self, which: PipeRead) {
+        match which {
+            PipeRead::Stdout => self.stdout = None,
+            PipeRead::Stderr => self.stderr = None,
+        }
+    }
+
+    pub fn set_exited(&mut self, status: ExitStatus) {
+        self.exit = Some(status);
+    }
+
+    /// Once the process has exited, everything it wrote is already in its pipes: read until
+    /// the pipe is empty, then close it. A background child still holding the pipe open does
+    /// not keep the execution alive; what it writes later is not collected.
+    pub fn drain_after_exit(&mut self, outbox: &mut Vec<u8>) {
+        if self.exit.is_none() {
+            return;
+        }
+        for which in [PipeRead::Stdout, PipeRead::Stderr] {
+            loop {
+                if outbox.len() >= super::OUTBOX_HIGH_WATER {
+                    return;
+                }
+                if !self.read_chunk(which, outbox) {
+                    break;
+                }
+            }
+            self.close_pipe(which);
+        }
+    }
+
+    pub fn finished_status(&self) -> Option<ExitStatus> {
+        match self.exit {
+            Some(status) if self.stdout.is_none() && self.stderr.is_none() => Some(status),
+            _ => None,
+        }
+    }
+
+    pub fn signal_group(&self, signal: i32) {
+        let Ok(signal) = Signal::try_from(signal) else { return };
+        // The process leads its own group (process_group(0)), so -pid reaches its children too.
+        let _ = kill(Pid::from_raw(-self.pid.as_raw()), signal);
+    }
+}
+
+impl Drop for Execution {
+    fn drop(&mut self) {
+        if let Some(path) = self.code_file.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Settings shared by every process the agent starts: clean environment, own process group,
+/// resource limits.
+pub fn prepare_command(command: &mut Command, config: &AgentConfig, limits: &ProcessLimits) {
+    command.env_clear();
+    command.envs(config.base_env.iter().map(|(key, value)| (key, value)));
+    command.process_group(0);
+    sandbox_ffi::set_child_rlimits(command, rlimits(limits));
+}
+
+fn rlimits(limits: &ProcessLimits) -> Vec<sandbox_ffi::Rlimit> {
+    let pairs = [
+        (libc::RLIMIT_AS, limits.address_space_bytes),
+        (libc::RLIMIT_NPROC, limits.processes),
+        (libc::RLIMIT_CPU, limits.cpu_seconds),
+        (libc::RLIMIT_FSIZE, limits.file_size_bytes),
+        (libc::RLIMIT_NOFILE, limits.open_files),
+    ];
+    pairs
+        .into_iter()
+        .filter_map(|(resource, value)| {
+            value.map(|limit| sandbox_ffi::Rlimit { resource: resource as i32, limit })
+        })
+        .collect()
+}

@@ -1,0 +1,374 @@
+//! The agent: the first process of every sandbox container.
+//!
+//! It does three jobs, all from one `poll(2)` loop:
+//! - it is the container's init, so it reaps every process that exits (orphans included),
+//!   which keeps `RLIMIT_NPROC` honest and lets `runsc delete` finish at once;
+//! - it spawns executions on request (frames on its stdin, see [`crate::agent_protocol`]) and
+//!   relays their stdin, stdout, stderr and exit status;
+//! - it keeps one Python interpreter pre-started, so that a `python` execution does not pay the
+//!   interpreter's start-up.
+//!
+//! Back-pressure: output frames wait in a bounded buffer for the server to read them. When it is
+//! full the agent stops reading the executions' pipes, so a process whose output is not consumed
+//! blocks in `write`, and nothing is dropped. Control frames from the server are always read.
+//!
+//! Running inside gVisor, it must only use plain syscalls (poll, pipes, fork/exec, waitpid).
+
+mod execution;
+mod standby;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::agent_protocol::{
+    AgentHello, ExecId, ExitStatus, FrameDecoder, FromAgent, ProcessLimits, ToAgent,
+};
+use execution::{Execution, PipeRead};
+use standby::Standby;
+
+/// Output frames held for the server before the agent stops reading process pipes.
+const OUTBOX_HIGH_WATER: usize = 256 * 1024;
+
+/// Configuration passed on the agent's command line by the server.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct AgentConfig {
+    /// Limits applied to every process the agent spawns (and to the standby interpreter).
+    pub limits: ProcessLimits,
+    /// Environment every execution starts with, before its own additions.
+    pub base_env: Vec<(String, String)>,
+    /// Keep a pre-started Python interpreter.
+    pub python_standby: bool,
+}
+
+/// Where each polled descriptor belongs.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    ServerIn,
+    ServerOut,
+    Signals,
+    ExecStdout(ExecId),
+    ExecStderr(ExecId),
+    ExecStdin(ExecId),
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    server_in: File,
+    server_out: File,
+    server_closed: bool,
+    decoder: FrameDecoder,
+    outbox: Vec<u8>,
+    signals: UnixStream,
+    executions: BTreeMap<ExecId, Execution>,
+    standby: Option<Standby>,
+    standby_failures: u32,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> io::Result<Self> {
+        let (signal_reader, signal_writer) = UnixStream::pair()?;
+        signal_reader.set_nonblocking(true)?;
+        signal_writer.set_nonblocking(true)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, signal_writer)?;
+        // The server's pipes, unbuffered (std's Stdin/Stdout buffer, which would hide data from
+        // poll), and non-blocking so that a slow server never stalls reaping.
+        let server_in = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+        let server_out = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+        set_nonblocking(server_in.as_fd())?;
+        set_nonblocking(server_out.as_fd())?;
+        Ok(Agent {
+            config,
+            server_in,
+            server_out,
+            server_closed: false,
+            decoder: FrameDecoder::new(),
+            outbox: Vec::with_capacity(64 * 1024),
+            signals: signal_reader,
+            executions: BTreeMap::new(),
+            standby: None,
+            standby_failures: 0,
+        })
+    }
+
+    /// Runs until the server closes the agent's stdin (the sandbox is being deleted).
+    pub fn run(mut self) -> io::Result<()> {
+        self.refill_standby();
+        let hello = AgentHello {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            python_standby: self.standby.is_some(),
+        };
+        FromAgent::Ready(hello).encode(&mut self.outbox);
+        loop {
+            self.flush_outbox()?;
+            if self.server_closed && self.executions.is_empty() {
+                return Ok(());
+            }
+            let ready = self.wait_for_events()?;
+            for (source, flags) in ready {
+                self.handle(source, flags)?;
+            }
+            self.finish_exited_executions();
+        }
+    }
+
+    fn wait_for_events(&mut self) -> io::Result<Vec<(Source, PollFlags)>> {
+        let readable = PollFlags::POLLIN;
+        let writable = PollFlags::POLLOUT;
+        let outbox_has_room = self.outbox.len() < OUTBOX_HIGH_WATER;
+        let mut sources = Vec::new();
+        let mut fds: Vec<PollFd<'_>> = Vec::new();
+        if !self.server_closed {
+            sources.push(Source::ServerIn);
+            fds.push(PollFd::new(self.server_in.as_fd(), readable));
+        }
+        if !self.outbox.is_empty() {
+            sources.push(Source::ServerOut);
+            fds.push(PollFd::new(self.server_out.as_fd(), writable));
+        }
+        sources.push(Source::Signals);
+        fds.push(PollFd::new(self.signals.as_fd(), readable));
+        for (id, execution) in &self.executions {
+            if outbox_has_room {
+                if let Some(fd) = execution.stdout_fd() {
+                    sources.push(Source::ExecStdout(*id));
+                    fds.push(PollFd::new(fd, readable));
+                }
+                if let Some(fd) = execution.stderr_fd() {
+                    sources.push(Source::ExecStderr(*id));
+                    fds.push(PollFd::new(fd, readable));
+                }
+            }
+            if let Some(fd) = execution.stdin_fd_if_pending() {
+                sources.push(Source::ExecStdin(*id));
+                fds.push(PollFd::new(fd, writable));
+            }
+        }
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(error) => return Err(error.into()),
+        }
+        Ok(fds
+            .iter()
+            .zip(sources)
+            .filter_map(|(fd, source)| {
+                let revents = fd.revents().unwrap_or(PollFlags::empty());
+                (!revents.is_empty()).then_some((source, revents))
+            })
+            .collect())
+    }
+
+    fn handle(&mut self, source: Source, flags: PollFlags) -> io::Result<()> {
+        match source {
+            Source::ServerIn => self.read_server(),
+            Source::ServerOut => Ok(()), // flushed at the top of the loop
+            Source::Signals => {
+                let mut drain = [0u8; 64];
+                while matches!((&self.signals).read(&mut drain), Ok(n) if n > 0) {}
+                self.reap();
+                Ok(())
+            }
+            Source::ExecStdout(id) | Source::ExecStderr(id) => {
+                let which = if matches!(source, Source::ExecStdout(_)) {
+                    PipeRead::Stdout
+                } else {
+                    PipeRead::Stderr
+                };
+                if let Some(execution) = self.executions.get_mut(&id) {
+                    execution.read_output(which, &mut self.outbox);
+                }
+                Ok(())
+            }
+            Source::ExecStdin(id) => {
+                let _ = flags;
+                if let Some(execution) = self.executions.get_mut(&id) {
+                    execution.write_stdin(&mut self.outbox);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn read_server(&mut self) -> io::Result<()> {
+        let mut buffer = [0u8; 64 * 1024];
+        loop {
+            match self.server_in.read(&mut buffer) {
+                Ok(0) => {
+                    self.server_closed = true;
+                    self.kill_everything();
+                    return Ok(());
+                }
+                Ok(n) => self.decoder.push(&buffer[..n]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        loop {
+            match self.decoder.next_to_agent() {
+                Ok(Some(frame)) => self.apply(frame),
+                Ok(None) => return Ok(()),
+                Err(error) => {
+                    // The server and agent are built together; garbage means a bug. Say so on
+                    // stderr (the sandbox log) and stop, which the server sees as a lost sandbox.
+                    eprintln!("sandbox-agent: {error}");
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, frame: ToAgent) {
+        match frame {
+            ToAgent::Spawn(id, request) => {
+                if self.executions.contains_key(&id) {
+                    FromAgent::SpawnFailed(id, format!("execution id {id} is already in use"))
+                        .encode(&mut self.outbox);
+                    return;
+                }
+                let standby = if request.language == "python" {
+                    self.standby.take_if(|standby| standby.can_serve(&request, &self.config.limits))
+                } else {
+                    None
+                };
+                let result = match standby {
+                    Some(standby) => standby.activate(id, &request),
+                    None => Execution::spawn(id, &request, &self.config),
+                };
+                match result {
+                    Ok(execution) => {
+                        FromAgent::Started(id).encode(&mut self.outbox);
+                        self.executions.insert(id, execution);
+                    }
+                    Err(message) => FromAgent::SpawnFailed(id, message).encode(&mut self.outbox),
+                }
+            }
+            ToAgent::Stdin(id, data) => {
+                if let Some(execution) = self.executions.get_mut(&id) {
+                    execution.queue_stdin(data);
+                }
+            }
+            ToAgent::CloseStdin(id) => {
+                if let Some(execution) = self.executions.get_mut(&id) {
+                    execution.close_stdin_when_flushed();
+                }
+            }
+            ToAgent::Signal(id, signal) => {
+                if let Some(execution) = self.executions.get(&id) {
+                    execution.signal_group(signal);
+                }
+            }
+        }
+    }
+
+    /// Reap every exited child: ours are recorded, orphans are simply collected (we are init).
+    fn reap(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.record_exit(pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    self.record_exit(pid, ExitStatus::Signal(signal as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn record_exit(&mut self, pid: Pid, status: ExitStatus) {
+        if let Some(execution) = self.executions.values_mut().find(|execution| execution.pid() == pid) {
+            execution.set_exited(status);
+            return;
+        }
+        if self.standby.as_ref().is_some_and(|standby| standby.pid() == pid) {
+            // The interpreter died before being used (for example killed by a user's
+            // `pkill python3`). Start another, but give up after repeated failures.
+            self.standby = None;
+            self.standby_failures += 1;
+        }
+    }
+
+    /// Report executions whose process exited and whose pipes are drained.
+    fn finish_exited_executions(&mut self) {
+        let outbox_has_room = self.outbox.len() < OUTBOX_HIGH_WATER;
+        let mut finished = Vec::new();
+        for (id, execution) in self.executions.iter_mut() {
+            if outbox_has_room {
+                execution.drain_after_exit(&mut self.outbox);
+            }
+            if let Some(status) = execution.finished_status() {
+                finished.push((*id, status, execution.was_python()));
+            }
+        }
+        let mut python_finished = false;
+        for (id, status, was_python) in finished {
+            self.executions.remove(&id);
+            FromAgent::Exited(id, status).encode(&mut self.outbox);
+            python_finished |= was_python;
+        }
+        if python_finished || self.standby.is_none() {
+            self.refill_standby();
+        }
+    }
+
+    fn refill_standby(&mut self) {
+        if !self.config.python_standby || self.standby.is_some() || self.standby_failures >= 3 {
+            return;
+        }
+        // Start the next interpreter only when no Python execution runs, so it sees the
+        // filesystem (e.g. packages installed by the previous execution) as fresh as possible.
+        if self.executions.values().any(Execution::was_python) {
+            return;
+        }
+        match Standby::start(&self.config) {
+            Ok(standby) => self.standby = Some(standby),
+            Err(message) => {
+                eprintln!("sandbox-agent: cannot start the standby interpreter: {message}");
+                self.standby_failures += 1;
+            }
+        }
+    }
+
+    fn flush_outbox(&mut self) -> io::Result<()> {
+        while !self.outbox.is_empty() {
+            match self.server_out.write(&self.outbox) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.outbox.drain(..n);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    fn kill_everything(&mut self) {
+        for execution in self.executions.values() {
+            execution.signal_group(Signal::SIGKILL as i32);
+        }
+        if let Some(standby) = self.standby.take() {
+            let _ = kill(standby.pid(), Signal::SIGKILL);
+        }
+        // Anything else (background processes) dies with the container.
+        self.executions.clear();
+    }
+}
+
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}

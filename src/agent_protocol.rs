@@ -1,0 +1,364 @@
+//! The framing between the server and the agent inside each sandbox.
+//!
+//! The agent is the container's first process; its stdin carries frames from the server and
+//! its stdout carries frames back (its stderr goes to the sandbox log file). A frame is
+//!
+//! ```text
+//! u32 LE length of what follows | u8 kind | u32 LE execution id | payload
+//! ```
+//!
+//! Control payloads (spawn request, ready, spawn failure) are JSON; output and stdin payloads are
+//! raw bytes, so binary output crosses unchanged. Both sides use the same codec, which never
+//! panics and refuses frames larger than [`MAX_FRAME_BYTES`].
+
+use serde::{Deserialize, Serialize};
+
+/// Largest frame either side accepts: the code of one execution plus JSON overhead.
+pub const MAX_FRAME_BYTES: usize = 9 * 1024 * 1024;
+
+/// Largest output or stdin chunk put in one frame.
+pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+const HEADER_BYTES: usize = 4 + 1 + 4;
+
+/// Identifies one execution inside one sandbox; chosen by the server.
+pub type ExecId = u32;
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Resource limits applied to one execution's process (soft = hard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProcessLimits {
+    /// Address space in bytes (`RLIMIT_AS`): allocation past it raises `MemoryError`.
+    pub address_space_bytes: Option<u64>,
+    /// Processes of the sandbox user (`RLIMIT_NPROC`): stops fork bombs cleanly.
+    pub processes: Option<u64>,
+    /// CPU seconds (`RLIMIT_CPU`).
+    pub cpu_seconds: Option<u64>,
+    /// Largest file the process may write (`RLIMIT_FSIZE`).
+    pub file_size_bytes: Option<u64>,
+    /// Open files (`RLIMIT_NOFILE`).
+    pub open_files: Option<u64>,
+}
+
+/// What the server asks the agent to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    /// `python` or `bash`; validated by the server before it gets here.
+    pub language: String,
+    pub code: String,
+    /// Added to the sandbox's base environment.
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub limits: ProcessLimits,
+}
+
+/// What the agent reports when it is ready to spawn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHello {
+    pub version: String,
+    /// Whether a pre-started Python interpreter serves `python` executions.
+    pub python_standby: bool,
+}
+
+/// How a process ended, as `waitpid` reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell's convention: the exit code, or 128 + the signal number.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(code) => code,
+            ExitStatus::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+/// Server -> agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToAgent {
+    Spawn(ExecId, SpawnRequest),
+    Stdin(ExecId, Vec<u8>),
+    CloseStdin(ExecId),
+    /// Send a signal to the execution's whole process group.
+    Signal(ExecId, i32),
+}
+
+/// Agent -> server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromAgent {
+    Ready(AgentHello),
+    Started(ExecId),
+    SpawnFailed(ExecId, String),
+    Output(ExecId, Stream, Vec<u8>),
+    /// This many bytes of stdin reached the process's pipe (lets the server bound what is in
+    /// flight without the agent buffering without limit).
+    StdinWritten(ExecId, u32),
+    /// Sent after the last output frame of the execution.
+    Exited(ExecId, ExitStatus),
+}
+
+mod kind {
+    pub const SPAWN: u8 = 1;
+    pub const STDIN: u8 = 2;
+    pub const CLOSE_STDIN: u8 = 3;
+    pub const SIGNAL: u8 = 4;
+    pub const READY: u8 = 64;
+    pub const STARTED: u8 = 65;
+    pub const SPAWN_FAILED: u8 = 66;
+    pub const STDOUT: u8 = 67;
+    pub const STDERR: u8 = 68;
+    pub const STDIN_WRITTEN: u8 = 69;
+    pub const EXIT_CODE: u8 = 70;
+    pub const EXIT_SIGNAL: u8 = 71;
+}
+
+/// Why a frame could not be decoded. The connection to that agent is unusable afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "agent protocol error: {}", self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+fn put_frame(out: &mut Vec<u8>, kind: u8, exec: ExecId, payload: &[u8]) {
+    let length = (1 + 4 + payload.len()) as u32;
+    out.extend_from_slice(&length.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(&exec.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs (strings, integers, vectors) cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl ToAgent {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            ToAgent::Spawn(exec, request) => put_frame(out, kind::SPAWN, *exec, &json_bytes(request)),
+            ToAgent::Stdin(exec, data) => put_frame(out, kind::STDIN, *exec, data),
+            ToAgent::CloseStdin(exec) => put_frame(out, kind::CLOSE_STDIN, *exec, &[]),
+            ToAgent::Signal(exec, signal) => {
+                put_frame(out, kind::SIGNAL, *exec, &signal.to_le_bytes())
+            }
+        }
+    }
+
+    fn decode(kind: u8, exec: ExecId, payload: &[u8]) -> Result<Self, ProtocolError> {
+        Ok(match kind {
+            kind::SPAWN => ToAgent::Spawn(exec, parse_json(payload)?),
+            kind::STDIN => ToAgent::Stdin(exec, payload.to_vec()),
+            kind::CLOSE_STDIN => ToAgent::CloseStdin(exec),
+            kind::SIGNAL => ToAgent::Signal(exec, parse_i32(payload)?),
+            other => return Err(ProtocolError(format!("unknown frame kind {other} for the agent"))),
+        })
+    }
+}
+
+impl FromAgent {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            FromAgent::Ready(hello) => put_frame(out, kind::READY, 0, &json_bytes(hello)),
+            FromAgent::Started(exec) => put_frame(out, kind::STARTED, *exec, &[]),
+            FromAgent::SpawnFailed(exec, message) => {
+                put_frame(out, kind::SPAWN_FAILED, *exec, message.as_bytes())
+            }
+            FromAgent::Output(exec, Stream::Stdout, data) => put_frame(out, kind::STDOUT, *exec, data),
+            FromAgent::Output(exec, Stream::Stderr, data) => put_frame(out, kind::STDERR, *exec, data),
+            FromAgent::StdinWritten(exec, count) => {
+                put_frame(out, kind::STDIN_WRITTEN, *exec, &count.to_le_bytes())
+            }
+            FromAgent::Exited(exec, ExitStatus::Code(code)) => {
+                put_frame(out, kind::EXIT_CODE, *exec, &code.to_le_bytes())
+            }
+            FromAgent::Exited(exec, ExitStatus::Signal(signal)) => {
+                put_frame(out, kind::EXIT_SIGNAL, *exec, &signal.to_le_bytes())
+            }
+        }
+    }
+
+    fn decode(kind: u8, exec: ExecId, payload: &[u8]) -> Result<Self, ProtocolError> {
+        Ok(match kind {
+            kind::READY => FromAgent::Ready(parse_json(payload)?),
+            kind::STARTED => FromAgent::Started(exec),
+            kind::SPAWN_FAILED => {
+                FromAgent::SpawnFailed(exec, String::from_utf8_lossy(payload).into_owned())
+            }
+            kind::STDOUT => FromAgent::Output(exec, Stream::Stdout, payload.to_vec()),
+            kind::STDERR => FromAgent::Output(exec, Stream::Stderr, payload.to_vec()),
+            kind::STDIN_WRITTEN => FromAgent::StdinWritten(exec, parse_i32(payload)? as u32),
+            kind::EXIT_CODE => FromAgent::Exited(exec, ExitStatus::Code(parse_i32(payload)?)),
+            kind::EXIT_SIGNAL => FromAgent::Exited(exec, ExitStatus::Signal(parse_i32(payload)?)),
+            other => return Err(ProtocolError(format!("unknown frame kind {other} from the agent"))),
+        })
+    }
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, ProtocolError> {
+    serde_json::from_slice(payload).map_err(|error| ProtocolError(format!("bad json payload: {error}")))
+}
+
+fn parse_i32(payload: &[u8]) -> Result<i32, ProtocolError> {
+    let bytes: [u8; 4] = payload
+        .try_into()
+        .map_err(|_| ProtocolError(format!("expected a 4-byte integer, got {} bytes", payload.len())))?;
+    Ok(i32::from_le_bytes(bytes))
+}
+
+/// Incremental decoder: push bytes as they are read, pop whole frames.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buffer: Vec<u8>,
+    start: usize,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        // Compact lazily so that a stream of small frames does not shift the buffer each time.
+        if self.start > 0 && self.start >= self.buffer.len() / 2 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// Bytes held that are not yet part of a returned frame.
+    pub fn pending(&self) -> usize {
+        self.buffer.len() - self.start
+    }
+
+    fn next_raw(&mut self) -> Result<Option<(u8, ExecId, Vec<u8>)>, ProtocolError> {
+        let available = &self.buffer[self.start..];
+        if available.len() < 4 {
+            return Ok(None);
+        }
+        let length = u32::from_le_bytes([available[0], available[1], available[2], available[3]]) as usize;
+        if !(5..=MAX_FRAME_BYTES).contains(&length) {
+            return Err(ProtocolError(format!("frame length {length} out of range")));
+        }
+        if available.len() < 4 + length {
+            return Ok(None);
+        }
+        let kind = available[4];
+        let exec = u32::from_le_bytes([available[5], available[6], available[7], available[8]]);
+        let payload = available[HEADER_BYTES..4 + length].to_vec();
+        self.start += 4 + length;
+        Ok(Some((kind, exec, payload)))
+    }
+
+    pub fn next_to_agent(&mut self) -> Result<Option<ToAgent>, ProtocolError> {
+        match self.next_raw()? {
+            Some((kind, exec, payload)) => ToAgent::decode(kind, exec, &payload).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn next_from_agent(&mut self) -> Result<Option<FromAgent>, ProtocolError> {
+        match self.next_raw()? {
+            Some((kind, exec, payload)) => FromAgent::decode(kind, exec, &payload).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spawn_request() -> SpawnRequest {
+        SpawnRequest {
+            language: "python".into(),
+            code: "print('é')".into(),
+            env: vec![("A".into(), "b".into())],
+            cwd: "/root".into(),
+            limits: ProcessLimits { processes: Some(64), ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn every_frame_round_trips_even_when_fed_byte_by_byte() {
+        let to_agent = vec![
+            ToAgent::Spawn(7, spawn_request()),
+            ToAgent::Stdin(7, vec![0, 255, 10]),
+            ToAgent::CloseStdin(7),
+            ToAgent::Signal(7, 9),
+        ];
+        let from_agent = vec![
+            FromAgent::Ready(AgentHello { version: "1".into(), python_standby: true }),
+            FromAgent::Started(7),
+            FromAgent::SpawnFailed(7, "no such dir".into()),
+            FromAgent::Output(7, Stream::Stdout, b"out".to_vec()),
+            FromAgent::Output(7, Stream::Stderr, vec![0xff]),
+            FromAgent::StdinWritten(7, 3),
+            FromAgent::Exited(7, ExitStatus::Code(3)),
+            FromAgent::Exited(7, ExitStatus::Signal(9)),
+        ];
+        let mut bytes = Vec::new();
+        to_agent.iter().for_each(|frame| frame.encode(&mut bytes));
+        let mut decoder = FrameDecoder::new();
+        let mut decoded = Vec::new();
+        for byte in &bytes {
+            decoder.push(&[*byte]);
+            while let Some(frame) = decoder.next_to_agent().unwrap() {
+                decoded.push(frame);
+            }
+        }
+        assert_eq!(decoded, to_agent);
+
+        let mut bytes = Vec::new();
+        from_agent.iter().for_each(|frame| frame.encode(&mut bytes));
+        let mut decoder = FrameDecoder::new();
+        decoder.push(&bytes);
+        let mut decoded = Vec::new();
+        while let Some(frame) = decoder.next_from_agent().unwrap() {
+            decoded.push(frame);
+        }
+        assert_eq!(decoded, from_agent);
+        assert_eq!(decoder.pending(), 0);
+    }
+
+    #[test]
+    fn oversized_and_unknown_frames_are_errors_not_panics() {
+        let mut decoder = FrameDecoder::new();
+        decoder.push(&u32::MAX.to_le_bytes());
+        assert!(decoder.next_from_agent().is_err());
+
+        let mut decoder = FrameDecoder::new();
+        let mut bytes = Vec::new();
+        put_frame(&mut bytes, 200, 1, b"");
+        decoder.push(&bytes);
+        assert!(decoder.next_from_agent().is_err());
+
+        let mut decoder = FrameDecoder::new();
+        let mut bytes = Vec::new();
+        put_frame(&mut bytes, kind::EXIT_CODE, 1, b"12");
+        decoder.push(&bytes);
+        assert!(decoder.next_from_agent().is_err());
+    }
+
+    #[test]
+    fn signal_exit_uses_the_shell_convention() {
+        assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+        assert_eq!(ExitStatus::Code(2).shell_code(), 2);
+    }
+}

@@ -1,0 +1,3 @@
+pub mod query;
+pub mod request;
+pub mod response;

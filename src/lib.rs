@@ -1,0 +1,11 @@
+//! Cloud Run Sandbox: runs untrusted Python and Bash in gVisor sandboxes.
+//!
+//! The rooms, from the bottom up (each only uses the ones above it in this list):
+//! - [`agent_protocol`]: frames between the server and the agent inside a sandbox;
+//! - [`agent`]: the agent itself (PID 1 of every sandbox; its own binary);
+//! - `runtime`: the `runsc` driver and the sandbox lifecycle state machine;
+//! - `http` and the event loop in `server`.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod agent_protocol;
