@@ -9,3 +9,10 @@
 
 pub mod agent;
 pub mod agent_protocol;
+pub mod config;
+pub mod http;
+pub mod io_token;
+pub mod runtime;
+pub mod timers;
+pub mod metrics;
+pub mod server;

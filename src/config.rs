@@ -1,0 +1,220 @@
+//! Server configuration, read once from environment variables at start.
+//!
+//! Every knob has a default that suits a small Cloud Run instance; `README.md` lists them all.
+//! A malformed value is a start-up error naming the variable, never a silent default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `PORT` (Cloud Run sets it).
+    pub port: u16,
+    /// `SANDBOX_LISTEN_ADDR`: loopback by default; the container image sets 0.0.0.0.
+    pub listen_addr: String,
+    /// `SANDBOX_ROOTFS`: the sandbox image built by `scripts/build-rootfs.sh`.
+    pub rootfs: PathBuf,
+    /// `SANDBOX_AGENT_PATH`: the `sandbox-agent` binary (default: next to this executable).
+    pub agent_path: PathBuf,
+    /// `SANDBOX_STATE_DIR`: runsc state, bundles and logs of this server instance.
+    pub state_dir: PathBuf,
+    /// `SANDBOX_RUNSC`: the runsc binary.
+    pub runsc: PathBuf,
+    /// `SANDBOX_POOL_SIZE`: sandboxes kept started and idle, ready for the next request.
+    pub pool_size: usize,
+    /// `SANDBOX_MAX_SANDBOXES`: live sandboxes (pool included) at most.
+    pub max_sandboxes: usize,
+    /// `SANDBOX_CREATE_TIMEOUT_SECS`: a sandbox not ready by then is a creation error.
+    pub create_timeout: Duration,
+    pub limits: Limits,
+    pub http: HttpLimits,
+    /// `CHECKPOINT_AND_RESTORE_PATH`: unset disables checkpointing.
+    pub checkpoint_path: Option<PathBuf>,
+    /// `FILESYSTEM_SNAPSHOT_PATH`: unset disables snapshots.
+    pub snapshot_path: Option<PathBuf>,
+    /// `SANDBOX_SHUTDOWN_TIMEOUT_SECS`: how long SIGTERM handling may take at most.
+    pub shutdown_timeout: Duration,
+}
+
+/// Limits applied to sandboxes and executions.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `SANDBOX_EXEC_TIMEOUT_SECS`: wall-clock time of one execution unless it asks for another.
+    pub exec_timeout: Duration,
+    /// `SANDBOX_MAX_EXEC_TIMEOUT_SECS`: the most an execution may ask for.
+    pub max_exec_timeout: Duration,
+    /// `SANDBOX_MAX_OUTPUT_BYTES`: stdout + stderr of one execution; past it, it is killed.
+    pub max_output_bytes: u64,
+    /// `SANDBOX_MAX_CODE_BYTES`: size of the submitted code.
+    pub max_code_bytes: usize,
+    /// `SANDBOX_PROCESS_MEMORY_MB`: address space of each process (clean `MemoryError`).
+    pub process_memory_mb: u64,
+    /// `SANDBOX_MEMORY_MB`: memory cgroup of the whole sandbox (the backstop).
+    pub sandbox_memory_mb: u64,
+    /// `SANDBOX_CPUS`: CPU quota of the sandbox, in CPUs (may be fractional).
+    pub cpus: f64,
+    /// `SANDBOX_MAX_PROCESSES`: processes inside one sandbox (stops fork bombs).
+    pub max_processes: u64,
+    /// `SANDBOX_MAX_FILE_MB`: largest file a process may write.
+    pub max_file_mb: u64,
+}
+
+/// Limits on HTTP connections.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// `SANDBOX_MAX_CONNECTIONS`.
+    pub max_connections: usize,
+    /// `SANDBOX_MAX_HEADER_BYTES`.
+    pub max_header_bytes: usize,
+    /// `SANDBOX_REQUEST_TIMEOUT_SECS`: a request must arrive completely within this time.
+    pub request_timeout: Duration,
+    /// `SANDBOX_KEEPALIVE_TIMEOUT_SECS`: an idle keep-alive connection is closed after this.
+    pub keepalive_timeout: Duration,
+    /// `SANDBOX_WRITE_TIMEOUT_SECS`: a client that reads nothing for this long is dropped.
+    pub write_timeout: Duration,
+}
+
+/// A configuration problem, naming the variable and the value.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Read the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Read configuration through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env { lookup: &lookup };
+        let default_agent = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("sandbox-agent")))
+            .unwrap_or_else(|| PathBuf::from("/usr/local/bin/sandbox-agent"));
+        let limits = Limits {
+            exec_timeout: env.seconds("SANDBOX_EXEC_TIMEOUT_SECS", 60)?,
+            max_exec_timeout: env.seconds("SANDBOX_MAX_EXEC_TIMEOUT_SECS", 3600)?,
+            max_output_bytes: env.number("SANDBOX_MAX_OUTPUT_BYTES", 16 * 1024 * 1024)?,
+            max_code_bytes: env.number("SANDBOX_MAX_CODE_BYTES", 1024 * 1024)? as usize,
+            process_memory_mb: env.number("SANDBOX_PROCESS_MEMORY_MB", 1024)?,
+            sandbox_memory_mb: env.number("SANDBOX_MEMORY_MB", 2048)?,
+            cpus: env.float("SANDBOX_CPUS", 1.0)?,
+            max_processes: env.number("SANDBOX_MAX_PROCESSES", 256)?,
+            max_file_mb: env.number("SANDBOX_MAX_FILE_MB", 1024)?,
+        };
+        if limits.exec_timeout > limits.max_exec_timeout {
+            return Err(ConfigError(format!(
+                "SANDBOX_EXEC_TIMEOUT_SECS ({}) is larger than SANDBOX_MAX_EXEC_TIMEOUT_SECS ({})",
+                limits.exec_timeout.as_secs(),
+                limits.max_exec_timeout.as_secs()
+            )));
+        }
+        let http = HttpLimits {
+            max_connections: env.number("SANDBOX_MAX_CONNECTIONS", 1024)? as usize,
+            max_header_bytes: env.number("SANDBOX_MAX_HEADER_BYTES", 16 * 1024)? as usize,
+            request_timeout: env.seconds("SANDBOX_REQUEST_TIMEOUT_SECS", 30)?,
+            keepalive_timeout: env.seconds("SANDBOX_KEEPALIVE_TIMEOUT_SECS", 60)?,
+            write_timeout: env.seconds("SANDBOX_WRITE_TIMEOUT_SECS", 60)?,
+        };
+        Ok(Config {
+            port: env.number("PORT", 8080)?.try_into().map_err(|_| ConfigError("PORT must be at most 65535".into()))?,
+            listen_addr: env.string("SANDBOX_LISTEN_ADDR", "127.0.0.1"),
+            rootfs: env.path("SANDBOX_ROOTFS", "/var/lib/cloud-run-sandbox/rootfs"),
+            agent_path: env.optional_path("SANDBOX_AGENT_PATH").unwrap_or(default_agent),
+            state_dir: env.path("SANDBOX_STATE_DIR", "/run/cloud-run-sandbox"),
+            runsc: env.path("SANDBOX_RUNSC", "runsc"),
+            pool_size: env.number("SANDBOX_POOL_SIZE", 2)? as usize,
+            max_sandboxes: env.number("SANDBOX_MAX_SANDBOXES", 32)? as usize,
+            create_timeout: env.seconds("SANDBOX_CREATE_TIMEOUT_SECS", 30)?,
+            limits,
+            http,
+            checkpoint_path: env.optional_path("CHECKPOINT_AND_RESTORE_PATH"),
+            snapshot_path: env.optional_path("FILESYSTEM_SNAPSHOT_PATH"),
+            shutdown_timeout: env.seconds("SANDBOX_SHUTDOWN_TIMEOUT_SECS", 10)?,
+        })
+    }
+}
+
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).map(|value| value.trim().to_string()).filter(|value| !value.is_empty())
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.raw(name).unwrap_or_else(|| default.to_string())
+    }
+
+    fn path(&self, name: &str, default: &str) -> PathBuf {
+        PathBuf::from(self.string(name, default))
+    }
+
+    fn optional_path(&self, name: &str) -> Option<PathBuf> {
+        self.raw(name).map(PathBuf::from)
+    }
+
+    fn number(&self, name: &str, default: u64) -> Result<u64, ConfigError> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(value) => value.parse().map_err(|_| {
+                ConfigError(format!("{name} must be a non-negative integer, got {value:?}"))
+            }),
+        }
+    }
+
+    fn float(&self, name: &str, default: f64) -> Result<f64, ConfigError> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(value) => match value.parse::<f64>() {
+                Ok(number) if number.is_finite() && number > 0.0 => Ok(number),
+                _ => Err(ConfigError(format!("{name} must be a positive number, got {value:?}"))),
+            },
+        }
+    }
+
+    fn seconds(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {
+        self.number(name, default).map(Duration::from_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_and_port_from_env() {
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.port, 8080);
+        assert_eq!(defaults.listen_addr, "127.0.0.1");
+        assert!(defaults.checkpoint_path.is_none());
+        assert_eq!(config(&[("PORT", "9000")]).unwrap().port, 9000);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let error = config(&[("SANDBOX_POOL_SIZE", "many")]).unwrap_err();
+        assert!(error.0.contains("SANDBOX_POOL_SIZE") && error.0.contains("many"), "{}", error.0);
+        assert!(config(&[("PORT", "70000")]).is_err());
+        assert!(config(&[("SANDBOX_CPUS", "-1")]).is_err());
+        let error = config(&[("SANDBOX_EXEC_TIMEOUT_SECS", "100"), ("SANDBOX_MAX_EXEC_TIMEOUT_SECS", "10")]);
+        assert!(error.is_err());
+    }
+}

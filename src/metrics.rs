@@ -1,0 +1,116 @@
+//! Counters and histograms, rendered in the Prometheus text format for `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// A cumulative histogram with fixed bucket bounds (seconds).
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+    }
+
+    pub fn observe(&mut self, value: f64) {
+        for (bound, count) in self.bounds.iter().zip(self.counts.iter_mut()) {
+            if value <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", self.sum, self.count);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub executions: BTreeMap<&'static str, u64>,
+    pub execute_seconds: Histogram,
+    pub sandbox_start_seconds: Histogram,
+    pub http_responses: BTreeMap<u16, u64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            executions: BTreeMap::new(),
+            execute_seconds: Histogram::new(LATENCY_BUCKETS),
+            sandbox_start_seconds: Histogram::new(LATENCY_BUCKETS),
+            http_responses: BTreeMap::new(),
+        }
+    }
+}
+
+/// Point-in-time values sampled when rendering.
+pub struct Gauges {
+    pub live_sandboxes: usize,
+    pub pool_ready: usize,
+    pub connections: usize,
+    pub sandboxes_created: u64,
+    pub sandbox_start_failures: u64,
+    pub sandboxes_lost: u64,
+}
+
+impl Metrics {
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::new();
+        let gauge_lines = [
+            ("sandbox_live", "Sandboxes that exist now, pool included.", gauges.live_sandboxes as u64, "gauge"),
+            ("sandbox_pool_ready", "Started sandboxes waiting in the pool.", gauges.pool_ready as u64, "gauge"),
+            ("sandbox_http_connections", "Open client connections.", gauges.connections as u64, "gauge"),
+            ("sandbox_created_total", "Sandboxes started.", gauges.sandboxes_created, "counter"),
+            ("sandbox_start_failures_total", "Sandboxes that failed to start.", gauges.sandbox_start_failures, "counter"),
+            ("sandbox_lost_total", "Ready sandboxes that died unexpectedly.", gauges.sandboxes_lost, "counter"),
+        ];
+        for (name, help, value, kind) in gauge_lines {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        let _ = writeln!(out, "# HELP sandbox_executions_total Executions by how they ended.\n# TYPE sandbox_executions_total counter");
+        for (reason, count) in &self.executions {
+            let _ = writeln!(out, "sandbox_executions_total{{reason=\"{reason}\"}} {count}");
+        }
+        let _ = writeln!(out, "# HELP sandbox_http_responses_total HTTP responses by status.\n# TYPE sandbox_http_responses_total counter");
+        for (status, count) in &self.http_responses {
+            let _ = writeln!(out, "sandbox_http_responses_total{{status=\"{status}\"}} {count}");
+        }
+        self.execute_seconds.render("sandbox_execute_seconds", "POST /execute from request to response end.", &mut out);
+        self.sandbox_start_seconds.render("sandbox_start_seconds", "From runsc run to the agent being ready.", &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let mut histogram = Histogram::new(&[0.1, 1.0]);
+        histogram.observe(0.05);
+        histogram.observe(0.5);
+        histogram.observe(5.0);
+        let mut out = String::new();
+        histogram.render("x", "help", &mut out);
+        assert!(out.contains("x_bucket{le=\"0.1\"} 1\n"));
+        assert!(out.contains("x_bucket{le=\"1\"} 2\n"));
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"));
+        assert!(out.contains("x_count 3\n"));
+    }
+}

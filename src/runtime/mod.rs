@@ -1,0 +1,767 @@
+//! The `runsc` driver: creates sandboxes, runs executions in them through their agent, and
+//! deletes them. It owns the agents' pipes and the `runsc` helper processes, and reports what
+//! happens as [`Notice`]s for the owner of each sandbox (an HTTP request or a session).
+//!
+//! It never blocks: `runsc run` and `runsc delete` are child processes whose exit arrives via
+//! [`Runtime::reap`] (the server is a child subreaper and reaps everything, including the
+//! sandbox processes `runsc` leaves behind), and the agents' pipes are non-blocking and
+//! registered with the event loop.
+
+pub mod bundle;
+pub mod exec;
+pub mod ids;
+pub mod lifecycle;
+pub mod runsc;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use mio::unix::pipe::{Receiver, Sender};
+use mio::{Interest, Registry};
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::agent::AgentConfig;
+use crate::agent_protocol::{
+    ExecId, ExitStatus, FrameDecoder, FromAgent, ProcessLimits, SpawnRequest, Stream, ToAgent,
+    MAX_CHUNK_BYTES,
+};
+use crate::config::Config;
+use crate::io_token::{token, Tag};
+use crate::timers::{TimerId, Timers};
+use exec::{ExecOutcome, ExecTracker, OutputVerdict, Reason};
+use ids::SandboxId;
+use lifecycle::{Action, Event, Lifecycle, State};
+
+/// The runtime's handle of a sandbox (small, never reused); the public id is [`SandboxId`].
+pub type SandboxKey = u64;
+
+/// Who a sandbox's notices go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Owner {
+    Http(u64),
+    Session(u64),
+}
+
+/// Bytes read from one agent before the loop serves others.
+const READ_BUDGET: usize = 256 * 1024;
+/// Stdin accepted for one execution and not yet written to its process.
+pub const MAX_STDIN_IN_FLIGHT: u64 = 1024 * 1024;
+/// After a kill, how long the agent has to report the exit before the sandbox is deleted.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// One execution to run.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub language: String,
+    pub code: String,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEvent {
+    Ready,
+    StartFailed(String),
+    /// A ready sandbox died (its executions were finished with `SandboxLost` first).
+    Lost(String),
+    Deleted,
+    ExecStarted(ExecId),
+    ExecSpawnFailed(ExecId, String),
+    Output(ExecId, Stream, Vec<u8>),
+    ExecFinished(ExecId, ExecOutcome),
+}
+
+/// A runtime event for the owner of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub owner: Owner,
+    pub sandbox: SandboxKey,
+    pub event: RuntimeEvent,
+}
+
+/// Errors of runtime requests, worded for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeError {
+    AtCapacity(usize),
+    NoSuchSandbox,
+    WrongState(&'static str),
+    NoSuchExecution,
+    StdinFull,
+    Io(String),
+}
+
+impl std::fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuntimeError::AtCapacity(limit) => {
+                write!(f, "the server is at its limit of {limit} sandboxes; retry shortly")
+            }
+            RuntimeError::NoSuchSandbox => write!(f, "the sandbox does not exist"),
+            RuntimeError::WrongState(state) => write!(f, "the sandbox is {state}"),
+            RuntimeError::NoSuchExecution => write!(f, "no execution is running"),
+            RuntimeError::StdinFull => write!(
+                f,
+                "the process is not reading its stdin: more than {MAX_STDIN_IN_FLIGHT} bytes are waiting"
+            ),
+            RuntimeError::Io(message) => write!(f, "{message}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RuntimeTimer {
+    Start(SandboxKey),
+    ExecTimeout(SandboxKey, ExecId),
+    KillGrace(SandboxKey, ExecId),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ChildPurpose {
+    Run(SandboxKey),
+    Delete(SandboxKey),
+}
+
+struct Sandbox {
+    id: SandboxId,
+    lifecycle: Lifecycle,
+    owner: Option<Owner>,
+    to_agent: Option<Sender>,
+    from_agent: Option<Receiver>,
+    outgoing: Vec<u8>,
+    decoder: FrameDecoder,
+    /// The owner cannot take more output now: leave the agent's pipe unread.
+    paused: bool,
+    /// The pipe may hold unread data (edge-triggered readiness was not fully consumed).
+    readable: bool,
+    execs: HashMap<ExecId, (ExecTracker, Vec<TimerId>)>,
+    next_exec: ExecId,
+    bundle: PathBuf,
+    created: Instant,
+    start_timer: Option<TimerId>,
+}
+
+/// Counters the metrics endpoint reports.
+#[derive(Debug, Default, Clone)]
+pub struct RuntimeStats {
+    pub created: u64,
+    pub start_failures: u64,
+    pub lost: u64,
+    /// Seconds from `runsc run` to the agent's hello, one entry per ready sandbox since the
+    /// last drain.
+    pub start_seconds: Vec<f64>,
+}
+
+pub struct Runtime {
+    registry: Registry,
+    runsc: runsc::Runsc,
+    rootfs: PathBuf,
+    agent_dir: PathBuf,
+    bundles_dir: PathBuf,
+    cgroup_parent: String,
+    agent_config: AgentConfig,
+    config: Config,
+    sandboxes: HashMap<SandboxKey, Sandbox>,
+    by_id: HashMap<SandboxId, SandboxKey>,
+    children: HashMap<i32, ChildPurpose>,
+    /// Unowned sandboxes (starting or ready), oldest first.
+    pool: VecDeque<SandboxKey>,
+    /// Sandboxes whose agent pipe must be read again.
+    pending_reads: HashSet<SandboxKey>,
+    next_key: SandboxKey,
+    timers: Timers<RuntimeTimer>,
+    notices: VecDeque<Notice>,
+    pub stats: RuntimeStats,
+}
+
+impl Runtime {
+    /// Prepare the state directory (after cleaning what a previous instance left there).
+    pub fn new(config: &Config, registry: Registry) -> io::Result<Self> {
+        let features = runsc::Features::detect(&config.runsc).map_err(|error| {
+            io::Error::new(error.kind(), format!("cannot run {}: {error}", config.runsc.display()))
+        })?;
+        eprintln!("runtime: {} (overlay2: {})", features.version, features.overlay2);
+        if !config.rootfs.join("usr/bin/python3").exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "the sandbox image {} is missing or incomplete: run scripts/setup.sh",
+                    config.rootfs.display()
+                ),
+            ));
+        }
+        let state_dir = &config.state_dir;
+        let runsc = runsc::Runsc::new(config.runsc.clone(), state_dir.join("runsc"), features);
+        let bundles_dir = state_dir.join("bundles");
+        let agent_dir = state_dir.join("agent");
+        let cgroup_parent = format!(
+            "/{}",
+            state_dir.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_else(|| "cloud-run-sandbox".into())
+        );
+        cleanup::remove_leftovers(&runsc, state_dir, &cgroup_parent);
+        for dir in [state_dir, runsc.state_root(), &bundles_dir, &agent_dir] {
+            std::fs::create_dir_all(dir)?;
+        }
+        // The sandbox sees a directory holding only the agent, never the host's build tree.
+        let agent_copy = agent_dir.join(bundle::AGENT_FILE);
+        std::fs::copy(&config.agent_path, &agent_copy).map_err(|error| {
+            io::Error::new(error.kind(), format!("cannot copy the agent {}: {error}", config.agent_path.display()))
+        })?;
+        let limits = &config.limits;
+        let agent_config = AgentConfig {
+            limits: ProcessLimits {
+                address_space_bytes: Some(limits.process_memory_mb * 1024 * 1024),
+                processes: Some(limits.max_processes),
+                cpu_seconds: None,
+                file_size_bytes: Some(limits.max_file_mb * 1024 * 1024),
+                open_files: Some(1024),
+            },
+            base_env: bundle::base_env(),
+            python_standby: true,
+        };
+        Ok(Runtime {
+            registry,
+            runsc,
+            rootfs: config.rootfs.clone(),
+            agent_dir,
+            bundles_dir,
+            cgroup_parent,
+            agent_config,
+            config: config.clone(),
+            sandboxes: HashMap::new(),
+            by_id: HashMap::new(),
+            children: HashMap::new(),
+            pool: VecDeque::new(),
+            pending_reads: HashSet::new(),
+            next_key: 1,
+            timers: Timers::default(),
+            notices: VecDeque::new(),
+            stats: RuntimeStats::default(),
+        })
+    }
+
+    pub fn live_sandboxes(&self) -> usize {
+        self.sandboxes.len()
+    }
+
+    pub fn pool_ready(&self) -> usize {
+        self.pool.iter().filter(|key| self.state(**key) == Some(State::Ready)).count()
+    }
+
+    pub fn state(&self, key: SandboxKey) -> Option<State> {
+        self.sandboxes.get(&key).map(|sandbox| sandbox.lifecycle.state())
+    }
+
+    pub fn sandbox_id(&self, key: SandboxKey) -> Option<SandboxId> {
+        self.sandboxes.get(&key).map(|sandbox| sandbox.id)
+    }
+
+    pub fn find(&self, id: &SandboxId) -> Option<SandboxKey> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn next_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    pub fn has_pending_work(&self) -> bool {
+        !self.notices.is_empty() || self.pending_reads.iter().any(|key| self.sandboxes.get(key).is_some_and(|s| !s.paused))
+    }
+
+    /// A sandbox for `owner`: a pooled one if any (ready or still starting), else a new one.
+    /// The owner gets `Ready` (at once if it was ready) or `StartFailed`.
+    pub fn acquire(&mut self, owner: Owner) -> Result<SandboxKey, RuntimeError> {
+        let ready_position = self.pool.iter().position(|key| self.state(*key) == Some(State::Ready));
+        let position = ready_position.or(if self.pool.is_empty() { None } else { Some(0) });
+        if let Some(position) = position {
+            if let Some(key) = self.pool.remove(position) {
+                if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+                    sandbox.owner = Some(owner);
+                    if sandbox.lifecycle.state() == State::Ready {
+                        self.notices.push_back(Notice { owner, sandbox: key, event: RuntimeEvent::Ready });
+                    }
+                    return Ok(key);
+                }
+            }
+        }
+        self.create(Some(owner))
+    }
+
+    /// Keep `pool_size` unowned sandboxes started, within the sandbox limit.
+    pub fn refill_pool(&mut self) {
+        while self.pool.len() < self.config.pool_size && self.sandboxes.len() < self.config.max_sandboxes {
+            match self.create(None) {
+                Ok(key) => self.pool.push_back(key),
+                Err(error) => {
+                    eprintln!("runtime: cannot refill the pool: {error}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Start a new sandbox. It is ready when its owner gets `RuntimeEvent::Ready`.
+    pub fn create(&mut self, owner: Option<Owner>) -> Result<SandboxKey, RuntimeError> {
+        if self.sandboxes.len() >= self.config.max_sandboxes {
+            return Err(RuntimeError::AtCapacity(self.config.max_sandboxes));
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let id = SandboxId::random().map_err(|error| RuntimeError::Io(format!("no randomness: {error}")))?;
+        let bundle_dir = self.bundles_dir.join(id.to_string());
+        match self.start_container(key, id, &bundle_dir) {
+            Ok((to_agent, from_agent)) => {
+                let start_timer = self.timers.arm(Instant::now() + self.config.create_timeout, RuntimeTimer::Start(key));
+                self.sandboxes.insert(
+                    key,
+                    Sandbox {
+                        id,
+                        lifecycle: Lifecycle::new(),
+                        owner,
+                        to_agent: Some(to_agent),
+                        from_agent: Some(from_agent),
+                        outgoing: Vec::new(),
+                        decoder: FrameDecoder::new(),
+                        paused: false,
+                        readable: false,
+                        execs: HashMap::new(),
+                        next_exec: 1,
+                        bundle: bundle_dir,
+                        created: Instant::now(),
+                        start_timer: Some(start_timer),
+                    },
+                );
+                self.by_id.insert(id, key);
+                self.stats.created += 1;
+                Ok(key)
+            }
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&bundle_dir);
+                self.stats.start_failures += 1;
+                Err(RuntimeError::Io(format!("cannot start a sandbox: {error}")))
+            }
+        }
+    }
+
+    fn start_container(&mut self, key: SandboxKey, id: SandboxId, bundle_dir: &Path) -> io::Result<(Sender, Receiver)> {
+        std::fs::create_dir_all(bundle_dir)?;
+        let cgroup = format!("{}/{}", self.cgroup_parent, id);
+        let spec = bundle::spec(&self.rootfs, &self.agent_dir, &self.agent_config, &self.config.limits, &cgroup);
+        std::fs::write(bundle_dir.join("config.json"), serde_json::to_vec_pretty(&spec)?)?;
+        let log = File::create(bundle_dir.join("sandbox.log"))?;
+        let (mut to_agent, agent_stdin) = mio::unix::pipe::new()?;
+        let (agent_stdout, mut from_agent) = mio::unix::pipe::new()?;
+        let mut command = self.runsc.run_detached(bundle_dir, &id.to_string());
+        command
+            .stdin(Stdio::from(OwnedFd::from(agent_stdin)))
+            .stdout(Stdio::from(OwnedFd::from(agent_stdout)))
+            .stderr(Stdio::from(log));
+        let child = command.spawn()?;
+        // Dropping the command closes our copies of the agent's ends of the pipes, so that the
+        // agent's exit shows up here as end-of-file.
+        drop(command);
+        self.children.insert(child.id() as i32, ChildPurpose::Run(key));
+        self.registry.register(&mut from_agent, token(Tag::AgentOut, key), Interest::READABLE)?;
+        self.registry.register(&mut to_agent, token(Tag::AgentIn, key), Interest::WRITABLE)?;
+        Ok((to_agent, from_agent))
+    }
+
+    /// Run code in a ready sandbox. Output and the end arrive as notices.
+    pub fn start_exec(&mut self, key: SandboxKey, spec: ExecSpec) -> Result<ExecId, RuntimeError> {
+        let limits = self.agent_config.limits.clone();
+        let output_limit = self.config.limits.max_output_bytes;
+        let sandbox = self.sandboxes.get_mut(&key).ok_or(RuntimeError::NoSuchSandbox)?;
+        let state = sandbox.lifecycle.state();
+        if !state.can_exec() {
+            return Err(RuntimeError::WrongState(state.name()));
+        }
+        let exec = sandbox.next_exec;
+        sandbox.next_exec += 1;
+        let request = SpawnRequest { language: spec.language, code: spec.code, env: spec.env, cwd: spec.cwd, limits };
+        ToAgent::Spawn(exec, request).encode(&mut sandbox.outgoing);
+        let now = Instant::now();
+        let timer = self.timers.arm(now + spec.timeout, RuntimeTimer::ExecTimeout(key, exec));
+        sandbox.execs.insert(exec, (ExecTracker::new(output_limit, now), vec![timer]));
+        self.flush_to_agent(key);
+        Ok(exec)
+    }
+
+    pub fn write_stdin(&mut self, key: SandboxKey, exec: ExecId, data: &[u8]) -> Result<(), RuntimeError> {
+        let sandbox = self.sandboxes.get_mut(&key).ok_or(RuntimeError::NoSuchSandbox)?;
+        let (tracker, _) = sandbox.execs.get_mut(&exec).ok_or(RuntimeError::NoSuchExecution)?;
+        if tracker.stdin_in_flight + data.len() as u64 > MAX_STDIN_IN_FLIGHT {
+            return Err(RuntimeError::StdinFull);
+        }
+        tracker.stdin_in_flight += data.len() as u64;
+        for chunk in data.chunks(MAX_CHUNK_BYTES) {
+            ToAgent::Stdin(exec, chunk.to_vec()).encode(&mut sandbox.outgoing);
+        }
+        self.flush_to_agent(key);
+        Ok(())
+    }
+
+    pub fn close_stdin(&mut self, key: SandboxKey, exec: ExecId) -> Result<(), RuntimeError> {
+        let sandbox = self.sandboxes.get_mut(&key).ok_or(RuntimeError::NoSuchSandbox)?;
+        if !sandbox.execs.contains_key(&exec) {
+            return Err(RuntimeError::NoSuchExecution);
+        }
+        ToAgent::CloseStdin(exec).encode(&mut sandbox.outgoing);
+        self.flush_to_agent(key);
+        Ok(())
+    }
+
+    /// Kill the execution's process group. Its `ExecFinished` carries `reason`.
+    pub fn kill_exec(&mut self, key: SandboxKey, exec: ExecId, reason: Reason) -> Result<(), RuntimeError> {
+        let sandbox = self.sandboxes.get_mut(&key).ok_or(RuntimeError::NoSuchSandbox)?;
+        let (tracker, timers) = sandbox.execs.get_mut(&exec).ok_or(RuntimeError::NoSuchExecution)?;
+        tracker.mark_killed(reason);
+        ToAgent::Signal(exec, libc::SIGKILL).encode(&mut sandbox.outgoing);
+        timers.push(self.timers.arm(Instant::now() + KILL_GRACE, RuntimeTimer::KillGrace(key, exec)));
+        self.flush_to_agent(key);
+        Ok(())
+    }
+
+    /// Stop reading the sandbox's output (its owner's buffer is full) or resume.
+    pub fn set_output_paused(&mut self, key: SandboxKey, paused: bool) {
+        if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+            sandbox.paused = paused;
+            if !paused && sandbox.readable {
+                self.pending_reads.insert(key);
+            }
+        }
+    }
+
+    /// Delete the sandbox (idempotent). Its owner gets `Deleted` when it is gone.
+    pub fn delete(&mut self, key: SandboxKey) {
+        self.apply(key, Event::DeleteRequested);
+    }
+
+    /// Delete every sandbox (shutdown).
+    pub fn delete_all(&mut self) {
+        let keys: Vec<SandboxKey> = self.sandboxes.keys().copied().collect();
+        for key in keys {
+            self.delete(key);
+        }
+        self.pool.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sandboxes.is_empty()
+    }
+
+    pub fn agent_readable(&mut self, key: SandboxKey) {
+        self.read_agent(key);
+    }
+
+    pub fn agent_writable(&mut self, key: SandboxKey) {
+        self.flush_to_agent(key);
+    }
+
+    /// Read agents that still had data when their budget ran out or that were resumed.
+    pub fn service_pending_reads(&mut self) {
+        let keys: Vec<SandboxKey> = self.pending_reads.drain().collect();
+        for key in keys {
+            self.read_agent(key);
+        }
+    }
+
+    pub fn fire_timers(&mut self, now: Instant) {
+        for timer in self.timers.pop_expired(now) {
+            match timer {
+                RuntimeTimer::Start(key) => self.apply(key, Event::StartTimedOut),
+                RuntimeTimer::ExecTimeout(key, exec) => {
+                    let _ = self.kill_exec(key, exec, Reason::Timeout);
+                }
+                RuntimeTimer::KillGrace(key, exec) => {
+                    eprintln!("runtime: sandbox key {key}: execution {exec} ignored SIGKILL; deleting the sandbox");
+                    self.lose(key, format!("the sandbox did not stop execution {exec}"));
+                }
+            }
+        }
+    }
+
+    /// Collect every exited child. Ours advance their sandbox; others (the sandbox processes
+    /// runsc leaves to us as subreaper) are just reaped, which `runsc delete` waits for.
+    pub fn reap(&mut self) {
+        loop {
+            let (pid, success) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code == 0),
+                Ok(WaitStatus::Signaled(pid, _, _)) => (pid, false),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(error) => {
+                    eprintln!("runtime: waitpid: {error}");
+                    return;
+                }
+            };
+            match self.children.remove(&pid.as_raw()) {
+                Some(ChildPurpose::Run(key)) => {
+                    let result = if success { Ok(()) } else { Err(self.log_tail(key)) };
+                    self.apply(key, Event::RunExited(result));
+                }
+                Some(ChildPurpose::Delete(key)) => self.apply(key, Event::DeleteExited),
+                None => {}
+            }
+        }
+    }
+
+    fn log_tail(&self, key: SandboxKey) -> String {
+        let Some(sandbox) = self.sandboxes.get(&key) else { return String::new() };
+        let text = read_tail(&sandbox.bundle.join("sandbox.log"), 2048);
+        let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+        if tail.is_empty() {
+            "runsc failed to start the sandbox".to_string()
+        } else {
+            format!("runsc failed to start the sandbox: {tail}")
+        }
+    }
+
+    fn lose(&mut self, key: SandboxKey, reason: String) {
+        self.apply(key, Event::AgentLost(reason));
+    }
+
+    fn apply(&mut self, key: SandboxKey, event: Event) {
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else { return };
+        let actions = sandbox.lifecycle.handle(event);
+        for action in actions {
+            self.carry_out(key, action);
+        }
+    }
+
+    fn notify(&mut self, key: SandboxKey, event: RuntimeEvent) {
+        if let Some(owner) = self.sandboxes.get(&key).and_then(|sandbox| sandbox.owner) {
+            self.notices.push_back(Notice { owner, sandbox: key, event });
+        }
+    }
+
+    fn carry_out(&mut self, key: SandboxKey, action: Action) {
+        match action {
+            Action::NotifyReady => {
+                if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+                    if let Some(timer) = sandbox.start_timer.take() {
+                        self.timers.cancel(timer);
+                    }
+                    self.stats.start_seconds.push(sandbox.created.elapsed().as_secs_f64());
+                }
+                self.notify(key, RuntimeEvent::Ready);
+            }
+            Action::NotifyStartFailed(message) => {
+                self.stats.start_failures += 1;
+                eprintln!("runtime: sandbox key {key} failed to start: {message}");
+                self.notify(key, RuntimeEvent::StartFailed(message));
+            }
+            Action::NotifyLost(message) => {
+                self.stats.lost += 1;
+                eprintln!("runtime: sandbox key {key} lost: {message}");
+                self.finish_all_execs(key);
+                self.notify(key, RuntimeEvent::Lost(message));
+            }
+            Action::StartDelete => {
+                self.finish_all_execs(key);
+                let Some(sandbox) = self.sandboxes.get_mut(&key) else { return };
+                if let Some(timer) = sandbox.start_timer.take() {
+                    self.timers.cancel(timer);
+                }
+                // Closing the agent's stdin makes it kill its processes; delete does the rest.
+                if let Some(mut pipe) = sandbox.to_agent.take() {
+                    let _ = self.registry.deregister(&mut pipe);
+                }
+                if let Some(mut pipe) = sandbox.from_agent.take() {
+                    let _ = self.registry.deregister(&mut pipe);
+                }
+                self.pending_reads.remove(&key);
+                self.pool.retain(|pooled| *pooled != key);
+                let id = sandbox.id.to_string();
+                match self.runsc.delete_force(&id).spawn() {
+                    Ok(child) => {
+                        self.children.insert(child.id() as i32, ChildPurpose::Delete(key));
+                    }
+                    Err(error) => {
+                        eprintln!("runtime: cannot run runsc delete for {id}: {error}");
+                        self.apply(key, Event::DeleteExited);
+                    }
+                }
+            }
+            Action::Forget => {
+                if let Some(sandbox) = self.sandboxes.remove(&key) {
+                    self.by_id.remove(&sandbox.id);
+                    if let Err(error) = std::fs::remove_dir_all(&sandbox.bundle) {
+                        eprintln!("runtime: cannot remove {}: {error}", sandbox.bundle.display());
+                    }
+                    if let Some(owner) = sandbox.owner {
+                        self.notices.push_back(Notice { owner, sandbox: key, event: RuntimeEvent::Deleted });
+                    }
+                }
+            }
+        }
+    }
+
+    /// End every execution of a dying sandbox, so owners are never left waiting.
+    fn finish_all_execs(&mut self, key: SandboxKey) {
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else { return };
+        let execs: Vec<(ExecId, (ExecTracker, Vec<TimerId>))> = sandbox.execs.drain().collect();
+        let now = Instant::now();
+        for (exec, (mut tracker, timers)) in execs {
+            timers.into_iter().for_each(|timer| self.timers.cancel(timer));
+            tracker.mark_killed(Reason::SandboxLost);
+            let outcome = tracker.finish(ExitStatus::Signal(libc::SIGKILL), now);
+            self.notify(key, RuntimeEvent::ExecFinished(exec, outcome));
+        }
+    }
+
+    fn flush_to_agent(&mut self, key: SandboxKey) {
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else { return };
+        let Some(pipe) = sandbox.to_agent.as_mut() else {
+            sandbox.outgoing.clear();
+            return;
+        };
+        let mut written = 0;
+        let mut failed = None;
+        while written < sandbox.outgoing.len() {
+            match pipe.write(&sandbox.outgoing[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        sandbox.outgoing.drain(..written);
+        if let Some(error) = failed {
+            self.lose(key, format!("cannot write to the sandbox agent: {error}"));
+        }
+    }
+
+    fn read_agent(&mut self, key: SandboxKey) {
+        let mut frames = Vec::new();
+        let mut lost = None;
+        {
+            let Some(sandbox) = self.sandboxes.get_mut(&key) else { return };
+            sandbox.readable = true;
+            if sandbox.paused {
+                return;
+            }
+            let Some(pipe) = sandbox.from_agent.as_mut() else { return };
+            let mut buffer = [0u8; 64 * 1024];
+            let mut total = 0;
+            loop {
+                if total >= READ_BUDGET {
+                    self.pending_reads.insert(key);
+                    break;
+                }
+                match pipe.read(&mut buffer) {
+                    Ok(0) => {
+                        sandbox.readable = false;
+                        lost = Some("the sandbox stopped unexpectedly".to_string());
+                        break;
+                    }
+                    Ok(n) => {
+                        total += n;
+                        sandbox.decoder.push(&buffer[..n]);
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        sandbox.readable = false;
+                        break;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(error) => {
+                        lost = Some(format!("cannot read from the sandbox agent: {error}"));
+                        break;
+                    }
+                }
+            }
+            loop {
+                match sandbox.decoder.next_from_agent() {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) => break,
+                    Err(error) => {
+                        lost = Some(error.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        for frame in frames {
+            self.handle_frame(key, frame);
+        }
+        if let Some(reason) = lost {
+            let reason = match self.state(key) {
+                Some(State::Starting) => self.log_tail(key),
+                _ => reason,
+            };
+            self.lose(key, reason);
+        }
+    }
+
+    fn handle_frame(&mut self, key: SandboxKey, frame: FromAgent) {
+        match frame {
+            FromAgent::Ready(_) => self.apply(key, Event::AgentReady),
+            FromAgent::Started(exec) => self.notify(key, RuntimeEvent::ExecStarted(exec)),
+            FromAgent::SpawnFailed(exec, message) => {
+                self.drop_exec(key, exec);
+                self.notify(key, RuntimeEvent::ExecSpawnFailed(exec, message));
+            }
+            FromAgent::Output(exec, stream, mut data) => {
+                let Some(sandbox) = self.sandboxes.get_mut(&key) else { return };
+                let Some((tracker, _)) = sandbox.execs.get_mut(&exec) else { return };
+                let verdict = tracker.on_output(data.len());
+                let (deliver, kill) = match verdict {
+                    OutputVerdict::Deliver(n) => (n, false),
+                    OutputVerdict::DeliverThenKill(n) => (n, true),
+                };
+                data.truncate(deliver);
+                if !data.is_empty() {
+                    self.notify(key, RuntimeEvent::Output(exec, stream, data));
+                }
+                if kill {
+                    let _ = self.kill_exec(key, exec, Reason::OutputLimit);
+                }
+            }
+            FromAgent::StdinWritten(exec, count) => {
+                if let Some((tracker, _)) =
+                    self.sandboxes.get_mut(&key).and_then(|sandbox| sandbox.execs.get_mut(&exec))
+                {
+                    tracker.stdin_in_flight = tracker.stdin_in_flight.saturating_sub(count as u64);
+                }
+            }
+            FromAgent::Exited(exec, status) => {
+                if let Some(tracker) = self.drop_exec(key, exec) {
+                    let outcome = tracker.finish(status, Instant::now());
+                    self.notify(key, RuntimeEvent::ExecFinished(exec, outcome));
+                }
+            }
+        }
+    }
+
+    fn drop_exec(&mut self, key: SandboxKey, exec: ExecId) -> Option<ExecTracker> {
+        let (tracker, timers) = self.sandboxes.get_mut(&key)?.execs.remove(&exec)?;
+        timers.into_iter().for_each(|timer| self.timers.cancel(timer));
+        Some(tracker)
+    }
+}
+
+fn read_tail(path: &Path, max: u64) -> String {
+    let Ok(mut file) = File::open(path) else { return String::new() };
+    let length = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(length.saturating_sub(max)));
+    let mut bytes = Vec::new();
+    let _ = file.take(max).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+mod cleanup;

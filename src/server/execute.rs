@@ -1,0 +1,244 @@
+//! `POST /execute`: one execution in a fresh sandbox, as a small state machine per request.
+//!
+//! ```text
+//! WaitingForSandbox --Ready--> Running --ExecFinished--> Done
+//!        |                        |
+//!        +--StartFailed--> Done   +--Lost/SpawnFailed--> Done
+//! ```
+//! It turns runtime notices into response bytes; the connection writes them.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::agent_protocol::{ExecId, Stream};
+use crate::http::query::{parse_query, query_param};
+use crate::http::request::Request;
+use crate::http::response::{encode_chunk, final_chunk, json_error, ResponseHead};
+use crate::runtime::exec::ExecOutcome;
+use crate::runtime::{ExecSpec, RuntimeEvent, SandboxKey};
+
+pub const LANGUAGES: &[&str] = &["python", "bash"];
+
+/// How many bytes of each execution's output go to the server log.
+const LOGGED_OUTPUT_BYTES: usize = 2048;
+
+/// A validated `/execute` request.
+#[derive(Debug, Clone)]
+pub struct ExecuteRequest {
+    pub language: String,
+    pub code: String,
+    pub timeout: Duration,
+    pub json: bool,
+}
+
+/// Validate the request; the error is the response to send.
+pub fn parse(request: &Request, default_timeout: Duration, max_timeout: Duration) -> Result<ExecuteRequest, (u16, String)> {
+    let query = parse_query(&request.query);
+    let language = match query_param(&query, "language") {
+        Some(language) if LANGUAGES.contains(&language) => language.to_string(),
+        Some(other) => {
+            return Err((400, format!("unsupported language {other:?}; supported languages: python, bash")))
+        }
+        None => return Err((400, "missing query parameter \"language\"; supported languages: python, bash".into())),
+    };
+    let timeout = match query_param(&query, "timeout") {
+        None => default_timeout,
+        Some(text) => match text.parse::<f64>() {
+            Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds <= max_timeout.as_secs_f64() => {
+                Duration::from_secs_f64(seconds)
+            }
+            _ => {
+                return Err((
+                    400,
+                    format!("timeout must be a number of seconds above 0 and at most {}, got {text:?}", max_timeout.as_secs()),
+                ))
+            }
+        },
+    };
+    let code = String::from_utf8(request.body.clone())
+        .map_err(|error| (400, format!("the code must be UTF-8 text (invalid byte at offset {})", error.utf8_error().valid_up_to())))?;
+    let json = request.header("accept").is_some_and(|accept| accept.contains("application/json"));
+    Ok(ExecuteRequest { language, code, timeout, json })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    WaitingForSandbox,
+    Running(ExecId),
+    Done,
+}
+
+/// What the connection should do after a notice.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Bytes to send to the client.
+    pub bytes: Vec<u8>,
+    /// Start this execution in the sandbox (the sandbox just became ready).
+    pub start: Option<ExecSpec>,
+    /// The response is complete: delete the sandbox and record the outcome.
+    pub finished: Option<Finished>,
+}
+
+#[derive(Debug)]
+pub struct Finished {
+    /// `exited`, `timeout`, ... or `error` when no execution ran.
+    pub result: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug)]
+pub struct ExecuteJob {
+    pub sandbox: SandboxKey,
+    sandbox_id: String,
+    request: ExecuteRequest,
+    phase: Phase,
+    keep_alive: bool,
+    headers_sent: bool,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    logged: Vec<u8>,
+    pub started: Instant,
+}
+
+impl ExecuteJob {
+    pub fn new(sandbox: SandboxKey, sandbox_id: String, request: ExecuteRequest, keep_alive: bool) -> Self {
+        ExecuteJob {
+            sandbox,
+            sandbox_id,
+            request,
+            phase: Phase::WaitingForSandbox,
+            keep_alive,
+            headers_sent: false,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            logged: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn exec(&self) -> Option<ExecId> {
+        match self.phase {
+            Phase::Running(exec) => Some(exec),
+            _ => None,
+        }
+    }
+
+    pub fn set_running(&mut self, exec: ExecId) {
+        self.phase = Phase::Running(exec);
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Whether the response can keep the connection open afterwards.
+    pub fn keep_alive(&self) -> bool {
+        self.keep_alive
+    }
+
+    /// The sandbox could not run the execution (start or spawn failure).
+    pub fn fail(&mut self, status: u16, message: &str) -> Step {
+        self.phase = Phase::Done;
+        let bytes = if self.headers_sent {
+            // The status line is gone; end the body so the client is not left waiting.
+            let mut bytes = Vec::new();
+            encode_chunk(format!("\n[sandbox error: {message}]\n").as_bytes(), &mut bytes);
+            bytes.extend_from_slice(final_chunk());
+            bytes
+        } else {
+            json_error(status, message, self.keep_alive)
+        };
+        eprintln!("execute: sandbox {} failed: {message}", self.sandbox_id);
+        Step { bytes, start: None, finished: Some(Finished { result: "error", status }) }
+    }
+
+    pub fn on_event(&mut self, event: RuntimeEvent) -> Step {
+        match (&self.phase, event) {
+            (Phase::WaitingForSandbox, RuntimeEvent::Ready) => Step {
+                start: Some(ExecSpec {
+                    language: self.request.language.clone(),
+                    code: self.request.code.clone(),
+                    env: Vec::new(),
+                    cwd: "/root".into(),
+                    timeout: self.request.timeout,
+                }),
+                ..Step::default()
+            },
+            (Phase::WaitingForSandbox, RuntimeEvent::StartFailed(message)) => {
+                self.fail(500, &format!("cannot start a sandbox: {message}"))
+            }
+            (_, RuntimeEvent::Lost(message)) if self.phase != Phase::Done => {
+                self.fail(500, &format!("the sandbox died: {message}"))
+            }
+            (Phase::Running(exec), RuntimeEvent::ExecSpawnFailed(id, message)) if *exec == id => {
+                self.fail(500, &format!("cannot start the process: {message}"))
+            }
+            (Phase::Running(exec), RuntimeEvent::ExecStarted(id)) if *exec == id => {
+                let mut step = Step::default();
+                if !self.request.json {
+                    self.headers_sent = true;
+                    step.bytes = ResponseHead::new(200)
+                        .header("Content-Type", "text/plain; charset=utf-8")
+                        .header("X-Sandbox-Id", self.sandbox_id.clone())
+                        .header("Cache-Control", "no-store")
+                        .encode(None, self.keep_alive);
+                }
+                step
+            }
+            (Phase::Running(exec), RuntimeEvent::Output(id, stream, data)) if *exec == id => {
+                let room = LOGGED_OUTPUT_BYTES.saturating_sub(self.logged.len());
+                self.logged.extend_from_slice(&data[..room.min(data.len())]);
+                let mut step = Step::default();
+                if self.request.json {
+                    // Bounded: the runtime stops delivering at the output limit.
+                    match stream {
+                        Stream::Stdout => self.stdout.extend_from_slice(&data),
+                        Stream::Stderr => self.stderr.extend_from_slice(&data),
+                    }
+                } else {
+                    encode_chunk(&data, &mut step.bytes);
+                }
+                step
+            }
+            (Phase::Running(exec), RuntimeEvent::ExecFinished(id, outcome)) if *exec == id => self.finish(outcome),
+            _ => Step::default(),
+        }
+    }
+
+    fn finish(&mut self, outcome: ExecOutcome) -> Step {
+        self.phase = Phase::Done;
+        let log_text = String::from_utf8_lossy(&self.logged);
+        eprintln!(
+            "execute: sandbox {} language={} exit_code={} reason={} duration_ms={} output={:?}{}",
+            self.sandbox_id,
+            self.request.language,
+            outcome.exit_code(),
+            outcome.reason.as_str(),
+            outcome.duration_ms,
+            log_text,
+            if self.logged.len() >= LOGGED_OUTPUT_BYTES { " (log truncated)" } else { "" }
+        );
+        let bytes = if self.request.json {
+            let body = json!({
+                "stdout": String::from_utf8_lossy(&self.stdout),
+                "stderr": String::from_utf8_lossy(&self.stderr),
+                "exit_code": outcome.exit_code(),
+                "signal": outcome.signal(),
+                "reason": outcome.reason.as_str(),
+                "timed_out": outcome.reason == crate::runtime::exec::Reason::Timeout,
+                "truncated": outcome.truncated,
+                "duration_ms": outcome.duration_ms,
+                "sandbox_id": self.sandbox_id,
+            });
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            ResponseHead::new(200)
+                .header("Content-Type", "application/json")
+                .header("X-Sandbox-Id", self.sandbox_id.clone())
+                .encode_with_body(&body, self.keep_alive)
+        } else {
+            final_chunk().to_vec()
+        };
+        Step { bytes, start: None, finished: Some(Finished { result: outcome.reason.as_str(), status: 200 }) }
+    }
+}

@@ -1,0 +1,475 @@
+//! The event loop: one `mio::Poll` for the listening socket, the client connections, the
+//! agents' pipes (through the runtime) and the signal pipes. It moves bytes and dispatches;
+//! decisions live in the runtime, the lifecycle machines and the request handlers.
+
+mod connection;
+mod execute;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, UnixStream};
+use mio::{Events, Interest, Poll};
+
+use crate::config::Config;
+use crate::http::request::{HttpError, Limits as ParserLimits, Progress, Request, RequestParser};
+use crate::http::response::{full_response, json_error, ResponseHead};
+use crate::io_token::{split, token, Tag};
+use crate::metrics::{Gauges, Metrics};
+use crate::runtime::{Notice, Owner, Runtime, RuntimeError};
+use connection::{Connection, Phase, ReadOutcome, OUT_HIGH_WATER, OUT_LOW_WATER};
+use execute::ExecuteJob;
+
+const SIGCHLD_PIPE: u64 = 0;
+const TERMINATE_PIPE: u64 = 1;
+/// How often connection deadlines are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    config: Config,
+    runtime: Runtime,
+    connections: HashMap<u64, Connection>,
+    next_connection: u64,
+    sigchld: UnixStream,
+    terminate: UnixStream,
+    shutdown_deadline: Option<Instant>,
+    metrics: Metrics,
+    next_sweep: Instant,
+}
+
+impl Server {
+    /// Bind, prepare the runtime and install the signal handlers.
+    pub fn new(config: Config) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let runtime = Runtime::new(&config, poll.registry().try_clone()?)?;
+        let address: SocketAddr = format!("{}:{}", config.listen_addr, config.port)
+            .parse()
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, format!("bad listen address: {error}")))?;
+        let mut listener = TcpListener::bind(address)?;
+        poll.registry().register(&mut listener, token(Tag::Listener, 0), Interest::READABLE)?;
+        let sigchld = signal_pipe(&[signal_hook::consts::SIGCHLD])?;
+        let terminate = signal_pipe(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+        let (mut sigchld, mut terminate) = (UnixStream::from_std(sigchld), UnixStream::from_std(terminate));
+        poll.registry().register(&mut sigchld, token(Tag::Signals, SIGCHLD_PIPE), Interest::READABLE)?;
+        poll.registry().register(&mut terminate, token(Tag::Signals, TERMINATE_PIPE), Interest::READABLE)?;
+        eprintln!("server: listening on http://{}", listener.local_addr()?);
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            config,
+            runtime,
+            connections: HashMap::new(),
+            next_connection: 1,
+            sigchld,
+            terminate,
+            shutdown_deadline: None,
+            metrics: Metrics::default(),
+            next_sweep: Instant::now() + SWEEP_INTERVAL,
+        })
+    }
+
+    /// Serve until SIGTERM/SIGINT, then shut down cleanly.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        self.runtime.refill_pool();
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(error) = self.poll.poll(&mut events, Some(timeout)) {
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+            for event in events.iter() {
+                let Some((tag, id)) = split(event.token()) else { continue };
+                match tag {
+                    Tag::Listener => self.accept(),
+                    Tag::Signals => self.signal(id),
+                    Tag::Connection => self.connection_ready(id, event.is_readable(), event.is_writable()),
+                    Tag::AgentOut => self.runtime.agent_readable(id),
+                    Tag::AgentIn => self.runtime.agent_writable(id),
+                }
+            }
+            let now = Instant::now();
+            self.runtime.fire_timers(now);
+            self.runtime.service_pending_reads();
+            self.dispatch_notices();
+            if now >= self.next_sweep {
+                self.next_sweep = now + SWEEP_INTERVAL;
+                self.sweep(now);
+            }
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.runtime.is_empty() && self.connections.is_empty() {
+                    eprintln!("server: shutdown complete");
+                    self.remove_state();
+                    return Ok(());
+                }
+                if now >= deadline {
+                    eprintln!(
+                        "server: shutdown deadline passed with {} sandboxes and {} connections left",
+                        self.runtime.live_sandboxes(),
+                        self.connections.len()
+                    );
+                    return Ok(());
+                }
+            } else {
+                self.runtime.refill_pool();
+                self.dispatch_notices();
+            }
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Duration {
+        if self.runtime.has_pending_work() {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let mut deadline = self.next_sweep;
+        if let Some(runtime_deadline) = self.runtime.next_deadline() {
+            deadline = deadline.min(runtime_deadline);
+        }
+        deadline.saturating_duration_since(now)
+    }
+
+    fn signal(&mut self, id: u64) {
+        let pipe = if id == SIGCHLD_PIPE { &mut self.sigchld } else { &mut self.terminate };
+        let mut drain = [0u8; 64];
+        while matches!(pipe.read(&mut drain), Ok(n) if n > 0) {}
+        if id == SIGCHLD_PIPE {
+            self.runtime.reap();
+        } else if self.shutdown_deadline.is_none() {
+            self.begin_shutdown();
+        }
+    }
+
+    /// Stop accepting, end in-flight executions, delete every sandbox.
+    fn begin_shutdown(&mut self) {
+        eprintln!("server: shutting down");
+        self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_timeout);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        // Executions end with reason "sandbox_lost"; their clients get a complete response.
+        self.runtime.delete_all();
+        let idle: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| matches!(connection.phase, Phase::Reading) && connection.out.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            self.close(id);
+        }
+    }
+
+    fn remove_state(&self) {
+        for leftover in ["bundles", "runsc", "agent"] {
+            let _ = std::fs::remove_dir_all(self.config.state_dir.join(leftover));
+        }
+        let _ = std::fs::remove_dir(&self.config.state_dir);
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return };
+            let (mut stream, _) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    // EMFILE and friends: keep serving the connections we have.
+                    eprintln!("server: accept failed: {error}");
+                    return;
+                }
+            };
+            if self.connections.len() >= self.config.http.max_connections {
+                let _ = stream.write(&json_error(503, "too many connections; retry shortly", false));
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let id = self.next_connection;
+            self.next_connection += 1;
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if self.poll.registry().register(&mut stream, token(Tag::Connection, id), interest).is_err() {
+                continue;
+            }
+            let limits = ParserLimits {
+                max_header_bytes: self.config.http.max_header_bytes,
+                max_headers: 64,
+                max_body_bytes: self.config.limits.max_code_bytes,
+            };
+            self.connections.insert(id, Connection::new(stream, RequestParser::new(limits)));
+        }
+    }
+
+    fn connection_ready(&mut self, id: u64, readable: bool, writable: bool) {
+        if readable {
+            let Some(connection) = self.connections.get_mut(&id) else { return };
+            match connection.read_available() {
+                Ok(ReadOutcome::Open) => {}
+                Ok(ReadOutcome::Closed) => {
+                    // A client gone mid-execution: its sandbox is killed and deleted.
+                    if let Some(job) = connection.job() {
+                        eprintln!("server: client of sandbox key {} disconnected; deleting it", job.sandbox);
+                        self.runtime.delete(job.sandbox);
+                    }
+                    self.close(id);
+                    return;
+                }
+                Err(error) => {
+                    self.answer_error(id, error);
+                    return;
+                }
+            }
+            self.process_requests(id);
+        }
+        if writable {
+            self.flush(id);
+        }
+    }
+
+    /// Answer a malformed request and close: the stream is out of sync after a parse error.
+    fn answer_error(&mut self, id: u64, error: HttpError) {
+        let Some(connection) = self.connections.get_mut(&id) else { return };
+        if let Some(job) = connection.job() {
+            self.runtime.delete(job.sandbox);
+        }
+        *self.metrics.http_responses.entry(error.status).or_default() += 1;
+        connection.out.extend_from_slice(&json_error(error.status, &error.message, false));
+        connection.phase = Phase::Closing;
+        self.flush(id);
+    }
+
+    /// Handle complete requests while the connection is free to take one.
+    fn process_requests(&mut self, id: u64) {
+        loop {
+            let Some(connection) = self.connections.get_mut(&id) else { return };
+            if !matches!(connection.phase, Phase::Reading) || self.shutdown_deadline.is_some() {
+                return;
+            }
+            match connection.parser.poll() {
+                Ok(Progress::NeedMore) => {
+                    if connection.parser.is_idle() {
+                        connection.request_started = None;
+                    }
+                    return;
+                }
+                Ok(Progress::SendContinue) => connection.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                Ok(Progress::Done(request)) => {
+                    connection.request_started = None;
+                    self.route(id, request);
+                }
+                Err(error) => return self.answer_error(id, error),
+            }
+            self.flush(id);
+        }
+    }
+
+    fn respond(&mut self, id: u64, status: u16, bytes: Vec<u8>, keep_alive: bool) {
+        *self.metrics.http_responses.entry(status).or_default() += 1;
+        let Some(connection) = self.connections.get_mut(&id) else { return };
+        connection.out.extend_from_slice(&bytes);
+        if !keep_alive {
+            connection.phase = Phase::Closing;
+        }
+    }
+
+    fn route(&mut self, id: u64, request: Request) {
+        let keep_alive = request.keep_alive();
+        let method = request.method.as_str();
+        match (method, request.path.as_str()) {
+            ("GET" | "HEAD", "/status") => {
+                let body = full_response(200, "application/json", br#"{"status":"ok"}"#, keep_alive);
+                self.respond(id, 200, body, keep_alive);
+            }
+            ("GET", "/metrics") => {
+                let text = self.metrics_text();
+                let body = full_response(200, "text/plain; version=0.0.4", text.as_bytes(), keep_alive);
+                self.respond(id, 200, body, keep_alive);
+            }
+            ("POST", "/execute") => self.start_execute(id, &request, keep_alive),
+            (_, "/status" | "/metrics" | "/execute") => {
+                let message = format!("method {method} is not allowed on {}", request.path);
+                let body = json_error(405, &message, keep_alive);
+                self.respond(id, 405, body, keep_alive);
+            }
+            ("GET", path) if path == "/create" || path.starts_with("/attach/") => {
+                let message = "WebSocket sessions are not available on this server yet";
+                self.respond(id, 501, json_error(501, message, keep_alive), keep_alive);
+            }
+            (_, path) => {
+                let message = format!("no such endpoint {path:?}; try POST /execute?language=python");
+                self.respond(id, 404, json_error(404, &message, keep_alive), keep_alive);
+            }
+        }
+    }
+
+    fn start_execute(&mut self, id: u64, request: &Request, keep_alive: bool) {
+        let limits = &self.config.limits;
+        let parsed = match execute::parse(request, limits.exec_timeout, limits.max_exec_timeout) {
+            Ok(parsed) => parsed,
+            Err((status, message)) => return self.respond(id, status, json_error(status, &message, keep_alive), keep_alive),
+        };
+        match self.runtime.acquire(Owner::Http(id)) {
+            Ok(sandbox) => {
+                let sandbox_id = self.runtime.sandbox_id(sandbox).map(|id| id.to_string()).unwrap_or_default();
+                if let Some(connection) = self.connections.get_mut(&id) {
+                    connection.phase = Phase::Executing(Box::new(ExecuteJob::new(sandbox, sandbox_id, parsed, keep_alive)));
+                }
+            }
+            Err(RuntimeError::AtCapacity(limit)) => {
+                *self.metrics.http_responses.entry(503).or_default() += 1;
+                let message = format!("the server is at its limit of {limit} sandboxes; retry shortly");
+                let body = crate::http::response::json_error_body(&message);
+                let bytes = ResponseHead::new(503)
+                    .header("Content-Type", "application/json")
+                    .header("Retry-After", "1")
+                    .encode_with_body(&body, keep_alive);
+                if let Some(connection) = self.connections.get_mut(&id) {
+                    connection.out.extend_from_slice(&bytes);
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                self.respond(id, 500, json_error(500, &message, keep_alive), keep_alive);
+            }
+        }
+    }
+
+    fn dispatch_notices(&mut self) {
+        while let Some(Notice { owner, sandbox, event }) = self.runtime.next_notice() {
+            match owner {
+                Owner::Http(id) => self.execute_event(id, sandbox, event),
+                Owner::Session(_) => {}
+            }
+        }
+    }
+
+    fn execute_event(&mut self, id: u64, sandbox: crate::runtime::SandboxKey, event: crate::runtime::RuntimeEvent) {
+        let Some(connection) = self.connections.get_mut(&id) else {
+            // The client is gone; make sure its sandbox goes too.
+            self.runtime.delete(sandbox);
+            return;
+        };
+        let Phase::Executing(job) = &mut connection.phase else { return };
+        if job.sandbox != sandbox {
+            return;
+        }
+        let mut step = job.on_event(event);
+        if let Some(spec) = step.start.take() {
+            match self.runtime.start_exec(sandbox, spec) {
+                Ok(exec) => {
+                    job.set_running(exec);
+                    // /execute has no stdin: the code gets EOF at once.
+                    let _ = self.runtime.close_stdin(sandbox, exec);
+                }
+                Err(error) => step = job.fail(500, &format!("cannot run the code: {error}")),
+            }
+        }
+        connection.out.extend_from_slice(&step.bytes);
+        if let Some(finished) = step.finished {
+            let elapsed = job.started.elapsed().as_secs_f64();
+            let keep_alive = job.keep_alive() && !connection.peer_closed;
+            connection.phase = if keep_alive { Phase::Reading } else { Phase::Closing };
+            connection.output_paused = false;
+            self.runtime.delete(sandbox);
+            *self.metrics.executions.entry(finished.result).or_default() += 1;
+            *self.metrics.http_responses.entry(finished.status).or_default() += 1;
+            self.metrics.execute_seconds.observe(elapsed);
+            self.flush(id);
+            self.process_requests(id);
+            return;
+        }
+        if connection.out.len() > OUT_HIGH_WATER && !connection.output_paused {
+            connection.output_paused = true;
+            self.runtime.set_output_paused(sandbox, true);
+        }
+        self.flush(id);
+    }
+
+    fn flush(&mut self, id: u64) {
+        let Some(connection) = self.connections.get_mut(&id) else { return };
+        if !connection.flush() {
+            if let Some(job) = connection.job() {
+                self.runtime.delete(job.sandbox);
+            }
+            self.close(id);
+            return;
+        }
+        if connection.output_paused && connection.out.len() < OUT_LOW_WATER {
+            connection.output_paused = false;
+            if let Some(job) = connection.job() {
+                self.runtime.set_output_paused(job.sandbox, false);
+            }
+        }
+        if matches!(connection.phase, Phase::Closing) && connection.out.is_empty() {
+            self.close(id);
+        }
+    }
+
+    fn close(&mut self, id: u64) {
+        if let Some(mut connection) = self.connections.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut connection.stream);
+        }
+    }
+
+    /// Enforce the connection deadlines: slow requests, idle keep-alives, stalled readers.
+    fn sweep(&mut self, now: Instant) {
+        let http = &self.config.http;
+        let mut expired = Vec::new();
+        for (id, connection) in &self.connections {
+            let slow_request = matches!(connection.phase, Phase::Reading)
+                && connection.request_started.is_some_and(|start| now.duration_since(start) > http.request_timeout);
+            let idle = matches!(connection.phase, Phase::Reading)
+                && connection.request_started.is_none()
+                && connection.out.is_empty()
+                && now.duration_since(connection.last_activity) > http.keepalive_timeout;
+            let stalled = !connection.out.is_empty() && now.duration_since(connection.last_write_progress) > http.write_timeout;
+            if slow_request {
+                expired.push((*id, Some(408)));
+            } else if idle || stalled {
+                expired.push((*id, None));
+            }
+        }
+        for (id, status) in expired {
+            match status {
+                Some(status) => self.answer_error(id, HttpError { status, message: "the request did not arrive in time".into() }),
+                None => {
+                    if let Some(job) = self.connections.get(&id).and_then(Connection::job) {
+                        self.runtime.delete(job.sandbox);
+                    }
+                    self.close(id);
+                }
+            }
+        }
+    }
+
+    fn metrics_text(&mut self) -> String {
+        for seconds in self.runtime.stats.start_seconds.drain(..) {
+            self.metrics.sandbox_start_seconds.observe(seconds);
+        }
+        let stats = &self.runtime.stats;
+        self.metrics.render(&Gauges {
+            live_sandboxes: self.runtime.live_sandboxes(),
+            pool_ready: self.runtime.pool_ready(),
+            connections: self.connections.len(),
+            sandboxes_created: stats.created,
+            sandbox_start_failures: stats.start_failures,
+            sandboxes_lost: stats.lost,
+        })
+    }
+}
+
+/// A socket that receives a byte whenever one of `signals` arrives (signal-hook's self-pipe).
+fn signal_pipe(signals: &[i32]) -> io::Result<StdUnixStream> {
+    let (reader, writer) = StdUnixStream::pair()?;
+    reader.set_nonblocking(true)?;
+    writer.set_nonblocking(true)?;
+    for signal in signals {
+        signal_hook::low_level::pipe::register(*signal, writer.try_clone()?)?;
+    }
+    Ok(reader)
+}
