@@ -16,3 +16,4 @@ pub mod runtime;
 pub mod timers;
 pub mod metrics;
 pub mod server;
+pub mod session;

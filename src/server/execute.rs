@@ -21,7 +21,7 @@ use crate::runtime::{ExecSpec, RuntimeEvent, SandboxKey};
 pub const LANGUAGES: &[&str] = &["python", "bash"];
 
 /// How many bytes of each execution's output go to the server log.
-const LOGGED_OUTPUT_BYTES: usize = 2048;
+const LOGGED_OUTPUT_BYTES: usize = 512;
 
 /// A validated `/execute` request.
 #[derive(Debug, Clone)]

@@ -1,0 +1,633 @@
+//! One WebSocket sandbox session, as a state machine without I/O.
+//!
+//! It takes the client's messages and the runtime's notices, and returns the frames to send
+//! (and the close code). It acts on the sandbox only through [`SandboxControl`], which the
+//! server implements over the runtime and the unit tests implement with a fake, so every flow of
+//! `docs/protocol.md` is tested here message by message.
+//!
+//! ```text
+//! AwaitingInit --init--> Creating --Ready--> Running --kill_sandbox / idle--> Ending --Deleted--> Ended
+//!      |                    |                   |
+//!      +--bad init----------+--start failed-----+--sandbox lost--> Ending
+//! ```
+//! A session outlives its connection: when the client goes away the session is detached, output
+//! of the running execution is held (bounded; the process is paused by back-pressure past the
+//! bound) and replayed after `{"action":"reconnect"}` on a new attach.
+
+pub mod text;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use crate::agent_protocol::{ExecId, Stream};
+use crate::runtime::exec::{ExecOutcome, Reason};
+use crate::runtime::{ExecSpec, RuntimeError, RuntimeEvent, SandboxKey};
+use text::{base64_decode, base64_encode, Utf8Stream};
+
+pub type SessionId = u64;
+
+pub const LANGUAGES_MESSAGE: &str = "Unsupported language or message. Supported languages: python, bash.";
+
+/// What a session needs from the runtime.
+pub trait SandboxControl {
+    fn acquire(&mut self, session: SessionId) -> Result<SandboxKey, RuntimeError>;
+    fn sandbox_id(&self, sandbox: SandboxKey) -> String;
+    fn start_exec(&mut self, sandbox: SandboxKey, spec: ExecSpec) -> Result<ExecId, RuntimeError>;
+    fn write_stdin(&mut self, sandbox: SandboxKey, exec: ExecId, data: &[u8]) -> Result<(), RuntimeError>;
+    fn close_stdin(&mut self, sandbox: SandboxKey, exec: ExecId) -> Result<(), RuntimeError>;
+    fn kill_exec(&mut self, sandbox: SandboxKey, exec: ExecId) -> Result<(), RuntimeError>;
+    fn delete(&mut self, sandbox: SandboxKey);
+    fn set_output_paused(&mut self, sandbox: SandboxKey, paused: bool);
+}
+
+/// Server-wide settings a session obeys.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub checkpoint_enabled: bool,
+    pub snapshot_enabled: bool,
+    pub default_idle_timeout: Duration,
+    pub max_idle_timeout: Duration,
+    pub exec_timeout: Duration,
+    pub max_exec_timeout: Duration,
+    pub max_code_bytes: usize,
+    /// Output held for a detached client before the process is paused.
+    pub held_output_bytes: usize,
+}
+
+/// What the connection must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out {
+    Send(String),
+    Close(u16, String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitingInit,
+    Creating,
+    Running,
+    /// Deleting the sandbox; on `Deleted` the listed statuses are sent and the socket closed.
+    Ending(Ending),
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// kill_sandbox or the idle timeout: DELETED, KILLED, close 1000 when done.
+    Kill,
+    /// The sandbox died or failed; the client was told already.
+    Silent,
+}
+
+#[derive(Debug)]
+struct RunningExec {
+    id: ExecId,
+    base64: bool,
+    stdout: Utf8Stream,
+    stderr: Utf8Stream,
+    /// Output not yet framed: consecutive chunks of one stream are merged into one frame.
+    pending: Option<(Stream, Vec<u8>)>,
+}
+
+pub struct Session {
+    pub id: SessionId,
+    settings: SessionSettings,
+    state: State,
+    sandbox: Option<SandboxKey>,
+    sandbox_id: String,
+    token: String,
+    exec: Option<RunningExec>,
+    attached: bool,
+    /// Attached again, but the client has not asked for the replay yet.
+    awaiting_reconnect: bool,
+    held: VecDeque<String>,
+    held_bytes: usize,
+    output_paused: bool,
+    idle_timeout: Option<Duration>,
+    last_activity: Instant,
+}
+
+fn status(name: &str) -> String {
+    json!({"event": "status_update", "status": name}).to_string()
+}
+
+/// An error status carries `message` too, followed by the `error` event (protocol addition).
+fn error_frames(name: &str, message: &str) -> [Out; 2] {
+    [
+        Out::Send(json!({"event": "status_update", "status": name, "message": message}).to_string()),
+        Out::Send(json!({"event": "error", "message": message}).to_string()),
+    ]
+}
+
+/// Constant-time comparison, so the time taken says nothing about how much of a guess matched.
+pub fn tokens_match(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    let mut difference = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for index in 0..a.len() {
+        difference |= a[index] ^ b.get(index).copied().unwrap_or(0);
+    }
+    difference == 0 && !a.is_empty()
+}
+
+impl Session {
+    pub fn new(id: SessionId, token: String, settings: SessionSettings, now: Instant) -> Self {
+        Session {
+            id,
+            settings,
+            state: State::AwaitingInit,
+            sandbox: None,
+            sandbox_id: String::new(),
+            token,
+            exec: None,
+            attached: true,
+            awaiting_reconnect: false,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            output_paused: false,
+            idle_timeout: None,
+            last_activity: now,
+        }
+    }
+
+    pub fn sandbox(&self) -> Option<SandboxKey> {
+        self.sandbox
+    }
+
+    pub fn sandbox_id(&self) -> &str {
+        &self.sandbox_id
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.attached
+    }
+
+    /// The session is over and can be forgotten.
+    pub fn is_ended(&self) -> bool {
+        self.state == State::Ended
+    }
+
+    /// Whether it can be attached to (a live, running sandbox).
+    pub fn is_running(&self) -> bool {
+        self.state == State::Running
+    }
+
+    /// Send, or hold while no client reads (execution output only; see `emit_exec`).
+    fn send(&mut self, out: &mut Vec<Out>, frame: String) {
+        if self.attached {
+            out.push(Out::Send(frame));
+        }
+    }
+
+    fn emit_exec(&mut self, out: &mut Vec<Out>, frame: String, control: &mut dyn SandboxControl) {
+        if self.attached && !self.awaiting_reconnect {
+            out.push(Out::Send(frame));
+            return;
+        }
+        self.held_bytes += frame.len();
+        self.held.push_back(frame);
+        if self.held_bytes > self.settings.held_output_bytes && !self.output_paused {
+            if let Some(sandbox) = self.sandbox {
+                self.output_paused = true;
+                control.set_output_paused(sandbox, true);
+            }
+        }
+    }
+
+    /// The first message on `/create`.
+    pub fn on_init(&mut self, text: &str, control: &mut dyn SandboxControl, now: Instant) -> Vec<Out> {
+        self.last_activity = now;
+        let mut out = Vec::new();
+        let fail = |out: &mut Vec<Out>, message: &str, code: u16| {
+            out.extend(error_frames("SANDBOX_CREATION_ERROR", message));
+            out.push(Out::Close(code, message.chars().take(100).collect()));
+        };
+        let init: Map<String, Value> = match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => map,
+            _ => {
+                self.state = State::Ended;
+                fail(&mut out, "the first message must be the init JSON object", 4000);
+                return out;
+            }
+        };
+        let flag = |name: &str| init.get(name).and_then(Value::as_bool).unwrap_or(false);
+        let problem = if (flag("enable_checkpoint") || flag("enable_idle_timeout_auto_checkpoint")) && !self.settings.checkpoint_enabled {
+            Some("checkpointing is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)".to_string())
+        } else if let Some(name) = init.get("filesystem_snapshot_name").filter(|value| !value.is_null()) {
+            if self.settings.snapshot_enabled {
+                Some(format!("filesystem snapshot {name} does not exist"))
+            } else {
+                Some(format!(
+                    "cannot create from filesystem snapshot {name}: filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)"
+                ))
+            }
+        } else {
+            match init.get("idle_timeout") {
+                None | Some(Value::Null) => None,
+                Some(value) => match value.as_f64() {
+                    Some(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+                        self.idle_timeout = Some(Duration::from_secs_f64(seconds));
+                        None
+                    }
+                    _ => Some(format!("idle_timeout must be a number of seconds >= 0, got {value}")),
+                },
+            }
+        };
+        if let Some(message) = problem {
+            self.state = State::Ended;
+            fail(&mut out, &message, 4000);
+            return out;
+        }
+        out.push(Out::Send(status("SANDBOX_CREATING")));
+        match control.acquire(self.id) {
+            Ok(sandbox) => {
+                self.sandbox = Some(sandbox);
+                self.sandbox_id = control.sandbox_id(sandbox);
+                self.state = State::Creating;
+            }
+            Err(error) => {
+                self.state = State::Ended;
+                let code = if matches!(error, RuntimeError::AtCapacity(_)) { 1013 } else { 4000 };
+                fail(&mut out, &error.to_string(), code);
+            }
+        }
+        out
+    }
+
+    /// The effective idle timeout: 0 or none means "never", capped by the server's maximum.
+    fn idle_limit(&self) -> Duration {
+        match self.idle_timeout {
+            Some(timeout) if !timeout.is_zero() => timeout.min(self.settings.max_idle_timeout),
+            Some(_) => self.settings.max_idle_timeout,
+            None => self.settings.default_idle_timeout.min(self.settings.max_idle_timeout),
+        }
+    }
+
+    /// Called periodically: delete the sandbox once it has been idle too long.
+    pub fn on_tick(&mut self, now: Instant, control: &mut dyn SandboxControl) -> Vec<Out> {
+        if self.state != State::Running || self.exec.is_some() {
+            // A running execution is activity.
+            self.last_activity = now;
+            return Vec::new();
+        }
+        if now.saturating_duration_since(self.last_activity) < self.idle_limit() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        self.begin_kill(&mut out, control);
+        out
+    }
+
+    fn begin_kill(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
+        self.send(out, status("SANDBOX_KILLING"));
+        self.send(out, status("SANDBOX_DELETING"));
+        self.state = State::Ending(Ending::Kill);
+        if let Some(sandbox) = self.sandbox {
+            control.delete(sandbox);
+        }
+    }
+
+    /// A client attached on `/attach` (token already checked, not in use).
+    pub fn on_attach(&mut self, now: Instant) -> Vec<Out> {
+        self.attached = true;
+        self.last_activity = now;
+        self.awaiting_reconnect = self.exec.is_some() || !self.held.is_empty();
+        vec![Out::Send(status("SANDBOX_RUNNING"))]
+    }
+
+    pub fn on_detach(&mut self, now: Instant) {
+        self.attached = false;
+        self.awaiting_reconnect = false;
+        self.last_activity = now;
+    }
+
+    /// A text message after set-up.
+    pub fn on_message(&mut self, text: &str, control: &mut dyn SandboxControl, now: Instant) -> Vec<Out> {
+        self.last_activity = now;
+        let mut out = Vec::new();
+        if self.state != State::Running {
+            // Messages before the sandbox is ready, or while it is being deleted, cannot act.
+            let message = match self.state {
+                State::Creating => "the sandbox is still being created",
+                _ => "the sandbox is being deleted",
+            };
+            out.extend(error_frames("SANDBOX_EXECUTION_ERROR", message));
+            return out;
+        }
+        let Ok(Value::Object(message)) = serde_json::from_str::<Value>(text) else {
+            out.extend(error_frames("SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR", LANGUAGES_MESSAGE));
+            return out;
+        };
+        let action = message.get("action").and_then(Value::as_str);
+        let event = message.get("event").and_then(Value::as_str);
+        match (action, event) {
+            (Some("kill_process"), _) => self.kill_process(&mut out, control),
+            (Some("kill_sandbox"), _) => self.begin_kill(&mut out, control),
+            (Some("checkpoint"), _) => {
+                out.push(Out::Send(status("SANDBOX_CHECKPOINTING")));
+                if self.exec.is_some() {
+                    out.extend(error_frames(
+                        "SANDBOX_EXECUTION_IN_PROGRESS_ERROR",
+                        "cannot checkpoint while an execution is running",
+                    ));
+                } else {
+                    let text = "checkpointing is not enabled for this sandbox: the server has no CHECKPOINT_AND_RESTORE_PATH";
+                    out.extend(error_frames("SANDBOX_CHECKPOINT_ERROR", text));
+                    out.push(Out::Close(4000, "checkpoint error".into()));
+                    // The sandbox survives the closed connection, until its idle timeout.
+                }
+            }
+            (Some("snapshot_filesystem"), _) => {
+                let text = "filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)";
+                out.push(Out::Send(status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATING")));
+                out.extend(error_frames("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", text));
+            }
+            (Some("reconnect"), _) => self.replay(&mut out, control),
+            (None, Some("stdin")) => self.stdin(&message, &mut out, control),
+            _ if message.contains_key("code") || message.contains_key("language") => {
+                self.exec_request(&message, &mut out, control)
+            }
+            _ => out.extend(error_frames("SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR", LANGUAGES_MESSAGE)),
+        }
+        out
+    }
+
+    fn replay(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
+        if !self.awaiting_reconnect {
+            return;
+        }
+        self.awaiting_reconnect = false;
+        out.push(Out::Send(status("SANDBOX_EXECUTION_RUNNING")));
+        out.extend(self.held.drain(..).map(Out::Send));
+        self.held_bytes = 0;
+        if self.output_paused {
+            self.output_paused = false;
+            if let Some(sandbox) = self.sandbox {
+                control.set_output_paused(sandbox, false);
+            }
+        }
+    }
+
+    fn kill_process(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
+        let (Some(sandbox), Some(exec)) = (self.sandbox, self.exec.as_ref()) else {
+            out.extend(error_frames("SANDBOX_EXECUTION_FORCE_KILL_ERROR", "no execution is running"));
+            return;
+        };
+        match control.kill_exec(sandbox, exec.id) {
+            Ok(()) => out.push(Out::Send(status("SANDBOX_EXECUTION_FORCE_KILLED"))),
+            Err(error) => out.extend(error_frames("SANDBOX_EXECUTION_FORCE_KILL_ERROR", &error.to_string())),
+        }
+    }
+
+    fn stdin(&mut self, message: &Map<String, Value>, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
+        let (Some(sandbox), Some(exec)) = (self.sandbox, self.exec.as_ref()) else {
+            out.extend(error_frames("SANDBOX_EXECUTION_ERROR", "no execution is running to receive stdin"));
+            return;
+        };
+        let exec = exec.id;
+        let eof = message.get("eof").and_then(Value::as_bool).unwrap_or(false);
+        let data = match message.get("data") {
+            Some(Value::String(data)) => {
+                if message.get("encoding").and_then(Value::as_str) == Some("base64") {
+                    match base64_decode(data) {
+                        Some(bytes) => Some(bytes),
+                        None => {
+                            out.extend(error_frames("SANDBOX_STDIN_ERROR", "stdin data is not valid base64"));
+                            return;
+                        }
+                    }
+                } else {
+                    Some(data.as_bytes().to_vec())
+                }
+            }
+            None if eof => None,
+            None => {
+                out.extend(error_frames("SANDBOX_STDIN_ERROR", "stdin message without \"data\""));
+                return;
+            }
+            Some(_) => {
+                out.extend(error_frames("SANDBOX_STDIN_ERROR", "stdin \"data\" must be a string"));
+                return;
+            }
+        };
+        if let Some(bytes) = data {
+            if let Err(error) = control.write_stdin(sandbox, exec, &bytes) {
+                out.extend(error_frames("SANDBOX_STDIN_ERROR", &error.to_string()));
+                return;
+            }
+        }
+        if eof {
+            if let Err(error) = control.close_stdin(sandbox, exec) {
+                out.extend(error_frames("SANDBOX_STDIN_ERROR", &error.to_string()));
+            }
+        }
+    }
+
+    fn exec_request(&mut self, message: &Map<String, Value>, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
+        let language = message.get("language").and_then(Value::as_str);
+        let code = message.get("code").and_then(Value::as_str);
+        let (Some(language @ ("python" | "bash")), Some(code)) = (language, code) else {
+            out.extend(error_frames("SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR", LANGUAGES_MESSAGE));
+            return;
+        };
+        if self.exec.is_some() {
+            out.extend(error_frames("SANDBOX_EXECUTION_ERROR", "An execution is already in progress."));
+            return;
+        }
+        match self.exec_spec(language, code, message) {
+            Ok(spec) => {
+                let base64 = message.get("output_encoding").and_then(Value::as_str) == Some("base64");
+                let Some(sandbox) = self.sandbox else { return };
+                match control.start_exec(sandbox, spec) {
+                    Ok(id) => {
+                        self.exec = Some(RunningExec {
+                            id,
+                            base64,
+                            stdout: Utf8Stream::default(),
+                            stderr: Utf8Stream::default(),
+                            pending: None,
+                        });
+                    }
+                    Err(error) => out.extend(error_frames("SANDBOX_EXECUTION_ERROR", &error.to_string())),
+                }
+            }
+            Err(problem) => out.extend(error_frames("SANDBOX_EXECUTION_ERROR", &problem)),
+        }
+    }
+
+    fn exec_spec(&self, language: &str, code: &str, message: &Map<String, Value>) -> Result<ExecSpec, String> {
+        if code.len() > self.settings.max_code_bytes {
+            return Err(format!("the code is {} bytes; the limit is {}", code.len(), self.settings.max_code_bytes));
+        }
+        let mut env = Vec::new();
+        match message.get("env") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => {
+                for (key, value) in map {
+                    let Some(value) = value.as_str() else {
+                        return Err(format!("env value of {key:?} must be a string"));
+                    };
+                    if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+                        return Err(format!("invalid environment variable name {key:?}"));
+                    }
+                    env.push((key.clone(), value.to_string()));
+                }
+            }
+            Some(_) => return Err("env must be an object of strings".into()),
+        }
+        let cwd = match message.get("cwd") {
+            None | Some(Value::Null) => "/root".to_string(),
+            Some(Value::String(cwd)) if cwd.starts_with('/') && !cwd.contains('\0') => cwd.clone(),
+            Some(other) => return Err(format!("cwd must be an absolute path, got {other}")),
+        };
+        let timeout = match message.get("timeout") {
+            None | Some(Value::Null) => self.settings.exec_timeout,
+            Some(value) => match value.as_f64() {
+                Some(seconds) if seconds > 0.0 && seconds <= self.settings.max_exec_timeout.as_secs_f64() => {
+                    Duration::from_secs_f64(seconds)
+                }
+                _ => {
+                    return Err(format!(
+                        "timeout must be a number of seconds above 0 and at most {}, got {value}",
+                        self.settings.max_exec_timeout.as_secs()
+                    ))
+                }
+            },
+        };
+        Ok(ExecSpec { language: language.to_string(), code: code.to_string(), env, cwd, timeout })
+    }
+
+    /// A runtime notice for this session's sandbox.
+    pub fn on_runtime(&mut self, event: RuntimeEvent, control: &mut dyn SandboxControl) -> Vec<Out> {
+        let mut out = Vec::new();
+        match event {
+            RuntimeEvent::Ready if self.state == State::Creating => {
+                self.state = State::Running;
+                let frame = json!({"event": "sandbox_id", "sandbox_id": self.sandbox_id, "sandbox_token": self.token});
+                self.send(&mut out, frame.to_string());
+                self.send(&mut out, status("SANDBOX_RUNNING"));
+            }
+            RuntimeEvent::StartFailed(message) => {
+                self.state = State::Ending(Ending::Silent);
+                let message = format!("cannot create the sandbox: {message}");
+                if self.attached {
+                    out.extend(error_frames("SANDBOX_CREATION_ERROR", &message));
+                    out.push(Out::Close(4000, "creation error".into()));
+                }
+            }
+            RuntimeEvent::Lost(message) => {
+                if let Some(sandbox) = self.sandbox {
+                    control.delete(sandbox);
+                }
+                self.state = State::Ending(Ending::Silent);
+                if self.attached {
+                    out.extend(error_frames("SANDBOX_ERROR", &format!("the sandbox stopped: {message}")));
+                    out.push(Out::Close(4000, "sandbox error".into()));
+                }
+            }
+            RuntimeEvent::Deleted => {
+                if self.state == State::Ending(Ending::Kill) {
+                    self.send(&mut out, status("SANDBOX_DELETED"));
+                    self.send(&mut out, status("SANDBOX_KILLED"));
+                    if self.attached {
+                        out.push(Out::Close(1000, "sandbox deleted".into()));
+                    }
+                }
+                self.state = State::Ended;
+            }
+            RuntimeEvent::ExecStarted(id) if self.exec_is(id) => {
+                self.emit_exec(&mut out, status("SANDBOX_EXECUTION_RUNNING"), control);
+            }
+            RuntimeEvent::ExecSpawnFailed(id, message) if self.exec_is(id) => {
+                self.exec = None;
+                out.extend(error_frames("SANDBOX_EXECUTION_ERROR", &format!("cannot start the process: {message}")));
+            }
+            RuntimeEvent::Output(id, stream, data) if self.exec_is(id) => {
+                let Some(exec) = self.exec.as_mut() else { return out };
+                match exec.pending.as_mut() {
+                    Some((pending_stream, bytes)) if *pending_stream == stream => bytes.extend_from_slice(&data),
+                    _ => {
+                        self.flush_pending(&mut out, control);
+                        if let Some(exec) = self.exec.as_mut() {
+                            exec.pending = Some((stream, data));
+                        }
+                    }
+                }
+            }
+            RuntimeEvent::ExecFinished(id, outcome) if self.exec_is(id) => {
+                self.flush_pending(&mut out, control);
+                self.finish_text_streams(&mut out, control);
+                self.exec = None;
+                self.emit_exec(&mut out, done_frame(&outcome), control);
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn exec_is(&self, id: ExecId) -> bool {
+        self.exec.as_ref().is_some_and(|exec| exec.id == id)
+    }
+
+    /// Frame the merged output; called after each batch of notices so frames are neither one
+    /// per byte nor delayed.
+    pub fn flush_output(&mut self, control: &mut dyn SandboxControl) -> Vec<Out> {
+        let mut out = Vec::new();
+        self.flush_pending(&mut out, control);
+        out
+    }
+
+    fn flush_pending(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
+        let Some(exec) = self.exec.as_mut() else { return };
+        let Some((stream, bytes)) = exec.pending.take() else { return };
+        let name = match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        };
+        let frame = if exec.base64 {
+            json!({"event": name, "data": base64_encode(&bytes), "encoding": "base64"})
+        } else {
+            let decoder = match stream {
+                Stream::Stdout => &mut exec.stdout,
+                Stream::Stderr => &mut exec.stderr,
+            };
+            let text = decoder.push(&bytes);
+            if text.is_empty() {
+                return;
+            }
+            json!({"event": name, "data": text})
+        };
+        self.emit_exec(out, frame.to_string(), control);
+    }
+
+    fn finish_text_streams(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
+        let Some(exec) = self.exec.as_mut() else { return };
+        let leftovers = [("stdout", exec.stdout.finish()), ("stderr", exec.stderr.finish())];
+        for (name, text) in leftovers {
+            if !text.is_empty() {
+                self.emit_exec(out, json!({"event": name, "data": text}).to_string(), control);
+            }
+        }
+    }
+}
+
+fn done_frame(outcome: &ExecOutcome) -> String {
+    json!({
+        "event": "status_update",
+        "status": "SANDBOX_EXECUTION_DONE",
+        "exit_code": outcome.exit_code(),
+        "signal": outcome.signal(),
+        "reason": outcome.reason.as_str(),
+        "timed_out": outcome.reason == Reason::Timeout,
+        "duration_ms": outcome.duration_ms,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests;

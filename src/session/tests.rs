@@ -1,0 +1,282 @@
+//! Every flow of docs/protocol.md against the session machine, with a fake runtime.
+
+use super::*;
+use crate::agent_protocol::ExitStatus;
+
+#[derive(Default)]
+struct FakeControl {
+    at_capacity: bool,
+    started: Vec<ExecSpec>,
+    stdin: Vec<Vec<u8>>,
+    stdin_closed: bool,
+    killed: Vec<ExecId>,
+    deleted: Vec<SandboxKey>,
+    paused: Option<bool>,
+}
+
+impl SandboxControl for FakeControl {
+    fn acquire(&mut self, _session: SessionId) -> Result<SandboxKey, RuntimeError> {
+        if self.at_capacity {
+            Err(RuntimeError::AtCapacity(1))
+        } else {
+            Ok(7)
+        }
+    }
+    fn sandbox_id(&self, _sandbox: SandboxKey) -> String {
+        "0123456789abcdef0123456789abcdef".into()
+    }
+    fn start_exec(&mut self, _sandbox: SandboxKey, spec: ExecSpec) -> Result<ExecId, RuntimeError> {
+        self.started.push(spec);
+        Ok(self.started.len() as ExecId)
+    }
+    fn write_stdin(&mut self, _: SandboxKey, _: ExecId, data: &[u8]) -> Result<(), RuntimeError> {
+        self.stdin.push(data.to_vec());
+        Ok(())
+    }
+    fn close_stdin(&mut self, _: SandboxKey, _: ExecId) -> Result<(), RuntimeError> {
+        self.stdin_closed = true;
+        Ok(())
+    }
+    fn kill_exec(&mut self, _: SandboxKey, exec: ExecId) -> Result<(), RuntimeError> {
+        self.killed.push(exec);
+        Ok(())
+    }
+    fn delete(&mut self, sandbox: SandboxKey) {
+        self.deleted.push(sandbox);
+    }
+    fn set_output_paused(&mut self, _: SandboxKey, paused: bool) {
+        self.paused = Some(paused);
+    }
+}
+
+fn settings(checkpoint: bool) -> SessionSettings {
+    SessionSettings {
+        checkpoint_enabled: checkpoint,
+        snapshot_enabled: false,
+        default_idle_timeout: Duration::from_secs(300),
+        max_idle_timeout: Duration::from_secs(3600),
+        exec_timeout: Duration::from_secs(60),
+        max_exec_timeout: Duration::from_secs(600),
+        max_code_bytes: 1000,
+        held_output_bytes: 100,
+    }
+}
+
+/// Frames as (status or event, full JSON) for compact assertions.
+fn names(out: &[Out]) -> Vec<String> {
+    out.iter()
+        .map(|item| match item {
+            Out::Send(text) => {
+                let value: Value = serde_json::from_str(text).unwrap();
+                match value["event"].as_str().unwrap() {
+                    "status_update" => value["status"].as_str().unwrap().to_string(),
+                    other => other.to_string(),
+                }
+            }
+            Out::Close(code, _) => format!("close {code}"),
+        })
+        .collect()
+}
+
+fn frame(out: &[Out], index: usize) -> Value {
+    match &out[index] {
+        Out::Send(text) => serde_json::from_str(text).unwrap(),
+        other => panic!("not a frame: {other:?}"),
+    }
+}
+
+fn running_session(control: &mut FakeControl) -> Session {
+    let now = Instant::now();
+    let mut session = Session::new(1, "secret-token".into(), settings(false), now);
+    let out = session.on_init("{}", control, now);
+    assert_eq!(names(&out), ["SANDBOX_CREATING"]);
+    let out = session.on_runtime(RuntimeEvent::Ready, control);
+    assert_eq!(names(&out), ["sandbox_id", "SANDBOX_RUNNING"]);
+    assert_eq!(frame(&out, 0)["sandbox_token"], "secret-token");
+    session
+}
+
+fn outcome(code: i32) -> ExecOutcome {
+    ExecOutcome { status: ExitStatus::Code(code), reason: Reason::Exited, duration_ms: 5, truncated: false }
+}
+
+#[test]
+fn create_then_exec_streams_output_and_done_with_exit_code() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let now = Instant::now();
+    assert!(session.on_message(r#"{"language":"python","code":"print(1)"}"#, &mut control, now).is_empty());
+    assert_eq!(control.started[0].cwd, "/root");
+    let mut out = session.on_runtime(RuntimeEvent::ExecStarted(1), &mut control);
+    out.extend(session.on_runtime(RuntimeEvent::Output(1, Stream::Stdout, b"Hello,".to_vec()), &mut control));
+    out.extend(session.on_runtime(RuntimeEvent::Output(1, Stream::Stdout, b" World\n".to_vec()), &mut control));
+    out.extend(session.on_runtime(RuntimeEvent::Output(1, Stream::Stderr, b"warn\n".to_vec()), &mut control));
+    out.extend(session.on_runtime(RuntimeEvent::ExecFinished(1, outcome(3)), &mut control));
+    assert_eq!(names(&out), ["SANDBOX_EXECUTION_RUNNING", "stdout", "stderr", "SANDBOX_EXECUTION_DONE"]);
+    assert_eq!(frame(&out, 1)["data"], "Hello, World\n", "consecutive chunks are merged");
+    assert_eq!(frame(&out, 3)["exit_code"], 3);
+    assert_eq!(frame(&out, 3)["reason"], "exited");
+}
+
+#[test]
+fn second_exec_unknown_language_and_unknown_shapes_keep_the_session() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let now = Instant::now();
+    session.on_message(r#"{"language":"bash","code":"sleep 5"}"#, &mut control, now);
+    let out = session.on_message(r#"{"language":"bash","code":"true"}"#, &mut control, now);
+    assert_eq!(names(&out), ["SANDBOX_EXECUTION_ERROR", "error"]);
+    assert_eq!(frame(&out, 1)["message"], "An execution is already in progress.");
+    assert_eq!(frame(&out, 0)["message"], "An execution is already in progress.");
+    for bad in [r#"{"language":"ruby","code":"1"}"#, r#"{"code":"1"}"#, r#"{"hello":1}"#, "not json", "[1]"] {
+        let out = session.on_message(bad, &mut control, now);
+        assert_eq!(names(&out), ["SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR", "error"], "{bad}");
+        assert!(frame(&out, 1)["message"].as_str().unwrap().contains("python, bash"));
+    }
+    assert_eq!(control.started.len(), 1);
+}
+
+#[test]
+fn stdin_flows() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let now = Instant::now();
+    let out = session.on_message(r#"{"event":"stdin","data":"x"}"#, &mut control, now);
+    assert_eq!(names(&out), ["SANDBOX_EXECUTION_ERROR", "error"], "nothing running");
+    session.on_message(r#"{"language":"python","code":"input()"}"#, &mut control, now);
+    assert!(session.on_message(r#"{"event":"stdin","data":"World\n"}"#, &mut control, now).is_empty());
+    assert_eq!(control.stdin, vec![b"World\n".to_vec()]);
+    let out = session.on_message(r#"{"event":"stdin"}"#, &mut control, now);
+    assert_eq!(names(&out), ["SANDBOX_STDIN_ERROR", "error"]);
+    assert!(session.on_message(r#"{"event":"stdin","data":"AP8=","encoding":"base64","eof":true}"#, &mut control, now).is_empty());
+    assert_eq!(control.stdin[1], vec![0, 255]);
+    assert!(control.stdin_closed);
+}
+
+#[test]
+fn kill_process_sends_force_killed_before_done() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let now = Instant::now();
+    let out = session.on_message(r#"{"action":"kill_process"}"#, &mut control, now);
+    assert_eq!(names(&out), ["SANDBOX_EXECUTION_FORCE_KILL_ERROR", "error"]);
+    session.on_message(r#"{"language":"bash","code":"sleep 100"}"#, &mut control, now);
+    let mut out = session.on_message(r#"{"action":"kill_process"}"#, &mut control, now);
+    assert_eq!(control.killed, vec![1]);
+    let killed = ExecOutcome { status: ExitStatus::Signal(9), reason: Reason::Killed, duration_ms: 1, truncated: false };
+    out.extend(session.on_runtime(RuntimeEvent::ExecFinished(1, killed), &mut control));
+    assert_eq!(names(&out), ["SANDBOX_EXECUTION_FORCE_KILLED", "SANDBOX_EXECUTION_DONE"]);
+    assert_eq!(frame(&out, 1)["exit_code"], 137);
+    assert_eq!(frame(&out, 1)["signal"], 9);
+    assert_eq!(frame(&out, 1)["reason"], "killed");
+}
+
+#[test]
+fn kill_sandbox_sequence_and_close_1000() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let mut out = session.on_message(r#"{"action":"kill_sandbox"}"#, &mut control, Instant::now());
+    assert_eq!(control.deleted, vec![7]);
+    out.extend(session.on_runtime(RuntimeEvent::Deleted, &mut control));
+    assert_eq!(names(&out), ["SANDBOX_KILLING", "SANDBOX_DELETING", "SANDBOX_DELETED", "SANDBOX_KILLED", "close 1000"]);
+    assert!(session.is_ended());
+}
+
+#[test]
+fn checkpoint_and_snapshot_without_server_support() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let now = Instant::now();
+    let out = session.on_message(r#"{"action":"snapshot_filesystem","name":"s"}"#, &mut control, now);
+    assert_eq!(names(&out), ["SANDBOX_FILESYSTEM_SNAPSHOT_CREATING", "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", "error"]);
+    session.on_message(r#"{"language":"bash","code":"sleep 1"}"#, &mut control, now);
+    let out = session.on_message(r#"{"action":"checkpoint"}"#, &mut control, now);
+    assert_eq!(names(&out), ["SANDBOX_CHECKPOINTING", "SANDBOX_EXECUTION_IN_PROGRESS_ERROR", "error"]);
+    session.on_runtime(RuntimeEvent::ExecFinished(1, outcome(0)), &mut control);
+    let out = session.on_message(r#"{"action":"checkpoint"}"#, &mut control, now);
+    assert_eq!(names(&out), ["SANDBOX_CHECKPOINTING", "SANDBOX_CHECKPOINT_ERROR", "error", "close 4000"]);
+    assert!(control.deleted.is_empty(), "the sandbox survives");
+}
+
+#[test]
+fn creation_errors_close_with_a_message() {
+    let now = Instant::now();
+    let mut control = FakeControl::default();
+    let mut session = Session::new(1, "t".into(), settings(false), now);
+    let out = session.on_init(r#"{"enable_checkpoint":true}"#, &mut control, now);
+    assert_eq!(names(&out), ["SANDBOX_CREATION_ERROR", "error", "close 4000"]);
+    assert!(frame(&out, 1)["message"].as_str().unwrap().contains("CHECKPOINT_AND_RESTORE_PATH"));
+
+    let mut session = Session::new(1, "t".into(), settings(false), now);
+    let out = session.on_init(r#"{"filesystem_snapshot_name":"my-snap"}"#, &mut control, now);
+    assert!(frame(&out, 1)["message"].as_str().unwrap().contains("my-snap"));
+
+    let mut session = Session::new(1, "t".into(), settings(false), now);
+    control.at_capacity = true;
+    let out = session.on_init("{}", &mut control, now);
+    assert_eq!(names(&out), ["SANDBOX_CREATING", "SANDBOX_CREATION_ERROR", "error", "close 1013"]);
+
+    let mut control = FakeControl::default();
+    let mut session = Session::new(1, "t".into(), settings(false), now);
+    session.on_init("{}", &mut control, now);
+    let out = session.on_runtime(RuntimeEvent::StartFailed("runsc said no".into()), &mut control);
+    assert_eq!(names(&out), ["SANDBOX_CREATION_ERROR", "error", "close 4000"]);
+}
+
+#[test]
+fn output_is_held_while_detached_and_replayed_after_reconnect() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let now = Instant::now();
+    session.on_message(r#"{"language":"bash","code":"x"}"#, &mut control, now);
+    session.on_runtime(RuntimeEvent::ExecStarted(1), &mut control);
+    session.on_detach(now);
+    assert!(session.on_runtime(RuntimeEvent::Output(1, Stream::Stdout, vec![b'a'; 150]), &mut control).is_empty());
+    assert!(session.flush_output(&mut control).is_empty());
+    assert_eq!(control.paused, Some(true), "past the bound, the process is paused");
+    assert!(session.on_runtime(RuntimeEvent::ExecFinished(1, outcome(0)), &mut control).is_empty());
+    assert_eq!(names(&session.on_attach(now)), ["SANDBOX_RUNNING"]);
+    let out = session.on_message(r#"{"action":"reconnect"}"#, &mut control, now);
+    assert_eq!(names(&out), ["SANDBOX_EXECUTION_RUNNING", "stdout", "SANDBOX_EXECUTION_DONE"]);
+    assert_eq!(control.paused, Some(false));
+    assert!(session.on_message(r#"{"action":"reconnect"}"#, &mut control, now).is_empty(), "no-op");
+}
+
+#[test]
+fn idle_timeout_counts_activity_and_not_running_executions() {
+    let mut control = FakeControl::default();
+    let start = Instant::now();
+    let mut session = Session::new(1, "t".into(), settings(false), start);
+    session.on_init(r#"{"idle_timeout": 10}"#, &mut control, start);
+    session.on_runtime(RuntimeEvent::Ready, &mut control);
+    session.on_message(r#"{"language":"bash","code":"sleep 100"}"#, &mut control, start);
+    assert!(session.on_tick(start + Duration::from_secs(60), &mut control).is_empty());
+    session.on_runtime(RuntimeEvent::ExecFinished(1, outcome(0)), &mut control);
+    assert!(session.on_tick(start + Duration::from_secs(65), &mut control).is_empty());
+    let out = session.on_tick(start + Duration::from_secs(71), &mut control);
+    assert_eq!(names(&out), ["SANDBOX_KILLING", "SANDBOX_DELETING"]);
+    assert_eq!(control.deleted, vec![7]);
+}
+
+#[test]
+fn text_output_split_inside_a_character_is_not_broken() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    session.on_message(r#"{"language":"bash","code":"x"}"#, &mut control, Instant::now());
+    let euro = "€".as_bytes();
+    let mut out = session.on_runtime(RuntimeEvent::Output(1, Stream::Stdout, euro[..1].to_vec()), &mut control);
+    out.extend(session.flush_output(&mut control));
+    assert!(out.is_empty(), "an incomplete character waits");
+    session.on_runtime(RuntimeEvent::Output(1, Stream::Stdout, euro[1..].to_vec()), &mut control);
+    let out = session.flush_output(&mut control);
+    assert_eq!(frame(&out, 0)["data"], "€");
+}
+
+#[test]
+fn tokens_compare_exactly() {
+    assert!(tokens_match("abc", "abc"));
+    assert!(!tokens_match("abc", "abd"));
+    assert!(!tokens_match("abc", "ab"));
+    assert!(!tokens_match("abc", ""));
+    assert!(!tokens_match("", ""));
+}
