@@ -28,6 +28,7 @@ pub struct Config {
     pub create_timeout: Duration,
     pub limits: Limits,
     pub http: HttpLimits,
+    pub ws: WsLimits,
     /// `CHECKPOINT_AND_RESTORE_PATH`: unset disables checkpointing.
     pub checkpoint_path: Option<PathBuf>,
     /// `FILESYSTEM_SNAPSHOT_PATH`: unset disables snapshots.
@@ -72,6 +73,29 @@ pub struct HttpLimits {
     pub keepalive_timeout: Duration,
     /// `SANDBOX_WRITE_TIMEOUT_SECS`: a client that reads nothing for this long is dropped.
     pub write_timeout: Duration,
+}
+
+/// Limits on WebSocket sessions.
+#[derive(Debug, Clone)]
+pub struct WsLimits {
+    /// `SANDBOX_MAX_SESSIONS`: sessions (attached or not) at most.
+    pub max_sessions: usize,
+    /// `SANDBOX_WS_MAX_MESSAGE_BYTES`: larger frames or messages are closed with 1009.
+    pub max_message_bytes: usize,
+    /// `SANDBOX_WS_MESSAGES_PER_SEC`: sustained client messages per second (bursts of twice
+    /// that are allowed); past it the connection is closed with 1008.
+    pub messages_per_sec: u32,
+    /// `SANDBOX_WS_PING_INTERVAL_SECS`: a quiet connection is pinged after this long.
+    pub ping_interval: Duration,
+    /// `SANDBOX_WS_PONG_TIMEOUT_SECS`: a peer silent this long is dropped (its sandbox stays).
+    pub pong_timeout: Duration,
+    /// `SANDBOX_IDLE_TIMEOUT_SECS`: idle timeout of sessions whose init does not set one.
+    pub default_idle_timeout: Duration,
+    /// `SANDBOX_MAX_IDLE_TIMEOUT_SECS`: the cap, also for `idle_timeout: 0` ("never").
+    pub max_idle_timeout: Duration,
+    /// `SANDBOX_DETACHED_OUTPUT_BYTES`: output kept for an absent client before the process
+    /// is paused.
+    pub detached_output_bytes: usize,
 }
 
 /// A configuration problem, naming the variable and the value.
@@ -124,6 +148,16 @@ impl Config {
             keepalive_timeout: env.seconds("SANDBOX_KEEPALIVE_TIMEOUT_SECS", 60)?,
             write_timeout: env.seconds("SANDBOX_WRITE_TIMEOUT_SECS", 60)?,
         };
+        let ws = WsLimits {
+            max_sessions: env.number("SANDBOX_MAX_SESSIONS", 64)? as usize,
+            max_message_bytes: env.number("SANDBOX_WS_MAX_MESSAGE_BYTES", 4 * 1024 * 1024)? as usize,
+            messages_per_sec: env.number("SANDBOX_WS_MESSAGES_PER_SEC", 100)? as u32,
+            ping_interval: env.seconds("SANDBOX_WS_PING_INTERVAL_SECS", 20)?,
+            pong_timeout: env.seconds("SANDBOX_WS_PONG_TIMEOUT_SECS", 60)?,
+            default_idle_timeout: env.seconds("SANDBOX_IDLE_TIMEOUT_SECS", 300)?,
+            max_idle_timeout: env.seconds("SANDBOX_MAX_IDLE_TIMEOUT_SECS", 3600)?,
+            detached_output_bytes: env.number("SANDBOX_DETACHED_OUTPUT_BYTES", 1024 * 1024)? as usize,
+        };
         Ok(Config {
             port: env.number("PORT", 8080)?.try_into().map_err(|_| ConfigError("PORT must be at most 65535".into()))?,
             listen_addr: env.string("SANDBOX_LISTEN_ADDR", "127.0.0.1"),
@@ -136,6 +170,7 @@ impl Config {
             create_timeout: env.seconds("SANDBOX_CREATE_TIMEOUT_SECS", 30)?,
             limits,
             http,
+            ws,
             checkpoint_path: env.optional_path("CHECKPOINT_AND_RESTORE_PATH"),
             snapshot_path: env.optional_path("FILESYSTEM_SNAPSHOT_PATH"),
             shutdown_timeout: env.seconds("SANDBOX_SHUTDOWN_TIMEOUT_SECS", 10)?,

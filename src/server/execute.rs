@@ -117,19 +117,8 @@ impl ExecuteJob {
         }
     }
 
-    pub fn exec(&self) -> Option<ExecId> {
-        match self.phase {
-            Phase::Running(exec) => Some(exec),
-            _ => None,
-        }
-    }
-
     pub fn set_running(&mut self, exec: ExecId) {
         self.phase = Phase::Running(exec);
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.phase == Phase::Done
     }
 
     /// Whether the response can keep the connection open afterwards.
