@@ -151,7 +151,9 @@ fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
 impl ToAgent {
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            ToAgent::Spawn(exec, request) => put_frame(out, kind::SPAWN, *exec, &json_bytes(request)),
+            ToAgent::Spawn(exec, request) => {
+                put_frame(out, kind::SPAWN, *exec, &json_bytes(request))
+            }
             ToAgent::Stdin(exec, data) => put_frame(out, kind::STDIN, *exec, data),
             ToAgent::CloseStdin(exec) => put_frame(out, kind::CLOSE_STDIN, *exec, &[]),
             ToAgent::Signal(exec, signal) => {
@@ -166,7 +168,11 @@ impl ToAgent {
             kind::STDIN => ToAgent::Stdin(exec, payload.to_vec()),
             kind::CLOSE_STDIN => ToAgent::CloseStdin(exec),
             kind::SIGNAL => ToAgent::Signal(exec, parse_i32(payload)?),
-            other => return Err(ProtocolError(format!("unknown frame kind {other} for the agent"))),
+            other => {
+                return Err(ProtocolError(format!(
+                    "unknown frame kind {other} for the agent"
+                )))
+            }
         })
     }
 }
@@ -179,8 +185,12 @@ impl FromAgent {
             FromAgent::SpawnFailed(exec, message) => {
                 put_frame(out, kind::SPAWN_FAILED, *exec, message.as_bytes())
             }
-            FromAgent::Output(exec, Stream::Stdout, data) => put_frame(out, kind::STDOUT, *exec, data),
-            FromAgent::Output(exec, Stream::Stderr, data) => put_frame(out, kind::STDERR, *exec, data),
+            FromAgent::Output(exec, Stream::Stdout, data) => {
+                put_frame(out, kind::STDOUT, *exec, data)
+            }
+            FromAgent::Output(exec, Stream::Stderr, data) => {
+                put_frame(out, kind::STDERR, *exec, data)
+            }
             FromAgent::StdinWritten(exec, count) => {
                 put_frame(out, kind::STDIN_WRITTEN, *exec, &count.to_le_bytes())
             }
@@ -205,19 +215,27 @@ impl FromAgent {
             kind::STDIN_WRITTEN => FromAgent::StdinWritten(exec, parse_i32(payload)? as u32),
             kind::EXIT_CODE => FromAgent::Exited(exec, ExitStatus::Code(parse_i32(payload)?)),
             kind::EXIT_SIGNAL => FromAgent::Exited(exec, ExitStatus::Signal(parse_i32(payload)?)),
-            other => return Err(ProtocolError(format!("unknown frame kind {other} from the agent"))),
+            other => {
+                return Err(ProtocolError(format!(
+                    "unknown frame kind {other} from the agent"
+                )))
+            }
         })
     }
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, ProtocolError> {
-    serde_json::from_slice(payload).map_err(|error| ProtocolError(format!("bad json payload: {error}")))
+    serde_json::from_slice(payload)
+        .map_err(|error| ProtocolError(format!("bad json payload: {error}")))
 }
 
 fn parse_i32(payload: &[u8]) -> Result<i32, ProtocolError> {
-    let bytes: [u8; 4] = payload
-        .try_into()
-        .map_err(|_| ProtocolError(format!("expected a 4-byte integer, got {} bytes", payload.len())))?;
+    let bytes: [u8; 4] = payload.try_into().map_err(|_| {
+        ProtocolError(format!(
+            "expected a 4-byte integer, got {} bytes",
+            payload.len()
+        ))
+    })?;
     Ok(i32::from_le_bytes(bytes))
 }
 
@@ -252,7 +270,8 @@ impl FrameDecoder {
         if available.len() < 4 {
             return Ok(None);
         }
-        let length = u32::from_le_bytes([available[0], available[1], available[2], available[3]]) as usize;
+        let length =
+            u32::from_le_bytes([available[0], available[1], available[2], available[3]]) as usize;
         if !(5..=MAX_FRAME_BYTES).contains(&length) {
             return Err(ProtocolError(format!("frame length {length} out of range")));
         }
@@ -291,7 +310,10 @@ mod tests {
             code: "print('é')".into(),
             env: vec![("A".into(), "b".into())],
             cwd: "/root".into(),
-            limits: ProcessLimits { processes: Some(64), ..Default::default() },
+            limits: ProcessLimits {
+                processes: Some(64),
+                ..Default::default()
+            },
         }
     }
 
@@ -304,7 +326,10 @@ mod tests {
             ToAgent::Signal(7, 9),
         ];
         let from_agent = vec![
-            FromAgent::Ready(AgentHello { version: "1".into(), python_standby: true }),
+            FromAgent::Ready(AgentHello {
+                version: "1".into(),
+                python_standby: true,
+            }),
             FromAgent::Started(7),
             FromAgent::SpawnFailed(7, "no such dir".into()),
             FromAgent::Output(7, Stream::Stdout, b"out".to_vec()),

@@ -150,19 +150,26 @@ impl Config {
         };
         let ws = WsLimits {
             max_sessions: env.number("SANDBOX_MAX_SESSIONS", 64)? as usize,
-            max_message_bytes: env.number("SANDBOX_WS_MAX_MESSAGE_BYTES", 4 * 1024 * 1024)? as usize,
+            max_message_bytes: env.number("SANDBOX_WS_MAX_MESSAGE_BYTES", 4 * 1024 * 1024)?
+                as usize,
             messages_per_sec: env.number("SANDBOX_WS_MESSAGES_PER_SEC", 100)? as u32,
             ping_interval: env.seconds("SANDBOX_WS_PING_INTERVAL_SECS", 20)?,
             pong_timeout: env.seconds("SANDBOX_WS_PONG_TIMEOUT_SECS", 60)?,
             default_idle_timeout: env.seconds("SANDBOX_IDLE_TIMEOUT_SECS", 300)?,
             max_idle_timeout: env.seconds("SANDBOX_MAX_IDLE_TIMEOUT_SECS", 3600)?,
-            detached_output_bytes: env.number("SANDBOX_DETACHED_OUTPUT_BYTES", 1024 * 1024)? as usize,
+            detached_output_bytes: env.number("SANDBOX_DETACHED_OUTPUT_BYTES", 1024 * 1024)?
+                as usize,
         };
         Ok(Config {
-            port: env.number("PORT", 8080)?.try_into().map_err(|_| ConfigError("PORT must be at most 65535".into()))?,
+            port: env
+                .number("PORT", 8080)?
+                .try_into()
+                .map_err(|_| ConfigError("PORT must be at most 65535".into()))?,
             listen_addr: env.string("SANDBOX_LISTEN_ADDR", "127.0.0.1"),
             rootfs: env.path("SANDBOX_ROOTFS", "/var/lib/cloud-run-sandbox/rootfs"),
-            agent_path: env.optional_path("SANDBOX_AGENT_PATH").unwrap_or(default_agent),
+            agent_path: env
+                .optional_path("SANDBOX_AGENT_PATH")
+                .unwrap_or(default_agent),
             state_dir: env.path("SANDBOX_STATE_DIR", "/run/cloud-run-sandbox"),
             runsc: env.path("SANDBOX_RUNSC", "runsc"),
             pool_size: env.number("SANDBOX_POOL_SIZE", 2)? as usize,
@@ -184,7 +191,9 @@ struct Env<'a> {
 
 impl Env<'_> {
     fn raw(&self, name: &str) -> Option<String> {
-        (self.lookup)(name).map(|value| value.trim().to_string()).filter(|value| !value.is_empty())
+        (self.lookup)(name)
+            .map(|value| value.trim().to_string())
+            .filter(|value| !value.is_empty())
     }
 
     fn string(&self, name: &str, default: &str) -> String {
@@ -203,7 +212,9 @@ impl Env<'_> {
         match self.raw(name) {
             None => Ok(default),
             Some(value) => value.parse().map_err(|_| {
-                ConfigError(format!("{name} must be a non-negative integer, got {value:?}"))
+                ConfigError(format!(
+                    "{name} must be a non-negative integer, got {value:?}"
+                ))
             }),
         }
     }
@@ -213,7 +224,9 @@ impl Env<'_> {
             None => Ok(default),
             Some(value) => match value.parse::<f64>() {
                 Ok(number) if number.is_finite() && number > 0.0 => Ok(number),
-                _ => Err(ConfigError(format!("{name} must be a positive number, got {value:?}"))),
+                _ => Err(ConfigError(format!(
+                    "{name} must be a positive number, got {value:?}"
+                ))),
             },
         }
     }
@@ -229,8 +242,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -246,10 +261,17 @@ mod tests {
     #[test]
     fn bad_values_name_the_variable() {
         let error = config(&[("SANDBOX_POOL_SIZE", "many")]).unwrap_err();
-        assert!(error.0.contains("SANDBOX_POOL_SIZE") && error.0.contains("many"), "{}", error.0);
+        assert!(
+            error.0.contains("SANDBOX_POOL_SIZE") && error.0.contains("many"),
+            "{}",
+            error.0
+        );
         assert!(config(&[("PORT", "70000")]).is_err());
         assert!(config(&[("SANDBOX_CPUS", "-1")]).is_err());
-        let error = config(&[("SANDBOX_EXEC_TIMEOUT_SECS", "100"), ("SANDBOX_MAX_EXEC_TIMEOUT_SECS", "10")]);
+        let error = config(&[
+            ("SANDBOX_EXEC_TIMEOUT_SECS", "100"),
+            ("SANDBOX_MAX_EXEC_TIMEOUT_SECS", "10"),
+        ]);
         assert!(error.is_err());
     }
 }

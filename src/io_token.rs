@@ -43,7 +43,13 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for tag in [Tag::Listener, Tag::Signals, Tag::Connection, Tag::AgentOut, Tag::AgentIn] {
+        for tag in [
+            Tag::Listener,
+            Tag::Signals,
+            Tag::Connection,
+            Tag::AgentOut,
+            Tag::AgentIn,
+        ] {
             assert_eq!(split(token(tag, 12345)), Some((tag, 12345)));
         }
         assert_eq!(split(Token(0)), None);

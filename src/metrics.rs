@@ -12,11 +12,18 @@ pub struct Histogram {
     count: u64,
 }
 
-pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Self {
-        Histogram { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
     }
 
     pub fn observe(&mut self, value: f64) {
@@ -72,26 +79,73 @@ impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
         let gauge_lines = [
-            ("sandbox_live", "Sandboxes that exist now, pool included.", gauges.live_sandboxes as u64, "gauge"),
-            ("sandbox_pool_ready", "Started sandboxes waiting in the pool.", gauges.pool_ready as u64, "gauge"),
-            ("sandbox_http_connections", "Open client connections.", gauges.connections as u64, "gauge"),
-            ("sandbox_created_total", "Sandboxes started.", gauges.sandboxes_created, "counter"),
-            ("sandbox_start_failures_total", "Sandboxes that failed to start.", gauges.sandbox_start_failures, "counter"),
-            ("sandbox_lost_total", "Ready sandboxes that died unexpectedly.", gauges.sandboxes_lost, "counter"),
+            (
+                "sandbox_live",
+                "Sandboxes that exist now, pool included.",
+                gauges.live_sandboxes as u64,
+                "gauge",
+            ),
+            (
+                "sandbox_pool_ready",
+                "Started sandboxes waiting in the pool.",
+                gauges.pool_ready as u64,
+                "gauge",
+            ),
+            (
+                "sandbox_http_connections",
+                "Open client connections.",
+                gauges.connections as u64,
+                "gauge",
+            ),
+            (
+                "sandbox_created_total",
+                "Sandboxes started.",
+                gauges.sandboxes_created,
+                "counter",
+            ),
+            (
+                "sandbox_start_failures_total",
+                "Sandboxes that failed to start.",
+                gauges.sandbox_start_failures,
+                "counter",
+            ),
+            (
+                "sandbox_lost_total",
+                "Ready sandboxes that died unexpectedly.",
+                gauges.sandboxes_lost,
+                "counter",
+            ),
         ];
         for (name, help, value, kind) in gauge_lines {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
         let _ = writeln!(out, "# HELP sandbox_executions_total Executions by how they ended.\n# TYPE sandbox_executions_total counter");
         for (reason, count) in &self.executions {
-            let _ = writeln!(out, "sandbox_executions_total{{reason=\"{reason}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "sandbox_executions_total{{reason=\"{reason}\"}} {count}"
+            );
         }
         let _ = writeln!(out, "# HELP sandbox_http_responses_total HTTP responses by status.\n# TYPE sandbox_http_responses_total counter");
         for (status, count) in &self.http_responses {
-            let _ = writeln!(out, "sandbox_http_responses_total{{status=\"{status}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "sandbox_http_responses_total{{status=\"{status}\"}} {count}"
+            );
         }
-        self.execute_seconds.render("sandbox_execute_seconds", "POST /execute from request to response end.", &mut out);
-        self.sandbox_start_seconds.render("sandbox_start_seconds", "From runsc run to the agent being ready.", &mut out);
+        self.execute_seconds.render(
+            "sandbox_execute_seconds",
+            "POST /execute from request to response end.",
+            &mut out,
+        );
+        self.sandbox_start_seconds.render(
+            "sandbox_start_seconds",
+            "From runsc run to the agent being ready.",
+            &mut out,
+        );
         out
     }
 }

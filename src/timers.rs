@@ -17,7 +17,11 @@ pub struct Timers<K> {
 
 impl<K> Default for Timers<K> {
     fn default() -> Self {
-        Timers { heap: BinaryHeap::new(), armed: HashMap::new(), next: 0 }
+        Timers {
+            heap: BinaryHeap::new(),
+            armed: HashMap::new(),
+            next: 0,
+        }
     }
 }
 
@@ -72,10 +76,19 @@ mod tests {
         let cancelled = timers.arm(start + Duration::from_secs(1), "cancelled");
         timers.arm(start + Duration::from_millis(500), "a");
         timers.cancel(cancelled);
-        assert_eq!(timers.next_deadline(), Some(start + Duration::from_millis(500)));
-        assert_eq!(timers.pop_expired(start + Duration::from_secs(1)), vec!["a"]);
+        assert_eq!(
+            timers.next_deadline(),
+            Some(start + Duration::from_millis(500))
+        );
+        assert_eq!(
+            timers.pop_expired(start + Duration::from_secs(1)),
+            vec!["a"]
+        );
         assert_eq!(timers.next_deadline(), Some(start + Duration::from_secs(2)));
-        assert_eq!(timers.pop_expired(start + Duration::from_secs(3)), vec!["b"]);
+        assert_eq!(
+            timers.pop_expired(start + Duration::from_secs(3)),
+            vec!["b"]
+        );
         assert_eq!(timers.next_deadline(), None);
     }
 }

@@ -42,9 +42,14 @@ pub struct Execution {
 impl Execution {
     /// Start `request` as a new process group with fresh pipes.
     pub fn spawn(id: ExecId, request: &SpawnRequest, config: &AgentConfig) -> Result<Self, String> {
-        let cwd_is_dir = std::fs::metadata(&request.cwd).map(|meta| meta.is_dir()).unwrap_or(false);
+        let cwd_is_dir = std::fs::metadata(&request.cwd)
+            .map(|meta| meta.is_dir())
+            .unwrap_or(false);
         if !cwd_is_dir {
-            return Err(format!("working directory {:?} does not exist", request.cwd));
+            return Err(format!(
+                "working directory {:?} does not exist",
+                request.cwd
+            ));
         }
         let (program, flag) = match request.language.as_str() {
             "python" => ("/usr/bin/python3", "-c"),
@@ -54,7 +59,11 @@ impl Execution {
         let mut command = Command::new(program);
         let mut code_file = None;
         if request.code.len() > MAX_INLINE_CODE_BYTES {
-            let extension = if request.language == "python" { "py" } else { "sh" };
+            let extension = if request.language == "python" {
+                "py"
+            } else {
+                "sh"
+            };
             let path = PathBuf::from(format!("{CODE_DIR}/exec-{id}.{extension}"));
             std::fs::create_dir_all(CODE_DIR)
                 .and_then(|()| std::fs::write(&path, &request.code))
@@ -74,14 +83,24 @@ impl Execution {
 
     /// Spawn a prepared command with piped stdio and wrap it.
     pub fn from_command(id: ExecId, mut command: Command, python: bool) -> Result<Self, String> {
-        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|error| format!("cannot start the process: {error}"))?;
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .map_err(|error| format!("cannot start the process: {error}"))?;
         // The agent reaps with waitpid(-1); the `Child` handle is not used to wait.
         let pid = Pid::from_raw(child.id() as i32);
-        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        for fd in [stdin.as_ref().map(|p| p.as_fd()), stdout.as_ref().map(|p| p.as_fd()), stderr.as_ref().map(|p| p.as_fd())]
-            .into_iter()
-            .flatten()
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        for fd in [
+            stdin.as_ref().map(|p| p.as_fd()),
+            stdout.as_ref().map(|p| p.as_fd()),
+            stderr.as_ref().map(|p| p.as_fd()),
+        ]
+        .into_iter()
+        .flatten()
         {
             set_nonblocking(fd).map_err(|error| format!("cannot configure the pipes: {error}"))?;
         }
@@ -144,7 +163,9 @@ impl Execution {
     /// flight. A process that closed its stdin makes the rest count as written (and dropped:
     /// nobody can read it any more).
     pub fn write_stdin(&mut self, outbox: &mut Vec<u8>) {
-        let Some(pipe) = self.stdin.as_mut() else { return };
+        let Some(pipe) = self.stdin.as_mut() else {
+            return;
+        };
         let mut written = 0usize;
         let mut broken = false;
         while written < self.stdin_pending.len() {
@@ -247,7 +268,9 @@ impl Execution {
     }
 
     pub fn signal_group(&self, signal: i32) {
-        let Ok(signal) = Signal::try_from(signal) else { return };
+        let Ok(signal) = Signal::try_from(signal) else {
+            return;
+        };
         // The process leads its own group (process_group(0)), so -pid reaches its children too.
         let _ = kill(Pid::from_raw(-self.pid.as_raw()), signal);
     }
@@ -281,7 +304,10 @@ fn rlimits(limits: &ProcessLimits) -> Vec<sandbox_ffi::Rlimit> {
     pairs
         .into_iter()
         .filter_map(|(resource, value)| {
-            value.map(|limit| sandbox_ffi::Rlimit { resource: resource as i32, limit })
+            value.map(|limit| sandbox_ffi::Rlimit {
+                resource: resource as i32,
+                limit,
+            })
         })
         .collect()
 }

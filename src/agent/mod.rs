@@ -235,7 +235,8 @@ impl Agent {
                     return;
                 }
                 let standby = if request.language == "python" {
-                    self.standby.take_if(|standby| standby.can_serve(&request, &self.config.limits))
+                    self.standby
+                        .take_if(|standby| standby.can_serve(&request, &self.config.limits))
                 } else {
                     None
                 };
@@ -286,11 +287,19 @@ impl Agent {
     }
 
     fn record_exit(&mut self, pid: Pid, status: ExitStatus) {
-        if let Some(execution) = self.executions.values_mut().find(|execution| execution.pid() == pid) {
+        if let Some(execution) = self
+            .executions
+            .values_mut()
+            .find(|execution| execution.pid() == pid)
+        {
             execution.set_exited(status);
             return;
         }
-        if self.standby.as_ref().is_some_and(|standby| standby.pid() == pid) {
+        if self
+            .standby
+            .as_ref()
+            .is_some_and(|standby| standby.pid() == pid)
+        {
             // The interpreter died before being used (for example killed by a user's
             // `pkill python3`). Start another, but give up after repeated failures.
             self.standby = None;

@@ -28,7 +28,11 @@ impl Standby {
         // The id is assigned when the interpreter is put to use.
         let execution = Execution::from_command(0, command, true)?;
         drop(reader);
-        Ok(Standby { execution, request_pipe: writer, limits: config.limits.clone() })
+        Ok(Standby {
+            execution,
+            request_pipe: writer,
+            limits: config.limits.clone(),
+        })
     }
 
     pub fn pid(&self) -> Pid {
@@ -38,7 +42,9 @@ impl Standby {
     /// The interpreter already started with fixed limits and interpreter settings; anything
     /// that would differ goes to a fresh process instead.
     pub fn can_serve(&self, request: &SpawnRequest, limits: &ProcessLimits) -> bool {
-        let cwd_is_dir = std::fs::metadata(&request.cwd).map(|meta| meta.is_dir()).unwrap_or(false);
+        let cwd_is_dir = std::fs::metadata(&request.cwd)
+            .map(|meta| meta.is_dir())
+            .unwrap_or(false);
         request.limits == self.limits
             && *limits == self.limits
             && cwd_is_dir

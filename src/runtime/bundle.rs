@@ -20,7 +20,10 @@ pub const AGENT_FILE: &str = "sandbox-agent";
 /// The base environment of every execution.
 pub fn base_env() -> Vec<(String, String)> {
     [
-        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
         ("HOME", "/root"),
         ("LANG", "C.UTF-8"),
         ("PYTHONUNBUFFERED", "1"),
@@ -34,7 +37,13 @@ pub fn base_env() -> Vec<(String, String)> {
 }
 
 /// Build config.json for a sandbox.
-pub fn spec(rootfs: &Path, agent_dir: &Path, agent: &AgentConfig, limits: &Limits, cgroup: &str) -> Value {
+pub fn spec(
+    rootfs: &Path,
+    agent_dir: &Path,
+    agent: &AgentConfig,
+    limits: &Limits,
+    cgroup: &str,
+) -> Value {
     let agent_arg = serde_json::to_string(agent).unwrap_or_default();
     let memory_bytes = limits.sandbox_memory_mb.saturating_mul(1024 * 1024);
     let period: u64 = 100_000;

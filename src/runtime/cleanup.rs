@@ -38,19 +38,31 @@ pub fn remove_leftovers(runsc: &Runsc, state_dir: &Path, cgroup_parent: &str) {
 /// processes; they name our state root on their command line.
 fn kill_orphan_runsc_processes(state_root: &Path) {
     let needle = format!("--root={}", state_root.display());
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
     let own_pid = std::process::id();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid as u32 == own_pid {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let args: Vec<&[u8]> = cmdline.split(|byte| *byte == 0).collect();
-        let is_runsc = args.first().is_some_and(|arg0| arg0.ends_with(b"runsc") || arg0.ends_with(b"runsc-sandbox") || arg0.ends_with(b"runsc-gofer"));
-        if is_runsc && args.iter().any(|arg| *arg == needle.as_bytes()) {
+        let is_runsc = args.first().is_some_and(|arg0| {
+            arg0.ends_with(b"runsc")
+                || arg0.ends_with(b"runsc-sandbox")
+                || arg0.ends_with(b"runsc-gofer")
+        });
+        if is_runsc && args.contains(&needle.as_bytes()) {
             eprintln!("cleanup: killing leftover runsc process {pid}");
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
@@ -58,10 +70,14 @@ fn kill_orphan_runsc_processes(state_root: &Path) {
 }
 
 fn remove_cgroups(parent: &str) {
-    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
     for controller in controllers.flatten() {
         let dir = controller.path().join(parent.trim_start_matches('/'));
-        let Ok(children) = std::fs::read_dir(&dir) else { continue };
+        let Ok(children) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for child in children.flatten() {
             if child.path().is_dir() {
                 let _ = std::fs::remove_dir(child.path());

@@ -157,10 +157,16 @@ mod tests {
         let mut exec = ExecTracker::new(100, now);
         exec.mark_killed(Reason::Killed);
         exec.mark_killed(Reason::Timeout);
-        assert_eq!(exec.finish(ExitStatus::Signal(9), now).reason, Reason::Killed);
+        assert_eq!(
+            exec.finish(ExitStatus::Signal(9), now).reason,
+            Reason::Killed
+        );
 
         let exec = ExecTracker::new(100, now);
         assert_eq!(exec.finish(ExitStatus::Code(3), now).reason, Reason::Exited);
-        assert_eq!(exec.finish(ExitStatus::Signal(11), now).reason, Reason::Signaled);
+        assert_eq!(
+            exec.finish(ExitStatus::Signal(11), now).reason,
+            Reason::Signaled
+        );
     }
 }

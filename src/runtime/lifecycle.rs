@@ -74,7 +74,9 @@ impl Default for Lifecycle {
 
 impl Lifecycle {
     pub fn new() -> Self {
-        Lifecycle { state: State::Starting }
+        Lifecycle {
+            state: State::Starting,
+        }
     }
 
     pub fn state(&self) -> State {
@@ -92,7 +94,10 @@ impl Lifecycle {
             }
             (Starting, Event::StartTimedOut) => {
                 self.state = Deleting;
-                vec![NotifyStartFailed("the sandbox did not become ready in time".into()), StartDelete]
+                vec![
+                    NotifyStartFailed("the sandbox did not become ready in time".into()),
+                    StartDelete,
+                ]
             }
             (Starting, Event::AgentReady) => {
                 self.state = Ready;
@@ -128,7 +133,10 @@ mod tests {
         assert_eq!(sandbox.state(), State::Starting);
         assert_eq!(sandbox.handle(Event::AgentReady), vec![Action::NotifyReady]);
         assert!(sandbox.state().can_exec());
-        assert_eq!(sandbox.handle(Event::DeleteRequested), vec![Action::StartDelete]);
+        assert_eq!(
+            sandbox.handle(Event::DeleteRequested),
+            vec![Action::StartDelete]
+        );
         assert_eq!(sandbox.handle(Event::AgentLost("eof".into())), vec![]);
         assert_eq!(sandbox.handle(Event::DeleteExited), vec![Action::Forget]);
         assert_eq!(sandbox.state(), State::Deleted);
@@ -146,7 +154,13 @@ mod tests {
     fn start_failures_delete_and_report() {
         let mut sandbox = Lifecycle::new();
         let actions = sandbox.handle(Event::RunExited(Err("bad bundle".into())));
-        assert_eq!(actions, vec![Action::NotifyStartFailed("bad bundle".into()), Action::StartDelete]);
+        assert_eq!(
+            actions,
+            vec![
+                Action::NotifyStartFailed("bad bundle".into()),
+                Action::StartDelete
+            ]
+        );
         assert_eq!(sandbox.handle(Event::StartTimedOut), vec![]);
 
         let mut sandbox = Lifecycle::new();
@@ -160,7 +174,13 @@ mod tests {
         let mut sandbox = Lifecycle::new();
         sandbox.handle(Event::AgentReady);
         let actions = sandbox.handle(Event::AgentLost("pipe closed".into()));
-        assert_eq!(actions, vec![Action::NotifyLost("pipe closed".into()), Action::StartDelete]);
+        assert_eq!(
+            actions,
+            vec![
+                Action::NotifyLost("pipe closed".into()),
+                Action::StartDelete
+            ]
+        );
         assert_eq!(sandbox.handle(Event::AgentLost("again".into())), vec![]);
         assert_eq!(sandbox.handle(Event::DeleteRequested), vec![]);
     }

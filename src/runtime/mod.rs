@@ -185,9 +185,15 @@ impl Runtime {
     /// Prepare the state directory (after cleaning what a previous instance left there).
     pub fn new(config: &Config, registry: Registry) -> io::Result<Self> {
         let features = runsc::Features::detect(&config.runsc).map_err(|error| {
-            io::Error::new(error.kind(), format!("cannot run {}: {error}", config.runsc.display()))
+            io::Error::new(
+                error.kind(),
+                format!("cannot run {}: {error}", config.runsc.display()),
+            )
         })?;
-        eprintln!("runtime: {} (overlay2: {})", features.version, features.overlay2);
+        eprintln!(
+            "runtime: {} (overlay2: {})",
+            features.version, features.overlay2
+        );
         if !config.rootfs.join("usr/bin/python3").exists() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -203,7 +209,10 @@ impl Runtime {
         let agent_dir = state_dir.join("agent");
         let cgroup_parent = format!(
             "/{}",
-            state_dir.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_else(|| "cloud-run-sandbox".into())
+            state_dir
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "cloud-run-sandbox".into())
         );
         cleanup::remove_leftovers(&runsc, state_dir, &cgroup_parent);
         for dir in [state_dir, runsc.state_root(), &bundles_dir, &agent_dir] {
@@ -212,7 +221,13 @@ impl Runtime {
         // The sandbox sees a directory holding only the agent, never the host's build tree.
         let agent_copy = agent_dir.join(bundle::AGENT_FILE);
         std::fs::copy(&config.agent_path, &agent_copy).map_err(|error| {
-            io::Error::new(error.kind(), format!("cannot copy the agent {}: {error}", config.agent_path.display()))
+            io::Error::new(
+                error.kind(),
+                format!(
+                    "cannot copy the agent {}: {error}",
+                    config.agent_path.display()
+                ),
+            )
         })?;
         let limits = &config.limits;
         let agent_config = AgentConfig {
@@ -252,11 +267,16 @@ impl Runtime {
     }
 
     pub fn pool_ready(&self) -> usize {
-        self.pool.iter().filter(|key| self.state(**key) == Some(State::Ready)).count()
+        self.pool
+            .iter()
+            .filter(|key| self.state(**key) == Some(State::Ready))
+            .count()
     }
 
     pub fn state(&self, key: SandboxKey) -> Option<State> {
-        self.sandboxes.get(&key).map(|sandbox| sandbox.lifecycle.state())
+        self.sandboxes
+            .get(&key)
+            .map(|sandbox| sandbox.lifecycle.state())
     }
 
     pub fn sandbox_id(&self, key: SandboxKey) -> Option<SandboxId> {
@@ -276,20 +296,31 @@ impl Runtime {
     }
 
     pub fn has_pending_work(&self) -> bool {
-        !self.notices.is_empty() || self.pending_reads.iter().any(|key| self.sandboxes.get(key).is_some_and(|s| !s.paused))
+        !self.notices.is_empty()
+            || self
+                .pending_reads
+                .iter()
+                .any(|key| self.sandboxes.get(key).is_some_and(|s| !s.paused))
     }
 
     /// A sandbox for `owner`: a pooled one if any (ready or still starting), else a new one.
     /// The owner gets `Ready` (at once if it was ready) or `StartFailed`.
     pub fn acquire(&mut self, owner: Owner) -> Result<SandboxKey, RuntimeError> {
-        let ready_position = self.pool.iter().position(|key| self.state(*key) == Some(State::Ready));
+        let ready_position = self
+            .pool
+            .iter()
+            .position(|key| self.state(*key) == Some(State::Ready));
         let position = ready_position.or(if self.pool.is_empty() { None } else { Some(0) });
         if let Some(position) = position {
             if let Some(key) = self.pool.remove(position) {
                 if let Some(sandbox) = self.sandboxes.get_mut(&key) {
                     sandbox.owner = Some(owner);
                     if sandbox.lifecycle.state() == State::Ready {
-                        self.notices.push_back(Notice { owner, sandbox: key, event: RuntimeEvent::Ready });
+                        self.notices.push_back(Notice {
+                            owner,
+                            sandbox: key,
+                            event: RuntimeEvent::Ready,
+                        });
                     }
                     return Ok(key);
                 }
@@ -300,7 +331,9 @@ impl Runtime {
 
     /// Keep `pool_size` unowned sandboxes started, within the sandbox limit.
     pub fn refill_pool(&mut self) {
-        while self.pool.len() < self.config.pool_size && self.sandboxes.len() < self.config.max_sandboxes {
+        while self.pool.len() < self.config.pool_size
+            && self.sandboxes.len() < self.config.max_sandboxes
+        {
             match self.create(None) {
                 Ok(key) => self.pool.push_back(key),
                 Err(error) => {
@@ -318,11 +351,15 @@ impl Runtime {
         }
         let key = self.next_key;
         self.next_key += 1;
-        let id = SandboxId::random().map_err(|error| RuntimeError::Io(format!("no randomness: {error}")))?;
+        let id = SandboxId::random()
+            .map_err(|error| RuntimeError::Io(format!("no randomness: {error}")))?;
         let bundle_dir = self.bundles_dir.join(id.to_string());
         match self.start_container(key, id, &bundle_dir) {
             Ok((to_agent, from_agent)) => {
-                let start_timer = self.timers.arm(Instant::now() + self.config.create_timeout, RuntimeTimer::Start(key));
+                let start_timer = self.timers.arm(
+                    Instant::now() + self.config.create_timeout,
+                    RuntimeTimer::Start(key),
+                );
                 self.sandboxes.insert(
                     key,
                     Sandbox {
@@ -354,11 +391,25 @@ impl Runtime {
         }
     }
 
-    fn start_container(&mut self, key: SandboxKey, id: SandboxId, bundle_dir: &Path) -> io::Result<(Sender, Receiver)> {
+    fn start_container(
+        &mut self,
+        key: SandboxKey,
+        id: SandboxId,
+        bundle_dir: &Path,
+    ) -> io::Result<(Sender, Receiver)> {
         std::fs::create_dir_all(bundle_dir)?;
         let cgroup = format!("{}/{}", self.cgroup_parent, id);
-        let spec = bundle::spec(&self.rootfs, &self.agent_dir, &self.agent_config, &self.config.limits, &cgroup);
-        std::fs::write(bundle_dir.join("config.json"), serde_json::to_vec_pretty(&spec)?)?;
+        let spec = bundle::spec(
+            &self.rootfs,
+            &self.agent_dir,
+            &self.agent_config,
+            &self.config.limits,
+            &cgroup,
+        );
+        std::fs::write(
+            bundle_dir.join("config.json"),
+            serde_json::to_vec_pretty(&spec)?,
+        )?;
         let log = File::create(bundle_dir.join("sandbox.log"))?;
         let (mut to_agent, agent_stdin) = mio::unix::pipe::new()?;
         let (agent_stdout, mut from_agent) = mio::unix::pipe::new()?;
@@ -371,9 +422,15 @@ impl Runtime {
         // Dropping the command closes our copies of the agent's ends of the pipes, so that the
         // agent's exit shows up here as end-of-file.
         drop(command);
-        self.children.insert(child.id() as i32, ChildPurpose::Run(key));
-        self.registry.register(&mut from_agent, token(Tag::AgentOut, key), Interest::READABLE)?;
-        self.registry.register(&mut to_agent, token(Tag::AgentIn, key), Interest::WRITABLE)?;
+        self.children
+            .insert(child.id() as i32, ChildPurpose::Run(key));
+        self.registry.register(
+            &mut from_agent,
+            token(Tag::AgentOut, key),
+            Interest::READABLE,
+        )?;
+        self.registry
+            .register(&mut to_agent, token(Tag::AgentIn, key), Interest::WRITABLE)?;
         Ok((to_agent, from_agent))
     }
 
@@ -381,25 +438,49 @@ impl Runtime {
     pub fn start_exec(&mut self, key: SandboxKey, spec: ExecSpec) -> Result<ExecId, RuntimeError> {
         let limits = self.agent_config.limits.clone();
         let output_limit = self.config.limits.max_output_bytes;
-        let sandbox = self.sandboxes.get_mut(&key).ok_or(RuntimeError::NoSuchSandbox)?;
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
         let state = sandbox.lifecycle.state();
         if !state.can_exec() {
             return Err(RuntimeError::WrongState(state.name()));
         }
         let exec = sandbox.next_exec;
         sandbox.next_exec += 1;
-        let request = SpawnRequest { language: spec.language, code: spec.code, env: spec.env, cwd: spec.cwd, limits };
+        let request = SpawnRequest {
+            language: spec.language,
+            code: spec.code,
+            env: spec.env,
+            cwd: spec.cwd,
+            limits,
+        };
         ToAgent::Spawn(exec, request).encode(&mut sandbox.outgoing);
         let now = Instant::now();
-        let timer = self.timers.arm(now + spec.timeout, RuntimeTimer::ExecTimeout(key, exec));
-        sandbox.execs.insert(exec, (ExecTracker::new(output_limit, now), vec![timer]));
+        let timer = self
+            .timers
+            .arm(now + spec.timeout, RuntimeTimer::ExecTimeout(key, exec));
+        sandbox
+            .execs
+            .insert(exec, (ExecTracker::new(output_limit, now), vec![timer]));
         self.flush_to_agent(key);
         Ok(exec)
     }
 
-    pub fn write_stdin(&mut self, key: SandboxKey, exec: ExecId, data: &[u8]) -> Result<(), RuntimeError> {
-        let sandbox = self.sandboxes.get_mut(&key).ok_or(RuntimeError::NoSuchSandbox)?;
-        let (tracker, _) = sandbox.execs.get_mut(&exec).ok_or(RuntimeError::NoSuchExecution)?;
+    pub fn write_stdin(
+        &mut self,
+        key: SandboxKey,
+        exec: ExecId,
+        data: &[u8],
+    ) -> Result<(), RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        let (tracker, _) = sandbox
+            .execs
+            .get_mut(&exec)
+            .ok_or(RuntimeError::NoSuchExecution)?;
         if tracker.stdin_in_flight + data.len() as u64 > MAX_STDIN_IN_FLIGHT {
             return Err(RuntimeError::StdinFull);
         }
@@ -412,7 +493,10 @@ impl Runtime {
     }
 
     pub fn close_stdin(&mut self, key: SandboxKey, exec: ExecId) -> Result<(), RuntimeError> {
-        let sandbox = self.sandboxes.get_mut(&key).ok_or(RuntimeError::NoSuchSandbox)?;
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
         if !sandbox.execs.contains_key(&exec) {
             return Err(RuntimeError::NoSuchExecution);
         }
@@ -422,12 +506,26 @@ impl Runtime {
     }
 
     /// Kill the execution's process group. Its `ExecFinished` carries `reason`.
-    pub fn kill_exec(&mut self, key: SandboxKey, exec: ExecId, reason: Reason) -> Result<(), RuntimeError> {
-        let sandbox = self.sandboxes.get_mut(&key).ok_or(RuntimeError::NoSuchSandbox)?;
-        let (tracker, timers) = sandbox.execs.get_mut(&exec).ok_or(RuntimeError::NoSuchExecution)?;
+    pub fn kill_exec(
+        &mut self,
+        key: SandboxKey,
+        exec: ExecId,
+        reason: Reason,
+    ) -> Result<(), RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        let (tracker, timers) = sandbox
+            .execs
+            .get_mut(&exec)
+            .ok_or(RuntimeError::NoSuchExecution)?;
         tracker.mark_killed(reason);
         ToAgent::Signal(exec, libc::SIGKILL).encode(&mut sandbox.outgoing);
-        timers.push(self.timers.arm(Instant::now() + KILL_GRACE, RuntimeTimer::KillGrace(key, exec)));
+        timers.push(self.timers.arm(
+            Instant::now() + KILL_GRACE,
+            RuntimeTimer::KillGrace(key, exec),
+        ));
         self.flush_to_agent(key);
         Ok(())
     }
@@ -507,7 +605,11 @@ impl Runtime {
             };
             match self.children.remove(&pid.as_raw()) {
                 Some(ChildPurpose::Run(key)) => {
-                    let result = if success { Ok(()) } else { Err(self.log_tail(key)) };
+                    let result = if success {
+                        Ok(())
+                    } else {
+                        Err(self.log_tail(key))
+                    };
                     self.apply(key, Event::RunExited(result));
                 }
                 Some(ChildPurpose::Delete(key)) => self.apply(key, Event::DeleteExited),
@@ -517,9 +619,14 @@ impl Runtime {
     }
 
     fn log_tail(&self, key: SandboxKey) -> String {
-        let Some(sandbox) = self.sandboxes.get(&key) else { return String::new() };
+        let Some(sandbox) = self.sandboxes.get(&key) else {
+            return String::new();
+        };
         let text = read_tail(&sandbox.bundle.join("sandbox.log"), 2048);
-        let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
         let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
         if tail.is_empty() {
             "runsc failed to start the sandbox".to_string()
@@ -533,7 +640,9 @@ impl Runtime {
     }
 
     fn apply(&mut self, key: SandboxKey, event: Event) {
-        let Some(sandbox) = self.sandboxes.get_mut(&key) else { return };
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+            return;
+        };
         let actions = sandbox.lifecycle.handle(event);
         for action in actions {
             self.carry_out(key, action);
@@ -542,7 +651,11 @@ impl Runtime {
 
     fn notify(&mut self, key: SandboxKey, event: RuntimeEvent) {
         if let Some(owner) = self.sandboxes.get(&key).and_then(|sandbox| sandbox.owner) {
-            self.notices.push_back(Notice { owner, sandbox: key, event });
+            self.notices.push_back(Notice {
+                owner,
+                sandbox: key,
+                event,
+            });
         }
     }
 
@@ -553,7 +666,9 @@ impl Runtime {
                     if let Some(timer) = sandbox.start_timer.take() {
                         self.timers.cancel(timer);
                     }
-                    self.stats.start_seconds.push(sandbox.created.elapsed().as_secs_f64());
+                    self.stats
+                        .start_seconds
+                        .push(sandbox.created.elapsed().as_secs_f64());
                 }
                 self.notify(key, RuntimeEvent::Ready);
             }
@@ -570,7 +685,9 @@ impl Runtime {
             }
             Action::StartDelete => {
                 self.finish_all_execs(key);
-                let Some(sandbox) = self.sandboxes.get_mut(&key) else { return };
+                let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                    return;
+                };
                 if let Some(timer) = sandbox.start_timer.take() {
                     self.timers.cancel(timer);
                 }
@@ -586,7 +703,8 @@ impl Runtime {
                 let id = sandbox.id.to_string();
                 match self.runsc.delete_force(&id).spawn() {
                     Ok(child) => {
-                        self.children.insert(child.id() as i32, ChildPurpose::Delete(key));
+                        self.children
+                            .insert(child.id() as i32, ChildPurpose::Delete(key));
                     }
                     Err(error) => {
                         eprintln!("runtime: cannot run runsc delete for {id}: {error}");
@@ -598,10 +716,17 @@ impl Runtime {
                 if let Some(sandbox) = self.sandboxes.remove(&key) {
                     self.by_id.remove(&sandbox.id);
                     if let Err(error) = std::fs::remove_dir_all(&sandbox.bundle) {
-                        eprintln!("runtime: cannot remove {}: {error}", sandbox.bundle.display());
+                        eprintln!(
+                            "runtime: cannot remove {}: {error}",
+                            sandbox.bundle.display()
+                        );
                     }
                     if let Some(owner) = sandbox.owner {
-                        self.notices.push_back(Notice { owner, sandbox: key, event: RuntimeEvent::Deleted });
+                        self.notices.push_back(Notice {
+                            owner,
+                            sandbox: key,
+                            event: RuntimeEvent::Deleted,
+                        });
                     }
                 }
             }
@@ -610,11 +735,15 @@ impl Runtime {
 
     /// End every execution of a dying sandbox, so owners are never left waiting.
     fn finish_all_execs(&mut self, key: SandboxKey) {
-        let Some(sandbox) = self.sandboxes.get_mut(&key) else { return };
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+            return;
+        };
         let execs: Vec<(ExecId, (ExecTracker, Vec<TimerId>))> = sandbox.execs.drain().collect();
         let now = Instant::now();
         for (exec, (mut tracker, timers)) in execs {
-            timers.into_iter().for_each(|timer| self.timers.cancel(timer));
+            timers
+                .into_iter()
+                .for_each(|timer| self.timers.cancel(timer));
             tracker.mark_killed(Reason::SandboxLost);
             let outcome = tracker.finish(ExitStatus::Signal(libc::SIGKILL), now);
             self.notify(key, RuntimeEvent::ExecFinished(exec, outcome));
@@ -622,7 +751,9 @@ impl Runtime {
     }
 
     fn flush_to_agent(&mut self, key: SandboxKey) {
-        let Some(sandbox) = self.sandboxes.get_mut(&key) else { return };
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+            return;
+        };
         let Some(pipe) = sandbox.to_agent.as_mut() else {
             sandbox.outgoing.clear();
             return;
@@ -651,12 +782,16 @@ impl Runtime {
         let mut frames = Vec::new();
         let mut lost = None;
         {
-            let Some(sandbox) = self.sandboxes.get_mut(&key) else { return };
+            let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                return;
+            };
             sandbox.readable = true;
             if sandbox.paused {
                 return;
             }
-            let Some(pipe) = sandbox.from_agent.as_mut() else { return };
+            let Some(pipe) = sandbox.from_agent.as_mut() else {
+                return;
+            };
             let mut buffer = [0u8; 64 * 1024];
             let mut total = 0;
             loop {
@@ -717,8 +852,12 @@ impl Runtime {
                 self.notify(key, RuntimeEvent::ExecSpawnFailed(exec, message));
             }
             FromAgent::Output(exec, stream, mut data) => {
-                let Some(sandbox) = self.sandboxes.get_mut(&key) else { return };
-                let Some((tracker, _)) = sandbox.execs.get_mut(&exec) else { return };
+                let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                    return;
+                };
+                let Some((tracker, _)) = sandbox.execs.get_mut(&exec) else {
+                    return;
+                };
                 let verdict = tracker.on_output(data.len());
                 let (deliver, kill) = match verdict {
                     OutputVerdict::Deliver(n) => (n, false),
@@ -733,8 +872,10 @@ impl Runtime {
                 }
             }
             FromAgent::StdinWritten(exec, count) => {
-                if let Some((tracker, _)) =
-                    self.sandboxes.get_mut(&key).and_then(|sandbox| sandbox.execs.get_mut(&exec))
+                if let Some((tracker, _)) = self
+                    .sandboxes
+                    .get_mut(&key)
+                    .and_then(|sandbox| sandbox.execs.get_mut(&exec))
                 {
                     tracker.stdin_in_flight = tracker.stdin_in_flight.saturating_sub(count as u64);
                 }
@@ -750,13 +891,17 @@ impl Runtime {
 
     fn drop_exec(&mut self, key: SandboxKey, exec: ExecId) -> Option<ExecTracker> {
         let (tracker, timers) = self.sandboxes.get_mut(&key)?.execs.remove(&exec)?;
-        timers.into_iter().for_each(|timer| self.timers.cancel(timer));
+        timers
+            .into_iter()
+            .for_each(|timer| self.timers.cancel(timer));
         Some(tracker)
     }
 }
 
 fn read_tail(path: &Path, max: u64) -> String {
-    let Ok(mut file) = File::open(path) else { return String::new() };
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
     let length = file.metadata().map(|meta| meta.len()).unwrap_or(0);
     let _ = file.seek(SeekFrom::Start(length.saturating_sub(max)));
     let mut bytes = Vec::new();

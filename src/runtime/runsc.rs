@@ -18,13 +18,23 @@ pub struct Features {
 
 impl Features {
     pub fn detect(runsc: &Path) -> std::io::Result<Features> {
-        let version = Command::new(runsc).arg("--version").stdin(Stdio::null()).output()?;
-        let flags = Command::new(runsc).arg("flags").stdin(Stdio::null()).output()?;
+        let version = Command::new(runsc)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()?;
+        let flags = Command::new(runsc)
+            .arg("flags")
+            .stdin(Stdio::null())
+            .output()?;
         let flags_text = String::from_utf8_lossy(&flags.stdout).into_owned()
             + &String::from_utf8_lossy(&flags.stderr);
         Ok(Features {
             overlay2: flags_text.contains("overlay2"),
-            version: String::from_utf8_lossy(&version.stdout).lines().next().unwrap_or("").to_string(),
+            version: String::from_utf8_lossy(&version.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
         })
     }
 }
@@ -39,7 +49,11 @@ pub struct Runsc {
 
 impl Runsc {
     pub fn new(binary: PathBuf, state_root: PathBuf, features: Features) -> Self {
-        Runsc { binary, state_root, features }
+        Runsc {
+            binary,
+            state_root,
+            features,
+        }
     }
 
     pub fn state_root(&self) -> &Path {
@@ -49,7 +63,10 @@ impl Runsc {
     fn base(&self) -> Command {
         let mut command = Command::new(&self.binary);
         command.arg(format!("--root={}", self.state_root.display()));
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         // If the server dies, its helpers must not linger waiting on it.
         sandbox_ffi::set_parent_death_signal(&mut command, libc::SIGKILL);
         command
@@ -67,7 +84,10 @@ impl Runsc {
         } else {
             command.arg("--overlay");
         }
-        command.args(["run", "--detach", "--bundle"]).arg(bundle).arg(container_id);
+        command
+            .args(["run", "--detach", "--bundle"])
+            .arg(bundle)
+            .arg(container_id);
         command
     }
 

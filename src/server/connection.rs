@@ -80,7 +80,9 @@ impl Connection {
                     }
                     self.parser.push(&buffer[..n])?;
                 }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::Open),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(ReadOutcome::Open)
+                }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.peer_closed = true;

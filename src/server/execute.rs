@@ -33,33 +33,64 @@ pub struct ExecuteRequest {
 }
 
 /// Validate the request; the error is the response to send.
-pub fn parse(request: &Request, default_timeout: Duration, max_timeout: Duration) -> Result<ExecuteRequest, (u16, String)> {
+pub fn parse(
+    request: &Request,
+    default_timeout: Duration,
+    max_timeout: Duration,
+) -> Result<ExecuteRequest, (u16, String)> {
     let query = parse_query(&request.query);
     let language = match query_param(&query, "language") {
         Some(language) if LANGUAGES.contains(&language) => language.to_string(),
         Some(other) => {
-            return Err((400, format!("unsupported language {other:?}; supported languages: python, bash")))
+            return Err((
+                400,
+                format!("unsupported language {other:?}; supported languages: python, bash"),
+            ))
         }
-        None => return Err((400, "missing query parameter \"language\"; supported languages: python, bash".into())),
+        None => {
+            return Err((
+                400,
+                "missing query parameter \"language\"; supported languages: python, bash".into(),
+            ))
+        }
     };
     let timeout = match query_param(&query, "timeout") {
         None => default_timeout,
         Some(text) => match text.parse::<f64>() {
-            Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds <= max_timeout.as_secs_f64() => {
+            Ok(seconds)
+                if seconds.is_finite() && seconds > 0.0 && seconds <= max_timeout.as_secs_f64() =>
+            {
                 Duration::from_secs_f64(seconds)
             }
             _ => {
                 return Err((
                     400,
-                    format!("timeout must be a number of seconds above 0 and at most {}, got {text:?}", max_timeout.as_secs()),
+                    format!(
+                        "timeout must be a number of seconds above 0 and at most {}, got {text:?}",
+                        max_timeout.as_secs()
+                    ),
                 ))
             }
         },
     };
-    let code = String::from_utf8(request.body.clone())
-        .map_err(|error| (400, format!("the code must be UTF-8 text (invalid byte at offset {})", error.utf8_error().valid_up_to())))?;
-    let json = request.header("accept").is_some_and(|accept| accept.contains("application/json"));
-    Ok(ExecuteRequest { language, code, timeout, json })
+    let code = String::from_utf8(request.body.clone()).map_err(|error| {
+        (
+            400,
+            format!(
+                "the code must be UTF-8 text (invalid byte at offset {})",
+                error.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    let json = request
+        .header("accept")
+        .is_some_and(|accept| accept.contains("application/json"));
+    Ok(ExecuteRequest {
+        language,
+        code,
+        timeout,
+        json,
+    })
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -102,7 +133,12 @@ pub struct ExecuteJob {
 }
 
 impl ExecuteJob {
-    pub fn new(sandbox: SandboxKey, sandbox_id: String, request: ExecuteRequest, keep_alive: bool) -> Self {
+    pub fn new(
+        sandbox: SandboxKey,
+        sandbox_id: String,
+        request: ExecuteRequest,
+        keep_alive: bool,
+    ) -> Self {
         ExecuteJob {
             sandbox,
             sandbox_id,
@@ -132,14 +168,24 @@ impl ExecuteJob {
         let bytes = if self.headers_sent {
             // The status line is gone; end the body so the client is not left waiting.
             let mut bytes = Vec::new();
-            encode_chunk(format!("\n[sandbox error: {message}]\n").as_bytes(), &mut bytes);
+            encode_chunk(
+                format!("\n[sandbox error: {message}]\n").as_bytes(),
+                &mut bytes,
+            );
             bytes.extend_from_slice(final_chunk());
             bytes
         } else {
             json_error(status, message, self.keep_alive)
         };
         eprintln!("execute: sandbox {} failed: {message}", self.sandbox_id);
-        Step { bytes, start: None, finished: Some(Finished { result: "error", status }) }
+        Step {
+            bytes,
+            start: None,
+            finished: Some(Finished {
+                result: "error",
+                status,
+            }),
+        }
     }
 
     pub fn on_event(&mut self, event: RuntimeEvent) -> Step {
@@ -190,7 +236,9 @@ impl ExecuteJob {
                 }
                 step
             }
-            (Phase::Running(exec), RuntimeEvent::ExecFinished(id, outcome)) if *exec == id => self.finish(outcome),
+            (Phase::Running(exec), RuntimeEvent::ExecFinished(id, outcome)) if *exec == id => {
+                self.finish(outcome)
+            }
             _ => Step::default(),
         }
     }
@@ -206,7 +254,11 @@ impl ExecuteJob {
             outcome.reason.as_str(),
             outcome.duration_ms,
             log_text,
-            if self.logged.len() >= LOGGED_OUTPUT_BYTES { " (log truncated)" } else { "" }
+            if self.logged.len() >= LOGGED_OUTPUT_BYTES {
+                " (log truncated)"
+            } else {
+                ""
+            }
         );
         let bytes = if self.request.json {
             let body = json!({
@@ -228,6 +280,13 @@ impl ExecuteJob {
         } else {
             final_chunk().to_vec()
         };
-        Step { bytes, start: None, finished: Some(Finished { result: outcome.reason.as_str(), status: 200 }) }
+        Step {
+            bytes,
+            start: None,
+            finished: Some(Finished {
+                result: outcome.reason.as_str(),
+                status: 200,
+            }),
+        }
     }
 }

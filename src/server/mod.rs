@@ -61,18 +61,38 @@ impl SandboxControl for Control<'_> {
         self.runtime.acquire(Owner::Session(session))
     }
     fn sandbox_id(&self, sandbox: SandboxKey) -> String {
-        self.runtime.sandbox_id(sandbox).map(|id| id.to_string()).unwrap_or_default()
+        self.runtime
+            .sandbox_id(sandbox)
+            .map(|id| id.to_string())
+            .unwrap_or_default()
     }
-    fn start_exec(&mut self, sandbox: SandboxKey, spec: ExecSpec) -> Result<crate::agent_protocol::ExecId, RuntimeError> {
+    fn start_exec(
+        &mut self,
+        sandbox: SandboxKey,
+        spec: ExecSpec,
+    ) -> Result<crate::agent_protocol::ExecId, RuntimeError> {
         self.runtime.start_exec(sandbox, spec)
     }
-    fn write_stdin(&mut self, sandbox: SandboxKey, exec: crate::agent_protocol::ExecId, data: &[u8]) -> Result<(), RuntimeError> {
+    fn write_stdin(
+        &mut self,
+        sandbox: SandboxKey,
+        exec: crate::agent_protocol::ExecId,
+        data: &[u8],
+    ) -> Result<(), RuntimeError> {
         self.runtime.write_stdin(sandbox, exec, data)
     }
-    fn close_stdin(&mut self, sandbox: SandboxKey, exec: crate::agent_protocol::ExecId) -> Result<(), RuntimeError> {
+    fn close_stdin(
+        &mut self,
+        sandbox: SandboxKey,
+        exec: crate::agent_protocol::ExecId,
+    ) -> Result<(), RuntimeError> {
         self.runtime.close_stdin(sandbox, exec)
     }
-    fn kill_exec(&mut self, sandbox: SandboxKey, exec: crate::agent_protocol::ExecId) -> Result<(), RuntimeError> {
+    fn kill_exec(
+        &mut self,
+        sandbox: SandboxKey,
+        exec: crate::agent_protocol::ExecId,
+    ) -> Result<(), RuntimeError> {
         self.runtime.kill_exec(sandbox, exec, Reason::Killed)
     }
     fn delete(&mut self, sandbox: SandboxKey) {
@@ -90,14 +110,31 @@ impl Server {
         let runtime = Runtime::new(&config, poll.registry().try_clone()?)?;
         let address: SocketAddr = format!("{}:{}", config.listen_addr, config.port)
             .parse()
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, format!("bad listen address: {error}")))?;
+            .map_err(|error| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("bad listen address: {error}"),
+                )
+            })?;
         let mut listener = TcpListener::bind(address)?;
-        poll.registry().register(&mut listener, token(Tag::Listener, 0), Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, token(Tag::Listener, 0), Interest::READABLE)?;
         let sigchld = signal_pipe(&[signal_hook::consts::SIGCHLD])?;
         let terminate = signal_pipe(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
-        let (mut sigchld, mut terminate) = (UnixStream::from_std(sigchld), UnixStream::from_std(terminate));
-        poll.registry().register(&mut sigchld, token(Tag::Signals, SIGCHLD_PIPE), Interest::READABLE)?;
-        poll.registry().register(&mut terminate, token(Tag::Signals, TERMINATE_PIPE), Interest::READABLE)?;
+        let (mut sigchld, mut terminate) = (
+            UnixStream::from_std(sigchld),
+            UnixStream::from_std(terminate),
+        );
+        poll.registry().register(
+            &mut sigchld,
+            token(Tag::Signals, SIGCHLD_PIPE),
+            Interest::READABLE,
+        )?;
+        poll.registry().register(
+            &mut terminate,
+            token(Tag::Signals, TERMINATE_PIPE),
+            Interest::READABLE,
+        )?;
         eprintln!("server: listening on http://{}", listener.local_addr()?);
         Ok(Server {
             poll,
@@ -131,11 +168,15 @@ impl Server {
                 }
             }
             for event in events.iter() {
-                let Some((tag, id)) = split(event.token()) else { continue };
+                let Some((tag, id)) = split(event.token()) else {
+                    continue;
+                };
                 match tag {
                     Tag::Listener => self.accept(),
                     Tag::Signals => self.signal(id),
-                    Tag::Connection => self.connection_ready(id, event.is_readable(), event.is_writable()),
+                    Tag::Connection => {
+                        self.connection_ready(id, event.is_readable(), event.is_writable())
+                    }
                     Tag::AgentOut => self.runtime.agent_readable(id),
                     Tag::AgentIn => self.runtime.agent_writable(id),
                 }
@@ -150,7 +191,10 @@ impl Server {
                 self.sweep_websockets(now);
             }
             if let Some(deadline) = self.shutdown_deadline {
-                if self.runtime.is_empty() && self.connections.is_empty() && self.websockets.is_empty() {
+                if self.runtime.is_empty()
+                    && self.connections.is_empty()
+                    && self.websockets.is_empty()
+                {
                     eprintln!("server: shutdown complete");
                     self.remove_state();
                     return Ok(());
@@ -183,7 +227,11 @@ impl Server {
     }
 
     fn signal(&mut self, id: u64) {
-        let pipe = if id == SIGCHLD_PIPE { &mut self.sigchld } else { &mut self.terminate };
+        let pipe = if id == SIGCHLD_PIPE {
+            &mut self.sigchld
+        } else {
+            &mut self.terminate
+        };
         let mut drain = [0u8; 64];
         while matches!(pipe.read(&mut drain), Ok(n) if n > 0) {}
         if id == SIGCHLD_PIPE {
@@ -205,7 +253,9 @@ impl Server {
         let idle: Vec<u64> = self
             .connections
             .iter()
-            .filter(|(_, connection)| matches!(connection.phase, Phase::Reading) && connection.out.is_empty())
+            .filter(|(_, connection)| {
+                matches!(connection.phase, Phase::Reading) && connection.out.is_empty()
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in idle {
@@ -229,7 +279,9 @@ impl Server {
 
     fn accept(&mut self) {
         loop {
-            let Some(listener) = self.listener.as_ref() else { return };
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
             let (mut stream, _) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
@@ -240,14 +292,23 @@ impl Server {
                 }
             };
             if self.connections.len() >= self.config.http.max_connections {
-                let _ = stream.write(&json_error(503, "too many connections; retry shortly", false));
+                let _ = stream.write(&json_error(
+                    503,
+                    "too many connections; retry shortly",
+                    false,
+                ));
                 continue;
             }
             let _ = stream.set_nodelay(true);
             let id = self.next_connection;
             self.next_connection += 1;
             let interest = Interest::READABLE | Interest::WRITABLE;
-            if self.poll.registry().register(&mut stream, token(Tag::Connection, id), interest).is_err() {
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, token(Tag::Connection, id), interest)
+                .is_err()
+            {
                 continue;
             }
             let limits = ParserLimits {
@@ -255,7 +316,8 @@ impl Server {
                 max_headers: 64,
                 max_body_bytes: self.config.limits.max_code_bytes,
             };
-            self.connections.insert(id, Connection::new(stream, RequestParser::new(limits)));
+            self.connections
+                .insert(id, Connection::new(stream, RequestParser::new(limits)));
         }
     }
 
@@ -264,13 +326,18 @@ impl Server {
             return self.websocket_ready(id, readable, writable);
         }
         if readable {
-            let Some(connection) = self.connections.get_mut(&id) else { return };
+            let Some(connection) = self.connections.get_mut(&id) else {
+                return;
+            };
             match connection.read_available() {
                 Ok(ReadOutcome::Open) => {}
                 Ok(ReadOutcome::Closed) => {
                     // A client gone mid-execution: its sandbox is killed and deleted.
                     if let Some(job) = connection.job() {
-                        eprintln!("server: client of sandbox key {} disconnected; deleting it", job.sandbox);
+                        eprintln!(
+                            "server: client of sandbox key {} disconnected; deleting it",
+                            job.sandbox
+                        );
                         self.runtime.delete(job.sandbox);
                     }
                     self.close(id);
@@ -290,12 +357,16 @@ impl Server {
 
     /// Answer a malformed request and close: the stream is out of sync after a parse error.
     fn answer_error(&mut self, id: u64, error: HttpError) {
-        let Some(connection) = self.connections.get_mut(&id) else { return };
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return;
+        };
         if let Some(job) = connection.job() {
             self.runtime.delete(job.sandbox);
         }
         *self.metrics.http_responses.entry(error.status).or_default() += 1;
-        connection.out.extend_from_slice(&json_error(error.status, &error.message, false));
+        connection
+            .out
+            .extend_from_slice(&json_error(error.status, &error.message, false));
         connection.phase = Phase::Closing;
         self.flush(id);
     }
@@ -303,7 +374,9 @@ impl Server {
     /// Handle complete requests while the connection is free to take one.
     fn process_requests(&mut self, id: u64) {
         loop {
-            let Some(connection) = self.connections.get_mut(&id) else { return };
+            let Some(connection) = self.connections.get_mut(&id) else {
+                return;
+            };
             if !matches!(connection.phase, Phase::Reading) || self.shutdown_deadline.is_some() {
                 return;
             }
@@ -314,7 +387,9 @@ impl Server {
                     }
                     return;
                 }
-                Ok(Progress::SendContinue) => connection.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                Ok(Progress::SendContinue) => connection
+                    .out
+                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
                 Ok(Progress::Done(request)) => {
                     connection.request_started = None;
                     self.route(id, request);
@@ -327,7 +402,9 @@ impl Server {
 
     fn respond(&mut self, id: u64, status: u16, bytes: Vec<u8>, keep_alive: bool) {
         *self.metrics.http_responses.entry(status).or_default() += 1;
-        let Some(connection) = self.connections.get_mut(&id) else { return };
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return;
+        };
         connection.out.extend_from_slice(&bytes);
         if !keep_alive {
             connection.phase = Phase::Closing;
@@ -339,12 +416,18 @@ impl Server {
         let method = request.method.as_str();
         match (method, request.path.as_str()) {
             ("GET" | "HEAD", "/status") => {
-                let body = full_response(200, "application/json", br#"{"status":"ok"}"#, keep_alive);
+                let body =
+                    full_response(200, "application/json", br#"{"status":"ok"}"#, keep_alive);
                 self.respond(id, 200, body, keep_alive);
             }
             ("GET", "/metrics") => {
                 let text = self.metrics_text();
-                let body = full_response(200, "text/plain; version=0.0.4", text.as_bytes(), keep_alive);
+                let body = full_response(
+                    200,
+                    "text/plain; version=0.0.4",
+                    text.as_bytes(),
+                    keep_alive,
+                );
                 self.respond(id, 200, body, keep_alive);
             }
             ("POST", "/execute") => self.start_execute(id, &request, keep_alive),
@@ -362,7 +445,8 @@ impl Server {
                 }
             }
             (_, path) => {
-                let message = format!("no such endpoint {path:?}; try POST /execute?language=python");
+                let message =
+                    format!("no such endpoint {path:?}; try POST /execute?language=python");
                 self.respond(id, 404, json_error(404, &message, keep_alive), keep_alive);
             }
         }
@@ -372,18 +456,32 @@ impl Server {
         let limits = &self.config.limits;
         let parsed = match execute::parse(request, limits.exec_timeout, limits.max_exec_timeout) {
             Ok(parsed) => parsed,
-            Err((status, message)) => return self.respond(id, status, json_error(status, &message, keep_alive), keep_alive),
+            Err((status, message)) => {
+                return self.respond(
+                    id,
+                    status,
+                    json_error(status, &message, keep_alive),
+                    keep_alive,
+                )
+            }
         };
         match self.runtime.acquire(Owner::Http(id)) {
             Ok(sandbox) => {
-                let sandbox_id = self.runtime.sandbox_id(sandbox).map(|id| id.to_string()).unwrap_or_default();
+                let sandbox_id = self
+                    .runtime
+                    .sandbox_id(sandbox)
+                    .map(|id| id.to_string())
+                    .unwrap_or_default();
                 if let Some(connection) = self.connections.get_mut(&id) {
-                    connection.phase = Phase::Executing(Box::new(ExecuteJob::new(sandbox, sandbox_id, parsed, keep_alive)));
+                    connection.phase = Phase::Executing(Box::new(ExecuteJob::new(
+                        sandbox, sandbox_id, parsed, keep_alive,
+                    )));
                 }
             }
             Err(RuntimeError::AtCapacity(limit)) => {
                 *self.metrics.http_responses.entry(503).or_default() += 1;
-                let message = format!("the server is at its limit of {limit} sandboxes; retry shortly");
+                let message =
+                    format!("the server is at its limit of {limit} sandboxes; retry shortly");
                 let body = crate::http::response::json_error_body(&message);
                 let bytes = ResponseHead::new(503)
                     .header("Content-Type", "application/json")
@@ -401,7 +499,12 @@ impl Server {
     }
 
     fn dispatch_notices(&mut self) {
-        while let Some(Notice { owner, sandbox, event }) = self.runtime.next_notice() {
+        while let Some(Notice {
+            owner,
+            sandbox,
+            event,
+        }) = self.runtime.next_notice()
+        {
             match owner {
                 Owner::Http(id) => self.execute_event(id, sandbox, event),
                 Owner::Session(session) => self.session_event(session, event),
@@ -410,19 +513,30 @@ impl Server {
         // Frame what the batch produced: merged per stream, and sent without delay.
         let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
         for session in sessions {
-            let Some(state) = self.sessions.get_mut(&session) else { continue };
-            let outs = state.flush_output(&mut Control { runtime: &mut self.runtime });
+            let Some(state) = self.sessions.get_mut(&session) else {
+                continue;
+            };
+            let outs = state.flush_output(&mut Control {
+                runtime: &mut self.runtime,
+            });
             self.deliver(session, outs);
         }
     }
 
-    fn execute_event(&mut self, id: u64, sandbox: crate::runtime::SandboxKey, event: crate::runtime::RuntimeEvent) {
+    fn execute_event(
+        &mut self,
+        id: u64,
+        sandbox: crate::runtime::SandboxKey,
+        event: crate::runtime::RuntimeEvent,
+    ) {
         let Some(connection) = self.connections.get_mut(&id) else {
             // The client is gone; make sure its sandbox goes too.
             self.runtime.delete(sandbox);
             return;
         };
-        let Phase::Executing(job) = &mut connection.phase else { return };
+        let Phase::Executing(job) = &mut connection.phase else {
+            return;
+        };
         if job.sandbox != sandbox {
             return;
         }
@@ -441,11 +555,19 @@ impl Server {
         if let Some(finished) = step.finished {
             let elapsed = job.started.elapsed().as_secs_f64();
             let keep_alive = job.keep_alive() && !connection.peer_closed;
-            connection.phase = if keep_alive { Phase::Reading } else { Phase::Closing };
+            connection.phase = if keep_alive {
+                Phase::Reading
+            } else {
+                Phase::Closing
+            };
             connection.output_paused = false;
             self.runtime.delete(sandbox);
             *self.metrics.executions.entry(finished.result).or_default() += 1;
-            *self.metrics.http_responses.entry(finished.status).or_default() += 1;
+            *self
+                .metrics
+                .http_responses
+                .entry(finished.status)
+                .or_default() += 1;
             self.metrics.execute_seconds.observe(elapsed);
             self.flush(id);
             self.process_requests(id);
@@ -459,7 +581,9 @@ impl Server {
     }
 
     fn flush(&mut self, id: u64) {
-        let Some(connection) = self.connections.get_mut(&id) else { return };
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return;
+        };
         if !connection.flush() {
             if let Some(job) = connection.job() {
                 self.runtime.delete(job.sandbox);
@@ -490,12 +614,15 @@ impl Server {
         let mut expired = Vec::new();
         for (id, connection) in &self.connections {
             let slow_request = matches!(connection.phase, Phase::Reading)
-                && connection.request_started.is_some_and(|start| now.duration_since(start) > http.request_timeout);
+                && connection
+                    .request_started
+                    .is_some_and(|start| now.duration_since(start) > http.request_timeout);
             let idle = matches!(connection.phase, Phase::Reading)
                 && connection.request_started.is_none()
                 && connection.out.is_empty()
                 && now.duration_since(connection.last_activity) > http.keepalive_timeout;
-            let stalled = !connection.out.is_empty() && now.duration_since(connection.last_write_progress) > http.write_timeout;
+            let stalled = !connection.out.is_empty()
+                && now.duration_since(connection.last_write_progress) > http.write_timeout;
             if slow_request {
                 expired.push((*id, Some(408)));
             } else if idle || stalled {
@@ -504,7 +631,13 @@ impl Server {
         }
         for (id, status) in expired {
             match status {
-                Some(status) => self.answer_error(id, HttpError { status, message: "the request did not arrive in time".into() }),
+                Some(status) => self.answer_error(
+                    id,
+                    HttpError {
+                        status,
+                        message: "the request did not arrive in time".into(),
+                    },
+                ),
                 None => {
                     if let Some(job) = self.connections.get(&id).and_then(Connection::job) {
                         self.runtime.delete(job.sandbox);
@@ -563,8 +696,12 @@ impl Server {
             let body = json_error(400, "missing Sec-WebSocket-Key header", false);
             return self.respond(id, 400, body, false);
         };
-        let Some(mut connection) = self.connections.remove(&id) else { return };
-        connection.out.extend_from_slice(&websocket::handshake_response(&key));
+        let Some(mut connection) = self.connections.remove(&id) else {
+            return;
+        };
+        connection
+            .out
+            .extend_from_slice(&websocket::handshake_response(&key));
         if !connection.flush() || !connection.out.is_empty() {
             // A fresh socket that cannot take 200 bytes is not worth keeping.
             let _ = self.poll.registry().deregister(&mut connection.stream);
@@ -572,11 +709,18 @@ impl Server {
         }
         *self.metrics.http_responses.entry(101).or_default() += 1;
         let ws_limits = &self.config.ws;
-        let mut socket = WsConnection::new(connection.stream, ws_limits.max_message_bytes, ws_limits.messages_per_sec);
+        let mut socket = WsConnection::new(
+            connection.stream,
+            ws_limits.max_message_bytes,
+            ws_limits.messages_per_sec,
+        );
         let now = Instant::now();
         let outs = if request.path == "/create" {
             if self.sessions.len() >= ws_limits.max_sessions {
-                let message = format!("the server is at its limit of {} sessions; retry shortly", ws_limits.max_sessions);
+                let message = format!(
+                    "the server is at its limit of {} sessions; retry shortly",
+                    ws_limits.max_sessions
+                );
                 vec![
                     Out::Send(serde_json::json!({"event":"status_update","status":"SANDBOX_CREATION_ERROR","message":message}).to_string()),
                     Out::Send(serde_json::json!({"event":"error","message":message}).to_string()),
@@ -590,7 +734,10 @@ impl Server {
                     return;
                 }
                 let token: String = token.iter().map(|byte| format!("{byte:02x}")).collect();
-                self.sessions.insert(session_id, Session::new(session_id, token, self.session_settings(), now));
+                self.sessions.insert(
+                    session_id,
+                    Session::new(session_id, token, self.session_settings(), now),
+                );
                 self.session_connection.insert(session_id, id);
                 socket.session = Some(session_id);
                 socket.awaiting_init = true;
@@ -607,30 +754,62 @@ impl Server {
     }
 
     /// `/attach/{id}?sandbox_token=T`: find, check the token (first), check it is free.
-    fn attach(&mut self, id: u64, socket: &mut WsConnection, request: &Request, now: Instant) -> Vec<Out> {
+    fn attach(
+        &mut self,
+        id: u64,
+        socket: &mut WsConnection,
+        request: &Request,
+        now: Instant,
+    ) -> Vec<Out> {
         let status = |name: &str, message: &str| {
-            Out::Send(serde_json::json!({"event":"status_update","status":name,"message":message}).to_string())
+            Out::Send(
+                serde_json::json!({"event":"status_update","status":name,"message":message})
+                    .to_string(),
+            )
         };
-        let error = |message: &str| Out::Send(serde_json::json!({"event":"error","message":message}).to_string());
-        let sandbox_id = request.path.trim_start_matches("/attach/").trim_end_matches('/');
+        let error = |message: &str| {
+            Out::Send(serde_json::json!({"event":"error","message":message}).to_string())
+        };
+        let sandbox_id = request
+            .path
+            .trim_start_matches("/attach/")
+            .trim_end_matches('/');
         let query = crate::http::query::parse_query(&request.query);
         let token = crate::http::query::query_param(&query, "sandbox_token").unwrap_or("");
         let Some(session_id) = self.session_by_sandbox_id.get(sandbox_id).copied() else {
             let message = format!("sandbox {sandbox_id:?} does not exist on this server");
-            return vec![status("SANDBOX_NOT_FOUND", &message), error(&message), Out::Close(1011, "not found".into())];
+            return vec![
+                status("SANDBOX_NOT_FOUND", &message),
+                error(&message),
+                Out::Close(1011, "not found".into()),
+            ];
         };
-        let Some(session) = self.sessions.get_mut(&session_id) else { return vec![Out::Close(1011, "not found".into())] };
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return vec![Out::Close(1011, "not found".into())];
+        };
         if !tokens_match(session.token(), token) {
             let message = "wrong or missing sandbox_token";
-            return vec![status("SANDBOX_PERMISSION_DENIAL_ERROR", message), error(message), Out::Close(4000, "permission denied".into())];
+            return vec![
+                status("SANDBOX_PERMISSION_DENIAL_ERROR", message),
+                error(message),
+                Out::Close(4000, "permission denied".into()),
+            ];
         }
         if !session.is_running() {
             let message = format!("sandbox {sandbox_id} is not running");
-            return vec![status("SANDBOX_NOT_FOUND", &message), error(&message), Out::Close(1011, "not found".into())];
+            return vec![
+                status("SANDBOX_NOT_FOUND", &message),
+                error(&message),
+                Out::Close(1011, "not found".into()),
+            ];
         }
         if session.is_attached() {
             let message = format!("sandbox {sandbox_id} is in use by another connection");
-            return vec![status("SANDBOX_IN_USE", &message), error(&message), Out::Close(1011, "in use".into())];
+            return vec![
+                status("SANDBOX_IN_USE", &message),
+                error(&message),
+                Out::Close(1011, "in use".into()),
+            ];
         }
         socket.session = Some(session_id);
         self.session_connection.insert(session_id, id);
@@ -640,7 +819,9 @@ impl Server {
     fn websocket_ready(&mut self, id: u64, readable: bool, writable: bool) {
         if readable {
             loop {
-                let Some(socket) = self.websockets.get_mut(&id) else { return };
+                let Some(socket) = self.websockets.get_mut(&id) else {
+                    return;
+                };
                 match socket.read() {
                     Incoming::Text(text) => self.websocket_message(id, &text),
                     Incoming::Idle => break,
@@ -649,13 +830,18 @@ impl Server {
             }
         }
         if writable || readable {
-            let Some(socket) = self.websockets.get_mut(&id) else { return };
+            let Some(socket) = self.websockets.get_mut(&id) else {
+                return;
+            };
             if !socket.flush() {
                 return self.drop_websocket(id);
             }
             if socket.output_paused && socket.unflushed == 0 {
                 socket.output_paused = false;
-                let sandbox = socket.session.and_then(|session| self.sessions.get(&session)).and_then(Session::sandbox);
+                let sandbox = socket
+                    .session
+                    .and_then(|session| self.sessions.get(&session))
+                    .and_then(Session::sandbox);
                 if let Some(sandbox) = sandbox {
                     self.runtime.set_output_paused(sandbox, false);
                 }
@@ -664,15 +850,28 @@ impl Server {
     }
 
     fn websocket_message(&mut self, id: u64, text: &str) {
-        let Some(socket) = self.websockets.get_mut(&id) else { return };
-        let Some(session_id) = socket.session else { return };
+        let Some(socket) = self.websockets.get_mut(&id) else {
+            return;
+        };
+        let Some(session_id) = socket.session else {
+            return;
+        };
         let awaiting_init = std::mem::replace(&mut socket.awaiting_init, false);
-        let Some(session) = self.sessions.get_mut(&session_id) else { return };
-        let mut control = Control { runtime: &mut self.runtime };
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let mut control = Control {
+            runtime: &mut self.runtime,
+        };
         let now = Instant::now();
-        let outs = if awaiting_init { session.on_init(text, &mut control, now) } else { session.on_message(text, &mut control, now) };
+        let outs = if awaiting_init {
+            session.on_init(text, &mut control, now)
+        } else {
+            session.on_message(text, &mut control, now)
+        };
         if awaiting_init && session.sandbox().is_some() {
-            self.session_by_sandbox_id.insert(session.sandbox_id().to_string(), session_id);
+            self.session_by_sandbox_id
+                .insert(session.sandbox_id().to_string(), session_id);
         }
         self.deliver(session_id, outs);
     }
@@ -681,7 +880,12 @@ impl Server {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
-        let outs = session.on_runtime(event, &mut Control { runtime: &mut self.runtime });
+        let outs = session.on_runtime(
+            event,
+            &mut Control {
+                runtime: &mut self.runtime,
+            },
+        );
         self.deliver(session_id, outs);
     }
 
@@ -694,7 +898,8 @@ impl Server {
                     self.drop_websocket(connection);
                 } else if socket.unflushed > WS_HIGH_WATER && !socket.output_paused {
                     socket.output_paused = true;
-                    if let Some(sandbox) = self.sessions.get(&session_id).and_then(Session::sandbox) {
+                    if let Some(sandbox) = self.sessions.get(&session_id).and_then(Session::sandbox)
+                    {
                         self.runtime.set_output_paused(sandbox, true);
                     }
                 }
@@ -704,7 +909,11 @@ impl Server {
                 self.detach(session_id);
             }
         }
-        if self.sessions.get(&session_id).is_some_and(Session::is_ended) {
+        if self
+            .sessions
+            .get(&session_id)
+            .is_some_and(Session::is_ended)
+        {
             self.detach(session_id);
             if let Some(session) = self.sessions.remove(&session_id) {
                 self.session_by_sandbox_id.remove(session.sandbox_id());
@@ -743,8 +952,15 @@ impl Server {
     fn sweep_websockets(&mut self, now: Instant) {
         let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
         for session_id in sessions {
-            let Some(session) = self.sessions.get_mut(&session_id) else { continue };
-            let outs = session.on_tick(now, &mut Control { runtime: &mut self.runtime });
+            let Some(session) = self.sessions.get_mut(&session_id) else {
+                continue;
+            };
+            let outs = session.on_tick(
+                now,
+                &mut Control {
+                    runtime: &mut self.runtime,
+                },
+            );
             if !outs.is_empty() {
                 self.deliver(session_id, outs);
             }
@@ -753,7 +969,9 @@ impl Server {
         let mut dead = Vec::new();
         for (id, socket) in self.websockets.iter_mut() {
             let quiet = now.saturating_duration_since(socket.last_seen);
-            let close_expired = socket.closing_since.is_some_and(|since| now.saturating_duration_since(since) > std::time::Duration::from_secs(5));
+            let close_expired = socket.closing_since.is_some_and(|since| {
+                now.saturating_duration_since(since) > std::time::Duration::from_secs(5)
+            });
             if quiet > ws.pong_timeout || close_expired {
                 dead.push(*id);
             } else if quiet > ws.ping_interval && !socket.ping_sent {

@@ -43,11 +43,13 @@ pub struct WsConnection {
 
 impl WsConnection {
     pub fn new(stream: TcpStream, max_message_bytes: usize, messages_per_sec: u32) -> Self {
-        let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(max_message_bytes);
-        config.max_frame_size = Some(max_message_bytes);
-        // Bounded: we stop producing past WS_HIGH_WATER long before this is reached.
-        config.max_write_buffer_size = 64 * 1024 * 1024;
+        let config = WebSocketConfig {
+            max_message_size: Some(max_message_bytes),
+            max_frame_size: Some(max_message_bytes),
+            // Bounded: we stop producing past WS_HIGH_WATER long before this is reached.
+            max_write_buffer_size: 64 * 1024 * 1024,
+            ..WebSocketConfig::default()
+        };
         let now = Instant::now();
         let rate = f64::from(messages_per_sec.max(1));
         WsConnection {
@@ -83,7 +85,10 @@ impl WsConnection {
                     return Incoming::Text(text);
                 }
                 Ok(Message::Binary(_)) => {
-                    self.close(1003, "binary frames are not supported; send JSON text frames");
+                    self.close(
+                        1003,
+                        "binary frames are not supported; send JSON text frames",
+                    );
                     return Incoming::Gone;
                 }
                 Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {
@@ -95,7 +100,9 @@ impl WsConnection {
                     let _ = self.ws.flush();
                     return Incoming::Gone;
                 }
-                Err(WsError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => return Incoming::Idle,
+                Err(WsError::Io(error)) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return Incoming::Idle
+                }
                 Err(WsError::Capacity(_)) => {
                     self.close(1009, "message too large");
                     return Incoming::Gone;
@@ -141,7 +148,10 @@ impl WsConnection {
     pub fn close(&mut self, code: u16, reason: &str) {
         if self.closing_since.is_none() {
             self.closing_since = Some(Instant::now());
-            let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() };
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.to_string().into(),
+            };
             let _ = self.ws.close(Some(frame));
             let _ = self.ws.flush();
         }

@@ -28,14 +28,20 @@ use text::{base64_decode, base64_encode, Utf8Stream};
 
 pub type SessionId = u64;
 
-pub const LANGUAGES_MESSAGE: &str = "Unsupported language or message. Supported languages: python, bash.";
+pub const LANGUAGES_MESSAGE: &str =
+    "Unsupported language or message. Supported languages: python, bash.";
 
 /// What a session needs from the runtime.
 pub trait SandboxControl {
     fn acquire(&mut self, session: SessionId) -> Result<SandboxKey, RuntimeError>;
     fn sandbox_id(&self, sandbox: SandboxKey) -> String;
     fn start_exec(&mut self, sandbox: SandboxKey, spec: ExecSpec) -> Result<ExecId, RuntimeError>;
-    fn write_stdin(&mut self, sandbox: SandboxKey, exec: ExecId, data: &[u8]) -> Result<(), RuntimeError>;
+    fn write_stdin(
+        &mut self,
+        sandbox: SandboxKey,
+        exec: ExecId,
+        data: &[u8],
+    ) -> Result<(), RuntimeError>;
     fn close_stdin(&mut self, sandbox: SandboxKey, exec: ExecId) -> Result<(), RuntimeError>;
     fn kill_exec(&mut self, sandbox: SandboxKey, exec: ExecId) -> Result<(), RuntimeError>;
     fn delete(&mut self, sandbox: SandboxKey);
@@ -116,7 +122,9 @@ fn status(name: &str) -> String {
 /// An error status carries `message` too, followed by the `error` event (protocol addition).
 fn error_frames(name: &str, message: &str) -> [Out; 2] {
     [
-        Out::Send(json!({"event": "status_update", "status": name, "message": message}).to_string()),
+        Out::Send(
+            json!({"event": "status_update", "status": name, "message": message}).to_string(),
+        ),
         Out::Send(json!({"event": "error", "message": message}).to_string()),
     ]
 }
@@ -125,8 +133,8 @@ fn error_frames(name: &str, message: &str) -> [Out; 2] {
 pub fn tokens_match(expected: &str, given: &str) -> bool {
     let (a, b) = (expected.as_bytes(), given.as_bytes());
     let mut difference = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for index in 0..a.len() {
-        difference |= a[index] ^ b.get(index).copied().unwrap_or(0);
+    for (index, byte) in a.iter().enumerate() {
+        difference |= byte ^ b.get(index).copied().unwrap_or(0);
     }
     difference == 0 && !a.is_empty()
 }
@@ -200,7 +208,12 @@ impl Session {
     }
 
     /// The first message on `/create`.
-    pub fn on_init(&mut self, text: &str, control: &mut dyn SandboxControl, now: Instant) -> Vec<Out> {
+    pub fn on_init(
+        &mut self,
+        text: &str,
+        control: &mut dyn SandboxControl,
+        now: Instant,
+    ) -> Vec<Out> {
         self.last_activity = now;
         let mut out = Vec::new();
         let fail = |out: &mut Vec<Out>, message: &str, code: u16| {
@@ -211,14 +224,26 @@ impl Session {
             Ok(Value::Object(map)) => map,
             _ => {
                 self.state = State::Ended;
-                fail(&mut out, "the first message must be the init JSON object", 4000);
+                fail(
+                    &mut out,
+                    "the first message must be the init JSON object",
+                    4000,
+                );
                 return out;
             }
         };
         let flag = |name: &str| init.get(name).and_then(Value::as_bool).unwrap_or(false);
-        let problem = if (flag("enable_checkpoint") || flag("enable_idle_timeout_auto_checkpoint")) && !self.settings.checkpoint_enabled {
-            Some("checkpointing is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)".to_string())
-        } else if let Some(name) = init.get("filesystem_snapshot_name").filter(|value| !value.is_null()) {
+        let problem = if (flag("enable_checkpoint") || flag("enable_idle_timeout_auto_checkpoint"))
+            && !self.settings.checkpoint_enabled
+        {
+            Some(
+                "checkpointing is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)"
+                    .to_string(),
+            )
+        } else if let Some(name) = init
+            .get("filesystem_snapshot_name")
+            .filter(|value| !value.is_null())
+        {
             if self.settings.snapshot_enabled {
                 Some(format!("filesystem snapshot {name} does not exist"))
             } else {
@@ -234,7 +259,9 @@ impl Session {
                         self.idle_timeout = Some(Duration::from_secs_f64(seconds));
                         None
                     }
-                    _ => Some(format!("idle_timeout must be a number of seconds >= 0, got {value}")),
+                    _ => Some(format!(
+                        "idle_timeout must be a number of seconds >= 0, got {value}"
+                    )),
                 },
             }
         };
@@ -252,7 +279,11 @@ impl Session {
             }
             Err(error) => {
                 self.state = State::Ended;
-                let code = if matches!(error, RuntimeError::AtCapacity(_)) { 1013 } else { 4000 };
+                let code = if matches!(error, RuntimeError::AtCapacity(_)) {
+                    1013
+                } else {
+                    4000
+                };
                 fail(&mut out, &error.to_string(), code);
             }
         }
@@ -264,7 +295,10 @@ impl Session {
         match self.idle_timeout {
             Some(timeout) if !timeout.is_zero() => timeout.min(self.settings.max_idle_timeout),
             Some(_) => self.settings.max_idle_timeout,
-            None => self.settings.default_idle_timeout.min(self.settings.max_idle_timeout),
+            None => self
+                .settings
+                .default_idle_timeout
+                .min(self.settings.max_idle_timeout),
         }
     }
 
@@ -307,7 +341,12 @@ impl Session {
     }
 
     /// A text message after set-up.
-    pub fn on_message(&mut self, text: &str, control: &mut dyn SandboxControl, now: Instant) -> Vec<Out> {
+    pub fn on_message(
+        &mut self,
+        text: &str,
+        control: &mut dyn SandboxControl,
+        now: Instant,
+    ) -> Vec<Out> {
         self.last_activity = now;
         let mut out = Vec::new();
         if self.state != State::Running {
@@ -320,7 +359,10 @@ impl Session {
             return out;
         }
         let Ok(Value::Object(message)) = serde_json::from_str::<Value>(text) else {
-            out.extend(error_frames("SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR", LANGUAGES_MESSAGE));
+            out.extend(error_frames(
+                "SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR",
+                LANGUAGES_MESSAGE,
+            ));
             return out;
         };
         let action = message.get("action").and_then(Value::as_str);
@@ -352,7 +394,10 @@ impl Session {
             _ if message.contains_key("code") || message.contains_key("language") => {
                 self.exec_request(&message, &mut out, control)
             }
-            _ => out.extend(error_frames("SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR", LANGUAGES_MESSAGE)),
+            _ => out.extend(error_frames(
+                "SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR",
+                LANGUAGES_MESSAGE,
+            )),
         }
         out
     }
@@ -375,18 +420,32 @@ impl Session {
 
     fn kill_process(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
         let (Some(sandbox), Some(exec)) = (self.sandbox, self.exec.as_ref()) else {
-            out.extend(error_frames("SANDBOX_EXECUTION_FORCE_KILL_ERROR", "no execution is running"));
+            out.extend(error_frames(
+                "SANDBOX_EXECUTION_FORCE_KILL_ERROR",
+                "no execution is running",
+            ));
             return;
         };
         match control.kill_exec(sandbox, exec.id) {
             Ok(()) => out.push(Out::Send(status("SANDBOX_EXECUTION_FORCE_KILLED"))),
-            Err(error) => out.extend(error_frames("SANDBOX_EXECUTION_FORCE_KILL_ERROR", &error.to_string())),
+            Err(error) => out.extend(error_frames(
+                "SANDBOX_EXECUTION_FORCE_KILL_ERROR",
+                &error.to_string(),
+            )),
         }
     }
 
-    fn stdin(&mut self, message: &Map<String, Value>, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
+    fn stdin(
+        &mut self,
+        message: &Map<String, Value>,
+        out: &mut Vec<Out>,
+        control: &mut dyn SandboxControl,
+    ) {
         let (Some(sandbox), Some(exec)) = (self.sandbox, self.exec.as_ref()) else {
-            out.extend(error_frames("SANDBOX_EXECUTION_ERROR", "no execution is running to receive stdin"));
+            out.extend(error_frames(
+                "SANDBOX_EXECUTION_ERROR",
+                "no execution is running to receive stdin",
+            ));
             return;
         };
         let exec = exec.id;
@@ -397,7 +456,10 @@ impl Session {
                     match base64_decode(data) {
                         Some(bytes) => Some(bytes),
                         None => {
-                            out.extend(error_frames("SANDBOX_STDIN_ERROR", "stdin data is not valid base64"));
+                            out.extend(error_frames(
+                                "SANDBOX_STDIN_ERROR",
+                                "stdin data is not valid base64",
+                            ));
                             return;
                         }
                     }
@@ -407,11 +469,17 @@ impl Session {
             }
             None if eof => None,
             None => {
-                out.extend(error_frames("SANDBOX_STDIN_ERROR", "stdin message without \"data\""));
+                out.extend(error_frames(
+                    "SANDBOX_STDIN_ERROR",
+                    "stdin message without \"data\"",
+                ));
                 return;
             }
             Some(_) => {
-                out.extend(error_frames("SANDBOX_STDIN_ERROR", "stdin \"data\" must be a string"));
+                out.extend(error_frames(
+                    "SANDBOX_STDIN_ERROR",
+                    "stdin \"data\" must be a string",
+                ));
                 return;
             }
         };
@@ -428,20 +496,32 @@ impl Session {
         }
     }
 
-    fn exec_request(&mut self, message: &Map<String, Value>, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
+    fn exec_request(
+        &mut self,
+        message: &Map<String, Value>,
+        out: &mut Vec<Out>,
+        control: &mut dyn SandboxControl,
+    ) {
         let language = message.get("language").and_then(Value::as_str);
         let code = message.get("code").and_then(Value::as_str);
         let (Some(language @ ("python" | "bash")), Some(code)) = (language, code) else {
-            out.extend(error_frames("SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR", LANGUAGES_MESSAGE));
+            out.extend(error_frames(
+                "SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR",
+                LANGUAGES_MESSAGE,
+            ));
             return;
         };
         if self.exec.is_some() {
-            out.extend(error_frames("SANDBOX_EXECUTION_ERROR", "An execution is already in progress."));
+            out.extend(error_frames(
+                "SANDBOX_EXECUTION_ERROR",
+                "An execution is already in progress.",
+            ));
             return;
         }
         match self.exec_spec(language, code, message) {
             Ok(spec) => {
-                let base64 = message.get("output_encoding").and_then(Value::as_str) == Some("base64");
+                let base64 =
+                    message.get("output_encoding").and_then(Value::as_str) == Some("base64");
                 let Some(sandbox) = self.sandbox else { return };
                 match control.start_exec(sandbox, spec) {
                     Ok(id) => {
@@ -453,16 +533,27 @@ impl Session {
                             pending: None,
                         });
                     }
-                    Err(error) => out.extend(error_frames("SANDBOX_EXECUTION_ERROR", &error.to_string())),
+                    Err(error) => {
+                        out.extend(error_frames("SANDBOX_EXECUTION_ERROR", &error.to_string()))
+                    }
                 }
             }
             Err(problem) => out.extend(error_frames("SANDBOX_EXECUTION_ERROR", &problem)),
         }
     }
 
-    fn exec_spec(&self, language: &str, code: &str, message: &Map<String, Value>) -> Result<ExecSpec, String> {
+    fn exec_spec(
+        &self,
+        language: &str,
+        code: &str,
+        message: &Map<String, Value>,
+    ) -> Result<ExecSpec, String> {
         if code.len() > self.settings.max_code_bytes {
-            return Err(format!("the code is {} bytes; the limit is {}", code.len(), self.settings.max_code_bytes));
+            return Err(format!(
+                "the code is {} bytes; the limit is {}",
+                code.len(),
+                self.settings.max_code_bytes
+            ));
         }
         let mut env = Vec::new();
         match message.get("env") {
@@ -472,7 +563,11 @@ impl Session {
                     let Some(value) = value.as_str() else {
                         return Err(format!("env value of {key:?} must be a string"));
                     };
-                    if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+                    if key.is_empty()
+                        || key.contains('=')
+                        || key.contains('\0')
+                        || value.contains('\0')
+                    {
                         return Err(format!("invalid environment variable name {key:?}"));
                     }
                     env.push((key.clone(), value.to_string()));
@@ -488,7 +583,9 @@ impl Session {
         let timeout = match message.get("timeout") {
             None | Some(Value::Null) => self.settings.exec_timeout,
             Some(value) => match value.as_f64() {
-                Some(seconds) if seconds > 0.0 && seconds <= self.settings.max_exec_timeout.as_secs_f64() => {
+                Some(seconds)
+                    if seconds > 0.0 && seconds <= self.settings.max_exec_timeout.as_secs_f64() =>
+                {
                     Duration::from_secs_f64(seconds)
                 }
                 _ => {
@@ -499,11 +596,21 @@ impl Session {
                 }
             },
         };
-        Ok(ExecSpec { language: language.to_string(), code: code.to_string(), env, cwd, timeout })
+        Ok(ExecSpec {
+            language: language.to_string(),
+            code: code.to_string(),
+            env,
+            cwd,
+            timeout,
+        })
     }
 
     /// A runtime notice for this session's sandbox.
-    pub fn on_runtime(&mut self, event: RuntimeEvent, control: &mut dyn SandboxControl) -> Vec<Out> {
+    pub fn on_runtime(
+        &mut self,
+        event: RuntimeEvent,
+        control: &mut dyn SandboxControl,
+    ) -> Vec<Out> {
         let mut out = Vec::new();
         match event {
             RuntimeEvent::Ready if self.state == State::Creating => {
@@ -526,7 +633,10 @@ impl Session {
                 }
                 self.state = State::Ending(Ending::Silent);
                 if self.attached {
-                    out.extend(error_frames("SANDBOX_ERROR", &format!("the sandbox stopped: {message}")));
+                    out.extend(error_frames(
+                        "SANDBOX_ERROR",
+                        &format!("the sandbox stopped: {message}"),
+                    ));
                     out.push(Out::Close(4000, "sandbox error".into()));
                 }
             }
@@ -545,12 +655,19 @@ impl Session {
             }
             RuntimeEvent::ExecSpawnFailed(id, message) if self.exec_is(id) => {
                 self.exec = None;
-                out.extend(error_frames("SANDBOX_EXECUTION_ERROR", &format!("cannot start the process: {message}")));
+                out.extend(error_frames(
+                    "SANDBOX_EXECUTION_ERROR",
+                    &format!("cannot start the process: {message}"),
+                ));
             }
             RuntimeEvent::Output(id, stream, data) if self.exec_is(id) => {
-                let Some(exec) = self.exec.as_mut() else { return out };
+                let Some(exec) = self.exec.as_mut() else {
+                    return out;
+                };
                 match exec.pending.as_mut() {
-                    Some((pending_stream, bytes)) if *pending_stream == stream => bytes.extend_from_slice(&data),
+                    Some((pending_stream, bytes)) if *pending_stream == stream => {
+                        bytes.extend_from_slice(&data)
+                    }
                     _ => {
                         self.flush_pending(&mut out, control);
                         if let Some(exec) = self.exec.as_mut() {
@@ -583,8 +700,12 @@ impl Session {
     }
 
     fn flush_pending(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
-        let Some(exec) = self.exec.as_mut() else { return };
-        let Some((stream, bytes)) = exec.pending.take() else { return };
+        let Some(exec) = self.exec.as_mut() else {
+            return;
+        };
+        let Some((stream, bytes)) = exec.pending.take() else {
+            return;
+        };
         let name = match stream {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
@@ -606,11 +727,20 @@ impl Session {
     }
 
     fn finish_text_streams(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
-        let Some(exec) = self.exec.as_mut() else { return };
-        let leftovers = [("stdout", exec.stdout.finish()), ("stderr", exec.stderr.finish())];
+        let Some(exec) = self.exec.as_mut() else {
+            return;
+        };
+        let leftovers = [
+            ("stdout", exec.stdout.finish()),
+            ("stderr", exec.stderr.finish()),
+        ];
         for (name, text) in leftovers {
             if !text.is_empty() {
-                self.emit_exec(out, json!({"event": name, "data": text}).to_string(), control);
+                self.emit_exec(
+                    out,
+                    json!({"event": name, "data": text}).to_string(),
+                    control,
+                );
             }
         }
     }

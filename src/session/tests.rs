@@ -97,7 +97,12 @@ fn running_session(control: &mut FakeControl) -> Session {
 }
 
 fn outcome(code: i32) -> ExecOutcome {
-    ExecOutcome { status: ExitStatus::Code(code), reason: Reason::Exited, duration_ms: 5, truncated: false }
+    ExecOutcome {
+        status: ExitStatus::Code(code),
+        reason: Reason::Exited,
+        duration_ms: 5,
+        truncated: false,
+    }
 }
 
 #[test]
@@ -105,15 +110,42 @@ fn create_then_exec_streams_output_and_done_with_exit_code() {
     let mut control = FakeControl::default();
     let mut session = running_session(&mut control);
     let now = Instant::now();
-    assert!(session.on_message(r#"{"language":"python","code":"print(1)"}"#, &mut control, now).is_empty());
+    assert!(session
+        .on_message(
+            r#"{"language":"python","code":"print(1)"}"#,
+            &mut control,
+            now
+        )
+        .is_empty());
     assert_eq!(control.started[0].cwd, "/root");
     let mut out = session.on_runtime(RuntimeEvent::ExecStarted(1), &mut control);
-    out.extend(session.on_runtime(RuntimeEvent::Output(1, Stream::Stdout, b"Hello,".to_vec()), &mut control));
-    out.extend(session.on_runtime(RuntimeEvent::Output(1, Stream::Stdout, b" World\n".to_vec()), &mut control));
-    out.extend(session.on_runtime(RuntimeEvent::Output(1, Stream::Stderr, b"warn\n".to_vec()), &mut control));
+    out.extend(session.on_runtime(
+        RuntimeEvent::Output(1, Stream::Stdout, b"Hello,".to_vec()),
+        &mut control,
+    ));
+    out.extend(session.on_runtime(
+        RuntimeEvent::Output(1, Stream::Stdout, b" World\n".to_vec()),
+        &mut control,
+    ));
+    out.extend(session.on_runtime(
+        RuntimeEvent::Output(1, Stream::Stderr, b"warn\n".to_vec()),
+        &mut control,
+    ));
     out.extend(session.on_runtime(RuntimeEvent::ExecFinished(1, outcome(3)), &mut control));
-    assert_eq!(names(&out), ["SANDBOX_EXECUTION_RUNNING", "stdout", "stderr", "SANDBOX_EXECUTION_DONE"]);
-    assert_eq!(frame(&out, 1)["data"], "Hello, World\n", "consecutive chunks are merged");
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_EXECUTION_RUNNING",
+            "stdout",
+            "stderr",
+            "SANDBOX_EXECUTION_DONE"
+        ]
+    );
+    assert_eq!(
+        frame(&out, 1)["data"],
+        "Hello, World\n",
+        "consecutive chunks are merged"
+    );
     assert_eq!(frame(&out, 3)["exit_code"], 3);
     assert_eq!(frame(&out, 3)["reason"], "exited");
 }
@@ -126,12 +158,31 @@ fn second_exec_unknown_language_and_unknown_shapes_keep_the_session() {
     session.on_message(r#"{"language":"bash","code":"sleep 5"}"#, &mut control, now);
     let out = session.on_message(r#"{"language":"bash","code":"true"}"#, &mut control, now);
     assert_eq!(names(&out), ["SANDBOX_EXECUTION_ERROR", "error"]);
-    assert_eq!(frame(&out, 1)["message"], "An execution is already in progress.");
-    assert_eq!(frame(&out, 0)["message"], "An execution is already in progress.");
-    for bad in [r#"{"language":"ruby","code":"1"}"#, r#"{"code":"1"}"#, r#"{"hello":1}"#, "not json", "[1]"] {
+    assert_eq!(
+        frame(&out, 1)["message"],
+        "An execution is already in progress."
+    );
+    assert_eq!(
+        frame(&out, 0)["message"],
+        "An execution is already in progress."
+    );
+    for bad in [
+        r#"{"language":"ruby","code":"1"}"#,
+        r#"{"code":"1"}"#,
+        r#"{"hello":1}"#,
+        "not json",
+        "[1]",
+    ] {
         let out = session.on_message(bad, &mut control, now);
-        assert_eq!(names(&out), ["SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR", "error"], "{bad}");
-        assert!(frame(&out, 1)["message"].as_str().unwrap().contains("python, bash"));
+        assert_eq!(
+            names(&out),
+            ["SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR", "error"],
+            "{bad}"
+        );
+        assert!(frame(&out, 1)["message"]
+            .as_str()
+            .unwrap()
+            .contains("python, bash"));
     }
     assert_eq!(control.started.len(), 1);
 }
@@ -142,13 +193,29 @@ fn stdin_flows() {
     let mut session = running_session(&mut control);
     let now = Instant::now();
     let out = session.on_message(r#"{"event":"stdin","data":"x"}"#, &mut control, now);
-    assert_eq!(names(&out), ["SANDBOX_EXECUTION_ERROR", "error"], "nothing running");
-    session.on_message(r#"{"language":"python","code":"input()"}"#, &mut control, now);
-    assert!(session.on_message(r#"{"event":"stdin","data":"World\n"}"#, &mut control, now).is_empty());
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_EXECUTION_ERROR", "error"],
+        "nothing running"
+    );
+    session.on_message(
+        r#"{"language":"python","code":"input()"}"#,
+        &mut control,
+        now,
+    );
+    assert!(session
+        .on_message(r#"{"event":"stdin","data":"World\n"}"#, &mut control, now)
+        .is_empty());
     assert_eq!(control.stdin, vec![b"World\n".to_vec()]);
     let out = session.on_message(r#"{"event":"stdin"}"#, &mut control, now);
     assert_eq!(names(&out), ["SANDBOX_STDIN_ERROR", "error"]);
-    assert!(session.on_message(r#"{"event":"stdin","data":"AP8=","encoding":"base64","eof":true}"#, &mut control, now).is_empty());
+    assert!(session
+        .on_message(
+            r#"{"event":"stdin","data":"AP8=","encoding":"base64","eof":true}"#,
+            &mut control,
+            now
+        )
+        .is_empty());
     assert_eq!(control.stdin[1], vec![0, 255]);
     assert!(control.stdin_closed);
 }
@@ -160,12 +227,24 @@ fn kill_process_sends_force_killed_before_done() {
     let now = Instant::now();
     let out = session.on_message(r#"{"action":"kill_process"}"#, &mut control, now);
     assert_eq!(names(&out), ["SANDBOX_EXECUTION_FORCE_KILL_ERROR", "error"]);
-    session.on_message(r#"{"language":"bash","code":"sleep 100"}"#, &mut control, now);
+    session.on_message(
+        r#"{"language":"bash","code":"sleep 100"}"#,
+        &mut control,
+        now,
+    );
     let mut out = session.on_message(r#"{"action":"kill_process"}"#, &mut control, now);
     assert_eq!(control.killed, vec![1]);
-    let killed = ExecOutcome { status: ExitStatus::Signal(9), reason: Reason::Killed, duration_ms: 1, truncated: false };
+    let killed = ExecOutcome {
+        status: ExitStatus::Signal(9),
+        reason: Reason::Killed,
+        duration_ms: 1,
+        truncated: false,
+    };
     out.extend(session.on_runtime(RuntimeEvent::ExecFinished(1, killed), &mut control));
-    assert_eq!(names(&out), ["SANDBOX_EXECUTION_FORCE_KILLED", "SANDBOX_EXECUTION_DONE"]);
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_EXECUTION_FORCE_KILLED", "SANDBOX_EXECUTION_DONE"]
+    );
     assert_eq!(frame(&out, 1)["exit_code"], 137);
     assert_eq!(frame(&out, 1)["signal"], 9);
     assert_eq!(frame(&out, 1)["reason"], "killed");
@@ -178,7 +257,16 @@ fn kill_sandbox_sequence_and_close_1000() {
     let mut out = session.on_message(r#"{"action":"kill_sandbox"}"#, &mut control, Instant::now());
     assert_eq!(control.deleted, vec![7]);
     out.extend(session.on_runtime(RuntimeEvent::Deleted, &mut control));
-    assert_eq!(names(&out), ["SANDBOX_KILLING", "SANDBOX_DELETING", "SANDBOX_DELETED", "SANDBOX_KILLED", "close 1000"]);
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_KILLING",
+            "SANDBOX_DELETING",
+            "SANDBOX_DELETED",
+            "SANDBOX_KILLED",
+            "close 1000"
+        ]
+    );
     assert!(session.is_ended());
 }
 
@@ -187,14 +275,40 @@ fn checkpoint_and_snapshot_without_server_support() {
     let mut control = FakeControl::default();
     let mut session = running_session(&mut control);
     let now = Instant::now();
-    let out = session.on_message(r#"{"action":"snapshot_filesystem","name":"s"}"#, &mut control, now);
-    assert_eq!(names(&out), ["SANDBOX_FILESYSTEM_SNAPSHOT_CREATING", "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", "error"]);
+    let out = session.on_message(
+        r#"{"action":"snapshot_filesystem","name":"s"}"#,
+        &mut control,
+        now,
+    );
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_FILESYSTEM_SNAPSHOT_CREATING",
+            "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR",
+            "error"
+        ]
+    );
     session.on_message(r#"{"language":"bash","code":"sleep 1"}"#, &mut control, now);
     let out = session.on_message(r#"{"action":"checkpoint"}"#, &mut control, now);
-    assert_eq!(names(&out), ["SANDBOX_CHECKPOINTING", "SANDBOX_EXECUTION_IN_PROGRESS_ERROR", "error"]);
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_CHECKPOINTING",
+            "SANDBOX_EXECUTION_IN_PROGRESS_ERROR",
+            "error"
+        ]
+    );
     session.on_runtime(RuntimeEvent::ExecFinished(1, outcome(0)), &mut control);
     let out = session.on_message(r#"{"action":"checkpoint"}"#, &mut control, now);
-    assert_eq!(names(&out), ["SANDBOX_CHECKPOINTING", "SANDBOX_CHECKPOINT_ERROR", "error", "close 4000"]);
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_CHECKPOINTING",
+            "SANDBOX_CHECKPOINT_ERROR",
+            "error",
+            "close 4000"
+        ]
+    );
     assert!(control.deleted.is_empty(), "the sandbox survives");
 }
 
@@ -204,23 +318,50 @@ fn creation_errors_close_with_a_message() {
     let mut control = FakeControl::default();
     let mut session = Session::new(1, "t".into(), settings(false), now);
     let out = session.on_init(r#"{"enable_checkpoint":true}"#, &mut control, now);
-    assert_eq!(names(&out), ["SANDBOX_CREATION_ERROR", "error", "close 4000"]);
-    assert!(frame(&out, 1)["message"].as_str().unwrap().contains("CHECKPOINT_AND_RESTORE_PATH"));
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_CREATION_ERROR", "error", "close 4000"]
+    );
+    assert!(frame(&out, 1)["message"]
+        .as_str()
+        .unwrap()
+        .contains("CHECKPOINT_AND_RESTORE_PATH"));
 
     let mut session = Session::new(1, "t".into(), settings(false), now);
-    let out = session.on_init(r#"{"filesystem_snapshot_name":"my-snap"}"#, &mut control, now);
-    assert!(frame(&out, 1)["message"].as_str().unwrap().contains("my-snap"));
+    let out = session.on_init(
+        r#"{"filesystem_snapshot_name":"my-snap"}"#,
+        &mut control,
+        now,
+    );
+    assert!(frame(&out, 1)["message"]
+        .as_str()
+        .unwrap()
+        .contains("my-snap"));
 
     let mut session = Session::new(1, "t".into(), settings(false), now);
     control.at_capacity = true;
     let out = session.on_init("{}", &mut control, now);
-    assert_eq!(names(&out), ["SANDBOX_CREATING", "SANDBOX_CREATION_ERROR", "error", "close 1013"]);
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_CREATING",
+            "SANDBOX_CREATION_ERROR",
+            "error",
+            "close 1013"
+        ]
+    );
 
     let mut control = FakeControl::default();
     let mut session = Session::new(1, "t".into(), settings(false), now);
     session.on_init("{}", &mut control, now);
-    let out = session.on_runtime(RuntimeEvent::StartFailed("runsc said no".into()), &mut control);
-    assert_eq!(names(&out), ["SANDBOX_CREATION_ERROR", "error", "close 4000"]);
+    let out = session.on_runtime(
+        RuntimeEvent::StartFailed("runsc said no".into()),
+        &mut control,
+    );
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_CREATION_ERROR", "error", "close 4000"]
+    );
 }
 
 #[test]
@@ -231,15 +372,38 @@ fn output_is_held_while_detached_and_replayed_after_reconnect() {
     session.on_message(r#"{"language":"bash","code":"x"}"#, &mut control, now);
     session.on_runtime(RuntimeEvent::ExecStarted(1), &mut control);
     session.on_detach(now);
-    assert!(session.on_runtime(RuntimeEvent::Output(1, Stream::Stdout, vec![b'a'; 150]), &mut control).is_empty());
+    assert!(session
+        .on_runtime(
+            RuntimeEvent::Output(1, Stream::Stdout, vec![b'a'; 150]),
+            &mut control
+        )
+        .is_empty());
     assert!(session.flush_output(&mut control).is_empty());
-    assert_eq!(control.paused, Some(true), "past the bound, the process is paused");
-    assert!(session.on_runtime(RuntimeEvent::ExecFinished(1, outcome(0)), &mut control).is_empty());
+    assert_eq!(
+        control.paused,
+        Some(true),
+        "past the bound, the process is paused"
+    );
+    assert!(session
+        .on_runtime(RuntimeEvent::ExecFinished(1, outcome(0)), &mut control)
+        .is_empty());
     assert_eq!(names(&session.on_attach(now)), ["SANDBOX_RUNNING"]);
     let out = session.on_message(r#"{"action":"reconnect"}"#, &mut control, now);
-    assert_eq!(names(&out), ["SANDBOX_EXECUTION_RUNNING", "stdout", "SANDBOX_EXECUTION_DONE"]);
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_EXECUTION_RUNNING",
+            "stdout",
+            "SANDBOX_EXECUTION_DONE"
+        ]
+    );
     assert_eq!(control.paused, Some(false));
-    assert!(session.on_message(r#"{"action":"reconnect"}"#, &mut control, now).is_empty(), "no-op");
+    assert!(
+        session
+            .on_message(r#"{"action":"reconnect"}"#, &mut control, now)
+            .is_empty(),
+        "no-op"
+    );
 }
 
 #[test]
@@ -249,10 +413,18 @@ fn idle_timeout_counts_activity_and_not_running_executions() {
     let mut session = Session::new(1, "t".into(), settings(false), start);
     session.on_init(r#"{"idle_timeout": 10}"#, &mut control, start);
     session.on_runtime(RuntimeEvent::Ready, &mut control);
-    session.on_message(r#"{"language":"bash","code":"sleep 100"}"#, &mut control, start);
-    assert!(session.on_tick(start + Duration::from_secs(60), &mut control).is_empty());
+    session.on_message(
+        r#"{"language":"bash","code":"sleep 100"}"#,
+        &mut control,
+        start,
+    );
+    assert!(session
+        .on_tick(start + Duration::from_secs(60), &mut control)
+        .is_empty());
     session.on_runtime(RuntimeEvent::ExecFinished(1, outcome(0)), &mut control);
-    assert!(session.on_tick(start + Duration::from_secs(65), &mut control).is_empty());
+    assert!(session
+        .on_tick(start + Duration::from_secs(65), &mut control)
+        .is_empty());
     let out = session.on_tick(start + Duration::from_secs(71), &mut control);
     assert_eq!(names(&out), ["SANDBOX_KILLING", "SANDBOX_DELETING"]);
     assert_eq!(control.deleted, vec![7]);
@@ -262,12 +434,22 @@ fn idle_timeout_counts_activity_and_not_running_executions() {
 fn text_output_split_inside_a_character_is_not_broken() {
     let mut control = FakeControl::default();
     let mut session = running_session(&mut control);
-    session.on_message(r#"{"language":"bash","code":"x"}"#, &mut control, Instant::now());
+    session.on_message(
+        r#"{"language":"bash","code":"x"}"#,
+        &mut control,
+        Instant::now(),
+    );
     let euro = "€".as_bytes();
-    let mut out = session.on_runtime(RuntimeEvent::Output(1, Stream::Stdout, euro[..1].to_vec()), &mut control);
+    let mut out = session.on_runtime(
+        RuntimeEvent::Output(1, Stream::Stdout, euro[..1].to_vec()),
+        &mut control,
+    );
     out.extend(session.flush_output(&mut control));
     assert!(out.is_empty(), "an incomplete character waits");
-    session.on_runtime(RuntimeEvent::Output(1, Stream::Stdout, euro[1..].to_vec()), &mut control);
+    session.on_runtime(
+        RuntimeEvent::Output(1, Stream::Stdout, euro[1..].to_vec()),
+        &mut control,
+    );
     let out = session.flush_output(&mut control);
     assert_eq!(frame(&out, 0)["data"], "€");
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Start the server on this machine: install what is missing (runsc, the sandbox image, local
+# checkpoint/snapshot directories), build the server in release mode, and run it in the
+# foreground on 127.0.0.1:${PORT:-8080}. Every SANDBOX_* variable in the README applies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "run-server.sh: runsc needs root; run it as root (e.g. with sudo)" >&2
+  exit 1
+fi
+
+bash scripts/setup.sh
+cargo build --release --bins
+
+export PORT="${PORT:-8080}"
+export SANDBOX_ROOTFS="${SANDBOX_ROOTFS:-/var/lib/cloud-run-sandbox/rootfs}"
+exec target/release/sandbox-server
