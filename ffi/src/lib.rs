@@ -92,7 +92,10 @@ mod tests {
         command.args(["-c", "ulimit -n"]);
         set_child_rlimits(
             &mut command,
-            vec![Rlimit { resource: libc::RLIMIT_NOFILE as i32, limit: 77 }],
+            vec![Rlimit {
+                resource: libc::RLIMIT_NOFILE as i32,
+                limit: 77,
+            }],
         );
         let output = command.output().expect("sh runs");
         assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "77");
