@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Lint, type-check and test the Python client (clients/python).
+#
+#   clients/python/run-tests.sh [pytest args...]
+#
+# Creates or reuses the venv clients/python/.venv and installs the package editable with
+# its dev extra (again only when pyproject.toml changed). Integration tests run against
+# the live server at $SANDBOX_TEST_URL (e.g. ws://127.0.0.1:8080) and are skipped when
+# it is unset. Exits non-zero if any step fails; every step runs regardless.
+set -uo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cd "$here"
+
+python="${PYTHON:-python3}"
+venv="$here/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+    echo "==> creating $venv"
+    "$python" -m venv "$venv" || exit 1
+fi
+stamp="$venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+    echo "==> installing codesandbox[dev] (editable)"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip || exit 1
+    "$venv/bin/python" -m pip install --quiet -e "$here[dev]" || exit 1
+    rm -f "$venv"/.installed-*
+    touch "$stamp"
+fi
+
+examples=()
+for f in client_example.py checkpoint.py filesystem_snapshot.py; do
+    [ -e "$repo/example/$f" ] && examples+=("$repo/example/$f")
+done
+
+status=0
+step() {
+    echo "==> $*"
+    "$@" || status=1
+}
+step "$venv/bin/ruff" check --config pyproject.toml src tests "${examples[@]}"
+step "$venv/bin/ruff" format --check --config pyproject.toml src tests "${examples[@]}"
+step "$venv/bin/mypy" --strict src/codesandbox "${examples[@]}"
+echo "==> pytest (SANDBOX_TEST_URL=${SANDBOX_TEST_URL:-unset})"
+"$venv/bin/python" -m pytest "$@" || status=1
+exit "$status"

@@ -1,0 +1,100 @@
+"""The exception tree and the status table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import codesandbox
+from codesandbox import (
+    STATUS_ERRORS,
+    SandboxCheckpointError,
+    SandboxConnectionError,
+    SandboxError,
+    SandboxExecutionError,
+    SandboxStateError,
+    SandboxTimeoutError,
+    SandboxUnsupportedLanguageError,
+)
+from codesandbox._errors import error_from_status
+
+# Every error status of docs/protocol.md.
+ERROR_STATUSES = {
+    "SANDBOX_NOT_FOUND",
+    "SANDBOX_IN_USE",
+    "SANDBOX_CREATION_ERROR",
+    "SANDBOX_ERROR",
+    "SANDBOX_EXECUTION_ERROR",
+    "SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR",
+    "SANDBOX_EXECUTION_IN_PROGRESS_ERROR",
+    "SANDBOX_EXECUTION_FORCE_KILL_ERROR",
+    "SANDBOX_STDIN_ERROR",
+    "SANDBOX_CHECKPOINT_ERROR",
+    "SANDBOX_RESTORE_ERROR",
+    "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR",
+    "SANDBOX_LOCK_RENEWAL_ERROR",
+    "SANDBOX_KILL_ERROR",
+    "SANDBOX_PERMISSION_DENIAL_ERROR",
+}
+
+
+def test_every_error_status_is_mapped() -> None:
+    assert set(STATUS_ERRORS) == ERROR_STATUSES
+
+
+def test_mapping_matches_the_protocol_document_when_present() -> None:
+    doc = Path(__file__).resolve().parents[3] / "docs" / "protocol.md"
+    if not doc.exists():
+        pytest.skip("docs/protocol.md not found next to the client")
+    statuses = set(re.findall(r"`(SANDBOX_[A-Z_]+)`", doc.read_text(encoding="utf-8")))
+    documented_errors = {
+        s for s in statuses if s.endswith("_ERROR") or s in ("SANDBOX_NOT_FOUND", "SANDBOX_IN_USE")
+    }
+    assert documented_errors <= set(STATUS_ERRORS)
+
+
+def test_every_class_is_a_sandbox_error_and_exported() -> None:
+    for cls in STATUS_ERRORS.values():
+        assert issubclass(cls, SandboxError)
+        assert cls.__name__ in codesandbox.__all__
+
+
+def test_error_carries_status_and_message() -> None:
+    err = error_from_status("SANDBOX_CHECKPOINT_ERROR", "checkpointing is not enabled")
+    assert isinstance(err, SandboxCheckpointError)
+    assert err.message == "checkpointing is not enabled"
+    assert err.status == "SANDBOX_CHECKPOINT_ERROR"
+    assert str(err) == "checkpointing is not enabled [SANDBOX_CHECKPOINT_ERROR]"
+
+
+def test_missing_message_gets_a_default() -> None:
+    assert error_from_status("SANDBOX_NOT_FOUND", None).message == "sandbox not found"
+    assert "SANDBOX_KILL_ERROR" in error_from_status("SANDBOX_KILL_ERROR", None).message
+
+
+def test_specific_kinds() -> None:
+    unsupported = error_from_status("SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR", "x")
+    assert isinstance(unsupported, SandboxUnsupportedLanguageError)
+    assert isinstance(unsupported, SandboxExecutionError)
+    in_progress = error_from_status("SANDBOX_EXECUTION_IN_PROGRESS_ERROR", "x")
+    assert isinstance(in_progress, SandboxStateError)
+
+
+def test_connection_errors_are_builtin_connection_and_timeout_errors() -> None:
+    err = SandboxConnectionError("gone", close_code=1006)
+    assert isinstance(err, ConnectionError)
+    assert isinstance(err, SandboxError)
+    assert err.close_code == 1006
+    assert str(err) == "gone"
+    timeout = SandboxTimeoutError("slow")
+    assert isinstance(timeout, TimeoutError)
+    assert isinstance(timeout, ConnectionError)
+    with pytest.raises(ConnectionError):
+        raise SandboxConnectionError("x")
+
+
+def test_all_is_explicit_and_importable() -> None:
+    for name in codesandbox.__all__:
+        assert hasattr(codesandbox, name), name
