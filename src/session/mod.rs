@@ -371,8 +371,8 @@ impl Session {
             (Some("kill_process"), _) => self.kill_process(&mut out, control),
             (Some("kill_sandbox"), _) => self.begin_kill(&mut out, control),
             (Some("checkpoint"), _) => {
-                out.push(Out::Send(status("SANDBOX_CHECKPOINTING")));
                 if self.exec.is_some() {
+                    out.push(Out::Send(status("SANDBOX_CHECKPOINTING")));
                     out.extend(error_frames(
                         "SANDBOX_EXECUTION_IN_PROGRESS_ERROR",
                         "cannot checkpoint while an execution is running",

@@ -1,0 +1,35 @@
+/** Endpoint URLs from the user's base URL (`ws://`, `wss://`, `http://` or `https://`). */
+
+function base(url: string): URL {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new TypeError(`invalid sandbox server url: ${JSON.stringify(url)}`);
+  }
+  if (parsed.protocol === 'http:') parsed.protocol = 'ws:';
+  else if (parsed.protocol === 'https:') parsed.protocol = 'wss:';
+  else if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') {
+    throw new TypeError(`unsupported url scheme ${JSON.stringify(parsed.protocol)} in ${url}: use ws://, wss://, http:// or https://`);
+  }
+  parsed.hash = '';
+  return parsed;
+}
+
+/** The base URL's path without trailing slashes ('' for the root), to append endpoints to. */
+function prefix(u: URL): string {
+  return u.pathname.replace(/\/+$/, '');
+}
+
+export function createUrl(url: string): string {
+  const u = base(url);
+  u.pathname = `${prefix(u)}/create`;
+  return u.toString();
+}
+
+export function attachUrl(url: string, sandboxId: string, token: string | undefined): string {
+  const u = base(url);
+  u.pathname = `${prefix(u)}/attach/${encodeURIComponent(sandboxId)}`;
+  u.searchParams.set('sandbox_token', token ?? '');
+  return u.toString();
+}
