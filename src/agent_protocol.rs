@@ -92,6 +92,11 @@ pub enum ToAgent {
     CloseStdin(ExecId),
     /// Send a signal to the execution's whole process group.
     Signal(ExecId, i32),
+    /// Sent first after a restore: answer with `Ready`. With `reset`, first end every process
+    /// but the agent (a sandbox started from a snapshot keeps its files, not its processes).
+    Resume {
+        reset: bool,
+    },
 }
 
 /// Agent -> server.
@@ -113,6 +118,7 @@ mod kind {
     pub const STDIN: u8 = 2;
     pub const CLOSE_STDIN: u8 = 3;
     pub const SIGNAL: u8 = 4;
+    pub const RESUME: u8 = 5;
     pub const READY: u8 = 64;
     pub const STARTED: u8 = 65;
     pub const SPAWN_FAILED: u8 = 66;
@@ -159,6 +165,7 @@ impl ToAgent {
             ToAgent::Signal(exec, signal) => {
                 put_frame(out, kind::SIGNAL, *exec, &signal.to_le_bytes())
             }
+            ToAgent::Resume { reset } => put_frame(out, kind::RESUME, 0, &[u8::from(*reset)]),
         }
     }
 
@@ -168,6 +175,9 @@ impl ToAgent {
             kind::STDIN => ToAgent::Stdin(exec, payload.to_vec()),
             kind::CLOSE_STDIN => ToAgent::CloseStdin(exec),
             kind::SIGNAL => ToAgent::Signal(exec, parse_i32(payload)?),
+            kind::RESUME => ToAgent::Resume {
+                reset: payload.first().is_some_and(|byte| *byte != 0),
+            },
             other => {
                 return Err(ProtocolError(format!(
                     "unknown frame kind {other} for the agent"
@@ -324,6 +334,8 @@ mod tests {
             ToAgent::Stdin(7, vec![0, 255, 10]),
             ToAgent::CloseStdin(7),
             ToAgent::Signal(7, 9),
+            ToAgent::Resume { reset: true },
+            ToAgent::Resume { reset: false },
         ];
         let from_agent = vec![
             FromAgent::Ready(AgentHello {

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod timers;

@@ -267,6 +267,21 @@ impl Agent {
                     execution.signal_group(signal);
                 }
             }
+            ToAgent::Resume { reset } => {
+                if reset {
+                    // As PID 1, kill(-1) reaches every process of the sandbox but us.
+                    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+                    self.executions.clear();
+                    self.standby = None;
+                    self.standby_failures = 0;
+                    self.refill_standby();
+                }
+                let hello = AgentHello {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    python_standby: self.standby.is_some(),
+                };
+                FromAgent::Ready(hello).encode(&mut self.outbox);
+            }
         }
     }
 

@@ -2,9 +2,13 @@
 //!
 //! ```text
 //!   Starting --agent hello--> Ready --delete--> Deleting --runsc delete exited--> Deleted
-//!      |                        |                  ^
-//!      +--run failed/timeout----+--agent lost------+
+//!      |  ^                     |                  ^
+//!      |  |                     +--checkpoint--> Checkpointing --exited--> Stopped --delete--+
+//!      |  +------------------------------------------restore------------------------+
+//!      +--run failed/timeout----+--agent lost------^
 //! ```
+//! `Stopped` is what `runsc checkpoint` leaves, whether it succeeded or not: the container no
+//! longer runs; it is either deleted or restored from an image.
 //! The runtime feeds it events and carries out the actions it returns; a wrong-state event is
 //! ignored (the returned action list is empty) rather than trusted.
 
@@ -14,6 +18,10 @@ pub enum State {
     Starting,
     /// The agent is ready to spawn executions.
     Ready,
+    /// `runsc checkpoint` is running.
+    Checkpointing,
+    /// Checkpointed (or a failed checkpoint): not running, container not yet deleted.
+    Stopped,
     /// `runsc delete` is running.
     Deleting,
     /// Gone: no container, no bundle.
@@ -25,6 +33,8 @@ impl State {
         match self {
             State::Starting => "starting",
             State::Ready => "ready",
+            State::Checkpointing => "checkpointing",
+            State::Stopped => "stopped",
             State::Deleting => "deleting",
             State::Deleted => "deleted",
         }
@@ -45,6 +55,10 @@ pub enum Event {
     StartTimedOut,
     DeleteRequested,
     DeleteExited,
+    CheckpointRequested,
+    /// `runsc checkpoint` exited; `Err` carries its message.
+    CheckpointExited(Result<(), String>),
+    RestoreRequested,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +73,12 @@ pub enum Action {
     StartDelete,
     /// Remove the bundle and forget the sandbox.
     Forget,
+    /// Spawn `runsc checkpoint`.
+    StartCheckpoint,
+    /// Tell the owner how the checkpoint went.
+    NotifyCheckpointed(Result<(), String>),
+    /// Spawn `runsc restore` with fresh agent pipes.
+    StartRestore,
 }
 
 #[derive(Debug)]
@@ -76,6 +96,13 @@ impl Lifecycle {
     pub fn new() -> Self {
         Lifecycle {
             state: State::Starting,
+        }
+    }
+
+    /// A sandbox that exists only as a saved image, about to be restored.
+    pub fn stopped() -> Self {
+        Lifecycle {
+            state: State::Stopped,
         }
     }
 
@@ -107,7 +134,19 @@ impl Lifecycle {
                 self.state = Deleting;
                 vec![NotifyLost(reason), StartDelete]
             }
-            (Starting | Ready, Event::DeleteRequested) => {
+            (Ready, Event::CheckpointRequested) => {
+                self.state = Checkpointing;
+                vec![StartCheckpoint]
+            }
+            (Checkpointing, Event::CheckpointExited(result)) => {
+                self.state = Stopped;
+                vec![NotifyCheckpointed(result)]
+            }
+            (Stopped, Event::RestoreRequested) => {
+                self.state = Starting;
+                vec![StartRestore]
+            }
+            (Starting | Ready | Checkpointing | Stopped, Event::DeleteRequested) => {
                 self.state = Deleting;
                 vec![StartDelete]
             }
@@ -167,6 +206,43 @@ mod tests {
         let actions = sandbox.handle(Event::StartTimedOut);
         assert!(matches!(actions[0], Action::NotifyStartFailed(_)));
         assert_eq!(sandbox.state(), State::Deleting);
+    }
+
+    #[test]
+    fn checkpoint_then_restore_or_delete() {
+        let mut sandbox = Lifecycle::new();
+        sandbox.handle(Event::AgentReady);
+        assert_eq!(
+            sandbox.handle(Event::CheckpointRequested),
+            vec![Action::StartCheckpoint]
+        );
+        assert_eq!(
+            sandbox.handle(Event::AgentLost("stopped by checkpoint".into())),
+            vec![],
+            "expected"
+        );
+        assert_eq!(sandbox.handle(Event::CheckpointRequested), vec![]);
+        assert_eq!(
+            sandbox.handle(Event::CheckpointExited(Ok(()))),
+            vec![Action::NotifyCheckpointed(Ok(()))]
+        );
+        assert_eq!(sandbox.state(), State::Stopped);
+        assert!(!sandbox.state().can_exec());
+        assert_eq!(
+            sandbox.handle(Event::RestoreRequested),
+            vec![Action::StartRestore]
+        );
+        assert_eq!(sandbox.handle(Event::AgentReady), vec![Action::NotifyReady]);
+
+        let mut failed = Lifecycle::new();
+        failed.handle(Event::AgentReady);
+        failed.handle(Event::CheckpointRequested);
+        let actions = failed.handle(Event::CheckpointExited(Err("tcp".into())));
+        assert_eq!(actions, vec![Action::NotifyCheckpointed(Err("tcp".into()))]);
+        assert_eq!(
+            failed.handle(Event::DeleteRequested),
+            vec![Action::StartDelete]
+        );
     }
 
     #[test]

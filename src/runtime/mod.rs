@@ -77,6 +77,8 @@ pub enum RuntimeEvent {
     ExecSpawnFailed(ExecId, String),
     Output(ExecId, Stream, Vec<u8>),
     ExecFinished(ExecId, ExecOutcome),
+    /// `runsc checkpoint` finished; the container is stopped either way.
+    Checkpointed(Result<(), String>),
 }
 
 /// A runtime event for the owner of a sandbox.
@@ -125,12 +127,22 @@ enum RuntimeTimer {
 
 #[derive(Debug, Clone, Copy)]
 enum ChildPurpose {
+    /// `runsc run` or `runsc restore`.
     Run(SandboxKey),
     Delete(SandboxKey),
+    Checkpoint(SandboxKey),
 }
 
 struct Sandbox {
     id: SandboxId,
+    /// The runsc container id: new for every run or restore (a restore cannot reuse the id of
+    /// the stopped container until that one is deleted).
+    container: String,
+    /// The image the next restore starts from, and whether the agent must then end every
+    /// other process (a sandbox started from a snapshot keeps files, not processes).
+    restore_from: Option<(PathBuf, bool)>,
+    /// Where the running checkpoint writes.
+    checkpoint_to: Option<PathBuf>,
     lifecycle: Lifecycle,
     owner: Option<Owner>,
     to_agent: Option<Sender>,
@@ -353,8 +365,14 @@ impl Runtime {
         self.next_key += 1;
         let id = SandboxId::random()
             .map_err(|error| RuntimeError::Io(format!("no randomness: {error}")))?;
+        let container = SandboxId::random()
+            .map_err(|error| RuntimeError::Io(format!("no randomness: {error}")))?
+            .to_string();
         let bundle_dir = self.bundles_dir.join(id.to_string());
-        match self.start_container(key, id, &bundle_dir) {
+        match self
+            .write_bundle(id, &bundle_dir)
+            .and_then(|()| self.start_container(key, &container, &bundle_dir, None))
+        {
             Ok((to_agent, from_agent)) => {
                 let start_timer = self.timers.arm(
                     Instant::now() + self.config.create_timeout,
@@ -364,6 +382,9 @@ impl Runtime {
                     key,
                     Sandbox {
                         id,
+                        container,
+                        restore_from: None,
+                        checkpoint_to: None,
                         lifecycle: Lifecycle::new(),
                         owner,
                         to_agent: Some(to_agent),
@@ -391,12 +412,7 @@ impl Runtime {
         }
     }
 
-    fn start_container(
-        &mut self,
-        key: SandboxKey,
-        id: SandboxId,
-        bundle_dir: &Path,
-    ) -> io::Result<(Sender, Receiver)> {
+    fn write_bundle(&self, id: SandboxId, bundle_dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(bundle_dir)?;
         let cgroup = format!("{}/{}", self.cgroup_parent, id);
         let spec = bundle::spec(
@@ -409,11 +425,27 @@ impl Runtime {
         std::fs::write(
             bundle_dir.join("config.json"),
             serde_json::to_vec_pretty(&spec)?,
-        )?;
-        let log = File::create(bundle_dir.join("sandbox.log"))?;
+        )
+    }
+
+    /// Spawn `runsc run` (or `runsc restore` from `image`) with fresh agent pipes.
+    fn start_container(
+        &mut self,
+        key: SandboxKey,
+        container: &str,
+        bundle_dir: &Path,
+        image: Option<&Path>,
+    ) -> io::Result<(Sender, Receiver)> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(bundle_dir.join("sandbox.log"))?;
         let (mut to_agent, agent_stdin) = mio::unix::pipe::new()?;
         let (agent_stdout, mut from_agent) = mio::unix::pipe::new()?;
-        let mut command = self.runsc.run_detached(bundle_dir, &id.to_string());
+        let mut command = match image {
+            Some(image) => self.runsc.restore_detached(image, bundle_dir, container),
+            None => self.runsc.run_detached(bundle_dir, container),
+        };
         command
             .stdin(Stdio::from(OwnedFd::from(agent_stdin)))
             .stdout(Stdio::from(OwnedFd::from(agent_stdout)))
@@ -432,6 +464,98 @@ impl Runtime {
         self.registry
             .register(&mut to_agent, token(Tag::AgentIn, key), Interest::WRITABLE)?;
         Ok((to_agent, from_agent))
+    }
+
+    /// Checkpoint a ready, idle sandbox into `image` (which must exist). The owner gets
+    /// `Checkpointed`; the sandbox is then stopped, to be deleted or restored.
+    pub fn checkpoint(&mut self, key: SandboxKey, image: PathBuf) -> Result<(), RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        let state = sandbox.lifecycle.state();
+        if state != State::Ready {
+            return Err(RuntimeError::WrongState(state.name()));
+        }
+        if !sandbox.execs.is_empty() {
+            return Err(RuntimeError::WrongState("running an execution"));
+        }
+        sandbox.checkpoint_to = Some(image);
+        self.apply(key, Event::CheckpointRequested);
+        Ok(())
+    }
+
+    /// Start a stopped sandbox again from `image` (after a checkpoint or a snapshot). The owner
+    /// gets `Ready` or `StartFailed`.
+    pub fn restore_in_place(
+        &mut self,
+        key: SandboxKey,
+        image: PathBuf,
+        reset: bool,
+    ) -> Result<(), RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        let state = sandbox.lifecycle.state();
+        if state != State::Stopped {
+            return Err(RuntimeError::WrongState(state.name()));
+        }
+        sandbox.restore_from = Some((image, reset));
+        self.apply(key, Event::RestoreRequested);
+        Ok(())
+    }
+
+    /// A sandbox restored from a saved image, under the public id `id`. With `reset`, it keeps
+    /// the image's files but none of its processes (snapshots).
+    pub fn restore(
+        &mut self,
+        owner: Owner,
+        id: SandboxId,
+        image: PathBuf,
+        reset: bool,
+    ) -> Result<SandboxKey, RuntimeError> {
+        if self.sandboxes.len() >= self.config.max_sandboxes {
+            return Err(RuntimeError::AtCapacity(self.config.max_sandboxes));
+        }
+        if self.by_id.contains_key(&id) {
+            return Err(RuntimeError::WrongState("already running here"));
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let bundle_dir = self.bundles_dir.join(id.to_string());
+        if let Err(error) = self.write_bundle(id, &bundle_dir) {
+            let _ = std::fs::remove_dir_all(&bundle_dir);
+            return Err(RuntimeError::Io(format!(
+                "cannot prepare the sandbox: {error}"
+            )));
+        }
+        self.sandboxes.insert(
+            key,
+            Sandbox {
+                id,
+                container: String::new(),
+                restore_from: Some((image, reset)),
+                checkpoint_to: None,
+                lifecycle: Lifecycle::stopped(),
+                owner: Some(owner),
+                to_agent: None,
+                from_agent: None,
+                outgoing: Vec::new(),
+                decoder: FrameDecoder::new(),
+                paused: false,
+                readable: false,
+                execs: HashMap::new(),
+                next_exec: 1,
+                bundle: bundle_dir,
+                created: Instant::now(),
+                start_timer: None,
+            },
+        );
+        self.by_id.insert(id, key);
+        self.stats.created += 1;
+        self.apply(key, Event::RestoreRequested);
+        Ok(key)
     }
 
     /// Run code in a ready sandbox. Output and the end arrive as notices.
@@ -613,6 +737,14 @@ impl Runtime {
                     self.apply(key, Event::RunExited(result));
                 }
                 Some(ChildPurpose::Delete(key)) => self.apply(key, Event::DeleteExited),
+                Some(ChildPurpose::Checkpoint(key)) => {
+                    let result = if success {
+                        Ok(())
+                    } else {
+                        Err(self.checkpoint_error(key))
+                    };
+                    self.apply(key, Event::CheckpointExited(result));
+                }
                 None => {}
             }
         }
@@ -632,6 +764,21 @@ impl Runtime {
             "runsc failed to start the sandbox".to_string()
         } else {
             format!("runsc failed to start the sandbox: {tail}")
+        }
+    }
+
+    fn checkpoint_error(&self, key: SandboxKey) -> String {
+        let Some(sandbox) = self.sandboxes.get(&key) else {
+            return String::new();
+        };
+        let text = read_tail(&sandbox.bundle.join("checkpoint.log"), 2048);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        match lines.last() {
+            Some(line) => format!("runsc checkpoint failed: {}", line.trim()),
+            None => "runsc checkpoint failed".to_string(),
         }
     }
 
@@ -700,7 +847,7 @@ impl Runtime {
                 }
                 self.pending_reads.remove(&key);
                 self.pool.retain(|pooled| *pooled != key);
-                let id = sandbox.id.to_string();
+                let id = sandbox.container.clone();
                 match self.runsc.delete_force(&id).spawn() {
                     Ok(child) => {
                         self.children
@@ -712,6 +859,48 @@ impl Runtime {
                     }
                 }
             }
+            Action::StartCheckpoint => {
+                let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                    return;
+                };
+                let image = sandbox
+                    .checkpoint_to
+                    .take()
+                    .unwrap_or_else(|| sandbox.bundle.join("image"));
+                let log = std::fs::File::create(sandbox.bundle.join("checkpoint.log"));
+                let mut command = self.runsc.checkpoint(&image, &sandbox.container);
+                if let Ok(log) = log {
+                    command.stderr(Stdio::from(log));
+                }
+                match command.spawn() {
+                    Ok(child) => {
+                        self.children
+                            .insert(child.id() as i32, ChildPurpose::Checkpoint(key));
+                    }
+                    Err(error) => self.apply(
+                        key,
+                        Event::CheckpointExited(Err(format!(
+                            "cannot run runsc checkpoint: {error}"
+                        ))),
+                    ),
+                }
+            }
+            Action::NotifyCheckpointed(result) => {
+                // The container is stopped: its agent pipes are dead.
+                if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+                    if let Some(mut pipe) = sandbox.to_agent.take() {
+                        let _ = self.registry.deregister(&mut pipe);
+                    }
+                    if let Some(mut pipe) = sandbox.from_agent.take() {
+                        let _ = self.registry.deregister(&mut pipe);
+                    }
+                    sandbox.outgoing.clear();
+                    sandbox.decoder = FrameDecoder::new();
+                }
+                self.pending_reads.remove(&key);
+                self.notify(key, RuntimeEvent::Checkpointed(result));
+            }
+            Action::StartRestore => self.start_restore(key),
             Action::Forget => {
                 if let Some(sandbox) = self.sandboxes.remove(&key) {
                     self.by_id.remove(&sandbox.id);
@@ -730,6 +919,57 @@ impl Runtime {
                     }
                 }
             }
+        }
+    }
+
+    fn start_restore(&mut self, key: SandboxKey) {
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+            return;
+        };
+        let Some((image, reset)) = sandbox.restore_from.take() else {
+            return self.apply(
+                key,
+                Event::RunExited(Err("no image to restore from".into())),
+            );
+        };
+        let stopped = std::mem::take(&mut sandbox.container);
+        let bundle = sandbox.bundle.clone();
+        if !stopped.is_empty() {
+            // The checkpointed container still holds its id; remove it on the side (its exit is
+            // reaped like any orphan's).
+            let _ = self.runsc.delete_force(&stopped).spawn();
+        }
+        let container = match SandboxId::random() {
+            Ok(id) => id.to_string(),
+            Err(error) => {
+                return self.apply(
+                    key,
+                    Event::RunExited(Err(format!("no randomness: {error}"))),
+                )
+            }
+        };
+        match self.start_container(key, &container, &bundle, Some(&image)) {
+            Ok((to_agent, from_agent)) => {
+                let timer = self.timers.arm(
+                    Instant::now() + self.config.create_timeout,
+                    RuntimeTimer::Start(key),
+                );
+                let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                    return;
+                };
+                sandbox.container = container;
+                sandbox.to_agent = Some(to_agent);
+                sandbox.from_agent = Some(from_agent);
+                sandbox.created = Instant::now();
+                sandbox.start_timer = Some(timer);
+                // The restored agent is mid-loop: ask it to say hello (and to reset if asked).
+                ToAgent::Resume { reset }.encode(&mut sandbox.outgoing);
+                self.flush_to_agent(key);
+            }
+            Err(error) => self.apply(
+                key,
+                Event::RunExited(Err(format!("cannot run runsc restore: {error}"))),
+            ),
         }
     }
 

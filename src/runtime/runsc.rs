@@ -78,15 +78,42 @@ impl Runsc {
     pub fn run_detached(&self, bundle: &Path, container_id: &str) -> Command {
         let mut command = Command::new(&self.binary);
         command.arg(format!("--root={}", self.state_root.display()));
+        self.container_flags(&mut command);
+        command
+            .args(["run", "--detach", "--bundle"])
+            .arg(bundle)
+            .arg(container_id);
+        command
+    }
+
+    /// Flags every container of ours is started (run or restore) with.
+    fn container_flags(&self, command: &mut Command) {
         command.arg("--network=none");
         if self.features.overlay2 {
             command.arg("--overlay2=root:memory");
         } else {
             command.arg("--overlay");
         }
+    }
+
+    /// `runsc restore --detach`: like `run_detached`, from a checkpoint image.
+    pub fn restore_detached(&self, image: &Path, bundle: &Path, container_id: &str) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.arg(format!("--root={}", self.state_root.display()));
+        self.container_flags(&mut command);
+        command.args(["restore", "--detach"]);
+        command.arg(format!("--image-path={}", image.display()));
+        command.arg("--bundle").arg(bundle).arg(container_id);
         command
-            .args(["run", "--detach", "--bundle"])
-            .arg(bundle)
+    }
+
+    /// `runsc checkpoint`: saves the container into `image` and stops it. The caller sends
+    /// stderr to a log, which holds the reason if it fails.
+    pub fn checkpoint(&self, image: &Path, container_id: &str) -> Command {
+        let mut command = self.base();
+        command
+            .arg("checkpoint")
+            .arg(format!("--image-path={}", image.display()))
             .arg(container_id);
         command
     }

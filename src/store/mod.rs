@@ -1,0 +1,314 @@
+//! Saved sandbox images on a shared path: checkpoints under `CHECKPOINT_AND_RESTORE_PATH`,
+//! filesystem snapshots under `FILESYSTEM_SNAPSHOT_PATH`.
+//!
+//! The path may be a Cloud Storage bucket mounted with Cloud Storage FUSE, so the layout uses
+//! only what that offers reliably: create, write, read, delete, and rename of a single file.
+//! No hard links, no locks, no directory renames.
+//!
+//! ```text
+//! <base>/                         one sandbox (by id) or one snapshot (by name)
+//!   image-<generation>-<nonce>/   what `runsc checkpoint` wrote; never renamed
+//!   current.json                  the manifest: which image, file sizes and SHA-256s, settings
+//!   lease.json                    who runs the sandbox now (checkpoints only; see `lease`)
+//! ```
+//! A reader follows `current.json`, which is published last with one rename, and verifies the
+//! files against it: a half-written or corrupted image is never restored.
+//!
+//! Everything here blocks on the filesystem; the server calls it from worker threads.
+
+pub mod lease;
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const MANIFEST: &str = "current.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Settings of a checkpointed session, restored with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct SavedSettings {
+    pub idle_timeout_secs: Option<f64>,
+    pub auto_checkpoint: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub generation: u64,
+    pub image_dir: String,
+    pub files: Vec<FileEntry>,
+    /// SHA-256 of the session token (checkpoints only): attach compares against it before
+    /// anything is restored.
+    pub token_sha256: Option<String>,
+    pub settings: SavedSettings,
+    pub created_unix_ms: u64,
+    /// The sandbox image (rootfs stamp) the checkpoint was taken on.
+    pub rootfs_stamp: String,
+}
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    // Falls back to the time only if /dev/urandom is unreadable; names just need to differ.
+    if crate::runtime::ids::random_bytes(&mut buffer).is_err() {
+        return format!("{:x}", now_unix_ms());
+    }
+    hex(&buffer)
+}
+
+fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+    Ok((size, hex(&hasher.finalize())))
+}
+
+/// Write `bytes` to `path` so that readers see the old or the new content, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension(format!("tmp-{}", random_hex(6)));
+    let result = (|| {
+        let mut file = File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    result
+}
+
+/// A fresh directory for the next image of `base` (never reused, never renamed).
+pub fn new_image_dir(base: &Path) -> std::io::Result<PathBuf> {
+    let generation = load(base)
+        .ok()
+        .flatten()
+        .map(|manifest| manifest.generation + 1)
+        .unwrap_or(1);
+    let dir = base.join(format!("image-{generation}-{}", random_hex(4)));
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Publish the image in `image_dir` as the current one of `base`: hash its files, write the
+/// manifest with one rename, then remove superseded images.
+pub fn publish(
+    base: &Path,
+    image_dir: &Path,
+    token_sha256: Option<String>,
+    settings: SavedSettings,
+    rootfs_stamp: &str,
+) -> Result<Manifest, String> {
+    let describe = |error: std::io::Error| {
+        format!("cannot save the image in {}: {error}", image_dir.display())
+    };
+    let mut files = Vec::new();
+    for entry in fs::read_dir(image_dir).map_err(describe)? {
+        let entry = entry.map_err(describe)?;
+        if !entry.file_type().map_err(describe)?.is_file() {
+            continue;
+        }
+        let (size, sha256) = file_sha256(&entry.path()).map_err(describe)?;
+        files.push(FileEntry {
+            name: entry.file_name().to_string_lossy().into_owned(),
+            size,
+            sha256,
+        });
+    }
+    if files.is_empty() {
+        return Err(format!(
+            "runsc wrote no image files in {}",
+            image_dir.display()
+        ));
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    let image_name = image_dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .ok_or_else(|| format!("bad image directory {}", image_dir.display()))?;
+    let generation = image_name
+        .strip_prefix("image-")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or(1);
+    let manifest = Manifest {
+        generation,
+        image_dir: image_name.clone(),
+        files,
+        token_sha256,
+        settings,
+        created_unix_ms: now_unix_ms(),
+        rootfs_stamp: rootfs_stamp.to_string(),
+    };
+    let bytes = serde_json::to_vec_pretty(&manifest).map_err(|error| error.to_string())?;
+    write_atomically(&base.join(MANIFEST), &bytes).map_err(describe)?;
+    remove_images_except(base, &image_name);
+    Ok(manifest)
+}
+
+/// Remove every image directory of `base` but `keep` (superseded or abandoned ones).
+pub fn remove_images_except(base: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("image-") && name != keep {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The current manifest of `base`, if one was published.
+pub fn load(base: &Path) -> Result<Option<Manifest>, String> {
+    match fs::read(base.join(MANIFEST)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|error| {
+            format!(
+                "the saved manifest in {} is corrupted: {error}",
+                base.display()
+            )
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(format!(
+            "cannot read {}: {error}",
+            base.join(MANIFEST).display()
+        )),
+    }
+}
+
+/// Check every file of the image against the manifest; returns the image directory.
+pub fn verify(base: &Path, manifest: &Manifest) -> Result<PathBuf, String> {
+    let dir = base.join(&manifest.image_dir);
+    for file in &manifest.files {
+        let path = dir.join(&file.name);
+        let (size, sha256) = file_sha256(&path).map_err(|error| {
+            format!("the saved image is incomplete: {}: {error}", path.display())
+        })?;
+        if size != file.size || sha256 != file.sha256 {
+            return Err(format!(
+                "the saved image is corrupted: {} has {size} bytes (sha256 {}), expected {} bytes (sha256 {})",
+                file.name,
+                &sha256[..12],
+                file.size,
+                &file.sha256[..12.min(file.sha256.len())]
+            ));
+        }
+    }
+    Ok(dir)
+}
+
+/// Snapshot names: what a user can type, nothing a path can be made of.
+pub fn validate_snapshot_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+    if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) || name.starts_with('.') {
+        return Err(format!(
+            "invalid snapshot name {name:?}: use 1 to 64 characters from A-Z a-z 0-9 . _ - , not starting with a dot"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("crs-store-{name}-{}", random_hex(4)));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn publish_load_verify_and_supersede() {
+        let base = temp_dir("publish");
+        let first = new_image_dir(&base).unwrap();
+        fs::write(first.join("checkpoint.img"), b"first image").unwrap();
+        let manifest = publish(
+            &base,
+            &first,
+            Some(sha256_hex(b"token")),
+            SavedSettings::default(),
+            "stamp",
+        )
+        .unwrap();
+        assert_eq!(manifest.generation, 1);
+        assert_eq!(load(&base).unwrap().unwrap(), manifest);
+        assert_eq!(verify(&base, &manifest).unwrap(), first);
+
+        let second = new_image_dir(&base).unwrap();
+        fs::write(second.join("checkpoint.img"), b"second image").unwrap();
+        let newer = publish(&base, &second, None, SavedSettings::default(), "stamp").unwrap();
+        assert_eq!(newer.generation, 2);
+        assert!(!first.exists(), "the superseded image is removed");
+
+        fs::write(second.join("checkpoint.img"), b"second imagX").unwrap();
+        assert!(verify(&base, &newer).unwrap_err().contains("corrupted"));
+        fs::write(second.join("checkpoint.img"), b"short").unwrap();
+        assert!(verify(&base, &newer).is_err());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn missing_and_garbage_manifests() {
+        let base = temp_dir("missing");
+        assert_eq!(load(&base).unwrap(), None);
+        fs::write(base.join(MANIFEST), b"{not json").unwrap();
+        assert!(load(&base).unwrap_err().contains("corrupted"));
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn snapshot_names() {
+        for good in ["my-snapshot", "a", "v1.2_x", &"x".repeat(64)] {
+            assert!(validate_snapshot_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../x",
+            "a b",
+            "é",
+            &"x".repeat(65),
+            "a\0b",
+        ] {
+            let error = validate_snapshot_name(bad).unwrap_err();
+            assert!(error.contains("A-Z a-z 0-9"), "{bad}: {error}");
+        }
+    }
+}
