@@ -35,6 +35,14 @@ pub struct Config {
     pub snapshot_path: Option<PathBuf>,
     /// `SANDBOX_SHUTDOWN_TIMEOUT_SECS`: how long SIGTERM handling may take at most.
     pub shutdown_timeout: Duration,
+    /// `SANDBOX_LEASE_TTL_SECS`: how long a claim on a checkpointable sandbox lasts unrenewed
+    /// (an instance that crashed frees its sandboxes after this).
+    pub lease_ttl: Duration,
+    /// `SANDBOX_LEASE_SETTLE_MS`: how long taking a lease waits before reading it back.
+    pub lease_settle: Duration,
+    /// `SANDBOX_CPU_FEATURES`: pin the CPU features checkpointable sandboxes see (gVisor's
+    /// `dev.gvisor.internal.cpufeatures` annotation), so checkpoints restore on other CPUs.
+    pub cpu_features: Option<String>,
 }
 
 /// Limits applied to sandboxes and executions.
@@ -181,6 +189,9 @@ impl Config {
             checkpoint_path: env.optional_path("CHECKPOINT_AND_RESTORE_PATH"),
             snapshot_path: env.optional_path("FILESYSTEM_SNAPSHOT_PATH"),
             shutdown_timeout: env.seconds("SANDBOX_SHUTDOWN_TIMEOUT_SECS", 10)?,
+            lease_ttl: env.seconds("SANDBOX_LEASE_TTL_SECS", 30)?,
+            lease_settle: Duration::from_millis(env.number("SANDBOX_LEASE_SETTLE_MS", 300)?),
+            cpu_features: env.raw("SANDBOX_CPU_FEATURES"),
         })
     }
 }

@@ -9,6 +9,8 @@ pub enum Tag {
     Connection,
     AgentOut,
     AgentIn,
+    /// Worker threads finished a job.
+    Jobs,
 }
 
 const SHIFT: u32 = 56;
@@ -21,6 +23,7 @@ pub fn token(tag: Tag, id: u64) -> Token {
         Tag::Connection => 3,
         Tag::AgentOut => 4,
         Tag::AgentIn => 5,
+        Tag::Jobs => 6,
     };
     Token((tag_bits << SHIFT) | (id as usize & ID_MASK))
 }
@@ -32,6 +35,7 @@ pub fn split(token: Token) -> Option<(Tag, u64)> {
         3 => Tag::Connection,
         4 => Tag::AgentOut,
         5 => Tag::AgentIn,
+        6 => Tag::Jobs,
         _ => return None,
     };
     Some((tag, (token.0 & ID_MASK) as u64))
@@ -49,6 +53,7 @@ mod tests {
             Tag::Connection,
             Tag::AgentOut,
             Tag::AgentIn,
+            Tag::Jobs,
         ] {
             assert_eq!(split(token(tag, 12345)), Some((tag, 12345)));
         }

@@ -43,13 +43,20 @@ pub fn spec(
     agent: &AgentConfig,
     limits: &Limits,
     cgroup: &str,
+    cpu_features: Option<&str>,
 ) -> Value {
     let agent_arg = serde_json::to_string(agent).unwrap_or_default();
     let memory_bytes = limits.sandbox_memory_mb.saturating_mul(1024 * 1024);
     let period: u64 = 100_000;
     let quota = (limits.cpus * period as f64).round() as u64;
+    let mut annotations = serde_json::Map::new();
+    if let Some(features) = cpu_features {
+        // Checkpoints hold CPU state: pinning the feature set lets them restore on other hosts.
+        annotations.insert("dev.gvisor.internal.cpufeatures".into(), features.into());
+    }
     json!({
         "ociVersion": "1.0.2",
+        "annotations": annotations,
         "process": {
             "terminal": false,
             "user": {"uid": 0, "gid": 0},

@@ -369,10 +369,7 @@ impl Runtime {
             .map_err(|error| RuntimeError::Io(format!("no randomness: {error}")))?
             .to_string();
         let bundle_dir = self.bundles_dir.join(id.to_string());
-        match self
-            .write_bundle(id, &bundle_dir)
-            .and_then(|()| self.start_container(key, &container, &bundle_dir, None))
-        {
+        match self.start_container(key, &container, &bundle_dir, None) {
             Ok((to_agent, from_agent)) => {
                 let start_timer = self.timers.arm(
                     Instant::now() + self.config.create_timeout,
@@ -412,15 +409,19 @@ impl Runtime {
         }
     }
 
-    fn write_bundle(&self, id: SandboxId, bundle_dir: &Path) -> io::Result<()> {
+    /// Write config.json for the next container in `bundle_dir`. The cgroup is named after the
+    /// container, not the sandbox: a restored container must not share a cgroup with the
+    /// checkpointed one that is being deleted beside it.
+    fn write_bundle(&self, container: &str, bundle_dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(bundle_dir)?;
-        let cgroup = format!("{}/{}", self.cgroup_parent, id);
+        let cgroup = format!("{}/{}", self.cgroup_parent, container);
         let spec = bundle::spec(
             &self.rootfs,
             &self.agent_dir,
             &self.agent_config,
             &self.config.limits,
             &cgroup,
+            self.config.cpu_features.as_deref(),
         );
         std::fs::write(
             bundle_dir.join("config.json"),
@@ -436,6 +437,7 @@ impl Runtime {
         bundle_dir: &Path,
         image: Option<&Path>,
     ) -> io::Result<(Sender, Receiver)> {
+        self.write_bundle(container, bundle_dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -468,7 +470,14 @@ impl Runtime {
 
     /// Checkpoint a ready, idle sandbox into `image` (which must exist). The owner gets
     /// `Checkpointed`; the sandbox is then stopped, to be deleted or restored.
-    pub fn checkpoint(&mut self, key: SandboxKey, image: PathBuf) -> Result<(), RuntimeError> {
+    /// With `with_running` (shutdown), running executions are checkpointed too: they go on
+    /// after a restore, without an owner for their output.
+    pub fn checkpoint(
+        &mut self,
+        key: SandboxKey,
+        image: PathBuf,
+        with_running: bool,
+    ) -> Result<(), RuntimeError> {
         let sandbox = self
             .sandboxes
             .get_mut(&key)
@@ -478,7 +487,14 @@ impl Runtime {
             return Err(RuntimeError::WrongState(state.name()));
         }
         if !sandbox.execs.is_empty() {
-            return Err(RuntimeError::WrongState("running an execution"));
+            if !with_running {
+                return Err(RuntimeError::WrongState("running an execution"));
+            }
+            for (_, (_, timers)) in sandbox.execs.drain() {
+                timers
+                    .into_iter()
+                    .for_each(|timer| self.timers.cancel(timer));
+            }
         }
         sandbox.checkpoint_to = Some(image);
         self.apply(key, Event::CheckpointRequested);
@@ -524,12 +540,7 @@ impl Runtime {
         let key = self.next_key;
         self.next_key += 1;
         let bundle_dir = self.bundles_dir.join(id.to_string());
-        if let Err(error) = self.write_bundle(id, &bundle_dir) {
-            let _ = std::fs::remove_dir_all(&bundle_dir);
-            return Err(RuntimeError::Io(format!(
-                "cannot prepare the sandbox: {error}"
-            )));
-        }
+
         self.sandboxes.insert(
             key,
             Sandbox {
@@ -670,8 +681,14 @@ impl Runtime {
     }
 
     /// Delete every sandbox (shutdown).
-    pub fn delete_all(&mut self) {
-        let keys: Vec<SandboxKey> = self.sandboxes.keys().copied().collect();
+    /// Delete every sandbox but `keep` (shutdown: those being checkpointed).
+    pub fn delete_all_except(&mut self, keep: &HashSet<SandboxKey>) {
+        let keys: Vec<SandboxKey> = self
+            .sandboxes
+            .keys()
+            .copied()
+            .filter(|key| !keep.contains(key))
+            .collect();
         for key in keys {
             self.delete(key);
         }

@@ -4,6 +4,9 @@
 
 mod connection;
 mod execute;
+mod jobs;
+mod persistence;
+mod sessions;
 mod websocket;
 
 use std::collections::HashMap;
@@ -21,11 +24,11 @@ use crate::http::response::{full_response, json_error, ResponseHead};
 use crate::io_token::{split, token, Tag};
 use crate::metrics::{Gauges, Metrics};
 use crate::runtime::exec::Reason;
-use crate::runtime::{ExecSpec, Notice, Owner, Runtime, RuntimeError, RuntimeEvent, SandboxKey};
-use crate::session::{tokens_match, Out, SandboxControl, Session, SessionId, SessionSettings};
+use crate::runtime::{ExecSpec, Notice, Owner, Runtime, RuntimeError, SandboxKey};
+use crate::session::{SandboxControl, Session, SessionId};
 use connection::{Connection, Phase, ReadOutcome, OUT_HIGH_WATER, OUT_LOW_WATER};
 use execute::ExecuteJob;
-use websocket::{Incoming, WsConnection, WS_HIGH_WATER};
+use websocket::WsConnection;
 
 const SIGCHLD_PIPE: u64 = 0;
 const TERMINATE_PIPE: u64 = 1;
@@ -49,16 +52,36 @@ pub struct Server {
     session_by_sandbox_id: HashMap<String, SessionId>,
     session_connection: HashMap<SessionId, u64>,
     next_session: SessionId,
+    jobs: jobs::Jobs<persistence::JobResult>,
+    saves: HashMap<SessionId, persistence::PendingSave>,
+    snapshots: persistence::SnapshotCache,
+    /// Leases of checkpointable sandboxes live here: directory and lease (once taken).
+    leases: HashMap<SessionId, (std::path::PathBuf, Option<crate::store::lease::Lease>)>,
+    next_lease_renewal: Instant,
+    /// Names this server process in leases.
+    instance_id: String,
+    /// The sandbox image's stamp, recorded with checkpoints.
+    rootfs_stamp: String,
+    snapshots_created: u64,
 }
 
 /// The runtime as a session sees it.
-struct Control<'a> {
+pub(crate) struct Control<'a> {
     runtime: &'a mut Runtime,
+    snapshots: &'a mut persistence::SnapshotCache,
+    snapshot_root: Option<&'a std::path::Path>,
 }
 
 impl SandboxControl for Control<'_> {
-    fn acquire(&mut self, session: SessionId) -> Result<SandboxKey, RuntimeError> {
-        self.runtime.acquire(Owner::Session(session))
+    fn acquire(
+        &mut self,
+        session: SessionId,
+        snapshot: Option<&str>,
+    ) -> Result<SandboxKey, RuntimeError> {
+        match snapshot {
+            Some(name) => self.start_from_snapshot(session, name),
+            None => self.runtime.acquire(Owner::Session(session)),
+        }
     }
     fn sandbox_id(&self, sandbox: SandboxKey) -> String {
         self.runtime
@@ -136,6 +159,22 @@ impl Server {
             Interest::READABLE,
         )?;
         eprintln!("server: listening on http://{}", listener.local_addr()?);
+        let jobs = jobs::Jobs::new(poll.registry())?;
+        let rootfs_stamp = std::fs::read_to_string(config.rootfs.join(".sandbox-image-stamp"))
+            .map(|stamp| stamp.trim().to_string())
+            .unwrap_or_default();
+        let mut nonce = [0u8; 6];
+        crate::runtime::ids::random_bytes(&mut nonce)?;
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        let instance_id = format!(
+            "{}-{}-{}",
+            host.trim(),
+            std::process::id(),
+            nonce
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect::<String>()
+        );
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -153,6 +192,14 @@ impl Server {
             session_by_sandbox_id: HashMap::new(),
             session_connection: HashMap::new(),
             next_session: 1,
+            jobs,
+            saves: HashMap::new(),
+            snapshots: persistence::SnapshotCache::default(),
+            leases: HashMap::new(),
+            next_lease_renewal: Instant::now(),
+            instance_id,
+            rootfs_stamp,
+            snapshots_created: 0,
         })
     }
 
@@ -179,6 +226,7 @@ impl Server {
                     }
                     Tag::AgentOut => self.runtime.agent_readable(id),
                     Tag::AgentIn => self.runtime.agent_writable(id),
+                    Tag::Jobs => self.collect_jobs(),
                 }
             }
             let now = Instant::now();
@@ -189,11 +237,13 @@ impl Server {
                 self.next_sweep = now + SWEEP_INTERVAL;
                 self.sweep(now);
                 self.sweep_websockets(now);
+                self.renew_leases(now);
             }
             if let Some(deadline) = self.shutdown_deadline {
                 if self.runtime.is_empty()
                     && self.connections.is_empty()
                     && self.websockets.is_empty()
+                    && self.jobs.running() == 0
                 {
                     eprintln!("server: shutdown complete");
                     self.remove_state();
@@ -248,8 +298,23 @@ impl Server {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        // Executions end with reason "sandbox_lost"; their clients get a complete response.
-        self.runtime.delete_all();
+        // Checkpointable sessions are saved; every other sandbox is deleted (its executions
+        // end with reason "sandbox_lost" and their clients get a complete response).
+        let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for session_id in sessions {
+            let outs = self
+                .sessions
+                .get_mut(&session_id)
+                .map(Session::on_shutdown)
+                .unwrap_or_default();
+            self.deliver(session_id, outs);
+        }
+        let saving: std::collections::HashSet<SandboxKey> = self
+            .saves
+            .keys()
+            .filter_map(|session| self.sessions.get(session).and_then(Session::sandbox))
+            .collect();
+        self.runtime.delete_all_except(&saving);
         let idle: Vec<u64> = self
             .connections
             .iter()
@@ -321,7 +386,7 @@ impl Server {
         }
     }
 
-    fn connection_ready(&mut self, id: u64, readable: bool, writable: bool) {
+    pub(super) fn connection_ready(&mut self, id: u64, readable: bool, writable: bool) {
         if self.websockets.contains_key(&id) {
             return self.websocket_ready(id, readable, writable);
         }
@@ -400,7 +465,7 @@ impl Server {
         }
     }
 
-    fn respond(&mut self, id: u64, status: u16, bytes: Vec<u8>, keep_alive: bool) {
+    pub(super) fn respond(&mut self, id: u64, status: u16, bytes: Vec<u8>, keep_alive: bool) {
         *self.metrics.http_responses.entry(status).or_default() += 1;
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
@@ -507,7 +572,11 @@ impl Server {
         {
             match owner {
                 Owner::Http(id) => self.execute_event(id, sandbox, event),
-                Owner::Session(session) => self.session_event(session, event),
+                Owner::Session(session) => {
+                    if !self.handle_session_runtime_event(session, &event) {
+                        self.session_event(session, event);
+                    }
+                }
             }
         }
         // Frame what the batch produced: merged per stream, and sent without delay.
@@ -518,6 +587,8 @@ impl Server {
             };
             let outs = state.flush_output(&mut Control {
                 runtime: &mut self.runtime,
+                snapshots: &mut self.snapshots,
+                snapshot_root: self.config.snapshot_path.as_deref(),
             });
             self.deliver(session, outs);
         }
@@ -580,7 +651,7 @@ impl Server {
         self.flush(id);
     }
 
-    fn flush(&mut self, id: u64) {
+    pub(super) fn flush(&mut self, id: u64) {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
@@ -602,7 +673,7 @@ impl Server {
         }
     }
 
-    fn close(&mut self, id: u64) {
+    pub(super) fn close(&mut self, id: u64) {
         if let Some(mut connection) = self.connections.remove(&id) {
             let _ = self.poll.registry().deregister(&mut connection.stream);
         }
@@ -673,313 +744,4 @@ fn signal_pipe(signals: &[i32]) -> io::Result<StdUnixStream> {
         signal_hook::low_level::pipe::register(*signal, writer.try_clone()?)?;
     }
     Ok(reader)
-}
-
-/// WebSocket sessions.
-impl Server {
-    fn session_settings(&self) -> SessionSettings {
-        SessionSettings {
-            checkpoint_enabled: false,
-            snapshot_enabled: false,
-            default_idle_timeout: self.config.ws.default_idle_timeout,
-            max_idle_timeout: self.config.ws.max_idle_timeout,
-            exec_timeout: self.config.limits.exec_timeout,
-            max_exec_timeout: self.config.limits.max_exec_timeout,
-            max_code_bytes: self.config.limits.max_code_bytes,
-            held_output_bytes: self.config.ws.detached_output_bytes,
-        }
-    }
-
-    /// Answer the handshake and hand the socket to tungstenite, then start or attach a session.
-    fn upgrade(&mut self, id: u64, request: &Request) {
-        let Some(key) = request.header("sec-websocket-key").map(str::to_string) else {
-            let body = json_error(400, "missing Sec-WebSocket-Key header", false);
-            return self.respond(id, 400, body, false);
-        };
-        let Some(mut connection) = self.connections.remove(&id) else {
-            return;
-        };
-        connection
-            .out
-            .extend_from_slice(&websocket::handshake_response(&key));
-        if !connection.flush() || !connection.out.is_empty() {
-            // A fresh socket that cannot take 200 bytes is not worth keeping.
-            let _ = self.poll.registry().deregister(&mut connection.stream);
-            return;
-        }
-        *self.metrics.http_responses.entry(101).or_default() += 1;
-        let ws_limits = &self.config.ws;
-        let mut socket = WsConnection::new(
-            connection.stream,
-            ws_limits.max_message_bytes,
-            ws_limits.messages_per_sec,
-        );
-        let now = Instant::now();
-        let outs = if request.path == "/create" {
-            if self.sessions.len() >= ws_limits.max_sessions {
-                let message = format!(
-                    "the server is at its limit of {} sessions; retry shortly",
-                    ws_limits.max_sessions
-                );
-                vec![
-                    Out::Send(serde_json::json!({"event":"status_update","status":"SANDBOX_CREATION_ERROR","message":message}).to_string()),
-                    Out::Send(serde_json::json!({"event":"error","message":message}).to_string()),
-                    Out::Close(1013, "too many sessions".into()),
-                ]
-            } else {
-                let session_id = self.next_session;
-                self.next_session += 1;
-                let mut token = [0u8; 16];
-                if crate::runtime::ids::random_bytes(&mut token).is_err() {
-                    return;
-                }
-                let token: String = token.iter().map(|byte| format!("{byte:02x}")).collect();
-                self.sessions.insert(
-                    session_id,
-                    Session::new(session_id, token, self.session_settings(), now),
-                );
-                self.session_connection.insert(session_id, id);
-                socket.session = Some(session_id);
-                socket.awaiting_init = true;
-                Vec::new()
-            }
-        } else {
-            self.attach(id, &mut socket, request, now)
-        };
-        let alive = socket.apply(outs);
-        self.websockets.insert(id, socket);
-        if !alive {
-            self.drop_websocket(id);
-        }
-    }
-
-    /// `/attach/{id}?sandbox_token=T`: find, check the token (first), check it is free.
-    fn attach(
-        &mut self,
-        id: u64,
-        socket: &mut WsConnection,
-        request: &Request,
-        now: Instant,
-    ) -> Vec<Out> {
-        let status = |name: &str, message: &str| {
-            Out::Send(
-                serde_json::json!({"event":"status_update","status":name,"message":message})
-                    .to_string(),
-            )
-        };
-        let error = |message: &str| {
-            Out::Send(serde_json::json!({"event":"error","message":message}).to_string())
-        };
-        let sandbox_id = request
-            .path
-            .trim_start_matches("/attach/")
-            .trim_end_matches('/');
-        let query = crate::http::query::parse_query(&request.query);
-        let token = crate::http::query::query_param(&query, "sandbox_token").unwrap_or("");
-        let Some(session_id) = self.session_by_sandbox_id.get(sandbox_id).copied() else {
-            let message = format!("sandbox {sandbox_id:?} does not exist on this server");
-            return vec![
-                status("SANDBOX_NOT_FOUND", &message),
-                error(&message),
-                Out::Close(1011, "not found".into()),
-            ];
-        };
-        let Some(session) = self.sessions.get_mut(&session_id) else {
-            return vec![Out::Close(1011, "not found".into())];
-        };
-        if !tokens_match(session.token(), token) {
-            let message = "wrong or missing sandbox_token";
-            return vec![
-                status("SANDBOX_PERMISSION_DENIAL_ERROR", message),
-                error(message),
-                Out::Close(4000, "permission denied".into()),
-            ];
-        }
-        if !session.is_running() {
-            let message = format!("sandbox {sandbox_id} is not running");
-            return vec![
-                status("SANDBOX_NOT_FOUND", &message),
-                error(&message),
-                Out::Close(1011, "not found".into()),
-            ];
-        }
-        if session.is_attached() {
-            let message = format!("sandbox {sandbox_id} is in use by another connection");
-            return vec![
-                status("SANDBOX_IN_USE", &message),
-                error(&message),
-                Out::Close(1011, "in use".into()),
-            ];
-        }
-        socket.session = Some(session_id);
-        self.session_connection.insert(session_id, id);
-        session.on_attach(now)
-    }
-
-    fn websocket_ready(&mut self, id: u64, readable: bool, writable: bool) {
-        if readable {
-            loop {
-                let Some(socket) = self.websockets.get_mut(&id) else {
-                    return;
-                };
-                match socket.read() {
-                    Incoming::Text(text) => self.websocket_message(id, &text),
-                    Incoming::Idle => break,
-                    Incoming::Gone => return self.drop_websocket(id),
-                }
-            }
-        }
-        if writable || readable {
-            let Some(socket) = self.websockets.get_mut(&id) else {
-                return;
-            };
-            if !socket.flush() {
-                return self.drop_websocket(id);
-            }
-            if socket.output_paused && socket.unflushed == 0 {
-                socket.output_paused = false;
-                let sandbox = socket
-                    .session
-                    .and_then(|session| self.sessions.get(&session))
-                    .and_then(Session::sandbox);
-                if let Some(sandbox) = sandbox {
-                    self.runtime.set_output_paused(sandbox, false);
-                }
-            }
-        }
-    }
-
-    fn websocket_message(&mut self, id: u64, text: &str) {
-        let Some(socket) = self.websockets.get_mut(&id) else {
-            return;
-        };
-        let Some(session_id) = socket.session else {
-            return;
-        };
-        let awaiting_init = std::mem::replace(&mut socket.awaiting_init, false);
-        let Some(session) = self.sessions.get_mut(&session_id) else {
-            return;
-        };
-        let mut control = Control {
-            runtime: &mut self.runtime,
-        };
-        let now = Instant::now();
-        let outs = if awaiting_init {
-            session.on_init(text, &mut control, now)
-        } else {
-            session.on_message(text, &mut control, now)
-        };
-        if awaiting_init && session.sandbox().is_some() {
-            self.session_by_sandbox_id
-                .insert(session.sandbox_id().to_string(), session_id);
-        }
-        self.deliver(session_id, outs);
-    }
-
-    fn session_event(&mut self, session_id: SessionId, event: RuntimeEvent) {
-        let Some(session) = self.sessions.get_mut(&session_id) else {
-            return;
-        };
-        let outs = session.on_runtime(
-            event,
-            &mut Control {
-                runtime: &mut self.runtime,
-            },
-        );
-        self.deliver(session_id, outs);
-    }
-
-    /// Send a session's frames to its connection (if attached) and forget ended sessions.
-    fn deliver(&mut self, session_id: SessionId, outs: Vec<Out>) {
-        let closing = outs.iter().any(|out| matches!(out, Out::Close(..)));
-        if let Some(connection) = self.session_connection.get(&session_id).copied() {
-            if let Some(socket) = self.websockets.get_mut(&connection) {
-                if !outs.is_empty() && !socket.apply(outs) {
-                    self.drop_websocket(connection);
-                } else if socket.unflushed > WS_HIGH_WATER && !socket.output_paused {
-                    socket.output_paused = true;
-                    if let Some(sandbox) = self.sessions.get(&session_id).and_then(Session::sandbox)
-                    {
-                        self.runtime.set_output_paused(sandbox, true);
-                    }
-                }
-            }
-            if closing {
-                // The session lives on (until deleted or its idle timeout) without this socket.
-                self.detach(session_id);
-            }
-        }
-        if self
-            .sessions
-            .get(&session_id)
-            .is_some_and(Session::is_ended)
-        {
-            self.detach(session_id);
-            if let Some(session) = self.sessions.remove(&session_id) {
-                self.session_by_sandbox_id.remove(session.sandbox_id());
-                if let Some(sandbox) = session.sandbox() {
-                    self.runtime.delete(sandbox);
-                }
-            }
-        }
-    }
-
-    fn detach(&mut self, session_id: SessionId) {
-        if let Some(connection) = self.session_connection.remove(&session_id) {
-            if let Some(socket) = self.websockets.get_mut(&connection) {
-                socket.session = None;
-            }
-        }
-        if let Some(session) = self.sessions.get_mut(&session_id) {
-            session.on_detach(Instant::now());
-            if session.sandbox().is_none() {
-                // Never got past the init message: nothing to keep.
-                self.sessions.remove(&session_id);
-            }
-        }
-    }
-
-    fn drop_websocket(&mut self, id: u64) {
-        if let Some(mut socket) = self.websockets.remove(&id) {
-            if let Some(session) = socket.session {
-                self.detach(session);
-            }
-            let _ = self.poll.registry().deregister(socket.stream_mut());
-        }
-    }
-
-    /// Idle timeouts of sessions, keep-alive pings and close deadlines of sockets.
-    fn sweep_websockets(&mut self, now: Instant) {
-        let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
-        for session_id in sessions {
-            let Some(session) = self.sessions.get_mut(&session_id) else {
-                continue;
-            };
-            let outs = session.on_tick(
-                now,
-                &mut Control {
-                    runtime: &mut self.runtime,
-                },
-            );
-            if !outs.is_empty() {
-                self.deliver(session_id, outs);
-            }
-        }
-        let ws = &self.config.ws;
-        let mut dead = Vec::new();
-        for (id, socket) in self.websockets.iter_mut() {
-            let quiet = now.saturating_duration_since(socket.last_seen);
-            let close_expired = socket.closing_since.is_some_and(|since| {
-                now.saturating_duration_since(since) > std::time::Duration::from_secs(5)
-            });
-            if quiet > ws.pong_timeout || close_expired {
-                dead.push(*id);
-            } else if quiet > ws.ping_interval && !socket.ping_sent {
-                socket.ping();
-            }
-        }
-        for id in dead {
-            self.drop_websocket(id);
-        }
-    }
 }

@@ -140,6 +140,8 @@ impl WsConnection {
                 Out::Close(code, reason) => {
                     self.close(code, &reason);
                 }
+                // Saves are carried out by the server before frames reach the socket.
+                Out::Save(_) => {}
             }
         }
         self.flush()

@@ -33,7 +33,12 @@ pub const LANGUAGES_MESSAGE: &str =
 
 /// What a session needs from the runtime.
 pub trait SandboxControl {
-    fn acquire(&mut self, session: SessionId) -> Result<SandboxKey, RuntimeError>;
+    /// A ready-to-be sandbox for the session: fresh, or started from a filesystem snapshot.
+    fn acquire(
+        &mut self,
+        session: SessionId,
+        snapshot: Option<&str>,
+    ) -> Result<SandboxKey, RuntimeError>;
     fn sandbox_id(&self, sandbox: SandboxKey) -> String;
     fn start_exec(&mut self, sandbox: SandboxKey, spec: ExecSpec) -> Result<ExecId, RuntimeError>;
     fn write_stdin(
@@ -67,13 +72,30 @@ pub struct SessionSettings {
 pub enum Out {
     Send(String),
     Close(u16, String),
+    /// Save the sandbox (the server runs the checkpoint and publishes the image, then calls
+    /// `on_checkpoint_saved` or `on_snapshot_finished`).
+    Save(SaveRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaveRequest {
+    /// Checkpoint and stop. `with_running` allows it while an execution runs (shutdown).
+    Checkpoint { with_running: bool },
+    /// Save a named filesystem snapshot and continue.
+    Snapshot(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     AwaitingInit,
     Creating,
+    /// Attached to a checkpoint: `runsc restore` is running.
+    Restoring,
     Running,
+    /// A checkpoint (`snapshot: false`) or snapshot is being taken.
+    Saving {
+        snapshot: bool,
+    },
     /// Deleting the sandbox; on `Deleted` the listed statuses are sent and the socket closed.
     Ending(Ending),
     Ended,
@@ -85,6 +107,8 @@ enum Ending {
     Kill,
     /// The sandbox died or failed; the client was told already.
     Silent,
+    /// Checkpointed: DELETED, CHECKPOINTED, close 1000 when the container is gone.
+    Checkpointed,
 }
 
 #[derive(Debug)]
@@ -103,7 +127,14 @@ pub struct Session {
     state: State,
     sandbox: Option<SandboxKey>,
     sandbox_id: String,
+    /// The token in clear (only known to the instance that created the session).
     token: String,
+    token_sha256: String,
+    /// Created with `enable_checkpoint`.
+    checkpointable: bool,
+    auto_checkpoint: bool,
+    /// Ended by kill_sandbox or the idle timeout (its saved state goes too).
+    killed: bool,
     exec: Option<RunningExec>,
     attached: bool,
     /// Attached again, but the client has not asked for the replay yet.
@@ -129,7 +160,13 @@ fn error_frames(name: &str, message: &str) -> [Out; 2] {
     ]
 }
 
-/// Constant-time comparison, so the time taken says nothing about how much of a guess matched.
+/// Whether `given` is the token whose SHA-256 is `expected_sha256`. Hashes are compared in
+/// constant time, so the time taken says nothing about how much of a guess matched.
+pub fn token_matches(expected_sha256: &str, given: &str) -> bool {
+    !given.is_empty() && tokens_match(expected_sha256, &crate::store::sha256_hex(given.as_bytes()))
+}
+
+/// Constant-time comparison of two strings.
 pub fn tokens_match(expected: &str, given: &str) -> bool {
     let (a, b) = (expected.as_bytes(), given.as_bytes());
     let mut difference = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
@@ -147,7 +184,11 @@ impl Session {
             state: State::AwaitingInit,
             sandbox: None,
             sandbox_id: String::new(),
+            token_sha256: crate::store::sha256_hex(token.as_bytes()),
             token,
+            checkpointable: false,
+            auto_checkpoint: false,
+            killed: false,
             exec: None,
             attached: true,
             awaiting_reconnect: false,
@@ -167,8 +208,45 @@ impl Session {
         &self.sandbox_id
     }
 
-    pub fn token(&self) -> &str {
-        &self.token
+    pub fn token_sha256(&self) -> &str {
+        &self.token_sha256
+    }
+
+    pub fn was_killed(&self) -> bool {
+        self.killed
+    }
+
+    pub fn is_checkpointable(&self) -> bool {
+        self.checkpointable
+    }
+
+    /// What is saved with a checkpoint and restored with it.
+    pub fn saved_settings(&self) -> crate::store::SavedSettings {
+        crate::store::SavedSettings {
+            idle_timeout_secs: self.idle_timeout.map(|timeout| timeout.as_secs_f64()),
+            auto_checkpoint: self.auto_checkpoint,
+        }
+    }
+
+    /// A session re-created on `/attach` from a checkpoint; `runsc restore` has been started.
+    pub fn restored(
+        id: SessionId,
+        token_sha256: String,
+        saved: &crate::store::SavedSettings,
+        sandbox: SandboxKey,
+        sandbox_id: String,
+        settings: SessionSettings,
+        now: Instant,
+    ) -> Self {
+        let mut session = Session::new(id, String::new(), settings, now);
+        session.token_sha256 = token_sha256;
+        session.state = State::Restoring;
+        session.sandbox = Some(sandbox);
+        session.sandbox_id = sandbox_id;
+        session.checkpointable = true;
+        session.auto_checkpoint = saved.auto_checkpoint;
+        session.idle_timeout = saved.idle_timeout_secs.map(Duration::from_secs_f64);
+        session
     }
 
     pub fn is_attached(&self) -> bool {
@@ -233,23 +311,30 @@ impl Session {
             }
         };
         let flag = |name: &str| init.get(name).and_then(Value::as_bool).unwrap_or(false);
-        let problem = if (flag("enable_checkpoint") || flag("enable_idle_timeout_auto_checkpoint"))
-            && !self.settings.checkpoint_enabled
-        {
+        self.checkpointable =
+            flag("enable_checkpoint") || flag("enable_idle_timeout_auto_checkpoint");
+        self.auto_checkpoint = flag("enable_idle_timeout_auto_checkpoint");
+        let snapshot = init
+            .get("filesystem_snapshot_name")
+            .filter(|value| !value.is_null());
+        let snapshot_name = snapshot.and_then(Value::as_str).map(str::to_string);
+        let problem = if self.checkpointable && !self.settings.checkpoint_enabled {
             Some(
                 "checkpointing is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)"
                     .to_string(),
             )
-        } else if let Some(name) = init
-            .get("filesystem_snapshot_name")
-            .filter(|value| !value.is_null())
-        {
-            if self.settings.snapshot_enabled {
-                Some(format!("filesystem snapshot {name} does not exist"))
-            } else {
+        } else if let Some(name) = snapshot {
+            if !self.settings.snapshot_enabled {
                 Some(format!(
                     "cannot create from filesystem snapshot {name}: filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)"
                 ))
+            } else {
+                match &snapshot_name {
+                    None => Some(format!(
+                        "filesystem_snapshot_name must be a string, got {name}"
+                    )),
+                    Some(text) => crate::store::validate_snapshot_name(text).err(),
+                }
             }
         } else {
             match init.get("idle_timeout") {
@@ -271,7 +356,7 @@ impl Session {
             return out;
         }
         out.push(Out::Send(status("SANDBOX_CREATING")));
-        match control.acquire(self.id) {
+        match control.acquire(self.id, snapshot_name.as_deref()) {
             Ok(sandbox) => {
                 self.sandbox = Some(sandbox);
                 self.sandbox_id = control.sandbox_id(sandbox);
@@ -313,7 +398,91 @@ impl Session {
             return Vec::new();
         }
         let mut out = Vec::new();
-        self.begin_kill(&mut out, control);
+        if self.auto_checkpoint && self.settings.checkpoint_enabled {
+            self.begin_checkpoint(&mut out, false);
+        } else {
+            self.begin_kill(&mut out, control);
+        }
+        out
+    }
+
+    fn begin_checkpoint(&mut self, out: &mut Vec<Out>, with_running: bool) {
+        self.send(out, status("SANDBOX_CHECKPOINTING"));
+        self.state = State::Saving { snapshot: false };
+        out.push(Out::Save(SaveRequest::Checkpoint { with_running }));
+    }
+
+    /// The server is shutting down: checkpoint what must survive.
+    pub fn on_shutdown(&mut self) -> Vec<Out> {
+        let mut out = Vec::new();
+        if self.checkpointable && self.settings.checkpoint_enabled && self.state == State::Running {
+            self.begin_checkpoint(&mut out, true);
+        }
+        out
+    }
+
+    /// The checkpoint was saved (and published), or not. Either way the container is stopped.
+    pub fn on_checkpoint_saved(
+        &mut self,
+        result: Result<(), String>,
+        control: &mut dyn SandboxControl,
+    ) -> Vec<Out> {
+        let mut out = Vec::new();
+        if self.state != (State::Saving { snapshot: false }) {
+            return out;
+        }
+        match result {
+            Ok(()) => {
+                self.send(&mut out, status("SANDBOX_DELETING"));
+                self.state = State::Ending(Ending::Checkpointed);
+            }
+            Err(message) => {
+                self.state = State::Ending(Ending::Silent);
+                if self.attached {
+                    out.extend(error_frames("SANDBOX_CHECKPOINT_ERROR", &message));
+                    out.push(Out::Close(4000, "checkpoint error".into()));
+                }
+            }
+        }
+        if let Some(sandbox) = self.sandbox {
+            control.delete(sandbox);
+        }
+        out
+    }
+
+    /// The snapshot is saved (or not); `alive` says whether the sandbox runs again.
+    pub fn on_snapshot_finished(
+        &mut self,
+        result: Result<(), String>,
+        alive: bool,
+        control: &mut dyn SandboxControl,
+    ) -> Vec<Out> {
+        let mut out = Vec::new();
+        if self.state != (State::Saving { snapshot: true }) {
+            return out;
+        }
+        match &result {
+            Ok(()) => self.send(&mut out, status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATED")),
+            Err(message) if self.attached => {
+                out.extend(error_frames("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", message))
+            }
+            Err(_) => {}
+        }
+        if alive {
+            self.state = State::Running;
+        } else {
+            self.state = State::Ending(Ending::Silent);
+            if let Some(sandbox) = self.sandbox {
+                control.delete(sandbox);
+            }
+            if self.attached {
+                out.extend(error_frames(
+                    "SANDBOX_ERROR",
+                    "the sandbox did not survive the snapshot",
+                ));
+                out.push(Out::Close(4000, "sandbox error".into()));
+            }
+        }
         out
     }
 
@@ -321,6 +490,7 @@ impl Session {
         self.send(out, status("SANDBOX_KILLING"));
         self.send(out, status("SANDBOX_DELETING"));
         self.state = State::Ending(Ending::Kill);
+        self.killed = true;
         if let Some(sandbox) = self.sandbox {
             control.delete(sandbox);
         }
@@ -353,6 +523,11 @@ impl Session {
             // Messages before the sandbox is ready, or while it is being deleted, cannot act.
             let message = match self.state {
                 State::Creating => "the sandbox is still being created",
+                State::Restoring => "the sandbox is still being restored",
+                State::Saving { snapshot: true } => {
+                    "a filesystem snapshot is being taken; retry when it is done"
+                }
+                State::Saving { snapshot: false } => "the sandbox is being checkpointed",
                 _ => "the sandbox is being deleted",
             };
             out.extend(error_frames("SANDBOX_EXECUTION_ERROR", message));
@@ -370,6 +545,13 @@ impl Session {
         match (action, event) {
             (Some("kill_process"), _) => self.kill_process(&mut out, control),
             (Some("kill_sandbox"), _) => self.begin_kill(&mut out, control),
+            (Some("checkpoint"), _)
+                if self.checkpointable
+                    && self.settings.checkpoint_enabled
+                    && self.exec.is_none() =>
+            {
+                self.begin_checkpoint(&mut out, false);
+            }
             (Some("checkpoint"), _) => {
                 if self.exec.is_some() {
                     out.push(Out::Send(status("SANDBOX_CHECKPOINTING")));
@@ -378,17 +560,17 @@ impl Session {
                         "cannot checkpoint while an execution is running",
                     ));
                 } else {
-                    let text = "checkpointing is not enabled for this sandbox: the server has no CHECKPOINT_AND_RESTORE_PATH";
+                    let text = if self.settings.checkpoint_enabled {
+                        "checkpointing is not enabled for this sandbox: create it with enable_checkpoint"
+                    } else {
+                        "checkpointing is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)"
+                    };
                     out.extend(error_frames("SANDBOX_CHECKPOINT_ERROR", text));
                     out.push(Out::Close(4000, "checkpoint error".into()));
                     // The sandbox survives the closed connection, until its idle timeout.
                 }
             }
-            (Some("snapshot_filesystem"), _) => {
-                let text = "filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)";
-                out.push(Out::Send(status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATING")));
-                out.extend(error_frames("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", text));
-            }
+            (Some("snapshot_filesystem"), _) => self.snapshot(&message, &mut out),
             (Some("reconnect"), _) => self.replay(&mut out, control),
             (None, Some("stdin")) => self.stdin(&message, &mut out, control),
             _ if message.contains_key("code") || message.contains_key("language") => {
@@ -400,6 +582,25 @@ impl Session {
             )),
         }
         out
+    }
+
+    fn snapshot(&mut self, message: &Map<String, Value>, out: &mut Vec<Out>) {
+        out.push(Out::Send(status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATING")));
+        let name = message.get("name").and_then(Value::as_str).unwrap_or("");
+        let problem = if !self.settings.snapshot_enabled {
+            Some("filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)".to_string())
+        } else if self.exec.is_some() {
+            Some("cannot take a filesystem snapshot while an execution is running".to_string())
+        } else {
+            crate::store::validate_snapshot_name(name).err()
+        };
+        match problem {
+            Some(text) => out.extend(error_frames("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", &text)),
+            None => {
+                self.state = State::Saving { snapshot: true };
+                out.push(Out::Save(SaveRequest::Snapshot(name.to_string())));
+            }
+        }
     }
 
     fn replay(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
@@ -613,6 +814,10 @@ impl Session {
     ) -> Vec<Out> {
         let mut out = Vec::new();
         match event {
+            RuntimeEvent::Ready if self.state == State::Restoring => {
+                self.state = State::Running;
+                self.send(&mut out, status("SANDBOX_RUNNING"));
+            }
             RuntimeEvent::Ready if self.state == State::Creating => {
                 self.state = State::Running;
                 let frame = json!({"event": "sandbox_id", "sandbox_id": self.sandbox_id, "sandbox_token": self.token});
@@ -620,11 +825,24 @@ impl Session {
                 self.send(&mut out, status("SANDBOX_RUNNING"));
             }
             RuntimeEvent::StartFailed(message) => {
+                let (name, text) = match self.state {
+                    State::Restoring => (
+                        "SANDBOX_RESTORE_ERROR",
+                        format!("cannot restore the sandbox: {message}"),
+                    ),
+                    State::Saving { .. } => (
+                        "SANDBOX_ERROR",
+                        format!("the sandbox did not come back after saving: {message}"),
+                    ),
+                    _ => (
+                        "SANDBOX_CREATION_ERROR",
+                        format!("cannot create the sandbox: {message}"),
+                    ),
+                };
                 self.state = State::Ending(Ending::Silent);
-                let message = format!("cannot create the sandbox: {message}");
                 if self.attached {
-                    out.extend(error_frames("SANDBOX_CREATION_ERROR", &message));
-                    out.push(Out::Close(4000, "creation error".into()));
+                    out.extend(error_frames(name, &text));
+                    out.push(Out::Close(4000, "sandbox error".into()));
                 }
             }
             RuntimeEvent::Lost(message) => {
@@ -641,11 +859,16 @@ impl Session {
                 }
             }
             RuntimeEvent::Deleted => {
-                if self.state == State::Ending(Ending::Kill) {
+                let last = match self.state {
+                    State::Ending(Ending::Kill) => Some("SANDBOX_KILLED"),
+                    State::Ending(Ending::Checkpointed) => Some("SANDBOX_CHECKPOINTED"),
+                    _ => None,
+                };
+                if let Some(last) = last {
                     self.send(&mut out, status("SANDBOX_DELETED"));
-                    self.send(&mut out, status("SANDBOX_KILLED"));
+                    self.send(&mut out, status(last));
                     if self.attached {
-                        out.push(Out::Close(1000, "sandbox deleted".into()));
+                        out.push(Out::Close(1000, "done".into()));
                     }
                 }
                 self.state = State::Ended;

@@ -15,7 +15,11 @@ struct FakeControl {
 }
 
 impl SandboxControl for FakeControl {
-    fn acquire(&mut self, _session: SessionId) -> Result<SandboxKey, RuntimeError> {
+    fn acquire(
+        &mut self,
+        _session: SessionId,
+        _snapshot: Option<&str>,
+    ) -> Result<SandboxKey, RuntimeError> {
         if self.at_capacity {
             Err(RuntimeError::AtCapacity(1))
         } else {
@@ -74,6 +78,7 @@ fn names(out: &[Out]) -> Vec<String> {
                 }
             }
             Out::Close(code, _) => format!("close {code}"),
+            Out::Save(request) => format!("save {request:?}"),
         })
         .collect()
 }
@@ -456,4 +461,145 @@ fn tokens_compare_exactly() {
     assert!(!tokens_match("abc", "ab"));
     assert!(!tokens_match("abc", ""));
     assert!(!tokens_match("", ""));
+}
+
+fn checkpointable_session(control: &mut FakeControl) -> Session {
+    let now = Instant::now();
+    let mut all = settings(true);
+    all.snapshot_enabled = true;
+    let mut session = Session::new(1, "secret-token".into(), all, now);
+    session.on_init(r#"{"enable_checkpoint": true}"#, control, now);
+    session.on_runtime(RuntimeEvent::Ready, control);
+    assert!(session.is_checkpointable());
+    session
+}
+
+#[test]
+fn checkpoint_flow_saves_then_deletes_and_closes_1000() {
+    let mut control = FakeControl::default();
+    let mut session = checkpointable_session(&mut control);
+    let mut out = session.on_message(r#"{"action":"checkpoint"}"#, &mut control, Instant::now());
+    assert_eq!(names(&out[..1]), ["SANDBOX_CHECKPOINTING"]);
+    assert_eq!(
+        out[1],
+        Out::Save(SaveRequest::Checkpoint {
+            with_running: false
+        })
+    );
+    out = session.on_checkpoint_saved(Ok(()), &mut control);
+    assert_eq!(control.deleted, vec![7]);
+    out.extend(session.on_runtime(RuntimeEvent::Deleted, &mut control));
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_DELETING",
+            "SANDBOX_DELETED",
+            "SANDBOX_CHECKPOINTED",
+            "close 1000"
+        ]
+    );
+    assert!(session.is_ended() && !session.was_killed());
+}
+
+#[test]
+fn a_failed_checkpoint_is_reported_with_its_reason() {
+    let mut control = FakeControl::default();
+    let mut session = checkpointable_session(&mut control);
+    session.on_message(r#"{"action":"checkpoint"}"#, &mut control, Instant::now());
+    let out = session.on_checkpoint_saved(Err("open TCP connection".into()), &mut control);
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_CHECKPOINT_ERROR", "error", "close 4000"]
+    );
+    assert_eq!(frame(&out, 1)["message"], "open TCP connection");
+}
+
+#[test]
+fn snapshot_flow_continues_the_session() {
+    let mut control = FakeControl::default();
+    let mut session = checkpointable_session(&mut control);
+    let now = Instant::now();
+    let out = session.on_message(
+        r#"{"action":"snapshot_filesystem","name":"../etc"}"#,
+        &mut control,
+        now,
+    );
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_FILESYSTEM_SNAPSHOT_CREATING",
+            "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR",
+            "error"
+        ]
+    );
+    let out = session.on_message(
+        r#"{"action":"snapshot_filesystem","name":"snap"}"#,
+        &mut control,
+        now,
+    );
+    assert_eq!(out[1], Out::Save(SaveRequest::Snapshot("snap".into())));
+    let busy = session.on_message(r#"{"language":"bash","code":"true"}"#, &mut control, now);
+    assert_eq!(names(&busy), ["SANDBOX_EXECUTION_ERROR", "error"]);
+    let out = session.on_snapshot_finished(Ok(()), true, &mut control);
+    assert_eq!(names(&out), ["SANDBOX_FILESYSTEM_SNAPSHOT_CREATED"]);
+    assert!(session.is_running());
+}
+
+#[test]
+fn idle_auto_checkpoint_saves_instead_of_deleting() {
+    let mut control = FakeControl::default();
+    let start = Instant::now();
+    let mut session = Session::new(1, "t".into(), settings(true), start);
+    session.on_init(
+        r#"{"idle_timeout": 5, "enable_idle_timeout_auto_checkpoint": true}"#,
+        &mut control,
+        start,
+    );
+    session.on_runtime(RuntimeEvent::Ready, &mut control);
+    let out = session.on_tick(start + Duration::from_secs(6), &mut control);
+    assert_eq!(
+        out.last(),
+        Some(&Out::Save(SaveRequest::Checkpoint {
+            with_running: false
+        }))
+    );
+    assert!(control.deleted.is_empty());
+}
+
+#[test]
+fn restored_sessions_check_the_token_hash_and_report_running() {
+    let mut control = FakeControl::default();
+    let saved = crate::store::SavedSettings {
+        idle_timeout_secs: Some(60.0),
+        auto_checkpoint: false,
+    };
+    let hash = crate::store::sha256_hex(b"the-token");
+    let mut session = Session::restored(
+        2,
+        hash.clone(),
+        &saved,
+        7,
+        "id".into(),
+        settings(true),
+        Instant::now(),
+    );
+    assert!(token_matches(session.token_sha256(), "the-token"));
+    assert!(!token_matches(session.token_sha256(), "the-tokeN"));
+    assert!(!token_matches(session.token_sha256(), ""));
+    let out = session.on_runtime(RuntimeEvent::Ready, &mut control);
+    assert_eq!(names(&out), ["SANDBOX_RUNNING"]);
+    let mut session = Session::restored(
+        3,
+        hash,
+        &saved,
+        7,
+        "id".into(),
+        settings(true),
+        Instant::now(),
+    );
+    let out = session.on_runtime(RuntimeEvent::StartFailed("bad image".into()), &mut control);
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_RESTORE_ERROR", "error", "close 4000"]
+    );
 }

@@ -82,6 +82,18 @@ pub fn acquire(
     }
 }
 
+/// Claim the lease of a sandbox that was just created: nobody else knows its id yet, so there
+/// is no race to settle.
+pub fn claim_new(base: &Path, owner: &str, ttl: Duration) -> Result<Lease, LeaseError> {
+    let lease = Lease {
+        owner: owner.to_string(),
+        nonce: random_hex(8),
+        expires_unix_ms: now_unix_ms() + ttl.as_millis() as u64,
+    };
+    write(base, &lease)?;
+    Ok(lease)
+}
+
 /// Extend our lease; fails if someone else holds it now.
 pub fn renew(base: &Path, lease: &mut Lease, ttl: Duration) -> Result<(), LeaseError> {
     match read(base) {

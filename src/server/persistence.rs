@@ -1,0 +1,540 @@
+//! Checkpoints, restores and filesystem snapshots, as the event loop runs them.
+//!
+//! A save is a pipeline: `runsc checkpoint` (a child of the runtime) writes the image into a
+//! fresh directory of the store; a worker thread hashes and publishes it (see `crate::store`);
+//! then a checkpointed sandbox is deleted, while a snapshotted one is restored in place from the
+//! image it just wrote and goes on. An attach to a sandbox that is not live here reads the
+//! store on a worker thread (token, lease, image check) before anything is restored.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{Control, Server};
+use crate::runtime::ids::SandboxId;
+use crate::runtime::{Owner, RuntimeError, RuntimeEvent, SandboxKey};
+use crate::session::{token_matches, Out, SaveRequest, Session, SessionId};
+use crate::store::{self, lease, Manifest};
+
+/// What a worker thread reports back.
+pub enum JobResult {
+    /// An image was hashed and published (or not).
+    Published {
+        session: SessionId,
+        result: Result<Manifest, String>,
+    },
+    /// The store answered an attach.
+    AttachChecked {
+        connection: u64,
+        sandbox_id: SandboxId,
+        outcome: AttachOutcome,
+    },
+    /// A lease was renewed (or lost) or taken for a new sandbox.
+    LeaseRenewed {
+        session: SessionId,
+        result: Result<lease::Lease, lease::LeaseError>,
+    },
+    /// Fire-and-forget work (removing saved state, releasing a lease).
+    Done,
+}
+
+pub enum AttachOutcome {
+    NotFound,
+    PermissionDenied,
+    InUse(String),
+    Failed(String),
+    Ready {
+        manifest: Manifest,
+        image: PathBuf,
+        lease: lease::Lease,
+    },
+}
+
+/// A save in progress for a session.
+pub struct PendingSave {
+    pub request: SaveRequest,
+    pub base: PathBuf,
+    pub image: PathBuf,
+    /// For a snapshot: the publish result, reported once the sandbox runs again.
+    pub published: Option<Result<(), String>>,
+}
+
+/// Snapshots whose image was verified on this instance, by name and generation.
+#[derive(Default)]
+pub struct SnapshotCache {
+    verified: HashMap<String, (u64, PathBuf)>,
+}
+
+impl SnapshotCache {
+    /// The verified image directory of snapshot `name` (reads and hashes it the first time a
+    /// generation is seen).
+    pub fn image(&mut self, root: &Path, name: &str) -> Result<PathBuf, String> {
+        store::validate_snapshot_name(name)?;
+        let base = root.join(name);
+        let manifest = store::load(&base)?
+            .ok_or_else(|| format!("filesystem snapshot {name:?} does not exist"))?;
+        if let Some((generation, image)) = self.verified.get(name) {
+            if *generation == manifest.generation && image.exists() {
+                return Ok(image.clone());
+            }
+        }
+        let image = store::verify(&base, &manifest)
+            .map_err(|error| format!("filesystem snapshot {name:?}: {error}"))?;
+        self.verified
+            .insert(name.to_string(), (manifest.generation, image.clone()));
+        Ok(image)
+    }
+}
+
+impl Control<'_> {
+    /// A sandbox started from snapshot `name`: its files, fresh processes and identity.
+    pub fn start_from_snapshot(
+        &mut self,
+        session: SessionId,
+        name: &str,
+    ) -> Result<SandboxKey, RuntimeError> {
+        let root = self
+            .snapshot_root
+            .ok_or_else(|| RuntimeError::Io("filesystem snapshots are not enabled".into()))?;
+        let image = self.snapshots.image(root, name).map_err(RuntimeError::Io)?;
+        let id = SandboxId::random().map_err(|error| RuntimeError::Io(error.to_string()))?;
+        self.runtime
+            .restore(Owner::Session(session), id, image, true)
+    }
+}
+
+impl Server {
+    pub(super) fn checkpoint_base(&self, sandbox_id: &str) -> Option<PathBuf> {
+        self.config
+            .checkpoint_path
+            .as_ref()
+            .map(|root| root.join(sandbox_id))
+    }
+
+    /// Start the save a session asked for.
+    pub(super) fn start_save(&mut self, session_id: SessionId, request: SaveRequest) {
+        let Some(session) = self.sessions.get(&session_id) else {
+            return;
+        };
+        let Some(sandbox) = session.sandbox() else {
+            return;
+        };
+        let base = match &request {
+            SaveRequest::Checkpoint { .. } => self.checkpoint_base(session.sandbox_id()),
+            SaveRequest::Snapshot(name) => self
+                .config
+                .snapshot_path
+                .as_ref()
+                .map(|root| root.join(name)),
+        };
+        let with_running = matches!(request, SaveRequest::Checkpoint { with_running: true });
+        let started = base
+            .ok_or_else(|| "saving is not enabled on this server".to_string())
+            .and_then(|base| {
+                std::fs::create_dir_all(&base)
+                    .map_err(|error| format!("cannot write to {}: {error}", base.display()))?;
+                let image = store::new_image_dir(&base)
+                    .map_err(|error| format!("cannot write to {}: {error}", base.display()))?;
+                Ok((base, image))
+            })
+            .and_then(|(base, image)| {
+                self.runtime
+                    .checkpoint(sandbox, image.clone(), with_running)
+                    .map(|()| (base, image))
+                    .map_err(|error| format!("cannot checkpoint: {error}"))
+            });
+        match started {
+            Ok((base, image)) => {
+                self.saves.insert(
+                    session_id,
+                    PendingSave {
+                        request,
+                        base,
+                        image,
+                        published: None,
+                    },
+                );
+            }
+            Err(message) => self.save_failed(session_id, &request, message, true),
+        }
+    }
+
+    fn save_failed(
+        &mut self,
+        session_id: SessionId,
+        request: &SaveRequest,
+        message: String,
+        alive: bool,
+    ) {
+        eprintln!("persistence: session {session_id}: {message}");
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let mut control = Control {
+            runtime: &mut self.runtime,
+            snapshots: &mut self.snapshots,
+            snapshot_root: self.config.snapshot_path.as_deref(),
+        };
+        let outs = match request {
+            SaveRequest::Checkpoint { .. } => {
+                session.on_checkpoint_saved(Err(message), &mut control)
+            }
+            SaveRequest::Snapshot(_) => {
+                session.on_snapshot_finished(Err(message), alive, &mut control)
+            }
+        };
+        self.deliver(session_id, outs);
+    }
+
+    /// `runsc checkpoint` finished for a session's sandbox.
+    pub(super) fn on_checkpointed(&mut self, session_id: SessionId, result: Result<(), String>) {
+        let Some(save) = self.saves.get(&session_id) else {
+            return;
+        };
+        let request = save.request.clone();
+        if let Err(message) = result {
+            let _ = std::fs::remove_dir_all(&save.image);
+            self.saves.remove(&session_id);
+            // The container is stopped whatever the reason: it does not run any more.
+            return self.save_failed(session_id, &request, message, false);
+        }
+        let Some(session) = self.sessions.get(&session_id) else {
+            return;
+        };
+        let token = match request {
+            SaveRequest::Checkpoint { .. } => Some(session.token_sha256().to_string()),
+            SaveRequest::Snapshot(_) => None,
+        };
+        let settings = session.saved_settings();
+        let (base, image) = (save.base.clone(), save.image.clone());
+        let stamp = self.rootfs_stamp.clone();
+        self.jobs.spawn(move || JobResult::Published {
+            session: session_id,
+            result: store::publish(&base, &image, token, settings, &stamp),
+        });
+    }
+
+    fn on_published(&mut self, session_id: SessionId, result: Result<Manifest, String>) {
+        let Some(save) = self.saves.get_mut(&session_id) else {
+            return;
+        };
+        let result = result.map(|_| ());
+        match save.request.clone() {
+            SaveRequest::Checkpoint { .. } => {
+                if result.is_err() {
+                    let _ = std::fs::remove_dir_all(&save.image);
+                }
+                self.saves.remove(&session_id);
+                self.release_lease(session_id);
+                let Some(session) = self.sessions.get_mut(&session_id) else {
+                    return;
+                };
+                let mut control = Control {
+                    runtime: &mut self.runtime,
+                    snapshots: &mut self.snapshots,
+                    snapshot_root: self.config.snapshot_path.as_deref(),
+                };
+                let outs = session.on_checkpoint_saved(result, &mut control);
+                self.deliver(session_id, outs);
+            }
+            SaveRequest::Snapshot(name) => {
+                save.published =
+                    Some(result.map_err(|error| format!("cannot save snapshot {name:?}: {error}")));
+                let image = save.image.clone();
+                let sandbox = self.sessions.get(&session_id).and_then(Session::sandbox);
+                let restarted = sandbox.map(|key| self.runtime.restore_in_place(key, image, false));
+                if !matches!(restarted, Some(Ok(()))) {
+                    let message =
+                        "the sandbox could not be restarted after the snapshot".to_string();
+                    self.saves.remove(&session_id);
+                    self.save_failed(session_id, &SaveRequest::Snapshot(name), message, false);
+                }
+            }
+        }
+    }
+
+    /// A snapshotted sandbox runs again: report the snapshot.
+    pub(super) fn on_ready_after_snapshot(&mut self, session_id: SessionId) -> bool {
+        let Some(save) = self.saves.get(&session_id) else {
+            return false;
+        };
+        let Some(published) = save.published.clone() else {
+            return false;
+        };
+        self.saves.remove(&session_id);
+        if published.is_ok() {
+            self.snapshots_created += 1;
+        }
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return true;
+        };
+        let mut control = Control {
+            runtime: &mut self.runtime,
+            snapshots: &mut self.snapshots,
+            snapshot_root: self.config.snapshot_path.as_deref(),
+        };
+        let outs = session.on_snapshot_finished(published, true, &mut control);
+        self.deliver(session_id, outs);
+        true
+    }
+
+    /// Results of worker threads.
+    pub(super) fn collect_jobs(&mut self) {
+        for result in self.jobs.drain() {
+            match result {
+                JobResult::Published { session, result } => self.on_published(session, result),
+                JobResult::AttachChecked {
+                    connection,
+                    sandbox_id,
+                    outcome,
+                } => self.finish_attach(connection, sandbox_id, outcome),
+                JobResult::LeaseRenewed { session, result } => match result {
+                    Ok(lease) => {
+                        if let Some(held) = self.leases.get_mut(&session) {
+                            held.1 = Some(lease);
+                        }
+                    }
+                    Err(error) => {
+                        eprintln!(
+                            "persistence: session {session}: lease renewal failed: {error:?}"
+                        );
+                    }
+                },
+                JobResult::Done => {}
+            }
+        }
+    }
+
+    /// `/attach` for a sandbox that is not live here: check the store on a worker thread.
+    pub(super) fn begin_restore_attach(
+        &mut self,
+        connection: u64,
+        sandbox_id: &str,
+        token: &str,
+    ) -> Option<Vec<Out>> {
+        let id = SandboxId::parse(sandbox_id)?;
+        let base = self.checkpoint_base(sandbox_id)?;
+        let token = token.to_string();
+        let owner = self.instance_id.clone();
+        let (ttl, settle) = (self.config.lease_ttl, self.config.lease_settle);
+        self.jobs.spawn(move || {
+            let outcome = check_attach(&base, &token, &owner, ttl, settle);
+            JobResult::AttachChecked {
+                connection,
+                sandbox_id: id,
+                outcome,
+            }
+        });
+        Some(Vec::new())
+    }
+
+    fn finish_attach(&mut self, connection: u64, id: SandboxId, outcome: AttachOutcome) {
+        let frames = |name: &str, message: &str, code: u16| {
+            vec![
+                Out::Send(
+                    serde_json::json!({"event":"status_update","status":name,"message":message})
+                        .to_string(),
+                ),
+                Out::Send(serde_json::json!({"event":"error","message":message}).to_string()),
+                Out::Close(code, name.to_lowercase()),
+            ]
+        };
+        let sandbox_id = id.to_string();
+        let (outs, lease) = match outcome {
+            AttachOutcome::NotFound => (
+                frames(
+                    "SANDBOX_NOT_FOUND",
+                    &format!("sandbox {sandbox_id} does not exist"),
+                    1011,
+                ),
+                None,
+            ),
+            AttachOutcome::PermissionDenied => (
+                frames(
+                    "SANDBOX_PERMISSION_DENIAL_ERROR",
+                    "wrong or missing sandbox_token",
+                    4000,
+                ),
+                None,
+            ),
+            AttachOutcome::InUse(owner) => {
+                let message =
+                    format!("sandbox {sandbox_id} is running on another server instance ({owner})");
+                (frames("SANDBOX_IN_USE", &message, 1011), None)
+            }
+            AttachOutcome::Failed(message) => {
+                (frames("SANDBOX_RESTORE_ERROR", &message, 4000), None)
+            }
+            AttachOutcome::Ready {
+                manifest,
+                image,
+                lease,
+            } => {
+                let session_id = self.next_session;
+                self.next_session += 1;
+                match self
+                    .runtime
+                    .restore(Owner::Session(session_id), id, image, false)
+                {
+                    Ok(key) => {
+                        let session = Session::restored(
+                            session_id,
+                            manifest.token_sha256.clone().unwrap_or_default(),
+                            &manifest.settings,
+                            key,
+                            sandbox_id.clone(),
+                            self.session_settings(),
+                            Instant::now(),
+                        );
+                        self.sessions.insert(session_id, session);
+                        self.session_by_sandbox_id
+                            .insert(sandbox_id.clone(), session_id);
+                        self.session_connection.insert(session_id, connection);
+                        if let Some(socket) = self.websockets.get_mut(&connection) {
+                            socket.session = Some(session_id);
+                        }
+                        let base = self.checkpoint_base(&sandbox_id).unwrap_or_default();
+                        self.leases.insert(session_id, (base, Some(lease)));
+                        let restoring = serde_json::json!({"event":"status_update","status":"SANDBOX_RESTORING"});
+                        (vec![Out::Send(restoring.to_string())], None)
+                    }
+                    Err(error) => (
+                        frames(
+                            "SANDBOX_RESTORE_ERROR",
+                            &format!("cannot restore: {error}"),
+                            4000,
+                        ),
+                        Some(lease),
+                    ),
+                }
+            }
+        };
+        if let Some(lease) = lease {
+            if let Some(base) = self.checkpoint_base(&sandbox_id) {
+                self.jobs.spawn(move || {
+                    lease::release(&base, &lease);
+                    JobResult::Done
+                });
+            }
+        }
+        // If the client left while we looked, a restored session simply waits detached until
+        // its idle timeout, like any other.
+        if let Some(socket) = self.websockets.get_mut(&connection) {
+            if !socket.apply(outs) {
+                self.drop_websocket(connection);
+            }
+        }
+    }
+
+    /// Take the lease of a new checkpointable sandbox (nobody else knows its id yet).
+    pub(super) fn claim_lease(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.get(&session_id) else {
+            return;
+        };
+        if !session.is_checkpointable() || self.leases.contains_key(&session_id) {
+            return;
+        }
+        let Some(base) = self.checkpoint_base(session.sandbox_id()) else {
+            return;
+        };
+        self.leases.insert(session_id, (base.clone(), None));
+        let owner = self.instance_id.clone();
+        let ttl = self.config.lease_ttl;
+        self.jobs.spawn(move || {
+            let result = std::fs::create_dir_all(&base)
+                .map_err(|error| lease::LeaseError::Io(error.to_string()))
+                .and_then(|()| lease::claim_new(&base, &owner, ttl));
+            JobResult::LeaseRenewed {
+                session: session_id,
+                result,
+            }
+        });
+    }
+
+    /// Renew every lease we hold (called from the sweep, every third of the TTL).
+    pub(super) fn renew_leases(&mut self, now: Instant) {
+        if now < self.next_lease_renewal {
+            return;
+        }
+        self.next_lease_renewal = now + self.config.lease_ttl / 3;
+        let ttl = self.config.lease_ttl;
+        let held: Vec<(SessionId, PathBuf, lease::Lease)> = self
+            .leases
+            .iter()
+            .filter_map(|(session, (base, lease))| {
+                lease.clone().map(|lease| (*session, base.clone(), lease))
+            })
+            .collect();
+        for (session, base, mut lease) in held {
+            self.jobs.spawn(move || {
+                let result = lease::renew(&base, &mut lease, ttl).map(|()| lease);
+                JobResult::LeaseRenewed { session, result }
+            });
+        }
+    }
+
+    pub(super) fn release_lease(&mut self, session_id: SessionId) {
+        if let Some((base, Some(held))) = self.leases.remove(&session_id) {
+            self.jobs.spawn(move || {
+                lease::release(&base, &held);
+                JobResult::Done
+            });
+        }
+    }
+
+    pub(super) fn handle_session_runtime_event(
+        &mut self,
+        session_id: SessionId,
+        event: &RuntimeEvent,
+    ) -> bool {
+        match event {
+            RuntimeEvent::Checkpointed(result) => {
+                self.on_checkpointed(session_id, result.clone());
+                true
+            }
+            RuntimeEvent::Ready => {
+                if self.on_ready_after_snapshot(session_id) {
+                    return true;
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The store side of an attach, on a worker thread: manifest, token (before anything else
+/// happens), lease, image integrity.
+fn check_attach(
+    base: &Path,
+    token: &str,
+    owner: &str,
+    ttl: std::time::Duration,
+    settle: std::time::Duration,
+) -> AttachOutcome {
+    let manifest = match store::load(base) {
+        Ok(Some(manifest)) => manifest,
+        Ok(None) => return AttachOutcome::NotFound,
+        Err(message) => return AttachOutcome::Failed(message),
+    };
+    let expected = manifest.token_sha256.clone().unwrap_or_default();
+    if !token_matches(&expected, token) {
+        return AttachOutcome::PermissionDenied;
+    }
+    let lease = match lease::acquire(base, owner, ttl, settle) {
+        Ok(lease) => lease,
+        Err(lease::LeaseError::InUse(holder)) => return AttachOutcome::InUse(holder),
+        Err(lease::LeaseError::Io(message)) => return AttachOutcome::Failed(message),
+    };
+    match store::verify(base, &manifest) {
+        Ok(image) => AttachOutcome::Ready {
+            manifest,
+            image,
+            lease,
+        },
+        Err(message) => {
+            lease::release(base, &lease);
+            AttachOutcome::Failed(message)
+        }
+    }
+}

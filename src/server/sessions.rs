@@ -1,0 +1,356 @@
+//! WebSocket sessions in the event loop: the upgrade, create and attach, message dispatch,
+//! delivery of a session's frames to its connection, pings and idle timeouts.
+
+use std::time::Instant;
+
+use super::websocket::{self, Incoming, WsConnection, WS_HIGH_WATER};
+use super::{Control, Server};
+use crate::http::request::Request;
+use crate::http::response::json_error;
+use crate::runtime::RuntimeEvent;
+use crate::session::{token_matches, Out, Session, SessionId, SessionSettings};
+
+impl Server {
+    pub(super) fn session_settings(&self) -> SessionSettings {
+        SessionSettings {
+            checkpoint_enabled: self.config.checkpoint_path.is_some(),
+            snapshot_enabled: self.config.snapshot_path.is_some(),
+            default_idle_timeout: self.config.ws.default_idle_timeout,
+            max_idle_timeout: self.config.ws.max_idle_timeout,
+            exec_timeout: self.config.limits.exec_timeout,
+            max_exec_timeout: self.config.limits.max_exec_timeout,
+            max_code_bytes: self.config.limits.max_code_bytes,
+            held_output_bytes: self.config.ws.detached_output_bytes,
+        }
+    }
+
+    /// Answer the handshake and hand the socket to tungstenite, then start or attach a session.
+    pub(super) fn upgrade(&mut self, id: u64, request: &Request) {
+        let Some(key) = request.header("sec-websocket-key").map(str::to_string) else {
+            let body = json_error(400, "missing Sec-WebSocket-Key header", false);
+            return self.respond(id, 400, body, false);
+        };
+        let Some(mut connection) = self.connections.remove(&id) else {
+            return;
+        };
+        connection
+            .out
+            .extend_from_slice(&websocket::handshake_response(&key));
+        if !connection.flush() || !connection.out.is_empty() {
+            // A fresh socket that cannot take 200 bytes is not worth keeping.
+            let _ = self.poll.registry().deregister(&mut connection.stream);
+            return;
+        }
+        *self.metrics.http_responses.entry(101).or_default() += 1;
+        let ws_limits = &self.config.ws;
+        let mut socket = WsConnection::new(
+            connection.stream,
+            ws_limits.max_message_bytes,
+            ws_limits.messages_per_sec,
+        );
+        let now = Instant::now();
+        let outs = if request.path == "/create" {
+            if self.sessions.len() >= ws_limits.max_sessions {
+                let message = format!(
+                    "the server is at its limit of {} sessions; retry shortly",
+                    ws_limits.max_sessions
+                );
+                vec![
+                    Out::Send(serde_json::json!({"event":"status_update","status":"SANDBOX_CREATION_ERROR","message":message}).to_string()),
+                    Out::Send(serde_json::json!({"event":"error","message":message}).to_string()),
+                    Out::Close(1013, "too many sessions".into()),
+                ]
+            } else {
+                let session_id = self.next_session;
+                self.next_session += 1;
+                let mut token = [0u8; 16];
+                if crate::runtime::ids::random_bytes(&mut token).is_err() {
+                    return;
+                }
+                let token: String = token.iter().map(|byte| format!("{byte:02x}")).collect();
+                self.sessions.insert(
+                    session_id,
+                    Session::new(session_id, token, self.session_settings(), now),
+                );
+                self.session_connection.insert(session_id, id);
+                socket.session = Some(session_id);
+                socket.awaiting_init = true;
+                Vec::new()
+            }
+        } else {
+            self.attach(id, &mut socket, request, now)
+        };
+        let alive = socket.apply(outs);
+        self.websockets.insert(id, socket);
+        if !alive {
+            self.drop_websocket(id);
+        }
+    }
+
+    /// `/attach/{id}?sandbox_token=T`: find, check the token (first), check it is free.
+    pub(super) fn attach(
+        &mut self,
+        id: u64,
+        socket: &mut WsConnection,
+        request: &Request,
+        now: Instant,
+    ) -> Vec<Out> {
+        let status = |name: &str, message: &str| {
+            Out::Send(
+                serde_json::json!({"event":"status_update","status":name,"message":message})
+                    .to_string(),
+            )
+        };
+        let error = |message: &str| {
+            Out::Send(serde_json::json!({"event":"error","message":message}).to_string())
+        };
+        let sandbox_id = request
+            .path
+            .trim_start_matches("/attach/")
+            .trim_end_matches('/');
+        let query = crate::http::query::parse_query(&request.query);
+        let token = crate::http::query::query_param(&query, "sandbox_token").unwrap_or("");
+        let Some(session_id) = self.session_by_sandbox_id.get(sandbox_id).copied() else {
+            // Not live here: it may be checkpointed in the shared store.
+            if let Some(outs) = self.begin_restore_attach(id, sandbox_id, token) {
+                return outs;
+            }
+            let message = format!("sandbox {sandbox_id:?} does not exist on this server");
+            return vec![
+                status("SANDBOX_NOT_FOUND", &message),
+                error(&message),
+                Out::Close(1011, "not found".into()),
+            ];
+        };
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return vec![Out::Close(1011, "not found".into())];
+        };
+        if !token_matches(session.token_sha256(), token) {
+            let message = "wrong or missing sandbox_token";
+            return vec![
+                status("SANDBOX_PERMISSION_DENIAL_ERROR", message),
+                error(message),
+                Out::Close(4000, "permission denied".into()),
+            ];
+        }
+        if !session.is_running() {
+            let message = format!("sandbox {sandbox_id} is not running");
+            return vec![
+                status("SANDBOX_NOT_FOUND", &message),
+                error(&message),
+                Out::Close(1011, "not found".into()),
+            ];
+        }
+        if session.is_attached() {
+            let message = format!("sandbox {sandbox_id} is in use by another connection");
+            return vec![
+                status("SANDBOX_IN_USE", &message),
+                error(&message),
+                Out::Close(1011, "in use".into()),
+            ];
+        }
+        socket.session = Some(session_id);
+        self.session_connection.insert(session_id, id);
+        session.on_attach(now)
+    }
+
+    pub(super) fn websocket_ready(&mut self, id: u64, readable: bool, writable: bool) {
+        if readable {
+            loop {
+                let Some(socket) = self.websockets.get_mut(&id) else {
+                    return;
+                };
+                match socket.read() {
+                    Incoming::Text(text) => self.websocket_message(id, &text),
+                    Incoming::Idle => break,
+                    Incoming::Gone => return self.drop_websocket(id),
+                }
+            }
+        }
+        if writable || readable {
+            let Some(socket) = self.websockets.get_mut(&id) else {
+                return;
+            };
+            if !socket.flush() {
+                return self.drop_websocket(id);
+            }
+            if socket.output_paused && socket.unflushed == 0 {
+                socket.output_paused = false;
+                let sandbox = socket
+                    .session
+                    .and_then(|session| self.sessions.get(&session))
+                    .and_then(Session::sandbox);
+                if let Some(sandbox) = sandbox {
+                    self.runtime.set_output_paused(sandbox, false);
+                }
+            }
+        }
+    }
+
+    pub(super) fn websocket_message(&mut self, id: u64, text: &str) {
+        let Some(socket) = self.websockets.get_mut(&id) else {
+            return;
+        };
+        let Some(session_id) = socket.session else {
+            return;
+        };
+        let awaiting_init = std::mem::replace(&mut socket.awaiting_init, false);
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let mut control = Control {
+            runtime: &mut self.runtime,
+            snapshots: &mut self.snapshots,
+            snapshot_root: self.config.snapshot_path.as_deref(),
+        };
+        let now = Instant::now();
+        let outs = if awaiting_init {
+            session.on_init(text, &mut control, now)
+        } else {
+            session.on_message(text, &mut control, now)
+        };
+        if awaiting_init && session.sandbox().is_some() {
+            self.session_by_sandbox_id
+                .insert(session.sandbox_id().to_string(), session_id);
+        }
+        self.deliver(session_id, outs);
+    }
+
+    pub(super) fn session_event(&mut self, session_id: SessionId, event: RuntimeEvent) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let outs = session.on_runtime(
+            event,
+            &mut Control {
+                runtime: &mut self.runtime,
+                snapshots: &mut self.snapshots,
+                snapshot_root: self.config.snapshot_path.as_deref(),
+            },
+        );
+        self.deliver(session_id, outs);
+    }
+
+    /// Send a session's frames to its connection (if attached) and forget ended sessions.
+    pub(super) fn deliver(&mut self, session_id: SessionId, outs: Vec<Out>) {
+        let (saves, outs): (Vec<Out>, Vec<Out>) = outs
+            .into_iter()
+            .partition(|out| matches!(out, Out::Save(_)));
+        let closing = outs.iter().any(|out| matches!(out, Out::Close(..)));
+        // kill_sandbox removes the saved state before the client hears SANDBOX_KILLED, so an
+        // attach right after it finds nothing to restore.
+        if let Some(session) = self.sessions.get(&session_id) {
+            if session.is_ended() && session.was_killed() && session.is_checkpointable() {
+                if let Some(base) = self.checkpoint_base(session.sandbox_id()) {
+                    let _ = std::fs::remove_dir_all(base);
+                }
+            }
+        }
+        if let Some(connection) = self.session_connection.get(&session_id).copied() {
+            if let Some(socket) = self.websockets.get_mut(&connection) {
+                if !outs.is_empty() && !socket.apply(outs) {
+                    self.drop_websocket(connection);
+                } else if socket.unflushed > WS_HIGH_WATER && !socket.output_paused {
+                    socket.output_paused = true;
+                    if let Some(sandbox) = self.sessions.get(&session_id).and_then(Session::sandbox)
+                    {
+                        self.runtime.set_output_paused(sandbox, true);
+                    }
+                }
+            }
+            if closing {
+                // The session lives on (until deleted or its idle timeout) without this socket.
+                self.detach(session_id);
+            }
+        }
+        if self
+            .sessions
+            .get(&session_id)
+            .is_some_and(Session::is_ended)
+        {
+            self.detach(session_id);
+            self.release_lease(session_id);
+            self.saves.remove(&session_id);
+            if let Some(session) = self.sessions.remove(&session_id) {
+                self.session_by_sandbox_id.remove(session.sandbox_id());
+                if let Some(sandbox) = session.sandbox() {
+                    self.runtime.delete(sandbox);
+                }
+            }
+            return;
+        }
+        for save in saves {
+            if let Out::Save(request) = save {
+                self.start_save(session_id, request);
+            }
+        }
+        if self
+            .sessions
+            .get(&session_id)
+            .is_some_and(|session| session.is_running())
+        {
+            self.claim_lease(session_id);
+        }
+    }
+
+    pub(super) fn detach(&mut self, session_id: SessionId) {
+        if let Some(connection) = self.session_connection.remove(&session_id) {
+            if let Some(socket) = self.websockets.get_mut(&connection) {
+                socket.session = None;
+            }
+        }
+        if let Some(session) = self.sessions.get_mut(&session_id) {
+            session.on_detach(Instant::now());
+            if session.sandbox().is_none() {
+                // Never got past the init message: nothing to keep.
+                self.sessions.remove(&session_id);
+            }
+        }
+    }
+
+    pub(super) fn drop_websocket(&mut self, id: u64) {
+        if let Some(mut socket) = self.websockets.remove(&id) {
+            if let Some(session) = socket.session {
+                self.detach(session);
+            }
+            let _ = self.poll.registry().deregister(socket.stream_mut());
+        }
+    }
+
+    /// Idle timeouts of sessions, keep-alive pings and close deadlines of sockets.
+    pub(super) fn sweep_websockets(&mut self, now: Instant) {
+        let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for session_id in sessions {
+            let Some(session) = self.sessions.get_mut(&session_id) else {
+                continue;
+            };
+            let outs = session.on_tick(
+                now,
+                &mut Control {
+                    runtime: &mut self.runtime,
+                    snapshots: &mut self.snapshots,
+                    snapshot_root: self.config.snapshot_path.as_deref(),
+                },
+            );
+            if !outs.is_empty() {
+                self.deliver(session_id, outs);
+            }
+        }
+        let ws = &self.config.ws;
+        let mut dead = Vec::new();
+        for (id, socket) in self.websockets.iter_mut() {
+            let quiet = now.saturating_duration_since(socket.last_seen);
+            let close_expired = socket.closing_since.is_some_and(|since| {
+                now.saturating_duration_since(since) > std::time::Duration::from_secs(5)
+            });
+            if quiet > ws.pong_timeout || close_expired {
+                dead.push(*id);
+            } else if quiet > ws.ping_interval && !socket.ping_sent {
+                socket.ping();
+            }
+        }
+        for id in dead {
+            self.drop_websocket(id);
+        }
+    }
+}
