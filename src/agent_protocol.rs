@@ -97,6 +97,8 @@ pub enum ToAgent {
     Resume {
         reset: bool,
     },
+    /// Report what would make a checkpoint fail (answered with `Inspection`).
+    Inspect,
 }
 
 /// Agent -> server.
@@ -111,6 +113,14 @@ pub enum FromAgent {
     StdinWritten(ExecId, u32),
     /// Sent after the last output frame of the execution.
     Exited(ExecId, ExitStatus),
+    Inspection(Inspection),
+}
+
+/// What the agent sees inside the sandbox that matters for a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Inspection {
+    /// TCP sockets that are neither listening nor closed: runsc cannot checkpoint those.
+    pub open_tcp_connections: u32,
 }
 
 mod kind {
@@ -119,6 +129,7 @@ mod kind {
     pub const CLOSE_STDIN: u8 = 3;
     pub const SIGNAL: u8 = 4;
     pub const RESUME: u8 = 5;
+    pub const INSPECT: u8 = 6;
     pub const READY: u8 = 64;
     pub const STARTED: u8 = 65;
     pub const SPAWN_FAILED: u8 = 66;
@@ -127,6 +138,7 @@ mod kind {
     pub const STDIN_WRITTEN: u8 = 69;
     pub const EXIT_CODE: u8 = 70;
     pub const EXIT_SIGNAL: u8 = 71;
+    pub const INSPECTION: u8 = 72;
 }
 
 /// Why a frame could not be decoded. The connection to that agent is unusable afterwards.
@@ -166,6 +178,7 @@ impl ToAgent {
                 put_frame(out, kind::SIGNAL, *exec, &signal.to_le_bytes())
             }
             ToAgent::Resume { reset } => put_frame(out, kind::RESUME, 0, &[u8::from(*reset)]),
+            ToAgent::Inspect => put_frame(out, kind::INSPECT, 0, &[]),
         }
     }
 
@@ -175,6 +188,7 @@ impl ToAgent {
             kind::STDIN => ToAgent::Stdin(exec, payload.to_vec()),
             kind::CLOSE_STDIN => ToAgent::CloseStdin(exec),
             kind::SIGNAL => ToAgent::Signal(exec, parse_i32(payload)?),
+            kind::INSPECT => ToAgent::Inspect,
             kind::RESUME => ToAgent::Resume {
                 reset: payload.first().is_some_and(|byte| *byte != 0),
             },
@@ -210,6 +224,9 @@ impl FromAgent {
             FromAgent::Exited(exec, ExitStatus::Signal(signal)) => {
                 put_frame(out, kind::EXIT_SIGNAL, *exec, &signal.to_le_bytes())
             }
+            FromAgent::Inspection(inspection) => {
+                put_frame(out, kind::INSPECTION, 0, &json_bytes(inspection))
+            }
         }
     }
 
@@ -225,6 +242,7 @@ impl FromAgent {
             kind::STDIN_WRITTEN => FromAgent::StdinWritten(exec, parse_i32(payload)? as u32),
             kind::EXIT_CODE => FromAgent::Exited(exec, ExitStatus::Code(parse_i32(payload)?)),
             kind::EXIT_SIGNAL => FromAgent::Exited(exec, ExitStatus::Signal(parse_i32(payload)?)),
+            kind::INSPECTION => FromAgent::Inspection(parse_json(payload)?),
             other => {
                 return Err(ProtocolError(format!(
                     "unknown frame kind {other} from the agent"
@@ -336,6 +354,7 @@ mod tests {
             ToAgent::Signal(7, 9),
             ToAgent::Resume { reset: true },
             ToAgent::Resume { reset: false },
+            ToAgent::Inspect,
         ];
         let from_agent = vec![
             FromAgent::Ready(AgentHello {
@@ -349,6 +368,9 @@ mod tests {
             FromAgent::StdinWritten(7, 3),
             FromAgent::Exited(7, ExitStatus::Code(3)),
             FromAgent::Exited(7, ExitStatus::Signal(9)),
+            FromAgent::Inspection(Inspection {
+                open_tcp_connections: 2,
+            }),
         ];
         let mut bytes = Vec::new();
         to_agent.iter().for_each(|frame| frame.encode(&mut bytes));

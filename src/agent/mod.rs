@@ -30,7 +30,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::agent_protocol::{
-    AgentHello, ExecId, ExitStatus, FrameDecoder, FromAgent, ProcessLimits, ToAgent,
+    AgentHello, ExecId, ExitStatus, FrameDecoder, FromAgent, Inspection, ProcessLimits, ToAgent,
 };
 use execution::{Execution, PipeRead};
 use standby::Standby;
@@ -282,6 +282,12 @@ impl Agent {
                 };
                 FromAgent::Ready(hello).encode(&mut self.outbox);
             }
+            ToAgent::Inspect => {
+                let inspection = Inspection {
+                    open_tcp_connections: open_tcp_connections(),
+                };
+                FromAgent::Inspection(inspection).encode(&mut self.outbox);
+            }
         }
     }
 
@@ -395,4 +401,31 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
     fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
+}
+
+/// TCP sockets in any state but LISTEN (0A) and CLOSE (07), from /proc/net/tcp and tcp6.
+fn open_tcp_connections() -> u32 {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|table| count_open_connections(&table))
+        .sum()
+}
+
+fn count_open_connections(table: &str) -> u32 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(3))
+        .filter(|state| *state != "0A" && *state != "07")
+        .count() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn listening_sockets_are_not_connections() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000\n   2: 0100007F:C350 0100007F:1F90 08 00000000:00000000\n";
+        assert_eq!(super::count_open_connections(table), 2);
+    }
 }

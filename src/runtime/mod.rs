@@ -79,6 +79,8 @@ pub enum RuntimeEvent {
     ExecFinished(ExecId, ExecOutcome),
     /// `runsc checkpoint` finished; the container is stopped either way.
     Checkpointed(Result<(), String>),
+    /// The checkpoint was refused before anything happened: the sandbox runs on.
+    CheckpointRefused(String),
 }
 
 /// A runtime event for the owner of a sandbox.
@@ -141,7 +143,8 @@ struct Sandbox {
     /// The image the next restore starts from, and whether the agent must then end every
     /// other process (a sandbox started from a snapshot keeps files, not processes).
     restore_from: Option<(PathBuf, bool)>,
-    /// Where the running checkpoint writes.
+    /// Where the requested checkpoint will write; set while the agent is being asked whether
+    /// a checkpoint can work.
     checkpoint_to: Option<PathBuf>,
     lifecycle: Lifecycle,
     owner: Option<Owner>,
@@ -496,8 +499,14 @@ impl Runtime {
                     .for_each(|timer| self.timers.cancel(timer));
             }
         }
+        if sandbox.checkpoint_to.is_some() {
+            return Err(RuntimeError::WrongState("already being checkpointed"));
+        }
+        // A failed `runsc checkpoint` leaves the container stopped, so first ask the agent
+        // about what is known to make it fail; the answer (`Inspection`) continues this.
         sandbox.checkpoint_to = Some(image);
-        self.apply(key, Event::CheckpointRequested);
+        ToAgent::Inspect.encode(&mut sandbox.outgoing);
+        self.flush_to_agent(key);
         Ok(())
     }
 
@@ -1135,6 +1144,24 @@ impl Runtime {
                     .and_then(|sandbox| sandbox.execs.get_mut(&exec))
                 {
                     tracker.stdin_in_flight = tracker.stdin_in_flight.saturating_sub(count as u64);
+                }
+            }
+            FromAgent::Inspection(inspection) => {
+                let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                    return;
+                };
+                if sandbox.checkpoint_to.is_none() || sandbox.lifecycle.state() != State::Ready {
+                    return;
+                }
+                if inspection.open_tcp_connections > 0 {
+                    sandbox.checkpoint_to = None;
+                    let message = format!(
+                        "cannot checkpoint: the sandbox has {} open TCP connection(s), which runsc cannot save; close them and retry",
+                        inspection.open_tcp_connections
+                    );
+                    self.notify(key, RuntimeEvent::CheckpointRefused(message));
+                } else {
+                    self.apply(key, Event::CheckpointRequested);
                 }
             }
             FromAgent::Exited(exec, status) => {

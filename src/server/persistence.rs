@@ -492,6 +492,12 @@ impl Server {
                 self.on_checkpointed(session_id, result.clone());
                 true
             }
+            RuntimeEvent::CheckpointRefused(_) => {
+                if let Some(save) = self.saves.remove(&session_id) {
+                    let _ = std::fs::remove_dir_all(&save.image);
+                }
+                false
+            }
             RuntimeEvent::Ready => {
                 if self.on_ready_after_snapshot(session_id) {
                     return true;

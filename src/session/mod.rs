@@ -873,6 +873,18 @@ impl Session {
                 }
                 self.state = State::Ended;
             }
+            RuntimeEvent::CheckpointRefused(message) => {
+                let name = match self.state {
+                    State::Saving { snapshot: true } => "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR",
+                    State::Saving { snapshot: false } => "SANDBOX_CHECKPOINT_ERROR",
+                    _ => return out,
+                };
+                // Nothing was touched: the session goes on.
+                self.state = State::Running;
+                if self.attached {
+                    out.extend(error_frames(name, &message));
+                }
+            }
             RuntimeEvent::ExecStarted(id) if self.exec_is(id) => {
                 self.emit_exec(&mut out, status("SANDBOX_EXECUTION_RUNNING"), control);
             }
