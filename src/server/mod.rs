@@ -485,6 +485,20 @@ impl Server {
                     full_response(200, "application/json", br#"{"status":"ok"}"#, keep_alive);
                 self.respond(id, 200, body, keep_alive);
             }
+            ("GET", "/snapshots") => {
+                let (status, body) =
+                    persistence::list_snapshots(self.config.snapshot_path.as_deref());
+                let bytes = full_response(status, "application/json", &body, keep_alive);
+                self.respond(id, status, bytes, keep_alive);
+            }
+            ("DELETE", path) if path.starts_with("/snapshots/") => {
+                let name = crate::http::query::percent_decode_path(&path["/snapshots/".len()..])
+                    .unwrap_or_default();
+                let (status, body) =
+                    persistence::delete_snapshot(self.config.snapshot_path.as_deref(), &name);
+                let bytes = full_response(status, "application/json", &body, keep_alive);
+                self.respond(id, status, bytes, keep_alive);
+            }
             ("GET", "/metrics") => {
                 let text = self.metrics_text();
                 let body = full_response(
@@ -496,7 +510,7 @@ impl Server {
                 self.respond(id, 200, body, keep_alive);
             }
             ("POST", "/execute") => self.start_execute(id, &request, keep_alive),
-            (_, "/status" | "/metrics" | "/execute") => {
+            (_, "/status" | "/metrics" | "/execute" | "/snapshots") => {
                 let message = format!("method {method} is not allowed on {}", request.path);
                 let body = json_error(405, &message, keep_alive);
                 self.respond(id, 405, body, keep_alive);

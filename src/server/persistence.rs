@@ -544,3 +544,70 @@ fn check_attach(
         }
     }
 }
+
+fn not_enabled() -> (u16, Vec<u8>) {
+    let message =
+        "filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)";
+    (501, crate::http::response::json_error_body(message))
+}
+
+/// `GET /snapshots`: the published snapshots, by name.
+pub fn list_snapshots(root: Option<&Path>) -> (u16, Vec<u8>) {
+    let Some(root) = root else {
+        return not_enabled();
+    };
+    let mut snapshots = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if store::validate_snapshot_name(&name).is_err() {
+                continue;
+            }
+            if let Ok(Some(manifest)) = store::load(&entry.path()) {
+                let size: u64 = manifest.files.iter().map(|file| file.size).sum();
+                snapshots.push(serde_json::json!({
+                    "name": name,
+                    "created_unix_ms": manifest.created_unix_ms,
+                    "size_bytes": size,
+                }));
+            }
+        }
+    }
+    snapshots.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    (
+        200,
+        serde_json::json!({ "snapshots": snapshots })
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+/// `DELETE /snapshots/{name}`.
+pub fn delete_snapshot(root: Option<&Path>, name: &str) -> (u16, Vec<u8>) {
+    let Some(root) = root else {
+        return not_enabled();
+    };
+    if let Err(message) = store::validate_snapshot_name(name) {
+        return (400, crate::http::response::json_error_body(&message));
+    }
+    let base = root.join(name);
+    if !base.join(store::MANIFEST).exists() {
+        let message = format!("filesystem snapshot {name:?} does not exist");
+        return (404, crate::http::response::json_error_body(&message));
+    }
+    // The manifest goes first: from then on nobody starts from the snapshot.
+    let removed = std::fs::remove_file(base.join(store::MANIFEST))
+        .and_then(|()| std::fs::remove_dir_all(&base));
+    match removed {
+        Ok(()) => (
+            200,
+            serde_json::json!({ "deleted": name })
+                .to_string()
+                .into_bytes(),
+        ),
+        Err(error) => {
+            let message = format!("cannot delete filesystem snapshot {name:?}: {error}");
+            (500, crate::http::response::json_error_body(&message))
+        }
+    }
+}
