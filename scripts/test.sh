@@ -24,29 +24,54 @@ step "cargo test (unit and integration)"
 # Two at a time: every integration test starts servers and sandboxes, on a 2-core machine.
 cargo test --all -- --test-threads=2
 
-step "client tests against a live server"
+step "client tests against live servers"
 cargo build --bins
-state_dir=$(mktemp -d /tmp/crs-client-tests.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-SANDBOX_STATE_DIR="$state_dir/state" PORT="$port" SANDBOX_POOL_SIZE=2 \
-  target/debug/sandbox-server >"$state_dir/server.log" 2>&1 &
-server_pid=$!
-stop_server() {
-  kill -TERM "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
-  if [ "${keep_log:-0}" = 1 ]; then
-    echo "--- server log (last 50 lines) ---" >&2
-    tail -n 50 "$state_dir/server.log" >&2 || true
-  fi
-  rm -rf "$state_dir"
+work_dir=$(mktemp -d /tmp/crs-client-tests.XXXXXX)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# start_server NAME [VAR=VALUE...]: one server with its own port and state directory; prints
+# its URL. Runs in a command substitution, so the PID goes to a file for stop_servers.
+start_server() {
+  local name=$1 port
+  shift
+  port=$(free_port)
+  env "$@" SANDBOX_STATE_DIR="$work_dir/$name" PORT="$port" SANDBOX_POOL_SIZE=1 \
+    target/debug/sandbox-server >"$work_dir/$name.log" 2>&1 &
+  echo "$!" >>"$work_dir/pids"
+  for _ in $(seq 1 100); do
+    if curl -sf "http://127.0.0.1:$port/status" >/dev/null; then
+      echo "ws://127.0.0.1:$port"
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "server $name did not start" >&2
+  return 1
 }
-trap stop_server EXIT
-for _ in $(seq 1 100); do
-  if curl -sf "http://127.0.0.1:$port/status" >/dev/null; then break; fi
-  if ! kill -0 "$server_pid" 2>/dev/null; then keep_log=1; echo "the server did not start" >&2; exit 1; fi
-  sleep 0.2
-done
-export SANDBOX_TEST_URL="ws://127.0.0.1:$port"
+stop_servers() {
+  local pids pid
+  pids=$(cat "$work_dir/pids" 2>/dev/null || true)
+  for pid in $pids; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Not our children (started in subshells): wait by polling, at most 30 s.
+  for pid in $pids; do
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  done
+  if [ "${keep_log:-0}" = 1 ]; then
+    for log in "$work_dir"/*.log; do
+      echo "--- $log (last 30 lines) ---" >&2
+      tail -n 30 "$log" >&2 || true
+    done
+  fi
+  rm -rf "$work_dir"
+}
+trap stop_servers EXIT
+mkdir -p "$work_dir/shared/checkpoints" "$work_dir/shared/snapshots"
+persistence=(CHECKPOINT_AND_RESTORE_PATH="$work_dir/shared/checkpoints" FILESYSTEM_SNAPSHOT_PATH="$work_dir/shared/snapshots")
+# A server without persistence (the "not enabled" answers), and two instances sharing the
+# checkpoint and snapshot directories (checkpoint on one, attach on the other).
+SANDBOX_TEST_URL=$(start_server plain)
+SANDBOX_TEST_PERSISTENT_URL=$(start_server persistent-a "${persistence[@]}")
+SANDBOX_TEST_PERSISTENT_URL_2=$(start_server persistent-b "${persistence[@]}")
+export SANDBOX_TEST_URL SANDBOX_TEST_PERSISTENT_URL SANDBOX_TEST_PERSISTENT_URL_2
 
 keep_log=1
 step "python client"
