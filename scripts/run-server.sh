@@ -15,4 +15,7 @@ cargo build --release --bins
 
 export PORT="${PORT:-8080}"
 export SANDBOX_ROOTFS="${SANDBOX_ROOTFS:-/var/lib/cloud-run-sandbox/rootfs}"
+# Local directories (made by setup.sh) as the embedded default for checkpoints and snapshots.
+export CHECKPOINT_AND_RESTORE_PATH="${CHECKPOINT_AND_RESTORE_PATH:-/var/lib/cloud-run-sandbox/checkpoints}"
+export FILESYSTEM_SNAPSHOT_PATH="${FILESYSTEM_SNAPSHOT_PATH:-/var/lib/cloud-run-sandbox/snapshots}"
 exec target/release/sandbox-server

@@ -70,6 +70,7 @@ pub(crate) struct Control<'a> {
     runtime: &'a mut Runtime,
     snapshots: &'a mut persistence::SnapshotCache,
     snapshot_root: Option<&'a std::path::Path>,
+    rootfs_stamp: &'a str,
 }
 
 impl SandboxControl for Control<'_> {
@@ -603,6 +604,7 @@ impl Server {
                 runtime: &mut self.runtime,
                 snapshots: &mut self.snapshots,
                 snapshot_root: self.config.snapshot_path.as_deref(),
+                rootfs_stamp: &self.rootfs_stamp,
             });
             self.deliver(session, outs);
         }

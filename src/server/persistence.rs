@@ -68,11 +68,18 @@ pub struct SnapshotCache {
 impl SnapshotCache {
     /// The verified image directory of snapshot `name` (reads and hashes it the first time a
     /// generation is seen).
-    pub fn image(&mut self, root: &Path, name: &str) -> Result<PathBuf, String> {
+    pub fn image(
+        &mut self,
+        root: &Path,
+        name: &str,
+        rootfs_stamp: &str,
+    ) -> Result<PathBuf, String> {
         store::validate_snapshot_name(name)?;
         let base = root.join(name);
         let manifest = store::load(&base)?
             .ok_or_else(|| format!("filesystem snapshot {name:?} does not exist"))?;
+        same_image(&manifest, rootfs_stamp)
+            .map_err(|error| format!("filesystem snapshot {name:?}: {error}"))?;
         if let Some((generation, image)) = self.verified.get(name) {
             if *generation == manifest.generation && image.exists() {
                 return Ok(image.clone());
@@ -96,7 +103,10 @@ impl Control<'_> {
         let root = self
             .snapshot_root
             .ok_or_else(|| RuntimeError::Io("filesystem snapshots are not enabled".into()))?;
-        let image = self.snapshots.image(root, name).map_err(RuntimeError::Io)?;
+        let image = self
+            .snapshots
+            .image(root, name, self.rootfs_stamp)
+            .map_err(RuntimeError::Io)?;
         let id = SandboxId::random().map_err(|error| RuntimeError::Io(error.to_string()))?;
         self.runtime
             .restore(Owner::Session(session), id, image, true)
@@ -174,6 +184,7 @@ impl Server {
             runtime: &mut self.runtime,
             snapshots: &mut self.snapshots,
             snapshot_root: self.config.snapshot_path.as_deref(),
+            rootfs_stamp: &self.rootfs_stamp,
         };
         let outs = match request {
             SaveRequest::Checkpoint { .. } => {
@@ -233,6 +244,7 @@ impl Server {
                     runtime: &mut self.runtime,
                     snapshots: &mut self.snapshots,
                     snapshot_root: self.config.snapshot_path.as_deref(),
+                    rootfs_stamp: &self.rootfs_stamp,
                 };
                 let outs = session.on_checkpoint_saved(result, &mut control);
                 self.deliver(session_id, outs);
@@ -272,6 +284,7 @@ impl Server {
             runtime: &mut self.runtime,
             snapshots: &mut self.snapshots,
             snapshot_root: self.config.snapshot_path.as_deref(),
+            rootfs_stamp: &self.rootfs_stamp,
         };
         let outs = session.on_snapshot_finished(published, true, &mut control);
         self.deliver(session_id, outs);
@@ -316,9 +329,10 @@ impl Server {
         let base = self.checkpoint_base(sandbox_id)?;
         let token = token.to_string();
         let owner = self.instance_id.clone();
+        let stamp = self.rootfs_stamp.clone();
         let (ttl, settle) = (self.config.lease_ttl, self.config.lease_settle);
         self.jobs.spawn(move || {
-            let outcome = check_attach(&base, &token, &owner, ttl, settle);
+            let outcome = check_attach(&base, &token, &owner, &stamp, ttl, settle);
             JobResult::AttachChecked {
                 connection,
                 sandbox_id: id,
@@ -515,6 +529,7 @@ fn check_attach(
     base: &Path,
     token: &str,
     owner: &str,
+    rootfs_stamp: &str,
     ttl: std::time::Duration,
     settle: std::time::Duration,
 ) -> AttachOutcome {
@@ -526,6 +541,9 @@ fn check_attach(
     let expected = manifest.token_sha256.clone().unwrap_or_default();
     if !token_matches(&expected, token) {
         return AttachOutcome::PermissionDenied;
+    }
+    if let Err(message) = same_image(&manifest, rootfs_stamp) {
+        return AttachOutcome::Failed(message);
     }
     let lease = match lease::acquire(base, owner, ttl, settle) {
         Ok(lease) => lease,
@@ -609,5 +627,21 @@ pub fn delete_snapshot(root: Option<&Path>, name: &str) -> (u16, Vec<u8>) {
             let message = format!("cannot delete filesystem snapshot {name:?}: {error}");
             (500, crate::http::response::json_error_body(&message))
         }
+    }
+}
+
+/// A saved image only restores on the sandbox image it was taken on.
+fn same_image(manifest: &Manifest, rootfs_stamp: &str) -> Result<(), String> {
+    if manifest.rootfs_stamp.is_empty()
+        || rootfs_stamp.is_empty()
+        || manifest.rootfs_stamp == rootfs_stamp
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "the image was saved on another version of the sandbox image ({}); this server runs {}",
+            &manifest.rootfs_stamp[..12.min(manifest.rootfs_stamp.len())],
+            &rootfs_stamp[..12.min(rootfs_stamp.len())]
+        ))
     }
 }

@@ -202,6 +202,7 @@ impl Server {
             runtime: &mut self.runtime,
             snapshots: &mut self.snapshots,
             snapshot_root: self.config.snapshot_path.as_deref(),
+            rootfs_stamp: &self.rootfs_stamp,
         };
         let now = Instant::now();
         let outs = if awaiting_init {
@@ -226,6 +227,7 @@ impl Server {
                 runtime: &mut self.runtime,
                 snapshots: &mut self.snapshots,
                 snapshot_root: self.config.snapshot_path.as_deref(),
+                rootfs_stamp: &self.rootfs_stamp,
             },
         );
         self.deliver(session_id, outs);
@@ -330,6 +332,7 @@ impl Server {
                     runtime: &mut self.runtime,
                     snapshots: &mut self.snapshots,
                     snapshot_root: self.config.snapshot_path.as_deref(),
+                    rootfs_stamp: &self.rootfs_stamp,
                 },
             );
             if !outs.is_empty() {
