@@ -43,6 +43,9 @@ pub struct Config {
     /// `SANDBOX_CPU_FEATURES`: pin the CPU features checkpointable sandboxes see (gVisor's
     /// `dev.gvisor.internal.cpufeatures` annotation), so checkpoints restore on other CPUs.
     pub cpu_features: Option<String>,
+    /// `SANDBOX_WHEELHOUSE`: a directory of Python wheels mounted read-only in every sandbox at
+    /// `/opt/wheelhouse`, for `pip install` without network.
+    pub wheelhouse: Option<PathBuf>,
 }
 
 /// Limits applied to sandboxes and executions.
@@ -192,6 +195,7 @@ impl Config {
             lease_ttl: env.seconds("SANDBOX_LEASE_TTL_SECS", 30)?,
             lease_settle: Duration::from_millis(env.number("SANDBOX_LEASE_SETTLE_MS", 300)?),
             cpu_features: env.raw("SANDBOX_CPU_FEATURES"),
+            wheelhouse: env.optional_path("SANDBOX_WHEELHOUSE"),
         })
     }
 }

@@ -17,9 +17,10 @@ pub const AGENT_MOUNT: &str = "/.sandbox";
 /// The agent's file name inside that directory.
 pub const AGENT_FILE: &str = "sandbox-agent";
 
-/// The base environment of every execution.
-pub fn base_env() -> Vec<(String, String)> {
-    [
+/// The base environment of every execution. Without network, pip looks only at the
+/// wheelhouse (if any) instead of retrying an index it cannot reach.
+pub fn base_env(wheelhouse: bool, network: bool) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
         (
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -33,27 +34,64 @@ pub fn base_env() -> Vec<(String, String)> {
     ]
     .into_iter()
     .map(|(key, value)| (key.to_string(), value.to_string()))
-    .collect()
+    .collect();
+    if wheelhouse {
+        env.push(("PIP_FIND_LINKS".into(), WHEELHOUSE_MOUNT.into()));
+    }
+    if !network {
+        env.push(("PIP_NO_INDEX".into(), "1".into()));
+    }
+    env
+}
+
+/// Where an operator's wheelhouse is mounted inside sandboxes (read-only).
+pub const WHEELHOUSE_MOUNT: &str = "/opt/wheelhouse";
+
+/// What varies between sandboxes' bundles.
+pub struct BundleSpec<'a> {
+    pub rootfs: &'a Path,
+    pub agent_dir: &'a Path,
+    pub agent: &'a AgentConfig,
+    pub limits: &'a Limits,
+    pub cgroup: &'a str,
+    pub cpu_features: Option<&'a str>,
+    /// A directory of wheels for offline `pip install`.
+    pub wheelhouse: Option<&'a Path>,
+    /// The network namespace of a sandbox with egress (`None`: no network).
+    pub netns: Option<&'a Path>,
 }
 
 /// Build config.json for a sandbox.
-pub fn spec(
-    rootfs: &Path,
-    agent_dir: &Path,
-    agent: &AgentConfig,
-    limits: &Limits,
-    cgroup: &str,
-    cpu_features: Option<&str>,
-) -> Value {
-    let agent_arg = serde_json::to_string(agent).unwrap_or_default();
+pub fn spec(bundle: &BundleSpec<'_>) -> Value {
+    let agent_arg = serde_json::to_string(bundle.agent).unwrap_or_default();
+    let limits = bundle.limits;
     let memory_bytes = limits.sandbox_memory_mb.saturating_mul(1024 * 1024);
     let period: u64 = 100_000;
     let quota = (limits.cpus * period as f64).round() as u64;
     let mut annotations = serde_json::Map::new();
-    if let Some(features) = cpu_features {
+    if let Some(features) = bundle.cpu_features {
         // Checkpoints hold CPU state: pinning the feature set lets them restore on other hosts.
         annotations.insert("dev.gvisor.internal.cpufeatures".into(), features.into());
     }
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "nodev", "mode=1777", "size=256m"]}),
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "nodev", "mode=1777"]}),
+        json!({"destination": AGENT_MOUNT, "type": "bind", "source": bundle.agent_dir,
+               "options": ["rbind", "ro"]}),
+    ];
+    if let Some(wheelhouse) = bundle.wheelhouse {
+        mounts.push(
+            json!({"destination": WHEELHOUSE_MOUNT, "type": "bind", "source": wheelhouse,
+                           "options": ["rbind", "ro"]}),
+        );
+    }
+    let network = match bundle.netns {
+        Some(path) => json!({"type": "network", "path": path}),
+        None => json!({"type": "network"}),
+    };
     json!({
         "ociVersion": "1.0.2",
         "annotations": annotations,
@@ -66,25 +104,17 @@ pub fn spec(
             "noNewPrivileges": true,
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]
         },
-        "root": {"path": rootfs, "readonly": false},
+        "root": {"path": bundle.rootfs, "readonly": false},
         "hostname": "sandbox",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "nodev", "mode=1777", "size=256m"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "nodev", "mode=1777"]},
-            {"destination": AGENT_MOUNT, "type": "bind", "source": agent_dir,
-             "options": ["rbind", "ro"]}
-        ],
+        "mounts": mounts,
         "linux": {
-            "cgroupsPath": cgroup,
+            "cgroupsPath": bundle.cgroup,
             "resources": {
                 "memory": {"limit": memory_bytes},
                 "cpu": {"quota": quota, "period": period}
             },
             "namespaces": [
-                {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                {"type": "pid"}, network, {"type": "ipc"},
                 {"type": "uts"}, {"type": "mount"}
             ]
         }

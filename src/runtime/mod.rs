@@ -218,6 +218,17 @@ impl Runtime {
                 ),
             ));
         }
+        if let Some(wheelhouse) = &config.wheelhouse {
+            if !wheelhouse.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "SANDBOX_WHEELHOUSE {} is not a directory",
+                        wheelhouse.display()
+                    ),
+                ));
+            }
+        }
         let state_dir = &config.state_dir;
         let runsc = runsc::Runsc::new(config.runsc.clone(), state_dir.join("runsc"), features);
         let bundles_dir = state_dir.join("bundles");
@@ -253,7 +264,7 @@ impl Runtime {
                 file_size_bytes: Some(limits.max_file_mb * 1024 * 1024),
                 open_files: Some(1024),
             },
-            base_env: bundle::base_env(),
+            base_env: bundle::base_env(config.wheelhouse.is_some(), false),
             python_standby: true,
         };
         Ok(Runtime {
@@ -418,14 +429,22 @@ impl Runtime {
     fn write_bundle(&self, container: &str, bundle_dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(bundle_dir)?;
         let cgroup = format!("{}/{}", self.cgroup_parent, container);
-        let spec = bundle::spec(
-            &self.rootfs,
-            &self.agent_dir,
-            &self.agent_config,
-            &self.config.limits,
-            &cgroup,
-            self.config.cpu_features.as_deref(),
-        );
+        let netns: Option<&Path> = None;
+        let wheelhouse = self.config.wheelhouse.as_deref();
+        let agent = AgentConfig {
+            base_env: bundle::base_env(wheelhouse.is_some(), netns.is_some()),
+            ..self.agent_config.clone()
+        };
+        let spec = bundle::spec(&bundle::BundleSpec {
+            rootfs: &self.rootfs,
+            agent_dir: &self.agent_dir,
+            agent: &agent,
+            limits: &self.config.limits,
+            cgroup: &cgroup,
+            cpu_features: self.config.cpu_features.as_deref(),
+            wheelhouse,
+            netns,
+        });
         std::fs::write(
             bundle_dir.join("config.json"),
             serde_json::to_vec_pretty(&spec)?,
