@@ -43,6 +43,7 @@ pub struct Config {
     /// `SANDBOX_CPU_FEATURES`: pin the CPU features checkpointable sandboxes see (gVisor's
     /// `dev.gvisor.internal.cpufeatures` annotation), so checkpoints restore on other CPUs.
     pub cpu_features: Option<String>,
+    pub egress: EgressConfig,
     /// `SANDBOX_WHEELHOUSE`: a directory of Python wheels mounted read-only in every sandbox at
     /// `/opt/wheelhouse`, for `pip install` without network.
     pub wheelhouse: Option<PathBuf>,
@@ -107,6 +108,17 @@ pub struct WsLimits {
     /// `SANDBOX_DETACHED_OUTPUT_BYTES`: output kept for an absent client before the process
     /// is paused.
     pub detached_output_bytes: usize,
+}
+
+/// Network egress for sandboxes that ask for it.
+#[derive(Debug, Clone)]
+pub struct EgressConfig {
+    /// `SANDBOX_EGRESS`: `on` (default) or `off` (no sandbox gets network).
+    pub enabled: bool,
+    /// `SANDBOX_EGRESS_ALLOW`: `host:port,...` a sandbox with egress may connect to.
+    pub allow: Vec<crate::runtime::network::Destination>,
+    /// `SANDBOX_EGRESS_SUBNET`: the /16 the sandboxes' veth pairs are numbered from.
+    pub subnet: String,
 }
 
 /// A configuration problem, naming the variable and the value.
@@ -196,6 +208,23 @@ impl Config {
             lease_settle: Duration::from_millis(env.number("SANDBOX_LEASE_SETTLE_MS", 300)?),
             cpu_features: env.raw("SANDBOX_CPU_FEATURES"),
             wheelhouse: env.optional_path("SANDBOX_WHEELHOUSE"),
+            egress: EgressConfig {
+                enabled: match env.string("SANDBOX_EGRESS", "on").as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => {
+                        return Err(ConfigError(format!(
+                            "SANDBOX_EGRESS must be on or off, got {other:?}"
+                        )))
+                    }
+                },
+                allow: crate::runtime::network::parse_policy(&env.string(
+                    "SANDBOX_EGRESS_ALLOW",
+                    "pypi.org:443,files.pythonhosted.org:443",
+                ))
+                .map_err(|error| ConfigError(format!("SANDBOX_EGRESS_ALLOW: {error}")))?,
+                subnet: env.string("SANDBOX_EGRESS_SUBNET", "10.213.0.0/16"),
+            },
         })
     }
 }

@@ -59,6 +59,8 @@ pub struct BundleSpec<'a> {
     pub wheelhouse: Option<&'a Path>,
     /// The network namespace of a sandbox with egress (`None`: no network).
     pub netns: Option<&'a Path>,
+    /// The sandbox's own `/etc/hosts` (egress sandboxes resolve their destinations through it).
+    pub hosts: Option<&'a Path>,
 }
 
 /// Build config.json for a sandbox.
@@ -82,6 +84,12 @@ pub fn spec(bundle: &BundleSpec<'_>) -> Value {
         json!({"destination": AGENT_MOUNT, "type": "bind", "source": bundle.agent_dir,
                "options": ["rbind", "ro"]}),
     ];
+    if let Some(hosts) = bundle.hosts {
+        mounts.push(
+            json!({"destination": "/etc/hosts", "type": "bind", "source": hosts,
+                           "options": ["bind", "ro"]}),
+        );
+    }
     if let Some(wheelhouse) = bundle.wheelhouse {
         mounts.push(
             json!({"destination": WHEELHOUSE_MOUNT, "type": "bind", "source": wheelhouse,

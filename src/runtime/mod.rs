@@ -146,6 +146,8 @@ struct Sandbox {
     /// Where the requested checkpoint will write; set while the agent is being asked whether
     /// a checkpoint can work.
     checkpoint_to: Option<PathBuf>,
+    /// Network egress (namespace, veth), if the sandbox asked for it.
+    network: Option<network::SandboxNetwork>,
     lifecycle: Lifecycle,
     owner: Option<Owner>,
     to_agent: Option<Sender>,
@@ -193,6 +195,9 @@ pub struct Runtime {
     next_key: SandboxKey,
     timers: Timers<RuntimeTimer>,
     notices: VecDeque<Notice>,
+    /// Network egress for the sandboxes that ask for it (`None`: disabled or impossible here).
+    network: Option<network::Network>,
+    network_unavailable: String,
     pub stats: RuntimeStats,
 }
 
@@ -229,6 +234,7 @@ impl Runtime {
                 ));
             }
         }
+        let (network, network_unavailable) = egress_network(config);
         let state_dir = &config.state_dir;
         let runsc = runsc::Runsc::new(config.runsc.clone(), state_dir.join("runsc"), features);
         let bundles_dir = state_dir.join("bundles");
@@ -284,6 +290,8 @@ impl Runtime {
             next_key: 1,
             timers: Timers::default(),
             notices: VecDeque::new(),
+            network,
+            network_unavailable,
             stats: RuntimeStats::default(),
         })
     }
@@ -372,6 +380,15 @@ impl Runtime {
 
     /// Start a new sandbox. It is ready when its owner gets `RuntimeEvent::Ready`.
     pub fn create(&mut self, owner: Option<Owner>) -> Result<SandboxKey, RuntimeError> {
+        self.create_with(owner, false)
+    }
+
+    /// Start a new sandbox, with network egress if `egress`.
+    pub fn create_with(
+        &mut self,
+        owner: Option<Owner>,
+        egress: bool,
+    ) -> Result<SandboxKey, RuntimeError> {
         if self.sandboxes.len() >= self.config.max_sandboxes {
             return Err(RuntimeError::AtCapacity(self.config.max_sandboxes));
         }
@@ -383,7 +400,12 @@ impl Runtime {
             .map_err(|error| RuntimeError::Io(format!("no randomness: {error}")))?
             .to_string();
         let bundle_dir = self.bundles_dir.join(id.to_string());
-        match self.start_container(key, &container, &bundle_dir, None) {
+        let network = if egress {
+            Some(self.prepare_network(&bundle_dir)?)
+        } else {
+            None
+        };
+        match self.start_container(key, &container, &bundle_dir, None, network.as_ref()) {
             Ok((to_agent, from_agent)) => {
                 let start_timer = self.timers.arm(
                     Instant::now() + self.config.create_timeout,
@@ -396,6 +418,7 @@ impl Runtime {
                         container,
                         restore_from: None,
                         checkpoint_to: None,
+                        network: network.clone(),
                         lifecycle: Lifecycle::new(),
                         owner,
                         to_agent: Some(to_agent),
@@ -416,6 +439,9 @@ impl Runtime {
                 Ok(key)
             }
             Err(error) => {
+                if let (Some(manager), Some(network)) = (self.network.as_mut(), network.as_ref()) {
+                    manager.destroy(network);
+                }
                 let _ = std::fs::remove_dir_all(&bundle_dir);
                 self.stats.start_failures += 1;
                 Err(RuntimeError::Io(format!("cannot start a sandbox: {error}")))
@@ -423,13 +449,51 @@ impl Runtime {
         }
     }
 
+    /// Network egress for a new sandbox: its namespace and veth, and its `/etc/hosts` (the
+    /// resolved policy) in the bundle.
+    fn prepare_network(
+        &mut self,
+        bundle_dir: &Path,
+    ) -> Result<network::SandboxNetwork, RuntimeError> {
+        let manager = self
+            .network
+            .as_mut()
+            .ok_or_else(|| RuntimeError::Io(self.network_unavailable.clone()))?;
+        let (allowed, hosts) = manager.resolve().map_err(RuntimeError::Io)?;
+        std::fs::create_dir_all(bundle_dir)
+            .and_then(|()| std::fs::write(bundle_dir.join("hosts"), hosts))
+            .map_err(|error| RuntimeError::Io(format!("cannot prepare the sandbox: {error}")))?;
+        manager.create(&allowed).map_err(RuntimeError::Io)
+    }
+
+    /// Whether sandboxes can have network egress here (and if not, why).
+    pub fn egress_unavailable(&self) -> Option<&str> {
+        self.network
+            .is_none()
+            .then_some(self.network_unavailable.as_str())
+    }
+
+    /// Shutdown: remove the egress table and namespaces.
+    pub fn stop_network(&self) {
+        if let Some(network) = &self.network {
+            network.stop();
+        }
+    }
+
     /// Write config.json for the next container in `bundle_dir`. The cgroup is named after the
     /// container, not the sandbox: a restored container must not share a cgroup with the
     /// checkpointed one that is being deleted beside it.
-    fn write_bundle(&self, container: &str, bundle_dir: &Path) -> io::Result<()> {
+    fn write_bundle(
+        &self,
+        container: &str,
+        bundle_dir: &Path,
+        network: Option<&network::SandboxNetwork>,
+    ) -> io::Result<()> {
         std::fs::create_dir_all(bundle_dir)?;
         let cgroup = format!("{}/{}", self.cgroup_parent, container);
-        let netns: Option<&Path> = None;
+        let netns = network.map(|network| network.netns_path.as_path());
+        let hosts = bundle_dir.join("hosts");
+        let hosts = (network.is_some() && hosts.exists()).then_some(hosts.as_path());
         let wheelhouse = self.config.wheelhouse.as_deref();
         let agent = AgentConfig {
             base_env: bundle::base_env(wheelhouse.is_some(), netns.is_some()),
@@ -444,6 +508,7 @@ impl Runtime {
             cpu_features: self.config.cpu_features.as_deref(),
             wheelhouse,
             netns,
+            hosts,
         });
         std::fs::write(
             bundle_dir.join("config.json"),
@@ -458,8 +523,10 @@ impl Runtime {
         container: &str,
         bundle_dir: &Path,
         image: Option<&Path>,
+        network: Option<&network::SandboxNetwork>,
     ) -> io::Result<(Sender, Receiver)> {
-        self.write_bundle(container, bundle_dir)?;
+        self.write_bundle(container, bundle_dir, network)?;
+        let egress = network.is_some();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -467,8 +534,10 @@ impl Runtime {
         let (mut to_agent, agent_stdin) = mio::unix::pipe::new()?;
         let (agent_stdout, mut from_agent) = mio::unix::pipe::new()?;
         let mut command = match image {
-            Some(image) => self.runsc.restore_detached(image, bundle_dir, container),
-            None => self.runsc.run_detached(bundle_dir, container),
+            Some(image) => self
+                .runsc
+                .restore_detached(image, bundle_dir, container, egress),
+            None => self.runsc.run_detached(bundle_dir, container, egress),
         };
         command
             .stdin(Stdio::from(OwnedFd::from(agent_stdin)))
@@ -558,6 +627,7 @@ impl Runtime {
         id: SandboxId,
         image: PathBuf,
         reset: bool,
+        egress: bool,
     ) -> Result<SandboxKey, RuntimeError> {
         if self.sandboxes.len() >= self.config.max_sandboxes {
             return Err(RuntimeError::AtCapacity(self.config.max_sandboxes));
@@ -568,7 +638,11 @@ impl Runtime {
         let key = self.next_key;
         self.next_key += 1;
         let bundle_dir = self.bundles_dir.join(id.to_string());
-
+        let network = if egress {
+            Some(self.prepare_network(&bundle_dir)?)
+        } else {
+            None
+        };
         self.sandboxes.insert(
             key,
             Sandbox {
@@ -576,6 +650,7 @@ impl Runtime {
                 container: String::new(),
                 restore_from: Some((image, reset)),
                 checkpoint_to: None,
+                network,
                 lifecycle: Lifecycle::stopped(),
                 owner: Some(owner),
                 to_agent: None,
@@ -949,6 +1024,11 @@ impl Runtime {
             Action::Forget => {
                 if let Some(sandbox) = self.sandboxes.remove(&key) {
                     self.by_id.remove(&sandbox.id);
+                    if let (Some(manager), Some(network)) =
+                        (self.network.as_mut(), sandbox.network.as_ref())
+                    {
+                        manager.destroy(network);
+                    }
                     if let Err(error) = std::fs::remove_dir_all(&sandbox.bundle) {
                         eprintln!(
                             "runtime: cannot remove {}: {error}",
@@ -979,6 +1059,7 @@ impl Runtime {
         };
         let stopped = std::mem::take(&mut sandbox.container);
         let bundle = sandbox.bundle.clone();
+        let network = sandbox.network.clone();
         if !stopped.is_empty() {
             // The checkpointed container still holds its id; remove it on the side (its exit is
             // reaped like any orphan's).
@@ -993,7 +1074,7 @@ impl Runtime {
                 )
             }
         };
-        match self.start_container(key, &container, &bundle, Some(&image)) {
+        match self.start_container(key, &container, &bundle, Some(&image), network.as_ref()) {
             Ok((to_agent, from_agent)) => {
                 let timer = self.timers.arm(
                     Instant::now() + self.config.create_timeout,
@@ -1213,3 +1294,36 @@ fn read_tail(path: &Path, max: u64) -> String {
 }
 
 mod cleanup;
+pub mod network;
+
+/// Set up network egress as configured, or say why sandboxes cannot have it.
+fn egress_network(config: &Config) -> (Option<network::Network>, String) {
+    if !config.egress.enabled {
+        return (
+            None,
+            "network egress is disabled on this server (SANDBOX_EGRESS=off)".into(),
+        );
+    }
+    if !network::Network::available() {
+        return (
+            None,
+            "network egress is not available: this host lacks the ip or nft command".into(),
+        );
+    }
+    let created = network::Network::new(
+        &config.state_dir,
+        &config.egress.subnet,
+        config.egress.allow.clone(),
+    )
+    .and_then(|mut network| network.start().map(|()| network));
+    match created {
+        Ok(network) => (Some(network), String::new()),
+        Err(error) => {
+            eprintln!("runtime: network egress disabled: {error}");
+            (
+                None,
+                format!("network egress is not available on this server: {error}"),
+            )
+        }
+    }
+}

@@ -75,10 +75,9 @@ impl Runsc {
     /// `runsc run --detach`: starts the container and returns once it runs. The container
     /// inherits this command's stdio: the caller sets stdin/stdout (the agent's pipes) and
     /// stderr (the sandbox's log file, which then holds runsc's errors and the agent's).
-    pub fn run_detached(&self, bundle: &Path, container_id: &str) -> Command {
-        let mut command = Command::new(&self.binary);
-        command.arg(format!("--root={}", self.state_root.display()));
-        self.container_flags(&mut command);
+    /// With `egress`, the container uses the network namespace named in its bundle.
+    pub fn run_detached(&self, bundle: &Path, container_id: &str, egress: bool) -> Command {
+        let mut command = self.container_command(egress);
         command
             .args(["run", "--detach", "--bundle"])
             .arg(bundle)
@@ -86,24 +85,47 @@ impl Runsc {
         command
     }
 
-    /// Flags every container of ours is started (run or restore) with.
-    fn container_flags(&self, command: &mut Command) {
-        command.arg("--network=none");
+    /// `runsc restore --detach`: like `run_detached`, from a checkpoint image.
+    pub fn restore_detached(
+        &self,
+        image: &Path,
+        bundle: &Path,
+        container_id: &str,
+        egress: bool,
+    ) -> Command {
+        let mut command = self.container_command(egress);
+        command.args(["restore", "--detach"]);
+        command.arg(format!("--image-path={}", image.display()));
+        command.arg("--bundle").arg(bundle).arg(container_id);
+        command
+    }
+
+    /// runsc with the flags every container of ours starts with (run or restore).
+    ///
+    /// runsc refuses `--network=sandbox` in the host's network namespace on this kernel unless it
+    /// runs in a private mount namespace with a tmpfs over `/proc/sys/net`: `unshare` makes one
+    /// for this command alone, then execs runsc.
+    fn container_command(&self, egress: bool) -> Command {
+        let mut command = if egress {
+            let mut wrapper = Command::new("unshare");
+            wrapper.args(["--mount", "--propagation", "private", "sh", "-c"]);
+            wrapper.arg(r#"mount -t tmpfs -o size=64k tmpfs /proc/sys/net && exec "$0" "$@""#);
+            wrapper.arg(&self.binary);
+            wrapper
+        } else {
+            Command::new(&self.binary)
+        };
+        command.arg(format!("--root={}", self.state_root.display()));
+        command.arg(if egress {
+            "--network=sandbox"
+        } else {
+            "--network=none"
+        });
         if self.features.overlay2 {
             command.arg("--overlay2=root:memory");
         } else {
             command.arg("--overlay");
         }
-    }
-
-    /// `runsc restore --detach`: like `run_detached`, from a checkpoint image.
-    pub fn restore_detached(&self, image: &Path, bundle: &Path, container_id: &str) -> Command {
-        let mut command = Command::new(&self.binary);
-        command.arg(format!("--root={}", self.state_root.display()));
-        self.container_flags(&mut command);
-        command.args(["restore", "--detach"]);
-        command.arg(format!("--image-path={}", image.display()));
-        command.arg("--bundle").arg(bundle).arg(container_id);
         command
     }
 

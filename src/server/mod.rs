@@ -25,7 +25,7 @@ use crate::io_token::{split, token, Tag};
 use crate::metrics::{Gauges, Metrics};
 use crate::runtime::exec::Reason;
 use crate::runtime::{ExecSpec, Notice, Owner, Runtime, RuntimeError, SandboxKey};
-use crate::session::{SandboxControl, Session, SessionId};
+use crate::session::{CreateOptions, SandboxControl, Session, SessionId};
 use connection::{Connection, Phase, ReadOutcome, OUT_HIGH_WATER, OUT_LOW_WATER};
 use execute::ExecuteJob;
 use websocket::WsConnection;
@@ -77,11 +77,14 @@ impl SandboxControl for Control<'_> {
     fn acquire(
         &mut self,
         session: SessionId,
-        snapshot: Option<&str>,
+        options: &CreateOptions,
     ) -> Result<SandboxKey, RuntimeError> {
-        match snapshot {
-            Some(name) => self.start_from_snapshot(session, name),
-            None => self.runtime.acquire(Owner::Session(session)),
+        match (&options.snapshot, options.egress) {
+            (Some(name), egress) => self.start_from_snapshot(session, name, egress),
+            (None, true) => self
+                .runtime
+                .create_with(Some(Owner::Session(session)), true),
+            (None, false) => self.runtime.acquire(Owner::Session(session)),
         }
     }
     fn sandbox_id(&self, sandbox: SandboxKey) -> String {
@@ -247,6 +250,7 @@ impl Server {
                     && self.jobs.running() == 0
                 {
                     eprintln!("server: shutdown complete");
+                    self.runtime.stop_network();
                     self.remove_state();
                     return Ok(());
                 }
@@ -256,6 +260,7 @@ impl Server {
                         self.runtime.live_sandboxes(),
                         self.connections.len()
                     );
+                    // What is left is removed by the next start (see runtime::cleanup).
                     return Ok(());
                 }
             } else {

@@ -99,6 +99,7 @@ impl Control<'_> {
         &mut self,
         session: SessionId,
         name: &str,
+        egress: bool,
     ) -> Result<SandboxKey, RuntimeError> {
         let root = self
             .snapshot_root
@@ -109,7 +110,7 @@ impl Control<'_> {
             .map_err(RuntimeError::Io)?;
         let id = SandboxId::random().map_err(|error| RuntimeError::Io(error.to_string()))?;
         self.runtime
-            .restore(Owner::Session(session), id, image, true)
+            .restore(Owner::Session(session), id, image, true, egress)
     }
 }
 
@@ -386,10 +387,13 @@ impl Server {
             } => {
                 let session_id = self.next_session;
                 self.next_session += 1;
-                match self
-                    .runtime
-                    .restore(Owner::Session(session_id), id, image, false)
-                {
+                match self.runtime.restore(
+                    Owner::Session(session_id),
+                    id,
+                    image,
+                    false,
+                    manifest.settings.network,
+                ) {
                     Ok(key) => {
                         let session = Session::restored(
                             session_id,

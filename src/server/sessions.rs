@@ -21,6 +21,7 @@ impl Server {
             max_exec_timeout: self.config.limits.max_exec_timeout,
             max_code_bytes: self.config.limits.max_code_bytes,
             held_output_bytes: self.config.ws.detached_output_bytes,
+            egress_unavailable: self.runtime.egress_unavailable().map(str::to_string),
         }
     }
 

@@ -33,11 +33,12 @@ pub const LANGUAGES_MESSAGE: &str =
 
 /// What a session needs from the runtime.
 pub trait SandboxControl {
-    /// A ready-to-be sandbox for the session: fresh, or started from a filesystem snapshot.
+    /// A ready-to-be sandbox for the session: fresh, or started from a filesystem snapshot;
+    /// with network egress if asked.
     fn acquire(
         &mut self,
         session: SessionId,
-        snapshot: Option<&str>,
+        options: &CreateOptions,
     ) -> Result<SandboxKey, RuntimeError>;
     fn sandbox_id(&self, sandbox: SandboxKey) -> String;
     fn start_exec(&mut self, sandbox: SandboxKey, spec: ExecSpec) -> Result<ExecId, RuntimeError>;
@@ -53,6 +54,13 @@ pub trait SandboxControl {
     fn set_output_paused(&mut self, sandbox: SandboxKey, paused: bool);
 }
 
+/// How the session's sandbox is made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateOptions {
+    pub snapshot: Option<String>,
+    pub egress: bool,
+}
+
 /// Server-wide settings a session obeys.
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
@@ -65,6 +73,8 @@ pub struct SessionSettings {
     pub max_code_bytes: usize,
     /// Output held for a detached client before the process is paused.
     pub held_output_bytes: usize,
+    /// Why sandboxes cannot have network egress here (`None`: they can).
+    pub egress_unavailable: Option<String>,
 }
 
 /// What the connection must do.
@@ -133,6 +143,8 @@ pub struct Session {
     /// Created with `enable_checkpoint`.
     checkpointable: bool,
     auto_checkpoint: bool,
+    /// Created with network egress.
+    network: bool,
     /// Ended by kill_sandbox or the idle timeout (its saved state goes too).
     killed: bool,
     exec: Option<RunningExec>,
@@ -188,6 +200,7 @@ impl Session {
             token,
             checkpointable: false,
             auto_checkpoint: false,
+            network: false,
             killed: false,
             exec: None,
             attached: true,
@@ -225,6 +238,7 @@ impl Session {
         crate::store::SavedSettings {
             idle_timeout_secs: self.idle_timeout.map(|timeout| timeout.as_secs_f64()),
             auto_checkpoint: self.auto_checkpoint,
+            network: self.network,
         }
     }
 
@@ -245,6 +259,7 @@ impl Session {
         session.sandbox_id = sandbox_id;
         session.checkpointable = true;
         session.auto_checkpoint = saved.auto_checkpoint;
+        session.network = saved.network;
         session.idle_timeout = saved.idle_timeout_secs.map(Duration::from_secs_f64);
         session
     }
@@ -318,7 +333,10 @@ impl Session {
             .get("filesystem_snapshot_name")
             .filter(|value| !value.is_null());
         let snapshot_name = snapshot.and_then(Value::as_str).map(str::to_string);
-        let problem = if self.checkpointable && !self.settings.checkpoint_enabled {
+        self.network = flag("enable_network");
+        let problem = if self.network && self.settings.egress_unavailable.is_some() {
+            self.settings.egress_unavailable.clone()
+        } else if self.checkpointable && !self.settings.checkpoint_enabled {
             Some(
                 "checkpointing is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)"
                     .to_string(),
@@ -356,7 +374,11 @@ impl Session {
             return out;
         }
         out.push(Out::Send(status("SANDBOX_CREATING")));
-        match control.acquire(self.id, snapshot_name.as_deref()) {
+        let options = CreateOptions {
+            snapshot: snapshot_name,
+            egress: self.network,
+        };
+        match control.acquire(self.id, &options) {
             Ok(sandbox) => {
                 self.sandbox = Some(sandbox);
                 self.sandbox_id = control.sandbox_id(sandbox);

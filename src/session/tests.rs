@@ -6,6 +6,7 @@ use crate::agent_protocol::ExitStatus;
 #[derive(Default)]
 struct FakeControl {
     at_capacity: bool,
+    options: Vec<CreateOptions>,
     started: Vec<ExecSpec>,
     stdin: Vec<Vec<u8>>,
     stdin_closed: bool,
@@ -18,8 +19,9 @@ impl SandboxControl for FakeControl {
     fn acquire(
         &mut self,
         _session: SessionId,
-        _snapshot: Option<&str>,
+        options: &CreateOptions,
     ) -> Result<SandboxKey, RuntimeError> {
+        self.options.push(options.clone());
         if self.at_capacity {
             Err(RuntimeError::AtCapacity(1))
         } else {
@@ -63,6 +65,9 @@ fn settings(checkpoint: bool) -> SessionSettings {
         max_exec_timeout: Duration::from_secs(600),
         max_code_bytes: 1000,
         held_output_bytes: 100,
+        egress_unavailable: Some(
+            "network egress is disabled on this server (SANDBOX_EGRESS=off)".into(),
+        ),
     }
 }
 
@@ -572,6 +577,7 @@ fn restored_sessions_check_the_token_hash_and_report_running() {
     let saved = crate::store::SavedSettings {
         idle_timeout_secs: Some(60.0),
         auto_checkpoint: false,
+        network: false,
     };
     let hash = crate::store::sha256_hex(b"the-token");
     let mut session = Session::restored(
@@ -601,5 +607,33 @@ fn restored_sessions_check_the_token_hash_and_report_running() {
     assert_eq!(
         names(&out),
         ["SANDBOX_RESTORE_ERROR", "error", "close 4000"]
+    );
+}
+
+#[test]
+fn network_egress_is_asked_for_in_the_init_and_refused_when_unavailable() {
+    let now = Instant::now();
+    let mut control = FakeControl::default();
+    let mut session = Session::new(1, "t".into(), settings(false), now);
+    let out = session.on_init(r#"{"enable_network": true}"#, &mut control, now);
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_CREATION_ERROR", "error", "close 4000"]
+    );
+    assert!(frame(&out, 1)["message"]
+        .as_str()
+        .unwrap()
+        .contains("SANDBOX_EGRESS=off"));
+
+    let mut enabled = settings(false);
+    enabled.egress_unavailable = None;
+    let mut session = Session::new(1, "t".into(), enabled, now);
+    session.on_init(r#"{"enable_network": true}"#, &mut control, now);
+    assert_eq!(
+        control.options,
+        vec![CreateOptions {
+            snapshot: None,
+            egress: true
+        }]
     );
 }

@@ -40,6 +40,9 @@ pub struct FileEntry {
 pub struct SavedSettings {
     pub idle_timeout_secs: Option<f64>,
     pub auto_checkpoint: bool,
+    /// Created with network egress (restored with it too).
+    #[serde(default)]
+    pub network: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
