@@ -65,6 +65,10 @@ pub struct AgentHello {
     pub version: String,
     /// Whether a pre-started Python interpreter serves `python` executions.
     pub python_standby: bool,
+    /// The lowest execution id not in use: after a restore, executions that were running at
+    /// checkpoint time still hold theirs.
+    #[serde(default)]
+    pub next_exec_id: ExecId,
 }
 
 /// How a process ended, as `waitpid` reported it.
@@ -360,6 +364,7 @@ mod tests {
             FromAgent::Ready(AgentHello {
                 version: "1".into(),
                 python_standby: true,
+                next_exec_id: 3,
             }),
             FromAgent::Started(7),
             FromAgent::SpawnFailed(7, "no such dir".into()),

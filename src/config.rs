@@ -205,7 +205,7 @@ impl Config {
             snapshot_path: env.optional_path("FILESYSTEM_SNAPSHOT_PATH"),
             shutdown_timeout: env.seconds("SANDBOX_SHUTDOWN_TIMEOUT_SECS", 10)?,
             lease_ttl: env.seconds("SANDBOX_LEASE_TTL_SECS", 30)?,
-            lease_settle: Duration::from_millis(env.number("SANDBOX_LEASE_SETTLE_MS", 300)?),
+            lease_settle: Duration::from_millis(env.number("SANDBOX_LEASE_SETTLE_MS", 1000)?),
             cpu_features: env.raw("SANDBOX_CPU_FEATURES"),
             wheelhouse: env.optional_path("SANDBOX_WHEELHOUSE"),
             egress: EgressConfig {

@@ -5,8 +5,11 @@
 #
 # Creates or reuses the venv clients/python/.venv and installs the package editable with
 # its dev extra (again only when pyproject.toml changed). Integration tests run against
-# the live server at $SANDBOX_TEST_URL (e.g. ws://127.0.0.1:8080) and are skipped when
-# it is unset. Exits non-zero if any step fails; every step runs regardless.
+# the live server without persistence at $SANDBOX_TEST_URL (e.g. ws://127.0.0.1:8080);
+# the checkpoint and snapshot tests against the two instances sharing their directories at
+# $SANDBOX_TEST_PERSISTENT_URL and $SANDBOX_TEST_PERSISTENT_URL_2 (scripts/test.sh starts
+# all three). Each set is skipped when its variables are unset. Exits non-zero if any step
+# fails; every step runs regardless.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,6 +44,8 @@ step() {
 step "$venv/bin/ruff" check --config pyproject.toml src tests "${examples[@]}"
 step "$venv/bin/ruff" format --check --config pyproject.toml src tests "${examples[@]}"
 step "$venv/bin/mypy" --strict src/codesandbox "${examples[@]}"
-echo "==> pytest (SANDBOX_TEST_URL=${SANDBOX_TEST_URL:-unset})"
+echo "==> pytest (SANDBOX_TEST_URL=${SANDBOX_TEST_URL:-unset}," \
+    "SANDBOX_TEST_PERSISTENT_URL=${SANDBOX_TEST_PERSISTENT_URL:-unset}," \
+    "SANDBOX_TEST_PERSISTENT_URL_2=${SANDBOX_TEST_PERSISTENT_URL_2:-unset})"
 "$venv/bin/python" -m pytest "$@" || status=1
 exit "$status"

@@ -37,6 +37,9 @@ pub struct Execution {
     stderr: Option<ChildStderr>,
     exit: Option<ExitStatus>,
     code_file: Option<PathBuf>,
+    /// SIGKILL was asked for: the group is killed again when the leader is gone, because a
+    /// child forked while the first kill was delivered can survive it under gVisor.
+    kill_requested: std::cell::Cell<bool>,
 }
 
 impl Execution {
@@ -115,6 +118,7 @@ impl Execution {
             stderr,
             exit: None,
             code_file: None,
+            kill_requested: std::cell::Cell::new(false),
         })
     }
 
@@ -271,8 +275,18 @@ impl Execution {
         let Ok(signal) = Signal::try_from(signal) else {
             return;
         };
+        if signal == Signal::SIGKILL {
+            self.kill_requested.set(true);
+        }
         // The process leads its own group (process_group(0)), so -pid reaches its children too.
         let _ = kill(Pid::from_raw(-self.pid.as_raw()), signal);
+    }
+
+    /// Kill what is left of a group whose kill was asked for (see `kill_requested`).
+    pub fn kill_leftovers(&self) {
+        if self.kill_requested.get() {
+            let _ = kill(Pid::from_raw(-self.pid.as_raw()), Signal::SIGKILL);
+        }
     }
 }
 

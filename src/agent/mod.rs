@@ -105,6 +105,7 @@ impl Agent {
         let hello = AgentHello {
             version: env!("CARGO_PKG_VERSION").to_string(),
             python_standby: self.standby.is_some(),
+            next_exec_id: self.next_exec_id(),
         };
         FromAgent::Ready(hello).encode(&mut self.outbox);
         loop {
@@ -279,6 +280,7 @@ impl Agent {
                 let hello = AgentHello {
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     python_standby: self.standby.is_some(),
+                    next_exec_id: self.next_exec_id(),
                 };
                 FromAgent::Ready(hello).encode(&mut self.outbox);
             }
@@ -289,6 +291,13 @@ impl Agent {
                 FromAgent::Inspection(inspection).encode(&mut self.outbox);
             }
         }
+    }
+
+    fn next_exec_id(&self) -> ExecId {
+        self.executions
+            .keys()
+            .max()
+            .map_or(1, |id| id.saturating_add(1))
     }
 
     /// Reap every exited child: ours are recorded, orphans are simply collected (we are init).
@@ -342,7 +351,9 @@ impl Agent {
         }
         let mut python_finished = false;
         for (id, status, was_python) in finished {
-            self.executions.remove(&id);
+            if let Some(execution) = self.executions.remove(&id) {
+                execution.kill_leftovers();
+            }
             FromAgent::Exited(id, status).encode(&mut self.outbox);
             python_finished |= was_python;
         }

@@ -69,7 +69,7 @@ fn kill_orphan_runsc_processes(state_root: &Path) {
     }
 }
 
-fn remove_cgroups(parent: &str) {
+pub fn remove_cgroups(parent: &str) {
     let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;
     };

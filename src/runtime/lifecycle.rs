@@ -22,6 +22,8 @@ pub enum State {
     Checkpointing,
     /// Checkpointed (or a failed checkpoint): not running, container not yet deleted.
     Stopped,
+    /// Deletion was asked for while `runsc run` still runs: wait for it, then delete.
+    Aborting,
     /// `runsc delete` is running.
     Deleting,
     /// Gone: no container, no bundle.
@@ -35,6 +37,7 @@ impl State {
             State::Ready => "ready",
             State::Checkpointing => "checkpointing",
             State::Stopped => "stopped",
+            State::Aborting => "being deleted",
             State::Deleting => "deleting",
             State::Deleted => "deleted",
         }
@@ -84,6 +87,9 @@ pub enum Action {
 #[derive(Debug)]
 pub struct Lifecycle {
     state: State,
+    /// `runsc run` (or `restore`) has exited. Until then a delete must wait: `runsc delete`
+    /// racing a `runsc run` deletes nothing and the container appears afterwards.
+    run_exited: bool,
 }
 
 impl Default for Lifecycle {
@@ -96,6 +102,7 @@ impl Lifecycle {
     pub fn new() -> Self {
         Lifecycle {
             state: State::Starting,
+            run_exited: false,
         }
     }
 
@@ -103,6 +110,7 @@ impl Lifecycle {
     pub fn stopped() -> Self {
         Lifecycle {
             state: State::Stopped,
+            run_exited: true,
         }
     }
 
@@ -110,16 +118,30 @@ impl Lifecycle {
         self.state
     }
 
+    /// Delete now, or once `runsc run` has exited (`Aborting`).
+    fn delete_when_run_exits(&mut self, mut actions: Vec<Action>) -> Vec<Action> {
+        if self.run_exited {
+            self.state = State::Deleting;
+            actions.push(Action::StartDelete);
+        } else {
+            self.state = State::Aborting;
+        }
+        actions
+    }
+
     pub fn handle(&mut self, event: Event) -> Vec<Action> {
         use Action::*;
         use State::*;
+        if matches!(event, Event::RunExited(_)) {
+            self.run_exited = true;
+        }
         match (self.state, event) {
             (Starting, Event::RunExited(Ok(()))) => vec![],
             (Starting, Event::RunExited(Err(reason))) | (Starting, Event::AgentLost(reason)) => {
-                self.state = Deleting;
-                vec![NotifyStartFailed(reason), StartDelete]
+                self.delete_when_run_exits(vec![NotifyStartFailed(reason)])
             }
             (Starting, Event::StartTimedOut) => {
+                // runsc itself may hang: delete without waiting for it any longer.
                 self.state = Deleting;
                 vec![
                     NotifyStartFailed("the sandbox did not become ready in time".into()),
@@ -130,9 +152,12 @@ impl Lifecycle {
                 self.state = Ready;
                 vec![NotifyReady]
             }
-            (Ready, Event::AgentLost(reason)) => {
+            (Aborting, Event::RunExited(_)) | (Aborting, Event::StartTimedOut) => {
                 self.state = Deleting;
-                vec![NotifyLost(reason), StartDelete]
+                vec![StartDelete]
+            }
+            (Ready, Event::AgentLost(reason)) => {
+                self.delete_when_run_exits(vec![NotifyLost(reason)])
             }
             (Ready, Event::CheckpointRequested) => {
                 self.state = Checkpointing;
@@ -144,11 +169,11 @@ impl Lifecycle {
             }
             (Stopped, Event::RestoreRequested) => {
                 self.state = Starting;
+                self.run_exited = false;
                 vec![StartRestore]
             }
             (Starting | Ready | Checkpointing | Stopped, Event::DeleteRequested) => {
-                self.state = Deleting;
-                vec![StartDelete]
+                self.delete_when_run_exits(vec![])
             }
             (Deleting, Event::DeleteExited) => {
                 self.state = Deleted;
@@ -235,6 +260,7 @@ mod tests {
         assert_eq!(sandbox.handle(Event::AgentReady), vec![Action::NotifyReady]);
 
         let mut failed = Lifecycle::new();
+        failed.handle(Event::RunExited(Ok(())));
         failed.handle(Event::AgentReady);
         failed.handle(Event::CheckpointRequested);
         let actions = failed.handle(Event::CheckpointExited(Err("tcp".into())));
@@ -246,8 +272,26 @@ mod tests {
     }
 
     #[test]
+    fn a_delete_during_runsc_run_waits_for_it() {
+        let mut sandbox = Lifecycle::new();
+        assert_eq!(sandbox.handle(Event::DeleteRequested), vec![]);
+        assert_eq!(sandbox.state(), State::Aborting);
+        assert_eq!(sandbox.handle(Event::AgentReady), vec![]);
+        assert_eq!(
+            sandbox.handle(Event::RunExited(Ok(()))),
+            vec![Action::StartDelete]
+        );
+        assert_eq!(sandbox.state(), State::Deleting);
+
+        let mut hung = Lifecycle::new();
+        hung.handle(Event::DeleteRequested);
+        assert_eq!(hung.handle(Event::StartTimedOut), vec![Action::StartDelete]);
+    }
+
+    #[test]
     fn a_dead_agent_is_reported_once() {
         let mut sandbox = Lifecycle::new();
+        sandbox.handle(Event::RunExited(Ok(())));
         sandbox.handle(Event::AgentReady);
         let actions = sandbox.handle(Event::AgentLost("pipe closed".into()));
         assert_eq!(

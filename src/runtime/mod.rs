@@ -473,6 +473,11 @@ impl Runtime {
             .then_some(self.network_unavailable.as_str())
     }
 
+    /// Shutdown: remove this instance's (now empty) cgroup directories.
+    pub fn remove_cgroups(&self) {
+        cleanup::remove_cgroups(&self.cgroup_parent);
+    }
+
     /// Shutdown: remove the egress table and namespaces.
     pub fn stop_network(&self) {
         if let Some(network) = &self.network {
@@ -1211,7 +1216,12 @@ impl Runtime {
 
     fn handle_frame(&mut self, key: SandboxKey, frame: FromAgent) {
         match frame {
-            FromAgent::Ready(_) => self.apply(key, Event::AgentReady),
+            FromAgent::Ready(hello) => {
+                if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+                    sandbox.next_exec = sandbox.next_exec.max(hello.next_exec_id);
+                }
+                self.apply(key, Event::AgentReady)
+            }
             FromAgent::Started(exec) => self.notify(key, RuntimeEvent::ExecStarted(exec)),
             FromAgent::SpawnFailed(exec, message) => {
                 self.drop_exec(key, exec);
@@ -1256,7 +1266,7 @@ impl Runtime {
                 if inspection.open_tcp_connections > 0 {
                     sandbox.checkpoint_to = None;
                     let message = format!(
-                        "cannot checkpoint: the sandbox has {} open TCP connection(s), which runsc cannot save; close them and retry",
+                        "cannot save the sandbox: it has {} open TCP connection(s), which runsc cannot checkpoint; close them and retry",
                         inspection.open_tcp_connections
                     );
                     self.notify(key, RuntimeEvent::CheckpointRefused(message));

@@ -7,6 +7,7 @@
 //!   Python package index and its file host on port 443), resolved by the server when the
 //!   sandbox starts and written into the sandbox's `/etc/hosts` (the sandbox has no DNS);
 //! - replies to those connections.
+//!
 //! Everything else from a sandbox is dropped: the host itself (so the server's port and any
 //! host service), link-local addresses (the cloud metadata server), private ranges (unless an
 //! operator lists an address explicitly), other sandboxes. Nothing may connect into a sandbox.

@@ -212,12 +212,7 @@ impl ExecuteJob {
             (Phase::Running(exec), RuntimeEvent::ExecStarted(id)) if *exec == id => {
                 let mut step = Step::default();
                 if !self.request.json {
-                    self.headers_sent = true;
-                    step.bytes = ResponseHead::new(200)
-                        .header("Content-Type", "text/plain; charset=utf-8")
-                        .header("X-Sandbox-Id", self.sandbox_id.clone())
-                        .header("Cache-Control", "no-store")
-                        .encode(None, self.keep_alive);
+                    step.bytes = self.stream_head();
                 }
                 step
             }
@@ -241,6 +236,16 @@ impl ExecuteJob {
             }
             _ => Step::default(),
         }
+    }
+
+    /// The head of a streamed (text/plain, chunked) response.
+    fn stream_head(&mut self) -> Vec<u8> {
+        self.headers_sent = true;
+        ResponseHead::new(200)
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .header("X-Sandbox-Id", self.sandbox_id.clone())
+            .header("Cache-Control", "no-store")
+            .encode(None, self.keep_alive)
     }
 
     fn finish(&mut self, outcome: ExecOutcome) -> Step {
@@ -277,8 +282,14 @@ impl ExecuteJob {
                 .header("Content-Type", "application/json")
                 .header("X-Sandbox-Id", self.sandbox_id.clone())
                 .encode_with_body(&body, self.keep_alive)
-        } else {
+        } else if self.headers_sent {
             final_chunk().to_vec()
+        } else {
+            // It ended before it was reported started (for example the sandbox died at once):
+            // the status line has not been sent yet.
+            let mut bytes = self.stream_head();
+            bytes.extend_from_slice(final_chunk());
+            bytes
         };
         Step {
             bytes,

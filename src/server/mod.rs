@@ -260,7 +260,11 @@ impl Server {
                         self.runtime.live_sandboxes(),
                         self.connections.len()
                     );
-                    // What is left is removed by the next start (see runtime::cleanup).
+                    if self.runtime.is_empty() {
+                        self.runtime.stop_network();
+                        self.remove_state();
+                    }
+                    // Sandboxes still left are removed by the next start (runtime::cleanup).
                     return Ok(());
                 }
             } else {
@@ -346,6 +350,7 @@ impl Server {
             let _ = std::fs::remove_dir_all(self.config.state_dir.join(leftover));
         }
         let _ = std::fs::remove_dir(&self.config.state_dir);
+        self.runtime.remove_cgroups();
     }
 
     fn accept(&mut self) {

@@ -43,8 +43,9 @@ pub enum AttachOutcome {
     PermissionDenied,
     InUse(String),
     Failed(String),
+    /// Boxed: a manifest is large next to the other answers.
     Ready {
-        manifest: Manifest,
+        manifest: Box<Manifest>,
         image: PathBuf,
         lease: lease::Lease,
     },
@@ -455,13 +456,14 @@ impl Server {
         let Some(base) = self.checkpoint_base(session.sandbox_id()) else {
             return;
         };
+        let token = session.token_sha256().to_string();
         self.leases.insert(session_id, (base.clone(), None));
         let owner = self.instance_id.clone();
         let ttl = self.config.lease_ttl;
         self.jobs.spawn(move || {
             let result = std::fs::create_dir_all(&base)
                 .map_err(|error| lease::LeaseError::Io(error.to_string()))
-                .and_then(|()| lease::claim_new(&base, &owner, ttl));
+                .and_then(|()| lease::claim_new(&base, &owner, &token, ttl));
             JobResult::LeaseRenewed {
                 session: session_id,
                 result,
@@ -513,6 +515,9 @@ impl Server {
             RuntimeEvent::CheckpointRefused(_) => {
                 if let Some(save) = self.saves.remove(&session_id) {
                     let _ = std::fs::remove_dir_all(&save.image);
+                    // A snapshot that never existed leaves no empty directory behind (this
+                    // fails harmlessly when the directory holds a manifest or a lease).
+                    let _ = std::fs::remove_dir(&save.base);
                 }
                 false
             }
@@ -539,7 +544,21 @@ fn check_attach(
 ) -> AttachOutcome {
     let manifest = match store::load(base) {
         Ok(Some(manifest)) => manifest,
-        Ok(None) => return AttachOutcome::NotFound,
+        Ok(None) => {
+            // Never checkpointed: it may be running on another instance (its lease says so
+            // and carries the token hash, checked first).
+            return match lease::current(base) {
+                Some(current) if current.expires_unix_ms > store::now_unix_ms() => {
+                    match current.token_sha256 {
+                        Some(expected) if token_matches(&expected, token) => {
+                            AttachOutcome::InUse(current.owner)
+                        }
+                        _ => AttachOutcome::PermissionDenied,
+                    }
+                }
+                _ => AttachOutcome::NotFound,
+            };
+        }
         Err(message) => return AttachOutcome::Failed(message),
     };
     let expected = manifest.token_sha256.clone().unwrap_or_default();
@@ -549,14 +568,14 @@ fn check_attach(
     if let Err(message) = same_image(&manifest, rootfs_stamp) {
         return AttachOutcome::Failed(message);
     }
-    let lease = match lease::acquire(base, owner, ttl, settle) {
+    let lease = match lease::acquire(base, owner, Some(expected.clone()), ttl, settle) {
         Ok(lease) => lease,
         Err(lease::LeaseError::InUse(holder)) => return AttachOutcome::InUse(holder),
         Err(lease::LeaseError::Io(message)) => return AttachOutcome::Failed(message),
     };
     match store::verify(base, &manifest) {
         Ok(image) => AttachOutcome::Ready {
-            manifest,
+            manifest: Box::new(manifest),
             image,
             lease,
         },

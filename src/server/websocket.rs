@@ -107,6 +107,14 @@ impl WsConnection {
                     self.close(1009, "message too large");
                     return Incoming::Gone;
                 }
+                Err(WsError::Utf8) => {
+                    self.close(1007, "text frames must be valid UTF-8");
+                    return Incoming::Gone;
+                }
+                Err(WsError::Protocol(error)) => {
+                    self.close(1002, &format!("protocol error: {error}"));
+                    return Incoming::Gone;
+                }
                 Err(_) => return Incoming::Gone,
             }
         }

@@ -145,6 +145,10 @@ pub struct Session {
     auto_checkpoint: bool,
     /// Created with network egress.
     network: bool,
+    /// The running checkpoint was started by the idle timeout.
+    auto_saving: bool,
+    /// An idle checkpoint was refused: the next idle timeout deletes instead of retrying.
+    auto_checkpoint_refused: bool,
     /// Ended by kill_sandbox or the idle timeout (its saved state goes too).
     killed: bool,
     exec: Option<RunningExec>,
@@ -201,6 +205,8 @@ impl Session {
             checkpointable: false,
             auto_checkpoint: false,
             network: false,
+            auto_saving: false,
+            auto_checkpoint_refused: false,
             killed: false,
             exec: None,
             attached: true,
@@ -420,7 +426,9 @@ impl Session {
             return Vec::new();
         }
         let mut out = Vec::new();
-        if self.auto_checkpoint && self.settings.checkpoint_enabled {
+        if self.auto_checkpoint && self.settings.checkpoint_enabled && !self.auto_checkpoint_refused
+        {
+            self.auto_saving = true;
             self.begin_checkpoint(&mut out, false);
         } else {
             self.begin_kill(&mut out, control);
@@ -838,6 +846,8 @@ impl Session {
         match event {
             RuntimeEvent::Ready if self.state == State::Restoring => {
                 self.state = State::Running;
+                // The restore's own time is not idleness.
+                self.last_activity = Instant::now();
                 self.send(&mut out, status("SANDBOX_RUNNING"));
             }
             RuntimeEvent::Ready if self.state == State::Creating => {
@@ -905,6 +915,12 @@ impl Session {
                 self.state = State::Running;
                 if self.attached {
                     out.extend(error_frames(name, &message));
+                }
+                if std::mem::take(&mut self.auto_saving) {
+                    // The idle timeout could not checkpoint: it deletes the sandbox instead,
+                    // as it would without auto-checkpoint, rather than retrying forever.
+                    self.auto_checkpoint_refused = true;
+                    self.begin_kill(&mut out, control);
                 }
             }
             RuntimeEvent::ExecStarted(id) if self.exec_is(id) => {

@@ -23,6 +23,10 @@ pub struct Lease {
     pub owner: String,
     pub nonce: String,
     pub expires_unix_ms: u64,
+    /// The token's SHA-256, so that an attach to a sandbox that was never checkpointed can
+    /// still check the token before saying it is in use elsewhere.
+    #[serde(default)]
+    pub token_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +55,7 @@ fn write(base: &Path, lease: &Lease) -> Result<(), LeaseError> {
 pub fn acquire(
     base: &Path,
     owner: &str,
+    token_sha256: Option<String>,
     ttl: Duration,
     settle: Duration,
 ) -> Result<Lease, LeaseError> {
@@ -64,12 +69,15 @@ pub fn acquire(
         owner: owner.to_string(),
         nonce: random_hex(8),
         expires_unix_ms: now_unix_ms() + ttl.as_millis() as u64,
+        token_sha256,
     };
     write(base, &lease)?;
     if started.elapsed() > settle / 4 {
-        // Too slow to be sure another instance's claim did not interleave: back off.
+        // Too slow to be sure another instance's claim did not interleave: back off, without
+        // leaving our claim to block everyone else until it expires.
+        release(base, &lease);
         return Err(LeaseError::InUse(
-            "unknown (the storage was too slow to decide)".into(),
+            "unknown (the storage was too slow to decide; retry)".into(),
         ));
     }
     std::thread::sleep(settle);
@@ -84,11 +92,17 @@ pub fn acquire(
 
 /// Claim the lease of a sandbox that was just created: nobody else knows its id yet, so there
 /// is no race to settle.
-pub fn claim_new(base: &Path, owner: &str, ttl: Duration) -> Result<Lease, LeaseError> {
+pub fn claim_new(
+    base: &Path,
+    owner: &str,
+    token_sha256: &str,
+    ttl: Duration,
+) -> Result<Lease, LeaseError> {
     let lease = Lease {
         owner: owner.to_string(),
         nonce: random_hex(8),
         expires_unix_ms: now_unix_ms() + ttl.as_millis() as u64,
+        token_sha256: Some(token_sha256.to_string()),
     };
     write(base, &lease)?;
     Ok(lease)
@@ -103,6 +117,11 @@ pub fn renew(base: &Path, lease: &mut Lease, ttl: Duration) -> Result<(), LeaseE
     }
     lease.expires_unix_ms = now_unix_ms() + ttl.as_millis() as u64;
     write(base, lease)
+}
+
+/// The current lease of `base`, if any (expired or not).
+pub fn current(base: &Path) -> Option<Lease> {
+    read(base)
 }
 
 /// Give the lease up (only if it is still ours).
@@ -121,14 +140,14 @@ mod tests {
         let base = std::env::temp_dir().join(format!("crs-lease-{}", random_hex(4)));
         std::fs::create_dir_all(&base).unwrap();
         let settle = Duration::from_millis(200);
-        let mut a = acquire(&base, "a", Duration::from_secs(30), settle).unwrap();
+        let mut a = acquire(&base, "a", None, Duration::from_secs(30), settle).unwrap();
         assert_eq!(
-            acquire(&base, "b", Duration::from_secs(30), settle),
+            acquire(&base, "b", None, Duration::from_secs(30), settle),
             Err(LeaseError::InUse("a".into()))
         );
         renew(&base, &mut a, Duration::from_millis(1)).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        let b = acquire(&base, "b", Duration::from_secs(30), settle).unwrap();
+        let b = acquire(&base, "b", None, Duration::from_secs(30), settle).unwrap();
         assert!(
             renew(&base, &mut a, Duration::from_secs(30)).is_err(),
             "a lost it"
@@ -154,6 +173,7 @@ mod tests {
                     acquire(
                         &base,
                         &format!("instance-{index}"),
+                        None,
                         Duration::from_secs(30),
                         Duration::from_millis(100),
                     )

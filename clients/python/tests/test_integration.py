@@ -1,13 +1,9 @@
-"""Every public method against a live server at ``SANDBOX_TEST_URL``.
+"""Every public method against a live server without persistence at ``SANDBOX_TEST_URL``.
 
-Skipped when the variable is unset. Tests that need server configuration are chosen by
-environment variables; without them the default path asserts the server's clear
-"not enabled" errors:
-
-* ``SANDBOX_TEST_CHECKPOINT=1``: the server has ``CHECKPOINT_AND_RESTORE_PATH``.
-* ``SANDBOX_TEST_SNAPSHOT=1``: the server has ``FILESYSTEM_SNAPSHOT_PATH``.
-
-Every sandbox a test creates or attaches is terminated when the test ends, pass or fail.
+Skipped when the variable is unset. Checkpoints and snapshots must give the server's
+"not enabled" errors here; ``test_persistence.py`` covers them against two persistent
+instances. Every sandbox a test creates or attaches is terminated when the test ends,
+pass or fail.
 """
 
 from __future__ import annotations
@@ -15,18 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from codesandbox import (
-    OutputStream,
     ReconnectOptions,
     Sandbox,
     SandboxCheckpointError,
     SandboxCreationError,
-    SandboxError,
     SandboxInUseError,
     SandboxNotFoundError,
     SandboxPermissionError,
@@ -35,9 +28,10 @@ from codesandbox import (
     SandboxUnsupportedLanguageError,
 )
 
+from .live import Sandboxes
+from .live import next_chunk as _next_chunk
+
 URL = os.environ.get("SANDBOX_TEST_URL", "")
-CHECKPOINT = os.environ.get("SANDBOX_TEST_CHECKPOINT") == "1"
-SNAPSHOT = os.environ.get("SANDBOX_TEST_SNAPSHOT") == "1"
 
 pytestmark = [
     pytest.mark.integration,
@@ -48,61 +42,12 @@ pytestmark = [
     ),
 ]
 
-needs_checkpoint = pytest.mark.skipif(
-    not CHECKPOINT,
-    reason="SANDBOX_TEST_CHECKPOINT=1 not set: the server is not configured for checkpoints",
-)
-without_checkpoint = pytest.mark.skipif(
-    CHECKPOINT, reason="SANDBOX_TEST_CHECKPOINT=1: the server is configured for checkpoints"
-)
-needs_snapshot = pytest.mark.skipif(
-    not SNAPSHOT,
-    reason="SANDBOX_TEST_SNAPSHOT=1 not set: the server is not configured for snapshots",
-)
-without_snapshot = pytest.mark.skipif(
-    SNAPSHOT, reason="SANDBOX_TEST_SNAPSHOT=1: the server is configured for snapshots"
-)
-
-Make = Callable[..., Awaitable[Sandbox]]
 FAST_RECONNECT = ReconnectOptions(max_attempts=20, initial_delay=0.05, max_delay=1.0, jitter=0)
-
-
-class Sandboxes:
-    """Creates and attaches sandboxes for one test and terminates them all at the end."""
-
-    def __init__(self) -> None:
-        self.opened: list[Sandbox] = []
-
-    async def create(self, **kwargs: Any) -> Sandbox:
-        sandbox = await Sandbox.create(URL, **kwargs)
-        self.opened.append(sandbox)
-        return sandbox
-
-    async def attach(self, sandbox_id: str, token: str | None = None, **kwargs: Any) -> Sandbox:
-        sandbox = await Sandbox.attach(URL, sandbox_id, token, **kwargs)
-        self.opened.append(sandbox)
-        return sandbox
-
-    async def cleanup(self) -> None:
-        # Newest first: an attached copy must let go before the original re-attaches.
-        for sandbox in reversed(self.opened):
-            if sandbox.terminated or sandbox.checkpointed:
-                if sandbox.checkpointed and not sandbox.terminated:
-                    await _quietly(sandbox.terminate())
-                continue
-            await _quietly(sandbox.terminate())
-
-
-async def _quietly(aw: Awaitable[None]) -> None:
-    try:
-        await asyncio.wait_for(aw, 60)
-    except (SandboxError, asyncio.TimeoutError) as exc:
-        print(f"cleanup: could not terminate a sandbox: {exc!r}")
 
 
 @pytest.fixture
 async def sandboxes() -> AsyncIterator[Sandboxes]:
-    box = Sandboxes()
+    box = Sandboxes(URL)
     try:
         yield box
     finally:
@@ -115,13 +60,6 @@ async def sandbox(sandboxes: Sandboxes) -> Sandbox:
 
 
 # ------------------------------------------------------------------ executions
-
-
-async def _next_chunk(stream: OutputStream) -> str:
-    """One chunk of output (waits for it)."""
-    async for chunk in stream:
-        return chunk
-    raise AssertionError("the stream ended")
 
 
 async def test_readme_example(sandboxes: Sandboxes) -> None:
@@ -456,80 +394,38 @@ async def test_without_auto_reconnect_a_drop_fails_waits(sandbox: Sandbox) -> No
     # The sandbox survives the drop; cleanup terminates it by re-attaching.
 
 
-# --------------------------------------------------------- checkpoint, snapshot
+# ------------------------------------------- checkpoint, snapshot: not enabled here
 
 
-@without_checkpoint
 async def test_create_with_checkpoint_not_enabled(sandboxes: Sandboxes) -> None:
     with pytest.raises(SandboxCreationError) as info:
         await sandboxes.create(enable_checkpoint=True)
-    assert "checkpoint" in info.value.message.lower()
+    assert "CHECKPOINT_AND_RESTORE_PATH" in info.value.message
 
 
-@without_checkpoint
 async def test_checkpoint_not_enabled(sandbox: Sandbox) -> None:
     with pytest.raises(SandboxCheckpointError) as info:
         await sandbox.checkpoint()
     assert info.value.status == "SANDBOX_CHECKPOINT_ERROR"
-    assert "checkpoint" in info.value.message.lower()
+    assert "CHECKPOINT_AND_RESTORE_PATH" in info.value.message
     assert sandbox.closed  # the server closes with 4000; the sandbox survives
     assert not sandbox.checkpointed
+    assert sandbox.state == "closed"
     await sandbox.terminate()  # re-attaches and kills it
     assert sandbox.terminated
 
 
-@needs_checkpoint
-async def test_checkpoint_and_attach(sandboxes: Sandboxes) -> None:
-    sandbox = await sandboxes.create(enable_checkpoint=True)
-    sandbox_id = sandbox.sandbox_id
-    assert sandbox_id is not None
-    await sandbox.run("echo saved > /root/file.txt", "bash")
-    await sandbox.checkpoint()
-    assert sandbox.checkpointed
-    assert sandbox.closed
-    restored = await sandboxes.attach(sandbox_id)
-    assert (await restored.run("cat /root/file.txt", "bash")).stdout == "saved\n"
-
-
-@needs_checkpoint
-async def test_checkpoint_while_running_is_refused(sandboxes: Sandboxes) -> None:
-    sandbox = await sandboxes.create(enable_checkpoint=True)
-    process = await sandbox.exec("sleep 1; echo done", "bash")
-    with pytest.raises(SandboxStateError) as info:
-        await sandbox.checkpoint()
-    assert info.value.status == "SANDBOX_EXECUTION_IN_PROGRESS_ERROR"
-    assert await process.stdout.read_all() == "done\n"
-
-
-@without_snapshot
 async def test_snapshot_not_enabled(sandbox: Sandbox) -> None:
     with pytest.raises(SandboxSnapshotError) as info:
         await sandbox.snapshot_filesystem("snap-" + uuid.uuid4().hex[:8])
     assert info.value.status == "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR"
-    assert "snapshot" in info.value.message.lower()
+    assert "FILESYSTEM_SNAPSHOT_PATH" in info.value.message
     assert (await sandbox.run("echo goes on", "bash")).stdout == "goes on\n"
 
 
-@without_snapshot
 async def test_create_from_snapshot_not_enabled(sandboxes: Sandboxes) -> None:
-    with pytest.raises(SandboxCreationError) as info:
-        await sandboxes.create(filesystem_snapshot_name="snap-" + uuid.uuid4().hex[:8])
-    assert info.value.message
-
-
-@needs_snapshot
-async def test_snapshot_then_create_from_it(sandboxes: Sandboxes) -> None:
-    name = "pytest-" + uuid.uuid4().hex[:12]
-    source = await sandboxes.create()
-    await source.run("echo from-snapshot > /root/snap.txt", "bash")
-    await source.snapshot_filesystem(name)
-    copy = await sandboxes.create(filesystem_snapshot_name=name)
-    assert (await copy.run("cat /root/snap.txt", "bash")).stdout == "from-snapshot\n"
-
-
-@needs_snapshot
-async def test_create_from_unknown_snapshot(sandboxes: Sandboxes) -> None:
-    name = "missing-" + uuid.uuid4().hex[:12]
+    name = "snap-" + uuid.uuid4().hex[:8]
     with pytest.raises(SandboxCreationError) as info:
         await sandboxes.create(filesystem_snapshot_name=name)
     assert name in info.value.message
+    assert "FILESYSTEM_SNAPSHOT_PATH" in info.value.message

@@ -21,11 +21,13 @@ from codesandbox import (
     OutputStream,
     ReconnectOptions,
     Sandbox,
+    SandboxCheckpointError,
     SandboxConnectionError,
     SandboxCreationError,
     SandboxError,
     SandboxInUseError,
     SandboxPermissionError,
+    SandboxSnapshotError,
     SandboxStateError,
     SandboxTimeoutError,
 )
@@ -466,6 +468,126 @@ async def test_failed_checkpoint_then_terminate_reattaches(fake_server: StartSer
         {"action": "kill_sandbox"},
     ]
     assert sandbox.terminated
+
+
+async def test_checkpoint_resolves_after_checkpointed_and_the_close(
+    fake_server: StartServer,
+) -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await created(ws)
+        assert await recv_json(ws) == {"action": "checkpoint"}
+        for name in (
+            "SANDBOX_CHECKPOINTING",
+            "SANDBOX_DELETING",
+            "SANDBOX_DELETED",
+            "SANDBOX_CHECKPOINTED",
+        ):
+            await ws.send(status(name))
+        await asyncio.sleep(0.2)  # checkpoint() is still waiting for the close
+        await ws.close(1000)
+
+    sandbox = await Sandbox.create(await fake_server(handler), enable_checkpoint=True)
+    await asyncio.wait_for(sandbox.checkpoint(), 5)
+    assert sandbox.closed
+    assert sandbox.checkpointed
+    assert not sandbox.terminated
+    assert sandbox.state == "checkpointed"
+    with pytest.raises(SandboxStateError, match="checkpointed"):
+        await sandbox.exec("echo", "bash")
+
+
+async def test_checkpoint_refused_up_front_keeps_the_session(fake_server: StartServer) -> None:
+    log: list[Any] = []
+    message = "cannot checkpoint: the sandbox has 2 open TCP connection(s)"
+
+    async def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        log.append(ws.request.path)
+        await created(ws)
+        log.append(await recv_json(ws))
+        await ws.send(status("SANDBOX_CHECKPOINTING"))
+        await ws.send(status("SANDBOX_CHECKPOINT_ERROR", message=message))
+        await ws.send(json.dumps({"event": "error", "message": message}))
+        log.append(await recv_json(ws))  # the session goes on: an exec
+        await ws.send(status("SANDBOX_EXECUTION_RUNNING"))
+        await ws.send(output("stdout", "still here\n"))
+        await ws.send(done(0))
+        log.append(await recv_json(ws))
+        await killed(ws)
+
+    sandbox = await Sandbox.create(await fake_server(handler), enable_checkpoint=True)
+    with pytest.raises(SandboxCheckpointError) as info:
+        await asyncio.wait_for(sandbox.checkpoint(), 5)
+    assert info.value.message == message
+    assert info.value.status == "SANDBOX_CHECKPOINT_ERROR"
+    assert not sandbox.closed
+    assert not sandbox.checkpointed
+    assert sandbox.state == "running"
+    process = await sandbox.exec("echo still here", "bash")
+    assert await process.stdout.read_all() == "still here\n"
+    await sandbox.terminate()  # on the same connection, no re-attach
+    assert sandbox.terminated
+    assert log == [
+        "/create",
+        {"action": "checkpoint"},
+        {"language": "bash", "code": "echo still here"},
+        {"action": "kill_sandbox"},
+    ]
+
+
+async def test_checkpoint_error_then_close_4000_from_a_core_server(
+    fake_server: StartServer,
+) -> None:
+    """No ``message`` in the status (core protocol): the text comes from the error event."""
+
+    async def handler(ws: ServerConnection) -> None:
+        await created(ws)
+        await recv_json(ws)
+        await ws.send(status("SANDBOX_CHECKPOINT_ERROR"))
+        await ws.send(json.dumps({"event": "error", "message": "checkpoint failed"}))
+        await ws.close(4000)
+
+    sandbox = await Sandbox.create(await fake_server(handler))
+    with pytest.raises(SandboxCheckpointError, match="checkpoint failed"):
+        await asyncio.wait_for(sandbox.checkpoint(), 5)
+    assert sandbox.closed  # settled before checkpoint() raised
+    assert sandbox.state == "closed"
+    with pytest.raises(SandboxStateError, match="checkpoint failed"):
+        await sandbox.exec("echo", "bash")
+
+
+async def test_snapshot_created_and_failed_keep_the_session(fake_server: StartServer) -> None:
+    requests: list[dict[str, Any]] = []
+    message = 'invalid snapshot name "a b": use 1 to 64 characters from A-Z a-z 0-9 . _ -'
+
+    async def handler(ws: ServerConnection) -> None:
+        await created(ws)
+        requests.append(await recv_json(ws))
+        await ws.send(status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATING"))
+        await asyncio.sleep(0.1)
+        await ws.send(status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATED"))
+        requests.append(await recv_json(ws))
+        await ws.send(status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATING"))
+        await ws.send(status("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", message=message))
+        await ws.send(json.dumps({"event": "error", "message": message}))
+        requests.append(await recv_json(ws))
+        await ws.send(status("SANDBOX_EXECUTION_RUNNING"))
+        await ws.send(done(0))
+        await ws.wait_closed()
+
+    sandbox = await Sandbox.create(await fake_server(handler))
+    await asyncio.wait_for(sandbox.snapshot_filesystem("snap-1"), 5)
+    with pytest.raises(SandboxSnapshotError) as info:
+        await asyncio.wait_for(sandbox.snapshot_filesystem("a b"), 5)
+    assert info.value.message == message
+    assert (await sandbox.run("true", "bash")).exit_code == 0
+    assert not sandbox.closed
+    assert requests == [
+        {"action": "snapshot_filesystem", "name": "snap-1"},
+        {"action": "snapshot_filesystem", "name": "a b"},
+        {"language": "bash", "code": "true"},
+    ]
+    await sandbox.disconnect()
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:

@@ -388,6 +388,11 @@ class ClientProtocol:
         self._echo_message: str | None = None
         # A status after which the server closes and the close is final.
         self._final: SandboxError | None = None
+        # A SANDBOX_CHECKPOINT_ERROR the server may or may not close after: it closes
+        # with 4000 when checkpointing is not possible at all (not enabled, the save
+        # failed) and keeps the session when it refused up front (e.g. open TCP
+        # connections). Any later frame, or ``connection_confirmed()``, says it stayed.
+        self._checkpoint_error: SandboxError | None = None
         self._closing_by_request = False
         self._closed_emitted = False
         self._attempt_failed = False  # the current re-attach attempt already failed
@@ -516,6 +521,8 @@ class ClientProtocol:
         # Any other frame: a held error status gets no more text.
         self._flush_held(effects)
         self._echo_message = None
+        # ... and the server did not close after a checkpoint error.
+        self._checkpoint_error = None
         if isinstance(event, StatusUpdate):
             if is_error_status(event.status):
                 if event.message:
@@ -657,11 +664,9 @@ class ClientProtocol:
             if not self._fail_op(Op.CHECKPOINT, error, effects):
                 effects.append(Notice(error))
         elif status == "SANDBOX_CHECKPOINT_ERROR":
-            # The server closes with 4000 next; the sandbox itself survives.
-            self._final = SandboxConnectionError(
-                f"the server closed the connection after a checkpoint error: {error.message}",
-                status=status,
-            )
+            # Either the server closes with 4000 next (checkpointing impossible), or the
+            # session goes on (refused up front); see ``_checkpoint_error``.
+            self._checkpoint_error = error
             if not self._fail_op(Op.CHECKPOINT, error, effects):
                 effects.append(Notice(error))
         elif status == "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR":
@@ -759,6 +764,13 @@ class ClientProtocol:
             return effects
 
         # Phase.OPEN
+        checkpoint_error, self._checkpoint_error = self._checkpoint_error, None
+        if checkpoint_error is not None and close_frame_received and self._final is None:
+            self._final = SandboxConnectionError(
+                "the server closed the connection after a checkpoint error: "
+                f"{checkpoint_error.message}",
+                status=checkpoint_error.status,
+            )
         dropped = not close_frame_received or code in RETRYABLE_CLOSE_CODES
         if (
             self.auto_reconnect
@@ -809,6 +821,15 @@ class ClientProtocol:
         self._closed_emitted = True
         effects.append(Closed(error, terminated=self.terminated, checkpointed=self.checkpointed))
         return effects
+
+    def connection_confirmed(self) -> None:
+        """The server answered a ping after a checkpoint error: it kept the session."""
+        self._checkpoint_error = None
+
+    @property
+    def checkpoint_error_unsettled(self) -> bool:
+        """A checkpoint error came and it is not known yet whether the server closes."""
+        return self._checkpoint_error is not None and self.phase is Phase.OPEN
 
     def begin_reattach(self) -> None:
         """The I/O layer opened a new ``/attach`` connection after a drop."""

@@ -385,38 +385,78 @@ class Sandbox:
     # ----------------------------------------------------------- sandbox actions
 
     async def snapshot_filesystem(self, name: str) -> None:
-        """Save the sandbox's filesystem changes as snapshot ``name``; the session goes on.
+        """Save the sandbox's files as snapshot ``name``; returns once the server
+        reported ``SANDBOX_FILESYSTEM_SNAPSHOT_CREATED``. The session goes on, with its
+        processes.
 
-        Create new sandboxes from it with ``Sandbox.create(url,
-        filesystem_snapshot_name=name)``. Raises ``SandboxSnapshotError`` (e.g. when the
-        server has no ``FILESYSTEM_SNAPSHOT_PATH``).
+        Create new sandboxes from it, on any server instance sharing the snapshot
+        directory, with ``Sandbox.create(url, filesystem_snapshot_name=name)``. Raises
+        ``SandboxSnapshotError`` with the server's message (an invalid name, a server
+        without ``FILESYSTEM_SNAPSHOT_PATH``, an execution running); the session stays
+        usable. Names are checked by the server (1 to 64 of ``A-Z a-z 0-9 . _ -``, not
+        starting with a dot); an existing snapshot of that name is replaced.
         """
-        if not isinstance(name, str) or not name:
-            raise ValueError("the snapshot name must be a non-empty string")
+        if not isinstance(name, str):
+            raise TypeError("the snapshot name must be a str")
         self._check_usable()
         frame = self._protocol.send_snapshot(name)
         await self._request(Op.SNAPSHOT, frame, "the filesystem snapshot")
 
     async def checkpoint(self) -> None:
-        """Save the sandbox (filesystem and processes) and disconnect.
+        """Save the sandbox (filesystem and running processes) and disconnect.
 
-        Continue later with ``Sandbox.attach(url, sandbox_id)``. Needs
-        ``enable_checkpoint=True`` at creation and a server with
-        ``CHECKPOINT_AND_RESTORE_PATH``; otherwise raises ``SandboxCheckpointError``
-        and the server closes this connection (the sandbox survives: attach to it or
-        ``terminate()`` it). While an execution runs it raises ``SandboxStateError``
-        and the session goes on.
+        Returns once the server reported ``SANDBOX_CHECKPOINTED`` and closed the
+        connection. Continue later with ``Sandbox.attach(url, sandbox_id)``, on this or
+        any server instance sharing ``CHECKPOINT_AND_RESTORE_PATH``.
+
+        Raises:
+
+        * ``SandboxStateError`` while an execution runs; the session goes on.
+        * ``SandboxCheckpointError`` when the server refuses up front (e.g. the sandbox
+          has open TCP connections): nothing was touched and the session goes on
+          (``sandbox.closed`` stays False).
+        * ``SandboxCheckpointError`` when checkpointing is impossible (sandbox created
+          without ``enable_checkpoint=True``, server without
+          ``CHECKPOINT_AND_RESTORE_PATH``) or the save failed: the server closes the
+          connection; this returns once it did (``sandbox.closed`` is True).
         """
         self._check_usable()
         frame = self._protocol.send_checkpoint()
         try:
             await self._request(Op.CHECKPOINT, frame, "the checkpoint")
         except SandboxCheckpointError:
-            # The server closes the connection after a checkpoint error: wait for it, so
-            # that what follows (terminate, attach) sees a settled state.
-            await self._wait_server_close()
+            await self._settle_checkpoint_error()
             raise
         await self._wait_server_close()
+
+    async def _settle_checkpoint_error(self) -> None:
+        """After SANDBOX_CHECKPOINT_ERROR: learn whether the server closes or goes on,
+        so that what follows (exec, terminate, attach) sees a settled state. A ping
+        tells: the server sends its close (if any) right after the error, before it
+        could answer the ping."""
+        transport = self._transport
+        if transport is None or self._closed.is_set():
+            return
+        if not self._protocol.checkpoint_error_unsettled:
+            return  # a later frame already showed the session goes on
+        ping = asyncio.ensure_future(transport.ping())
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait(
+                {ping, closed}, timeout=_CLOSE_WAIT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (ping, closed):
+                task.cancel()
+            await asyncio.gather(ping, closed, return_exceptions=True)
+        finished = ping.done() and not ping.cancelled() and ping.exception() is None
+        if finished and ping.result() and not self._closed.is_set():
+            self._protocol.connection_confirmed()  # the session goes on
+        elif finished:
+            # The connection closed before the pong: the reader is about to see it.
+            await self._wait_server_close()
+        elif not self._closed.is_set():
+            logger.debug("no pong after a checkpoint error; assuming the session goes on")
 
     async def terminate(self) -> None:
         """Destroy the sandbox and its saved state (``kill_sandbox``).

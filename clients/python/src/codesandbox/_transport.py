@@ -130,6 +130,19 @@ class Transport:
         except ConnectionClosed as exc:
             raise TransportClosed(_close_info(exc)) from exc
 
+    async def ping(self) -> bool:
+        """Send a WebSocket ping and wait for its pong: True if it came, False if the
+        connection closed first. The server answers in order, so a close it had already
+        queued arrives before any pong."""
+        if self._aborted:
+            return False
+        try:
+            waiter = await self._connection.ping()
+            await waiter
+        except ConnectionClosed:
+            return False
+        return True
+
     async def close(self) -> None:
         """A clean close handshake (bounded by websockets' close timeout)."""
         await self._connection.close()
