@@ -63,3 +63,19 @@ def test_backoff_jitter_stays_in_range() -> None:
 def test_policy_validation(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011
         ReconnectOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_init_message_asks_for_network_only_when_wanted() -> None:
+    import json
+
+    from codesandbox._protocol import init_message
+
+    common = dict(
+        idle_timeout=None,
+        enable_checkpoint=False,
+        enable_idle_timeout_auto_checkpoint=False,
+        enable_sandbox_handoff=False,
+        filesystem_snapshot_name=None,
+    )
+    assert "enable_network" not in json.loads(init_message(**common))  # type: ignore[arg-type]
+    assert json.loads(init_message(**common, enable_network=True))["enable_network"] is True  # type: ignore[arg-type]

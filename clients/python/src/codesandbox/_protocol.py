@@ -150,16 +150,19 @@ def init_message(
     enable_idle_timeout_auto_checkpoint: bool,
     enable_sandbox_handoff: bool,
     filesystem_snapshot_name: str | None,
+    enable_network: bool = False,
 ) -> str:
-    return _dumps(
-        {
-            "idle_timeout": idle_timeout,
-            "enable_checkpoint": enable_checkpoint,
-            "enable_idle_timeout_auto_checkpoint": enable_idle_timeout_auto_checkpoint,
-            "enable_sandbox_handoff": enable_sandbox_handoff,
-            "filesystem_snapshot_name": filesystem_snapshot_name,
-        }
-    )
+    message: dict[str, Any] = {
+        "idle_timeout": idle_timeout,
+        "enable_checkpoint": enable_checkpoint,
+        "enable_idle_timeout_auto_checkpoint": enable_idle_timeout_auto_checkpoint,
+        "enable_sandbox_handoff": enable_sandbox_handoff,
+        "filesystem_snapshot_name": filesystem_snapshot_name,
+    }
+    if enable_network:
+        # Our addition; sent only when asked for, so the message stays the original's.
+        message["enable_network"] = True
+    return _dumps(message)
 
 
 def exec_message(

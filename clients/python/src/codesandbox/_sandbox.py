@@ -128,6 +128,7 @@ class Sandbox:
         enable_idle_timeout_auto_checkpoint: bool = False,
         enable_sandbox_handoff: bool = False,
         filesystem_snapshot_name: str | None = None,
+        enable_network: bool = False,
         ssl: ssl_module.SSLContext | None = None,
         auto_reconnect: bool | ReconnectOptions = False,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -137,7 +138,9 @@ class Sandbox:
 
         ``url`` is the service's base URL (``wss://host``, ``ws://127.0.0.1:8080``;
         ``https://`` / ``http://`` work too). ``idle_timeout`` is in seconds
-        (``None`` or ``0``: the server's default cap). ``ssl`` overrides the TLS
+        (``None`` or ``0``: the server's default cap). ``enable_network=True`` asks for
+        network egress under the server's policy (by default the Python package index
+        only, e.g. for ``pip install``). ``ssl`` overrides the TLS
         context for ``wss://`` (default: certifi's bundle if installed, else the
         system store). ``auto_reconnect=True`` (or a ``ReconnectOptions``) re-attaches
         after a dropped connection. ``connect_timeout`` bounds the WebSocket
@@ -158,6 +161,7 @@ class Sandbox:
             enable_idle_timeout_auto_checkpoint=enable_idle_timeout_auto_checkpoint,
             enable_sandbox_handoff=enable_sandbox_handoff,
             filesystem_snapshot_name=filesystem_snapshot_name,
+            enable_network=enable_network,
         )
         await sandbox._open(create_url(sandbox._url), first)
         return sandbox
