@@ -197,9 +197,11 @@ impl Execution {
         }
     }
 
-    /// Read one chunk from a pipe that polled readable.
+    /// Read a pipe that polled readable until it is empty or the outbox is full: each poll
+    /// round trip is several slow syscalls under gVisor, so one read per wake-up would cut the
+    /// throughput to a fraction.
     pub fn read_output(&mut self, which: PipeRead, outbox: &mut Vec<u8>) {
-        let _ = self.read_chunk(which, outbox);
+        while outbox.len() < super::OUTBOX_HIGH_WATER && self.read_chunk(which, outbox) {}
     }
 
     /// Returns false when the pipe has nothing more right now (would block, EOF or error).

@@ -101,13 +101,16 @@ impl Agent {
 
     /// Runs until the server closes the agent's stdin (the sandbox is being deleted).
     pub fn run(mut self) -> io::Result<()> {
-        self.refill_standby();
+        // Hello first: the standby interpreter starts while the server already counts the
+        // sandbox as ready (a python execution that comes first simply waits for it).
         let hello = AgentHello {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            python_standby: self.standby.is_some(),
+            python_standby: self.config.python_standby,
             next_exec_id: self.next_exec_id(),
         };
         FromAgent::Ready(hello).encode(&mut self.outbox);
+        self.flush_outbox()?;
+        self.refill_standby();
         loop {
             self.flush_outbox()?;
             if self.server_closed && self.executions.is_empty() {
