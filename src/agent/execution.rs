@@ -17,6 +17,10 @@ use crate::agent_protocol::{
 /// `execve` refuses a single argument longer than 128 KiB; larger code goes through a file.
 const MAX_INLINE_CODE_BYTES: usize = 96 * 1024;
 
+/// Output still read from a process's pipes after it exited (a pipe holds 64 KiB; this leaves
+/// room for both pipes and for data that was in flight).
+const MAX_DRAIN_AFTER_EXIT: usize = 1024 * 1024;
+
 /// Where code too large for an argument is written inside the sandbox.
 const CODE_DIR: &str = "/run/sandbox-agent";
 
@@ -40,6 +44,8 @@ pub struct Execution {
     /// SIGKILL was asked for: the group is killed again when the leader is gone, because a
     /// child forked while the first kill was delivered can survive it under gVisor.
     kill_requested: std::cell::Cell<bool>,
+    /// Bytes read since the process exited (see `MAX_DRAIN_AFTER_EXIT`).
+    drained_after_exit: usize,
 }
 
 impl Execution {
@@ -119,6 +125,7 @@ impl Execution {
             exit: None,
             code_file: None,
             kill_requested: std::cell::Cell::new(false),
+            drained_after_exit: 0,
         })
     }
 
@@ -258,9 +265,16 @@ impl Execution {
                 if outbox.len() >= super::OUTBOX_HIGH_WATER {
                     return;
                 }
+                // What the process wrote before exiting fits in the pipe's buffer; past this
+                // much, children that outlive it keep the pipe busy and are not waited for.
+                if self.drained_after_exit >= MAX_DRAIN_AFTER_EXIT {
+                    break;
+                }
+                let before = outbox.len();
                 if !self.read_chunk(which, outbox) {
                     break;
                 }
+                self.drained_after_exit += outbox.len().saturating_sub(before);
             }
             self.close_pipe(which);
         }

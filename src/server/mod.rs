@@ -491,10 +491,17 @@ impl Server {
         let keep_alive = request.keep_alive();
         let method = request.method.as_str();
         match (method, request.path.as_str()) {
-            ("GET" | "HEAD", "/status") => {
+            ("GET", "/status") => {
                 let body =
                     full_response(200, "application/json", br#"{"status":"ok"}"#, keep_alive);
                 self.respond(id, 200, body, keep_alive);
+            }
+            ("HEAD", "/status") => {
+                // The same head as GET, without the body.
+                let head = ResponseHead::new(200)
+                    .header("Content-Type", "application/json")
+                    .encode(Some(br#"{"status":"ok"}"#.len()), keep_alive);
+                self.respond(id, 200, head, keep_alive);
             }
             ("GET", "/snapshots") => {
                 let (status, body) =
