@@ -8,6 +8,7 @@
 mod common;
 mod ws;
 
+use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -155,30 +156,33 @@ fn probe(created: &mut ws::Created, targets: &[String]) -> String {
     result.stdout
 }
 
-/// Namespaces and host veths of sandboxes (not of this test's destination).
-fn egress_leftovers() -> (usize, usize) {
-    let netns = std::fs::read_dir("/var/run/netns")
+/// Namespaces and host-side veths of the sandboxes of the server on `state_dir` (tests run in
+/// parallel; each looks at its own server's names only).
+fn sandbox_network_names(state_dir: &std::path::Path) -> BTreeSet<String> {
+    let tag = sandbox::runtime::network::instance_tag(state_dir);
+    let (netns_prefix, veth_prefix) = (format!("crs-{tag}-"), format!("cv{tag}"));
+    let mut names: BTreeSet<String> = std::fs::read_dir("/var/run/netns")
         .map(|entries| {
             entries
                 .flatten()
-                .filter(|e| {
-                    e.file_name().to_string_lossy().starts_with("crs-")
-                        && !e.file_name().to_string_lossy().starts_with("crs-test")
-                })
-                .count()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(&netns_prefix))
+                .collect()
         })
-        .unwrap_or(0);
-    let veths = Command::new("ip")
+        .unwrap_or_default();
+    let links = Command::new("ip")
         .args(["-o", "link"])
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter(|l| l.contains(": cv"))
-                .count()
-        })
-        .unwrap_or(0);
-    (netns, veths)
+        .expect("ip runs");
+    for line in String::from_utf8_lossy(&links.stdout).lines() {
+        if let Some(name) = line.split(": ").nth(1) {
+            let name = name.split('@').next().unwrap_or(name);
+            if name.starts_with(&veth_prefix) {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    names
 }
 
 #[test]
@@ -186,7 +190,7 @@ fn egress_follows_the_policy_and_leaves_nothing_behind() {
     let destination = Destination::start(&[8000, 8001]);
     let allowed = format!("{}:8000", destination.address);
     let denied = format!("{}:8001", destination.address);
-    let (netns_before, veths_before) = egress_leftovers();
+
     let server = TestServer::start(&[
         ("SANDBOX_EGRESS_ALLOW", allowed.as_str()),
         ("SANDBOX_EGRESS_SUBNET", "10.215.0.0/16"),
@@ -201,6 +205,12 @@ fn egress_follows_the_policy_and_leaves_nothing_behind() {
     ];
 
     let mut with_network = ws::create(&server, json!({"enable_network": true}));
+    let added = sandbox_network_names(&server.state_dir);
+    assert_eq!(
+        added.len(),
+        2,
+        "one namespace and one veth for the sandbox: {added:?}"
+    );
     let out = probe(&mut with_network, &targets);
     assert!(
         out.contains(&format!("{allowed} OPEN")),
@@ -235,8 +245,10 @@ fn egress_follows_the_policy_and_leaves_nothing_behind() {
     with_network.ws.kill_sandbox();
     without.ws.kill_sandbox();
     assert!(
-        wait_until(Duration::from_secs(10), || egress_leftovers()
-            == (netns_before, veths_before)),
+        wait_until(Duration::from_secs(10), || sandbox_network_names(
+            &server.state_dir
+        )
+        .is_empty()),
         "the sandbox's namespace and veth are removed with it"
     );
     let tables = Command::new("nft")
@@ -244,9 +256,13 @@ fn egress_follows_the_policy_and_leaves_nothing_behind() {
         .output()
         .expect("nft runs");
     let tables = String::from_utf8_lossy(&tables.stdout).into_owned();
+    let table = format!(
+        "crs_{}",
+        sandbox::runtime::network::instance_tag(&server.state_dir)
+    );
     drop(server);
     assert!(
-        !tables.contains("crs_") || tables.lines().all(|line| !line.contains("crs_")),
+        !tables.contains(&table),
         "no egress table once no sandbox has egress: {tables}"
     );
 }
@@ -265,19 +281,12 @@ fn a_killed_server_leaves_nothing_after_its_restart() {
     let mut created = ws::create(&first, json!({"enable_network": true}));
     let ran = created.ws.run("bash", "echo up");
     assert_eq!(ran.stdout, "up\n");
-    let netns_of_first = || {
-        std::fs::read_dir("/var/run/netns")
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("crs-"))
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    };
-    let before: Vec<String> = netns_of_first();
-    assert!(!before.is_empty(), "the sandbox has a namespace");
+    let added = sandbox_network_names(&state_dir);
+    assert_eq!(
+        added.len(),
+        2,
+        "one namespace and one veth for the sandbox: {added:?}"
+    );
     first.sigkill();
     drop(created);
     let second = TestServer::start_on(
@@ -288,12 +297,10 @@ fn a_killed_server_leaves_nothing_after_its_restart() {
         ],
         true,
     );
-    let after = netns_of_first();
-    for name in &before {
-        assert!(
-            !after.contains(name),
-            "namespace {name} of the killed server is removed at restart"
-        );
-    }
+    let left = sandbox_network_names(&state_dir);
+    assert!(
+        left.is_empty(),
+        "the killed server's namespace and veth are removed at restart: {left:?}"
+    );
     second.assert_healthy();
 }

@@ -72,6 +72,17 @@ fn is_internal(address: Ipv4Addr) -> bool {
         || address.octets()[0] == 100 && (address.octets()[1] & 0xc0) == 64 // carrier-grade NAT
 }
 
+/// The tag in the names of an instance's namespaces (`crs-<tag>-<n>`), host veths
+/// (`cv<tag><n>`) and table (`crs_<tag>`), derived from its state directory.
+pub fn instance_tag(state_dir: &Path) -> String {
+    let digest = Sha256::digest(state_dir.to_string_lossy().as_bytes());
+    digest
+        .iter()
+        .take(3)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// The egress of one sandbox, to remove when it goes.
 #[derive(Debug, Clone)]
 pub struct SandboxNetwork {
