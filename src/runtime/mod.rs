@@ -165,6 +165,38 @@ struct Sandbox {
     start_timer: Option<TimerId>,
 }
 
+impl Sandbox {
+    /// A sandbox with no container yet: the caller starts one (or a restore) next.
+    fn new(
+        id: SandboxId,
+        owner: Option<Owner>,
+        lifecycle: Lifecycle,
+        bundle: PathBuf,
+        network: Option<network::SandboxNetwork>,
+    ) -> Self {
+        Sandbox {
+            id,
+            container: String::new(),
+            restore_from: None,
+            checkpoint_to: None,
+            network,
+            lifecycle,
+            owner,
+            to_agent: None,
+            from_agent: None,
+            outgoing: Vec::new(),
+            decoder: FrameDecoder::new(),
+            paused: false,
+            readable: false,
+            execs: HashMap::new(),
+            next_exec: 1,
+            bundle,
+            created: Instant::now(),
+            start_timer: None,
+        }
+    }
+}
+
 /// Counters the metrics endpoint reports.
 #[derive(Debug, Default, Clone)]
 pub struct RuntimeStats {
@@ -411,29 +443,13 @@ impl Runtime {
                     Instant::now() + self.config.create_timeout,
                     RuntimeTimer::Start(key),
                 );
-                self.sandboxes.insert(
-                    key,
-                    Sandbox {
-                        id,
-                        container,
-                        restore_from: None,
-                        checkpoint_to: None,
-                        network: network.clone(),
-                        lifecycle: Lifecycle::new(),
-                        owner,
-                        to_agent: Some(to_agent),
-                        from_agent: Some(from_agent),
-                        outgoing: Vec::new(),
-                        decoder: FrameDecoder::new(),
-                        paused: false,
-                        readable: false,
-                        execs: HashMap::new(),
-                        next_exec: 1,
-                        bundle: bundle_dir,
-                        created: Instant::now(),
-                        start_timer: Some(start_timer),
-                    },
-                );
+                let mut sandbox =
+                    Sandbox::new(id, owner, Lifecycle::new(), bundle_dir, network.clone());
+                sandbox.container = container;
+                sandbox.to_agent = Some(to_agent);
+                sandbox.from_agent = Some(from_agent);
+                sandbox.start_timer = Some(start_timer);
+                self.sandboxes.insert(key, sandbox);
                 self.by_id.insert(id, key);
                 self.stats.created += 1;
                 Ok(key)
@@ -574,33 +590,40 @@ impl Runtime {
         image: PathBuf,
         with_running: bool,
     ) -> Result<(), RuntimeError> {
-        let sandbox = self
-            .sandboxes
-            .get_mut(&key)
-            .ok_or(RuntimeError::NoSuchSandbox)?;
-        let state = sandbox.lifecycle.state();
-        if state != State::Ready {
-            return Err(RuntimeError::WrongState(state.name()));
-        }
-        if !sandbox.execs.is_empty() {
-            if !with_running {
-                return Err(RuntimeError::WrongState("running an execution"));
-            }
-            for (_, (_, timers)) in sandbox.execs.drain() {
-                timers
-                    .into_iter()
-                    .for_each(|timer| self.timers.cancel(timer));
-            }
+        let sandbox = self.sandbox_in(key, State::Ready)?;
+        if !sandbox.execs.is_empty() && !with_running {
+            return Err(RuntimeError::WrongState("running an execution"));
         }
         if sandbox.checkpoint_to.is_some() {
             return Err(RuntimeError::WrongState("already being checkpointed"));
         }
+        let dropped: Vec<TimerId> = sandbox
+            .execs
+            .drain()
+            .flat_map(|(_, (_, timers))| timers)
+            .collect();
         // A failed `runsc checkpoint` leaves the container stopped, so first ask the agent
         // about what is known to make it fail; the answer (`Inspection`) continues this.
         sandbox.checkpoint_to = Some(image);
         ToAgent::Inspect.encode(&mut sandbox.outgoing);
+        dropped
+            .into_iter()
+            .for_each(|timer| self.timers.cancel(timer));
         self.flush_to_agent(key);
         Ok(())
+    }
+
+    /// The sandbox `key`, if it is in `state` (the error names the state it is in).
+    fn sandbox_in(&mut self, key: SandboxKey, state: State) -> Result<&mut Sandbox, RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        let current = sandbox.lifecycle.state();
+        if current != state {
+            return Err(RuntimeError::WrongState(current.name()));
+        }
+        Ok(sandbox)
     }
 
     /// Start a stopped sandbox again from `image` (after a checkpoint or a snapshot). The owner
@@ -611,14 +634,7 @@ impl Runtime {
         image: PathBuf,
         reset: bool,
     ) -> Result<(), RuntimeError> {
-        let sandbox = self
-            .sandboxes
-            .get_mut(&key)
-            .ok_or(RuntimeError::NoSuchSandbox)?;
-        let state = sandbox.lifecycle.state();
-        if state != State::Stopped {
-            return Err(RuntimeError::WrongState(state.name()));
-        }
+        let sandbox = self.sandbox_in(key, State::Stopped)?;
         sandbox.restore_from = Some((image, reset));
         self.apply(key, Event::RestoreRequested);
         Ok(())
@@ -648,29 +664,9 @@ impl Runtime {
         } else {
             None
         };
-        self.sandboxes.insert(
-            key,
-            Sandbox {
-                id,
-                container: String::new(),
-                restore_from: Some((image, reset)),
-                checkpoint_to: None,
-                network,
-                lifecycle: Lifecycle::stopped(),
-                owner: Some(owner),
-                to_agent: None,
-                from_agent: None,
-                outgoing: Vec::new(),
-                decoder: FrameDecoder::new(),
-                paused: false,
-                readable: false,
-                execs: HashMap::new(),
-                next_exec: 1,
-                bundle: bundle_dir,
-                created: Instant::now(),
-                start_timer: None,
-            },
-        );
+        let mut sandbox = Sandbox::new(id, Some(owner), Lifecycle::stopped(), bundle_dir, network);
+        sandbox.restore_from = Some((image, reset));
+        self.sandboxes.insert(key, sandbox);
         self.by_id.insert(id, key);
         self.stats.created += 1;
         self.apply(key, Event::RestoreRequested);
