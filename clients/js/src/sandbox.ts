@@ -676,6 +676,17 @@ export class Sandbox {
       }
       case 'exec_resumed':
         break;
+      case 'exec_lost': {
+        const entry = this.#execs.get(event.id);
+        this.#execs.delete(event.id);
+        entry?.control.fail(
+          new SandboxConnectionError(
+            `sandbox ${this.sandboxId} was restored from a checkpoint after the connection dropped; ` +
+              'the output and exit of the execution that was running are no longer available',
+          ),
+        );
+        break;
+      }
       case 'exec_rejected': {
         const entry = this.#execs.get(event.id);
         this.#execs.delete(event.id);
@@ -707,9 +718,10 @@ export class Sandbox {
           if (request?.onError !== undefined) request.onError(error);
           else request?.deferred.reject(error);
         };
-        if (event.error.status === 'SANDBOX_CHECKPOINT_ERROR') {
+        if (event.type === 'checkpoint_failed' && event.sessionEnds) {
           // The server ends the session after this error (the sandbox survives). Report it once
-          // the socket is closed, so the caller can attach again right away.
+          // the socket is closed, so the caller can attach again right away. A checkpoint refused
+          // after SANDBOX_CHECKPOINTING (open TCP connections...) leaves the session running.
           this.#afterClose.push(settle);
           this.#armCloseTimer('a checkpoint error');
         } else {

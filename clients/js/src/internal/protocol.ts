@@ -68,13 +68,23 @@ export type ProtocolEvent =
   | { type: 'exec_started'; id: RequestId }
   /** After a `reconnect` action, the server confirmed the execution is still running. */
   | { type: 'exec_resumed'; id: RequestId }
+  /**
+   * A re-attach restored the sandbox from a checkpoint (the server instance went away, e.g. shut
+   * down with SIGTERM, and saved it): the execution that was running cannot be followed any more.
+   */
+  | { type: 'exec_lost'; id: RequestId }
   | { type: 'exec_rejected'; id: RequestId; error: ServerError }
   | { type: 'output'; id: RequestId; stream: StreamName; data: string | Uint8Array }
   | { type: 'exec_done'; id: RequestId; result: ExecutionResult }
   | { type: 'kill_process_done'; id: RequestId }
   | { type: 'kill_process_failed'; id: RequestId; error: ServerError }
   | { type: 'checkpointed'; id: RequestId | undefined }
-  | { type: 'checkpoint_failed'; id: RequestId; error: ServerError }
+  /**
+   * `sessionEnds`: the server closes the connection after this error (checkpointing not enabled:
+   * the sandbox survives, attach again to use it). False when the session continues (a
+   * checkpoint refused up front, e.g. open TCP connections, or asked for while an execution runs).
+   */
+  | { type: 'checkpoint_failed'; id: RequestId; error: ServerError; sessionEnds: boolean }
   | { type: 'snapshot_created'; id: RequestId }
   | { type: 'snapshot_failed'; id: RequestId; error: ServerError }
   /** The sandbox was killed: by our `kill_sandbox` (`id` set) or by the server (idle timeout). */
@@ -124,14 +134,18 @@ const ERROR_STATUSES: ReadonlySet<string> = new Set([
   'SANDBOX_LOCK_RENEWAL_ERROR',
 ]);
 
-/** Statuses after which the server closes the connection itself; a close is then expected. */
+/**
+ * Statuses after which the server closes the connection itself; a close is then expected.
+ * `SANDBOX_CHECKPOINT_ERROR` is one only when no `SANDBOX_CHECKPOINTING` came first (checkpointing
+ * not enabled): after `SANDBOX_CHECKPOINTING` the checkpoint was refused up front and the session
+ * continues, or the save failed and the server closes with 4000 (not a drop either way).
+ */
 const SESSION_ENDING_STATUSES: ReadonlySet<string> = new Set([
   'SANDBOX_CREATION_ERROR',
   'SANDBOX_NOT_FOUND',
   'SANDBOX_IN_USE',
   'SANDBOX_PERMISSION_DENIAL_ERROR',
   'SANDBOX_RESTORE_ERROR',
-  'SANDBOX_CHECKPOINT_ERROR',
   'SANDBOX_CHECKPOINTED',
   'SANDBOX_KILLED',
 ]);
@@ -160,6 +174,14 @@ export class ProtocolMachine {
   private endingExpected = false;
   /** The caller closed the connection itself. */
   private closingLocally = false;
+  /** A re-attach is in progress (`beginReattach` until SANDBOX_RUNNING). */
+  private reattaching = false;
+  /** That re-attach restored the sandbox from a checkpoint (SANDBOX_RESTORING). */
+  private reattachRestored = false;
+  /** `SANDBOX_CHECKPOINTING` was seen and the checkpoint has not been answered yet. */
+  private checkpointing = false;
+  /** Whether the last `SANDBOX_CHECKPOINT_ERROR` ends the session (see SESSION_ENDING_STATUSES). */
+  private checkpointErrorEndsSession = true;
 
   /** An error status without `message`, waiting for its `error` event. */
   private pendingError: string | undefined;
@@ -235,6 +257,9 @@ export class ProtocolMachine {
     this.setupKindValue = 'attach';
     this.endingExpected = false;
     this.closingLocally = false;
+    this.checkpointing = false;
+    this.reattaching = true;
+    this.reattachRestored = false;
     this.pendingError = undefined;
     this.skipNextErrorEvent = false;
   }
@@ -330,6 +355,7 @@ export class ProtocolMachine {
     this.killSandboxes = [];
     this.awaitingResume = false;
     this.orphanRunning = false;
+    this.checkpointing = false;
     this.phaseValue = 'closed';
     // `running` survives: a failed re-attach attempt (closed during setup, so not reconnectable
     // itself) is followed by another, and the execution must still be resumed after it.
@@ -350,6 +376,22 @@ export class ProtocolMachine {
     const message = typeof frame['message'] === 'string' ? frame['message'] : undefined;
     out.push({ type: 'status', status, message });
     if (SESSION_ENDING_STATUSES.has(status)) this.endingExpected = true;
+    switch (status) {
+      case 'SANDBOX_CHECKPOINTING':
+        this.checkpointing = true;
+        break;
+      case 'SANDBOX_CHECKPOINT_ERROR':
+        this.checkpointErrorEndsSession = !this.checkpointing;
+        if (this.checkpointErrorEndsSession) this.endingExpected = true;
+        this.checkpointing = false;
+        break;
+      case 'SANDBOX_EXECUTION_IN_PROGRESS_ERROR':
+      case 'SANDBOX_CHECKPOINTED':
+        this.checkpointing = false;
+        break;
+      default:
+        break;
+    }
 
     if (ERROR_STATUSES.has(status)) {
       if (message !== undefined) {
@@ -362,9 +404,19 @@ export class ProtocolMachine {
     }
 
     switch (status) {
+      case 'SANDBOX_RESTORING':
+        if (this.phaseValue === 'setup' && this.reattaching) this.reattachRestored = true;
+        break;
       case 'SANDBOX_RUNNING':
         if (this.phaseValue === 'setup') {
           this.phaseValue = 'ready';
+          if (this.reattachRestored && this.running !== undefined) {
+            // A restored session knows nothing of the execution that ran when it was saved.
+            out.push({ type: 'exec_lost', id: this.running });
+            this.running = undefined;
+          }
+          this.reattaching = false;
+          this.reattachRestored = false;
           out.push({ type: 'ready' });
         }
         break;
@@ -482,7 +534,7 @@ export class ProtocolMachine {
       case 'SANDBOX_EXECUTION_IN_PROGRESS_ERROR':
         id = this.checkpoints.shift();
         if (id !== undefined) {
-          out.push({ type: 'checkpoint_failed', id, error });
+          out.push({ type: 'checkpoint_failed', id, error, sessionEnds: false });
           return;
         }
         id = this.snapshots.shift();
@@ -494,7 +546,7 @@ export class ProtocolMachine {
       case 'SANDBOX_CHECKPOINT_ERROR':
         id = this.checkpoints.shift();
         if (id !== undefined) {
-          out.push({ type: 'checkpoint_failed', id, error });
+          out.push({ type: 'checkpoint_failed', id, error, sessionEnds: this.checkpointErrorEndsSession });
           return;
         }
         break;

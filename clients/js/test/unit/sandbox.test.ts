@@ -242,6 +242,93 @@ describe('Sandbox (scripted server)', () => {
     assert.equal(server.sockets.length, 1);
   });
 
+  it('rejects a checkpoint refused after CHECKPOINTING at once; the session continues', async () => {
+    const refusal = 'cannot checkpoint: the sandbox has 2 open TCP connection(s), which runsc cannot save; close them and retry';
+    const server = new FakeServer({
+      message: (socket, message) => {
+        if (message['action'] === 'checkpoint') {
+          socket.status('SANDBOX_CHECKPOINTING');
+          socket.error('SANDBOX_CHECKPOINT_ERROR', refusal);
+        } else {
+          execScript(socket, message);
+        }
+      },
+    });
+    // A close timeout far beyond the test's patience: waiting for a close would hang here.
+    const sandbox = await Sandbox.create(URL_, { webSocket: server.WebSocket, enableCheckpoint: true, closeTimeout: 3600 });
+    const t0 = Date.now();
+    const error = await sandbox.checkpoint().then(
+      () => assert.fail('expected a checkpoint error'),
+      (e: unknown) => e,
+    );
+    assert.ok(error instanceof SandboxCheckpointError);
+    assert.equal(error.message, refusal);
+    assert.equal(error.status, 'SANDBOX_CHECKPOINT_ERROR');
+    assert.ok(Date.now() - t0 < 1000, 'not waiting for a close that does not come');
+    assert.equal(sandbox.state, 'running');
+    const proc = await sandbox.exec('echo:still here\n', 'bash');
+    assert.equal(await proc.stdout.readAll(), 'still here\n');
+    await sandbox.terminate();
+    assert.equal(server.sockets.length, 1);
+  });
+
+  it('a checkpoint that fails after CHECKPOINTING with a close 4000 rejects, then ends the session', async () => {
+    const server = new FakeServer({
+      message: (socket, message) => {
+        if (message['action'] === 'checkpoint') {
+          socket.status('SANDBOX_CHECKPOINTING');
+          socket.error('SANDBOX_CHECKPOINT_ERROR', 'runsc checkpoint failed');
+          socket.serverClose(4000);
+        }
+      },
+    });
+    const sandbox = await Sandbox.create(URL_, { webSocket: server.WebSocket, autoReconnect: true });
+    await assert.rejects(sandbox.checkpoint(), (e: unknown) => e instanceof SandboxCheckpointError && e.message === 'runsc checkpoint failed');
+    await tick(5);
+    assert.equal(sandbox.state, 'closed', 'a deliberate close is not a drop');
+    assert.equal(server.sockets.length, 1);
+  });
+
+  it('a re-attach that restores the sandbox (server shut down) fails the running execution, not hangs', async () => {
+    const server = new FakeServer({
+      message: (socket, message) => {
+        if (message['code'] === 'ticks') {
+          socket.status('SANDBOX_EXECUTION_RUNNING');
+          socket.push({ event: 'stdout', data: 'tick\n' });
+        } else {
+          execScript(socket, message);
+        }
+      },
+    });
+    const sandbox = await Sandbox.create(URL_, {
+      webSocket: server.WebSocket,
+      enableCheckpoint: true,
+      autoReconnect: { initialDelay: 0.01, maxAttempts: 5 },
+    });
+    const proc = await sandbox.exec('ticks', 'bash');
+    const iterator = proc.stdout[Symbol.asyncIterator]();
+    assert.equal((await iterator.next()).value, 'tick\n');
+    server.script.connect = (socket) => {
+      // Another instance restores the checkpoint the shut-down one saved.
+      socket.open();
+      socket.status('SANDBOX_RESTORING');
+      socket.status('SANDBOX_RUNNING');
+    };
+    server.sockets[0]?.status('SANDBOX_CHECKPOINTING');
+    server.sockets[0]?.serverClose(1001, 'the server is shutting down');
+    await assert.rejects(
+      proc.wait(),
+      (e: unknown) => e instanceof SandboxConnectionError && e.message.includes('restored from a checkpoint'),
+    );
+    for (let i = 0; i < 100 && sandbox.state !== 'running'; i++) await tick(5);
+    assert.equal(sandbox.state, 'running');
+    assert.equal(server.sockets.length, 2);
+    assert.deepEqual(server.last.sent, [{ action: 'reconnect' }]);
+    const after = await sandbox.exec('echo:after\n', 'bash');
+    assert.equal(await after.stdout.readAll(), 'after\n');
+    await sandbox.terminate();
+  });
+
   it('re-attaches after a drop, replays output once, and flushes stdin written meanwhile', async () => {
     const server = new FakeServer({
       message: (socket, message) => {
