@@ -562,27 +562,42 @@ fn sigterm_checkpoints_a_checkpointable_sandbox_and_b_restores_it() {
 /// Executions that ran when a shutdown checkpointed the sandbox go on after the restore; new
 /// executions there must get ids those do not use.
 #[test]
-fn executions_after_restoring_a_shutdown_checkpoint_do_not_collide_with_surviving_ones() {
+fn an_execution_running_at_a_shutdown_checkpoint_is_followed_after_the_restore() {
     let mut pair = pair_with(&[("SANDBOX_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS)], &[]);
     let Created {
         mut ws,
         sandbox_id,
         token,
     } = create(&pair.a, json!({"enable_checkpoint": true}));
-    // The first execution on A: the surviving one after the restore.
-    ws.start("bash", "sleep 60");
+    // Running at the checkpoint: it goes on after the restore.
+    ws.start(
+        "bash",
+        "for i in $(seq 1 600); do echo tick $i; sleep 0.1; done",
+    );
     ws.expect_status("SANDBOX_EXECUTION_RUNNING");
     terminate_checkpointing(&mut pair.a, &mut ws);
 
     let mut ws = restore(&pair.b, &sandbox_id, &token);
-    for n in 1..=3 {
-        ws.start("bash", &format!("echo exec {n}"));
+    // One execution at a time, also across a restore.
+    ws.start("bash", "echo second");
+    let refusal = ws.expect_error("SANDBOX_EXECUTION_ERROR");
+    assert!(refusal.contains("already in progress"), "{refusal}");
+    // The surviving execution is the session's: reconnect replays it, kill_process ends it.
+    ws.send(json!({"action": "reconnect"}));
+    ws.expect_status("SANDBOX_EXECUTION_RUNNING");
+    let ticks = ws.read_stdout_until("tick");
+    assert!(ticks.contains("tick"), "{ticks}");
+    ws.send(json!({"action": "kill_process"}));
+    let done = loop {
         let frame = ws.recv();
-        assert!(
-            is_status(&frame, "SANDBOX_EXECUTION_RUNNING"),
-            "execution {n} after the restore (while `sleep 60` from before the checkpoint runs): {frame}"
-        );
-        let result = ws.collect_until_done();
+        if is_status(&frame, "SANDBOX_EXECUTION_DONE") {
+            break frame;
+        }
+    };
+    assert_eq!(done["reason"], "killed", "{done}");
+    // Afterwards executions run normally, with ids that do not collide with the old one.
+    for n in 1..=3 {
+        let result = ws.run("bash", &format!("echo exec {n}"));
         assert_eq!(result.stdout, format!("exec {n}\n"));
     }
     ws.kill_sandbox();

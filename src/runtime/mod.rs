@@ -673,6 +673,26 @@ impl Runtime {
         Ok(key)
     }
 
+    /// Follow an execution that was running when the sandbox was checkpointed and runs on in
+    /// the restored sandbox: its output and end are reported again, under the usual timeout.
+    pub fn adopt_exec(&mut self, key: SandboxKey, exec: ExecId) -> Result<(), RuntimeError> {
+        let output_limit = self.config.limits.max_output_bytes;
+        let timeout = self.config.limits.exec_timeout;
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        sandbox.next_exec = sandbox.next_exec.max(exec.saturating_add(1));
+        let now = Instant::now();
+        let timer = self
+            .timers
+            .arm(now + timeout, RuntimeTimer::ExecTimeout(key, exec));
+        sandbox
+            .execs
+            .insert(exec, (ExecTracker::new(output_limit, now), vec![timer]));
+        Ok(())
+    }
+
     /// Run code in a ready sandbox. Output and the end arrive as notices.
     pub fn start_exec(&mut self, key: SandboxKey, spec: ExecSpec) -> Result<ExecId, RuntimeError> {
         let limits = self.agent_config.limits.clone();

@@ -396,6 +396,9 @@ impl Server {
                     manifest.settings.network,
                 ) {
                     Ok(key) => {
+                        if let Some(exec) = manifest.settings.running_exec {
+                            let _ = self.runtime.adopt_exec(key, exec.id);
+                        }
                         let session = Session::restored(
                             session_id,
                             manifest.token_sha256.clone().unwrap_or_default(),

@@ -245,6 +245,10 @@ impl Session {
             idle_timeout_secs: self.idle_timeout.map(|timeout| timeout.as_secs_f64()),
             auto_checkpoint: self.auto_checkpoint,
             network: self.network,
+            running_exec: self.exec.as_ref().map(|exec| crate::store::SavedExec {
+                id: exec.id,
+                base64: exec.base64,
+            }),
         }
     }
 
@@ -267,6 +271,17 @@ impl Session {
         session.auto_checkpoint = saved.auto_checkpoint;
         session.network = saved.network;
         session.idle_timeout = saved.idle_timeout_secs.map(Duration::from_secs_f64);
+        if let Some(exec) = saved.running_exec {
+            // Its output is held until the client asks for it with `reconnect`.
+            session.exec = Some(RunningExec {
+                id: exec.id,
+                base64: exec.base64,
+                stdout: Utf8Stream::default(),
+                stderr: Utf8Stream::default(),
+                pending: None,
+            });
+            session.awaiting_reconnect = true;
+        }
         session
     }
 

@@ -43,6 +43,16 @@ pub struct SavedSettings {
     /// Created with network egress (restored with it too).
     #[serde(default)]
     pub network: bool,
+    /// The execution that was running when the sandbox was checkpointed at shutdown: it goes
+    /// on after the restore, and the restored session follows it (reconnect replays it).
+    #[serde(default)]
+    pub running_exec: Option<SavedExec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedExec {
+    pub id: u32,
+    pub base64: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
