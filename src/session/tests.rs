@@ -578,6 +578,7 @@ fn restored_sessions_check_the_token_hash_and_report_running() {
         idle_timeout_secs: Some(60.0),
         auto_checkpoint: false,
         network: false,
+        running_exec: None,
     };
     let hash = crate::store::sha256_hex(b"the-token");
     let mut session = Session::restored(
@@ -636,4 +637,48 @@ fn network_egress_is_asked_for_in_the_init_and_refused_when_unavailable() {
             egress: true
         }]
     );
+}
+
+#[test]
+fn an_execution_saved_at_shutdown_is_followed_after_the_restore() {
+    let mut control = FakeControl::default();
+    let saved = crate::store::SavedSettings {
+        running_exec: Some(crate::store::SavedExec {
+            id: 4,
+            base64: false,
+        }),
+        ..Default::default()
+    };
+    let mut session = Session::restored(
+        2,
+        "hash".into(),
+        &saved,
+        7,
+        "id".into(),
+        settings(true),
+        Instant::now(),
+    );
+    session.on_runtime(RuntimeEvent::Ready, &mut control);
+    let out = session.on_message(
+        r#"{"language":"bash","code":"true"}"#,
+        &mut control,
+        Instant::now(),
+    );
+    assert_eq!(
+        frame(&out, 1)["message"],
+        "An execution is already in progress."
+    );
+    assert!(session
+        .on_runtime(
+            RuntimeEvent::Output(4, Stream::Stdout, b"tick\n".to_vec()),
+            &mut control
+        )
+        .is_empty());
+    assert!(
+        session.flush_output(&mut control).is_empty(),
+        "held until reconnect"
+    );
+    let out = session.on_message(r#"{"action":"reconnect"}"#, &mut control, Instant::now());
+    assert_eq!(names(&out), ["SANDBOX_EXECUTION_RUNNING", "stdout"]);
+    assert_eq!(frame(&out, 1)["data"], "tick\n");
 }
