@@ -84,6 +84,8 @@ export interface CreateOptions extends ConnectionOptions {
   enableSandboxHandoff?: boolean | undefined;
   /** Start from this named filesystem snapshot (the server needs `FILESYSTEM_SNAPSHOT_PATH`). */
   filesystemSnapshotName?: string | null | undefined;
+  /** Network egress under the server's policy (by default the Python package index, for `pip install`). */
+  enableNetwork?: boolean | undefined;
 }
 
 export type AttachOptions = ConnectionOptions;
@@ -847,6 +849,7 @@ function initFrame(options: CreateOptions): InitFrame {
   }
   if (options.enableSandboxHandoff !== undefined) init.enable_sandbox_handoff = options.enableSandboxHandoff;
   if (options.filesystemSnapshotName !== undefined) init.filesystem_snapshot_name = options.filesystemSnapshotName;
+  if (options.enableNetwork === true) init.enable_network = true;
   return init;
 }
 

@@ -15,6 +15,8 @@ export interface InitFrame {
   enable_idle_timeout_auto_checkpoint?: boolean;
   enable_sandbox_handoff?: boolean;
   filesystem_snapshot_name?: string | null;
+  /** Our addition: network egress under the server's policy. */
+  enable_network?: boolean;
 }
 
 export interface ExecFrame {

@@ -52,6 +52,16 @@ function execScript(socket: FakeSocket, message: Record<string, unknown>): void 
 }
 
 describe('Sandbox (scripted server)', () => {
+  it('asks for network egress only when enableNetwork is set', async () => {
+    const server = new FakeServer({ message: execScript });
+    const plain = await Sandbox.create(URL_, { webSocket: server.WebSocket });
+    assert.equal('enable_network' in (server.last.sent[0] as object), false);
+    void plain.terminate();
+    const networked = await Sandbox.create(URL_, { webSocket: server.WebSocket, enableNetwork: true });
+    assert.deepEqual(server.last.sent[0], { enable_network: true });
+    void networked.terminate();
+  });
+
   it('creates with snake_case init keys, execs, and runs', async () => {
     const server = new FakeServer({ message: execScript });
     const statuses: string[] = [];
