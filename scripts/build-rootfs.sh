@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Build the sandbox root filesystem (Debian bookworm, minbase + sandbox-image/packages.txt).
+# Build the sandbox root filesystem: Debian bookworm minbase (debootstrap), then apt-get install
+# of sandbox-image/packages.txt, the pinned PyPI packages of sandbox-image/requirements.txt, and
+# the files of sandbox-image/overlay/.
 #
 # Usage:
 #   build-rootfs.sh [--no-smoke-test] OUT_DIR   build into OUT_DIR.tmp.$$, check it, swap it in
@@ -9,9 +11,15 @@
 # Environment:
 #   ROOTFS_SMOKE_TEST=0   same as --no-smoke-test (docker build cannot run runsc)
 #   DEBIAN_MIRROR=URL     override the mirror taken from the host's apt sources
+#   PIP_INDEX_URL, http(s)_proxy, no_proxy  passed to pip for requirements.txt (default: PyPI)
 #
 # The result contains:
-#   /.sandbox-image-stamp                  sha256 over this script, packages.txt, statx-shim.c
+#   /.sandbox-image-stamp                  sha256 over this script and every file of sandbox-image/
+#   /usr/lib/python3/dist-packages         the Debian Python libraries of packages.txt
+#   /usr/local/lib/python3.11/dist-packages  requirements.txt (pip, no EXTERNALLY-MANAGED marker)
+#   /etc/pip.conf and other overlay files  copied from sandbox-image/overlay/
+#   /etc/matplotlibrc                      backend: Agg (no display in a sandbox)
+#   /root/.cache/matplotlib                matplotlib's font cache, built once here
 #   /.sandbox/                             empty; the server bind-mounts its agent here (ro)
 #   /usr/lib/sandbox/libstatx-shim.so      + /etc/ld.so.preload naming it (see statx-shim.c)
 #   /etc/{resolv.conf,hosts,hostname}      sandbox-local, never the host's
@@ -22,6 +30,9 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$SCRIPT_DIR")
 IMAGE_DIR="$REPO_DIR/sandbox-image"
 PACKAGES_FILE="$IMAGE_DIR/packages.txt"
+REQUIREMENTS_FILE="$IMAGE_DIR/requirements.txt"   # optional
+OVERLAY_DIR="$IMAGE_DIR/overlay"                  # optional; copied over the image as is
+CHECK_SCRIPT=check-image.py                       # in IMAGE_DIR, run by the smoke test
 SHIM_SRC="$IMAGE_DIR/statx-shim.c"
 SHIM_PATH=/usr/lib/sandbox/libstatx-shim.so   # path inside the image
 STAMP_NAME=.sandbox-image-stamp
@@ -38,20 +49,144 @@ usage() {
 # The stamp is a content hash of everything that determines the image. setup.sh compares it
 # with the one inside an existing image to decide whether to rebuild; the server may also use
 # it to tell whether a checkpoint/snapshot was taken on the same base image.
-# Hash file contents under fixed names so the stamp does not depend on the checkout path.
+# Hash file contents under names relative to the repository so the stamp does not depend on
+# the checkout path. Every file below sandbox-image/ counts (package lists, overlay, checks):
+# adding, removing, renaming or editing any of them changes the stamp.
 compute_stamp() {
     local f
-    for f in "${BASH_SOURCE[0]}" "$PACKAGES_FILE" "$SHIM_SRC"; do
-        printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$(basename "$f")"
-    done | sha256sum | cut -d' ' -f1
+    {
+        printf '%s\n' "$SCRIPT_DIR/$(basename "${BASH_SOURCE[0]}")"
+        find "$IMAGE_DIR" -type f -print
+    } | while IFS= read -r f; do
+        printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "${f#"$REPO_DIR"/}"
+    done | LC_ALL=C sort -k2 | sha256sum | cut -d' ' -f1
 }
 
-# Packages, comma-joined: strip comments (whole-line and trailing); every word is a package.
+# Packages, space-separated: strip comments (whole-line and trailing); every word is a package.
 read_packages() {
     local pkgs
-    pkgs=$(sed -e 's/#.*//' "$PACKAGES_FILE" | awk '{ for (i = 1; i <= NF; i++) print $i }' | paste -sd, -)
+    pkgs=$(sed -e 's/#.*//' "$PACKAGES_FILE" | awk '{ for (i = 1; i <= NF; i++) print $i }' | paste -sd' ' -)
     [[ -n "$pkgs" ]] || die "no packages in $PACKAGES_FILE"
     echo "$pkgs"
+}
+
+# requirements.txt without comments and blank lines (may be empty, or the file missing).
+read_requirements() {
+    [[ -f "$REQUIREMENTS_FILE" ]] || return 0
+    sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e 's/^[[:space:]]*//' "$REQUIREMENTS_FILE" | grep -v '^$' || true
+}
+
+# Every line of requirements.txt must be `name==version` (checked before anything is built).
+check_requirements() {
+    local line
+    while IFS= read -r line; do
+        [[ -z "$line" || "$line" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?==[A-Za-z0-9.+!_-]+$ ]] \
+            || die "$REQUIREMENTS_FILE: '$line' is not a name==version pin"
+    done <<<"$(read_requirements)"
+}
+
+# Run a command inside the image being built (chroot $1) with a clean environment: the host's
+# (PIP_*, PYTHON*, MPL*, ...) must not leak in. VAR=VALUE arguments before the command are added.
+in_image() {
+    local root=$1
+    shift
+    local vars=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8)
+    while [[ $# -gt 0 && "$1" == *=* ]]; do vars+=("$1"); shift; done
+    env -i "${vars[@]}" chroot "$root" "$@"
+}
+
+# apt-get install the packages of packages.txt inside the minbase image. Not debootstrap
+# --include: its resolver always takes the first alternative of an "a | b" dependency, even
+# when b is listed (python3-fonttools' "python3-scipy | python3-munkres" pulled scipy, pythran,
+# g++ and Boost headers: a 1.5 GB image instead of 0.8). apt honours what is listed, and
+# leaves recommends out here.
+install_packages() {
+    local root=$1 var vars=(DEBIAN_FRONTEND=noninteractive) proc=0
+    for var in http_proxy https_proxy HTTP_PROXY HTTPS_PROXY no_proxy NO_PROXY; do
+        if [[ -n "${!var:-}" ]]; then vars+=("$var=${!var}"); fi
+    done
+    # Some maintainer scripts like /proc; the EXIT trap unmounts it if we fail. `docker build`
+    # may not allow the mount: apt and dpkg work without it (as debootstrap does there).
+    if mount -t proc proc "$root/proc" 2>/dev/null; then
+        proc=1
+    else
+        log "/proc not mounted in the image (container build?); installing without it"
+    fi
+    # shellcheck disable=SC2086 # PACKAGES is a word list
+    if ! { in_image "$root" "${vars[@]}" apt-get update \
+            && in_image "$root" "${vars[@]}" apt-get install -y --no-install-recommends \
+                -o Dpkg::Use-Pty=0 $PACKAGES; } >>"$LOG" 2>&1; then
+        tail -n 30 "$LOG" >&2
+        die "apt-get install failed (full log: $LOG)"
+    fi
+    in_image "$root" apt-get clean
+    if [[ $proc == 1 ]]; then umount "$root/proc"; fi
+}
+
+# pip-install requirements.txt into the image: every line pinned with ==, wheels only (no
+# compiler in the image), no dependency resolution (so nothing unpinned slips in); `pip check`
+# then fails the build if a dependency is neither pinned there nor a Debian package.
+install_requirements() {
+    local root=$1 reqs var vars=()
+    reqs=$(read_requirements)
+    if [[ -z "$reqs" ]]; then
+        log "no PyPI requirements"
+        return 0
+    fi
+    in_image "$root" python3 -c 'import pip' 2>/dev/null \
+        || die "requirements.txt needs pip in the image: add python3-pip to packages.txt"
+    printf '%s\n' "$reqs" >"$root/tmp/requirements.txt"
+    for var in http_proxy https_proxy HTTP_PROXY HTTPS_PROXY no_proxy NO_PROXY PIP_INDEX_URL; do
+        if [[ -n "${!var:-}" ]]; then vars+=("$var=${!var}"); fi
+    done
+    # Trust what the builder trusts (a proxy or a private index may need the host's CAs).
+    if [[ -r /etc/ssl/certs/ca-certificates.crt ]]; then
+        cp /etc/ssl/certs/ca-certificates.crt "$root/tmp/build-ca.crt"
+        vars+=(PIP_CERT=/tmp/build-ca.crt)
+    fi
+    log "pip install from ${PIP_INDEX_URL:-PyPI}: $(paste -sd' ' <<<"$reqs")"
+    if ! in_image "$root" "${vars[@]}" python3 -m pip install --no-cache-dir --no-deps \
+            --only-binary=:all: --disable-pip-version-check --root-user-action=ignore \
+            --no-warn-script-location -r /tmp/requirements.txt >>"$LOG" 2>&1; then
+        tail -n 20 "$LOG" >&2
+        die "pip install of requirements.txt failed (full log: $LOG)"
+    fi
+    if ! in_image "$root" python3 -m pip check --disable-pip-version-check >>"$LOG" 2>&1; then
+        tail -n 20 "$LOG" >&2
+        die "pip check failed: pin the missing dependencies in requirements.txt (or add their Debian packages)"
+    fi
+    rm -f "$root/tmp/requirements.txt" "$root/tmp/build-ca.crt"
+}
+
+# Copy sandbox-image/overlay/ over the image: root-owned, 0644 (0755 if executable) files.
+copy_overlay() {
+    local root=$1 f rel mode
+    [[ -d "$OVERLAY_DIR" ]] || return 0
+    while IFS= read -r f; do
+        rel=${f#"$OVERLAY_DIR"/}
+        mode=0644
+        [[ -x "$f" ]] && mode=0755
+        install -D -o 0 -g 0 -m "$mode" "$f" "$root/$rel"
+    done < <(find "$OVERLAY_DIR" -type f)
+}
+
+# matplotlib: Agg as the default backend (a sandbox has no display; the server also sets
+# MPLBACKEND=Agg, this covers processes that drop the environment), and its font cache built
+# once here instead of in every new sandbox (~/.cache/matplotlib, HOME=/root in sandboxes).
+configure_matplotlib() {
+    local root=$1 rc=$1/etc/matplotlibrc
+    in_image "$root" python3 -c 'import matplotlib' 2>/dev/null || return 0
+    # Debian's /etc/matplotlibrc (on matplotlib's search path, a commented-out copy of the
+    # default rc) has "##backend: Agg": make it a setting, keep the rest.
+    if [[ -f "$rc" ]] && grep -Eq '^#?[[:space:]]*backend[[:space:]]*:' "$rc"; then
+        sed -E -i '0,/^#?[[:space:]]*backend[[:space:]]*:.*/s//backend: Agg/' "$rc"
+    else
+        printf 'backend: Agg\n' >>"$rc"
+    fi
+    in_image "$root" python3 -c '
+import matplotlib, matplotlib.font_manager
+assert matplotlib.get_backend().lower() == "agg", matplotlib.get_backend()
+' || die "matplotlib configuration failed"
 }
 
 # The bookworm "main" mirror the host already uses (a proxy or local mirror on CI machines),
@@ -125,15 +260,18 @@ smoke_test() {
     SMOKE_ID=$(printf 'rootfs-smoke-%010d' "$$")
     mkdir -p "$SMOKE_WORK/state" "$SMOKE_WORK/bundle"
     # Embedded in a JSON string below: keep it free of double quotes and backslashes.
+    # sandbox-image/ is mounted at /.sandbox (where the server mounts its agent) for the check
+    # script; its last line of output is "ok".
     local cmd="set -e; ls -l / >/dev/null; ls /.sandbox /usr/lib/sandbox >/dev/null; stat / >/dev/null;"
-    cmd+=" test \$(stat -c %a /tmp) = 1777; echo written >/tmp/smoke; python3 -c 'print(1)'"
+    cmd+=" test \$(stat -c %a /tmp) = 1777; echo written >/tmp/smoke; python3 /.sandbox/$CHECK_SCRIPT"
     cat >"$SMOKE_WORK/bundle/config.json" <<EOF
 {
   "ociVersion": "1.0.0",
   "process": {
     "user": {"uid": 0, "gid": 0},
     "args": ["/bin/sh", "-c", "$cmd"],
-    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
+    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
+            "HOME=/root", "PYTHONDONTWRITEBYTECODE=1", "MPLBACKEND=Agg"],
     "cwd": "/"
   },
   "root": {"path": "$rootfs", "readonly": false},
@@ -141,7 +279,8 @@ smoke_test() {
   "mounts": [
     {"destination": "/proc", "type": "proc", "source": "proc"},
     {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
-    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+    {"destination": "/.sandbox", "type": "bind", "source": "$IMAGE_DIR", "options": ["rbind", "ro"]}
   ],
   "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]}
 }
@@ -151,7 +290,7 @@ EOF
     # timeout: a wedged runsc must not hang CI forever. The EXIT trap deletes the container.
     timeout 120 runsc --root="$SMOKE_WORK/state" --network=none --overlay2=root:memory \
         run --bundle "$SMOKE_WORK/bundle" "$SMOKE_ID" </dev/null >"$SMOKE_WORK/out" 2>"$SMOKE_WORK/err" || rc=$?
-    if [[ $rc -ne 0 || "$(cat "$SMOKE_WORK/out")" != "1" ]]; then
+    if [[ $rc -ne 0 || "$(tail -n 1 "$SMOKE_WORK/out")" != "ok" ]]; then
         log "smoke test failed (exit $rc); stdout:"; sed 's/^/  /' "$SMOKE_WORK/out" >&2
         log "stderr (runsc's RLIMIT notes removed):"
         grep -v -e RLIMIT_MEMLOCK -e RLIMIT_NOFILE "$SMOKE_WORK/err" | tail -n 30 | sed 's/^/  /' >&2
@@ -162,7 +301,7 @@ EOF
         log "smoke test wrote through to the image (overlay not applied)"; return 1
     fi
     smoke_cleanup
-    log "smoke test passed (ls -l, stat, python3 under runsc)"
+    log "smoke test passed (ls -l, stat, python3 and its libraries under runsc)"
 }
 
 SMOKE_WORK="" SMOKE_ID="" TMP="" OLD="" LOG=""
@@ -217,6 +356,10 @@ for tool in debootstrap gcc; do
     command -v "$tool" >/dev/null || die "$tool not found (scripts/setup.sh installs it)"
 done
 
+# Mistakes in the lists fail here, before anything is downloaded.
+read_packages >/dev/null
+check_requirements
+
 start=$(date +%s)
 TMP="$OUT.tmp.$$"
 LOG=$(mktemp /tmp/build-rootfs.XXXXXX.log)
@@ -235,18 +378,34 @@ done
 STAMP=$(compute_stamp)
 PACKAGES=$(read_packages)
 MIRROR=$(find_mirror)
-log "debootstrap $SUITE (minbase + $PACKAGES) from $MIRROR into $TMP (log: $LOG)"
-if ! debootstrap --variant=minbase --components=main --include="$PACKAGES" \
+log "debootstrap $SUITE (minbase) from $MIRROR into $TMP (log: $LOG)"
+if ! debootstrap --variant=minbase --components=main \
         "$SUITE" "$TMP" "$MIRROR" >"$LOG" 2>&1; then
     tail -n 30 "$LOG" >&2
     die "debootstrap failed (full log: $LOG)"
 fi
 
-log "configuring image"
 R=$TMP
+log "apt-get install $PACKAGES"
+install_packages "$R"
+# Debian marks its Python as "externally managed" (PEP 668): pip refuses to install into the
+# system site unless given --break-system-packages, to protect apt-managed files on long-lived
+# machines. A sandbox is disposable (its writes live in memory and vanish with it) and
+# `pip install pkg` as root is exactly what users run there, so the marker goes. Debian's pip
+# still installs into /usr/local/lib/python3.11/dist-packages, never over apt's files.
+rm -f "$R"/usr/lib/python3*/EXTERNALLY-MANAGED
+install_requirements "$R"
+
+log "configuring image"
 # Package caches and indexes are useless without apt access in the sandbox (~40 MB).
 rm -rf "$R"/var/cache/apt/archives/*.deb "$R"/var/cache/apt/*.bin "$R"/var/lib/apt/lists/*
 rm -f "$R"/var/log/bootstrap.log
+# Documentation, manual pages and message translations: nothing in a sandbox reads them (no
+# man, no info, C.UTF-8 locale). The copyright files stay. About 60 MB.
+find "$R/usr/share/doc" ! -type d ! -name copyright -delete
+find "$R/usr/share/doc" -mindepth 1 -type d -empty -delete
+rm -rf "$R"/usr/share/man/* "$R"/usr/share/info/*
+find "$R/usr/share/locale" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 # debootstrap copied the host's resolv.conf/hosts/hostname in: never leak those. Network is
 # off by default; with network on, the server is expected to provide its own resolver. A
 # sandbox-local /etc/hosts avoids ~35 s lookup stalls for localhost.
@@ -267,6 +426,9 @@ install -d -m 0755 "$R$(dirname "$SHIM_PATH")"
 gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o "$R$SHIM_PATH" "$SHIM_SRC"
 chmod 0644 "$R$SHIM_PATH"
 printf '%s\n' "$SHIM_PATH" >"$R/etc/ld.so.preload"
+
+copy_overlay "$R"
+configure_matplotlib "$R"
 
 if [[ "$smoke" != 0 ]]; then
     smoke_test "$TMP"

@@ -6,11 +6,15 @@
 #     (sandbox networking), ca-certificates, curl.
 #  2. builds the sandbox root filesystem with scripts/build-rootfs.sh at
 #     ${SANDBOX_ROOTFS:-/var/lib/cloud-run-sandbox/rootfs} if it is missing or its stamp
-#     (/.sandbox-image-stamp) differs from `build-rootfs.sh --stamp`.
+#     (/.sandbox-image-stamp) differs from `build-rootfs.sh --stamp`, i.e. after any change to
+#     build-rootfs.sh or to a file under sandbox-image/ (packages.txt, requirements.txt, ...).
+#     The build downloads from the Debian mirror and, for requirements.txt, from PyPI; it takes
+#     a few minutes (docs/libraries.md).
 #  3. creates /var/lib/cloud-run-sandbox/{checkpoints,snapshots}.
 #
 # A second run with nothing to do takes well under a second.
-# Environment: SANDBOX_ROOTFS, DEBIAN_MIRROR and ROOTFS_SMOKE_TEST are passed on to build-rootfs.sh.
+# Environment: SANDBOX_ROOTFS, DEBIAN_MIRROR, ROOTFS_SMOKE_TEST, PIP_INDEX_URL and the proxy
+# variables are passed on to build-rootfs.sh.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -47,6 +47,9 @@ pub struct Config {
     /// `SANDBOX_WHEELHOUSE`: a directory of Python wheels mounted read-only in every sandbox at
     /// `/opt/wheelhouse`, for `pip install` without network.
     pub wheelhouse: Option<PathBuf>,
+    /// `SANDBOX_CA_BUNDLE`: a PEM file of CA certificates mounted in every sandbox and used by
+    /// pip, requests and OpenSSL there (egress through a TLS-inspecting proxy).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// Limits applied to sandboxes and executions.
@@ -208,6 +211,7 @@ impl Config {
             lease_settle: Duration::from_millis(env.number("SANDBOX_LEASE_SETTLE_MS", 1000)?),
             cpu_features: env.raw("SANDBOX_CPU_FEATURES"),
             wheelhouse: env.optional_path("SANDBOX_WHEELHOUSE"),
+            ca_bundle: env.optional_path("SANDBOX_CA_BUNDLE"),
             egress: EgressConfig {
                 enabled: match env.string("SANDBOX_EGRESS", "on").as_str() {
                     "on" => true,

@@ -18,8 +18,9 @@ pub const AGENT_MOUNT: &str = "/.sandbox";
 pub const AGENT_FILE: &str = "sandbox-agent";
 
 /// The base environment of every execution. Without network, pip looks only at the
-/// wheelhouse (if any) instead of retrying an index it cannot reach.
-pub fn base_env(wheelhouse: bool, network: bool) -> Vec<(String, String)> {
+/// wheelhouse (if any) instead of retrying an index it cannot reach. With an operator's CA
+/// bundle (for example behind a TLS-inspecting proxy), pip, requests and OpenSSL use it.
+pub fn base_env(wheelhouse: bool, network: bool, ca_bundle: bool) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = [
         (
             "PATH",
@@ -41,11 +42,18 @@ pub fn base_env(wheelhouse: bool, network: bool) -> Vec<(String, String)> {
     if !network {
         env.push(("PIP_NO_INDEX".into(), "1".into()));
     }
+    if ca_bundle {
+        for variable in ["PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"] {
+            env.push((variable.into(), CA_BUNDLE_MOUNT.into()));
+        }
+    }
     env
 }
 
 /// Where an operator's wheelhouse is mounted inside sandboxes (read-only).
 pub const WHEELHOUSE_MOUNT: &str = "/opt/wheelhouse";
+/// Where an operator's CA bundle is mounted inside sandboxes (read-only).
+pub const CA_BUNDLE_MOUNT: &str = "/opt/sandbox-ca-bundle.pem";
 
 /// What varies between sandboxes' bundles.
 pub struct BundleSpec<'a> {
@@ -57,6 +65,8 @@ pub struct BundleSpec<'a> {
     pub cpu_features: Option<&'a str>,
     /// A directory of wheels for offline `pip install`.
     pub wheelhouse: Option<&'a Path>,
+    /// A PEM bundle of CA certificates that TLS inside the sandbox trusts instead of the image's.
+    pub ca_bundle: Option<&'a Path>,
     /// The network namespace of a sandbox with egress (`None`: no network).
     pub netns: Option<&'a Path>,
     /// The sandbox's own `/etc/hosts` (egress sandboxes resolve their destinations through it).
@@ -87,6 +97,12 @@ pub fn spec(bundle: &BundleSpec<'_>) -> Value {
     if let Some(hosts) = bundle.hosts {
         mounts.push(
             json!({"destination": "/etc/hosts", "type": "bind", "source": hosts,
+                           "options": ["bind", "ro"]}),
+        );
+    }
+    if let Some(ca_bundle) = bundle.ca_bundle {
+        mounts.push(
+            json!({"destination": CA_BUNDLE_MOUNT, "type": "bind", "source": ca_bundle,
                            "options": ["bind", "ro"]}),
         );
     }

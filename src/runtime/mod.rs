@@ -255,6 +255,14 @@ impl Runtime {
                 ),
             ));
         }
+        if let Some(bundle) = &config.ca_bundle {
+            if !bundle.is_file() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("SANDBOX_CA_BUNDLE {} is not a file", bundle.display()),
+                ));
+            }
+        }
         if let Some(wheelhouse) = &config.wheelhouse {
             if !wheelhouse.is_dir() {
                 return Err(io::Error::new(
@@ -302,7 +310,11 @@ impl Runtime {
                 file_size_bytes: Some(limits.max_file_mb * 1024 * 1024),
                 open_files: Some(1024),
             },
-            base_env: bundle::base_env(config.wheelhouse.is_some(), false),
+            base_env: bundle::base_env(
+                config.wheelhouse.is_some(),
+                false,
+                config.ca_bundle.is_some(),
+            ),
             python_standby: true,
         };
         Ok(Runtime {
@@ -517,7 +529,11 @@ impl Runtime {
         let hosts = (network.is_some() && hosts.exists()).then_some(hosts.as_path());
         let wheelhouse = self.config.wheelhouse.as_deref();
         let agent = AgentConfig {
-            base_env: bundle::base_env(wheelhouse.is_some(), netns.is_some()),
+            base_env: bundle::base_env(
+                wheelhouse.is_some(),
+                netns.is_some(),
+                self.config.ca_bundle.is_some(),
+            ),
             ..self.agent_config.clone()
         };
         let spec = bundle::spec(&bundle::BundleSpec {
@@ -528,6 +544,7 @@ impl Runtime {
             cgroup: &cgroup,
             cpu_features: self.config.cpu_features.as_deref(),
             wheelhouse,
+            ca_bundle: self.config.ca_bundle.as_deref(),
             netns,
             hosts,
         });
