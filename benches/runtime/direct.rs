@@ -69,6 +69,7 @@ pub struct Env {
     /// As the server passes it to the bundle (pinned CPU features, if configured).
     pub cpu_features: Option<String>,
     pub wheelhouse: Option<PathBuf>,
+    pub ca_bundle: Option<PathBuf>,
     pub cgroup_parent: String,
     pub agent_binary: PathBuf,
     pub server_binary: PathBuf,
@@ -104,7 +105,11 @@ impl Env {
                 file_size_bytes: Some(limits.max_file_mb * 1024 * 1024),
                 open_files: Some(1024),
             },
-            base_env: bundle::base_env(config.wheelhouse.is_some(), false),
+            base_env: bundle::base_env(
+                config.wheelhouse.is_some(),
+                false,
+                config.ca_bundle.is_some(),
+            ),
             python_standby: true,
         };
         let cgroup_parent = base
@@ -124,6 +129,7 @@ impl Env {
             limits,
             cpu_features: config.cpu_features.clone(),
             wheelhouse: config.wheelhouse.clone(),
+            ca_bundle: config.ca_bundle.clone(),
             cgroup_parent,
             agent_binary,
             server_binary: PathBuf::from(env!("CARGO_BIN_EXE_sandbox-server")),
@@ -164,6 +170,7 @@ impl Env {
             cgroup: &cgroup,
             cpu_features: self.cpu_features.as_deref(),
             wheelhouse: self.wheelhouse.as_deref(),
+            ca_bundle: self.ca_bundle.as_deref(),
             netns: None,
             hosts: None,
         });
