@@ -42,7 +42,7 @@ struct SharedDirs {
 impl SharedDirs {
     fn new() -> SharedDirs {
         let n = DIRS.fetch_add(1, Ordering::SeqCst);
-        let root = PathBuf::from(format!("/tmp/crs-ckpt-test-{}-{n}", std::process::id()));
+        let root = PathBuf::from(format!("/tmp/crs-ckpt-test-{}-{n:04}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let dirs = SharedDirs {
             checkpoints: root.join("checkpoints"),

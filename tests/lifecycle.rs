@@ -28,7 +28,7 @@ const EXIT_GRACE: Duration = Duration::from_secs(1);
 fn assert_no_sandbox_left(state_dir: &Path) {
     let containers = runsc_list(&state_dir.join("runsc"));
     assert!(containers.is_empty(), "containers left: {containers:?}");
-    let needle = state_dir.to_string_lossy().into_owned();
+    let needle = format!("{}/", state_dir.to_string_lossy());
     let gone = wait_until(EXIT_GRACE, || processes_mentioning(&needle).is_empty());
     assert!(gone, "processes left: {:#?}", processes_mentioning(&needle));
 }

@@ -35,11 +35,13 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// A fresh, unique state directory path (not created): `/tmp/crs-test-<pid>-<n>`. Its file name
-/// is also the server's cgroup parent, so it must be unique among concurrent servers.
+/// A fresh, unique state directory path (not created): `/tmp/crs-test-<pid>-<nnnn>`. Its file
+/// name is also the server's cgroup parent, so it must be unique among concurrent servers; the
+/// fixed width keeps one from being a prefix of another (`-1` of `-11`), which matters to the
+/// cleanup that finds a server's processes by the path on their command line.
 pub fn new_state_dir() -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = PathBuf::from(format!("/tmp/crs-test-{}-{n}", std::process::id()));
+    let dir = PathBuf::from(format!("/tmp/crs-test-{}-{n:04}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -338,7 +340,8 @@ pub fn force_cleanup(state_dir: &Path) {
             );
         }
     }
-    let needle = state_dir.to_string_lossy().into_owned();
+    // With the separator, the path of another state directory it prefixes does not match.
+    let needle = format!("{}/", state_dir.to_string_lossy());
     for (pid, _) in processes_mentioning(&needle) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
