@@ -15,6 +15,7 @@ mod direct;
 mod report;
 mod server;
 mod support;
+mod websocket;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -680,6 +681,7 @@ fn bench_server(env: &Env, report: &mut Report) -> io::Result<()> {
         report.throughput_runsc_exec,
     ));
     drop(client);
+    bench_websocket(&server, report)?;
 
     // Requests per second: 4 clients in a loop for a fixed time, fresh sandbox per request.
     settle(&server)?;
@@ -706,6 +708,57 @@ fn bench_server(env: &Env, report: &mut Report) -> io::Result<()> {
         bytes: server_rss_peak,
         note: "VmRSS of sandbox-server".into(),
     });
+    Ok(())
+}
+
+/// One WebSocket session: warm round trips (the sandbox stays) and output throughput.
+fn bench_websocket(server: &Server, report: &mut Report) -> io::Result<()> {
+    server.wait_settled(2, Duration::from_secs(30))?;
+    let mut session = websocket::Session::create(server.port)?;
+    session.run("bash", "true")?; // warm-up
+    let mut bash = Vec::new();
+    for _ in 0..15 {
+        pause(50);
+        bash.push(session.run("bash", "true")?.0);
+    }
+    report.rows.push(Row::latency(
+        "WebSocket session: `bash` `true`, message to `SANDBOX_EXECUTION_DONE`",
+        &bash,
+        "`runsc exec ID /bin/bash -c true` on a running sandbox",
+        report.bash_runsc_exec,
+    ));
+    let mut python = Vec::new();
+    for _ in 0..10 {
+        pause(400); // the standby interpreter of the previous execution's successor starts
+        let (elapsed, bytes, done) = session.run("python", "print(1)")?;
+        check(bytes == 2 && done["exit_code"] == 0, || {
+            format!("python over WebSocket: {done}")
+        })?;
+        python.push(elapsed);
+    }
+    report.rows.push(Row::latency(
+        "WebSocket session: python `print(1)`, message to `SANDBOX_EXECUTION_DONE`",
+        &python,
+        "`runsc exec ID python3 -c 'print(1)'` on a running sandbox",
+        report.python_runsc_exec,
+    ));
+    let code = format!("yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {OUTPUT_BYTES}");
+    let mut throughput = Vec::new();
+    for _ in 0..3 {
+        let (elapsed, bytes, _) = session.run("bash", &code)?;
+        check(bytes as u64 == OUTPUT_BYTES, || {
+            format!("{bytes} bytes of output over WebSocket")
+        })?;
+        throughput.push(OUTPUT_BYTES as f64 / elapsed / 1e6);
+    }
+    report.rows.push(Row::rate(
+        "output throughput, 200 MB of text through one WebSocket session",
+        &throughput,
+        Unit::MegabytesPerSecond,
+        "`runsc exec ID head -c 200000000 /dev/zero`",
+        report.throughput_runsc_exec,
+    ));
+    session.kill();
     Ok(())
 }
 

@@ -212,34 +212,50 @@ impl Execution {
     }
 
     /// Returns false when the pipe has nothing more right now (would block, EOF or error).
+    /// Read what the pipe holds, up to one frame's worth, and frame it once: a writer's small
+    /// writes become one frame instead of one each. Returns false when the pipe has nothing
+    /// more right now (would block, end of file or error).
     fn read_chunk(&mut self, which: PipeRead, outbox: &mut Vec<u8>) -> bool {
-        let mut buffer = [0u8; MAX_CHUNK_BYTES];
-        let (result, stream) = match which {
-            PipeRead::Stdout => match self.stdout.as_mut() {
-                Some(pipe) => (pipe.read(&mut buffer), Stream::Stdout),
-                None => return false,
-            },
-            PipeRead::Stderr => match self.stderr.as_mut() {
-                Some(pipe) => (pipe.read(&mut buffer), Stream::Stderr),
-                None => return false,
-            },
+        let mut buffer = vec![0u8; MAX_CHUNK_BYTES];
+        let mut filled = 0;
+        let mut more = true;
+        let stream = match which {
+            PipeRead::Stdout => Stream::Stdout,
+            PipeRead::Stderr => Stream::Stderr,
         };
-        match result {
-            Ok(0) => {
-                self.close_pipe(which);
-                false
-            }
-            Ok(n) => {
-                FromAgent::Output(self.id, stream, buffer[..n].to_vec()).encode(outbox);
-                true
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => true,
-            Err(_) => {
-                self.close_pipe(which);
-                false
+        while filled < buffer.len() {
+            let pipe: Option<&mut dyn Read> = match which {
+                PipeRead::Stdout => self.stdout.as_mut().map(|pipe| pipe as &mut dyn Read),
+                PipeRead::Stderr => self.stderr.as_mut().map(|pipe| pipe as &mut dyn Read),
+            };
+            let Some(pipe) = pipe else {
+                more = false;
+                break;
+            };
+            match pipe.read(&mut buffer[filled..]) {
+                Ok(0) => {
+                    self.close_pipe(which);
+                    more = false;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close_pipe(which);
+                    more = false;
+                    break;
+                }
             }
         }
+        if filled > 0 {
+            buffer.truncate(filled);
+            FromAgent::Output(self.id, stream, buffer).encode(outbox);
+        }
+        more
     }
 
     fn close_pipe(&mut self, which: PipeRead) {
