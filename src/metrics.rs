@@ -70,6 +70,8 @@ pub struct Gauges {
     pub live_sandboxes: usize,
     pub pool_ready: usize,
     pub connections: usize,
+    pub sessions: usize,
+    pub websockets: usize,
     pub sandboxes_created: u64,
     pub sandbox_start_failures: u64,
     pub sandboxes_lost: u64,
@@ -95,6 +97,18 @@ impl Metrics {
                 "sandbox_http_connections",
                 "Open client connections.",
                 gauges.connections as u64,
+                "gauge",
+            ),
+            (
+                "sandbox_sessions",
+                "WebSocket sessions, attached or not.",
+                gauges.sessions as u64,
+                "gauge",
+            ),
+            (
+                "sandbox_websockets",
+                "Open WebSocket connections.",
+                gauges.websockets as u64,
                 "gauge",
             ),
             (

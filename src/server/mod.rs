@@ -761,6 +761,8 @@ impl Server {
             live_sandboxes: self.runtime.live_sandboxes(),
             pool_ready: self.runtime.pool_ready(),
             connections: self.connections.len(),
+            sessions: self.sessions.len(),
+            websockets: self.websockets.len(),
             sandboxes_created: stats.created,
             sandbox_start_failures: stats.start_failures,
             sandboxes_lost: stats.lost,
