@@ -207,6 +207,21 @@ fn log_tail(bundle: &Path) -> String {
     text.get(start..).unwrap_or("").to_string()
 }
 
+/// Total size in bytes of the files under `dir` (recursively).
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// The result of one execution through the agent.
 pub struct Outcome {
     pub status: ExitStatus,
@@ -367,6 +382,73 @@ impl<'a> AgentSandbox<'a> {
     /// collecting its exit status. Returns the elapsed time and the stdout byte count.
     pub fn runsc_exec(&self, args: &[&str]) -> io::Result<(Duration, u64, i32)> {
         runsc_exec(self.env, &self.id, args)
+    }
+
+    /// `runsc checkpoint --image-path=IMAGE ID` (the server's command line), timed around the
+    /// command; the stopped container is then deleted (not timed).
+    pub fn checkpoint(mut self, image: &Path) -> io::Result<Duration> {
+        std::fs::create_dir_all(image)?;
+        let started = Instant::now();
+        let status = support::run_status(
+            &mut self.env.runsc.checkpoint(image, &self.id),
+            STEP_TIMEOUT,
+        )?;
+        let elapsed = started.elapsed();
+        if status != 0 {
+            return Err(io::Error::other(format!(
+                "runsc checkpoint {} exited with {status}: {}",
+                self.id,
+                log_tail(&self.bundle)
+            )));
+        }
+        self.deleted = true;
+        self.to_agent = None;
+        self.from_agent = None;
+        self.env.delete(&self.id, &self.bundle)?;
+        Ok(elapsed)
+    }
+
+    /// `runsc restore --detach --image-path=IMAGE --bundle B NEWID` (the server's command line)
+    /// into a new container whose bundle is the same as a fresh one's, with the same kind of
+    /// stdio as the agent gets from the server (pipes: the agent ends when its stdin closes).
+    /// Returns once the command has returned, with the time it took. The restored agent is not
+    /// asked for anything.
+    pub fn restore(env: &'a Env, image: &Path) -> io::Result<(AgentSandbox<'a>, Duration)> {
+        let id = env.next_id();
+        let bundle = env.write_bundle(&id, None, true)?;
+        let log = File::create(bundle.join("sandbox.log"))?;
+        let mut command = env.runsc.restore_detached(image, &bundle, &id, false);
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let started = Instant::now();
+        let mut child = support::spawn(&mut command)?;
+        drop(command);
+        let mut sandbox = AgentSandbox {
+            env,
+            id,
+            bundle,
+            to_agent: child.stdin.take(),
+            from_agent: child.stdout.take(),
+            decoder: FrameDecoder::new(),
+            buffer: vec![0; 256 * 1024],
+            next_exec: 1,
+            run_returned: Duration::ZERO,
+            ready: Duration::ZERO,
+            deleted: false,
+        };
+        let (code, exited_at) = support::wait_timed(child.id(), STEP_TIMEOUT)
+            .ok_or_else(|| io::Error::other("runsc restore --detach did not return"))?;
+        let elapsed = exited_at - started;
+        sandbox.run_returned = elapsed;
+        if code != 0 {
+            return Err(io::Error::other(format!(
+                "runsc restore exited with {code}: {}",
+                log_tail(&sandbox.bundle)
+            )));
+        }
+        Ok((sandbox, elapsed))
     }
 
     /// Close the agent's pipes (it exits) and `runsc delete --force`; the time of the delete.

@@ -3,7 +3,7 @@
 //! same run so the ratios are meaningful on a noisy machine. See docs/performance.md.
 //!
 //! Custom harness: plain `Instant`, median / p90 / best over N iterations. Sections can be
-//! chosen with positional arguments: `cargo bench --bench runtime -- agent create server`.
+//! chosen with positional arguments: `cargo bench --bench runtime -- agent create server persist`.
 //! Prints a table and writes it as markdown to `target/bench-results.md`.
 //!
 //! Everything created lives under `/tmp/crs-bench-PID` (runsc state roots, bundles, server state
@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod direct;
+mod persist;
 mod report;
 mod server;
 mod support;
@@ -119,6 +120,7 @@ fn main() {
     run("agent", &mut report, &bench_agent);
     run("create", &mut report, &bench_create);
     run("server", &mut report, &bench_server);
+    run("persist", &mut report, &persist::bench_persist);
     report.total = started.elapsed();
     report.load_end = report::load_average();
     report.failures = failures.clone();

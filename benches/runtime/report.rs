@@ -12,6 +12,8 @@ pub enum Unit {
     Milliseconds,
     MegabytesPerSecond,
     PerSecond,
+    /// Sizes, given in bytes.
+    Megabytes,
 }
 
 impl Unit {
@@ -23,6 +25,7 @@ impl Unit {
             Unit::Milliseconds => format!("{:.2} ms", value * 1000.0),
             Unit::MegabytesPerSecond => format!("{value:.0} MB/s"),
             Unit::PerSecond => format!("{value:.2} /s"),
+            Unit::Megabytes => format!("{:.1} MB", value / 1e6),
         }
     }
 }
@@ -57,6 +60,19 @@ impl Row {
     }
 }
 
+impl Row {
+    /// Sizes in bytes; summarized like latencies (p90, and the smallest as "best").
+    pub fn size(what: &str, bytes: &[f64], raw_what: &str, raw: Option<Stat>) -> Row {
+        Row {
+            what: what.into(),
+            ours: Stat::latency(bytes),
+            unit: Unit::Megabytes,
+            raw_what: raw_what.into(),
+            raw,
+        }
+    }
+}
+
 pub struct Memory {
     pub what: String,
     pub bytes: Option<u64>,
@@ -72,6 +88,8 @@ pub struct Report {
     load_start: String,
     pub load_end: String,
     pub failures: Vec<String>,
+    /// Observations printed after the targets (for example the lease settle share of a restore).
+    pub notes: Vec<String>,
     // Figures the targets and the decision are computed from.
     pub bash_agent: Option<Stat>,
     pub bash_runsc_exec: Option<Stat>,
@@ -249,6 +267,13 @@ impl Report {
                 ms(cold),
                 cold.median / pooled.median
             );
+        }
+
+        if !self.notes.is_empty() {
+            let _ = writeln!(out, "\n## Checkpoint, restore, snapshots\n");
+            for note in &self.notes {
+                let _ = writeln!(out, "- {note}");
+            }
         }
 
         let _ = writeln!(out, "\n## Memory\n");
