@@ -22,6 +22,8 @@ pub struct Config {
     pub runsc: PathBuf,
     /// `SANDBOX_POOL_SIZE`: sandboxes kept started and idle, ready for the next request.
     pub pool_size: usize,
+    /// `SANDBOX_SNAPSHOT_POOL_SIZE`: sandboxes kept restored from each snapshot used since start.
+    pub snapshot_pool_size: usize,
     /// `SANDBOX_MAX_SANDBOXES`: live sandboxes (pool included) at most.
     pub max_sandboxes: usize,
     /// `SANDBOX_CREATE_TIMEOUT_SECS`: a sandbox not ready by then is a creation error.
@@ -200,6 +202,7 @@ impl Config {
             runsc: env.path("SANDBOX_RUNSC", "runsc"),
             pool_size: env.number("SANDBOX_POOL_SIZE", 2)? as usize,
             max_sandboxes: env.number("SANDBOX_MAX_SANDBOXES", 32)? as usize,
+            snapshot_pool_size: env.number("SANDBOX_SNAPSHOT_POOL_SIZE", 1)? as usize,
             create_timeout: env.seconds("SANDBOX_CREATE_TIMEOUT_SECS", 30)?,
             limits,
             http,

@@ -97,11 +97,21 @@ impl Server {
     /// Wait until exactly `pool` sandboxes exist and all are ready in the pool (so the previous
     /// request's sandbox is deleted and the pool refilled).
     pub fn wait_settled(&self, pool: usize, timeout: Duration) -> io::Result<()> {
+        self.wait_settled_with(pool, pool, timeout)
+    }
+
+    /// Like `wait_settled`, with `live` sandboxes in all (the fresh pool plus snapshot pools).
+    pub fn wait_settled_with(
+        &self,
+        pool: usize,
+        live_total: usize,
+        timeout: Duration,
+    ) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let live = self.gauge("sandbox_live")?;
             let ready = self.gauge("sandbox_pool_ready")?;
-            if live == pool as u64 && ready == pool as u64 {
+            if live == live_total as u64 && ready == pool as u64 {
                 return Ok(());
             }
             if Instant::now() > deadline {

@@ -222,6 +222,9 @@ pub struct Runtime {
     children: HashMap<i32, ChildPurpose>,
     /// Unowned sandboxes (starting or ready), oldest first.
     pool: VecDeque<SandboxKey>,
+    /// Unowned sandboxes already restored (and reset) from a snapshot image, by image: a create
+    /// from a snapshot used recently is then as quick as one from the fresh pool.
+    snapshot_pool: HashMap<PathBuf, VecDeque<SandboxKey>>,
     /// Sandboxes whose agent pipe must be read again.
     pending_reads: HashSet<SandboxKey>,
     next_key: SandboxKey,
@@ -330,6 +333,7 @@ impl Runtime {
             by_id: HashMap::new(),
             children: HashMap::new(),
             pool: VecDeque::new(),
+            snapshot_pool: HashMap::new(),
             pending_reads: HashSet::new(),
             next_key: 1,
             timers: Timers::default(),
@@ -407,8 +411,104 @@ impl Runtime {
         self.create(Some(owner))
     }
 
-    /// Keep `pool_size` unowned sandboxes started, within the sandbox limit.
+    /// A sandbox with the files of the snapshot image `image` and nothing else of it: a pooled
+    /// one if there is one, else a restore (with `reset`). Without egress, the pool for that
+    /// image is refilled afterwards (`SANDBOX_SNAPSHOT_POOL_SIZE`).
+    pub fn acquire_snapshot(
+        &mut self,
+        owner: Owner,
+        image: PathBuf,
+        egress: bool,
+    ) -> Result<SandboxKey, RuntimeError> {
+        if egress {
+            let id = SandboxId::random().map_err(|error| RuntimeError::Io(error.to_string()))?;
+            return self.restore(owner, id, image, true, true);
+        }
+        self.prune_snapshot_pools();
+        let pooled = self.snapshot_pool.entry(image.clone()).or_default();
+        let ready = pooled.iter().position(|key| {
+            self.sandboxes
+                .get(key)
+                .is_some_and(|s| s.lifecycle.state() == State::Ready)
+        });
+        let taken = ready
+            .or(if pooled.is_empty() { None } else { Some(0) })
+            .and_then(|position| pooled.remove(position));
+        if let Some(key) = taken {
+            if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+                sandbox.owner = Some(owner);
+                if sandbox.lifecycle.state() == State::Ready {
+                    self.notices.push_back(Notice {
+                        owner,
+                        sandbox: key,
+                        event: RuntimeEvent::Ready,
+                    });
+                }
+                return Ok(key);
+            }
+        }
+        let id = SandboxId::random().map_err(|error| RuntimeError::Io(error.to_string()))?;
+        self.restore(owner, id, image, true, false)
+    }
+
+    /// Keep `pool_size` unowned sandboxes started, within the sandbox limit; and for every
+    /// snapshot image used since, `snapshot_pool_size` restored ones (forgetting images that
+    /// are gone: the snapshot was replaced or deleted).
     pub fn refill_pool(&mut self) {
+        self.refill_fresh_pool();
+        let images: Vec<PathBuf> = self.snapshot_pool.keys().cloned().collect();
+        for image in images {
+            let wanted = self.config.snapshot_pool_size;
+            if self.snapshot_pool.get(&image).map_or(0, VecDeque::len) >= wanted {
+                continue;
+            }
+            // Only checked when a refill is due: on a mounted bucket this is a network call.
+            if !image.is_dir() {
+                self.prune_snapshot_pools();
+                continue;
+            }
+            while self.snapshot_pool.get(&image).map_or(0, VecDeque::len) < wanted
+                && self.sandboxes.len() < self.config.max_sandboxes
+            {
+                let id = match SandboxId::random() {
+                    Ok(id) => id,
+                    Err(_) => return,
+                };
+                match self.restore_unowned(id, image.clone()) {
+                    Ok(key) => self
+                        .snapshot_pool
+                        .entry(image.clone())
+                        .or_default()
+                        .push_back(key),
+                    Err(error) => {
+                        eprintln!(
+                            "runtime: cannot refill the pool of {}: {error}",
+                            image.display()
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delete pooled sandboxes of snapshot images that are gone (the snapshot was replaced or
+    /// deleted), so nobody gets an outdated one.
+    pub fn prune_snapshot_pools(&mut self) {
+        let gone: Vec<PathBuf> = self
+            .snapshot_pool
+            .keys()
+            .filter(|image| !image.is_dir())
+            .cloned()
+            .collect();
+        for image in gone {
+            for key in self.snapshot_pool.remove(&image).unwrap_or_default() {
+                self.delete(key);
+            }
+        }
+    }
+
+    fn refill_fresh_pool(&mut self) {
         while self.pool.len() < self.config.pool_size
             && self.sandboxes.len() < self.config.max_sandboxes
         {
@@ -667,6 +767,26 @@ impl Runtime {
         reset: bool,
         egress: bool,
     ) -> Result<SandboxKey, RuntimeError> {
+        self.restore_for(Some(owner), id, image, reset, egress)
+    }
+
+    /// A pooled sandbox restored from a snapshot image (reset, no egress, no owner yet).
+    fn restore_unowned(
+        &mut self,
+        id: SandboxId,
+        image: PathBuf,
+    ) -> Result<SandboxKey, RuntimeError> {
+        self.restore_for(None, id, image, true, false)
+    }
+
+    fn restore_for(
+        &mut self,
+        owner: Option<Owner>,
+        id: SandboxId,
+        image: PathBuf,
+        reset: bool,
+        egress: bool,
+    ) -> Result<SandboxKey, RuntimeError> {
         if self.sandboxes.len() >= self.config.max_sandboxes {
             return Err(RuntimeError::AtCapacity(self.config.max_sandboxes));
         }
@@ -681,7 +801,7 @@ impl Runtime {
         } else {
             None
         };
-        let mut sandbox = Sandbox::new(id, Some(owner), Lifecycle::stopped(), bundle_dir, network);
+        let mut sandbox = Sandbox::new(id, owner, Lifecycle::stopped(), bundle_dir, network);
         sandbox.restore_from = Some((image, reset));
         self.sandboxes.insert(key, sandbox);
         self.by_id.insert(id, key);
@@ -834,6 +954,7 @@ impl Runtime {
             self.delete(key);
         }
         self.pool.clear();
+        self.snapshot_pool.clear();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1005,6 +1126,9 @@ impl Runtime {
                 }
                 self.pending_reads.remove(&key);
                 self.pool.retain(|pooled| *pooled != key);
+                for pooled in self.snapshot_pool.values_mut() {
+                    pooled.retain(|pooled| *pooled != key);
+                }
                 let id = sandbox.container.clone();
                 match self.runsc.delete_force(&id).spawn() {
                     Ok(child) => {

@@ -514,6 +514,8 @@ impl Server {
                     .unwrap_or_default();
                 let (status, body) =
                     persistence::delete_snapshot(self.config.snapshot_path.as_deref(), &name);
+                // Sandboxes pooled from it must not be handed out any more.
+                self.runtime.prune_snapshot_pools();
                 let bytes = full_response(status, "application/json", &body, keep_alive);
                 self.respond(id, status, bytes, keep_alive);
             }

@@ -109,9 +109,8 @@ impl Control<'_> {
             .snapshots
             .image(root, name, self.rootfs_stamp)
             .map_err(RuntimeError::Io)?;
-        let id = SandboxId::random().map_err(|error| RuntimeError::Io(error.to_string()))?;
         self.runtime
-            .restore(Owner::Session(session), id, image, true, egress)
+            .acquire_snapshot(Owner::Session(session), image, egress)
     }
 }
 
