@@ -314,11 +314,10 @@ impl Execution {
         let _ = kill(Pid::from_raw(-self.pid.as_raw()), signal);
     }
 
-    /// Kill what is left of a group whose kill was asked for (see `kill_requested`).
-    pub fn kill_leftovers(&self) {
-        if self.kill_requested.get() {
-            let _ = kill(Pid::from_raw(-self.pid.as_raw()), Signal::SIGKILL);
-        }
+    /// The process group to keep killing after the execution ended, if its kill was asked for
+    /// (see `kill_requested`).
+    pub fn doomed_group(&self) -> Option<Pid> {
+        self.kill_requested.get().then_some(self.pid)
     }
 }
 

@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -34,6 +35,9 @@ use crate::agent_protocol::{
 };
 use execution::{Execution, PipeRead};
 use standby::Standby;
+
+/// How long a killed execution's process group is watched for survivors.
+const DOOMED_GROUP_WATCH: Duration = Duration::from_secs(2);
 
 /// Output frames held for the server before the agent stops reading process pipes.
 const OUTBOX_HIGH_WATER: usize = 256 * 1024;
@@ -71,6 +75,10 @@ pub struct Agent {
     executions: BTreeMap<ExecId, Execution>,
     standby: Option<Standby>,
     standby_failures: u32,
+    /// Process groups of killed executions, and since when: under gVisor a child forked while
+    /// the group kill was delivered can survive it, so the group is killed again until it is
+    /// empty (ESRCH) or for `DOOMED_GROUP_WATCH`.
+    doomed: Vec<(Pid, Instant)>,
 }
 
 impl Agent {
@@ -96,6 +104,7 @@ impl Agent {
             executions: BTreeMap::new(),
             standby: None,
             standby_failures: 0,
+            doomed: Vec::new(),
         })
     }
 
@@ -121,6 +130,7 @@ impl Agent {
                 self.handle(source, flags)?;
             }
             self.finish_exited_executions();
+            self.kill_doomed_groups();
         }
     }
 
@@ -156,7 +166,13 @@ impl Agent {
                 fds.push(PollFd::new(fd, writable));
             }
         }
-        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+        // While killed groups may still hold a process, wake up to kill them again.
+        let timeout = if self.doomed.is_empty() {
+            PollTimeout::NONE
+        } else {
+            PollTimeout::from(20u8)
+        };
+        match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(error) => return Err(error.into()),
         }
@@ -296,6 +312,13 @@ impl Agent {
         }
     }
 
+    fn kill_doomed_groups(&mut self) {
+        self.doomed.retain(|(group, since)| {
+            let alive = kill(Pid::from_raw(-group.as_raw()), Signal::SIGKILL).is_ok();
+            alive && since.elapsed() < DOOMED_GROUP_WATCH
+        });
+    }
+
     fn next_exec_id(&self) -> ExecId {
         self.executions
             .keys()
@@ -354,8 +377,8 @@ impl Agent {
         }
         let mut python_finished = false;
         for (id, status, was_python) in finished {
-            if let Some(execution) = self.executions.remove(&id) {
-                execution.kill_leftovers();
+            if let Some(group) = self.executions.remove(&id).and_then(|e| e.doomed_group()) {
+                self.doomed.push((group, Instant::now()));
             }
             FromAgent::Exited(id, status).encode(&mut self.outbox);
             python_finished |= was_python;
