@@ -388,27 +388,28 @@ impl Runtime {
     /// A sandbox for `owner`: a pooled one if any (ready or still starting), else a new one.
     /// The owner gets `Ready` (at once if it was ready) or `StartFailed`.
     pub fn acquire(&mut self, owner: Owner) -> Result<SandboxKey, RuntimeError> {
-        let ready_position = self
-            .pool
-            .iter()
-            .position(|key| self.state(*key) == Some(State::Ready));
-        let position = ready_position.or(if self.pool.is_empty() { None } else { Some(0) });
-        if let Some(position) = position {
-            if let Some(key) = self.pool.remove(position) {
-                if let Some(sandbox) = self.sandboxes.get_mut(&key) {
-                    sandbox.owner = Some(owner);
-                    if sandbox.lifecycle.state() == State::Ready {
-                        self.notices.push_back(Notice {
-                            owner,
-                            sandbox: key,
-                            event: RuntimeEvent::Ready,
-                        });
-                    }
-                    return Ok(key);
-                }
+        if let Some(key) = take_from(&mut self.pool, &self.sandboxes) {
+            if self.hand_over(key, owner) {
+                return Ok(key);
             }
         }
         self.create(Some(owner))
+    }
+
+    /// Give a pooled sandbox to `owner`, telling it at once if the sandbox is ready.
+    fn hand_over(&mut self, key: SandboxKey, owner: Owner) -> bool {
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+            return false;
+        };
+        sandbox.owner = Some(owner);
+        if sandbox.lifecycle.state() == State::Ready {
+            self.notices.push_back(Notice {
+                owner,
+                sandbox: key,
+                event: RuntimeEvent::Ready,
+            });
+        }
+        true
     }
 
     /// A sandbox with the files of the snapshot image `image` and nothing else of it: a pooled
@@ -426,24 +427,8 @@ impl Runtime {
         }
         self.prune_snapshot_pools();
         let pooled = self.snapshot_pool.entry(image.clone()).or_default();
-        let ready = pooled.iter().position(|key| {
-            self.sandboxes
-                .get(key)
-                .is_some_and(|s| s.lifecycle.state() == State::Ready)
-        });
-        let taken = ready
-            .or(if pooled.is_empty() { None } else { Some(0) })
-            .and_then(|position| pooled.remove(position));
-        if let Some(key) = taken {
-            if let Some(sandbox) = self.sandboxes.get_mut(&key) {
-                sandbox.owner = Some(owner);
-                if sandbox.lifecycle.state() == State::Ready {
-                    self.notices.push_back(Notice {
-                        owner,
-                        sandbox: key,
-                        event: RuntimeEvent::Ready,
-                    });
-                }
+        if let Some(key) = take_from(pooled, &self.sandboxes) {
+            if self.hand_over(key, owner) {
                 return Ok(key);
             }
         }
@@ -1447,6 +1432,20 @@ impl Runtime {
             .for_each(|timer| self.timers.cancel(timer));
         Some(tracker)
     }
+}
+
+/// Take a sandbox from a pool: a ready one first, else the oldest (still starting).
+fn take_from(
+    pool: &mut VecDeque<SandboxKey>,
+    sandboxes: &HashMap<SandboxKey, Sandbox>,
+) -> Option<SandboxKey> {
+    let ready = pool.iter().position(|key| {
+        sandboxes
+            .get(key)
+            .is_some_and(|sandbox| sandbox.lifecycle.state() == State::Ready)
+    });
+    let position = ready.or(if pool.is_empty() { None } else { Some(0) })?;
+    pool.remove(position)
 }
 
 fn read_tail(path: &Path, max: u64) -> String {
