@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::{Control, Server};
 use crate::runtime::ids::SandboxId;
 use crate::runtime::{Owner, RuntimeError, RuntimeEvent, SandboxKey};
-use crate::session::{token_matches, Out, SaveRequest, Session, SessionId};
+use crate::session::{refusal, token_matches, Out, SaveRequest, Session, SessionId};
 use crate::store::{self, lease, Manifest};
 
 /// What a worker thread reports back.
@@ -344,20 +344,10 @@ impl Server {
     }
 
     fn finish_attach(&mut self, connection: u64, id: SandboxId, outcome: AttachOutcome) {
-        let frames = |name: &str, message: &str, code: u16| {
-            vec![
-                Out::Send(
-                    serde_json::json!({"event":"status_update","status":name,"message":message})
-                        .to_string(),
-                ),
-                Out::Send(serde_json::json!({"event":"error","message":message}).to_string()),
-                Out::Close(code, name.to_lowercase()),
-            ]
-        };
         let sandbox_id = id.to_string();
         let (outs, lease) = match outcome {
             AttachOutcome::NotFound => (
-                frames(
+                refusal(
                     "SANDBOX_NOT_FOUND",
                     &format!("sandbox {sandbox_id} does not exist"),
                     1011,
@@ -365,7 +355,7 @@ impl Server {
                 None,
             ),
             AttachOutcome::PermissionDenied => (
-                frames(
+                refusal(
                     "SANDBOX_PERMISSION_DENIAL_ERROR",
                     "wrong or missing sandbox_token",
                     4000,
@@ -375,10 +365,10 @@ impl Server {
             AttachOutcome::InUse(owner) => {
                 let message =
                     format!("sandbox {sandbox_id} is running on another server instance ({owner})");
-                (frames("SANDBOX_IN_USE", &message, 1011), None)
+                (refusal("SANDBOX_IN_USE", &message, 1011), None)
             }
             AttachOutcome::Failed(message) => {
-                (frames("SANDBOX_RESTORE_ERROR", &message, 4000), None)
+                (refusal("SANDBOX_RESTORE_ERROR", &message, 4000), None)
             }
             AttachOutcome::Ready {
                 manifest,
@@ -420,7 +410,7 @@ impl Server {
                         (vec![Out::Send(restoring.to_string())], None)
                     }
                     Err(error) => (
-                        frames(
+                        refusal(
                             "SANDBOX_RESTORE_ERROR",
                             &format!("cannot restore: {error}"),
                             4000,

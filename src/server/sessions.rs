@@ -8,7 +8,7 @@ use super::{Control, Server};
 use crate::http::request::Request;
 use crate::http::response::json_error;
 use crate::runtime::RuntimeEvent;
-use crate::session::{token_matches, Out, Session, SessionId, SessionSettings};
+use crate::session::{refusal, token_matches, Out, Session, SessionId, SessionSettings};
 
 impl Server {
     pub(super) fn session_settings(&self) -> SessionSettings {
@@ -56,11 +56,7 @@ impl Server {
                     "the server is at its limit of {} sessions; retry shortly",
                     ws_limits.max_sessions
                 );
-                vec![
-                    Out::Send(serde_json::json!({"event":"status_update","status":"SANDBOX_CREATION_ERROR","message":message}).to_string()),
-                    Out::Send(serde_json::json!({"event":"error","message":message}).to_string()),
-                    Out::Close(1013, "too many sessions".into()),
-                ]
+                refusal("SANDBOX_CREATION_ERROR", &message, 1013)
             } else {
                 let session_id = self.next_session;
                 self.next_session += 1;
@@ -96,15 +92,6 @@ impl Server {
         request: &Request,
         now: Instant,
     ) -> Vec<Out> {
-        let status = |name: &str, message: &str| {
-            Out::Send(
-                serde_json::json!({"event":"status_update","status":name,"message":message})
-                    .to_string(),
-            )
-        };
-        let error = |message: &str| {
-            Out::Send(serde_json::json!({"event":"error","message":message}).to_string())
-        };
         let sandbox_id = request
             .path
             .trim_start_matches("/attach/")
@@ -117,38 +104,22 @@ impl Server {
                 return outs;
             }
             let message = format!("sandbox {sandbox_id:?} does not exist on this server");
-            return vec![
-                status("SANDBOX_NOT_FOUND", &message),
-                error(&message),
-                Out::Close(1011, "not found".into()),
-            ];
+            return refusal("SANDBOX_NOT_FOUND", &message, 1011);
         };
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return vec![Out::Close(1011, "not found".into())];
         };
         if !token_matches(session.token_sha256(), token) {
             let message = "wrong or missing sandbox_token";
-            return vec![
-                status("SANDBOX_PERMISSION_DENIAL_ERROR", message),
-                error(message),
-                Out::Close(4000, "permission denied".into()),
-            ];
+            return refusal("SANDBOX_PERMISSION_DENIAL_ERROR", message, 4000);
         }
         if !session.is_running() {
             let message = format!("sandbox {sandbox_id} is not running");
-            return vec![
-                status("SANDBOX_NOT_FOUND", &message),
-                error(&message),
-                Out::Close(1011, "not found".into()),
-            ];
+            return refusal("SANDBOX_NOT_FOUND", &message, 1011);
         }
         if session.is_attached() {
             let message = format!("sandbox {sandbox_id} is in use by another connection");
-            return vec![
-                status("SANDBOX_IN_USE", &message),
-                error(&message),
-                Out::Close(1011, "in use".into()),
-            ];
+            return refusal("SANDBOX_IN_USE", &message, 1011);
         }
         socket.session = Some(session_id);
         self.session_connection.insert(session_id, id);

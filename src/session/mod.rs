@@ -176,6 +176,14 @@ fn error_frames(name: &str, message: &str) -> [Out; 2] {
     ]
 }
 
+/// A refusal that ends the connection: the error status with its message, the `error` event,
+/// and the close (its reason is the status, in lower case).
+pub fn refusal(name: &str, message: &str, code: u16) -> Vec<Out> {
+    let mut out = error_frames(name, message).to_vec();
+    out.push(Out::Close(code, name.to_lowercase()));
+    out
+}
+
 /// Whether `given` is the token whose SHA-256 is `expected_sha256`. Hashes are compared in
 /// constant time, so the time taken says nothing about how much of a guess matched.
 pub fn token_matches(expected_sha256: &str, given: &str) -> bool {
