@@ -287,6 +287,19 @@ fn file_exists_named(dir: &Path, prefix: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Checkpoint on A, restore on B
 
+/// A sandbox with state on A, checkpointed, its lease released: (sandbox id, token).
+fn checkpointed_on_a(pair: &Pair) -> (String, String) {
+    let (created, _) = checkpointable_with_state(&pair.a);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = created;
+    checkpoint(&mut ws);
+    wait_lease_released(&pair.dirs, &sandbox_id);
+    (sandbox_id, token)
+}
+
 #[test]
 fn checkpoint_on_a_restores_on_b_with_processes_files_and_io() {
     let pair = pair();
@@ -320,14 +333,7 @@ fn checkpoint_on_a_restores_on_b_with_processes_files_and_io() {
 #[test]
 fn wrong_token_on_b_restores_nothing_then_the_right_token_works() {
     let pair = pair();
-    let (created, _) = checkpointable_with_state(&pair.a);
-    let Created {
-        mut ws,
-        sandbox_id,
-        token,
-    } = created;
-    checkpoint(&mut ws);
-    wait_lease_released(&pair.dirs, &sandbox_id);
+    let (sandbox_id, token) = checkpointed_on_a(&pair);
     assert!(pair.b.wait_pool_ready(1, Duration::from_secs(60)));
     let containers_before = runsc_list(&pair.b.runsc_root());
     assert_eq!(
@@ -375,14 +381,7 @@ fn wrong_token_on_b_restores_nothing_then_the_right_token_works() {
 #[test]
 fn concurrent_attaches_from_a_and_b_restore_exactly_once() {
     let pair = pair();
-    let (created, _) = checkpointable_with_state(&pair.a);
-    let Created {
-        mut ws,
-        sandbox_id,
-        token,
-    } = created;
-    checkpoint(&mut ws);
-    wait_lease_released(&pair.dirs, &sandbox_id);
+    let (sandbox_id, token) = checkpointed_on_a(&pair);
 
     /// A connection and its first frame.
     type Attached = (Ws, Value);
@@ -446,14 +445,7 @@ fn concurrent_attaches_from_a_and_b_restore_exactly_once() {
 #[test]
 fn an_attach_that_backs_off_does_not_leave_its_lease_claim() {
     let pair = pair_with(&[], &[("SANDBOX_LEASE_SETTLE_MS", "1")]);
-    let (created, _) = checkpointable_with_state(&pair.a);
-    let Created {
-        mut ws,
-        sandbox_id,
-        token,
-    } = created;
-    checkpoint(&mut ws);
-    wait_lease_released(&pair.dirs, &sandbox_id);
+    let (sandbox_id, token) = checkpointed_on_a(&pair);
 
     let message = attach_error(&pair.b, &sandbox_id, &token, "SANDBOX_IN_USE", 1011);
     assert!(message.contains("too slow"), "{message}");
@@ -474,14 +466,7 @@ fn an_attach_that_backs_off_does_not_leave_its_lease_claim() {
 #[test]
 fn corrupted_image_or_manifest_is_a_restore_error_and_servers_keep_serving() {
     let pair = pair();
-    let (created, _) = checkpointable_with_state(&pair.a);
-    let Created {
-        mut ws,
-        sandbox_id,
-        token,
-    } = created;
-    checkpoint(&mut ws);
-    wait_lease_released(&pair.dirs, &sandbox_id);
+    let (sandbox_id, token) = checkpointed_on_a(&pair);
 
     // A truncated image.
     let image = pair.dirs.image_dir(&sandbox_id).join("checkpoint.img");

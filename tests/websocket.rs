@@ -35,6 +35,17 @@ fn assert_names_languages(message: &str) {
 /// Whether runsc lists a container of this sandbox. Container ids are per run (a restore gets a
 /// new one), so containers are matched by their bundle directory, which is named after the
 /// sandbox id.
+/// After kill_sandbox: runsc no longer lists the sandbox, and an attach finds nothing.
+fn assert_gone(server: &TestServer, sandbox_id: &str, token: &str) {
+    assert!(
+        !sandbox_listed(server, sandbox_id),
+        "runsc still lists {sandbox_id} after kill_sandbox"
+    );
+    let mut again = connect(server.port, &attach_path(sandbox_id, token));
+    again.expect_error("SANDBOX_NOT_FOUND");
+    again.expect_close(1011);
+}
+
 fn sandbox_listed(server: &TestServer, sandbox_id: &str) -> bool {
     let root = server.runsc_root();
     let output = run_with_timeout(
@@ -130,14 +141,7 @@ fn create_exec_python_and_bash_then_kill_sandbox() {
     assert_eq!(result.stdout, "kept\n");
 
     ws.kill_sandbox();
-    assert!(
-        !sandbox_listed(&server, &sandbox_id),
-        "runsc still lists {sandbox_id} after SANDBOX_DELETED"
-    );
-    // And it is gone for attach too.
-    let mut again = connect(server.port, &attach_path(&sandbox_id, &token));
-    again.expect_error("SANDBOX_NOT_FOUND");
-    again.expect_close(1011);
+    assert_gone(&server, &sandbox_id, &token);
 }
 
 #[test]
@@ -300,20 +304,13 @@ fn kill_process_then_kill_sandbox() {
     );
 
     ws.kill_sandbox();
-    assert!(
-        !sandbox_listed(&server, &sandbox_id),
-        "runsc still lists {sandbox_id} after kill_sandbox"
-    );
-    let mut again = connect(server.port, &attach_path(&sandbox_id, &token));
-    again.expect_error("SANDBOX_NOT_FOUND");
-    again.expect_close(1011);
+    assert_gone(&server, &sandbox_id, &token);
 }
 
 /// A child forked at the moment of the kill must die with its group. Under gVisor a process
 /// forked while `kill(-pgid, SIGKILL)` runs can escape it; each round has a fair chance to hit
 /// that window, so 15 rounds find it almost surely.
 #[test]
-
 fn kill_process_kills_a_child_forked_during_the_kill() {
     let server = TestServer::start(&[]);
     let mut created = create(&server, json!({}));
@@ -1001,7 +998,6 @@ fn oversized_message_is_refused_with_1009() {
 }
 
 #[test]
-
 fn invalid_utf8_text_frame_is_refused_with_1007() {
     let server = TestServer::start(&[]);
     let Created {

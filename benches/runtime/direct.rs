@@ -259,28 +259,8 @@ impl<'a> AgentSandbox<'a> {
     pub fn start_with(env: &'a Env, python_standby: bool) -> io::Result<AgentSandbox<'a>> {
         let id = env.next_id();
         let bundle = env.write_bundle(&id, None, python_standby)?;
-        let log = File::create(bundle.join("sandbox.log"))?;
-        let mut command = env.runsc.run_detached(&bundle, &id, false);
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        let started = Instant::now();
-        let mut child = support::spawn(&mut command)?;
-        drop(command);
-        let mut sandbox = AgentSandbox {
-            env,
-            id,
-            bundle,
-            to_agent: child.stdin.take(),
-            from_agent: child.stdout.take(),
-            decoder: FrameDecoder::new(),
-            buffer: vec![0; 256 * 1024],
-            next_exec: 1,
-            run_returned: Duration::ZERO,
-            ready: Duration::ZERO,
-            deleted: false,
-        };
+        let command = env.runsc.run_detached(&bundle, &id, false);
+        let (mut sandbox, child, started) = AgentSandbox::launch(env, id, bundle, command)?;
         // The agent's hello; end-of-file here means runsc failed (all writers are gone).
         match sandbox.next_frame()? {
             FromAgent::Ready(_) => {}
@@ -321,6 +301,39 @@ impl<'a> AgentSandbox<'a> {
             }
             self.decoder.push(&self.buffer[..n]);
         }
+    }
+
+    /// Spawn `command` (`runsc run` or `restore`, detached) with the agent's pipes as its
+    /// stdin/stdout and the bundle's log as stderr; returns the sandbox, the runsc child and
+    /// when it was spawned.
+    fn launch(
+        env: &'a Env,
+        id: String,
+        bundle: PathBuf,
+        mut command: Command,
+    ) -> io::Result<(AgentSandbox<'a>, std::process::Child, Instant)> {
+        let log = File::create(bundle.join("sandbox.log"))?;
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let started = Instant::now();
+        let mut child = support::spawn(&mut command)?;
+        drop(command);
+        let sandbox = AgentSandbox {
+            env,
+            id,
+            bundle,
+            to_agent: child.stdin.take(),
+            from_agent: child.stdout.take(),
+            decoder: FrameDecoder::new(),
+            buffer: vec![0; 256 * 1024],
+            next_exec: 1,
+            run_returned: Duration::ZERO,
+            ready: Duration::ZERO,
+            deleted: false,
+        };
+        Ok((sandbox, child, started))
     }
 
     /// Run code through the agent: from writing the spawn frame to reading the exit frame.
@@ -416,28 +429,8 @@ impl<'a> AgentSandbox<'a> {
     pub fn restore(env: &'a Env, image: &Path) -> io::Result<(AgentSandbox<'a>, Duration)> {
         let id = env.next_id();
         let bundle = env.write_bundle(&id, None, true)?;
-        let log = File::create(bundle.join("sandbox.log"))?;
-        let mut command = env.runsc.restore_detached(image, &bundle, &id, false);
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        let started = Instant::now();
-        let mut child = support::spawn(&mut command)?;
-        drop(command);
-        let mut sandbox = AgentSandbox {
-            env,
-            id,
-            bundle,
-            to_agent: child.stdin.take(),
-            from_agent: child.stdout.take(),
-            decoder: FrameDecoder::new(),
-            buffer: vec![0; 256 * 1024],
-            next_exec: 1,
-            run_returned: Duration::ZERO,
-            ready: Duration::ZERO,
-            deleted: false,
-        };
+        let command = env.runsc.restore_detached(image, &bundle, &id, false);
+        let (mut sandbox, child, started) = AgentSandbox::launch(env, id, bundle, command)?;
         let (code, exited_at) = support::wait_timed(child.id(), STEP_TIMEOUT)
             .ok_or_else(|| io::Error::other("runsc restore --detach did not return"))?;
         let elapsed = exited_at - started;
