@@ -598,6 +598,8 @@ impl Server {
     }
 
     fn dispatch_notices(&mut self) {
+        // Sessions that got output in this batch: only they can have output to frame.
+        let mut touched: Vec<SessionId> = Vec::new();
         while let Some(Notice {
             owner,
             sandbox,
@@ -607,6 +609,9 @@ impl Server {
             match owner {
                 Owner::Http(id) => self.execute_event(id, sandbox, event),
                 Owner::Session(session) => {
+                    if !touched.contains(&session) {
+                        touched.push(session);
+                    }
                     if !self.handle_session_runtime_event(session, &event) {
                         self.session_event(session, event);
                     }
@@ -614,8 +619,7 @@ impl Server {
             }
         }
         // Frame what the batch produced: merged per stream, and sent without delay.
-        let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
-        for session in sessions {
+        for session in touched {
             let Some(state) = self.sessions.get_mut(&session) else {
                 continue;
             };
@@ -625,7 +629,9 @@ impl Server {
                 snapshot_root: self.config.snapshot_path.as_deref(),
                 rootfs_stamp: &self.rootfs_stamp,
             });
-            self.deliver(session, outs);
+            if !outs.is_empty() {
+                self.deliver(session, outs);
+            }
         }
     }
 
