@@ -24,6 +24,9 @@ pub struct Config {
     pub pool_size: usize,
     /// `SANDBOX_SNAPSHOT_POOL_SIZE`: sandboxes kept restored from each snapshot used since start.
     pub snapshot_pool_size: usize,
+    /// `SANDBOX_SNAPSHOT_POOLS_MAX`: snapshots that have a pool at most; a create from one more
+    /// drops the pool of the least recently used.
+    pub snapshot_pools_max: usize,
     /// `SANDBOX_MAX_SANDBOXES`: live sandboxes (pool included) at most.
     pub max_sandboxes: usize,
     /// `SANDBOX_CREATE_TIMEOUT_SECS`: a sandbox not ready by then is a creation error.
@@ -203,6 +206,7 @@ impl Config {
             pool_size: env.number("SANDBOX_POOL_SIZE", 2)? as usize,
             max_sandboxes: env.number("SANDBOX_MAX_SANDBOXES", 32)? as usize,
             snapshot_pool_size: env.number("SANDBOX_SNAPSHOT_POOL_SIZE", 1)? as usize,
+            snapshot_pools_max: env.number("SANDBOX_SNAPSHOT_POOLS_MAX", 4)? as usize,
             create_timeout: env.seconds("SANDBOX_CREATE_TIMEOUT_SECS", 30)?,
             limits,
             http,

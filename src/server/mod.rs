@@ -768,6 +768,10 @@ impl Server {
         self.metrics.render(&Gauges {
             live_sandboxes: self.runtime.live_sandboxes(),
             pool_ready: self.runtime.pool_ready(),
+            snapshot_pool_ready: self.runtime.snapshot_pool_ready(),
+            snapshot_pools: self.runtime.snapshot_pools(),
+            waiting_for_slot: self.runtime.waiting_for_slot(),
+            pool_evictions: stats.pool_evictions,
             connections: self.connections.len(),
             sessions: self.sessions.len(),
             websockets: self.websockets.len(),

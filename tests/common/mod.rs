@@ -283,7 +283,8 @@ impl TestServer {
     pub fn assert_healthy(&self) {
         assert_eq!(self.get("/status").status, 200);
         let mut last = None;
-        // A sandbox being deleted may still count against a small limit: retry on 503.
+        // The test's own sessions or executions may still hold every slot of a small limit
+        // while they wind down: retry on 503.
         let healthy = wait_until(Duration::from_secs(30), || {
             let response = self.post_execute("bash", "echo healthy", Some(20.0), true);
             let ok = response.status == 200 && response.json()["stdout"] == "healthy\n";
