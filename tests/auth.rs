@@ -302,10 +302,19 @@ fn any_configured_key_opens_every_endpoint() {
 
 #[test]
 fn keys_from_a_file() {
+    // The file lives in the server's state directory, which the harness removes even on failure.
     let dir = common::new_state_dir();
-    let file = dir.with_extension("keys");
+    std::fs::create_dir_all(&dir).expect("create the state dir");
+    let file = dir.join("api-keys");
     std::fs::write(&file, format!("{KEY_A}\n\n  {KEY_B}  \n")).expect("write the key file");
-    let server = server_with(("SANDBOX_API_KEYS_FILE", file.to_str().expect("utf-8 path")));
+    let server = TestServer::start_on(
+        &dir,
+        &[
+            ("SANDBOX_API_KEYS_FILE", file.to_str().expect("utf-8 path")),
+            ("SANDBOX_POOL_SIZE", "0"),
+        ],
+        true,
+    );
     for key in [KEY_A, KEY_B] {
         let response = request(
             server.port,
@@ -325,8 +334,6 @@ fn keys_from_a_file() {
         &raw("GET", "/metrics", Some("Bearer other-key"), "", ""),
     );
     assert_unauthorized(&response, "a key not in the file");
-    drop(server);
-    let _ = std::fs::remove_file(&file);
 }
 
 #[test]
