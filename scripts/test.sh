@@ -71,7 +71,11 @@ persistence=(CHECKPOINT_AND_RESTORE_PATH="$work_dir/shared/checkpoints" FILESYST
 SANDBOX_TEST_URL=$(start_server plain)
 SANDBOX_TEST_PERSISTENT_URL=$(start_server persistent-a "${persistence[@]}")
 SANDBOX_TEST_PERSISTENT_URL_2=$(start_server persistent-b "${persistence[@]}")
+# A server that asks for API keys (two, the clients get one of them).
+SANDBOX_TEST_API_KEY="client-test-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+SANDBOX_TEST_AUTH_URL=$(start_server api-keys SANDBOX_API_KEYS="other-key-$$,$SANDBOX_TEST_API_KEY")
 export SANDBOX_TEST_URL SANDBOX_TEST_PERSISTENT_URL SANDBOX_TEST_PERSISTENT_URL_2
+export SANDBOX_TEST_AUTH_URL SANDBOX_TEST_API_KEY
 
 keep_log=1
 step "python client"

@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::http::api_keys::ApiKeys;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `PORT` (Cloud Run sets it).
@@ -55,6 +57,10 @@ pub struct Config {
     /// `SANDBOX_CA_BUNDLE`: a PEM file of CA certificates mounted in every sandbox and used by
     /// pip, requests and OpenSSL there (egress through a TLS-inspecting proxy).
     pub ca_bundle: Option<PathBuf>,
+    /// `SANDBOX_API_KEYS` (comma-separated) and `SANDBOX_API_KEYS_FILE` (one key per line):
+    /// when either is set, every request but the health probes needs
+    /// `Authorization: Bearer <key>`. `None`: no key is asked for.
+    pub api_keys: Option<ApiKeys>,
 }
 
 /// Limits applied to sandboxes and executions.
@@ -219,6 +225,7 @@ impl Config {
             cpu_features: env.raw("SANDBOX_CPU_FEATURES"),
             wheelhouse: env.optional_path("SANDBOX_WHEELHOUSE"),
             ca_bundle: env.optional_path("SANDBOX_CA_BUNDLE"),
+            api_keys: api_keys(&env)?,
             egress: EgressConfig {
                 enabled: match env.string("SANDBOX_EGRESS", "on").as_str() {
                     "on" => true,
@@ -238,6 +245,43 @@ impl Config {
             },
         })
     }
+}
+
+/// The keys of `SANDBOX_API_KEYS` and of the file `SANDBOX_API_KEYS_FILE` (both may be set; a
+/// request may then present any of them). A variable that is set but empty is an error rather
+/// than "no keys": a server that silently runs open because a secret did not arrive is the
+/// failure this catches. Errors name a key by its position, never by its text.
+fn api_keys(env: &Env) -> Result<Option<ApiKeys>, ConfigError> {
+    let set_but_empty = |name: &str| {
+        ConfigError(format!(
+            "{name} is set but empty: give at least one key, or unset it to run without keys"
+        ))
+    };
+    let list = match (env.lookup)("SANDBOX_API_KEYS") {
+        None => None,
+        Some(text) if text.trim().is_empty() => return Err(set_but_empty("SANDBOX_API_KEYS")),
+        Some(text) => {
+            Some(ApiKeys::from_comma_list(&text, "SANDBOX_API_KEYS").map_err(ConfigError)?)
+        }
+    };
+    let file = match (env.lookup)("SANDBOX_API_KEYS_FILE") {
+        None => None,
+        Some(path) if path.trim().is_empty() => return Err(set_but_empty("SANDBOX_API_KEYS_FILE")),
+        Some(path) => {
+            let path = path.trim();
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                ConfigError(format!(
+                    "SANDBOX_API_KEYS_FILE: cannot read {path}: {error}"
+                ))
+            })?;
+            let source = format!("SANDBOX_API_KEYS_FILE {path}");
+            Some(ApiKeys::from_lines(&text, &source).map_err(ConfigError)?)
+        }
+    };
+    Ok(match (list, file) {
+        (Some(list), Some(file)) => Some(list.merge(file)),
+        (list, file) => list.or(file),
+    })
 }
 
 struct Env<'a> {
@@ -328,5 +372,65 @@ mod tests {
             ("SANDBOX_MAX_EXEC_TIMEOUT_SECS", "10"),
         ]);
         assert!(error.is_err());
+    }
+
+    #[test]
+    fn api_keys_from_the_list_and_the_file() {
+        assert!(config(&[]).unwrap().api_keys.is_none());
+        let keys = config(&[("SANDBOX_API_KEYS", "key-one,key-two")])
+            .unwrap()
+            .api_keys
+            .unwrap();
+        assert!(keys.accepts(b"key-one") && keys.accepts(b"key-two"));
+
+        let dir = std::env::temp_dir().join(format!("crs-config-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys");
+        std::fs::write(&file, "file-key\n").unwrap();
+        let path = file.to_str().unwrap();
+        let keys = config(&[("SANDBOX_API_KEYS_FILE", path)])
+            .unwrap()
+            .api_keys
+            .unwrap();
+        assert!(keys.accepts(b"file-key") && !keys.accepts(b"key-one"));
+        let both = config(&[
+            ("SANDBOX_API_KEYS_FILE", path),
+            ("SANDBOX_API_KEYS", "key-one"),
+        ])
+        .unwrap()
+        .api_keys
+        .unwrap();
+        assert!(both.accepts(b"file-key") && both.accepts(b"key-one"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_api_key_settings_are_start_up_errors_without_the_keys() {
+        for (pairs, expected) in [
+            (
+                vec![("SANDBOX_API_KEYS", "")],
+                "SANDBOX_API_KEYS is set but empty",
+            ),
+            (
+                vec![("SANDBOX_API_KEYS", "  ")],
+                "SANDBOX_API_KEYS is set but empty",
+            ),
+            (
+                vec![("SANDBOX_API_KEYS", "visible-key,,other")],
+                "key 2 of 3 is empty",
+            ),
+            (
+                vec![("SANDBOX_API_KEYS_FILE", "/nonexistent/crs-keys")],
+                "cannot read /nonexistent/crs-keys",
+            ),
+            (
+                vec![("SANDBOX_API_KEYS_FILE", "")],
+                "SANDBOX_API_KEYS_FILE is set but empty",
+            ),
+        ] {
+            let error = config(&pairs).unwrap_err();
+            assert!(error.0.contains(expected), "{pairs:?}: {}", error.0);
+            assert!(!error.0.contains("visible-key"), "{}", error.0);
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! agents' pipes (through the runtime) and the signal pipes. It moves bytes and dispatches;
 //! decisions live in the runtime, the lifecycle machines and the request handlers.
 
+mod auth;
 mod connection;
 mod execute;
 mod jobs;
@@ -19,8 +20,10 @@ use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll};
 
 use crate::config::Config;
-use crate::http::request::{HttpError, Limits as ParserLimits, Progress, Request, RequestParser};
-use crate::http::response::{full_response, json_error, ResponseHead};
+use crate::http::request::{
+    HeadCheck, HttpError, Limits as ParserLimits, Progress, Request, RequestParser,
+};
+use crate::http::response::{full_response, json_error, unauthorized, ResponseHead};
 use crate::io_token::{split, token, Tag};
 use crate::metrics::{Gauges, Metrics};
 use crate::runtime::exec::Reason;
@@ -63,6 +66,8 @@ pub struct Server {
     /// The sandbox image's stamp, recorded with checkpoints.
     rootfs_stamp: String,
     snapshots_created: u64,
+    /// The API key check every request head goes through (`None`: no keys configured).
+    head_check: Option<HeadCheck>,
 }
 
 /// The runtime as a session sees it.
@@ -163,6 +168,14 @@ impl Server {
             Interest::READABLE,
         )?;
         eprintln!("server: listening on http://{}", listener.local_addr()?);
+        let head_check = auth::head_check(config.api_keys.as_ref());
+        if let Some(keys) = &config.api_keys {
+            eprintln!(
+                "server: requests need one of {} api keys (Authorization: Bearer); {} answer without",
+                keys.len(),
+                auth::OPEN_PATHS.join(" and ")
+            );
+        }
         let jobs = jobs::Jobs::new(poll.registry())?;
         let rootfs_stamp = std::fs::read_to_string(config.rootfs.join(".sandbox-image-stamp"))
             .map(|stamp| stamp.trim().to_string())
@@ -204,6 +217,7 @@ impl Server {
             instance_id,
             rootfs_stamp,
             snapshots_created: 0,
+            head_check,
         })
     }
 
@@ -392,8 +406,11 @@ impl Server {
                 max_headers: 64,
                 max_body_bytes: self.config.limits.max_code_bytes,
             };
-            self.connections
-                .insert(id, Connection::new(stream, RequestParser::new(limits)));
+            let mut parser = RequestParser::new(limits);
+            if let Some(check) = &self.head_check {
+                parser = parser.with_head_check(check.clone());
+            }
+            self.connections.insert(id, Connection::new(stream, parser));
         }
     }
 
@@ -440,9 +457,12 @@ impl Server {
             self.runtime.delete(job.sandbox);
         }
         *self.metrics.http_responses.entry(error.status).or_default() += 1;
-        connection
-            .out
-            .extend_from_slice(&json_error(error.status, &error.message, false));
+        let response = if error.status == 401 {
+            unauthorized(&error.message)
+        } else {
+            json_error(error.status, &error.message, false)
+        };
+        connection.out.extend_from_slice(&response);
         connection.phase = Phase::Closing;
         self.flush(id);
     }

@@ -4,6 +4,7 @@
  * ```text
  * SandboxError                       any failure of the service (never the user's code failing)
  * ├── SandboxConnectionError         the socket could not be opened, or closed under a pending call
+ * ├── SandboxAuthenticationError     the upgrade was refused with HTTP 401/403 (API key, identity token)
  * ├── SandboxCreationError           SANDBOX_CREATION_ERROR (bad options, unknown snapshot, limits)
  * ├── SandboxExecutionError          an execution could not start, or stdin/kill failed
  * ├── SandboxCheckpointError         checkpoint or restore failed (or checkpointing is not enabled)
@@ -53,6 +54,26 @@ export class SandboxConnectionError extends SandboxError {
     super(message, options);
     this.closeCode = options.closeCode;
     this.closeReason = options.closeReason;
+  }
+}
+
+export interface SandboxAuthenticationErrorOptions extends SandboxErrorOptions {
+  /** The HTTP status of the refusal: 401 or 403. */
+  httpStatus: number;
+}
+
+/**
+ * The server (or Cloud Run's IAM in front of it) refused the WebSocket upgrade: HTTP 401 (no, or a
+ * wrong, API key or identity token: pass `apiKey` or an `Authorization` header) or 403 (an
+ * identity that may not invoke the service). The same credentials would be refused again, so
+ * automatic re-attaching stops at it.
+ */
+export class SandboxAuthenticationError extends SandboxError {
+  readonly httpStatus: number;
+
+  constructor(message: string, options: SandboxAuthenticationErrorOptions) {
+    super(message, options);
+    this.httpStatus = options.httpStatus;
   }
 }
 

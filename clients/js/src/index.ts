@@ -19,6 +19,7 @@ export {
 export { OutputStream, SandboxProcess, type ExecutionResult } from './process.js';
 export {
   ERROR_CLASS_BY_STATUS,
+  SandboxAuthenticationError,
   SandboxCheckpointError,
   SandboxConnectionError,
   SandboxCreationError,
@@ -29,6 +30,7 @@ export {
   SandboxPermissionError,
   SandboxSnapshotError,
   SandboxStateError,
+  type SandboxAuthenticationErrorOptions,
   type SandboxConnectionErrorOptions,
   type SandboxErrorOptions,
 } from './errors.js';

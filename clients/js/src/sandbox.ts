@@ -12,6 +12,7 @@
  */
 
 import {
+  SandboxAuthenticationError,
   SandboxConnectionError,
   type SandboxError,
   SandboxExecutionError,
@@ -64,8 +65,18 @@ export interface ConnectionOptions {
   closeTimeout?: number | undefined;
   /** A WHATWG-compatible WebSocket constructor (e.g. `globalThis.WebSocket`) instead of `ws`. */
   webSocket?: WebSocketConstructor | undefined;
-  /** Extra headers for the WebSocket upgrade (e.g. `Authorization`). Needs `ws`. */
+  /**
+   * Extra headers for the WebSocket upgrade, e.g. `{ Authorization: 'Bearer <identity token>' }`
+   * for a Cloud Run service deployed with `--no-allow-unauthenticated`. Sent again on every
+   * re-attach. Needs `ws` (a WHATWG `webSocket` cannot send headers: connecting then fails).
+   */
   headers?: Readonly<Record<string, string>> | undefined;
+  /**
+   * Shorthand for `headers: { Authorization: 'Bearer <apiKey>' }`, for a server started with
+   * `SANDBOX_API_KEYS`. Giving both `apiKey` and an `Authorization` header is a TypeError. A
+   * refused key rejects with `SandboxAuthenticationError`.
+   */
+  apiKey?: string | undefined;
   /** Called with every `status_update` the server sends, in order. */
   onStatus?: ((status: string, message: string | undefined) => void) | undefined;
   /** Called with server errors that no pending call is waiting for. */
@@ -153,6 +164,8 @@ interface OutboxItem {
 export class Sandbox {
   readonly #url: string;
   readonly #options: ConnectionOptions;
+  /** `headers` plus the `apiKey`'s `Authorization`: sent with every upgrade. */
+  readonly #headers: Readonly<Record<string, string>> | undefined;
   readonly #backoff: BackoffPolicy | undefined;
   readonly #machine: ProtocolMachine;
   readonly #host: ProcessHost;
@@ -182,6 +195,7 @@ export class Sandbox {
   private constructor(url: string, options: ConnectionOptions, machine: ProtocolMachine) {
     this.#url = url;
     this.#options = { ...options };
+    this.#headers = connectionHeaders(options.headers, options.apiKey);
     const reconnect = options.autoReconnect;
     this.#backoff =
       reconnect === undefined || reconnect === false
@@ -422,7 +436,7 @@ export class Sandbox {
           connectTimeout: this.#options.connectTimeout,
           closeTimeout: this.#options.closeTimeout,
           webSocket: this.#options.webSocket,
-          headers: this.#options.headers,
+          headers: this.#headers,
         });
       } catch (error) {
         // Deleting what no longer exists (e.g. removed by its idle timeout) is done already.
@@ -556,7 +570,7 @@ export class Sandbox {
     try {
       const connecting = connect(
         url,
-        { webSocket: this.#options.webSocket, headers: this.#options.headers, connectTimeoutMs: seconds * 1000 },
+        { webSocket: this.#options.webSocket, headers: this.#headers, connectTimeoutMs: seconds * 1000 },
         {
           onMessage: (text) => {
             if (generation === this.#generation) this.#dispatch(this.#machine.receive(text));
@@ -616,11 +630,11 @@ export class Sandbox {
       return;
     }
     const detail = lastError instanceof Error ? `: ${lastError.message}` : '';
+    const message = `connection to sandbox ${this.sandboxId} lost; re-attach failed${detail}`;
     this.#finish(
-      new SandboxConnectionError(
-        `connection to sandbox ${this.sandboxId} lost; re-attach failed${detail}`,
-        lastError === undefined ? {} : { cause: lastError },
-      ),
+      lastError instanceof SandboxAuthenticationError
+        ? new SandboxAuthenticationError(message, { httpStatus: lastError.httpStatus, cause: lastError })
+        : new SandboxConnectionError(message, lastError === undefined ? {} : { cause: lastError }),
     );
   }
 
@@ -794,7 +808,7 @@ export class Sandbox {
   }
 
   /** Ends the session for good: settles everything still waiting. */
-  #finish(error: SandboxConnectionError): void {
+  #finish(error: SandboxError): void {
     this.#state = this.#ending ?? 'closed';
     if (this.#sandboxId !== undefined && liveSessions.get(this.#sandboxId) === this) {
       liveSessions.delete(this.#sandboxId);
@@ -838,6 +852,19 @@ function toError(error: ServerError, fallback?: new (message: string, options?: 
     return fallback === undefined ? errorFromStatus('SANDBOX_ERROR', error.message) : new fallback(error.message);
   }
   return errorFromStatus(error.status, error.message);
+}
+
+/** The extra upgrade headers: `headers`, plus `Authorization: Bearer <apiKey>` with `apiKey`. */
+function connectionHeaders(
+  headers: Readonly<Record<string, string>> | undefined,
+  apiKey: string | undefined,
+): Readonly<Record<string, string>> | undefined {
+  if (apiKey === undefined) return headers;
+  if (typeof apiKey !== 'string' || apiKey === '') throw new TypeError('apiKey must be a non-empty string');
+  if (Object.keys(headers ?? {}).some((name) => name.toLowerCase() === 'authorization')) {
+    throw new TypeError('give either apiKey or an Authorization header, not both');
+  }
+  return { ...headers, Authorization: `Bearer ${apiKey}` };
 }
 
 function initFrame(options: CreateOptions): InitFrame {

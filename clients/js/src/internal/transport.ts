@@ -7,7 +7,7 @@
  * global `WebSocket` is used where one exists.
  */
 
-import { SandboxConnectionError } from '../errors.js';
+import { SandboxAuthenticationError, SandboxConnectionError } from '../errors.js';
 
 /** The subset of the WHATWG WebSocket API this client needs. */
 export interface WebSocketLike {
@@ -24,7 +24,8 @@ export type WebSocketConstructor = new (url: string, protocols?: string | string
 export interface TransportOptions {
   /** Use this WebSocket implementation instead of `ws`. */
   webSocket?: WebSocketConstructor | undefined;
-  /** Extra HTTP headers for the upgrade request (e.g. `Authorization`); `ws` only. */
+  /** Extra HTTP headers for the upgrade request (e.g. `Authorization`); `ws` only: with a WHATWG
+   * WebSocket, which cannot send headers, connecting fails with a TypeError. */
   headers?: Readonly<Record<string, string>> | undefined;
   /** Give up opening the socket after this many milliseconds. */
   connectTimeoutMs: number;
@@ -105,9 +106,11 @@ function connectWs(
       const finish = (): void => {
         const body = Buffer.concat(chunks).toString('utf8').slice(0, 500).trim();
         fail(
-          new SandboxConnectionError(
-            `websocket upgrade to ${url} refused with HTTP ${status}${body ? `: ${body}` : ''}`,
-          ),
+          status === 401 || status === 403
+            ? new SandboxAuthenticationError(refusalMessage(url, status, body), { httpStatus: status })
+            : new SandboxConnectionError(
+                `websocket upgrade to ${url} refused with HTTP ${status}${body ? `: ${body}` : ''}`,
+              ),
         );
         socket.terminate();
       };
@@ -164,6 +167,11 @@ function connectWhatwg(
   options: TransportOptions,
   handlers: TransportHandlers,
 ): Promise<Transport> {
+  if (options.headers !== undefined && Object.keys(options.headers).length > 0) {
+    return Promise.reject(
+      new TypeError('headers and apiKey need the "ws" package: a WHATWG WebSocket cannot send headers'),
+    );
+  }
   return new Promise((resolve, reject) => {
     let opened = false;
     let closed = false;
@@ -212,4 +220,22 @@ function connectWhatwg(
       handlers.onClose(event.code, event.reason);
     });
   });
+}
+
+/** What a 401 / 403 means, with the server's own words when it sent a JSON error. */
+function refusalMessage(url: string, status: number, body: string): string {
+  let detail = '';
+  try {
+    const parsed = JSON.parse(body) as { error?: unknown };
+    if (typeof parsed.error === 'string') detail = `: ${parsed.error}`;
+  } catch {
+    // Not JSON (Cloud Run's IAM answers with HTML): the status says enough.
+  }
+  const hint =
+    status === 401
+      ? 'pass apiKey (or an Authorization header) that the server accepts'
+      : 'the credentials are valid but may not use this service (IAM: roles/run.invoker)';
+  // The query holds the sandbox token: keep it out of messages.
+  const where = url.split('?', 1)[0] ?? url;
+  return `the server refused the connection to ${where} with HTTP ${status}${detail} (${hint})`;
 }

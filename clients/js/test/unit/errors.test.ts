@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 
 import {
   ERROR_CLASS_BY_STATUS,
+  SandboxAuthenticationError,
   SandboxCheckpointError,
   SandboxConnectionError,
   SandboxCreationError,
@@ -63,6 +64,15 @@ describe('errors', () => {
       assert.equal(error.message, `message for ${status}`);
       assert.ok(isErrorStatus(status));
     }
+  });
+
+  it('has an authentication error that is not a connection error', () => {
+    const error = new SandboxAuthenticationError('refused', { httpStatus: 401 });
+    assert.ok(error instanceof SandboxError);
+    assert.ok(!(error instanceof SandboxConnectionError), 'retrying the same credentials does not help');
+    assert.equal(error.name, 'SandboxAuthenticationError');
+    assert.equal(error.httpStatus, 401);
+    assert.equal(error.status, undefined, 'not a protocol status');
   });
 
   it('treats unknown statuses as not errors', () => {

@@ -14,6 +14,7 @@ Exceptions (all from ``SandboxError``)::
     SandboxError
     ├── SandboxConnectionError      (also a builtin ConnectionError)
     │   └── SandboxTimeoutError     (also a builtin TimeoutError)
+    ├── SandboxAuthenticationError  (HTTP 401/403: no, or a wrong, API key / identity token)
     ├── SandboxCreationError
     ├── SandboxExecutionError
     │   └── SandboxUnsupportedLanguageError
@@ -28,6 +29,7 @@ Exceptions (all from ``SandboxError``)::
 
 from ._errors import (
     STATUS_ERRORS,
+    SandboxAuthenticationError,
     SandboxCheckpointError,
     SandboxConnectionError,
     SandboxCreationError,
@@ -54,6 +56,7 @@ __all__ = [
     "ReconnectOptions",
     "RunResult",
     "Sandbox",
+    "SandboxAuthenticationError",
     "SandboxCheckpointError",
     "SandboxConnectionError",
     "SandboxCreationError",

@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 import ssl as ssl_module
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import _tokens
 from ._errors import (
+    SandboxAuthenticationError,
     SandboxCheckpointError,
     SandboxConnectionError,
     SandboxError,
@@ -49,7 +51,14 @@ from ._protocol import (
     init_message,
 )
 from ._reconnect import ReconnectOptions
-from ._transport import Transport, TransportClosed, attach_url, base_url, create_url
+from ._transport import (
+    Transport,
+    TransportClosed,
+    attach_url,
+    base_url,
+    connection_headers,
+    create_url,
+)
 
 logger = logging.getLogger("codesandbox")
 
@@ -88,9 +97,12 @@ class Sandbox:
         auto_reconnect: bool | ReconnectOptions,
         connect_timeout: float | None,
         request_timeout: float | None,
+        headers: dict[str, str],
     ) -> None:
         self._url = base_url(url)
         self._ssl = ssl
+        # Sent with every upgrade: the first connection, re-attaches, terminate's attach.
+        self._headers = headers
         self._policy: ReconnectOptions | None
         if isinstance(auto_reconnect, ReconnectOptions):
             self._policy = auto_reconnect
@@ -133,6 +145,8 @@ class Sandbox:
         auto_reconnect: bool | ReconnectOptions = False,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
     ) -> Sandbox:
         """Create a new sandbox and wait until it runs.
 
@@ -146,6 +160,13 @@ class Sandbox:
         after a dropped connection. ``connect_timeout`` bounds the WebSocket
         handshake, ``request_timeout`` every wait for a server answer (sandbox ready,
         execution started, checkpoint, ...); ``None`` disables a bound.
+
+        ``headers`` are added to the WebSocket upgrade request (for example
+        ``{"Authorization": "Bearer <identity token>"}`` for a Cloud Run service deployed
+        with ``--no-allow-unauthenticated``); ``api_key`` is the shorthand for
+        ``Authorization: Bearer <api_key>`` (a server started with ``SANDBOX_API_KEYS``).
+        Both are sent again on every re-attach. A refusal (HTTP 401 or 403) raises
+        ``SandboxAuthenticationError``.
         """
         sandbox = cls(
             url,
@@ -154,6 +175,7 @@ class Sandbox:
             auto_reconnect=auto_reconnect,
             connect_timeout=connect_timeout,
             request_timeout=request_timeout,
+            headers=connection_headers(headers, api_key),
         )
         first = init_message(
             idle_timeout=idle_timeout,
@@ -177,12 +199,17 @@ class Sandbox:
         auto_reconnect: bool | ReconnectOptions = False,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
     ) -> Sandbox:
         """Attach to a live sandbox, or restore a checkpointed one.
 
         ``sandbox_token`` may be omitted for a sandbox created (or attached with a
-        token) in this process: the library remembers it.
+        token) in this process: the library remembers it. ``headers`` and ``api_key``
+        work as in ``create`` (the sandbox token is not an API key: a server with API
+        keys needs both).
         """
+        extra_headers = connection_headers(headers, api_key)
         token = sandbox_token if sandbox_token is not None else _tokens.lookup(sandbox_id)
         if token is None:
             raise SandboxPermissionError(
@@ -196,6 +223,7 @@ class Sandbox:
             auto_reconnect=auto_reconnect,
             connect_timeout=connect_timeout,
             request_timeout=request_timeout,
+            headers=extra_headers,
         )
         sandbox.sandbox_id = sandbox_id
         sandbox.sandbox_token = token
@@ -208,7 +236,7 @@ class Sandbox:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._transport = await Transport.connect(
-            url, ssl=self._ssl, open_timeout=self._connect_timeout
+            url, ssl=self._ssl, open_timeout=self._connect_timeout, headers=self._headers
         )
         self._reader = asyncio.create_task(self._read_loop())
         try:
@@ -496,6 +524,7 @@ class Sandbox:
                 ssl=self._ssl,
                 connect_timeout=self._connect_timeout,
                 request_timeout=self._request_timeout,
+                headers=self._headers,
             )
         except SandboxNotFoundError:
             pass  # already gone: that is what terminate() wants
@@ -638,10 +667,15 @@ class Sandbox:
                     attach_url(self._url, self.sandbox_id, self.sandbox_token),
                     ssl=self._ssl,
                     open_timeout=self._connect_timeout,
+                    headers=self._headers,
                 )
             except SandboxConnectionError as exc:
                 last_error = exc
                 continue
+            except SandboxAuthenticationError as exc:
+                # The same credentials will be refused again (e.g. a revoked key).
+                last_error = exc
+                break
             self._protocol.begin_reattach()
             try:
                 outcome = await asyncio.wait_for(
@@ -673,15 +707,16 @@ class Sandbox:
             if not outcome.retryable:
                 break
         self._outbox.clear()
-        self._apply(
-            self._protocol.give_up(
-                SandboxConnectionError(
-                    f"lost the connection to sandbox {self.sandbox_id} and could not re-attach: "
-                    f"{last_error.message}",
-                    status=last_error.status,
-                )
-            )
+        message = (
+            f"lost the connection to sandbox {self.sandbox_id} and could not re-attach: "
+            f"{last_error.message}"
         )
+        final: SandboxError
+        if isinstance(last_error, SandboxAuthenticationError):
+            final = SandboxAuthenticationError(message, http_status=last_error.http_status)
+        else:
+            final = SandboxConnectionError(message, status=last_error.status)
+        self._apply(self._protocol.give_up(final))
         self._mark_closed(None)
         return False
 

@@ -7,14 +7,16 @@ protocol's meaning (that is ``_protocol``).
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl as ssl_module
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from ._errors import SandboxConnectionError, SandboxTimeoutError
+from ._errors import SandboxAuthenticationError, SandboxConnectionError, SandboxTimeoutError
 
 # Output chunks are small, but a base64 chunk of a big write can be a few MiB; the
 # server itself refuses client messages over 4 MiB.
@@ -59,6 +61,23 @@ def attach_url(url: str, sandbox_id: str, sandbox_token: str | None) -> str:
     return out
 
 
+def connection_headers(headers: Mapping[str, str] | None, api_key: str | None) -> dict[str, str]:
+    """The extra headers of every upgrade request: ``headers`` plus, with ``api_key``,
+    ``Authorization: Bearer <api_key>``."""
+    out: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError("headers must map str to str")
+        out[name] = value
+    if api_key is not None:
+        if not isinstance(api_key, str) or not api_key:
+            raise ValueError("api_key must be a non-empty str")
+        if any(name.lower() == "authorization" for name in out):
+            raise ValueError("give either api_key or an Authorization header, not both")
+        out["Authorization"] = f"Bearer {api_key}"
+    return out
+
+
 def default_ssl_context() -> ssl_module.SSLContext:
     """The system trust store, or certifi's bundle when certifi is installed."""
     try:
@@ -70,6 +89,22 @@ def default_ssl_context() -> ssl_module.SSLContext:
 
 def _redact(url: str) -> str:
     return url.split("?", 1)[0]
+
+
+def _refusal_message(url: str, status: int, body: bytes | bytearray | None) -> str:
+    """What a 401 / 403 means, with the server's own words when it sent a JSON error."""
+    detail = ""
+    try:
+        error = json.loads(body or b"").get("error")
+        if isinstance(error, str):
+            detail = f": {error}"
+    except (ValueError, AttributeError):
+        pass
+    if status == 401:
+        hint = "pass api_key=... (or an Authorization header) that the server accepts"
+    else:
+        hint = "the credentials are valid but may not use this service (IAM: roles/run.invoker)"
+    return f"the server refused the connection to {url} with HTTP {status}{detail} ({hint})"
 
 
 class Transport:
@@ -86,6 +121,7 @@ class Transport:
         *,
         ssl: ssl_module.SSLContext | None = None,
         open_timeout: float | None = 30.0,
+        headers: Mapping[str, str] | None = None,
     ) -> Transport:
         secure = url.startswith("wss://")
         if ssl is not None and not secure:
@@ -93,6 +129,8 @@ class Transport:
         kwargs: dict[str, object] = {}
         if secure:
             kwargs["ssl"] = ssl if ssl is not None else default_ssl_context()
+        if headers:
+            kwargs["additional_headers"] = dict(headers)
         try:
             connection = await connect(
                 url,
@@ -109,6 +147,14 @@ class Transport:
             ) from exc
         except InvalidURI as exc:
             raise ValueError(f"invalid sandbox URL {_redact(url)!r}: {exc}") from exc
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise SandboxAuthenticationError(
+                    _refusal_message(_redact(url), status, exc.response.body),
+                    http_status=status,
+                ) from exc
+            raise SandboxConnectionError(f"cannot connect to {_redact(url)}: {exc}") from exc
         except (OSError, InvalidHandshake) as exc:
             raise SandboxConnectionError(f"cannot connect to {_redact(url)}: {exc}") from exc
         return cls(connection)
