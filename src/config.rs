@@ -31,8 +31,15 @@ pub struct Config {
     pub snapshot_pools_max: usize,
     /// `SANDBOX_MAX_SANDBOXES`: live sandboxes (pool included) at most.
     pub max_sandboxes: usize,
-    /// `SANDBOX_CREATE_TIMEOUT_SECS`: a sandbox not ready by then is a creation error.
+    /// `SANDBOX_CREATE_TIMEOUT_SECS`: a sandbox not ready by then is a creation error (it also
+    /// bounds how long an attach waits for the checkpoint store's answer).
     pub create_timeout: Duration,
+    /// `SANDBOX_READY_START_FAILURES`: after this many sandbox starts failed in a row,
+    /// `/readyz` answers 503 until one succeeds (0: failures never make it fail).
+    pub ready_start_failures: u32,
+    /// `SANDBOX_STORE_SWEEP_SECS`: how often the checkpoint store is swept for what killed
+    /// instances left (0: never; attaches still remove what they find).
+    pub store_sweep_interval: Duration,
     pub limits: Limits,
     pub http: HttpLimits,
     pub ws: WsLimits,
@@ -115,6 +122,9 @@ pub struct WsLimits {
     pub ping_interval: Duration,
     /// `SANDBOX_WS_PONG_TIMEOUT_SECS`: a peer silent this long is dropped (its sandbox stays).
     pub pong_timeout: Duration,
+    /// `SANDBOX_WS_INIT_TIMEOUT_SECS`: a `/create` socket that sends no init message within
+    /// this is refused and closed.
+    pub init_timeout: Duration,
     /// `SANDBOX_IDLE_TIMEOUT_SECS`: idle timeout of sessions whose init does not set one.
     pub default_idle_timeout: Duration,
     /// `SANDBOX_MAX_IDLE_TIMEOUT_SECS`: the cap, also for `idle_timeout: 0` ("never").
@@ -192,6 +202,7 @@ impl Config {
             messages_per_sec: env.number("SANDBOX_WS_MESSAGES_PER_SEC", 100)? as u32,
             ping_interval: env.seconds("SANDBOX_WS_PING_INTERVAL_SECS", 20)?,
             pong_timeout: env.seconds("SANDBOX_WS_PONG_TIMEOUT_SECS", 60)?,
+            init_timeout: env.seconds("SANDBOX_WS_INIT_TIMEOUT_SECS", 10)?,
             default_idle_timeout: env.seconds("SANDBOX_IDLE_TIMEOUT_SECS", 300)?,
             max_idle_timeout: env.seconds("SANDBOX_MAX_IDLE_TIMEOUT_SECS", 3600)?,
             detached_output_bytes: env.number("SANDBOX_DETACHED_OUTPUT_BYTES", 1024 * 1024)?
@@ -214,6 +225,13 @@ impl Config {
             snapshot_pool_size: env.number("SANDBOX_SNAPSHOT_POOL_SIZE", 1)? as usize,
             snapshot_pools_max: env.number("SANDBOX_SNAPSHOT_POOLS_MAX", 4)? as usize,
             create_timeout: env.seconds("SANDBOX_CREATE_TIMEOUT_SECS", 30)?,
+            ready_start_failures: env
+                .number("SANDBOX_READY_START_FAILURES", 3)?
+                .try_into()
+                .map_err(|_| {
+                    ConfigError("SANDBOX_READY_START_FAILURES must be at most 4294967295".into())
+                })?,
+            store_sweep_interval: env.seconds("SANDBOX_STORE_SWEEP_SECS", 600)?,
             limits,
             http,
             ws,
@@ -355,6 +373,9 @@ mod tests {
         assert_eq!(defaults.listen_addr, "127.0.0.1");
         assert!(defaults.checkpoint_path.is_none());
         assert_eq!(config(&[("PORT", "9000")]).unwrap().port, 9000);
+        assert_eq!(defaults.ws.init_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.ready_start_failures, 3);
+        assert_eq!(defaults.store_sweep_interval, Duration::from_secs(600));
     }
 
     #[test]
@@ -366,6 +387,15 @@ mod tests {
             error.0
         );
         assert!(config(&[("PORT", "70000")]).is_err());
+        for name in [
+            "SANDBOX_WS_INIT_TIMEOUT_SECS",
+            "SANDBOX_READY_START_FAILURES",
+            "SANDBOX_STORE_SWEEP_SECS",
+        ] {
+            let error = config(&[(name, "soon")]).unwrap_err();
+            assert!(error.0.contains(name), "{}", error.0);
+        }
+        assert!(config(&[("SANDBOX_READY_START_FAILURES", "4294967296")]).is_err());
         assert!(config(&[("SANDBOX_CPUS", "-1")]).is_err());
         let error = config(&[
             ("SANDBOX_EXEC_TIMEOUT_SECS", "100"),

@@ -9,10 +9,12 @@
 
 pub mod bundle;
 pub mod exec;
+pub mod health;
 pub mod ids;
 pub mod lifecycle;
 pub mod pool;
 pub mod runsc;
+pub mod state_lock;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -165,6 +167,8 @@ struct Sandbox {
     bundle: PathBuf,
     created: Instant,
     start_timer: Option<TimerId>,
+    /// Started by `runsc restore` (its failures say nothing about runsc itself).
+    from_image: bool,
 }
 
 impl Sandbox {
@@ -195,6 +199,7 @@ impl Sandbox {
             bundle,
             created: Instant::now(),
             start_timer: None,
+            from_image: false,
         }
     }
 }
@@ -213,6 +218,8 @@ pub struct RuntimeStats {
 }
 
 pub struct Runtime {
+    /// Held for the life of the process: one instance per state directory.
+    state_lock: state_lock::StateLock,
     registry: Registry,
     runsc: runsc::Runsc,
     rootfs: PathBuf,
@@ -239,11 +246,15 @@ pub struct Runtime {
     network: Option<network::Network>,
     network_unavailable: String,
     pub stats: RuntimeStats,
+    /// How the last sandbox starts went (for readiness).
+    health: health::StartHealth,
 }
 
 impl Runtime {
     /// Prepare the state directory (after cleaning what a previous instance left there).
     pub fn new(config: &Config, registry: Registry) -> io::Result<Self> {
+        // First of all: the cleanup below would destroy another live instance's sandboxes.
+        let state_lock = state_lock::StateLock::acquire(&config.state_dir)?;
         let features = runsc::Features::detect(&config.runsc).map_err(|error| {
             io::Error::new(
                 error.kind(),
@@ -326,6 +337,7 @@ impl Runtime {
             python_standby: true,
         };
         Ok(Runtime {
+            state_lock,
             registry,
             runsc,
             rootfs: config.rootfs.clone(),
@@ -350,6 +362,7 @@ impl Runtime {
             network,
             network_unavailable,
             stats: RuntimeStats::default(),
+            health: health::StartHealth::default(),
         })
     }
 
@@ -657,7 +670,9 @@ impl Runtime {
                     let _ = std::fs::remove_dir_all(&sandbox.bundle);
                 }
                 self.stats.start_failures += 1;
-                Err(RuntimeError::Io(format!("cannot start a sandbox: {error}")))
+                let message = format!("cannot start a sandbox: {error}");
+                self.health.failed(&message);
+                Err(RuntimeError::Io(message))
             }
         }
     }
@@ -709,9 +724,23 @@ impl Runtime {
             .then_some(self.network_unavailable.as_str())
     }
 
+    /// Why this server cannot create sandboxes now (`None`: it can). Looks at a few paths on
+    /// local disk, so it is cheap enough for every readiness probe.
+    pub fn cannot_create(&self) -> Option<String> {
+        let agent_copy = self.agent_dir.join(bundle::AGENT_FILE);
+        health::missing_files(&self.config.state_dir, &agent_copy, &self.rootfs)
+            .or_else(|| self.health.problem(self.config.ready_start_failures))
+    }
+
     /// Shutdown: remove this instance's (now empty) cgroup directories.
     pub fn remove_cgroups(&self) {
         cleanup::remove_cgroups(&self.cgroup_parent);
+    }
+
+    /// Shutdown, last step: remove the state directory's lock file (the lock is held until
+    /// the process exits).
+    pub fn remove_state_lock_file(&self) {
+        self.state_lock.remove_file();
     }
 
     /// Shutdown: remove the egress table and namespaces.
@@ -1208,10 +1237,18 @@ impl Runtime {
                         .start_seconds
                         .push(sandbox.created.elapsed().as_secs_f64());
                 }
+                self.health.started();
                 self.notify(key, RuntimeEvent::Ready);
             }
             Action::NotifyStartFailed(message) => {
                 self.stats.start_failures += 1;
+                if self
+                    .sandboxes
+                    .get(&key)
+                    .is_some_and(|sandbox| !sandbox.from_image)
+                {
+                    self.health.failed(&message);
+                }
                 eprintln!("runtime: sandbox key {key} failed to start: {message}");
                 self.notify(key, RuntimeEvent::StartFailed(message));
             }
@@ -1355,6 +1392,7 @@ impl Runtime {
         let Some(sandbox) = self.sandboxes.get_mut(&key) else {
             return;
         };
+        sandbox.from_image = true;
         let Some((image, reset)) = sandbox.restore_from.take() else {
             return self.apply(
                 key,

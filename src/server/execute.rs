@@ -162,6 +162,12 @@ impl ExecuteJob {
         self.keep_alive
     }
 
+    /// The server is shutting down: the connection closes after this response, and a head
+    /// not sent yet says so (`Connection: close`).
+    pub fn end_keep_alive(&mut self) {
+        self.keep_alive = false;
+    }
+
     /// The sandbox could not run the execution (start or spawn failure).
     pub fn fail(&mut self, status: u16, message: &str) -> Step {
         self.phase = Phase::Done;
@@ -299,5 +305,79 @@ impl ExecuteJob {
                 status: 200,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent_protocol::ExitStatus;
+    use crate::runtime::exec::Reason;
+
+    fn job(json: bool) -> ExecuteJob {
+        let request = ExecuteRequest {
+            language: "bash".into(),
+            code: "true".into(),
+            timeout: Duration::from_secs(5),
+            json,
+        };
+        ExecuteJob::new(1, "a".repeat(32), request, true)
+    }
+
+    fn finished() -> RuntimeEvent {
+        RuntimeEvent::ExecFinished(
+            7,
+            ExecOutcome {
+                status: ExitStatus::Code(0),
+                reason: Reason::Exited,
+                duration_ms: 3,
+                truncated: false,
+            },
+        )
+    }
+
+    fn run_to_the_end(job: &mut ExecuteJob, shutdown_at_start: bool) -> Vec<u8> {
+        if shutdown_at_start {
+            job.end_keep_alive();
+        }
+        assert!(job.on_event(RuntimeEvent::Ready).start.is_some());
+        job.set_running(7);
+        let mut bytes = job.on_event(RuntimeEvent::ExecStarted(7)).bytes;
+        if !shutdown_at_start {
+            job.end_keep_alive();
+        }
+        let step = job.on_event(finished());
+        assert!(step.finished.is_some());
+        bytes.extend_from_slice(&step.bytes);
+        bytes
+    }
+
+    #[test]
+    fn a_response_finished_during_shutdown_says_connection_close() {
+        let mut json = job(true);
+        let text = String::from_utf8(run_to_the_end(&mut json, false)).unwrap();
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+        assert!(!json.keep_alive());
+
+        // A streamed response whose head went out before the shutdown cannot say it; the
+        // connection is closed after its last chunk (the caller checks keep_alive()).
+        let mut streamed = job(false);
+        let text = String::from_utf8(run_to_the_end(&mut streamed, false)).unwrap();
+        assert!(!text.contains("Connection: close"), "{text}");
+        assert!(!streamed.keep_alive());
+
+        let mut streamed = job(false);
+        let text = String::from_utf8(run_to_the_end(&mut streamed, true)).unwrap();
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+    }
+
+    #[test]
+    fn without_shutdown_the_connection_is_kept() {
+        let mut json = job(true);
+        assert!(json.on_event(RuntimeEvent::Ready).start.is_some());
+        json.set_running(7);
+        let text = String::from_utf8(json.on_event(finished()).bytes).unwrap();
+        assert!(!text.contains("Connection: close"), "{text}");
+        assert!(json.keep_alive());
     }
 }

@@ -68,6 +68,7 @@ pub struct Server {
     snapshots_created: u64,
     /// The API key check every request head goes through (`None`: no keys configured).
     head_check: Option<HeadCheck>,
+    store_sweep: persistence::StoreSweep,
 }
 
 /// The runtime as a session sees it.
@@ -192,6 +193,7 @@ impl Server {
                 .map(|byte| format!("{byte:02x}"))
                 .collect::<String>()
         );
+        let config_sweep_interval = config.store_sweep_interval;
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -218,6 +220,7 @@ impl Server {
             rootfs_stamp,
             snapshots_created: 0,
             head_check,
+            store_sweep: persistence::StoreSweep::new(Instant::now(), config_sweep_interval),
         })
     }
 
@@ -256,6 +259,9 @@ impl Server {
                 self.sweep(now);
                 self.sweep_websockets(now);
                 self.renew_leases(now);
+                if self.shutdown_deadline.is_none() {
+                    self.sweep_store(now);
+                }
             }
             if let Some(deadline) = self.shutdown_deadline {
                 if self.runtime.is_empty()
@@ -319,6 +325,12 @@ impl Server {
     fn begin_shutdown(&mut self) {
         eprintln!("server: shutting down");
         self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_timeout);
+        // Responses in progress are the last on their connection (see `flush`).
+        for connection in self.connections.values_mut() {
+            if let Phase::Executing(job) = &mut connection.phase {
+                job.end_keep_alive();
+            }
+        }
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -363,8 +375,10 @@ impl Server {
         for leftover in ["bundles", "runsc", "agent"] {
             let _ = std::fs::remove_dir_all(self.config.state_dir.join(leftover));
         }
-        let _ = std::fs::remove_dir(&self.config.state_dir);
         self.runtime.remove_cgroups();
+        // Last: once the lock file is gone, a new instance may start on the directory.
+        self.runtime.remove_state_lock_file();
+        let _ = std::fs::remove_dir(&self.config.state_dir);
     }
 
     fn accept(&mut self) {
@@ -381,7 +395,8 @@ impl Server {
                     return;
                 }
             };
-            if self.connections.len() >= self.config.http.max_connections {
+            // WebSockets are connections too (those waiting for an init message included).
+            if self.connections.len() + self.websockets.len() >= self.config.http.max_connections {
                 let _ = stream.write(&json_error(
                     503,
                     "too many connections; retry shortly",
@@ -523,6 +538,7 @@ impl Server {
                     .encode(Some(br#"{"status":"ok"}"#.len()), keep_alive);
                 self.respond(id, 200, head, keep_alive);
             }
+            ("GET" | "HEAD", "/readyz") => self.readiness(id, method == "HEAD", keep_alive),
             ("GET", "/snapshots") => {
                 let (status, body) =
                     persistence::list_snapshots(self.config.snapshot_path.as_deref());
@@ -550,7 +566,7 @@ impl Server {
                 self.respond(id, 200, body, keep_alive);
             }
             ("POST", "/execute") => self.start_execute(id, &request, keep_alive),
-            (_, "/status" | "/metrics" | "/execute" | "/snapshots") => {
+            (_, "/status" | "/readyz" | "/metrics" | "/execute" | "/snapshots") => {
                 let message = format!("method {method} is not allowed on {}", request.path);
                 let body = json_error(405, &message, keep_alive);
                 self.respond(id, 405, body, keep_alive);
@@ -569,6 +585,31 @@ impl Server {
                 self.respond(id, 404, json_error(404, &message, keep_alive), keep_alive);
             }
         }
+    }
+
+    /// `GET /readyz`: 200 when sandboxes can be created, else 503 with the reason (for
+    /// Cloud Run's startup and liveness probes; `/status` only says the loop answers).
+    fn readiness(&mut self, id: u64, head_only: bool, keep_alive: bool) {
+        let (status, body) = match self.runtime.cannot_create() {
+            None => (200, serde_json::json!({"status": "ready"})),
+            Some(reason) => (
+                503,
+                serde_json::json!({"status": "unavailable", "reason": reason}),
+            ),
+        };
+        let body = body.to_string();
+        let bytes = if head_only {
+            ResponseHead::new(status)
+                .header("Content-Type", "application/json")
+                .header("Cache-Control", "no-store")
+                .encode(Some(body.len()), keep_alive)
+        } else {
+            ResponseHead::new(status)
+                .header("Content-Type", "application/json")
+                .header("Cache-Control", "no-store")
+                .encode_with_body(body.as_bytes(), keep_alive)
+        };
+        self.respond(id, status, bytes, keep_alive);
     }
 
     fn start_execute(&mut self, id: u64, request: &Request, keep_alive: bool) {
@@ -729,7 +770,14 @@ impl Server {
                 self.runtime.set_output_paused(job.sandbox, false);
             }
         }
-        if matches!(connection.phase, Phase::Closing) && connection.out.is_empty() {
+        let finished = match connection.phase {
+            Phase::Closing => true,
+            // Shutting down: a connection without a running request takes no new one, so it
+            // closes once its last response is out (it must not hold the shutdown up).
+            Phase::Reading => self.shutdown_deadline.is_some(),
+            Phase::Executing(_) => false,
+        };
+        if finished && connection.out.is_empty() {
             self.close(id);
         }
     }

@@ -10,11 +10,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::websocket::Waiting;
 use super::{Control, Server};
 use crate::runtime::ids::SandboxId;
 use crate::runtime::{Owner, RuntimeError, RuntimeEvent, SandboxKey};
 use crate::session::{refusal, token_matches, Out, SaveRequest, Session, SessionId};
-use crate::store::{self, lease, Manifest};
+use crate::store::{self, lease, leftovers, Manifest};
+
+/// Sandbox directories one sweep of the checkpoint store examines at most.
+const SWEEP_MAX_DIRS: usize = 256;
 
 /// What a worker thread reports back.
 pub enum JobResult {
@@ -34,6 +38,8 @@ pub enum JobResult {
         session: SessionId,
         result: Result<lease::Lease, lease::LeaseError>,
     },
+    /// The checkpoint store was swept for leftovers of killed instances.
+    StoreSwept(leftovers::Sweep),
     /// Fire-and-forget work (removing saved state, releasing a lease).
     Done,
 }
@@ -49,6 +55,24 @@ pub enum AttachOutcome {
         image: PathBuf,
         lease: lease::Lease,
     },
+}
+
+/// The periodic sweep of the checkpoint store.
+pub struct StoreSweep {
+    pub next: Instant,
+    pub running: bool,
+    /// Where the next sweep goes on.
+    pub resume_after: Option<String>,
+}
+
+impl StoreSweep {
+    pub fn new(now: Instant, interval: std::time::Duration) -> Self {
+        StoreSweep {
+            next: now + interval,
+            running: false,
+            resume_after: None,
+        }
+    }
 }
 
 /// A save in progress for a session.
@@ -314,6 +338,16 @@ impl Server {
                         );
                     }
                 },
+                JobResult::StoreSwept(sweep) => {
+                    if sweep.removed > 0 {
+                        eprintln!(
+                            "persistence: removed {} abandoned sandbox directories from the checkpoint store",
+                            sweep.removed
+                        );
+                    }
+                    self.store_sweep.running = false;
+                    self.store_sweep.resume_after = sweep.resume_after;
+                }
                 JobResult::Done => {}
             }
         }
@@ -345,6 +379,28 @@ impl Server {
 
     fn finish_attach(&mut self, connection: u64, id: SandboxId, outcome: AttachOutcome) {
         let sandbox_id = id.to_string();
+        let Some(socket) = self
+            .websockets
+            .get_mut(&connection)
+            .filter(|socket| socket.waiting == Waiting::StoreAnswer)
+        else {
+            // The client left, or was told the store took too long: restore nothing, so the
+            // checkpoint stays where its next attach (here or elsewhere) finds it.
+            if let AttachOutcome::Ready { lease, .. } = outcome {
+                eprintln!("persistence: attach of {sandbox_id} abandoned: its client is gone");
+                self.release_lease_later(&sandbox_id, lease);
+            }
+            return;
+        };
+        socket.wait_for(Waiting::Nothing, Instant::now());
+        // A restore makes a session: it obeys the session limit like a create.
+        let outcome = match (outcome, self.session_limit_refusal()) {
+            (AttachOutcome::Ready { lease, .. }, Some(refused)) => {
+                self.release_lease_later(&sandbox_id, lease);
+                return self.refuse(connection, refused);
+            }
+            (outcome, _) => outcome,
+        };
         let (outs, lease) = match outcome {
             AttachOutcome::NotFound => (
                 refusal(
@@ -421,20 +477,45 @@ impl Server {
             }
         };
         if let Some(lease) = lease {
-            if let Some(base) = self.checkpoint_base(&sandbox_id) {
-                self.jobs.spawn(move || {
-                    lease::release(&base, &lease);
-                    JobResult::Done
-                });
-            }
+            self.release_lease_later(&sandbox_id, lease);
         }
-        // If the client left while we looked, a restored session simply waits detached until
-        // its idle timeout, like any other.
         if let Some(socket) = self.websockets.get_mut(&connection) {
             if !socket.apply(outs) {
                 self.drop_websocket(connection);
             }
         }
+    }
+
+    /// Give up a lease taken for an attach that restores nothing (on a worker thread).
+    fn release_lease_later(&mut self, sandbox_id: &str, lease: lease::Lease) {
+        if let Some(base) = self.checkpoint_base(sandbox_id) {
+            self.jobs.spawn(move || {
+                lease::release(&base, &lease);
+                JobResult::Done
+            });
+        }
+    }
+
+    /// Every `SANDBOX_STORE_SWEEP_SECS`, sweep part of the checkpoint store for directories
+    /// that killed instances left (on a worker thread, one sweep at a time).
+    pub(super) fn sweep_store(&mut self, now: Instant) {
+        let interval = self.config.store_sweep_interval;
+        let Some(root) = self.config.checkpoint_path.clone() else {
+            return;
+        };
+        if interval.is_zero() || self.store_sweep.running || now < self.store_sweep.next {
+            return;
+        }
+        self.store_sweep.next = now + interval;
+        self.store_sweep.running = true;
+        let resume_after = self.store_sweep.resume_after.take();
+        self.jobs.spawn(move || {
+            JobResult::StoreSwept(leftovers::sweep(
+                &root,
+                resume_after.as_deref(),
+                SWEEP_MAX_DIRS,
+            ))
+        });
     }
 
     /// Take the lease of a new checkpointable sandbox (nobody else knows its id yet).
@@ -548,7 +629,12 @@ fn check_attach(
                         _ => AttachOutcome::PermissionDenied,
                     }
                 }
-                _ => AttachOutcome::NotFound,
+                _ => {
+                    // What an instance that died before any checkpoint left: nothing to
+                    // restore, so nothing to keep.
+                    leftovers::remove_if_abandoned(base);
+                    AttachOutcome::NotFound
+                }
             };
         }
         Err(message) => return AttachOutcome::Failed(message),

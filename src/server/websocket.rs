@@ -3,39 +3,105 @@
 //! The upgrade request was parsed by our HTTP parser; the handshake answer is written here and
 //! the stream handed to tungstenite, which then frames and unframes over the same socket.
 
-use std::io;
-use std::time::Instant;
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
-use crate::session::{Out, SessionId};
+use crate::session::{refusal, Out, SessionId};
 
 /// Bytes queued in tungstenite for a slow client before its sandbox's output is paused.
 pub const WS_HIGH_WATER: usize = 256 * 1024;
+/// A connection the server closed is dropped after this even if the peer never answers.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+/// Input of a refused peer read and thrown away before giving up on delivering the close.
+const LINGER_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// What a read produced.
 pub enum Incoming {
     Text(String),
-    /// The connection is finished (closed, failed or refused by a limit); already answered.
+    /// The connection is finished (closed by the peer, or failed); drop it.
     Gone,
+    /// We refused the peer (rate limit, size, frame type, protocol) and queued a close frame;
+    /// the peer may still be sending. Keep the socket to deliver the close (see `linger`).
+    Refused,
     /// Nothing more to read now.
     Idle,
+}
+
+/// What a socket waits for before it belongs to a session. While it waits it does not count
+/// as a session, and the wait is bounded (see [`overdue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// It has a session, or is closing.
+    Nothing,
+    /// A `/create` socket: the client's init message.
+    Init,
+    /// An `/attach` socket: the answer of the checkpoint store (read on a worker thread).
+    StoreAnswer,
+}
+
+/// How long a socket may wait for each thing.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitBounds {
+    pub init: Duration,
+    pub store_answer: Duration,
+}
+
+/// The refusal for a socket that has waited `waited` for `waiting`, if that is too long.
+pub fn overdue(waiting: Waiting, waited: Duration, bounds: WaitBounds) -> Option<Vec<Out>> {
+    match waiting {
+        Waiting::Init if waited > bounds.init => {
+            let message = format!(
+                "no init message within {} s: send the init JSON object first",
+                bounds.init.as_secs()
+            );
+            Some(refusal("SANDBOX_CREATION_ERROR", &message, 4000))
+        }
+        Waiting::StoreAnswer if waited > bounds.store_answer => {
+            let message = format!(
+                "the checkpoint store did not answer within {} s; retry later",
+                bounds.store_answer.as_secs()
+            );
+            Some(refusal("SANDBOX_RESTORE_ERROR", &message, 4000))
+        }
+        _ => None,
+    }
+}
+
+/// How lingering after a refusal goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linger {
+    /// Still delivering the close or draining the peer's input.
+    Going,
+    /// The peer closed (or the bound was reached, or the socket failed): drop it.
+    Done,
+}
+
+#[derive(Debug, Default)]
+struct Lingering {
+    write_shut: bool,
+    discarded: usize,
 }
 
 pub struct WsConnection {
     ws: WebSocket<TcpStream>,
     pub session: Option<SessionId>,
-    /// The session has not received its init message yet (a `/create` connection).
-    pub awaiting_init: bool,
+    pub waiting: Waiting,
+    /// When the current wait began.
+    pub waiting_since: Instant,
     pub last_seen: Instant,
     pub ping_sent: bool,
     pub closing_since: Option<Instant>,
     /// Bytes written to tungstenite since its last complete flush.
     pub unflushed: usize,
     pub output_paused: bool,
+    /// Set after a refusal: the close is being delivered and the peer's input thrown away.
+    lingering: Option<Lingering>,
     tokens: f64,
     last_refill: Instant,
     rate: f64,
@@ -55,12 +121,14 @@ impl WsConnection {
         WsConnection {
             ws: WebSocket::from_raw_socket(stream, Role::Server, Some(config)),
             session: None,
-            awaiting_init: false,
+            waiting: Waiting::Nothing,
+            waiting_since: now,
             last_seen: now,
             ping_sent: false,
             closing_since: None,
             unflushed: 0,
             output_paused: false,
+            lingering: None,
             tokens: rate * 2.0,
             last_refill: now,
             rate,
@@ -69,6 +137,12 @@ impl WsConnection {
 
     pub fn stream_mut(&mut self) -> &mut TcpStream {
         self.ws.get_mut()
+    }
+
+    /// Wait for `waiting` from now on.
+    pub fn wait_for(&mut self, waiting: Waiting, now: Instant) {
+        self.waiting = waiting;
+        self.waiting_since = now;
     }
 
     /// Read the next text message, enforcing the binary-frame and rate rules.
@@ -80,7 +154,7 @@ impl WsConnection {
                     self.ping_sent = false;
                     if !self.take_token() {
                         self.close(1008, "too many messages; slow down");
-                        return Incoming::Gone;
+                        return Incoming::Refused;
                     }
                     return Incoming::Text(text);
                 }
@@ -89,7 +163,7 @@ impl WsConnection {
                         1003,
                         "binary frames are not supported; send JSON text frames",
                     );
-                    return Incoming::Gone;
+                    return Incoming::Refused;
                 }
                 Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {
                     self.last_seen = Instant::now();
@@ -105,15 +179,15 @@ impl WsConnection {
                 }
                 Err(WsError::Capacity(_)) => {
                     self.close(1009, "message too large");
-                    return Incoming::Gone;
+                    return Incoming::Refused;
                 }
                 Err(WsError::Utf8) => {
                     self.close(1007, "text frames must be valid UTF-8");
-                    return Incoming::Gone;
+                    return Incoming::Refused;
                 }
                 Err(WsError::Protocol(error)) => {
                     self.close(1002, &format!("protocol error: {error}"));
-                    return Incoming::Gone;
+                    return Incoming::Refused;
                 }
                 Err(_) => return Incoming::Gone,
             }
@@ -167,6 +241,53 @@ impl WsConnection {
         }
     }
 
+    pub fn is_lingering(&self) -> bool {
+        self.lingering.is_some()
+    }
+
+    /// Deliver the close frame of a refusal to a peer that may still be sending. Dropping a
+    /// socket with unread input makes the kernel answer with a reset and throw away what it
+    /// has not sent yet, the close frame included (it often waits behind output the peer has
+    /// not read). So: read and discard the peer's input (a peer blocked on sending may not
+    /// read before it can send), flush what is queued, close frame last, then shut our write
+    /// side (FIN) and keep discarding until the peer closes too. Bounded by `LINGER_MAX_BYTES`
+    /// here and by [`CLOSE_DEADLINE`] in the sweep. Called on every readiness of the socket
+    /// from the refusal on; tungstenite reads nothing more.
+    pub fn linger(&mut self) -> Linger {
+        let lingering = self.lingering.get_or_insert_with(Lingering::default);
+        let mut buffer = [0u8; 16 * 1024];
+        let peer_closed = loop {
+            match self.ws.get_mut().read(&mut buffer) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    lingering.discarded += n;
+                    if lingering.discarded > LINGER_MAX_BYTES {
+                        return Linger::Done;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Linger::Done,
+            }
+        };
+        if !lingering.write_shut {
+            match self.ws.flush() {
+                Ok(()) => {}
+                Err(error) if is_would_block(&error) => return Linger::Going,
+                Err(_) => return Linger::Done,
+            }
+            if self.ws.get_ref().shutdown(Shutdown::Write).is_err() {
+                return Linger::Done;
+            }
+            lingering.write_shut = true;
+        }
+        if peer_closed {
+            Linger::Done
+        } else {
+            Linger::Going
+        }
+    }
+
     pub fn ping(&mut self) {
         self.ping_sent = true;
         let _ = self.ws.write(Message::Ping(Vec::new()));
@@ -198,4 +319,53 @@ pub fn handshake_response(key: &str) -> Vec<u8> {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nServer: cloud-run-sandbox\r\n\r\n"
     )
     .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUNDS: WaitBounds = WaitBounds {
+        init: Duration::from_secs(10),
+        store_answer: Duration::from_secs(30),
+    };
+
+    fn close_code(outs: &[Out]) -> Option<u16> {
+        outs.iter().find_map(|out| match out {
+            Out::Close(code, _) => Some(*code),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_socket_without_init_is_refused_after_the_bound_only() {
+        let secs = Duration::from_secs;
+        assert_eq!(overdue(Waiting::Init, secs(10), BOUNDS), None);
+        let outs = overdue(Waiting::Init, secs(11), BOUNDS).expect("overdue");
+        assert!(
+            matches!(&outs[0], Out::Send(text) if text.contains("SANDBOX_CREATION_ERROR") && text.contains("no init message within 10 s")),
+            "{outs:?}"
+        );
+        assert_eq!(close_code(&outs), Some(4000));
+    }
+
+    #[test]
+    fn an_attach_waits_for_the_store_up_to_its_own_bound() {
+        let secs = Duration::from_secs;
+        assert_eq!(overdue(Waiting::StoreAnswer, secs(20), BOUNDS), None);
+        let outs = overdue(Waiting::StoreAnswer, secs(31), BOUNDS).expect("overdue");
+        assert!(
+            matches!(&outs[0], Out::Send(text) if text.contains("SANDBOX_RESTORE_ERROR")),
+            "{outs:?}"
+        );
+        assert_eq!(close_code(&outs), Some(4000));
+    }
+
+    #[test]
+    fn a_socket_that_waits_for_nothing_never_expires() {
+        assert_eq!(
+            overdue(Waiting::Nothing, Duration::from_secs(86_400), BOUNDS),
+            None
+        );
+    }
 }

@@ -11,12 +11,15 @@
 //!   current.json                  the manifest: which image, file sizes and SHA-256s, settings
 //!   lease.json                    who runs the sandbox now (checkpoints only; see `lease`)
 //! ```
+//! A directory left with only an expired lease (its instance died before any checkpoint) is
+//! removed by whoever finds it (see `leftovers`).
 //! A reader follows `current.json`, which is published last with one rename, and verifies the
 //! files against it: a half-written or corrupted image is never restored.
 //!
 //! Everything here blocks on the filesystem; the server calls it from worker threads.
 
 pub mod lease;
+pub mod leftovers;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};

@@ -92,26 +92,7 @@ impl TestServer {
                 .append(true)
                 .open(&log_path)
                 .expect("open the log");
-            let mut command = Command::new(SERVER_BIN);
-            for (name, _) in std::env::vars() {
-                let ours = name.starts_with("SANDBOX_")
-                    || name == "PORT"
-                    || name == "CHECKPOINT_AND_RESTORE_PATH"
-                    || name == "FILESYSTEM_SNAPSHOT_PATH";
-                if ours && name != "SANDBOX_RUNSC" {
-                    command.env_remove(&name);
-                }
-            }
-            command
-                .env("PORT", port.to_string())
-                .env("SANDBOX_LISTEN_ADDR", "127.0.0.1")
-                .env("SANDBOX_STATE_DIR", state_dir)
-                .env("SANDBOX_AGENT_PATH", AGENT_BIN)
-                .env("SANDBOX_ROOTFS", rootfs())
-                .env("SANDBOX_POOL_SIZE", "1");
-            for (name, value) in extra_env {
-                command.env(name, value);
-            }
+            let mut command = server_command(state_dir, port, extra_env);
             command
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -314,6 +295,93 @@ impl Drop for TestServer {
             force_cleanup(&self.state_dir);
         }
     }
+}
+
+/// The `sandbox-server` command of a test server: only the test's environment, no variable of
+/// ours inherited from the caller (but `SANDBOX_RUNSC`).
+fn server_command(state_dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(SERVER_BIN);
+    for (name, _) in std::env::vars() {
+        let ours = name.starts_with("SANDBOX_")
+            || name == "PORT"
+            || name == "CHECKPOINT_AND_RESTORE_PATH"
+            || name == "FILESYSTEM_SNAPSHOT_PATH";
+        if ours && name != "SANDBOX_RUNSC" {
+            command.env_remove(&name);
+        }
+    }
+    command
+        .env("PORT", port.to_string())
+        .env("SANDBOX_LISTEN_ADDR", "127.0.0.1")
+        .env("SANDBOX_STATE_DIR", state_dir)
+        .env("SANDBOX_AGENT_PATH", AGENT_BIN)
+        .env("SANDBOX_ROOTFS", rootfs())
+        .env("SANDBOX_POOL_SIZE", "1");
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    command
+}
+
+/// Start a server that is expected to refuse to start: wait up to `timeout` for its exit and
+/// return its status and what it wrote to stderr. `None` if it was still running (it is then
+/// killed).
+pub fn run_server_to_exit(
+    state_dir: &Path,
+    extra_env: &[(&str, &str)],
+    timeout: Duration,
+) -> Option<(ExitStatus, String)> {
+    let mut child = server_command(state_dir, free_port(), extra_env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sandbox-server");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    match wait_child(&mut child, timeout) {
+        Some(status) => Some((status, reader.join().unwrap_or_default())),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
+}
+
+/// Processes (other than this one) with an open descriptor on `path`.
+pub fn processes_holding(path: &Path) -> Vec<i32> {
+    let own = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path));
+        if holds {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
