@@ -910,7 +910,11 @@ fn invalid_snapshot_names_and_unknown_snapshots_are_errors() {
         missing.send(json!({"filesystem_snapshot_name": unknown}));
         missing.expect_status("SANDBOX_CREATING");
         let message = missing.expect_error("SANDBOX_CREATION_ERROR");
-        assert!(message.contains(&unknown), "{message}");
+        // The original clients look for "not found".
+        assert!(
+            message.contains(&unknown) && message.contains("not found"),
+            "{message}"
+        );
         missing.expect_close(4000);
     }
     for name in ["../x", ".hidden"] {

@@ -78,7 +78,8 @@ impl SnapshotCache {
         store::validate_snapshot_name(name)?;
         let base = root.join(name);
         let manifest = store::load(&base)?
-            .ok_or_else(|| format!("filesystem snapshot {name:?} does not exist"))?;
+            // The original clients look for "not found" in this creation error.
+            .ok_or_else(|| format!("filesystem snapshot {name:?} not found"))?;
         same_image(&manifest, rootfs_stamp)
             .map_err(|error| format!("filesystem snapshot {name:?}: {error}"))?;
         if let Some((generation, image)) = self.verified.get(name) {
@@ -625,7 +626,7 @@ pub fn delete_snapshot(root: Option<&Path>, name: &str) -> (u16, Vec<u8>) {
     }
     let base = root.join(name);
     if !base.join(store::MANIFEST).exists() {
-        let message = format!("filesystem snapshot {name:?} does not exist");
+        let message = format!("filesystem snapshot {name:?} not found");
         return (404, crate::http::response::json_error_body(&message));
     }
     // The manifest goes first: from then on nobody starts from the snapshot.
@@ -655,8 +656,8 @@ fn same_image(manifest: &Manifest, rootfs_stamp: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "the image was saved on another version of the sandbox image ({}); this server runs {}",
-            &manifest.rootfs_stamp[..12.min(manifest.rootfs_stamp.len())],
-            &rootfs_stamp[..12.min(rootfs_stamp.len())]
+            store::abbreviate(&manifest.rootfs_stamp),
+            store::abbreviate(rootfs_stamp)
         ))
     }
 }

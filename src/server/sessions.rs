@@ -6,7 +6,6 @@ use std::time::Instant;
 use super::websocket::{self, Incoming, WsConnection, WS_HIGH_WATER};
 use super::{Control, Server};
 use crate::http::request::Request;
-use crate::http::response::json_error;
 use crate::runtime::RuntimeEvent;
 use crate::session::{refusal, token_matches, Out, Session, SessionId, SessionSettings};
 
@@ -27,9 +26,9 @@ impl Server {
 
     /// Answer the handshake and hand the socket to tungstenite, then start or attach a session.
     pub(super) fn upgrade(&mut self, id: u64, request: &Request) {
-        let Some(key) = request.header("sec-websocket-key").map(str::to_string) else {
-            let body = json_error(400, "missing Sec-WebSocket-Key header", false);
-            return self.respond(id, 400, body, false);
+        let key = match websocket::check_handshake(request) {
+            Ok(key) => key,
+            Err((status, response)) => return self.respond(id, status, response, false),
         };
         let Some(mut connection) = self.connections.remove(&id) else {
             return;
@@ -97,7 +96,10 @@ impl Server {
             .trim_start_matches("/attach/")
             .trim_end_matches('/');
         let query = crate::http::query::parse_query(&request.query);
-        let token = crate::http::query::query_param(&query, "sandbox_token").unwrap_or("");
+        let token = match crate::http::query::single_param(&query, "sandbox_token") {
+            Ok(token) => token.unwrap_or(""),
+            Err(message) => return refusal("SANDBOX_PERMISSION_DENIAL_ERROR", &message, 4000),
+        };
         let Some(session_id) = self.session_by_sandbox_id.get(sandbox_id).copied() else {
             // Not live here: it may be checkpointed in the shared store.
             if let Some(outs) = self.begin_restore_attach(id, sandbox_id, token) {
