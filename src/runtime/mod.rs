@@ -1291,7 +1291,18 @@ impl Runtime {
         }
     }
 
+    /// Read and handle what the agent sent. Frames come from inside the sandbox: should
+    /// handling one panic (a bug), that sandbox is lost, not the server.
     fn read_agent(&mut self, key: SandboxKey) {
+        if let Err(message) = crate::guard::catch(|| self.read_agent_frames(key)) {
+            eprintln!("runtime: sandbox key {key}: internal error handling its agent: {message}");
+            let _ = crate::guard::catch(|| {
+                self.lose(key, "internal server error handling the sandbox".into())
+            });
+        }
+    }
+
+    fn read_agent_frames(&mut self, key: SandboxKey) {
         let mut frames = Vec::new();
         let mut lost = None;
         {

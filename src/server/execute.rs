@@ -157,6 +157,12 @@ impl ExecuteJob {
         self.phase = Phase::Running(exec);
     }
 
+    /// Whether the status line went out already (a streamed response): an error can then
+    /// only cut the body short.
+    pub fn response_started(&self) -> bool {
+        self.headers_sent
+    }
+
     /// Whether the response can keep the connection open afterwards.
     pub fn keep_alive(&self) -> bool {
         self.keep_alive

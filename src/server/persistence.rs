@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::recovery::Peer;
 use super::{Control, Server};
 use crate::runtime::ids::SandboxId;
 use crate::runtime::{Owner, RuntimeError, RuntimeEvent, SandboxKey};
@@ -296,27 +297,36 @@ impl Server {
     /// Results of worker threads.
     pub(super) fn collect_jobs(&mut self) {
         for result in self.jobs.drain() {
-            match result {
-                JobResult::Published { session, result } => self.on_published(session, result),
-                JobResult::AttachChecked {
-                    connection,
-                    sandbox_id,
-                    outcome,
-                } => self.finish_attach(connection, sandbox_id, outcome),
-                JobResult::LeaseRenewed { session, result } => match result {
-                    Ok(lease) => {
-                        if let Some(held) = self.leases.get_mut(&session) {
-                            held.1 = Some(lease);
-                        }
+            let peer = match &result {
+                JobResult::Published { session, .. } | JobResult::LeaseRenewed { session, .. } => {
+                    Peer::Session(*session)
+                }
+                JobResult::AttachChecked { connection, .. } => Peer::Connection(*connection),
+                JobResult::Done => continue,
+            };
+            self.guarded(peer, |server| server.job_finished(result));
+        }
+    }
+
+    fn job_finished(&mut self, result: JobResult) {
+        match result {
+            JobResult::Published { session, result } => self.on_published(session, result),
+            JobResult::AttachChecked {
+                connection,
+                sandbox_id,
+                outcome,
+            } => self.finish_attach(connection, sandbox_id, outcome),
+            JobResult::LeaseRenewed { session, result } => match result {
+                Ok(lease) => {
+                    if let Some(held) = self.leases.get_mut(&session) {
+                        held.1 = Some(lease);
                     }
-                    Err(error) => {
-                        eprintln!(
-                            "persistence: session {session}: lease renewal failed: {error:?}"
-                        );
-                    }
-                },
-                JobResult::Done => {}
-            }
+                }
+                Err(error) => {
+                    eprintln!("persistence: session {session}: lease renewal failed: {error:?}");
+                }
+            },
+            JobResult::Done => {}
         }
     }
 

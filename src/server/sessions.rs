@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::recovery::Peer;
 use super::websocket::{self, Incoming, WsConnection, WS_HIGH_WATER};
 use super::{Control, Server};
 use crate::http::request::Request;
@@ -162,6 +163,7 @@ impl Server {
     }
 
     pub(super) fn websocket_message(&mut self, id: u64, text: &str) {
+        crate::guard::test_panic_point(text.as_bytes());
         let Some(socket) = self.websockets.get_mut(&id) else {
             return;
         };
@@ -293,25 +295,31 @@ impl Server {
         }
     }
 
+    fn tick_session(&mut self, session_id: SessionId, now: Instant) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let outs = session.on_tick(
+            now,
+            &mut Control {
+                runtime: &mut self.runtime,
+                snapshots: &mut self.snapshots,
+                snapshot_root: self.config.snapshot_path.as_deref(),
+                rootfs_stamp: &self.rootfs_stamp,
+            },
+        );
+        if !outs.is_empty() {
+            self.deliver(session_id, outs);
+        }
+    }
+
     /// Idle timeouts of sessions, keep-alive pings and close deadlines of sockets.
     pub(super) fn sweep_websockets(&mut self, now: Instant) {
         let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
         for session_id in sessions {
-            let Some(session) = self.sessions.get_mut(&session_id) else {
-                continue;
-            };
-            let outs = session.on_tick(
-                now,
-                &mut Control {
-                    runtime: &mut self.runtime,
-                    snapshots: &mut self.snapshots,
-                    snapshot_root: self.config.snapshot_path.as_deref(),
-                    rootfs_stamp: &self.rootfs_stamp,
-                },
-            );
-            if !outs.is_empty() {
-                self.deliver(session_id, outs);
-            }
+            self.guarded(Peer::Session(session_id), |server| {
+                server.tick_session(session_id, now)
+            });
         }
         let ws = &self.config.ws;
         let mut dead = Vec::new();
