@@ -222,10 +222,16 @@ impl Server {
         let settings = session.saved_settings();
         let (base, image) = (save.base.clone(), save.image.clone());
         let stamp = self.rootfs_stamp.clone();
-        self.jobs.spawn(move || JobResult::Published {
-            session: session_id,
-            result: store::publish(&base, &image, token, settings, &stamp),
-        });
+        self.jobs.spawn_or(
+            move || JobResult::Published {
+                session: session_id,
+                result: store::publish(&base, &image, token, settings, &stamp),
+            },
+            move |message| JobResult::Published {
+                session: session_id,
+                result: Err(format!("internal error while saving: {message}")),
+            },
+        );
     }
 
     fn on_published(&mut self, session_id: SessionId, result: Result<Manifest, String>) {
@@ -343,14 +349,23 @@ impl Server {
         let owner = self.instance_id.clone();
         let stamp = self.rootfs_stamp.clone();
         let (ttl, settle) = (self.config.lease_ttl, self.config.lease_settle);
-        self.jobs.spawn(move || {
-            let outcome = check_attach(&base, &token, &owner, &stamp, ttl, settle);
-            JobResult::AttachChecked {
+        self.jobs.spawn_or(
+            move || {
+                let outcome = check_attach(&base, &token, &owner, &stamp, ttl, settle);
+                JobResult::AttachChecked {
+                    connection,
+                    sandbox_id: id,
+                    outcome,
+                }
+            },
+            move |message| JobResult::AttachChecked {
                 connection,
                 sandbox_id: id,
-                outcome,
-            }
-        });
+                outcome: AttachOutcome::Failed(format!(
+                    "internal error while reading the checkpoint: {message}"
+                )),
+            },
+        );
         Some(Vec::new())
     }
 
