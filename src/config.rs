@@ -145,6 +145,9 @@ pub struct EgressConfig {
     pub subnet: String,
 }
 
+/// Largest number of seconds any `*_SECS` variable accepts (about 31 years).
+pub const MAX_CONFIG_SECS: u64 = 1_000_000_000;
+
 /// A configuration problem, naming the variable and the value.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -348,8 +351,16 @@ impl Env<'_> {
         }
     }
 
+    /// Seconds, at most [`MAX_CONFIG_SECS`]: deadlines are `now + value`, which must not
+    /// overflow, and a larger number is a typo rather than a wish.
     fn seconds(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {
-        self.number(name, default).map(Duration::from_secs)
+        let seconds = self.number(name, default)?;
+        if seconds > MAX_CONFIG_SECS {
+            return Err(ConfigError(format!(
+                "{name} must be at most {MAX_CONFIG_SECS} seconds, got {seconds}"
+            )));
+        }
+        Ok(Duration::from_secs(seconds))
     }
 }
 
@@ -402,6 +413,16 @@ mod tests {
             ("SANDBOX_MAX_EXEC_TIMEOUT_SECS", "10"),
         ]);
         assert!(error.is_err());
+        // Deadlines are `now + seconds`: absurd values are refused at start, not at the first
+        // request that uses them.
+        let error =
+            config(&[("SANDBOX_MAX_EXEC_TIMEOUT_SECS", "18446744073709551615")]).unwrap_err();
+        assert!(
+            error.0.contains("SANDBOX_MAX_EXEC_TIMEOUT_SECS") && error.0.contains("at most"),
+            "{}",
+            error.0
+        );
+        assert!(config(&[("SANDBOX_MAX_IDLE_TIMEOUT_SECS", "1000000000")]).is_ok());
     }
 
     #[test]

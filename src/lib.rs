@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod agent_protocol;
 pub mod config;
+pub mod guard;
 pub mod http;
 pub mod io_token;
 pub mod metrics;

@@ -520,6 +520,68 @@ fn corrupted_image_or_manifest_is_a_restore_error_and_servers_keep_serving() {
     }
 }
 
+/// Manifests in the shared store may come from another instance or be corrupted: absurd values
+/// are restore errors (or defaults), never a panic that takes a server down with every session
+/// on it.
+#[test]
+fn hostile_manifests_in_the_store_never_crash_a_server() {
+    let pair = pair();
+    let (sandbox_id, token) = checkpointed_on_a(&pair);
+    let manifest_path = pair.dirs.base(&sandbox_id).join("current.json");
+    let good = pair.dirs.manifest(&sandbox_id);
+    let write = |manifest: &Value| {
+        std::fs::write(&manifest_path, manifest.to_string()).expect("write the manifest")
+    };
+    let refused = |edit: &dyn Fn(&mut Value), needle: &str| {
+        let mut manifest = good.clone();
+        edit(&mut manifest);
+        write(&manifest);
+        let message = attach_error(&pair.b, &sandbox_id, &token, "SANDBOX_RESTORE_ERROR", 4000);
+        assert!(message.contains(needle), "{manifest}: {message}");
+    };
+    // Multi-byte characters where hex digits belong: quoted by characters (slicing 12 bytes
+    // split a character and panicked).
+    refused(
+        &|manifest| manifest["files"][0]["sha256"] = json!("é".repeat(40)),
+        &"é".repeat(12),
+    );
+    refused(
+        &|manifest| manifest["rootfs_stamp"] = json!("ü".repeat(30)),
+        &format!("({})", "ü".repeat(12)),
+    );
+    // Paths that leave the sandbox's directory.
+    refused(
+        &|manifest| manifest["image_dir"] = json!("../../.."),
+        "corrupted",
+    );
+    refused(
+        &|manifest| manifest["files"][0]["name"] = json!("../../../../etc/passwd"),
+        "corrupted",
+    );
+    pair.b.assert_healthy();
+
+    // Absurd numbers that are not worth refusing a restore: an idle timeout of 1e300 s (it
+    // panicked in Duration::from_secs_f64) means the default; the largest generation does not
+    // overflow the next checkpoint's.
+    let mut manifest = good.clone();
+    manifest["settings"]["idle_timeout_secs"] = json!(1e300);
+    manifest["generation"] = json!(u64::MAX);
+    write(&manifest);
+    let mut ws = restore(&pair.b, &sandbox_id, &token);
+    assert_kept_file(&mut ws);
+    checkpoint(&mut ws);
+    wait_lease_released(&pair.dirs, &sandbox_id);
+    assert_eq!(
+        pair.dirs.manifest(&sandbox_id)["generation"],
+        json!(u64::MAX)
+    );
+    let mut ws = restore(&pair.a, &sandbox_id, &token);
+    assert_kept_file(&mut ws);
+    ws.kill_sandbox();
+    pair.a.assert_healthy();
+    pair.b.assert_healthy();
+}
+
 #[test]
 fn sigterm_checkpoints_a_checkpointable_sandbox_and_b_restores_it() {
     let mut pair = pair_with(&[("SANDBOX_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS)], &[]);
@@ -910,7 +972,11 @@ fn invalid_snapshot_names_and_unknown_snapshots_are_errors() {
         missing.send(json!({"filesystem_snapshot_name": unknown}));
         missing.expect_status("SANDBOX_CREATING");
         let message = missing.expect_error("SANDBOX_CREATION_ERROR");
-        assert!(message.contains(&unknown), "{message}");
+        // The original clients look for "not found".
+        assert!(
+            message.contains(&unknown) && message.contains("not found"),
+            "{message}"
+        );
         missing.expect_close(4000);
     }
     for name in ["../x", ".hidden"] {

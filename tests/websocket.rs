@@ -383,7 +383,12 @@ fn checkpoint_and_snapshot_without_storage() {
     ws.read_stdout_until("a\n");
     ws.send(json!({"action": "checkpoint"}));
     ws.expect_status("SANDBOX_CHECKPOINTING");
-    ws.expect_error("SANDBOX_EXECUTION_IN_PROGRESS_ERROR");
+    let message = ws.expect_error("SANDBOX_EXECUTION_IN_PROGRESS_ERROR");
+    // The original clients match on this text.
+    assert!(
+        message.contains("Cannot checkpoint while an execution is in progress"),
+        "{message}"
+    );
     ws.send(json!({"action": "snapshot_filesystem", "name": "while-running"}));
     ws.expect_status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATING");
     ws.expect_error("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR");

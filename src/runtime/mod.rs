@@ -965,7 +965,7 @@ impl Runtime {
         let now = Instant::now();
         let timer = self
             .timers
-            .arm(now + timeout, RuntimeTimer::ExecTimeout(key, exec));
+            .arm(deadline(now, timeout), RuntimeTimer::ExecTimeout(key, exec));
         sandbox
             .execs
             .insert(exec, (ExecTracker::new(output_limit, now), vec![timer]));
@@ -984,8 +984,7 @@ impl Runtime {
         if !state.can_exec() {
             return Err(RuntimeError::WrongState(state.name()));
         }
-        let exec = sandbox.next_exec;
-        sandbox.next_exec += 1;
+        let exec = take_exec_id(&mut sandbox.next_exec)?;
         let request = SpawnRequest {
             language: spec.language,
             code: spec.code,
@@ -995,9 +994,10 @@ impl Runtime {
         };
         ToAgent::Spawn(exec, request).encode(&mut sandbox.outgoing);
         let now = Instant::now();
-        let timer = self
-            .timers
-            .arm(now + spec.timeout, RuntimeTimer::ExecTimeout(key, exec));
+        let timer = self.timers.arm(
+            deadline(now, spec.timeout),
+            RuntimeTimer::ExecTimeout(key, exec),
+        );
         sandbox
             .execs
             .insert(exec, (ExecTracker::new(output_limit, now), vec![timer]));
@@ -1486,7 +1486,18 @@ impl Runtime {
         }
     }
 
+    /// Read and handle what the agent sent. Frames come from inside the sandbox: should
+    /// handling one panic (a bug), that sandbox is lost, not the server.
     fn read_agent(&mut self, key: SandboxKey) {
+        if let Err(message) = crate::guard::catch(|| self.read_agent_frames(key)) {
+            eprintln!("runtime: sandbox key {key}: internal error handling its agent: {message}");
+            let _ = crate::guard::catch(|| {
+                self.lose(key, "internal server error handling the sandbox".into())
+            });
+        }
+    }
+
+    fn read_agent_frames(&mut self, key: SandboxKey) {
         let mut frames = Vec::new();
         let mut lost = None;
         {
@@ -1629,6 +1640,25 @@ impl Runtime {
     }
 }
 
+/// The next execution id of a sandbox. The agent's hello can raise the counter to any value
+/// (it comes from inside the sandbox), so running out is an error, not an overflow.
+fn take_exec_id(next: &mut ExecId) -> Result<ExecId, RuntimeError> {
+    let id = *next;
+    *next = id
+        .checked_add(1)
+        .ok_or_else(|| RuntimeError::Io("the sandbox has no execution ids left".into()))?;
+    Ok(id)
+}
+
+/// `now + timeout`, without the panic of `Instant + Duration` on overflow: a timeout too far to
+/// represent is as good as none.
+fn deadline(now: Instant, timeout: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
 fn read_tail(path: &Path, max: u64) -> String {
     let Ok(mut file) = File::open(path) else {
         return String::new();
@@ -1672,5 +1702,31 @@ fn egress_network(config: &Config) -> (Option<network::Network>, String) {
                 format!("network egress is not available on this server: {error}"),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_ids_run_out_with_an_error_not_an_overflow() {
+        let mut next: ExecId = 1;
+        assert_eq!(take_exec_id(&mut next), Ok(1));
+        assert_eq!(next, 2);
+        // A forged hello from inside the sandbox can set the counter to the last id.
+        next = ExecId::MAX;
+        assert!(matches!(take_exec_id(&mut next), Err(RuntimeError::Io(_))));
+        assert_eq!(next, ExecId::MAX);
+    }
+
+    #[test]
+    fn deadlines_do_not_overflow() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(deadline(now, Duration::MAX) > now + Duration::from_secs(3600 * 24 * 365));
     }
 }

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::agent_protocol::{ExecId, Stream};
-use crate::http::query::{parse_query, query_param};
+use crate::http::query::{parse_query, single_param};
 use crate::http::request::Request;
 use crate::http::response::{encode_chunk, final_chunk, json_error, ResponseHead};
 use crate::runtime::exec::ExecOutcome;
 use crate::runtime::{ExecSpec, RuntimeEvent, SandboxKey};
+use crate::session::options;
 
 pub const LANGUAGES: &[&str] = &["python", "bash"];
 
@@ -39,7 +40,8 @@ pub fn parse(
     max_timeout: Duration,
 ) -> Result<ExecuteRequest, (u16, String)> {
     let query = parse_query(&request.query);
-    let language = match query_param(&query, "language") {
+    let param = |name: &str| single_param(&query, name).map_err(|message| (400, message));
+    let language = match param("language")? {
         Some(language) if LANGUAGES.contains(&language) => language.to_string(),
         Some(other) => {
             return Err((
@@ -54,24 +56,22 @@ pub fn parse(
             ))
         }
     };
-    let timeout = match query_param(&query, "timeout") {
+    let timeout = match param("timeout")? {
         None => default_timeout,
-        Some(text) => match text.parse::<f64>() {
-            Ok(seconds)
-                if seconds.is_finite() && seconds > 0.0 && seconds <= max_timeout.as_secs_f64() =>
-            {
-                Duration::from_secs_f64(seconds)
-            }
-            _ => {
-                return Err((
+        Some(text) => text
+            .parse::<f64>()
+            .ok()
+            .and_then(|seconds| options::duration(seconds, false, max_timeout.as_secs_f64()))
+            .ok_or_else(|| {
+                let shown: String = text.chars().take(64).collect();
+                (
                     400,
                     format!(
-                        "timeout must be a number of seconds above 0 and at most {}, got {text:?}",
+                        "timeout must be a number of seconds above 0 and at most {}, got {shown:?}",
                         max_timeout.as_secs()
                     ),
-                ))
-            }
-        },
+                )
+            })?,
     };
     let code = String::from_utf8(request.body.clone()).map_err(|error| {
         (
@@ -155,6 +155,12 @@ impl ExecuteJob {
 
     pub fn set_running(&mut self, exec: ExecId) {
         self.phase = Phase::Running(exec);
+    }
+
+    /// Whether the status line went out already (a streamed response): an error can then
+    /// only cut the body short.
+    pub fn response_started(&self) -> bool {
+        self.headers_sent
     }
 
     /// Whether the response can keep the connection open afterwards.

@@ -7,6 +7,7 @@ mod connection;
 mod execute;
 mod jobs;
 mod persistence;
+mod recovery;
 mod sessions;
 mod websocket;
 
@@ -27,10 +28,11 @@ use crate::http::response::{full_response, json_error, unauthorized, ResponseHea
 use crate::io_token::{split, token, Tag};
 use crate::metrics::{Gauges, Metrics};
 use crate::runtime::exec::Reason;
-use crate::runtime::{ExecSpec, Notice, Owner, Runtime, RuntimeError, SandboxKey};
+use crate::runtime::{ExecSpec, Notice, Owner, Runtime, RuntimeError, RuntimeEvent, SandboxKey};
 use crate::session::{CreateOptions, SandboxControl, Session, SessionId};
 use connection::{Connection, Phase, ReadOutcome, OUT_HIGH_WATER, OUT_LOW_WATER};
 use execute::ExecuteJob;
+use recovery::Peer;
 use websocket::WsConnection;
 
 const SIGCHLD_PIPE: u64 = 0;
@@ -243,8 +245,12 @@ impl Server {
                     Tag::Listener => self.accept(),
                     Tag::Signals => self.signal(id),
                     Tag::Connection => {
-                        self.connection_ready(id, event.is_readable(), event.is_writable())
+                        let (readable, writable) = (event.is_readable(), event.is_writable());
+                        self.guarded(Peer::Connection(id), |server| {
+                            server.connection_ready(id, readable, writable)
+                        });
                     }
+                    // Panics there are caught per sandbox by the runtime.
                     Tag::AgentOut => self.runtime.agent_readable(id),
                     Tag::AgentIn => self.runtime.agent_writable(id),
                     Tag::Jobs => self.collect_jobs(),
@@ -523,6 +529,7 @@ impl Server {
     }
 
     fn route(&mut self, id: u64, request: Request) {
+        crate::guard::test_panic_point(request.target.as_bytes());
         let keep_alive = request.keep_alive();
         let method = request.method.as_str();
         match (method, request.path.as_str()) {
@@ -667,32 +674,49 @@ impl Server {
             event,
         }) = self.runtime.next_notice()
         {
+            let test_panic_point = |event: &RuntimeEvent| {
+                if let RuntimeEvent::Output(_, _, data) = event {
+                    crate::guard::test_panic_point(data);
+                }
+            };
             match owner {
-                Owner::Http(id) => self.execute_event(id, sandbox, event),
+                Owner::Http(id) => self.guarded(Peer::Connection(id), |server| {
+                    test_panic_point(&event);
+                    server.execute_event(id, sandbox, event)
+                }),
                 Owner::Session(session) => {
                     if !touched.contains(&session) {
                         touched.push(session);
                     }
-                    if !self.handle_session_runtime_event(session, &event) {
-                        self.session_event(session, event);
-                    }
+                    self.guarded(Peer::Session(session), |server| {
+                        test_panic_point(&event);
+                        if !server.handle_session_runtime_event(session, &event) {
+                            server.session_event(session, event);
+                        }
+                    });
                 }
             }
         }
         // Frame what the batch produced: merged per stream, and sent without delay.
         for session in touched {
-            let Some(state) = self.sessions.get_mut(&session) else {
-                continue;
-            };
-            let outs = state.flush_output(&mut Control {
-                runtime: &mut self.runtime,
-                snapshots: &mut self.snapshots,
-                snapshot_root: self.config.snapshot_path.as_deref(),
-                rootfs_stamp: &self.rootfs_stamp,
+            self.guarded(Peer::Session(session), |server| {
+                server.flush_session_output(session)
             });
-            if !outs.is_empty() {
-                self.deliver(session, outs);
-            }
+        }
+    }
+
+    fn flush_session_output(&mut self, session: SessionId) {
+        let Some(state) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let outs = state.flush_output(&mut Control {
+            runtime: &mut self.runtime,
+            snapshots: &mut self.snapshots,
+            snapshot_root: self.config.snapshot_path.as_deref(),
+            rootfs_stamp: &self.rootfs_stamp,
+        });
+        if !outs.is_empty() {
+            self.deliver(session, outs);
         }
     }
 

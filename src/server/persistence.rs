@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::recovery::Peer;
 use super::websocket::Waiting;
 use super::{Control, Server};
 use crate::runtime::ids::SandboxId;
@@ -102,7 +103,8 @@ impl SnapshotCache {
         store::validate_snapshot_name(name)?;
         let base = root.join(name);
         let manifest = store::load(&base)?
-            .ok_or_else(|| format!("filesystem snapshot {name:?} does not exist"))?;
+            // The original clients look for "not found" in this creation error.
+            .ok_or_else(|| format!("filesystem snapshot {name:?} not found"))?;
         same_image(&manifest, rootfs_stamp)
             .map_err(|error| format!("filesystem snapshot {name:?}: {error}"))?;
         if let Some((generation, image)) = self.verified.get(name) {
@@ -244,10 +246,16 @@ impl Server {
         let settings = session.saved_settings();
         let (base, image) = (save.base.clone(), save.image.clone());
         let stamp = self.rootfs_stamp.clone();
-        self.jobs.spawn(move || JobResult::Published {
-            session: session_id,
-            result: store::publish(&base, &image, token, settings, &stamp),
-        });
+        self.jobs.spawn_or(
+            move || JobResult::Published {
+                session: session_id,
+                result: store::publish(&base, &image, token, settings, &stamp),
+            },
+            move |message| JobResult::Published {
+                session: session_id,
+                result: Err(format!("internal error while saving: {message}")),
+            },
+        );
     }
 
     fn on_published(&mut self, session_id: SessionId, result: Result<Manifest, String>) {
@@ -319,37 +327,51 @@ impl Server {
     /// Results of worker threads.
     pub(super) fn collect_jobs(&mut self) {
         for result in self.jobs.drain() {
-            match result {
-                JobResult::Published { session, result } => self.on_published(session, result),
-                JobResult::AttachChecked {
-                    connection,
-                    sandbox_id,
-                    outcome,
-                } => self.finish_attach(connection, sandbox_id, outcome),
-                JobResult::LeaseRenewed { session, result } => match result {
-                    Ok(lease) => {
-                        if let Some(held) = self.leases.get_mut(&session) {
-                            held.1 = Some(lease);
-                        }
-                    }
-                    Err(error) => {
-                        eprintln!(
-                            "persistence: session {session}: lease renewal failed: {error:?}"
-                        );
-                    }
-                },
-                JobResult::StoreSwept(sweep) => {
-                    if sweep.removed > 0 {
-                        eprintln!(
-                            "persistence: removed {} abandoned sandbox directories from the checkpoint store",
-                            sweep.removed
-                        );
-                    }
-                    self.store_sweep.running = false;
-                    self.store_sweep.resume_after = sweep.resume_after;
+            let peer = match &result {
+                JobResult::Published { session, .. } | JobResult::LeaseRenewed { session, .. } => {
+                    Peer::Session(*session)
                 }
-                JobResult::Done => {}
+                JobResult::AttachChecked { connection, .. } => Peer::Connection(*connection),
+                // Bookkeeping of the server itself, no peer to blame: handled as is.
+                JobResult::StoreSwept(_) => {
+                    self.job_finished(result);
+                    continue;
+                }
+                JobResult::Done => continue,
+            };
+            self.guarded(peer, |server| server.job_finished(result));
+        }
+    }
+
+    fn job_finished(&mut self, result: JobResult) {
+        match result {
+            JobResult::Published { session, result } => self.on_published(session, result),
+            JobResult::AttachChecked {
+                connection,
+                sandbox_id,
+                outcome,
+            } => self.finish_attach(connection, sandbox_id, outcome),
+            JobResult::LeaseRenewed { session, result } => match result {
+                Ok(lease) => {
+                    if let Some(held) = self.leases.get_mut(&session) {
+                        held.1 = Some(lease);
+                    }
+                }
+                Err(error) => {
+                    eprintln!("persistence: session {session}: lease renewal failed: {error:?}");
+                }
+            },
+            JobResult::StoreSwept(sweep) => {
+                if sweep.removed > 0 {
+                    eprintln!(
+                        "persistence: removed {} abandoned sandbox directories from the checkpoint store",
+                        sweep.removed
+                    );
+                }
+                self.store_sweep.running = false;
+                self.store_sweep.resume_after = sweep.resume_after;
             }
+            JobResult::Done => {}
         }
     }
 
@@ -366,14 +388,23 @@ impl Server {
         let owner = self.instance_id.clone();
         let stamp = self.rootfs_stamp.clone();
         let (ttl, settle) = (self.config.lease_ttl, self.config.lease_settle);
-        self.jobs.spawn(move || {
-            let outcome = check_attach(&base, &token, &owner, &stamp, ttl, settle);
-            JobResult::AttachChecked {
+        self.jobs.spawn_or(
+            move || {
+                let outcome = check_attach(&base, &token, &owner, &stamp, ttl, settle);
+                JobResult::AttachChecked {
+                    connection,
+                    sandbox_id: id,
+                    outcome,
+                }
+            },
+            move |message| JobResult::AttachChecked {
                 connection,
                 sandbox_id: id,
-                outcome,
-            }
-        });
+                outcome: AttachOutcome::Failed(format!(
+                    "internal error while reading the checkpoint: {message}"
+                )),
+            },
+        );
         Some(Vec::new())
     }
 
@@ -711,7 +742,7 @@ pub fn delete_snapshot(root: Option<&Path>, name: &str) -> (u16, Vec<u8>) {
     }
     let base = root.join(name);
     if !base.join(store::MANIFEST).exists() {
-        let message = format!("filesystem snapshot {name:?} does not exist");
+        let message = format!("filesystem snapshot {name:?} not found");
         return (404, crate::http::response::json_error_body(&message));
     }
     // The manifest goes first: from then on nobody starts from the snapshot.
@@ -741,8 +772,8 @@ fn same_image(manifest: &Manifest, rootfs_stamp: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "the image was saved on another version of the sandbox image ({}); this server runs {}",
-            &manifest.rootfs_stamp[..12.min(manifest.rootfs_stamp.len())],
-            &rootfs_stamp[..12.min(rootfs_stamp.len())]
+            store::abbreviate(&manifest.rootfs_stamp),
+            store::abbreviate(rootfs_stamp)
         ))
     }
 }

@@ -3,13 +3,13 @@
 
 use std::time::Instant;
 
+use super::recovery::Peer;
 use super::websocket::{
     self, overdue, Incoming, Linger, WaitBounds, Waiting, WsConnection, CLOSE_DEADLINE,
     WS_HIGH_WATER,
 };
 use super::{Control, Server};
 use crate::http::request::Request;
-use crate::http::response::json_error;
 use crate::runtime::RuntimeEvent;
 use crate::session::{refusal, token_matches, Out, Session, SessionId, SessionSettings};
 
@@ -30,9 +30,9 @@ impl Server {
 
     /// Answer the handshake and hand the socket to tungstenite, then start or attach a session.
     pub(super) fn upgrade(&mut self, id: u64, request: &Request) {
-        let Some(key) = request.header("sec-websocket-key").map(str::to_string) else {
-            let body = json_error(400, "missing Sec-WebSocket-Key header", false);
-            return self.respond(id, 400, body, false);
+        let key = match websocket::check_handshake(request) {
+            Ok(key) => key,
+            Err((status, response)) => return self.respond(id, status, response, false),
         };
         let Some(mut connection) = self.connections.remove(&id) else {
             return;
@@ -143,7 +143,10 @@ impl Server {
             .trim_start_matches("/attach/")
             .trim_end_matches('/');
         let query = crate::http::query::parse_query(&request.query);
-        let token = crate::http::query::query_param(&query, "sandbox_token").unwrap_or("");
+        let token = match crate::http::query::single_param(&query, "sandbox_token") {
+            Ok(token) => token.unwrap_or(""),
+            Err(message) => return refusal("SANDBOX_PERMISSION_DENIAL_ERROR", &message, 4000),
+        };
         let Some(session_id) = self.session_by_sandbox_id.get(sandbox_id).copied() else {
             // Not live here: it may be checkpointed in the shared store.
             if let Some(outs) = self.begin_restore_attach(id, sandbox_id, token) {
@@ -231,6 +234,7 @@ impl Server {
     }
 
     pub(super) fn websocket_message(&mut self, id: u64, text: &str) {
+        crate::guard::test_panic_point(text.as_bytes());
         let Some(socket) = self.websockets.get_mut(&id) else {
             return;
         };
@@ -358,25 +362,31 @@ impl Server {
         }
     }
 
+    fn tick_session(&mut self, session_id: SessionId, now: Instant) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let outs = session.on_tick(
+            now,
+            &mut Control {
+                runtime: &mut self.runtime,
+                snapshots: &mut self.snapshots,
+                snapshot_root: self.config.snapshot_path.as_deref(),
+                rootfs_stamp: &self.rootfs_stamp,
+            },
+        );
+        if !outs.is_empty() {
+            self.deliver(session_id, outs);
+        }
+    }
+
     /// Idle timeouts of sessions, keep-alive pings and close deadlines of sockets.
     pub(super) fn sweep_websockets(&mut self, now: Instant) {
         let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
         for session_id in sessions {
-            let Some(session) = self.sessions.get_mut(&session_id) else {
-                continue;
-            };
-            let outs = session.on_tick(
-                now,
-                &mut Control {
-                    runtime: &mut self.runtime,
-                    snapshots: &mut self.snapshots,
-                    snapshot_root: self.config.snapshot_path.as_deref(),
-                    rootfs_stamp: &self.rootfs_stamp,
-                },
-            );
-            if !outs.is_empty() {
-                self.deliver(session_id, outs);
-            }
+            self.guarded(Peer::Session(session_id), |server| {
+                server.tick_session(session_id, now)
+            });
         }
         let ws = &self.config.ws;
         let bounds = WaitBounds {

@@ -12,6 +12,9 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
+use crate::http::request::Request;
+use crate::http::response::{json_error, ResponseHead};
+use crate::session::text::base64_decode;
 use crate::session::{refusal, Out, SessionId};
 
 /// Bytes queued in tungstenite for a slow client before its sandbox's output is paused.
@@ -234,7 +237,7 @@ impl WsConnection {
             self.closing_since = Some(Instant::now());
             let frame = CloseFrame {
                 code: CloseCode::from(code),
-                reason: reason.to_string().into(),
+                reason: close_reason(reason).to_string().into(),
             };
             let _ = self.ws.close(Some(frame));
             let _ = self.ws.flush();
@@ -308,8 +311,69 @@ impl WsConnection {
     }
 }
 
+/// A close frame is a control frame: 125 bytes at most, 2 of them the code (RFC 6455 §5.5).
+/// Reasons can quote what a client sent, so they are cut, on a character boundary.
+fn close_reason(reason: &str) -> &str {
+    const MAX: usize = 123;
+    if reason.len() <= MAX {
+        return reason;
+    }
+    let mut end = MAX;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 fn is_would_block(error: &WsError) -> bool {
     matches!(error, WsError::Io(error) if error.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// The only WebSocket version there is (RFC 6455); older drafts are refused.
+const WEBSOCKET_VERSION: &str = "13";
+
+/// Checks the client's half of the opening handshake (RFC 6455 §4.2.1) and returns its key, or
+/// the status and response that refuse it: 426 with the version we speak for another version
+/// (§4.4), 400 for a key that is not the base64 of 16 bytes.
+pub fn check_handshake(request: &Request) -> Result<String, (u16, Vec<u8>)> {
+    let values = |name: &'static str| -> Vec<&str> {
+        request
+            .headers
+            .iter()
+            .filter(|(header, _)| header == name)
+            .map(|(_, value)| value.as_str())
+            .collect()
+    };
+    let versions = values("sec-websocket-version");
+    if versions != [WEBSOCKET_VERSION] {
+        let shown: Vec<String> = versions
+            .iter()
+            .map(|version| version.chars().take(32).collect::<String>())
+            .collect();
+        let message = format!(
+            "unsupported Sec-WebSocket-Version {shown:?}: this server speaks version {WEBSOCKET_VERSION} (RFC 6455)"
+        );
+        let body = crate::http::response::json_error_body(&message);
+        let response = ResponseHead::new(426)
+            .header("Content-Type", "application/json")
+            .header("Sec-WebSocket-Version", WEBSOCKET_VERSION)
+            .encode_with_body(&body, false);
+        return Err((426, response));
+    }
+    let bad_key = |message: String| Err((400, json_error(400, &message, false)));
+    match values("sec-websocket-key").as_slice() {
+        [] => bad_key("missing Sec-WebSocket-Key header".into()),
+        [key] if key.len() == 24 && base64_decode(key).is_some_and(|nonce| nonce.len() == 16) => {
+            Ok(key.to_string())
+        }
+        [key] => {
+            let shown: String = key.chars().take(32).collect();
+            bad_key(format!(
+                "invalid Sec-WebSocket-Key {shown:?}: it must be the base64 of 16 bytes"
+            ))
+        }
+        _ => bad_key("Sec-WebSocket-Key is given more than once".into()),
+    }
 }
 
 /// The `Sec-WebSocket-Accept` answer for the client's key.
@@ -367,5 +431,87 @@ mod tests {
             overdue(Waiting::Nothing, Duration::from_secs(86_400), BOUNDS),
             None
         );
+    }
+
+    fn upgrade(headers: &[(&str, &str)]) -> Request {
+        let mut request = Request {
+            method: "GET".into(),
+            path: "/create".into(),
+            target: "/create".into(),
+            version_minor: 1,
+            ..Request::default()
+        };
+        for (name, value) in [("upgrade", "websocket"), ("connection", "Upgrade")]
+            .iter()
+            .chain(headers)
+        {
+            request.headers.push((name.to_string(), value.to_string()));
+        }
+        request
+    }
+
+    fn status_and_text(result: Result<String, (u16, Vec<u8>)>) -> (u16, String) {
+        let (status, bytes) = result.unwrap_err();
+        (status, String::from_utf8(bytes).unwrap())
+    }
+
+    /// What Python's `websockets` and Node's `ws` send: 16 random bytes in base64, version 13.
+    #[test]
+    fn the_clients_handshake_is_accepted() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let request = upgrade(&[("sec-websocket-key", key), ("sec-websocket-version", "13")]);
+        assert_eq!(check_handshake(&request), Ok(key.to_string()));
+    }
+
+    #[test]
+    fn other_versions_get_426_with_the_version_we_speak() {
+        let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        for versions in [
+            vec![],
+            vec!["8"],
+            vec!["12"],
+            vec!["13, 8"],
+            vec!["13", "13"],
+        ] {
+            let mut headers = vec![key];
+            headers.extend(versions.iter().map(|v| ("sec-websocket-version", *v)));
+            let (status, text) = status_and_text(check_handshake(&upgrade(&headers)));
+            assert_eq!(status, 426, "{versions:?}");
+            assert!(
+                text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+                "{text}"
+            );
+            assert!(text.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_keys_get_400() {
+        for (keys, needle) in [
+            (vec![], "missing Sec-WebSocket-Key"),
+            (vec!["x"], "invalid Sec-WebSocket-Key \\\"x\\\""),
+            (vec!["dGhlIHNhbXBsZSBub25jZQ"], "base64 of 16 bytes"),
+            (vec!["dGhlIHNhbXBsZSBub25jZQ=="; 2], "more than once"),
+            // 24 characters, but not base64 / not 16 bytes.
+            (vec!["dGhlIHNhbXBsZSBub25jZ!=="], "base64 of 16 bytes"),
+            (vec!["dGhlIHNhbXBsZSBub25jZQAA"], "base64 of 16 bytes"),
+            (vec!["dGhlIHNhbXBsZSBub25j ZQ="], "base64 of 16 bytes"),
+        ] {
+            let mut headers = vec![("sec-websocket-version", "13")];
+            headers.extend(keys.iter().map(|k| ("sec-websocket-key", *k)));
+            let (status, text) = status_and_text(check_handshake(&upgrade(&headers)));
+            assert_eq!(status, 400, "{keys:?}");
+            assert!(text.contains(needle), "{keys:?}: {text}");
+            assert!(text.contains("Connection: close"), "{text}");
+        }
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        assert_eq!(close_reason("done"), "done");
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= 123 && long.starts_with(cut), "{}", cut.len());
+        assert_eq!(cut.chars().count(), 61);
     }
 }
