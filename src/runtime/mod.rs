@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -311,15 +312,21 @@ impl Runtime {
         }
         // The sandbox sees a directory holding only the agent, never the host's build tree.
         let agent_copy = agent_dir.join(bundle::AGENT_FILE);
-        std::fs::copy(&config.agent_path, &agent_copy).map_err(|error| {
-            io::Error::new(
-                error.kind(),
-                format!(
-                    "cannot copy the agent {}: {error}",
-                    config.agent_path.display()
-                ),
-            )
-        })?;
+        // Readable and executable by all: the sandbox starts it as its own uid, not root.
+        std::fs::copy(&config.agent_path, &agent_copy)
+            .and_then(|_| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&agent_copy, std::fs::Permissions::from_mode(0o755))
+            })
+            .map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!(
+                        "cannot copy the agent {}: {error}",
+                        config.agent_path.display()
+                    ),
+                )
+            })?;
         let limits = &config.limits;
         let agent_config = AgentConfig {
             limits: ProcessLimits {
@@ -802,9 +809,12 @@ impl Runtime {
     ) -> io::Result<(Sender, Receiver)> {
         self.write_bundle(container, bundle_dir, network)?;
         let egress = network.is_some();
+        // The agent's stderr. Only its owner may open it: inside the sandbox that is the
+        // agent's uid, not user code (agent::identity).
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(bundle_dir.join("sandbox.log"))?;
         let (mut to_agent, agent_stdin) = mio::unix::pipe::new()?;
         let (agent_stdout, mut from_agent) = mio::unix::pipe::new()?;

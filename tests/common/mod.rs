@@ -531,6 +531,34 @@ pub fn runsc_sandboxes(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Kill the agent (PID 1) of sandbox `sandbox_id` from the host (`runsc kill CONTAINER KILL`),
+/// as a crash of the sandbox would. User code cannot do it (tests/agent_isolation.rs). Returns
+/// whether runsc did it.
+pub fn kill_agent_from_host(root: &Path, sandbox_id: &str) -> bool {
+    let output = run_with_timeout(
+        Command::new(runsc_binary())
+            .arg(format!("--root={}", root.display()))
+            .args(["list", "--format=json"]),
+        Duration::from_secs(20),
+    )
+    .unwrap_or_default();
+    let entries: Vec<Value> = serde_json::from_str(output.trim()).unwrap_or_default();
+    let container = entries.iter().find_map(|entry| {
+        let bundle = Path::new(entry["bundle"].as_str()?);
+        (bundle.file_name()? == sandbox_id).then(|| entry["id"].as_str().map(str::to_string))?
+    });
+    let Some(container) = container else {
+        return false;
+    };
+    run_with_timeout(
+        Command::new(runsc_binary())
+            .arg(format!("--root={}", root.display()))
+            .args(["kill", &container, "KILL"]),
+        Duration::from_secs(20),
+    )
+    .is_some()
+}
+
 /// Processes (other than this one) whose command line contains `needle`: (pid, cmdline).
 pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     let own = std::process::id() as i32;
