@@ -43,7 +43,9 @@ export RUSTFLAGS="-Cpasses=sancov-module \
 -Cllvm-args=-simplifycfg-branch-fold-threshold=0 \
 --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 export CARGO_TARGET_DIR=target/fuzz
-cargo build --locked --release --manifest-path fuzz/Cargo.toml --target "$triple" \
+# Not --locked: fuzz/Cargo.lock pins what it lists, and cargo adds what a new dependency of the
+# server needs (commit the updated lock then).
+cargo build --release --manifest-path fuzz/Cargo.toml --target "$triple" \
   $(printf -- '--bin %s ' "${targets[@]}")
 
 failed=()
