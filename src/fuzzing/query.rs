@@ -44,20 +44,32 @@ fn is_unreserved(byte: u8) -> bool {
 
 /// `application/x-www-form-urlencoded`, as a browser would write it.
 fn form_encode(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b' ' => "+".to_string(),
-            _ if is_unreserved(byte) => char::from(byte).to_string(),
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        match byte {
+            b' ' => out.push('+'),
+            _ if is_unreserved(byte) => out.push(char::from(byte)),
+            _ => push_escape(&mut out, byte),
+        }
+    }
+    out
 }
 
 fn path_encode(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            _ if is_unreserved(byte) || byte == b'/' => char::from(byte).to_string(),
-            _ => format!("%{byte:02x}"),
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if is_unreserved(byte) || byte == b'/' {
+            out.push(char::from(byte));
+        } else {
+            push_escape(&mut out, byte);
+        }
+    }
+    out
+}
+
+fn push_escape(out: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(byte >> 4)]));
+    out.push(char::from(HEX[usize::from(byte & 15)]));
 }
