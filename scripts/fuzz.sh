@@ -11,7 +11,11 @@
 # and turn it into a unit test (and a file in fuzz/corpus/<target>/) once fixed.
 #
 # Inputs libFuzzer finds go to target/fuzz/corpus/<target>/, never into the repository; the
-# committed seeds in fuzz/corpus/ are read only.
+# committed corpus in fuzz/corpus/ is read only. To fold a long run's finds into it, keeping
+# only inputs that each cover an edge no other covers (small enough to commit):
+#   B=target/fuzz/<host triple>/release; mkdir /tmp/merged
+#   $B/session -set_cover_merge=1 -use_counters=0 /tmp/merged fuzz/corpus/session target/fuzz/corpus/session
+# then copy the new files of /tmp/merged into fuzz/corpus/session/.
 #
 # No cargo-fuzz needed: the build passes the same flags `cargo fuzz build --sanitizer none`
 # does (coverage instrumentation, `--cfg fuzzing`, debug assertions), all stable rustc flags.
