@@ -963,10 +963,14 @@ impl Runtime {
     }
 
     /// Follow an execution that was running when the sandbox was checkpointed and runs on in
-    /// the restored sandbox: its output and end are reported again, under the usual timeout.
-    pub fn adopt_exec(&mut self, key: SandboxKey, exec: ExecId) -> Result<(), RuntimeError> {
+    /// the restored sandbox: its output and end are reported again, ended after `timeout`.
+    pub fn adopt_exec(
+        &mut self,
+        key: SandboxKey,
+        exec: ExecId,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
         let output_limit = self.config.limits.max_output_bytes;
-        let timeout = self.config.limits.exec_timeout;
         let sandbox = self
             .sandboxes
             .get_mut(&key)

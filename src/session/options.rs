@@ -82,11 +82,14 @@ pub fn choice<'a>(
     key: &str,
     allowed: &[&'a str],
 ) -> Result<&'a str, String> {
-    let default = allowed.first().copied().unwrap_or_default();
-    let value = match message.get(key) {
-        None | Some(Value::Null) => return Ok(default),
-        Some(value) => value,
-    };
+    match message.get(key) {
+        None | Some(Value::Null) => Ok(allowed.first().copied().unwrap_or_default()),
+        Some(value) => one_of(key, value, allowed),
+    }
+}
+
+/// `value` of option `key`, if it is one of `allowed`; else an error naming them.
+pub fn one_of<'a>(key: &str, value: &Value, allowed: &[&'a str]) -> Result<&'a str, String> {
     value
         .as_str()
         .and_then(|text| allowed.iter().find(|name| **name == text).copied())
@@ -125,6 +128,17 @@ pub fn quoted(value: &Value) -> String {
         shown.push_str("...");
     }
     shown
+}
+
+/// Snapshot names: what a user can type, nothing a path can be made of.
+pub fn validate_snapshot_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
+    if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) || name.starts_with('.') {
+        return Err(format!(
+            "invalid snapshot name {name:?}: use 1 to 64 characters from A-Z a-z 0-9 . _ - , not starting with a dot"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -274,5 +288,27 @@ mod tests {
         let shown = quoted(&long);
         assert!(shown.chars().count() <= 67, "{shown}");
         assert!(shown.ends_with("..."));
+    }
+
+    #[test]
+    fn snapshot_names() {
+        for good in ["my-snapshot", "a", "v1.2_x", &"x".repeat(64)] {
+            assert!(validate_snapshot_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../x",
+            "a b",
+            "é",
+            &"x".repeat(65),
+            "a\0b",
+        ] {
+            let error = validate_snapshot_name(bad).unwrap_err();
+            assert!(error.contains("A-Z a-z 0-9"), "{bad}: {error}");
+        }
     }
 }
