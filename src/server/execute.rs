@@ -280,7 +280,15 @@ mod tests {
         if shutdown_at_start {
             job.end_keep_alive();
         }
-        assert!(job.on_event(RuntimeEvent::Ready).start.is_some());
+        let spec = job
+            .on_event(RuntimeEvent::Ready)
+            .start
+            .expect("started once ready");
+        assert_eq!(
+            (spec.language.as_str(), spec.cwd.as_str(), spec.timeout),
+            ("bash", "/root", std::time::Duration::from_secs(5)),
+            "the checked options of the request"
+        );
         job.set_running(7);
         let mut bytes = job.on_event(RuntimeEvent::ExecStarted(7)).bytes;
         if !shutdown_at_start {
