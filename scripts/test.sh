@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every test of the project and exit non-zero on any failure:
-#   formatting and lints, Rust unit tests, Rust integration tests (real server, real runsc),
-#   then the Python and TypeScript client suites against a real server started here.
+#   formatting and lints, the fuzz targets for a bounded time (scripts/fuzz.sh), Rust unit
+#   tests, Rust integration tests (real server, real runsc), then the Python and TypeScript
+#   client suites against a real server started here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,8 +18,12 @@ bash scripts/setup.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 step "cargo clippy"
 cargo clippy --all-targets -- -D warnings
+
+step "fuzzing (each target ${FUZZ_SECONDS:-15} s)"
+bash scripts/fuzz.sh
 
 step "cargo test (unit and integration)"
 # Two at a time: every integration test starts servers and sandboxes, on a 2-core machine.
@@ -71,7 +76,11 @@ persistence=(CHECKPOINT_AND_RESTORE_PATH="$work_dir/shared/checkpoints" FILESYST
 SANDBOX_TEST_URL=$(start_server plain)
 SANDBOX_TEST_PERSISTENT_URL=$(start_server persistent-a "${persistence[@]}")
 SANDBOX_TEST_PERSISTENT_URL_2=$(start_server persistent-b "${persistence[@]}")
+# A server that asks for API keys (two, the clients get one of them).
+SANDBOX_TEST_API_KEY="client-test-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+SANDBOX_TEST_AUTH_URL=$(start_server api-keys SANDBOX_API_KEYS="other-key-$$,$SANDBOX_TEST_API_KEY")
 export SANDBOX_TEST_URL SANDBOX_TEST_PERSISTENT_URL SANDBOX_TEST_PERSISTENT_URL_2
+export SANDBOX_TEST_AUTH_URL SANDBOX_TEST_API_KEY
 
 keep_log=1
 step "python client"

@@ -79,11 +79,14 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
-    /// The shell's convention: the exit code, or 128 + the signal number.
+    /// The shell's convention: the exit code, or 128 + the signal number. The number comes
+    /// from the agent's frame, which code in the sandbox can forge: saturate rather than
+    /// overflow (a panic in debug builds) on a signal no kernel sends.
     pub fn shell_code(self) -> i32 {
         match self {
             ExitStatus::Code(code) => code,
-            ExitStatus::Signal(signal) => 128 + signal,
+            // Saturating: the number comes from inside the sandbox, which may say anything.
+            ExitStatus::Signal(signal) => signal.saturating_add(128),
         }
     }
 }
@@ -243,7 +246,7 @@ impl FromAgent {
             }
             kind::STDOUT => FromAgent::Output(exec, Stream::Stdout, payload.to_vec()),
             kind::STDERR => FromAgent::Output(exec, Stream::Stderr, payload.to_vec()),
-            kind::STDIN_WRITTEN => FromAgent::StdinWritten(exec, parse_i32(payload)? as u32),
+            kind::STDIN_WRITTEN => FromAgent::StdinWritten(exec, parse_u32(payload)?),
             kind::EXIT_CODE => FromAgent::Exited(exec, ExitStatus::Code(parse_i32(payload)?)),
             kind::EXIT_SIGNAL => FromAgent::Exited(exec, ExitStatus::Signal(parse_i32(payload)?)),
             kind::INSPECTION => FromAgent::Inspection(parse_json(payload)?),
@@ -262,13 +265,20 @@ fn parse_json<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, Protoco
 }
 
 fn parse_i32(payload: &[u8]) -> Result<i32, ProtocolError> {
-    let bytes: [u8; 4] = payload.try_into().map_err(|_| {
+    Ok(i32::from_le_bytes(four_bytes(payload)?))
+}
+
+fn parse_u32(payload: &[u8]) -> Result<u32, ProtocolError> {
+    Ok(u32::from_le_bytes(four_bytes(payload)?))
+}
+
+fn four_bytes(payload: &[u8]) -> Result<[u8; 4], ProtocolError> {
+    payload.try_into().map_err(|_| {
         ProtocolError(format!(
             "expected a 4-byte integer, got {} bytes",
             payload.len()
         ))
-    })?;
-    Ok(i32::from_le_bytes(bytes))
+    })
 }
 
 /// Incremental decoder: push bytes as they are read, pop whole frames.
@@ -424,5 +434,50 @@ mod tests {
     fn signal_exit_uses_the_shell_convention() {
         assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
         assert_eq!(ExitStatus::Code(2).shell_code(), 2);
+    }
+
+    /// Numbers in frames from the agent come from inside the sandbox: any value decodes and is
+    /// used without overflow (`128 + i32::MAX` panicked in debug builds).
+    #[test]
+    fn extreme_numbers_from_the_agent_decode_and_never_overflow() {
+        let mut bytes = Vec::new();
+        put_frame(
+            &mut bytes,
+            kind::EXIT_SIGNAL,
+            u32::MAX,
+            &i32::MAX.to_le_bytes(),
+        );
+        put_frame(&mut bytes, kind::EXIT_SIGNAL, 0, &i32::MIN.to_le_bytes());
+        put_frame(&mut bytes, kind::STDIN_WRITTEN, 1, &u32::MAX.to_le_bytes());
+        let mut decoder = FrameDecoder::new();
+        decoder.push(&bytes);
+        let mut frames = Vec::new();
+        while let Some(frame) = decoder.next_from_agent().unwrap() {
+            frames.push(frame);
+        }
+        assert_eq!(
+            frames,
+            [
+                FromAgent::Exited(u32::MAX, ExitStatus::Signal(i32::MAX)),
+                FromAgent::Exited(0, ExitStatus::Signal(i32::MIN)),
+                FromAgent::StdinWritten(1, u32::MAX),
+            ]
+        );
+        assert_eq!(ExitStatus::Signal(i32::MAX).shell_code(), i32::MAX);
+    }
+
+    /// Reached through the session fuzz harness (fuzz/corpus/session/regression-signal-overflow):
+    /// a forged exit frame with signal i32::MAX overflowed `128 + signal`.
+    #[test]
+    fn forged_signal_numbers_do_not_overflow() {
+        let mut bytes = Vec::new();
+        put_frame(&mut bytes, kind::EXIT_SIGNAL, 1, &i32::MAX.to_le_bytes());
+        let mut decoder = FrameDecoder::new();
+        decoder.push(&bytes);
+        let Ok(Some(FromAgent::Exited(1, status))) = decoder.next_from_agent() else {
+            panic!("not an exit frame");
+        };
+        assert_eq!(status.shell_code(), i32::MAX);
+        assert_eq!(ExitStatus::Signal(i32::MIN).shell_code(), i32::MIN + 128);
     }
 }

@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::http::api_keys::ApiKeys;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `PORT` (Cloud Run sets it).
@@ -24,10 +26,20 @@ pub struct Config {
     pub pool_size: usize,
     /// `SANDBOX_SNAPSHOT_POOL_SIZE`: sandboxes kept restored from each snapshot used since start.
     pub snapshot_pool_size: usize,
+    /// `SANDBOX_SNAPSHOT_POOLS_MAX`: snapshots that have a pool at most; a create from one more
+    /// drops the pool of the least recently used.
+    pub snapshot_pools_max: usize,
     /// `SANDBOX_MAX_SANDBOXES`: live sandboxes (pool included) at most.
     pub max_sandboxes: usize,
-    /// `SANDBOX_CREATE_TIMEOUT_SECS`: a sandbox not ready by then is a creation error.
+    /// `SANDBOX_CREATE_TIMEOUT_SECS`: a sandbox not ready by then is a creation error (it also
+    /// bounds how long an attach waits for the checkpoint store's answer).
     pub create_timeout: Duration,
+    /// `SANDBOX_READY_START_FAILURES`: after this many sandbox starts failed in a row,
+    /// `/readyz` answers 503 until one succeeds (0: failures never make it fail).
+    pub ready_start_failures: u32,
+    /// `SANDBOX_STORE_SWEEP_SECS`: how often the checkpoint store is swept for what killed
+    /// instances left (0: never; attaches still remove what they find).
+    pub store_sweep_interval: Duration,
     pub limits: Limits,
     pub http: HttpLimits,
     pub ws: WsLimits,
@@ -52,6 +64,10 @@ pub struct Config {
     /// `SANDBOX_CA_BUNDLE`: a PEM file of CA certificates mounted in every sandbox and used by
     /// pip, requests and OpenSSL there (egress through a TLS-inspecting proxy).
     pub ca_bundle: Option<PathBuf>,
+    /// `SANDBOX_API_KEYS` (comma-separated) and `SANDBOX_API_KEYS_FILE` (one key per line):
+    /// when either is set, every request but the health probes needs
+    /// `Authorization: Bearer <key>`. `None`: no key is asked for.
+    pub api_keys: Option<ApiKeys>,
 }
 
 /// Limits applied to sandboxes and executions.
@@ -106,6 +122,9 @@ pub struct WsLimits {
     pub ping_interval: Duration,
     /// `SANDBOX_WS_PONG_TIMEOUT_SECS`: a peer silent this long is dropped (its sandbox stays).
     pub pong_timeout: Duration,
+    /// `SANDBOX_WS_INIT_TIMEOUT_SECS`: a `/create` socket that sends no init message within
+    /// this is refused and closed.
+    pub init_timeout: Duration,
     /// `SANDBOX_IDLE_TIMEOUT_SECS`: idle timeout of sessions whose init does not set one.
     pub default_idle_timeout: Duration,
     /// `SANDBOX_MAX_IDLE_TIMEOUT_SECS`: the cap, also for `idle_timeout: 0` ("never").
@@ -125,6 +144,9 @@ pub struct EgressConfig {
     /// `SANDBOX_EGRESS_SUBNET`: the /16 the sandboxes' veth pairs are numbered from.
     pub subnet: String,
 }
+
+/// Largest number of seconds any `*_SECS` variable accepts (about 31 years).
+pub const MAX_CONFIG_SECS: u64 = 1_000_000_000;
 
 /// A configuration problem, naming the variable and the value.
 #[derive(Debug)]
@@ -183,6 +205,7 @@ impl Config {
             messages_per_sec: env.number("SANDBOX_WS_MESSAGES_PER_SEC", 100)? as u32,
             ping_interval: env.seconds("SANDBOX_WS_PING_INTERVAL_SECS", 20)?,
             pong_timeout: env.seconds("SANDBOX_WS_PONG_TIMEOUT_SECS", 60)?,
+            init_timeout: env.seconds("SANDBOX_WS_INIT_TIMEOUT_SECS", 10)?,
             default_idle_timeout: env.seconds("SANDBOX_IDLE_TIMEOUT_SECS", 300)?,
             max_idle_timeout: env.seconds("SANDBOX_MAX_IDLE_TIMEOUT_SECS", 3600)?,
             detached_output_bytes: env.number("SANDBOX_DETACHED_OUTPUT_BYTES", 1024 * 1024)?
@@ -203,7 +226,15 @@ impl Config {
             pool_size: env.number("SANDBOX_POOL_SIZE", 2)? as usize,
             max_sandboxes: env.number("SANDBOX_MAX_SANDBOXES", 32)? as usize,
             snapshot_pool_size: env.number("SANDBOX_SNAPSHOT_POOL_SIZE", 1)? as usize,
+            snapshot_pools_max: env.number("SANDBOX_SNAPSHOT_POOLS_MAX", 4)? as usize,
             create_timeout: env.seconds("SANDBOX_CREATE_TIMEOUT_SECS", 30)?,
+            ready_start_failures: env
+                .number("SANDBOX_READY_START_FAILURES", 3)?
+                .try_into()
+                .map_err(|_| {
+                    ConfigError("SANDBOX_READY_START_FAILURES must be at most 4294967295".into())
+                })?,
+            store_sweep_interval: env.seconds("SANDBOX_STORE_SWEEP_SECS", 600)?,
             limits,
             http,
             ws,
@@ -215,6 +246,7 @@ impl Config {
             cpu_features: env.raw("SANDBOX_CPU_FEATURES"),
             wheelhouse: env.optional_path("SANDBOX_WHEELHOUSE"),
             ca_bundle: env.optional_path("SANDBOX_CA_BUNDLE"),
+            api_keys: api_keys(&env)?,
             egress: EgressConfig {
                 enabled: match env.string("SANDBOX_EGRESS", "on").as_str() {
                     "on" => true,
@@ -234,6 +266,43 @@ impl Config {
             },
         })
     }
+}
+
+/// The keys of `SANDBOX_API_KEYS` and of the file `SANDBOX_API_KEYS_FILE` (both may be set; a
+/// request may then present any of them). A variable that is set but empty is an error rather
+/// than "no keys": a server that silently runs open because a secret did not arrive is the
+/// failure this catches. Errors name a key by its position, never by its text.
+fn api_keys(env: &Env) -> Result<Option<ApiKeys>, ConfigError> {
+    let set_but_empty = |name: &str| {
+        ConfigError(format!(
+            "{name} is set but empty: give at least one key, or unset it to run without keys"
+        ))
+    };
+    let list = match (env.lookup)("SANDBOX_API_KEYS") {
+        None => None,
+        Some(text) if text.trim().is_empty() => return Err(set_but_empty("SANDBOX_API_KEYS")),
+        Some(text) => {
+            Some(ApiKeys::from_comma_list(&text, "SANDBOX_API_KEYS").map_err(ConfigError)?)
+        }
+    };
+    let file = match (env.lookup)("SANDBOX_API_KEYS_FILE") {
+        None => None,
+        Some(path) if path.trim().is_empty() => return Err(set_but_empty("SANDBOX_API_KEYS_FILE")),
+        Some(path) => {
+            let path = path.trim();
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                ConfigError(format!(
+                    "SANDBOX_API_KEYS_FILE: cannot read {path}: {error}"
+                ))
+            })?;
+            let source = format!("SANDBOX_API_KEYS_FILE {path}");
+            Some(ApiKeys::from_lines(&text, &source).map_err(ConfigError)?)
+        }
+    };
+    Ok(match (list, file) {
+        (Some(list), Some(file)) => Some(list.merge(file)),
+        (list, file) => list.or(file),
+    })
 }
 
 struct Env<'a> {
@@ -282,8 +351,16 @@ impl Env<'_> {
         }
     }
 
+    /// Seconds, at most [`MAX_CONFIG_SECS`]: deadlines are `now + value`, which must not
+    /// overflow, and a larger number is a typo rather than a wish.
     fn seconds(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {
-        self.number(name, default).map(Duration::from_secs)
+        let seconds = self.number(name, default)?;
+        if seconds > MAX_CONFIG_SECS {
+            return Err(ConfigError(format!(
+                "{name} must be at most {MAX_CONFIG_SECS} seconds, got {seconds}"
+            )));
+        }
+        Ok(Duration::from_secs(seconds))
     }
 }
 
@@ -307,6 +384,9 @@ mod tests {
         assert_eq!(defaults.listen_addr, "127.0.0.1");
         assert!(defaults.checkpoint_path.is_none());
         assert_eq!(config(&[("PORT", "9000")]).unwrap().port, 9000);
+        assert_eq!(defaults.ws.init_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.ready_start_failures, 3);
+        assert_eq!(defaults.store_sweep_interval, Duration::from_secs(600));
     }
 
     #[test]
@@ -318,11 +398,90 @@ mod tests {
             error.0
         );
         assert!(config(&[("PORT", "70000")]).is_err());
+        for name in [
+            "SANDBOX_WS_INIT_TIMEOUT_SECS",
+            "SANDBOX_READY_START_FAILURES",
+            "SANDBOX_STORE_SWEEP_SECS",
+        ] {
+            let error = config(&[(name, "soon")]).unwrap_err();
+            assert!(error.0.contains(name), "{}", error.0);
+        }
+        assert!(config(&[("SANDBOX_READY_START_FAILURES", "4294967296")]).is_err());
         assert!(config(&[("SANDBOX_CPUS", "-1")]).is_err());
         let error = config(&[
             ("SANDBOX_EXEC_TIMEOUT_SECS", "100"),
             ("SANDBOX_MAX_EXEC_TIMEOUT_SECS", "10"),
         ]);
         assert!(error.is_err());
+        // Deadlines are `now + seconds`: absurd values are refused at start, not at the first
+        // request that uses them.
+        let error =
+            config(&[("SANDBOX_MAX_EXEC_TIMEOUT_SECS", "18446744073709551615")]).unwrap_err();
+        assert!(
+            error.0.contains("SANDBOX_MAX_EXEC_TIMEOUT_SECS") && error.0.contains("at most"),
+            "{}",
+            error.0
+        );
+        assert!(config(&[("SANDBOX_MAX_IDLE_TIMEOUT_SECS", "1000000000")]).is_ok());
+    }
+
+    #[test]
+    fn api_keys_from_the_list_and_the_file() {
+        assert!(config(&[]).unwrap().api_keys.is_none());
+        let keys = config(&[("SANDBOX_API_KEYS", "key-one,key-two")])
+            .unwrap()
+            .api_keys
+            .unwrap();
+        assert!(keys.accepts(b"key-one") && keys.accepts(b"key-two"));
+
+        let dir = std::env::temp_dir().join(format!("crs-config-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys");
+        std::fs::write(&file, "file-key\n").unwrap();
+        let path = file.to_str().unwrap();
+        let keys = config(&[("SANDBOX_API_KEYS_FILE", path)])
+            .unwrap()
+            .api_keys
+            .unwrap();
+        assert!(keys.accepts(b"file-key") && !keys.accepts(b"key-one"));
+        let both = config(&[
+            ("SANDBOX_API_KEYS_FILE", path),
+            ("SANDBOX_API_KEYS", "key-one"),
+        ])
+        .unwrap()
+        .api_keys
+        .unwrap();
+        assert!(both.accepts(b"file-key") && both.accepts(b"key-one"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_api_key_settings_are_start_up_errors_without_the_keys() {
+        for (pairs, expected) in [
+            (
+                vec![("SANDBOX_API_KEYS", "")],
+                "SANDBOX_API_KEYS is set but empty",
+            ),
+            (
+                vec![("SANDBOX_API_KEYS", "  ")],
+                "SANDBOX_API_KEYS is set but empty",
+            ),
+            (
+                vec![("SANDBOX_API_KEYS", "visible-key,,other")],
+                "key 2 of 3 is empty",
+            ),
+            (
+                vec![("SANDBOX_API_KEYS_FILE", "/nonexistent/crs-keys")],
+                "cannot read /nonexistent/crs-keys",
+            ),
+            (
+                vec![("SANDBOX_API_KEYS_FILE", "")],
+                "SANDBOX_API_KEYS_FILE is set but empty",
+            ),
+        ] {
+            let error = config(&pairs).unwrap_err();
+            assert!(error.0.contains(expected), "{pairs:?}: {}", error.0);
+            assert!(!error.0.contains("visible-key"), "{}", error.0);
+        }
     }
 }

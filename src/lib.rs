@@ -10,6 +10,10 @@
 pub mod agent;
 pub mod agent_protocol;
 pub mod config;
+/// Fuzz harnesses for the libFuzzer targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod guard;
 pub mod http;
 pub mod io_token;
 pub mod metrics;

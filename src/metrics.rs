@@ -69,6 +69,10 @@ impl Default for Metrics {
 pub struct Gauges {
     pub live_sandboxes: usize,
     pub pool_ready: usize,
+    pub snapshot_pool_ready: usize,
+    pub snapshot_pools: usize,
+    pub waiting_for_slot: usize,
+    pub pool_evictions: u64,
     pub connections: usize,
     pub sessions: usize,
     pub websockets: usize,
@@ -83,7 +87,7 @@ impl Metrics {
         let gauge_lines = [
             (
                 "sandbox_live",
-                "Sandboxes that exist now, pool included.",
+                "Sandboxes that exist now (pools and sandboxes being deleted included).",
                 gauges.live_sandboxes as u64,
                 "gauge",
             ),
@@ -92,6 +96,30 @@ impl Metrics {
                 "Started sandboxes waiting in the pool.",
                 gauges.pool_ready as u64,
                 "gauge",
+            ),
+            (
+                "sandbox_snapshot_pool_ready",
+                "Sandboxes restored from a snapshot, ready in its pool.",
+                gauges.snapshot_pool_ready as u64,
+                "gauge",
+            ),
+            (
+                "sandbox_snapshot_pools",
+                "Snapshots that have a pool (at most SANDBOX_SNAPSHOT_POOLS_MAX).",
+                gauges.snapshot_pools as u64,
+                "gauge",
+            ),
+            (
+                "sandbox_waiting_for_slot",
+                "Requests waiting for a sandbox being deleted to free its slot.",
+                gauges.waiting_for_slot as u64,
+                "gauge",
+            ),
+            (
+                "sandbox_pool_evictions_total",
+                "Pooled sandboxes deleted to give their slot to real work.",
+                gauges.pool_evictions,
+                "counter",
             ),
             (
                 "sandbox_http_connections",

@@ -520,6 +520,68 @@ fn corrupted_image_or_manifest_is_a_restore_error_and_servers_keep_serving() {
     }
 }
 
+/// Manifests in the shared store may come from another instance or be corrupted: absurd values
+/// are restore errors (or defaults), never a panic that takes a server down with every session
+/// on it.
+#[test]
+fn hostile_manifests_in_the_store_never_crash_a_server() {
+    let pair = pair();
+    let (sandbox_id, token) = checkpointed_on_a(&pair);
+    let manifest_path = pair.dirs.base(&sandbox_id).join("current.json");
+    let good = pair.dirs.manifest(&sandbox_id);
+    let write = |manifest: &Value| {
+        std::fs::write(&manifest_path, manifest.to_string()).expect("write the manifest")
+    };
+    let refused = |edit: &dyn Fn(&mut Value), needle: &str| {
+        let mut manifest = good.clone();
+        edit(&mut manifest);
+        write(&manifest);
+        let message = attach_error(&pair.b, &sandbox_id, &token, "SANDBOX_RESTORE_ERROR", 4000);
+        assert!(message.contains(needle), "{manifest}: {message}");
+    };
+    // Multi-byte characters where hex digits belong: quoted by characters (slicing 12 bytes
+    // split a character and panicked).
+    refused(
+        &|manifest| manifest["files"][0]["sha256"] = json!("é".repeat(40)),
+        &"é".repeat(12),
+    );
+    refused(
+        &|manifest| manifest["rootfs_stamp"] = json!("ü".repeat(30)),
+        &format!("({})", "ü".repeat(12)),
+    );
+    // Paths that leave the sandbox's directory.
+    refused(
+        &|manifest| manifest["image_dir"] = json!("../../.."),
+        "corrupted",
+    );
+    refused(
+        &|manifest| manifest["files"][0]["name"] = json!("../../../../etc/passwd"),
+        "corrupted",
+    );
+    pair.b.assert_healthy();
+
+    // Absurd numbers that are not worth refusing a restore: an idle timeout of 1e300 s (it
+    // panicked in Duration::from_secs_f64) means the default; the largest generation does not
+    // overflow the next checkpoint's.
+    let mut manifest = good.clone();
+    manifest["settings"]["idle_timeout_secs"] = json!(1e300);
+    manifest["generation"] = json!(u64::MAX);
+    write(&manifest);
+    let mut ws = restore(&pair.b, &sandbox_id, &token);
+    assert_kept_file(&mut ws);
+    checkpoint(&mut ws);
+    wait_lease_released(&pair.dirs, &sandbox_id);
+    assert_eq!(
+        pair.dirs.manifest(&sandbox_id)["generation"],
+        json!(u64::MAX)
+    );
+    let mut ws = restore(&pair.a, &sandbox_id, &token);
+    assert_kept_file(&mut ws);
+    ws.kill_sandbox();
+    pair.a.assert_healthy();
+    pair.b.assert_healthy();
+}
+
 #[test]
 fn sigterm_checkpoints_a_checkpointable_sandbox_and_b_restores_it() {
     let mut pair = pair_with(&[("SANDBOX_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS)], &[]);
@@ -910,7 +972,11 @@ fn invalid_snapshot_names_and_unknown_snapshots_are_errors() {
         missing.send(json!({"filesystem_snapshot_name": unknown}));
         missing.expect_status("SANDBOX_CREATING");
         let message = missing.expect_error("SANDBOX_CREATION_ERROR");
-        assert!(message.contains(&unknown), "{message}");
+        // The original clients look for "not found".
+        assert!(
+            message.contains(&unknown) && message.contains("not found"),
+            "{message}"
+        );
         missing.expect_close(4000);
     }
     for name in ["../x", ".hidden"] {
@@ -973,4 +1039,147 @@ fn idle_timeout_auto_checkpoints_and_the_sandbox_can_be_attached_again() {
     assert_kept_file(&mut ws);
     assert_counter_continues(&mut ws, before);
     ws.kill_sandbox();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A store that does not answer, and what killed instances leave in it
+
+/// One server on the shared checkpoint directory, without a pool (these tests start no
+/// sandbox on it), plus `extra` variables.
+fn store_server(dirs: &SharedDirs, extra: &[(&str, &str)]) -> TestServer {
+    let checkpoints = dirs.checkpoints.to_string_lossy().into_owned();
+    let mut env = vec![
+        ("CHECKPOINT_AND_RESTORE_PATH", checkpoints.as_str()),
+        ("SANDBOX_LEASE_SETTLE_MS", LEASE_SETTLE_MS),
+        ("SANDBOX_POOL_SIZE", "0"),
+    ];
+    env.extend_from_slice(extra);
+    TestServer::start(&env)
+}
+
+#[test]
+fn an_attach_whose_store_does_not_answer_is_refused_after_the_bound() {
+    let dirs = SharedDirs::new();
+    let server = store_server(&dirs, &[("SANDBOX_CREATE_TIMEOUT_SECS", "3")]);
+    // A manifest that is a FIFO: reading it blocks until someone writes, like a hung mount.
+    let sandbox_id = "0123456789abcdef0123456789abcdef";
+    let base = dirs.base(sandbox_id);
+    std::fs::create_dir_all(&base).unwrap();
+    let manifest = base.join("current.json");
+    nix::unistd::mkfifo(&manifest, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+
+    let message = attach_error(
+        &server,
+        sandbox_id,
+        WRONG_TOKEN,
+        "SANDBOX_RESTORE_ERROR",
+        4000,
+    );
+    assert!(message.contains("did not answer within 3 s"), "{message}");
+
+    // Let the stuck reader go: it reads garbage, and its late answer finds nobody waiting.
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut writer = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&manifest)
+            .expect("the store check is still reading the manifest");
+        writer.write_all(b"{not json").unwrap();
+    }
+    std::fs::remove_file(&manifest).unwrap();
+    // The server goes on serving, attaches included.
+    assert_eq!(server.get("/status").status, 200);
+    attach_error(&server, sandbox_id, WRONG_TOKEN, "SANDBOX_NOT_FOUND", 1011);
+}
+
+/// The names in a directory, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A lease file of a made-up instance, expiring `from_now_ms` from now (may be negative).
+fn write_lease(base: &Path, from_now_ms: i64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    std::fs::create_dir_all(base).unwrap();
+    let lease = json!({"owner": "elsewhere", "nonce": "n", "expires_unix_ms": now + from_now_ms});
+    std::fs::write(base.join("lease.json"), lease.to_string()).unwrap();
+}
+
+#[test]
+fn directories_a_killed_instance_left_are_removed_once_expired() {
+    let dirs = SharedDirs::new();
+    // A creates two checkpointable sandboxes (each claims a lease in the store) and is killed
+    // before any checkpoint.
+    let mut a = store_server(&dirs, &[("SANDBOX_LEASE_TTL_SECS", "2")]);
+    let first = create(&a, json!({"enable_checkpoint": true}));
+    let second = create(&a, json!({"enable_checkpoint": true}));
+    for created in [&first, &second] {
+        let lease = lease_path(&dirs, &created.sandbox_id);
+        assert!(
+            wait_until(Duration::from_secs(10), || lease.exists()),
+            "no lease for {}",
+            created.sandbox_id
+        );
+    }
+    a.sigkill().expect("SIGKILL A");
+    for created in [&first, &second] {
+        assert_eq!(entries(&dirs.base(&created.sandbox_id)), ["lease.json"]);
+    }
+    // Wait for the leases to expire (2 s after their last renewal).
+    std::thread::sleep(Duration::from_secs(3));
+
+    // An attach that finds one removes it (this instance does not sweep).
+    let b = store_server(&dirs, &[("SANDBOX_STORE_SWEEP_SECS", "0")]);
+    attach_error(
+        &b,
+        &first.sandbox_id,
+        &first.token,
+        "SANDBOX_NOT_FOUND",
+        1011,
+    );
+    assert!(
+        !dirs.base(&first.sandbox_id).exists(),
+        "left: {:?}",
+        entries(&dirs.base(&first.sandbox_id))
+    );
+    assert!(dirs.base(&second.sandbox_id).exists());
+    drop(b);
+
+    // The periodic sweep removes the other one, and nothing that is still someone's.
+    let fresh = dirs.base("00000000000000000000000000000001");
+    write_lease(&fresh, 3_600_000);
+    let checkpointed = dirs.base("00000000000000000000000000000002");
+    write_lease(&checkpointed, -60_000);
+    std::fs::write(checkpointed.join("current.json"), b"{}").unwrap();
+    let c = store_server(&dirs, &[("SANDBOX_STORE_SWEEP_SECS", "1")]);
+    assert!(
+        wait_until(Duration::from_secs(30), || !dirs
+            .base(&second.sandbox_id)
+            .exists()),
+        "the sweep left {:?}",
+        entries(&dirs.base(&second.sandbox_id))
+    );
+    assert_eq!(entries(&fresh), ["lease.json"]);
+    assert_eq!(entries(&checkpointed), ["current.json", "lease.json"]);
+    assert!(
+        c.log().contains("removed 1 abandoned sandbox directories"),
+        "{}",
+        c.log()
+    );
+    drop(c);
+    drop(a);
 }

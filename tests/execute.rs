@@ -633,39 +633,75 @@ fn output_exactly_at_the_limit_is_complete() {
     assert_eq!(result["stdout"].as_str().unwrap().len(), 100000);
 }
 
+/// The one sandbox in a pool of 1, once it is ready and the only one left (its id is the next
+/// request's sandbox).
+fn pooled_sandbox(server: &TestServer) -> String {
+    let mut ids = Vec::new();
+    // Ready first, then alone: a sandbox that is ready is listed, so a single entry is it (the
+    // other order could see only the previous, dying one and then the metric of the next).
+    let alone = wait_until(Duration::from_secs(60), || {
+        server.metric("sandbox_pool_ready") == Some(1.0) && {
+            ids = common::runsc_sandboxes(&server.runsc_root());
+            ids.len() == 1
+        }
+    });
+    assert!(alone, "no single ready pooled sandbox: {ids:?}");
+    ids.remove(0)
+}
+
 #[test]
-fn code_that_kills_or_corrupts_its_agent_loses_only_its_sandbox() {
+fn a_sandbox_whose_agent_dies_loses_only_itself() {
     let server = TestServer::start(&[]);
     let pool = 1;
-    // The agent is PID 1 inside; killing it ends the sandbox.
-    for (code, json) in [
-        // (The pause lets the start reach the server first; killing the agent before that is
-        // `agent_killed_at_once_still_gets_a_valid_response`.)
-        ("echo before; sleep 1; kill -9 1; sleep 5", true),
-        ("echo before; sleep 1; kill -9 1; sleep 5", false),
-        // Garbage on the agent's channel to the server.
-        (
-            "printf 'garbage-garbage-garbage' > /proc/1/fd/1; sleep 5",
-            true,
-        ),
-    ] {
-        let response = server.post_execute("bash", code, Some(30.0), json);
-        assert!(
-            response.status == 200 || response.status == 500,
-            "{code}: {response:?}"
-        );
-        if json && response.status == 200 {
-            let result = response.json();
-            assert_json_shape(&result);
-            assert_eq!(result["reason"], "sandbox_lost", "{code}: {result}");
-        }
-        if !json {
-            // The headers went out when it started; the body still ends properly (the client
-            // got a complete chunked response). Output the agent had not forwarded is lost.
-            assert_eq!(response.status, 200);
-            assert!(response.chunked);
-        }
+    // The agent is PID 1 inside; killing it ends the sandbox. User code cannot reach it
+    // (tests/agent_isolation.rs), so it is killed from the host, as a crash would.
+    let code = "echo before; sleep 60";
+    // Streamed: the headers name the sandbox and the first line arrives; then the agent dies.
+    let mut client = server.connect();
+    client.send(&common::execute_request("bash", code, Some(90.0), false));
+    let head = client.read_head().expect("headers");
+    assert_eq!(head.status, 200);
+    let sandbox_id = head
+        .header("x-sandbox-id")
+        .expect("X-Sandbox-Id")
+        .to_string();
+    let mut body = Vec::new();
+    let mut killed = false;
+    client
+        .read_body_with(&head, |chunk| {
+            body.extend_from_slice(chunk);
+            if !killed && body.starts_with(b"before\n") {
+                killed = common::kill_agent_from_host(&server.runsc_root(), &sandbox_id);
+            }
+        })
+        .expect("the body still ends properly (a complete chunked response)");
+    assert!(killed, "runsc kill failed");
+    assert!(head
+        .header("transfer-encoding")
+        .is_some_and(|value| value.contains("chunked")));
+    assert_eq!(String::from_utf8_lossy(&body), "before\n");
+
+    // JSON: the response comes at the end, so the sandbox is the one the pool held.
+    let sandbox_id = pooled_sandbox(&server);
+    let mut client = server.connect();
+    client.send(&common::execute_request("bash", code, Some(90.0), true));
+    // (Give the execution a moment to start; if the kill comes first, a 500 is fine too.)
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(common::kill_agent_from_host(
+        &server.runsc_root(),
+        &sandbox_id
+    ));
+    let response = client.read_response().expect("a well-formed response");
+    assert!(
+        response.status == 200 || response.status == 500,
+        "{response:?}"
+    );
+    if response.status == 200 {
+        let result = response.json();
+        assert_json_shape(&result);
+        assert_eq!(result["reason"], "sandbox_lost", "{result}");
     }
+
     server.assert_healthy();
     assert!(
         wait_until(Duration::from_secs(30), || common::runsc_list(
@@ -679,23 +715,74 @@ fn code_that_kills_or_corrupts_its_agent_loses_only_its_sandbox() {
 }
 
 #[test]
+fn an_agent_that_talks_garbage_loses_only_its_sandbox() {
+    // A stand-in agent: it says hello like the real one, then answers the first frame from the
+    // server with bytes that are no frame (user code cannot write on the agent's channel:
+    // tests/agent_isolation.rs).
+    use sandbox::agent_protocol::{AgentHello, FromAgent};
+    let mut hello = Vec::new();
+    FromAgent::Ready(AgentHello {
+        version: "stand-in".into(),
+        python_standby: false,
+        next_exec_id: 1,
+    })
+    .encode(&mut hello);
+    let escaped: String = hello.iter().map(|byte| format!("\\x{byte:02x}")).collect();
+    let dir = common::new_state_dir().with_extension("agent");
+    std::fs::create_dir_all(&dir).expect("create the stand-in's directory");
+    let agent = dir.join("sandbox-agent");
+    std::fs::write(
+        &agent,
+        format!("#!/bin/bash\nprintf '{escaped}'\nhead -c 9 >/dev/null\nprintf 'garbage-garbage-garbage'\nsleep 60\n"),
+    )
+    .expect("write the stand-in");
+    let agent_path = agent.to_string_lossy().into_owned();
+    let server = TestServer::start(&[("SANDBOX_AGENT_PATH", agent_path.as_str())]);
+    let _ = std::fs::remove_dir_all(&dir); // the server keeps its own copy
+    for json in [true, false] {
+        let response = server.post_execute("bash", "echo never", Some(30.0), json);
+        assert!(
+            response.status == 200 || response.status == 500,
+            "{response:?}"
+        );
+        if json && response.status == 200 {
+            let result = response.json();
+            assert_json_shape(&result);
+            assert_eq!(result["reason"], "sandbox_lost", "{result}");
+        }
+    }
+    // The server itself is unharmed.
+    assert_eq!(server.get("/status").status, 200);
+    assert!(
+        server.metric("sandbox_lost_total").unwrap_or(0.0) >= 2.0,
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
 fn agent_killed_at_once_still_gets_a_valid_response() {
     let server = TestServer::start(&[]);
-    // Killing the agent first thing often beats the agent's "started" message to the server;
-    // whichever wins, the client must get a well-formed HTTP response. Several rounds, since
-    // which one wins is timing.
-    for round in 0..30 {
+    // An agent killed right after the request arrives often dies before its "started" message
+    // reaches the server; whichever wins, the client must get a well-formed HTTP response.
+    // Several rounds, killing a little later each time, since which one wins is timing.
+    for round in 0..30u64 {
         let (language, code) = if round % 2 == 0 {
-            ("python", "import os; os.kill(1, 9)")
+            ("python", "import time; time.sleep(30)")
         } else {
-            ("bash", "kill -9 1")
+            ("bash", "sleep 30")
         };
-        let response = common::try_request(
-            server.port,
-            &common::execute_request(language, code, Some(30.0), false),
-            common::IO_TIMEOUT,
-        )
-        .unwrap_or_else(|error| panic!("round {round} ({language}): malformed response: {error}"));
+        let sandbox_id = pooled_sandbox(&server);
+        let mut client = server.connect();
+        client.send(&common::execute_request(language, code, Some(60.0), false));
+        std::thread::sleep(Duration::from_millis(round % 5 * 10));
+        assert!(
+            common::kill_agent_from_host(&server.runsc_root(), &sandbox_id),
+            "round {round}: cannot kill sandbox {sandbox_id}"
+        );
+        let response = client.read_response().unwrap_or_else(|error| {
+            panic!("round {round} ({language}): malformed response: {error}")
+        });
         assert!(
             response.status == 200 || response.status == 500,
             "round {round}: {response:?}"

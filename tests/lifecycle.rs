@@ -12,11 +12,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
-    execute_request, force_cleanup, processes_mentioning, runsc_list, runsc_sandboxes, wait_until,
-    TestServer,
+    execute_request, force_cleanup, processes_holding, processes_mentioning, run_server_to_exit,
+    runsc_list, runsc_sandboxes, wait_until, TestServer,
 };
 
 /// How long after a server's exit its sandboxes' processes may still be seen: they were killed
@@ -289,6 +289,15 @@ fn restart_after_kill_9_removes_the_leftovers() {
     first.sigkill().expect("SIGKILL the first server");
     drop(busy);
     drop(first);
+    // The state directory's lock died with A: none of the runsc processes that outlive it
+    // inherited the descriptor (it is close-on-exec), so B can take the lock.
+    let lock = state_dir.join("instance.lock");
+    assert!(lock.exists(), "A held no lock file?");
+    let holders = processes_holding(&lock);
+    assert!(
+        holders.is_empty(),
+        "processes holding A's lock: {holders:?}"
+    );
     // kill -9 gave no chance to clean up: the containers are still registered. (Their processes
     // may be ending by themselves: each agent exits when its pipe from the server closes.)
     let after_kill = runsc_list(&root);
@@ -513,4 +522,232 @@ fn sigterm_with_a_client_that_does_not_read_removes_the_state() {
     let (server, status, _client) = stop_with_a_stalled_reader();
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
     assert_nothing_left(&server.state_dir);
+}
+
+#[test]
+fn a_second_server_on_the_same_state_dir_exits_and_leaves_the_first_alone() {
+    let first = TestServer::start(&[]);
+    first.assert_healthy();
+    wait_settled(&first, 1, 1);
+    let containers = runsc_list(&first.runsc_root());
+
+    let (status, stderr) = run_server_to_exit(&first.state_dir, &[], Duration::from_secs(30))
+        .expect("the second server kept running on the first one's state directory");
+    assert!(
+        !status.success(),
+        "exit status {status:?}; stderr: {stderr}"
+    );
+    let directory = first.state_dir.display().to_string();
+    assert!(
+        stderr.contains(&directory) && stderr.contains(&format!("PID {}", first.pid)),
+        "the refusal must name the directory and the holder's PID: {stderr}"
+    );
+    assert!(
+        !stderr.contains("cleanup:"),
+        "the second server cleaned up before it knew the directory was taken: {stderr}"
+    );
+
+    // The first one's sandboxes are untouched and it goes on serving.
+    assert_eq!(runsc_list(&first.runsc_root()), containers);
+    first.assert_healthy();
+}
+
+/// `POST /execute` that keeps the connection open (no `Connection: close`).
+fn keep_alive_execute(code: &str, json: bool) -> Vec<u8> {
+    let bytes = execute_request("bash", code, Some(120.0), json);
+    let text = String::from_utf8(bytes).expect("ASCII request");
+    text.replacen("Connection: close\r\n", "", 1).into_bytes()
+}
+
+#[test]
+fn sigterm_with_keep_alive_clients_does_not_wait_for_the_deadline() {
+    let mut server = TestServer::start(&[("SANDBOX_SHUTDOWN_TIMEOUT_SECS", "10")]);
+    let state_dir = server.state_dir.clone();
+    server.assert_healthy();
+
+    // An idle keep-alive connection after a response,
+    let mut idle = server.connect();
+    idle.send(b"GET /status HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(idle.read_response().unwrap().status, 200);
+    // a keep-alive JSON /execute and a keep-alive streamed one, both running at SIGTERM.
+    let mut json = server.connect();
+    json.send(&keep_alive_execute("echo started; sleep 60", true));
+    let mut streamed = server.connect();
+    streamed.send(&keep_alive_execute("echo started; sleep 60", false));
+    let head = streamed.read_head().expect("headers");
+    assert_eq!(head.status, 200);
+    assert_ne!(
+        head.header("connection"),
+        Some("close"),
+        "keep-alive by default"
+    );
+    wait_settled(&server, 1, 3);
+
+    let signalled = Instant::now();
+    let status = server
+        .terminate(Duration::from_secs(20))
+        .expect("no exit within 20 s of SIGTERM");
+    let took = signalled.elapsed();
+    eprintln!("SIGTERM to exit: {took:?}");
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+    // The budget is 10 s; waiting for it would mean a connection held the shutdown up. The
+    // bound is generous for a loaded machine: the point is not to reach the deadline.
+    assert!(
+        took < Duration::from_secs(5),
+        "SIGTERM took {took:?}; log:\n{}",
+        server.log()
+    );
+    assert!(
+        !server.log().contains("deadline passed"),
+        "{}",
+        server.log()
+    );
+
+    // The JSON response finished during the shutdown: complete, and the last on its
+    // connection.
+    let response = json.read_response().expect("the JSON response arrives");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.header("connection"), Some("close"), "{response:?}");
+    assert_eq!(response.json()["reason"], "sandbox_lost");
+    assert!(json.wait_closed(Duration::from_secs(5)));
+    // The streamed one had said keep-alive already: it ends properly, then the connection.
+    // (Whether "started" was forwarded before the sandbox went is a matter of timing.)
+    let body = streamed.read_body(&head).expect("the streamed body ends");
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.is_empty() || body.starts_with("started"), "{body:?}");
+    assert!(streamed.wait_closed(Duration::from_secs(5)));
+    assert!(idle.wait_closed(Duration::from_secs(5)));
+    assert_nothing_left(&state_dir);
+}
+
+/// A runsc that fails `run` while `flag` exists and behaves normally otherwise.
+fn flaky_runsc(dir: &Path, flag: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("flaky-runsc");
+    let text = format!(
+        "#!/bin/sh\nif [ -e '{}' ]; then\n  for arg in \"$@\"; do\n    if [ \"$arg\" = run ]; then echo 'flaky-runsc: simulated failure' >&2; exit 1; fi\n  done\nfi\nexec '{}' \"$@\"\n",
+        flag.display(),
+        common::runsc_binary()
+    );
+    std::fs::write(&script, text).expect("write the wrapper");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    script
+}
+
+/// `GET /readyz`: (status, reason).
+fn readiness(server: &TestServer) -> (u16, String) {
+    let response = server.get("/readyz");
+    let body = response.json();
+    match response.status {
+        200 => assert_eq!(body["status"], "ready", "{body}"),
+        503 => assert_eq!(body["status"], "unavailable", "{body}"),
+        other => panic!("/readyz answered {other}: {body}"),
+    }
+    (
+        response.status,
+        body["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Renames a path and puts it back when dropped (also when the test fails).
+struct Moved {
+    from: PathBuf,
+    to: PathBuf,
+}
+
+impl Moved {
+    fn new(from: &Path) -> Moved {
+        let to = from.with_extension("moved-away");
+        std::fs::rename(from, &to).expect("rename");
+        Moved {
+            from: from.to_path_buf(),
+            to,
+        }
+    }
+}
+
+impl Drop for Moved {
+    fn drop(&mut self) {
+        let _ = std::fs::rename(&self.to, &self.from);
+    }
+}
+
+#[test]
+fn readiness_fails_while_sandboxes_cannot_be_created() {
+    // The server's own view of the image (a symlink) and a runsc that can be made to fail;
+    // the shared image itself is never touched.
+    let private = common::new_state_dir().with_extension("readyz");
+    let _guard = StateDirGuard(private.clone());
+    std::fs::create_dir_all(&private).expect("create the test dir");
+    let rootfs = private.join("rootfs");
+    let shared_rootfs = std::env::var("SANDBOX_ROOTFS")
+        .ok()
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| common::DEFAULT_ROOTFS.to_string());
+    std::os::unix::fs::symlink(&shared_rootfs, &rootfs).expect("symlink the rootfs");
+    let flag = private.join("fail-runsc");
+    let runsc = flaky_runsc(&private, &flag);
+    let server = TestServer::start(&[
+        ("SANDBOX_POOL_SIZE", "0"),
+        ("SANDBOX_ROOTFS", rootfs.to_str().unwrap()),
+        ("SANDBOX_RUNSC", runsc.to_str().unwrap()),
+        ("SANDBOX_READY_START_FAILURES", "2"),
+    ]);
+    assert_eq!(readiness(&server), (200, String::new()));
+    let mut client = server.connect();
+    client.send(b"HEAD /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let head = client.read_head().expect("the head");
+    assert_eq!(head.status, 200);
+    assert!(
+        client.wait_closed(Duration::from_secs(10)),
+        "HEAD has no body"
+    );
+    server.assert_healthy();
+
+    // runsc fails: one failure is not enough, two in a row are.
+    std::fs::write(&flag, b"").unwrap();
+    assert_eq!(
+        server.post_execute("bash", "echo x", None, true).status,
+        500
+    );
+    assert_eq!(readiness(&server).0, 200);
+    assert_eq!(
+        server.post_execute("bash", "echo x", None, true).status,
+        500
+    );
+    let (status, reason) = readiness(&server);
+    assert_eq!(status, 503);
+    assert!(
+        reason.contains("2 sandbox starts failed") && reason.contains("simulated failure"),
+        "{reason}"
+    );
+    // /status stays as it was.
+    assert_eq!(server.get("/status").status, 200);
+    // One successful start and it is ready again.
+    std::fs::remove_file(&flag).unwrap();
+    server.assert_healthy();
+    assert_eq!(readiness(&server), (200, String::new()));
+
+    // The image goes away, and comes back.
+    {
+        let _moved = Moved::new(&rootfs);
+        let (status, reason) = readiness(&server);
+        assert_eq!(status, 503);
+        assert!(reason.contains(rootfs.to_str().unwrap()), "{reason}");
+    }
+    assert_eq!(readiness(&server).0, 200);
+
+    // The state directory goes away, and comes back.
+    {
+        let _moved = Moved::new(&server.state_dir);
+        let (status, reason) = readiness(&server);
+        assert_eq!(status, 503);
+        assert!(
+            reason.contains("state directory")
+                && reason.contains(server.state_dir.to_str().unwrap()),
+            "{reason}"
+        );
+    }
+    assert_eq!(readiness(&server).0, 200);
+    server.assert_healthy();
 }

@@ -383,7 +383,12 @@ fn checkpoint_and_snapshot_without_storage() {
     ws.read_stdout_until("a\n");
     ws.send(json!({"action": "checkpoint"}));
     ws.expect_status("SANDBOX_CHECKPOINTING");
-    ws.expect_error("SANDBOX_EXECUTION_IN_PROGRESS_ERROR");
+    let message = ws.expect_error("SANDBOX_EXECUTION_IN_PROGRESS_ERROR");
+    // The original clients match on this text.
+    assert!(
+        message.contains("Cannot checkpoint while an execution is in progress"),
+        "{message}"
+    );
     ws.send(json!({"action": "snapshot_filesystem", "name": "while-running"}));
     ws.expect_status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATING");
     ws.expect_error("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR");
@@ -461,6 +466,20 @@ fn init_asking_for_checkpoint_or_snapshot_is_a_creation_error() {
     let result = created.ws.run("bash", "echo ok");
     assert_eq!(result.stdout, "ok\n");
     created.ws.kill_sandbox();
+}
+
+/// Found by the session fuzz target: a creation error quoting a long non-ASCII value made a
+/// close reason over the 123 bytes a close frame holds, and the client saw a protocol error
+/// instead of the close.
+#[test]
+fn a_creation_error_quoting_a_long_value_still_closes_with_4000() {
+    let server = TestServer::start(&[]);
+    let name = "\u{e9}".repeat(80);
+    let mut ws = connect(server.port, "/create");
+    ws.send(json!({ "filesystem_snapshot_name": name }));
+    let message = ws.expect_error("SANDBOX_CREATION_ERROR");
+    assert!(message.contains(&name), "{message:?}");
+    ws.expect_close(4000);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1168,6 +1187,80 @@ fn a_vanished_client_leaves_the_server_up_and_the_sandbox_attachable_until_idle(
     gone.expect_error("SANDBOX_NOT_FOUND");
     gone.expect_close(1011);
     server.assert_healthy();
+}
+
+#[test]
+fn a_client_that_floods_then_reads_receives_the_1008_close() {
+    let server = TestServer::start(&[("SANDBOX_WS_MESSAGES_PER_SEC", "20")]);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&server, json!({}));
+    // Output the client does not read, until every buffer on the way is full (the sandbox is
+    // then paused by back-pressure): the close frame will queue behind it.
+    ws.start("bash", "yes");
+    ws.expect_status("SANDBOX_EXECUTION_RUNNING");
+    std::thread::sleep(Duration::from_secs(3));
+    // Far over the message limit, and still sending long after the refusal: the server must
+    // read and discard the rest rather than close on unread input (the reset that would send
+    // throws away the queued output and the close frame behind it).
+    let message = json!({"action": "reconnect"}).to_string();
+    for _ in 0..50 {
+        if ws.write_raw_text_frames(&message, 1000).is_err() {
+            break;
+        }
+    }
+    // Now read: the output, then the close.
+    let close = loop {
+        match ws.next_within(Duration::from_secs(30)) {
+            Frame::Json(frame) if frame["event"] == "stdout" => continue,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(close, Frame::Close(Some(1008), _)),
+        "expected close 1008 after the output, got {close:?}"
+    );
+    // The server and the sandbox are fine.
+    let mut ws = attach(&server, &sandbox_id, &token);
+    ws.kill_sandbox();
+    server.assert_healthy();
+}
+
+#[test]
+fn sockets_without_init_hold_no_session_and_are_closed_after_the_bound() {
+    let server = TestServer::start(&[
+        ("SANDBOX_MAX_SESSIONS", "2"),
+        ("SANDBOX_WS_INIT_TIMEOUT_SECS", "3"),
+    ]);
+    // As many sockets as there are session slots, none sending an init.
+    let mut idle: Vec<ws::Ws> = (0..2).map(|_| connect(server.port, "/create")).collect();
+    // They hold no slot: creating works at once.
+    let mut first = create(&server, json!({}));
+    // Each gets a creation error naming the bound, and the close.
+    for socket in &mut idle {
+        let message = socket.expect_error("SANDBOX_CREATION_ERROR");
+        assert!(message.contains("no init message within 3 s"), "{message}");
+        socket.expect_close(4000);
+    }
+    // The second slot works, and the limit still holds for real sessions.
+    let mut second = create(&server, json!({}));
+    let mut third = connect(server.port, "/create");
+    let message = third.expect_error("SANDBOX_CREATION_ERROR");
+    assert!(message.contains("limit"), "{message}");
+    third.expect_close(1013);
+    // A socket let in while a slot was free, whose init arrives when the server is full
+    // again, is refused then.
+    first.ws.kill_sandbox();
+    let mut late = connect(server.port, "/create");
+    let mut fourth = create(&server, json!({}));
+    late.send(json!({}));
+    let message = late.expect_error("SANDBOX_CREATION_ERROR");
+    assert!(message.contains("limit"), "{message}");
+    late.expect_close(1013);
+    second.ws.kill_sandbox();
+    fourth.ws.kill_sandbox();
 }
 
 #[test]

@@ -175,7 +175,13 @@ impl Env {
             hosts: None,
         });
         if let Some(args) = init {
+            // A bare container: its first process runs as plain root without capabilities,
+            // as user code does under the agent (the agent's own uid is only for the agent).
             spec["process"]["args"] = serde_json::json!(args);
+            spec["process"]["user"] = serde_json::json!({"uid": 0, "gid": 0});
+            if let Some(process) = spec["process"].as_object_mut() {
+                process.remove("capabilities");
+            }
         }
         std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&spec)?)?;
         Ok(dir)

@@ -8,8 +8,9 @@
 # Integration tests need live servers: $SANDBOX_TEST_URL (e.g. ws://127.0.0.1:8080), a server
 # without checkpointing and snapshots, and $SANDBOX_TEST_PERSISTENT_URL /
 # $SANDBOX_TEST_PERSISTENT_URL_2, two instances sharing CHECKPOINT_AND_RESTORE_PATH and
-# FILESYSTEM_SNAPSHOT_PATH (scripts/test.sh starts all three). Tests whose servers are not set are
-# skipped and say why. The protocol-2 tests also run against the Python client's stand-in server
+# FILESYSTEM_SNAPSHOT_PATH, and $SANDBOX_TEST_AUTH_URL, a server started with SANDBOX_API_KEYS, one
+# of whose keys is $SANDBOX_TEST_API_KEY (scripts/test.sh starts all four). Tests whose servers are
+# not set are skipped and say why. The protocol-2 tests also run against the Python client's stand-in server
 # (clients/python/tests/protocol2_fake.py) when a Python with `websockets` is found. Exits
 # non-zero on the first failure.
 set -euo pipefail
@@ -31,7 +32,7 @@ npm run --silent lint
 step "dist/ is up to date"
 npm run --silent check-dist
 
-step "tests (SANDBOX_TEST_URL=${SANDBOX_TEST_URL:-<unset: skipped>}, SANDBOX_TEST_PERSISTENT_URL=${SANDBOX_TEST_PERSISTENT_URL:-<unset: skipped>}, SANDBOX_TEST_PERSISTENT_URL_2=${SANDBOX_TEST_PERSISTENT_URL_2:-<unset: skipped>})"
+step "tests (SANDBOX_TEST_URL=${SANDBOX_TEST_URL:-<unset: skipped>}, SANDBOX_TEST_PERSISTENT_URL=${SANDBOX_TEST_PERSISTENT_URL:-<unset: skipped>}, SANDBOX_TEST_PERSISTENT_URL_2=${SANDBOX_TEST_PERSISTENT_URL_2:-<unset: skipped>}, SANDBOX_TEST_AUTH_URL=${SANDBOX_TEST_AUTH_URL:-<unset: skipped>})"
 node --import tsx --test --test-reporter=spec test/unit/*.test.ts test/integration/*.test.ts
 
 step "npm install clients/js/ in a clean project, as the README says"

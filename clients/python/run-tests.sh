@@ -7,8 +7,10 @@
 # its dev extra (again only when pyproject.toml changed). Integration tests run against
 # the live server without persistence at $SANDBOX_TEST_URL (e.g. ws://127.0.0.1:8080);
 # the checkpoint and snapshot tests against the two instances sharing their directories at
-# $SANDBOX_TEST_PERSISTENT_URL and $SANDBOX_TEST_PERSISTENT_URL_2 (scripts/test.sh starts
-# all three). Each set is skipped when its variables are unset. Exits non-zero if any step
+# $SANDBOX_TEST_PERSISTENT_URL and $SANDBOX_TEST_PERSISTENT_URL_2; the API key tests against
+# the server at $SANDBOX_TEST_AUTH_URL started with SANDBOX_API_KEYS, one of whose keys is
+# $SANDBOX_TEST_API_KEY (scripts/test.sh starts all four). Each set is skipped when its
+# variables are unset. Exits non-zero if any step
 # fails; every step runs regardless.
 set -uo pipefail
 
@@ -46,6 +48,7 @@ step "$venv/bin/ruff" format --check --config pyproject.toml src tests "${exampl
 step "$venv/bin/mypy" --strict src/codesandbox "${examples[@]}"
 echo "==> pytest (SANDBOX_TEST_URL=${SANDBOX_TEST_URL:-unset}," \
     "SANDBOX_TEST_PERSISTENT_URL=${SANDBOX_TEST_PERSISTENT_URL:-unset}," \
-    "SANDBOX_TEST_PERSISTENT_URL_2=${SANDBOX_TEST_PERSISTENT_URL_2:-unset})"
+    "SANDBOX_TEST_PERSISTENT_URL_2=${SANDBOX_TEST_PERSISTENT_URL_2:-unset}," \
+    "SANDBOX_TEST_AUTH_URL=${SANDBOX_TEST_AUTH_URL:-unset})"
 "$venv/bin/python" -m pytest "$@" || status=1
 exit "$status"

@@ -330,12 +330,14 @@ impl Drop for Execution {
 }
 
 /// Settings shared by every process the agent starts: clean environment, own process group,
-/// resource limits.
+/// resource limits, and plain uid 0 (the agent's real and saved uid are its own, which user
+/// code must not inherit: see `identity`).
 pub fn prepare_command(command: &mut Command, config: &AgentConfig, limits: &ProcessLimits) {
     command.env_clear();
     command.envs(config.base_env.iter().map(|(key, value)| (key, value)));
     command.process_group(0);
     sandbox_ffi::set_child_rlimits(command, rlimits(limits));
+    sandbox_ffi::set_child_uid(command, 0);
 }
 
 fn rlimits(limits: &ProcessLimits) -> Vec<sandbox_ffi::Rlimit> {

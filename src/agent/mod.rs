@@ -12,9 +12,13 @@
 //! full the agent stops reading the executions' pipes, so a process whose output is not consumed
 //! blocks in `write`, and nothing is dropped. Control frames from the server are always read.
 //!
+//! It starts as its own uid so that user code cannot reach its pipes, kill it or trace it, and
+//! runs every process as plain root without capabilities (see [`identity`]).
+//!
 //! Running inside gVisor, it must only use plain syscalls (poll, pipes, fork/exec, waitpid).
 
 mod execution;
+pub mod identity;
 mod standby;
 
 use std::collections::BTreeMap;

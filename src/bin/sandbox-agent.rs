@@ -2,6 +2,11 @@
 #![forbid(unsafe_code)]
 
 fn main() {
+    // First, while the agent is still a single thread (capabilities belong to a thread).
+    if let Err(error) = sandbox::agent::identity::take_identity() {
+        eprintln!("sandbox-agent: cannot take its identity: {error}");
+        std::process::exit(1);
+    }
     let config = match std::env::args().nth(1) {
         Some(json) => match serde_json::from_str(&json) {
             Ok(config) => config,

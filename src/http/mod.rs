@@ -1,3 +1,4 @@
+pub mod api_keys;
 pub mod query;
 pub mod request;
 pub mod response;

@@ -28,6 +28,19 @@ pub fn query_param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a 
         .map(|(_, value)| value.as_str())
 }
 
+/// The value of parameter `name` if it is given at most once. A repeated parameter is an error
+/// naming it: which of two values was meant is a guess, and guessing differently from a proxy
+/// in front is how checks get bypassed.
+pub fn single_param<'a>(
+    pairs: &'a [(String, String)],
+    name: &str,
+) -> Result<Option<&'a str>, String> {
+    if pairs.iter().filter(|(key, _)| key == name).count() > 1 {
+        return Err(format!("query parameter {name:?} is given more than once"));
+    }
+    Ok(query_param(pairs, name))
+}
+
 /// Percent-decodes a path (`+` stays `+`); `None` if the decoded bytes are not UTF-8.
 pub fn percent_decode_path(raw: &str) -> Option<String> {
     String::from_utf8(percent_decode_bytes(raw.as_bytes(), false)).ok()
@@ -114,6 +127,22 @@ mod tests {
         assert_eq!(query_param(&list, "a"), Some("1"));
         assert_eq!(query_param(&list, "b"), Some("2"));
         assert_eq!(query_param(&list, "c"), None);
+    }
+
+    #[test]
+    fn single_params_refuse_repetition() {
+        let list = parse_query("language=python&timeout=5&language=bash&x=1&x=1");
+        assert_eq!(single_param(&list, "timeout"), Ok(Some("5")));
+        assert_eq!(single_param(&list, "missing"), Ok(None));
+        assert_eq!(
+            single_param(&list, "language"),
+            Err("query parameter \"language\" is given more than once".into())
+        );
+        // Even the same value twice: one meaning per name.
+        assert!(single_param(&list, "x").is_err());
+        // Names are compared decoded: `%6Canguage` is `language`.
+        let list = parse_query("language=python&%6Canguage=bash");
+        assert!(single_param(&list, "language").is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 use memchr::memchr;
 use std::fmt;
+use std::rc::Rc;
 
 /// Longest chunk-size line (size plus extensions) accepted; real clients send a few bytes.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -211,10 +212,32 @@ enum State {
     Body(Box<BodyState>),
 }
 
+/// A decision taken on a request from its head alone, before any of its body is read (the
+/// API key check). An error is answered like a parse error, and the connection closes: the
+/// body that was not read leaves the stream out of sync.
+#[derive(Clone)]
+pub struct HeadCheck(Rc<HeadCheckFn>);
+
+type HeadCheckFn = dyn Fn(&Request) -> Result<(), HttpError>;
+
+impl HeadCheck {
+    pub fn new(check: impl Fn(&Request) -> Result<(), HttpError> + 'static) -> Self {
+        HeadCheck(Rc::new(check))
+    }
+}
+
+impl fmt::Debug for HeadCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HeadCheck")
+    }
+}
+
 /// Incremental request parser for one connection.
 #[derive(Debug)]
 pub struct RequestParser {
     limits: Limits,
+    /// Runs on every complete head before its framing is even looked at.
+    head_check: Option<HeadCheck>,
     /// Received bytes not yet consumed: a partial head, partial chunk framing, or pipelined
     /// data behind `ready`.
     buf: Vec<u8>,
@@ -230,11 +253,19 @@ impl RequestParser {
     pub fn new(limits: Limits) -> Self {
         RequestParser {
             limits,
+            head_check: None,
             buf: Vec::new(),
             state: State::Head { scanned: 0 },
             ready: None,
             error: None,
         }
+    }
+
+    /// Runs `check` on the head of every request as soon as it is complete: a refused request
+    /// fails before its body is read (and before `100 Continue` is offered).
+    pub fn with_head_check(mut self, check: HeadCheck) -> Self {
+        self.head_check = Some(check);
+        self
     }
 
     /// Appends bytes read from the socket and parses as far as possible.
@@ -411,6 +442,9 @@ impl RequestParser {
             }
             Some(parsed) => parsed,
         };
+        if let Some(check) = &self.head_check {
+            (check.0)(&request)?;
+        }
         let framing = body_framing(&request, &self.limits)?;
         // httparse's Complete(len) never exceeds the input length.
         self.buf.drain(..head_len.min(self.buf.len()));
@@ -1065,6 +1099,43 @@ mod tests {
         }
         let request = one(b"DELETE /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nok");
         assert_eq!(request.body, b"ok");
+    }
+
+    #[test]
+    fn head_check_refuses_before_the_body_and_before_100_continue() {
+        let check = HeadCheck::new(|request: &Request| {
+            if request.header("authorization") == Some("Bearer ok") {
+                Ok(())
+            } else {
+                Err(HttpError::new(401, "no key"))
+            }
+        });
+        // The head alone decides: no body byte was sent, a 100 Continue is never offered.
+        let mut checked = parser().with_head_check(check.clone());
+        let error = checked
+            .push(b"POST /execute HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n")
+            .unwrap_err();
+        assert_eq!((error.status, error.message.as_str()), (401, "no key"));
+        assert_eq!(checked.poll(), Err(error));
+        // It runs before the body's framing is judged (a too-large body would be 413).
+        let mut checked = parser().with_head_check(check.clone());
+        let error = checked
+            .push(b"POST / HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n")
+            .unwrap_err();
+        assert_eq!(error.status, 401);
+        // Accepted heads parse as usual, each pipelined request checked on its own.
+        let mut checked = parser().with_head_check(check);
+        checked
+            .push(
+                b"POST / HTTP/1.1\r\nAuthorization: Bearer ok\r\nContent-Length: 2\r\n\r\nhi\
+                  GET / HTTP/1.1\r\n\r\n",
+            )
+            .unwrap();
+        match checked.poll() {
+            Ok(Progress::Done(request)) => assert_eq!(request.body, b"hi"),
+            other => panic!("expected the first request, got {other:?}"),
+        }
+        assert_eq!(checked.poll().unwrap_err().status, 401);
     }
 
     #[test]

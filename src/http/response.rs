@@ -192,6 +192,15 @@ pub fn json_error(status: u16, message: &str, keep_alive: bool) -> Vec<u8> {
     )
 }
 
+/// `401` with the `WWW-Authenticate: Bearer` challenge and a JSON error; the connection closes
+/// (the refused request's body was never read).
+pub fn unauthorized(message: &str) -> Vec<u8> {
+    ResponseHead::new(401)
+        .header("Content-Type", "application/json")
+        .header("WWW-Authenticate", "Bearer")
+        .encode_with_body(&json_error_body(message), false)
+}
+
 /// Appends one chunk of a chunked body. Empty data writes nothing, because an empty chunk would
 /// be read by the client as the end of the body.
 pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
@@ -283,6 +292,15 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(parsed["error"], "bad \"lang\"\n\u{1}");
         assert!(resp.contains(&format!("Content-Length: {}\r\n", body.len())));
+    }
+
+    #[test]
+    fn unauthorized_has_the_bearer_challenge() {
+        let resp = text(&unauthorized("missing api key"));
+        assert!(resp.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{resp}");
+        assert!(resp.contains("WWW-Authenticate: Bearer\r\n"), "{resp}");
+        assert!(resp.contains("Connection: close\r\n"), "{resp}");
+        assert!(resp.ends_with(r#"{"error":"missing api key"}"#), "{resp}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use crate::agent::identity::{AGENT_CAPABILITIES, AGENT_UID};
 use crate::agent::AgentConfig;
 use crate::config::Limits;
 
@@ -121,7 +122,14 @@ pub fn spec(bundle: &BundleSpec<'_>) -> Value {
         "annotations": annotations,
         "process": {
             "terminal": false,
-            "user": {"uid": 0, "gid": 0},
+            // The agent's own uid owns its pipes to the server; it becomes root for everything
+            // else and drops these capabilities at once (agent::identity).
+            "user": {"uid": AGENT_UID, "gid": AGENT_UID},
+            "capabilities": {
+                "bounding": AGENT_CAPABILITIES,
+                "effective": AGENT_CAPABILITIES,
+                "permitted": AGENT_CAPABILITIES
+            },
             "args": [format!("{AGENT_MOUNT}/{AGENT_FILE}"), agent_arg],
             "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
             "cwd": "/",

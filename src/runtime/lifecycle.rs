@@ -7,6 +7,9 @@
 //!      |  +------------------------------------------restore------------------------+
 //!      +--run failed/timeout----+--agent lost------^
 //! ```
+//! A sandbox admitted while every slot is taken starts in `Waiting` (no container yet): when a
+//! slot is granted it goes to `Starting` (`runsc run`, or `runsc restore` if it has an image); a
+//! delete or the start timeout while waiting forgets it at once.
 //! `Stopped` is what `runsc checkpoint` leaves, whether it succeeded or not: the container no
 //! longer runs; it is either deleted or restored from an image.
 //! The runtime feeds it events and carries out the actions it returns; a wrong-state event is
@@ -14,6 +17,8 @@
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// Admitted, waiting for a sandbox slot to be freed (see `runtime::pool`): nothing runs yet.
+    Waiting,
     /// `runsc run` is starting the container; the agent has not said hello yet.
     Starting,
     /// The agent is ready to spawn executions.
@@ -33,6 +38,7 @@ pub enum State {
 impl State {
     pub fn name(self) -> &'static str {
         match self {
+            State::Waiting => "waiting for a free sandbox slot",
             State::Starting => "starting",
             State::Ready => "ready",
             State::Checkpointing => "checkpointing",
@@ -62,6 +68,8 @@ pub enum Event {
     /// `runsc checkpoint` exited; `Err` carries its message.
     CheckpointExited(Result<(), String>),
     RestoreRequested,
+    /// A waiting sandbox got its slot.
+    SlotGranted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +90,10 @@ pub enum Action {
     NotifyCheckpointed(Result<(), String>),
     /// Spawn `runsc restore` with fresh agent pipes.
     StartRestore,
+    /// A slot was granted: spawn `runsc run`, or `runsc restore` if the sandbox has an image.
+    StartContainer,
+    /// Tell the owner no slot became free in time (the sandbox never started).
+    NotifyNoSlot,
 }
 
 #[derive(Debug)]
@@ -103,6 +115,14 @@ impl Lifecycle {
         Lifecycle {
             state: State::Starting,
             run_exited: false,
+        }
+    }
+
+    /// A sandbox that waits for a slot before anything starts.
+    pub fn waiting() -> Self {
+        Lifecycle {
+            state: State::Waiting,
+            run_exited: true,
         }
     }
 
@@ -136,6 +156,19 @@ impl Lifecycle {
             self.run_exited = true;
         }
         match (self.state, event) {
+            (Waiting, Event::SlotGranted) => {
+                self.state = Starting;
+                self.run_exited = false;
+                vec![StartContainer]
+            }
+            (Waiting, Event::DeleteRequested) => {
+                self.state = Deleted;
+                vec![Forget]
+            }
+            (Waiting, Event::StartTimedOut) => {
+                self.state = Deleted;
+                vec![NotifyNoSlot, Forget]
+            }
             (Starting, Event::RunExited(Ok(()))) => vec![],
             (Starting, Event::RunExited(Err(reason))) | (Starting, Event::AgentLost(reason)) => {
                 self.delete_when_run_exits(vec![NotifyStartFailed(reason)])
@@ -286,6 +319,38 @@ mod tests {
         let mut hung = Lifecycle::new();
         hung.handle(Event::DeleteRequested);
         assert_eq!(hung.handle(Event::StartTimedOut), vec![Action::StartDelete]);
+    }
+
+    #[test]
+    fn a_waiting_sandbox_starts_when_granted_a_slot_or_is_forgotten() {
+        let mut sandbox = Lifecycle::waiting();
+        assert!(!sandbox.state().can_exec());
+        assert_eq!(sandbox.handle(Event::AgentReady), vec![]);
+        assert_eq!(sandbox.handle(Event::RestoreRequested), vec![]);
+        assert_eq!(
+            sandbox.handle(Event::SlotGranted),
+            vec![Action::StartContainer]
+        );
+        assert_eq!(sandbox.state(), State::Starting);
+        assert_eq!(sandbox.handle(Event::SlotGranted), vec![]);
+        // Granted, it is a starting sandbox like any other: a delete waits for runsc.
+        assert_eq!(sandbox.handle(Event::DeleteRequested), vec![]);
+        assert_eq!(sandbox.state(), State::Aborting);
+
+        let mut abandoned = Lifecycle::waiting();
+        assert_eq!(
+            abandoned.handle(Event::DeleteRequested),
+            vec![Action::Forget]
+        );
+        assert_eq!(abandoned.state(), State::Deleted);
+        assert_eq!(abandoned.handle(Event::SlotGranted), vec![]);
+
+        let mut timed_out = Lifecycle::waiting();
+        assert_eq!(
+            timed_out.handle(Event::StartTimedOut),
+            vec![Action::NotifyNoSlot, Action::Forget]
+        );
+        assert_eq!(timed_out.state(), State::Deleted);
     }
 
     #[test]

@@ -9,14 +9,18 @@
 
 pub mod bundle;
 pub mod exec;
+pub mod health;
 pub mod ids;
 pub mod lifecycle;
+pub mod pool;
 pub mod runsc;
+pub mod state_lock;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -38,6 +42,7 @@ use crate::timers::{TimerId, Timers};
 use exec::{ExecOutcome, ExecTracker, OutputVerdict, Reason};
 use ids::SandboxId;
 use lifecycle::{Action, Event, Lifecycle, State};
+use pool::{Admission, Pools, Readiness, Slots};
 
 /// The runtime's handle of a sandbox (small, never reused); the public id is [`SandboxId`].
 pub type SandboxKey = u64;
@@ -163,6 +168,8 @@ struct Sandbox {
     bundle: PathBuf,
     created: Instant,
     start_timer: Option<TimerId>,
+    /// Started by `runsc restore` (its failures say nothing about runsc itself).
+    from_image: bool,
 }
 
 impl Sandbox {
@@ -193,6 +200,7 @@ impl Sandbox {
             bundle,
             created: Instant::now(),
             start_timer: None,
+            from_image: false,
         }
     }
 }
@@ -203,12 +211,16 @@ pub struct RuntimeStats {
     pub created: u64,
     pub start_failures: u64,
     pub lost: u64,
+    /// Pooled sandboxes deleted to give their slot to real work.
+    pub pool_evictions: u64,
     /// Seconds from `runsc run` to the agent's hello, one entry per ready sandbox since the
     /// last drain.
     pub start_seconds: Vec<f64>,
 }
 
 pub struct Runtime {
+    /// Held for the life of the process: one instance per state directory.
+    state_lock: state_lock::StateLock,
     registry: Registry,
     runsc: runsc::Runsc,
     rootfs: PathBuf,
@@ -220,11 +232,12 @@ pub struct Runtime {
     sandboxes: HashMap<SandboxKey, Sandbox>,
     by_id: HashMap<SandboxId, SandboxKey>,
     children: HashMap<i32, ChildPurpose>,
-    /// Unowned sandboxes (starting or ready), oldest first.
-    pool: VecDeque<SandboxKey>,
-    /// Unowned sandboxes already restored (and reset) from a snapshot image, by image: a create
-    /// from a snapshot used recently is then as quick as one from the fresh pool.
-    snapshot_pool: HashMap<PathBuf, VecDeque<SandboxKey>>,
+    /// Unowned sandboxes (starting or ready): the fresh pool, and sandboxes already restored
+    /// (and reset) from snapshot images used recently, so that a create from one of those is as
+    /// quick as one from the fresh pool. They give their slots up to real work (`pool`).
+    pools: Pools,
+    /// Sandboxes admitted while every slot was taken, in the order they get a slot.
+    waiting: VecDeque<SandboxKey>,
     /// Sandboxes whose agent pipe must be read again.
     pending_reads: HashSet<SandboxKey>,
     next_key: SandboxKey,
@@ -234,11 +247,15 @@ pub struct Runtime {
     network: Option<network::Network>,
     network_unavailable: String,
     pub stats: RuntimeStats,
+    /// How the last sandbox starts went (for readiness).
+    health: health::StartHealth,
 }
 
 impl Runtime {
     /// Prepare the state directory (after cleaning what a previous instance left there).
     pub fn new(config: &Config, registry: Registry) -> io::Result<Self> {
+        // First of all: the cleanup below would destroy another live instance's sandboxes.
+        let state_lock = state_lock::StateLock::acquire(&config.state_dir)?;
         let features = runsc::Features::detect(&config.runsc).map_err(|error| {
             io::Error::new(
                 error.kind(),
@@ -295,15 +312,21 @@ impl Runtime {
         }
         // The sandbox sees a directory holding only the agent, never the host's build tree.
         let agent_copy = agent_dir.join(bundle::AGENT_FILE);
-        std::fs::copy(&config.agent_path, &agent_copy).map_err(|error| {
-            io::Error::new(
-                error.kind(),
-                format!(
-                    "cannot copy the agent {}: {error}",
-                    config.agent_path.display()
-                ),
-            )
-        })?;
+        // Readable and executable by all: the sandbox starts it as its own uid, not root.
+        std::fs::copy(&config.agent_path, &agent_copy)
+            .and_then(|_| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&agent_copy, std::fs::Permissions::from_mode(0o755))
+            })
+            .map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!(
+                        "cannot copy the agent {}: {error}",
+                        config.agent_path.display()
+                    ),
+                )
+            })?;
         let limits = &config.limits;
         let agent_config = AgentConfig {
             limits: ProcessLimits {
@@ -321,6 +344,7 @@ impl Runtime {
             python_standby: true,
         };
         Ok(Runtime {
+            state_lock,
             registry,
             runsc,
             rootfs: config.rootfs.clone(),
@@ -332,8 +356,12 @@ impl Runtime {
             sandboxes: HashMap::new(),
             by_id: HashMap::new(),
             children: HashMap::new(),
-            pool: VecDeque::new(),
-            snapshot_pool: HashMap::new(),
+            pools: Pools::new(if config.snapshot_pool_size == 0 {
+                0
+            } else {
+                config.snapshot_pools_max
+            }),
+            waiting: VecDeque::new(),
             pending_reads: HashSet::new(),
             next_key: 1,
             timers: Timers::default(),
@@ -341,18 +369,112 @@ impl Runtime {
             network,
             network_unavailable,
             stats: RuntimeStats::default(),
+            health: health::StartHealth::default(),
         })
     }
 
+    /// Sandboxes that exist as runsc sandboxes (pooled and being deleted included; not those
+    /// waiting for a slot).
     pub fn live_sandboxes(&self) -> usize {
-        self.sandboxes.len()
+        self.sandboxes.len().saturating_sub(self.waiting.len())
+    }
+
+    /// Requests admitted that wait for a sandbox being deleted to free its slot.
+    pub fn waiting_for_slot(&self) -> usize {
+        self.waiting.len()
     }
 
     pub fn pool_ready(&self) -> usize {
-        self.pool
-            .iter()
-            .filter(|key| self.state(**key) == Some(State::Ready))
+        self.count_ready(self.pools.fresh())
+    }
+
+    pub fn snapshot_pool_ready(&self) -> usize {
+        self.count_ready(self.pools.snapshot_sandboxes())
+    }
+
+    /// Snapshot images that have a pool now (at most `SANDBOX_SNAPSHOT_POOLS_MAX`).
+    pub fn snapshot_pools(&self) -> usize {
+        self.pools.snapshot_pools()
+    }
+
+    fn count_ready(&self, keys: impl Iterator<Item = SandboxKey>) -> usize {
+        keys.filter(|key| self.state(*key) == Some(State::Ready))
             .count()
+    }
+
+    fn slots(&self) -> Slots {
+        let releasing = self
+            .sandboxes
+            .values()
+            .filter(|sandbox| {
+                matches!(sandbox.lifecycle.state(), State::Deleting | State::Aborting)
+            })
+            .count();
+        Slots {
+            max: self.config.max_sandboxes,
+            live: self.live_sandboxes(),
+            releasing,
+            waiting: self.waiting.len(),
+        }
+    }
+
+    /// How a new sandbox gets a slot: real work (`owner`) may wait for one or take one from the
+    /// pools; a pool refill only uses a free one.
+    fn admit(&self, owner: Option<Owner>) -> Result<Admission, RuntimeError> {
+        let slots = self.slots();
+        let admission = match owner {
+            Some(_) => self.pools.admit(slots),
+            None if slots.free() > 0 => Admission::Start,
+            None => Admission::Refuse,
+        };
+        match admission {
+            Admission::Refuse => Err(RuntimeError::AtCapacity(self.config.max_sandboxes)),
+            admission => Ok(admission),
+        }
+    }
+
+    /// Queue the new sandbox `key` for a slot, giving up a pooled sandbox for it if admitted so.
+    /// The wait is bounded by the create timeout.
+    fn wait_for_slot(&mut self, key: SandboxKey, admission: Admission) {
+        if let Admission::Evict(pooled) = admission {
+            self.pools.remove(pooled);
+            self.stats.pool_evictions += 1;
+            self.delete(pooled);
+        }
+        let timer = self.timers.arm(
+            Instant::now() + self.config.create_timeout,
+            RuntimeTimer::Start(key),
+        );
+        if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+            sandbox.start_timer = Some(timer);
+        }
+        self.waiting.push_back(key);
+    }
+
+    /// Start waiting sandboxes in the slots freed since.
+    fn grant_slots(&mut self) {
+        while self.slots().can_grant() {
+            let Some(key) = self.waiting.pop_front() else {
+                return;
+            };
+            let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                continue;
+            };
+            if let Some(timer) = sandbox.start_timer.take() {
+                self.timers.cancel(timer);
+            }
+            sandbox.created = Instant::now();
+            self.apply(key, Event::SlotGranted);
+        }
+    }
+
+    /// How far a pooled sandbox is from being usable.
+    fn readiness(sandboxes: &HashMap<SandboxKey, Sandbox>, key: SandboxKey) -> Readiness {
+        match sandboxes.get(&key).map(|sandbox| sandbox.lifecycle.state()) {
+            Some(State::Ready) => Readiness::Ready,
+            Some(State::Starting) => Readiness::Starting,
+            _ => Readiness::Unusable,
+        }
     }
 
     pub fn state(&self, key: SandboxKey) -> Option<State> {
@@ -388,7 +510,8 @@ impl Runtime {
     /// A sandbox for `owner`: a pooled one if any (ready or still starting), else a new one.
     /// The owner gets `Ready` (at once if it was ready) or `StartFailed`.
     pub fn acquire(&mut self, owner: Owner) -> Result<SandboxKey, RuntimeError> {
-        if let Some(key) = take_from(&mut self.pool, &self.sandboxes) {
+        let sandboxes = &self.sandboxes;
+        if let Some(key) = self.pools.take_fresh(|key| Self::readiness(sandboxes, key)) {
             if self.hand_over(key, owner) {
                 return Ok(key);
             }
@@ -414,7 +537,8 @@ impl Runtime {
 
     /// A sandbox with the files of the snapshot image `image` and nothing else of it: a pooled
     /// one if there is one, else a restore (with `reset`). Without egress, the pool for that
-    /// image is refilled afterwards (`SANDBOX_SNAPSHOT_POOL_SIZE`).
+    /// image is refilled afterwards (`SANDBOX_SNAPSHOT_POOL_SIZE`); a new pool beyond
+    /// `SANDBOX_SNAPSHOT_POOLS_MAX` replaces the least recently used one.
     pub fn acquire_snapshot(
         &mut self,
         owner: Owner,
@@ -426,8 +550,14 @@ impl Runtime {
             return self.restore(owner, id, image, true, true);
         }
         self.prune_snapshot_pools();
-        let pooled = self.snapshot_pool.entry(image.clone()).or_default();
-        if let Some(key) = take_from(pooled, &self.sandboxes) {
+        for dropped in self.pools.use_snapshot(&image) {
+            self.delete(dropped);
+        }
+        let sandboxes = &self.sandboxes;
+        if let Some(key) = self
+            .pools
+            .take_snapshot(&image, |key| Self::readiness(sandboxes, key))
+        {
             if self.hand_over(key, owner) {
                 return Ok(key);
             }
@@ -436,15 +566,16 @@ impl Runtime {
         self.restore(owner, id, image, true, false)
     }
 
-    /// Keep `pool_size` unowned sandboxes started, within the sandbox limit; and for every
-    /// snapshot image used since, `snapshot_pool_size` restored ones (forgetting images that
+    /// Start the requests waiting for a slot in the slots freed since; then, in the slots still
+    /// free, keep `pool_size` unowned sandboxes started, and for every snapshot image with a pool
+    /// (most recently used first) `snapshot_pool_size` restored ones (forgetting images that
     /// are gone: the snapshot was replaced or deleted).
     pub fn refill_pool(&mut self) {
+        self.grant_slots();
         self.refill_fresh_pool();
-        let images: Vec<PathBuf> = self.snapshot_pool.keys().cloned().collect();
-        for image in images {
+        for image in self.pools.images() {
             let wanted = self.config.snapshot_pool_size;
-            if self.snapshot_pool.get(&image).map_or(0, VecDeque::len) >= wanted {
+            if self.pools.snapshot_len(&image) >= wanted || self.slots().free() == 0 {
                 continue;
             }
             // Only checked when a refill is due: on a mounted bucket this is a network call.
@@ -452,19 +583,17 @@ impl Runtime {
                 self.prune_snapshot_pools();
                 continue;
             }
-            while self.snapshot_pool.get(&image).map_or(0, VecDeque::len) < wanted
-                && self.sandboxes.len() < self.config.max_sandboxes
-            {
+            while self.pools.snapshot_len(&image) < wanted && self.slots().free() > 0 {
                 let id = match SandboxId::random() {
                     Ok(id) => id,
                     Err(_) => return,
                 };
                 match self.restore_unowned(id, image.clone()) {
-                    Ok(key) => self
-                        .snapshot_pool
-                        .entry(image.clone())
-                        .or_default()
-                        .push_back(key),
+                    Ok(key) => {
+                        if !self.pools.add_snapshot(&image, key) {
+                            self.delete(key);
+                        }
+                    }
                     Err(error) => {
                         eprintln!(
                             "runtime: cannot refill the pool of {}: {error}",
@@ -480,25 +609,15 @@ impl Runtime {
     /// Delete pooled sandboxes of snapshot images that are gone (the snapshot was replaced or
     /// deleted), so nobody gets an outdated one.
     pub fn prune_snapshot_pools(&mut self) {
-        let gone: Vec<PathBuf> = self
-            .snapshot_pool
-            .keys()
-            .filter(|image| !image.is_dir())
-            .cloned()
-            .collect();
-        for image in gone {
-            for key in self.snapshot_pool.remove(&image).unwrap_or_default() {
-                self.delete(key);
-            }
+        for key in self.pools.drop_pools(|image| !image.is_dir()) {
+            self.delete(key);
         }
     }
 
     fn refill_fresh_pool(&mut self) {
-        while self.pool.len() < self.config.pool_size
-            && self.sandboxes.len() < self.config.max_sandboxes
-        {
+        while self.pools.fresh_len() < self.config.pool_size && self.slots().free() > 0 {
             match self.create(None) {
-                Ok(key) => self.pool.push_back(key),
+                Ok(key) => self.pools.add_fresh(key),
                 Err(error) => {
                     eprintln!("runtime: cannot refill the pool: {error}");
                     return;
@@ -518,48 +637,74 @@ impl Runtime {
         owner: Option<Owner>,
         egress: bool,
     ) -> Result<SandboxKey, RuntimeError> {
-        if self.sandboxes.len() >= self.config.max_sandboxes {
-            return Err(RuntimeError::AtCapacity(self.config.max_sandboxes));
-        }
+        let admission = self.admit(owner)?;
         let key = self.next_key;
         self.next_key += 1;
         let id = SandboxId::random()
             .map_err(|error| RuntimeError::Io(format!("no randomness: {error}")))?;
-        let container = SandboxId::random()
-            .map_err(|error| RuntimeError::Io(format!("no randomness: {error}")))?
-            .to_string();
         let bundle_dir = self.bundles_dir.join(id.to_string());
         let network = if egress {
             Some(self.prepare_network(&bundle_dir)?)
         } else {
             None
         };
-        match self.start_container(key, &container, &bundle_dir, None, network.as_ref()) {
-            Ok((to_agent, from_agent)) => {
-                let start_timer = self.timers.arm(
-                    Instant::now() + self.config.create_timeout,
-                    RuntimeTimer::Start(key),
-                );
-                let mut sandbox =
-                    Sandbox::new(id, owner, Lifecycle::new(), bundle_dir, network.clone());
-                sandbox.container = container;
-                sandbox.to_agent = Some(to_agent);
-                sandbox.from_agent = Some(from_agent);
-                sandbox.start_timer = Some(start_timer);
-                self.sandboxes.insert(key, sandbox);
-                self.by_id.insert(id, key);
+        let lifecycle = match admission {
+            Admission::Start => Lifecycle::new(),
+            _ => Lifecycle::waiting(),
+        };
+        self.sandboxes
+            .insert(key, Sandbox::new(id, owner, lifecycle, bundle_dir, network));
+        self.by_id.insert(id, key);
+        if admission != Admission::Start {
+            self.stats.created += 1;
+            self.wait_for_slot(key, admission);
+            return Ok(key);
+        }
+        match self.start_fresh(key) {
+            Ok(()) => {
                 self.stats.created += 1;
                 Ok(key)
             }
             Err(error) => {
-                if let (Some(manager), Some(network)) = (self.network.as_mut(), network.as_ref()) {
-                    manager.destroy(network);
+                // Nothing was started: forget the sandbox without a delete.
+                if let Some(sandbox) = self.sandboxes.remove(&key) {
+                    self.by_id.remove(&sandbox.id);
+                    if let (Some(manager), Some(network)) =
+                        (self.network.as_mut(), sandbox.network.as_ref())
+                    {
+                        manager.destroy(network);
+                    }
+                    let _ = std::fs::remove_dir_all(&sandbox.bundle);
                 }
-                let _ = std::fs::remove_dir_all(&bundle_dir);
                 self.stats.start_failures += 1;
-                Err(RuntimeError::Io(format!("cannot start a sandbox: {error}")))
+                let message = format!("cannot start a sandbox: {error}");
+                self.health.failed(&message);
+                Err(RuntimeError::Io(message))
             }
         }
+    }
+
+    /// Spawn `runsc run` for the sandbox `key` (new, or waiting until now), under the create
+    /// timeout.
+    fn start_fresh(&mut self, key: SandboxKey) -> io::Result<()> {
+        let container = SandboxId::random()?.to_string();
+        let Some(sandbox) = self.sandboxes.get(&key) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such sandbox"));
+        };
+        let (bundle, network) = (sandbox.bundle.clone(), sandbox.network.clone());
+        let (to_agent, from_agent) =
+            self.start_container(key, &container, &bundle, None, network.as_ref())?;
+        let start_timer = self.timers.arm(
+            Instant::now() + self.config.create_timeout,
+            RuntimeTimer::Start(key),
+        );
+        if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+            sandbox.container = container;
+            sandbox.to_agent = Some(to_agent);
+            sandbox.from_agent = Some(from_agent);
+            sandbox.start_timer = Some(start_timer);
+        }
+        Ok(())
     }
 
     /// Network egress for a new sandbox: its namespace and veth, and its `/etc/hosts` (the
@@ -586,9 +731,23 @@ impl Runtime {
             .then_some(self.network_unavailable.as_str())
     }
 
+    /// Why this server cannot create sandboxes now (`None`: it can). Looks at a few paths on
+    /// local disk, so it is cheap enough for every readiness probe.
+    pub fn cannot_create(&self) -> Option<String> {
+        let agent_copy = self.agent_dir.join(bundle::AGENT_FILE);
+        health::missing_files(&self.config.state_dir, &agent_copy, &self.rootfs)
+            .or_else(|| self.health.problem(self.config.ready_start_failures))
+    }
+
     /// Shutdown: remove this instance's (now empty) cgroup directories.
     pub fn remove_cgroups(&self) {
         cleanup::remove_cgroups(&self.cgroup_parent);
+    }
+
+    /// Shutdown, last step: remove the state directory's lock file (the lock is held until
+    /// the process exits).
+    pub fn remove_state_lock_file(&self) {
+        self.state_lock.remove_file();
     }
 
     /// Shutdown: remove the egress table and namespaces.
@@ -650,9 +809,12 @@ impl Runtime {
     ) -> io::Result<(Sender, Receiver)> {
         self.write_bundle(container, bundle_dir, network)?;
         let egress = network.is_some();
+        // The agent's stderr. Only its owner may open it: inside the sandbox that is the
+        // agent's uid, not user code (agent::identity).
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(bundle_dir.join("sandbox.log"))?;
         let (mut to_agent, agent_stdin) = mio::unix::pipe::new()?;
         let (agent_stdout, mut from_agent) = mio::unix::pipe::new()?;
@@ -772,12 +934,10 @@ impl Runtime {
         reset: bool,
         egress: bool,
     ) -> Result<SandboxKey, RuntimeError> {
-        if self.sandboxes.len() >= self.config.max_sandboxes {
-            return Err(RuntimeError::AtCapacity(self.config.max_sandboxes));
-        }
         if self.by_id.contains_key(&id) {
             return Err(RuntimeError::WrongState("already running here"));
         }
+        let admission = self.admit(owner)?;
         let key = self.next_key;
         self.next_key += 1;
         let bundle_dir = self.bundles_dir.join(id.to_string());
@@ -786,12 +946,19 @@ impl Runtime {
         } else {
             None
         };
-        let mut sandbox = Sandbox::new(id, owner, Lifecycle::stopped(), bundle_dir, network);
+        let lifecycle = match admission {
+            Admission::Start => Lifecycle::stopped(),
+            _ => Lifecycle::waiting(),
+        };
+        let mut sandbox = Sandbox::new(id, owner, lifecycle, bundle_dir, network);
         sandbox.restore_from = Some((image, reset));
         self.sandboxes.insert(key, sandbox);
         self.by_id.insert(id, key);
         self.stats.created += 1;
-        self.apply(key, Event::RestoreRequested);
+        match admission {
+            Admission::Start => self.apply(key, Event::RestoreRequested),
+            _ => self.wait_for_slot(key, admission),
+        }
         Ok(key)
     }
 
@@ -808,7 +975,7 @@ impl Runtime {
         let now = Instant::now();
         let timer = self
             .timers
-            .arm(now + timeout, RuntimeTimer::ExecTimeout(key, exec));
+            .arm(deadline(now, timeout), RuntimeTimer::ExecTimeout(key, exec));
         sandbox
             .execs
             .insert(exec, (ExecTracker::new(output_limit, now), vec![timer]));
@@ -827,8 +994,7 @@ impl Runtime {
         if !state.can_exec() {
             return Err(RuntimeError::WrongState(state.name()));
         }
-        let exec = sandbox.next_exec;
-        sandbox.next_exec += 1;
+        let exec = take_exec_id(&mut sandbox.next_exec)?;
         let request = SpawnRequest {
             language: spec.language,
             code: spec.code,
@@ -838,9 +1004,10 @@ impl Runtime {
         };
         ToAgent::Spawn(exec, request).encode(&mut sandbox.outgoing);
         let now = Instant::now();
-        let timer = self
-            .timers
-            .arm(now + spec.timeout, RuntimeTimer::ExecTimeout(key, exec));
+        let timer = self.timers.arm(
+            deadline(now, spec.timeout),
+            RuntimeTimer::ExecTimeout(key, exec),
+        );
         sandbox
             .execs
             .insert(exec, (ExecTracker::new(output_limit, now), vec![timer]));
@@ -938,8 +1105,7 @@ impl Runtime {
         for key in keys {
             self.delete(key);
         }
-        self.pool.clear();
-        self.snapshot_pool.clear();
+        self.pools.clear();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1081,10 +1247,18 @@ impl Runtime {
                         .start_seconds
                         .push(sandbox.created.elapsed().as_secs_f64());
                 }
+                self.health.started();
                 self.notify(key, RuntimeEvent::Ready);
             }
             Action::NotifyStartFailed(message) => {
                 self.stats.start_failures += 1;
+                if self
+                    .sandboxes
+                    .get(&key)
+                    .is_some_and(|sandbox| !sandbox.from_image)
+                {
+                    self.health.failed(&message);
+                }
                 eprintln!("runtime: sandbox key {key} failed to start: {message}");
                 self.notify(key, RuntimeEvent::StartFailed(message));
             }
@@ -1110,11 +1284,13 @@ impl Runtime {
                     let _ = self.registry.deregister(&mut pipe);
                 }
                 self.pending_reads.remove(&key);
-                self.pool.retain(|pooled| *pooled != key);
-                for pooled in self.snapshot_pool.values_mut() {
-                    pooled.retain(|pooled| *pooled != key);
-                }
+                self.pools.remove(key);
                 let id = sandbox.container.clone();
+                if id.is_empty() {
+                    // No container was ever made (its start failed before runsc ran).
+                    self.apply(key, Event::DeleteExited);
+                    return;
+                }
                 match self.runsc.delete_force(&id).spawn() {
                     Ok(child) => {
                         self.children
@@ -1168,19 +1344,47 @@ impl Runtime {
                 self.notify(key, RuntimeEvent::Checkpointed(result));
             }
             Action::StartRestore => self.start_restore(key),
+            Action::StartContainer => {
+                let restoring = self
+                    .sandboxes
+                    .get(&key)
+                    .is_some_and(|sandbox| sandbox.restore_from.is_some());
+                if restoring {
+                    self.start_restore(key);
+                } else if let Err(error) = self.start_fresh(key) {
+                    self.apply(
+                        key,
+                        Event::RunExited(Err(format!("cannot start a sandbox: {error}"))),
+                    );
+                }
+            }
+            Action::NotifyNoSlot => {
+                let message = format!(
+                    "the server is at its limit of {} sandboxes and no slot became free within {} s; retry shortly",
+                    self.config.max_sandboxes,
+                    self.config.create_timeout.as_secs()
+                );
+                self.notify(key, RuntimeEvent::StartFailed(message));
+            }
             Action::Forget => {
+                self.waiting.retain(|waiting| *waiting != key);
                 if let Some(sandbox) = self.sandboxes.remove(&key) {
                     self.by_id.remove(&sandbox.id);
+                    if let Some(timer) = sandbox.start_timer {
+                        self.timers.cancel(timer);
+                    }
                     if let (Some(manager), Some(network)) =
                         (self.network.as_mut(), sandbox.network.as_ref())
                     {
                         manager.destroy(network);
                     }
-                    if let Err(error) = std::fs::remove_dir_all(&sandbox.bundle) {
-                        eprintln!(
+                    // A sandbox that only waited for a slot may have no bundle.
+                    match std::fs::remove_dir_all(&sandbox.bundle) {
+                        Err(error) if error.kind() != io::ErrorKind::NotFound => eprintln!(
                             "runtime: cannot remove {}: {error}",
                             sandbox.bundle.display()
-                        );
+                        ),
+                        _ => {}
                     }
                     if let Some(owner) = sandbox.owner {
                         self.notices.push_back(Notice {
@@ -1198,6 +1402,7 @@ impl Runtime {
         let Some(sandbox) = self.sandboxes.get_mut(&key) else {
             return;
         };
+        sandbox.from_image = true;
         let Some((image, reset)) = sandbox.restore_from.take() else {
             return self.apply(
                 key,
@@ -1291,7 +1496,18 @@ impl Runtime {
         }
     }
 
+    /// Read and handle what the agent sent. Frames come from inside the sandbox: should
+    /// handling one panic (a bug), that sandbox is lost, not the server.
     fn read_agent(&mut self, key: SandboxKey) {
+        if let Err(message) = crate::guard::catch(|| self.read_agent_frames(key)) {
+            eprintln!("runtime: sandbox key {key}: internal error handling its agent: {message}");
+            let _ = crate::guard::catch(|| {
+                self.lose(key, "internal server error handling the sandbox".into())
+            });
+        }
+    }
+
+    fn read_agent_frames(&mut self, key: SandboxKey) {
         let mut frames = Vec::new();
         let mut lost = None;
         {
@@ -1434,18 +1650,23 @@ impl Runtime {
     }
 }
 
-/// Take a sandbox from a pool: a ready one first, else the oldest (still starting).
-fn take_from(
-    pool: &mut VecDeque<SandboxKey>,
-    sandboxes: &HashMap<SandboxKey, Sandbox>,
-) -> Option<SandboxKey> {
-    let ready = pool.iter().position(|key| {
-        sandboxes
-            .get(key)
-            .is_some_and(|sandbox| sandbox.lifecycle.state() == State::Ready)
-    });
-    let position = ready.or(if pool.is_empty() { None } else { Some(0) })?;
-    pool.remove(position)
+/// The next execution id of a sandbox. The agent's hello can raise the counter to any value
+/// (it comes from inside the sandbox), so running out is an error, not an overflow.
+fn take_exec_id(next: &mut ExecId) -> Result<ExecId, RuntimeError> {
+    let id = *next;
+    *next = id
+        .checked_add(1)
+        .ok_or_else(|| RuntimeError::Io("the sandbox has no execution ids left".into()))?;
+    Ok(id)
+}
+
+/// `now + timeout`, without the panic of `Instant + Duration` on overflow: a timeout too far to
+/// represent is as good as none.
+fn deadline(now: Instant, timeout: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
 }
 
 fn read_tail(path: &Path, max: u64) -> String {
@@ -1491,5 +1712,31 @@ fn egress_network(config: &Config) -> (Option<network::Network>, String) {
                 format!("network egress is not available on this server: {error}"),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_ids_run_out_with_an_error_not_an_overflow() {
+        let mut next: ExecId = 1;
+        assert_eq!(take_exec_id(&mut next), Ok(1));
+        assert_eq!(next, 2);
+        // A forged hello from inside the sandbox can set the counter to the last id.
+        next = ExecId::MAX;
+        assert!(matches!(take_exec_id(&mut next), Err(RuntimeError::Io(_))));
+        assert_eq!(next, ExecId::MAX);
+    }
+
+    #[test]
+    fn deadlines_do_not_overflow() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(deadline(now, Duration::MAX) > now + Duration::from_secs(3600 * 24 * 365));
     }
 }

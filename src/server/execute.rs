@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::agent_protocol::{ExecId, Stream};
-use crate::http::query::{parse_query, query_param};
+use crate::http::query::{parse_query, single_param};
 use crate::http::request::Request;
 use crate::http::response::{encode_chunk, final_chunk, json_error, ResponseHead};
 use crate::runtime::exec::ExecOutcome;
 use crate::runtime::{ExecSpec, RuntimeEvent, SandboxKey};
+use crate::session::options;
 
 pub const LANGUAGES: &[&str] = &["python", "bash"];
 
@@ -39,7 +40,8 @@ pub fn parse(
     max_timeout: Duration,
 ) -> Result<ExecuteRequest, (u16, String)> {
     let query = parse_query(&request.query);
-    let language = match query_param(&query, "language") {
+    let param = |name: &str| single_param(&query, name).map_err(|message| (400, message));
+    let language = match param("language")? {
         Some(language) if LANGUAGES.contains(&language) => language.to_string(),
         Some(other) => {
             return Err((
@@ -54,24 +56,22 @@ pub fn parse(
             ))
         }
     };
-    let timeout = match query_param(&query, "timeout") {
+    let timeout = match param("timeout")? {
         None => default_timeout,
-        Some(text) => match text.parse::<f64>() {
-            Ok(seconds)
-                if seconds.is_finite() && seconds > 0.0 && seconds <= max_timeout.as_secs_f64() =>
-            {
-                Duration::from_secs_f64(seconds)
-            }
-            _ => {
-                return Err((
+        Some(text) => text
+            .parse::<f64>()
+            .ok()
+            .and_then(|seconds| options::duration(seconds, false, max_timeout.as_secs_f64()))
+            .ok_or_else(|| {
+                let shown: String = text.chars().take(64).collect();
+                (
                     400,
                     format!(
-                        "timeout must be a number of seconds above 0 and at most {}, got {text:?}",
+                        "timeout must be a number of seconds above 0 and at most {}, got {shown:?}",
                         max_timeout.as_secs()
                     ),
-                ))
-            }
-        },
+                )
+            })?,
     };
     let code = String::from_utf8(request.body.clone()).map_err(|error| {
         (
@@ -157,9 +157,21 @@ impl ExecuteJob {
         self.phase = Phase::Running(exec);
     }
 
+    /// Whether the status line went out already (a streamed response): an error can then
+    /// only cut the body short.
+    pub fn response_started(&self) -> bool {
+        self.headers_sent
+    }
+
     /// Whether the response can keep the connection open afterwards.
     pub fn keep_alive(&self) -> bool {
         self.keep_alive
+    }
+
+    /// The server is shutting down: the connection closes after this response, and a head
+    /// not sent yet says so (`Connection: close`).
+    pub fn end_keep_alive(&mut self) {
+        self.keep_alive = false;
     }
 
     /// The sandbox could not run the execution (start or spawn failure).
@@ -299,5 +311,79 @@ impl ExecuteJob {
                 status: 200,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent_protocol::ExitStatus;
+    use crate::runtime::exec::Reason;
+
+    fn job(json: bool) -> ExecuteJob {
+        let request = ExecuteRequest {
+            language: "bash".into(),
+            code: "true".into(),
+            timeout: Duration::from_secs(5),
+            json,
+        };
+        ExecuteJob::new(1, "a".repeat(32), request, true)
+    }
+
+    fn finished() -> RuntimeEvent {
+        RuntimeEvent::ExecFinished(
+            7,
+            ExecOutcome {
+                status: ExitStatus::Code(0),
+                reason: Reason::Exited,
+                duration_ms: 3,
+                truncated: false,
+            },
+        )
+    }
+
+    fn run_to_the_end(job: &mut ExecuteJob, shutdown_at_start: bool) -> Vec<u8> {
+        if shutdown_at_start {
+            job.end_keep_alive();
+        }
+        assert!(job.on_event(RuntimeEvent::Ready).start.is_some());
+        job.set_running(7);
+        let mut bytes = job.on_event(RuntimeEvent::ExecStarted(7)).bytes;
+        if !shutdown_at_start {
+            job.end_keep_alive();
+        }
+        let step = job.on_event(finished());
+        assert!(step.finished.is_some());
+        bytes.extend_from_slice(&step.bytes);
+        bytes
+    }
+
+    #[test]
+    fn a_response_finished_during_shutdown_says_connection_close() {
+        let mut json = job(true);
+        let text = String::from_utf8(run_to_the_end(&mut json, false)).unwrap();
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+        assert!(!json.keep_alive());
+
+        // A streamed response whose head went out before the shutdown cannot say it; the
+        // connection is closed after its last chunk (the caller checks keep_alive()).
+        let mut streamed = job(false);
+        let text = String::from_utf8(run_to_the_end(&mut streamed, false)).unwrap();
+        assert!(!text.contains("Connection: close"), "{text}");
+        assert!(!streamed.keep_alive());
+
+        let mut streamed = job(false);
+        let text = String::from_utf8(run_to_the_end(&mut streamed, true)).unwrap();
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+    }
+
+    #[test]
+    fn without_shutdown_the_connection_is_kept() {
+        let mut json = job(true);
+        assert!(json.on_event(RuntimeEvent::Ready).start.is_some());
+        json.set_running(7);
+        let text = String::from_utf8(json.on_event(finished()).bytes).unwrap();
+        assert!(!text.contains("Connection: close"), "{text}");
+        assert!(json.keep_alive());
     }
 }

@@ -2,10 +2,12 @@
 //! agents' pipes (through the runtime) and the signal pipes. It moves bytes and dispatches;
 //! decisions live in the runtime, the lifecycle machines and the request handlers.
 
+mod auth;
 mod connection;
 mod execute;
 mod jobs;
 mod persistence;
+mod recovery;
 mod sessions;
 mod websocket;
 
@@ -19,15 +21,18 @@ use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll};
 
 use crate::config::Config;
-use crate::http::request::{HttpError, Limits as ParserLimits, Progress, Request, RequestParser};
-use crate::http::response::{full_response, json_error, ResponseHead};
+use crate::http::request::{
+    HeadCheck, HttpError, Limits as ParserLimits, Progress, Request, RequestParser,
+};
+use crate::http::response::{full_response, json_error, unauthorized, ResponseHead};
 use crate::io_token::{split, token, Tag};
 use crate::metrics::{Gauges, Metrics};
 use crate::runtime::exec::Reason;
-use crate::runtime::{ExecSpec, Notice, Owner, Runtime, RuntimeError, SandboxKey};
+use crate::runtime::{ExecSpec, Notice, Owner, Runtime, RuntimeError, RuntimeEvent, SandboxKey};
 use crate::session::{CreateOptions, SandboxControl, Session, SessionId};
 use connection::{Connection, Phase, ReadOutcome, OUT_HIGH_WATER, OUT_LOW_WATER};
 use execute::ExecuteJob;
+use recovery::Peer;
 use websocket::WsConnection;
 
 const SIGCHLD_PIPE: u64 = 0;
@@ -63,6 +68,9 @@ pub struct Server {
     /// The sandbox image's stamp, recorded with checkpoints.
     rootfs_stamp: String,
     snapshots_created: u64,
+    /// The API key check every request head goes through (`None`: no keys configured).
+    head_check: Option<HeadCheck>,
+    store_sweep: persistence::StoreSweep,
 }
 
 /// The runtime as a session sees it.
@@ -163,6 +171,14 @@ impl Server {
             Interest::READABLE,
         )?;
         eprintln!("server: listening on http://{}", listener.local_addr()?);
+        let head_check = auth::head_check(config.api_keys.as_ref());
+        if let Some(keys) = &config.api_keys {
+            eprintln!(
+                "server: requests need one of {} api keys (Authorization: Bearer); {} answer without",
+                keys.len(),
+                auth::OPEN_PATHS.join(" and ")
+            );
+        }
         let jobs = jobs::Jobs::new(poll.registry())?;
         let rootfs_stamp = std::fs::read_to_string(config.rootfs.join(".sandbox-image-stamp"))
             .map(|stamp| stamp.trim().to_string())
@@ -179,6 +195,7 @@ impl Server {
                 .map(|byte| format!("{byte:02x}"))
                 .collect::<String>()
         );
+        let config_sweep_interval = config.store_sweep_interval;
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -204,6 +221,8 @@ impl Server {
             instance_id,
             rootfs_stamp,
             snapshots_created: 0,
+            head_check,
+            store_sweep: persistence::StoreSweep::new(Instant::now(), config_sweep_interval),
         })
     }
 
@@ -226,8 +245,12 @@ impl Server {
                     Tag::Listener => self.accept(),
                     Tag::Signals => self.signal(id),
                     Tag::Connection => {
-                        self.connection_ready(id, event.is_readable(), event.is_writable())
+                        let (readable, writable) = (event.is_readable(), event.is_writable());
+                        self.guarded(Peer::Connection(id), |server| {
+                            server.connection_ready(id, readable, writable)
+                        });
                     }
+                    // Panics there are caught per sandbox by the runtime.
                     Tag::AgentOut => self.runtime.agent_readable(id),
                     Tag::AgentIn => self.runtime.agent_writable(id),
                     Tag::Jobs => self.collect_jobs(),
@@ -242,6 +265,9 @@ impl Server {
                 self.sweep(now);
                 self.sweep_websockets(now);
                 self.renew_leases(now);
+                if self.shutdown_deadline.is_none() {
+                    self.sweep_store(now);
+                }
             }
             if let Some(deadline) = self.shutdown_deadline {
                 if self.runtime.is_empty()
@@ -305,6 +331,12 @@ impl Server {
     fn begin_shutdown(&mut self) {
         eprintln!("server: shutting down");
         self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_timeout);
+        // Responses in progress are the last on their connection (see `flush`).
+        for connection in self.connections.values_mut() {
+            if let Phase::Executing(job) = &mut connection.phase {
+                job.end_keep_alive();
+            }
+        }
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -349,8 +381,10 @@ impl Server {
         for leftover in ["bundles", "runsc", "agent"] {
             let _ = std::fs::remove_dir_all(self.config.state_dir.join(leftover));
         }
-        let _ = std::fs::remove_dir(&self.config.state_dir);
         self.runtime.remove_cgroups();
+        // Last: once the lock file is gone, a new instance may start on the directory.
+        self.runtime.remove_state_lock_file();
+        let _ = std::fs::remove_dir(&self.config.state_dir);
     }
 
     fn accept(&mut self) {
@@ -367,7 +401,8 @@ impl Server {
                     return;
                 }
             };
-            if self.connections.len() >= self.config.http.max_connections {
+            // WebSockets are connections too (those waiting for an init message included).
+            if self.connections.len() + self.websockets.len() >= self.config.http.max_connections {
                 let _ = stream.write(&json_error(
                     503,
                     "too many connections; retry shortly",
@@ -392,8 +427,11 @@ impl Server {
                 max_headers: 64,
                 max_body_bytes: self.config.limits.max_code_bytes,
             };
-            self.connections
-                .insert(id, Connection::new(stream, RequestParser::new(limits)));
+            let mut parser = RequestParser::new(limits);
+            if let Some(check) = &self.head_check {
+                parser = parser.with_head_check(check.clone());
+            }
+            self.connections.insert(id, Connection::new(stream, parser));
         }
     }
 
@@ -440,9 +478,12 @@ impl Server {
             self.runtime.delete(job.sandbox);
         }
         *self.metrics.http_responses.entry(error.status).or_default() += 1;
-        connection
-            .out
-            .extend_from_slice(&json_error(error.status, &error.message, false));
+        let response = if error.status == 401 {
+            unauthorized(&error.message)
+        } else {
+            json_error(error.status, &error.message, false)
+        };
+        connection.out.extend_from_slice(&response);
         connection.phase = Phase::Closing;
         self.flush(id);
     }
@@ -488,6 +529,7 @@ impl Server {
     }
 
     fn route(&mut self, id: u64, request: Request) {
+        crate::guard::test_panic_point(request.target.as_bytes());
         let keep_alive = request.keep_alive();
         let method = request.method.as_str();
         match (method, request.path.as_str()) {
@@ -503,6 +545,7 @@ impl Server {
                     .encode(Some(br#"{"status":"ok"}"#.len()), keep_alive);
                 self.respond(id, 200, head, keep_alive);
             }
+            ("GET" | "HEAD", "/readyz") => self.readiness(id, method == "HEAD", keep_alive),
             ("GET", "/snapshots") => {
                 let (status, body) =
                     persistence::list_snapshots(self.config.snapshot_path.as_deref());
@@ -530,7 +573,7 @@ impl Server {
                 self.respond(id, 200, body, keep_alive);
             }
             ("POST", "/execute") => self.start_execute(id, &request, keep_alive),
-            (_, "/status" | "/metrics" | "/execute" | "/snapshots") => {
+            (_, "/status" | "/readyz" | "/metrics" | "/execute" | "/snapshots") => {
                 let message = format!("method {method} is not allowed on {}", request.path);
                 let body = json_error(405, &message, keep_alive);
                 self.respond(id, 405, body, keep_alive);
@@ -549,6 +592,31 @@ impl Server {
                 self.respond(id, 404, json_error(404, &message, keep_alive), keep_alive);
             }
         }
+    }
+
+    /// `GET /readyz`: 200 when sandboxes can be created, else 503 with the reason (for
+    /// Cloud Run's startup and liveness probes; `/status` only says the loop answers).
+    fn readiness(&mut self, id: u64, head_only: bool, keep_alive: bool) {
+        let (status, body) = match self.runtime.cannot_create() {
+            None => (200, serde_json::json!({"status": "ready"})),
+            Some(reason) => (
+                503,
+                serde_json::json!({"status": "unavailable", "reason": reason}),
+            ),
+        };
+        let body = body.to_string();
+        let bytes = if head_only {
+            ResponseHead::new(status)
+                .header("Content-Type", "application/json")
+                .header("Cache-Control", "no-store")
+                .encode(Some(body.len()), keep_alive)
+        } else {
+            ResponseHead::new(status)
+                .header("Content-Type", "application/json")
+                .header("Cache-Control", "no-store")
+                .encode_with_body(body.as_bytes(), keep_alive)
+        };
+        self.respond(id, status, bytes, keep_alive);
     }
 
     fn start_execute(&mut self, id: u64, request: &Request, keep_alive: bool) {
@@ -606,32 +674,49 @@ impl Server {
             event,
         }) = self.runtime.next_notice()
         {
+            let test_panic_point = |event: &RuntimeEvent| {
+                if let RuntimeEvent::Output(_, _, data) = event {
+                    crate::guard::test_panic_point(data);
+                }
+            };
             match owner {
-                Owner::Http(id) => self.execute_event(id, sandbox, event),
+                Owner::Http(id) => self.guarded(Peer::Connection(id), |server| {
+                    test_panic_point(&event);
+                    server.execute_event(id, sandbox, event)
+                }),
                 Owner::Session(session) => {
                     if !touched.contains(&session) {
                         touched.push(session);
                     }
-                    if !self.handle_session_runtime_event(session, &event) {
-                        self.session_event(session, event);
-                    }
+                    self.guarded(Peer::Session(session), |server| {
+                        test_panic_point(&event);
+                        if !server.handle_session_runtime_event(session, &event) {
+                            server.session_event(session, event);
+                        }
+                    });
                 }
             }
         }
         // Frame what the batch produced: merged per stream, and sent without delay.
         for session in touched {
-            let Some(state) = self.sessions.get_mut(&session) else {
-                continue;
-            };
-            let outs = state.flush_output(&mut Control {
-                runtime: &mut self.runtime,
-                snapshots: &mut self.snapshots,
-                snapshot_root: self.config.snapshot_path.as_deref(),
-                rootfs_stamp: &self.rootfs_stamp,
+            self.guarded(Peer::Session(session), |server| {
+                server.flush_session_output(session)
             });
-            if !outs.is_empty() {
-                self.deliver(session, outs);
-            }
+        }
+    }
+
+    fn flush_session_output(&mut self, session: SessionId) {
+        let Some(state) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let outs = state.flush_output(&mut Control {
+            runtime: &mut self.runtime,
+            snapshots: &mut self.snapshots,
+            snapshot_root: self.config.snapshot_path.as_deref(),
+            rootfs_stamp: &self.rootfs_stamp,
+        });
+        if !outs.is_empty() {
+            self.deliver(session, outs);
         }
     }
 
@@ -709,7 +794,14 @@ impl Server {
                 self.runtime.set_output_paused(job.sandbox, false);
             }
         }
-        if matches!(connection.phase, Phase::Closing) && connection.out.is_empty() {
+        let finished = match connection.phase {
+            Phase::Closing => true,
+            // Shutting down: a connection without a running request takes no new one, so it
+            // closes once its last response is out (it must not hold the shutdown up).
+            Phase::Reading => self.shutdown_deadline.is_some(),
+            Phase::Executing(_) => false,
+        };
+        if finished && connection.out.is_empty() {
             self.close(id);
         }
     }
@@ -768,6 +860,10 @@ impl Server {
         self.metrics.render(&Gauges {
             live_sandboxes: self.runtime.live_sandboxes(),
             pool_ready: self.runtime.pool_ready(),
+            snapshot_pool_ready: self.runtime.snapshot_pool_ready(),
+            snapshot_pools: self.runtime.snapshot_pools(),
+            waiting_for_slot: self.runtime.waiting_for_slot(),
+            pool_evictions: stats.pool_evictions,
             connections: self.connections.len(),
             sessions: self.sessions.len(),
             websockets: self.websockets.len(),

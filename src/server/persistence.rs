@@ -10,11 +10,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::recovery::Peer;
+use super::websocket::Waiting;
 use super::{Control, Server};
 use crate::runtime::ids::SandboxId;
 use crate::runtime::{Owner, RuntimeError, RuntimeEvent, SandboxKey};
 use crate::session::{refusal, token_matches, Out, SaveRequest, Session, SessionId};
-use crate::store::{self, lease, Manifest};
+use crate::store::{self, lease, leftovers, Manifest};
+
+/// Sandbox directories one sweep of the checkpoint store examines at most.
+const SWEEP_MAX_DIRS: usize = 256;
 
 /// What a worker thread reports back.
 pub enum JobResult {
@@ -34,6 +39,8 @@ pub enum JobResult {
         session: SessionId,
         result: Result<lease::Lease, lease::LeaseError>,
     },
+    /// The checkpoint store was swept for leftovers of killed instances.
+    StoreSwept(leftovers::Sweep),
     /// Fire-and-forget work (removing saved state, releasing a lease).
     Done,
 }
@@ -49,6 +56,24 @@ pub enum AttachOutcome {
         image: PathBuf,
         lease: lease::Lease,
     },
+}
+
+/// The periodic sweep of the checkpoint store.
+pub struct StoreSweep {
+    pub next: Instant,
+    pub running: bool,
+    /// Where the next sweep goes on.
+    pub resume_after: Option<String>,
+}
+
+impl StoreSweep {
+    pub fn new(now: Instant, interval: std::time::Duration) -> Self {
+        StoreSweep {
+            next: now + interval,
+            running: false,
+            resume_after: None,
+        }
+    }
 }
 
 /// A save in progress for a session.
@@ -78,7 +103,8 @@ impl SnapshotCache {
         store::validate_snapshot_name(name)?;
         let base = root.join(name);
         let manifest = store::load(&base)?
-            .ok_or_else(|| format!("filesystem snapshot {name:?} does not exist"))?;
+            // The original clients look for "not found" in this creation error.
+            .ok_or_else(|| format!("filesystem snapshot {name:?} not found"))?;
         same_image(&manifest, rootfs_stamp)
             .map_err(|error| format!("filesystem snapshot {name:?}: {error}"))?;
         if let Some((generation, image)) = self.verified.get(name) {
@@ -220,10 +246,16 @@ impl Server {
         let settings = session.saved_settings();
         let (base, image) = (save.base.clone(), save.image.clone());
         let stamp = self.rootfs_stamp.clone();
-        self.jobs.spawn(move || JobResult::Published {
-            session: session_id,
-            result: store::publish(&base, &image, token, settings, &stamp),
-        });
+        self.jobs.spawn_or(
+            move || JobResult::Published {
+                session: session_id,
+                result: store::publish(&base, &image, token, settings, &stamp),
+            },
+            move |message| JobResult::Published {
+                session: session_id,
+                result: Err(format!("internal error while saving: {message}")),
+            },
+        );
     }
 
     fn on_published(&mut self, session_id: SessionId, result: Result<Manifest, String>) {
@@ -295,27 +327,51 @@ impl Server {
     /// Results of worker threads.
     pub(super) fn collect_jobs(&mut self) {
         for result in self.jobs.drain() {
-            match result {
-                JobResult::Published { session, result } => self.on_published(session, result),
-                JobResult::AttachChecked {
-                    connection,
-                    sandbox_id,
-                    outcome,
-                } => self.finish_attach(connection, sandbox_id, outcome),
-                JobResult::LeaseRenewed { session, result } => match result {
-                    Ok(lease) => {
-                        if let Some(held) = self.leases.get_mut(&session) {
-                            held.1 = Some(lease);
-                        }
+            let peer = match &result {
+                JobResult::Published { session, .. } | JobResult::LeaseRenewed { session, .. } => {
+                    Peer::Session(*session)
+                }
+                JobResult::AttachChecked { connection, .. } => Peer::Connection(*connection),
+                // Bookkeeping of the server itself, no peer to blame: handled as is.
+                JobResult::StoreSwept(_) => {
+                    self.job_finished(result);
+                    continue;
+                }
+                JobResult::Done => continue,
+            };
+            self.guarded(peer, |server| server.job_finished(result));
+        }
+    }
+
+    fn job_finished(&mut self, result: JobResult) {
+        match result {
+            JobResult::Published { session, result } => self.on_published(session, result),
+            JobResult::AttachChecked {
+                connection,
+                sandbox_id,
+                outcome,
+            } => self.finish_attach(connection, sandbox_id, outcome),
+            JobResult::LeaseRenewed { session, result } => match result {
+                Ok(lease) => {
+                    if let Some(held) = self.leases.get_mut(&session) {
+                        held.1 = Some(lease);
                     }
-                    Err(error) => {
-                        eprintln!(
-                            "persistence: session {session}: lease renewal failed: {error:?}"
-                        );
-                    }
-                },
-                JobResult::Done => {}
+                }
+                Err(error) => {
+                    eprintln!("persistence: session {session}: lease renewal failed: {error:?}");
+                }
+            },
+            JobResult::StoreSwept(sweep) => {
+                if sweep.removed > 0 {
+                    eprintln!(
+                        "persistence: removed {} abandoned sandbox directories from the checkpoint store",
+                        sweep.removed
+                    );
+                }
+                self.store_sweep.running = false;
+                self.store_sweep.resume_after = sweep.resume_after;
             }
+            JobResult::Done => {}
         }
     }
 
@@ -332,19 +388,50 @@ impl Server {
         let owner = self.instance_id.clone();
         let stamp = self.rootfs_stamp.clone();
         let (ttl, settle) = (self.config.lease_ttl, self.config.lease_settle);
-        self.jobs.spawn(move || {
-            let outcome = check_attach(&base, &token, &owner, &stamp, ttl, settle);
-            JobResult::AttachChecked {
+        self.jobs.spawn_or(
+            move || {
+                let outcome = check_attach(&base, &token, &owner, &stamp, ttl, settle);
+                JobResult::AttachChecked {
+                    connection,
+                    sandbox_id: id,
+                    outcome,
+                }
+            },
+            move |message| JobResult::AttachChecked {
                 connection,
                 sandbox_id: id,
-                outcome,
-            }
-        });
+                outcome: AttachOutcome::Failed(format!(
+                    "internal error while reading the checkpoint: {message}"
+                )),
+            },
+        );
         Some(Vec::new())
     }
 
     fn finish_attach(&mut self, connection: u64, id: SandboxId, outcome: AttachOutcome) {
         let sandbox_id = id.to_string();
+        let Some(socket) = self
+            .websockets
+            .get_mut(&connection)
+            .filter(|socket| socket.waiting == Waiting::StoreAnswer)
+        else {
+            // The client left, or was told the store took too long: restore nothing, so the
+            // checkpoint stays where its next attach (here or elsewhere) finds it.
+            if let AttachOutcome::Ready { lease, .. } = outcome {
+                eprintln!("persistence: attach of {sandbox_id} abandoned: its client is gone");
+                self.release_lease_later(&sandbox_id, lease);
+            }
+            return;
+        };
+        socket.wait_for(Waiting::Nothing, Instant::now());
+        // A restore makes a session: it obeys the session limit like a create.
+        let outcome = match (outcome, self.session_limit_refusal()) {
+            (AttachOutcome::Ready { lease, .. }, Some(refused)) => {
+                self.release_lease_later(&sandbox_id, lease);
+                return self.refuse(connection, refused);
+            }
+            (outcome, _) => outcome,
+        };
         let (outs, lease) = match outcome {
             AttachOutcome::NotFound => (
                 refusal(
@@ -421,20 +508,45 @@ impl Server {
             }
         };
         if let Some(lease) = lease {
-            if let Some(base) = self.checkpoint_base(&sandbox_id) {
-                self.jobs.spawn(move || {
-                    lease::release(&base, &lease);
-                    JobResult::Done
-                });
-            }
+            self.release_lease_later(&sandbox_id, lease);
         }
-        // If the client left while we looked, a restored session simply waits detached until
-        // its idle timeout, like any other.
         if let Some(socket) = self.websockets.get_mut(&connection) {
             if !socket.apply(outs) {
                 self.drop_websocket(connection);
             }
         }
+    }
+
+    /// Give up a lease taken for an attach that restores nothing (on a worker thread).
+    fn release_lease_later(&mut self, sandbox_id: &str, lease: lease::Lease) {
+        if let Some(base) = self.checkpoint_base(sandbox_id) {
+            self.jobs.spawn(move || {
+                lease::release(&base, &lease);
+                JobResult::Done
+            });
+        }
+    }
+
+    /// Every `SANDBOX_STORE_SWEEP_SECS`, sweep part of the checkpoint store for directories
+    /// that killed instances left (on a worker thread, one sweep at a time).
+    pub(super) fn sweep_store(&mut self, now: Instant) {
+        let interval = self.config.store_sweep_interval;
+        let Some(root) = self.config.checkpoint_path.clone() else {
+            return;
+        };
+        if interval.is_zero() || self.store_sweep.running || now < self.store_sweep.next {
+            return;
+        }
+        self.store_sweep.next = now + interval;
+        self.store_sweep.running = true;
+        let resume_after = self.store_sweep.resume_after.take();
+        self.jobs.spawn(move || {
+            JobResult::StoreSwept(leftovers::sweep(
+                &root,
+                resume_after.as_deref(),
+                SWEEP_MAX_DIRS,
+            ))
+        });
     }
 
     /// Take the lease of a new checkpointable sandbox (nobody else knows its id yet).
@@ -548,7 +660,12 @@ fn check_attach(
                         _ => AttachOutcome::PermissionDenied,
                     }
                 }
-                _ => AttachOutcome::NotFound,
+                _ => {
+                    // What an instance that died before any checkpoint left: nothing to
+                    // restore, so nothing to keep.
+                    leftovers::remove_if_abandoned(base);
+                    AttachOutcome::NotFound
+                }
             };
         }
         Err(message) => return AttachOutcome::Failed(message),
@@ -625,7 +742,7 @@ pub fn delete_snapshot(root: Option<&Path>, name: &str) -> (u16, Vec<u8>) {
     }
     let base = root.join(name);
     if !base.join(store::MANIFEST).exists() {
-        let message = format!("filesystem snapshot {name:?} does not exist");
+        let message = format!("filesystem snapshot {name:?} not found");
         return (404, crate::http::response::json_error_body(&message));
     }
     // The manifest goes first: from then on nobody starts from the snapshot.
@@ -655,8 +772,8 @@ fn same_image(manifest: &Manifest, rootfs_stamp: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "the image was saved on another version of the sandbox image ({}); this server runs {}",
-            &manifest.rootfs_stamp[..12.min(manifest.rootfs_stamp.len())],
-            &rootfs_stamp[..12.min(rootfs_stamp.len())]
+            store::abbreviate(&manifest.rootfs_stamp),
+            store::abbreviate(rootfs_stamp)
         ))
     }
 }

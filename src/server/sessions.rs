@@ -3,10 +3,13 @@
 
 use std::time::Instant;
 
-use super::websocket::{self, Incoming, WsConnection, WS_HIGH_WATER};
+use super::recovery::Peer;
+use super::websocket::{
+    self, overdue, Incoming, Linger, WaitBounds, Waiting, WsConnection, CLOSE_DEADLINE,
+    WS_HIGH_WATER,
+};
 use super::{Control, Server};
 use crate::http::request::Request;
-use crate::http::response::json_error;
 use crate::runtime::RuntimeEvent;
 use crate::session::{refusal, token_matches, Out, Session, SessionId, SessionSettings};
 
@@ -27,9 +30,9 @@ impl Server {
 
     /// Answer the handshake and hand the socket to tungstenite, then start or attach a session.
     pub(super) fn upgrade(&mut self, id: u64, request: &Request) {
-        let Some(key) = request.header("sec-websocket-key").map(str::to_string) else {
-            let body = json_error(400, "missing Sec-WebSocket-Key header", false);
-            return self.respond(id, 400, body, false);
+        let key = match websocket::check_handshake(request) {
+            Ok(key) => key,
+            Err((status, response)) => return self.respond(id, status, response, false),
         };
         let Some(mut connection) = self.connections.remove(&id) else {
             return;
@@ -51,28 +54,14 @@ impl Server {
         );
         let now = Instant::now();
         let outs = if request.path == "/create" {
-            if self.sessions.len() >= ws_limits.max_sessions {
-                let message = format!(
-                    "the server is at its limit of {} sessions; retry shortly",
-                    ws_limits.max_sessions
-                );
-                refusal("SANDBOX_CREATION_ERROR", &message, 1013)
-            } else {
-                let session_id = self.next_session;
-                self.next_session += 1;
-                let mut token = [0u8; 16];
-                if crate::runtime::ids::random_bytes(&mut token).is_err() {
-                    return;
+            // The session is made when the init message arrives: a socket that never sends
+            // one holds no session slot, and is closed after SANDBOX_WS_INIT_TIMEOUT_SECS.
+            match self.session_limit_refusal() {
+                Some(refused) => refused,
+                None => {
+                    socket.wait_for(Waiting::Init, now);
+                    Vec::new()
                 }
-                let token: String = token.iter().map(|byte| format!("{byte:02x}")).collect();
-                self.sessions.insert(
-                    session_id,
-                    Session::new(session_id, token, self.session_settings(), now),
-                );
-                self.session_connection.insert(session_id, id);
-                socket.session = Some(session_id);
-                socket.awaiting_init = true;
-                Vec::new()
             }
         } else {
             self.attach(id, &mut socket, request, now)
@@ -81,6 +70,63 @@ impl Server {
         self.websockets.insert(id, socket);
         if !alive {
             self.drop_websocket(id);
+        }
+    }
+
+    /// The refusal of a new session when the server is at its limit.
+    pub(super) fn session_limit_refusal(&self) -> Option<Vec<Out>> {
+        let limit = self.config.ws.max_sessions;
+        (self.sessions.len() >= limit).then(|| {
+            let message = format!("the server is at its limit of {limit} sessions; retry shortly");
+            refusal("SANDBOX_CREATION_ERROR", &message, 1013)
+        })
+    }
+
+    /// The init message arrived on a `/create` socket: make the session and let it create its
+    /// sandbox.
+    fn start_session(&mut self, id: u64, init: &str) {
+        if let Some(refused) = self.session_limit_refusal() {
+            return self.refuse(id, refused);
+        }
+        let mut token = [0u8; 16];
+        if let Err(error) = crate::runtime::ids::random_bytes(&mut token) {
+            let message = format!("cannot make a session token: {error}");
+            return self.refuse(id, refusal("SANDBOX_CREATION_ERROR", &message, 4000));
+        }
+        let token: String = token.iter().map(|byte| format!("{byte:02x}")).collect();
+        let session_id = self.next_session;
+        self.next_session += 1;
+        let now = Instant::now();
+        let mut session = Session::new(session_id, token, self.session_settings(), now);
+        let outs = session.on_init(
+            init,
+            &mut Control {
+                runtime: &mut self.runtime,
+                snapshots: &mut self.snapshots,
+                snapshot_root: self.config.snapshot_path.as_deref(),
+                rootfs_stamp: &self.rootfs_stamp,
+            },
+            now,
+        );
+        if session.sandbox().is_some() {
+            self.session_by_sandbox_id
+                .insert(session.sandbox_id().to_string(), session_id);
+        }
+        self.sessions.insert(session_id, session);
+        self.session_connection.insert(session_id, id);
+        if let Some(socket) = self.websockets.get_mut(&id) {
+            socket.session = Some(session_id);
+        }
+        self.deliver(session_id, outs);
+    }
+
+    /// Send a refusal on a socket that has no session.
+    pub(super) fn refuse(&mut self, id: u64, outs: Vec<Out>) {
+        if let Some(socket) = self.websockets.get_mut(&id) {
+            socket.wait_for(Waiting::Nothing, Instant::now());
+            if !socket.apply(outs) {
+                self.drop_websocket(id);
+            }
         }
     }
 
@@ -97,10 +143,14 @@ impl Server {
             .trim_start_matches("/attach/")
             .trim_end_matches('/');
         let query = crate::http::query::parse_query(&request.query);
-        let token = crate::http::query::query_param(&query, "sandbox_token").unwrap_or("");
+        let token = match crate::http::query::single_param(&query, "sandbox_token") {
+            Ok(token) => token.unwrap_or(""),
+            Err(message) => return refusal("SANDBOX_PERMISSION_DENIAL_ERROR", &message, 4000),
+        };
         let Some(session_id) = self.session_by_sandbox_id.get(sandbox_id).copied() else {
             // Not live here: it may be checkpointed in the shared store.
             if let Some(outs) = self.begin_restore_attach(id, sandbox_id, token) {
+                socket.wait_for(Waiting::StoreAnswer, now);
                 return outs;
             }
             let message = format!("sandbox {sandbox_id:?} does not exist on this server");
@@ -127,6 +177,13 @@ impl Server {
     }
 
     pub(super) fn websocket_ready(&mut self, id: u64, readable: bool, writable: bool) {
+        if self
+            .websockets
+            .get(&id)
+            .is_some_and(WsConnection::is_lingering)
+        {
+            return self.linger(id);
+        }
         if readable {
             loop {
                 let Some(socket) = self.websockets.get_mut(&id) else {
@@ -136,6 +193,13 @@ impl Server {
                     Incoming::Text(text) => self.websocket_message(id, &text),
                     Incoming::Idle => break,
                     Incoming::Gone => return self.drop_websocket(id),
+                    Incoming::Refused => {
+                        // The session lives on without this socket, as after any disconnect.
+                        if let Some(session) = socket.session {
+                            self.detach(session);
+                        }
+                        return self.linger(id);
+                    }
                 }
             }
         }
@@ -159,14 +223,30 @@ impl Server {
         }
     }
 
-    pub(super) fn websocket_message(&mut self, id: u64, text: &str) {
+    /// Deliver a refused peer's close, then drop the socket (see `WsConnection::linger`).
+    fn linger(&mut self, id: u64) {
         let Some(socket) = self.websockets.get_mut(&id) else {
             return;
         };
+        if socket.linger() == Linger::Done {
+            self.drop_websocket(id);
+        }
+    }
+
+    pub(super) fn websocket_message(&mut self, id: u64, text: &str) {
+        crate::guard::test_panic_point(text.as_bytes());
+        let Some(socket) = self.websockets.get_mut(&id) else {
+            return;
+        };
+        if socket.waiting == Waiting::Init {
+            socket.wait_for(Waiting::Nothing, Instant::now());
+            return self.start_session(id, text);
+        }
+        // Without a session (waiting for the store, or refused and closing) there is nobody
+        // to give the message to.
         let Some(session_id) = socket.session else {
             return;
         };
-        let awaiting_init = std::mem::replace(&mut socket.awaiting_init, false);
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
@@ -176,16 +256,7 @@ impl Server {
             snapshot_root: self.config.snapshot_path.as_deref(),
             rootfs_stamp: &self.rootfs_stamp,
         };
-        let now = Instant::now();
-        let outs = if awaiting_init {
-            session.on_init(text, &mut control, now)
-        } else {
-            session.on_message(text, &mut control, now)
-        };
-        if awaiting_init && session.sandbox().is_some() {
-            self.session_by_sandbox_id
-                .insert(session.sandbox_id().to_string(), session_id);
-        }
+        let outs = session.on_message(text, &mut control, Instant::now());
         self.deliver(session_id, outs);
     }
 
@@ -291,35 +362,49 @@ impl Server {
         }
     }
 
+    fn tick_session(&mut self, session_id: SessionId, now: Instant) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let outs = session.on_tick(
+            now,
+            &mut Control {
+                runtime: &mut self.runtime,
+                snapshots: &mut self.snapshots,
+                snapshot_root: self.config.snapshot_path.as_deref(),
+                rootfs_stamp: &self.rootfs_stamp,
+            },
+        );
+        if !outs.is_empty() {
+            self.deliver(session_id, outs);
+        }
+    }
+
     /// Idle timeouts of sessions, keep-alive pings and close deadlines of sockets.
     pub(super) fn sweep_websockets(&mut self, now: Instant) {
         let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
         for session_id in sessions {
-            let Some(session) = self.sessions.get_mut(&session_id) else {
-                continue;
-            };
-            let outs = session.on_tick(
-                now,
-                &mut Control {
-                    runtime: &mut self.runtime,
-                    snapshots: &mut self.snapshots,
-                    snapshot_root: self.config.snapshot_path.as_deref(),
-                    rootfs_stamp: &self.rootfs_stamp,
-                },
-            );
-            if !outs.is_empty() {
-                self.deliver(session_id, outs);
-            }
+            self.guarded(Peer::Session(session_id), |server| {
+                server.tick_session(session_id, now)
+            });
         }
         let ws = &self.config.ws;
+        let bounds = WaitBounds {
+            init: ws.init_timeout,
+            store_answer: self.config.create_timeout,
+        };
         let mut dead = Vec::new();
+        let mut overdue_sockets = Vec::new();
         for (id, socket) in self.websockets.iter_mut() {
             let quiet = now.saturating_duration_since(socket.last_seen);
-            let close_expired = socket.closing_since.is_some_and(|since| {
-                now.saturating_duration_since(since) > std::time::Duration::from_secs(5)
-            });
+            let close_expired = socket
+                .closing_since
+                .is_some_and(|since| now.saturating_duration_since(since) > CLOSE_DEADLINE);
+            let waited = now.saturating_duration_since(socket.waiting_since);
             if quiet > ws.pong_timeout || close_expired {
                 dead.push(*id);
+            } else if let Some(refused) = overdue(socket.waiting, waited, bounds) {
+                overdue_sockets.push((*id, refused));
             } else if quiet > ws.ping_interval && !socket.ping_sent {
                 socket.ping();
             }
@@ -327,5 +412,21 @@ impl Server {
         for id in dead {
             self.drop_websocket(id);
         }
+        for (id, refused) in overdue_sockets {
+            eprintln!("server: websocket {id}: {}", refusal_message(&refused));
+            self.refuse(id, refused);
+        }
     }
+}
+
+/// The message of a refusal, for the log.
+fn refusal_message(outs: &[Out]) -> String {
+    outs.iter()
+        .find_map(|out| match out {
+            Out::Send(text) => serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|value| value["message"].as_str().map(str::to_string)),
+            _ => None,
+        })
+        .unwrap_or_default()
 }

@@ -3,39 +3,108 @@
 //! The upgrade request was parsed by our HTTP parser; the handshake answer is written here and
 //! the stream handed to tungstenite, which then frames and unframes over the same socket.
 
-use std::io;
-use std::time::Instant;
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
-use crate::session::{Out, SessionId};
+use crate::http::request::Request;
+use crate::http::response::{json_error, ResponseHead};
+use crate::session::text::base64_decode;
+use crate::session::{refusal, Out, SessionId};
 
 /// Bytes queued in tungstenite for a slow client before its sandbox's output is paused.
 pub const WS_HIGH_WATER: usize = 256 * 1024;
+/// A connection the server closed is dropped after this even if the peer never answers.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+/// Input of a refused peer read and thrown away before giving up on delivering the close.
+const LINGER_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// What a read produced.
 pub enum Incoming {
     Text(String),
-    /// The connection is finished (closed, failed or refused by a limit); already answered.
+    /// The connection is finished (closed by the peer, or failed); drop it.
     Gone,
+    /// We refused the peer (rate limit, size, frame type, protocol) and queued a close frame;
+    /// the peer may still be sending. Keep the socket to deliver the close (see `linger`).
+    Refused,
     /// Nothing more to read now.
     Idle,
+}
+
+/// What a socket waits for before it belongs to a session. While it waits it does not count
+/// as a session, and the wait is bounded (see [`overdue`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// It has a session, or is closing.
+    Nothing,
+    /// A `/create` socket: the client's init message.
+    Init,
+    /// An `/attach` socket: the answer of the checkpoint store (read on a worker thread).
+    StoreAnswer,
+}
+
+/// How long a socket may wait for each thing.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitBounds {
+    pub init: Duration,
+    pub store_answer: Duration,
+}
+
+/// The refusal for a socket that has waited `waited` for `waiting`, if that is too long.
+pub fn overdue(waiting: Waiting, waited: Duration, bounds: WaitBounds) -> Option<Vec<Out>> {
+    match waiting {
+        Waiting::Init if waited > bounds.init => {
+            let message = format!(
+                "no init message within {} s: send the init JSON object first",
+                bounds.init.as_secs()
+            );
+            Some(refusal("SANDBOX_CREATION_ERROR", &message, 4000))
+        }
+        Waiting::StoreAnswer if waited > bounds.store_answer => {
+            let message = format!(
+                "the checkpoint store did not answer within {} s; retry later",
+                bounds.store_answer.as_secs()
+            );
+            Some(refusal("SANDBOX_RESTORE_ERROR", &message, 4000))
+        }
+        _ => None,
+    }
+}
+
+/// How lingering after a refusal goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linger {
+    /// Still delivering the close or draining the peer's input.
+    Going,
+    /// The peer closed (or the bound was reached, or the socket failed): drop it.
+    Done,
+}
+
+#[derive(Debug, Default)]
+struct Lingering {
+    write_shut: bool,
+    discarded: usize,
 }
 
 pub struct WsConnection {
     ws: WebSocket<TcpStream>,
     pub session: Option<SessionId>,
-    /// The session has not received its init message yet (a `/create` connection).
-    pub awaiting_init: bool,
+    pub waiting: Waiting,
+    /// When the current wait began.
+    pub waiting_since: Instant,
     pub last_seen: Instant,
     pub ping_sent: bool,
     pub closing_since: Option<Instant>,
     /// Bytes written to tungstenite since its last complete flush.
     pub unflushed: usize,
     pub output_paused: bool,
+    /// Set after a refusal: the close is being delivered and the peer's input thrown away.
+    lingering: Option<Lingering>,
     tokens: f64,
     last_refill: Instant,
     rate: f64,
@@ -55,12 +124,14 @@ impl WsConnection {
         WsConnection {
             ws: WebSocket::from_raw_socket(stream, Role::Server, Some(config)),
             session: None,
-            awaiting_init: false,
+            waiting: Waiting::Nothing,
+            waiting_since: now,
             last_seen: now,
             ping_sent: false,
             closing_since: None,
             unflushed: 0,
             output_paused: false,
+            lingering: None,
             tokens: rate * 2.0,
             last_refill: now,
             rate,
@@ -69,6 +140,12 @@ impl WsConnection {
 
     pub fn stream_mut(&mut self) -> &mut TcpStream {
         self.ws.get_mut()
+    }
+
+    /// Wait for `waiting` from now on.
+    pub fn wait_for(&mut self, waiting: Waiting, now: Instant) {
+        self.waiting = waiting;
+        self.waiting_since = now;
     }
 
     /// Read the next text message, enforcing the binary-frame and rate rules.
@@ -80,7 +157,7 @@ impl WsConnection {
                     self.ping_sent = false;
                     if !self.take_token() {
                         self.close(1008, "too many messages; slow down");
-                        return Incoming::Gone;
+                        return Incoming::Refused;
                     }
                     return Incoming::Text(text);
                 }
@@ -89,7 +166,7 @@ impl WsConnection {
                         1003,
                         "binary frames are not supported; send JSON text frames",
                     );
-                    return Incoming::Gone;
+                    return Incoming::Refused;
                 }
                 Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {
                     self.last_seen = Instant::now();
@@ -105,15 +182,15 @@ impl WsConnection {
                 }
                 Err(WsError::Capacity(_)) => {
                     self.close(1009, "message too large");
-                    return Incoming::Gone;
+                    return Incoming::Refused;
                 }
                 Err(WsError::Utf8) => {
                     self.close(1007, "text frames must be valid UTF-8");
-                    return Incoming::Gone;
+                    return Incoming::Refused;
                 }
                 Err(WsError::Protocol(error)) => {
                     self.close(1002, &format!("protocol error: {error}"));
-                    return Incoming::Gone;
+                    return Incoming::Refused;
                 }
                 Err(_) => return Incoming::Gone,
             }
@@ -160,10 +237,57 @@ impl WsConnection {
             self.closing_since = Some(Instant::now());
             let frame = CloseFrame {
                 code: CloseCode::from(code),
-                reason: reason.to_string().into(),
+                reason: close_reason(reason).to_string().into(),
             };
             let _ = self.ws.close(Some(frame));
             let _ = self.ws.flush();
+        }
+    }
+
+    pub fn is_lingering(&self) -> bool {
+        self.lingering.is_some()
+    }
+
+    /// Deliver the close frame of a refusal to a peer that may still be sending. Dropping a
+    /// socket with unread input makes the kernel answer with a reset and throw away what it
+    /// has not sent yet, the close frame included (it often waits behind output the peer has
+    /// not read). So: read and discard the peer's input (a peer blocked on sending may not
+    /// read before it can send), flush what is queued, close frame last, then shut our write
+    /// side (FIN) and keep discarding until the peer closes too. Bounded by `LINGER_MAX_BYTES`
+    /// here and by [`CLOSE_DEADLINE`] in the sweep. Called on every readiness of the socket
+    /// from the refusal on; tungstenite reads nothing more.
+    pub fn linger(&mut self) -> Linger {
+        let lingering = self.lingering.get_or_insert_with(Lingering::default);
+        let mut buffer = [0u8; 16 * 1024];
+        let peer_closed = loop {
+            match self.ws.get_mut().read(&mut buffer) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    lingering.discarded += n;
+                    if lingering.discarded > LINGER_MAX_BYTES {
+                        return Linger::Done;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Linger::Done,
+            }
+        };
+        if !lingering.write_shut {
+            match self.ws.flush() {
+                Ok(()) => {}
+                Err(error) if is_would_block(&error) => return Linger::Going,
+                Err(_) => return Linger::Done,
+            }
+            if self.ws.get_ref().shutdown(Shutdown::Write).is_err() {
+                return Linger::Done;
+            }
+            lingering.write_shut = true;
+        }
+        if peer_closed {
+            Linger::Done
+        } else {
+            Linger::Going
         }
     }
 
@@ -187,8 +311,69 @@ impl WsConnection {
     }
 }
 
+/// A close frame is a control frame: 125 bytes at most, 2 of them the code (RFC 6455 §5.5).
+/// Reasons can quote what a client sent, so they are cut, on a character boundary.
+fn close_reason(reason: &str) -> &str {
+    const MAX: usize = 123;
+    if reason.len() <= MAX {
+        return reason;
+    }
+    let mut end = MAX;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 fn is_would_block(error: &WsError) -> bool {
     matches!(error, WsError::Io(error) if error.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// The only WebSocket version there is (RFC 6455); older drafts are refused.
+const WEBSOCKET_VERSION: &str = "13";
+
+/// Checks the client's half of the opening handshake (RFC 6455 §4.2.1) and returns its key, or
+/// the status and response that refuse it: 426 with the version we speak for another version
+/// (§4.4), 400 for a key that is not the base64 of 16 bytes.
+pub fn check_handshake(request: &Request) -> Result<String, (u16, Vec<u8>)> {
+    let values = |name: &'static str| -> Vec<&str> {
+        request
+            .headers
+            .iter()
+            .filter(|(header, _)| header == name)
+            .map(|(_, value)| value.as_str())
+            .collect()
+    };
+    let versions = values("sec-websocket-version");
+    if versions != [WEBSOCKET_VERSION] {
+        let shown: Vec<String> = versions
+            .iter()
+            .map(|version| version.chars().take(32).collect::<String>())
+            .collect();
+        let message = format!(
+            "unsupported Sec-WebSocket-Version {shown:?}: this server speaks version {WEBSOCKET_VERSION} (RFC 6455)"
+        );
+        let body = crate::http::response::json_error_body(&message);
+        let response = ResponseHead::new(426)
+            .header("Content-Type", "application/json")
+            .header("Sec-WebSocket-Version", WEBSOCKET_VERSION)
+            .encode_with_body(&body, false);
+        return Err((426, response));
+    }
+    let bad_key = |message: String| Err((400, json_error(400, &message, false)));
+    match values("sec-websocket-key").as_slice() {
+        [] => bad_key("missing Sec-WebSocket-Key header".into()),
+        [key] if key.len() == 24 && base64_decode(key).is_some_and(|nonce| nonce.len() == 16) => {
+            Ok(key.to_string())
+        }
+        [key] => {
+            let shown: String = key.chars().take(32).collect();
+            bad_key(format!(
+                "invalid Sec-WebSocket-Key {shown:?}: it must be the base64 of 16 bytes"
+            ))
+        }
+        _ => bad_key("Sec-WebSocket-Key is given more than once".into()),
+    }
 }
 
 /// The `Sec-WebSocket-Accept` answer for the client's key.
@@ -198,4 +383,135 @@ pub fn handshake_response(key: &str) -> Vec<u8> {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nServer: cloud-run-sandbox\r\n\r\n"
     )
     .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUNDS: WaitBounds = WaitBounds {
+        init: Duration::from_secs(10),
+        store_answer: Duration::from_secs(30),
+    };
+
+    fn close_code(outs: &[Out]) -> Option<u16> {
+        outs.iter().find_map(|out| match out {
+            Out::Close(code, _) => Some(*code),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_socket_without_init_is_refused_after_the_bound_only() {
+        let secs = Duration::from_secs;
+        assert_eq!(overdue(Waiting::Init, secs(10), BOUNDS), None);
+        let outs = overdue(Waiting::Init, secs(11), BOUNDS).expect("overdue");
+        assert!(
+            matches!(&outs[0], Out::Send(text) if text.contains("SANDBOX_CREATION_ERROR") && text.contains("no init message within 10 s")),
+            "{outs:?}"
+        );
+        assert_eq!(close_code(&outs), Some(4000));
+    }
+
+    #[test]
+    fn an_attach_waits_for_the_store_up_to_its_own_bound() {
+        let secs = Duration::from_secs;
+        assert_eq!(overdue(Waiting::StoreAnswer, secs(20), BOUNDS), None);
+        let outs = overdue(Waiting::StoreAnswer, secs(31), BOUNDS).expect("overdue");
+        assert!(
+            matches!(&outs[0], Out::Send(text) if text.contains("SANDBOX_RESTORE_ERROR")),
+            "{outs:?}"
+        );
+        assert_eq!(close_code(&outs), Some(4000));
+    }
+
+    #[test]
+    fn a_socket_that_waits_for_nothing_never_expires() {
+        assert_eq!(
+            overdue(Waiting::Nothing, Duration::from_secs(86_400), BOUNDS),
+            None
+        );
+    }
+
+    fn upgrade(headers: &[(&str, &str)]) -> Request {
+        let mut request = Request {
+            method: "GET".into(),
+            path: "/create".into(),
+            target: "/create".into(),
+            version_minor: 1,
+            ..Request::default()
+        };
+        for (name, value) in [("upgrade", "websocket"), ("connection", "Upgrade")]
+            .iter()
+            .chain(headers)
+        {
+            request.headers.push((name.to_string(), value.to_string()));
+        }
+        request
+    }
+
+    fn status_and_text(result: Result<String, (u16, Vec<u8>)>) -> (u16, String) {
+        let (status, bytes) = result.unwrap_err();
+        (status, String::from_utf8(bytes).unwrap())
+    }
+
+    /// What Python's `websockets` and Node's `ws` send: 16 random bytes in base64, version 13.
+    #[test]
+    fn the_clients_handshake_is_accepted() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let request = upgrade(&[("sec-websocket-key", key), ("sec-websocket-version", "13")]);
+        assert_eq!(check_handshake(&request), Ok(key.to_string()));
+    }
+
+    #[test]
+    fn other_versions_get_426_with_the_version_we_speak() {
+        let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        for versions in [
+            vec![],
+            vec!["8"],
+            vec!["12"],
+            vec!["13, 8"],
+            vec!["13", "13"],
+        ] {
+            let mut headers = vec![key];
+            headers.extend(versions.iter().map(|v| ("sec-websocket-version", *v)));
+            let (status, text) = status_and_text(check_handshake(&upgrade(&headers)));
+            assert_eq!(status, 426, "{versions:?}");
+            assert!(
+                text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+                "{text}"
+            );
+            assert!(text.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_keys_get_400() {
+        for (keys, needle) in [
+            (vec![], "missing Sec-WebSocket-Key"),
+            (vec!["x"], "invalid Sec-WebSocket-Key \\\"x\\\""),
+            (vec!["dGhlIHNhbXBsZSBub25jZQ"], "base64 of 16 bytes"),
+            (vec!["dGhlIHNhbXBsZSBub25jZQ=="; 2], "more than once"),
+            // 24 characters, but not base64 / not 16 bytes.
+            (vec!["dGhlIHNhbXBsZSBub25jZ!=="], "base64 of 16 bytes"),
+            (vec!["dGhlIHNhbXBsZSBub25jZQAA"], "base64 of 16 bytes"),
+            (vec!["dGhlIHNhbXBsZSBub25j ZQ="], "base64 of 16 bytes"),
+        ] {
+            let mut headers = vec![("sec-websocket-version", "13")];
+            headers.extend(keys.iter().map(|k| ("sec-websocket-key", *k)));
+            let (status, text) = status_and_text(check_handshake(&upgrade(&headers)));
+            assert_eq!(status, 400, "{keys:?}");
+            assert!(text.contains(needle), "{keys:?}: {text}");
+            assert!(text.contains("Connection: close"), "{text}");
+        }
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        assert_eq!(close_reason("done"), "done");
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= 123 && long.starts_with(cut), "{}", cut.len());
+        assert_eq!(cut.chars().count(), 61);
+    }
 }

@@ -14,6 +14,7 @@
 //! of the running execution is held (bounded; the process is paused by back-pressure past the
 //! bound) and replayed after `{"action":"reconnect"}` on a new attach.
 
+pub mod options;
 pub mod text;
 
 use std::collections::VecDeque;
@@ -176,6 +177,20 @@ fn error_frames(name: &str, message: &str) -> [Out; 2] {
     ]
 }
 
+/// RFC 6455 §5.5: a close frame carries at most 125 bytes, 2 of them the code. A longer
+/// reason makes the frame invalid and the client fails the connection instead of reading it.
+const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// `text` cut to fit in a close frame, on a character boundary.
+fn close_reason(text: &str) -> String {
+    let mut end = text.len().min(MAX_CLOSE_REASON_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    // `end` is a character boundary within `text` (0 always is), so `get` cannot miss.
+    text.get(..end).unwrap_or_default().to_string()
+}
+
 /// A refusal that ends the connection: the error status with its message, the `error` event,
 /// and the close (its reason is the status, in lower case).
 pub fn refusal(name: &str, message: &str, code: u16) -> Vec<Out> {
@@ -278,7 +293,11 @@ impl Session {
         session.checkpointable = true;
         session.auto_checkpoint = saved.auto_checkpoint;
         session.network = saved.network;
-        session.idle_timeout = saved.idle_timeout_secs.map(Duration::from_secs_f64);
+        // The manifest is shared storage another instance wrote, or a corrupted file: a value
+        // the init would have refused means the server's default, never a panic.
+        session.idle_timeout = saved
+            .idle_timeout_secs
+            .and_then(|seconds| options::duration(seconds, true, options::MAX_IDLE_TIMEOUT_SECS));
         if let Some(exec) = saved.running_exec {
             // Its output is held until the client asks for it with `reconnect`.
             session.exec = Some(RunningExec {
@@ -340,29 +359,21 @@ impl Session {
         let mut out = Vec::new();
         let fail = |out: &mut Vec<Out>, message: &str, code: u16| {
             out.extend(error_frames("SANDBOX_CREATION_ERROR", message));
-            out.push(Out::Close(code, message.chars().take(100).collect()));
+            out.push(Out::Close(code, close_reason(message)));
         };
-        let init: Map<String, Value> = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => map,
-            _ => {
+        let init = match options::parse_init(text) {
+            Ok(init) => init,
+            Err(message) => {
                 self.state = State::Ended;
-                fail(
-                    &mut out,
-                    "the first message must be the init JSON object",
-                    4000,
-                );
+                fail(&mut out, &message, 4000);
                 return out;
             }
         };
-        let flag = |name: &str| init.get(name).and_then(Value::as_bool).unwrap_or(false);
-        self.checkpointable =
-            flag("enable_checkpoint") || flag("enable_idle_timeout_auto_checkpoint");
-        self.auto_checkpoint = flag("enable_idle_timeout_auto_checkpoint");
-        let snapshot = init
-            .get("filesystem_snapshot_name")
-            .filter(|value| !value.is_null());
-        let snapshot_name = snapshot.and_then(Value::as_str).map(str::to_string);
-        self.network = flag("enable_network");
+        self.checkpointable = init.checkpoint;
+        self.auto_checkpoint = init.auto_checkpoint;
+        self.network = init.network;
+        self.idle_timeout = init.idle_timeout;
+        // What the client asked for is well-formed; now whether this server can do it.
         let problem = if self.network && self.settings.egress_unavailable.is_some() {
             self.settings.egress_unavailable.clone()
         } else if self.checkpointable && !self.settings.checkpoint_enabled {
@@ -370,32 +381,16 @@ impl Session {
                 "checkpointing is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)"
                     .to_string(),
             )
-        } else if let Some(name) = snapshot {
+        } else if let Some(name) = &init.snapshot {
             if !self.settings.snapshot_enabled {
                 Some(format!(
-                    "cannot create from filesystem snapshot {name}: filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)"
+                    "cannot create from filesystem snapshot {name:?}: filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)"
                 ))
             } else {
-                match &snapshot_name {
-                    None => Some(format!(
-                        "filesystem_snapshot_name must be a string, got {name}"
-                    )),
-                    Some(text) => crate::store::validate_snapshot_name(text).err(),
-                }
+                crate::store::validate_snapshot_name(name).err()
             }
         } else {
-            match init.get("idle_timeout") {
-                None | Some(Value::Null) => None,
-                Some(value) => match value.as_f64() {
-                    Some(seconds) if seconds.is_finite() && seconds >= 0.0 => {
-                        self.idle_timeout = Some(Duration::from_secs_f64(seconds));
-                        None
-                    }
-                    _ => Some(format!(
-                        "idle_timeout must be a number of seconds >= 0, got {value}"
-                    )),
-                },
-            }
+            None
         };
         if let Some(message) = problem {
             self.state = State::Ended;
@@ -404,7 +399,7 @@ impl Session {
         }
         out.push(Out::Send(status("SANDBOX_CREATING")));
         let options = CreateOptions {
-            snapshot: snapshot_name,
+            snapshot: init.snapshot,
             egress: self.network,
         };
         match control.acquire(self.id, &options) {
@@ -608,9 +603,10 @@ impl Session {
             (Some("checkpoint"), _) => {
                 if self.exec.is_some() {
                     out.push(Out::Send(status("SANDBOX_CHECKPOINTING")));
+                    // The original clients match on this text.
                     out.extend(error_frames(
                         "SANDBOX_EXECUTION_IN_PROGRESS_ERROR",
-                        "cannot checkpoint while an execution is running",
+                        "Cannot checkpoint while an execution is in progress.",
                     ));
                 } else {
                     let text = if self.settings.checkpoint_enabled {
@@ -639,7 +635,15 @@ impl Session {
 
     fn snapshot(&mut self, message: &Map<String, Value>, out: &mut Vec<Out>) {
         out.push(Out::Send(status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATING")));
-        let name = message.get("name").and_then(Value::as_str).unwrap_or("");
+        let name = match message.get("name") {
+            None | Some(Value::Null) => "",
+            Some(Value::String(name)) => name.as_str(),
+            Some(other) => {
+                let text = format!("name must be a string, got {}", options::quoted(other));
+                out.extend(error_frames("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", &text));
+                return;
+            }
+        };
         let problem = if !self.settings.snapshot_enabled {
             Some("filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)".to_string())
         } else if self.exec.is_some() {
@@ -703,39 +707,25 @@ impl Session {
             return;
         };
         let exec = exec.id;
-        let eof = message.get("eof").and_then(Value::as_bool).unwrap_or(false);
+        let stdin_error = |out: &mut Vec<Out>, message: &str| {
+            out.extend(error_frames("SANDBOX_STDIN_ERROR", message));
+        };
+        let (eof, encoding) = match (
+            options::flag(message, "eof"),
+            options::choice(message, "encoding", &["text", "base64"]),
+        ) {
+            (Ok(eof), Ok(encoding)) => (eof, encoding),
+            (Err(problem), _) | (_, Err(problem)) => return stdin_error(out, &problem),
+        };
         let data = match message.get("data") {
-            Some(Value::String(data)) => {
-                if message.get("encoding").and_then(Value::as_str) == Some("base64") {
-                    match base64_decode(data) {
-                        Some(bytes) => Some(bytes),
-                        None => {
-                            out.extend(error_frames(
-                                "SANDBOX_STDIN_ERROR",
-                                "stdin data is not valid base64",
-                            ));
-                            return;
-                        }
-                    }
-                } else {
-                    Some(data.as_bytes().to_vec())
-                }
-            }
+            Some(Value::String(data)) if encoding == "base64" => match base64_decode(data) {
+                Some(bytes) => Some(bytes),
+                None => return stdin_error(out, "stdin data is not valid base64"),
+            },
+            Some(Value::String(data)) => Some(data.as_bytes().to_vec()),
             None if eof => None,
-            None => {
-                out.extend(error_frames(
-                    "SANDBOX_STDIN_ERROR",
-                    "stdin message without \"data\"",
-                ));
-                return;
-            }
-            Some(_) => {
-                out.extend(error_frames(
-                    "SANDBOX_STDIN_ERROR",
-                    "stdin \"data\" must be a string",
-                ));
-                return;
-            }
+            None => return stdin_error(out, "stdin message without \"data\""),
+            Some(_) => return stdin_error(out, "stdin \"data\" must be a string"),
         };
         if let Some(bytes) = data {
             if let Err(error) = control.write_stdin(sandbox, exec, &bytes) {
@@ -772,10 +762,12 @@ impl Session {
             ));
             return;
         }
-        match self.exec_spec(language, code, message) {
-            Ok(spec) => {
-                let base64 =
-                    message.get("output_encoding").and_then(Value::as_str) == Some("base64");
+        let checked = self.exec_spec(language, code, message).and_then(|spec| {
+            let encoding = options::choice(message, "output_encoding", &["text", "base64"])?;
+            Ok((spec, encoding == "base64"))
+        });
+        match checked {
+            Ok((spec, base64)) => {
                 let Some(sandbox) = self.sandbox else { return };
                 match control.start_exec(sandbox, spec) {
                     Ok(id) => {
@@ -834,21 +826,19 @@ impl Session {
             Some(Value::String(cwd)) if cwd.starts_with('/') && !cwd.contains('\0') => cwd.clone(),
             Some(other) => return Err(format!("cwd must be an absolute path, got {other}")),
         };
+        let max_timeout = self.settings.max_exec_timeout;
         let timeout = match message.get("timeout") {
             None | Some(Value::Null) => self.settings.exec_timeout,
-            Some(value) => match value.as_f64() {
-                Some(seconds)
-                    if seconds > 0.0 && seconds <= self.settings.max_exec_timeout.as_secs_f64() =>
-                {
-                    Duration::from_secs_f64(seconds)
-                }
-                _ => {
-                    return Err(format!(
-                        "timeout must be a number of seconds above 0 and at most {}, got {value}",
-                        self.settings.max_exec_timeout.as_secs()
-                    ))
-                }
-            },
+            Some(value) => value
+                .as_f64()
+                .and_then(|seconds| options::duration(seconds, false, max_timeout.as_secs_f64()))
+                .ok_or_else(|| {
+                    format!(
+                        "timeout must be a number of seconds above 0 and at most {}, got {}",
+                        max_timeout.as_secs(),
+                        options::quoted(value)
+                    )
+                })?,
         };
         Ok(ExecSpec {
             language: language.to_string(),

@@ -682,3 +682,216 @@ fn an_execution_saved_at_shutdown_is_followed_after_the_restore() {
     assert_eq!(names(&out), ["SANDBOX_EXECUTION_RUNNING", "stdout"]);
     assert_eq!(frame(&out, 1)["data"], "tick\n");
 }
+
+fn message_of(out: &[Out], index: usize) -> String {
+    frame(out, index)["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `{"idle_timeout": 1e20}` used to panic in `Duration::from_secs_f64` and take the whole server
+/// down; now every bad option is a creation error naming it, and nothing is created.
+#[test]
+fn bad_init_options_are_creation_errors_naming_the_key() {
+    let now = Instant::now();
+    let mut snapshots = settings(true);
+    snapshots.snapshot_enabled = true;
+    snapshots.egress_unavailable = None;
+    for (init, key) in [
+        (r#"{"idle_timeout": 1e20}"#, "idle_timeout"),
+        (r#"{"idle_timeout": -5}"#, "idle_timeout"),
+        (r#"{"idle_timeout": "300"}"#, "idle_timeout"),
+        // Checked whatever else the init asks for (it used to be skipped with a snapshot).
+        (
+            r#"{"idle_timeout": 1e20, "filesystem_snapshot_name": "s"}"#,
+            "idle_timeout",
+        ),
+        (r#"{"enable_network": "yes"}"#, "enable_network"),
+        (r#"{"enable_checkpoint": 1}"#, "enable_checkpoint"),
+        (
+            r#"{"enable_idle_timeout_auto_checkpoint": "true"}"#,
+            "enable_idle_timeout_auto_checkpoint",
+        ),
+        (
+            r#"{"enable_sandbox_handoff": []}"#,
+            "enable_sandbox_handoff",
+        ),
+        (
+            r#"{"filesystem_snapshot_name": 5}"#,
+            "filesystem_snapshot_name",
+        ),
+    ] {
+        let mut control = FakeControl::default();
+        let mut session = Session::new(1, "t".into(), snapshots.clone(), now);
+        let out = session.on_init(init, &mut control, now);
+        assert_eq!(
+            names(&out),
+            ["SANDBOX_CREATION_ERROR", "error", "close 4000"],
+            "{init}"
+        );
+        assert!(message_of(&out, 1).starts_with(key), "{init}: {out:?}");
+        assert_eq!(message_of(&out, 0), message_of(&out, 1));
+        assert!(control.options.is_empty(), "{init}: nothing acquired");
+        assert!(session.is_ended());
+    }
+    // Sane values keep working: huge but sane ones are capped, not refused.
+    let mut control = FakeControl::default();
+    let mut session = Session::new(1, "t".into(), snapshots, now);
+    let out = session.on_init(
+        r#"{"idle_timeout": 999999999, "enable_network": null, "filesystem_snapshot_name": null}"#,
+        &mut control,
+        now,
+    );
+    assert_eq!(names(&out), ["SANDBOX_CREATING"]);
+    assert_eq!(session.idle_limit(), Duration::from_secs(3600));
+}
+
+/// The manifest of a checkpoint is shared storage: a corrupted idle timeout means the default.
+#[test]
+fn restored_sessions_survive_absurd_saved_idle_timeouts() {
+    for seconds in [1e20, -1.0, f64::MAX, 1e10] {
+        let saved = crate::store::SavedSettings {
+            idle_timeout_secs: Some(seconds),
+            ..Default::default()
+        };
+        let session = Session::restored(
+            2,
+            "hash".into(),
+            &saved,
+            7,
+            "id".into(),
+            settings(true),
+            Instant::now(),
+        );
+        assert_eq!(session.idle_limit(), Duration::from_secs(300), "{seconds}");
+    }
+}
+
+#[test]
+fn bad_execution_and_stdin_options_are_errors_naming_the_key() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let now = Instant::now();
+    for (message, key) in [
+        (
+            r#"{"language":"bash","code":"true","output_encoding":"hex"}"#,
+            r#"output_encoding must be "text" or "base64", got "hex""#,
+        ),
+        (
+            r#"{"language":"bash","code":"true","output_encoding":true}"#,
+            "output_encoding must be",
+        ),
+        (
+            r#"{"language":"bash","code":"true","timeout":1e20}"#,
+            "timeout must be a number of seconds above 0 and at most 600, got 1e+20",
+        ),
+        (
+            r#"{"language":"bash","code":"true","timeout":"5"}"#,
+            "timeout must be",
+        ),
+    ] {
+        let out = session.on_message(message, &mut control, now);
+        assert_eq!(
+            names(&out),
+            ["SANDBOX_EXECUTION_ERROR", "error"],
+            "{message}"
+        );
+        assert!(message_of(&out, 1).starts_with(key), "{message}: {out:?}");
+    }
+    assert!(control.started.is_empty());
+    for encoding in ["text", "base64"] {
+        let message =
+            format!(r#"{{"language":"bash","code":"true","output_encoding":"{encoding}"}}"#);
+        assert!(session.on_message(&message, &mut control, now).is_empty());
+        session.on_runtime(
+            RuntimeEvent::ExecFinished(control.started.len() as ExecId, outcome(0)),
+            &mut control,
+        );
+    }
+
+    session.on_message(r#"{"language":"bash","code":"cat"}"#, &mut control, now);
+    for (message, key) in [
+        (
+            r#"{"event":"stdin","data":"x","encoding":"hex"}"#,
+            r#"encoding must be "text" or "base64", got "hex""#,
+        ),
+        (
+            r#"{"event":"stdin","data":"x","eof":"yes"}"#,
+            r#"eof must be true or false, got "yes""#,
+        ),
+    ] {
+        let out = session.on_message(message, &mut control, now);
+        assert_eq!(names(&out), ["SANDBOX_STDIN_ERROR", "error"], "{message}");
+        assert_eq!(message_of(&out, 1), key);
+    }
+    assert!(control.stdin.is_empty() && !control.stdin_closed);
+}
+
+/// The original clients match on these texts.
+#[test]
+fn error_texts_the_original_clients_match_on() {
+    let mut control = FakeControl::default();
+    let mut session = checkpointable_session(&mut control);
+    let now = Instant::now();
+    session.on_message(r#"{"language":"bash","code":"sleep 9"}"#, &mut control, now);
+    let out = session.on_message(r#"{"action":"checkpoint"}"#, &mut control, now);
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_CHECKPOINTING",
+            "SANDBOX_EXECUTION_IN_PROGRESS_ERROR",
+            "error"
+        ]
+    );
+    assert!(message_of(&out, 2).contains("Cannot checkpoint while an execution is in progress"));
+}
+
+#[test]
+fn snapshot_names_must_be_strings() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let out = session.on_message(
+        r#"{"action":"snapshot_filesystem","name":42}"#,
+        &mut control,
+        Instant::now(),
+    );
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_FILESYSTEM_SNAPSHOT_CREATING",
+            "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR",
+            "error"
+        ]
+    );
+    assert_eq!(message_of(&out, 2), "name must be a string, got 42");
+}
+
+/// Found by the session fuzz target: a creation error quoting the client's non-ASCII value was
+/// cut at 100 characters, up to 400 bytes, in a close frame that holds 123.
+#[test]
+fn close_reasons_fit_in_a_close_frame() {
+    let now = Instant::now();
+    let mut control = FakeControl::default();
+    let name = "\u{e9}".repeat(80);
+    let mut session = Session::new(1, "t".into(), settings(false), now);
+    let init = json!({ "filesystem_snapshot_name": name }).to_string();
+    let out = session.on_init(&init, &mut control, now);
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_CREATION_ERROR", "error", "close 4000"]
+    );
+    let Out::Close(_, reason) = &out[2] else {
+        panic!("not a close: {out:?}");
+    };
+    assert!(reason.len() <= 123, "{} bytes: {reason:?}", reason.len());
+    assert!(reason.starts_with("cannot create from filesystem snapshot"));
+    // The full message still reaches the client in the error event.
+    assert!(frame(&out, 1)["message"].as_str().unwrap().contains(&name));
+
+    assert_eq!(close_reason("short"), "short");
+    assert_eq!(close_reason(&"a".repeat(200)).len(), 123);
+    // Two-byte characters: byte 123 falls inside the 62nd one, which goes.
+    assert_eq!(close_reason(&"\u{e9}".repeat(62)), "\u{e9}".repeat(61));
+    assert_eq!(close_reason(&"\u{1f600}".repeat(40)).len(), 120);
+}

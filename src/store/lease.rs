@@ -35,8 +35,11 @@ pub enum LeaseError {
     Io(String),
 }
 
+/// Largest lease file read (a real one is ~200 bytes); a larger one is treated as corrupted.
+const MAX_LEASE_BYTES: u64 = 64 * 1024;
+
 fn read(base: &Path) -> Option<Lease> {
-    std::fs::read(base.join(LEASE))
+    super::read_bounded(&base.join(LEASE), MAX_LEASE_BYTES)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
 }

@@ -11,12 +11,15 @@
 //!   current.json                  the manifest: which image, file sizes and SHA-256s, settings
 //!   lease.json                    who runs the sandbox now (checkpoints only; see `lease`)
 //! ```
+//! A directory left with only an expired lease (its instance died before any checkpoint) is
+//! removed by whoever finds it (see `leftovers`).
 //! A reader follows `current.json`, which is published last with one rename, and verifies the
 //! files against it: a half-written or corrupted image is never restored.
 //!
 //! Everything here blocks on the filesystem; the server calls it from worker threads.
 
 pub mod lease;
+pub mod leftovers;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -27,6 +30,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const MANIFEST: &str = "current.json";
+
+/// Largest manifest read: a real one lists a handful of files. Another instance or a corrupted
+/// file must not make us allocate without bound.
+const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -67,6 +74,26 @@ pub struct Manifest {
     pub created_unix_ms: u64,
     /// The sandbox image (rootfs stamp) the checkpoint was taken on.
     pub rootfs_stamp: String,
+}
+
+impl Manifest {
+    /// The image directory and the file names are joined to the store's paths: each must be
+    /// one plain name inside `<base>` (a manifest from elsewhere could say `../../etc`).
+    fn check_paths(&self) -> Result<(), String> {
+        let plain = |name: &str| {
+            !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+        };
+        if !self.image_dir.starts_with("image-") || !plain(&self.image_dir) {
+            return Err(format!(
+                "image_dir {:?} is not an image directory",
+                self.image_dir
+            ));
+        }
+        if let Some(file) = self.files.iter().find(|file| !plain(&file.name)) {
+            return Err(format!("file name {:?} is not a plain name", file.name));
+        }
+        Ok(())
+    }
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -129,7 +156,7 @@ pub fn new_image_dir(base: &Path) -> std::io::Result<PathBuf> {
     let generation = load(base)
         .ok()
         .flatten()
-        .map(|manifest| manifest.generation + 1)
+        .map(|manifest| manifest.generation.saturating_add(1))
         .unwrap_or(1);
     let dir = base.join(format!("image-{generation}-{}", random_hex(4)));
     fs::create_dir_all(&dir)?;
@@ -205,15 +232,44 @@ pub fn remove_images_except(base: &Path, keep: &str) {
     }
 }
 
+/// Reads a small file of the shared store, refusing one larger than `max` bytes.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The first characters of an identifier for a message (never splits a UTF-8 character: what
+/// is read from the store may be anything).
+pub fn abbreviate(text: &str) -> &str {
+    match text.char_indices().nth(12) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
 /// The current manifest of `base`, if one was published.
 pub fn load(base: &Path) -> Result<Option<Manifest>, String> {
-    match fs::read(base.join(MANIFEST)) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|error| {
-            format!(
-                "the saved manifest in {} is corrupted: {error}",
-                base.display()
-            )
-        }),
+    let corrupted = |error: &dyn std::fmt::Display| {
+        format!(
+            "the saved manifest in {} is corrupted: {error}",
+            base.display()
+        )
+    };
+    match read_bounded(&base.join(MANIFEST), MAX_MANIFEST_BYTES) {
+        Ok(bytes) => {
+            let manifest: Manifest =
+                serde_json::from_slice(&bytes).map_err(|error| corrupted(&error))?;
+            manifest.check_paths().map_err(|error| corrupted(&error))?;
+            Ok(Some(manifest))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => Err(corrupted(&error)),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(format!(
             "cannot read {}: {error}",
@@ -234,9 +290,9 @@ pub fn verify(base: &Path, manifest: &Manifest) -> Result<PathBuf, String> {
             return Err(format!(
                 "the saved image is corrupted: {} has {size} bytes (sha256 {}), expected {} bytes (sha256 {})",
                 file.name,
-                &sha256[..12],
+                abbreviate(&sha256),
                 file.size,
-                &file.sha256[..12.min(file.sha256.len())]
+                abbreviate(&file.sha256)
             ));
         }
     }
@@ -300,7 +356,73 @@ mod tests {
         assert_eq!(load(&base).unwrap(), None);
         fs::write(base.join(MANIFEST), b"{not json").unwrap();
         assert!(load(&base).unwrap_err().contains("corrupted"));
+        fs::write(
+            base.join(MANIFEST),
+            vec![b' '; MAX_MANIFEST_BYTES as usize + 1],
+        )
+        .unwrap();
+        let error = load(&base).unwrap_err();
+        assert!(
+            error.contains("corrupted") && error.contains("larger than"),
+            "{error}"
+        );
         fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// A manifest written by another instance, or corrupted, is data to check, not to trust.
+    #[test]
+    fn hostile_manifests_are_errors_not_panics_or_escapes() {
+        let base = temp_dir("hostile");
+        let image = new_image_dir(&base).unwrap();
+        fs::write(image.join("checkpoint.img"), b"image").unwrap();
+        let good = publish(&base, &image, None, SavedSettings::default(), "stamp").unwrap();
+        let write = |manifest: &Manifest| {
+            fs::write(base.join(MANIFEST), serde_json::to_vec(manifest).unwrap()).unwrap()
+        };
+
+        // A hash made of multi-byte characters: the message quotes a prefix without splitting
+        // one (slicing bytes [..12] panicked here).
+        let mut manifest = good.clone();
+        manifest.files[0].sha256 = "é".repeat(40);
+        let error = verify(&base, &manifest).unwrap_err();
+        assert!(error.contains(&"é".repeat(12)), "{error}");
+
+        // The largest generation: the next image directory does not overflow.
+        manifest = good.clone();
+        manifest.generation = u64::MAX;
+        write(&manifest);
+        let next = new_image_dir(&base).unwrap();
+        assert!(next
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&format!("image-{}-", u64::MAX)));
+
+        for (image_dir, file) in [
+            ("../../etc", "passwd"),
+            ("/etc", "passwd"),
+            ("image-1/../..", "x"),
+            (good.image_dir.as_str(), "../../../etc/passwd"),
+            (good.image_dir.as_str(), ".."),
+            (good.image_dir.as_str(), ""),
+        ] {
+            manifest = good.clone();
+            manifest.image_dir = image_dir.to_string();
+            manifest.files[0].name = file.to_string();
+            write(&manifest);
+            let error = load(&base).unwrap_err();
+            assert!(error.contains("corrupted"), "{image_dir} {file}: {error}");
+        }
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn abbreviations_respect_characters() {
+        assert_eq!(abbreviate("0123456789abcdef"), "0123456789ab");
+        assert_eq!(abbreviate("short"), "short");
+        assert_eq!(abbreviate(""), "");
+        assert_eq!(abbreviate(&"€".repeat(20)), "€".repeat(12));
+        assert_eq!(abbreviate("aaaaaaaaaaa€€"), "aaaaaaaaaaa€");
     }
 
     #[test]

@@ -92,26 +92,7 @@ impl TestServer {
                 .append(true)
                 .open(&log_path)
                 .expect("open the log");
-            let mut command = Command::new(SERVER_BIN);
-            for (name, _) in std::env::vars() {
-                let ours = name.starts_with("SANDBOX_")
-                    || name == "PORT"
-                    || name == "CHECKPOINT_AND_RESTORE_PATH"
-                    || name == "FILESYSTEM_SNAPSHOT_PATH";
-                if ours && name != "SANDBOX_RUNSC" {
-                    command.env_remove(&name);
-                }
-            }
-            command
-                .env("PORT", port.to_string())
-                .env("SANDBOX_LISTEN_ADDR", "127.0.0.1")
-                .env("SANDBOX_STATE_DIR", state_dir)
-                .env("SANDBOX_AGENT_PATH", AGENT_BIN)
-                .env("SANDBOX_ROOTFS", rootfs())
-                .env("SANDBOX_POOL_SIZE", "1");
-            for (name, value) in extra_env {
-                command.env(name, value);
-            }
+            let mut command = server_command(state_dir, port, extra_env);
             command
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -283,7 +264,8 @@ impl TestServer {
     pub fn assert_healthy(&self) {
         assert_eq!(self.get("/status").status, 200);
         let mut last = None;
-        // A sandbox being deleted may still count against a small limit: retry on 503.
+        // The test's own sessions or executions may still hold every slot of a small limit
+        // while they wind down: retry on 503.
         let healthy = wait_until(Duration::from_secs(30), || {
             let response = self.post_execute("bash", "echo healthy", Some(20.0), true);
             let ok = response.status == 200 && response.json()["stdout"] == "healthy\n";
@@ -313,6 +295,93 @@ impl Drop for TestServer {
             force_cleanup(&self.state_dir);
         }
     }
+}
+
+/// The `sandbox-server` command of a test server: only the test's environment, no variable of
+/// ours inherited from the caller (but `SANDBOX_RUNSC`).
+fn server_command(state_dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(SERVER_BIN);
+    for (name, _) in std::env::vars() {
+        let ours = name.starts_with("SANDBOX_")
+            || name == "PORT"
+            || name == "CHECKPOINT_AND_RESTORE_PATH"
+            || name == "FILESYSTEM_SNAPSHOT_PATH";
+        if ours && name != "SANDBOX_RUNSC" {
+            command.env_remove(&name);
+        }
+    }
+    command
+        .env("PORT", port.to_string())
+        .env("SANDBOX_LISTEN_ADDR", "127.0.0.1")
+        .env("SANDBOX_STATE_DIR", state_dir)
+        .env("SANDBOX_AGENT_PATH", AGENT_BIN)
+        .env("SANDBOX_ROOTFS", rootfs())
+        .env("SANDBOX_POOL_SIZE", "1");
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    command
+}
+
+/// Start a server that is expected to refuse to start: wait up to `timeout` for its exit and
+/// return its status and what it wrote to stderr. `None` if it was still running (it is then
+/// killed).
+pub fn run_server_to_exit(
+    state_dir: &Path,
+    extra_env: &[(&str, &str)],
+    timeout: Duration,
+) -> Option<(ExitStatus, String)> {
+    let mut child = server_command(state_dir, free_port(), extra_env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sandbox-server");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    match wait_child(&mut child, timeout) {
+        Some(status) => Some((status, reader.join().unwrap_or_default())),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
+}
+
+/// Processes (other than this one) with an open descriptor on `path`.
+pub fn processes_holding(path: &Path) -> Vec<i32> {
+    let own = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path));
+        if holds {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
@@ -460,6 +529,34 @@ pub fn runsc_sandboxes(root: &Path) -> Vec<String> {
             Some(bundle.file_name()?.to_string_lossy().into_owned())
         })
         .collect()
+}
+
+/// Kill the agent (PID 1) of sandbox `sandbox_id` from the host (`runsc kill CONTAINER KILL`),
+/// as a crash of the sandbox would. User code cannot do it (tests/agent_isolation.rs). Returns
+/// whether runsc did it.
+pub fn kill_agent_from_host(root: &Path, sandbox_id: &str) -> bool {
+    let output = run_with_timeout(
+        Command::new(runsc_binary())
+            .arg(format!("--root={}", root.display()))
+            .args(["list", "--format=json"]),
+        Duration::from_secs(20),
+    )
+    .unwrap_or_default();
+    let entries: Vec<Value> = serde_json::from_str(output.trim()).unwrap_or_default();
+    let container = entries.iter().find_map(|entry| {
+        let bundle = Path::new(entry["bundle"].as_str()?);
+        (bundle.file_name()? == sandbox_id).then(|| entry["id"].as_str().map(str::to_string))?
+    });
+    let Some(container) = container else {
+        return false;
+    };
+    run_with_timeout(
+        Command::new(runsc_binary())
+            .arg(format!("--root={}", root.display()))
+            .args(["kill", &container, "KILL"]),
+        Duration::from_secs(20),
+    )
+    .is_some()
 }
 
 /// Processes (other than this one) whose command line contains `needle`: (pid, cmdline).

@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Error as WsError, Message, WebSocket};
 
@@ -43,6 +44,15 @@ pub fn connect(port: u16, path: &str) -> Ws {
 }
 
 pub fn try_connect(port: u16, path: &str) -> Result<Ws, String> {
+    try_connect_with_headers(port, path, &[])
+}
+
+/// [`try_connect`] with extra headers on the upgrade request (e.g. `Authorization`).
+pub fn try_connect_with_headers(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, String> {
     let stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), FRAME_TIMEOUT)
         .map_err(|error| error.to_string())?;
     stream
@@ -60,9 +70,19 @@ pub fn try_connect(port: u16, path: &str) -> Result<Ws, String> {
         max_frame_size: Some(64 << 20),
         ..WebSocketConfig::default()
     };
-    let (ws, response) =
-        tungstenite::client::client_with_config(url.as_str(), stream, Some(config))
-            .map_err(|error| format!("handshake: {error}"))?;
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|error| format!("request: {error}"))?;
+    for (name, value) in headers {
+        let name = tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|error| format!("header name {name:?}: {error}"))?;
+        let value = tungstenite::http::HeaderValue::from_str(value)
+            .map_err(|error| format!("header value: {error}"))?;
+        request.headers_mut().insert(name, value);
+    }
+    let (ws, response) = tungstenite::client::client_with_config(request, stream, Some(config))
+        .map_err(|error| format!("handshake: {error}"))?;
     if response.status().as_u16() != 101 {
         return Err(format!("handshake answered {}", response.status()));
     }
@@ -351,6 +371,29 @@ impl Ws {
                 _ => break,
             }
         }
+    }
+
+    /// Write `count` masked text frames holding `text` straight to the socket, in one write:
+    /// a flood far faster than sending them one by one.
+    pub fn write_raw_text_frames(&mut self, text: &str, count: usize) -> io::Result<()> {
+        use std::io::Write;
+        let payload = text.as_bytes();
+        assert!(payload.len() < 126, "short frames only");
+        let mask = [0x1b, 0x2c, 0x3d, 0x4e];
+        let mut bytes = Vec::with_capacity(count * (payload.len() + 6));
+        for _ in 0..count {
+            bytes.push(0x81); // FIN, text
+            bytes.push(0x80 | payload.len() as u8); // masked, length
+            bytes.extend_from_slice(&mask);
+            bytes.extend(
+                payload
+                    .iter()
+                    .enumerate()
+                    .map(|(i, byte)| byte ^ mask[i % 4]),
+            );
+        }
+        let mut stream = self.ws.get_ref();
+        stream.write_all(&bytes)
     }
 
     /// Drop the TCP connection abruptly (no close frame).

@@ -5,6 +5,7 @@
  * SandboxError
  * ├── SandboxConnectionError
  * │   └── SandboxTimeoutError
+ * ├── SandboxAuthenticationError     (HTTP 401/403: no, or a wrong, API key / identity token)
  * ├── SandboxCreationError
  * ├── SandboxExecutionError
  * │   └── SandboxUnsupportedLanguageError
@@ -53,6 +54,20 @@ export declare class SandboxConnectionError extends SandboxError {
 }
 /** The server did not answer within the configured time. */
 export declare class SandboxTimeoutError extends SandboxConnectionError {
+}
+export interface SandboxAuthenticationErrorOptions extends SandboxErrorOptions {
+    /** The HTTP status of the refusal: 401 or 403. */
+    httpStatus: number;
+}
+/**
+ * The server (or Cloud Run's IAM in front of it) refused the WebSocket upgrade: HTTP 401 (no, or a
+ * wrong, API key or identity token: pass `apiKey` or an `Authorization` header) or 403 (an
+ * identity that may not invoke the service). The same credentials would be refused again, so
+ * automatic re-attaching stops at it.
+ */
+export declare class SandboxAuthenticationError extends SandboxError {
+    readonly httpStatus: number;
+    constructor(message: string, options: SandboxAuthenticationErrorOptions);
 }
 /** The server could not create the sandbox (`SANDBOX_CREATION_ERROR`). */
 export declare class SandboxCreationError extends SandboxError {

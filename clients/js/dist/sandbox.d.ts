@@ -32,8 +32,18 @@ export interface ConnectionOptions {
     requestTimeout?: number | null | undefined;
     /** Bound on the server's close after terminate() / checkpoint(). Default 10; null: none. */
     closeTimeout?: number | null | undefined;
-    /** Extra headers for the WebSocket upgrade (e.g. `Authorization`). */
+    /**
+     * Extra headers for the WebSocket upgrade, e.g. `{ Authorization: 'Bearer <identity token>' }`
+     * for a Cloud Run service deployed with `--no-allow-unauthenticated`. Sent again on every
+     * re-attach. Needs `ws` (a WHATWG `webSocket` cannot send headers: connecting then fails).
+     */
     headers?: Readonly<Record<string, string>> | undefined;
+    /**
+     * Shorthand for `headers: { Authorization: 'Bearer <apiKey>' }`, for a server started with
+     * `SANDBOX_API_KEYS`. Giving both `apiKey` and an `Authorization` header is a TypeError. A
+     * refused key rejects with `SandboxAuthenticationError`.
+     */
+    apiKey?: string | undefined;
     /** Called with every `status_update` the server sends, in order. */
     onStatus?: ((status: string, message: string | undefined) => void) | undefined;
     /** Called with server errors that no pending call is waiting for. */

@@ -12,13 +12,13 @@
  * waits (rejects it, or, for `terminate()` / `checkpoint()` that succeeded, resolves it).
  */
 var _a;
-import { SandboxConnectionError, SandboxNotFoundError, SandboxPermissionError, SandboxStateError, SandboxTimeoutError, } from './errors.js';
+import { SandboxAuthenticationError, SandboxConnectionError, SandboxNotFoundError, SandboxPermissionError, SandboxStateError, SandboxTimeoutError, } from './errors.js';
 import { Deferred, handled } from './internal/deferred.js';
 import { initMessage } from './internal/frames.js';
 import { ClientProtocol } from './internal/protocol.js';
 import { reconnectDelay, reconnectPolicy } from './internal/reconnect.js';
 import { forgetLive, forgetToken, liveSession, recallToken, rememberToken, setLive } from './internal/registry.js';
-import { WebSocketTransport, } from './internal/transport.js';
+import { WebSocketTransport, connectionHeaders, } from './internal/transport.js';
 import { attachUrl, createUrl } from './internal/urls.js';
 import { newProcess } from './process.js';
 const DEFAULT_CONNECT_TIMEOUT = 30;
@@ -32,6 +32,8 @@ export class Sandbox {
     #policy;
     #protocol;
     #transport;
+    /** `headers` plus the `apiKey`'s `Authorization`: sent with every upgrade. */
+    #headers;
     #host;
     #sandboxId;
     #sandboxToken;
@@ -63,6 +65,7 @@ export class Sandbox {
             throw new TypeError('pass webSocket to the transport, not next to transport');
         }
         this.#transport = options.transport ?? new WebSocketTransport({ webSocket: options.webSocket });
+        this.#headers = connectionHeaders(options.headers, options.apiKey);
         const reconnect = options.autoReconnect;
         this.#policy =
             reconnect === undefined || reconnect === false ? undefined : reconnectPolicy(reconnect === true ? {} : reconnect);
@@ -148,7 +151,7 @@ export class Sandbox {
             },
         };
         const connectTimeout = this.#options.connectTimeout === undefined ? DEFAULT_CONNECT_TIMEOUT : this.#options.connectTimeout;
-        const connection = await this.#transport.connect(url, { headers: this.#options.headers ?? {}, connectTimeoutMs: connectTimeout === null ? undefined : connectTimeout * 1000 }, handlers);
+        const connection = await this.#transport.connect(url, { headers: this.#headers, connectTimeoutMs: connectTimeout === null ? undefined : connectTimeout * 1000 }, handlers);
         if (generation !== this.#generation) {
             connection.abort(); // given up meanwhile
             throw new SandboxConnectionError('the connection is closed');
@@ -385,7 +388,7 @@ export class Sandbox {
         try {
             other = await _a.attach(this.#url, this.sandboxId, this.#sandboxToken, {
                 transport: this.#transport,
-                headers: this.#options.headers,
+                headers: this.#headers,
                 connectTimeout: this.#options.connectTimeout,
                 requestTimeout: this.#options.requestTimeout,
                 closeTimeout: this.#options.closeTimeout,
@@ -625,6 +628,11 @@ export class Sandbox {
                     lastError = error;
                     continue;
                 }
+                if (error instanceof SandboxAuthenticationError) {
+                    // The same credentials will be refused again (e.g. a revoked key).
+                    lastError = error;
+                    break;
+                }
                 throw error;
             }
             let outcome;
@@ -656,7 +664,10 @@ export class Sandbox {
                 break;
         }
         this.#outbox.length = 0;
-        const error = new SandboxConnectionError(`lost the connection to sandbox ${this.#sandboxId} and could not re-attach: ${lastError.message}`, { status: lastError.status, cause: lastError });
+        const message = `lost the connection to sandbox ${this.#sandboxId} and could not re-attach: ${lastError.message}`;
+        const error = lastError instanceof SandboxAuthenticationError
+            ? new SandboxAuthenticationError(message, { httpStatus: lastError.httpStatus, cause: lastError })
+            : new SandboxConnectionError(message, { status: lastError.status, cause: lastError });
         this.#apply(this.#protocol.giveUp(error));
         this.#markClosed(error);
         return false;

@@ -5,6 +5,7 @@
  * SandboxError
  * ├── SandboxConnectionError
  * │   └── SandboxTimeoutError
+ * ├── SandboxAuthenticationError     (HTTP 401/403: no, or a wrong, API key / identity token)
  * ├── SandboxCreationError
  * ├── SandboxExecutionError
  * │   └── SandboxUnsupportedLanguageError
@@ -68,6 +69,26 @@ export class SandboxConnectionError extends SandboxError {
 
 /** The server did not answer within the configured time. */
 export class SandboxTimeoutError extends SandboxConnectionError {}
+
+export interface SandboxAuthenticationErrorOptions extends SandboxErrorOptions {
+  /** The HTTP status of the refusal: 401 or 403. */
+  httpStatus: number;
+}
+
+/**
+ * The server (or Cloud Run's IAM in front of it) refused the WebSocket upgrade: HTTP 401 (no, or a
+ * wrong, API key or identity token: pass `apiKey` or an `Authorization` header) or 403 (an
+ * identity that may not invoke the service). The same credentials would be refused again, so
+ * automatic re-attaching stops at it.
+ */
+export class SandboxAuthenticationError extends SandboxError {
+  readonly httpStatus: number;
+
+  constructor(message: string, options: SandboxAuthenticationErrorOptions) {
+    super(message, options);
+    this.httpStatus = options.httpStatus;
+  }
+}
 /** The server could not create the sandbox (`SANDBOX_CREATION_ERROR`). */
 export class SandboxCreationError extends SandboxError {}
 /** The server refused or failed an execution request, stdin write or kill. */

@@ -20,6 +20,7 @@ export { OutputStream, SandboxProcess, type OutputCallback } from './process.js'
 export type { ExecutionResult, ProcessInfo, RunResult } from './results.js';
 export {
   STATUS_ERRORS,
+  SandboxAuthenticationError,
   SandboxCheckpointError,
   SandboxConnectionError,
   SandboxCreationError,
@@ -34,6 +35,7 @@ export {
   SandboxStateError,
   SandboxTimeoutError,
   SandboxUnsupportedLanguageError,
+  type SandboxAuthenticationErrorOptions,
   type SandboxConnectionErrorOptions,
   type SandboxErrorClass,
   type SandboxErrorOptions,

@@ -13,6 +13,7 @@
  */
 
 import {
+  SandboxAuthenticationError,
   SandboxConnectionError,
   type SandboxError,
   SandboxNotFoundError,
@@ -32,6 +33,7 @@ import {
   type Transport,
   type WebSocketConstructor,
   WebSocketTransport,
+  connectionHeaders,
 } from './internal/transport.js';
 import { attachUrl, createUrl } from './internal/urls.js';
 import { type OutputCallback, type ProcessControl, type ProcessHost, type SandboxProcess, newProcess } from './process.js';
@@ -53,8 +55,18 @@ export interface ConnectionOptions {
   requestTimeout?: number | null | undefined;
   /** Bound on the server's close after terminate() / checkpoint(). Default 10; null: none. */
   closeTimeout?: number | null | undefined;
-  /** Extra headers for the WebSocket upgrade (e.g. `Authorization`). */
+  /**
+   * Extra headers for the WebSocket upgrade, e.g. `{ Authorization: 'Bearer <identity token>' }`
+   * for a Cloud Run service deployed with `--no-allow-unauthenticated`. Sent again on every
+   * re-attach. Needs `ws` (a WHATWG `webSocket` cannot send headers: connecting then fails).
+   */
   headers?: Readonly<Record<string, string>> | undefined;
+  /**
+   * Shorthand for `headers: { Authorization: 'Bearer <apiKey>' }`, for a server started with
+   * `SANDBOX_API_KEYS`. Giving both `apiKey` and an `Authorization` header is a TypeError. A
+   * refused key rejects with `SandboxAuthenticationError`.
+   */
+  apiKey?: string | undefined;
   /** Called with every `status_update` the server sends, in order. */
   onStatus?: ((status: string, message: string | undefined) => void) | undefined;
   /** Called with server errors that no pending call is waiting for. */
@@ -131,6 +143,8 @@ export class Sandbox {
   readonly #policy: ReconnectPolicy | undefined;
   readonly #protocol: ClientProtocol;
   readonly #transport: Transport;
+  /** `headers` plus the `apiKey`'s `Authorization`: sent with every upgrade. */
+  readonly #headers: Readonly<Record<string, string>>;
   readonly #host: ProcessHost;
 
   #sandboxId: string | undefined;
@@ -164,6 +178,7 @@ export class Sandbox {
       throw new TypeError('pass webSocket to the transport, not next to transport');
     }
     this.#transport = options.transport ?? new WebSocketTransport({ webSocket: options.webSocket });
+    this.#headers = connectionHeaders(options.headers, options.apiKey);
     const reconnect = options.autoReconnect;
     this.#policy =
       reconnect === undefined || reconnect === false ? undefined : reconnectPolicy(reconnect === true ? {} : reconnect);
@@ -258,7 +273,7 @@ export class Sandbox {
     const connectTimeout = this.#options.connectTimeout === undefined ? DEFAULT_CONNECT_TIMEOUT : this.#options.connectTimeout;
     const connection = await this.#transport.connect(
       url,
-      { headers: this.#options.headers ?? {}, connectTimeoutMs: connectTimeout === null ? undefined : connectTimeout * 1000 },
+      { headers: this.#headers, connectTimeoutMs: connectTimeout === null ? undefined : connectTimeout * 1000 },
       handlers,
     );
     if (generation !== this.#generation) {
@@ -526,7 +541,7 @@ export class Sandbox {
     try {
       other = await Sandbox.attach(this.#url, this.sandboxId, this.#sandboxToken, {
         transport: this.#transport,
-        headers: this.#options.headers,
+        headers: this.#headers,
         connectTimeout: this.#options.connectTimeout,
         requestTimeout: this.#options.requestTimeout,
         closeTimeout: this.#options.closeTimeout,
@@ -769,6 +784,11 @@ export class Sandbox {
           lastError = error;
           continue;
         }
+        if (error instanceof SandboxAuthenticationError) {
+          // The same credentials will be refused again (e.g. a revoked key).
+          lastError = error;
+          break;
+        }
         throw error;
       }
       let outcome: Outcome;
@@ -796,10 +816,11 @@ export class Sandbox {
       if (!outcome.retryable) break;
     }
     this.#outbox.length = 0;
-    const error = new SandboxConnectionError(
-      `lost the connection to sandbox ${this.#sandboxId} and could not re-attach: ${lastError.message}`,
-      { status: lastError.status, cause: lastError },
-    );
+    const message = `lost the connection to sandbox ${this.#sandboxId} and could not re-attach: ${lastError.message}`;
+    const error =
+      lastError instanceof SandboxAuthenticationError
+        ? new SandboxAuthenticationError(message, { httpStatus: lastError.httpStatus, cause: lastError })
+        : new SandboxConnectionError(message, { status: lastError.status, cause: lastError });
     this.#apply(this.#protocol.giveUp(error));
     this.#markClosed(error);
     return false;

@@ -17,8 +17,20 @@ async def fake_server() -> AsyncIterator[StartServer]:
     """Start a scripted WebSocket server on 127.0.0.1; returns its ws:// URL."""
     servers: list[Any] = []
 
-    async def start(handler: Handler, *, ssl_context: ssl.SSLContext | None = None) -> str:
-        server = await serve(handler, "127.0.0.1", 0, ssl=ssl_context, compression=None)
+    async def start(
+        handler: Handler,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        process_request: Any = None,
+    ) -> str:
+        server = await serve(
+            handler,
+            "127.0.0.1",
+            0,
+            ssl=ssl_context,
+            compression=None,
+            process_request=process_request,
+        )
         servers.append(server)
         port = next(iter(server.sockets)).getsockname()[1]
         return f"{'wss' if ssl_context else 'ws'}://127.0.0.1:{port}"

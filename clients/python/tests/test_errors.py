@@ -112,3 +112,12 @@ def test_connection_errors_are_builtin_connection_and_timeout_errors() -> None:
 def test_all_is_explicit_and_importable() -> None:
     for name in codesandbox.__all__:
         assert hasattr(codesandbox, name), name
+
+
+def test_authentication_error_is_its_own_kind() -> None:
+    err = codesandbox.SandboxAuthenticationError("refused", http_status=401)
+    assert isinstance(err, SandboxError)
+    assert not isinstance(err, ConnectionError)  # retrying the same credentials does not help
+    assert err.http_status == 401
+    assert err.status is None  # not a protocol status
+    assert "SandboxAuthenticationError" in codesandbox.__all__

@@ -16,11 +16,14 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
 from codesandbox import (
     OutputStream,
     ReconnectOptions,
     Sandbox,
+    SandboxAuthenticationError,
     SandboxCheckpointError,
     SandboxConnectionError,
     SandboxCreationError,
@@ -386,6 +389,110 @@ async def test_reconnect_gives_up_with_the_reason(fake_server: StartServer) -> N
     with pytest.raises(SandboxConnectionError, match="sandbox sb-1 not found"):
         await asyncio.wait_for(process.wait(), 5)
     assert sandbox.closed
+
+
+# ------------------------------------------------------------- headers and API keys
+
+
+def _refuse(status: int, error: str) -> Response:
+    body = json.dumps({"error": error}).encode()
+    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return Response(status, "Unauthorized" if status == 401 else "Forbidden", headers, body)
+
+
+async def test_headers_and_api_key_go_with_every_upgrade(fake_server: StartServer) -> None:
+    seen: list[tuple[str, str | None, str | None]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        headers = ws.request.headers
+        seen.append((ws.request.path, headers.get("Authorization"), headers.get("X-Extra")))
+        if ws.request.path == "/create":
+            await created(ws)
+            await recv_json(ws)
+            await ws.send(status("SANDBOX_EXECUTION_RUNNING"))
+            assert ws.transport is not None
+            ws.transport.abort()
+            return
+        await ws.send(status("SANDBOX_RUNNING"))
+        assert await recv_json(ws) == {"action": "reconnect"}
+        await ws.send(done(0))
+        assert await recv_json(ws) == {"action": "kill_sandbox"}
+        await killed(ws)
+
+    sandbox = await Sandbox.create(
+        await fake_server(handler),
+        api_key="k-123",
+        headers={"X-Extra": "yes"},
+        auto_reconnect=FAST,
+    )
+    process = await sandbox.exec("x", "bash")
+    assert await asyncio.wait_for(process.wait(), 5) == 0
+    await sandbox.terminate()
+    assert seen == [
+        ("/create", "Bearer k-123", "yes"),
+        ("/attach/sb-1?sandbox_token=tok-1", "Bearer k-123", "yes"),
+    ]
+
+
+@pytest.mark.parametrize("http_status", [401, 403])
+async def test_a_refused_upgrade_is_an_authentication_error(
+    fake_server: StartServer, http_status: int
+) -> None:
+    def refuse(_connection: ServerConnection, _request: Request) -> Response:
+        return _refuse(http_status, "the api key in the authorization header is not valid")
+
+    async def handler(ws: ServerConnection) -> None:
+        raise AssertionError("the upgrade must not happen")
+
+    url = await fake_server(handler, process_request=refuse)
+    with pytest.raises(SandboxAuthenticationError) as caught:
+        await Sandbox.create(url, api_key="wrong")
+    error = caught.value
+    assert error.http_status == http_status
+    assert f"HTTP {http_status}" in error.message
+    assert "the api key in the authorization header is not valid" in error.message
+    assert not isinstance(error, SandboxConnectionError)
+    with pytest.raises(SandboxAuthenticationError):
+        await Sandbox.attach(url, "sb-1", "tok-1", headers={"Authorization": "Bearer x"})
+
+
+async def test_reconnect_stops_at_an_authentication_error(fake_server: StartServer) -> None:
+    attaches = 0
+
+    def refuse_attach(_connection: ServerConnection, request: Request) -> Response | None:
+        nonlocal attaches
+        if request.path == "/create":
+            return None
+        attaches += 1
+        return _refuse(401, "the api key in the authorization header is not valid")
+
+    async def handler(ws: ServerConnection) -> None:
+        await created(ws)
+        await recv_json(ws)
+        await ws.send(status("SANDBOX_EXECUTION_RUNNING"))
+        assert ws.transport is not None
+        ws.transport.abort()
+
+    url = await fake_server(handler, process_request=refuse_attach)
+    sandbox = await Sandbox.create(url, api_key="revoked-meanwhile", auto_reconnect=FAST)
+    process = await sandbox.exec("x", "bash")
+    with pytest.raises(SandboxAuthenticationError, match="could not re-attach"):
+        await asyncio.wait_for(process.wait(), 5)
+    assert attaches == 1  # the same key is not tried again
+    assert sandbox.closed
+
+
+async def test_api_key_and_headers_are_checked_before_connecting() -> None:
+    url = "ws://127.0.0.1:9"  # never reached
+    with pytest.raises(ValueError, match="either api_key or an Authorization header"):
+        await Sandbox.create(url, api_key="k", headers={"authorization": "Bearer k"})
+    with pytest.raises(ValueError, match="api_key must be a non-empty str"):
+        await Sandbox.create(url, api_key="")
+    with pytest.raises(TypeError, match="headers must map str to str"):
+        await Sandbox.attach(url, "sb", "tok", headers={"X-Number": 1})  # type: ignore[dict-item]
 
 
 async def test_attach_remembers_the_token_from_create(fake_server: StartServer) -> None:

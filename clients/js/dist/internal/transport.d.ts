@@ -47,7 +47,8 @@ export interface Connection {
 export interface Transport {
     /**
      * Opens `url` (`ws://` or `wss://`, with the endpoint's path and query); resolves once open.
-     * Rejects with `SandboxConnectionError` (or `SandboxTimeoutError`) when it cannot.
+     * Rejects with `SandboxConnectionError` (or `SandboxTimeoutError`) when it cannot, and
+     * `SandboxAuthenticationError` when the server refuses it with HTTP 401 / 403.
      */
     connect(url: string, options: ConnectOptions, handlers: ConnectionHandlers): Promise<Connection>;
 }
@@ -59,4 +60,6 @@ export declare class WebSocketTransport implements Transport {
     });
     connect(url: string, options: ConnectOptions, handlers: ConnectionHandlers): Promise<Connection>;
 }
+/** The extra upgrade headers: `headers`, plus `Authorization: Bearer <apiKey>` with `apiKey`. */
+export declare function connectionHeaders(headers: Readonly<Record<string, string>> | undefined, apiKey: string | undefined): Readonly<Record<string, string>>;
 //# sourceMappingURL=transport.d.ts.map

@@ -7,7 +7,7 @@
  * Pass another transport to `Sandbox.create(url, { transport })`: tests use a scripted in-memory
  * one, and a transport is where a proxy or a different WebSocket library would plug in.
  */
-import { SandboxConnectionError, SandboxTimeoutError } from '../errors.js';
+import { SandboxAuthenticationError, SandboxConnectionError, SandboxTimeoutError } from '../errors.js';
 /** The default transport: WebSocket with `ws` (Node) or a WHATWG `WebSocket` constructor. */
 export class WebSocketTransport {
     #webSocket;
@@ -29,6 +29,33 @@ export class WebSocketTransport {
 /** The URL without its query (which holds the sandbox token). */
 function redact(url) {
     return url.split('?', 1)[0] ?? url;
+}
+/** The extra upgrade headers: `headers`, plus `Authorization: Bearer <apiKey>` with `apiKey`. */
+export function connectionHeaders(headers, apiKey) {
+    if (apiKey === undefined)
+        return { ...headers };
+    if (typeof apiKey !== 'string' || apiKey === '')
+        throw new TypeError('apiKey must be a non-empty string');
+    if (Object.keys(headers ?? {}).some((name) => name.toLowerCase() === 'authorization')) {
+        throw new TypeError('give either apiKey or an Authorization header, not both');
+    }
+    return { ...headers, Authorization: `Bearer ${apiKey}` };
+}
+/** What a 401 / 403 means, with the server's own words when it sent a JSON error. */
+function refusalMessage(url, status, body) {
+    let detail = '';
+    try {
+        const parsed = JSON.parse(body);
+        if (typeof parsed.error === 'string')
+            detail = `: ${parsed.error}`;
+    }
+    catch {
+        // Not JSON (Cloud Run's IAM answers with HTML): the status says enough.
+    }
+    const hint = status === 401
+        ? 'pass apiKey (or an Authorization header) that the server accepts'
+        : 'the credentials are valid but may not use this service (IAM: roles/run.invoker)';
+    return `the server refused the connection to ${url} with HTTP ${status}${detail} (${hint})`;
 }
 /** 1006 is never sent in a close frame: it is how WebSocket libraries report a drop. */
 function closeCode(code) {
@@ -66,7 +93,9 @@ function connectWs(module, url, options, handlers) {
             const chunks = [];
             const finish = () => {
                 const body = Buffer.concat(chunks).toString('utf8').slice(0, 500).trim();
-                fail(new SandboxConnectionError(`websocket upgrade to ${redact(url)} refused with HTTP ${status}${body ? `: ${body}` : ''}`));
+                fail(status === 401 || status === 403
+                    ? new SandboxAuthenticationError(refusalMessage(redact(url), status, body), { httpStatus: status })
+                    : new SandboxConnectionError(`websocket upgrade to ${redact(url)} refused with HTTP ${status}${body ? `: ${body}` : ''}`));
                 socket.terminate();
             };
             res.on('data', (chunk) => chunks.push(chunk));
@@ -117,10 +146,12 @@ function connectWs(module, url, options, handlers) {
     });
 }
 function connectWhatwg(url, WebSocketImpl, options, handlers) {
+    if (Object.keys(options.headers).length > 0) {
+        return Promise.reject(new TypeError('headers and apiKey need the "ws" package: a WHATWG WebSocket cannot send headers'));
+    }
     return new Promise((resolve, reject) => {
         let opened = false;
         let closed = false;
-        // A WHATWG WebSocket takes no headers: `headers` needs the `ws` package.
         const socket = new WebSocketImpl(url);
         const timer = options.connectTimeoutMs === undefined
             ? undefined

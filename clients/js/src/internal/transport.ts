@@ -8,7 +8,7 @@
  * one, and a transport is where a proxy or a different WebSocket library would plug in.
  */
 
-import { SandboxConnectionError, SandboxTimeoutError } from '../errors.js';
+import { SandboxAuthenticationError, SandboxConnectionError, SandboxTimeoutError } from '../errors.js';
 
 /** The subset of the WHATWG WebSocket API this client needs. */
 export interface WebSocketLike {
@@ -55,7 +55,8 @@ export interface Connection {
 export interface Transport {
   /**
    * Opens `url` (`ws://` or `wss://`, with the endpoint's path and query); resolves once open.
-   * Rejects with `SandboxConnectionError` (or `SandboxTimeoutError`) when it cannot.
+   * Rejects with `SandboxConnectionError` (or `SandboxTimeoutError`) when it cannot, and
+   * `SandboxAuthenticationError` when the server refuses it with HTTP 401 / 403.
    */
   connect(url: string, options: ConnectOptions, handlers: ConnectionHandlers): Promise<Connection>;
 }
@@ -81,6 +82,35 @@ export class WebSocketTransport implements Transport {
 /** The URL without its query (which holds the sandbox token). */
 function redact(url: string): string {
   return url.split('?', 1)[0] ?? url;
+}
+
+/** The extra upgrade headers: `headers`, plus `Authorization: Bearer <apiKey>` with `apiKey`. */
+export function connectionHeaders(
+  headers: Readonly<Record<string, string>> | undefined,
+  apiKey: string | undefined,
+): Readonly<Record<string, string>> {
+  if (apiKey === undefined) return { ...headers };
+  if (typeof apiKey !== 'string' || apiKey === '') throw new TypeError('apiKey must be a non-empty string');
+  if (Object.keys(headers ?? {}).some((name) => name.toLowerCase() === 'authorization')) {
+    throw new TypeError('give either apiKey or an Authorization header, not both');
+  }
+  return { ...headers, Authorization: `Bearer ${apiKey}` };
+}
+
+/** What a 401 / 403 means, with the server's own words when it sent a JSON error. */
+function refusalMessage(url: string, status: number, body: string): string {
+  let detail = '';
+  try {
+    const parsed = JSON.parse(body) as { error?: unknown };
+    if (typeof parsed.error === 'string') detail = `: ${parsed.error}`;
+  } catch {
+    // Not JSON (Cloud Run's IAM answers with HTML): the status says enough.
+  }
+  const hint =
+    status === 401
+      ? 'pass apiKey (or an Authorization header) that the server accepts'
+      : 'the credentials are valid but may not use this service (IAM: roles/run.invoker)';
+  return `the server refused the connection to ${url} with HTTP ${status}${detail} (${hint})`;
 }
 
 /** 1006 is never sent in a close frame: it is how WebSocket libraries report a drop. */
@@ -133,9 +163,11 @@ function connectWs(
       const finish = (): void => {
         const body = Buffer.concat(chunks).toString('utf8').slice(0, 500).trim();
         fail(
-          new SandboxConnectionError(
-            `websocket upgrade to ${redact(url)} refused with HTTP ${status}${body ? `: ${body}` : ''}`,
-          ),
+          status === 401 || status === 403
+            ? new SandboxAuthenticationError(refusalMessage(redact(url), status, body), { httpStatus: status })
+            : new SandboxConnectionError(
+                `websocket upgrade to ${redact(url)} refused with HTTP ${status}${body ? `: ${body}` : ''}`,
+              ),
         );
         socket.terminate();
       };
@@ -196,10 +228,14 @@ function connectWhatwg(
   options: ConnectOptions,
   handlers: ConnectionHandlers,
 ): Promise<Connection> {
+  if (Object.keys(options.headers).length > 0) {
+    return Promise.reject(
+      new TypeError('headers and apiKey need the "ws" package: a WHATWG WebSocket cannot send headers'),
+    );
+  }
   return new Promise((resolve, reject) => {
     let opened = false;
     let closed = false;
-    // A WHATWG WebSocket takes no headers: `headers` needs the `ws` package.
     const socket = new WebSocketImpl(url);
     const timer =
       options.connectTimeoutMs === undefined

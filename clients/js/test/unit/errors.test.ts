@@ -62,6 +62,15 @@ describe('errors', () => {
     assert.equal(errorFromStatus('SANDBOX_FUTURE_ERROR', 'x').constructor, SandboxError);
   });
 
+  it('have an authentication error that is not a connection error', () => {
+    const error = new api.SandboxAuthenticationError('refused', { httpStatus: 401 });
+    assert.ok(error instanceof SandboxError);
+    assert.ok(!(error instanceof SandboxConnectionError), 'retrying the same credentials does not help');
+    assert.equal(error.name, 'SandboxAuthenticationError');
+    assert.equal(error.httpStatus, 401);
+    assert.equal(error.status, undefined, 'not a protocol status');
+  });
+
   it('keep close details and causes on connection errors', () => {
     const cause = new Error('ECONNRESET');
     const error = new SandboxConnectionError('lost', { closeCode: 1006, closeReason: '', cause });

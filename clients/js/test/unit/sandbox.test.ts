@@ -3,10 +3,16 @@
  * terminate without await, token memory, timeouts, and automatic re-attach.
  */
 import assert from 'node:assert/strict';
+import { type IncomingMessage, type Server, createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { afterEach, beforeEach, describe, it } from 'node:test';
+
+import { type WebSocket as ServerSocket, WebSocketServer } from 'ws';
 
 import {
   Sandbox,
+  SandboxAuthenticationError,
   SandboxCheckpointError,
   SandboxConnectionError,
   SandboxCreationError,
@@ -517,5 +523,159 @@ describe('Sandbox (scripted server)', () => {
     assert.equal(attempts, 2);
     assert.equal(sandbox.state, 'running');
     await sandbox.terminate();
+  });
+});
+
+/**
+ * A real local `ws` server (the fake WHATWG socket above cannot carry headers): `upgrade` decides
+ * per request, by returning an HTTP status to refuse with, or undefined to accept and hand the
+ * socket to `session`.
+ */
+async function localServer(
+  upgrade: (request: IncomingMessage) => number | undefined,
+  session: (socket: ServerSocket, request: IncomingMessage) => void,
+): Promise<{ url: string; close: () => Promise<void> }> {
+  const wss = new WebSocketServer({ noServer: true });
+  const server: Server = createServer();
+  server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const refusal = upgrade(request);
+    if (refusal !== undefined) {
+      const body = JSON.stringify({ error: 'the api key in the authorization header is not valid' });
+      socket.end(
+        `HTTP/1.1 ${refusal} Refused\r\nContent-Type: application/json\r\nWWW-Authenticate: Bearer\r\n` +
+          `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
+      return;
+    }
+    wss.handleUpgrade(request, socket, head, (ws) => session(ws, request));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `ws://127.0.0.1:${port}`,
+    close: async () => {
+      for (const client of wss.clients) client.terminate();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+const statusFrame = (status: string, extra: Record<string, unknown> = {}): string =>
+  JSON.stringify({ event: 'status_update', status, ...extra });
+
+/** The server's side of /create (drops the socket after the first exec starts) and /attach. */
+function scriptedSession(socket: ServerSocket, request: IncomingMessage): void {
+  if (request.url === '/create') {
+    socket.once('message', () => {
+      socket.send(statusFrame('SANDBOX_CREATING'));
+      socket.send(JSON.stringify({ event: 'sandbox_id', sandbox_id: 'sb-1', sandbox_token: 'tok-1' }));
+      socket.send(statusFrame('SANDBOX_RUNNING'));
+      socket.once('message', () => {
+        socket.send(statusFrame('SANDBOX_EXECUTION_RUNNING'));
+        setTimeout(() => socket.terminate(), 20); // the network fails
+      });
+    });
+    return;
+  }
+  socket.send(statusFrame('SANDBOX_RUNNING'));
+  socket.on('message', (data: Buffer) => {
+    const message = JSON.parse(data.toString('utf8')) as Record<string, unknown>;
+    if (message['action'] === 'reconnect') {
+      socket.send(statusFrame('SANDBOX_EXECUTION_DONE', { exit_code: 0, signal: null, reason: 'exited', duration_ms: 1 }));
+    } else if (message['action'] === 'kill_sandbox') {
+      for (const status of ['SANDBOX_KILLING', 'SANDBOX_DELETING', 'SANDBOX_DELETED', 'SANDBOX_KILLED']) {
+        socket.send(statusFrame(status));
+      }
+      socket.close(1000);
+    }
+  });
+}
+
+describe('Sandbox (headers and API keys, local ws server)', () => {
+  it('sends headers and the apiKey with every upgrade, re-attaches included', async () => {
+    const seen: [string, string | undefined, string | undefined][] = [];
+    const server = await localServer((request) => {
+      const extra = request.headers['x-extra'];
+      seen.push([request.url ?? '', request.headers.authorization, Array.isArray(extra) ? extra[0] : extra]);
+      return undefined;
+    }, scriptedSession);
+    try {
+      const sandbox = await Sandbox.create(server.url, {
+        apiKey: 'k-123',
+        headers: { 'X-Extra': 'yes' },
+        autoReconnect: { initialDelay: 0.01, maxDelay: 0.05, maxAttempts: 3 },
+      });
+      const proc = await sandbox.exec('x', 'bash');
+      assert.equal(await proc.wait(), 0);
+      await sandbox.terminate();
+      assert.deepEqual(seen, [
+        ['/create', 'Bearer k-123', 'yes'],
+        ['/attach/sb-1?sandbox_token=tok-1', 'Bearer k-123', 'yes'],
+      ]);
+    } finally {
+      await server.close();
+    }
+  });
+
+  for (const httpStatus of [401, 403]) {
+    it(`maps a ${httpStatus} refusal to SandboxAuthenticationError with the server's message`, async () => {
+      const server = await localServer(() => httpStatus, () => assert.fail('no upgrade'));
+      try {
+        for (const attempt of [
+          Sandbox.create(server.url, { apiKey: 'wrong' }),
+          Sandbox.attach(server.url, 'sb-1', 'tok-1', { headers: { Authorization: 'Bearer x' } }),
+        ]) {
+          await assert.rejects(attempt, (e: unknown) => {
+            assert.ok(e instanceof SandboxAuthenticationError, String(e));
+            assert.ok(!(e instanceof SandboxConnectionError));
+            assert.equal(e.httpStatus, httpStatus);
+            assert.match(e.message, new RegExp(`HTTP ${httpStatus}: the api key in the authorization header is not valid`));
+            assert.doesNotMatch(e.message, /tok-1/, 'the sandbox token stays out of messages');
+            return true;
+          });
+        }
+      } finally {
+        await server.close();
+      }
+    });
+  }
+
+  it('stops re-attaching at an authentication error', async () => {
+    let attaches = 0;
+    const server = await localServer((request) => {
+      if (request.url === '/create') return undefined;
+      attaches++;
+      return 401;
+    }, scriptedSession);
+    try {
+      const sandbox = await Sandbox.create(server.url, {
+        apiKey: 'revoked-meanwhile',
+        autoReconnect: { initialDelay: 0.01, maxDelay: 0.05, maxAttempts: 5 },
+      });
+      const proc = await sandbox.exec('x', 'bash');
+      await assert.rejects(proc.wait(), (e: unknown) => {
+        assert.ok(e instanceof SandboxAuthenticationError, String(e));
+        assert.match(e.message, /could not re-attach/);
+        return true;
+      });
+      assert.equal(attaches, 1, 'the same key is not tried again');
+      assert.equal(sandbox.state, 'closed');
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('checks apiKey and headers before connecting', async () => {
+    const url = 'ws://127.0.0.1:9';
+    await assert.rejects(
+      Sandbox.create(url, { apiKey: 'k', headers: { authorization: 'Bearer k' } }),
+      /either apiKey or an Authorization header/,
+    );
+    await assert.rejects(Sandbox.create(url, { apiKey: '' }), /apiKey must be a non-empty string/);
+    const server = new FakeServer({ message: execScript });
+    await assert.rejects(
+      Sandbox.create(URL_, { webSocket: server.WebSocket, apiKey: 'k' }),
+      /need the "ws" package: a WHATWG WebSocket cannot send headers/,
+    );
   });
 });

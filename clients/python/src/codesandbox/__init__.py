@@ -17,6 +17,7 @@ Exceptions (all from ``SandboxError``; the table from server statuses to classes
     SandboxError
     ├── SandboxConnectionError      (also a builtin ConnectionError)
     │   └── SandboxTimeoutError     (also a builtin TimeoutError)
+    ├── SandboxAuthenticationError  (HTTP 401/403: no, or a wrong, API key / identity token)
     ├── SandboxCreationError
     ├── SandboxExecutionError
     │   └── SandboxUnsupportedLanguageError
@@ -32,6 +33,7 @@ Exceptions (all from ``SandboxError``; the table from server statuses to classes
 
 from ._errors import (
     STATUS_ERRORS,
+    SandboxAuthenticationError,
     SandboxCheckpointError,
     SandboxConnectionError,
     SandboxCreationError,
@@ -66,6 +68,7 @@ __all__ = [
     "ReconnectOptions",
     "RunResult",
     "Sandbox",
+    "SandboxAuthenticationError",
     "SandboxCheckpointError",
     "SandboxConnectionError",
     "SandboxCreationError",

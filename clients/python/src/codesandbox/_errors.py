@@ -5,6 +5,7 @@ Every exception the library raises on purpose is a ``SandboxError``::
     SandboxError
     ├── SandboxConnectionError      (also a builtin ConnectionError)
     │   └── SandboxTimeoutError     (also a builtin TimeoutError)
+    ├── SandboxAuthenticationError  (HTTP 401/403: no, or a wrong, API key / identity token)
     ├── SandboxCreationError
     ├── SandboxExecutionError
     │   └── SandboxUnsupportedLanguageError
@@ -64,6 +65,20 @@ class SandboxConnectionError(SandboxError, ConnectionError):
 
 class SandboxTimeoutError(SandboxConnectionError, TimeoutError):
     """The server did not answer within the configured time."""
+
+
+class SandboxAuthenticationError(SandboxError):
+    """The server (or Cloud Run's IAM in front of it) refused the connection: HTTP 401
+    (no credentials, or wrong ones: pass ``api_key=`` or an ``Authorization`` header) or
+    403 (an identity that may not invoke the service). Retrying with the same credentials
+    does not help, so automatic re-attaching stops at it.
+
+    ``http_status`` is the HTTP status; ``message`` includes the server's explanation.
+    """
+
+    def __init__(self, message: str, *, http_status: int) -> None:
+        super().__init__(message)
+        self.http_status = http_status
 
 
 class SandboxCreationError(SandboxError):

@@ -42,6 +42,7 @@ from ._effects import (
     StdinFailed,
 )
 from ._errors import (
+    SandboxAuthenticationError,
     SandboxConnectionError,
     SandboxError,
     SandboxNotFoundError,
@@ -54,7 +55,13 @@ from ._process import OutputCallback, ProcessControl, SandboxProcess, new_proces
 from ._protocol import ClientProtocol, Phase
 from ._reconnect import ReconnectOptions
 from ._results import ProcessInfo, RunResult
-from ._transport import Connection, ConnectionClosed, Transport, WebSocketTransport
+from ._transport import (
+    Connection,
+    ConnectionClosed,
+    Transport,
+    WebSocketTransport,
+    connection_headers,
+)
 from ._urls import attach_url, base_url, create_url
 
 logger = logging.getLogger("codesandbox")
@@ -153,6 +160,7 @@ class Sandbox:
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
         headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
         on_status: StatusCallback | None = None,
         on_error: ErrorCallback | None = None,
         transport: Transport | None = None,
@@ -165,15 +173,22 @@ class Sandbox:
         (``None``: the server's default; ``0``: the server's cap). ``enable_network=True``
         asks for network egress under the server's policy (by default the Python package
         index only, e.g. for ``pip install``). See ``docs/clients.md`` for the connection
-        options (``auto_reconnect``, timeouts, ``headers``, callbacks, ``transport``,
-        ``ssl``).
+        options (``auto_reconnect``, timeouts, ``headers``, ``api_key``, callbacks,
+        ``transport``, ``ssl``).
+
+        ``headers`` are added to the WebSocket upgrade request (for example
+        ``{"Authorization": "Bearer <identity token>"}`` for a Cloud Run service deployed
+        with ``--no-allow-unauthenticated``); ``api_key`` is the shorthand for
+        ``Authorization: Bearer <api_key>`` (a server started with ``SANDBOX_API_KEYS``).
+        Both are sent again on every re-attach. A refusal (HTTP 401 or 403) raises
+        ``SandboxAuthenticationError``.
         """
         sandbox = cls(
             url,
             attach=False,
             transport=transport,
             ssl=ssl,
-            headers=headers,
+            headers=connection_headers(headers, api_key),
             auto_reconnect=auto_reconnect,
             connect_timeout=connect_timeout,
             request_timeout=request_timeout,
@@ -204,6 +219,7 @@ class Sandbox:
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
         headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
         on_status: StatusCallback | None = None,
         on_error: ErrorCallback | None = None,
         transport: Transport | None = None,
@@ -212,7 +228,9 @@ class Sandbox:
         """Attach to a live sandbox, or restore a checkpointed one.
 
         ``sandbox_token`` may be omitted for a sandbox created (or attached with a
-        token) in this process: the library remembers it.
+        token) in this process: the library remembers it. ``headers`` and ``api_key``
+        work as in ``create`` (the sandbox token is not an API key: a server with API
+        keys needs both).
         """
         token = sandbox_token if sandbox_token is not None else _registry.recall_token(sandbox_id)
         if token is None:
@@ -225,7 +243,7 @@ class Sandbox:
             attach=True,
             transport=transport,
             ssl=ssl,
-            headers=headers,
+            headers=connection_headers(headers, api_key),
             auto_reconnect=auto_reconnect,
             connect_timeout=connect_timeout,
             request_timeout=request_timeout,
@@ -822,6 +840,10 @@ class Sandbox:
             except SandboxConnectionError as exc:
                 last_error = exc
                 continue
+            except SandboxAuthenticationError as exc:
+                # The same credentials will be refused again (e.g. a revoked key).
+                last_error = exc
+                break
             self._protocol.begin_reattach()
             try:
                 outcome = await asyncio.wait_for(
@@ -854,15 +876,16 @@ class Sandbox:
             if not outcome.retryable:
                 break
         self._outbox.clear()
-        self._apply(
-            self._protocol.give_up(
-                SandboxConnectionError(
-                    f"lost the connection to sandbox {self.sandbox_id} and could not re-attach: "
-                    f"{last_error.message}",
-                    status=last_error.status,
-                )
-            )
+        message = (
+            f"lost the connection to sandbox {self.sandbox_id} and could not re-attach: "
+            f"{last_error.message}"
         )
+        final: SandboxError
+        if isinstance(last_error, SandboxAuthenticationError):
+            final = SandboxAuthenticationError(message, http_status=last_error.http_status)
+        else:
+            final = SandboxConnectionError(message, status=last_error.status)
+        self._apply(self._protocol.give_up(final))
         self._mark_closed(None)
         return False
 

@@ -10,15 +10,16 @@ transport is where a proxy or a different WebSocket library would plug in.
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl as ssl_module
 from collections.abc import Mapping
 from typing import Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WebSocketClosed
-from websockets.exceptions import InvalidHandshake, InvalidURI
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
-from ._errors import SandboxConnectionError, SandboxTimeoutError
+from ._errors import SandboxAuthenticationError, SandboxConnectionError, SandboxTimeoutError
 from ._urls import redact
 
 # Output chunks are small, but a base64 chunk of a big write can be a few MiB; the
@@ -66,11 +67,46 @@ class Transport(Protocol):
     async def connect(
         self, url: str, *, headers: Mapping[str, str], open_timeout: float | None
     ) -> Connection:
-        """Open ``url`` (``ws://`` or ``wss://``, with the path and query of the endpoint).
+        """Open ``url`` (``ws://`` or ``wss://``, with the path and query of the endpoint),
+        sending ``headers`` with the upgrade request.
 
-        Raise ``SandboxConnectionError`` (or ``SandboxTimeoutError``) when it cannot.
+        Raise ``SandboxConnectionError`` (or ``SandboxTimeoutError``) when it cannot, and
+        ``SandboxAuthenticationError`` when the server refuses it with HTTP 401 / 403.
         """
         ...
+
+
+def connection_headers(headers: Mapping[str, str] | None, api_key: str | None) -> dict[str, str]:
+    """The extra headers of every upgrade request: ``headers`` plus, with ``api_key``,
+    ``Authorization: Bearer <api_key>``."""
+    out: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError("headers must map str to str")
+        out[name] = value
+    if api_key is not None:
+        if not isinstance(api_key, str) or not api_key:
+            raise ValueError("api_key must be a non-empty str")
+        if any(name.lower() == "authorization" for name in out):
+            raise ValueError("give either api_key or an Authorization header, not both")
+        out["Authorization"] = f"Bearer {api_key}"
+    return out
+
+
+def refusal_message(url: str, status: int, body: bytes | bytearray | str | None) -> str:
+    """What a 401 / 403 means, with the server's own words when it sent a JSON error."""
+    detail = ""
+    try:
+        error = json.loads(body or b"").get("error")
+        if isinstance(error, str):
+            detail = f": {error}"
+    except (ValueError, AttributeError):
+        pass  # not JSON (Cloud Run's IAM answers with HTML): the status says enough
+    if status == 401:
+        hint = "pass api_key=... (or an Authorization header) that the server accepts"
+    else:
+        hint = "the credentials are valid but may not use this service (IAM: roles/run.invoker)"
+    return f"the server refused the connection to {url} with HTTP {status}{detail} ({hint})"
 
 
 def default_ssl_context() -> ssl_module.SSLContext:
@@ -117,6 +153,14 @@ class WebSocketTransport:
             ) from exc
         except InvalidURI as exc:
             raise ValueError(f"invalid sandbox URL {redact(url)!r}: {exc}") from exc
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise SandboxAuthenticationError(
+                    refusal_message(redact(url), status, exc.response.body),
+                    http_status=status,
+                ) from exc
+            raise SandboxConnectionError(f"cannot connect to {redact(url)}: {exc}") from exc
         except (OSError, InvalidHandshake) as exc:
             raise SandboxConnectionError(f"cannot connect to {redact(url)}: {exc}") from exc
         return _WebSocketConnection(connection)
