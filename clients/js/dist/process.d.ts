@@ -63,13 +63,16 @@ export declare class SandboxProcess {
     /** The server's handle (null from a server without protocol 2). */
     readonly processId: number | null;
     /** @internal Made by `newProcess`. */
-    constructor(host: ProcessHost, key: string, processId: number | undefined, connect: (sinks: {
+    constructor(host: ProcessHost, key: string, processId: number | undefined, connect: (wiring: {
         stdout: OutputSink;
         stderr: OutputSink;
         settle: (result: ExecutionResult | SandboxError) => void;
+        refuseStdin: (error: SandboxError) => void;
     }) => void);
     /** True once the server reported the end of the process (or the session ended). */
     get done(): boolean;
+    /** The server's refusal of this process's stdin, if it refused any (later writes reject with it too). */
+    get stdinError(): SandboxError | undefined;
     /** The exit status once ended (`128 + N` when ended by signal N), else null. */
     get exitCode(): number | null;
     /** Why it ended: `exited`, `signaled`, `killed`, `timeout`, `output_limit` or `sandbox_lost`. */
@@ -108,15 +111,15 @@ export declare class SandboxProcess {
 export declare class ProcessControl {
     #private;
     readonly process: SandboxProcess;
-    /** The server's refusal of this process's stdin; every later write rejects with it. */
-    stdinError: SandboxError | undefined;
     constructor(process: SandboxProcess, sinks: {
         stdout: OutputSink;
         stderr: OutputSink;
-    }, settle: (outcome: ExecutionResult | SandboxError) => void, onStdout: OutputCallback | undefined, onStderr: OutputCallback | undefined);
+    }, settle: (outcome: ExecutionResult | SandboxError) => void, refuseStdin: (error: SandboxError) => void, onStdout: OutputCallback | undefined, onStderr: OutputCallback | undefined);
     output(stream: 'stdout' | 'stderr', data: Chunk): void;
     finish(result: ExecutionResult): void;
     fail(error: SandboxError): void;
+    /** The server's refusal of this process's stdin; every later write rejects with it. */
+    get stdinError(): SandboxError | undefined;
     refuseStdin(error: SandboxError): void;
     /** Resolves at the next change writers wait for (room, refusal, or the end). */
     stdinChanged(): Promise<void>;

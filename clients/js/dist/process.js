@@ -146,6 +146,7 @@ export class SandboxProcess {
     #key;
     #done = new Deferred();
     #result;
+    #stdinError;
     #stdinClosed = false;
     /** @internal Made by `newProcess`. */
     constructor(host, key, processId, connect) {
@@ -164,6 +165,9 @@ export class SandboxProcess {
         connect({
             stdout,
             stderr,
+            refuseStdin: (error) => {
+                this.#stdinError ??= error;
+            },
             settle: (outcome) => {
                 if (this.#done.settled)
                     return;
@@ -184,6 +188,10 @@ export class SandboxProcess {
     /** True once the server reported the end of the process (or the session ended). */
     get done() {
         return this.#done.settled;
+    }
+    /** The server's refusal of this process's stdin, if it refused any (later writes reject with it too). */
+    get stdinError() {
+        return this.#stdinError;
     }
     /** The exit status once ended (`128 + N` when ended by signal N), else null. */
     get exitCode() {
@@ -256,17 +264,17 @@ export class SandboxProcess {
 /** The library's side of a process: what happens to it comes in here. */
 export class ProcessControl {
     process;
-    /** The server's refusal of this process's stdin; every later write rejects with it. */
-    stdinError;
     #sinks;
     #settle;
+    #refuseStdin;
     #callbacks;
     #decoders = { stdout: new TextDecoder('utf-8'), stderr: new TextDecoder('utf-8') };
     #stdinWake;
-    constructor(process, sinks, settle, onStdout, onStderr) {
+    constructor(process, sinks, settle, refuseStdin, onStdout, onStderr) {
         this.process = process;
         this.#sinks = sinks;
         this.#settle = settle;
+        this.#refuseStdin = refuseStdin;
         this.#callbacks = { stdout: onStdout, stderr: onStderr };
     }
     output(stream, data) {
@@ -298,8 +306,12 @@ export class ProcessControl {
         this.#settle(error);
         this.notifyStdin();
     }
+    /** The server's refusal of this process's stdin; every later write rejects with it. */
+    get stdinError() {
+        return this.process.stdinError;
+    }
     refuseStdin(error) {
-        this.stdinError ??= error;
+        this.#refuseStdin(error);
         this.notifyStdin();
     }
     /** Resolves at the next change writers wait for (room, refusal, or the end). */
@@ -328,7 +340,7 @@ export function newProcess(host, key, processId, callbacks = {}) {
     // SandboxProcess's constructor calls its argument synchronously.
     if (wiring === undefined)
         throw new Error('process did not connect');
-    const { stdout, stderr, settle } = wiring;
-    return new ProcessControl(process, { stdout, stderr }, settle, callbacks.onStdout, callbacks.onStderr);
+    const { stdout, stderr, settle, refuseStdin } = wiring;
+    return new ProcessControl(process, { stdout, stderr }, settle, refuseStdin, callbacks.onStdout, callbacks.onStderr);
 }
 //# sourceMappingURL=process.js.map

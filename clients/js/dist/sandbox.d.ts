@@ -140,7 +140,8 @@ export declare class Sandbox {
     /**
      * Runs `code` to the end; resolves to its output (text) and how it ended. `stdin` is written,
      * then stdin is closed (always: a program that reads stdin sees end-of-file instead of waiting
-     * forever). If the server refuses the stdin, the process is killed and `run` rejects.
+     * forever). If the server refuses the stdin, the process is killed and `run` rejects (also for a
+     * refusal that came after the last write, from a server without protocol 2).
      */
     run(code: string, language: Language | (string & {}), options?: RunOptions): Promise<RunResult>;
     /** The sandbox's processes, running or ended and not yet reported (protocol 2). */

@@ -168,6 +168,7 @@ export class SandboxProcess {
   readonly #key: string;
   readonly #done = new Deferred<ExecutionResult>();
   #result: ExecutionResult | undefined;
+  #stdinError: SandboxError | undefined;
   #stdinClosed = false;
 
   /** @internal Made by `newProcess`. */
@@ -175,7 +176,12 @@ export class SandboxProcess {
     host: ProcessHost,
     key: string,
     processId: number | undefined,
-    connect: (sinks: { stdout: OutputSink; stderr: OutputSink; settle: (result: ExecutionResult | SandboxError) => void }) => void,
+    connect: (wiring: {
+      stdout: OutputSink;
+      stderr: OutputSink;
+      settle: (result: ExecutionResult | SandboxError) => void;
+      refuseStdin: (error: SandboxError) => void;
+    }) => void,
   ) {
     this.#host = host;
     this.#key = key;
@@ -191,6 +197,9 @@ export class SandboxProcess {
     connect({
       stdout,
       stderr,
+      refuseStdin: (error) => {
+        this.#stdinError ??= error;
+      },
       settle: (outcome) => {
         if (this.#done.settled) return;
         if (outcome instanceof Error) {
@@ -210,6 +219,11 @@ export class SandboxProcess {
   /** True once the server reported the end of the process (or the session ended). */
   get done(): boolean {
     return this.#done.settled;
+  }
+
+  /** The server's refusal of this process's stdin, if it refused any (later writes reject with it too). */
+  get stdinError(): SandboxError | undefined {
+    return this.#stdinError;
   }
 
   /** The exit status once ended (`128 + N` when ended by signal N), else null. */
@@ -290,11 +304,9 @@ export class SandboxProcess {
 
 /** The library's side of a process: what happens to it comes in here. */
 export class ProcessControl {
-  /** The server's refusal of this process's stdin; every later write rejects with it. */
-  stdinError: SandboxError | undefined;
-
   readonly #sinks: { stdout: OutputSink; stderr: OutputSink };
   readonly #settle: (outcome: ExecutionResult | SandboxError) => void;
+  readonly #refuseStdin: (error: SandboxError) => void;
   readonly #callbacks: { stdout: OutputCallback | undefined; stderr: OutputCallback | undefined };
   readonly #decoders = { stdout: new TextDecoder('utf-8'), stderr: new TextDecoder('utf-8') };
   #stdinWake: Deferred<void> | undefined;
@@ -303,11 +315,13 @@ export class ProcessControl {
     readonly process: SandboxProcess,
     sinks: { stdout: OutputSink; stderr: OutputSink },
     settle: (outcome: ExecutionResult | SandboxError) => void,
+    refuseStdin: (error: SandboxError) => void,
     onStdout: OutputCallback | undefined,
     onStderr: OutputCallback | undefined,
   ) {
     this.#sinks = sinks;
     this.#settle = settle;
+    this.#refuseStdin = refuseStdin;
     this.#callbacks = { stdout: onStdout, stderr: onStderr };
   }
 
@@ -338,8 +352,13 @@ export class ProcessControl {
     this.notifyStdin();
   }
 
+  /** The server's refusal of this process's stdin; every later write rejects with it. */
+  get stdinError(): SandboxError | undefined {
+    return this.process.stdinError;
+  }
+
   refuseStdin(error: SandboxError): void {
-    this.stdinError ??= error;
+    this.#refuseStdin(error);
     this.notifyStdin();
   }
 
@@ -375,6 +394,6 @@ export function newProcess(
   const process = new SandboxProcess(host, key, processId, (given) => (wiring = given));
   // SandboxProcess's constructor calls its argument synchronously.
   if (wiring === undefined) throw new Error('process did not connect');
-  const { stdout, stderr, settle } = wiring;
-  return new ProcessControl(process, { stdout, stderr }, settle, callbacks.onStdout, callbacks.onStderr);
+  const { stdout, stderr, settle, refuseStdin } = wiring;
+  return new ProcessControl(process, { stdout, stderr }, settle, refuseStdin, callbacks.onStdout, callbacks.onStderr);
 }

@@ -376,7 +376,8 @@ export class Sandbox {
   /**
    * Runs `code` to the end; resolves to its output (text) and how it ended. `stdin` is written,
    * then stdin is closed (always: a program that reads stdin sees end-of-file instead of waiting
-   * forever). If the server refuses the stdin, the process is killed and `run` rejects.
+   * forever). If the server refuses the stdin, the process is killed and `run` rejects (also for a
+   * refusal that came after the last write, from a server without protocol 2).
    */
   run(code: string, language: Language | (string & {}), options: RunOptions = {}): Promise<RunResult> {
     return handled(this.#run(code, language, options));
@@ -392,6 +393,7 @@ export class Sandbox {
         process.stderr.readAll(),
         process.result(),
       ]);
+      if (process.stdinError !== undefined) throw process.stdinError;
       return {
         stdout,
         stderr,

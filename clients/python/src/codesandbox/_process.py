@@ -141,12 +141,19 @@ class SandboxProcess:
         self._result: ExecutionResult | None = None
         self._done = asyncio.Event()
         self._error: SandboxError | None = None
+        self._stdin_error: SandboxError | None = None
         self._stdin_closed = False
 
     @property
     def done(self) -> bool:
         """True once the server reported the end of the process (or the session ended)."""
         return self._done.is_set()
+
+    @property
+    def stdin_error(self) -> SandboxError | None:
+        """The server's refusal of this process's stdin, if it refused any (every later
+        ``write`` raises it too)."""
+        return self._stdin_error
 
     @property
     def exit_code(self) -> int | None:
@@ -245,8 +252,6 @@ class ProcessControl:
             name: codecs.getincrementaldecoder("utf-8")(errors="replace")
             for name in ("stdout", "stderr")
         }
-        self.stdin_error: SandboxError | None = None
-        """The server's refusal of this process's stdin; every later write raises it."""
         self.stdin_changed = asyncio.Event()
         """Set when stdin writers may proceed (room, refusal, or the end)."""
 
@@ -296,9 +301,14 @@ class ProcessControl:
         process._done.set()
         self.stdin_changed.set()
 
+    @property
+    def stdin_error(self) -> SandboxError | None:
+        """The server's refusal of this process's stdin; every later write raises it."""
+        return self.process._stdin_error
+
     def refuse_stdin(self, error: SandboxError) -> None:
-        if self.stdin_error is None:
-            self.stdin_error = error
+        if self.process._stdin_error is None:
+            self.process._stdin_error = error
         self.stdin_changed.set()
 
 

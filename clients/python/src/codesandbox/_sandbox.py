@@ -424,7 +424,9 @@ class Sandbox:
 
         ``stdin`` is written to the process, then its stdin is closed (always: a
         program that reads stdin sees end-of-file instead of waiting forever). If the
-        call is cancelled, or the server refuses the stdin, the process is killed.
+        call is cancelled, or the server refuses the stdin, the process is killed; a
+        refusal is raised (also one that came after the last write, from a server
+        without protocol 2).
         """
         process = await self.exec(
             code,
@@ -440,6 +442,8 @@ class Sandbox:
             stdout, stderr, result = await asyncio.gather(
                 process.stdout.read_all(), process.stderr.read_all(), process.result()
             )
+            if process.stdin_error is not None:
+                raise process.stdin_error
         except BaseException:
             # Do not leave the process running behind a failed or cancelled run().
             if not process.done and not self.closed:
