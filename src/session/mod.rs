@@ -994,4 +994,6 @@ impl Session {
 }
 
 #[cfg(test)]
+mod flows;
+#[cfg(test)]
 mod tests;
