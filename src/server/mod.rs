@@ -1,6 +1,8 @@
 //! The event loop: one `mio::Poll` for the listening socket, the client connections, the
-//! agents' pipes (through the runtime) and the signal pipes. It moves bytes and dispatches;
-//! decisions live in the runtime, the lifecycle machines and the request handlers.
+//! agents' pipes (through the runtime), the signal pipes and the worker threads' waker. It moves
+//! bytes and dispatches; decisions live in the machines: the runtime's, the session's
+//! (`crate::session`), the HTTP API's (`api`), the save and attach pipelines (`save`,
+//! `attach`).
 
 mod api;
 mod attach;
