@@ -18,7 +18,7 @@ bash scripts/setup.sh
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (unit and integration)"
 # Two at a time: every integration test starts servers and sandboxes, on a 2-core machine.

@@ -10,9 +10,9 @@ use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use sandbox::agent::AgentConfig;
 use sandbox::agent_protocol::{
-    ExitStatus, FrameDecoder, FromAgent, ProcessLimits, SpawnRequest, Stream, ToAgent,
+    AgentConfig, ExecId, ExitStatus, FrameDecoder, FromAgent, Language, ProcessLimits,
+    SpawnRequest, Stream, ToAgent,
 };
 use sandbox::config::{Config, Limits};
 use sandbox::runtime::bundle;
@@ -349,10 +349,12 @@ impl<'a> AgentSandbox<'a> {
         code: &str,
         env: &[(&str, &str)],
     ) -> io::Result<Outcome> {
-        let exec = self.next_exec;
+        let exec = ExecId(self.next_exec);
         self.next_exec += 1;
+        let language = Language::parse(language)
+            .ok_or_else(|| io::Error::other(format!("no language {language:?}")))?;
         let request = SpawnRequest {
-            language: language.into(),
+            language,
             code: code.into(),
             env: env
                 .iter()

@@ -9,8 +9,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::agent::identity::{AGENT_CAPABILITIES, AGENT_UID};
-use crate::agent::AgentConfig;
+use crate::agent_protocol::{AgentConfig, AGENT_CAPABILITIES, AGENT_UID};
 use crate::config::Limits;
 
 /// Where the agent's directory is mounted inside the sandbox.
@@ -123,7 +122,7 @@ pub fn spec(bundle: &BundleSpec<'_>) -> Value {
         "process": {
             "terminal": false,
             // The agent's own uid owns its pipes to the server; it becomes root for everything
-            // else and drops these capabilities at once (agent::identity).
+            // else and drops these capabilities at once (the agent's `identity` module).
             "user": {"uid": AGENT_UID, "gid": AGENT_UID},
             "capabilities": {
                 "bounding": AGENT_CAPABILITIES,

@@ -31,10 +31,9 @@ use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::agent::AgentConfig;
 use crate::agent_protocol::{
-    ExecId, ExitStatus, FrameDecoder, FromAgent, ProcessLimits, SpawnRequest, Stream, ToAgent,
-    MAX_CHUNK_BYTES,
+    AgentConfig, ExecId, ExitStatus, FrameDecoder, FromAgent, Language, ProcessLimits,
+    SpawnRequest, Stream, ToAgent, MAX_CHUNK_BYTES,
 };
 use crate::config::Config;
 use crate::io_token::{token, Tag};
@@ -64,7 +63,7 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// One execution to run.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
-    pub language: String,
+    pub language: Language,
     pub code: String,
     pub env: Vec<(String, String)>,
     pub cwd: String,
@@ -196,7 +195,7 @@ impl Sandbox {
             paused: false,
             readable: false,
             execs: HashMap::new(),
-            next_exec: 1,
+            next_exec: ExecId(1),
             bundle,
             created: Instant::now(),
             start_timer: None,
@@ -971,7 +970,7 @@ impl Runtime {
             .sandboxes
             .get_mut(&key)
             .ok_or(RuntimeError::NoSuchSandbox)?;
-        sandbox.next_exec = sandbox.next_exec.max(exec.saturating_add(1));
+        sandbox.next_exec = sandbox.next_exec.max(exec.next().unwrap_or(exec));
         let now = Instant::now();
         let timer = self
             .timers
@@ -1576,7 +1575,7 @@ impl Runtime {
         match frame {
             FromAgent::Ready(hello) => {
                 if let Some(sandbox) = self.sandboxes.get_mut(&key) {
-                    sandbox.next_exec = sandbox.next_exec.max(hello.next_exec_id);
+                    sandbox.next_exec = sandbox.next_exec.max(ExecId(hello.next_exec_id));
                 }
                 self.apply(key, Event::AgentReady)
             }
@@ -1655,7 +1654,7 @@ impl Runtime {
 fn take_exec_id(next: &mut ExecId) -> Result<ExecId, RuntimeError> {
     let id = *next;
     *next = id
-        .checked_add(1)
+        .next()
         .ok_or_else(|| RuntimeError::Io("the sandbox has no execution ids left".into()))?;
     Ok(id)
 }
@@ -1721,13 +1720,13 @@ mod tests {
 
     #[test]
     fn execution_ids_run_out_with_an_error_not_an_overflow() {
-        let mut next: ExecId = 1;
-        assert_eq!(take_exec_id(&mut next), Ok(1));
-        assert_eq!(next, 2);
+        let mut next = ExecId(1);
+        assert_eq!(take_exec_id(&mut next), Ok(ExecId(1)));
+        assert_eq!(next, ExecId(2));
         // A forged hello from inside the sandbox can set the counter to the last id.
-        next = ExecId::MAX;
+        next = ExecId(u32::MAX);
         assert!(matches!(take_exec_id(&mut next), Err(RuntimeError::Io(_))));
-        assert_eq!(next, ExecId::MAX);
+        assert_eq!(next, ExecId(u32::MAX));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::Instant;
 use super::recovery::Peer;
 use super::websocket::Waiting;
 use super::{Control, Server};
+use crate::agent_protocol::ExecId;
 use crate::runtime::ids::SandboxId;
 use crate::runtime::{Owner, RuntimeError, RuntimeEvent, SandboxKey};
 use crate::session::{refusal, token_matches, Out, SaveRequest, Session, SessionId};
@@ -473,7 +474,7 @@ impl Server {
                 ) {
                     Ok(key) => {
                         if let Some(exec) = manifest.settings.running_exec {
-                            let _ = self.runtime.adopt_exec(key, exec.id);
+                            let _ = self.runtime.adopt_exec(key, ExecId(exec.id));
                         }
                         let session = Session::restored(
                             session_id,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::agent_protocol::{ExecId, Stream};
+use crate::agent_protocol::{ExecId, Language, Stream};
 use crate::runtime::exec::{ExecOutcome, Reason};
 use crate::runtime::{ExecSpec, RuntimeError, RuntimeEvent, SandboxKey};
 use text::{base64_decode, base64_encode, Utf8Stream};
@@ -255,7 +255,7 @@ impl Session {
             auto_checkpoint: self.auto_checkpoint,
             network: self.network,
             running_exec: self.exec.as_ref().map(|exec| crate::store::SavedExec {
-                id: exec.id,
+                id: exec.id.0,
                 base64: exec.base64,
             }),
         }
@@ -287,7 +287,7 @@ impl Session {
         if let Some(exec) = saved.running_exec {
             // Its output is held until the client asks for it with `reconnect`.
             session.exec = Some(RunningExec {
-                id: exec.id,
+                id: ExecId(exec.id),
                 base64: exec.base64,
                 stdout: Utf8Stream::default(),
                 stderr: Utf8Stream::default(),
@@ -733,9 +733,12 @@ impl Session {
         out: &mut Vec<Out>,
         control: &mut dyn SandboxControl,
     ) {
-        let language = message.get("language").and_then(Value::as_str);
+        let language = message
+            .get("language")
+            .and_then(Value::as_str)
+            .and_then(Language::parse);
         let code = message.get("code").and_then(Value::as_str);
-        let (Some(language @ ("python" | "bash")), Some(code)) = (language, code) else {
+        let (Some(language), Some(code)) = (language, code) else {
             out.extend(error_frames(
                 "SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR",
                 LANGUAGES_MESSAGE,
@@ -777,7 +780,7 @@ impl Session {
 
     fn exec_spec(
         &self,
-        language: &str,
+        language: Language,
         code: &str,
         message: &Map<String, Value>,
     ) -> Result<ExecSpec, String> {
@@ -828,7 +831,7 @@ impl Session {
                 })?,
         };
         Ok(ExecSpec {
-            language: language.to_string(),
+            language,
             code: code.to_string(),
             env,
             cwd,

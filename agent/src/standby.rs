@@ -6,9 +6,8 @@ use std::process::Command;
 
 use nix::unistd::Pid;
 
-use super::execution::{prepare_command, Execution};
-use super::AgentConfig;
-use crate::agent_protocol::{ExecId, ProcessLimits, SpawnRequest};
+use crate::execution::{prepare_command, Execution};
+use crate::protocol::{AgentConfig, ExecId, ProcessLimits, SpawnRequest};
 
 const LAUNCHER: &str = include_str!("python_launcher.py");
 
@@ -26,7 +25,7 @@ impl Standby {
         prepare_command(&mut command, config, &config.limits);
         sandbox_ffi::pass_fd_to_child(&mut command, reader.as_raw_fd(), 3);
         // The id is assigned when the interpreter is put to use.
-        let execution = Execution::from_command(0, command, true)?;
+        let execution = Execution::from_command(ExecId(0), command, true)?;
         drop(reader);
         Ok(Standby {
             execution,

@@ -3,7 +3,7 @@
 //! It does three jobs, all from one `poll(2)` loop:
 //! - it is the container's init, so it reaps every process that exits (orphans included),
 //!   which keeps `RLIMIT_NPROC` honest and lets `runsc delete` finish at once;
-//! - it spawns executions on request (frames on its stdin, see [`crate::agent_protocol`]) and
+//! - it spawns executions on request (frames on its stdin, see [`crate::protocol`]) and
 //!   relays their stdin, stdout, stderr and exit status;
 //! - it keeps one Python interpreter pre-started, so that a `python` execution does not pay the
 //!   interpreter's start-up.
@@ -13,13 +13,9 @@
 //! blocks in `write`, and nothing is dropped. Control frames from the server are always read.
 //!
 //! It starts as its own uid so that user code cannot reach its pipes, kill it or trace it, and
-//! runs every process as plain root without capabilities (see [`identity`]).
+//! runs every process as plain root without capabilities (see [`crate::identity`]).
 //!
 //! Running inside gVisor, it must only use plain syscalls (poll, pipes, fork/exec, waitpid).
-
-mod execution;
-pub mod identity;
-mod standby;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -34,28 +30,18 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::agent_protocol::{
-    AgentHello, ExecId, ExitStatus, FrameDecoder, FromAgent, Inspection, ProcessLimits, ToAgent,
+use crate::execution::{Execution, PipeRead};
+use crate::protocol::{
+    AgentConfig, AgentHello, ExecId, ExitStatus, FrameDecoder, FromAgent, Inspection, Language,
+    ToAgent,
 };
-use execution::{Execution, PipeRead};
-use standby::Standby;
+use crate::standby::Standby;
 
 /// How long a killed execution's process group is watched for survivors.
 const DOOMED_GROUP_WATCH: Duration = Duration::from_secs(2);
 
 /// Output frames held for the server before the agent stops reading process pipes.
-const OUTBOX_HIGH_WATER: usize = 256 * 1024;
-
-/// Configuration passed on the agent's command line by the server.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct AgentConfig {
-    /// Limits applied to every process the agent spawns (and to the standby interpreter).
-    pub limits: ProcessLimits,
-    /// Environment every execution starts with, before its own additions.
-    pub base_env: Vec<(String, String)>,
-    /// Keep a pre-started Python interpreter.
-    pub python_standby: bool,
-}
+pub(crate) const OUTBOX_HIGH_WATER: usize = 256 * 1024;
 
 /// Where each polled descriptor belongs.
 #[derive(Debug, Clone, Copy)]
@@ -258,7 +244,7 @@ impl Agent {
                         .encode(&mut self.outbox);
                     return;
                 }
-                let standby = if request.language == "python" {
+                let standby = if request.language == Language::Python {
                     self.standby
                         .take_if(|standby| standby.can_serve(&request, &self.config.limits))
                 } else {
@@ -323,11 +309,11 @@ impl Agent {
         });
     }
 
-    fn next_exec_id(&self) -> ExecId {
+    fn next_exec_id(&self) -> u32 {
         self.executions
             .keys()
             .max()
-            .map_or(1, |id| id.saturating_add(1))
+            .map_or(1, |id| id.0.saturating_add(1))
     }
 
     /// Reap every exited child: ours are recorded, orphans are simply collected (we are init).

@@ -9,9 +9,10 @@ use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{set_nonblocking, AgentConfig};
-use crate::agent_protocol::{
-    ExecId, ExitStatus, FromAgent, ProcessLimits, SpawnRequest, Stream, MAX_CHUNK_BYTES,
+use crate::agent_loop::set_nonblocking;
+use crate::protocol::{
+    AgentConfig, ExecId, ExitStatus, FromAgent, Language, ProcessLimits, SpawnRequest, Stream,
+    MAX_CHUNK_BYTES,
 };
 
 /// `execve` refuses a single argument longer than 128 KiB; larger code goes through a file.
@@ -60,19 +61,13 @@ impl Execution {
                 request.cwd
             ));
         }
-        let (program, flag) = match request.language.as_str() {
-            "python" => ("/usr/bin/python3", "-c"),
-            "bash" => ("/bin/bash", "-c"),
-            other => return Err(format!("unsupported language {other:?}")),
+        let (program, flag, extension) = match request.language {
+            Language::Python => ("/usr/bin/python3", "-c", "py"),
+            Language::Bash => ("/bin/bash", "-c", "sh"),
         };
         let mut command = Command::new(program);
         let mut code_file = None;
         if request.code.len() > MAX_INLINE_CODE_BYTES {
-            let extension = if request.language == "python" {
-                "py"
-            } else {
-                "sh"
-            };
             let path = PathBuf::from(format!("{CODE_DIR}/exec-{id}.{extension}"));
             std::fs::create_dir_all(CODE_DIR)
                 .and_then(|()| std::fs::write(&path, &request.code))
@@ -85,7 +80,7 @@ impl Execution {
         prepare_command(&mut command, config, &request.limits);
         command.envs(request.env.iter().map(|(key, value)| (key, value)));
         command.current_dir(&request.cwd);
-        let mut execution = Self::from_command(id, command, request.language == "python")?;
+        let mut execution = Self::from_command(id, command, request.language == Language::Python)?;
         execution.code_file = code_file;
         Ok(execution)
     }
@@ -208,7 +203,9 @@ impl Execution {
     /// round trip is several slow syscalls under gVisor, so one read per wake-up would cut the
     /// throughput to a fraction.
     pub fn read_output(&mut self, which: PipeRead, outbox: &mut Vec<u8>) {
-        while outbox.len() < super::OUTBOX_HIGH_WATER && self.read_chunk(which, outbox) {}
+        while outbox.len() < crate::agent_loop::OUTBOX_HIGH_WATER && self.read_chunk(which, outbox)
+        {
+        }
     }
 
     /// Returns false when the pipe has nothing more right now (would block, EOF or error).
@@ -278,7 +275,7 @@ impl Execution {
         }
         for which in [PipeRead::Stdout, PipeRead::Stderr] {
             loop {
-                if outbox.len() >= super::OUTBOX_HIGH_WATER {
+                if outbox.len() >= crate::agent_loop::OUTBOX_HIGH_WATER {
                     return;
                 }
                 // What the process wrote before exiting fits in the pipe's buffer; past this
