@@ -11,8 +11,10 @@
 /// The agent protocol, from the `sandbox-agent` crate: the server uses nothing else of it.
 pub use sandbox_agent::protocol as agent_protocol;
 pub mod config;
+pub mod egress_policy;
 pub mod guard;
 pub mod http;
+pub mod ids;
 pub mod io_token;
 pub mod metrics;
 pub mod runtime;

@@ -22,44 +22,9 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-/// One allowed destination of the policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Destination {
-    pub host: String,
-    pub port: u16,
-}
-
-/// Parse `host:port,host:port` (an IPv4 address is a host too).
-pub fn parse_policy(text: &str) -> Result<Vec<Destination>, String> {
-    let mut destinations = Vec::new();
-    for item in text
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-    {
-        let (host, port) = item
-            .rsplit_once(':')
-            .ok_or_else(|| format!("egress destination {item:?} must be host:port"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|port| *port != 0)
-            .ok_or_else(|| format!("egress destination {item:?} has an invalid port"))?;
-        let valid_host = !host.is_empty()
-            && host.len() <= 253
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-        if !valid_host {
-            return Err(format!("egress destination {item:?} has an invalid host"));
-        }
-        destinations.push(Destination {
-            host: host.to_string(),
-            port,
-        });
-    }
-    Ok(destinations)
-}
+/// Old paths of the policy's parsing (it lives in [`crate::egress_policy`]: the configuration
+/// reads it and must not depend on the runtime), kept until every caller uses the new one.
+pub use crate::egress_policy::{parse_policy, Destination};
 
 /// Addresses a hostname may never resolve to (an explicit IP in the policy may still be one).
 fn is_internal(address: Ipv4Addr) -> bool {
@@ -350,24 +315,6 @@ route add default via {host_ip}
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn policies_parse_and_reject_nonsense() {
-        let policy =
-            parse_policy("pypi.org:443, files.pythonhosted.org:443,10.0.0.5:8080").unwrap();
-        assert_eq!(policy.len(), 3);
-        assert_eq!(
-            policy[2],
-            Destination {
-                host: "10.0.0.5".into(),
-                port: 8080
-            }
-        );
-        assert!(parse_policy("pypi.org").is_err());
-        assert!(parse_policy("pypi.org:0").is_err());
-        assert!(parse_policy("a b:1").is_err());
-        assert!(parse_policy("").unwrap().is_empty());
-    }
 
     #[test]
     fn internal_addresses_are_recognised() {

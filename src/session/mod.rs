@@ -188,7 +188,7 @@ pub fn refusal(name: &str, message: &str, code: u16) -> Vec<Out> {
 /// Whether `given` is the token whose SHA-256 is `expected_sha256`. Hashes are compared in
 /// constant time, so the time taken says nothing about how much of a guess matched.
 pub fn token_matches(expected_sha256: &str, given: &str) -> bool {
-    !given.is_empty() && tokens_match(expected_sha256, &crate::store::sha256_hex(given.as_bytes()))
+    !given.is_empty() && tokens_match(expected_sha256, &crate::ids::sha256_hex(given.as_bytes()))
 }
 
 /// Constant-time comparison of two strings.
@@ -209,7 +209,7 @@ impl Session {
             state: State::AwaitingInit,
             sandbox: None,
             sandbox_id: String::new(),
-            token_sha256: crate::store::sha256_hex(token.as_bytes()),
+            token_sha256: crate::ids::sha256_hex(token.as_bytes()),
             token,
             checkpointable: false,
             auto_checkpoint: false,
@@ -374,7 +374,9 @@ impl Session {
                     "cannot create from filesystem snapshot {name:?}: filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)"
                 ))
             } else {
-                crate::store::validate_snapshot_name(name).err()
+                crate::ids::validate_snapshot_name(name)
+                    .err()
+                    .map(|error| error.to_string())
             }
         } else {
             None
@@ -636,7 +638,9 @@ impl Session {
         } else if self.exec.is_some() {
             Some("cannot take a filesystem snapshot while an execution is running".to_string())
         } else {
-            crate::store::validate_snapshot_name(name).err()
+            crate::ids::validate_snapshot_name(name)
+                .err()
+                .map(|error| error.to_string())
         };
         match problem {
             Some(text) => out.extend(error_frames("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", &text)),

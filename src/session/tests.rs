@@ -592,7 +592,7 @@ fn restored_sessions_check_the_token_hash_and_report_running() {
         network: false,
         running_exec: None,
     };
-    let hash = crate::store::sha256_hex(b"the-token");
+    let hash = crate::ids::sha256_hex(b"the-token");
     let mut session = Session::restored(
         2,
         hash.clone(),
