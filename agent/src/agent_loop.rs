@@ -30,7 +30,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::execution::{Execution, PipeRead};
+use crate::execution::{Execution, PipeRead, SpawnError};
 use crate::protocol::{
     AgentConfig, AgentHello, ExecId, ExitStatus, FrameDecoder, FromAgent, Inspection, Language,
     ToAgent,
@@ -240,8 +240,8 @@ impl Agent {
         match frame {
             ToAgent::Spawn(id, request) => {
                 if self.executions.contains_key(&id) {
-                    FromAgent::SpawnFailed(id, format!("execution id {id} is already in use"))
-                        .encode(&mut self.outbox);
+                    let error = SpawnError::IdInUse(id);
+                    FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
                     return;
                 }
                 let standby = if request.language == Language::Python {
@@ -251,7 +251,7 @@ impl Agent {
                     None
                 };
                 let result = match standby {
-                    Some(standby) => standby.activate(id, &request),
+                    Some(standby) => Ok(standby.activate(id, &request)),
                     None => Execution::spawn(id, &request, &self.config),
                 };
                 match result {
@@ -259,7 +259,9 @@ impl Agent {
                         FromAgent::Started(id).encode(&mut self.outbox);
                         self.executions.insert(id, execution);
                     }
-                    Err(message) => FromAgent::SpawnFailed(id, message).encode(&mut self.outbox),
+                    Err(error) => {
+                        FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox)
+                    }
                 }
             }
             ToAgent::Stdin(id, data) => {
@@ -389,8 +391,8 @@ impl Agent {
         }
         match Standby::start(&self.config) {
             Ok(standby) => self.standby = Some(standby),
-            Err(message) => {
-                eprintln!("sandbox-agent: cannot start the standby interpreter: {message}");
+            Err(error) => {
+                eprintln!("sandbox-agent: cannot start the standby interpreter: {error}");
                 self.standby_failures += 1;
             }
         }

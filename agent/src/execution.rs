@@ -25,6 +25,54 @@ const MAX_DRAIN_AFTER_EXIT: usize = 1024 * 1024;
 /// Where code too large for an argument is written inside the sandbox.
 const CODE_DIR: &str = "/run/sandbox-agent";
 
+/// Why an execution could not be started; the text goes to the server in `SpawnFailed`.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The server reused the id of a running execution.
+    IdInUse(ExecId),
+    NoSuchDirectory(String),
+    /// Code too large for an argument could not be written to a file.
+    StoreCode {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A pipe for the standby interpreter's request could not be made.
+    Pipe(io::Error),
+    Start(io::Error),
+    ConfigurePipes(io::Error),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::IdInUse(id) => write!(f, "execution id {id} is already in use"),
+            SpawnError::NoSuchDirectory(cwd) => {
+                write!(f, "working directory {cwd:?} does not exist")
+            }
+            SpawnError::StoreCode { path, source } => {
+                write!(f, "cannot store the code in {}: {source}", path.display())
+            }
+            SpawnError::Pipe(source) => write!(f, "cannot make a pipe: {source}"),
+            SpawnError::Start(source) => write!(f, "cannot start the process: {source}"),
+            SpawnError::ConfigurePipes(source) => {
+                write!(f, "cannot configure the pipes: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SpawnError::StoreCode { source, .. }
+            | SpawnError::Pipe(source)
+            | SpawnError::Start(source)
+            | SpawnError::ConfigurePipes(source) => Some(source),
+            SpawnError::IdInUse(_) | SpawnError::NoSuchDirectory(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum PipeRead {
     Stdout,
@@ -51,15 +99,16 @@ pub struct Execution {
 
 impl Execution {
     /// Start `request` as a new process group with fresh pipes.
-    pub fn spawn(id: ExecId, request: &SpawnRequest, config: &AgentConfig) -> Result<Self, String> {
+    pub fn spawn(
+        id: ExecId,
+        request: &SpawnRequest,
+        config: &AgentConfig,
+    ) -> Result<Self, SpawnError> {
         let cwd_is_dir = std::fs::metadata(&request.cwd)
             .map(|meta| meta.is_dir())
             .unwrap_or(false);
         if !cwd_is_dir {
-            return Err(format!(
-                "working directory {:?} does not exist",
-                request.cwd
-            ));
+            return Err(SpawnError::NoSuchDirectory(request.cwd.clone()));
         }
         let (program, flag, extension) = match request.language {
             Language::Python => ("/usr/bin/python3", "-c", "py"),
@@ -71,7 +120,10 @@ impl Execution {
             let path = PathBuf::from(format!("{CODE_DIR}/exec-{id}.{extension}"));
             std::fs::create_dir_all(CODE_DIR)
                 .and_then(|()| std::fs::write(&path, &request.code))
-                .map_err(|error| format!("cannot store the code in {}: {error}", path.display()))?;
+                .map_err(|source| SpawnError::StoreCode {
+                    path: path.clone(),
+                    source,
+                })?;
             command.arg(&path);
             code_file = Some(path);
         } else {
@@ -86,14 +138,16 @@ impl Execution {
     }
 
     /// Spawn a prepared command with piped stdio and wrap it.
-    pub fn from_command(id: ExecId, mut command: Command, python: bool) -> Result<Self, String> {
+    pub fn from_command(
+        id: ExecId,
+        mut command: Command,
+        python: bool,
+    ) -> Result<Self, SpawnError> {
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .map_err(|error| format!("cannot start the process: {error}"))?;
+        let mut child = command.spawn().map_err(SpawnError::Start)?;
         // The agent reaps with waitpid(-1); the `Child` handle is not used to wait.
         let pid = Pid::from_raw(child.id() as i32);
         let (stdin, stdout, stderr) =
@@ -106,7 +160,7 @@ impl Execution {
         .into_iter()
         .flatten()
         {
-            set_nonblocking(fd).map_err(|error| format!("cannot configure the pipes: {error}"))?;
+            set_nonblocking(fd).map_err(SpawnError::ConfigurePipes)?;
         }
         Ok(Execution {
             id,

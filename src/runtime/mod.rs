@@ -8,6 +8,7 @@
 //! registered with the event loop.
 
 pub mod bundle;
+mod error;
 pub mod exec;
 pub mod health;
 pub mod ids;
@@ -38,6 +39,7 @@ use crate::agent_protocol::{
 use crate::config::Config;
 use crate::io_token::{token, Tag};
 use crate::timers::{TimerId, Timers};
+pub use error::RuntimeError;
 use exec::{ExecOutcome, ExecTracker, OutputVerdict, Reason};
 use ids::SandboxId;
 use lifecycle::{Action, Event, Lifecycle, State};
@@ -93,35 +95,6 @@ pub struct Notice {
     pub owner: Owner,
     pub sandbox: SandboxKey,
     pub event: RuntimeEvent,
-}
-
-/// Errors of runtime requests, worded for the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RuntimeError {
-    AtCapacity(usize),
-    NoSuchSandbox,
-    WrongState(&'static str),
-    NoSuchExecution,
-    StdinFull,
-    Io(String),
-}
-
-impl std::fmt::Display for RuntimeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RuntimeError::AtCapacity(limit) => {
-                write!(f, "the server is at its limit of {limit} sandboxes; retry shortly")
-            }
-            RuntimeError::NoSuchSandbox => write!(f, "the sandbox does not exist"),
-            RuntimeError::WrongState(state) => write!(f, "the sandbox is {state}"),
-            RuntimeError::NoSuchExecution => write!(f, "no execution is running"),
-            RuntimeError::StdinFull => write!(
-                f,
-                "the process is not reading its stdin: more than {MAX_STDIN_IN_FLIGHT} bytes are waiting"
-            ),
-            RuntimeError::Io(message) => write!(f, "{message}"),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -545,7 +518,7 @@ impl Runtime {
         egress: bool,
     ) -> Result<SandboxKey, RuntimeError> {
         if egress {
-            let id = SandboxId::random().map_err(|error| RuntimeError::Io(error.to_string()))?;
+            let id = SandboxId::random().map_err(RuntimeError::NoRandomness)?;
             return self.restore(owner, id, image, true, true);
         }
         self.prune_snapshot_pools();
@@ -561,7 +534,7 @@ impl Runtime {
                 return Ok(key);
             }
         }
-        let id = SandboxId::random().map_err(|error| RuntimeError::Io(error.to_string()))?;
+        let id = SandboxId::random().map_err(RuntimeError::NoRandomness)?;
         self.restore(owner, id, image, true, false)
     }
 
@@ -639,8 +612,7 @@ impl Runtime {
         let admission = self.admit(owner)?;
         let key = self.next_key;
         self.next_key += 1;
-        let id = SandboxId::random()
-            .map_err(|error| RuntimeError::Io(format!("no randomness: {error}")))?;
+        let id = SandboxId::random().map_err(RuntimeError::NoRandomness)?;
         let bundle_dir = self.bundles_dir.join(id.to_string());
         let network = if egress {
             Some(self.prepare_network(&bundle_dir)?)
@@ -676,9 +648,9 @@ impl Runtime {
                     let _ = std::fs::remove_dir_all(&sandbox.bundle);
                 }
                 self.stats.start_failures += 1;
-                let message = format!("cannot start a sandbox: {error}");
-                self.health.failed(&message);
-                Err(RuntimeError::Io(message))
+                let error = RuntimeError::Start(error);
+                self.health.failed(&error.to_string());
+                Err(error)
             }
         }
     }
@@ -715,12 +687,12 @@ impl Runtime {
         let manager = self
             .network
             .as_mut()
-            .ok_or_else(|| RuntimeError::Io(self.network_unavailable.clone()))?;
-        let (allowed, hosts) = manager.resolve().map_err(RuntimeError::Io)?;
+            .ok_or_else(|| RuntimeError::EgressUnavailable(self.network_unavailable.clone()))?;
+        let (allowed, hosts) = manager.resolve().map_err(RuntimeError::Network)?;
         std::fs::create_dir_all(bundle_dir)
             .and_then(|()| std::fs::write(bundle_dir.join("hosts"), hosts))
-            .map_err(|error| RuntimeError::Io(format!("cannot prepare the sandbox: {error}")))?;
-        manager.create(&allowed).map_err(RuntimeError::Io)
+            .map_err(RuntimeError::Prepare)?;
+        manager.create(&allowed).map_err(RuntimeError::Network)
     }
 
     /// Whether sandboxes can have network egress here (and if not, why).
@@ -1653,9 +1625,7 @@ impl Runtime {
 /// (it comes from inside the sandbox), so running out is an error, not an overflow.
 fn take_exec_id(next: &mut ExecId) -> Result<ExecId, RuntimeError> {
     let id = *next;
-    *next = id
-        .next()
-        .ok_or_else(|| RuntimeError::Io("the sandbox has no execution ids left".into()))?;
+    *next = id.next().ok_or(RuntimeError::NoExecIdsLeft)?;
     Ok(id)
 }
 
@@ -1721,11 +1691,14 @@ mod tests {
     #[test]
     fn execution_ids_run_out_with_an_error_not_an_overflow() {
         let mut next = ExecId(1);
-        assert_eq!(take_exec_id(&mut next), Ok(ExecId(1)));
+        assert_eq!(take_exec_id(&mut next).ok(), Some(ExecId(1)));
         assert_eq!(next, ExecId(2));
         // A forged hello from inside the sandbox can set the counter to the last id.
         next = ExecId(u32::MAX);
-        assert!(matches!(take_exec_id(&mut next), Err(RuntimeError::Io(_))));
+        assert!(matches!(
+            take_exec_id(&mut next),
+            Err(RuntimeError::NoExecIdsLeft)
+        ));
         assert_eq!(next, ExecId(u32::MAX));
     }
 

@@ -103,7 +103,8 @@ impl SnapshotCache {
     ) -> Result<PathBuf, String> {
         store::validate_snapshot_name(name)?;
         let base = root.join(name);
-        let manifest = store::load(&base)?
+        let manifest = store::load(&base)
+            .map_err(|error| error.to_string())?
             // The original clients look for "not found" in this creation error.
             .ok_or_else(|| format!("filesystem snapshot {name:?} not found"))?;
         same_image(&manifest, rootfs_stamp)
@@ -250,7 +251,8 @@ impl Server {
         self.jobs.spawn_or(
             move || JobResult::Published {
                 session: session_id,
-                result: store::publish(&base, &image, token, settings, &stamp),
+                result: store::publish(&base, &image, token, settings, &stamp)
+                    .map_err(|error| error.to_string()),
             },
             move |message| JobResult::Published {
                 session: session_id,
@@ -669,7 +671,7 @@ fn check_attach(
                 }
             };
         }
-        Err(message) => return AttachOutcome::Failed(message),
+        Err(error) => return AttachOutcome::Failed(error.to_string()),
     };
     let expected = manifest.token_sha256.clone().unwrap_or_default();
     if !token_matches(&expected, token) {
@@ -689,9 +691,9 @@ fn check_attach(
             image,
             lease,
         },
-        Err(message) => {
+        Err(error) => {
             lease::release(base, &lease);
-            AttachOutcome::Failed(message)
+            AttachOutcome::Failed(error.to_string())
         }
     }
 }
