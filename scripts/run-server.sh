@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "run-server.sh: runsc needs root; run it as root (e.g. with sudo)" >&2
+  echo "run-server.sh: runsc needs root; run it as root" >&2
   exit 1
 fi
 

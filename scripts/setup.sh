@@ -2,8 +2,8 @@
 # Prepare this machine to run the sandbox server. Idempotent; run as root on Debian 12.
 #
 #  1. apt-installs what is missing (apt-get update only if something is missing):
-#     runsc (gVisor), debootstrap + keyring, gcc/libc6-dev (statx shim), iproute2, nftables
-#     (sandbox networking), ca-certificates, curl.
+#     runsc (gVisor), debootstrap + keyring, gcc/libc6-dev (statx shim), g++ (libFuzzer, for
+#     scripts/fuzz.sh), iproute2, nftables (sandbox networking), ca-certificates, curl.
 #  2. builds the sandbox root filesystem with scripts/build-rootfs.sh at
 #     ${SANDBOX_ROOTFS:-/var/lib/cloud-run-sandbox/rootfs} if it is missing or its stamp
 #     (/.sandbox-image-stamp) differs from `build-rootfs.sh --stamp`, i.e. after any change to
@@ -37,7 +37,7 @@ if ! flock -n 9; then
 fi
 
 # --- packages ----------------------------------------------------------------------------------
-PACKAGES=(debootstrap debian-archive-keyring gcc libc6-dev iproute2 nftables ca-certificates curl)
+PACKAGES=(debootstrap debian-archive-keyring gcc g++ libc6-dev iproute2 nftables ca-certificates curl)
 missing=()
 # runsc counts as present if any runsc is on PATH (e.g. a pinned release in /usr/local/bin):
 # do not pull in the Debian one next to it.

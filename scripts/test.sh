@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every test of the project and exit non-zero on any failure:
-#   formatting and lints, Rust unit tests, Rust integration tests (real server, real runsc),
-#   then the Python and TypeScript client suites against a real server started here.
+#   formatting and lints, the fuzz targets for a bounded time (scripts/fuzz.sh), Rust unit
+#   tests, Rust integration tests (real server, real runsc), then the Python and TypeScript
+#   client suites against a real server started here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,8 +18,12 @@ bash scripts/setup.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "fuzzing (each target ${FUZZ_SECONDS:-15} s)"
+bash scripts/fuzz.sh
 
 step "cargo test (unit and integration)"
 # Two at a time: every integration test starts servers and sandboxes, on a 2-core machine.

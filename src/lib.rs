@@ -12,6 +12,9 @@
 pub use sandbox_agent::protocol as agent_protocol;
 pub mod config;
 pub mod egress_policy;
+/// Fuzz harnesses for the libFuzzer targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod http;
 pub mod ids;

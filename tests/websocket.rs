@@ -468,6 +468,20 @@ fn init_asking_for_checkpoint_or_snapshot_is_a_creation_error() {
     created.ws.kill_sandbox();
 }
 
+/// Found by the session fuzz target: a creation error quoting a long non-ASCII value made a
+/// close reason over the 123 bytes a close frame holds, and the client saw a protocol error
+/// instead of the close.
+#[test]
+fn a_creation_error_quoting_a_long_value_still_closes_with_4000() {
+    let server = TestServer::start(&[]);
+    let name = "\u{e9}".repeat(80);
+    let mut ws = connect(server.port, "/create");
+    ws.send(json!({ "filesystem_snapshot_name": name }));
+    let message = ws.expect_error("SANDBOX_CREATION_ERROR");
+    assert!(message.contains(&name), "{message:?}");
+    ws.expect_close(4000);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attach
 

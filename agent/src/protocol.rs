@@ -155,7 +155,9 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
-    /// The shell's convention: the exit code, or 128 + the signal number.
+    /// The shell's convention: the exit code, or 128 + the signal number. The number comes
+    /// from the agent's frame, which code in the sandbox can forge: saturate rather than
+    /// overflow (a panic in debug builds) on a signal no kernel sends.
     pub fn shell_code(self) -> i32 {
         match self {
             ExitStatus::Code(code) => code,
@@ -553,6 +555,25 @@ mod tests {
             ]
         );
         assert_eq!(ExitStatus::Signal(i32::MAX).shell_code(), i32::MAX);
+    }
+
+    /// Reached through the session fuzz harness (fuzz/corpus/session/regression-signal-overflow):
+    /// a forged exit frame with signal i32::MAX overflowed `128 + signal`.
+    #[test]
+    fn forged_signal_numbers_do_not_overflow() {
+        let mut bytes = Vec::new();
+        put_frame(
+            &mut bytes,
+            kind::EXIT_SIGNAL,
+            ExecId(1),
+            &i32::MAX.to_le_bytes(),
+        );
+        let mut decoder = FrameDecoder::new();
+        decoder.push(&bytes);
+        let Ok(Some(FromAgent::Exited(ExecId(1), status))) = decoder.next_from_agent() else {
+            panic!("not an exit frame");
+        };
+        assert_eq!(status.shell_code(), i32::MAX);
         assert_eq!(ExitStatus::Signal(i32::MIN).shell_code(), i32::MIN + 128);
     }
 

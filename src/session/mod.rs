@@ -177,6 +177,20 @@ fn error_frames(name: &str, message: &str) -> [Out; 2] {
     ]
 }
 
+/// RFC 6455 §5.5: a close frame carries at most 125 bytes, 2 of them the code. A longer
+/// reason makes the frame invalid and the client fails the connection instead of reading it.
+const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// `text` cut to fit in a close frame, on a character boundary.
+fn close_reason(text: &str) -> String {
+    let mut end = text.len().min(MAX_CLOSE_REASON_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    // `end` is a character boundary within `text` (0 always is), so `get` cannot miss.
+    text.get(..end).unwrap_or_default().to_string()
+}
+
 /// A refusal that ends the connection: the error status with its message, the `error` event,
 /// and the close (its reason is the status, in lower case).
 pub fn refusal(name: &str, message: &str, code: u16) -> Vec<Out> {
@@ -345,8 +359,7 @@ impl Session {
         let mut out = Vec::new();
         let fail = |out: &mut Vec<Out>, message: &str, code: u16| {
             out.extend(error_frames("SANDBOX_CREATION_ERROR", message));
-            // The connection bounds the reason to what a close frame can carry.
-            out.push(Out::Close(code, message.to_string()));
+            out.push(Out::Close(code, close_reason(message)));
         };
         let init = match options::parse_init(text) {
             Ok(init) => init,

@@ -878,3 +878,32 @@ fn snapshot_names_must_be_strings() {
     );
     assert_eq!(message_of(&out, 2), "name must be a string, got 42");
 }
+
+/// Found by the session fuzz target: a creation error quoting the client's non-ASCII value was
+/// cut at 100 characters, up to 400 bytes, in a close frame that holds 123.
+#[test]
+fn close_reasons_fit_in_a_close_frame() {
+    let now = Instant::now();
+    let mut control = FakeControl::default();
+    let name = "\u{e9}".repeat(80);
+    let mut session = Session::new(1, "t".into(), settings(false), now);
+    let init = json!({ "filesystem_snapshot_name": name }).to_string();
+    let out = session.on_init(&init, &mut control, now);
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_CREATION_ERROR", "error", "close 4000"]
+    );
+    let Out::Close(_, reason) = &out[2] else {
+        panic!("not a close: {out:?}");
+    };
+    assert!(reason.len() <= 123, "{} bytes: {reason:?}", reason.len());
+    assert!(reason.starts_with("cannot create from filesystem snapshot"));
+    // The full message still reaches the client in the error event.
+    assert!(frame(&out, 1)["message"].as_str().unwrap().contains(&name));
+
+    assert_eq!(close_reason("short"), "short");
+    assert_eq!(close_reason(&"a".repeat(200)).len(), 123);
+    // Two-byte characters: byte 123 falls inside the 62nd one, which goes.
+    assert_eq!(close_reason(&"\u{e9}".repeat(62)), "\u{e9}".repeat(61));
+    assert_eq!(close_reason(&"\u{1f600}".repeat(40)).len(), 120);
+}
