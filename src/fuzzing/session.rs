@@ -89,7 +89,7 @@ const CLOSE_CODES: [u16; 8] = [1000, 1001, 1003, 1008, 1009, 1011, 1013, 4000];
 const MAX_CLOSE_REASON_BYTES: usize = 123;
 
 /// The only sandbox the fake hands out.
-const SANDBOX: SandboxKey = 7;
+const SANDBOX: SandboxKey = SandboxKey(7);
 
 pub fn run(data: &[u8]) {
     let mut records = data.split(|&byte| byte == b'\n');

@@ -324,7 +324,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             json,
         };
-        ExecuteJob::new(1, "a".repeat(32), request, true)
+        ExecuteJob::new(SandboxKey(1), "a".repeat(32), request, true)
     }
 
     fn finished() -> RuntimeEvent {

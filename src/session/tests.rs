@@ -25,7 +25,7 @@ impl SandboxControl for FakeControl {
         if self.at_capacity {
             Err(RuntimeError::AtCapacity(1))
         } else {
-            Ok(7)
+            Ok(SandboxKey(7))
         }
     }
     fn sandbox_id(&self, _sandbox: SandboxKey) -> String {
@@ -268,7 +268,7 @@ fn kill_sandbox_sequence_and_close_1000() {
     let mut control = FakeControl::default();
     let mut session = running_session(&mut control);
     let mut out = session.on_message(r#"{"action":"kill_sandbox"}"#, &mut control, Instant::now());
-    assert_eq!(control.deleted, vec![7]);
+    assert_eq!(control.deleted, vec![SandboxKey(7)]);
     out.extend(session.on_runtime(RuntimeEvent::Deleted, &mut control));
     assert_eq!(
         names(&out),
@@ -444,7 +444,7 @@ fn idle_timeout_counts_activity_and_not_running_executions() {
         .is_empty());
     let out = session.on_tick(start + Duration::from_secs(71), &mut control);
     assert_eq!(names(&out), ["SANDBOX_KILLING", "SANDBOX_DELETING"]);
-    assert_eq!(control.deleted, vec![7]);
+    assert_eq!(control.deleted, vec![SandboxKey(7)]);
 }
 
 #[test]
@@ -504,7 +504,7 @@ fn checkpoint_flow_saves_then_deletes_and_closes_1000() {
         })
     );
     out = session.on_checkpoint_saved(Ok(()), &mut control);
-    assert_eq!(control.deleted, vec![7]);
+    assert_eq!(control.deleted, vec![SandboxKey(7)]);
     out.extend(session.on_runtime(RuntimeEvent::Deleted, &mut control));
     assert_eq!(
         names(&out),
@@ -597,7 +597,7 @@ fn restored_sessions_check_the_token_hash_and_report_running() {
         2,
         hash.clone(),
         &saved,
-        7,
+        SandboxKey(7),
         "id".into(),
         settings(true),
         Instant::now(),
@@ -611,7 +611,7 @@ fn restored_sessions_check_the_token_hash_and_report_running() {
         3,
         hash,
         &saved,
-        7,
+        SandboxKey(7),
         "id".into(),
         settings(true),
         Instant::now(),
@@ -665,7 +665,7 @@ fn an_execution_saved_at_shutdown_is_followed_after_the_restore() {
         2,
         "hash".into(),
         &saved,
-        7,
+        SandboxKey(7),
         "id".into(),
         settings(true),
         Instant::now(),
@@ -771,7 +771,7 @@ fn restored_sessions_survive_absurd_saved_idle_timeouts() {
             2,
             "hash".into(),
             &saved,
-            7,
+            SandboxKey(7),
             "id".into(),
             settings(true),
             Instant::now(),
