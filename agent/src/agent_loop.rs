@@ -8,9 +8,12 @@
 //! - it keeps one Python interpreter pre-started, so that a `python` execution does not pay the
 //!   interpreter's start-up.
 //!
-//! Back-pressure: output frames wait in a bounded buffer for the server to read them. When it is
-//! full the agent stops reading the executions' pipes, so a process whose output is not consumed
-//! blocks in `write`, and nothing is dropped. Control frames from the server are always read.
+//! Back-pressure: each execution has an output window (`protocol::OUTPUT_WINDOW_BYTES`): the
+//! agent reads its pipes only while the window is open, and the server reopens it with
+//! `Credit` frames as it consumes the output. So a process whose output is not consumed blocks
+//! in `write`, the other executions go on, and nothing is dropped. As a last resort, output
+//! frames wait in a bounded buffer for the server to read them; when it is full, no pipe is
+//! read. Control frames from the server are always read.
 //!
 //! It starts as its own uid so that user code cannot reach its pipes, kill it or trace it, and
 //! runs every process as plain root without capabilities (see [`crate::identity`]).
@@ -141,7 +144,9 @@ impl Agent {
         sources.push(Source::Signals);
         fds.push(PollFd::new(self.signals.as_fd(), readable));
         for (id, execution) in &self.executions {
-            if outbox_has_room {
+            // An execution whose window is closed is not read: it blocks in `write` until the
+            // server gives credit, and the others go on.
+            if outbox_has_room && execution.output_window_open() {
                 if let Some(fd) = execution.stdout_fd() {
                     sources.push(Source::ExecStdout(*id));
                     fds.push(PollFd::new(fd, readable));
@@ -288,6 +293,9 @@ impl Agent {
                     self.standby_failures = 0;
                     self.refill_standby();
                 }
+                for execution in self.executions.values_mut() {
+                    execution.reset_window();
+                }
                 let hello = AgentHello {
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     python_standby: self.standby.is_some(),
@@ -300,6 +308,11 @@ impl Agent {
                     open_tcp_connections: open_tcp_connections(),
                 };
                 FromAgent::Inspection(inspection).encode(&mut self.outbox);
+            }
+            ToAgent::Credit(id, bytes) => {
+                if let Some(execution) = self.executions.get_mut(&id) {
+                    execution.add_credit(bytes);
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use crate::agent_loop::set_nonblocking;
 use crate::protocol::{
     AgentConfig, ExecId, ExitStatus, FromAgent, Language, ProcessLimits, SpawnRequest, Stream,
-    MAX_CHUNK_BYTES,
+    MAX_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
 };
 
 /// `execve` refuses a single argument longer than 128 KiB; larger code goes through a file.
@@ -95,6 +95,9 @@ pub struct Execution {
     kill_requested: std::cell::Cell<bool>,
     /// Bytes read since the process exited (see `MAX_DRAIN_AFTER_EXIT`).
     drained_after_exit: usize,
+    /// Output bytes it may still send before the server gives some back (the protocol's
+    /// output window): its pipes are read only while this is above zero.
+    window: u64,
 }
 
 impl Execution {
@@ -175,6 +178,7 @@ impl Execution {
             code_file: None,
             kill_requested: std::cell::Cell::new(false),
             drained_after_exit: 0,
+            window: u64::from(OUTPUT_WINDOW_BYTES),
         })
     }
 
@@ -188,6 +192,22 @@ impl Execution {
 
     pub fn was_python(&self) -> bool {
         self.python
+    }
+
+    /// Whether its output may be read now (its window is open).
+    pub fn output_window_open(&self) -> bool {
+        self.window > 0
+    }
+
+    /// The server consumed `bytes` more of its output.
+    pub fn add_credit(&mut self, bytes: u32) {
+        // Saturating: a confused server must not make the agent panic.
+        self.window = self.window.saturating_add(u64::from(bytes));
+    }
+
+    /// A restored server has nothing in flight: the window is full again.
+    pub fn reset_window(&mut self) {
+        self.window = u64::from(OUTPUT_WINDOW_BYTES);
     }
 
     pub fn stdout_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -253,21 +273,27 @@ impl Execution {
         }
     }
 
-    /// Read a pipe that polled readable until it is empty or the outbox is full: each poll
-    /// round trip is several slow syscalls under gVisor, so one read per wake-up would cut the
-    /// throughput to a fraction.
+    /// Read a pipe that polled readable until it is empty, the window closes or the outbox is
+    /// full: each poll round trip is several slow syscalls under gVisor, so one read per
+    /// wake-up would cut the throughput to a fraction.
     pub fn read_output(&mut self, which: PipeRead, outbox: &mut Vec<u8>) {
-        while outbox.len() < crate::agent_loop::OUTBOX_HIGH_WATER && self.read_chunk(which, outbox)
-        {
-        }
+        while outbox.len() < crate::agent_loop::OUTBOX_HIGH_WATER
+            && self.output_window_open()
+            && self.read_chunk(which, outbox)
+        {}
     }
 
-    /// Returns false when the pipe has nothing more right now (would block, EOF or error).
-    /// Read what the pipe holds, up to one frame's worth, and frame it once: a writer's small
-    /// writes become one frame instead of one each. Returns false when the pipe has nothing
-    /// more right now (would block, end of file or error).
+    /// Read what the pipe holds, up to one frame's worth (and what the window allows), and
+    /// frame it once: a writer's small writes become one frame instead of one each. Returns
+    /// false when the pipe has nothing more right now (would block, end of file or error).
     fn read_chunk(&mut self, which: PipeRead, outbox: &mut Vec<u8>) -> bool {
-        let mut buffer = vec![0u8; MAX_CHUNK_BYTES];
+        let room = usize::try_from(self.window)
+            .unwrap_or(usize::MAX)
+            .min(MAX_CHUNK_BYTES);
+        if room == 0 {
+            return false;
+        }
+        let mut buffer = vec![0u8; room];
         let mut filled = 0;
         let mut more = true;
         let stream = match which {
@@ -304,6 +330,7 @@ impl Execution {
         }
         if filled > 0 {
             buffer.truncate(filled);
+            self.window = self.window.saturating_sub(filled as u64);
             FromAgent::Output(self.id, stream, buffer).encode(outbox);
         }
         more
@@ -329,7 +356,10 @@ impl Execution {
         }
         for which in [PipeRead::Stdout, PipeRead::Stderr] {
             loop {
-                if outbox.len() >= crate::agent_loop::OUTBOX_HIGH_WATER {
+                // Not read further until there is room: the pipe stays open meanwhile.
+                if outbox.len() >= crate::agent_loop::OUTBOX_HIGH_WATER
+                    || !self.output_window_open()
+                {
                     return;
                 }
                 // What the process wrote before exiting fits in the pipe's buffer; past this
@@ -408,4 +438,61 @@ fn rlimits(limits: &ProcessLimits) -> Vec<sandbox_ffi::Rlimit> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::FrameDecoder;
+    use std::time::{Duration, Instant};
+
+    /// Reads the execution's stdout as the agent's loop would (the outbox emptied after each
+    /// turn, as if sent), until nothing more comes for a while; the bytes read.
+    fn read_until_quiet(execution: &mut Execution) -> usize {
+        let mut total = 0;
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_millis(300) {
+            let mut outbox = Vec::new();
+            execution.read_output(PipeRead::Stdout, &mut outbox);
+            let mut decoder = FrameDecoder::new();
+            decoder.push(&outbox);
+            while let Some(frame) = decoder.next_from_agent().unwrap() {
+                let FromAgent::Output(_, Stream::Stdout, data) = frame else {
+                    panic!("{frame:?}");
+                };
+                total += data.len();
+                quiet_since = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        total
+    }
+
+    /// A process that writes more than its window stops there, and goes on by the credit
+    /// given back (a real process and real pipes, outside any sandbox).
+    #[test]
+    fn output_is_read_only_while_the_window_is_open() {
+        let window = OUTPUT_WINDOW_BYTES as usize;
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(format!("head -c {} /dev/zero", 2 * window))
+            .process_group(0);
+        let mut execution = Execution::from_command(ExecId(1), command, false).unwrap();
+        assert_eq!(read_until_quiet(&mut execution), window);
+        assert!(!execution.output_window_open());
+        execution.add_credit(1000);
+        assert_eq!(read_until_quiet(&mut execution), 1000);
+        execution.reset_window();
+        assert_eq!(read_until_quiet(&mut execution), window - 1000);
+        execution.add_credit(u32::MAX);
+        execution.add_credit(u32::MAX);
+        assert!(
+            execution.output_window_open(),
+            "credit saturates, never wraps"
+        );
+        let pid = execution.pid();
+        drop(execution);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
 }

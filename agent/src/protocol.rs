@@ -25,6 +25,14 @@ pub const MAX_FRAME_BYTES: usize = 9 * 1024 * 1024;
 /// Largest output or stdin chunk put in one frame.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Each execution's output window: the bytes of its stdout and stderr the agent may read and
+/// send before the server gives them back with [`ToAgent::Credit`]. The agent reads an
+/// execution's pipes only while its window is open, so an execution whose output is not
+/// consumed blocks in `write`, without holding up the others. Every execution starts with a
+/// full window, and a restore (`Resume`) fills every window again: the restoring server has
+/// nothing in flight.
+pub const OUTPUT_WINDOW_BYTES: u32 = 256 * 1024;
+
 const HEADER_BYTES: usize = 4 + 1 + 4;
 
 /// The id field of frames that are about the whole sandbox, not one execution.
@@ -175,13 +183,17 @@ pub enum ToAgent {
     CloseStdin(ExecId),
     /// Send a signal to the execution's whole process group.
     Signal(ExecId, i32),
-    /// Sent first after a restore: answer with `Ready`. With `reset`, first end every process
-    /// but the agent (a sandbox started from a snapshot keeps its files, not its processes).
+    /// Sent first after a restore: answer with `Ready`. Every output window is full again.
+    /// With `reset`, first end every process but the agent (a sandbox started from a snapshot
+    /// keeps its files, not its processes).
     Resume {
         reset: bool,
     },
     /// Report what would make a checkpoint fail (answered with `Inspection`).
     Inspect,
+    /// The server consumed this many more bytes of the execution's output: its window grows
+    /// by that much (see [`OUTPUT_WINDOW_BYTES`]).
+    Credit(ExecId, u32),
 }
 
 /// Agent -> server.
@@ -213,6 +225,7 @@ mod kind {
     pub const SIGNAL: u8 = 4;
     pub const RESUME: u8 = 5;
     pub const INSPECT: u8 = 6;
+    pub const CREDIT: u8 = 7;
     pub const READY: u8 = 64;
     pub const STARTED: u8 = 65;
     pub const SPAWN_FAILED: u8 = 66;
@@ -262,6 +275,9 @@ impl ToAgent {
             }
             ToAgent::Resume { reset } => put_frame(out, kind::RESUME, NO_EXEC, &[u8::from(*reset)]),
             ToAgent::Inspect => put_frame(out, kind::INSPECT, NO_EXEC, &[]),
+            ToAgent::Credit(exec, bytes) => {
+                put_frame(out, kind::CREDIT, *exec, &bytes.to_le_bytes())
+            }
         }
     }
 
@@ -272,6 +288,7 @@ impl ToAgent {
             kind::CLOSE_STDIN => ToAgent::CloseStdin(exec),
             kind::SIGNAL => ToAgent::Signal(exec, parse_i32(payload)?),
             kind::INSPECT => ToAgent::Inspect,
+            kind::CREDIT => ToAgent::Credit(exec, parse_u32(payload)?),
             kind::RESUME => ToAgent::Resume {
                 reset: payload.first().is_some_and(|byte| *byte != 0),
             },
@@ -450,6 +467,7 @@ mod tests {
             ToAgent::Resume { reset: true },
             ToAgent::Resume { reset: false },
             ToAgent::Inspect,
+            ToAgent::Credit(ExecId(7), OUTPUT_WINDOW_BYTES),
         ];
         let from_agent = vec![
             FromAgent::Ready(AgentHello {

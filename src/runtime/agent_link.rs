@@ -2,8 +2,9 @@
 //! frames, within a budget per turn so that one chatty agent does not starve the others.
 //!
 //! Both pipes are non-blocking and registered with the event loop (edge-triggered): a read
-//! that stops because of the budget leaves the pipe `readable`, and the driver comes back to
-//! it on its next turn.
+//! that stops because of the budget says so (`more`), and the driver comes back to it on its
+//! next turn. Pipes are always read: holding back output is the agent's job, per execution,
+//! under the windows the core gives back (`runtime::execs`).
 
 use std::io::{self, Read, Write};
 
@@ -24,8 +25,6 @@ pub struct AgentLink {
     /// Frames encoded and not yet written (the pipe was full).
     outgoing: Vec<u8>,
     decoder: FrameDecoder,
-    /// The pipe may hold unread data (the last read stopped before `WouldBlock`).
-    readable: bool,
 }
 
 /// What one turn of reading gave.
@@ -61,7 +60,6 @@ impl AgentLink {
             from_agent,
             outgoing: Vec::new(),
             decoder: FrameDecoder::new(),
-            readable: false,
         })
     }
 
@@ -77,11 +75,6 @@ impl AgentLink {
 
     pub fn has_outgoing(&self) -> bool {
         !self.outgoing.is_empty()
-    }
-
-    /// Whether data may be waiting in the pipe from an earlier turn.
-    pub fn readable(&self) -> bool {
-        self.readable
     }
 
     /// Write what the pipe takes now; the rest waits for the next writable event.
@@ -104,12 +97,6 @@ impl AgentLink {
         result
     }
 
-    /// The link has readiness to consume but the caller will not read now (its owner cannot
-    /// take output): remember it for later.
-    pub fn defer_read(&mut self) {
-        self.readable = true;
-    }
-
     /// Read up to `budget` bytes and decode every whole frame.
     pub fn read(&mut self, budget: usize) -> Received {
         let mut received = Received {
@@ -117,7 +104,6 @@ impl AgentLink {
             more: false,
             lost: None,
         };
-        self.readable = true;
         let mut buffer = [0u8; 64 * 1024];
         let mut total = 0;
         loop {
@@ -127,7 +113,6 @@ impl AgentLink {
             }
             match self.from_agent.read(&mut buffer) {
                 Ok(0) => {
-                    self.readable = false;
                     received.lost = Some("the sandbox stopped unexpectedly".to_string());
                     break;
                 }
@@ -135,10 +120,7 @@ impl AgentLink {
                     total += n;
                     self.decoder.push(&buffer[..n]);
                 }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    self.readable = false;
-                    break;
-                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
                     received.lost = Some(format!("cannot read from the sandbox agent: {error}"));

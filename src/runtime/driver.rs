@@ -57,10 +57,8 @@ pub struct Runtime {
     links: HashMap<SandboxKey, AgentLink>,
     /// Links with frames queued in this drain, written at its end.
     unflushed: Vec<SandboxKey>,
-    /// Sandboxes whose agent pipe must be read again (budget used up, or resumed).
+    /// Sandboxes whose agent pipe must be read again (its budget was used up).
     pending_reads: HashSet<SandboxKey>,
-    /// Sandboxes whose owner cannot take more output now: their agent pipe is left unread.
-    paused: HashSet<SandboxKey>,
     notices: VecDeque<Notice>,
     network: Option<Network>,
     network_unavailable: String,
@@ -95,7 +93,6 @@ impl Runtime {
             links: HashMap::new(),
             unflushed: Vec::new(),
             pending_reads: HashSet::new(),
-            paused: HashSet::new(),
             notices: VecDeque::new(),
             network: prepared.network,
             network_unavailable: prepared.network_unavailable,
@@ -163,11 +160,7 @@ impl Runtime {
     }
 
     pub fn has_pending_work(&self) -> bool {
-        !self.notices.is_empty()
-            || self
-                .pending_reads
-                .iter()
-                .any(|key| !self.paused.contains(key))
+        !self.notices.is_empty() || !self.pending_reads.is_empty()
     }
 
     /// Whether sandboxes can have network egress here (and if not, why).
@@ -484,19 +477,11 @@ impl Runtime {
         Ok(())
     }
 
-    /// Stop reading the sandbox's output (its owner's buffer is full) or resume.
+    /// The sandbox's owner cannot take more output now (its buffer is full), or can again:
+    /// its executions stop once their output windows are used up, and go on when resumed.
     pub fn set_output_paused(&mut self, key: SandboxKey, paused: bool) {
-        if self.core.state(key).is_none() {
-            return;
-        }
-        if paused {
-            self.paused.insert(key);
-            return;
-        }
-        self.paused.remove(&key);
-        if self.links.get(&key).is_some_and(AgentLink::readable) {
-            self.pending_reads.insert(key);
-        }
+        self.core.set_output_paused(key, paused);
+        self.drain(Instant::now());
     }
 
     // ---- What the event loop saw ----------------------------------------------------------------
@@ -575,14 +560,9 @@ impl Runtime {
     }
 
     fn read_agent_frames(&mut self, key: SandboxKey) {
-        let paused = self.paused.contains(&key);
         let Some(link) = self.links.get_mut(&key) else {
             return;
         };
-        if paused {
-            link.defer_read();
-            return;
-        }
         let received = link.read(READ_BUDGET);
         if received.more {
             self.pending_reads.insert(key);
@@ -719,7 +699,6 @@ impl Runtime {
     /// Forget the host side of a sandbox that is gone (or never started).
     fn release(&mut self, key: SandboxKey) {
         self.disconnect(key);
-        self.paused.remove(&key);
         let Some(resources) = self.resources.remove(&key) else {
             return;
         };

@@ -1,15 +1,24 @@
 //! The executions of one sandbox, without I/O: which run, their ids, their stdin in flight,
-//! their output accounting and the timers armed for them.
+//! their output accounting and window, and the timers armed for them.
 //!
 //! Several executions may run at once (issue 12): each entry is independent, addressed by its
 //! [`ExecId`]. The core decides what to send to the agent from what these methods return; the
 //! timers themselves live in the core's heap, this table only remembers which are whose, so
 //! that they are cancelled when the execution ends.
+//!
+//! Output window: the agent reads an execution's pipes only while that execution's window
+//! ([`OUTPUT_WINDOW_BYTES`]) is open. Bytes received here are given back (a `Credit` of the
+//! protocol) once they have gone on toward the owner: at once while the owner takes output,
+//! in batches of half a window so that credit costs one small frame per 128 KiB; not while
+//! the owner has paused output (its buffer is full), which stops the process once its window
+//! is used up. Bytes that go nowhere (past the output limit, of an execution nobody follows)
+//! are given back at once. Today the owner pauses a whole sandbox; the window is per
+//! execution, so issue 12 can pause one execution's client without stopping the others.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::agent_protocol::{ExecId, ExitStatus};
+use crate::agent_protocol::{ExecId, ExitStatus, OUTPUT_WINDOW_BYTES};
 use crate::timers::TimerId;
 
 use super::exec::{ExecOutcome, ExecTracker, OutputVerdict, Reason};
@@ -18,12 +27,30 @@ use super::RuntimeError;
 /// Stdin accepted for one execution and not yet written to its process.
 pub const MAX_STDIN_IN_FLIGHT: u64 = 1024 * 1024;
 
+/// Credit is given back once this much output is owed: fewer frames, and the agent's window
+/// never closes while the owner keeps up.
+const CREDIT_BATCH: u64 = OUTPUT_WINDOW_BYTES as u64 / 2;
+
 struct Entry {
     tracker: ExecTracker,
     /// Bytes of stdin sent to the agent and not yet written to the process.
     stdin_in_flight: u64,
+    /// Output bytes received and not yet given back to the agent's window.
+    owed_credit: u64,
     /// Its timeout and, once it is being killed, the kill's grace period.
     timers: Vec<TimerId>,
+}
+
+impl Entry {
+    /// What to give back now, and forget it as owed.
+    fn take_due_credit(&mut self, paused: bool) -> u32 {
+        if paused || self.owed_credit < CREDIT_BATCH {
+            return 0;
+        }
+        let credit = u32::try_from(self.owed_credit).unwrap_or(u32::MAX);
+        self.owed_credit -= u64::from(credit);
+        credit
+    }
 }
 
 /// What to do with a chunk of an execution's output.
@@ -33,6 +60,8 @@ pub struct OutputStep {
     pub deliver: usize,
     /// The output limit was reached with this chunk: kill the execution.
     pub kill: bool,
+    /// Give the agent this much window back now (0: nothing to send).
+    pub credit: u32,
 }
 
 /// An execution that ended, and its timers to cancel.
@@ -49,6 +78,8 @@ pub struct Execs {
     next: ExecId,
     /// Output allowed per execution.
     output_limit: u64,
+    /// The owner cannot take more output now: credit is held back.
+    output_paused: bool,
 }
 
 impl Execs {
@@ -57,6 +88,7 @@ impl Execs {
             entries: BTreeMap::new(),
             next: ExecId(1),
             output_limit,
+            output_paused: false,
         }
     }
 
@@ -92,6 +124,7 @@ impl Execs {
         let entry = Entry {
             tracker: ExecTracker::new(self.output_limit, now),
             stdin_in_flight: 0,
+            owed_credit: 0,
             timers: Vec::new(),
         };
         self.entries.insert(exec, entry);
@@ -135,19 +168,36 @@ impl Execs {
         Ok(())
     }
 
-    /// `bytes` of output arrived for `exec`; `None` if nobody follows that execution.
+    /// `bytes` of output arrived for `exec`; `None` if nobody follows that execution (its
+    /// bytes go nowhere: give them back at once).
     pub fn on_output(&mut self, exec: ExecId, bytes: usize) -> Option<OutputStep> {
         let entry = self.entries.get_mut(&exec)?;
-        Some(match entry.tracker.on_output(bytes) {
-            OutputVerdict::Deliver(deliver) => OutputStep {
-                deliver,
-                kill: false,
-            },
-            OutputVerdict::DeliverThenKill(deliver) => OutputStep {
-                deliver,
-                kill: true,
-            },
+        let (deliver, kill) = match entry.tracker.on_output(bytes) {
+            OutputVerdict::Deliver(deliver) => (deliver, false),
+            OutputVerdict::DeliverThenKill(deliver) => (deliver, true),
+        };
+        // Dropped bytes hold no memory here: they are given back whatever the owner does.
+        let dropped = u32::try_from(bytes - deliver).unwrap_or(u32::MAX);
+        entry.owed_credit = entry.owed_credit.saturating_add(deliver as u64);
+        let credit = dropped.saturating_add(entry.take_due_credit(self.output_paused));
+        Some(OutputStep {
+            deliver,
+            kill,
+            credit,
         })
+    }
+
+    /// The owner can (again) take output or not. Resuming gives back what is owed: the
+    /// executions and their credit to send.
+    pub fn set_output_paused(&mut self, paused: bool) -> Vec<(ExecId, u32)> {
+        self.output_paused = paused;
+        self.entries
+            .iter_mut()
+            .filter_map(|(exec, entry)| {
+                let credit = entry.take_due_credit(paused);
+                (credit > 0).then_some((*exec, credit))
+            })
+            .collect()
     }
 
     /// `exec` ended with `status` (after its last output); `None` if nobody followed it.
@@ -250,5 +300,48 @@ mod tests {
             ]
         );
         assert!(execs.is_empty());
+    }
+
+    #[test]
+    fn output_credit_is_given_back_in_batches_and_held_while_paused() {
+        let now = Instant::now();
+        let mut execs = Execs::new(u64::MAX);
+        let exec = execs.start(now).unwrap();
+        let other = execs.start(now).unwrap();
+        let chunk = 64 * 1024;
+        let credits: Vec<u32> = (0..4)
+            .map(|_| execs.on_output(exec, chunk).unwrap().credit)
+            .collect();
+        assert_eq!(credits, [0, 2 * chunk as u32, 0, 2 * chunk as u32]);
+
+        // Paused: nothing is given back, so the agent stops after one window.
+        assert!(execs.set_output_paused(true).is_empty());
+        let window = OUTPUT_WINDOW_BYTES as usize;
+        let step = execs.on_output(exec, window).unwrap();
+        assert_eq!((step.deliver, step.credit), (window, 0));
+        assert_eq!(execs.on_output(other, 100).unwrap().credit, 0);
+        // Resumed: what is owed goes back (the small debt of the other waits for its batch).
+        assert_eq!(
+            execs.set_output_paused(false),
+            [(exec, OUTPUT_WINDOW_BYTES)]
+        );
+        assert!(execs.set_output_paused(false).is_empty());
+        // A new execution started while paused gets no credit either.
+        execs.set_output_paused(true);
+        let third = execs.start(now).unwrap();
+        assert_eq!(execs.on_output(third, window).unwrap().credit, 0);
+    }
+
+    #[test]
+    fn output_past_the_limit_is_given_back_at_once_even_while_paused() {
+        let now = Instant::now();
+        let mut execs = Execs::new(100);
+        let exec = execs.start(now).unwrap();
+        execs.set_output_paused(true);
+        let step = execs.on_output(exec, 150).unwrap();
+        assert_eq!((step.deliver, step.kill, step.credit), (100, true, 50));
+        let step = execs.on_output(exec, 70).unwrap();
+        assert_eq!((step.deliver, step.kill, step.credit), (0, false, 70));
+        assert_eq!(execs.on_output(ExecId(9), 10), None, "nobody follows it");
     }
 }

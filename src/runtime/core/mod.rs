@@ -565,6 +565,25 @@ impl Core {
         Ok(())
     }
 
+    /// The sandbox's owner cannot take more output now (its buffer is full), or can again.
+    /// Paused, the output already given to the owner is not given back to the agent's windows,
+    /// so each execution stops once its window is used up.
+    pub fn set_output_paused(&mut self, key: SandboxKey, paused: bool) {
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+            return;
+        };
+        for (exec, credit) in sandbox.execs.set_output_paused(paused) {
+            self.send_credit(key, exec, credit);
+        }
+    }
+
+    fn send_credit(&mut self, key: SandboxKey, exec: ExecId, bytes: u32) {
+        if bytes > 0 {
+            self.actions
+                .push_back(Action::Send(key, ToAgent::Credit(exec, bytes)));
+        }
+    }
+
     /// Checkpoint a ready, idle sandbox into `image` (which must exist). The owner gets
     /// `Checkpointed`; the sandbox is then stopped, to be deleted or restored.
     /// With `with_running` (shutdown), running executions are checkpointed too: they go on
@@ -653,17 +672,20 @@ impl Core {
                 self.notify(key, RuntimeEvent::ExecSpawnFailed(exec, message));
             }
             FromAgent::Output(exec, stream, mut data) => {
-                let Some(step) = self
-                    .sandboxes
-                    .get_mut(&key)
-                    .and_then(|sandbox| sandbox.execs.on_output(exec, data.len()))
-                else {
+                let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                    return;
+                };
+                let Some(step) = sandbox.execs.on_output(exec, data.len()) else {
+                    // Nobody follows it: its output goes nowhere, and must not stall it.
+                    let credit = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                    self.send_credit(key, exec, credit);
                     return;
                 };
                 data.truncate(step.deliver);
                 if !data.is_empty() {
                     self.notify(key, RuntimeEvent::Output(exec, stream, data));
                 }
+                self.send_credit(key, exec, step.credit);
                 if step.kill {
                     let _ = self.kill_exec(key, exec, Reason::OutputLimit, now);
                 }

@@ -2,7 +2,9 @@
 //! exits of runsc, the time), the queue of actions out. No runsc, no pipes, no clock.
 
 use super::*;
-use crate::agent_protocol::{AgentHello, ExitStatus, Inspection, Language, Stream};
+use crate::agent_protocol::{
+    AgentHello, ExitStatus, Inspection, Language, Stream, OUTPUT_WINDOW_BYTES,
+};
 use crate::runtime::exec::ExecOutcome;
 use crate::runtime::MAX_STDIN_IN_FLIGHT;
 
@@ -248,14 +250,73 @@ fn output_past_the_limit_is_cut_and_the_execution_killed_once() {
                 OWNER,
                 RuntimeEvent::Output(exec, Stream::Stdout, vec![b'b'; 40])
             ),
+            // The 20 bytes cut go nowhere: their window is given back at once.
+            Action::Send(key, ToAgent::Credit(exec, 20)),
             Action::Send(key, ToAgent::Signal(exec, libc::SIGKILL))
         ]
     );
-    assert_eq!(h.frame(key, chunk(b'c')), [], "nothing past the limit");
+    assert_eq!(
+        h.frame(key, chunk(b'c')),
+        [Action::Send(key, ToAgent::Credit(exec, 60))],
+        "nothing past the limit reaches the owner, and the agent can drain its pipes"
+    );
     let end = h.frame(key, FromAgent::Exited(exec, ExitStatus::Signal(9)));
     let (_, outcome) = finished(&end[0]);
     assert_eq!(outcome.reason, Reason::OutputLimit);
     assert!(outcome.truncated);
+}
+
+#[test]
+fn output_windows_are_given_back_as_the_owner_takes_output_and_held_while_it_cannot() {
+    let mut h = Harness::new(2);
+    h.core.settings.max_output_bytes = u64::MAX;
+    let key = h.ready_sandbox(Some(OWNER));
+    let exec = h.core.start_exec(key, spec(10), h.now).unwrap();
+    h.actions();
+    // What each action is, with output as its length (windows are large).
+    let summary = |actions: Vec<Action>| -> Vec<String> {
+        actions
+            .into_iter()
+            .map(|action| match action {
+                Action::Notify(Notice {
+                    event: RuntimeEvent::Output(_, _, data),
+                    ..
+                }) => format!("output {}", data.len()),
+                Action::Send(_, ToAgent::Credit(_, bytes)) => format!("credit {bytes}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    let chunk = |len: usize| FromAgent::Output(exec, Stream::Stdout, vec![b'x'; len]);
+    let half = OUTPUT_WINDOW_BYTES as usize / 2;
+    // Credit goes back in batches of half a window.
+    assert_eq!(
+        summary(h.frame(key, chunk(half - 1))),
+        [format!("output {}", half - 1)]
+    );
+    assert_eq!(
+        summary(h.frame(key, chunk(1))),
+        ["output 1".to_string(), format!("credit {half}")]
+    );
+    // The owner's buffer is full: nothing is given back, so the agent stops after a window.
+    h.core.set_output_paused(key, true);
+    assert_eq!(h.actions(), []);
+    let window = OUTPUT_WINDOW_BYTES as usize;
+    assert_eq!(
+        summary(h.frame(key, chunk(window))),
+        [format!("output {window}")]
+    );
+    // The owner caught up: the window reopens.
+    h.core.set_output_paused(key, false);
+    assert_eq!(
+        h.actions(),
+        [Action::Send(
+            key,
+            ToAgent::Credit(exec, OUTPUT_WINDOW_BYTES)
+        )]
+    );
+    h.core.set_output_paused(SandboxKey(99), true);
+    assert_eq!(h.actions(), [], "an unknown sandbox has nothing to pause");
 }
 
 #[test]
@@ -410,7 +471,8 @@ fn a_shutdown_checkpoint_takes_running_executions_along_and_a_restore_adopts_the
             key,
             FromAgent::Output(exec, Stream::Stdout, b"late".to_vec())
         ),
-        []
+        [Action::Send(key, ToAgent::Credit(exec, 4))],
+        "output nobody follows is dropped, and given back so it does not stall"
     );
 
     // Another instance restores it and follows the execution again.
@@ -698,9 +760,16 @@ fn frames_forged_inside_the_sandbox_are_handled_not_trusted() {
         Err(RuntimeError::NoExecIdsLeft)
     ));
     assert_eq!(h.actions(), [], "nothing is sent for a refused execution");
+    assert_eq!(
+        h.frame(
+            key,
+            FromAgent::Output(ExecId(3), Stream::Stderr, vec![0; 10])
+        ),
+        [Action::Send(key, ToAgent::Credit(ExecId(3), 10))],
+        "dropped, and given back"
+    );
     for frame in [
         FromAgent::Exited(ExecId(3), ExitStatus::Signal(i32::MAX)),
-        FromAgent::Output(ExecId(3), Stream::Stderr, vec![0; 10]),
         FromAgent::StdinWritten(ExecId(3), u32::MAX),
         FromAgent::Inspection(Inspection {
             open_tcp_connections: 0,
