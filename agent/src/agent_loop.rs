@@ -72,6 +72,9 @@ pub struct Agent {
     /// the group kill was delivered can survive it, so the group is killed again until it is
     /// empty (ESRCH) or for `DOOMED_GROUP_WATCH`.
     doomed: Vec<(Pid, Instant)>,
+    /// The highest execution id the server has used in this sandbox: ids are never reused,
+    /// also across a checkpoint (this survives in the agent's memory) and a restore.
+    highest_exec_id: u32,
 }
 
 impl Agent {
@@ -98,6 +101,7 @@ impl Agent {
             standby: None,
             standby_failures: 0,
             doomed: Vec::new(),
+            highest_exec_id: 0,
         })
     }
 
@@ -244,6 +248,7 @@ impl Agent {
     fn apply(&mut self, frame: ToAgent) {
         match frame {
             ToAgent::Spawn(id, request) => {
+                self.highest_exec_id = self.highest_exec_id.max(id.0);
                 if self.executions.contains_key(&id) {
                     let error = SpawnError::IdInUse(id);
                     FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
@@ -291,6 +296,8 @@ impl Agent {
                     self.executions.clear();
                     self.standby = None;
                     self.standby_failures = 0;
+                    // A new sandbox (made from a snapshot's files): its ids start over.
+                    self.highest_exec_id = 0;
                     self.refill_standby();
                 }
                 for execution in self.executions.values_mut() {
@@ -324,11 +331,10 @@ impl Agent {
         });
     }
 
+    /// The lowest execution id never used: the server starts counting from it after a
+    /// restore, so that an id names one execution for the sandbox's whole life.
     fn next_exec_id(&self) -> u32 {
-        self.executions
-            .keys()
-            .max()
-            .map_or(1, |id| id.0.saturating_add(1))
+        self.highest_exec_id.saturating_add(1)
     }
 
     /// Reap every exited child: ours are recorded, orphans are simply collected (we are init).

@@ -46,8 +46,8 @@ pub const AGENT_UID: u32 = 65533;
 pub const AGENT_CAPABILITIES: [&str; 3] = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"];
 
 /// Identifies one execution (one process the agent started and follows) inside one sandbox;
-/// chosen by the server, unique among the sandbox's running executions. Issue 12 shows it to
-/// clients as `process_id`.
+/// chosen by the server, never reused for the sandbox's whole life (the agent's hello says
+/// where to go on after a restore). Issue 12 shows it to clients as `process_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ExecId(pub u32);
 
@@ -148,9 +148,10 @@ pub struct AgentHello {
     pub version: String,
     /// Whether a pre-started Python interpreter serves `python` executions.
     pub python_standby: bool,
-    /// The lowest execution id not in use: after a restore, executions that were running at
-    /// checkpoint time still hold theirs. The raw value of an [`ExecId`] (0 from an agent that
-    /// does not say).
+    /// The lowest execution id never used in this sandbox: after a restore, the server goes on
+    /// from there (executions that were running at checkpoint time still hold theirs, and no
+    /// id names two executions). A reset starts over at 1. The raw value of an [`ExecId`] (0
+    /// from an agent that does not say).
     #[serde(default)]
     pub next_exec_id: u32,
 }

@@ -14,6 +14,14 @@
 //! is used up. Bytes that go nowhere (past the output limit, of an execution nobody follows)
 //! are given back at once. Today the owner pauses a whole sandbox; the window is per
 //! execution, so issue 12 can pause one execution's client without stopping the others.
+//!
+//! What issue 12 (concurrent processes, docs/design-protocol.md sections 2-4) adds here, and
+//! where: the pause moves from the table into each entry (`set_output_paused` per id, with
+//! the same credit rule); the stdin bound becomes the client's window (`stdin_window`, 4 MiB)
+//! with the acknowledged total kept per entry, fed by the agent's `StdinWritten`; the entry
+//! keeps the request id and kind the session lists. The ids (`ExecId`) are the process ids
+//! clients see: never reused in a sandbox, since the agent reports the lowest id never used
+//! after a restore (`next_exec_id`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
