@@ -68,7 +68,7 @@ async def main(url: str, url2: str) -> None:
 
         # The restored sandbox is a normal session: stdin works as before.
         greet = await restored.exec("print(f'Hello, {input()}!')", "python")
-        await greet.write_to_stdin("restored sandbox\n")
+        await greet.write("restored sandbox\n")
         print(f"python says: {(await greet.stdout.read_all()).strip()}")
     finally:
         # Deletes the sandbox and its saved state (s1.terminate() would re-attach first).

@@ -3,12 +3,13 @@
  * then attach to it again, on the same instance or on another one sharing its
  * CHECKPOINT_AND_RESTORE_PATH. Without that setting this fails with the server's message.
  *
- *   cd clients/js && npm ci && npx tsx ../../example/checkpoint.ts [url] [url2]
+ *   npm install clients/js/        # once, from the repository root (see README.md)
+ *   npx tsx example/checkpoint.ts [url] [url2]
  *
  * `url` defaults to $SANDBOX_URL, then ws://127.0.0.1:8080; `url2` (where the sandbox is
  * restored) defaults to `url`.
  */
-import { Sandbox, SandboxError } from '../clients/js/src/sandbox';
+import { Sandbox, SandboxError } from '@cloud-run-sandbox/client';
 
 const url = process.argv[2] ?? process.env['SANDBOX_URL'] ?? 'ws://127.0.0.1:8080';
 const url2 = process.argv[3] ?? url;
@@ -45,7 +46,7 @@ async function main(): Promise<void> {
 
     // The restored sandbox is a normal session: stdin works as before.
     const greet = await s2.exec("print(f'Hello, {input()}!')", 'python');
-    await greet.writeToStdin('restored sandbox\n');
+    await greet.write('restored sandbox\n');
     console.log(`python says: ${(await greet.stdout.readAll()).trim()}`);
   } finally {
     // Deletes the sandbox and its saved state (s1.terminate() would go through s2's session).

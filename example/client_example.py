@@ -64,7 +64,7 @@ async def main(url: str) -> None:
             cwd="/tmp",
             env={"WHO": "env var"},
         )
-        await greeter.write_to_stdin("World\n")
+        await greeter.write("World\n")
         await greeter.close_stdin()
         print((await greeter.stdout.read_all()).strip())
         print(f"greeter exited with {await greeter.wait()}")

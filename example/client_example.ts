@@ -1,11 +1,12 @@
 /**
  * Cloud Run Sandbox: TypeScript client example.
  *
- *   cd clients/js && npm ci && npx tsx ../../example/client_example.ts [url]
+ *   npm install clients/js/        # once, from the repository root (see README.md)
+ *   npx tsx example/client_example.ts [url]
  *
  * The url defaults to $SANDBOX_URL, then ws://127.0.0.1:8080 (use wss://<service> for Cloud Run).
  */
-import { Sandbox, SandboxError } from '../clients/js/src/sandbox';
+import { Sandbox, SandboxError } from '@cloud-run-sandbox/client';
 
 const url = process.argv[2] ?? process.env['SANDBOX_URL'] ?? 'ws://127.0.0.1:8080';
 
@@ -39,7 +40,7 @@ async function main(): Promise<void> {
     const greeter = await box.exec('name = input(); print(f"Hello, {name} from {__import__(\'os\').getcwd()}")', 'python', {
       cwd: '/tmp',
     });
-    await greeter.writeToStdin('World\n');
+    await greeter.write('World\n');
     await greeter.closeStdin();
     console.log((await greeter.stdout.readAll()).trim());
   } finally {

@@ -3,12 +3,13 @@
  * on the same server instance or on another one sharing its FILESYSTEM_SNAPSHOT_PATH. Without
  * that setting this fails with the server's message.
  *
- *   cd clients/js && npm ci && npx tsx ../../example/filesystem_snapshot.ts [url] [url2]
+ *   npm install clients/js/        # once, from the repository root (see README.md)
+ *   npx tsx example/filesystem_snapshot.ts [url] [url2]
  *
  * `url` defaults to $SANDBOX_URL, then ws://127.0.0.1:8080; `url2` (where the new sandbox is
  * created) defaults to `url`. The snapshot is deleted at the end (`DELETE /snapshots/{name}`).
  */
-import { Sandbox, SandboxError } from '../clients/js/src/sandbox';
+import { Sandbox, SandboxError } from '@cloud-run-sandbox/client';
 
 const url = process.argv[2] ?? process.env['SANDBOX_URL'] ?? 'ws://127.0.0.1:8080';
 const url2 = process.argv[3] ?? url;

@@ -1,24 +1,25 @@
 /**
- * Cloud Run Sandbox client: the public surface. Everything importable is listed here; modules
- * under `internal/` are not part of the API.
+ * Cloud Run Sandbox client: the public surface, the same names as the Python client's
+ * `codesandbox` (camelCase). Everything importable is listed here; modules under `internal/` are
+ * not part of the API.
  */
 
 export {
   Sandbox,
   type AttachOptions,
+  type AttachProcessOptions,
   type ConnectionOptions,
   type CreateOptions,
   type ExecOptions,
   type Language,
   type ReconnectOptions,
-  type RunResult,
+  type RunOptions,
   type SandboxState,
-  type WebSocketConstructor,
-  type WebSocketLike,
 } from './sandbox.js';
-export { OutputStream, SandboxProcess, type ExecutionResult } from './process.js';
+export { OutputStream, SandboxProcess, type OutputCallback } from './process.js';
+export type { ExecutionResult, ProcessInfo, RunResult } from './results.js';
 export {
-  ERROR_CLASS_BY_STATUS,
+  STATUS_ERRORS,
   SandboxAuthenticationError,
   SandboxCheckpointError,
   SandboxConnectionError,
@@ -28,9 +29,23 @@ export {
   SandboxInUseError,
   SandboxNotFoundError,
   SandboxPermissionError,
+  SandboxRequestError,
+  SandboxRestoreError,
   SandboxSnapshotError,
   SandboxStateError,
+  SandboxTimeoutError,
+  SandboxUnsupportedLanguageError,
   type SandboxAuthenticationErrorOptions,
   type SandboxConnectionErrorOptions,
+  type SandboxErrorClass,
   type SandboxErrorOptions,
 } from './errors.js';
+export {
+  WebSocketTransport,
+  type Connection,
+  type ConnectionHandlers,
+  type ConnectOptions,
+  type Transport,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from './internal/transport.js';

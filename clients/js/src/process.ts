@@ -1,40 +1,49 @@
 /**
- * A running execution (`SandboxProcess`) and its output streams (`OutputStream`).
+ * A process in the sandbox (`SandboxProcess`) and its output streams (`OutputStream`).
+ *
+ * The sandbox drives a process through the `ProcessControl` that `newProcess` returns with it
+ * (output arrived, it ended, stdin was acknowledged or refused); the process asks its sandbox
+ * for stdin and kill through the `ProcessHost` interface. So this module does not know
+ * `Sandbox` (no import cycle), and the sandbox does not poke at private fields.
  *
  * The user's code failing is data, not an exception: `wait()` resolves to the exit code whatever
- * it is. Promises here reject only when the service fails (the connection is lost for good, the
- * server refuses a request), always with a `SandboxError`.
+ * it is. Promises here reject only when the service fails, always with a `SandboxError`.
  */
 
-import { SandboxStateError } from './errors.js';
+import { type SandboxError, SandboxStateError } from './errors.js';
 import { Deferred } from './internal/deferred.js';
-import type { ExecutionResult } from './internal/protocol.js';
+import type { ExecutionResult } from './results.js';
 
-export type { ExecutionResult } from './internal/protocol.js';
+type Chunk = string | Uint8Array;
+
+/** Called with each chunk of a stream's output, as text, as it arrives. */
+export type OutputCallback = (text: string) => void;
 
 /** Where the library pushes a stream's data; not part of the public API. */
-export interface OutputSink {
-  push(data: string | Uint8Array): void;
-  end(): void;
-  fail(error: Error): void;
+interface OutputSink {
+  push(data: Chunk): void;
+  end(error: SandboxError | undefined): void;
 }
 
 /**
- * One output stream of a process (stdout or stderr). Single consumer: each chunk is handed out
- * once, to whichever of `readAll()`, `readAllBytes()`, `for await` or `bytes()` reads it first.
- * Chunks are kept from the moment the process starts, so nothing is lost if you read late.
+ * One output stream of a process (stdout or stderr), read once like a pipe: each chunk is handed
+ * out once, to whichever of `readAll()`, `readAllBytes()`, `for await`, `lines()` or `bytes()`
+ * reads it first. Chunks are kept from the moment the process starts, so nothing is lost by
+ * reading late; every read works while the process is still running (it waits for more output,
+ * and ends when the process ends).
  *
- * Iterating yields text chunks as the server sends them (not lines). With `binary: true` on
- * `exec`, the chunks are decoded from exact bytes, and `bytes()` / `readAllBytes()` give the bytes.
+ * Text is the default. A process started with `outputEncoding: 'base64'` receives its output as
+ * exact bytes: `readAllBytes()` / `bytes()` give them unchanged, and text reads decode them as
+ * UTF-8 (a character split across chunks is kept whole; invalid bytes become U+FFFD).
  */
 export class OutputStream implements AsyncIterable<string> {
-  readonly #chunks: (string | Uint8Array)[] = [];
+  readonly #chunks: Chunk[] = [];
   #ended = false;
-  #error: Error | undefined;
+  #error: SandboxError | undefined;
   #wake: Deferred<void> | undefined;
   readonly #decoder = new TextDecoder('utf-8');
 
-  /** @internal Created by the library; `connect` receives the writer side. */
+  /** @internal Made by the library; `connect` receives the writer side. */
   constructor(connect: (sink: OutputSink) => void) {
     connect({
       push: (data) => {
@@ -42,14 +51,10 @@ export class OutputStream implements AsyncIterable<string> {
         this.#chunks.push(data);
         this.#notify();
       },
-      end: () => {
-        this.#ended = true;
-        this.#notify();
-      },
-      fail: (error) => {
+      end: (error) => {
         if (this.#ended) return;
-        this.#error = error;
         this.#ended = true;
+        this.#error = error;
         this.#notify();
       },
     });
@@ -60,14 +65,14 @@ export class OutputStream implements AsyncIterable<string> {
     return this.#ended && this.#chunks.length === 0;
   }
 
-  /** Reads everything not read yet, until the process ends. */
+  /** Everything not read yet, as text, once the process has ended. */
   async readAll(): Promise<string> {
     let text = '';
     for await (const chunk of this) text += chunk;
     return text;
   }
 
-  /** Like `readAll()`, as bytes (exact bytes when the process was started with `binary: true`). */
+  /** Like `readAll()`, as bytes (exact with `outputEncoding: 'base64'`). */
   async readAllBytes(): Promise<Uint8Array> {
     const parts: Uint8Array[] = [];
     let size = 0;
@@ -84,7 +89,7 @@ export class OutputStream implements AsyncIterable<string> {
     return out;
   }
 
-  /** Text chunks as they arrive; ends when the process ends. */
+  /** Text chunks as they arrive (not lines); ends when the process ends. */
   async *[Symbol.asyncIterator](): AsyncIterator<string> {
     for (;;) {
       const chunk = await this.#next();
@@ -93,14 +98,25 @@ export class OutputStream implements AsyncIterable<string> {
         if (tail) yield tail;
         return;
       }
-      if (typeof chunk === 'string') {
-        yield chunk;
-      } else {
-        // Streaming decode: a character split across chunks is not broken.
-        const text = this.#decoder.decode(chunk, { stream: true });
-        if (text) yield text;
-      }
+      // Streaming decode: a character split across chunks is not broken.
+      const text = typeof chunk === 'string' ? chunk : this.#decoder.decode(chunk, { stream: true });
+      if (text) yield text;
     }
+  }
+
+  /** Lines as they complete, without their `"\n"`; a last line without one comes at the end. */
+  async *lines(): AsyncIterable<string> {
+    let pending = '';
+    for await (const chunk of this) {
+      pending += chunk;
+      let start = 0;
+      for (let end = pending.indexOf('\n', start); end >= 0; end = pending.indexOf('\n', start)) {
+        yield pending.slice(start, end);
+        start = end + 1;
+      }
+      pending = pending.slice(start);
+    }
+    if (pending) yield pending;
   }
 
   /** Byte chunks as they arrive (text chunks are UTF-8 encoded). */
@@ -113,8 +129,8 @@ export class OutputStream implements AsyncIterable<string> {
     }
   }
 
-  /** The next unread chunk, or undefined at the end; rethrows the stream's failure. */
-  async #next(): Promise<string | Uint8Array | undefined> {
+  /** The next unread chunk, undefined at the end; rethrows the stream's failure. */
+  async #next(): Promise<Chunk | undefined> {
     for (;;) {
       const chunk = this.#chunks.shift();
       if (chunk !== undefined) return chunk;
@@ -132,71 +148,90 @@ export class OutputStream implements AsyncIterable<string> {
   }
 }
 
-/** What a process needs from its sandbox; implemented by `Sandbox`, not part of the public API. */
+/** What a process needs from its sandbox (`Sandbox` provides it); not part of the public API. */
 export interface ProcessHost {
-  writeStdin(process: SandboxProcess, data: string | Uint8Array | undefined, eof: boolean): Promise<void>;
-  killProcess(process: SandboxProcess): Promise<void>;
+  writeStdin(key: string, data: string | Uint8Array): Promise<void>;
+  closeStdin(key: string): Promise<void>;
+  killProcess(key: string): Promise<void>;
 }
 
-/** Where the library reports a process's life; not part of the public API. */
-export interface ProcessControl {
-  stdout: OutputSink;
-  stderr: OutputSink;
-  /** The server reported SANDBOX_EXECUTION_DONE. */
-  finish(result: ExecutionResult): void;
-  /** The process's fate can no longer be learned (connection lost for good). */
-  fail(error: Error): void;
-}
-
-/** An execution started by `sandbox.exec()`. */
+/** A process started with `Sandbox.exec()` (or followed with `Sandbox.attachProcess()`). */
 export class SandboxProcess {
   /** The process's standard output. */
   readonly stdout: OutputStream;
   /** The process's standard error. */
   readonly stderr: OutputStream;
+  /** The server's handle (null from a server without protocol 2). */
+  readonly processId: number | null;
 
   readonly #host: ProcessHost;
+  readonly #key: string;
   readonly #done = new Deferred<ExecutionResult>();
   #result: ExecutionResult | undefined;
+  #stdinError: SandboxError | undefined;
   #stdinClosed = false;
 
-  /** @internal Created by `Sandbox.exec`. */
-  constructor(host: ProcessHost, connect: (control: ProcessControl) => void) {
+  /** @internal Made by `newProcess`. */
+  constructor(
+    host: ProcessHost,
+    key: string,
+    processId: number | undefined,
+    connect: (wiring: {
+      stdout: OutputSink;
+      stderr: OutputSink;
+      settle: (result: ExecutionResult | SandboxError) => void;
+      refuseStdin: (error: SandboxError) => void;
+    }) => void,
+  ) {
     this.#host = host;
-    const sinks: { stdout?: OutputSink; stderr?: OutputSink } = {};
-    this.stdout = new OutputStream((sink) => (sinks.stdout = sink));
-    this.stderr = new OutputStream((sink) => (sinks.stderr = sink));
+    this.#key = key;
+    this.processId = processId ?? null;
+    let out: OutputSink | undefined;
+    let err: OutputSink | undefined;
+    this.stdout = new OutputStream((sink) => (out = sink));
+    this.stderr = new OutputStream((sink) => (err = sink));
     // OutputStream's constructor calls its argument synchronously, so both sinks are set here.
-    const { stdout: out, stderr: err } = sinks;
     if (out === undefined || err === undefined) throw new Error('output stream did not connect');
+    const stdout = out;
+    const stderr = err;
     connect({
-      stdout: out,
-      stderr: err,
-      finish: (result) => {
-        if (this.#done.settled) return;
-        this.#result = result;
-        out.end();
-        err.end();
-        this.#done.resolve(result);
+      stdout,
+      stderr,
+      refuseStdin: (error) => {
+        this.#stdinError ??= error;
       },
-      fail: (error) => {
+      settle: (outcome) => {
         if (this.#done.settled) return;
-        out.fail(error);
-        err.fail(error);
-        this.#done.reject(error);
+        if (outcome instanceof Error) {
+          stdout.end(outcome);
+          stderr.end(outcome);
+          this.#done.reject(outcome);
+        } else {
+          this.#result = outcome;
+          stdout.end(undefined);
+          stderr.end(undefined);
+          this.#done.resolve(outcome);
+        }
       },
     });
   }
 
-  /** Exit code once the process ended (`128 + N` if killed by signal N), else null. */
+  /** True once the server reported the end of the process (or the session ended). */
+  get done(): boolean {
+    return this.#done.settled;
+  }
+
+  /** The server's refusal of this process's stdin, if it refused any (later writes reject with it too). */
+  get stdinError(): SandboxError | undefined {
+    return this.#stdinError;
+  }
+
+  /** The exit status once ended (`128 + N` when ended by signal N), else null. */
   get exitCode(): number | null {
     return this.#result?.exitCode ?? null;
   }
 
-  /**
-   * Why it ended, once it ended: `exited`, `signaled`, `killed`, `timeout`, `output_limit` or
-   * `sandbox_lost`. Null while it runs.
-   */
+  /** Why it ended: `exited`, `signaled`, `killed`, `timeout`, `output_limit` or `sandbox_lost`. */
   get reason(): string | null {
     return this.#result?.reason ?? null;
   }
@@ -206,53 +241,159 @@ export class SandboxProcess {
     return this.#result?.signal ?? null;
   }
 
-  /** How long it ran, in milliseconds, once it ended (when the server reports it). */
+  /** How long it ran, in milliseconds, once it ended (when the server says). */
   get durationMs(): number | null {
     return this.#result?.durationMs ?? null;
   }
 
-  /** True once the server reported the end of the process. */
-  get done(): boolean {
-    return this.#result !== undefined;
-  }
-
   /**
-   * Waits for the process to end and resolves to its exit code. A non-zero exit code is a result,
-   * not an error; rejects only if the connection is lost for good.
+   * Waits for the end; everything the server said about it. Rejects with
+   * `SandboxConnectionError` only if the session ended before the process did. Not bounded.
    */
-  async wait(): Promise<number> {
-    return (await this.#done.promise).exitCode;
-  }
-
-  /** Waits for the end and resolves to everything the server said about it. */
   result(): Promise<ExecutionResult> {
     return this.#done.promise;
   }
 
-  /** Writes to the process's stdin (text, or bytes sent exactly). */
-  async writeToStdin(data: string | Uint8Array): Promise<void> {
-    this.#checkStdin('write to stdin');
-    await this.#host.writeStdin(this, data, false);
-  }
-
-  /** Closes the process's stdin (the process reads EOF). */
-  async closeStdin(): Promise<void> {
-    this.#checkStdin('close stdin');
-    this.#stdinClosed = true;
-    await this.#host.writeStdin(this, undefined, true);
+  /** Waits for the process to end and resolves to its exit code (see `result()`). */
+  async wait(): Promise<number> {
+    return (await this.#done.promise).exitCode;
   }
 
   /**
-   * Kills the process (its whole process group). Resolves once the server confirmed; `wait()`
-   * then resolves with reason `killed`. Killing a process that already ended does nothing.
+   * Writes to the process's stdin (text, or bytes sent exactly). With a server that speaks
+   * protocol 2 this waits while the server's stdin window is full, and rejects with the server's
+   * refusal (`SandboxExecutionError`). While the sandbox reconnects, the data is queued.
+   */
+  async write(data: string | Uint8Array): Promise<void> {
+    if (typeof data !== 'string' && !(data instanceof Uint8Array)) {
+      throw new TypeError('stdin data must be a string or a Uint8Array');
+    }
+    this.#checkStdin('write to stdin');
+    await this.#host.writeStdin(this.#key, data);
+  }
+
+  /** The same as `write()` (the original client's name). */
+  async writeToStdin(data: string | Uint8Array): Promise<void> {
+    await this.write(data);
+  }
+
+  /**
+   * Closes the process's stdin: its next read sees end-of-file. With protocol 2 this first waits
+   * until the server acknowledged everything written (so a refusal of it rejects here).
+   */
+  async closeStdin(): Promise<void> {
+    this.#checkStdin('close stdin');
+    this.#stdinClosed = true;
+    await this.#host.closeStdin(this.#key);
+  }
+
+  /**
+   * Kills the process (its whole process group); does nothing if it already ended. Resolves once
+   * the server confirmed; `wait()` then resolves with reason `killed`.
    */
   async kill(): Promise<void> {
     if (this.done) return;
-    await this.#host.killProcess(this);
+    await this.#host.killProcess(this.#key);
   }
 
   #checkStdin(what: string): void {
     if (this.done) throw new SandboxStateError(`cannot ${what}: the process has ended`);
     if (this.#stdinClosed) throw new SandboxStateError(`cannot ${what}: stdin is closed`);
   }
+}
+
+/** The library's side of a process: what happens to it comes in here. */
+export class ProcessControl {
+  readonly #sinks: { stdout: OutputSink; stderr: OutputSink };
+  readonly #settle: (outcome: ExecutionResult | SandboxError) => void;
+  readonly #refuseStdin: (error: SandboxError) => void;
+  readonly #callbacks: { stdout: OutputCallback | undefined; stderr: OutputCallback | undefined };
+  readonly #decoders = { stdout: new TextDecoder('utf-8'), stderr: new TextDecoder('utf-8') };
+  #stdinWake: Deferred<void> | undefined;
+
+  constructor(
+    readonly process: SandboxProcess,
+    sinks: { stdout: OutputSink; stderr: OutputSink },
+    settle: (outcome: ExecutionResult | SandboxError) => void,
+    refuseStdin: (error: SandboxError) => void,
+    onStdout: OutputCallback | undefined,
+    onStderr: OutputCallback | undefined,
+  ) {
+    this.#sinks = sinks;
+    this.#settle = settle;
+    this.#refuseStdin = refuseStdin;
+    this.#callbacks = { stdout: onStdout, stderr: onStderr };
+  }
+
+  output(stream: 'stdout' | 'stderr', data: Chunk): void {
+    if (this.process.done || data.length === 0) return;
+    this.#sinks[stream].push(data);
+    const callback = this.#callbacks[stream];
+    if (callback !== undefined) {
+      const text = typeof data === 'string' ? data : this.#decoders[stream].decode(data, { stream: true });
+      if (text) call(callback, text);
+    }
+  }
+
+  finish(result: ExecutionResult): void {
+    if (this.process.done) return;
+    for (const stream of ['stdout', 'stderr'] as const) {
+      const tail = this.#decoders[stream].decode();
+      const callback = this.#callbacks[stream];
+      if (tail && callback !== undefined) call(callback, tail);
+    }
+    this.#settle(result);
+    this.notifyStdin();
+  }
+
+  fail(error: SandboxError): void {
+    if (this.process.done) return;
+    this.#settle(error);
+    this.notifyStdin();
+  }
+
+  /** The server's refusal of this process's stdin; every later write rejects with it. */
+  get stdinError(): SandboxError | undefined {
+    return this.process.stdinError;
+  }
+
+  refuseStdin(error: SandboxError): void {
+    this.#refuseStdin(error);
+    this.notifyStdin();
+  }
+
+  /** Resolves at the next change writers wait for (room, refusal, or the end). */
+  stdinChanged(): Promise<void> {
+    this.#stdinWake ??= new Deferred<void>();
+    return this.#stdinWake.promise;
+  }
+
+  notifyStdin(): void {
+    const wake = this.#stdinWake;
+    this.#stdinWake = undefined;
+    wake?.resolve();
+  }
+}
+
+function call(callback: OutputCallback, text: string): void {
+  try {
+    callback(text);
+  } catch {
+    // A user's callback must not break the session.
+  }
+}
+
+/** A new process handle (`control.process`) and the control the library keeps. */
+export function newProcess(
+  host: ProcessHost,
+  key: string,
+  processId: number | undefined,
+  callbacks: { onStdout?: OutputCallback | undefined; onStderr?: OutputCallback | undefined } = {},
+): ProcessControl {
+  let wiring: Parameters<ConstructorParameters<typeof SandboxProcess>[3]>[0] | undefined;
+  const process = new SandboxProcess(host, key, processId, (given) => (wiring = given));
+  // SandboxProcess's constructor calls its argument synchronously.
+  if (wiring === undefined) throw new Error('process did not connect');
+  const { stdout, stderr, settle, refuseStdin } = wiring;
+  return new ProcessControl(process, { stdout, stderr }, settle, refuseStdin, callbacks.onStdout, callbacks.onStderr);
 }

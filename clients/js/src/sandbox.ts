@@ -1,70 +1,60 @@
 /**
- * `Sandbox`: one WebSocket session with one sandbox on a Cloud Run Sandbox server.
+ * `Sandbox`: one WebSocket session with one sandbox; the twin of the Python client's
+ * `_sandbox.py`.
  *
- * This file wires three pieces together and holds the user-facing state:
- * - `internal/transport.ts` moves text frames over a socket;
- * - `internal/protocol.ts` turns frames into events and requests into frames (no I/O);
- * - `process.ts` is what `exec()` hands back.
+ * It owns one `Connection` (from its `Transport`) and one `ClientProtocol`. Every incoming frame
+ * goes to the protocol, and the resulting effects settle promises, feed processes and streams;
+ * requests go the other way. When the connection drops and `autoReconnect` is on, it re-attaches
+ * with backoff, sends `{"action": "reconnect"}` and flushes what was queued meanwhile.
  *
- * Invariant: no promise handed to the caller stays pending once the connection is gone for good.
- * Every path that ends a session goes through `#finish`, which rejects what is still waiting with
- * a `SandboxConnectionError` (or resolves it, for `terminate()` / `checkpoint()` that succeeded).
+ * Invariant: no promise handed to the caller stays pending once the connection is gone for good;
+ * every path that ends a session goes through the `Closed` effect, which settles what still
+ * waits (rejects it, or, for `terminate()` / `checkpoint()` that succeeded, resolves it).
  */
 
 import {
   SandboxAuthenticationError,
   SandboxConnectionError,
   type SandboxError,
-  SandboxExecutionError,
-  SandboxInUseError,
   SandboxNotFoundError,
+  SandboxPermissionError,
   SandboxStateError,
-  errorFromStatus,
+  SandboxTimeoutError,
 } from './errors.js';
-import { type BackoffPolicy, backoffDelay, normalizeBackoff } from './internal/backoff.js';
 import { Deferred, handled } from './internal/deferred.js';
-import type { InitFrame } from './internal/frames.js';
+import type { Effect } from './internal/effects.js';
+import { type OutputEncoding, initMessage } from './internal/frames.js';
+import { ClientProtocol } from './internal/protocol.js';
+import { type ReconnectOptions, type ReconnectPolicy, reconnectDelay, reconnectPolicy } from './internal/reconnect.js';
+import { forgetLive, forgetToken, liveSession, recallToken, rememberToken, setLive } from './internal/registry.js';
 import {
-  type ExecutionResult,
-  type ProtocolEvent,
-  ProtocolMachine,
-  type RequestId,
-  type ServerError,
-} from './internal/protocol.js';
-import { forgetToken, recallToken, rememberToken } from './internal/tokens.js';
-import { type Transport, type WebSocketConstructor, connect } from './internal/transport.js';
+  type Connection,
+  type ConnectionHandlers,
+  type Transport,
+  type WebSocketConstructor,
+  WebSocketTransport,
+  connectionHeaders,
+} from './internal/transport.js';
 import { attachUrl, createUrl } from './internal/urls.js';
-import { type ProcessControl, type ProcessHost, SandboxProcess } from './process.js';
-
-export type { WebSocketConstructor, WebSocketLike } from './internal/transport.js';
+import { type OutputCallback, type ProcessControl, type ProcessHost, type SandboxProcess, newProcess } from './process.js';
+import type { ProcessInfo, RunResult } from './results.js';
 
 /** The languages the server runs. Other strings are sent as is (and refused by the server). */
 export type Language = 'python' | 'bash';
-
-/** Automatic re-attach after a dropped connection (all times in seconds). */
-export interface ReconnectOptions {
-  /** Attempts before giving up. Default 10. */
-  maxAttempts?: number;
-  /** Delay before the first attempt; doubles after each failure. Default 0.25. */
-  initialDelay?: number;
-  /** Cap on one delay. Default 10. */
-  maxDelay?: number;
-}
 
 /** Options shared by `Sandbox.create` and `Sandbox.attach`. Times are in seconds. */
 export interface ConnectionOptions {
   /**
    * Re-attach automatically when the connection drops (not when the server ends the session),
-   * with capped exponential backoff; running processes' output continues where it stopped and
-   * stdin written meanwhile is sent after. Off by default.
+   * with capped exponential backoff. Off by default.
    */
   autoReconnect?: boolean | ReconnectOptions | undefined;
-  /** Limit for opening the socket and the sandbox becoming ready. Default 60. */
-  connectTimeout?: number | undefined;
-  /** Limit for the server to answer `terminate()` and close the socket. Default 30. */
-  closeTimeout?: number | undefined;
-  /** A WHATWG-compatible WebSocket constructor (e.g. `globalThis.WebSocket`) instead of `ws`. */
-  webSocket?: WebSocketConstructor | undefined;
+  /** Bound on opening the WebSocket. Default 30; null: none. */
+  connectTimeout?: number | null | undefined;
+  /** Bound on every wait for a server answer (sandbox ready, exec started, ...). Default 120; null: none. */
+  requestTimeout?: number | null | undefined;
+  /** Bound on the server's close after terminate() / checkpoint(). Default 10; null: none. */
+  closeTimeout?: number | null | undefined;
   /**
    * Extra headers for the WebSocket upgrade, e.g. `{ Authorization: 'Bearer <identity token>' }`
    * for a Cloud Run service deployed with `--no-allow-unauthenticated`. Sent again on every
@@ -81,11 +71,15 @@ export interface ConnectionOptions {
   onStatus?: ((status: string, message: string | undefined) => void) | undefined;
   /** Called with server errors that no pending call is waiting for. */
   onError?: ((error: SandboxError) => void) | undefined;
+  /** How connections are opened (default: a `WebSocketTransport`). */
+  transport?: Transport | undefined;
+  /** A WHATWG `WebSocket` constructor (e.g. `globalThis.WebSocket`) for the default transport. */
+  webSocket?: WebSocketConstructor | undefined;
 }
 
 /** `Sandbox.create` options: the init object of docs/protocol.md, plus connection options. */
 export interface CreateOptions extends ConnectionOptions {
-  /** Seconds without client messages before the server deletes the sandbox; 0 or null = never. */
+  /** Seconds without a client before the server deletes the sandbox; null: the server's default; 0: its cap. */
   idleTimeout?: number | null | undefined;
   /** Allow `checkpoint()` (the server needs `CHECKPOINT_AND_RESTORE_PATH`). */
   enableCheckpoint?: boolean | undefined;
@@ -109,20 +103,22 @@ export interface ExecOptions {
   cwd?: string | undefined;
   /** Wall-clock limit in seconds; the process group is killed with reason `timeout`. */
   timeout?: number | undefined;
-  /** Receive output as exact bytes (`readAllBytes()`, `bytes()`); text is decoded from them. */
-  binary?: boolean | undefined;
+  /** `base64`: receive output as exact bytes (`readAllBytes()`, `bytes()`). Default `text`. */
+  outputEncoding?: OutputEncoding | undefined;
+  /** Called with each chunk of stdout text as it arrives (the stream keeps it too). */
+  onStdout?: OutputCallback | undefined;
+  /** Called with each chunk of stderr text as it arrives (the stream keeps it too). */
+  onStderr?: OutputCallback | undefined;
 }
 
-/** What `run()` returns. A non-zero `exitCode` is a result, not an error. */
-export interface RunResult {
-  stdout: string;
-  stderr: string;
-  exitCode: number;
-  /** `exited`, `signaled`, `killed`, `timeout`, `output_limit` or `sandbox_lost`. */
-  reason: string;
-  signal: number | null;
-  durationMs: number | null;
+/** `run` options: as `exec` (text output), plus `stdin`. */
+export interface RunOptions extends Omit<ExecOptions, 'outputEncoding'> {
+  /** Written to the process's stdin, which is then closed (always, even without `stdin`). */
+  stdin?: string | Uint8Array | undefined;
 }
+
+/** `attachProcess` options. */
+export type AttachProcessOptions = Pick<ExecOptions, 'outputEncoding' | 'onStdout' | 'onStderr'>;
 
 /**
  * - `running`: connected, requests go to the server;
@@ -133,96 +129,93 @@ export interface RunResult {
  */
 export type SandboxState = 'running' | 'reconnecting' | 'closed' | 'checkpointed' | 'killed';
 
-/**
- * The live session of each sandbox in this process. A handle whose own session ended
- * (checkpointed, disconnected) forwards calls to the live one for the same sandbox, so that
- * `s1.snapshotFilesystem()` or `s1.terminate()` still work after `s2 = Sandbox.attach(url, id)`.
- */
-const liveSessions = new Map<string, Sandbox>();
+const DEFAULT_CONNECT_TIMEOUT = 30;
+const DEFAULT_REQUEST_TIMEOUT = 120;
+const DEFAULT_CLOSE_TIMEOUT = 10;
+/** A re-attached connection that lived this long (seconds) earns a fresh set of attempts. */
+const STABLE_AFTER = 10;
 
-const DEFAULT_CONNECT_TIMEOUT = 60;
-const DEFAULT_CLOSE_TIMEOUT = 30;
-
-interface PendingExec {
-  process: SandboxProcess;
-  control: ProcessControl;
-  started: Deferred<SandboxProcess>;
-  isStarted: boolean;
-}
-
-interface PendingRequest {
-  deferred: Deferred<void>;
-  /** Decides what a server error means for this request; rejects with it by default. */
-  onError?: (error: SandboxError) => void;
-}
-
-interface OutboxItem {
-  run(): void;
-  fail(error: Error): void;
-}
+type Outcome = Extract<Effect, { type: 'Reattached' | 'ReattachFailed' }>;
 
 export class Sandbox {
   readonly #url: string;
   readonly #options: ConnectionOptions;
+  readonly #policy: ReconnectPolicy | undefined;
+  readonly #protocol: ClientProtocol;
+  readonly #transport: Transport;
   /** `headers` plus the `apiKey`'s `Authorization`: sent with every upgrade. */
-  readonly #headers: Readonly<Record<string, string>> | undefined;
-  readonly #backoff: BackoffPolicy | undefined;
-  readonly #machine: ProtocolMachine;
+  readonly #headers: Readonly<Record<string, string>>;
   readonly #host: ProcessHost;
 
   #sandboxId: string | undefined;
   #sandboxToken: string | undefined;
-  #state: SandboxState = 'running';
-  #transport: Transport | undefined;
-  /** Bumped for every socket, so events of an abandoned socket are ignored. */
+  #connection: Connection | undefined;
+  /** Bumped for every connection, so that events of an abandoned one are ignored. */
   #generation = 0;
-  #setup: Deferred<void> | undefined;
-  #socketClosed: Deferred<void> | undefined;
+  /** Resolved when the current connection is gone (its close came). */
+  #connectionGone: Deferred<void> | undefined;
+  #ready: Deferred<void> | undefined;
+  readonly #pending = new Map<string, Deferred<unknown>>();
+  readonly #callbacks = new Map<string, { onStdout: OutputCallback | undefined; onStderr: OutputCallback | undefined }>();
+  readonly #controls = new Map<string, ProcessControl>();
+  /** Failures the server closes the session after: reported once the close came. */
+  readonly #afterClose: [Deferred<unknown>, SandboxError][] = [];
+  readonly #outbox: string[] = [];
+  /** A re-attach attempt waiting for its outcome. */
+  #attempt: Deferred<Outcome> | undefined;
+  #reattached = new Deferred<void>();
+  readonly #closed = new Deferred<void>();
+  #closeError: SandboxError | undefined;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
-  /** Why the client cut the socket itself (close timer), to explain the close to waiters. */
-  #closeReason: string | undefined;
-
-  readonly #execs = new Map<RequestId, PendingExec>();
-  readonly #requests = new Map<RequestId, PendingRequest>();
-  /** Answers that complete once the server's close of the session arrives (see `#handle`). */
-  readonly #afterClose: (() => void)[] = [];
-  /** Set when the server said the session ends (checkpointed or killed). */
-  #ending: 'checkpointed' | 'killed' | undefined;
-  #killedByServer = false;
-  readonly #outbox: OutboxItem[] = [];
+  #reconnectStreak = 0;
+  #lastReattach = -Infinity;
   #terminating: Promise<void> | undefined;
 
-  private constructor(url: string, options: ConnectionOptions, machine: ProtocolMachine) {
+  private constructor(url: string, attach: boolean, options: ConnectionOptions) {
     this.#url = url;
     this.#options = { ...options };
+    if (options.transport !== undefined && options.webSocket !== undefined) {
+      throw new TypeError('pass webSocket to the transport, not next to transport');
+    }
+    this.#transport = options.transport ?? new WebSocketTransport({ webSocket: options.webSocket });
     this.#headers = connectionHeaders(options.headers, options.apiKey);
     const reconnect = options.autoReconnect;
-    this.#backoff =
-      reconnect === undefined || reconnect === false
-        ? undefined
-        : normalizeBackoff(reconnect === true ? {} : reconnect);
-    this.#machine = machine;
+    this.#policy =
+      reconnect === undefined || reconnect === false ? undefined : reconnectPolicy(reconnect === true ? {} : reconnect);
+    this.#protocol = new ClientProtocol(attach, this.#policy !== undefined);
     this.#host = {
-      writeStdin: (process, data, eof) => this.#writeStdin(process, data, eof),
-      killProcess: (process) => this.#killProcess(process),
+      writeStdin: (key, data) => this.#writeStdin(key, data),
+      closeStdin: (key) => this.#closeStdin(key),
+      killProcess: (key) => this.#killProcess(key),
     };
+    this.#reattached.resolve();
   }
 
-  // ---- construction ----------------------------------------------------------------------
+  // ---- factories -------------------------------------------------------------------------
 
   /**
-   * Creates a sandbox and connects to it. Rejects with `SandboxCreationError` (with the server's
-   * message) when the server refuses, or `SandboxConnectionError` when it cannot be reached.
+   * Creates a new sandbox and waits until it runs. `url` is the service's base URL (`wss://host`,
+   * `ws://127.0.0.1:8080`; `https://` / `http://` work too). Rejects with `SandboxCreationError`
+   * (with the server's message) when the server refuses, `SandboxConnectionError` when it cannot
+   * be reached.
    */
   static async create(url: string, options: CreateOptions = {}): Promise<Sandbox> {
-    const sandbox = new Sandbox(url, options, new ProtocolMachine('create'));
-    await sandbox.#start('create', initFrame(options));
+    const sandbox = new Sandbox(url, false, options);
+    const first = initMessage({
+      idle_timeout: options.idleTimeout ?? null,
+      enable_checkpoint: options.enableCheckpoint ?? false,
+      enable_idle_timeout_auto_checkpoint: options.enableIdleTimeoutAutoCheckpoint ?? false,
+      enable_sandbox_handoff: options.enableSandboxHandoff ?? false,
+      filesystem_snapshot_name: options.filesystemSnapshotName ?? null,
+      enable_network: options.enableNetwork ?? false,
+    });
+    await sandbox.#open(createUrl(url), first);
     return sandbox;
   }
 
   /**
-   * Attaches to an existing sandbox (restoring it if it was checkpointed). Without `sandboxToken`,
-   * the token this process got when it created or attached to the sandbox is used.
+   * Attaches to a live sandbox, or restores a checkpointed one. `sandboxToken` may be omitted
+   * for a sandbox created (or attached with a token) in this process: the library remembers it.
    */
   static async attach(
     url: string,
@@ -230,15 +223,85 @@ export class Sandbox {
     sandboxToken?: string,
     options: AttachOptions = {},
   ): Promise<Sandbox> {
-    const sandbox = new Sandbox(url, options, new ProtocolMachine('attach'));
+    const token = sandboxToken ?? recallToken(sandboxId);
+    if (token === undefined) {
+      throw new SandboxPermissionError(
+        `no sandbox_token given for sandbox "${sandboxId}" and none remembered in this process; ` +
+          'pass the token that create() returned',
+      );
+    }
+    const sandbox = new Sandbox(url, true, options);
     sandbox.#sandboxId = sandboxId;
-    sandbox.#sandboxToken = sandboxToken ?? recallToken(sandboxId);
-    await sandbox.#start('attach', undefined);
-    if (sandbox.#sandboxToken !== undefined) rememberToken(sandboxId, sandbox.#sandboxToken);
+    sandbox.#sandboxToken = token;
+    sandbox.#protocol.sandboxId = sandboxId;
+    sandbox.#protocol.sandboxToken = token;
+    await sandbox.#open(attachUrl(url, sandboxId, token), undefined);
     return sandbox;
   }
 
-  // ---- properties ------------------------------------------------------------------------
+  async #open(url: string, firstMessage: string | undefined): Promise<void> {
+    const ready = new Deferred<void>();
+    this.#ready = ready;
+    try {
+      const connection = await this.#connect(url);
+      if (firstMessage !== undefined) connection.send(firstMessage);
+      await this.#wait(ready.promise, 'the sandbox to be ready');
+    } catch (error) {
+      this.#shutdown(error instanceof SandboxConnectionError ? error : new SandboxConnectionError('the connection is closed'));
+      throw error;
+    }
+    if (this.#sandboxId !== undefined) {
+      if (this.#sandboxToken !== undefined) rememberToken(this.#sandboxId, this.#sandboxToken);
+      setLive(this.#sandboxId, this);
+    }
+  }
+
+  /** Opens a connection whose events reach this sandbox until the next one is opened. */
+  async #connect(url: string): Promise<Connection> {
+    const generation = ++this.#generation;
+    const gone = new Deferred<void>();
+    this.#connectionGone = gone;
+    const handlers: ConnectionHandlers = {
+      onMessage: (text) => {
+        if (generation === this.#generation) this.#apply(this.#protocol.receiveFrame(text));
+      },
+      onClose: (code, reason) => {
+        gone.resolve();
+        if (generation === this.#generation) this.#onClose(code, reason);
+      },
+    };
+    const connectTimeout = this.#options.connectTimeout === undefined ? DEFAULT_CONNECT_TIMEOUT : this.#options.connectTimeout;
+    const connection = await this.#transport.connect(
+      url,
+      { headers: this.#headers, connectTimeoutMs: connectTimeout === null ? undefined : connectTimeout * 1000 },
+      handlers,
+    );
+    if (generation !== this.#generation) {
+      connection.abort(); // given up meanwhile
+      throw new SandboxConnectionError('the connection is closed');
+    }
+    this.#connection = connection;
+    return connection;
+  }
+
+  #onClose(code: number | null, reason: string): void {
+    this.#connection = undefined;
+    const effects = this.#protocol.connectionClosed(code, reason);
+    this.#apply(effects);
+    if (effects.some((e) => e.type === 'Reconnect')) {
+      this.#reattached = new Deferred<void>();
+      void this.#reconnect();
+    } else if (this.#attempt === undefined) {
+      this.#markClosed(undefined);
+    }
+  }
+
+  // ---- queries ---------------------------------------------------------------------------
+
+  /** The service's base URL. */
+  get url(): string {
+    return this.#url;
+  }
 
   /** The sandbox's id (use it with `Sandbox.attach`). */
   get sandboxId(): string {
@@ -252,63 +315,188 @@ export class Sandbox {
 
   /** See `SandboxState`. */
   get state(): SandboxState {
-    return this.#state;
+    if (this.#protocol.terminated) return 'killed';
+    if (this.#protocol.checkpointed) return 'checkpointed';
+    if (this.#closed.settled || this.#protocol.phase === 'closed') return 'closed';
+    if (this.#protocol.phase === 'reattaching') return 'reconnecting';
+    return 'running';
   }
 
-  // ---- operations ------------------------------------------------------------------------
+  /**
+   * 2 when the server announced protocol 2 (request ids, several processes at once, stdin flow
+   * control, process handles); else 1.
+   */
+  get protocol(): number {
+    return this.#protocol.protocol;
+  }
+
+  /** True once this connection is over (terminated, checkpointed, or lost). */
+  get closed(): boolean {
+    return this.#closed.settled;
+  }
+
+  get terminated(): boolean {
+    return this.#protocol.terminated;
+  }
+
+  get checkpointed(): boolean {
+    return this.#protocol.checkpointed;
+  }
+
+  // ---- executions ------------------------------------------------------------------------
 
   /**
-   * Starts `code` in `language`. Resolves to the process once the server started it; rejects with
-   * `SandboxExecutionError` when the server refuses (unsupported language, an execution already
-   * running). One execution runs at a time per sandbox.
+   * Starts `code` in `language` and resolves to the process once the server confirmed it
+   * started. With a server that speaks protocol 2, processes run side by side; with another, one
+   * at a time: `exec` while one runs rejects with `SandboxStateError` without asking the server.
    */
   exec(code: string, language: Language | (string & {}), options: ExecOptions = {}): Promise<SandboxProcess> {
-    const live = this.#liveElsewhere();
-    if (live !== undefined) return live.exec(code, language, options);
     return handled(this.#exec(code, language, options));
   }
 
-  /** Runs `code` to the end and collects its output and exit code. */
-  async run(code: string, language: Language | (string & {}), options: ExecOptions = {}): Promise<RunResult> {
-    const process = await this.exec(code, language, options);
-    const [stdout, stderr, result] = await Promise.all([
-      process.stdout.readAll(),
-      process.stderr.readAll(),
-      process.result(),
-    ]);
-    return {
-      stdout,
-      stderr,
-      exitCode: result.exitCode,
-      reason: result.reason,
-      signal: result.signal,
-      durationMs: result.durationMs,
-    };
+  async #exec(code: string, language: string, options: ExecOptions): Promise<SandboxProcess> {
+    if (typeof code !== 'string' || typeof language !== 'string') {
+      throw new TypeError('exec(code, language): both must be strings');
+    }
+    const live = this.#liveElsewhere();
+    if (live !== undefined) return live.exec(code, language, options);
+    this.#checkUsable();
+    const { id, frame } = this.#protocol.sendExec({
+      code,
+      language,
+      env: options.env,
+      cwd: options.cwd,
+      timeout: options.timeout,
+      outputEncoding: options.outputEncoding,
+    });
+    this.#callbacks.set(id, { onStdout: options.onStdout, onStderr: options.onStderr });
+    return (await this.#request(id, frame, 'the execution to start')) as SandboxProcess;
   }
 
   /**
-   * Saves the sandbox (filesystem and processes) and ends this session; `Sandbox.attach` later
-   * restores it, possibly on another server instance. Rejects with `SandboxCheckpointError` with
-   * the server's message (e.g. checkpointing not enabled, an execution is running).
+   * Runs `code` to the end; resolves to its output (text) and how it ended. `stdin` is written,
+   * then stdin is closed (always: a program that reads stdin sees end-of-file instead of waiting
+   * forever). If the server refuses the stdin, the process is killed and `run` rejects (also for a
+   * refusal that came after the last write, from a server without protocol 2).
+   */
+  run(code: string, language: Language | (string & {}), options: RunOptions = {}): Promise<RunResult> {
+    return handled(this.#run(code, language, options));
+  }
+
+  async #run(code: string, language: string, options: RunOptions): Promise<RunResult> {
+    const { stdin, ...execOptions } = options;
+    const process = await this.exec(code, language, execOptions);
+    try {
+      await feedAndClose(process, stdin);
+      const [stdout, stderr, result] = await Promise.all([
+        process.stdout.readAll(),
+        process.stderr.readAll(),
+        process.result(),
+      ]);
+      if (process.stdinError !== undefined) throw process.stdinError;
+      return {
+        stdout,
+        stderr,
+        exitCode: result.exitCode,
+        reason: result.reason,
+        signal: result.signal,
+        durationMs: result.durationMs,
+      };
+    } catch (error) {
+      // Do not leave the process running behind a failed run().
+      if (!process.done && !this.closed) await process.kill().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** The sandbox's processes, running or ended and not yet reported (protocol 2). */
+  listProcesses(): Promise<ProcessInfo[]> {
+    return handled(
+      this.#simple(
+        (live) => live.listProcesses(),
+        () => this.#protocol.sendListProcesses(),
+        'the process list',
+      ) as Promise<ProcessInfo[]>,
+    );
+  }
+
+  /**
+   * Follows a process of the sandbox started elsewhere (another connection, another client
+   * process) by its `processId` (see `listProcesses()`): its output held while nobody followed
+   * it comes first, then what it writes from now on, then its end (protocol 2).
+   */
+  attachProcess(processId: number, options: AttachProcessOptions = {}): Promise<SandboxProcess> {
+    return handled(this.#attachProcess(processId, options));
+  }
+
+  async #attachProcess(processId: number, options: AttachProcessOptions): Promise<SandboxProcess> {
+    const live = this.#liveElsewhere();
+    if (live !== undefined) return live.attachProcess(processId, options);
+    this.#checkUsable();
+    const { id, frame } = this.#protocol.sendAttachProcess(processId, options.outputEncoding);
+    this.#callbacks.set(id, { onStdout: options.onStdout, onStderr: options.onStderr });
+    return (await this.#request(id, frame, `process ${processId}`)) as SandboxProcess;
+  }
+
+  /**
+   * Changes how long the sandbox lives without a client (seconds; 0: the server's cap), counted
+   * from the disconnection. Resolves to what the server put in effect (protocol 2).
+   */
+  setIdleTimeout(idleTimeout: number): Promise<number | null> {
+    return handled(
+      this.#simple(
+        (live) => live.setIdleTimeout(idleTimeout),
+        () => this.#protocol.sendSetIdleTimeout(idleTimeout),
+        'the idle timeout',
+      ).then((value) => (typeof value === 'number' ? value : null)),
+    );
+  }
+
+  // ---- sandbox actions -------------------------------------------------------------------
+
+  /**
+   * Saves the sandbox's files as snapshot `name`; resolves once the server reported
+   * `SANDBOX_FILESYSTEM_SNAPSHOT_CREATED`. The session goes on, with its processes. Rejects with
+   * `SandboxSnapshotError` (an invalid name, a server without `FILESYSTEM_SNAPSHOT_PATH`, an
+   * execution running); the session stays usable.
+   */
+  snapshotFilesystem(name: string): Promise<void> {
+    if (typeof name !== 'string') return Promise.reject(new TypeError('the snapshot name must be a string'));
+    return handled(
+      this.#simple(
+        (live) => live.snapshotFilesystem(name),
+        () => this.#protocol.sendSnapshot(name),
+        'the filesystem snapshot',
+      ).then(() => undefined),
+    );
+  }
+
+  /**
+   * Saves the sandbox (filesystem and running processes) and disconnects; resolves once the
+   * server reported `SANDBOX_CHECKPOINTED` and closed the connection. Continue later with
+   * `Sandbox.attach(url, sandboxId)`, on this or any instance sharing `CHECKPOINT_AND_RESTORE_PATH`.
+   * Rejects with `SandboxStateError` while an execution runs and `SandboxCheckpointError` when
+   * the server refuses up front (the session goes on in both cases), or with
+   * `SandboxCheckpointError` once the server closed when checkpointing is not possible at all.
    */
   checkpoint(): Promise<void> {
-    const live = this.#liveElsewhere();
-    if (live !== undefined) return live.checkpoint();
     return handled(this.#checkpoint());
   }
 
-  /** Saves the sandbox's filesystem as snapshot `name`; the session continues. */
-  snapshotFilesystem(name: string): Promise<void> {
+  async #checkpoint(): Promise<void> {
     const live = this.#liveElsewhere();
-    if (live !== undefined) return live.snapshotFilesystem(name);
-    return handled(this.#snapshot(name));
+    if (live !== undefined) return live.checkpoint();
+    this.#checkUsable();
+    const { id, frame } = this.#protocol.sendCheckpoint();
+    await this.#request(id, frame, 'the checkpoint');
+    await this.#waitServerClose();
   }
 
   /**
-   * Deletes the sandbox and its saved state and closes the connection. Safe to call without
-   * `await` (it never causes an unhandled rejection, and the socket is closed within
-   * `closeTimeout`). On a disconnected or checkpointed sandbox it attaches first, then deletes.
-   * Calling it again returns the same promise.
+   * Deletes the sandbox and its saved state (`kill_sandbox`). Safe to call without `await` (it
+   * never causes an unhandled rejection); calling it again returns the same promise. If this
+   * connection is already closed (it dropped, or a checkpoint closed it), it re-attaches first so
+   * that the sandbox really goes.
    */
   terminate(): Promise<void> {
     this.#terminating ??= handled(this.#terminate());
@@ -320,581 +508,493 @@ export class Sandbox {
     return this.terminate();
   }
 
+  async #terminate(): Promise<void> {
+    if (this.#protocol.terminated || this.#sandboxId === undefined) return;
+    if (!this.closed && this.#protocol.phase !== 'closed') {
+      const { id, frame } = this.#protocol.sendTerminate();
+      try {
+        await this.#request(id, frame, 'the sandbox to be terminated');
+      } catch (error) {
+        // A silent server is an answer to give the caller; a closed connection is not final.
+        if (!(error instanceof SandboxConnectionError) || error instanceof SandboxTimeoutError) throw error;
+        if (this.#isTerminated()) return;
+        // The connection closed under us (e.g. right after a failed checkpoint): re-attach below
+        // to finish the job.
+        await this.#waitServerClose();
+      }
+      if (this.#isTerminated()) {
+        forgetToken(this.#sandboxId);
+        await this.#waitServerClose();
+        return;
+      }
+    }
+    const live = this.#liveElsewhere();
+    if (live !== undefined) {
+      await live.terminate();
+    } else {
+      await this.#terminateByReattach();
+    }
+    this.#protocol.terminated = true;
+    forgetToken(this.#sandboxId);
+  }
+
+  async #terminateByReattach(): Promise<void> {
+    let other: Sandbox;
+    try {
+      other = await Sandbox.attach(this.#url, this.sandboxId, this.#sandboxToken, {
+        transport: this.#transport,
+        headers: this.#headers,
+        connectTimeout: this.#options.connectTimeout,
+        requestTimeout: this.#options.requestTimeout,
+        closeTimeout: this.#options.closeTimeout,
+      });
+    } catch (error) {
+      if (error instanceof SandboxNotFoundError) return; // already gone: what terminate() wants
+      throw error;
+    }
+    await other.terminate();
+  }
+
   /**
-   * Closes the connection without deleting the sandbox (it lives on until its idle timeout;
-   * `Sandbox.attach` reconnects to it). Running processes' promises reject.
+   * Closes this connection without deleting the sandbox (it lives on until its idle timeout;
+   * `Sandbox.attach` continues it). Pending waits reject with `SandboxConnectionError`.
    */
   disconnect(): Promise<void> {
     return handled(this.#disconnect());
   }
 
-  // ---- implementation: requests ----------------------------------------------------------
-
-  async #exec(code: string, language: string, options: ExecOptions): Promise<SandboxProcess> {
-    if (typeof code !== 'string') throw new TypeError('code must be a string');
-    if (typeof language !== 'string') throw new TypeError('language must be a string');
-    this.#ensureUsable('exec');
-    let control!: ProcessControl;
-    const process = new SandboxProcess(this.#host, (c) => (control = c));
-    const started = new Deferred<SandboxProcess>();
-    this.#submit({
-      run: () => {
-        const { id, frame } = this.#machine.execute({
-          language,
-          code,
-          env: options.env,
-          cwd: options.cwd,
-          timeout: options.timeout,
-          binary: options.binary,
-        });
-        this.#execs.set(id, { process, control, started, isStarted: false });
-        this.#send(frame);
-      },
-      fail: (error) => started.reject(error),
-    });
-    return started.promise;
-  }
-
-  async #writeStdin(process: SandboxProcess, data: string | Uint8Array | undefined, eof: boolean): Promise<void> {
-    this.#ensureUsable('write to stdin');
-    const id = this.#idOf(process);
-    if (id === undefined || id !== this.#machine.runningId) {
-      throw new SandboxStateError('cannot write to stdin: the process is not running');
-    }
-    const sent = new Deferred<void>();
-    this.#submit({
-      run: () => {
-        this.#send(this.#machine.stdin(data, eof));
-        sent.resolve();
-      },
-      fail: (error) => sent.reject(error),
-    });
-    return sent.promise;
-  }
-
-  async #killProcess(process: SandboxProcess): Promise<void> {
-    this.#ensureUsable('kill the process');
-    const deferred = new Deferred<void>();
-    this.#submit({
-      run: () => {
-        const { id, frame } = this.#machine.killProcess();
-        this.#requests.set(id, {
-          deferred,
-          // "Nothing is running" after the process ended on its own is not a failure.
-          onError: (error) => (process.done ? deferred.resolve() : deferred.reject(error)),
-        });
-        this.#send(frame);
-      },
-      fail: (error) => deferred.reject(error),
-    });
-    return deferred.promise;
-  }
-
-  async #checkpoint(): Promise<void> {
-    this.#ensureUsable('checkpoint');
-    const deferred = new Deferred<void>();
-    this.#submit({
-      run: () => {
-        const { id, frame } = this.#machine.checkpoint();
-        this.#requests.set(id, { deferred });
-        this.#send(frame);
-      },
-      fail: (error) => deferred.reject(error),
-    });
-    return deferred.promise;
-  }
-
-  async #snapshot(name: string): Promise<void> {
-    if (typeof name !== 'string' || name === '') throw new TypeError('snapshot name must be a non-empty string');
-    this.#ensureUsable('snapshot the filesystem');
-    const deferred = new Deferred<void>();
-    this.#submit({
-      run: () => {
-        const { id, frame } = this.#machine.snapshotFilesystem(name);
-        this.#requests.set(id, { deferred });
-        this.#send(frame);
-      },
-      fail: (error) => deferred.reject(error),
-    });
-    return deferred.promise;
-  }
-
-  async #terminate(): Promise<void> {
-    if (this.#state === 'killed') return;
-    if (this.#state === 'closed' || this.#state === 'checkpointed') {
-      const live = this.#liveElsewhere();
-      if (live !== undefined) {
-        await live.terminate();
-        this.#state = 'killed';
-        return;
-      }
-      // The sandbox may still exist on the server: attach to it and delete it from there.
-      if (this.#sandboxId === undefined || this.#sandboxId === '') return;
-      let other: Sandbox;
-      try {
-        other = await Sandbox.attach(this.#url, this.#sandboxId, this.#sandboxToken, {
-          connectTimeout: this.#options.connectTimeout,
-          closeTimeout: this.#options.closeTimeout,
-          webSocket: this.#options.webSocket,
-          headers: this.#headers,
-        });
-      } catch (error) {
-        // Deleting what no longer exists (e.g. removed by its idle timeout) is done already.
-        if (!(error instanceof SandboxNotFoundError)) throw error;
-        this.#state = 'killed';
-        return;
-      }
-      await other.#killSandbox();
-      this.#state = 'killed';
-      return;
-    }
-    await this.#killSandbox();
-  }
-
-  /** Sends kill_sandbox on this (live or re-attaching) session and waits for the server's close. */
-  async #killSandbox(): Promise<void> {
-    const deferred = new Deferred<void>();
-    this.#submit({
-      run: () => {
-        const { id, frame } = this.#machine.killSandbox();
-        this.#requests.set(id, { deferred });
-        this.#send(frame);
-        this.#armCloseTimer('kill_sandbox');
-      },
-      fail: (error) => deferred.reject(error),
-    });
-    await deferred.promise;
-    if (this.#sandboxId !== undefined) forgetToken(this.#sandboxId);
-  }
-
   async #disconnect(): Promise<void> {
-    if (this.#state === 'reconnecting') {
-      this.#finish(new SandboxConnectionError('disconnected by the client while re-attaching'));
-      return;
-    }
-    if (this.#state !== 'running' || this.#transport === undefined) return;
-    const closed = this.#socketClosed;
-    this.#machine.closeLocally();
-    this.#transport.close(1000, 'client disconnect');
-    this.#armCloseTimer('close');
-    await closed?.promise;
-  }
-
-  /** Another handle's live session for this sandbox, when this handle's session has ended. */
-  #liveElsewhere(): Sandbox | undefined {
-    if (this.#state !== 'closed' && this.#state !== 'checkpointed') return undefined;
-    const live = this.#sandboxId === undefined ? undefined : liveSessions.get(this.#sandboxId);
-    if (live === undefined || live === this) return undefined;
-    return live.#state === 'running' || live.#state === 'reconnecting' ? live : undefined;
-  }
-
-  #ensureUsable(what: string): void {
-    const id = this.#sandboxId ?? '';
-    switch (this.#state) {
-      case 'running':
-      case 'reconnecting':
-        if (this.#terminating !== undefined) {
-          throw new SandboxStateError(`cannot ${what}: sandbox ${id} is being terminated`);
-        }
-        return;
-      case 'killed':
-        throw new SandboxStateError(`cannot ${what}: sandbox ${id} was terminated`);
-      case 'checkpointed':
-        throw new SandboxStateError(
-          `cannot ${what}: sandbox ${id} was checkpointed; use Sandbox.attach to restore it`,
-        );
-      case 'closed':
-        throw new SandboxStateError(
-          `cannot ${what}: the connection to sandbox ${id} is closed; use Sandbox.attach to reconnect`,
-        );
+    const connection = this.#connection;
+    const gone = this.#connectionGone;
+    this.#shutdown(new SandboxConnectionError('disconnected by the client'));
+    if (connection !== undefined && gone !== undefined) {
+      // The server learns of it from the close handshake: wait for it (bounded), so that an
+      // attach right after does not find the sandbox still held by this connection.
+      await withTimeout(gone.promise, this.#closeTimeoutSeconds());
     }
   }
 
-  /**
-   * Runs `item` now, or after the re-attach when the connection is being re-established. A socket
-   * that is already dying (its close not reported yet) counts as re-establishing when
-   * auto-reconnect is on: what is written then is sent after the re-attach, not lost.
-   */
-  #submit(item: OutboxItem): void {
-    if (this.#state === 'reconnecting') {
-      this.#outbox.push(item);
-    } else if (this.#transport?.isOpen() === true) {
-      item.run();
-    } else if (this.#backoff !== undefined) {
-      this.#outbox.push(item);
-    } else {
-      item.fail(new SandboxConnectionError(`the connection to sandbox ${this.sandboxId} is closing`));
+  // ---- the ProcessHost side --------------------------------------------------------------
+
+  async #writeStdin(key: string, data: string | Uint8Array): Promise<void> {
+    const asText = typeof data === 'string';
+    const payload = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+    let offset = 0;
+    while (offset < payload.length) {
+      const control = this.#stdinControl(key, 'write to stdin');
+      const changed = control.stdinChanged();
+      if (!this.#reattached.settled && this.#protocol.stdinRoom(key) !== undefined) {
+        // Stdin with flow control waits for the new connection (not queued), so that the
+        // window is counted on the connection it is sent on.
+        await this.#reattached.promise; // also resolved when the session ends
+        continue;
+      }
+      const size = this.#protocol.nextStdinPiece(key, payload, offset, asText);
+      if (size === 0) {
+        await changed;
+        continue;
+      }
+      const frame = this.#protocol.sendStdin(key, payload.subarray(offset, offset + size), asText);
+      this.#send(frame, true);
+      offset += size;
     }
   }
 
-  #send(frame: string): void {
-    this.#transport?.send(frame);
+  async #closeStdin(key: string): Promise<void> {
+    // Everything written must be acknowledged first (protocol 2): a refusal of it reaches this
+    // call, and EOF comes after the last byte.
+    for (;;) {
+      const control = this.#stdinControl(key, 'close stdin');
+      const changed = control.stdinChanged();
+      if (this.#protocol.stdinUnacknowledged(key) === 0) break;
+      await changed;
+    }
+    this.#send(this.#protocol.sendCloseStdin(key), true);
   }
 
-  #idOf(process: SandboxProcess): RequestId | undefined {
-    for (const [id, entry] of this.#execs) if (entry.process === process) return id;
-    return undefined;
+  /** The process's control while its stdin can still be used; else the reason. */
+  #stdinControl(key: string, what: string): ProcessControl {
+    const control = this.#controls.get(key);
+    if (control?.stdinError !== undefined) throw control.stdinError;
+    if (control === undefined || control.process.done) {
+      if (this.closed && this.#closeError !== undefined) throw this.#closeError;
+      throw new SandboxStateError(`cannot ${what}: the process has ended`);
+    }
+    return control;
   }
 
-  // ---- implementation: connection --------------------------------------------------------
-
-  async #start(kind: 'create' | 'attach', init: InitFrame | undefined): Promise<void> {
+  async #killProcess(key: string): Promise<void> {
+    const control = this.#controls.get(key);
+    if (control === undefined || control.process.done) return;
+    const { id, frame } = this.#protocol.sendKill(key);
     try {
-      await this.#open(kind, init);
-      if (this.#sandboxId !== undefined) liveSessions.set(this.#sandboxId, this);
+      await this.#request(id, frame, 'the process to be killed');
     } catch (error) {
-      // The server usually closes after a setup error; don't wait for it.
-      this.#machine.closeLocally();
-      this.#transport?.terminate();
-      this.#transport = undefined;
-      this.#clearCloseTimer();
-      this.#state = 'closed';
+      // The process may have ended on its own while the kill was on its way (the server then
+      // answers with an error): that is success.
+      if (ended(control.process)) return;
       throw error;
     }
   }
 
-  /** Opens a socket to /create or /attach and waits for SANDBOX_RUNNING. */
-  async #open(kind: 'create' | 'attach', init: InitFrame | undefined): Promise<void> {
-    const generation = ++this.#generation;
-    const setup = new Deferred<void>();
-    this.#setup = setup;
-    this.#socketClosed = new Deferred<void>();
-    const seconds = this.#options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT;
-    const url =
-      kind === 'create' ? createUrl(this.#url) : attachUrl(this.#url, this.#sandboxId ?? '', this.#sandboxToken);
-    const timeout = new Deferred<never>();
-    const timer = setTimeout(() => {
-      const what = this.#sandboxId === undefined ? 'the sandbox' : `sandbox ${this.#sandboxId}`;
-      timeout.reject(new SandboxConnectionError(`timed out after ${seconds}s waiting for ${what} to be ready`));
-    }, seconds * 1000);
-    try {
-      const connecting = connect(
-        url,
-        { webSocket: this.#options.webSocket, headers: this.#headers, connectTimeoutMs: seconds * 1000 },
-        {
-          onMessage: (text) => {
-            if (generation === this.#generation) this.#dispatch(this.#machine.receive(text));
-          },
-          onClose: (code, reason) => {
-            if (generation === this.#generation) this.#dispatch(this.#machine.connectionClosed(code, reason));
-          },
-        },
-      );
-      let transport: Transport;
-      try {
-        transport = await Promise.race([connecting, timeout.promise]);
-      } catch (error) {
-        // Timed out while connecting: if the socket opens after all, nobody will use it.
-        connecting.then(
-          (late) => late.terminate(),
-          () => undefined,
-        );
-        throw error;
+  // ---- plumbing --------------------------------------------------------------------------
+
+  /** Read anew after an `await` (the compiler would narrow `terminated` across it). */
+  #isTerminated(): boolean {
+    return this.#protocol.terminated;
+  }
+
+  #isClosed(): boolean {
+    return this.#closed.settled;
+  }
+
+  /** A request with no process behind it, forwarded to the live session when this one ended. */
+  async #simple(
+    forward: (live: Sandbox) => Promise<unknown>,
+    make: () => { id: string; frame: string },
+    what: string,
+  ): Promise<unknown> {
+    const live = this.#liveElsewhere();
+    if (live !== undefined) return forward(live);
+    this.#checkUsable();
+    const { id, frame } = make();
+    return this.#request(id, frame, what);
+  }
+
+  /** Another handle's live session for this sandbox, when this one's has ended. */
+  #liveElsewhere(): Sandbox | undefined {
+    if (!this.closed || this.#protocol.terminated) return undefined;
+    const live = liveSession(this.#sandboxId);
+    if (!(live instanceof Sandbox) || live === this) return undefined;
+    return live.closed ? undefined : live;
+  }
+
+  #checkUsable(): void {
+    if (this.closed && this.#closeError !== undefined) {
+      if (this.#protocol.terminated) throw new SandboxStateError('the sandbox was terminated');
+      if (this.#protocol.checkpointed) {
+        throw new SandboxStateError('the sandbox was checkpointed; attach to it to continue');
       }
-      this.#transport = transport;
-      if (init !== undefined) transport.send(this.#machine.init(init));
-      await Promise.race([setup.promise, timeout.promise]);
+      throw new SandboxStateError(`the connection to the sandbox is closed: ${this.#closeError.message}`);
+    }
+  }
+
+  #requestTimeoutSeconds(): number | null {
+    return this.#options.requestTimeout === undefined ? DEFAULT_REQUEST_TIMEOUT : this.#options.requestTimeout;
+  }
+
+  #closeTimeoutSeconds(): number {
+    const seconds = this.#options.closeTimeout === undefined ? DEFAULT_CLOSE_TIMEOUT : this.#options.closeTimeout;
+    return seconds ?? Infinity;
+  }
+
+  /** Waits for something the server settles, bounded by `requestTimeout`. */
+  async #wait<T>(promise: Promise<T>, what: string): Promise<T> {
+    const seconds = this.#requestTimeoutSeconds();
+    if (seconds === null) return promise;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        reject(new SandboxTimeoutError(`no answer from the server within ${seconds}s waiting for ${what}`));
+      }, seconds * 1000);
+    });
+    try {
+      return await Promise.race([promise, timeout]);
     } finally {
       clearTimeout(timer);
     }
   }
 
-  /** Re-attaches after a dropped connection, with capped exponential backoff. */
-  async #reconnectLoop(policy: BackoffPolicy): Promise<void> {
-    let lastError: unknown;
-    for (let attempt = 1; attempt <= policy.maxAttempts; attempt++) {
-      await sleep(backoffDelay(policy, attempt, 0.5 + Math.random() / 2) * 1000);
-      if (!this.#isReconnecting()) return;
-      this.#machine.beginReattach();
-      try {
-        await this.#open('attach', undefined);
-      } catch (error) {
-        lastError = error;
-        this.#generation++; // ignore whatever the failed socket still reports
-        this.#transport?.terminate();
-        this.#transport = undefined;
-        if (!this.#isReconnecting()) return;
-        // A dropped socket may still hold the sandbox for a moment (SANDBOX_IN_USE): retry.
-        if (error instanceof SandboxConnectionError || error instanceof SandboxInUseError) continue;
-        break;
-      }
-      if (!this.#isReconnecting()) {
-        // The caller gave up while we were re-attaching.
-        this.#machine.closeLocally();
-        this.#transport?.close(1000, 'client disconnect');
-        return;
-      }
-      this.#state = 'running';
-      this.#send(this.#machine.reconnect());
-      for (const item of this.#outbox.splice(0)) item.run();
+  /** Sends a request and waits for its answer (the value of `RequestDone`). */
+  async #request(requestId: string, frame: string, what: string): Promise<unknown> {
+    const deferred = new Deferred<unknown>();
+    this.#pending.set(requestId, deferred);
+    try {
+      this.#send(frame, true);
+      return await this.#wait(deferred.promise, what);
+    } catch (error) {
+      this.#protocol.abandon(requestId);
+      throw error;
+    } finally {
+      this.#pending.delete(requestId);
+      this.#callbacks.delete(requestId);
+    }
+  }
+
+  #send(frame: string, queueWhileReconnecting: boolean): void {
+    // Queued from the drop until the re-attach sent `reconnect` and the queue, in that order.
+    if (queueWhileReconnecting && (!this.#reattached.settled || this.#outbox.length > 0)) {
+      this.#outbox.push(frame);
       return;
     }
-    const detail = lastError instanceof Error ? `: ${lastError.message}` : '';
-    const message = `connection to sandbox ${this.sandboxId} lost; re-attach failed${detail}`;
-    this.#finish(
-      lastError instanceof SandboxAuthenticationError
-        ? new SandboxAuthenticationError(message, { httpStatus: lastError.httpStatus, cause: lastError })
-        : new SandboxConnectionError(message, lastError === undefined ? {} : { cause: lastError }),
-    );
+    const connection = this.#connection;
+    if (connection?.isOpen() === true && !this.closed) {
+      connection.send(frame);
+    } else if (this.#policy !== undefined && !this.closed) {
+      // The connection is dying and its close not reported yet: the re-attach sends it after.
+      this.#outbox.push(frame);
+    } else {
+      throw new SandboxConnectionError('the connection to the sandbox is closed');
+    }
   }
 
-  /** Re-read after every `await`: the caller may have disconnected meanwhile. */
-  #isReconnecting(): boolean {
-    return this.#state === 'reconnecting';
+  /** After kill_sandbox / checkpoint: the server closes; do not leave it half-open. */
+  async #waitServerClose(): Promise<void> {
+    await withTimeout(this.#closed.promise, this.#closeTimeoutSeconds());
+    if (!this.closed) this.#shutdown(new SandboxConnectionError('closed by the client'));
   }
 
-  #armCloseTimer(what: string): void {
-    this.#clearCloseTimer();
-    const seconds = this.#options.closeTimeout ?? DEFAULT_CLOSE_TIMEOUT;
+  /**
+   * The server is expected to close: if it does not within `closeTimeout`, the client closes, so
+   * that nothing waits on a half-open session.
+   */
+  #armCloseTimer(): void {
+    const seconds = this.#closeTimeoutSeconds();
+    if (this.#closeTimer !== undefined || !Number.isFinite(seconds)) return;
     this.#closeTimer = setTimeout(() => {
       this.#closeTimer = undefined;
-      const transport = this.#transport;
-      if (transport === undefined) return;
-      this.#closeReason = `the server did not close the connection within ${seconds}s after ${what}`;
-      transport.terminate();
+      if (!this.closed) {
+        this.#shutdown(
+          new SandboxConnectionError(`the server did not close the connection within ${seconds}s; closed by the client`),
+        );
+      }
     }, seconds * 1000);
   }
 
-  #clearCloseTimer(): void {
+  /** Re-attaches with backoff. True when the session continues on a new connection. */
+  async #reconnect(): Promise<boolean> {
+    const policy = this.#policy;
+    if (policy === undefined || this.#sandboxId === undefined || this.#sandboxToken === undefined) return false;
+    let lastError: SandboxError = new SandboxConnectionError('the connection dropped');
+    const now = (): number => performance.now() / 1000;
+    // A connection that drops again right after a successful re-attach does not get a fresh set
+    // of attempts, so a server that accepts and drops cannot loop us.
+    if (now() - this.#lastReattach > STABLE_AFTER) this.#reconnectStreak = 0;
+    while (this.#reconnectStreak < policy.maxAttempts) {
+      this.#reconnectStreak++;
+      await sleep(reconnectDelay(policy, this.#reconnectStreak) * 1000);
+      if (this.closed) return false; // the caller disconnected meanwhile
+      const attempt = new Deferred<Outcome>();
+      this.#attempt = attempt;
+      this.#protocol.beginReattach();
+      let connection: Connection;
+      try {
+        connection = await this.#connect(attachUrl(this.#url, this.#sandboxId, this.#sandboxToken));
+      } catch (error) {
+        this.#attempt = undefined;
+        if (error instanceof SandboxConnectionError) {
+          lastError = error;
+          continue;
+        }
+        if (error instanceof SandboxAuthenticationError) {
+          // The same credentials will be refused again (e.g. a revoked key).
+          lastError = error;
+          break;
+        }
+        throw error;
+      }
+      let outcome: Outcome;
+      try {
+        outcome = await this.#wait(attempt.promise, 'the re-attach');
+      } catch (error) {
+        this.#attempt = undefined;
+        this.#generation++;
+        connection.abort();
+        lastError = error instanceof SandboxConnectionError ? error : lastError;
+        continue;
+      }
+      this.#attempt = undefined;
+      if (this.#isClosed()) return false; // the caller disconnected meanwhile
+      if (outcome.type === 'Reattached') {
+        connection.send(this.#protocol.sendReconnect());
+        for (const frame of this.#outbox.splice(0)) connection.send(frame);
+        this.#lastReattach = now();
+        this.#reattached.resolve();
+        return true;
+      }
+      this.#generation++;
+      connection.abort();
+      lastError = outcome.error;
+      if (!outcome.retryable) break;
+    }
+    this.#outbox.length = 0;
+    const message = `lost the connection to sandbox ${this.#sandboxId} and could not re-attach: ${lastError.message}`;
+    const error =
+      lastError instanceof SandboxAuthenticationError
+        ? new SandboxAuthenticationError(message, { httpStatus: lastError.httpStatus, cause: lastError })
+        : new SandboxConnectionError(message, { status: lastError.status, cause: lastError });
+    this.#apply(this.#protocol.giveUp(error));
+    this.#markClosed(error);
+    return false;
+  }
+
+  #apply(effects: Effect[]): void {
+    for (const effect of effects) this.#applyOne(effect);
+  }
+
+  #applyOne(effect: Effect): void {
+    switch (effect.type) {
+      case 'Ready':
+        this.#sandboxId = effect.sandboxId;
+        this.#sandboxToken = effect.sandboxToken;
+        this.#ready?.resolve();
+        break;
+      case 'SetupFailed':
+        this.#ready?.reject(effect.error);
+        this.#markClosed(effect.error);
+        break;
+      case 'Reattached':
+      case 'ReattachFailed':
+        this.#attempt?.resolve(effect);
+        break;
+      case 'StatusSeen':
+        if (this.#options.onStatus !== undefined) {
+          const { onStatus } = this.#options;
+          callBack(() => onStatus(effect.status, effect.message));
+        }
+        if (effect.status === 'SANDBOX_CHECKPOINTED' || effect.status === 'SANDBOX_KILLED') this.#armCloseTimer();
+        break;
+      case 'ProcessStarted': {
+        const callbacks = this.#callbacks.get(effect.key);
+        this.#callbacks.delete(effect.key);
+        this.#controls.set(effect.key, newProcess(this.#host, effect.key, effect.processId, callbacks));
+        break;
+      }
+      case 'RequestDone': {
+        const deferred = this.#pending.get(effect.requestId);
+        this.#pending.delete(effect.requestId);
+        let value: unknown = effect.value;
+        if (typeof value === 'string' && this.#controls.has(value)) {
+          // An exec or attach_process: the caller gets the process (it may end within this same
+          // batch of effects, before the caller resumes).
+          value = this.#controls.get(value)?.process;
+        }
+        deferred?.resolve(value);
+        break;
+      }
+      case 'RequestFailed': {
+        const deferred = this.#pending.get(effect.requestId);
+        this.#pending.delete(effect.requestId);
+        if (deferred === undefined) break;
+        if (effect.sessionEnds) {
+          // Reported once the server's close came, so that the caller sees a settled session
+          // (`closed` is true, attach works at once).
+          this.#afterClose.push([deferred, effect.error]);
+          this.#armCloseTimer();
+        } else {
+          deferred.reject(effect.error);
+        }
+        break;
+      }
+      case 'OutputReceived':
+        this.#controls.get(effect.key)?.output(effect.stream, effect.data);
+        break;
+      case 'ProcessEnded': {
+        const control = this.#controls.get(effect.key);
+        this.#controls.delete(effect.key);
+        control?.finish(effect.result);
+        break;
+      }
+      case 'StdinAcknowledged':
+        this.#controls.get(effect.key)?.notifyStdin();
+        break;
+      case 'StdinFailed':
+        this.#controls.get(effect.key)?.refuseStdin(effect.error);
+        break;
+      case 'SendFrame':
+        try {
+          this.#send(effect.frame, true);
+        } catch {
+          // The session is ending: nothing left to stop.
+        }
+        break;
+      case 'Notice':
+        if (this.#options.onError !== undefined) {
+          const { onError } = this.#options;
+          callBack(() => onError(effect.error));
+        }
+        break;
+      case 'Reconnect':
+        break;
+      case 'Closed':
+        this.#outbox.length = 0;
+        this.#failAll(effect.error);
+        if (effect.terminated && this.#sandboxId !== undefined) forgetToken(this.#sandboxId);
+        this.#markClosed(effect.error);
+        break;
+    }
+  }
+
+  #failAll(error: SandboxError): void {
+    this.#ready?.reject(error);
+    for (const [deferred, own] of this.#afterClose.splice(0)) deferred.reject(own);
+    for (const deferred of this.#pending.values()) deferred.reject(error);
+    this.#pending.clear();
+    const controls = [...this.#controls.values()];
+    this.#controls.clear();
+    for (const control of controls) control.fail(error);
+  }
+
+  #markClosed(error: SandboxError | undefined): void {
+    this.#closeError ??= error ?? new SandboxConnectionError('the connection is closed');
+    this.#closed.resolve();
+    this.#reattached.resolve();
     if (this.#closeTimer !== undefined) clearTimeout(this.#closeTimer);
     this.#closeTimer = undefined;
+    forgetLive(this.#sandboxId, this);
   }
 
-  // ---- implementation: events ------------------------------------------------------------
-
-  #dispatch(events: ProtocolEvent[]): void {
-    for (const event of events) this.#handle(event);
-  }
-
-  #handle(event: ProtocolEvent): void {
-    switch (event.type) {
-      case 'status':
-        this.#callback(() => this.#options.onStatus?.(event.status, event.message));
-        break;
-      case 'sandbox_id':
-        this.#sandboxId = event.sandboxId;
-        this.#sandboxToken = event.sandboxToken;
-        if (event.sandboxToken !== undefined) rememberToken(event.sandboxId, event.sandboxToken);
-        break;
-      case 'ready':
-        this.#setup?.resolve();
-        break;
-      case 'setup_failed':
-        this.#setup?.reject(toError(event.error));
-        break;
-      case 'exec_started': {
-        const entry = this.#execs.get(event.id);
-        if (entry !== undefined) {
-          entry.isStarted = true;
-          entry.started.resolve(entry.process);
-        }
-        break;
-      }
-      case 'exec_resumed':
-        break;
-      case 'exec_lost': {
-        const entry = this.#execs.get(event.id);
-        this.#execs.delete(event.id);
-        entry?.control.fail(
-          new SandboxConnectionError(
-            `sandbox ${this.sandboxId} was restored from a checkpoint after the connection dropped; ` +
-              'the output and exit of the execution that was running are no longer available',
-          ),
-        );
-        break;
-      }
-      case 'exec_rejected': {
-        const entry = this.#execs.get(event.id);
-        this.#execs.delete(event.id);
-        entry?.started.reject(toError(event.error, SandboxExecutionError));
-        break;
-      }
-      case 'output': {
-        const entry = this.#execs.get(event.id);
-        entry?.control[event.stream].push(event.data);
-        break;
-      }
-      case 'exec_done': {
-        const entry = this.#execs.get(event.id);
-        this.#execs.delete(event.id);
-        entry?.control.finish(event.result);
-        break;
-      }
-      case 'kill_process_done':
-      case 'snapshot_created':
-        this.#takeRequest(event.id)?.deferred.resolve();
-        break;
-      case 'kill_process_failed':
-      case 'snapshot_failed':
-      case 'checkpoint_failed':
-      case 'kill_sandbox_failed': {
-        const request = this.#takeRequest(event.id);
-        const error = toError(event.error);
-        const settle = (): void => {
-          if (request?.onError !== undefined) request.onError(error);
-          else request?.deferred.reject(error);
-        };
-        if (event.type === 'checkpoint_failed' && event.sessionEnds) {
-          // The server ends the session after this error (the sandbox survives). Report it once
-          // the socket is closed, so the caller can attach again right away. A checkpoint refused
-          // after SANDBOX_CHECKPOINTING (open TCP connections...) leaves the session running.
-          this.#afterClose.push(settle);
-          this.#armCloseTimer('a checkpoint error');
-        } else {
-          settle();
-        }
-        break;
-      }
-      case 'checkpointed':
-      case 'sandbox_killed': {
-        // Success; complete it once the server's close arrives, so that an attach right after
-        // `await checkpoint()` does not find the sandbox still held by this connection.
-        this.#ending = event.type === 'checkpointed' ? 'checkpointed' : 'killed';
-        if (event.type === 'sandbox_killed' && event.id === undefined) this.#killedByServer = true;
-        const request = event.id === undefined ? undefined : this.#takeRequest(event.id);
-        if (request !== undefined) this.#afterClose.push(() => request.deferred.resolve());
-        this.#armCloseTimer(event.type === 'checkpointed' ? 'checkpoint' : 'kill_sandbox');
-        break;
-      }
-      case 'server_error':
-        this.#callback(() => this.#options.onError?.(toError(event.error)));
-        break;
-      case 'orphan_execution': {
-        // An execution whose start was lost with a dropped connection (its caller got an error):
-        // stop it so that it does not block the next exec.
-        const { frame } = this.#machine.killProcess();
-        this.#send(frame);
-        break;
-      }
-      case 'closed':
-        this.#onClosed(event);
-        break;
-    }
-  }
-
-  #onClosed(event: Extract<ProtocolEvent, { type: 'closed' }>): void {
-    this.#transport = undefined;
-    this.#clearCloseTimer();
-    this.#socketClosed?.resolve();
-    const why = this.#closeReason ?? `connection closed (code ${event.code}${event.reason ? `: ${event.reason}` : ''})`;
-    this.#closeReason = undefined;
-    const error = (message: string): SandboxConnectionError =>
-      new SandboxConnectionError(message, { closeCode: event.code, closeReason: event.reason });
-
-    if (this.#setup !== undefined && !this.#setup.settled) {
-      this.#setup.reject(error(`${why} before sandbox ${this.sandboxId} was ready`.replace('  ', ' ')));
-    }
-    for (const id of event.unanswered) {
-      const exec = this.#execs.get(id);
-      if (exec !== undefined && !exec.isStarted) {
-        this.#execs.delete(id);
-        exec.started.reject(error(`${why} before the server started the execution`));
-      }
-      this.#takeRequest(id)?.deferred.reject(error(`${why} before the server answered`));
-    }
-    if (this.#state === 'reconnecting') return; // the re-attach loop decides what happens next
-    if (event.reconnectable && this.#backoff !== undefined) {
-      this.#state = 'reconnecting';
-      void this.#reconnectLoop(this.#backoff);
-      return;
-    }
-    let reason = why;
-    if (this.#ending === 'killed') {
-      reason = this.#killedByServer ? 'the sandbox was deleted by the server (idle timeout)' : 'the sandbox was terminated';
-    } else if (this.#ending === 'checkpointed') {
-      reason = 'the sandbox was checkpointed';
-    }
-    this.#finish(error(reason));
-  }
-
-  /** Ends the session for good: settles everything still waiting. */
-  #finish(error: SandboxError): void {
-    this.#state = this.#ending ?? 'closed';
-    if (this.#sandboxId !== undefined && liveSessions.get(this.#sandboxId) === this) {
-      liveSessions.delete(this.#sandboxId);
-    }
-    this.#clearCloseTimer();
-    for (const settle of this.#afterClose.splice(0)) settle();
-    for (const item of this.#outbox.splice(0)) item.fail(error);
-    for (const [id, entry] of this.#execs) {
-      this.#execs.delete(id);
-      if (entry.isStarted) entry.control.fail(error);
-      else entry.started.reject(error);
-    }
-    for (const [id, request] of this.#requests) {
-      this.#requests.delete(id);
-      request.deferred.reject(error);
-    }
-    if (this.#transport !== undefined) {
-      this.#machine.closeLocally();
-      this.#transport.terminate();
-      this.#transport = undefined;
-    }
-  }
-
-  #takeRequest(id: RequestId): PendingRequest | undefined {
-    const request = this.#requests.get(id);
-    this.#requests.delete(id);
-    return request;
-  }
-
-  #callback(fn: () => void): void {
-    try {
-      fn();
-    } catch {
-      // A throwing user callback must not corrupt the session's state.
-    }
+  /** Ends the session here: closes the connection, settles whatever still waits. */
+  #shutdown(error: SandboxError): void {
+    this.#generation++; // the closed connection's events no longer concern us
+    const connection = this.#connection;
+    this.#connection = undefined;
+    connection?.close(1000, 'client close');
+    this.#attempt?.resolve({ type: 'ReattachFailed', error, retryable: false });
+    this.#apply(this.#protocol.giveUp(error));
+    this.#markClosed(error);
   }
 }
 
-function toError(error: ServerError, fallback?: new (message: string, options?: { status?: string }) => SandboxError): SandboxError {
-  if (error.status === undefined) {
-    return fallback === undefined ? errorFromStatus('SANDBOX_ERROR', error.message) : new fallback(error.message);
+/** `run()`'s stdin: written, then closed. A process that ended meanwhile did not need it. */
+async function feedAndClose(process: SandboxProcess, stdin: string | Uint8Array | undefined): Promise<void> {
+  try {
+    if (stdin !== undefined && stdin.length > 0) await process.write(stdin);
+    await process.closeStdin();
+  } catch (error) {
+    if (!(error instanceof SandboxStateError) || !process.done) throw error;
   }
-  return errorFromStatus(error.status, error.message);
 }
 
-/** The extra upgrade headers: `headers`, plus `Authorization: Bearer <apiKey>` with `apiKey`. */
-function connectionHeaders(
-  headers: Readonly<Record<string, string>> | undefined,
-  apiKey: string | undefined,
-): Readonly<Record<string, string>> | undefined {
-  if (apiKey === undefined) return headers;
-  if (typeof apiKey !== 'string' || apiKey === '') throw new TypeError('apiKey must be a non-empty string');
-  if (Object.keys(headers ?? {}).some((name) => name.toLowerCase() === 'authorization')) {
-    throw new TypeError('give either apiKey or an Authorization header, not both');
-  }
-  return { ...headers, Authorization: `Bearer ${apiKey}` };
+/** Read anew after an `await` (the compiler would narrow `done` across it). */
+function ended(process: SandboxProcess): boolean {
+  return process.done;
 }
 
-function initFrame(options: CreateOptions): InitFrame {
-  const init: InitFrame = {};
-  if (options.idleTimeout !== undefined) init.idle_timeout = options.idleTimeout;
-  if (options.enableCheckpoint !== undefined) init.enable_checkpoint = options.enableCheckpoint;
-  if (options.enableIdleTimeoutAutoCheckpoint !== undefined) {
-    init.enable_idle_timeout_auto_checkpoint = options.enableIdleTimeoutAutoCheckpoint;
+function callBack(fn: () => void): void {
+  try {
+    fn();
+  } catch {
+    // A user's callback must not break the session.
   }
-  if (options.enableSandboxHandoff !== undefined) init.enable_sandbox_handoff = options.enableSandboxHandoff;
-  if (options.filesystemSnapshotName !== undefined) init.filesystem_snapshot_name = options.filesystemSnapshotName;
-  if (options.enableNetwork === true) init.enable_network = true;
-  return init;
 }
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-export { SandboxProcess, OutputStream } from './process.js';
-export type { ExecutionResult };
-export {
-  SandboxCheckpointError,
-  SandboxConnectionError,
-  SandboxCreationError,
-  SandboxError,
-  SandboxExecutionError,
-  SandboxInUseError,
-  SandboxNotFoundError,
-  SandboxPermissionError,
-  SandboxSnapshotError,
-  SandboxStateError,
-} from './errors.js';
+/** Waits for `promise`, at most `seconds` (the timer is cleared, so it never keeps Node alive). */
+async function withTimeout(promise: Promise<unknown>, seconds: number): Promise<void> {
+  if (!Number.isFinite(seconds)) {
+    await promise;
+    return;
+  }
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await Promise.race([promise, new Promise<void>((resolve) => (timer = setTimeout(resolve, seconds * 1000)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export type { ReconnectOptions } from './internal/reconnect.js';

@@ -31,7 +31,10 @@ async def created(
 
 
 async def recv_json(ws: ServerConnection) -> dict[str, Any]:
+    """The next client message, without its request ``id`` (a protocol-1 server ignores it;
+    tests/flows checks the ids)."""
     msg: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    msg.pop("id", None)
     return msg
 
 

@@ -87,9 +87,9 @@ async def test_reconnect_and_terminate_reuse_the_key(sandboxes: Sandboxes) -> No
     code = "import time\nfor i in range(4): print(i, flush=True); time.sleep(0.3)"
     process = await sandbox.exec(code, "python")
     received = [await next_chunk(process.stdout)]
-    transport = sandbox._transport
-    assert transport is not None
-    transport.abort()  # a network failure: the re-attach must carry the key again
+    connection = sandbox._connection
+    assert connection is not None
+    connection.abort()  # a network failure: the re-attach must carry the key again
     received += [chunk async for chunk in process.stdout]
     assert "".join(received) == "0\n1\n2\n3\n"
     assert await process.wait() == 0

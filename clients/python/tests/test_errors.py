@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,28 +22,40 @@ from codesandbox import (
 )
 from codesandbox._errors import error_from_status
 
-# Every error status of docs/protocol.md.
-ERROR_STATUSES = {
-    "SANDBOX_NOT_FOUND",
-    "SANDBOX_IN_USE",
-    "SANDBOX_CREATION_ERROR",
-    "SANDBOX_ERROR",
-    "SANDBOX_EXECUTION_ERROR",
-    "SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR",
-    "SANDBOX_EXECUTION_IN_PROGRESS_ERROR",
-    "SANDBOX_EXECUTION_FORCE_KILL_ERROR",
-    "SANDBOX_STDIN_ERROR",
-    "SANDBOX_CHECKPOINT_ERROR",
-    "SANDBOX_RESTORE_ERROR",
-    "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR",
-    "SANDBOX_LOCK_RENEWAL_ERROR",
-    "SANDBOX_KILL_ERROR",
-    "SANDBOX_PERMISSION_DENIAL_ERROR",
-}
+ERRORS_JSON = Path(__file__).resolve().parents[2] / "errors.json"
 
 
-def test_every_error_status_is_mapped() -> None:
-    assert set(STATUS_ERRORS) == ERROR_STATUSES
+def _table() -> dict[str, Any]:
+    table: dict[str, Any] = json.loads(ERRORS_JSON.read_text(encoding="utf-8"))
+    return table
+
+
+def test_the_status_table_is_clients_errors_json() -> None:
+    """One table for both clients: clients/errors.json (the TypeScript suite checks it too)."""
+    expected = _table()["statuses"]
+    assert {status: cls.__name__ for status, cls in STATUS_ERRORS.items()} == expected
+
+
+def test_the_class_tree_is_clients_errors_json() -> None:
+    classes = _table()["classes"]
+    exported = {
+        name: getattr(codesandbox, name)
+        for name in codesandbox.__all__
+        if isinstance(getattr(codesandbox, name), type)
+        and issubclass(getattr(codesandbox, name), SandboxError)
+    }
+    assert set(exported) == set(classes)
+    for name, parent in classes.items():
+        cls = exported[name]
+        sandbox_bases = [b.__name__ for b in cls.__bases__ if issubclass(b, SandboxError)]
+        assert sandbox_bases == ([] if parent is None else [parent]), name
+
+
+def test_the_docs_show_the_table() -> None:
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "clients.md").read_text(encoding="utf-8")
+    for status, name in _table()["statuses"].items():
+        row = re.search(rf"`{status}`[^\n]*`{name}`", doc)
+        assert row, f"{status} -> {name} is not in docs/clients.md"
 
 
 def test_mapping_matches_the_protocol_document_when_present() -> None:

@@ -7,7 +7,8 @@ import ssl
 import pytest
 
 from codesandbox import ReconnectOptions
-from codesandbox._transport import attach_url, base_url, create_url, default_ssl_context
+from codesandbox._transport import default_ssl_context
+from codesandbox._urls import attach_url, base_url, create_url
 
 
 @pytest.mark.parametrize(
@@ -68,7 +69,7 @@ def test_policy_validation(kwargs: dict[str, float]) -> None:
 def test_init_message_asks_for_network_only_when_wanted() -> None:
     import json
 
-    from codesandbox._protocol import init_message
+    from codesandbox._frames import init_message
 
     common = dict(
         idle_timeout=None,
@@ -77,5 +78,5 @@ def test_init_message_asks_for_network_only_when_wanted() -> None:
         enable_sandbox_handoff=False,
         filesystem_snapshot_name=None,
     )
-    assert "enable_network" not in json.loads(init_message(**common))  # type: ignore[arg-type]
+    assert "enable_network" not in json.loads(init_message(**common, enable_network=False))  # type: ignore[arg-type]
     assert json.loads(init_message(**common, enable_network=True))["enable_network"] is True  # type: ignore[arg-type]

@@ -151,6 +151,24 @@ async def test_base64_output_is_byte_exact(sandbox: Sandbox) -> None:
     assert await process.stdout.read_all() == "ünïcode ✓\n"
 
 
+async def test_callbacks_and_lines(sandbox: Sandbox) -> None:
+    out: list[str] = []
+    err: list[str] = []
+    process = await sandbox.exec(
+        "for i in 1 2 3; do echo out $i; echo err $i >&2; done; printf tail",
+        "bash",
+        on_stdout=out.append,
+        on_stderr=err.append,
+    )
+    assert [line async for line in process.stdout.lines()] == ["out 1", "out 2", "out 3", "tail"]
+    assert await process.wait() == 0
+    assert "".join(out) == "out 1\nout 2\nout 3\ntail"
+    assert "".join(err) == "err 1\nerr 2\nerr 3\n"
+    result = await sandbox.run("print('via run')", "python", on_stdout=out.append)
+    assert result.stdout == "via run\n"
+    assert out[-1] == "via run\n"
+
+
 async def test_run_returns_a_result(sandbox: Sandbox) -> None:
     result = await sandbox.run("import sys; print('o'); print('e', file=sys.stderr)", "python")
     assert (result.stdout, result.stderr, result.exit_code, result.reason) == (
@@ -330,9 +348,9 @@ async def test_many_sandboxes_in_parallel(sandboxes: Sandboxes) -> None:
 
 def _drop(sandbox: Sandbox) -> None:
     """Simulate a network failure: close the socket abruptly, no close frame."""
-    transport = sandbox._transport
-    assert transport is not None
-    transport.abort()
+    connection = sandbox._connection
+    assert connection is not None
+    connection.abort()
 
 
 async def test_reconnect_after_a_dropped_connection(sandboxes: Sandboxes) -> None:

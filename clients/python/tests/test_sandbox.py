@@ -143,6 +143,7 @@ async def test_run_writes_stdin_closes_it_and_collects(fake_server: StartServer)
         frames.append(await recv_json(ws))
         await ws.send(status("SANDBOX_EXECUTION_RUNNING"))
         frames.append(await recv_json(ws))
+        frames.append(await recv_json(ws))
         await ws.send(output("stdout", "Hello, World\n"))
         await ws.send(output("stderr", "warn\n"))
         await ws.send(done(1))
@@ -157,7 +158,7 @@ async def test_run_writes_stdin_closes_it_and_collects(fake_server: StartServer)
         "exited",
     )
     assert frames[0]["env"] == {"A": "b"}
-    assert frames[1] == {"event": "stdin", "data": "World\n", "eof": True}
+    assert frames[1:] == [{"event": "stdin", "data": "World\n"}, {"event": "stdin", "eof": True}]
     await sandbox.disconnect()
 
 

@@ -1,84 +1,99 @@
 /**
- * The JSON messages of docs/protocol.md, as types, plus the encoders for what the client sends.
- * Nothing here does I/O. Keys are snake_case because they are the wire format.
+ * The JSON messages of docs/protocol.md: encoders for what the client sends, and the parser for
+ * what the server sends. Nothing here does I/O or keeps state.
+ *
+ * Keys are snake_case because they are the wire format. Every request carries the `id` the
+ * protocol core chose (a server that does not know request ids ignores the key).
  */
 
 import { bytesToBase64 } from './base64.js';
 
-export type Language = 'python' | 'bash';
 export type StreamName = 'stdout' | 'stderr';
+export type OutputEncoding = 'text' | 'base64';
 
-/** Init object: the first message on `/create`. Only the keys the caller set are sent. */
+// A text stdin chunk whose JSON escaping would make the message this large is sent as base64
+// instead (control characters cost up to 6 bytes each in JSON; the server refuses messages over
+// 4 MiB).
+const MAX_TEXT_STDIN_JSON = 3 * 1024 * 1024;
+
+/** The init object's keys (the original's five, plus ours when used). */
 export interface InitFrame {
-  idle_timeout?: number | null;
-  enable_checkpoint?: boolean;
-  enable_idle_timeout_auto_checkpoint?: boolean;
-  enable_sandbox_handoff?: boolean;
-  filesystem_snapshot_name?: string | null;
-  /** Our addition: network egress under the server's policy. */
+  idle_timeout: number | null;
+  enable_checkpoint: boolean;
+  enable_idle_timeout_auto_checkpoint: boolean;
+  enable_sandbox_handoff: boolean;
+  filesystem_snapshot_name: string | null;
   enable_network?: boolean;
 }
 
-export interface ExecFrame {
-  language: string;
-  code: string;
-  env?: Record<string, string>;
-  cwd?: string;
-  timeout?: number;
-  output_encoding?: 'text' | 'base64';
+/** The init object, the first message on `/create`: always the original's five keys. */
+export function initMessage(init: InitFrame): string {
+  const message: InitFrame = {
+    idle_timeout: init.idle_timeout,
+    enable_checkpoint: init.enable_checkpoint,
+    enable_idle_timeout_auto_checkpoint: init.enable_idle_timeout_auto_checkpoint,
+    enable_sandbox_handoff: init.enable_sandbox_handoff,
+    filesystem_snapshot_name: init.filesystem_snapshot_name,
+  };
+  // Our addition; sent only when asked for, so the message stays the original's.
+  if (init.enable_network === true) message.enable_network = true;
+  return JSON.stringify(message);
 }
 
 export interface ExecRequest {
-  language: string;
   code: string;
+  language: string;
   env?: Readonly<Record<string, string>> | undefined;
   cwd?: string | undefined;
   timeout?: number | undefined;
-  /** Ask for byte-exact output (`output_encoding: "base64"`). */
-  binary?: boolean | undefined;
+  outputEncoding?: OutputEncoding | undefined;
 }
 
-export function encodeInit(init: InitFrame): string {
-  return JSON.stringify(init);
+export function execMessage(requestId: string, req: ExecRequest): string {
+  const message: Record<string, unknown> = { id: requestId, language: req.language, code: req.code };
+  // Only the additions that are used, so a core server sees the core message.
+  if (req.env !== undefined) message['env'] = { ...req.env };
+  if (req.cwd !== undefined) message['cwd'] = req.cwd;
+  if (req.timeout !== undefined) message['timeout'] = req.timeout;
+  if (req.outputEncoding !== undefined && req.outputEncoding !== 'text') message['output_encoding'] = req.outputEncoding;
+  return JSON.stringify(message);
 }
 
-export function encodeExec(req: ExecRequest): string {
-  const frame: ExecFrame = { language: req.language, code: req.code };
-  if (req.env !== undefined) frame.env = { ...req.env };
-  if (req.cwd !== undefined) frame.cwd = req.cwd;
-  if (req.timeout !== undefined) frame.timeout = req.timeout;
-  if (req.binary === true) frame.output_encoding = 'base64';
-  return JSON.stringify(frame);
-}
-
-/** `{"event":"stdin"}`: text as is, bytes as base64; `eof` closes stdin after `data`. */
-export function encodeStdin(data: string | Uint8Array | undefined, eof: boolean): string {
-  const frame: Record<string, unknown> = { event: 'stdin' };
-  if (typeof data === 'string') {
-    frame['data'] = data;
-  } else if (data !== undefined) {
-    frame['data'] = bytesToBase64(data);
-    frame['encoding'] = 'base64';
+/**
+ * `{"event": "stdin"}`: `data` as text when `asText` (it is valid UTF-8), else base64;
+ * `processId` only when known (protocol 2).
+ */
+export function stdinMessage(
+  requestId: string,
+  processId: number | undefined,
+  data: Uint8Array | undefined,
+  asText: boolean,
+  eof = false,
+): string {
+  const message: Record<string, unknown> = { event: 'stdin' };
+  if (processId !== undefined) message['process_id'] = processId;
+  if (data !== undefined) {
+    message['data'] = asText ? new TextDecoder().decode(data) : bytesToBase64(data);
+    if (!asText) message['encoding'] = 'base64';
   }
-  if (eof) frame['eof'] = true;
-  return JSON.stringify(frame);
+  if (eof) message['eof'] = true;
+  message['id'] = requestId;
+  const text = JSON.stringify(message);
+  if (asText && data !== undefined && new TextEncoder().encode(text).length > MAX_TEXT_STDIN_JSON) {
+    return stdinMessage(requestId, processId, data, false, eof);
+  }
+  return text;
 }
 
-export type Action = 'kill_process' | 'kill_sandbox' | 'checkpoint' | 'reconnect';
-
-export function encodeAction(action: Action): string {
-  return JSON.stringify({ action });
-}
-
-export function encodeSnapshot(name: string): string {
-  return JSON.stringify({ action: 'snapshot_filesystem', name });
+export function actionMessage(action: string, requestId: string, extra: Record<string, unknown> = {}): string {
+  return JSON.stringify({ action, ...extra, id: requestId });
 }
 
 /** A frame from the server after JSON parsing; every key is optional until checked. */
 export type ServerFrame = Record<string, unknown>;
 
-/** Parses one text frame. Returns `undefined` for anything that is not a JSON object. */
-export function parseServerFrame(text: string): ServerFrame | undefined {
+/** One server frame as a JSON object; `undefined` for anything else (ignored). */
+export function parseFrame(text: string): ServerFrame | undefined {
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -87,4 +102,16 @@ export function parseServerFrame(text: string): ServerFrame | undefined {
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return undefined;
   return value as ServerFrame;
+}
+
+export function optInt(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isInteger(value) ? value : undefined;
+}
+
+export function optNumber(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+}
+
+export function optStr(value: unknown): string | undefined {
+  return typeof value === 'string' ? value : undefined;
 }

@@ -1,572 +1,1057 @@
 /**
- * The client side of the protocol as a sans-IO state machine.
+ * The client side of the wire protocol, without any I/O (sans-IO): the twin of the Python
+ * client's `_protocol.py`, line for line where the languages allow.
  *
- * `ProtocolMachine` never touches a socket or a timer. The caller feeds it what happened
- * (`receive(text)` for a frame, `connectionClosed(code, reason)` when the socket closed) and asks
- * it for the frames of what it wants to do (`execute(...)`, `killProcess(...)`, ...). It answers
- * with plain `ProtocolEvent`s. That keeps every protocol flow testable against recorded frame
- * sequences (test/fixtures/*.json) without a server.
+ * `ClientProtocol` is fed what happened on the socket (a text frame arrived, the connection
+ * closed) and the user's requests (run code, write stdin, checkpoint...). It returns the frames
+ * to send and a list of effects (`effects.ts`): facts for the I/O layer, such as "the sandbox is
+ * ready", "process 3 started", "output arrived", "request 5 failed with this error", "reconnect
+ * now". It never touches a socket or a timer, so every flow is a plain test (`tests/flows/*.json`
+ * at the repository root).
  *
- * Attributing server answers to requests: the server handles one connection's messages in order
- * and only one execution runs at a time, so each kind of request keeps a FIFO of the request ids
- * sent and not yet answered, and an answer goes to the head of its FIFO. The protocol has no
- * request ids, so `SANDBOX_EXECUTION_ERROR` is ambiguous between "second exec while one runs"
- * and "stdin while nothing runs". The client never sends stdin for a process it knows has ended,
- * so the error goes to the oldest unanswered exec when there is one (a hung promise would be
- * worse than a misattributed error in the rare race), otherwise it is reported as unattributed.
+ * Two modes, chosen by the server's `SANDBOX_RUNNING`:
  *
- * Error text: our server puts `message` on every error `status_update` and repeats it in the
- * `error` event right after; the original server sends only the `error` event. Both shapes give
- * one error with the server's words: a status with a message is reported at once and the
- * following `error` event is swallowed; a status without one waits for the next frame.
+ * - **Protocol 2** (it says `"protocol": 2`): every request carries an `id` (`"1"`, `"2"`, ...)
+ *   and every answer echoes it, so answers are paired by id only. Several processes run at once,
+ *   each with its own handle; stdin has a window the server acknowledges (`stdin_ack`), so writes
+ *   never overrun it.
+ * - **Protocol 1** (any other server, including the original one): ids are still sent and ignored
+ *   by the server. The server answers a connection's messages in order and runs one execution at
+ *   a time, so an answer goes to the oldest pending request of the kind its status answers. A
+ *   second execution is refused here, before the server sees it. `SANDBOX_EXECUTION_ERROR` is the
+ *   one status two requests share (an exec refused, or stdin that reached the server after the
+ *   execution ended); see `staleStdin`.
+ *
+ * In both, an error `status_update` is followed by an `error` event with the same text. A server
+ * with our additions also puts the text in the status (`message`); a core server does not. Both
+ * work: a message-less error status is held until its `error` event (or the next frame, or the
+ * close) supplies the text, and an `error` event that repeats a status's message is dropped.
+ * Unknown events, statuses and keys are ignored.
+ *
+ * A process is known by its key: the id of the request that made its handle (the exec, or the
+ * `attach_process`).
  */
 
+import { SandboxConnectionError, SandboxError, SandboxStateError, errorFromStatus, isErrorStatus } from '../errors.js';
+import type { ExecutionResult, ProcessInfo } from '../results.js';
 import { base64ToBytes } from './base64.js';
+import type { Effect } from './effects.js';
 import {
   type ExecRequest,
-  type InitFrame,
+  type OutputEncoding,
   type ServerFrame,
   type StreamName,
-  encodeAction,
-  encodeExec,
-  encodeInit,
-  encodeSnapshot,
-  encodeStdin,
-  parseServerFrame,
+  actionMessage,
+  execMessage,
+  optInt,
+  optNumber,
+  optStr,
+  parseFrame,
+  stdinMessage,
 } from './frames.js';
 
-/** An error as the server reported it. `status` is undefined for a bare `error` event. */
-export interface ServerError {
-  status: string | undefined;
-  message: string;
-}
-
-/** What `SANDBOX_EXECUTION_DONE` says about how an execution ended. */
-export interface ExecutionResult {
-  /** Exit status; `128 + N` when ended by signal N; `-1` if the server did not send one. */
-  exitCode: number;
-  /** Signal that ended the process, or null. */
-  signal: number | null;
-  /** `exited`, `signaled`, `killed`, `timeout`, `output_limit`, `sandbox_lost`, or `unknown`. */
-  reason: string;
-  /** Wall-clock duration in milliseconds, or null if the server did not send it. */
-  durationMs: number | null;
-}
-
-export type SetupKind = 'create' | 'attach';
-
-/** Request ids are chosen by the machine and echoed in the events that answer the request. */
-export type RequestId = number;
-
-export type ProtocolEvent =
-  /** Every `status_update`, known or not, in arrival order (for observers and logs). */
-  | { type: 'status'; status: string; message: string | undefined }
-  | { type: 'sandbox_id'; sandboxId: string; sandboxToken: string | undefined }
-  /** Setup finished: the sandbox is running and accepts requests. */
-  | { type: 'ready' }
-  | { type: 'setup_failed'; error: ServerError }
-  | { type: 'exec_started'; id: RequestId }
-  /** After a `reconnect` action, the server confirmed the execution is still running. */
-  | { type: 'exec_resumed'; id: RequestId }
-  /**
-   * A re-attach restored the sandbox from a checkpoint (the server instance went away, e.g. shut
-   * down with SIGTERM, and saved it): the execution that was running cannot be followed any more.
-   */
-  | { type: 'exec_lost'; id: RequestId }
-  | { type: 'exec_rejected'; id: RequestId; error: ServerError }
-  | { type: 'output'; id: RequestId; stream: StreamName; data: string | Uint8Array }
-  | { type: 'exec_done'; id: RequestId; result: ExecutionResult }
-  | { type: 'kill_process_done'; id: RequestId }
-  | { type: 'kill_process_failed'; id: RequestId; error: ServerError }
-  | { type: 'checkpointed'; id: RequestId | undefined }
-  /**
-   * `sessionEnds`: the server closes the connection after this error (checkpointing not enabled:
-   * the sandbox survives, attach again to use it). False when the session continues (a
-   * checkpoint refused up front, e.g. open TCP connections, or asked for while an execution runs).
-   */
-  | { type: 'checkpoint_failed'; id: RequestId; error: ServerError; sessionEnds: boolean }
-  | { type: 'snapshot_created'; id: RequestId }
-  | { type: 'snapshot_failed'; id: RequestId; error: ServerError }
-  /** The sandbox was killed: by our `kill_sandbox` (`id` set) or by the server (idle timeout). */
-  | { type: 'sandbox_killed'; id: RequestId | undefined }
-  | { type: 'kill_sandbox_failed'; id: RequestId; error: ServerError }
-  /** An error no pending request accounts for (stdin after the process ended, lock trouble...). */
-  | { type: 'server_error'; error: ServerError }
-  /**
-   * The server runs an execution nobody here is waiting for (its start was in flight when the
-   * connection dropped, and the caller was told it failed). The caller should kill it.
-   */
-  | { type: 'orphan_execution' }
-  | {
-      type: 'closed';
-      code: number;
-      reason: string;
-      /** The connection dropped while the session was usable: re-attaching may continue it. */
-      reconnectable: boolean;
-      /** Requests sent and not answered; their answers are lost with the connection. */
-      unanswered: RequestId[];
-      /** The execution running when the connection closed, if any. */
-      runningId: RequestId | undefined;
-    };
+/** Raw bytes of stdin in one message (the design's bound; base64 makes it 1.33 MiB). */
+export const MAX_STDIN_CHUNK = 1024 * 1024;
+/** The window of a process whose RUNNING did not give one: the in-flight bound without flow control. */
+export const DEFAULT_STDIN_WINDOW = 1024 * 1024;
 
 /**
- * Close codes after which the session may be continued by re-attaching: the transport went away
- * (1006 abnormal closure, 1005 no status, 1001 going away, 1012 service restart, 1014 bad
- * gateway). Every other code is the server ending the session on purpose.
+ * Close codes after which a dropped connection is worth re-attaching: the server going away or
+ * restarting, or no close frame at all (`null`: the connection dropped). A final status before
+ * the close (not found, in use, killed, checkpointed...) wins over the code.
  */
-export const RECONNECTABLE_CLOSE_CODES: ReadonlySet<number> = new Set([1001, 1005, 1006, 1012, 1014]);
+export const RETRYABLE_CLOSE_CODES: ReadonlySet<number> = new Set([1001, 1005, 1006, 1011, 1012, 1013, 1014]);
 
-const ERROR_STATUSES: ReadonlySet<string> = new Set([
-  'SANDBOX_ERROR',
-  'SANDBOX_CREATION_ERROR',
-  'SANDBOX_NOT_FOUND',
-  'SANDBOX_IN_USE',
-  'SANDBOX_PERMISSION_DENIAL_ERROR',
-  'SANDBOX_EXECUTION_ERROR',
-  'SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR',
-  'SANDBOX_EXECUTION_FORCE_KILL_ERROR',
-  'SANDBOX_STDIN_ERROR',
-  'SANDBOX_EXECUTION_IN_PROGRESS_ERROR',
-  'SANDBOX_CHECKPOINT_ERROR',
-  'SANDBOX_RESTORE_ERROR',
-  'SANDBOX_FILESYSTEM_SNAPSHOT_ERROR',
-  'SANDBOX_KILL_ERROR',
-  'SANDBOX_LOCK_RENEWAL_ERROR',
-]);
+export type Phase = 'setup' | 'open' | 'reattaching' | 'closed';
+
+/** What a request is (the wire name of its message). */
+type Kind =
+  | 'exec'
+  | 'stdin'
+  | 'kill_process'
+  | 'snapshot_filesystem'
+  | 'checkpoint'
+  | 'kill_sandbox'
+  | 'list_processes'
+  | 'set_idle_timeout'
+  | 'attach_process';
+
+/** Requests of which one at a time may wait for its answer. */
+const ONE_AT_A_TIME: readonly Kind[] = ['snapshot_filesystem', 'checkpoint', 'kill_sandbox'];
+
+interface Request {
+  id: string;
+  kind: Kind;
+  /** The process it is about (exec: its own key; kill, stdin). */
+  key: string | undefined;
+  /** stdin: the process's sent total once this message is consumed. */
+  end: number;
+}
+
+class Process {
+  started = false;
+  processId: number | undefined;
+  /** stdin flow control (protocol 2): undefined means none (protocol 1: send freely). */
+  window: number | undefined;
+  sent = 0;
+  written = 0;
+  /** Protocol 1: a reconnect was sent while it ran; its next RUNNING is the resume marker. */
+  resume = false;
+  /** Incremental decoders, used only if a text-mode process gets base64 chunks. */
+  readonly decoders = new Map<StreamName, InstanceType<typeof TextDecoder>>();
+
+  constructor(
+    readonly key: string,
+    readonly binary: boolean,
+  ) {}
+
+  convert(data: string, isBase64: boolean, stream: StreamName): string | Uint8Array {
+    if (this.binary) return isBase64 ? b64decode(data) : new TextEncoder().encode(data);
+    if (!isBase64) return data;
+    let decoder = this.decoders.get(stream);
+    if (decoder === undefined) {
+      decoder = new TextDecoder('utf-8');
+      this.decoders.set(stream, decoder);
+    }
+    return decoder.decode(b64decode(data), { stream: true });
+  }
+
+  flush(): [StreamName, string][] {
+    const out: [StreamName, string][] = [];
+    for (const [stream, decoder] of this.decoders) {
+      const rest = decoder.decode();
+      if (rest) out.push([stream, rest]);
+    }
+    return out;
+  }
+}
+
+function b64decode(data: string): Uint8Array {
+  try {
+    return base64ToBytes(data);
+  } catch {
+    return new Uint8Array(0);
+  }
+}
 
 /**
- * Statuses after which the server closes the connection itself; a close is then expected.
- * `SANDBOX_CHECKPOINT_ERROR` is one only when no `SANDBOX_CHECKPOINTING` came first (checkpointing
- * not enabled): after `SANDBOX_CHECKPOINTING` the checkpoint was refused up front and the session
- * continues, or the save failed and the server closes with 4000 (not a drop either way).
+ * `size`, shortened so that `data[start, start+size)` does not end inside a UTF-8 character
+ * (unless that leaves nothing).
  */
-const SESSION_ENDING_STATUSES: ReadonlySet<string> = new Set([
-  'SANDBOX_CREATION_ERROR',
-  'SANDBOX_NOT_FOUND',
-  'SANDBOX_IN_USE',
-  'SANDBOX_PERMISSION_DENIAL_ERROR',
-  'SANDBOX_RESTORE_ERROR',
-  'SANDBOX_CHECKPOINTED',
-  'SANDBOX_KILLED',
-]);
+function utf8Boundary(data: Uint8Array, start: number, size: number): number {
+  const end = start + size;
+  if (end >= data.length) return size;
+  let cut = end;
+  while (cut > start && ((data[cut] ?? 0) & 0xc0) === 0x80) cut--;
+  return cut > start ? cut - start : size;
+}
 
-export type Phase = 'setup' | 'ready' | 'closed';
+function isValidUtf8(data: Uint8Array): boolean {
+  try {
+    new TextDecoder('utf-8', { fatal: true }).decode(data);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
-export class ProtocolMachine {
-  private phaseValue: Phase = 'setup';
-  private setupKindValue: SetupKind;
-  private nextId: RequestId = 1;
+/** One sandbox session as seen by the client. See the module comment. */
+export class ClientProtocol {
+  phase: Phase = 'setup';
+  sandboxId: string | undefined;
+  sandboxToken: string | undefined;
+  /** 2 once the server announced it; 1 until then (and for servers that never do). */
+  protocol = 1;
+  /** The sandbox is known to be gone (killed). */
+  terminated = false;
+  /** The sandbox is known to be saved (checkpointed). */
+  checkpointed = false;
 
-  // FIFOs of requests sent and not yet answered, one per kind of answer.
-  private execStarts: RequestId[] = [];
-  private killProcesses: RequestId[] = [];
-  private checkpoints: RequestId[] = [];
-  private snapshots: RequestId[] = [];
-  private killSandboxes: RequestId[] = [];
-
-  /** The execution the server is running for us (RUNNING seen, DONE not yet). */
-  private running: RequestId | undefined;
-  /** The server runs an execution we did not ask for; its output is dropped. */
+  private nextId = 1;
+  /** In the order they were sent. */
+  private readonly requests = new Map<string, Request>();
+  private readonly processes = new Map<string, Process>();
+  /** Request id -> process key (protocol 2). */
+  private readonly aliases = new Map<string, string>();
+  /** Protocol 2: execs the caller stopped waiting for; their process is killed. */
+  private readonly abandoned = new Set<string>();
+  /** Protocol 2: attach_process requests: process id and binary output. */
+  private readonly pendingAttach = new Map<string, { processId: number; binary: boolean }>();
+  /** Protocol 1: the key of the one process (starting or running). */
+  private foreground: string | undefined;
+  /** Protocol 1: the server runs an execution nobody waits for (being killed). */
   private orphanRunning = false;
-  /** A `reconnect` was sent while an execution ran: its next RUNNING is a resume, not a start. */
-  private awaitingResume = false;
-  /** The server said something after which it closes the connection. */
-  private endingExpected = false;
-  /** The caller closed the connection itself. */
-  private closingLocally = false;
-  /** A re-attach is in progress (`beginReattach` until SANDBOX_RUNNING). */
-  private reattaching = false;
-  /** That re-attach restored the sandbox from a checkpoint (SANDBOX_RESTORING). */
-  private reattachRestored = false;
-  /** `SANDBOX_CHECKPOINTING` was seen and the checkpoint has not been answered yet. */
-  private checkpointing = false;
-  /** Whether the last `SANDBOX_CHECKPOINT_ERROR` ends the session (see SESSION_ENDING_STATUSES). */
-  private checkpointErrorEndsSession = true;
+  /**
+   * Protocol 1: stdin frames sent while the last execution ran. Each one that reached the server
+   * after the execution ended is answered with SANDBOX_EXECUTION_ERROR, possibly after we saw
+   * DONE: that many such errors are stale, not answers to a following exec.
+   */
+  private staleStdin = 0;
+  private stdinThisExecution = 0;
+  /** Error statuses waiting for / already given their message: [status, id]. */
+  private heldStatus: [string, string | undefined] | undefined;
+  private echo: [string, string | undefined] | undefined;
+  /** A status after which the server closes and the close is final. */
+  private final: SandboxError | undefined;
+  /**
+   * SANDBOX_CHECKPOINTING came since the last checkpoint request. A checkpoint error without it
+   * means checkpointing is not possible at all and the server closes (4000); after it, a refusal
+   * up front keeps the session.
+   */
+  private checkpointingSeen = false;
+  private checkpointError: SandboxError | undefined;
+  private closingByRequest = false;
+  private closedEmitted = false;
+  /** The current re-attach attempt already failed. */
+  private attemptFailed = false;
 
-  /** An error status without `message`, waiting for its `error` event. */
-  private pendingError: string | undefined;
-  /** An error status with `message` was reported: its twin `error` event is to be skipped. */
-  private skipNextErrorEvent = false;
+  constructor(
+    readonly attach: boolean,
+    readonly autoReconnect = false,
+  ) {}
 
-  constructor(setupKind: SetupKind) {
-    this.setupKindValue = setupKind;
+  // ---- queries ---------------------------------------------------------------------------
+
+  /** Bytes of stdin the process may be sent now; undefined: no flow control. */
+  stdinRoom(key: string): number | undefined {
+    const process = this.processes.get(key);
+    if (process?.window === undefined) return undefined;
+    return process.window - Math.max(0, process.sent - process.written);
   }
 
-  get phase(): Phase {
-    return this.phaseValue;
-  }
-
-  get setupKind(): SetupKind {
-    return this.setupKindValue;
-  }
-
-  /** Id of the execution currently running on the server for us, if any. */
-  get runningId(): RequestId | undefined {
-    return this.running;
-  }
-
-  // ---- what the client sends -------------------------------------------------------------
-
-  /** The init object for `/create`. */
-  init(init: InitFrame): string {
-    return encodeInit(init);
-  }
-
-  execute(req: ExecRequest): { id: RequestId; frame: string } {
-    const id = this.nextId++;
-    this.execStarts.push(id);
-    return { id, frame: encodeExec(req) };
-  }
-
-  stdin(data: string | Uint8Array | undefined, eof: boolean): string {
-    return encodeStdin(data, eof);
-  }
-
-  killProcess(): { id: RequestId; frame: string } {
-    const id = this.nextId++;
-    this.killProcesses.push(id);
-    return { id, frame: encodeAction('kill_process') };
-  }
-
-  killSandbox(): { id: RequestId; frame: string } {
-    const id = this.nextId++;
-    this.killSandboxes.push(id);
-    return { id, frame: encodeAction('kill_sandbox') };
-  }
-
-  checkpoint(): { id: RequestId; frame: string } {
-    const id = this.nextId++;
-    this.checkpoints.push(id);
-    return { id, frame: encodeAction('checkpoint') };
-  }
-
-  snapshotFilesystem(name: string): { id: RequestId; frame: string } {
-    const id = this.nextId++;
-    this.snapshots.push(id);
-    return { id, frame: encodeSnapshot(name) };
-  }
-
-  /** The caller is about to close the socket on purpose: the close is not a drop. */
-  closeLocally(): void {
-    this.closingLocally = true;
-  }
-
-  /** A new socket to `/attach/{id}` replaces a dropped one; the session awaits SANDBOX_RUNNING. */
-  beginReattach(): void {
-    this.phaseValue = 'setup';
-    this.setupKindValue = 'attach';
-    this.endingExpected = false;
-    this.closingLocally = false;
-    this.checkpointing = false;
-    this.reattaching = true;
-    this.reattachRestored = false;
-    this.pendingError = undefined;
-    this.skipNextErrorEvent = false;
+  /** Bytes sent to the process's stdin that the server has not acknowledged yet. */
+  stdinUnacknowledged(key: string): number {
+    const process = this.processes.get(key);
+    if (process?.window === undefined) return 0;
+    return Math.max(0, process.sent - process.written);
   }
 
   /**
-   * `{"action":"reconnect"}`, sent once a re-attach is ready: the server replays the running
-   * execution's unread output.
+   * How many bytes of `data[offset..]` the next stdin message may carry now; 0: wait for an
+   * acknowledgement. Pieces are at most 1 MiB, and at most the window.
    */
-  reconnect(): string {
-    this.awaitingResume = this.running !== undefined;
-    return encodeAction('reconnect');
+  nextStdinPiece(key: string, data: Uint8Array, offset: number, asText: boolean): number {
+    const process = this.live(key, 'write to stdin');
+    let limit = MAX_STDIN_CHUNK;
+    if (process.window !== undefined) limit = Math.max(1, Math.min(limit, process.window));
+    let size = Math.min(limit, data.length - offset);
+    if (asText) size = utf8Boundary(data, offset, size);
+    const room = this.stdinRoom(key);
+    if (room !== undefined && room < size) return 0;
+    return size;
   }
 
-  // ---- what happened ---------------------------------------------------------------------
+  // ---- requests (client) -----------------------------------------------------------------
 
-  /** One text frame from the server. Frames that are not JSON objects are ignored. */
-  receive(text: string): ProtocolEvent[] {
-    const out: ProtocolEvent[] = [];
-    const frame = parseServerFrame(text);
-    if (frame === undefined) return out;
+  private newId(): string {
+    return String(this.nextId++);
+  }
+
+  private requireOpen(what: string): void {
+    if (this.phase === 'closed') {
+      if (this.terminated) throw new SandboxStateError(`cannot ${what}: the sandbox was terminated`);
+      if (this.checkpointed) {
+        throw new SandboxStateError(`cannot ${what}: the sandbox was checkpointed; attach to it to continue`);
+      }
+      throw new SandboxStateError(`cannot ${what}: the connection to the sandbox is closed`);
+    }
+    if (this.phase === 'setup') throw new SandboxStateError(`cannot ${what}: the sandbox is not ready yet`);
+    if (this.closingByRequest) {
+      throw new SandboxStateError(`cannot ${what}: the sandbox is being terminated or saved`);
+    }
+  }
+
+  private requireProtocol2(what: string): void {
+    if (this.protocol < 2) {
+      throw new SandboxStateError(
+        `cannot ${what}: the server does not announce protocol 2 (it runs one execution at a time and has no process handles)`,
+      );
+    }
+  }
+
+  private live(key: string, what: string): Process {
+    const process = this.processes.get(key);
+    if (process === undefined) throw new SandboxStateError(`cannot ${what}: the process has ended`);
+    // Allowed while reconnecting: the I/O layer queues the frame.
+    if (this.phase === 'closed' || this.closingByRequest) this.requireOpen(what);
+    return process;
+  }
+
+  private addRequest(kind: Kind, key?: string): Request {
+    if (ONE_AT_A_TIME.includes(kind) && [...this.requests.values()].some((r) => r.kind === kind)) {
+      throw new SandboxStateError(`a ${kind} request is already waiting for its answer`);
+    }
+    const request: Request = { id: this.newId(), kind, key, end: 0 };
+    this.requests.set(request.id, request);
+    return request;
+  }
+
+  /** Returns the request id (the process's key once it runs) and the frame. */
+  sendExec(req: ExecRequest): { id: string; frame: string } {
+    this.requireOpen('start an execution');
+    // Checked at run time too: JavaScript callers are not type-checked.
+    const encoding: string = req.outputEncoding ?? 'text';
+    if (encoding !== 'text' && encoding !== 'base64') {
+      throw new TypeError(`outputEncoding must be 'text' or 'base64', not ${JSON.stringify(encoding)}`);
+    }
+    if (this.protocol < 2 && this.foreground !== undefined) {
+      throw new SandboxStateError(
+        'an execution is already running in this sandbox and this server runs one at a time ' +
+          '(it does not announce protocol 2); wait for it (process.wait()) or kill it first',
+      );
+    }
+    const request = this.addRequest('exec');
+    request.key = request.id;
+    this.processes.set(request.id, new Process(request.id, encoding === 'base64'));
+    if (this.protocol < 2) this.foreground = request.id;
+    return { id: request.id, frame: execMessage(request.id, req) };
+  }
+
+  /** The frame for one piece of stdin (see `nextStdinPiece`). */
+  sendStdin(key: string, data: Uint8Array, asText: boolean): string {
+    const process = this.live(key, 'write to stdin');
+    const requestId = this.newId();
+    if (process.window !== undefined) {
+      process.sent += data.length;
+      this.requests.set(requestId, { id: requestId, kind: 'stdin', key, end: process.sent });
+    } else {
+      this.stdinThisExecution++;
+    }
+    return stdinMessage(requestId, this.target(process), data, asText && isValidUtf8(data));
+  }
+
+  sendCloseStdin(key: string): string {
+    const process = this.live(key, 'close stdin');
+    const requestId = this.newId();
+    if (process.window !== undefined) {
+      // Never covered by an acknowledgement: an error about it is still its own.
+      this.requests.set(requestId, { id: requestId, kind: 'stdin', key, end: process.sent + 1 });
+    } else {
+      this.stdinThisExecution++;
+    }
+    return stdinMessage(requestId, this.target(process), undefined, true, true);
+  }
+
+  sendKill(key: string): { id: string; frame: string } {
+    const process = this.live(key, 'kill the process');
+    const request = this.addRequest('kill_process', key);
+    const target = this.target(process);
+    return { id: request.id, frame: actionMessage('kill_process', request.id, target === undefined ? {} : { process_id: target }) };
+  }
+
+  /** The `process_id` to address a process with (protocol 2), else undefined: the foreground. */
+  private target(process: Process): number | undefined {
+    return this.protocol >= 2 ? process.processId : undefined;
+  }
+
+  sendSnapshot(name: string): { id: string; frame: string } {
+    this.requireOpen('snapshot the filesystem');
+    const request = this.addRequest('snapshot_filesystem');
+    return { id: request.id, frame: actionMessage('snapshot_filesystem', request.id, { name }) };
+  }
+
+  sendCheckpoint(): { id: string; frame: string } {
+    this.requireOpen('checkpoint');
+    const request = this.addRequest('checkpoint');
+    this.checkpointingSeen = false;
+    return { id: request.id, frame: actionMessage('checkpoint', request.id) };
+  }
+
+  sendTerminate(): { id: string; frame: string } {
+    this.requireOpen('terminate');
+    const request = this.addRequest('kill_sandbox');
+    this.closingByRequest = true;
+    return { id: request.id, frame: actionMessage('kill_sandbox', request.id) };
+  }
+
+  sendListProcesses(): { id: string; frame: string } {
+    this.requireOpen('list processes');
+    this.requireProtocol2('list processes');
+    const request = this.addRequest('list_processes');
+    return { id: request.id, frame: actionMessage('list_processes', request.id) };
+  }
+
+  sendSetIdleTimeout(idleTimeout: number): { id: string; frame: string } {
+    this.requireOpen('set the idle timeout');
+    this.requireProtocol2('set the idle timeout');
+    const request = this.addRequest('set_idle_timeout');
+    return { id: request.id, frame: actionMessage('set_idle_timeout', request.id, { idle_timeout: idleTimeout }) };
+  }
+
+  sendAttachProcess(processId: number, outputEncoding: OutputEncoding = 'text'): { id: string; frame: string } {
+    this.requireOpen('attach to a process');
+    this.requireProtocol2('attach to a process');
+    const encoding: string = outputEncoding;
+    if (encoding !== 'text' && encoding !== 'base64') {
+      throw new TypeError(`outputEncoding must be 'text' or 'base64', not ${JSON.stringify(encoding)}`);
+    }
+    const request = this.addRequest('attach_process');
+    request.key = request.id;
+    // Its events carry this id from the reply on; the process is made then.
+    this.pendingAttach.set(request.id, { processId, binary: outputEncoding === 'base64' });
+    return { id: request.id, frame: actionMessage('attach_process', request.id, { process_id: processId }) };
+  }
+
+  /** After a re-attach: resend what was held while we were away. */
+  sendReconnect(): string {
+    if (this.protocol < 2) {
+      const foreground = this.processes.get(this.foreground ?? '');
+      if (foreground?.started === true) foreground.resume = true;
+    }
+    return actionMessage('reconnect', this.newId());
+  }
+
+  /** The caller stopped waiting for the answer (timeout or cancellation). */
+  abandon(requestId: string): void {
+    const request = this.requests.get(requestId);
+    if (request === undefined) return;
+    this.requests.delete(requestId);
+    if (request.kind === 'kill_sandbox') {
+      this.closingByRequest = false;
+    } else if (request.kind === 'exec') {
+      const process = this.processes.get(requestId);
+      if (process !== undefined && !process.started) {
+        this.processes.delete(requestId);
+        if (this.foreground === requestId) this.foreground = undefined;
+        if (this.protocol >= 2) this.abandoned.add(requestId);
+      }
+    } else if (request.kind === 'attach_process') {
+      this.pendingAttach.delete(requestId);
+    }
+  }
+
+  // ---- frames (server) -------------------------------------------------------------------
+
+  receiveFrame(text: string): Effect[] {
+    const frame = parseFrame(text);
+    if (frame === undefined) return [];
+    const effects: Effect[] = [];
     const event = frame['event'];
-
+    const requestId = optStr(frame['id']);
     if (event === 'error') {
-      const message = typeof frame['message'] === 'string' ? frame['message'] : 'unknown error';
-      if (this.pendingError !== undefined) {
-        const status = this.pendingError;
-        this.pendingError = undefined;
-        this.onError({ status, message }, out);
-      } else if (this.skipNextErrorEvent) {
-        this.skipNextErrorEvent = false;
+      const message = optStr(frame['message']) ?? 'unknown error';
+      const held = this.heldStatus;
+      this.heldStatus = undefined;
+      if (held !== undefined && held[1] === requestId) {
+        this.onErrorStatus(held[0], message, requestId, effects);
       } else {
-        this.onError({ status: undefined, message }, out);
-      }
-      return out;
-    }
-
-    // Any other frame ends the wait for an `error` event.
-    this.flushPendingError(out);
-    this.skipNextErrorEvent = false;
-
-    switch (event) {
-      case 'status_update': {
-        if (typeof frame['status'] === 'string') this.onStatus(frame['status'], frame, out);
-        break;
-      }
-      case 'sandbox_id': {
-        const sandboxId = frame['sandbox_id'];
-        const token = frame['sandbox_token'];
-        if (typeof sandboxId === 'string' || typeof sandboxId === 'number') {
-          out.push({
-            type: 'sandbox_id',
-            sandboxId: String(sandboxId),
-            sandboxToken: typeof token === 'string' ? token : undefined,
-          });
+        if (held !== undefined) this.onErrorStatus(held[0], undefined, held[1], effects);
+        if (!(this.echo?.[0] === message && this.echo[1] === requestId)) {
+          this.onLoneError(message, effects);
         }
-        break;
       }
-      case 'stdout':
-      case 'stderr': {
-        this.onOutput(event, frame, out);
-        break;
-      }
-      default:
-        // Unknown events are ignored (docs/protocol.md: clients ignore what they do not know).
-        break;
-    }
-    return out;
-  }
-
-  /** The socket closed (either side). Ends the session unless the caller re-attaches. */
-  connectionClosed(code: number, reason: string): ProtocolEvent[] {
-    const out: ProtocolEvent[] = [];
-    this.flushPendingError(out);
-    this.skipNextErrorEvent = false;
-    const reconnectable =
-      this.phaseValue === 'ready' &&
-      !this.closingLocally &&
-      !this.endingExpected &&
-      this.checkpoints.length === 0 &&
-      this.killSandboxes.length === 0 &&
-      RECONNECTABLE_CLOSE_CODES.has(code);
-    const unanswered = [
-      ...this.execStarts,
-      ...this.killProcesses,
-      ...this.checkpoints,
-      ...this.snapshots,
-      ...this.killSandboxes,
-    ].sort((a, b) => a - b);
-    this.execStarts = [];
-    this.killProcesses = [];
-    this.checkpoints = [];
-    this.snapshots = [];
-    this.killSandboxes = [];
-    this.awaitingResume = false;
-    this.orphanRunning = false;
-    this.checkpointing = false;
-    this.phaseValue = 'closed';
-    // `running` survives: a failed re-attach attempt (closed during setup, so not reconnectable
-    // itself) is followed by another, and the execution must still be resumed after it.
-    out.push({ type: 'closed', code, reason, reconnectable, unanswered, runningId: this.running });
-    return out;
-  }
-
-  // ---- internals -------------------------------------------------------------------------
-
-  private flushPendingError(out: ProtocolEvent[]): void {
-    if (this.pendingError === undefined) return;
-    const status = this.pendingError;
-    this.pendingError = undefined;
-    this.onError({ status, message: status }, out);
-  }
-
-  private onStatus(status: string, frame: ServerFrame, out: ProtocolEvent[]): void {
-    const message = typeof frame['message'] === 'string' ? frame['message'] : undefined;
-    out.push({ type: 'status', status, message });
-    if (SESSION_ENDING_STATUSES.has(status)) this.endingExpected = true;
-    switch (status) {
-      case 'SANDBOX_CHECKPOINTING':
-        this.checkpointing = true;
-        break;
-      case 'SANDBOX_CHECKPOINT_ERROR':
-        this.checkpointErrorEndsSession = !this.checkpointing;
-        if (this.checkpointErrorEndsSession) this.endingExpected = true;
-        this.checkpointing = false;
-        break;
-      case 'SANDBOX_EXECUTION_IN_PROGRESS_ERROR':
-      case 'SANDBOX_CHECKPOINTED':
-        this.checkpointing = false;
-        break;
-      default:
-        break;
+      this.echo = undefined;
+      return effects;
     }
 
-    if (ERROR_STATUSES.has(status)) {
-      if (message !== undefined) {
-        this.skipNextErrorEvent = true;
-        this.onError({ status, message }, out);
+    // Any other frame: a held error status gets no more text.
+    this.flushHeld(effects);
+    this.echo = undefined;
+    // ... and the server did not close after a checkpoint error.
+    this.checkpointError = undefined;
+    if (event === 'status_update') {
+      const status = optStr(frame['status']);
+      if (status === undefined) return effects;
+      const said = optStr(frame['message']);
+      effects.push({ type: 'StatusSeen', status, message: said });
+      if (isErrorStatus(status)) {
+        if (said !== undefined && said !== '') {
+          this.echo = [said, requestId];
+          this.onErrorStatus(status, said, requestId, effects);
+        } else {
+          this.heldStatus = [status, requestId];
+        }
       } else {
-        this.pendingError = status;
+        this.onStatus(status, frame, requestId, effects);
       }
+    } else if (event === 'sandbox_id') {
+      const sandboxId = frame['sandbox_id'];
+      if (this.phase === 'setup' && !this.attach && typeof sandboxId === 'string') {
+        this.sandboxId = sandboxId;
+        this.sandboxToken = optStr(frame['sandbox_token']);
+      }
+    } else if (event === 'stdout' || event === 'stderr') {
+      this.onOutput(event, frame, requestId, effects);
+    } else if (event === 'reply') {
+      this.onReply(frame, requestId, effects);
+    } else if (event === 'stdin_ack') {
+      this.onStdinAck(frame, requestId, effects);
+    }
+    return effects;
+  }
+
+  private flushHeld(effects: Effect[]): void {
+    if (this.heldStatus !== undefined) {
+      const [status, requestId] = this.heldStatus;
+      this.heldStatus = undefined;
+      this.onErrorStatus(status, undefined, requestId, effects);
+    }
+  }
+
+  /**
+   * The request an answer of these kinds is for: by id (protocol 2), else the oldest pending one
+   * of those kinds (protocol 1).
+   */
+  private answering(kinds: readonly Kind[], requestId: string | undefined): Request | undefined {
+    if (this.protocol >= 2) {
+      const request = this.requests.get(requestId ?? '');
+      return request !== undefined && kinds.includes(request.kind) ? request : undefined;
+    }
+    for (const request of this.requests.values()) if (kinds.includes(request.kind)) return request;
+    return undefined;
+  }
+
+  /** Protocol 2: the process an event with this id is about. */
+  private processFor(requestId: string | undefined): Process | undefined {
+    const key = this.aliases.get(requestId ?? '');
+    return key === undefined ? undefined : this.processes.get(key);
+  }
+
+  private onStatus(status: string, frame: ServerFrame, requestId: string | undefined, effects: Effect[]): void {
+    if (this.phase === 'setup' || this.phase === 'reattaching') {
+      if (status === 'SANDBOX_RUNNING') this.onRunning(frame, effects);
       return;
     }
+    if (this.phase !== 'open') return;
 
-    switch (status) {
-      case 'SANDBOX_RESTORING':
-        if (this.phaseValue === 'setup' && this.reattaching) this.reattachRestored = true;
-        break;
-      case 'SANDBOX_RUNNING':
-        if (this.phaseValue === 'setup') {
-          this.phaseValue = 'ready';
-          if (this.reattachRestored && this.running !== undefined) {
-            // A restored session knows nothing of the execution that ran when it was saved.
-            out.push({ type: 'exec_lost', id: this.running });
-            this.running = undefined;
-          }
-          this.reattaching = false;
-          this.reattachRestored = false;
-          out.push({ type: 'ready' });
+    if (status === 'SANDBOX_EXECUTION_RUNNING') {
+      if (this.protocol >= 2) this.onExecutionRunning2(frame, requestId, effects);
+      else this.onExecutionRunning1(frame, effects);
+    } else if (status === 'SANDBOX_EXECUTION_DONE') {
+      let process: Process | undefined;
+      if (this.protocol >= 2) {
+        process = this.processOrStart(frame, requestId, effects);
+      } else {
+        if (this.orphanRunning) {
+          this.orphanRunning = false;
+          return;
         }
-        break;
-      case 'SANDBOX_EXECUTION_RUNNING':
-        this.onExecutionRunning(out);
-        break;
-      case 'SANDBOX_EXECUTION_DONE':
-        this.onExecutionDone(frame, out);
-        break;
-      case 'SANDBOX_EXECUTION_FORCE_KILLED': {
-        const id = this.killProcesses.shift();
-        if (id !== undefined) out.push({ type: 'kill_process_done', id });
-        break;
+        process = this.processes.get(this.foreground ?? '');
+        if (process !== undefined && !process.started) this.start(process, frame, effects);
       }
-      case 'SANDBOX_CHECKPOINTED':
-        out.push({ type: 'checkpointed', id: this.checkpoints.shift() });
-        break;
-      case 'SANDBOX_FILESYSTEM_SNAPSHOT_CREATED': {
-        const id = this.snapshots.shift();
-        if (id !== undefined) out.push({ type: 'snapshot_created', id });
-        break;
+      if (process !== undefined) this.end(process, frame, effects);
+    } else if (status === 'SANDBOX_EXECUTION_FORCE_KILLED') {
+      this.finish(this.answering(['kill_process'], requestId), effects);
+    } else if (status === 'SANDBOX_FILESYSTEM_SNAPSHOT_CREATED') {
+      this.finish(this.answering(['snapshot_filesystem'], requestId), effects);
+    } else if (status === 'SANDBOX_CHECKPOINTING') {
+      this.checkpointingSeen = true;
+    } else if (status === 'SANDBOX_CHECKPOINTED') {
+      this.checkpointed = true;
+      const request = this.answering(['checkpoint'], requestId);
+      if (request !== undefined) {
+        this.closingByRequest = true;
+        this.finish(request, effects);
+      } else {
+        this.final = new SandboxConnectionError(
+          'the server checkpointed the sandbox and closed the connection; attach to it to continue',
+          { status },
+        );
       }
-      case 'SANDBOX_KILLED':
-        out.push({ type: 'sandbox_killed', id: this.killSandboxes.shift() });
-        break;
-      default:
-        // Progress statuses (CREATING, RESTORING, CHECKPOINTING, DELETING, LOCK_*...) and unknown
-        // ones carry no decision for the client.
-        break;
+    } else if (status === 'SANDBOX_KILLED') {
+      this.terminated = true;
+      const request = this.answering(['kill_sandbox'], requestId);
+      if (request !== undefined) {
+        this.finish(request, effects);
+      } else {
+        let message = optStr(frame['message']);
+        if (message === undefined && frame['reason'] === 'idle_timeout') {
+          message = 'the server deleted the sandbox after its idle timeout';
+        }
+        this.final = new SandboxConnectionError(message ?? 'the server killed the sandbox (idle timeout or shutdown)', {
+          status,
+        });
+      }
+    }
+    // Every other status (progress, locks, unknown) changes nothing here.
+  }
+
+  private onRunning(frame: ServerFrame, effects: Effect[]): void {
+    this.protocol = (optInt(frame['protocol']) ?? 1) >= 2 ? 2 : 1;
+    const reattached = this.phase === 'reattaching';
+    this.phase = 'open';
+    if (!reattached) {
+      effects.push({ type: 'Ready', sandboxId: this.sandboxId, sandboxToken: this.sandboxToken, protocol: this.protocol });
+      return;
+    }
+    for (const process of this.processes.values()) {
+      if (this.protocol < 2) {
+        process.window = undefined;
+      } else {
+        // Stdin in flight when the connection dropped is taken as lost: only what the server
+        // acknowledged counts.
+        process.sent = process.written;
+      }
+    }
+    effects.push({ type: 'Reattached', protocol: this.protocol });
+  }
+
+  private onExecutionRunning2(frame: ServerFrame, requestId: string | undefined, effects: Effect[]): void {
+    const request = this.answering(['exec'], requestId);
+    if (request !== undefined) {
+      const process = this.processes.get(request.id);
+      if (process !== undefined) this.start(process, frame, effects);
+    } else if (requestId !== undefined && this.abandoned.has(requestId)) {
+      this.killOrphan(optInt(frame['process_id']), requestId, effects);
+    }
+    // Else: a process we know, replayed after a reconnect. Nothing to do.
+  }
+
+  private onExecutionRunning1(frame: ServerFrame, effects: Effect[]): void {
+    const process = this.processes.get(this.foreground ?? '');
+    if (process?.started === true) {
+      process.resume = false; // the resume marker after a reconnect
+      return;
+    }
+    if (process !== undefined) {
+      this.start(process, frame, effects);
+      return;
+    }
+    this.killOrphan(undefined, undefined, effects);
+  }
+
+  /**
+   * The server runs an execution whose caller gave up waiting for it to start (timeout, or its
+   * answer was lost with the connection): stop it, so that it does not hold the foreground slot
+   * (protocol 1) or a process slot.
+   */
+  private killOrphan(processId: number | undefined, requestId: string | undefined, effects: Effect[]): void {
+    if (requestId !== undefined) this.abandoned.delete(requestId);
+    if (this.protocol < 2) this.orphanRunning = true;
+    const killId = this.newId();
+    // Registered so that its answer is consumed; nobody waits for it.
+    this.requests.set(killId, { id: killId, kind: 'kill_process', key: undefined, end: 0 });
+    const extra = processId === undefined || this.protocol < 2 ? {} : { process_id: processId };
+    effects.push({ type: 'SendFrame', frame: actionMessage('kill_process', killId, extra) });
+  }
+
+  /**
+   * Protocol 2: the process an output or DONE is about; an exec whose RUNNING was lost (in a
+   * dropped connection) starts with its first other event.
+   */
+  private processOrStart(frame: ServerFrame, requestId: string | undefined, effects: Effect[]): Process | undefined {
+    let process = this.processFor(requestId);
+    if (process !== undefined) return process;
+    const request = this.answering(['exec'], requestId);
+    if (request !== undefined) {
+      process = this.processes.get(request.id);
+      if (process !== undefined) {
+        this.start(process, frame, effects);
+        return process;
+      }
+    }
+    if (requestId !== undefined) this.abandoned.delete(requestId);
+    return undefined;
+  }
+
+  private start(process: Process, frame: ServerFrame, effects: Effect[]): void {
+    process.started = true;
+    process.processId = optInt(frame['process_id']);
+    if (this.protocol >= 2) {
+      const window = optInt(frame['stdin_window']);
+      process.window = window !== undefined && window > 0 ? window : DEFAULT_STDIN_WINDOW;
+    }
+    this.requests.delete(process.key);
+    this.aliases.set(process.key, process.key);
+    this.staleStdin = 0;
+    this.stdinThisExecution = 0;
+    effects.push({ type: 'ProcessStarted', key: process.key, processId: process.processId });
+    effects.push({ type: 'RequestDone', requestId: process.key, value: process.key });
+  }
+
+  private end(process: Process, frame: ServerFrame, effects: Effect[]): void {
+    for (const [stream, rest] of process.flush()) {
+      effects.push({ type: 'OutputReceived', key: process.key, stream, data: rest });
+    }
+    this.forget(process);
+    const exitCode = optInt(frame['exit_code']);
+    const reason = optStr(frame['reason']);
+    const result: ExecutionResult = {
+      exitCode: exitCode ?? -1,
+      signal: optInt(frame['signal']) ?? null,
+      reason: reason !== undefined && reason !== '' ? reason : exitCode !== undefined ? 'exited' : 'unknown',
+      durationMs: optInt(frame['duration_ms']) ?? null,
+    };
+    effects.push({ type: 'ProcessEnded', key: process.key, result });
+  }
+
+  private forget(process: Process): void {
+    this.processes.delete(process.key);
+    for (const [alias, key] of [...this.aliases]) if (key === process.key) this.aliases.delete(alias);
+    for (const request of [...this.requests.values()]) {
+      if (request.key === process.key && request.kind === 'stdin') this.requests.delete(request.id);
+    }
+    if (this.foreground === process.key) {
+      this.foreground = undefined;
+      this.staleStdin = this.stdinThisExecution;
+      this.stdinThisExecution = 0;
     }
   }
 
-  private onExecutionRunning(out: ProtocolEvent[]): void {
-    if (this.phaseValue !== 'ready') return;
-    if (this.awaitingResume && this.running !== undefined) {
-      this.awaitingResume = false;
-      out.push({ type: 'exec_resumed', id: this.running });
-      return;
+  private finish(request: Request | undefined, effects: Effect[], value?: string | ProcessInfo[] | number): void {
+    if (request !== undefined && this.requests.delete(request.id)) {
+      effects.push({ type: 'RequestDone', requestId: request.id, value });
     }
-    const id = this.execStarts.shift();
-    if (id !== undefined) {
-      this.running = id;
-      this.orphanRunning = false;
-      out.push({ type: 'exec_started', id });
-      return;
-    }
-    this.orphanRunning = true;
-    out.push({ type: 'orphan_execution' });
   }
 
-  private onExecutionDone(frame: ServerFrame, out: ProtocolEvent[]): void {
-    this.awaitingResume = false;
-    if (this.orphanRunning) {
-      this.orphanRunning = false;
+  private fail(request: Request, error: SandboxError, effects: Effect[]): void {
+    if (!this.requests.delete(request.id)) return;
+    if (request.kind === 'kill_sandbox') this.closingByRequest = false;
+    if (request.kind === 'stdin') {
+      if (request.key !== undefined && this.processes.has(request.key)) {
+        effects.push({ type: 'StdinFailed', key: request.key, error });
+      }
       return;
     }
-    const id = this.running;
-    if (id === undefined) return;
-    this.running = undefined;
-    const exitCode = frame['exit_code'];
-    const signal = frame['signal'];
-    const reason = frame['reason'];
-    const duration = frame['duration_ms'];
-    const hasExit = typeof exitCode === 'number' && Number.isInteger(exitCode);
-    out.push({
-      type: 'exec_done',
-      id,
-      result: {
-        exitCode: hasExit ? exitCode : -1,
-        signal: typeof signal === 'number' ? signal : null,
-        reason: typeof reason === 'string' ? reason : hasExit ? 'exited' : 'unknown',
-        durationMs: typeof duration === 'number' ? duration : null,
-      },
-    });
+    if (request.kind === 'exec') {
+      this.processes.delete(request.id); // never started: its request was pending
+      if (this.foreground === request.id) this.foreground = undefined;
+    }
+    if (request.kind === 'attach_process') this.pendingAttach.delete(request.id);
+    let sessionEnds = false;
+    if (request.kind === 'checkpoint' && error.status === 'SANDBOX_CHECKPOINT_ERROR') {
+      sessionEnds = !this.checkpointingSeen;
+    }
+    effects.push({ type: 'RequestFailed', requestId: request.id, error, sessionEnds });
   }
 
-  private onOutput(stream: StreamName, frame: ServerFrame, out: ProtocolEvent[]): void {
-    const raw = frame['data'];
-    if (typeof raw !== 'string') return;
-    if (this.orphanRunning || this.running === undefined) return;
-    let data: string | Uint8Array = raw;
-    if (frame['encoding'] === 'base64') {
-      try {
-        data = base64ToBytes(raw);
-      } catch {
+  private onErrorStatus(status: string, message: string | undefined, requestId: string | undefined, effects: Effect[]): void {
+    const error = errorFromStatus(status, message);
+    if (this.phase === 'setup') {
+      this.phase = 'closed';
+      effects.push({ type: 'SetupFailed', error });
+      return;
+    }
+    if (this.phase === 'reattaching') {
+      // IN_USE right after a drop usually means the server has not noticed the old connection
+      // died yet: worth another try. Everything else is final.
+      const retryable = status === 'SANDBOX_IN_USE';
+      if (!retryable) {
+        this.phase = 'closed';
+        this.final = error;
+      }
+      this.attemptFailed = true;
+      effects.push({ type: 'ReattachFailed', error, retryable });
+      return;
+    }
+    if (this.phase !== 'open') return;
+    if (status === 'SANDBOX_CHECKPOINT_ERROR') {
+      // Either the server closes with 4000 next (checkpointing impossible, or the save failed),
+      // or the session goes on (refused up front).
+      this.checkpointError = error;
+    }
+    if (
+      [
+        'SANDBOX_NOT_FOUND',
+        'SANDBOX_IN_USE',
+        'SANDBOX_PERMISSION_DENIAL_ERROR',
+        'SANDBOX_CREATION_ERROR',
+        'SANDBOX_RESTORE_ERROR',
+      ].includes(status)
+    ) {
+      // Setup errors in an open session: the server is ending it.
+      this.final = error;
+    }
+    if (this.protocol >= 2) this.onErrorStatus2(error, requestId, effects);
+    else this.onErrorStatus1(status, error, effects);
+  }
+
+  private onErrorStatus2(error: SandboxError, requestId: string | undefined, effects: Effect[]): void {
+    const request = this.requests.get(requestId ?? '');
+    if (request !== undefined) {
+      this.fail(request, error, effects);
+    } else if (requestId !== undefined && (this.abandoned.has(requestId) || this.processFor(requestId) === undefined)) {
+      // The answer to a request nobody waits for any more.
+    } else {
+      effects.push({ type: 'Notice', error });
+    }
+  }
+
+  private onErrorStatus1(status: string, error: SandboxError, effects: Effect[]): void {
+    let kinds: Kind[] = [];
+    if (status === 'SANDBOX_EXECUTION_ERROR' || status === 'SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR') {
+      if (status === 'SANDBOX_EXECUTION_ERROR' && this.isStaleStdinError(error)) {
+        // The answer to a stdin frame that reached the server after the last execution ended.
+        this.staleStdin--;
         return;
       }
+      kinds = ['exec'];
+    } else if (status === 'SANDBOX_EXECUTION_FORCE_KILL_ERROR') {
+      kinds = ['kill_process'];
+    } else if (status === 'SANDBOX_EXECUTION_IN_PROGRESS_ERROR' || status === 'SANDBOX_CHECKPOINT_ERROR') {
+      kinds = ['checkpoint'];
+    } else if (status === 'SANDBOX_FILESYSTEM_SNAPSHOT_ERROR') {
+      kinds = ['snapshot_filesystem'];
+    } else if (status === 'SANDBOX_KILL_ERROR') {
+      kinds = ['kill_sandbox'];
+    } else if (status === 'SANDBOX_STDIN_ERROR') {
+      const foreground = this.processes.get(this.foreground ?? '');
+      if (foreground?.started === true) {
+        effects.push({ type: 'StdinFailed', key: foreground.key, error });
+        return;
+      }
+    } else if (status === 'SANDBOX_ERROR') {
+      // A generic error is the best answer a waiting exec gets.
+      kinds = ['exec'];
     }
-    out.push({ type: 'output', id: this.running, stream, data });
+    const request = kinds.length > 0 ? this.answering(kinds, undefined) : undefined;
+    if (request !== undefined) {
+      if (request.kind === 'exec') this.staleStdin = 0;
+      this.fail(request, error, effects);
+    } else {
+      effects.push({ type: 'Notice', error });
+    }
   }
 
-  /** Routes an error to the request it answers (see the module comment). */
-  private onError(error: ServerError, out: ProtocolEvent[]): void {
-    if (this.phaseValue === 'setup') {
-      out.push({ type: 'setup_failed', error });
+  /**
+   * Protocol 1: whether an execution error answers late stdin rather than an exec. Only when
+   * stdin was sent in the last execution; and when an exec waits for its answer, only if the text
+   * is about stdin (ours says "no execution is running to receive stdin"), so that an exec
+   * refused right after is not mistaken for it.
+   */
+  private isStaleStdinError(error: SandboxError): boolean {
+    if (this.staleStdin <= 0) return false;
+    const execWaiting = this.answering(['exec'], undefined) !== undefined;
+    return !execWaiting || error.message.toLowerCase().includes('stdin');
+  }
+
+  private onLoneError(message: string, effects: Effect[]): void {
+    const bare = new SandboxError(message);
+    if (this.phase === 'setup') {
+      this.phase = 'closed';
+      effects.push({ type: 'SetupFailed', error: bare });
+    } else if (this.phase === 'reattaching') {
+      this.phase = 'closed';
+      this.final = bare;
+      this.attemptFailed = true;
+      effects.push({ type: 'ReattachFailed', error: bare, retryable: false });
+    } else {
+      effects.push({ type: 'Notice', error: bare });
+    }
+  }
+
+  private onOutput(stream: StreamName, frame: ServerFrame, requestId: string | undefined, effects: Effect[]): void {
+    const data = frame['data'];
+    if (typeof data !== 'string' || this.phase !== 'open') return;
+    let process: Process | undefined;
+    if (this.protocol >= 2) {
+      process = this.processOrStart(frame, requestId, effects);
+    } else {
+      process = this.orphanRunning ? undefined : this.processes.get(this.foreground ?? '');
+      if (process !== undefined && !process.started) {
+        // Output before EXECUTION_RUNNING (after a reconnect whose execution ended while we were
+        // away, the kept output comes without a RUNNING).
+        this.start(process, frame, effects);
+      }
+    }
+    if (process === undefined) return;
+    const converted = process.convert(data, frame['encoding'] === 'base64', stream);
+    if (converted.length > 0) effects.push({ type: 'OutputReceived', key: process.key, stream, data: converted });
+  }
+
+  private onReply(frame: ServerFrame, requestId: string | undefined, effects: Effect[]): void {
+    const request = this.requests.get(requestId ?? '');
+    if (request === undefined || this.phase !== 'open') return;
+    if (request.kind === 'list_processes') {
+      this.finish(request, effects, processInfos(frame['processes']));
+    } else if (request.kind === 'set_idle_timeout') {
+      this.finish(request, effects, optNumber(frame['idle_timeout']));
+    } else if (request.kind === 'attach_process') {
+      this.onAttached(request, frame, effects);
+    } else {
+      this.finish(request, effects);
+    }
+  }
+
+  private onAttached(request: Request, frame: ServerFrame, effects: Effect[]): void {
+    const asked = this.pendingAttach.get(request.id);
+    this.pendingAttach.delete(request.id);
+    const processId = optInt(frame['process_id']) ?? asked?.processId;
+    const known = [...this.processes.values()].find((p) => p.processId === processId && p.started);
+    if (known !== undefined) {
+      // Already followed here: its events come with this id from now on.
+      this.aliases.set(request.id, known.key);
+      this.finish(request, effects, known.key);
       return;
     }
-    let id: RequestId | undefined;
-    switch (error.status) {
-      case 'SANDBOX_EXECUTION_ERROR':
-      case 'SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR':
-        id = this.execStarts.shift();
-        if (id !== undefined) {
-          out.push({ type: 'exec_rejected', id, error });
-          return;
-        }
-        break;
-      case 'SANDBOX_EXECUTION_FORCE_KILL_ERROR':
-        id = this.killProcesses.shift();
-        if (id !== undefined) {
-          out.push({ type: 'kill_process_failed', id, error });
-          return;
-        }
-        break;
-      case 'SANDBOX_EXECUTION_IN_PROGRESS_ERROR':
-        id = this.checkpoints.shift();
-        if (id !== undefined) {
-          out.push({ type: 'checkpoint_failed', id, error, sessionEnds: false });
-          return;
-        }
-        id = this.snapshots.shift();
-        if (id !== undefined) {
-          out.push({ type: 'snapshot_failed', id, error });
-          return;
-        }
-        break;
-      case 'SANDBOX_CHECKPOINT_ERROR':
-        id = this.checkpoints.shift();
-        if (id !== undefined) {
-          out.push({ type: 'checkpoint_failed', id, error, sessionEnds: this.checkpointErrorEndsSession });
-          return;
-        }
-        break;
-      case 'SANDBOX_FILESYSTEM_SNAPSHOT_ERROR':
-        id = this.snapshots.shift();
-        if (id !== undefined) {
-          out.push({ type: 'snapshot_failed', id, error });
-          return;
-        }
-        break;
-      case 'SANDBOX_KILL_ERROR':
-        id = this.killSandboxes.shift();
-        if (id !== undefined) {
-          out.push({ type: 'kill_sandbox_failed', id, error });
-          return;
-        }
-        break;
-      default:
-        break;
-    }
-    out.push({ type: 'server_error', error });
+    const process = new Process(request.id, asked?.binary ?? false);
+    process.started = true;
+    process.processId = processId;
+    const window = optInt(frame['stdin_window']);
+    process.window = window !== undefined && window > 0 ? window : DEFAULT_STDIN_WINDOW;
+    const written = optInt(frame['stdin_written']);
+    if (written !== undefined) process.sent = process.written = written;
+    this.processes.set(request.id, process);
+    this.aliases.set(request.id, request.id);
+    effects.push({ type: 'ProcessStarted', key: request.id, processId });
+    this.finish(request, effects, request.id);
   }
+
+  private onStdinAck(frame: ServerFrame, requestId: string | undefined, effects: Effect[]): void {
+    const process = this.processFor(requestId);
+    const written = optInt(frame['written']);
+    if (process === undefined || written === undefined || process.window === undefined) return;
+    process.written = Math.max(process.written, written);
+    // A process attached here does not know what was sent before: trust the server.
+    process.sent = Math.max(process.sent, process.written);
+    for (const request of [...this.requests.values()]) {
+      if (request.kind === 'stdin' && request.key === process.key && request.end <= process.written) {
+        this.requests.delete(request.id);
+      }
+    }
+    effects.push({ type: 'StdinAcknowledged', key: process.key });
+  }
+
+  // ---- closing ---------------------------------------------------------------------------
+
+  /**
+   * The socket closed. `code` is the server's close code, `null` if no close frame came (the
+   * connection dropped).
+   */
+  connectionClosed(code: number | null, reason = ''): Effect[] {
+    const effects: Effect[] = [];
+    this.flushHeld(effects);
+    this.echo = undefined;
+    const described = describeClose(code, reason);
+    const closeCode = code ?? undefined;
+
+    if (this.phase === 'closed') return effects; // a setup or re-attach failure already said why
+    if (this.phase === 'setup') {
+      this.phase = 'closed';
+      effects.push({
+        type: 'SetupFailed',
+        error: new SandboxConnectionError(
+          `the server closed the connection before the sandbox was ready (${described})`,
+          { closeCode },
+        ),
+      });
+      return effects;
+    }
+    if (this.phase === 'reattaching') {
+      if (this.attemptFailed) return effects; // this attempt already failed with a reason
+      this.attemptFailed = true;
+      effects.push({
+        type: 'ReattachFailed',
+        error: new SandboxConnectionError(`re-attach failed: connection closed (${described})`, { closeCode }),
+        retryable: true,
+      });
+      return effects;
+    }
+
+    // phase 'open'
+    const checkpointError = this.checkpointError;
+    this.checkpointError = undefined;
+    if (checkpointError !== undefined && code !== null && this.final === undefined) {
+      this.final = new SandboxConnectionError(
+        `the server closed the connection after a checkpoint error: ${checkpointError.message}`,
+        { status: checkpointError.status },
+      );
+    }
+    const dropped = code === null || RETRYABLE_CLOSE_CODES.has(code);
+    if (
+      this.autoReconnect &&
+      dropped &&
+      this.final === undefined &&
+      !this.closingByRequest &&
+      !this.terminated &&
+      !this.checkpointed &&
+      this.sandboxId !== undefined
+    ) {
+      this.phase = 'reattaching';
+      // The answers to these requests may have been lost with the connection. An exec's is not:
+      // the server replays the process's events after reconnect.
+      const lost = new SandboxConnectionError(
+        'the connection dropped while waiting for the answer; its outcome is unknown',
+        { closeCode },
+      );
+      for (const request of [...this.requests.values()]) {
+        const internal = request.kind === 'kill_process' && request.key === undefined;
+        if (request.kind === 'stdin' || internal) {
+          // Stdin in flight is taken as lost (see `onRunning`); an internal kill has nobody
+          // waiting for it.
+          this.requests.delete(request.id);
+        } else if (request.kind !== 'exec') {
+          this.fail(request, lost, effects);
+        }
+      }
+      effects.push({ type: 'Reconnect', reason: described });
+      return effects;
+    }
+
+    this.phase = 'closed';
+    let error: SandboxError;
+    if (this.terminated) {
+      error =
+        this.final?.status === 'SANDBOX_KILLED'
+          ? this.final
+          : new SandboxConnectionError('the sandbox was terminated', { status: 'SANDBOX_KILLED' });
+    } else if (this.checkpointed) {
+      error = new SandboxConnectionError('the sandbox was checkpointed; attach to it to continue', {
+        status: 'SANDBOX_CHECKPOINTED',
+      });
+    } else if (this.final !== undefined) {
+      error = this.final;
+    } else {
+      error = new SandboxConnectionError(`the server closed the connection (${described})`);
+    }
+    if (error instanceof SandboxConnectionError) error.closeCode = closeCode;
+    this.failEverything(error, effects);
+    this.closedEmitted = true;
+    effects.push({ type: 'Closed', error, terminated: this.terminated, checkpointed: this.checkpointed });
+    return effects;
+  }
+
+  /** The I/O layer opened a new `/attach` connection after a drop. */
+  beginReattach(): void {
+    this.phase = 'reattaching';
+    this.attemptFailed = false;
+  }
+
+  /** Reconnecting failed for good (or the user closed the sandbox). */
+  giveUp(error: SandboxError): Effect[] {
+    const effects: Effect[] = [];
+    if (this.closedEmitted) return effects;
+    this.phase = 'closed';
+    this.failEverything(error, effects);
+    this.closedEmitted = true;
+    effects.push({ type: 'Closed', error, terminated: this.terminated, checkpointed: this.checkpointed });
+    return effects;
+  }
+
+  private failEverything(error: SandboxError, effects: Effect[]): void {
+    for (const request of [...this.requests.values()]) {
+      if (request.kind === 'stdin' || (request.kind === 'kill_process' && request.key === undefined)) continue;
+      this.fail(request, error, effects);
+    }
+    this.requests.clear();
+    this.processes.clear();
+    this.aliases.clear();
+    this.pendingAttach.clear();
+    this.foreground = undefined;
+  }
+}
+
+function processInfos(value: unknown): ProcessInfo[] {
+  const infos: ProcessInfo[] = [];
+  for (const item of Array.isArray(value) ? (value as unknown[]) : []) {
+    if (typeof item !== 'object' || item === null) continue;
+    const row = item as Record<string, unknown>;
+    const processId = optInt(row['process_id']);
+    if (processId === undefined) continue;
+    infos.push({
+      processId,
+      requestId: optStr(row['id']) ?? null,
+      kind: optStr(row['kind']) ?? 'exec',
+      language: optStr(row['language']) ?? null,
+      running: row['running'] === true,
+      startedUnixMs: optInt(row['started_unix_ms']) ?? null,
+    });
+  }
+  return infos;
+}
+
+function describeClose(code: number | null, reason: string): string {
+  if (code === null) return 'no close frame: the connection dropped';
+  if (reason) return `close code ${code}: ${reason}`;
+  return `close code ${code}`;
 }

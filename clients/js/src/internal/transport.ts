@@ -1,13 +1,14 @@
 /**
- * The only module that touches a socket. It opens one WebSocket, hands each text frame to
- * `onMessage`, reports the close exactly once through `onClose`, and sends text.
+ * The only module that touches the network, behind a small public interface.
  *
- * Implementation: the `ws` package by default (Node), or any WHATWG-compatible `WebSocket`
- * constructor the caller passes (e.g. `globalThis.WebSocket`); when `ws` cannot be loaded the
- * global `WebSocket` is used where one exists.
+ * A `Transport` opens `Connection`s; a connection moves text frames and reports its end once
+ * through `onClose`. `WebSocketTransport` (the default) does it with the `ws` package in Node, or
+ * with any WHATWG-compatible `WebSocket` constructor given to it (e.g. `globalThis.WebSocket`).
+ * Pass another transport to `Sandbox.create(url, { transport })`: tests use a scripted in-memory
+ * one, and a transport is where a proxy or a different WebSocket library would plug in.
  */
 
-import { SandboxAuthenticationError, SandboxConnectionError } from '../errors.js';
+import { SandboxAuthenticationError, SandboxConnectionError, SandboxTimeoutError } from '../errors.js';
 
 /** The subset of the WHATWG WebSocket API this client needs. */
 export interface WebSocketLike {
@@ -21,29 +22,100 @@ export interface WebSocketLike {
 /** A WHATWG-compatible WebSocket constructor, such as `globalThis.WebSocket`. */
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
-export interface TransportOptions {
-  /** Use this WebSocket implementation instead of `ws`. */
-  webSocket?: WebSocketConstructor | undefined;
-  /** Extra HTTP headers for the upgrade request (e.g. `Authorization`); `ws` only: with a WHATWG
-   * WebSocket, which cannot send headers, connecting fails with a TypeError. */
-  headers?: Readonly<Record<string, string>> | undefined;
-  /** Give up opening the socket after this many milliseconds. */
-  connectTimeoutMs: number;
+export interface ConnectOptions {
+  /** Extra HTTP headers for the upgrade request (e.g. `Authorization`). */
+  headers: Readonly<Record<string, string>>;
+  /** Give up opening the connection after this many milliseconds (undefined: no bound). */
+  connectTimeoutMs: number | undefined;
 }
 
-export interface TransportHandlers {
+export interface ConnectionHandlers {
+  /** One text frame from the server. */
   onMessage(text: string): void;
-  onClose(code: number, reason: string): void;
+  /**
+   * The connection is over (reported once): `code` is the close code the server sent, `null`
+   * when no close frame came (the connection dropped).
+   */
+  onClose(code: number | null, reason: string): void;
 }
 
-export interface Transport {
+/** One open connection to the server: text frames both ways. */
+export interface Connection {
   /** True while frames can be sent (false once closing or closed). */
   isOpen(): boolean;
+  /** Sends one text frame (dropped if the connection is no longer open). */
   send(text: string): void;
-  /** Closing handshake; `onClose` follows. */
+  /** A clean close handshake; `onClose` follows. */
   close(code?: number, reason?: string): void;
-  /** Drops the connection at once, without a closing handshake (`onClose` gets 1006). */
-  terminate(): void;
+  /** Drops the connection at once, without a close frame; `onClose(null)` follows. */
+  abort(): void;
+}
+
+/** Opens connections to the server's WebSocket endpoints. */
+export interface Transport {
+  /**
+   * Opens `url` (`ws://` or `wss://`, with the endpoint's path and query); resolves once open.
+   * Rejects with `SandboxConnectionError` (or `SandboxTimeoutError`) when it cannot, and
+   * `SandboxAuthenticationError` when the server refuses it with HTTP 401 / 403.
+   */
+  connect(url: string, options: ConnectOptions, handlers: ConnectionHandlers): Promise<Connection>;
+}
+
+/** The default transport: WebSocket with `ws` (Node) or a WHATWG `WebSocket` constructor. */
+export class WebSocketTransport implements Transport {
+  readonly #webSocket: WebSocketConstructor | undefined;
+
+  constructor(options: { webSocket?: WebSocketConstructor | undefined } = {}) {
+    this.#webSocket = options.webSocket;
+  }
+
+  async connect(url: string, options: ConnectOptions, handlers: ConnectionHandlers): Promise<Connection> {
+    if (this.#webSocket !== undefined) return connectWhatwg(url, this.#webSocket, options, handlers);
+    const ws = await loadWs();
+    if (ws !== undefined) return connectWs(ws, url, options, handlers);
+    const global = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (global !== undefined) return connectWhatwg(url, global, options, handlers);
+    throw new SandboxConnectionError('no WebSocket implementation: install the "ws" package');
+  }
+}
+
+/** The URL without its query (which holds the sandbox token). */
+function redact(url: string): string {
+  return url.split('?', 1)[0] ?? url;
+}
+
+/** The extra upgrade headers: `headers`, plus `Authorization: Bearer <apiKey>` with `apiKey`. */
+export function connectionHeaders(
+  headers: Readonly<Record<string, string>> | undefined,
+  apiKey: string | undefined,
+): Readonly<Record<string, string>> {
+  if (apiKey === undefined) return { ...headers };
+  if (typeof apiKey !== 'string' || apiKey === '') throw new TypeError('apiKey must be a non-empty string');
+  if (Object.keys(headers ?? {}).some((name) => name.toLowerCase() === 'authorization')) {
+    throw new TypeError('give either apiKey or an Authorization header, not both');
+  }
+  return { ...headers, Authorization: `Bearer ${apiKey}` };
+}
+
+/** What a 401 / 403 means, with the server's own words when it sent a JSON error. */
+function refusalMessage(url: string, status: number, body: string): string {
+  let detail = '';
+  try {
+    const parsed = JSON.parse(body) as { error?: unknown };
+    if (typeof parsed.error === 'string') detail = `: ${parsed.error}`;
+  } catch {
+    // Not JSON (Cloud Run's IAM answers with HTML): the status says enough.
+  }
+  const hint =
+    status === 401
+      ? 'pass apiKey (or an Authorization header) that the server accepts'
+      : 'the credentials are valid but may not use this service (IAM: roles/run.invoker)';
+  return `the server refused the connection to ${url} with HTTP ${status}${detail} (${hint})`;
+}
+
+/** 1006 is never sent in a close frame: it is how WebSocket libraries report a drop. */
+function closeCode(code: number): number | null {
+  return code === 1006 ? null : code;
 }
 
 const OPEN = 1;
@@ -59,37 +131,22 @@ function loadWs(): Promise<WsModule | undefined> {
   return wsModule;
 }
 
-/** Opens a WebSocket to `url`; resolves once it is open. */
-export async function connect(
-  url: string,
-  options: TransportOptions,
-  handlers: TransportHandlers,
-): Promise<Transport> {
-  if (options.webSocket !== undefined) {
-    return connectWhatwg(url, options.webSocket, options, handlers);
-  }
-  const ws = await loadWs();
-  if (ws !== undefined) return connectWs(ws, url, options, handlers);
-  const global = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-  if (global !== undefined) return connectWhatwg(url, global, options, handlers);
-  throw new SandboxConnectionError('no WebSocket implementation: install the "ws" package');
-}
-
 function connectWs(
   module: WsModule,
   url: string,
-  options: TransportOptions,
-  handlers: TransportHandlers,
-): Promise<Transport> {
+  options: ConnectOptions,
+  handlers: ConnectionHandlers,
+): Promise<Connection> {
   const WebSocketImpl = module.WebSocket;
   return new Promise((resolve, reject) => {
     let opened = false;
     let settled = false;
     const socket = new WebSocketImpl(url, {
-      headers: options.headers === undefined ? {} : { ...options.headers },
-      handshakeTimeout: options.connectTimeoutMs,
+      headers: { ...options.headers },
+      ...(options.connectTimeoutMs === undefined ? {} : { handshakeTimeout: options.connectTimeoutMs }),
       // The server refuses frames over 4 MiB by default; accept large server frames anyway.
       maxPayload: 256 * 1024 * 1024,
+      perMessageDeflate: false,
     });
     let failure: Error | undefined;
     const fail = (error: Error): void => {
@@ -107,9 +164,9 @@ function connectWs(
         const body = Buffer.concat(chunks).toString('utf8').slice(0, 500).trim();
         fail(
           status === 401 || status === 403
-            ? new SandboxAuthenticationError(refusalMessage(url, status, body), { httpStatus: status })
+            ? new SandboxAuthenticationError(refusalMessage(redact(url), status, body), { httpStatus: status })
             : new SandboxConnectionError(
-                `websocket upgrade to ${url} refused with HTTP ${status}${body ? `: ${body}` : ''}`,
+                `websocket upgrade to ${redact(url)} refused with HTTP ${status}${body ? `: ${body}` : ''}`,
               ),
         );
         socket.terminate();
@@ -121,7 +178,11 @@ function connectWs(
     socket.on('error', (error: Error) => {
       failure = error;
       if (!opened) {
-        fail(new SandboxConnectionError(`cannot connect to ${url}: ${error.message}`, { cause: error }));
+        const timedOut = /timed out|timeout/i.test(error.message);
+        const text = timedOut
+          ? `timed out after ${(options.connectTimeoutMs ?? 0) / 1000}s connecting to ${redact(url)}`
+          : `cannot connect to ${redact(url)}: ${error.message}`;
+        fail(timedOut ? new SandboxTimeoutError(text, { cause: error }) : new SandboxConnectionError(text, { cause: error }));
       }
     });
     socket.on('open', () => {
@@ -133,7 +194,7 @@ function connectWs(
           if (socket.readyState === OPEN) socket.send(text);
         },
         close: (code, reason) => socket.close(code, reason),
-        terminate: () => socket.terminate(),
+        abort: () => socket.terminate(),
       });
     });
     socket.on('message', (data, isBinary) => {
@@ -150,13 +211,13 @@ function connectWs(
       if (!opened) {
         fail(
           new SandboxConnectionError(
-            `connection to ${url} closed before it opened${failure ? `: ${failure.message}` : ''}`,
+            `connection to ${redact(url)} closed before it opened${failure ? `: ${failure.message}` : ''}`,
             { closeCode: code, cause: failure },
           ),
         );
         return;
       }
-      handlers.onClose(code, reason.toString('utf8'));
+      handlers.onClose(closeCode(code), reason.toString('utf8'));
     });
   });
 }
@@ -164,10 +225,10 @@ function connectWs(
 function connectWhatwg(
   url: string,
   WebSocketImpl: WebSocketConstructor,
-  options: TransportOptions,
-  handlers: TransportHandlers,
-): Promise<Transport> {
-  if (options.headers !== undefined && Object.keys(options.headers).length > 0) {
+  options: ConnectOptions,
+  handlers: ConnectionHandlers,
+): Promise<Connection> {
+  if (Object.keys(options.headers).length > 0) {
     return Promise.reject(
       new TypeError('headers and apiKey need the "ws" package: a WHATWG WebSocket cannot send headers'),
     );
@@ -176,11 +237,14 @@ function connectWhatwg(
     let opened = false;
     let closed = false;
     const socket = new WebSocketImpl(url);
-    const timer = setTimeout(() => {
-      if (opened) return;
-      reject(new SandboxConnectionError(`cannot connect to ${url}: timed out`));
-      socket.close();
-    }, options.connectTimeoutMs);
+    const timer =
+      options.connectTimeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            if (opened) return;
+            reject(new SandboxTimeoutError(`timed out after ${(options.connectTimeoutMs ?? 0) / 1000}s connecting to ${redact(url)}`));
+            socket.close();
+          }, options.connectTimeoutMs);
     socket.addEventListener('open', () => {
       opened = true;
       clearTimeout(timer);
@@ -191,11 +255,11 @@ function connectWhatwg(
         },
         close: (code, reason) => socket.close(code, reason),
         // The WHATWG API has no abrupt close: report the drop now and let the socket wind down.
-        terminate: () => {
+        abort: () => {
           socket.close();
           if (!closed) {
             closed = true;
-            handlers.onClose(1006, 'terminated');
+            handlers.onClose(null, 'aborted');
           }
         },
       });
@@ -206,36 +270,18 @@ function connectWhatwg(
     socket.addEventListener('error', () => {
       if (!opened) {
         clearTimeout(timer);
-        reject(new SandboxConnectionError(`cannot connect to ${url}`));
+        reject(new SandboxConnectionError(`cannot connect to ${redact(url)}`));
       }
     });
     socket.addEventListener('close', (event: { code: number; reason: string }) => {
       clearTimeout(timer);
       if (!opened) {
-        reject(new SandboxConnectionError(`connection to ${url} closed before it opened`, { closeCode: event.code }));
+        reject(new SandboxConnectionError(`connection to ${redact(url)} closed before it opened`, { closeCode: event.code }));
         return;
       }
       if (closed) return;
       closed = true;
-      handlers.onClose(event.code, event.reason);
+      handlers.onClose(closeCode(event.code), event.reason);
     });
   });
-}
-
-/** What a 401 / 403 means, with the server's own words when it sent a JSON error. */
-function refusalMessage(url: string, status: number, body: string): string {
-  let detail = '';
-  try {
-    const parsed = JSON.parse(body) as { error?: unknown };
-    if (typeof parsed.error === 'string') detail = `: ${parsed.error}`;
-  } catch {
-    // Not JSON (Cloud Run's IAM answers with HTML): the status says enough.
-  }
-  const hint =
-    status === 401
-      ? 'pass apiKey (or an Authorization header) that the server accepts'
-      : 'the credentials are valid but may not use this service (IAM: roles/run.invoker)';
-  // The query holds the sandbox token: keep it out of messages.
-  const where = url.split('?', 1)[0] ?? url;
-  return `the server refused the connection to ${where} with HTTP ${status}${detail} (${hint})`;
 }

@@ -13,6 +13,7 @@ function base(url: string): URL {
     throw new TypeError(`unsupported url scheme ${JSON.stringify(parsed.protocol)} in ${url}: use ws://, wss://, http:// or https://`);
   }
   parsed.hash = '';
+  parsed.search = '';
   return parsed;
 }
 
@@ -27,9 +28,10 @@ export function createUrl(url: string): string {
   return u.toString();
 }
 
-export function attachUrl(url: string, sandboxId: string, token: string | undefined): string {
+export function attachUrl(url: string, sandboxId: string, token: string): string {
   const u = base(url);
   u.pathname = `${prefix(u)}/attach/${encodeURIComponent(sandboxId)}`;
-  u.searchParams.set('sandbox_token', token ?? '');
+  // encodeURIComponent, as Python's quote(safe=""): "/" "+" and " " are percent-encoded.
+  u.search = `?sandbox_token=${encodeURIComponent(token)}`;
   return u.toString();
 }

@@ -215,7 +215,7 @@ describe('integration: checkpoint/restore and snapshots across two instances', (
     const s1 = made.add(await Sandbox.create(A, { enableCheckpoint: true, onStatus: (s) => statuses.push(s) }));
     const proc = await s1.exec("print('got', input(), flush=True)", 'python');
     statuses.length = 0;
-    const busy = await expectError(s1.checkpoint(), SandboxCheckpointError);
+    const busy = await expectError(s1.checkpoint(), SandboxStateError);
     assert.equal(busy.status, 'SANDBOX_EXECUTION_IN_PROGRESS_ERROR');
     assert.deepEqual(statuses, ['SANDBOX_CHECKPOINTING', 'SANDBOX_EXECUTION_IN_PROGRESS_ERROR']);
     assert.equal(s1.state, 'running');
@@ -295,6 +295,7 @@ describe('integration: checkpoint/restore and snapshots across two instances', (
     const s1 = await Sandbox.create(url, { enableCheckpoint: true });
     made.add(s1);
     const id = s1.sandboxId;
+    const token = s1.sandboxToken;
     await s1.checkpoint();                       // save filesystem + running processes, disconnect
     const s2 = await Sandbox.attach(url, id);    // later, possibly on another server instance
     made.add(s2);
@@ -310,14 +311,15 @@ describe('integration: checkpoint/restore and snapshots across two instances', (
     await s1.terminate(); // through s2's session, as the README says
     assert.equal(s2.state, 'killed');
     assert.equal(s1.state, 'killed');
-    await expectError(Sandbox.attach(url, id), SandboxNotFoundError);
+    // terminate() forgot the token (the process's memory stays bounded): pass it.
+    await expectError(Sandbox.attach(url, id, token), SandboxNotFoundError);
   });
 
   live('runs example/checkpoint.ts and example/filesystem_snapshot.ts with url and url2', async () => {
     const tsx = join(here, '..', '..', 'node_modules', '.bin', 'tsx');
     const run = (file: string): Promise<{ code: number; out: string }> =>
       new Promise((resolve) => {
-        execFile(tsx, [join(here, '..', '..', '..', '..', 'example', file), A, B], { timeout: 120_000 }, (error, stdout, stderr) => {
+        execFile(tsx, ['--tsconfig', join(here, '..', '..', 'tsconfig.examples.json'), join(here, '..', '..', '..', '..', 'example', file), A, B], { timeout: 120_000 }, (error, stdout, stderr) => {
           const code = error === null ? 0 : typeof error.code === 'number' ? error.code : -1;
           resolve({ code, out: stdout + stderr });
         });

@@ -204,9 +204,9 @@ describe('integration: live server', () => {
 
   live('returns exact bytes with binary output', async () => {
     const sandbox = await create();
-    const proc = await sandbox.exec("printf '\\377\\000\\342\\202\\254'", 'bash', { binary: true });
+    const proc = await sandbox.exec("printf '\\377\\000\\342\\202\\254'", 'bash', { outputEncoding: 'base64' });
     assert.deepEqual(await proc.stdout.readAllBytes(), new Uint8Array([0xff, 0x00, 0xe2, 0x82, 0xac]));
-    const text = await sandbox.exec("printf '\\342\\202\\254'", 'bash', { binary: true });
+    const text = await sandbox.exec("printf '\\342\\202\\254'", 'bash', { outputEncoding: 'base64' });
     assert.equal(await text.stdout.readAll(), '€');
   });
 
@@ -219,14 +219,39 @@ describe('integration: live server', () => {
     assert.equal((await sandbox.run('echo ok', 'bash')).stdout, 'ok\n');
   });
 
-  live('rejects a second exec while one runs; the first continues', async () => {
+  live('refuses a second exec while one runs on a protocol-1 server, before asking it; the first continues', async () => {
     const sandbox = await create();
+    if (sandbox.protocol >= 2) return; // several processes at once: protocol2.test.ts
     const first = await sandbox.exec('sleep 1; echo first', 'bash');
-    const error = await expectError(sandbox.exec('echo second', 'bash'), SandboxExecutionError);
-    assert.equal(error.status, 'SANDBOX_EXECUTION_ERROR');
-    assert.equal(error.message, 'An execution is already in progress.');
+    const error = await expectError(sandbox.exec('echo second', 'bash'), SandboxStateError);
+    assert.match(error.message, /already running/);
     assert.equal(await first.stdout.readAll(), 'first\n');
     assert.equal(await first.wait(), 0);
+  });
+
+  live('calls onStdout / onStderr as output arrives, and iterates lines', async () => {
+    const sandbox = await create();
+    const out: string[] = [];
+    const err: string[] = [];
+    const proc = await sandbox.exec('for i in 1 2 3; do echo out $i; echo err $i >&2; done; printf tail', 'bash', {
+      onStdout: (text) => out.push(text),
+      onStderr: (text) => err.push(text),
+    });
+    const lines: string[] = [];
+    for await (const line of proc.stdout.lines()) lines.push(line);
+    assert.deepEqual(lines, ['out 1', 'out 2', 'out 3', 'tail']);
+    assert.equal(await proc.wait(), 0);
+    assert.equal(out.join(''), 'out 1\nout 2\nout 3\ntail');
+    assert.equal(err.join(''), 'err 1\nerr 2\nerr 3\n');
+  });
+
+  live('run() takes stdin and closes it: print(input()) does not hang', async () => {
+    const sandbox = await create();
+    const echoed = await sandbox.run('print(input())', 'python', { stdin: 'hello\n' });
+    assert.deepEqual([echoed.stdout, echoed.exitCode], ['hello\n', 0]);
+    const eof = await sandbox.run('print(input())', 'python');
+    assert.equal(eof.exitCode, 1);
+    assert.match(eof.stderr, /EOFError/);
   });
 
   live('refuses a wrong token, an unknown id, and a second client', async () => {
@@ -344,7 +369,7 @@ describe('integration: live server', () => {
       new Promise((resolve) => {
         execFile(
           tsx,
-          [join(here, '..', '..', '..', '..', 'example', file), url],
+          ['--tsconfig', join(here, '..', '..', 'tsconfig.examples.json'), join(here, '..', '..', '..', '..', 'example', file), url],
           { timeout: 120_000 },
           (error, stdout, stderr) => {
             const code = error === null ? 0 : typeof error.code === 'number' ? error.code : -1;

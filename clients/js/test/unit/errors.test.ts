@@ -1,73 +1,69 @@
+/** The error tree and the status table: the same as the Python client's (clients/errors.json). */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
-import {
-  ERROR_CLASS_BY_STATUS,
-  SandboxAuthenticationError,
-  SandboxCheckpointError,
-  SandboxConnectionError,
-  SandboxCreationError,
-  SandboxError,
-  SandboxExecutionError,
-  SandboxInUseError,
-  SandboxNotFoundError,
-  SandboxPermissionError,
-  SandboxSnapshotError,
-  SandboxStateError,
-} from '../../src/index.js';
+import * as api from '../../src/index.js';
+import { STATUS_ERRORS, SandboxConnectionError, SandboxError, SandboxTimeoutError } from '../../src/index.js';
 import { errorFromStatus, isErrorStatus } from '../../src/errors.js';
 
+const root = join(import.meta.dirname, '..', '..', '..', '..');
+const table = JSON.parse(readFileSync(join(root, 'clients', 'errors.json'), 'utf8')) as {
+  classes: Record<string, string | null>;
+  statuses: Record<string, string>;
+};
+
+/** Every error class the package exports, by name. */
+const exported = new Map(
+  Object.entries(api).filter(
+    (entry): entry is [string, typeof SandboxError] =>
+      typeof entry[1] === 'function' && (entry[1] === SandboxError || entry[1].prototype instanceof SandboxError),
+  ),
+);
+
 describe('errors', () => {
-  it('has one root', () => {
-    for (const cls of [
-      SandboxConnectionError,
-      SandboxCreationError,
-      SandboxExecutionError,
-      SandboxCheckpointError,
-      SandboxSnapshotError,
-      SandboxPermissionError,
-      SandboxNotFoundError,
-      SandboxInUseError,
-      SandboxStateError,
-    ]) {
-      const error = new cls('boom');
-      assert.ok(error instanceof SandboxError, cls.name);
-      assert.ok(error instanceof Error, cls.name);
-      assert.equal(error.name, cls.name);
-      assert.equal(error.message, 'boom');
+  it('map statuses to classes as clients/errors.json says', () => {
+    const ours = Object.fromEntries(Object.entries(STATUS_ERRORS).map(([status, cls]) => [status, cls.name]));
+    assert.deepEqual(ours, table.statuses);
+  });
+
+  it('form the tree of clients/errors.json, all exported', () => {
+    assert.deepEqual([...exported.keys()].sort(), Object.keys(table.classes).sort());
+    for (const [name, parent] of Object.entries(table.classes)) {
+      const cls = exported.get(name);
+      assert.ok(cls !== undefined, name);
+      const base = Object.getPrototypeOf(cls) as { name: string };
+      assert.equal(base.name, parent ?? 'Error', name);
     }
   });
 
-  it('maps every error status of docs/protocol.md to a class, with the message and status', () => {
-    const expected: Record<string, typeof SandboxError> = {
-      SANDBOX_ERROR: SandboxError,
-      SANDBOX_CREATION_ERROR: SandboxCreationError,
-      SANDBOX_NOT_FOUND: SandboxNotFoundError,
-      SANDBOX_IN_USE: SandboxInUseError,
-      SANDBOX_PERMISSION_DENIAL_ERROR: SandboxPermissionError,
-      SANDBOX_EXECUTION_ERROR: SandboxExecutionError,
-      SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR: SandboxExecutionError,
-      SANDBOX_EXECUTION_FORCE_KILL_ERROR: SandboxExecutionError,
-      SANDBOX_STDIN_ERROR: SandboxExecutionError,
-      SANDBOX_EXECUTION_IN_PROGRESS_ERROR: SandboxCheckpointError,
-      SANDBOX_CHECKPOINT_ERROR: SandboxCheckpointError,
-      SANDBOX_RESTORE_ERROR: SandboxCheckpointError,
-      SANDBOX_FILESYSTEM_SNAPSHOT_ERROR: SandboxSnapshotError,
-      SANDBOX_KILL_ERROR: SandboxError,
-      SANDBOX_LOCK_RENEWAL_ERROR: SandboxError,
-    };
-    assert.deepEqual(Object.keys(ERROR_CLASS_BY_STATUS).sort(), Object.keys(expected).sort());
-    for (const [status, cls] of Object.entries(expected)) {
-      const error = errorFromStatus(status, `message for ${status}`);
-      assert.equal(error.constructor, cls, status);
-      assert.equal(error.status, status);
-      assert.equal(error.message, `message for ${status}`);
-      assert.ok(isErrorStatus(status));
+  it('are shown in docs/clients.md', () => {
+    const doc = readFileSync(join(root, 'docs', 'clients.md'), 'utf8');
+    for (const [status, name] of Object.entries(table.statuses)) {
+      assert.match(doc, new RegExp(`\`${status}\`[^\\n]*\`${name}\``), `${status} -> ${name} is not in docs/clients.md`);
     }
   });
 
-  it('has an authentication error that is not a connection error', () => {
-    const error = new SandboxAuthenticationError('refused', { httpStatus: 401 });
+  it('carry the status and the server message, or a default for a core server', () => {
+    const error = errorFromStatus('SANDBOX_CHECKPOINT_ERROR', 'checkpointing is not enabled');
+    assert.ok(error instanceof api.SandboxCheckpointError);
+    assert.equal(error.message, 'checkpointing is not enabled');
+    assert.equal(error.status, 'SANDBOX_CHECKPOINT_ERROR');
+    assert.equal(error.name, 'SandboxCheckpointError');
+    assert.equal(errorFromStatus('SANDBOX_NOT_FOUND', undefined).message, 'sandbox not found');
+    assert.match(errorFromStatus('SANDBOX_KILL_ERROR', '').message, /SANDBOX_KILL_ERROR/);
+  });
+
+  it('treat unknown statuses as not errors', () => {
+    assert.equal(isErrorStatus('SANDBOX_RUNNING'), false);
+    assert.equal(isErrorStatus('SANDBOX_FUTURE_ERROR'), false);
+    assert.equal(isErrorStatus('toString'), false);
+    assert.equal(errorFromStatus('SANDBOX_FUTURE_ERROR', 'x').constructor, SandboxError);
+  });
+
+  it('have an authentication error that is not a connection error', () => {
+    const error = new api.SandboxAuthenticationError('refused', { httpStatus: 401 });
     assert.ok(error instanceof SandboxError);
     assert.ok(!(error instanceof SandboxConnectionError), 'retrying the same credentials does not help');
     assert.equal(error.name, 'SandboxAuthenticationError');
@@ -75,19 +71,12 @@ describe('errors', () => {
     assert.equal(error.status, undefined, 'not a protocol status');
   });
 
-  it('treats unknown statuses as not errors', () => {
-    assert.equal(isErrorStatus('SANDBOX_RUNNING'), false);
-    assert.equal(isErrorStatus('SANDBOX_FUTURE_ERROR'), false);
-    assert.equal(isErrorStatus('toString'), false);
-    assert.equal(errorFromStatus('SANDBOX_FUTURE_ERROR', 'x').constructor, SandboxError);
-  });
-
-  it('keeps close details and causes on connection errors', () => {
+  it('keep close details and causes on connection errors', () => {
     const cause = new Error('ECONNRESET');
     const error = new SandboxConnectionError('lost', { closeCode: 1006, closeReason: '', cause });
     assert.equal(error.closeCode, 1006);
-    assert.equal(error.closeReason, '');
     assert.equal(error.cause, cause);
     assert.equal(error.status, undefined);
+    assert.ok(new SandboxTimeoutError('slow') instanceof SandboxConnectionError);
   });
 });

@@ -1,38 +1,13 @@
+/** URLs, the reconnect policy, frames, base64, deferreds, the registry: the twin of test_helpers.py. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { DEFAULT_BACKOFF, backoffDelay, normalizeBackoff } from '../../src/internal/backoff.js';
 import { base64ToBytes, bytesToBase64 } from '../../src/internal/base64.js';
 import { Deferred } from '../../src/internal/deferred.js';
-import { encodeExec, encodeInit, encodeStdin, parseServerFrame } from '../../src/internal/frames.js';
-import { forgetToken, recallToken, rememberToken } from '../../src/internal/tokens.js';
+import { execMessage, initMessage, parseFrame, stdinMessage } from '../../src/internal/frames.js';
+import { DEFAULT_RECONNECT, reconnectDelay, reconnectPolicy } from '../../src/internal/reconnect.js';
+import { forgetToken, recallToken, rememberToken } from '../../src/internal/registry.js';
 import { attachUrl, createUrl } from '../../src/internal/urls.js';
-
-describe('backoff', () => {
-  it('doubles from the initial delay up to the cap', () => {
-    const policy = { maxAttempts: 6, initialDelay: 0.25, maxDelay: 2 };
-    assert.deepEqual(
-      [1, 2, 3, 4, 5, 6].map((n) => backoffDelay(policy, n)),
-      [0.25, 0.5, 1, 2, 2, 2],
-    );
-  });
-
-  it('jitters within [half, full] of the delay', () => {
-    const policy = { maxAttempts: 3, initialDelay: 1, maxDelay: 10 };
-    assert.equal(backoffDelay(policy, 1, 0), 0.5);
-    assert.equal(backoffDelay(policy, 1, 0.75), 0.75);
-    assert.equal(backoffDelay(policy, 1, 5), 1);
-  });
-
-  it('never allows a tight or endless loop', () => {
-    const p = normalizeBackoff({ maxAttempts: 0, initialDelay: 0, maxDelay: 0 });
-    assert.equal(p.maxAttempts, 1);
-    assert.ok(p.initialDelay >= 0.05);
-    assert.ok(p.maxDelay >= p.initialDelay);
-    assert.deepEqual(normalizeBackoff(undefined), { ...DEFAULT_BACKOFF });
-    assert.deepEqual(normalizeBackoff({ maxAttempts: 3 }), { ...DEFAULT_BACKOFF, maxAttempts: 3 });
-  });
-});
 
 describe('urls', () => {
   it('builds /create from ws, wss, http and https bases', () => {
@@ -42,9 +17,9 @@ describe('urls', () => {
     assert.equal(createUrl('http://h:1/prefix/'), 'ws://h:1/prefix/create');
   });
 
-  it('builds /attach with the token as a query parameter', () => {
-    assert.equal(attachUrl('wss://h', 'ab12', 't/k+n'), 'wss://h/attach/ab12?sandbox_token=t%2Fk%2Bn');
-    assert.equal(attachUrl('ws://h:8080', 'ab12', undefined), 'ws://h:8080/attach/ab12?sandbox_token=');
+  it('builds /attach with the token percent-encoded as Python quote(safe="") does', () => {
+    assert.equal(attachUrl('ws://h:1', 'abc', 't/k+n='), 'ws://h:1/attach/abc?sandbox_token=t%2Fk%2Bn%3D');
+    assert.equal(attachUrl('ws://h:1', 'a/b', 'secret token'), 'ws://h:1/attach/a%2Fb?sandbox_token=secret%20token');
   });
 
   it('rejects other schemes and garbage', () => {
@@ -53,40 +28,77 @@ describe('urls', () => {
   });
 });
 
-describe('frames', () => {
-  it('sends only the init keys that were set', () => {
-    assert.equal(encodeInit({}), '{}');
-    assert.deepEqual(JSON.parse(encodeInit({ idle_timeout: null, enable_checkpoint: true })), {
-      idle_timeout: null,
-      enable_checkpoint: true,
-    });
-  });
-
-  it('encodes exec additions only when given', () => {
-    assert.deepEqual(JSON.parse(encodeExec({ language: 'bash', code: 'ls' })), { language: 'bash', code: 'ls' });
+describe('reconnect policy', () => {
+  it('is exponential and capped', () => {
+    const policy = reconnectPolicy({ maxAttempts: 6, initialDelay: 0.5, maxDelay: 3, jitter: 0 });
     assert.deepEqual(
-      JSON.parse(encodeExec({ language: 'python', code: 'x', env: { A: '1' }, cwd: '/tmp', timeout: 2.5, binary: true })),
-      { language: 'python', code: 'x', env: { A: '1' }, cwd: '/tmp', timeout: 2.5, output_encoding: 'base64' },
+      [1, 2, 3, 4, 5, 6].map((n) => reconnectDelay(policy, n)),
+      [0.5, 1, 2, 3, 3, 3],
     );
   });
 
-  it('encodes stdin text, bytes and eof', () => {
-    assert.deepEqual(JSON.parse(encodeStdin('hi\n', false)), { event: 'stdin', data: 'hi\n' });
-    assert.deepEqual(JSON.parse(encodeStdin(new Uint8Array([0, 255]), false)), {
+  it('jitters within +/- jitter', () => {
+    const policy = reconnectPolicy({ initialDelay: 1, maxDelay: 1, jitter: 0.2 });
+    assert.equal(reconnectDelay(policy, 3, 0), 0.8);
+    assert.equal(reconnectDelay(policy, 3, 0.5), 1);
+    for (let i = 0; i < 100; i++) {
+      const delay = reconnectDelay(policy, 3);
+      assert.ok(delay >= 0.8 && delay <= 1.2, String(delay));
+    }
+  });
+
+  it('has the Python client defaults and refuses nonsense', () => {
+    assert.deepEqual(reconnectPolicy(), { ...DEFAULT_RECONNECT });
+    assert.deepEqual(DEFAULT_RECONNECT, { maxAttempts: 10, initialDelay: 0.25, maxDelay: 10, multiplier: 2, jitter: 0.1 });
+    for (const bad of [{ maxAttempts: 0 }, { initialDelay: -1 }, { multiplier: 0.5 }, { jitter: 1 }]) {
+      assert.throws(() => reconnectPolicy(bad), RangeError);
+    }
+  });
+});
+
+describe('frames', () => {
+  it('sends the original five init keys, and enable_network only when wanted', () => {
+    const init = {
+      idle_timeout: null,
+      enable_checkpoint: false,
+      enable_idle_timeout_auto_checkpoint: false,
+      enable_sandbox_handoff: false,
+      filesystem_snapshot_name: null,
+    };
+    assert.deepEqual(JSON.parse(initMessage({ ...init, enable_network: false })), init);
+    assert.deepEqual(JSON.parse(initMessage({ ...init, enable_network: true })), { ...init, enable_network: true });
+  });
+
+  it('sends exec additions only when given, always with the id', () => {
+    assert.deepEqual(JSON.parse(execMessage('1', { language: 'bash', code: 'ls' })), { id: '1', language: 'bash', code: 'ls' });
+    assert.deepEqual(
+      JSON.parse(execMessage('2', { language: 'python', code: 'x', env: { A: '1' }, cwd: '/tmp', timeout: 2.5, outputEncoding: 'base64' })),
+      { id: '2', language: 'python', code: 'x', env: { A: '1' }, cwd: '/tmp', timeout: 2.5, output_encoding: 'base64' },
+    );
+  });
+
+  it('sends stdin as text, as base64, with eof, with the process id when known', () => {
+    const text = new TextEncoder().encode('hi\n');
+    assert.deepEqual(JSON.parse(stdinMessage('3', undefined, text, true)), { event: 'stdin', data: 'hi\n', id: '3' });
+    assert.deepEqual(JSON.parse(stdinMessage('4', 7, new Uint8Array([0, 255]), false)), {
       event: 'stdin',
+      process_id: 7,
       data: 'AP8=',
       encoding: 'base64',
+      id: '4',
     });
-    assert.deepEqual(JSON.parse(encodeStdin(undefined, true)), { event: 'stdin', eof: true });
-    assert.deepEqual(JSON.parse(encodeStdin('last', true)), { event: 'stdin', data: 'last', eof: true });
+    assert.deepEqual(JSON.parse(stdinMessage('5', undefined, undefined, true, true)), { event: 'stdin', eof: true, id: '5' });
+  });
+
+  it('sends as base64 a text chunk whose JSON escaping would be too large', () => {
+    const controls = new Uint8Array(1024 * 1024); // NUL bytes: 6 bytes each escaped in JSON
+    const frame = JSON.parse(stdinMessage('6', 1, controls, true)) as Record<string, unknown>;
+    assert.equal(frame['encoding'], 'base64');
   });
 
   it('parses only JSON objects', () => {
-    assert.deepEqual(parseServerFrame('{"event":"stdout","data":"x"}'), { event: 'stdout', data: 'x' });
-    assert.equal(parseServerFrame('nope'), undefined);
-    assert.equal(parseServerFrame('[1]'), undefined);
-    assert.equal(parseServerFrame('null'), undefined);
-    assert.equal(parseServerFrame('"str"'), undefined);
+    assert.deepEqual(parseFrame('{"event":"stdout","data":"x"}'), { event: 'stdout', data: 'x' });
+    for (const bad of ['nope', '[1]', 'null', '"str"']) assert.equal(parseFrame(bad), undefined);
   });
 
   it('round-trips base64 of every byte value and of large buffers', () => {
@@ -94,7 +106,6 @@ describe('frames', () => {
     assert.deepEqual(base64ToBytes(bytesToBase64(all)), all);
     const big = new Uint8Array(200_000).map((_, i) => (i * 7) % 256);
     assert.deepEqual(base64ToBytes(bytesToBase64(big)), big);
-    assert.equal(bytesToBase64(new TextEncoder().encode('héllo')), Buffer.from('héllo').toString('base64'));
   });
 });
 
@@ -119,7 +130,7 @@ describe('deferred', () => {
   });
 });
 
-describe('tokens', () => {
+describe('registry', () => {
   it('remembers tokens by sandbox id for the life of the process', () => {
     assert.equal(recallToken('unit-x'), undefined);
     rememberToken('unit-x', 'secret');

@@ -1,115 +1,175 @@
+/** OutputStream and SandboxProcess on their own (no server, no sandbox): the twin of test_process.py. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { SandboxConnectionError, SandboxStateError } from '../../src/errors.js';
-import { type ProcessControl, type ProcessHost, SandboxProcess } from '../../src/process.js';
+import { type OutputCallback, type ProcessControl, type ProcessHost, newProcess } from '../../src/process.js';
+import type { ExecutionResult } from '../../src/results.js';
 
-function makeProcess(host: Partial<ProcessHost> = {}): { process: SandboxProcess; control: ProcessControl } {
-  let control!: ProcessControl;
-  const process = new SandboxProcess(
-    {
-      writeStdin: host.writeStdin ?? (async () => undefined),
-      killProcess: host.killProcess ?? (async () => undefined),
-    },
-    (c) => (control = c),
-  );
-  return { process, control };
+const DONE: ExecutionResult = { exitCode: 0, signal: null, reason: 'exited', durationMs: 10 };
+
+function make(callbacks: { onStdout?: OutputCallback; onStderr?: OutputCallback } = {}): {
+  control: ProcessControl;
+  sent: unknown[];
+} {
+  const sent: unknown[] = [];
+  const host: ProcessHost = {
+    writeStdin: async (key, data) => void sent.push([key, data]),
+    closeStdin: async (key) => void sent.push([key, 'EOF']),
+    killProcess: async (key) => void sent.push([key, 'kill']),
+  };
+  return { control: newProcess(host, '7', 3, callbacks), sent };
 }
 
-const done = { exitCode: 0, signal: null, reason: 'exited', durationMs: 5 };
+const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 describe('OutputStream', () => {
-  it('readAll returns everything up to the end, including chunks pushed before reading', async () => {
-    const { process, control } = makeProcess();
-    control.stdout.push('a');
-    const all = process.stdout.readAll();
-    control.stdout.push('b\n');
-    control.stderr.push('err');
-    control.finish(done);
-    assert.equal(await all, 'ab\n');
-    assert.equal(await process.stderr.readAll(), 'err');
-    assert.equal(process.stdout.finished, true);
+  it('readAll waits for the end', async () => {
+    const { control } = make();
+    const all = control.process.stdout.readAll();
+    control.output('stdout', 'a');
+    await tick();
+    control.output('stdout', 'b');
+    control.finish(DONE);
+    assert.equal(await all, 'ab');
+    assert.equal(control.process.stdout.finished, true);
+    assert.equal(await control.process.stdout.readAll(), '');
   });
 
-  it('iterates chunks in order as they arrive', async () => {
-    const { process, control } = makeProcess();
-    const seen: string[] = [];
-    const reader = (async () => {
-      for await (const chunk of process.stdout) seen.push(chunk);
-    })();
-    control.stdout.push('1\n');
-    await new Promise((r) => setImmediate(r));
-    control.stdout.push('2\n');
-    control.finish(done);
-    await reader;
-    assert.deepEqual(seen, ['1\n', '2\n']);
+  it('hands each chunk out once', async () => {
+    const { control } = make();
+    for (const chunk of ['1', '2', '3']) control.output('stdout', chunk);
+    control.finish(DONE);
+    const iterator = control.process.stdout[Symbol.asyncIterator]();
+    assert.equal((await iterator.next()).value, '1');
+    assert.equal(await control.process.stdout.readAll(), '23');
   });
 
-  it('decodes binary chunks without breaking a character split across them', async () => {
-    const { process, control } = makeProcess();
-    const euro = new TextEncoder().encode('€!'); // e2 82 ac 21
-    control.stdout.push(euro.subarray(0, 2));
-    control.stdout.push(euro.subarray(2));
-    control.finish(done);
-    assert.equal(await process.stdout.readAll(), '€!');
+  it('gives lines across chunks, and a last partial line', async () => {
+    const { control } = make();
+    for (const chunk of ['one\ntw', 'o\n', '\nthr', 'ee']) control.output('stdout', chunk);
+    control.finish(DONE);
+    const lines: string[] = [];
+    for await (const line of control.process.stdout.lines()) lines.push(line);
+    assert.deepEqual(lines, ['one', 'two', '', 'three']);
   });
 
-  it('gives exact bytes with readAllBytes', async () => {
-    const { process, control } = makeProcess();
-    control.stdout.push(new Uint8Array([0xff, 0]));
-    control.stdout.push('A');
-    control.finish(done);
-    assert.deepEqual(await process.stdout.readAllBytes(), new Uint8Array([0xff, 0, 0x41]));
+  it('gives lines as they complete', async () => {
+    const { control } = make();
+    const lines = control.process.stderr.lines()[Symbol.asyncIterator]();
+    control.output('stderr', 'a\nb');
+    assert.equal((await lines.next()).value, 'a');
+    let second: string | undefined;
+    const next = lines.next().then((r) => (second = r.value as string));
+    await tick();
+    assert.equal(second, undefined, 'b is not a line until its newline or the end');
+    control.output('stderr', '\n');
+    await next;
+    assert.equal(second, 'b');
   });
 
-  it('rejects readers when the process is lost', async () => {
-    const { process, control } = makeProcess();
-    const all = process.stdout.readAll();
-    control.fail(new SandboxConnectionError('gone'));
-    await assert.rejects(all, SandboxConnectionError);
-    await assert.rejects(process.wait(), SandboxConnectionError);
+  it('calls the callbacks with text as it arrives, and the stream keeps it', async () => {
+    const got: [string, string][] = [];
+    const { control } = make({ onStdout: (t) => got.push(['out', t]), onStderr: (t) => got.push(['err', t]) });
+    control.output('stdout', 'a');
+    control.output('stderr', new Uint8Array([0xc3])); // half of é: nothing to say yet
+    control.output('stderr', new Uint8Array([0xa9, 0x21]));
+    control.output('stdout', new Uint8Array([0xff]));
+    control.finish(DONE);
+    assert.deepEqual(got, [
+      ['out', 'a'],
+      ['err', 'é!'],
+      ['out', '\ufffd'],
+    ]);
+    assert.equal(await control.process.stdout.readAll(), 'a\ufffd');
+  });
+
+  it('survives a callback that throws', async () => {
+    const { control } = make({
+      onStdout: () => {
+        throw new Error('user bug');
+      },
+    });
+    control.output('stdout', 'kept');
+    control.finish(DONE);
+    assert.equal(await control.process.stdout.readAll(), 'kept');
+  });
+
+  it('decodes bytes as text across splits', async () => {
+    const { control } = make();
+    const data = new TextEncoder().encode('é✓');
+    for (let i = 0; i < data.length; i++) control.output('stdout', data.subarray(i, i + 1));
+    control.output('stdout', new Uint8Array([0xff]));
+    control.finish(DONE);
+    assert.equal(await control.process.stdout.readAll(), 'é✓\ufffd');
+  });
+
+  it('gives exact bytes, and text as UTF-8 bytes', async () => {
+    const { control } = make();
+    control.output('stdout', new Uint8Array([0, 0xff]));
+    control.output('stdout', new Uint8Array([1]));
+    control.output('stderr', 'é');
+    control.finish(DONE);
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of control.process.stdout.bytes()) chunks.push(chunk);
+    assert.deepEqual(chunks, [new Uint8Array([0, 0xff]), new Uint8Array([1])]);
+    assert.deepEqual(await control.process.stderr.readAllBytes(), new TextEncoder().encode('é'));
+  });
+
+  it('fails after the buffered chunks', async () => {
+    const { control } = make();
+    control.output('stdout', 'kept');
+    control.fail(new SandboxConnectionError('lost'));
+    const iterator = control.process.stdout[Symbol.asyncIterator]();
+    assert.equal((await iterator.next()).value, 'kept');
+    await assert.rejects(iterator.next(), SandboxConnectionError);
+    await assert.rejects(control.process.stdout.readAll(), SandboxConnectionError);
   });
 });
 
 describe('SandboxProcess', () => {
-  it('resolves wait() to the exit code, also when it is non-zero', async () => {
-    const { process, control } = makeProcess();
+  it('wait() resolves to the exit code; the fields follow', async () => {
+    const { control } = make();
+    const process = control.process;
+    const waited = process.wait();
     assert.equal(process.exitCode, null);
-    assert.equal(process.reason, null);
-    assert.equal(process.done, false);
-    control.finish({ exitCode: 137, signal: 9, reason: 'killed', durationMs: 10 });
-    assert.equal(await process.wait(), 137);
-    assert.equal(process.exitCode, 137);
-    assert.equal(process.signal, 9);
-    assert.equal(process.reason, 'killed');
-    assert.equal(process.durationMs, 10);
-    assert.equal(process.done, true);
+    control.finish({ exitCode: 3, signal: null, reason: 'exited', durationMs: 10 });
+    assert.equal(await waited, 3);
+    assert.deepEqual(
+      [process.exitCode, process.reason, process.signal, process.durationMs, process.done, process.processId],
+      [3, 'exited', null, 10, true, 3],
+    );
+    assert.deepEqual(await process.result(), { exitCode: 3, signal: null, reason: 'exited', durationMs: 10 });
   });
 
-  it('passes stdin and eof to its host, and refuses stdin after close or end', async () => {
-    const calls: [string | Uint8Array | undefined, boolean][] = [];
-    const { process, control } = makeProcess({
-      writeStdin: async (_p, data, eof) => {
-        calls.push([data, eof]);
-      },
-    });
-    await process.writeToStdin('x');
+  it('wait() rejects when the session is lost', async () => {
+    const { control } = make();
+    control.fail(new SandboxConnectionError('gone'));
+    await assert.rejects(control.process.wait(), /gone/);
+  });
+
+  it('stdin rules', async () => {
+    const { control, sent } = make();
+    const process = control.process;
+    await process.write('a');
+    await process.write(new Uint8Array([0]));
+    await process.writeToStdin(new Uint8Array([1]));
     await process.closeStdin();
-    await assert.rejects(process.writeToStdin('y'), SandboxStateError);
-    assert.deepEqual(calls, [
-      ['x', false],
-      [undefined, true],
+    assert.deepEqual(sent, [
+      ['7', 'a'],
+      ['7', new Uint8Array([0])],
+      ['7', new Uint8Array([1])],
+      ['7', 'EOF'],
     ]);
-    control.finish(done);
-    await assert.rejects(process.closeStdin(), /process has ended/);
+    await assert.rejects(process.write('late'), (e: unknown) => e instanceof SandboxStateError && e.message.includes('stdin is closed'));
+    await assert.rejects(process.write(5 as unknown as string), TypeError);
   });
 
-  it('kill() of an ended process does nothing', async () => {
-    let kills = 0;
-    const { process, control } = makeProcess({ killProcess: async () => void kills++ });
-    await process.kill();
-    control.finish(done);
-    await process.kill();
-    assert.equal(kills, 1);
+  it('an ended process refuses stdin and ignores kill', async () => {
+    const { control, sent } = make();
+    control.finish(DONE);
+    await assert.rejects(control.process.write('x'), /ended/);
+    await control.process.kill();
+    assert.deepEqual(sent, []);
   });
 });

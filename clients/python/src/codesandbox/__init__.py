@@ -9,7 +9,10 @@ Quick start::
     stdout = await process.stdout.read_all()
     await sandbox.terminate()
 
-Exceptions (all from ``SandboxError``)::
+Without asyncio (scripts, notebooks): ``SyncSandbox`` has the same methods.
+
+Exceptions (all from ``SandboxError``; the table from server statuses to classes is
+``STATUS_ERRORS``, the same as the TypeScript client's: clients/errors.json)::
 
     SandboxError
     ├── SandboxConnectionError      (also a builtin ConnectionError)
@@ -24,6 +27,7 @@ Exceptions (all from ``SandboxError``)::
     ├── SandboxPermissionError
     ├── SandboxNotFoundError
     ├── SandboxInUseError
+    ├── SandboxRequestError
     └── SandboxStateError
 """
 
@@ -38,21 +42,29 @@ from ._errors import (
     SandboxInUseError,
     SandboxNotFoundError,
     SandboxPermissionError,
+    SandboxRequestError,
     SandboxRestoreError,
     SandboxSnapshotError,
     SandboxStateError,
     SandboxTimeoutError,
     SandboxUnsupportedLanguageError,
 )
-from ._process import OutputStream, RunResult, SandboxProcess
+from ._process import OutputStream, SandboxProcess
 from ._reconnect import ReconnectOptions
+from ._results import ExecutionResult, ProcessInfo, RunResult
 from ._sandbox import Sandbox, SandboxState
+from ._sync import SyncOutputStream, SyncProcess, SyncSandbox
+from ._transport import Connection, ConnectionClosed, Transport, WebSocketTransport
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "STATUS_ERRORS",
+    "Connection",
+    "ConnectionClosed",
+    "ExecutionResult",
     "OutputStream",
+    "ProcessInfo",
     "ReconnectOptions",
     "RunResult",
     "Sandbox",
@@ -66,11 +78,17 @@ __all__ = [
     "SandboxNotFoundError",
     "SandboxPermissionError",
     "SandboxProcess",
+    "SandboxRequestError",
     "SandboxRestoreError",
     "SandboxSnapshotError",
     "SandboxState",
     "SandboxStateError",
     "SandboxTimeoutError",
     "SandboxUnsupportedLanguageError",
+    "SyncOutputStream",
+    "SyncProcess",
+    "SyncSandbox",
+    "Transport",
+    "WebSocketTransport",
     "__version__",
 ]

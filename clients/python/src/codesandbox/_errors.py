@@ -15,6 +15,7 @@ Every exception the library raises on purpose is a ``SandboxError``::
     ├── SandboxPermissionError
     ├── SandboxNotFoundError
     ├── SandboxInUseError
+    ├── SandboxRequestError
     └── SandboxStateError
 
 The user's code failing is not an exception: a non-zero exit code is data
@@ -116,17 +117,24 @@ class SandboxInUseError(SandboxError):
     """Another client is attached to the sandbox."""
 
 
+class SandboxRequestError(SandboxError):
+    """The server refused a request as malformed (``SANDBOX_REQUEST_ERROR``), naming the
+    offending field or value."""
+
+
 class SandboxStateError(SandboxError):
     """The operation is not allowed in the sandbox's or process's current state.
 
-    Raised client-side (e.g. a second ``exec`` while one runs, writing to the stdin of
-    a finished process, using a terminated sandbox) and for the server's
+    Raised client-side (e.g. a second ``exec`` while one runs on a server that runs one
+    at a time, writing to the stdin of a finished process, using a terminated sandbox, a
+    request the server does not support) and for the server's
     ``SANDBOX_EXECUTION_IN_PROGRESS_ERROR``.
     """
 
 
-# The one mapping from the server's error statuses to exception classes. Statuses not
-# listed here (including ones added by a newer server) are not errors to this client.
+# The one mapping from the server's error statuses to exception classes, the same as the
+# TypeScript client's (both are checked against clients/errors.json). Statuses not listed
+# here (including ones added by a newer server) are not errors to this client.
 STATUS_ERRORS: dict[str, type[SandboxError]] = {
     "SANDBOX_ERROR": SandboxError,
     "SANDBOX_CREATION_ERROR": SandboxCreationError,
@@ -143,6 +151,10 @@ STATUS_ERRORS: dict[str, type[SandboxError]] = {
     "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR": SandboxSnapshotError,
     "SANDBOX_KILL_ERROR": SandboxError,
     "SANDBOX_LOCK_RENEWAL_ERROR": SandboxError,
+    "SANDBOX_REQUEST_ERROR": SandboxRequestError,
+    # Files and code contexts are not in this client yet: until they are, the root class.
+    "SANDBOX_FILE_ERROR": SandboxError,
+    "SANDBOX_CODE_CONTEXT_ERROR": SandboxError,
 }
 
 

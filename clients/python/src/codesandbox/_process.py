@@ -1,30 +1,36 @@
-"""A running execution (``SandboxProcess``), its output streams (``OutputStream``), and
-what ``Sandbox.run()`` returns (``RunResult``)."""
+"""A process in the sandbox (``SandboxProcess``) and its output streams (``OutputStream``).
+
+The sandbox drives a process through the ``ProcessControl`` that ``new_process`` returns
+with it (output arrived, it ended, stdin was acknowledged or refused); the process asks
+its sandbox for stdin and kill through the ``ProcessHost`` protocol. So this module does
+not know ``Sandbox`` (no import cycle), and the sandbox does not poke at private fields.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import Callable, Protocol, Union
 
 from ._errors import SandboxError, SandboxStateError
+from ._results import ExecutionResult
 
-if TYPE_CHECKING:
-    from ._sandbox import Sandbox
+logger = logging.getLogger("codesandbox")
 
 Chunk = Union[str, bytes]
+OutputCallback = Callable[[str], object]
 
 
 class OutputStream:
     """One output stream (stdout or stderr) of a process, read once like a pipe.
 
     Each chunk is handed out once, to whichever of ``read_all()``, ``read_all_bytes()``,
-    ``async for`` or ``bytes()`` reads it first. Chunks are kept from the moment the
-    process starts, so nothing is lost by reading late; everything works while the
-    process is still running (reads wait for more output, and end when it ends).
+    ``async for``, ``lines()`` or ``bytes()`` reads it first. Chunks are kept from the
+    moment the process starts, so nothing is lost by reading late; everything works while
+    the process is still running (reads wait for more output, and end when it ends).
 
     Text is the default. A process started with ``output_encoding="base64"`` receives
     its output as exact bytes: ``read_all_bytes()`` / ``bytes()`` give them unchanged,
@@ -38,18 +44,6 @@ class OutputStream:
         self._error: SandboxError | None = None
         self._changed = asyncio.Event()
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    # Called by the sandbox's reader.
-    def _feed(self, data: Chunk) -> None:
-        if not self._eof and data:
-            self._chunks.append(data)
-            self._changed.set()
-
-    def _end(self, error: SandboxError | None = None) -> None:
-        if not self._eof:
-            self._eof = True
-            self._error = error
-            self._changed.set()
 
     @property
     def finished(self) -> bool:
@@ -66,12 +60,6 @@ class OutputStream:
             self._changed.clear()
             await self._changed.wait()
         return self._chunks.popleft()
-
-    def _text(self, chunk: Chunk) -> str:
-        if isinstance(chunk, str):
-            return chunk
-        text: str = self._decoder.decode(chunk)
-        return text
 
     async def read_all(self) -> str:
         """Everything not read yet, as text, once the process has ended.
@@ -95,9 +83,23 @@ class OutputStream:
                 if tail:
                     yield tail
                 return
-            text = self._text(chunk)
+            text = chunk if isinstance(chunk, str) else self._decoder.decode(chunk)
             if text:
                 yield text
+
+    async def lines(self) -> AsyncIterator[str]:
+        """Lines as they complete, without their ``"\\n"``; a last line without one
+        comes at the end."""
+        pending = ""
+        async for chunk in self:
+            pending += chunk
+            start = 0
+            while (end := pending.find("\n", start)) >= 0:
+                yield pending[start:end]
+                start = end + 1
+            pending = pending[start:]
+        if pending:
+            yield pending
 
     async def bytes(self) -> AsyncIterator[bytes]:
         """Byte chunks as they arrive (text chunks are UTF-8 encoded)."""
@@ -108,43 +110,38 @@ class OutputStream:
             yield chunk.encode("utf-8") if isinstance(chunk, str) else chunk
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """What ``Sandbox.run()`` returns. A non-zero ``exit_code`` is a result, not an error."""
+class ProcessHost(Protocol):
+    """What a process needs from its sandbox (``Sandbox`` implements it)."""
 
-    stdout: str
-    stderr: str
-    exit_code: int
-    reason: str | None
-    """``"exited"``, ``"signaled"``, ``"killed"``, ``"timeout"``, ``"output_limit"`` or
-    ``"sandbox_lost"``."""
-    signal: int | None = None
-    duration_ms: int | None = None
+    async def write_stdin(self, key: str, data: str | bytes) -> None: ...
+
+    async def close_stdin(self, key: str) -> None: ...
+
+    async def kill_process(self, key: str) -> None: ...
 
 
 class SandboxProcess:
-    """One execution started with ``Sandbox.exec()``.
+    """A process started with ``Sandbox.exec()`` (or followed with
+    ``Sandbox.attach_process()``).
 
     ``exit_code`` / ``reason`` / ``signal`` / ``duration_ms`` are ``None`` until the
     process ends. A non-zero exit code is not an error: ``wait()`` returns it.
     """
 
-    def __init__(self, sandbox: Sandbox, execution_id: int) -> None:
-        self._sandbox = sandbox
-        self._id = execution_id
+    def __init__(self, host: ProcessHost, key: str, process_id: int | None) -> None:
+        # Made by ``new_process``; the library keeps the control side.
+        self._host = host
+        self._key = key
+        self.process_id = process_id
+        """The server's handle (``None`` from a server without protocol 2)."""
         self.stdout = OutputStream()
         """The process's standard output."""
         self.stderr = OutputStream()
         """The process's standard error."""
-        self.exit_code: int | None = None
-        """The exit status once ended; ``128 + N`` when ended by signal N."""
-        self.reason: str | None = None
-        """Why it ended: ``"exited"``, ``"signaled"``, ``"killed"``, ``"timeout"``,
-        ``"output_limit"`` or ``"sandbox_lost"``."""
-        self.signal: int | None = None
-        self.duration_ms: int | None = None
+        self._result: ExecutionResult | None = None
         self._done = asyncio.Event()
         self._error: SandboxError | None = None
+        self._stdin_error: SandboxError | None = None
         self._stdin_closed = False
 
     @property
@@ -152,8 +149,33 @@ class SandboxProcess:
         """True once the server reported the end of the process (or the session ended)."""
         return self._done.is_set()
 
-    async def wait(self) -> int:
-        """Wait for the process to end and return its exit code.
+    @property
+    def stdin_error(self) -> SandboxError | None:
+        """The server's refusal of this process's stdin, if it refused any (every later
+        ``write`` raises it too)."""
+        return self._stdin_error
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status once ended; ``128 + N`` when ended by signal N."""
+        return None if self._result is None else self._result.exit_code
+
+    @property
+    def reason(self) -> str | None:
+        """Why it ended: ``"exited"``, ``"signaled"``, ``"killed"``, ``"timeout"``,
+        ``"output_limit"`` or ``"sandbox_lost"``."""
+        return None if self._result is None else self._result.reason
+
+    @property
+    def signal(self) -> int | None:
+        return None if self._result is None else self._result.signal
+
+    @property
+    def duration_ms(self) -> int | None:
+        return None if self._result is None else self._result.duration_ms
+
+    async def result(self) -> ExecutionResult:
+        """Wait for the end; everything the server said about it.
 
         Raises ``SandboxConnectionError`` only if the session ended before the process
         did. Not bounded: wrap it in ``asyncio.wait_for`` to bound it (cancelling the
@@ -162,27 +184,36 @@ class SandboxProcess:
         await self._done.wait()
         if self._error is not None:
             raise self._error
-        if self.exit_code is None:
-            raise SandboxStateError(
-                "the server did not report an exit code (it does not speak the protocol additions)"
-            )
-        return self.exit_code
+        assert self._result is not None  # set before _done
+        return self._result
 
-    async def write_to_stdin(self, data: str | bytes) -> None:
+    async def wait(self) -> int:
+        """Wait for the process to end and return its exit code (see ``result()``)."""
+        return (await self.result()).exit_code
+
+    async def write(self, data: str | bytes) -> None:
         """Write to the process's stdin; ``bytes`` are sent exactly (base64 on the wire).
 
-        While the sandbox reconnects, the data is queued and sent after.
+        With a server that speaks protocol 2, this waits while the server's stdin window
+        is full, and raises the server's refusal (``SandboxExecutionError``). While the
+        sandbox reconnects, the data is queued and sent after.
         """
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"stdin data must be str or bytes, not {type(data).__name__}")
         self._check_stdin("write to stdin")
-        await self._sandbox._send_stdin(self, bytes(data) if not isinstance(data, str) else data)
+        await self._host.write_stdin(self._key, data if isinstance(data, str) else bytes(data))
+
+    async def write_to_stdin(self, data: str | bytes) -> None:
+        """The same as ``write()`` (the original client's name)."""
+        await self.write(data)
 
     async def close_stdin(self) -> None:
-        """Close the process's stdin: its next read sees end-of-file."""
+        """Close the process's stdin: its next read sees end-of-file. With protocol 2 this
+        first waits until the server acknowledged everything written (so a refusal of it
+        is raised here)."""
         self._check_stdin("close stdin")
         self._stdin_closed = True
-        await self._sandbox._send_stdin(self, None, eof=True)
+        await self._host.close_stdin(self._key)
 
     async def kill(self) -> None:
         """Kill the process (its whole process group); does nothing if it already ended.
@@ -192,7 +223,7 @@ class SandboxProcess:
         """
         if self.done:
             return
-        await self._sandbox._kill_process(self)
+        await self._host.kill_process(self._key)
 
     def _check_stdin(self, what: str) -> None:
         if self.done:
@@ -200,46 +231,94 @@ class SandboxProcess:
         if self._stdin_closed:
             raise SandboxStateError(f"cannot {what}: stdin is closed")
 
-    async def _collect(self) -> RunResult:
-        stdout, stderr, exit_code = await asyncio.gather(
-            self.stdout.read_all(), self.stderr.read_all(), self.wait()
-        )
-        return RunResult(
-            stdout=stdout,
-            stderr=stderr,
-            exit_code=exit_code,
-            reason=self.reason,
-            signal=self.signal,
-            duration_ms=self.duration_ms,
-        )
-
-    # Called by the sandbox's reader.
-    def _finish(
-        self,
-        exit_code: int | None,
-        signal: int | None,
-        reason: str | None,
-        duration_ms: int | None,
-    ) -> None:
-        if self.done:
-            return
-        self.exit_code = exit_code
-        self.signal = signal
-        self.reason = reason
-        self.duration_ms = duration_ms
-        self.stdout._end()
-        self.stderr._end()
-        self._done.set()
-
-    def _fail(self, error: SandboxError) -> None:
-        if self.done:
-            return
-        self._error = error
-        self.stdout._end(error)
-        self.stderr._end(error)
-        self._done.set()
-
     def __repr__(self) -> str:
         if not self.done:
-            return "<SandboxProcess running>"
-        return f"<SandboxProcess exit_code={self.exit_code} reason={self.reason}>"
+            return f"<SandboxProcess {self.process_id} running>"
+        return f"<SandboxProcess {self.process_id} exit_code={self.exit_code} reason={self.reason}>"
+
+
+class ProcessControl:
+    """The library's side of a process: what happens to it comes in here."""
+
+    def __init__(
+        self,
+        process: SandboxProcess,
+        on_stdout: OutputCallback | None,
+        on_stderr: OutputCallback | None,
+    ) -> None:
+        self.process = process
+        self._callbacks = {"stdout": on_stdout, "stderr": on_stderr}
+        self._decoders = {
+            name: codecs.getincrementaldecoder("utf-8")(errors="replace")
+            for name in ("stdout", "stderr")
+        }
+        self.stdin_changed = asyncio.Event()
+        """Set when stdin writers may proceed (room, refusal, or the end)."""
+
+    def output(self, stream: str, data: Chunk) -> None:
+        target = self.process.stdout if stream == "stdout" else self.process.stderr
+        if target._eof or not data:
+            return
+        target._chunks.append(data)
+        target._changed.set()
+        callback = self._callbacks.get(stream)
+        if callback is not None:
+            text = data if isinstance(data, str) else self._decoders[stream].decode(data)
+            if text:
+                self._call(callback, text)
+
+    def _call(self, callback: OutputCallback, text: str) -> None:
+        try:
+            callback(text)
+        except Exception:  # a user's callback must not break the session
+            logger.exception("on_stdout / on_stderr callback raised")
+
+    def finish(self, result: ExecutionResult) -> None:
+        process = self.process
+        if process.done:
+            return
+        for stream, decoder in self._decoders.items():
+            tail: str = decoder.decode(b"", final=True)
+            callback = self._callbacks.get(stream)
+            if tail and callback is not None:
+                self._call(callback, tail)
+        process._result = result
+        self._end(None)
+
+    def fail(self, error: SandboxError) -> None:
+        if self.process.done:
+            return
+        self.process._error = error
+        self._end(error)
+
+    def _end(self, error: SandboxError | None) -> None:
+        process = self.process
+        for stream in (process.stdout, process.stderr):
+            if not stream._eof:
+                stream._eof = True
+                stream._error = error
+                stream._changed.set()
+        process._done.set()
+        self.stdin_changed.set()
+
+    @property
+    def stdin_error(self) -> SandboxError | None:
+        """The server's refusal of this process's stdin; every later write raises it."""
+        return self.process._stdin_error
+
+    def refuse_stdin(self, error: SandboxError) -> None:
+        if self.process._stdin_error is None:
+            self.process._stdin_error = error
+        self.stdin_changed.set()
+
+
+def new_process(
+    host: ProcessHost,
+    key: str,
+    process_id: int | None,
+    *,
+    on_stdout: OutputCallback | None = None,
+    on_stderr: OutputCallback | None = None,
+) -> ProcessControl:
+    """A new process handle (``control.process``) and the control the library keeps."""
+    return ProcessControl(SandboxProcess(host, key, process_id), on_stdout, on_stderr)

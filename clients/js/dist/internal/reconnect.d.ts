@@ -1,0 +1,32 @@
+/**
+ * When and how often to re-attach after a dropped connection: the twin of the Python client's
+ * `_reconnect.py` (same option names, defaults and formula).
+ */
+/**
+ * Capped exponential backoff for `autoReconnect` (times in seconds). Attempt `n` (from 1) waits
+ * `min(maxDelay, initialDelay * multiplier ** (n - 1))`, spread by +/- `jitter` (a fraction),
+ * before re-attaching. After `maxAttempts` failed attempts every pending wait rejects with
+ * `SandboxConnectionError`. The defaults retry for about a minute, long enough for a server to
+ * notice that the old connection is dead (it answers `SANDBOX_IN_USE` until then).
+ */
+export interface ReconnectOptions {
+    /** Attempts before giving up (at least 1). Default 10. */
+    maxAttempts?: number | undefined;
+    /** Delay before the first attempt. Default 0.25. */
+    initialDelay?: number | undefined;
+    /** Cap on one delay. Default 10. */
+    maxDelay?: number | undefined;
+    /** Growth of the delay per attempt (at least 1). Default 2. */
+    multiplier?: number | undefined;
+    /** Random spread of each delay, as a fraction in [0, 1). Default 0.1. */
+    jitter?: number | undefined;
+}
+export type ReconnectPolicy = Required<{
+    [K in keyof ReconnectOptions]: number;
+}>;
+export declare const DEFAULT_RECONNECT: Readonly<ReconnectPolicy>;
+/** The options with their defaults filled in; throws `RangeError` on a value that makes no sense. */
+export declare function reconnectPolicy(options?: ReconnectOptions): ReconnectPolicy;
+/** Seconds to wait before attempt number `attempt` (1-based); `random` is in [0, 1). */
+export declare function reconnectDelay(policy: ReconnectPolicy, attempt: number, random?: number): number;
+//# sourceMappingURL=reconnect.d.ts.map

@@ -1,0 +1,38 @@
+/**
+ * When and how often to re-attach after a dropped connection: the twin of the Python client's
+ * `_reconnect.py` (same option names, defaults and formula).
+ */
+export const DEFAULT_RECONNECT = Object.freeze({
+    maxAttempts: 10,
+    initialDelay: 0.25,
+    maxDelay: 10,
+    multiplier: 2,
+    jitter: 0.1,
+});
+/** The options with their defaults filled in; throws `RangeError` on a value that makes no sense. */
+export function reconnectPolicy(options = {}) {
+    const policy = {
+        maxAttempts: options.maxAttempts ?? DEFAULT_RECONNECT.maxAttempts,
+        initialDelay: options.initialDelay ?? DEFAULT_RECONNECT.initialDelay,
+        maxDelay: options.maxDelay ?? DEFAULT_RECONNECT.maxDelay,
+        multiplier: options.multiplier ?? DEFAULT_RECONNECT.multiplier,
+        jitter: options.jitter ?? DEFAULT_RECONNECT.jitter,
+    };
+    if (!(policy.maxAttempts >= 1))
+        throw new RangeError('maxAttempts must be at least 1');
+    if (!(policy.initialDelay >= 0) || !(policy.maxDelay >= 0))
+        throw new RangeError('delays must not be negative');
+    if (!(policy.multiplier >= 1))
+        throw new RangeError('multiplier must be at least 1');
+    if (!(policy.jitter >= 0 && policy.jitter < 1))
+        throw new RangeError('jitter must be in [0, 1)');
+    return policy;
+}
+/** Seconds to wait before attempt number `attempt` (1-based); `random` is in [0, 1). */
+export function reconnectDelay(policy, attempt, random = Math.random()) {
+    let base = Math.min(policy.maxDelay, policy.initialDelay * policy.multiplier ** (attempt - 1));
+    if (policy.jitter > 0)
+        base *= 1 + (random * 2 - 1) * policy.jitter;
+    return Math.max(0, base);
+}
+//# sourceMappingURL=reconnect.js.map

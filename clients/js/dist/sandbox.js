@@ -1,0 +1,853 @@
+/**
+ * `Sandbox`: one WebSocket session with one sandbox; the twin of the Python client's
+ * `_sandbox.py`.
+ *
+ * It owns one `Connection` (from its `Transport`) and one `ClientProtocol`. Every incoming frame
+ * goes to the protocol, and the resulting effects settle promises, feed processes and streams;
+ * requests go the other way. When the connection drops and `autoReconnect` is on, it re-attaches
+ * with backoff, sends `{"action": "reconnect"}` and flushes what was queued meanwhile.
+ *
+ * Invariant: no promise handed to the caller stays pending once the connection is gone for good;
+ * every path that ends a session goes through the `Closed` effect, which settles what still
+ * waits (rejects it, or, for `terminate()` / `checkpoint()` that succeeded, resolves it).
+ */
+var _a;
+import { SandboxAuthenticationError, SandboxConnectionError, SandboxNotFoundError, SandboxPermissionError, SandboxStateError, SandboxTimeoutError, } from './errors.js';
+import { Deferred, handled } from './internal/deferred.js';
+import { initMessage } from './internal/frames.js';
+import { ClientProtocol } from './internal/protocol.js';
+import { reconnectDelay, reconnectPolicy } from './internal/reconnect.js';
+import { forgetLive, forgetToken, liveSession, recallToken, rememberToken, setLive } from './internal/registry.js';
+import { WebSocketTransport, connectionHeaders, } from './internal/transport.js';
+import { attachUrl, createUrl } from './internal/urls.js';
+import { newProcess } from './process.js';
+const DEFAULT_CONNECT_TIMEOUT = 30;
+const DEFAULT_REQUEST_TIMEOUT = 120;
+const DEFAULT_CLOSE_TIMEOUT = 10;
+/** A re-attached connection that lived this long (seconds) earns a fresh set of attempts. */
+const STABLE_AFTER = 10;
+export class Sandbox {
+    #url;
+    #options;
+    #policy;
+    #protocol;
+    #transport;
+    /** `headers` plus the `apiKey`'s `Authorization`: sent with every upgrade. */
+    #headers;
+    #host;
+    #sandboxId;
+    #sandboxToken;
+    #connection;
+    /** Bumped for every connection, so that events of an abandoned one are ignored. */
+    #generation = 0;
+    /** Resolved when the current connection is gone (its close came). */
+    #connectionGone;
+    #ready;
+    #pending = new Map();
+    #callbacks = new Map();
+    #controls = new Map();
+    /** Failures the server closes the session after: reported once the close came. */
+    #afterClose = [];
+    #outbox = [];
+    /** A re-attach attempt waiting for its outcome. */
+    #attempt;
+    #reattached = new Deferred();
+    #closed = new Deferred();
+    #closeError;
+    #closeTimer;
+    #reconnectStreak = 0;
+    #lastReattach = -Infinity;
+    #terminating;
+    constructor(url, attach, options) {
+        this.#url = url;
+        this.#options = { ...options };
+        if (options.transport !== undefined && options.webSocket !== undefined) {
+            throw new TypeError('pass webSocket to the transport, not next to transport');
+        }
+        this.#transport = options.transport ?? new WebSocketTransport({ webSocket: options.webSocket });
+        this.#headers = connectionHeaders(options.headers, options.apiKey);
+        const reconnect = options.autoReconnect;
+        this.#policy =
+            reconnect === undefined || reconnect === false ? undefined : reconnectPolicy(reconnect === true ? {} : reconnect);
+        this.#protocol = new ClientProtocol(attach, this.#policy !== undefined);
+        this.#host = {
+            writeStdin: (key, data) => this.#writeStdin(key, data),
+            closeStdin: (key) => this.#closeStdin(key),
+            killProcess: (key) => this.#killProcess(key),
+        };
+        this.#reattached.resolve();
+    }
+    // ---- factories -------------------------------------------------------------------------
+    /**
+     * Creates a new sandbox and waits until it runs. `url` is the service's base URL (`wss://host`,
+     * `ws://127.0.0.1:8080`; `https://` / `http://` work too). Rejects with `SandboxCreationError`
+     * (with the server's message) when the server refuses, `SandboxConnectionError` when it cannot
+     * be reached.
+     */
+    static async create(url, options = {}) {
+        const sandbox = new _a(url, false, options);
+        const first = initMessage({
+            idle_timeout: options.idleTimeout ?? null,
+            enable_checkpoint: options.enableCheckpoint ?? false,
+            enable_idle_timeout_auto_checkpoint: options.enableIdleTimeoutAutoCheckpoint ?? false,
+            enable_sandbox_handoff: options.enableSandboxHandoff ?? false,
+            filesystem_snapshot_name: options.filesystemSnapshotName ?? null,
+            enable_network: options.enableNetwork ?? false,
+        });
+        await sandbox.#open(createUrl(url), first);
+        return sandbox;
+    }
+    /**
+     * Attaches to a live sandbox, or restores a checkpointed one. `sandboxToken` may be omitted
+     * for a sandbox created (or attached with a token) in this process: the library remembers it.
+     */
+    static async attach(url, sandboxId, sandboxToken, options = {}) {
+        const token = sandboxToken ?? recallToken(sandboxId);
+        if (token === undefined) {
+            throw new SandboxPermissionError(`no sandbox_token given for sandbox "${sandboxId}" and none remembered in this process; ` +
+                'pass the token that create() returned');
+        }
+        const sandbox = new _a(url, true, options);
+        sandbox.#sandboxId = sandboxId;
+        sandbox.#sandboxToken = token;
+        sandbox.#protocol.sandboxId = sandboxId;
+        sandbox.#protocol.sandboxToken = token;
+        await sandbox.#open(attachUrl(url, sandboxId, token), undefined);
+        return sandbox;
+    }
+    async #open(url, firstMessage) {
+        const ready = new Deferred();
+        this.#ready = ready;
+        try {
+            const connection = await this.#connect(url);
+            if (firstMessage !== undefined)
+                connection.send(firstMessage);
+            await this.#wait(ready.promise, 'the sandbox to be ready');
+        }
+        catch (error) {
+            this.#shutdown(error instanceof SandboxConnectionError ? error : new SandboxConnectionError('the connection is closed'));
+            throw error;
+        }
+        if (this.#sandboxId !== undefined) {
+            if (this.#sandboxToken !== undefined)
+                rememberToken(this.#sandboxId, this.#sandboxToken);
+            setLive(this.#sandboxId, this);
+        }
+    }
+    /** Opens a connection whose events reach this sandbox until the next one is opened. */
+    async #connect(url) {
+        const generation = ++this.#generation;
+        const gone = new Deferred();
+        this.#connectionGone = gone;
+        const handlers = {
+            onMessage: (text) => {
+                if (generation === this.#generation)
+                    this.#apply(this.#protocol.receiveFrame(text));
+            },
+            onClose: (code, reason) => {
+                gone.resolve();
+                if (generation === this.#generation)
+                    this.#onClose(code, reason);
+            },
+        };
+        const connectTimeout = this.#options.connectTimeout === undefined ? DEFAULT_CONNECT_TIMEOUT : this.#options.connectTimeout;
+        const connection = await this.#transport.connect(url, { headers: this.#headers, connectTimeoutMs: connectTimeout === null ? undefined : connectTimeout * 1000 }, handlers);
+        if (generation !== this.#generation) {
+            connection.abort(); // given up meanwhile
+            throw new SandboxConnectionError('the connection is closed');
+        }
+        this.#connection = connection;
+        return connection;
+    }
+    #onClose(code, reason) {
+        this.#connection = undefined;
+        const effects = this.#protocol.connectionClosed(code, reason);
+        this.#apply(effects);
+        if (effects.some((e) => e.type === 'Reconnect')) {
+            this.#reattached = new Deferred();
+            void this.#reconnect();
+        }
+        else if (this.#attempt === undefined) {
+            this.#markClosed(undefined);
+        }
+    }
+    // ---- queries ---------------------------------------------------------------------------
+    /** The service's base URL. */
+    get url() {
+        return this.#url;
+    }
+    /** The sandbox's id (use it with `Sandbox.attach`). */
+    get sandboxId() {
+        return this.#sandboxId ?? '';
+    }
+    /** The secret that `Sandbox.attach` needs in another process. Keep it private. */
+    get sandboxToken() {
+        return this.#sandboxToken;
+    }
+    /** See `SandboxState`. */
+    get state() {
+        if (this.#protocol.terminated)
+            return 'killed';
+        if (this.#protocol.checkpointed)
+            return 'checkpointed';
+        if (this.#closed.settled || this.#protocol.phase === 'closed')
+            return 'closed';
+        if (this.#protocol.phase === 'reattaching')
+            return 'reconnecting';
+        return 'running';
+    }
+    /**
+     * 2 when the server announced protocol 2 (request ids, several processes at once, stdin flow
+     * control, process handles); else 1.
+     */
+    get protocol() {
+        return this.#protocol.protocol;
+    }
+    /** True once this connection is over (terminated, checkpointed, or lost). */
+    get closed() {
+        return this.#closed.settled;
+    }
+    get terminated() {
+        return this.#protocol.terminated;
+    }
+    get checkpointed() {
+        return this.#protocol.checkpointed;
+    }
+    // ---- executions ------------------------------------------------------------------------
+    /**
+     * Starts `code` in `language` and resolves to the process once the server confirmed it
+     * started. With a server that speaks protocol 2, processes run side by side; with another, one
+     * at a time: `exec` while one runs rejects with `SandboxStateError` without asking the server.
+     */
+    exec(code, language, options = {}) {
+        return handled(this.#exec(code, language, options));
+    }
+    async #exec(code, language, options) {
+        if (typeof code !== 'string' || typeof language !== 'string') {
+            throw new TypeError('exec(code, language): both must be strings');
+        }
+        const live = this.#liveElsewhere();
+        if (live !== undefined)
+            return live.exec(code, language, options);
+        this.#checkUsable();
+        const { id, frame } = this.#protocol.sendExec({
+            code,
+            language,
+            env: options.env,
+            cwd: options.cwd,
+            timeout: options.timeout,
+            outputEncoding: options.outputEncoding,
+        });
+        this.#callbacks.set(id, { onStdout: options.onStdout, onStderr: options.onStderr });
+        return (await this.#request(id, frame, 'the execution to start'));
+    }
+    /**
+     * Runs `code` to the end; resolves to its output (text) and how it ended. `stdin` is written,
+     * then stdin is closed (always: a program that reads stdin sees end-of-file instead of waiting
+     * forever). If the server refuses the stdin, the process is killed and `run` rejects (also for a
+     * refusal that came after the last write, from a server without protocol 2).
+     */
+    run(code, language, options = {}) {
+        return handled(this.#run(code, language, options));
+    }
+    async #run(code, language, options) {
+        const { stdin, ...execOptions } = options;
+        const process = await this.exec(code, language, execOptions);
+        try {
+            await feedAndClose(process, stdin);
+            const [stdout, stderr, result] = await Promise.all([
+                process.stdout.readAll(),
+                process.stderr.readAll(),
+                process.result(),
+            ]);
+            if (process.stdinError !== undefined)
+                throw process.stdinError;
+            return {
+                stdout,
+                stderr,
+                exitCode: result.exitCode,
+                reason: result.reason,
+                signal: result.signal,
+                durationMs: result.durationMs,
+            };
+        }
+        catch (error) {
+            // Do not leave the process running behind a failed run().
+            if (!process.done && !this.closed)
+                await process.kill().catch(() => undefined);
+            throw error;
+        }
+    }
+    /** The sandbox's processes, running or ended and not yet reported (protocol 2). */
+    listProcesses() {
+        return handled(this.#simple((live) => live.listProcesses(), () => this.#protocol.sendListProcesses(), 'the process list'));
+    }
+    /**
+     * Follows a process of the sandbox started elsewhere (another connection, another client
+     * process) by its `processId` (see `listProcesses()`): its output held while nobody followed
+     * it comes first, then what it writes from now on, then its end (protocol 2).
+     */
+    attachProcess(processId, options = {}) {
+        return handled(this.#attachProcess(processId, options));
+    }
+    async #attachProcess(processId, options) {
+        const live = this.#liveElsewhere();
+        if (live !== undefined)
+            return live.attachProcess(processId, options);
+        this.#checkUsable();
+        const { id, frame } = this.#protocol.sendAttachProcess(processId, options.outputEncoding);
+        this.#callbacks.set(id, { onStdout: options.onStdout, onStderr: options.onStderr });
+        return (await this.#request(id, frame, `process ${processId}`));
+    }
+    /**
+     * Changes how long the sandbox lives without a client (seconds; 0: the server's cap), counted
+     * from the disconnection. Resolves to what the server put in effect (protocol 2).
+     */
+    setIdleTimeout(idleTimeout) {
+        return handled(this.#simple((live) => live.setIdleTimeout(idleTimeout), () => this.#protocol.sendSetIdleTimeout(idleTimeout), 'the idle timeout').then((value) => (typeof value === 'number' ? value : null)));
+    }
+    // ---- sandbox actions -------------------------------------------------------------------
+    /**
+     * Saves the sandbox's files as snapshot `name`; resolves once the server reported
+     * `SANDBOX_FILESYSTEM_SNAPSHOT_CREATED`. The session goes on, with its processes. Rejects with
+     * `SandboxSnapshotError` (an invalid name, a server without `FILESYSTEM_SNAPSHOT_PATH`, an
+     * execution running); the session stays usable.
+     */
+    snapshotFilesystem(name) {
+        if (typeof name !== 'string')
+            return Promise.reject(new TypeError('the snapshot name must be a string'));
+        return handled(this.#simple((live) => live.snapshotFilesystem(name), () => this.#protocol.sendSnapshot(name), 'the filesystem snapshot').then(() => undefined));
+    }
+    /**
+     * Saves the sandbox (filesystem and running processes) and disconnects; resolves once the
+     * server reported `SANDBOX_CHECKPOINTED` and closed the connection. Continue later with
+     * `Sandbox.attach(url, sandboxId)`, on this or any instance sharing `CHECKPOINT_AND_RESTORE_PATH`.
+     * Rejects with `SandboxStateError` while an execution runs and `SandboxCheckpointError` when
+     * the server refuses up front (the session goes on in both cases), or with
+     * `SandboxCheckpointError` once the server closed when checkpointing is not possible at all.
+     */
+    checkpoint() {
+        return handled(this.#checkpoint());
+    }
+    async #checkpoint() {
+        const live = this.#liveElsewhere();
+        if (live !== undefined)
+            return live.checkpoint();
+        this.#checkUsable();
+        const { id, frame } = this.#protocol.sendCheckpoint();
+        await this.#request(id, frame, 'the checkpoint');
+        await this.#waitServerClose();
+    }
+    /**
+     * Deletes the sandbox and its saved state (`kill_sandbox`). Safe to call without `await` (it
+     * never causes an unhandled rejection); calling it again returns the same promise. If this
+     * connection is already closed (it dropped, or a checkpoint closed it), it re-attaches first so
+     * that the sandbox really goes.
+     */
+    terminate() {
+        this.#terminating ??= handled(this.#terminate());
+        return this.#terminating;
+    }
+    /** Same as `terminate()`. */
+    kill() {
+        return this.terminate();
+    }
+    async #terminate() {
+        if (this.#protocol.terminated || this.#sandboxId === undefined)
+            return;
+        if (!this.closed && this.#protocol.phase !== 'closed') {
+            const { id, frame } = this.#protocol.sendTerminate();
+            try {
+                await this.#request(id, frame, 'the sandbox to be terminated');
+            }
+            catch (error) {
+                // A silent server is an answer to give the caller; a closed connection is not final.
+                if (!(error instanceof SandboxConnectionError) || error instanceof SandboxTimeoutError)
+                    throw error;
+                if (this.#isTerminated())
+                    return;
+                // The connection closed under us (e.g. right after a failed checkpoint): re-attach below
+                // to finish the job.
+                await this.#waitServerClose();
+            }
+            if (this.#isTerminated()) {
+                forgetToken(this.#sandboxId);
+                await this.#waitServerClose();
+                return;
+            }
+        }
+        const live = this.#liveElsewhere();
+        if (live !== undefined) {
+            await live.terminate();
+        }
+        else {
+            await this.#terminateByReattach();
+        }
+        this.#protocol.terminated = true;
+        forgetToken(this.#sandboxId);
+    }
+    async #terminateByReattach() {
+        let other;
+        try {
+            other = await _a.attach(this.#url, this.sandboxId, this.#sandboxToken, {
+                transport: this.#transport,
+                headers: this.#headers,
+                connectTimeout: this.#options.connectTimeout,
+                requestTimeout: this.#options.requestTimeout,
+                closeTimeout: this.#options.closeTimeout,
+            });
+        }
+        catch (error) {
+            if (error instanceof SandboxNotFoundError)
+                return; // already gone: what terminate() wants
+            throw error;
+        }
+        await other.terminate();
+    }
+    /**
+     * Closes this connection without deleting the sandbox (it lives on until its idle timeout;
+     * `Sandbox.attach` continues it). Pending waits reject with `SandboxConnectionError`.
+     */
+    disconnect() {
+        return handled(this.#disconnect());
+    }
+    async #disconnect() {
+        const connection = this.#connection;
+        const gone = this.#connectionGone;
+        this.#shutdown(new SandboxConnectionError('disconnected by the client'));
+        if (connection !== undefined && gone !== undefined) {
+            // The server learns of it from the close handshake: wait for it (bounded), so that an
+            // attach right after does not find the sandbox still held by this connection.
+            await withTimeout(gone.promise, this.#closeTimeoutSeconds());
+        }
+    }
+    // ---- the ProcessHost side --------------------------------------------------------------
+    async #writeStdin(key, data) {
+        const asText = typeof data === 'string';
+        const payload = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+        let offset = 0;
+        while (offset < payload.length) {
+            const control = this.#stdinControl(key, 'write to stdin');
+            const changed = control.stdinChanged();
+            if (!this.#reattached.settled && this.#protocol.stdinRoom(key) !== undefined) {
+                // Stdin with flow control waits for the new connection (not queued), so that the
+                // window is counted on the connection it is sent on.
+                await this.#reattached.promise; // also resolved when the session ends
+                continue;
+            }
+            const size = this.#protocol.nextStdinPiece(key, payload, offset, asText);
+            if (size === 0) {
+                await changed;
+                continue;
+            }
+            const frame = this.#protocol.sendStdin(key, payload.subarray(offset, offset + size), asText);
+            this.#send(frame, true);
+            offset += size;
+        }
+    }
+    async #closeStdin(key) {
+        // Everything written must be acknowledged first (protocol 2): a refusal of it reaches this
+        // call, and EOF comes after the last byte.
+        for (;;) {
+            const control = this.#stdinControl(key, 'close stdin');
+            const changed = control.stdinChanged();
+            if (this.#protocol.stdinUnacknowledged(key) === 0)
+                break;
+            await changed;
+        }
+        this.#send(this.#protocol.sendCloseStdin(key), true);
+    }
+    /** The process's control while its stdin can still be used; else the reason. */
+    #stdinControl(key, what) {
+        const control = this.#controls.get(key);
+        if (control?.stdinError !== undefined)
+            throw control.stdinError;
+        if (control === undefined || control.process.done) {
+            if (this.closed && this.#closeError !== undefined)
+                throw this.#closeError;
+            throw new SandboxStateError(`cannot ${what}: the process has ended`);
+        }
+        return control;
+    }
+    async #killProcess(key) {
+        const control = this.#controls.get(key);
+        if (control === undefined || control.process.done)
+            return;
+        const { id, frame } = this.#protocol.sendKill(key);
+        try {
+            await this.#request(id, frame, 'the process to be killed');
+        }
+        catch (error) {
+            // The process may have ended on its own while the kill was on its way (the server then
+            // answers with an error): that is success.
+            if (ended(control.process))
+                return;
+            throw error;
+        }
+    }
+    // ---- plumbing --------------------------------------------------------------------------
+    /** Read anew after an `await` (the compiler would narrow `terminated` across it). */
+    #isTerminated() {
+        return this.#protocol.terminated;
+    }
+    #isClosed() {
+        return this.#closed.settled;
+    }
+    /** A request with no process behind it, forwarded to the live session when this one ended. */
+    async #simple(forward, make, what) {
+        const live = this.#liveElsewhere();
+        if (live !== undefined)
+            return forward(live);
+        this.#checkUsable();
+        const { id, frame } = make();
+        return this.#request(id, frame, what);
+    }
+    /** Another handle's live session for this sandbox, when this one's has ended. */
+    #liveElsewhere() {
+        if (!this.closed || this.#protocol.terminated)
+            return undefined;
+        const live = liveSession(this.#sandboxId);
+        if (!(live instanceof _a) || live === this)
+            return undefined;
+        return live.closed ? undefined : live;
+    }
+    #checkUsable() {
+        if (this.closed && this.#closeError !== undefined) {
+            if (this.#protocol.terminated)
+                throw new SandboxStateError('the sandbox was terminated');
+            if (this.#protocol.checkpointed) {
+                throw new SandboxStateError('the sandbox was checkpointed; attach to it to continue');
+            }
+            throw new SandboxStateError(`the connection to the sandbox is closed: ${this.#closeError.message}`);
+        }
+    }
+    #requestTimeoutSeconds() {
+        return this.#options.requestTimeout === undefined ? DEFAULT_REQUEST_TIMEOUT : this.#options.requestTimeout;
+    }
+    #closeTimeoutSeconds() {
+        const seconds = this.#options.closeTimeout === undefined ? DEFAULT_CLOSE_TIMEOUT : this.#options.closeTimeout;
+        return seconds ?? Infinity;
+    }
+    /** Waits for something the server settles, bounded by `requestTimeout`. */
+    async #wait(promise, what) {
+        const seconds = this.#requestTimeoutSeconds();
+        if (seconds === null)
+            return promise;
+        let timer;
+        const timeout = new Promise((_, reject) => {
+            timer = setTimeout(() => {
+                reject(new SandboxTimeoutError(`no answer from the server within ${seconds}s waiting for ${what}`));
+            }, seconds * 1000);
+        });
+        try {
+            return await Promise.race([promise, timeout]);
+        }
+        finally {
+            clearTimeout(timer);
+        }
+    }
+    /** Sends a request and waits for its answer (the value of `RequestDone`). */
+    async #request(requestId, frame, what) {
+        const deferred = new Deferred();
+        this.#pending.set(requestId, deferred);
+        try {
+            this.#send(frame, true);
+            return await this.#wait(deferred.promise, what);
+        }
+        catch (error) {
+            this.#protocol.abandon(requestId);
+            throw error;
+        }
+        finally {
+            this.#pending.delete(requestId);
+            this.#callbacks.delete(requestId);
+        }
+    }
+    #send(frame, queueWhileReconnecting) {
+        // Queued from the drop until the re-attach sent `reconnect` and the queue, in that order.
+        if (queueWhileReconnecting && (!this.#reattached.settled || this.#outbox.length > 0)) {
+            this.#outbox.push(frame);
+            return;
+        }
+        const connection = this.#connection;
+        if (connection?.isOpen() === true && !this.closed) {
+            connection.send(frame);
+        }
+        else if (this.#policy !== undefined && !this.closed) {
+            // The connection is dying and its close not reported yet: the re-attach sends it after.
+            this.#outbox.push(frame);
+        }
+        else {
+            throw new SandboxConnectionError('the connection to the sandbox is closed');
+        }
+    }
+    /** After kill_sandbox / checkpoint: the server closes; do not leave it half-open. */
+    async #waitServerClose() {
+        await withTimeout(this.#closed.promise, this.#closeTimeoutSeconds());
+        if (!this.closed)
+            this.#shutdown(new SandboxConnectionError('closed by the client'));
+    }
+    /**
+     * The server is expected to close: if it does not within `closeTimeout`, the client closes, so
+     * that nothing waits on a half-open session.
+     */
+    #armCloseTimer() {
+        const seconds = this.#closeTimeoutSeconds();
+        if (this.#closeTimer !== undefined || !Number.isFinite(seconds))
+            return;
+        this.#closeTimer = setTimeout(() => {
+            this.#closeTimer = undefined;
+            if (!this.closed) {
+                this.#shutdown(new SandboxConnectionError(`the server did not close the connection within ${seconds}s; closed by the client`));
+            }
+        }, seconds * 1000);
+    }
+    /** Re-attaches with backoff. True when the session continues on a new connection. */
+    async #reconnect() {
+        const policy = this.#policy;
+        if (policy === undefined || this.#sandboxId === undefined || this.#sandboxToken === undefined)
+            return false;
+        let lastError = new SandboxConnectionError('the connection dropped');
+        const now = () => performance.now() / 1000;
+        // A connection that drops again right after a successful re-attach does not get a fresh set
+        // of attempts, so a server that accepts and drops cannot loop us.
+        if (now() - this.#lastReattach > STABLE_AFTER)
+            this.#reconnectStreak = 0;
+        while (this.#reconnectStreak < policy.maxAttempts) {
+            this.#reconnectStreak++;
+            await sleep(reconnectDelay(policy, this.#reconnectStreak) * 1000);
+            if (this.closed)
+                return false; // the caller disconnected meanwhile
+            const attempt = new Deferred();
+            this.#attempt = attempt;
+            this.#protocol.beginReattach();
+            let connection;
+            try {
+                connection = await this.#connect(attachUrl(this.#url, this.#sandboxId, this.#sandboxToken));
+            }
+            catch (error) {
+                this.#attempt = undefined;
+                if (error instanceof SandboxConnectionError) {
+                    lastError = error;
+                    continue;
+                }
+                if (error instanceof SandboxAuthenticationError) {
+                    // The same credentials will be refused again (e.g. a revoked key).
+                    lastError = error;
+                    break;
+                }
+                throw error;
+            }
+            let outcome;
+            try {
+                outcome = await this.#wait(attempt.promise, 'the re-attach');
+            }
+            catch (error) {
+                this.#attempt = undefined;
+                this.#generation++;
+                connection.abort();
+                lastError = error instanceof SandboxConnectionError ? error : lastError;
+                continue;
+            }
+            this.#attempt = undefined;
+            if (this.#isClosed())
+                return false; // the caller disconnected meanwhile
+            if (outcome.type === 'Reattached') {
+                connection.send(this.#protocol.sendReconnect());
+                for (const frame of this.#outbox.splice(0))
+                    connection.send(frame);
+                this.#lastReattach = now();
+                this.#reattached.resolve();
+                return true;
+            }
+            this.#generation++;
+            connection.abort();
+            lastError = outcome.error;
+            if (!outcome.retryable)
+                break;
+        }
+        this.#outbox.length = 0;
+        const message = `lost the connection to sandbox ${this.#sandboxId} and could not re-attach: ${lastError.message}`;
+        const error = lastError instanceof SandboxAuthenticationError
+            ? new SandboxAuthenticationError(message, { httpStatus: lastError.httpStatus, cause: lastError })
+            : new SandboxConnectionError(message, { status: lastError.status, cause: lastError });
+        this.#apply(this.#protocol.giveUp(error));
+        this.#markClosed(error);
+        return false;
+    }
+    #apply(effects) {
+        for (const effect of effects)
+            this.#applyOne(effect);
+    }
+    #applyOne(effect) {
+        switch (effect.type) {
+            case 'Ready':
+                this.#sandboxId = effect.sandboxId;
+                this.#sandboxToken = effect.sandboxToken;
+                this.#ready?.resolve();
+                break;
+            case 'SetupFailed':
+                this.#ready?.reject(effect.error);
+                this.#markClosed(effect.error);
+                break;
+            case 'Reattached':
+            case 'ReattachFailed':
+                this.#attempt?.resolve(effect);
+                break;
+            case 'StatusSeen':
+                if (this.#options.onStatus !== undefined) {
+                    const { onStatus } = this.#options;
+                    callBack(() => onStatus(effect.status, effect.message));
+                }
+                if (effect.status === 'SANDBOX_CHECKPOINTED' || effect.status === 'SANDBOX_KILLED')
+                    this.#armCloseTimer();
+                break;
+            case 'ProcessStarted': {
+                const callbacks = this.#callbacks.get(effect.key);
+                this.#callbacks.delete(effect.key);
+                this.#controls.set(effect.key, newProcess(this.#host, effect.key, effect.processId, callbacks));
+                break;
+            }
+            case 'RequestDone': {
+                const deferred = this.#pending.get(effect.requestId);
+                this.#pending.delete(effect.requestId);
+                let value = effect.value;
+                if (typeof value === 'string' && this.#controls.has(value)) {
+                    // An exec or attach_process: the caller gets the process (it may end within this same
+                    // batch of effects, before the caller resumes).
+                    value = this.#controls.get(value)?.process;
+                }
+                deferred?.resolve(value);
+                break;
+            }
+            case 'RequestFailed': {
+                const deferred = this.#pending.get(effect.requestId);
+                this.#pending.delete(effect.requestId);
+                if (deferred === undefined)
+                    break;
+                if (effect.sessionEnds) {
+                    // Reported once the server's close came, so that the caller sees a settled session
+                    // (`closed` is true, attach works at once).
+                    this.#afterClose.push([deferred, effect.error]);
+                    this.#armCloseTimer();
+                }
+                else {
+                    deferred.reject(effect.error);
+                }
+                break;
+            }
+            case 'OutputReceived':
+                this.#controls.get(effect.key)?.output(effect.stream, effect.data);
+                break;
+            case 'ProcessEnded': {
+                const control = this.#controls.get(effect.key);
+                this.#controls.delete(effect.key);
+                control?.finish(effect.result);
+                break;
+            }
+            case 'StdinAcknowledged':
+                this.#controls.get(effect.key)?.notifyStdin();
+                break;
+            case 'StdinFailed':
+                this.#controls.get(effect.key)?.refuseStdin(effect.error);
+                break;
+            case 'SendFrame':
+                try {
+                    this.#send(effect.frame, true);
+                }
+                catch {
+                    // The session is ending: nothing left to stop.
+                }
+                break;
+            case 'Notice':
+                if (this.#options.onError !== undefined) {
+                    const { onError } = this.#options;
+                    callBack(() => onError(effect.error));
+                }
+                break;
+            case 'Reconnect':
+                break;
+            case 'Closed':
+                this.#outbox.length = 0;
+                this.#failAll(effect.error);
+                if (effect.terminated && this.#sandboxId !== undefined)
+                    forgetToken(this.#sandboxId);
+                this.#markClosed(effect.error);
+                break;
+        }
+    }
+    #failAll(error) {
+        this.#ready?.reject(error);
+        for (const [deferred, own] of this.#afterClose.splice(0))
+            deferred.reject(own);
+        for (const deferred of this.#pending.values())
+            deferred.reject(error);
+        this.#pending.clear();
+        const controls = [...this.#controls.values()];
+        this.#controls.clear();
+        for (const control of controls)
+            control.fail(error);
+    }
+    #markClosed(error) {
+        this.#closeError ??= error ?? new SandboxConnectionError('the connection is closed');
+        this.#closed.resolve();
+        this.#reattached.resolve();
+        if (this.#closeTimer !== undefined)
+            clearTimeout(this.#closeTimer);
+        this.#closeTimer = undefined;
+        forgetLive(this.#sandboxId, this);
+    }
+    /** Ends the session here: closes the connection, settles whatever still waits. */
+    #shutdown(error) {
+        this.#generation++; // the closed connection's events no longer concern us
+        const connection = this.#connection;
+        this.#connection = undefined;
+        connection?.close(1000, 'client close');
+        this.#attempt?.resolve({ type: 'ReattachFailed', error, retryable: false });
+        this.#apply(this.#protocol.giveUp(error));
+        this.#markClosed(error);
+    }
+}
+_a = Sandbox;
+/** `run()`'s stdin: written, then closed. A process that ended meanwhile did not need it. */
+async function feedAndClose(process, stdin) {
+    try {
+        if (stdin !== undefined && stdin.length > 0)
+            await process.write(stdin);
+        await process.closeStdin();
+    }
+    catch (error) {
+        if (!(error instanceof SandboxStateError) || !process.done)
+            throw error;
+    }
+}
+/** Read anew after an `await` (the compiler would narrow `done` across it). */
+function ended(process) {
+    return process.done;
+}
+function callBack(fn) {
+    try {
+        fn();
+    }
+    catch {
+        // A user's callback must not break the session.
+    }
+}
+function sleep(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+}
+/** Waits for `promise`, at most `seconds` (the timer is cleared, so it never keeps Node alive). */
+async function withTimeout(promise, seconds) {
+    if (!Number.isFinite(seconds)) {
+        await promise;
+        return;
+    }
+    let timer;
+    try {
+        await Promise.race([promise, new Promise((resolve) => (timer = setTimeout(resolve, seconds * 1000)))]);
+    }
+    finally {
+        clearTimeout(timer);
+    }
+}
+//# sourceMappingURL=sandbox.js.map
