@@ -298,6 +298,8 @@ impl Runtime {
         let admission = self.core.admit(owner)?;
         let id = SandboxId::random().map_err(RuntimeError::NoRandomness)?;
         let key = self.add_resources(id, egress)?;
+        // The start time counts from before `runsc run` is spawned.
+        let now = Instant::now();
         if admission == Admission::Start {
             if let Err(error) = self.start_container(key, None) {
                 // Nothing was started: forget the sandbox without a delete.
@@ -307,7 +309,6 @@ impl Runtime {
                 return Err(error);
             }
         }
-        let now = Instant::now();
         self.core.add(key, id, owner, admission, Origin::Fresh, now);
         self.drain(now);
         Ok(key)
