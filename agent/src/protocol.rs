@@ -47,7 +47,8 @@ pub const AGENT_CAPABILITIES: [&str; 3] = ["CAP_SETUID", "CAP_SETGID", "CAP_SETP
 
 /// Identifies one execution (one process the agent started and follows) inside one sandbox;
 /// chosen by the server, never reused for the sandbox's whole life (the agent's hello says
-/// where to go on after a restore). Issue 12 shows it to clients as `process_id`.
+/// where to go on after a restore), so that what names executions towards clients (issue 12's
+/// process ids) can map to it one to one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ExecId(pub u32);
 

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::Registry;
 
@@ -71,7 +71,6 @@ impl Runtime {
         let core = Core::new(Settings {
             max_sandboxes: config.max_sandboxes,
             create_timeout: config.create_timeout,
-            exec_timeout: config.limits.exec_timeout,
             max_output_bytes: config.limits.max_output_bytes,
             process_limits: prepared.bundles.agent.limits.clone(),
             snapshot_pools_max: if config.snapshot_pool_size == 0 {
@@ -440,10 +439,16 @@ impl Runtime {
     }
 
     /// Follow an execution that was running when the sandbox was checkpointed and runs on in
-    /// the restored sandbox: its output and end are reported again, under the usual timeout.
-    pub fn adopt_exec(&mut self, key: SandboxKey, exec: ExecId) -> Result<(), RuntimeError> {
+    /// the restored sandbox: its output and end are reported again; it is killed after
+    /// `timeout`.
+    pub fn adopt_exec(
+        &mut self,
+        key: SandboxKey,
+        exec: ExecId,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
         let now = Instant::now();
-        self.core.adopt_exec(key, exec, now)?;
+        self.core.adopt_exec(key, exec, timeout, now)?;
         self.drain(now);
         Ok(())
     }

@@ -19,9 +19,9 @@
 //! where: the pause moves from the table into each entry (`set_output_paused` per id, with
 //! the same credit rule); the stdin bound becomes the client's window (`stdin_window`, 4 MiB)
 //! with the acknowledged total kept per entry, fed by the agent's `StdinWritten`; the entry
-//! keeps the request id and kind the session lists. The ids (`ExecId`) are the process ids
-//! clients see: never reused in a sandbox, since the agent reports the lowest id never used
-//! after a restore (`next_exec_id`).
+//! keeps the request id and kind the session lists. The ids (`ExecId`) are never reused in a
+//! sandbox (the agent reports the lowest id never used after a restore, `next_exec_id`), so
+//! the process ids clients see can map to them one to one.
 
 use std::collections::BTreeMap;
 use std::time::Instant;

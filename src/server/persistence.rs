@@ -476,7 +476,11 @@ impl Server {
                 ) {
                     Ok(key) => {
                         if let Some(exec) = manifest.settings.running_exec {
-                            let _ = self.runtime.adopt_exec(key, ExecId(exec.id));
+                            let _ = self.runtime.adopt_exec(
+                                key,
+                                ExecId(exec.id),
+                                self.config.limits.exec_timeout,
+                            );
                         }
                         let session = Session::restored(
                             session_id,

@@ -42,8 +42,6 @@ pub struct Settings {
     pub max_sandboxes: usize,
     /// How long a start (or a wait for a slot) may take.
     pub create_timeout: Duration,
-    /// The timeout of executions followed after a restore (their own is not saved).
-    pub exec_timeout: Duration,
     /// Output allowed per execution.
     pub max_output_bytes: u64,
     /// Limits of every process the agent spawns.
@@ -485,11 +483,13 @@ impl Core {
     }
 
     /// Follow an execution that was running when the sandbox was checkpointed and runs on in
-    /// the restored sandbox: its output and end are reported again, under the usual timeout.
+    /// the restored sandbox: its output and end are reported again; it is killed after
+    /// `timeout`.
     pub fn adopt_exec(
         &mut self,
         key: SandboxKey,
         exec: ExecId,
+        timeout: Duration,
         now: Instant,
     ) -> Result<(), RuntimeError> {
         let sandbox = self
@@ -497,10 +497,9 @@ impl Core {
             .get_mut(&key)
             .ok_or(RuntimeError::NoSuchSandbox)?;
         sandbox.execs.adopt(exec, now);
-        let timer = self.timers.arm(
-            deadline(now, self.settings.exec_timeout),
-            Timer::ExecTimeout(key, exec),
-        );
+        let timer = self
+            .timers
+            .arm(deadline(now, timeout), Timer::ExecTimeout(key, exec));
         self.add_exec_timer(key, exec, timer);
         Ok(())
     }

@@ -15,7 +15,6 @@ fn settings(max_sandboxes: usize) -> Settings {
     Settings {
         max_sandboxes,
         create_timeout: Duration::from_secs(30),
-        exec_timeout: Duration::from_secs(60),
         max_output_bytes: 100,
         process_limits: ProcessLimits {
             processes: Some(64),
@@ -499,7 +498,10 @@ fn a_shutdown_checkpoint_takes_running_executions_along_and_a_restore_adopts_the
         ]
     );
     assert_eq!(other.core.find(&id), Some(restored));
-    other.core.adopt_exec(restored, exec, other.now).unwrap();
+    other
+        .core
+        .adopt_exec(restored, exec, Duration::from_secs(60), other.now)
+        .unwrap();
     other.frame(restored, hello(exec.0 + 1));
     let end = other.frame(restored, FromAgent::Exited(exec, ExitStatus::Code(0)));
     assert_eq!(finished(&end[0]).0, exec);
