@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::agent_protocol::{ExecId, Stream};
+use crate::agent_protocol::{ExecId, Language, Stream};
 use crate::http::query::{parse_query, single_param};
 use crate::http::request::Request;
 use crate::http::response::{encode_chunk, final_chunk, json_error, ResponseHead};
@@ -19,15 +19,13 @@ use crate::runtime::exec::ExecOutcome;
 use crate::runtime::{ExecSpec, RuntimeEvent, SandboxKey};
 use crate::session::options;
 
-pub const LANGUAGES: &[&str] = &["python", "bash"];
-
 /// How many bytes of each execution's output go to the server log.
 const LOGGED_OUTPUT_BYTES: usize = 512;
 
 /// A validated `/execute` request.
 #[derive(Debug, Clone)]
 pub struct ExecuteRequest {
-    pub language: String,
+    pub language: Language,
     pub code: String,
     pub timeout: Duration,
     pub json: bool,
@@ -42,13 +40,12 @@ pub fn parse(
     let query = parse_query(&request.query);
     let param = |name: &str| single_param(&query, name).map_err(|message| (400, message));
     let language = match param("language")? {
-        Some(language) if LANGUAGES.contains(&language) => language.to_string(),
-        Some(other) => {
-            return Err((
+        Some(name) => Language::parse(name).ok_or_else(|| {
+            (
                 400,
-                format!("unsupported language {other:?}; supported languages: python, bash"),
-            ))
-        }
+                format!("unsupported language {name:?}; supported languages: python, bash"),
+            )
+        })?,
         None => {
             return Err((
                 400,
@@ -204,7 +201,7 @@ impl ExecuteJob {
         match (&self.phase, event) {
             (Phase::WaitingForSandbox, RuntimeEvent::Ready) => Step {
                 start: Some(ExecSpec {
-                    language: self.request.language.clone(),
+                    language: self.request.language,
                     code: self.request.code.clone(),
                     env: Vec::new(),
                     cwd: "/root".into(),
@@ -322,17 +319,17 @@ mod tests {
 
     fn job(json: bool) -> ExecuteJob {
         let request = ExecuteRequest {
-            language: "bash".into(),
+            language: Language::Bash,
             code: "true".into(),
             timeout: Duration::from_secs(5),
             json,
         };
-        ExecuteJob::new(1, "a".repeat(32), request, true)
+        ExecuteJob::new(SandboxKey(1), "a".repeat(32), request, true)
     }
 
     fn finished() -> RuntimeEvent {
         RuntimeEvent::ExecFinished(
-            7,
+            ExecId(7),
             ExecOutcome {
                 status: ExitStatus::Code(0),
                 reason: Reason::Exited,
@@ -347,8 +344,8 @@ mod tests {
             job.end_keep_alive();
         }
         assert!(job.on_event(RuntimeEvent::Ready).start.is_some());
-        job.set_running(7);
-        let mut bytes = job.on_event(RuntimeEvent::ExecStarted(7)).bytes;
+        job.set_running(ExecId(7));
+        let mut bytes = job.on_event(RuntimeEvent::ExecStarted(ExecId(7))).bytes;
         if !shutdown_at_start {
             job.end_keep_alive();
         }
@@ -381,7 +378,7 @@ mod tests {
     fn without_shutdown_the_connection_is_kept() {
         let mut json = job(true);
         assert!(json.on_event(RuntimeEvent::Ready).start.is_some());
-        json.set_running(7);
+        json.set_running(ExecId(7));
         let text = String::from_utf8(json.on_event(finished()).bytes).unwrap();
         assert!(!text.contains("Connection: close"), "{text}");
         assert!(json.keep_alive());

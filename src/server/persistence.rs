@@ -13,6 +13,7 @@ use std::time::Instant;
 use super::recovery::Peer;
 use super::websocket::Waiting;
 use super::{Control, Server};
+use crate::agent_protocol::ExecId;
 use crate::runtime::ids::SandboxId;
 use crate::runtime::{Owner, RuntimeError, RuntimeEvent, SandboxKey};
 use crate::session::{refusal, token_matches, Out, SaveRequest, Session, SessionId};
@@ -102,7 +103,8 @@ impl SnapshotCache {
     ) -> Result<PathBuf, String> {
         store::validate_snapshot_name(name)?;
         let base = root.join(name);
-        let manifest = store::load(&base)?
+        let manifest = store::load(&base)
+            .map_err(|error| error.to_string())?
             // The original clients look for "not found" in this creation error.
             .ok_or_else(|| format!("filesystem snapshot {name:?} not found"))?;
         same_image(&manifest, rootfs_stamp)
@@ -249,7 +251,8 @@ impl Server {
         self.jobs.spawn_or(
             move || JobResult::Published {
                 session: session_id,
-                result: store::publish(&base, &image, token, settings, &stamp),
+                result: store::publish(&base, &image, token, settings, &stamp)
+                    .map_err(|error| error.to_string()),
             },
             move |message| JobResult::Published {
                 session: session_id,
@@ -473,7 +476,11 @@ impl Server {
                 ) {
                     Ok(key) => {
                         if let Some(exec) = manifest.settings.running_exec {
-                            let _ = self.runtime.adopt_exec(key, exec.id);
+                            let _ = self.runtime.adopt_exec(
+                                key,
+                                ExecId(exec.id),
+                                self.config.limits.exec_timeout,
+                            );
                         }
                         let session = Session::restored(
                             session_id,
@@ -668,7 +675,7 @@ fn check_attach(
                 }
             };
         }
-        Err(message) => return AttachOutcome::Failed(message),
+        Err(error) => return AttachOutcome::Failed(error.to_string()),
     };
     let expected = manifest.token_sha256.clone().unwrap_or_default();
     if !token_matches(&expected, token) {
@@ -688,9 +695,9 @@ fn check_attach(
             image,
             lease,
         },
-        Err(message) => {
+        Err(error) => {
             lease::release(base, &lease);
-            AttachOutcome::Failed(message)
+            AttachOutcome::Failed(error.to_string())
         }
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::agent_protocol::{ExecId, Stream};
+use crate::agent_protocol::{ExecId, Language, Stream};
 use crate::runtime::exec::{ExecOutcome, Reason};
 use crate::runtime::{ExecSpec, RuntimeError, RuntimeEvent, SandboxKey};
 use text::{base64_decode, base64_encode, Utf8Stream};
@@ -202,7 +202,7 @@ pub fn refusal(name: &str, message: &str, code: u16) -> Vec<Out> {
 /// Whether `given` is the token whose SHA-256 is `expected_sha256`. Hashes are compared in
 /// constant time, so the time taken says nothing about how much of a guess matched.
 pub fn token_matches(expected_sha256: &str, given: &str) -> bool {
-    !given.is_empty() && tokens_match(expected_sha256, &crate::store::sha256_hex(given.as_bytes()))
+    !given.is_empty() && tokens_match(expected_sha256, &crate::ids::sha256_hex(given.as_bytes()))
 }
 
 /// Constant-time comparison of two strings.
@@ -223,7 +223,7 @@ impl Session {
             state: State::AwaitingInit,
             sandbox: None,
             sandbox_id: String::new(),
-            token_sha256: crate::store::sha256_hex(token.as_bytes()),
+            token_sha256: crate::ids::sha256_hex(token.as_bytes()),
             token,
             checkpointable: false,
             auto_checkpoint: false,
@@ -269,7 +269,7 @@ impl Session {
             auto_checkpoint: self.auto_checkpoint,
             network: self.network,
             running_exec: self.exec.as_ref().map(|exec| crate::store::SavedExec {
-                id: exec.id,
+                id: exec.id.0,
                 base64: exec.base64,
             }),
         }
@@ -301,7 +301,7 @@ impl Session {
         if let Some(exec) = saved.running_exec {
             // Its output is held until the client asks for it with `reconnect`.
             session.exec = Some(RunningExec {
-                id: exec.id,
+                id: ExecId(exec.id),
                 base64: exec.base64,
                 stdout: Utf8Stream::default(),
                 stderr: Utf8Stream::default(),
@@ -387,7 +387,9 @@ impl Session {
                     "cannot create from filesystem snapshot {name:?}: filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)"
                 ))
             } else {
-                crate::store::validate_snapshot_name(name).err()
+                crate::ids::validate_snapshot_name(name)
+                    .err()
+                    .map(|error| error.to_string())
             }
         } else {
             None
@@ -649,7 +651,9 @@ impl Session {
         } else if self.exec.is_some() {
             Some("cannot take a filesystem snapshot while an execution is running".to_string())
         } else {
-            crate::store::validate_snapshot_name(name).err()
+            crate::ids::validate_snapshot_name(name)
+                .err()
+                .map(|error| error.to_string())
         };
         match problem {
             Some(text) => out.extend(error_frames("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", &text)),
@@ -746,9 +750,12 @@ impl Session {
         out: &mut Vec<Out>,
         control: &mut dyn SandboxControl,
     ) {
-        let language = message.get("language").and_then(Value::as_str);
+        let language = message
+            .get("language")
+            .and_then(Value::as_str)
+            .and_then(Language::parse);
         let code = message.get("code").and_then(Value::as_str);
-        let (Some(language @ ("python" | "bash")), Some(code)) = (language, code) else {
+        let (Some(language), Some(code)) = (language, code) else {
             out.extend(error_frames(
                 "SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR",
                 LANGUAGES_MESSAGE,
@@ -790,7 +797,7 @@ impl Session {
 
     fn exec_spec(
         &self,
-        language: &str,
+        language: Language,
         code: &str,
         message: &Map<String, Value>,
     ) -> Result<ExecSpec, String> {
@@ -841,7 +848,7 @@ impl Session {
                 })?,
         };
         Ok(ExecSpec {
-            language: language.to_string(),
+            language,
             code: code.to_string(),
             env,
             cwd,
