@@ -20,7 +20,7 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 step "cargo clippy"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "fuzzing (each target ${FUZZ_SECONDS:-15} s)"
 bash scripts/fuzz.sh

@@ -140,7 +140,7 @@ pub struct EgressConfig {
     /// `SANDBOX_EGRESS`: `on` (default) or `off` (no sandbox gets network).
     pub enabled: bool,
     /// `SANDBOX_EGRESS_ALLOW`: `host:port,...` a sandbox with egress may connect to.
-    pub allow: Vec<crate::runtime::network::Destination>,
+    pub allow: Vec<crate::egress_policy::Destination>,
     /// `SANDBOX_EGRESS_SUBNET`: the /16 the sandboxes' veth pairs are numbered from.
     pub subnet: String,
 }
@@ -257,7 +257,7 @@ impl Config {
                         )))
                     }
                 },
-                allow: crate::runtime::network::parse_policy(&env.string(
+                allow: crate::egress_policy::parse_policy(&env.string(
                     "SANDBOX_EGRESS_ALLOW",
                     "pypi.org:443,files.pythonhosted.org:443",
                 ))

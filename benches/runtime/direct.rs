@@ -10,9 +10,9 @@ use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use sandbox::agent::AgentConfig;
 use sandbox::agent_protocol::{
-    ExitStatus, FrameDecoder, FromAgent, ProcessLimits, SpawnRequest, Stream, ToAgent,
+    AgentConfig, ExecId, ExitStatus, FrameDecoder, FromAgent, Language, ProcessLimits,
+    SpawnRequest, Stream, ToAgent, OUTPUT_WINDOW_BYTES,
 };
 use sandbox::config::{Config, Limits};
 use sandbox::runtime::bundle;
@@ -349,10 +349,12 @@ impl<'a> AgentSandbox<'a> {
         code: &str,
         env: &[(&str, &str)],
     ) -> io::Result<Outcome> {
-        let exec = self.next_exec;
+        let exec = ExecId(self.next_exec);
         self.next_exec += 1;
+        let language = Language::parse(language)
+            .ok_or_else(|| io::Error::other(format!("no language {language:?}")))?;
         let request = SpawnRequest {
-            language: language.into(),
+            language,
             code: code.into(),
             env: env
                 .iter()
@@ -364,14 +366,13 @@ impl<'a> AgentSandbox<'a> {
         let mut frame = Vec::new();
         ToAgent::Spawn(exec, request).encode(&mut frame);
         let started = Instant::now();
-        let writer = self
-            .to_agent
-            .as_mut()
-            .ok_or_else(|| io::Error::other("agent pipe closed"))?;
-        writer.write_all(&frame)?;
+        self.write_to_agent(&frame)?;
         let mut stdout_bytes = 0u64;
         let mut stdout_frames = 0u64;
         let mut stdout = Vec::new();
+        // Output is given back to the agent's window in batches of half a window, as the
+        // server does (runtime::execs).
+        let mut owed_credit = 0u32;
         loop {
             match self.next_frame()? {
                 FromAgent::Output(id, Stream::Stdout, data) if id == exec => {
@@ -379,6 +380,11 @@ impl<'a> AgentSandbox<'a> {
                     stdout_frames += 1;
                     let room = (1usize << 20).saturating_sub(stdout.len());
                     stdout.extend_from_slice(&data[..room.min(data.len())]);
+                    owed_credit += data.len() as u32;
+                    if owed_credit >= OUTPUT_WINDOW_BYTES / 2 {
+                        self.send(&ToAgent::Credit(exec, owed_credit))?;
+                        owed_credit = 0;
+                    }
                 }
                 FromAgent::Exited(id, status) if id == exec => {
                     return Ok(Outcome {
@@ -395,6 +401,20 @@ impl<'a> AgentSandbox<'a> {
                 _ => {}
             }
         }
+    }
+
+    /// Write one frame to the agent.
+    fn send(&mut self, frame: &ToAgent) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        frame.encode(&mut bytes);
+        self.write_to_agent(&bytes)
+    }
+
+    fn write_to_agent(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.to_agent
+            .as_mut()
+            .ok_or_else(|| io::Error::other("agent pipe closed"))?
+            .write_all(bytes)
     }
 
     /// `runsc exec ID ARGS...` on this sandbox: from spawning it to reading all of its stdout and

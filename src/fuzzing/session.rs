@@ -92,7 +92,7 @@ const CLOSE_CODES: [u16; 8] = [1000, 1001, 1003, 1008, 1009, 1011, 1013, 4000];
 const MAX_CLOSE_REASON_BYTES: usize = 123;
 
 /// The only sandbox the fake hands out.
-const SANDBOX: SandboxKey = 7;
+const SANDBOX: SandboxKey = SandboxKey(7);
 
 pub fn run(data: &[u8]) {
     let mut records = data.split(|&byte| byte == b'\n');
@@ -120,7 +120,7 @@ struct FakeControl {
     fail_next: bool,
     acquired: bool,
     deleted: bool,
-    execs_started: ExecId,
+    execs_started: u32,
 }
 
 impl FakeControl {
@@ -139,7 +139,7 @@ impl FakeControl {
 
     fn exec_call(&mut self, sandbox: SandboxKey, exec: ExecId) -> Result<(), RuntimeError> {
         self.call(sandbox)?;
-        if exec == 0 || exec > self.execs_started {
+        if exec.0 == 0 || exec.0 > self.execs_started {
             return Err(RuntimeError::NoSuchExecution);
         }
         Ok(())
@@ -171,11 +171,10 @@ impl SandboxControl for FakeControl {
             !self.deleted,
             "an execution was started on a deleted sandbox"
         );
-        assert!(spec.language == "python" || spec.language == "bash");
         assert!(spec.cwd.starts_with('/'));
         assert!(!spec.timeout.is_zero());
         self.execs_started += 1;
-        Ok(self.execs_started)
+        Ok(ExecId(self.execs_started))
     }
 
     fn write_stdin(
@@ -324,13 +323,15 @@ impl Server {
     /// execution started.
     fn notice(&self, letter: u8, argument: &[u8]) -> Option<RuntimeEvent> {
         let text = || String::from_utf8_lossy(argument).into_owned();
-        let current = self.control.execs_started;
+        let current = ExecId(self.control.execs_started);
         Some(match letter {
             b'R' => RuntimeEvent::Ready,
             b'F' => RuntimeEvent::StartFailed(text()),
             b'L' => RuntimeEvent::Lost(text()),
             b'D' => RuntimeEvent::Deleted,
-            b'S' => RuntimeEvent::ExecStarted(decimal(argument).map_or(current, |id| id as ExecId)),
+            b'S' => {
+                RuntimeEvent::ExecStarted(decimal(argument).map_or(current, |id| ExecId(id as u32)))
+            }
             b'X' => RuntimeEvent::ExecSpawnFailed(current, text()),
             b'o' => RuntimeEvent::Output(current, Stream::Stdout, unescape(argument)),
             b'e' => RuntimeEvent::Output(current, Stream::Stderr, unescape(argument)),

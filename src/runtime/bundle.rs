@@ -5,12 +5,12 @@
 //! `/.sandbox`, fresh /proc, /dev/shm and /tmp, and nothing else of the host. Its network is
 //! whatever runsc's `--network` flag gives (none by default).
 
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::agent::identity::{AGENT_CAPABILITIES, AGENT_UID};
-use crate::agent::AgentConfig;
+use crate::agent_protocol::{AgentConfig, AGENT_CAPABILITIES, AGENT_UID};
 use crate::config::Limits;
 
 /// Where the agent's directory is mounted inside the sandbox.
@@ -74,6 +74,64 @@ pub struct BundleSpec<'a> {
     pub hosts: Option<&'a Path>,
 }
 
+/// What every sandbox's bundle shares: the configuration, read once.
+#[derive(Debug, Clone)]
+pub struct BundleSettings {
+    pub rootfs: PathBuf,
+    /// The directory holding only the agent's copy (mounted at [`AGENT_MOUNT`]).
+    pub agent_dir: PathBuf,
+    pub agent: AgentConfig,
+    pub limits: Limits,
+    /// The cgroup every container's cgroup is made under.
+    pub cgroup_parent: String,
+    pub cpu_features: Option<String>,
+    pub wheelhouse: Option<PathBuf>,
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl BundleSettings {
+    /// Write config.json for the next container in `bundle_dir`. The cgroup is named after the
+    /// container, not the sandbox: a restored container must not share a cgroup with the
+    /// checkpointed one that is being deleted beside it. With `netns` (egress), the sandbox
+    /// uses that network namespace and the `hosts` file the runtime wrote in the bundle.
+    pub fn write(
+        &self,
+        container: &str,
+        bundle_dir: &Path,
+        netns: Option<&Path>,
+    ) -> io::Result<()> {
+        std::fs::create_dir_all(bundle_dir)?;
+        let cgroup = format!("{}/{}", self.cgroup_parent, container);
+        let hosts = bundle_dir.join("hosts");
+        let hosts = (netns.is_some() && hosts.exists()).then_some(hosts.as_path());
+        let wheelhouse = self.wheelhouse.as_deref();
+        let agent = AgentConfig {
+            base_env: base_env(
+                wheelhouse.is_some(),
+                netns.is_some(),
+                self.ca_bundle.is_some(),
+            ),
+            ..self.agent.clone()
+        };
+        let spec = spec(&BundleSpec {
+            rootfs: &self.rootfs,
+            agent_dir: &self.agent_dir,
+            agent: &agent,
+            limits: &self.limits,
+            cgroup: &cgroup,
+            cpu_features: self.cpu_features.as_deref(),
+            wheelhouse,
+            ca_bundle: self.ca_bundle.as_deref(),
+            netns,
+            hosts,
+        });
+        std::fs::write(
+            bundle_dir.join("config.json"),
+            serde_json::to_vec_pretty(&spec)?,
+        )
+    }
+}
+
 /// Build config.json for a sandbox.
 pub fn spec(bundle: &BundleSpec<'_>) -> Value {
     let agent_arg = serde_json::to_string(bundle.agent).unwrap_or_default();
@@ -123,7 +181,7 @@ pub fn spec(bundle: &BundleSpec<'_>) -> Value {
         "process": {
             "terminal": false,
             // The agent's own uid owns its pipes to the server; it becomes root for everything
-            // else and drops these capabilities at once (agent::identity).
+            // else and drops these capabilities at once (the agent's `identity` module).
             "user": {"uid": AGENT_UID, "gid": AGENT_UID},
             "capabilities": {
                 "bounding": AGENT_CAPABILITIES,

@@ -1,5 +1,5 @@
-//! Bookkeeping of one execution on the server side, without I/O: why it ended, how much output
-//! it may still write, how much stdin is in flight.
+//! Bookkeeping of one execution on the server side, without I/O: why it ended and how much
+//! output it may still write.
 
 use std::time::Instant;
 
@@ -77,8 +77,6 @@ pub struct ExecTracker {
     output_limit: u64,
     output_bytes: u64,
     truncated: bool,
-    /// Bytes of stdin sent to the agent and not yet written to the process.
-    pub stdin_in_flight: u64,
 }
 
 impl ExecTracker {
@@ -89,7 +87,6 @@ impl ExecTracker {
             output_limit,
             output_bytes: 0,
             truncated: false,
-            stdin_in_flight: 0,
         }
     }
 
@@ -97,10 +94,6 @@ impl ExecTracker {
     /// after a kill request does not rename it).
     pub fn mark_killed(&mut self, reason: Reason) {
         self.kill_reason.get_or_insert(reason);
-    }
-
-    pub fn is_being_killed(&self) -> bool {
-        self.kill_reason.is_some()
     }
 
     pub fn on_output(&mut self, length: usize) -> OutputVerdict {

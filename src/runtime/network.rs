@@ -22,44 +22,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-/// One allowed destination of the policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Destination {
-    pub host: String,
-    pub port: u16,
-}
-
-/// Parse `host:port,host:port` (an IPv4 address is a host too).
-pub fn parse_policy(text: &str) -> Result<Vec<Destination>, String> {
-    let mut destinations = Vec::new();
-    for item in text
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-    {
-        let (host, port) = item
-            .rsplit_once(':')
-            .ok_or_else(|| format!("egress destination {item:?} must be host:port"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|port| *port != 0)
-            .ok_or_else(|| format!("egress destination {item:?} has an invalid port"))?;
-        let valid_host = !host.is_empty()
-            && host.len() <= 253
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-        if !valid_host {
-            return Err(format!("egress destination {item:?} has an invalid host"));
-        }
-        destinations.push(Destination {
-            host: host.to_string(),
-            port,
-        });
-    }
-    Ok(destinations)
-}
+use crate::egress_policy::Destination;
 
 /// Addresses a hostname may never resolve to (an explicit IP in the policy may still be one).
 fn is_internal(address: Ipv4Addr) -> bool {
@@ -103,7 +66,77 @@ pub struct Network {
     active: usize,
 }
 
-fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<(), String> {
+/// What went wrong while setting up egress, naming the command or value at fault.
+#[derive(Debug)]
+pub enum NetworkError {
+    /// `SANDBOX_EGRESS_SUBNET` is not an `a.b.0.0/16`.
+    Subnet(String),
+    /// `ip` or `nft` could not be run or talked to.
+    Command {
+        program: String,
+        source: std::io::Error,
+    },
+    /// `ip` or `nft` refused: the command and what it said.
+    Refused {
+        command: String,
+        stderr: String,
+    },
+    Forwarding(std::io::Error),
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    NoPublicAddress {
+        host: String,
+    },
+    /// Setting up one sandbox's namespace and veth failed (what is made so far is removed).
+    Sandbox(Box<NetworkError>),
+}
+
+impl std::fmt::Display for NetworkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetworkError::Subnet(subnet) => write!(
+                f,
+                "SANDBOX_EGRESS_SUBNET must look like 10.213.0.0/16, got {subnet:?}"
+            ),
+            NetworkError::Command { program, source } => {
+                write!(f, "cannot run {program}: {source}")
+            }
+            NetworkError::Refused { command, stderr } => write!(f, "{command}: {stderr}"),
+            NetworkError::Forwarding(source) => {
+                write!(f, "cannot enable IP forwarding: {source}")
+            }
+            NetworkError::Resolve { host, source } => {
+                write!(f, "cannot resolve egress destination {host}: {source}")
+            }
+            NetworkError::NoPublicAddress { host } => {
+                write!(f, "egress destination {host} has no public IPv4 address")
+            }
+            NetworkError::Sandbox(error) => {
+                write!(f, "cannot set up the sandbox's network: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for NetworkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NetworkError::Command { source, .. }
+            | NetworkError::Forwarding(source)
+            | NetworkError::Resolve { source, .. } => Some(source),
+            NetworkError::Sandbox(error) => Some(error.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<(), NetworkError> {
+    let failed = |source| NetworkError::Command {
+        program: program.to_string(),
+        source,
+    };
     let mut command = Command::new(program);
     command
         .args(args)
@@ -114,49 +147,44 @@ fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<(), String> 
     } else {
         Stdio::null()
     });
-    let mut child = command
-        .spawn()
-        .map_err(|error| format!("cannot run {program}: {error}"))?;
+    let mut child = command.spawn().map_err(failed)?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
         use std::io::Write;
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|error| format!("{program}: {error}"))?;
+        stdin.write_all(text.as_bytes()).map_err(failed)?;
     }
-    let output = child
-        .wait_with_output()
-        .map_err(|error| format!("{program}: {error}"))?;
+    let output = child.wait_with_output().map_err(failed)?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        Err(NetworkError::Refused {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
     }
 }
 
 impl Network {
     /// `state_dir` names this instance's resources; `subnet` is a /16 given as `a.b.0.0/16`.
-    pub fn new(state_dir: &Path, subnet: &str, policy: Vec<Destination>) -> Result<Self, String> {
+    pub fn new(
+        state_dir: &Path,
+        subnet: &str,
+        policy: Vec<Destination>,
+    ) -> Result<Self, NetworkError> {
         let digest = Sha256::digest(state_dir.to_string_lossy().as_bytes());
         let tag: String = digest
             .iter()
             .take(3)
             .map(|byte| format!("{byte:02x}"))
             .collect();
-        let prefix = subnet.strip_suffix(".0.0/16").ok_or_else(|| {
-            format!("SANDBOX_EGRESS_SUBNET must look like 10.213.0.0/16, got {subnet:?}")
-        })?;
+        let prefix = subnet
+            .strip_suffix(".0.0/16")
+            .ok_or_else(|| NetworkError::Subnet(subnet.to_string()))?;
         let octets: Vec<u8> = prefix
             .split('.')
             .filter_map(|part| part.parse().ok())
             .collect();
         let [first, second] = octets[..] else {
-            return Err(format!(
-                "SANDBOX_EGRESS_SUBNET must look like 10.213.0.0/16, got {subnet:?}"
-            ));
+            return Err(NetworkError::Subnet(subnet.to_string()));
         };
         Ok(Network {
             table: format!("crs_{tag}"),
@@ -181,15 +209,14 @@ impl Network {
     }
 
     /// Remove what a previous instance left.
-    pub fn start(&mut self) -> Result<(), String> {
+    pub fn start(&mut self) -> Result<(), NetworkError> {
         self.remove_leftovers();
         Ok(())
     }
 
     /// Install this instance's table (before its first sandbox with egress).
-    fn install_table(&self) -> Result<(), String> {
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-            .map_err(|error| format!("cannot enable IP forwarding: {error}"))?;
+    fn install_table(&self) -> Result<(), NetworkError> {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetworkError::Forwarding)?;
         let (a, b) = (self.subnet[0], self.subnet[1]);
         let (table, tag) = (&self.table, &self.tag);
         let rules = format!(
@@ -232,7 +259,7 @@ impl Network {
     }
 
     /// Resolve the policy: addresses to allow, and `/etc/hosts` lines for the sandbox.
-    pub fn resolve(&self) -> Result<(Vec<(Ipv4Addr, u16)>, String), String> {
+    pub fn resolve(&self) -> Result<(Vec<(Ipv4Addr, u16)>, String), NetworkError> {
         let mut allowed = Vec::new();
         let mut hosts = String::from("127.0.0.1 localhost sandbox\n::1 localhost\n");
         for destination in &self.policy {
@@ -242,11 +269,9 @@ impl Network {
             }
             let addresses: Vec<Ipv4Addr> = (destination.host.as_str(), destination.port)
                 .to_socket_addrs()
-                .map_err(|error| {
-                    format!(
-                        "cannot resolve egress destination {}: {error}",
-                        destination.host
-                    )
+                .map_err(|source| NetworkError::Resolve {
+                    host: destination.host.clone(),
+                    source,
                 })?
                 .filter_map(|address| match address {
                     SocketAddr::V4(v4) => Some(*v4.ip()),
@@ -255,10 +280,9 @@ impl Network {
                 .filter(|address| !is_internal(*address))
                 .collect();
             if addresses.is_empty() {
-                return Err(format!(
-                    "egress destination {} has no public IPv4 address",
-                    destination.host
-                ));
+                return Err(NetworkError::NoPublicAddress {
+                    host: destination.host.clone(),
+                });
             }
             for address in &addresses {
                 allowed.push((*address, destination.port));
@@ -269,7 +293,7 @@ impl Network {
     }
 
     /// A namespace with a veth pair for one sandbox, allowed to reach `allowed`.
-    pub fn create(&mut self, allowed: &[(Ipv4Addr, u16)]) -> Result<SandboxNetwork, String> {
+    pub fn create(&mut self, allowed: &[(Ipv4Addr, u16)]) -> Result<SandboxNetwork, NetworkError> {
         let index = self.next;
         self.next = (self.next + 1) % 16_384;
         let (a, b) = (self.subnet[0], self.subnet[1]);
@@ -325,7 +349,7 @@ route add default via {host_ip}
             Ok(()) => Ok(network),
             Err(error) => {
                 self.destroy(&network);
-                Err(format!("cannot set up the sandbox's network: {error}"))
+                Err(NetworkError::Sandbox(Box::new(error)))
             }
         }
     }
@@ -350,24 +374,6 @@ route add default via {host_ip}
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn policies_parse_and_reject_nonsense() {
-        let policy =
-            parse_policy("pypi.org:443, files.pythonhosted.org:443,10.0.0.5:8080").unwrap();
-        assert_eq!(policy.len(), 3);
-        assert_eq!(
-            policy[2],
-            Destination {
-                host: "10.0.0.5".into(),
-                port: 8080
-            }
-        );
-        assert!(parse_policy("pypi.org").is_err());
-        assert!(parse_policy("pypi.org:0").is_err());
-        assert!(parse_policy("a b:1").is_err());
-        assert!(parse_policy("").unwrap().is_empty());
-    }
 
     #[test]
     fn internal_addresses_are_recognised() {

@@ -276,6 +276,15 @@ mod tests {
         }
     }
 
+    /// Keys as the tests write them.
+    fn k(key: u64) -> SandboxKey {
+        SandboxKey(key)
+    }
+
+    fn keys(list: &[u64]) -> Vec<SandboxKey> {
+        list.iter().copied().map(SandboxKey).collect()
+    }
+
     fn all_ready(_: SandboxKey) -> Readiness {
         Readiness::Ready
     }
@@ -286,7 +295,7 @@ mod tests {
         for n in 1..=6 {
             let image = PathBuf::from(format!("/s/{n}"));
             assert!(pools.use_snapshot(&image).is_empty());
-            assert!(pools.add_snapshot(&image, n));
+            assert!(pools.add_snapshot(&image, k(n)));
         }
         pools
     }
@@ -300,7 +309,7 @@ mod tests {
     #[test]
     fn full_of_pooled_sandboxes_real_work_evicts_the_least_recently_used_snapshot_pool_first() {
         let mut pools = six_snapshot_pools();
-        pools.add_fresh(7);
+        pools.add_fresh(k(7));
         // Snapshot 3 used again: it is now the most recently used.
         pools.use_snapshot(Path::new("/s/3"));
         let mut evicted = Vec::new();
@@ -313,7 +322,7 @@ mod tests {
             assert!(pools.remove(key));
             evicted.push(key);
         }
-        assert_eq!(evicted, vec![1, 2, 4, 5, 6, 3, 7]);
+        assert_eq!(evicted, keys(&[1, 2, 4, 5, 6, 3, 7]));
         assert_eq!(pools.admit(slots(7, 7, 7, 7)), Admission::Refuse);
     }
 
@@ -323,7 +332,7 @@ mod tests {
         // One real sandbox is being deleted and nobody waits for its slot.
         assert_eq!(pools.admit(slots(6, 6, 1, 0)), Admission::Wait);
         // Its slot is claimed: the next request needs a pooled sandbox.
-        assert_eq!(pools.admit(slots(6, 6, 1, 1)), Admission::Evict(1));
+        assert_eq!(pools.admit(slots(6, 6, 1, 1)), Admission::Evict(k(1)));
     }
 
     #[test]
@@ -349,15 +358,15 @@ mod tests {
     #[test]
     fn the_fresh_pool_is_given_up_last_and_oldest_first() {
         let mut pools = Pools::new(2);
-        pools.add_fresh(10);
-        pools.add_fresh(11);
+        pools.add_fresh(k(10));
+        pools.add_fresh(k(11));
         pools.use_snapshot(Path::new("/s/a"));
-        assert_eq!(pools.eviction_candidate(), Some(10));
-        pools.add_snapshot(Path::new("/s/a"), 12);
-        assert_eq!(pools.eviction_candidate(), Some(12));
-        pools.remove(12);
-        pools.remove(10);
-        assert_eq!(pools.eviction_candidate(), Some(11));
+        assert_eq!(pools.eviction_candidate(), Some(k(10)));
+        pools.add_snapshot(Path::new("/s/a"), k(12));
+        assert_eq!(pools.eviction_candidate(), Some(k(12)));
+        pools.remove(k(12));
+        pools.remove(k(10));
+        assert_eq!(pools.eviction_candidate(), Some(k(11)));
     }
 
     #[test]
@@ -365,19 +374,19 @@ mod tests {
         let mut pools = Pools::new(2);
         for (key, name) in [(1, "/s/a"), (2, "/s/b")] {
             assert!(pools.use_snapshot(Path::new(name)).is_empty());
-            pools.add_snapshot(Path::new(name), key);
+            pools.add_snapshot(Path::new(name), k(key));
         }
         // a is used again, so b is now the least recently used.
         assert!(pools.use_snapshot(Path::new("/s/a")).is_empty());
-        assert_eq!(pools.use_snapshot(Path::new("/s/c")), vec![2]);
+        assert_eq!(pools.use_snapshot(Path::new("/s/c")), keys(&[2]));
         assert_eq!(pools.snapshot_pools(), 2);
         assert_eq!(
             pools.images(),
             vec![PathBuf::from("/s/c"), PathBuf::from("/s/a")]
         );
         // A refill for the dropped image finds no pool: its sandbox must be deleted.
-        assert!(!pools.add_snapshot(Path::new("/s/b"), 3));
-        assert_eq!(pools.use_snapshot(Path::new("/s/d")), vec![1]);
+        assert!(!pools.add_snapshot(Path::new("/s/b"), k(3)));
+        assert_eq!(pools.use_snapshot(Path::new("/s/d")), keys(&[1]));
         assert_eq!(pools.snapshot_pools(), 2);
     }
 
@@ -386,7 +395,7 @@ mod tests {
         let mut pools = Pools::new(0);
         assert!(pools.use_snapshot(Path::new("/s/a")).is_empty());
         assert_eq!(pools.snapshot_pools(), 0);
-        assert!(!pools.add_snapshot(Path::new("/s/a"), 1));
+        assert!(!pools.add_snapshot(Path::new("/s/a"), k(1)));
         assert_eq!(pools.take_snapshot(Path::new("/s/a"), all_ready), None);
     }
 
@@ -394,23 +403,23 @@ mod tests {
     fn taking_prefers_ready_sandboxes_and_never_hands_out_dying_ones() {
         let mut pools = Pools::new(1);
         for key in [1, 2, 3] {
-            pools.add_fresh(key);
+            pools.add_fresh(k(key));
         }
-        let readiness = |key: SandboxKey| match key {
+        let readiness = |key: SandboxKey| match key.0 {
             1 => Readiness::Unusable,
             2 => Readiness::Starting,
             _ => Readiness::Ready,
         };
-        assert_eq!(pools.take_fresh(readiness), Some(3));
-        assert_eq!(pools.take_fresh(readiness), Some(2));
+        assert_eq!(pools.take_fresh(readiness), Some(k(3)));
+        assert_eq!(pools.take_fresh(readiness), Some(k(2)));
         assert_eq!(pools.take_fresh(readiness), None);
         assert_eq!(pools.fresh_len(), 1);
 
         let image = Path::new("/s/a");
         pools.use_snapshot(image);
-        pools.add_snapshot(image, 4);
+        pools.add_snapshot(image, k(4));
         assert_eq!(pools.take_snapshot(Path::new("/s/other"), all_ready), None);
-        assert_eq!(pools.take_snapshot(image, all_ready), Some(4));
+        assert_eq!(pools.take_snapshot(image, all_ready), Some(k(4)));
         assert_eq!(pools.snapshot_len(image), 0);
     }
 
@@ -419,14 +428,14 @@ mod tests {
         let mut pools = Pools::new(3);
         for (key, name) in [(1, "/s/a"), (2, "/s/b")] {
             pools.use_snapshot(Path::new(name));
-            pools.add_snapshot(Path::new(name), key);
+            pools.add_snapshot(Path::new(name), k(key));
         }
         assert_eq!(
             pools.drop_pools(|image| image == Path::new("/s/a")),
-            vec![1]
+            keys(&[1])
         );
         assert_eq!(pools.images(), vec![PathBuf::from("/s/b")]);
-        assert_eq!(pools.snapshot_sandboxes().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(pools.snapshot_sandboxes().collect::<Vec<_>>(), keys(&[2]));
         pools.clear();
         assert_eq!(pools.snapshot_pools(), 0);
         assert_eq!(pools.fresh_len(), 0);

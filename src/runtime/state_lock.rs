@@ -119,7 +119,7 @@ mod tests {
 
     fn temp_dir(name: &str) -> PathBuf {
         let mut nonce = [0u8; 4];
-        crate::runtime::ids::random_bytes(&mut nonce).unwrap();
+        crate::ids::random_bytes(&mut nonce).unwrap();
         std::env::temp_dir().join(format!(
             "crs-lock-{name}-{}",
             nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()

@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 
+use crate::agent_protocol::Language;
 use crate::http::query::{parse_query, percent_decode_path, single_param};
 use crate::http::request::{HttpError, Request};
 use crate::http::response::{json_error_body, ResponseHead};
@@ -46,7 +47,7 @@ pub enum Upgrade {
 /// A checked `POST /execute`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecuteRequest {
-    pub language: &'static str,
+    pub language: Language,
     pub code: String,
     pub options: ExecOptions,
     /// `Accept: application/json`: one JSON answer at the end instead of streamed text.
@@ -470,7 +471,7 @@ mod tests {
         else {
             panic!("not an execution")
         };
-        assert_eq!(checked.language, "bash");
+        assert_eq!(checked.language, Language::Bash);
         assert_eq!(checked.options.timeout, Duration::from_secs(5));
         assert_eq!(checked.options.cwd, "/root");
         for (target, body, message) in [

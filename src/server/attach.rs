@@ -20,7 +20,7 @@
 use std::path::PathBuf;
 
 use super::store_work::AttachOutcome;
-use crate::runtime::ids::SandboxId;
+use crate::ids::SandboxId;
 use crate::session::{refusal, token, Out, SessionId, Status};
 use crate::store::{lease::Lease, Manifest};
 

@@ -251,7 +251,7 @@ mod tests {
 
     fn job(json: bool) -> ExecuteJob {
         let request = ExecuteRequest {
-            language: "bash",
+            language: crate::agent_protocol::Language::Bash,
             code: "true".into(),
             options: crate::session::exec_options::ExecOptions {
                 env: Vec::new(),
@@ -261,12 +261,12 @@ mod tests {
             },
             json,
         };
-        ExecuteJob::new(1, "a".repeat(32), request, true)
+        ExecuteJob::new(SandboxKey(1), "a".repeat(32), request, true)
     }
 
     fn finished() -> RuntimeEvent {
         RuntimeEvent::ExecFinished(
-            7,
+            ExecId(7),
             ExecOutcome {
                 status: ExitStatus::Code(0),
                 reason: Reason::Exited,
@@ -289,8 +289,8 @@ mod tests {
             ("bash", "/root", std::time::Duration::from_secs(5)),
             "the checked options of the request"
         );
-        job.set_running(7);
-        let mut bytes = job.on_event(RuntimeEvent::ExecStarted(7)).bytes;
+        job.set_running(ExecId(7));
+        let mut bytes = job.on_event(RuntimeEvent::ExecStarted(ExecId(7))).bytes;
         if !shutdown_at_start {
             job.end_keep_alive();
         }
@@ -323,7 +323,7 @@ mod tests {
     fn without_shutdown_the_connection_is_kept() {
         let mut json = job(true);
         assert!(json.on_event(RuntimeEvent::Ready).start.is_some());
-        json.set_running(7);
+        json.set_running(ExecId(7));
         let text = String::from_utf8(json.on_event(finished()).bytes).unwrap();
         assert!(!text.contains("Connection: close"), "{text}");
         assert!(json.keep_alive());

@@ -362,10 +362,10 @@ impl Server {
     }
 
     fn metrics_text(&mut self) -> String {
-        for seconds in self.runtime.stats.start_seconds.drain(..) {
+        for seconds in self.runtime.take_start_seconds() {
             self.metrics.sandbox_start_seconds.observe(seconds);
         }
-        let stats = &self.runtime.stats;
+        let stats = self.runtime.stats();
         self.metrics.render(&Gauges {
             live_sandboxes: self.runtime.live_sandboxes(),
             pool_ready: self.runtime.pool_ready(),

@@ -127,7 +127,7 @@ impl Server {
         }
         let jobs = jobs::Jobs::new(poll.registry())?;
         let mut nonce = [0u8; 6];
-        crate::runtime::ids::random_bytes(&mut nonce)?;
+        crate::ids::random_bytes(&mut nonce)?;
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         let instance_id = format!(
             "{}-{}-{}",

@@ -22,6 +22,7 @@ use super::sessions::Control;
 use super::store_work::{self, AttachOutcome, DeleteError, VerifiedImage};
 use super::websocket::Waiting;
 use super::Server;
+use crate::agent_protocol::ExecId;
 use crate::config::Config;
 use crate::runtime::{Owner, RuntimeEvent};
 use crate::session::{SaveRequest, SavedExec, SavedState, Session, SessionId};
@@ -438,7 +439,8 @@ impl Persistence {
         self.jobs.spawn_or(
             move || JobResult::Published {
                 session,
-                result: store::publish(&base, &image, token, settings, &stamp),
+                result: store::publish(&base, &image, token, settings, &stamp)
+                    .map_err(|error| error.to_string()),
             },
             move |message| JobResult::Published {
                 session,
@@ -463,7 +465,7 @@ impl From<&SavedState> for SavedSettings {
             auto_checkpoint: state.auto_checkpoint,
             network: state.network,
             running_exec: state.running_exec.map(|exec| store::SavedExec {
-                id: exec.exec,
+                id: exec.exec.0,
                 base64: exec.output_encoding == crate::session::events::OutputEncoding::Base64,
             }),
         }
@@ -477,7 +479,7 @@ impl From<&SavedSettings> for SavedState {
             auto_checkpoint: settings.auto_checkpoint,
             network: settings.network,
             running_exec: settings.running_exec.map(|exec| SavedExec {
-                exec: exec.id,
+                exec: ExecId(exec.id),
                 output_encoding: if exec.base64 {
                     crate::session::events::OutputEncoding::Base64
                 } else {

@@ -230,7 +230,7 @@ impl Server {
             return self.refuse(id, refused);
         }
         let mut token = [0u8; 16];
-        if let Err(error) = crate::runtime::ids::random_bytes(&mut token) {
+        if let Err(error) = crate::ids::random_bytes(&mut token) {
             let message = format!("cannot make a session token: {error}");
             return self.refuse(id, refusal(Status::CreationError, &message, 4000));
         }
@@ -607,7 +607,7 @@ mod tests {
             second,
             hash.clone(),
             &saved,
-            7,
+            SandboxKey(7),
             "abc".into(),
             settings(),
             now,
@@ -619,7 +619,10 @@ mod tests {
         assert_eq!(live.session, second);
         assert_eq!(live.token_sha256, hash);
         assert!(!live.running, "still restoring");
-        assert_eq!(sessions.sandboxes_of([first, second].into_iter()), [7]);
+        assert_eq!(
+            sessions.sandboxes_of([first, second].into_iter()),
+            [SandboxKey(7)]
+        );
         assert!(sessions.remove(second).is_some());
         assert!(sessions.live_sandbox("abc").is_none());
         sessions.link(first, ConnectionId(9));

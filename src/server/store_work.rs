@@ -60,7 +60,7 @@ pub fn check_attach(
                 }
             };
         }
-        Err(message) => return AttachOutcome::Failed(message),
+        Err(error) => return AttachOutcome::Failed(error.to_string()),
     };
     let expected = manifest.token_sha256.clone().unwrap_or_default();
     if !token::matches(&expected, token) {
@@ -80,9 +80,9 @@ pub fn check_attach(
             image,
             lease,
         },
-        Err(message) => {
+        Err(error) => {
             lease::release(base, &lease);
-            AttachOutcome::Failed(message)
+            AttachOutcome::Failed(error.to_string())
         }
     }
 }
@@ -101,7 +101,8 @@ pub fn find_snapshot(
 ) -> Result<VerifiedImage, String> {
     validate_snapshot_name(name)?;
     let base = root.join(name);
-    let manifest = store::load(&base)?
+    let manifest = store::load(&base)
+        .map_err(|error| error.to_string())?
         // The original clients look for "not found" in this creation error.
         .ok_or_else(|| format!("filesystem snapshot {name:?} not found"))?;
     same_image(&manifest, rootfs_stamp)

@@ -8,18 +8,16 @@ use serde_json::{Map, Value};
 
 use super::events::OutputEncoding;
 use super::options::{duration, one_of, quoted};
+use crate::agent_protocol::Language;
 use crate::http::query::single_param;
 use crate::runtime::ExecSpec;
-
-/// The languages an execution can be in.
-pub const LANGUAGES: [&str; 2] = ["python", "bash"];
 
 /// The sandbox's home directory: where executions run unless they say otherwise.
 pub const DEFAULT_CWD: &str = "/root";
 
 /// The language named `name`, if we run it.
-pub fn language(name: &str) -> Option<&'static str> {
-    LANGUAGES.iter().copied().find(|known| *known == name)
+pub fn language(name: &str) -> Option<Language> {
+    Language::parse(name)
 }
 
 /// The server's bounds on executions.
@@ -109,9 +107,9 @@ pub struct ExecOptions {
 
 impl ExecOptions {
     /// What the runtime runs.
-    pub fn spec(&self, language: &str, code: &str) -> ExecSpec {
+    pub fn spec(&self, language: Language, code: &str) -> ExecSpec {
         ExecSpec {
-            language: language.to_string(),
+            language,
             code: code.to_string(),
             env: self.env.clone(),
             cwd: self.cwd.clone(),
@@ -354,8 +352,8 @@ mod tests {
 
     #[test]
     fn languages() {
-        assert_eq!(language("python"), Some("python"));
-        assert_eq!(language("bash"), Some("bash"));
+        assert_eq!(language("python"), Some(Language::Python));
+        assert_eq!(language("bash"), Some(Language::Bash));
         assert_eq!(language("Python"), None);
         assert_eq!(language(""), None);
     }

@@ -16,7 +16,7 @@ use super::*;
 use crate::agent_protocol::{ExitStatus, Stream};
 use crate::runtime::exec::{ExecOutcome, Reason};
 
-const SANDBOX: SandboxKey = 7;
+const SANDBOX: SandboxKey = SandboxKey(7);
 const SANDBOX_ID: &str = "0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "secret-token";
 
@@ -34,7 +34,8 @@ struct Calls {
 #[derive(Default)]
 struct FakeRuntime {
     at_capacity: bool,
-    execs: ExecId,
+    /// Executions started: the runtime numbers them 1, 2, ...
+    execs: u32,
     calls: Calls,
 }
 
@@ -55,7 +56,7 @@ impl SandboxControl for FakeRuntime {
     fn start_exec(&mut self, _: SandboxKey, spec: ExecSpec) -> Result<ExecId, RuntimeError> {
         self.calls.start_exec.push(spec);
         self.execs += 1;
-        Ok(self.execs)
+        Ok(ExecId(self.execs))
     }
     fn write_stdin(&mut self, _: SandboxKey, _: ExecId, data: &[u8]) -> Result<(), RuntimeError> {
         self.calls.write_stdin.push(data.to_vec());
@@ -337,7 +338,8 @@ impl Replay {
                     assert_eq!(Some(calls.close_stdin as u64), wanted.as_u64(), "{name}")
                 }
                 "kill_exec" => {
-                    let killed: Vec<u64> = calls.kill_exec.iter().map(|&id| id.into()).collect();
+                    let killed: Vec<u64> =
+                        calls.kill_exec.iter().map(|id| u64::from(id.0)).collect();
                     let wanted: Vec<u64> = wanted
                         .as_array()
                         .into_iter()
@@ -451,10 +453,12 @@ fn text(value: &Value) -> String {
 }
 
 fn exec_id(value: &Value) -> ExecId {
-    value
-        .as_u64()
-        .and_then(|id| ExecId::try_from(id).ok())
-        .unwrap_or_default()
+    ExecId(
+        value
+            .as_u64()
+            .and_then(|id| u32::try_from(id).ok())
+            .unwrap_or_default(),
+    )
 }
 
 fn outcome(end: &Value) -> ExecOutcome {

@@ -17,6 +17,7 @@ use super::exec_options::{self, ExecLimits, ExecOptions, RawExecOptions};
 use super::ids::RequestId;
 use super::options::{choice, flag, quoted};
 use super::text::base64_decode;
+use crate::agent_protocol::Language;
 
 /// A message with the request id it carries, if any (kept, not yet echoed: protocol 1 ignores
 /// ids; issue 12 echoes them).
@@ -49,7 +50,7 @@ pub enum ClientMessage {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecMessage {
-    pub language: &'static str,
+    pub language: Language,
     pub code: String,
     /// The checked options, or the first problem with them.
     pub options: Result<ExecOptions, String>,
@@ -245,7 +246,7 @@ mod tests {
         ) else {
             panic!("not an execution")
         };
-        assert_eq!(exec.language, "python");
+        assert_eq!(exec.language, Language::Python);
         assert_eq!(exec.code, "print(1)");
         let options = exec.options.unwrap();
         assert_eq!(options.output_encoding, OutputEncoding::Base64);

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use super::events::{ExecDone, OutputEncoding, ServerEvent};
 use super::ids::{ProcessId, RequestId};
 use super::text::{base64_encode, Utf8Stream};
-use crate::agent_protocol::{ExecId, Stream};
+use crate::agent_protocol::{ExecId, Language, Stream};
 use crate::runtime::exec::ExecOutcome;
 
 #[derive(Debug)]
@@ -21,7 +21,7 @@ pub struct Process {
     /// The request that started it (`None`: an id-less message, or adopted after a restore).
     request: Option<RequestId>,
     /// `None` for an execution adopted after a restore (the manifest does not say).
-    language: Option<&'static str>,
+    language: Option<Language>,
     encoding: OutputEncoding,
     stdout: Utf8Stream,
     stderr: Utf8Stream,
@@ -36,7 +36,7 @@ impl Process {
     fn new(
         exec: ExecId,
         request: Option<RequestId>,
-        language: Option<&'static str>,
+        language: Option<Language>,
         encoding: OutputEncoding,
     ) -> Self {
         Process {
@@ -127,7 +127,7 @@ impl Process {
 pub struct ProcessView {
     pub process_id: ProcessId,
     pub request: Option<RequestId>,
-    pub language: Option<&'static str>,
+    pub language: Option<Language>,
     pub running: bool,
 }
 
@@ -149,7 +149,7 @@ impl Processes {
         &mut self,
         exec: ExecId,
         request: Option<RequestId>,
-        language: Option<&'static str>,
+        language: Option<Language>,
         encoding: OutputEncoding,
         foreground: bool,
     ) -> ProcessId {
@@ -294,22 +294,28 @@ mod tests {
     #[test]
     fn process_ids_are_never_reused_and_each_maps_its_execution() {
         let mut processes = Processes::default();
-        let first = processes.start(1, None, Some("bash"), OutputEncoding::Text, true);
+        let first = processes.start(
+            ExecId(1),
+            None,
+            Some(Language::Bash),
+            OutputEncoding::Text,
+            true,
+        );
         assert_eq!(first, ProcessId(1));
-        assert_eq!(processes.of_exec(1), Some(first));
+        assert_eq!(processes.of_exec(ExecId(1)), Some(first));
         assert_eq!(processes.foreground().map(|(id, _)| id), Some(first));
         let events = processes.get_mut(first).unwrap().finish(&outcome());
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].status(), Some(Status::ExecutionDone));
         assert!(processes.foreground().is_none() && !processes.any_running());
         assert_eq!(
-            processes.of_exec(1),
+            processes.of_exec(ExecId(1)),
             None,
             "an ended process takes no more output"
         );
         processes.forget_if_done(first);
         let second = processes.start(
-            1,
+            ExecId(1),
             Some(RequestId::Number(3)),
             None,
             OutputEncoding::Base64,
@@ -330,7 +336,7 @@ mod tests {
     #[test]
     fn output_is_merged_per_stream_and_split_characters_wait() {
         let mut processes = Processes::default();
-        let id = processes.start(4, None, None, OutputEncoding::Text, true);
+        let id = processes.start(ExecId(4), None, None, OutputEncoding::Text, true);
         let process = processes.get_mut(id).unwrap();
         assert_eq!(process.push_output(Stream::Stdout, b"a".to_vec()), None);
         assert_eq!(process.push_output(Stream::Stdout, b"b".to_vec()), None);
@@ -354,7 +360,7 @@ mod tests {
     #[test]
     fn held_events_keep_ended_processes_until_taken() {
         let mut processes = Processes::default();
-        let id = processes.start(1, None, None, OutputEncoding::Text, true);
+        let id = processes.start(ExecId(1), None, None, OutputEncoding::Text, true);
         let size = output("x").to_json().len();
         assert_eq!(processes.hold(id, output("x")), size);
         processes.get_mut(id).unwrap().finish(&outcome());

@@ -28,7 +28,7 @@ impl SandboxControl for FakeControl {
         if self.at_capacity {
             Err(RuntimeError::AtCapacity(1))
         } else {
-            Ok(7)
+            Ok(SandboxKey(7))
         }
     }
     fn sandbox_id(&self, _sandbox: SandboxKey) -> String {
@@ -36,7 +36,7 @@ impl SandboxControl for FakeControl {
     }
     fn start_exec(&mut self, _sandbox: SandboxKey, spec: ExecSpec) -> Result<ExecId, RuntimeError> {
         self.started.push(spec);
-        Ok(self.started.len() as ExecId)
+        Ok(ExecId(self.started.len() as u32))
     }
     fn write_stdin(&mut self, _: SandboxKey, _: ExecId, data: &[u8]) -> Result<(), RuntimeError> {
         self.stdin.push(data.to_vec());
@@ -136,20 +136,23 @@ fn create_then_exec_streams_output_and_done_with_exit_code() {
         )
         .is_empty());
     assert_eq!(control.started[0].cwd, "/root");
-    let mut out = session.on_runtime(RuntimeEvent::ExecStarted(1), &mut control);
+    let mut out = session.on_runtime(RuntimeEvent::ExecStarted(ExecId(1)), &mut control);
     out.extend(session.on_runtime(
-        RuntimeEvent::Output(1, Stream::Stdout, b"Hello,".to_vec()),
+        RuntimeEvent::Output(ExecId(1), Stream::Stdout, b"Hello,".to_vec()),
         &mut control,
     ));
     out.extend(session.on_runtime(
-        RuntimeEvent::Output(1, Stream::Stdout, b" World\n".to_vec()),
+        RuntimeEvent::Output(ExecId(1), Stream::Stdout, b" World\n".to_vec()),
         &mut control,
     ));
     out.extend(session.on_runtime(
-        RuntimeEvent::Output(1, Stream::Stderr, b"warn\n".to_vec()),
+        RuntimeEvent::Output(ExecId(1), Stream::Stderr, b"warn\n".to_vec()),
         &mut control,
     ));
-    out.extend(session.on_runtime(RuntimeEvent::ExecFinished(1, outcome(3)), &mut control));
+    out.extend(session.on_runtime(
+        RuntimeEvent::ExecFinished(ExecId(1), outcome(3)),
+        &mut control,
+    ));
     assert_eq!(
         names(&out),
         [
@@ -251,14 +254,14 @@ fn kill_process_sends_force_killed_before_done() {
         now,
     );
     let mut out = session.on_message(r#"{"action":"kill_process"}"#, &mut control, now);
-    assert_eq!(control.killed, vec![1]);
+    assert_eq!(control.killed, vec![ExecId(1)]);
     let killed = ExecOutcome {
         status: ExitStatus::Signal(9),
         reason: Reason::Killed,
         duration_ms: 1,
         truncated: false,
     };
-    out.extend(session.on_runtime(RuntimeEvent::ExecFinished(1, killed), &mut control));
+    out.extend(session.on_runtime(RuntimeEvent::ExecFinished(ExecId(1), killed), &mut control));
     assert_eq!(
         names(&out),
         ["SANDBOX_EXECUTION_FORCE_KILLED", "SANDBOX_EXECUTION_DONE"]
@@ -273,7 +276,7 @@ fn kill_sandbox_sequence_and_close_1000() {
     let mut control = FakeControl::default();
     let mut session = running_session(&mut control);
     let mut out = session.on_message(r#"{"action":"kill_sandbox"}"#, &mut control, Instant::now());
-    assert_eq!(control.deleted, vec![7]);
+    assert_eq!(control.deleted, vec![SandboxKey(7)]);
     out.extend(session.on_runtime(RuntimeEvent::Deleted, &mut control));
     assert_eq!(
         names(&out),
@@ -316,7 +319,10 @@ fn checkpoint_and_snapshot_without_server_support() {
             "error"
         ]
     );
-    session.on_runtime(RuntimeEvent::ExecFinished(1, outcome(0)), &mut control);
+    session.on_runtime(
+        RuntimeEvent::ExecFinished(ExecId(1), outcome(0)),
+        &mut control,
+    );
     let out = session.on_message(r#"{"action":"checkpoint"}"#, &mut control, now);
     assert_eq!(
         names(&out),
@@ -383,11 +389,11 @@ fn output_is_held_while_detached_and_replayed_after_reconnect() {
     let mut session = running_session(&mut control);
     let now = Instant::now();
     session.on_message(r#"{"language":"bash","code":"x"}"#, &mut control, now);
-    session.on_runtime(RuntimeEvent::ExecStarted(1), &mut control);
+    session.on_runtime(RuntimeEvent::ExecStarted(ExecId(1)), &mut control);
     session.on_detach(now);
     assert!(session
         .on_runtime(
-            RuntimeEvent::Output(1, Stream::Stdout, vec![b'a'; 150]),
+            RuntimeEvent::Output(ExecId(1), Stream::Stdout, vec![b'a'; 150]),
             &mut control
         )
         .is_empty());
@@ -398,7 +404,10 @@ fn output_is_held_while_detached_and_replayed_after_reconnect() {
         "past the bound, the process is paused"
     );
     assert!(session
-        .on_runtime(RuntimeEvent::ExecFinished(1, outcome(0)), &mut control)
+        .on_runtime(
+            RuntimeEvent::ExecFinished(ExecId(1), outcome(0)),
+            &mut control
+        )
         .is_empty());
     assert_eq!(names(&session.on_attach(now)), ["SANDBOX_RUNNING"]);
     let out = session.on_message(r#"{"action":"reconnect"}"#, &mut control, now);
@@ -434,13 +443,16 @@ fn idle_timeout_counts_activity_and_not_running_executions() {
     assert!(session
         .on_tick(start + Duration::from_secs(60), &mut control)
         .is_empty());
-    session.on_runtime(RuntimeEvent::ExecFinished(1, outcome(0)), &mut control);
+    session.on_runtime(
+        RuntimeEvent::ExecFinished(ExecId(1), outcome(0)),
+        &mut control,
+    );
     assert!(session
         .on_tick(start + Duration::from_secs(65), &mut control)
         .is_empty());
     let out = session.on_tick(start + Duration::from_secs(71), &mut control);
     assert_eq!(names(&out), ["SANDBOX_KILLING", "SANDBOX_DELETING"]);
-    assert_eq!(control.deleted, vec![7]);
+    assert_eq!(control.deleted, vec![SandboxKey(7)]);
 }
 
 #[test]
@@ -454,13 +466,13 @@ fn text_output_split_inside_a_character_is_not_broken() {
     );
     let euro = "€".as_bytes();
     let mut out = session.on_runtime(
-        RuntimeEvent::Output(1, Stream::Stdout, euro[..1].to_vec()),
+        RuntimeEvent::Output(ExecId(1), Stream::Stdout, euro[..1].to_vec()),
         &mut control,
     );
     out.extend(session.flush_output(&mut control));
     assert!(out.is_empty(), "an incomplete character waits");
     session.on_runtime(
-        RuntimeEvent::Output(1, Stream::Stdout, euro[1..].to_vec()),
+        RuntimeEvent::Output(ExecId(1), Stream::Stdout, euro[1..].to_vec()),
         &mut control,
     );
     let out = session.flush_output(&mut control);
@@ -491,7 +503,7 @@ fn checkpoint_flow_saves_then_deletes_and_closes_1000() {
         })
     );
     out = session.on_checkpoint_saved(Ok(()), &mut control);
-    assert_eq!(control.deleted, vec![7]);
+    assert_eq!(control.deleted, vec![SandboxKey(7)]);
     out.extend(session.on_runtime(RuntimeEvent::Deleted, &mut control));
     assert_eq!(
         names(&out),
@@ -584,7 +596,7 @@ fn restored_sessions_check_the_token_hash_and_report_running() {
         SessionId(2),
         hash.clone(),
         &saved,
-        7,
+        SandboxKey(7),
         "id".into(),
         settings(true),
         Instant::now(),
@@ -598,7 +610,7 @@ fn restored_sessions_check_the_token_hash_and_report_running() {
         SessionId(3),
         hash,
         &saved,
-        7,
+        SandboxKey(7),
         "id".into(),
         settings(true),
         Instant::now(),
@@ -643,7 +655,7 @@ fn an_execution_saved_at_shutdown_is_followed_after_the_restore() {
     let mut control = FakeControl::default();
     let saved = SavedState {
         running_exec: Some(SavedExec {
-            exec: 4,
+            exec: ExecId(4),
             output_encoding: OutputEncoding::Text,
         }),
         ..Default::default()
@@ -652,7 +664,7 @@ fn an_execution_saved_at_shutdown_is_followed_after_the_restore() {
         SessionId(2),
         "hash".into(),
         &saved,
-        7,
+        SandboxKey(7),
         "id".into(),
         settings(true),
         Instant::now(),
@@ -669,7 +681,7 @@ fn an_execution_saved_at_shutdown_is_followed_after_the_restore() {
     );
     assert!(session
         .on_runtime(
-            RuntimeEvent::Output(4, Stream::Stdout, b"tick\n".to_vec()),
+            RuntimeEvent::Output(ExecId(4), Stream::Stdout, b"tick\n".to_vec()),
             &mut control
         )
         .is_empty());
@@ -758,7 +770,7 @@ fn restored_sessions_survive_absurd_saved_idle_timeouts() {
             SessionId(2),
             "hash".into(),
             &saved,
-            7,
+            SandboxKey(7),
             "id".into(),
             settings(true),
             Instant::now(),
@@ -804,7 +816,7 @@ fn bad_execution_and_stdin_options_are_errors_naming_the_key() {
             format!(r#"{{"language":"bash","code":"true","output_encoding":"{encoding}"}}"#);
         assert!(session.on_message(&message, &mut control, now).is_empty());
         session.on_runtime(
-            RuntimeEvent::ExecFinished(control.started.len() as ExecId, outcome(0)),
+            RuntimeEvent::ExecFinished(ExecId(control.started.len() as u32), outcome(0)),
             &mut control,
         );
     }
@@ -923,7 +935,7 @@ fn creating_from_a_snapshot_waits_for_the_store() {
             egress: false
         }]
     );
-    assert_eq!(session.sandbox(), Some(7));
+    assert_eq!(session.sandbox(), Some(SandboxKey(7)));
     let out = session.on_runtime(RuntimeEvent::Ready, &mut control);
     assert_eq!(names(&out), ["sandbox_id", "SANDBOX_RUNNING"]);
     assert!(
@@ -1019,15 +1031,21 @@ fn executions_are_processes_with_the_request_that_started_them() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].process_id, ProcessId(1));
     assert_eq!(listed[0].request, Some(RequestId::Text("7".into())));
-    assert_eq!(listed[0].language, Some("bash"));
+    assert_eq!(
+        listed[0].language,
+        Some(crate::agent_protocol::Language::Bash)
+    );
     assert!(listed[0].running);
     // Protocol 1: the id is not echoed.
-    let out = session.on_runtime(RuntimeEvent::ExecStarted(1), &mut control);
+    let out = session.on_runtime(RuntimeEvent::ExecStarted(ExecId(1)), &mut control);
     assert_eq!(
         out,
         [Out::Send(ServerEvent::Status(Status::ExecutionRunning))]
     );
-    session.on_runtime(RuntimeEvent::ExecFinished(1, outcome(0)), &mut control);
+    session.on_runtime(
+        RuntimeEvent::ExecFinished(ExecId(1), outcome(0)),
+        &mut control,
+    );
     assert!(session.processes().is_empty(), "ended and delivered");
     session.on_message(r#"{"language":"bash","code":"true"}"#, &mut control, now);
     let listed = session.processes();
@@ -1043,7 +1061,7 @@ fn executions_are_processes_with_the_request_that_started_them() {
 fn a_restored_session_hands_its_running_execution_to_the_runtime() {
     let saved = SavedState {
         running_exec: Some(SavedExec {
-            exec: 4,
+            exec: ExecId(4),
             output_encoding: OutputEncoding::Base64,
         }),
         ..Default::default()
@@ -1053,12 +1071,15 @@ fn a_restored_session_hands_its_running_execution_to_the_runtime() {
         SessionId(2),
         "hash".into(),
         &saved,
-        7,
+        SandboxKey(7),
         "id".into(),
         settings(true),
         Instant::now(),
     );
-    assert_eq!(session.adopted_exec(), Some((4, Duration::from_secs(60))));
+    assert_eq!(
+        session.adopted_exec(),
+        Some((ExecId(4), Duration::from_secs(60)))
+    );
     assert_eq!(session.saved_state(), saved, "saved again as it was");
     session.on_runtime(RuntimeEvent::Ready, &mut control);
     assert_eq!(session.adopted_exec(), None, "adopted once, at the restore");

@@ -2,14 +2,9 @@
 //! compares hashes in constant time, so the time an attach takes says nothing about how much
 //! of a guess matched.
 
-use sha2::{Digest, Sha256};
-
 /// The SHA-256 of `token`, in lower-case hex (as manifests and leases store it).
 pub fn hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    crate::ids::sha256_hex(token.as_bytes())
 }
 
 /// Whether `given` is the token whose SHA-256 is `expected_sha256`. An empty token never

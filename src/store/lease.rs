@@ -31,9 +31,22 @@ pub struct Lease {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseError {
+    /// Another instance holds the lease: its name (or why we could not tell).
     InUse(String),
+    /// The lease could not be written or vanished: what happened, with the path.
     Io(String),
 }
+
+impl std::fmt::Display for LeaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeaseError::InUse(owner) => write!(f, "the sandbox is in use by {owner}"),
+            LeaseError::Io(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for LeaseError {}
 
 /// Largest lease file read (a real one is ~200 bytes); a larger one is treated as corrupted.
 const MAX_LEASE_BYTES: u64 = 64 * 1024;
@@ -151,10 +164,8 @@ mod tests {
         renew(&base, &mut a, Duration::from_millis(1)).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         let b = acquire(&base, "b", None, Duration::from_secs(30), settle).unwrap();
-        assert!(
-            renew(&base, &mut a, Duration::from_secs(30)).is_err(),
-            "a lost it"
-        );
+        let lost = renew(&base, &mut a, Duration::from_secs(30)).expect_err("a lost it");
+        assert_eq!(lost.to_string(), "the sandbox is in use by b");
         release(&base, &a);
         assert!(
             base.join(LEASE).exists(),

@@ -57,7 +57,7 @@ pub fn sweep(root: &Path, resume_after: Option<&str>, max_dirs: usize) -> Sweep 
     let mut names: Vec<String> = entries
         .flatten()
         .filter_map(|entry| entry.file_name().into_string().ok())
-        .filter(|name| crate::runtime::ids::SandboxId::parse(name).is_some())
+        .filter(|name| crate::ids::SandboxId::parse(name).is_some())
         .filter(|name| resume_after.is_none_or(|after| name.as_str() > after))
         .collect();
     names.sort_unstable();
@@ -82,7 +82,7 @@ mod tests {
     fn temp_root(name: &str) -> std::path::PathBuf {
         let root = std::env::temp_dir().join(format!(
             "crs-leftovers-{name}-{}",
-            crate::store::random_hex(4)
+            crate::ids::random_hex(4)
         ));
         fs::create_dir_all(&root).unwrap();
         root

@@ -18,8 +18,11 @@
 //!
 //! Everything here blocks on the filesystem; the server calls it from worker threads.
 
+mod error;
 pub mod lease;
 pub mod leftovers;
+
+pub use error::{ManifestProblem, StoreError};
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -28,6 +31,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::ids::{hex, random_hex};
 
 pub const MANIFEST: &str = "current.json";
 
@@ -79,18 +84,15 @@ pub struct Manifest {
 impl Manifest {
     /// The image directory and the file names are joined to the store's paths: each must be
     /// one plain name inside `<base>` (a manifest from elsewhere could say `../../etc`).
-    fn check_paths(&self) -> Result<(), String> {
+    fn check_paths(&self) -> Result<(), ManifestProblem> {
         let plain = |name: &str| {
             !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
         };
         if !self.image_dir.starts_with("image-") || !plain(&self.image_dir) {
-            return Err(format!(
-                "image_dir {:?} is not an image directory",
-                self.image_dir
-            ));
+            return Err(ManifestProblem::ImageDir(self.image_dir.clone()));
         }
         if let Some(file) = self.files.iter().find(|file| !plain(&file.name)) {
-            return Err(format!("file name {:?} is not a plain name", file.name));
+            return Err(ManifestProblem::FileName(file.name.clone()));
         }
         Ok(())
     }
@@ -101,19 +103,6 @@ pub fn now_unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buffer = vec![0u8; bytes];
-    // Falls back to the time only if /dev/urandom is unreadable; names just need to differ.
-    if crate::runtime::ids::random_bytes(&mut buffer).is_err() {
-        return format!("{:x}", now_unix_ms());
-    }
-    hex(&buffer)
 }
 
 fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
@@ -167,9 +156,10 @@ pub fn publish(
     token_sha256: Option<String>,
     settings: SavedSettings,
     rootfs_stamp: &str,
-) -> Result<Manifest, String> {
-    let describe = |error: std::io::Error| {
-        format!("cannot save the image in {}: {error}", image_dir.display())
+) -> Result<Manifest, StoreError> {
+    let describe = |source: std::io::Error| StoreError::Save {
+        image_dir: image_dir.to_path_buf(),
+        source,
     };
     let mut files = Vec::new();
     for entry in fs::read_dir(image_dir).map_err(describe)? {
@@ -185,16 +175,17 @@ pub fn publish(
         });
     }
     if files.is_empty() {
-        return Err(format!(
-            "runsc wrote no image files in {}",
-            image_dir.display()
-        ));
+        return Err(StoreError::NoImageFiles {
+            image_dir: image_dir.to_path_buf(),
+        });
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let image_name = image_dir
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
-        .ok_or_else(|| format!("bad image directory {}", image_dir.display()))?;
+        .ok_or_else(|| StoreError::BadImageDir {
+            image_dir: image_dir.to_path_buf(),
+        })?;
     let generation = image_name
         .strip_prefix("image-")
         .and_then(|rest| rest.split('-').next())
@@ -209,7 +200,9 @@ pub fn publish(
         created_unix_ms: now_unix_ms(),
         rootfs_stamp: rootfs_stamp.to_string(),
     };
-    let bytes = serde_json::to_vec_pretty(&manifest).map_err(|error| error.to_string())?;
+    // Serializing plain strings and numbers cannot fail; should it, nothing is published.
+    let bytes = serde_json::to_vec_pretty(&manifest)
+        .map_err(|error| describe(std::io::Error::other(error)))?;
     write_atomically(&base.join(MANIFEST), &bytes).map_err(describe)?;
     remove_images_except(base, &image_name);
     Ok(manifest)
@@ -251,45 +244,46 @@ pub fn abbreviate(text: &str) -> &str {
 }
 
 /// The current manifest of `base`, if one was published.
-pub fn load(base: &Path) -> Result<Option<Manifest>, String> {
-    let corrupted = |error: &dyn std::fmt::Display| {
-        format!(
-            "the saved manifest in {} is corrupted: {error}",
-            base.display()
-        )
+pub fn load(base: &Path) -> Result<Option<Manifest>, StoreError> {
+    let corrupted = |problem| StoreError::CorruptedManifest {
+        base: base.to_path_buf(),
+        problem,
     };
     match read_bounded(&base.join(MANIFEST), MAX_MANIFEST_BYTES) {
         Ok(bytes) => {
-            let manifest: Manifest =
-                serde_json::from_slice(&bytes).map_err(|error| corrupted(&error))?;
-            manifest.check_paths().map_err(|error| corrupted(&error))?;
+            let manifest: Manifest = serde_json::from_slice(&bytes)
+                .map_err(|error| corrupted(ManifestProblem::Json(error)))?;
+            manifest.check_paths().map_err(corrupted)?;
             Ok(Some(manifest))
         }
-        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => Err(corrupted(&error)),
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            Err(corrupted(ManifestProblem::TooLarge(error)))
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(format!(
-            "cannot read {}: {error}",
-            base.join(MANIFEST).display()
-        )),
+        Err(source) => Err(StoreError::Read {
+            path: base.join(MANIFEST),
+            source,
+        }),
     }
 }
 
 /// Check every file of the image against the manifest; returns the image directory.
-pub fn verify(base: &Path, manifest: &Manifest) -> Result<PathBuf, String> {
+pub fn verify(base: &Path, manifest: &Manifest) -> Result<PathBuf, StoreError> {
     let dir = base.join(&manifest.image_dir);
     for file in &manifest.files {
         let path = dir.join(&file.name);
-        let (size, sha256) = file_sha256(&path).map_err(|error| {
-            format!("the saved image is incomplete: {}: {error}", path.display())
+        let (size, sha256) = file_sha256(&path).map_err(|source| StoreError::IncompleteImage {
+            path: path.clone(),
+            source,
         })?;
         if size != file.size || sha256 != file.sha256 {
-            return Err(format!(
-                "the saved image is corrupted: {} has {size} bytes (sha256 {}), expected {} bytes (sha256 {})",
-                file.name,
-                abbreviate(&sha256),
-                file.size,
-                abbreviate(&file.sha256)
-            ));
+            return Err(StoreError::CorruptedImage {
+                file: file.name.clone(),
+                size,
+                sha256,
+                expected_size: file.size,
+                expected_sha256: file.sha256.clone(),
+            });
         }
     }
     Ok(dir)
@@ -313,7 +307,7 @@ mod tests {
         let manifest = publish(
             &base,
             &first,
-            Some("the-token-hash".into()),
+            Some(crate::ids::sha256_hex(b"token")),
             SavedSettings::default(),
             "stamp",
         )
@@ -329,9 +323,24 @@ mod tests {
         assert!(!first.exists(), "the superseded image is removed");
 
         fs::write(second.join("checkpoint.img"), b"second imagX").unwrap();
-        assert!(verify(&base, &newer).unwrap_err().contains("corrupted"));
+        let error = verify(&base, &newer).unwrap_err();
+        assert!(
+            matches!(&error, StoreError::CorruptedImage { file, size: 12, .. } if file == "checkpoint.img"),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("corrupted"), "{error}");
         fs::write(second.join("checkpoint.img"), b"short").unwrap();
         assert!(verify(&base, &newer).is_err());
+        fs::remove_file(second.join("checkpoint.img")).unwrap();
+        let error = verify(&base, &newer).unwrap_err();
+        assert!(
+            matches!(error, StoreError::IncompleteImage { .. }),
+            "{error:?}"
+        );
+        assert!(
+            std::error::Error::source(&error).is_some(),
+            "the io error is kept"
+        );
         fs::remove_dir_all(&base).unwrap();
     }
 
@@ -340,13 +349,24 @@ mod tests {
         let base = temp_dir("missing");
         assert_eq!(load(&base).unwrap(), None);
         fs::write(base.join(MANIFEST), b"{not json").unwrap();
-        assert!(load(&base).unwrap_err().contains("corrupted"));
+        let error = load(&base).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreError::CorruptedManifest {
+                    problem: ManifestProblem::Json(_),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("corrupted"), "{error}");
         fs::write(
             base.join(MANIFEST),
             vec![b' '; MAX_MANIFEST_BYTES as usize + 1],
         )
         .unwrap();
-        let error = load(&base).unwrap_err();
+        let error = load(&base).unwrap_err().to_string();
         assert!(
             error.contains("corrupted") && error.contains("larger than"),
             "{error}"
@@ -369,7 +389,7 @@ mod tests {
         // one (slicing bytes [..12] panicked here).
         let mut manifest = good.clone();
         manifest.files[0].sha256 = "é".repeat(40);
-        let error = verify(&base, &manifest).unwrap_err();
+        let error = verify(&base, &manifest).unwrap_err().to_string();
         assert!(error.contains(&"é".repeat(12)), "{error}");
 
         // The largest generation: the next image directory does not overflow.
@@ -395,7 +415,7 @@ mod tests {
             manifest.image_dir = image_dir.to_string();
             manifest.files[0].name = file.to_string();
             write(&manifest);
-            let error = load(&base).unwrap_err();
+            let error = load(&base).unwrap_err().to_string();
             assert!(error.contains("corrupted"), "{image_dir} {file}: {error}");
         }
         fs::remove_dir_all(&base).unwrap();

@@ -3,23 +3,22 @@
 //! It does three jobs, all from one `poll(2)` loop:
 //! - it is the container's init, so it reaps every process that exits (orphans included),
 //!   which keeps `RLIMIT_NPROC` honest and lets `runsc delete` finish at once;
-//! - it spawns executions on request (frames on its stdin, see [`crate::agent_protocol`]) and
+//! - it spawns executions on request (frames on its stdin, see [`crate::protocol`]) and
 //!   relays their stdin, stdout, stderr and exit status;
 //! - it keeps one Python interpreter pre-started, so that a `python` execution does not pay the
 //!   interpreter's start-up.
 //!
-//! Back-pressure: output frames wait in a bounded buffer for the server to read them. When it is
-//! full the agent stops reading the executions' pipes, so a process whose output is not consumed
-//! blocks in `write`, and nothing is dropped. Control frames from the server are always read.
+//! Back-pressure: each execution has an output window (`protocol::OUTPUT_WINDOW_BYTES`): the
+//! agent reads its pipes only while the window is open, and the server reopens it with
+//! `Credit` frames as it consumes the output. So a process whose output is not consumed blocks
+//! in `write`, the other executions go on, and nothing is dropped. As a last resort, output
+//! frames wait in a bounded buffer for the server to read them; when it is full, no pipe is
+//! read. Control frames from the server are always read.
 //!
 //! It starts as its own uid so that user code cannot reach its pipes, kill it or trace it, and
-//! runs every process as plain root without capabilities (see [`identity`]).
+//! runs every process as plain root without capabilities (see [`crate::identity`]).
 //!
 //! Running inside gVisor, it must only use plain syscalls (poll, pipes, fork/exec, waitpid).
-
-mod execution;
-pub mod identity;
-mod standby;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -34,28 +33,18 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::agent_protocol::{
-    AgentHello, ExecId, ExitStatus, FrameDecoder, FromAgent, Inspection, ProcessLimits, ToAgent,
+use crate::execution::{Execution, PipeRead, SpawnError};
+use crate::protocol::{
+    AgentConfig, AgentHello, ExecId, ExitStatus, FrameDecoder, FromAgent, Inspection, Language,
+    ToAgent,
 };
-use execution::{Execution, PipeRead};
-use standby::Standby;
+use crate::standby::Standby;
 
 /// How long a killed execution's process group is watched for survivors.
 const DOOMED_GROUP_WATCH: Duration = Duration::from_secs(2);
 
 /// Output frames held for the server before the agent stops reading process pipes.
-const OUTBOX_HIGH_WATER: usize = 256 * 1024;
-
-/// Configuration passed on the agent's command line by the server.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct AgentConfig {
-    /// Limits applied to every process the agent spawns (and to the standby interpreter).
-    pub limits: ProcessLimits,
-    /// Environment every execution starts with, before its own additions.
-    pub base_env: Vec<(String, String)>,
-    /// Keep a pre-started Python interpreter.
-    pub python_standby: bool,
-}
+pub(crate) const OUTBOX_HIGH_WATER: usize = 256 * 1024;
 
 /// Where each polled descriptor belongs.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +72,9 @@ pub struct Agent {
     /// the group kill was delivered can survive it, so the group is killed again until it is
     /// empty (ESRCH) or for `DOOMED_GROUP_WATCH`.
     doomed: Vec<(Pid, Instant)>,
+    /// The highest execution id the server has used in this sandbox: ids are never reused,
+    /// also across a checkpoint (this survives in the agent's memory) and a restore.
+    highest_exec_id: u32,
 }
 
 impl Agent {
@@ -109,6 +101,7 @@ impl Agent {
             standby: None,
             standby_failures: 0,
             doomed: Vec::new(),
+            highest_exec_id: 0,
         })
     }
 
@@ -155,7 +148,9 @@ impl Agent {
         sources.push(Source::Signals);
         fds.push(PollFd::new(self.signals.as_fd(), readable));
         for (id, execution) in &self.executions {
-            if outbox_has_room {
+            // An execution whose window is closed is not read: it blocks in `write` until the
+            // server gives credit, and the others go on.
+            if outbox_has_room && execution.output_window_open() {
                 if let Some(fd) = execution.stdout_fd() {
                     sources.push(Source::ExecStdout(*id));
                     fds.push(PollFd::new(fd, readable));
@@ -253,19 +248,20 @@ impl Agent {
     fn apply(&mut self, frame: ToAgent) {
         match frame {
             ToAgent::Spawn(id, request) => {
+                self.highest_exec_id = self.highest_exec_id.max(id.0);
                 if self.executions.contains_key(&id) {
-                    FromAgent::SpawnFailed(id, format!("execution id {id} is already in use"))
-                        .encode(&mut self.outbox);
+                    let error = SpawnError::IdInUse(id);
+                    FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
                     return;
                 }
-                let standby = if request.language == "python" {
+                let standby = if request.language == Language::Python {
                     self.standby
                         .take_if(|standby| standby.can_serve(&request, &self.config.limits))
                 } else {
                     None
                 };
                 let result = match standby {
-                    Some(standby) => standby.activate(id, &request),
+                    Some(standby) => Ok(standby.activate(id, &request)),
                     None => Execution::spawn(id, &request, &self.config),
                 };
                 match result {
@@ -273,7 +269,9 @@ impl Agent {
                         FromAgent::Started(id).encode(&mut self.outbox);
                         self.executions.insert(id, execution);
                     }
-                    Err(message) => FromAgent::SpawnFailed(id, message).encode(&mut self.outbox),
+                    Err(error) => {
+                        FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox)
+                    }
                 }
             }
             ToAgent::Stdin(id, data) => {
@@ -298,7 +296,12 @@ impl Agent {
                     self.executions.clear();
                     self.standby = None;
                     self.standby_failures = 0;
+                    // A new sandbox (made from a snapshot's files): its ids start over.
+                    self.highest_exec_id = 0;
                     self.refill_standby();
+                }
+                for execution in self.executions.values_mut() {
+                    execution.reset_window();
                 }
                 let hello = AgentHello {
                     version: env!("CARGO_PKG_VERSION").to_string(),
@@ -313,6 +316,11 @@ impl Agent {
                 };
                 FromAgent::Inspection(inspection).encode(&mut self.outbox);
             }
+            ToAgent::Credit(id, bytes) => {
+                if let Some(execution) = self.executions.get_mut(&id) {
+                    execution.add_credit(bytes);
+                }
+            }
         }
     }
 
@@ -323,11 +331,10 @@ impl Agent {
         });
     }
 
-    fn next_exec_id(&self) -> ExecId {
-        self.executions
-            .keys()
-            .max()
-            .map_or(1, |id| id.saturating_add(1))
+    /// The lowest execution id never used: the server starts counting from it after a
+    /// restore, so that an id names one execution for the sandbox's whole life.
+    fn next_exec_id(&self) -> u32 {
+        self.highest_exec_id.saturating_add(1)
     }
 
     /// Reap every exited child: ours are recorded, orphans are simply collected (we are init).
@@ -403,8 +410,8 @@ impl Agent {
         }
         match Standby::start(&self.config) {
             Ok(standby) => self.standby = Some(standby),
-            Err(message) => {
-                eprintln!("sandbox-agent: cannot start the standby interpreter: {message}");
+            Err(error) => {
+                eprintln!("sandbox-agent: cannot start the standby interpreter: {error}");
                 self.standby_failures += 1;
             }
         }

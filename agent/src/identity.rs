@@ -25,11 +25,7 @@ use std::io;
 
 use nix::unistd::{getuid, setgroups, setresgid, setresuid, Gid, Uid};
 
-/// The uid the bundle starts the agent as. Not a user of the image: nothing else runs as it.
-pub const AGENT_UID: u32 = 65533;
-
-/// The capabilities the bundle gives the agent, only to do [`take_identity`].
-pub const AGENT_CAPABILITIES: [&str; 3] = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"];
+pub use crate::protocol::{AGENT_CAPABILITIES, AGENT_UID};
 
 /// Become what the module documentation describes. Call it first thing, before any thread
 /// exists: capabilities belong to a thread.

@@ -6,9 +6,8 @@ use std::process::Command;
 
 use nix::unistd::Pid;
 
-use super::execution::{prepare_command, Execution};
-use super::AgentConfig;
-use crate::agent_protocol::{ExecId, ProcessLimits, SpawnRequest};
+use crate::execution::{prepare_command, Execution, SpawnError};
+use crate::protocol::{AgentConfig, ExecId, ProcessLimits, SpawnRequest};
 
 const LAUNCHER: &str = include_str!("python_launcher.py");
 
@@ -19,14 +18,14 @@ pub struct Standby {
 }
 
 impl Standby {
-    pub fn start(config: &AgentConfig) -> Result<Self, String> {
-        let (reader, writer) = io::pipe().map_err(|error| format!("pipe: {error}"))?;
+    pub fn start(config: &AgentConfig) -> Result<Self, SpawnError> {
+        let (reader, writer) = io::pipe().map_err(SpawnError::Pipe)?;
         let mut command = Command::new("/usr/bin/python3");
         command.arg("-c").arg(LAUNCHER).current_dir("/");
         prepare_command(&mut command, config, &config.limits);
         sandbox_ffi::pass_fd_to_child(&mut command, reader.as_raw_fd(), 3);
         // The id is assigned when the interpreter is put to use.
-        let execution = Execution::from_command(0, command, true)?;
+        let execution = Execution::from_command(ExecId(0), command, true)?;
         drop(reader);
         Ok(Standby {
             execution,
@@ -51,14 +50,15 @@ impl Standby {
             && !request.env.iter().any(|(key, _)| key.starts_with("PYTHON"))
     }
 
-    pub fn activate(self, id: ExecId, request: &SpawnRequest) -> Result<Execution, String> {
+    pub fn activate(self, id: ExecId, request: &SpawnRequest) -> Execution {
         let env: serde_json::Map<String, serde_json::Value> = request
             .env
             .iter()
             .map(|(key, value)| (key.clone(), serde_json::Value::String(value.clone())))
             .collect();
         let payload = serde_json::json!({"code": request.code, "cwd": request.cwd, "env": env});
-        let bytes = serde_json::to_vec(&payload).map_err(|error| error.to_string())?;
+        // A JSON value of strings always serializes.
+        let bytes = payload.to_string().into_bytes();
         let mut pipe = self.request_pipe;
         // The interpreter may still be starting and the code may exceed the pipe's buffer: a
         // short-lived thread writes it so the agent's loop never blocks on a slow interpreter.
@@ -67,6 +67,6 @@ impl Standby {
         });
         let mut execution = self.execution;
         execution.set_id(id);
-        Ok(execution)
+        execution
     }
 }

@@ -1,4 +1,5 @@
-//! The framing between the server and the agent inside each sandbox.
+//! The framing between the server and the agent inside each sandbox, and what the server must
+//! know to start an agent (its configuration, its uid).
 //!
 //! The agent is the container's first process; its stdin carries frames from the server and
 //! its stdout carries frames back (its stderr goes to the sandbox log file). A frame is
@@ -10,6 +11,11 @@
 //! Control payloads (spawn request, ready, spawn failure) are JSON; output and stdin payloads are
 //! raw bytes, so binary output crosses unchanged. Both sides use the same codec, which never
 //! panics and refuses frames larger than [`MAX_FRAME_BYTES`].
+//!
+//! This module is the bottom layer: the server and the agent depend on it, it depends on
+//! neither.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,10 +25,78 @@ pub const MAX_FRAME_BYTES: usize = 9 * 1024 * 1024;
 /// Largest output or stdin chunk put in one frame.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Each execution's output window: the bytes of its stdout and stderr the agent may read and
+/// send before the server gives them back with [`ToAgent::Credit`]. The agent reads an
+/// execution's pipes only while its window is open, so an execution whose output is not
+/// consumed blocks in `write`, without holding up the others. Every execution starts with a
+/// full window, and a restore (`Resume`) fills every window again: the restoring server has
+/// nothing in flight.
+pub const OUTPUT_WINDOW_BYTES: u32 = 256 * 1024;
+
 const HEADER_BYTES: usize = 4 + 1 + 4;
 
-/// Identifies one execution inside one sandbox; chosen by the server.
-pub type ExecId = u32;
+/// The id field of frames that are about the whole sandbox, not one execution.
+const NO_EXEC: ExecId = ExecId(0);
+
+/// The uid the bundle starts the agent as. Not a user of the image: nothing else runs as it
+/// (see the agent's `identity` module for why).
+pub const AGENT_UID: u32 = 65533;
+
+/// The capabilities the bundle gives the agent, only so that it can take its identity.
+pub const AGENT_CAPABILITIES: [&str; 3] = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"];
+
+/// Identifies one execution (one process the agent started and follows) inside one sandbox;
+/// chosen by the server, never reused for the sandbox's whole life (the agent's hello says
+/// where to go on after a restore), so that what names executions towards clients (issue 12's
+/// process ids) can map to it one to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExecId(pub u32);
+
+impl ExecId {
+    /// The id after this one; `None` when the ids are used up (the counter can be raised from
+    /// inside the sandbox, so running out is an error to report, not an overflow).
+    pub fn next(self) -> Option<ExecId> {
+        self.0.checked_add(1).map(ExecId)
+    }
+}
+
+impl fmt::Display for ExecId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The languages an execution can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    Python,
+    Bash,
+}
+
+impl Language {
+    pub const ALL: [Language; 2] = [Language::Python, Language::Bash];
+
+    /// The name clients use (`python`, `bash`); anything else is no language of ours.
+    pub fn parse(name: &str) -> Option<Language> {
+        Language::ALL
+            .into_iter()
+            .find(|language| language.as_str() == name)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Bash => "bash",
+        }
+    }
+}
+
+impl fmt::Display for Language {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Which output stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -47,11 +121,21 @@ pub struct ProcessLimits {
     pub open_files: Option<u64>,
 }
 
+/// Configuration passed on the agent's command line by the server (as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    /// Limits applied to every process the agent spawns (and to the standby interpreter).
+    pub limits: ProcessLimits,
+    /// Environment every execution starts with, before its own additions.
+    pub base_env: Vec<(String, String)>,
+    /// Keep a pre-started Python interpreter.
+    pub python_standby: bool,
+}
+
 /// What the server asks the agent to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnRequest {
-    /// `python` or `bash`; validated by the server before it gets here.
-    pub language: String,
+    pub language: Language,
     pub code: String,
     /// Added to the sandbox's base environment.
     pub env: Vec<(String, String)>,
@@ -65,10 +149,12 @@ pub struct AgentHello {
     pub version: String,
     /// Whether a pre-started Python interpreter serves `python` executions.
     pub python_standby: bool,
-    /// The lowest execution id not in use: after a restore, executions that were running at
-    /// checkpoint time still hold theirs.
+    /// The lowest execution id never used in this sandbox: after a restore, the server goes on
+    /// from there (executions that were running at checkpoint time still hold theirs, and no
+    /// id names two executions). A reset starts over at 1. The raw value of an [`ExecId`] (0
+    /// from an agent that does not say).
     #[serde(default)]
-    pub next_exec_id: ExecId,
+    pub next_exec_id: u32,
 }
 
 /// How a process ended, as `waitpid` reported it.
@@ -99,13 +185,17 @@ pub enum ToAgent {
     CloseStdin(ExecId),
     /// Send a signal to the execution's whole process group.
     Signal(ExecId, i32),
-    /// Sent first after a restore: answer with `Ready`. With `reset`, first end every process
-    /// but the agent (a sandbox started from a snapshot keeps its files, not its processes).
+    /// Sent first after a restore: answer with `Ready`. Every output window is full again.
+    /// With `reset`, first end every process but the agent (a sandbox started from a snapshot
+    /// keeps its files, not its processes).
     Resume {
         reset: bool,
     },
     /// Report what would make a checkpoint fail (answered with `Inspection`).
     Inspect,
+    /// The server consumed this many more bytes of the execution's output: its window grows
+    /// by that much (see [`OUTPUT_WINDOW_BYTES`]).
+    Credit(ExecId, u32),
 }
 
 /// Agent -> server.
@@ -137,6 +227,7 @@ mod kind {
     pub const SIGNAL: u8 = 4;
     pub const RESUME: u8 = 5;
     pub const INSPECT: u8 = 6;
+    pub const CREDIT: u8 = 7;
     pub const READY: u8 = 64;
     pub const STARTED: u8 = 65;
     pub const SPAWN_FAILED: u8 = 66;
@@ -164,7 +255,7 @@ fn put_frame(out: &mut Vec<u8>, kind: u8, exec: ExecId, payload: &[u8]) {
     let length = (1 + 4 + payload.len()) as u32;
     out.extend_from_slice(&length.to_le_bytes());
     out.push(kind);
-    out.extend_from_slice(&exec.to_le_bytes());
+    out.extend_from_slice(&exec.0.to_le_bytes());
     out.extend_from_slice(payload);
 }
 
@@ -184,8 +275,11 @@ impl ToAgent {
             ToAgent::Signal(exec, signal) => {
                 put_frame(out, kind::SIGNAL, *exec, &signal.to_le_bytes())
             }
-            ToAgent::Resume { reset } => put_frame(out, kind::RESUME, 0, &[u8::from(*reset)]),
-            ToAgent::Inspect => put_frame(out, kind::INSPECT, 0, &[]),
+            ToAgent::Resume { reset } => put_frame(out, kind::RESUME, NO_EXEC, &[u8::from(*reset)]),
+            ToAgent::Inspect => put_frame(out, kind::INSPECT, NO_EXEC, &[]),
+            ToAgent::Credit(exec, bytes) => {
+                put_frame(out, kind::CREDIT, *exec, &bytes.to_le_bytes())
+            }
         }
     }
 
@@ -196,6 +290,7 @@ impl ToAgent {
             kind::CLOSE_STDIN => ToAgent::CloseStdin(exec),
             kind::SIGNAL => ToAgent::Signal(exec, parse_i32(payload)?),
             kind::INSPECT => ToAgent::Inspect,
+            kind::CREDIT => ToAgent::Credit(exec, parse_u32(payload)?),
             kind::RESUME => ToAgent::Resume {
                 reset: payload.first().is_some_and(|byte| *byte != 0),
             },
@@ -211,7 +306,7 @@ impl ToAgent {
 impl FromAgent {
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            FromAgent::Ready(hello) => put_frame(out, kind::READY, 0, &json_bytes(hello)),
+            FromAgent::Ready(hello) => put_frame(out, kind::READY, NO_EXEC, &json_bytes(hello)),
             FromAgent::Started(exec) => put_frame(out, kind::STARTED, *exec, &[]),
             FromAgent::SpawnFailed(exec, message) => {
                 put_frame(out, kind::SPAWN_FAILED, *exec, message.as_bytes())
@@ -232,7 +327,7 @@ impl FromAgent {
                 put_frame(out, kind::EXIT_SIGNAL, *exec, &signal.to_le_bytes())
             }
             FromAgent::Inspection(inspection) => {
-                put_frame(out, kind::INSPECTION, 0, &json_bytes(inspection))
+                put_frame(out, kind::INSPECTION, NO_EXEC, &json_bytes(inspection))
             }
         }
     }
@@ -321,7 +416,12 @@ impl FrameDecoder {
             return Ok(None);
         }
         let kind = available[4];
-        let exec = u32::from_le_bytes([available[5], available[6], available[7], available[8]]);
+        let exec = ExecId(u32::from_le_bytes([
+            available[5],
+            available[6],
+            available[7],
+            available[8],
+        ]));
         let payload = available[HEADER_BYTES..4 + length].to_vec();
         self.start += 4 + length;
         Ok(Some((kind, exec, payload)))
@@ -348,7 +448,7 @@ mod tests {
 
     fn spawn_request() -> SpawnRequest {
         SpawnRequest {
-            language: "python".into(),
+            language: Language::Python,
             code: "print('é')".into(),
             env: vec![("A".into(), "b".into())],
             cwd: "/root".into(),
@@ -362,13 +462,14 @@ mod tests {
     #[test]
     fn every_frame_round_trips_even_when_fed_byte_by_byte() {
         let to_agent = vec![
-            ToAgent::Spawn(7, spawn_request()),
-            ToAgent::Stdin(7, vec![0, 255, 10]),
-            ToAgent::CloseStdin(7),
-            ToAgent::Signal(7, 9),
+            ToAgent::Spawn(ExecId(7), spawn_request()),
+            ToAgent::Stdin(ExecId(7), vec![0, 255, 10]),
+            ToAgent::CloseStdin(ExecId(7)),
+            ToAgent::Signal(ExecId(7), 9),
             ToAgent::Resume { reset: true },
             ToAgent::Resume { reset: false },
             ToAgent::Inspect,
+            ToAgent::Credit(ExecId(7), OUTPUT_WINDOW_BYTES),
         ];
         let from_agent = vec![
             FromAgent::Ready(AgentHello {
@@ -376,13 +477,13 @@ mod tests {
                 python_standby: true,
                 next_exec_id: 3,
             }),
-            FromAgent::Started(7),
-            FromAgent::SpawnFailed(7, "no such dir".into()),
-            FromAgent::Output(7, Stream::Stdout, b"out".to_vec()),
-            FromAgent::Output(7, Stream::Stderr, vec![0xff]),
-            FromAgent::StdinWritten(7, 3),
-            FromAgent::Exited(7, ExitStatus::Code(3)),
-            FromAgent::Exited(7, ExitStatus::Signal(9)),
+            FromAgent::Started(ExecId(7)),
+            FromAgent::SpawnFailed(ExecId(7), "no such dir".into()),
+            FromAgent::Output(ExecId(7), Stream::Stdout, b"out".to_vec()),
+            FromAgent::Output(ExecId(7), Stream::Stderr, vec![0xff]),
+            FromAgent::StdinWritten(ExecId(7), 3),
+            FromAgent::Exited(ExecId(7), ExitStatus::Code(3)),
+            FromAgent::Exited(ExecId(7), ExitStatus::Signal(9)),
             FromAgent::Inspection(Inspection {
                 open_tcp_connections: 2,
             }),
@@ -419,13 +520,13 @@ mod tests {
 
         let mut decoder = FrameDecoder::new();
         let mut bytes = Vec::new();
-        put_frame(&mut bytes, 200, 1, b"");
+        put_frame(&mut bytes, 200, ExecId(1), b"");
         decoder.push(&bytes);
         assert!(decoder.next_from_agent().is_err());
 
         let mut decoder = FrameDecoder::new();
         let mut bytes = Vec::new();
-        put_frame(&mut bytes, kind::EXIT_CODE, 1, b"12");
+        put_frame(&mut bytes, kind::EXIT_CODE, ExecId(1), b"12");
         decoder.push(&bytes);
         assert!(decoder.next_from_agent().is_err());
     }
@@ -444,11 +545,21 @@ mod tests {
         put_frame(
             &mut bytes,
             kind::EXIT_SIGNAL,
-            u32::MAX,
+            ExecId(u32::MAX),
             &i32::MAX.to_le_bytes(),
         );
-        put_frame(&mut bytes, kind::EXIT_SIGNAL, 0, &i32::MIN.to_le_bytes());
-        put_frame(&mut bytes, kind::STDIN_WRITTEN, 1, &u32::MAX.to_le_bytes());
+        put_frame(
+            &mut bytes,
+            kind::EXIT_SIGNAL,
+            ExecId(0),
+            &i32::MIN.to_le_bytes(),
+        );
+        put_frame(
+            &mut bytes,
+            kind::STDIN_WRITTEN,
+            ExecId(1),
+            &u32::MAX.to_le_bytes(),
+        );
         let mut decoder = FrameDecoder::new();
         decoder.push(&bytes);
         let mut frames = Vec::new();
@@ -458,9 +569,9 @@ mod tests {
         assert_eq!(
             frames,
             [
-                FromAgent::Exited(u32::MAX, ExitStatus::Signal(i32::MAX)),
-                FromAgent::Exited(0, ExitStatus::Signal(i32::MIN)),
-                FromAgent::StdinWritten(1, u32::MAX),
+                FromAgent::Exited(ExecId(u32::MAX), ExitStatus::Signal(i32::MAX)),
+                FromAgent::Exited(ExecId(0), ExitStatus::Signal(i32::MIN)),
+                FromAgent::StdinWritten(ExecId(1), u32::MAX),
             ]
         );
         assert_eq!(ExitStatus::Signal(i32::MAX).shell_code(), i32::MAX);
@@ -471,13 +582,37 @@ mod tests {
     #[test]
     fn forged_signal_numbers_do_not_overflow() {
         let mut bytes = Vec::new();
-        put_frame(&mut bytes, kind::EXIT_SIGNAL, 1, &i32::MAX.to_le_bytes());
+        put_frame(
+            &mut bytes,
+            kind::EXIT_SIGNAL,
+            ExecId(1),
+            &i32::MAX.to_le_bytes(),
+        );
         let mut decoder = FrameDecoder::new();
         decoder.push(&bytes);
-        let Ok(Some(FromAgent::Exited(1, status))) = decoder.next_from_agent() else {
+        let Ok(Some(FromAgent::Exited(ExecId(1), status))) = decoder.next_from_agent() else {
             panic!("not an exit frame");
         };
         assert_eq!(status.shell_code(), i32::MAX);
         assert_eq!(ExitStatus::Signal(i32::MIN).shell_code(), i32::MIN + 128);
+    }
+
+    #[test]
+    fn languages_have_one_name_each_on_the_wire_and_in_messages() {
+        for language in Language::ALL {
+            assert_eq!(Language::parse(language.as_str()), Some(language));
+            let json = serde_json::to_string(&language).unwrap();
+            assert_eq!(json, format!("\"{language}\""));
+        }
+        assert_eq!(Language::parse("Python"), None);
+        assert_eq!(Language::parse("ruby"), None);
+        let request: SpawnRequest =
+            serde_json::from_str(r#"{"language":"bash","code":"","env":[],"cwd":"/","limits":{}}"#)
+                .unwrap();
+        assert_eq!(request.language, Language::Bash);
+        assert!(serde_json::from_str::<SpawnRequest>(
+            r#"{"language":"ruby","code":"","env":[],"cwd":"/","limits":{}}"#
+        )
+        .is_err());
     }
 }

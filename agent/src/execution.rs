@@ -9,9 +9,10 @@ use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::{set_nonblocking, AgentConfig};
-use crate::agent_protocol::{
-    ExecId, ExitStatus, FromAgent, ProcessLimits, SpawnRequest, Stream, MAX_CHUNK_BYTES,
+use crate::agent_loop::set_nonblocking;
+use crate::protocol::{
+    AgentConfig, ExecId, ExitStatus, FromAgent, Language, ProcessLimits, SpawnRequest, Stream,
+    MAX_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
 };
 
 /// `execve` refuses a single argument longer than 128 KiB; larger code goes through a file.
@@ -23,6 +24,54 @@ const MAX_DRAIN_AFTER_EXIT: usize = 1024 * 1024;
 
 /// Where code too large for an argument is written inside the sandbox.
 const CODE_DIR: &str = "/run/sandbox-agent";
+
+/// Why an execution could not be started; the text goes to the server in `SpawnFailed`.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The server reused the id of a running execution.
+    IdInUse(ExecId),
+    NoSuchDirectory(String),
+    /// Code too large for an argument could not be written to a file.
+    StoreCode {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A pipe for the standby interpreter's request could not be made.
+    Pipe(io::Error),
+    Start(io::Error),
+    ConfigurePipes(io::Error),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::IdInUse(id) => write!(f, "execution id {id} is already in use"),
+            SpawnError::NoSuchDirectory(cwd) => {
+                write!(f, "working directory {cwd:?} does not exist")
+            }
+            SpawnError::StoreCode { path, source } => {
+                write!(f, "cannot store the code in {}: {source}", path.display())
+            }
+            SpawnError::Pipe(source) => write!(f, "cannot make a pipe: {source}"),
+            SpawnError::Start(source) => write!(f, "cannot start the process: {source}"),
+            SpawnError::ConfigurePipes(source) => {
+                write!(f, "cannot configure the pipes: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SpawnError::StoreCode { source, .. }
+            | SpawnError::Pipe(source)
+            | SpawnError::Start(source)
+            | SpawnError::ConfigurePipes(source) => Some(source),
+            SpawnError::IdInUse(_) | SpawnError::NoSuchDirectory(_) => None,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub enum PipeRead {
@@ -46,37 +95,38 @@ pub struct Execution {
     kill_requested: std::cell::Cell<bool>,
     /// Bytes read since the process exited (see `MAX_DRAIN_AFTER_EXIT`).
     drained_after_exit: usize,
+    /// Output bytes it may still send before the server gives some back (the protocol's
+    /// output window): its pipes are read only while this is above zero.
+    window: u64,
 }
 
 impl Execution {
     /// Start `request` as a new process group with fresh pipes.
-    pub fn spawn(id: ExecId, request: &SpawnRequest, config: &AgentConfig) -> Result<Self, String> {
+    pub fn spawn(
+        id: ExecId,
+        request: &SpawnRequest,
+        config: &AgentConfig,
+    ) -> Result<Self, SpawnError> {
         let cwd_is_dir = std::fs::metadata(&request.cwd)
             .map(|meta| meta.is_dir())
             .unwrap_or(false);
         if !cwd_is_dir {
-            return Err(format!(
-                "working directory {:?} does not exist",
-                request.cwd
-            ));
+            return Err(SpawnError::NoSuchDirectory(request.cwd.clone()));
         }
-        let (program, flag) = match request.language.as_str() {
-            "python" => ("/usr/bin/python3", "-c"),
-            "bash" => ("/bin/bash", "-c"),
-            other => return Err(format!("unsupported language {other:?}")),
+        let (program, flag, extension) = match request.language {
+            Language::Python => ("/usr/bin/python3", "-c", "py"),
+            Language::Bash => ("/bin/bash", "-c", "sh"),
         };
         let mut command = Command::new(program);
         let mut code_file = None;
         if request.code.len() > MAX_INLINE_CODE_BYTES {
-            let extension = if request.language == "python" {
-                "py"
-            } else {
-                "sh"
-            };
             let path = PathBuf::from(format!("{CODE_DIR}/exec-{id}.{extension}"));
             std::fs::create_dir_all(CODE_DIR)
                 .and_then(|()| std::fs::write(&path, &request.code))
-                .map_err(|error| format!("cannot store the code in {}: {error}", path.display()))?;
+                .map_err(|source| SpawnError::StoreCode {
+                    path: path.clone(),
+                    source,
+                })?;
             command.arg(&path);
             code_file = Some(path);
         } else {
@@ -85,20 +135,22 @@ impl Execution {
         prepare_command(&mut command, config, &request.limits);
         command.envs(request.env.iter().map(|(key, value)| (key, value)));
         command.current_dir(&request.cwd);
-        let mut execution = Self::from_command(id, command, request.language == "python")?;
+        let mut execution = Self::from_command(id, command, request.language == Language::Python)?;
         execution.code_file = code_file;
         Ok(execution)
     }
 
     /// Spawn a prepared command with piped stdio and wrap it.
-    pub fn from_command(id: ExecId, mut command: Command, python: bool) -> Result<Self, String> {
+    pub fn from_command(
+        id: ExecId,
+        mut command: Command,
+        python: bool,
+    ) -> Result<Self, SpawnError> {
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .map_err(|error| format!("cannot start the process: {error}"))?;
+        let mut child = command.spawn().map_err(SpawnError::Start)?;
         // The agent reaps with waitpid(-1); the `Child` handle is not used to wait.
         let pid = Pid::from_raw(child.id() as i32);
         let (stdin, stdout, stderr) =
@@ -111,7 +163,7 @@ impl Execution {
         .into_iter()
         .flatten()
         {
-            set_nonblocking(fd).map_err(|error| format!("cannot configure the pipes: {error}"))?;
+            set_nonblocking(fd).map_err(SpawnError::ConfigurePipes)?;
         }
         Ok(Execution {
             id,
@@ -126,6 +178,7 @@ impl Execution {
             code_file: None,
             kill_requested: std::cell::Cell::new(false),
             drained_after_exit: 0,
+            window: u64::from(OUTPUT_WINDOW_BYTES),
         })
     }
 
@@ -139,6 +192,22 @@ impl Execution {
 
     pub fn was_python(&self) -> bool {
         self.python
+    }
+
+    /// Whether its output may be read now (its window is open).
+    pub fn output_window_open(&self) -> bool {
+        self.window > 0
+    }
+
+    /// The server consumed `bytes` more of its output.
+    pub fn add_credit(&mut self, bytes: u32) {
+        // Saturating: a confused server must not make the agent panic.
+        self.window = self.window.saturating_add(u64::from(bytes));
+    }
+
+    /// A restored server has nothing in flight: the window is full again.
+    pub fn reset_window(&mut self) {
+        self.window = u64::from(OUTPUT_WINDOW_BYTES);
     }
 
     pub fn stdout_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -204,19 +273,27 @@ impl Execution {
         }
     }
 
-    /// Read a pipe that polled readable until it is empty or the outbox is full: each poll
-    /// round trip is several slow syscalls under gVisor, so one read per wake-up would cut the
-    /// throughput to a fraction.
+    /// Read a pipe that polled readable until it is empty, the window closes or the outbox is
+    /// full: each poll round trip is several slow syscalls under gVisor, so one read per
+    /// wake-up would cut the throughput to a fraction.
     pub fn read_output(&mut self, which: PipeRead, outbox: &mut Vec<u8>) {
-        while outbox.len() < super::OUTBOX_HIGH_WATER && self.read_chunk(which, outbox) {}
+        while outbox.len() < crate::agent_loop::OUTBOX_HIGH_WATER
+            && self.output_window_open()
+            && self.read_chunk(which, outbox)
+        {}
     }
 
-    /// Returns false when the pipe has nothing more right now (would block, EOF or error).
-    /// Read what the pipe holds, up to one frame's worth, and frame it once: a writer's small
-    /// writes become one frame instead of one each. Returns false when the pipe has nothing
-    /// more right now (would block, end of file or error).
+    /// Read what the pipe holds, up to one frame's worth (and what the window allows), and
+    /// frame it once: a writer's small writes become one frame instead of one each. Returns
+    /// false when the pipe has nothing more right now (would block, end of file or error).
     fn read_chunk(&mut self, which: PipeRead, outbox: &mut Vec<u8>) -> bool {
-        let mut buffer = vec![0u8; MAX_CHUNK_BYTES];
+        let room = usize::try_from(self.window)
+            .unwrap_or(usize::MAX)
+            .min(MAX_CHUNK_BYTES);
+        if room == 0 {
+            return false;
+        }
+        let mut buffer = vec![0u8; room];
         let mut filled = 0;
         let mut more = true;
         let stream = match which {
@@ -253,6 +330,7 @@ impl Execution {
         }
         if filled > 0 {
             buffer.truncate(filled);
+            self.window = self.window.saturating_sub(filled as u64);
             FromAgent::Output(self.id, stream, buffer).encode(outbox);
         }
         more
@@ -278,7 +356,10 @@ impl Execution {
         }
         for which in [PipeRead::Stdout, PipeRead::Stderr] {
             loop {
-                if outbox.len() >= super::OUTBOX_HIGH_WATER {
+                // Not read further until there is room: the pipe stays open meanwhile.
+                if outbox.len() >= crate::agent_loop::OUTBOX_HIGH_WATER
+                    || !self.output_window_open()
+                {
                     return;
                 }
                 // What the process wrote before exiting fits in the pipe's buffer; past this
@@ -357,4 +438,61 @@ fn rlimits(limits: &ProcessLimits) -> Vec<sandbox_ffi::Rlimit> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::FrameDecoder;
+    use std::time::{Duration, Instant};
+
+    /// Reads the execution's stdout as the agent's loop would (the outbox emptied after each
+    /// turn, as if sent), until nothing more comes for a while; the bytes read.
+    fn read_until_quiet(execution: &mut Execution) -> usize {
+        let mut total = 0;
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_millis(300) {
+            let mut outbox = Vec::new();
+            execution.read_output(PipeRead::Stdout, &mut outbox);
+            let mut decoder = FrameDecoder::new();
+            decoder.push(&outbox);
+            while let Some(frame) = decoder.next_from_agent().unwrap() {
+                let FromAgent::Output(_, Stream::Stdout, data) = frame else {
+                    panic!("{frame:?}");
+                };
+                total += data.len();
+                quiet_since = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        total
+    }
+
+    /// A process that writes more than its window stops there, and goes on by the credit
+    /// given back (a real process and real pipes, outside any sandbox).
+    #[test]
+    fn output_is_read_only_while_the_window_is_open() {
+        let window = OUTPUT_WINDOW_BYTES as usize;
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(format!("head -c {} /dev/zero", 2 * window))
+            .process_group(0);
+        let mut execution = Execution::from_command(ExecId(1), command, false).unwrap();
+        assert_eq!(read_until_quiet(&mut execution), window);
+        assert!(!execution.output_window_open());
+        execution.add_credit(1000);
+        assert_eq!(read_until_quiet(&mut execution), 1000);
+        execution.reset_window();
+        assert_eq!(read_until_quiet(&mut execution), window - 1000);
+        execution.add_credit(u32::MAX);
+        execution.add_credit(u32::MAX);
+        assert!(
+            execution.output_window_open(),
+            "credit saturates, never wraps"
+        );
+        let pid = execution.pid();
+        drop(execution);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
 }

@@ -1,0 +1,143 @@
+//! The pipes to one sandbox's agent: frames queued for it, bytes read from it and decoded into
+//! frames, within a budget per turn so that one chatty agent does not starve the others.
+//!
+//! Both pipes are non-blocking and registered with the event loop (edge-triggered): a read
+//! that stops because of the budget says so (`more`), and the driver comes back to it on its
+//! next turn. Pipes are always read: holding back output is the agent's job, per execution,
+//! under the windows the core gives back (`runtime::execs`).
+
+use std::io::{self, Read, Write};
+
+use mio::unix::pipe::{Receiver, Sender};
+use mio::{Interest, Registry};
+
+use crate::agent_protocol::{FrameDecoder, FromAgent, ToAgent};
+use crate::io_token::{token, Tag};
+
+use super::SandboxKey;
+
+/// Bytes read from one agent before the loop serves others.
+pub const READ_BUDGET: usize = 256 * 1024;
+
+pub struct AgentLink {
+    to_agent: Sender,
+    from_agent: Receiver,
+    /// Frames encoded and not yet written (the pipe was full).
+    outgoing: Vec<u8>,
+    decoder: FrameDecoder,
+}
+
+/// What one turn of reading gave.
+pub struct Received {
+    pub frames: Vec<FromAgent>,
+    /// The budget ran out with data left: read again on the next turn.
+    pub more: bool,
+    /// The link is dead (end of file, a read error, bytes that are no frame): why. The frames
+    /// before it are still to be handled.
+    pub lost: Option<String>,
+}
+
+impl AgentLink {
+    /// Register both pipes with the event loop under `key`.
+    pub fn new(
+        registry: &Registry,
+        key: SandboxKey,
+        mut to_agent: Sender,
+        mut from_agent: Receiver,
+    ) -> io::Result<Self> {
+        registry.register(
+            &mut from_agent,
+            token(Tag::AgentOut, key.0),
+            Interest::READABLE,
+        )?;
+        registry.register(
+            &mut to_agent,
+            token(Tag::AgentIn, key.0),
+            Interest::WRITABLE,
+        )?;
+        Ok(AgentLink {
+            to_agent,
+            from_agent,
+            outgoing: Vec::new(),
+            decoder: FrameDecoder::new(),
+        })
+    }
+
+    /// Close both pipes. Closing the agent's stdin makes it kill its processes and exit.
+    pub fn close(mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.to_agent);
+        let _ = registry.deregister(&mut self.from_agent);
+    }
+
+    pub fn queue(&mut self, frame: &ToAgent) {
+        frame.encode(&mut self.outgoing);
+    }
+
+    pub fn has_outgoing(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
+    /// Write what the pipe takes now; the rest waits for the next writable event.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let mut written = 0;
+        let mut result = Ok(());
+        while written < self.outgoing.len() {
+            match self.to_agent.write(&self.outgoing[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
+        }
+        self.outgoing.drain(..written);
+        result
+    }
+
+    /// Read up to `budget` bytes and decode every whole frame.
+    pub fn read(&mut self, budget: usize) -> Received {
+        let mut received = Received {
+            frames: Vec::new(),
+            more: false,
+            lost: None,
+        };
+        let mut buffer = [0u8; 64 * 1024];
+        let mut total = 0;
+        loop {
+            if total >= budget {
+                received.more = true;
+                break;
+            }
+            match self.from_agent.read(&mut buffer) {
+                Ok(0) => {
+                    received.lost = Some("the sandbox stopped unexpectedly".to_string());
+                    break;
+                }
+                Ok(n) => {
+                    total += n;
+                    self.decoder.push(&buffer[..n]);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    received.lost = Some(format!("cannot read from the sandbox agent: {error}"));
+                    break;
+                }
+            }
+        }
+        loop {
+            match self.decoder.next_from_agent() {
+                Ok(Some(frame)) => received.frames.push(frame),
+                Ok(None) => break,
+                Err(error) => {
+                    received.lost = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        received
+    }
+}

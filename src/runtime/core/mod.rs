@@ -1,0 +1,944 @@
+//! The runtime's decisions, without I/O: every sandbox's state (its lifecycle, its executions,
+//! its pending checkpoint or restore), the pools and slots, and the timers.
+//!
+//! It is driven like quinn-proto's `Connection`: the driver (`runtime::driver`) feeds it events
+//! (a request from the server, a frame from an agent, a child that exited, the time), and it
+//! pushes what must be done on ONE queue of [`Action`]s (start a container, send a frame, spawn
+//! `runsc delete` or `checkpoint`, release a sandbox's files, notify its owner), which the
+//! driver drains and performs. The core never calls the driver: when performing an action
+//! fails, the driver feeds that back as an event, whose actions join the end of the queue. So
+//! nothing is re-entrant, the order of effects is the order of the queue, and every flow is a
+//! unit test with synthetic events (`tests.rs`), no runsc needed.
+//!
+//! Timers are data here: the core arms and cancels deadlines in its heap, the driver asks for
+//! the next one ([`Core::next_deadline`]) and calls [`Core::handle_timeout`] when it passed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::agent_protocol::MAX_CHUNK_BYTES;
+use crate::agent_protocol::{ExecId, FromAgent, ProcessLimits, SpawnRequest, ToAgent};
+use crate::ids::SandboxId;
+use crate::timers::{TimerId, Timers};
+
+use super::exec::Reason;
+use super::execs::Execs;
+use super::health::StartHealth;
+use super::lifecycle::{self, Event, Lifecycle, State};
+use super::pool::{Admission, Pools, Readiness, Slots};
+use super::{ExecSpec, Notice, Owner, RuntimeError, RuntimeEvent, RuntimeStats, SandboxKey};
+
+#[cfg(test)]
+mod tests;
+
+/// After a kill, how long the agent has to report the exit before the sandbox is deleted.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// What the core is told once, at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `SANDBOX_MAX_SANDBOXES`: live runsc sandboxes, pooled ones included.
+    pub max_sandboxes: usize,
+    /// How long a start (or a wait for a slot) may take.
+    pub create_timeout: Duration,
+    /// Output allowed per execution.
+    pub max_output_bytes: u64,
+    /// Limits of every process the agent spawns.
+    pub process_limits: ProcessLimits,
+    /// At most this many snapshot pools (0: none).
+    pub snapshot_pools_max: usize,
+}
+
+/// What the driver must do, in queue order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start the sandbox's container with fresh agent pipes: `runsc run`, or `runsc restore`
+    /// from `image` (deleting the stopped container it replaces, if any). The start timer runs
+    /// already; if nothing could be spawned, the driver reports [`Core::start_failed`].
+    Start {
+        key: SandboxKey,
+        image: Option<PathBuf>,
+    },
+    /// Send a frame to the sandbox's agent (dropped if its pipes are closed).
+    Send(SandboxKey, ToAgent),
+    /// Close the agent's pipes: its container is stopped.
+    Disconnect(SandboxKey),
+    /// Close the agent's pipes and spawn `runsc delete --force`; the driver reports
+    /// [`Core::delete_exited`] (at once when there is no container to delete).
+    Delete(SandboxKey),
+    /// Spawn `runsc checkpoint` into `image`; the driver reports [`Core::checkpoint_exited`].
+    Checkpoint { key: SandboxKey, image: PathBuf },
+    /// The sandbox is gone: remove its bundle and its network.
+    Release(SandboxKey),
+    /// Hand this notice to the sandbox's owner.
+    Notify(Notice),
+}
+
+/// Where a new sandbox's container comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// `runsc run`.
+    Fresh,
+    /// `runsc restore` from a saved image; with `reset`, only its files are kept (snapshots).
+    Image { image: PathBuf, reset: bool },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    /// The start (or the wait for a slot) took too long.
+    Start(SandboxKey),
+    ExecTimeout(SandboxKey, ExecId),
+    /// A killed execution did not end.
+    KillGrace(SandboxKey, ExecId),
+}
+
+struct Sandbox {
+    id: SandboxId,
+    owner: Option<Owner>,
+    lifecycle: Lifecycle,
+    execs: Execs,
+    /// The image the next restore starts from, and whether the agent must then end every
+    /// other process (a sandbox started from a snapshot keeps files, not processes).
+    restore_from: Option<(PathBuf, bool)>,
+    /// Where the requested checkpoint will write; set while the agent is being asked whether
+    /// a checkpoint can work.
+    checkpoint_to: Option<PathBuf>,
+    /// When its current start began (for the start-time metric).
+    created: Instant,
+    start_timer: Option<TimerId>,
+    /// Started by `runsc restore` (its failures say nothing about runsc itself).
+    from_image: bool,
+}
+
+pub struct Core {
+    settings: Settings,
+    sandboxes: HashMap<SandboxKey, Sandbox>,
+    by_id: HashMap<SandboxId, SandboxKey>,
+    /// Unowned sandboxes (starting or ready): the fresh pool, and sandboxes already restored
+    /// (and reset) from snapshot images used recently. They give their slots up to real work.
+    pools: Pools,
+    /// Sandboxes admitted while every slot was taken, in the order they get a slot.
+    waiting: VecDeque<SandboxKey>,
+    timers: Timers<Timer>,
+    actions: VecDeque<Action>,
+    next_key: u64,
+    stats: RuntimeStats,
+    /// How the last sandbox starts went (for readiness).
+    health: StartHealth,
+}
+
+impl Core {
+    pub fn new(settings: Settings) -> Self {
+        Core {
+            pools: Pools::new(settings.snapshot_pools_max),
+            settings,
+            sandboxes: HashMap::new(),
+            by_id: HashMap::new(),
+            waiting: VecDeque::new(),
+            timers: Timers::default(),
+            actions: VecDeque::new(),
+            next_key: 1,
+            stats: RuntimeStats::default(),
+            health: StartHealth::default(),
+        }
+    }
+
+    // ---- What the driver asks -------------------------------------------------------------
+
+    /// The next thing to do, in the order the events asked for them.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] must next be called.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    pub fn state(&self, key: SandboxKey) -> Option<State> {
+        self.sandboxes
+            .get(&key)
+            .map(|sandbox| sandbox.lifecycle.state())
+    }
+
+    pub fn sandbox_id(&self, key: SandboxKey) -> Option<SandboxId> {
+        self.sandboxes.get(&key).map(|sandbox| sandbox.id)
+    }
+
+    pub fn find(&self, id: &SandboxId) -> Option<SandboxKey> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sandboxes.is_empty()
+    }
+
+    /// Sandboxes that exist as runsc sandboxes (pooled and being deleted included; not those
+    /// waiting for a slot).
+    pub fn live_sandboxes(&self) -> usize {
+        self.sandboxes.len().saturating_sub(self.waiting.len())
+    }
+
+    pub fn waiting_for_slot(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn stats(&self) -> &RuntimeStats {
+        &self.stats
+    }
+
+    pub fn stats_mut(&mut self) -> &mut RuntimeStats {
+        &mut self.stats
+    }
+
+    /// Why sandboxes cannot be started, once `threshold` fresh starts failed in a row.
+    pub fn start_problem(&self, threshold: u32) -> Option<String> {
+        self.health.problem(threshold)
+    }
+
+    fn slots(&self) -> Slots {
+        let releasing = self
+            .sandboxes
+            .values()
+            .filter(|sandbox| {
+                matches!(sandbox.lifecycle.state(), State::Deleting | State::Aborting)
+            })
+            .count();
+        Slots {
+            max: self.settings.max_sandboxes,
+            live: self.live_sandboxes(),
+            releasing,
+            waiting: self.waiting.len(),
+        }
+    }
+
+    /// Slots nobody holds or has claimed: what a pool refill may use.
+    pub fn free_slots(&self) -> usize {
+        self.slots().free()
+    }
+
+    // ---- Admission, creation and pools ----------------------------------------------------
+
+    /// How a new sandbox gets a slot: real work (`owner`) may wait for one or take one from the
+    /// pools; a pool refill only uses a free one.
+    pub fn admit(&self, owner: Option<Owner>) -> Result<Admission, RuntimeError> {
+        let slots = self.slots();
+        let admission = match owner {
+            Some(_) => self.pools.admit(slots),
+            None if slots.free() > 0 => Admission::Start,
+            None => Admission::Refuse,
+        };
+        match admission {
+            Admission::Refuse => Err(RuntimeError::AtCapacity(self.settings.max_sandboxes)),
+            admission => Ok(admission),
+        }
+    }
+
+    /// A key for a sandbox about to be added (the driver names its pipes after it before the
+    /// container of a fresh start exists).
+    pub fn reserve_key(&mut self) -> SandboxKey {
+        let key = SandboxKey(self.next_key);
+        self.next_key += 1;
+        key
+    }
+
+    /// A new sandbox under `key`. A fresh one admitted to start has its `runsc run` spawned
+    /// already (the driver does that first, so that a failure is the caller's error); one
+    /// from an image is restored now; one admitted to wait gets its slot later.
+    pub fn add(
+        &mut self,
+        key: SandboxKey,
+        id: SandboxId,
+        owner: Option<Owner>,
+        admission: Admission,
+        origin: Origin,
+        now: Instant,
+    ) {
+        let starts = admission == Admission::Start;
+        let (lifecycle, restore_from) = match (origin, starts) {
+            (Origin::Fresh, true) => (Lifecycle::new(), None),
+            (Origin::Fresh, false) => (Lifecycle::waiting(), None),
+            (Origin::Image { image, reset }, true) => (Lifecycle::stopped(), Some((image, reset))),
+            (Origin::Image { image, reset }, false) => (Lifecycle::waiting(), Some((image, reset))),
+        };
+        let restoring = restore_from.is_some();
+        self.sandboxes.insert(
+            key,
+            Sandbox {
+                id,
+                owner,
+                lifecycle,
+                execs: Execs::new(self.settings.max_output_bytes),
+                restore_from,
+                checkpoint_to: None,
+                created: now,
+                start_timer: None,
+                from_image: false,
+            },
+        );
+        self.by_id.insert(id, key);
+        self.stats.created += 1;
+        if !starts {
+            self.wait_for_slot(key, admission, now);
+        } else if restoring {
+            self.apply(key, Event::RestoreRequested, now);
+        } else {
+            self.arm_start_timer(key, now);
+        }
+    }
+
+    /// A fresh start failed before a sandbox was added (its `runsc run` could not be spawned).
+    pub fn count_failed_start(&mut self, message: &str) {
+        self.stats.start_failures += 1;
+        self.health.failed(message);
+    }
+
+    /// Queue the new sandbox `key` for a slot, giving up a pooled sandbox for it if admitted so.
+    /// The wait is bounded by the create timeout.
+    fn wait_for_slot(&mut self, key: SandboxKey, admission: Admission, now: Instant) {
+        if let Admission::Evict(pooled) = admission {
+            self.pools.remove(pooled);
+            self.stats.pool_evictions += 1;
+            self.delete(pooled, now);
+        }
+        self.arm_start_timer(key, now);
+        self.waiting.push_back(key);
+    }
+
+    fn arm_start_timer(&mut self, key: SandboxKey, now: Instant) {
+        let timer = self.timers.arm(
+            deadline(now, self.settings.create_timeout),
+            Timer::Start(key),
+        );
+        if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+            if let Some(old) = sandbox.start_timer.replace(timer) {
+                self.timers.cancel(old);
+            }
+        }
+    }
+
+    fn cancel_start_timer(&mut self, key: SandboxKey) {
+        if let Some(timer) = self
+            .sandboxes
+            .get_mut(&key)
+            .and_then(|sandbox| sandbox.start_timer.take())
+        {
+            self.timers.cancel(timer);
+        }
+    }
+
+    /// Start waiting sandboxes in the slots freed since.
+    pub fn grant_slots(&mut self, now: Instant) {
+        while self.slots().can_grant() {
+            let Some(key) = self.waiting.pop_front() else {
+                return;
+            };
+            if !self.sandboxes.contains_key(&key) {
+                continue;
+            }
+            self.cancel_start_timer(key);
+            if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+                sandbox.created = now;
+            }
+            self.apply(key, Event::SlotGranted, now);
+        }
+    }
+
+    /// How far a pooled sandbox is from being usable.
+    fn readiness(sandboxes: &HashMap<SandboxKey, Sandbox>, key: SandboxKey) -> Readiness {
+        match sandboxes.get(&key).map(|sandbox| sandbox.lifecycle.state()) {
+            Some(State::Ready) => Readiness::Ready,
+            Some(State::Starting) => Readiness::Starting,
+            _ => Readiness::Unusable,
+        }
+    }
+
+    fn count_ready(&self, keys: impl Iterator<Item = SandboxKey>) -> usize {
+        keys.filter(|key| self.state(*key) == Some(State::Ready))
+            .count()
+    }
+
+    pub fn pool_ready(&self) -> usize {
+        self.count_ready(self.pools.fresh())
+    }
+
+    pub fn snapshot_pool_ready(&self) -> usize {
+        self.count_ready(self.pools.snapshot_sandboxes())
+    }
+
+    /// Snapshot images that have a pool now.
+    pub fn snapshot_pools(&self) -> usize {
+        self.pools.snapshot_pools()
+    }
+
+    pub fn fresh_pool_len(&self) -> usize {
+        self.pools.fresh_len()
+    }
+
+    pub fn snapshot_pool_len(&self, image: &Path) -> usize {
+        self.pools.snapshot_len(image)
+    }
+
+    /// The images that have a pool, most recently used first (the order refills follow).
+    pub fn pool_images(&self) -> Vec<PathBuf> {
+        self.pools.images()
+    }
+
+    pub fn add_to_fresh_pool(&mut self, key: SandboxKey) {
+        self.pools.add_fresh(key);
+    }
+
+    /// Pool `key` for `image`; if `image` has no pool any more, `key` is deleted.
+    pub fn add_to_snapshot_pool(&mut self, image: &Path, key: SandboxKey, now: Instant) {
+        if !self.pools.add_snapshot(image, key) {
+            self.delete(key, now);
+        }
+    }
+
+    /// A pooled fresh sandbox, ready first, else the oldest still starting.
+    pub fn take_fresh(&mut self) -> Option<SandboxKey> {
+        let sandboxes = &self.sandboxes;
+        self.pools.take_fresh(|key| Self::readiness(sandboxes, key))
+    }
+
+    /// A create from the snapshot `image` is asked for: its pool becomes the most recently
+    /// used (made if need be; one beyond the cap drops the least recently used pool, whose
+    /// sandboxes are deleted). Then a pooled sandbox of it, if there is one.
+    pub fn take_snapshot(&mut self, image: &Path, now: Instant) -> Option<SandboxKey> {
+        for dropped in self.pools.use_snapshot(image) {
+            self.delete(dropped, now);
+        }
+        let sandboxes = &self.sandboxes;
+        self.pools
+            .take_snapshot(image, |key| Self::readiness(sandboxes, key))
+    }
+
+    /// Delete the pooled sandboxes of the images `gone` names (the snapshot was replaced or
+    /// deleted), so nobody gets an outdated one.
+    pub fn drop_snapshot_pools(&mut self, gone: impl Fn(&Path) -> bool, now: Instant) {
+        for key in self.pools.drop_pools(gone) {
+            self.delete(key, now);
+        }
+    }
+
+    /// Give a pooled sandbox to `owner`, telling it at once if the sandbox is ready.
+    pub fn hand_over(&mut self, key: SandboxKey, owner: Owner) -> bool {
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+            return false;
+        };
+        sandbox.owner = Some(owner);
+        if sandbox.lifecycle.state() == State::Ready {
+            self.notify(key, RuntimeEvent::Ready);
+        }
+        true
+    }
+
+    // ---- Requests on a sandbox ------------------------------------------------------------
+
+    /// The sandbox `key`, if it is in `state` (the error names the state it is in).
+    fn sandbox_in(&mut self, key: SandboxKey, state: State) -> Result<&mut Sandbox, RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        let current = sandbox.lifecycle.state();
+        if current != state {
+            return Err(RuntimeError::WrongState(current.name()));
+        }
+        Ok(sandbox)
+    }
+
+    /// Run code in a ready sandbox. Output and the end arrive as notices.
+    pub fn start_exec(
+        &mut self,
+        key: SandboxKey,
+        spec: ExecSpec,
+        now: Instant,
+    ) -> Result<ExecId, RuntimeError> {
+        let limits = self.settings.process_limits.clone();
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        let state = sandbox.lifecycle.state();
+        if !state.can_exec() {
+            return Err(RuntimeError::WrongState(state.name()));
+        }
+        let exec = sandbox.execs.start(now)?;
+        let request = SpawnRequest {
+            language: spec.language,
+            code: spec.code,
+            env: spec.env,
+            cwd: spec.cwd,
+            limits,
+        };
+        self.actions
+            .push_back(Action::Send(key, ToAgent::Spawn(exec, request)));
+        let timer = self
+            .timers
+            .arm(deadline(now, spec.timeout), Timer::ExecTimeout(key, exec));
+        self.add_exec_timer(key, exec, timer);
+        Ok(exec)
+    }
+
+    /// Follow an execution that was running when the sandbox was checkpointed and runs on in
+    /// the restored sandbox: its output and end are reported again; it is killed after
+    /// `timeout`.
+    pub fn adopt_exec(
+        &mut self,
+        key: SandboxKey,
+        exec: ExecId,
+        timeout: Duration,
+        now: Instant,
+    ) -> Result<(), RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        sandbox.execs.adopt(exec, now);
+        let timer = self
+            .timers
+            .arm(deadline(now, timeout), Timer::ExecTimeout(key, exec));
+        self.add_exec_timer(key, exec, timer);
+        Ok(())
+    }
+
+    fn add_exec_timer(&mut self, key: SandboxKey, exec: ExecId, timer: TimerId) {
+        if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+            sandbox.execs.add_timer(exec, timer);
+        }
+    }
+
+    pub fn write_stdin(
+        &mut self,
+        key: SandboxKey,
+        exec: ExecId,
+        data: &[u8],
+    ) -> Result<(), RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        sandbox.execs.send_stdin(exec, data.len())?;
+        for chunk in data.chunks(MAX_CHUNK_BYTES) {
+            self.actions
+                .push_back(Action::Send(key, ToAgent::Stdin(exec, chunk.to_vec())));
+        }
+        Ok(())
+    }
+
+    pub fn close_stdin(&mut self, key: SandboxKey, exec: ExecId) -> Result<(), RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        if !sandbox.execs.contains(exec) {
+            return Err(RuntimeError::NoSuchExecution);
+        }
+        self.actions
+            .push_back(Action::Send(key, ToAgent::CloseStdin(exec)));
+        Ok(())
+    }
+
+    /// Kill the execution's process group. Its `ExecFinished` carries `reason`; if it does not
+    /// end within [`KILL_GRACE`], the sandbox is deleted.
+    pub fn kill_exec(
+        &mut self,
+        key: SandboxKey,
+        exec: ExecId,
+        reason: Reason,
+        now: Instant,
+    ) -> Result<(), RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        sandbox.execs.mark_killed(exec, reason)?;
+        self.actions
+            .push_back(Action::Send(key, ToAgent::Signal(exec, libc::SIGKILL)));
+        let timer = self
+            .timers
+            .arm(deadline(now, KILL_GRACE), Timer::KillGrace(key, exec));
+        self.add_exec_timer(key, exec, timer);
+        Ok(())
+    }
+
+    /// The sandbox's owner cannot take more output now (its buffer is full), or can again.
+    /// Paused, the output already given to the owner is not given back to the agent's windows,
+    /// so each execution stops once its window is used up.
+    pub fn set_output_paused(&mut self, key: SandboxKey, paused: bool) {
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+            return;
+        };
+        for (exec, credit) in sandbox.execs.set_output_paused(paused) {
+            self.send_credit(key, exec, credit);
+        }
+    }
+
+    fn send_credit(&mut self, key: SandboxKey, exec: ExecId, bytes: u32) {
+        if bytes > 0 {
+            self.actions
+                .push_back(Action::Send(key, ToAgent::Credit(exec, bytes)));
+        }
+    }
+
+    /// Checkpoint a ready, idle sandbox into `image` (which must exist). The owner gets
+    /// `Checkpointed`; the sandbox is then stopped, to be deleted or restored.
+    /// With `with_running` (shutdown), running executions are checkpointed too: they go on
+    /// after a restore, without an owner for their output.
+    pub fn checkpoint(
+        &mut self,
+        key: SandboxKey,
+        image: PathBuf,
+        with_running: bool,
+    ) -> Result<(), RuntimeError> {
+        let sandbox = self.sandbox_in(key, State::Ready)?;
+        if !sandbox.execs.is_empty() && !with_running {
+            return Err(RuntimeError::WrongState("running an execution"));
+        }
+        if sandbox.checkpoint_to.is_some() {
+            return Err(RuntimeError::WrongState("already being checkpointed"));
+        }
+        let timers = sandbox.execs.forget_all();
+        // A failed `runsc checkpoint` leaves the container stopped, so first ask the agent
+        // about what is known to make it fail; the answer (`Inspection`) continues this.
+        sandbox.checkpoint_to = Some(image);
+        timers
+            .into_iter()
+            .for_each(|timer| self.timers.cancel(timer));
+        self.actions.push_back(Action::Send(key, ToAgent::Inspect));
+        Ok(())
+    }
+
+    /// Start a stopped sandbox again from `image` (after a checkpoint or a snapshot). The owner
+    /// gets `Ready` or `StartFailed`.
+    pub fn restore_in_place(
+        &mut self,
+        key: SandboxKey,
+        image: PathBuf,
+        reset: bool,
+        now: Instant,
+    ) -> Result<(), RuntimeError> {
+        let sandbox = self.sandbox_in(key, State::Stopped)?;
+        sandbox.restore_from = Some((image, reset));
+        self.apply(key, Event::RestoreRequested, now);
+        Ok(())
+    }
+
+    /// Delete the sandbox (idempotent). Its owner gets `Deleted` when it is gone.
+    pub fn delete(&mut self, key: SandboxKey, now: Instant) {
+        self.apply(key, Event::DeleteRequested, now);
+    }
+
+    /// Delete every sandbox but `keep` (shutdown: those being checkpointed).
+    pub fn delete_all_except(&mut self, keep: &HashSet<SandboxKey>, now: Instant) {
+        let mut keys: Vec<SandboxKey> = self
+            .sandboxes
+            .keys()
+            .copied()
+            .filter(|key| !keep.contains(key))
+            .collect();
+        keys.sort();
+        for key in keys {
+            self.delete(key, now);
+        }
+        self.pools.clear();
+    }
+
+    // ---- What happened (reported by the driver) --------------------------------------------
+
+    /// A frame from the sandbox's agent. Frames come from inside the sandbox: nothing here
+    /// trusts their numbers.
+    pub fn on_frame(&mut self, key: SandboxKey, frame: FromAgent, now: Instant) {
+        match frame {
+            FromAgent::Ready(hello) => {
+                if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+                    sandbox.execs.reserve_below(ExecId(hello.next_exec_id));
+                }
+                self.apply(key, Event::AgentReady, now)
+            }
+            FromAgent::Started(exec) => self.notify(key, RuntimeEvent::ExecStarted(exec)),
+            FromAgent::SpawnFailed(exec, message) => {
+                let timers = self
+                    .sandboxes
+                    .get_mut(&key)
+                    .and_then(|sandbox| sandbox.execs.remove(exec));
+                timers
+                    .into_iter()
+                    .flatten()
+                    .for_each(|timer| self.timers.cancel(timer));
+                self.notify(key, RuntimeEvent::ExecSpawnFailed(exec, message));
+            }
+            FromAgent::Output(exec, stream, mut data) => {
+                let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                    return;
+                };
+                let Some(step) = sandbox.execs.on_output(exec, data.len()) else {
+                    // Nobody follows it: its output goes nowhere, and must not stall it.
+                    let credit = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                    self.send_credit(key, exec, credit);
+                    return;
+                };
+                data.truncate(step.deliver);
+                if !data.is_empty() {
+                    self.notify(key, RuntimeEvent::Output(exec, stream, data));
+                }
+                self.send_credit(key, exec, step.credit);
+                if step.kill {
+                    let _ = self.kill_exec(key, exec, Reason::OutputLimit, now);
+                }
+            }
+            FromAgent::StdinWritten(exec, count) => {
+                if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+                    sandbox.execs.stdin_written(exec, count);
+                }
+            }
+            FromAgent::Inspection(inspection) => {
+                let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                    return;
+                };
+                if sandbox.checkpoint_to.is_none() || sandbox.lifecycle.state() != State::Ready {
+                    return;
+                }
+                if inspection.open_tcp_connections > 0 {
+                    sandbox.checkpoint_to = None;
+                    let message = format!(
+                        "cannot save the sandbox: it has {} open TCP connection(s), which runsc cannot checkpoint; close them and retry",
+                        inspection.open_tcp_connections
+                    );
+                    self.notify(key, RuntimeEvent::CheckpointRefused(message));
+                } else {
+                    self.apply(key, Event::CheckpointRequested, now);
+                }
+            }
+            FromAgent::Exited(exec, status) => {
+                let ended = self
+                    .sandboxes
+                    .get_mut(&key)
+                    .and_then(|sandbox| sandbox.execs.finish(exec, status, now));
+                if let Some(ended) = ended {
+                    ended
+                        .timers
+                        .into_iter()
+                        .for_each(|timer| self.timers.cancel(timer));
+                    self.notify(key, RuntimeEvent::ExecFinished(exec, ended.outcome));
+                }
+            }
+        }
+    }
+
+    /// The agent's pipe closed, failed or spoke garbage: `reason` says which (or, while the
+    /// sandbox was starting, what runsc logged).
+    pub fn agent_lost(&mut self, key: SandboxKey, reason: String, now: Instant) {
+        self.apply(key, Event::AgentLost(reason), now);
+    }
+
+    /// `runsc run` or `runsc restore` exited; `Err` carries what runsc logged.
+    pub fn run_exited(&mut self, key: SandboxKey, result: Result<(), String>, now: Instant) {
+        self.apply(key, Event::RunExited(result), now);
+    }
+
+    /// An [`Action::Start`] could not spawn anything.
+    pub fn start_failed(&mut self, key: SandboxKey, message: String, now: Instant) {
+        self.apply(key, Event::RunExited(Err(message)), now);
+    }
+
+    pub fn delete_exited(&mut self, key: SandboxKey, now: Instant) {
+        self.apply(key, Event::DeleteExited, now);
+    }
+
+    /// `runsc checkpoint` exited (or could not be spawned); `Err` carries why it failed.
+    pub fn checkpoint_exited(&mut self, key: SandboxKey, result: Result<(), String>, now: Instant) {
+        self.apply(key, Event::CheckpointExited(result), now);
+    }
+
+    /// Act on every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for timer in self.timers.pop_expired(now) {
+            match timer {
+                Timer::Start(key) => self.apply(key, Event::StartTimedOut, now),
+                Timer::ExecTimeout(key, exec) => {
+                    let _ = self.kill_exec(key, exec, Reason::Timeout, now);
+                }
+                Timer::KillGrace(key, exec) => {
+                    eprintln!(
+                        "runtime: sandbox key {key}: execution {exec} ignored SIGKILL; deleting the sandbox"
+                    );
+                    let reason = format!("the sandbox did not stop execution {exec}");
+                    self.apply(key, Event::AgentLost(reason), now);
+                }
+            }
+        }
+    }
+
+    // ---- The lifecycle and its effects -----------------------------------------------------
+
+    /// Feed `event` to the sandbox's lifecycle and queue what its actions mean. An action that
+    /// cannot be carried out turns into the next event for the same lifecycle, handled in turn
+    /// (never by calling back into this function).
+    fn apply(&mut self, key: SandboxKey, event: Event, now: Instant) {
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                return;
+            };
+            for action in sandbox.lifecycle.handle(event) {
+                if let Some(next) = self.carry_out(key, action, now) {
+                    events.push_back(next);
+                }
+            }
+        }
+    }
+
+    fn notify(&mut self, key: SandboxKey, event: RuntimeEvent) {
+        if let Some(owner) = self.sandboxes.get(&key).and_then(|sandbox| sandbox.owner) {
+            self.actions.push_back(Action::Notify(Notice {
+                owner,
+                sandbox: key,
+                event,
+            }));
+        }
+    }
+
+    fn carry_out(
+        &mut self,
+        key: SandboxKey,
+        action: lifecycle::Action,
+        now: Instant,
+    ) -> Option<Event> {
+        use lifecycle::Action as Do;
+        match action {
+            Do::NotifyReady => {
+                self.cancel_start_timer(key);
+                if let Some(sandbox) = self.sandboxes.get(&key) {
+                    let seconds = now.saturating_duration_since(sandbox.created).as_secs_f64();
+                    self.stats.start_seconds.push(seconds);
+                }
+                self.health.started();
+                self.notify(key, RuntimeEvent::Ready);
+            }
+            Do::NotifyStartFailed(message) => {
+                self.stats.start_failures += 1;
+                if self
+                    .sandboxes
+                    .get(&key)
+                    .is_some_and(|sandbox| !sandbox.from_image)
+                {
+                    self.health.failed(&message);
+                }
+                eprintln!("runtime: sandbox key {key} failed to start: {message}");
+                self.notify(key, RuntimeEvent::StartFailed(message));
+            }
+            Do::NotifyLost(message) => {
+                self.stats.lost += 1;
+                eprintln!("runtime: sandbox key {key} lost: {message}");
+                self.end_all_execs(key, now);
+                self.notify(key, RuntimeEvent::Lost(message));
+            }
+            Do::StartDelete => {
+                self.end_all_execs(key, now);
+                self.cancel_start_timer(key);
+                self.pools.remove(key);
+                self.actions.push_back(Action::Delete(key));
+            }
+            Do::StartCheckpoint => {
+                let image = self
+                    .sandboxes
+                    .get_mut(&key)
+                    .and_then(|sandbox| sandbox.checkpoint_to.take());
+                match image {
+                    Some(image) => self.actions.push_back(Action::Checkpoint { key, image }),
+                    None => {
+                        return Some(Event::CheckpointExited(Err(
+                            "no image directory to checkpoint into".into(),
+                        )))
+                    }
+                }
+            }
+            Do::NotifyCheckpointed(result) => {
+                // The container is stopped: its agent pipes are dead.
+                self.actions.push_back(Action::Disconnect(key));
+                self.notify(key, RuntimeEvent::Checkpointed(result));
+            }
+            Do::StartRestore => return self.start_restore(key, now),
+            Do::StartContainer => {
+                let restoring = self
+                    .sandboxes
+                    .get(&key)
+                    .is_some_and(|sandbox| sandbox.restore_from.is_some());
+                if restoring {
+                    return self.start_restore(key, now);
+                }
+                self.arm_start_timer(key, now);
+                self.actions.push_back(Action::Start { key, image: None });
+            }
+            Do::NotifyNoSlot => {
+                let message = format!(
+                    "the server is at its limit of {} sandboxes and no slot became free within {} s; retry shortly",
+                    self.settings.max_sandboxes,
+                    self.settings.create_timeout.as_secs()
+                );
+                self.notify(key, RuntimeEvent::StartFailed(message));
+            }
+            Do::Forget => {
+                self.waiting.retain(|waiting| *waiting != key);
+                self.cancel_start_timer(key);
+                if let Some(sandbox) = self.sandboxes.remove(&key) {
+                    self.by_id.remove(&sandbox.id);
+                    self.actions.push_back(Action::Release(key));
+                    if let Some(owner) = sandbox.owner {
+                        self.actions.push_back(Action::Notify(Notice {
+                            owner,
+                            sandbox: key,
+                            event: RuntimeEvent::Deleted,
+                        }));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// `runsc restore` from the sandbox's image, then ask the restored agent (which is
+    /// mid-loop) to say hello, and to end every other process first if asked.
+    fn start_restore(&mut self, key: SandboxKey, now: Instant) -> Option<Event> {
+        let sandbox = self.sandboxes.get_mut(&key)?;
+        sandbox.from_image = true;
+        let Some((image, reset)) = sandbox.restore_from.take() else {
+            return Some(Event::RunExited(Err("no image to restore from".into())));
+        };
+        sandbox.created = now;
+        self.arm_start_timer(key, now);
+        self.actions.push_back(Action::Start {
+            key,
+            image: Some(image),
+        });
+        self.actions
+            .push_back(Action::Send(key, ToAgent::Resume { reset }));
+        None
+    }
+
+    /// End every execution of a dying sandbox, so owners are never left waiting.
+    fn end_all_execs(&mut self, key: SandboxKey, now: Instant) {
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+            return;
+        };
+        for ended in sandbox.execs.end_all_lost(now) {
+            ended
+                .timers
+                .into_iter()
+                .for_each(|timer| self.timers.cancel(timer));
+            self.notify(key, RuntimeEvent::ExecFinished(ended.exec, ended.outcome));
+        }
+    }
+}
+
+/// `now + timeout`, without the panic of `Instant + Duration` on overflow: a timeout too far to
+/// represent is as good as none.
+pub fn deadline(now: Instant, timeout: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}

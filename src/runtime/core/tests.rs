@@ -1,0 +1,808 @@
+//! The runtime's flows against the core alone: synthetic events in (requests, agent frames,
+//! exits of runsc, the time), the queue of actions out. No runsc, no pipes, no clock.
+
+use super::*;
+use crate::agent_protocol::{
+    AgentHello, ExitStatus, Inspection, Language, Stream, OUTPUT_WINDOW_BYTES,
+};
+use crate::runtime::exec::ExecOutcome;
+use crate::runtime::MAX_STDIN_IN_FLIGHT;
+
+const OWNER: Owner = Owner::Session(1);
+const OTHER: Owner = Owner::Http(2);
+
+fn settings(max_sandboxes: usize) -> Settings {
+    Settings {
+        max_sandboxes,
+        create_timeout: Duration::from_secs(30),
+        max_output_bytes: 100,
+        process_limits: ProcessLimits {
+            processes: Some(64),
+            ..ProcessLimits::default()
+        },
+        snapshot_pools_max: 2,
+    }
+}
+
+fn spec(timeout_secs: u64) -> ExecSpec {
+    ExecSpec {
+        language: Language::Bash,
+        code: "echo hi".into(),
+        env: vec![("A".into(), "b".into())],
+        cwd: "/root".into(),
+        timeout: Duration::from_secs(timeout_secs),
+    }
+}
+
+fn hello(next_exec_id: u32) -> FromAgent {
+    FromAgent::Ready(AgentHello {
+        version: "test".into(),
+        python_standby: true,
+        next_exec_id,
+    })
+}
+
+/// The core and a clock the test moves.
+struct Harness {
+    core: Core,
+    now: Instant,
+}
+
+impl Harness {
+    fn new(max_sandboxes: usize) -> Self {
+        Harness {
+            core: Core::new(settings(max_sandboxes)),
+            now: Instant::now(),
+        }
+    }
+
+    /// Everything queued so far, in order.
+    fn actions(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.core.poll_action()).collect()
+    }
+
+    /// A fresh sandbox whose `runsc run` the driver spawned: admitted, added, and (unless
+    /// `owner` waits for a slot) starting.
+    fn add_fresh(&mut self, owner: Option<Owner>) -> SandboxKey {
+        let admission = self.core.admit(owner).expect("admitted");
+        let key = self.core.reserve_key();
+        let id = SandboxId::random().unwrap();
+        self.core
+            .add(key, id, owner, admission, Origin::Fresh, self.now);
+        key
+    }
+
+    /// A fresh sandbox that is ready (`runsc run` returned, the agent said hello).
+    fn ready_sandbox(&mut self, owner: Option<Owner>) -> SandboxKey {
+        let key = self.add_fresh(owner);
+        self.core.run_exited(key, Ok(()), self.now);
+        self.core.on_frame(key, hello(1), self.now);
+        self.actions();
+        key
+    }
+
+    fn frame(&mut self, key: SandboxKey, frame: FromAgent) -> Vec<Action> {
+        self.core.on_frame(key, frame, self.now);
+        self.actions()
+    }
+
+    fn advance(&mut self, by: Duration) -> Vec<Action> {
+        self.now += by;
+        self.core.handle_timeout(self.now);
+        self.actions()
+    }
+}
+
+fn notice(key: SandboxKey, owner: Owner, event: RuntimeEvent) -> Action {
+    Action::Notify(Notice {
+        owner,
+        sandbox: key,
+        event,
+    })
+}
+
+/// The outcome inside an `ExecFinished` notice.
+fn finished(action: &Action) -> (ExecId, ExecOutcome) {
+    match action {
+        Action::Notify(Notice {
+            event: RuntimeEvent::ExecFinished(exec, outcome),
+            ..
+        }) => (*exec, *outcome),
+        other => panic!("not an ExecFinished notice: {other:?}"),
+    }
+}
+
+#[test]
+fn an_execution_runs_from_spawn_to_exit_then_the_sandbox_is_deleted() {
+    let mut h = Harness::new(2);
+    let key = h.add_fresh(Some(OWNER));
+    assert_eq!(h.actions(), [], "the driver spawned runsc run itself");
+    assert_eq!(h.core.state(key), Some(State::Starting));
+    h.core.run_exited(key, Ok(()), h.now);
+    assert_eq!(
+        h.frame(key, hello(1)),
+        [notice(key, OWNER, RuntimeEvent::Ready)]
+    );
+    assert_eq!(h.core.stats().start_seconds.len(), 1);
+
+    let exec = h.core.start_exec(key, spec(10), h.now).unwrap();
+    assert_eq!(exec, ExecId(1));
+    let Action::Send(to, ToAgent::Spawn(spawned, request)) = &h.actions()[0] else {
+        panic!("no spawn frame");
+    };
+    assert_eq!((*to, *spawned), (key, exec));
+    assert_eq!(request.language, Language::Bash);
+    assert_eq!(request.limits.processes, Some(64), "the server's limits");
+
+    assert_eq!(
+        h.frame(key, FromAgent::Started(exec)),
+        [notice(key, OWNER, RuntimeEvent::ExecStarted(exec))]
+    );
+    assert_eq!(
+        h.frame(
+            key,
+            FromAgent::Output(exec, Stream::Stdout, b"hi\n".to_vec())
+        ),
+        [notice(
+            key,
+            OWNER,
+            RuntimeEvent::Output(exec, Stream::Stdout, b"hi\n".to_vec())
+        )]
+    );
+    let end = h.frame(key, FromAgent::Exited(exec, ExitStatus::Code(3)));
+    let (ended, outcome) = finished(&end[0]);
+    assert_eq!(
+        (ended, outcome.exit_code(), outcome.reason),
+        (exec, 3, Reason::Exited)
+    );
+    assert_eq!(h.core.next_deadline(), None, "its timeout is cancelled");
+
+    h.core.delete(key, h.now);
+    assert_eq!(h.actions(), [Action::Delete(key)]);
+    assert_eq!(h.core.state(key), Some(State::Deleting));
+    h.core.delete(key, h.now);
+    assert_eq!(h.actions(), [], "deleting twice does nothing more");
+    h.core.delete_exited(key, h.now);
+    assert_eq!(
+        h.actions(),
+        [
+            Action::Release(key),
+            notice(key, OWNER, RuntimeEvent::Deleted)
+        ]
+    );
+    assert!(h.core.is_empty());
+}
+
+#[test]
+fn a_timeout_kills_and_an_execution_that_does_not_end_loses_its_sandbox() {
+    let mut h = Harness::new(2);
+    let key = h.ready_sandbox(Some(OWNER));
+    let exec = h.core.start_exec(key, spec(10), h.now).unwrap();
+    h.actions();
+    assert_eq!(h.advance(Duration::from_secs(9)), []);
+    assert_eq!(
+        h.advance(Duration::from_secs(1)),
+        [Action::Send(key, ToAgent::Signal(exec, libc::SIGKILL))]
+    );
+    // The agent never reports the exit: after the grace period the sandbox is given up, and
+    // the execution ends first, so its owner is never left waiting.
+    let actions = h.advance(KILL_GRACE);
+    assert_eq!(actions.len(), 3, "{actions:?}");
+    let (ended, outcome) = finished(&actions[0]);
+    assert_eq!((ended, outcome.reason), (exec, Reason::Timeout));
+    assert_eq!(outcome.signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        actions[1..],
+        [
+            notice(
+                key,
+                OWNER,
+                RuntimeEvent::Lost("the sandbox did not stop execution 1".into())
+            ),
+            Action::Delete(key)
+        ]
+    );
+    assert_eq!(h.core.stats().lost, 1);
+}
+
+#[test]
+fn a_killed_execution_that_ends_in_time_keeps_its_sandbox() {
+    let mut h = Harness::new(2);
+    let key = h.ready_sandbox(Some(OWNER));
+    let exec = h.core.start_exec(key, spec(10), h.now).unwrap();
+    h.actions();
+    h.core.kill_exec(key, exec, Reason::Killed, h.now).unwrap();
+    assert_eq!(
+        h.actions(),
+        [Action::Send(key, ToAgent::Signal(exec, libc::SIGKILL))]
+    );
+    // The timeout fires meanwhile: the first reason stays.
+    h.advance(Duration::from_secs(3));
+    let end = h.frame(key, FromAgent::Exited(exec, ExitStatus::Signal(9)));
+    assert_eq!(finished(&end[0]).1.reason, Reason::Killed);
+    assert_eq!(
+        h.advance(KILL_GRACE * 2),
+        [],
+        "the grace timer is cancelled"
+    );
+    assert_eq!(h.core.state(key), Some(State::Ready));
+    assert!(matches!(
+        h.core.kill_exec(key, exec, Reason::Killed, h.now),
+        Err(RuntimeError::NoSuchExecution)
+    ));
+}
+
+#[test]
+fn output_past_the_limit_is_cut_and_the_execution_killed_once() {
+    let mut h = Harness::new(2);
+    let key = h.ready_sandbox(Some(OWNER));
+    let exec = h.core.start_exec(key, spec(10), h.now).unwrap();
+    h.actions();
+    let chunk = |byte: u8| FromAgent::Output(exec, Stream::Stdout, vec![byte; 60]);
+    assert_eq!(h.frame(key, chunk(b'a')).len(), 1);
+    let actions = h.frame(key, chunk(b'b'));
+    assert_eq!(
+        actions,
+        [
+            notice(
+                key,
+                OWNER,
+                RuntimeEvent::Output(exec, Stream::Stdout, vec![b'b'; 40])
+            ),
+            // The 20 bytes cut go nowhere: their window is given back at once.
+            Action::Send(key, ToAgent::Credit(exec, 20)),
+            Action::Send(key, ToAgent::Signal(exec, libc::SIGKILL))
+        ]
+    );
+    assert_eq!(
+        h.frame(key, chunk(b'c')),
+        [Action::Send(key, ToAgent::Credit(exec, 60))],
+        "nothing past the limit reaches the owner, and the agent can drain its pipes"
+    );
+    let end = h.frame(key, FromAgent::Exited(exec, ExitStatus::Signal(9)));
+    let (_, outcome) = finished(&end[0]);
+    assert_eq!(outcome.reason, Reason::OutputLimit);
+    assert!(outcome.truncated);
+}
+
+#[test]
+fn output_windows_are_given_back_as_the_owner_takes_output_and_held_while_it_cannot() {
+    let mut h = Harness::new(2);
+    h.core.settings.max_output_bytes = u64::MAX;
+    let key = h.ready_sandbox(Some(OWNER));
+    let exec = h.core.start_exec(key, spec(10), h.now).unwrap();
+    h.actions();
+    // What each action is, with output as its length (windows are large).
+    let summary = |actions: Vec<Action>| -> Vec<String> {
+        actions
+            .into_iter()
+            .map(|action| match action {
+                Action::Notify(Notice {
+                    event: RuntimeEvent::Output(_, _, data),
+                    ..
+                }) => format!("output {}", data.len()),
+                Action::Send(_, ToAgent::Credit(_, bytes)) => format!("credit {bytes}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    let chunk = |len: usize| FromAgent::Output(exec, Stream::Stdout, vec![b'x'; len]);
+    let half = OUTPUT_WINDOW_BYTES as usize / 2;
+    // Credit goes back in batches of half a window.
+    assert_eq!(
+        summary(h.frame(key, chunk(half - 1))),
+        [format!("output {}", half - 1)]
+    );
+    assert_eq!(
+        summary(h.frame(key, chunk(1))),
+        ["output 1".to_string(), format!("credit {half}")]
+    );
+    // The owner's buffer is full: nothing is given back, so the agent stops after a window.
+    h.core.set_output_paused(key, true);
+    assert_eq!(h.actions(), []);
+    let window = OUTPUT_WINDOW_BYTES as usize;
+    assert_eq!(
+        summary(h.frame(key, chunk(window))),
+        [format!("output {window}")]
+    );
+    // The owner caught up: the window reopens.
+    h.core.set_output_paused(key, false);
+    assert_eq!(
+        h.actions(),
+        [Action::Send(
+            key,
+            ToAgent::Credit(exec, OUTPUT_WINDOW_BYTES)
+        )]
+    );
+    h.core.set_output_paused(SandboxKey(99), true);
+    assert_eq!(h.actions(), [], "an unknown sandbox has nothing to pause");
+}
+
+#[test]
+fn stdin_goes_in_chunks_and_is_bounded_until_the_agent_writes_it() {
+    let mut h = Harness::new(2);
+    let key = h.ready_sandbox(Some(OWNER));
+    let exec = h.core.start_exec(key, spec(10), h.now).unwrap();
+    h.actions();
+    let data = vec![b'x'; 2 * MAX_CHUNK_BYTES + 10];
+    h.core.write_stdin(key, exec, &data).unwrap();
+    let sizes: Vec<usize> = h
+        .actions()
+        .iter()
+        .map(|action| match action {
+            Action::Send(_, ToAgent::Stdin(to, chunk)) if *to == exec => chunk.len(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(sizes, [MAX_CHUNK_BYTES, MAX_CHUNK_BYTES, 10]);
+    let rest = vec![b'y'; MAX_STDIN_IN_FLIGHT as usize - data.len()];
+    h.core.write_stdin(key, exec, &rest).unwrap();
+    h.actions();
+    assert!(matches!(
+        h.core.write_stdin(key, exec, b"z"),
+        Err(RuntimeError::StdinFull)
+    ));
+    assert_eq!(h.actions(), [], "nothing is sent past the bound");
+    h.frame(key, FromAgent::StdinWritten(exec, 1));
+    h.core.write_stdin(key, exec, b"z").unwrap();
+    h.core.close_stdin(key, exec).unwrap();
+    assert_eq!(
+        h.actions(),
+        [
+            Action::Send(key, ToAgent::Stdin(exec, b"z".to_vec())),
+            Action::Send(key, ToAgent::CloseStdin(exec))
+        ]
+    );
+    assert!(matches!(
+        h.core.close_stdin(key, ExecId(9)),
+        Err(RuntimeError::NoSuchExecution)
+    ));
+    assert!(matches!(
+        h.core.write_stdin(SandboxKey(99), exec, b"z"),
+        Err(RuntimeError::NoSuchSandbox)
+    ));
+}
+
+#[test]
+fn a_checkpoint_asks_the_agent_first_then_runs_runsc_and_the_sandbox_restores_in_place() {
+    let mut h = Harness::new(2);
+    let key = h.ready_sandbox(Some(OWNER));
+    let image = PathBuf::from("/store/image-1");
+    h.core.checkpoint(key, image.clone(), false).unwrap();
+    assert_eq!(h.actions(), [Action::Send(key, ToAgent::Inspect)]);
+    assert!(matches!(
+        h.core.checkpoint(key, image.clone(), false),
+        Err(RuntimeError::WrongState("already being checkpointed"))
+    ));
+    let clean = FromAgent::Inspection(Inspection {
+        open_tcp_connections: 0,
+    });
+    assert_eq!(
+        h.frame(key, clean),
+        [Action::Checkpoint {
+            key,
+            image: image.clone()
+        }]
+    );
+    assert_eq!(h.core.state(key), Some(State::Checkpointing));
+    assert!(matches!(
+        h.core.start_exec(key, spec(1), h.now),
+        Err(RuntimeError::WrongState("checkpointing"))
+    ));
+    h.core.checkpoint_exited(key, Ok(()), h.now);
+    assert_eq!(
+        h.actions(),
+        [
+            Action::Disconnect(key),
+            notice(key, OWNER, RuntimeEvent::Checkpointed(Ok(())))
+        ]
+    );
+    assert_eq!(h.core.state(key), Some(State::Stopped));
+
+    // A snapshot goes on in place: restore from the image it just wrote.
+    h.core
+        .restore_in_place(key, image.clone(), false, h.now)
+        .unwrap();
+    assert_eq!(
+        h.actions(),
+        [
+            Action::Start {
+                key,
+                image: Some(image)
+            },
+            Action::Send(key, ToAgent::Resume { reset: false })
+        ]
+    );
+    assert_eq!(h.core.state(key), Some(State::Starting));
+    // The restored agent still runs execution 4: new ones get later ids.
+    assert_eq!(
+        h.frame(key, hello(5)),
+        [notice(key, OWNER, RuntimeEvent::Ready)]
+    );
+    assert_eq!(h.core.start_exec(key, spec(1), h.now).unwrap(), ExecId(5));
+}
+
+#[test]
+fn a_checkpoint_is_refused_while_an_execution_runs_or_tcp_connections_are_open() {
+    let mut h = Harness::new(2);
+    let key = h.ready_sandbox(Some(OWNER));
+    let exec = h.core.start_exec(key, spec(10), h.now).unwrap();
+    h.actions();
+    assert!(matches!(
+        h.core.checkpoint(key, PathBuf::from("/i"), false),
+        Err(RuntimeError::WrongState("running an execution"))
+    ));
+    h.frame(key, FromAgent::Exited(exec, ExitStatus::Code(0)));
+
+    h.core.checkpoint(key, PathBuf::from("/i"), false).unwrap();
+    h.actions();
+    let busy = FromAgent::Inspection(Inspection {
+        open_tcp_connections: 2,
+    });
+    let actions = h.frame(key, busy);
+    let [Action::Notify(Notice {
+        event: RuntimeEvent::CheckpointRefused(message),
+        ..
+    })] = actions.as_slice()
+    else {
+        panic!("{actions:?}");
+    };
+    assert!(message.contains("2 open TCP connection(s)"), "{message}");
+    assert_eq!(h.core.state(key), Some(State::Ready), "the sandbox runs on");
+    h.core.checkpoint(key, PathBuf::from("/i"), false).unwrap();
+}
+
+#[test]
+fn a_shutdown_checkpoint_takes_running_executions_along_and_a_restore_adopts_them() {
+    let mut h = Harness::new(2);
+    let key = h.ready_sandbox(Some(OWNER));
+    let exec = h.core.start_exec(key, spec(10), h.now).unwrap();
+    h.actions();
+    h.core.checkpoint(key, PathBuf::from("/i"), true).unwrap();
+    assert_eq!(h.actions(), [Action::Send(key, ToAgent::Inspect)]);
+    assert_eq!(
+        h.advance(Duration::from_secs(60)),
+        [],
+        "the execution is no longer followed: no timeout"
+    );
+    assert_eq!(
+        h.frame(
+            key,
+            FromAgent::Output(exec, Stream::Stdout, b"late".to_vec())
+        ),
+        [Action::Send(key, ToAgent::Credit(exec, 4))],
+        "output nobody follows is dropped, and given back so it does not stall"
+    );
+
+    // Another instance restores it and follows the execution again.
+    let mut other = Harness::new(2);
+    let admission = other.core.admit(Some(OWNER)).unwrap();
+    let restored = other.core.reserve_key();
+    let id = SandboxId::random().unwrap();
+    let image = PathBuf::from("/store/image-2");
+    let origin = Origin::Image {
+        image: image.clone(),
+        reset: false,
+    };
+    other
+        .core
+        .add(restored, id, Some(OWNER), admission, origin, other.now);
+    assert_eq!(
+        other.actions(),
+        [
+            Action::Start {
+                key: restored,
+                image: Some(image)
+            },
+            Action::Send(restored, ToAgent::Resume { reset: false })
+        ]
+    );
+    assert_eq!(other.core.find(&id), Some(restored));
+    other
+        .core
+        .adopt_exec(restored, exec, Duration::from_secs(60), other.now)
+        .unwrap();
+    other.frame(restored, hello(exec.0 + 1));
+    let end = other.frame(restored, FromAgent::Exited(exec, ExitStatus::Code(0)));
+    assert_eq!(finished(&end[0]).0, exec);
+    assert_eq!(
+        other.core.start_exec(restored, spec(1), other.now).unwrap(),
+        ExecId(exec.0 + 1)
+    );
+}
+
+#[test]
+fn a_lost_agent_ends_every_execution_before_its_owner_hears_of_it() {
+    let mut h = Harness::new(2);
+    let key = h.ready_sandbox(Some(OWNER));
+    let first = h.core.start_exec(key, spec(10), h.now).unwrap();
+    let second = h.core.start_exec(key, spec(10), h.now).unwrap();
+    h.actions();
+    h.core
+        .agent_lost(key, "the sandbox stopped unexpectedly".into(), h.now);
+    let actions = h.actions();
+    assert_eq!(actions.len(), 4, "{actions:?}");
+    assert_eq!(finished(&actions[0]).0, first);
+    assert_eq!(finished(&actions[1]).0, second);
+    assert_eq!(finished(&actions[1]).1.reason, Reason::SandboxLost);
+    assert_eq!(
+        actions[2..],
+        [
+            notice(
+                key,
+                OWNER,
+                RuntimeEvent::Lost("the sandbox stopped unexpectedly".into())
+            ),
+            Action::Delete(key)
+        ]
+    );
+    h.core.agent_lost(key, "again".into(), h.now);
+    assert_eq!(h.actions(), [], "a dead agent is reported once");
+}
+
+#[test]
+fn a_start_that_times_out_is_reported_and_deleted_without_waiting_for_runsc() {
+    let mut h = Harness::new(2);
+    let key = h.add_fresh(Some(OWNER));
+    assert_eq!(h.advance(Duration::from_secs(29)), []);
+    assert_eq!(
+        h.advance(Duration::from_secs(1)),
+        [
+            notice(
+                key,
+                OWNER,
+                RuntimeEvent::StartFailed("the sandbox did not become ready in time".into())
+            ),
+            Action::Delete(key)
+        ]
+    );
+    assert_eq!(h.core.stats().start_failures, 1);
+}
+
+#[test]
+fn a_delete_while_runsc_run_runs_waits_for_it() {
+    let mut h = Harness::new(2);
+    let key = h.add_fresh(Some(OWNER));
+    h.core.delete(key, h.now);
+    assert_eq!(
+        h.actions(),
+        [],
+        "runsc delete racing runsc run deletes nothing"
+    );
+    assert_eq!(h.core.state(key), Some(State::Aborting));
+    h.core.run_exited(key, Ok(()), h.now);
+    assert_eq!(h.actions(), [Action::Delete(key)]);
+}
+
+#[test]
+fn fresh_starts_that_fail_make_the_server_unready_but_failed_restores_do_not() {
+    let mut h = Harness::new(4);
+    for _ in 0..2 {
+        let key = h.add_fresh(Some(OWNER));
+        h.core.run_exited(
+            key,
+            Err("runsc failed to start the sandbox: boom".into()),
+            h.now,
+        );
+        let actions = h.actions();
+        assert_eq!(
+            actions,
+            [
+                notice(
+                    key,
+                    OWNER,
+                    RuntimeEvent::StartFailed("runsc failed to start the sandbox: boom".into())
+                ),
+                Action::Delete(key)
+            ]
+        );
+        h.core.delete_exited(key, h.now);
+        h.actions();
+    }
+    assert_eq!(h.core.start_problem(3), None);
+    h.core
+        .count_failed_start("cannot start a sandbox: no runsc");
+    let problem = h.core.start_problem(3).expect("three in a row");
+    assert!(problem.contains("no runsc"), "{problem}");
+
+    // A restore whose image does not start says nothing about runsc; a ready sandbox resets.
+    let mut h = Harness::new(4);
+    let admission = h.core.admit(Some(OWNER)).unwrap();
+    let key = h.core.reserve_key();
+    let origin = Origin::Image {
+        image: PathBuf::from("/bad"),
+        reset: true,
+    };
+    h.core.add(
+        key,
+        SandboxId::random().unwrap(),
+        Some(OWNER),
+        admission,
+        origin,
+        h.now,
+    );
+    h.actions();
+    h.core
+        .start_failed(key, "cannot run runsc restore: gone".into(), h.now);
+    assert_eq!(
+        h.actions()[0],
+        notice(
+            key,
+            OWNER,
+            RuntimeEvent::StartFailed("cannot run runsc restore: gone".into())
+        )
+    );
+    assert_eq!(h.core.start_problem(1), None);
+}
+
+#[test]
+fn real_work_takes_the_slot_of_a_pooled_sandbox_and_starts_once_it_is_deleted() {
+    let mut h = Harness::new(1);
+    let pooled = h.ready_sandbox(None);
+    h.core.add_to_fresh_pool(pooled);
+    assert_eq!(h.core.pool_ready(), 1);
+    assert_eq!(h.core.free_slots(), 0);
+
+    let key = h.add_fresh(Some(OWNER));
+    assert_eq!(h.actions(), [Action::Delete(pooled)], "the pooled one goes");
+    assert_eq!(h.core.state(key), Some(State::Waiting));
+    assert_eq!(h.core.waiting_for_slot(), 1);
+    assert_eq!(h.core.stats().pool_evictions, 1);
+    h.core.grant_slots(h.now);
+    assert_eq!(
+        h.actions(),
+        [],
+        "the slot is still held while runsc delete runs"
+    );
+
+    h.core.delete_exited(pooled, h.now);
+    assert_eq!(h.actions(), [Action::Release(pooled)], "nobody owned it");
+    h.core.grant_slots(h.now);
+    assert_eq!(h.actions(), [Action::Start { key, image: None }]);
+    assert_eq!(h.core.state(key), Some(State::Starting));
+    assert_eq!(
+        h.frame(key, hello(1)),
+        [notice(key, OWNER, RuntimeEvent::Ready)]
+    );
+    assert_eq!(h.core.live_sandboxes(), 1);
+}
+
+#[test]
+fn a_wait_for_a_slot_is_bounded_and_real_work_is_refused_when_it_holds_every_slot() {
+    let mut h = Harness::new(1);
+    let busy = h.ready_sandbox(Some(OTHER));
+    assert!(matches!(
+        h.core.admit(Some(OWNER)),
+        Err(RuntimeError::AtCapacity(1))
+    ));
+    h.core.delete(busy, h.now);
+    h.actions();
+    let key = h.add_fresh(Some(OWNER));
+    assert_eq!(
+        h.core.state(key),
+        Some(State::Waiting),
+        "it waits for that slot"
+    );
+    let actions = h.advance(Duration::from_secs(30));
+    let [Action::Notify(Notice {
+        event: RuntimeEvent::StartFailed(message),
+        ..
+    }), Action::Release(released), deleted] = actions.as_slice()
+    else {
+        panic!("{actions:?}");
+    };
+    assert!(
+        message.contains("no slot became free within 30 s"),
+        "{message}"
+    );
+    assert_eq!(*released, key);
+    assert_eq!(*deleted, notice(key, OWNER, RuntimeEvent::Deleted));
+    assert_eq!(h.core.waiting_for_slot(), 0);
+}
+
+#[test]
+fn a_slot_granted_to_a_start_that_cannot_spawn_ends_in_a_delete() {
+    let mut h = Harness::new(1);
+    let busy = h.ready_sandbox(Some(OTHER));
+    h.core.delete(busy, h.now);
+    let key = h.add_fresh(Some(OWNER));
+    h.core.delete_exited(busy, h.now);
+    h.core.grant_slots(h.now);
+    h.actions();
+    h.core
+        .start_failed(key, "cannot start a sandbox: no pipes".into(), h.now);
+    assert_eq!(
+        h.actions(),
+        [
+            notice(
+                key,
+                OWNER,
+                RuntimeEvent::StartFailed("cannot start a sandbox: no pipes".into())
+            ),
+            Action::Delete(key)
+        ]
+    );
+}
+
+#[test]
+fn pooled_sandboxes_are_handed_over_ready_and_snapshot_pools_are_capped() {
+    let mut h = Harness::new(4);
+    let pooled = h.ready_sandbox(None);
+    h.core.add_to_fresh_pool(pooled);
+    assert_eq!(h.core.take_fresh(), Some(pooled));
+    assert!(h.core.hand_over(pooled, OWNER));
+    assert_eq!(h.actions(), [notice(pooled, OWNER, RuntimeEvent::Ready)]);
+
+    // Three snapshots used with room for two pools: the least recently used pool goes.
+    let (a, b, c) = (Path::new("/s/a"), Path::new("/s/b"), Path::new("/s/c"));
+    assert_eq!(h.core.take_snapshot(a, h.now), None);
+    let in_a = h.ready_sandbox(None);
+    h.core.add_to_snapshot_pool(a, in_a, h.now);
+    assert_eq!(h.core.take_snapshot(b, h.now), None);
+    assert_eq!(h.core.snapshot_pools(), 2);
+    assert_eq!(h.core.take_snapshot(c, h.now), None);
+    assert_eq!(h.actions(), [Action::Delete(in_a)]);
+    assert_eq!(h.core.pool_images(), [c.to_path_buf(), b.to_path_buf()]);
+    // A refill that finishes for a dropped pool is deleted at once.
+    let late = h.ready_sandbox(None);
+    h.core.add_to_snapshot_pool(a, late, h.now);
+    assert_eq!(h.actions(), [Action::Delete(late)]);
+    h.core.drop_snapshot_pools(|image| image == b, h.now);
+    assert_eq!(h.core.pool_images(), [c.to_path_buf()]);
+}
+
+#[test]
+fn frames_forged_inside_the_sandbox_are_handled_not_trusted() {
+    let mut h = Harness::new(2);
+    let key = h.ready_sandbox(Some(OWNER));
+    // A hello that raises the execution counter to its last id.
+    h.frame(key, hello(u32::MAX));
+    assert!(matches!(
+        h.core.start_exec(key, spec(1), h.now),
+        Err(RuntimeError::NoExecIdsLeft)
+    ));
+    assert_eq!(h.actions(), [], "nothing is sent for a refused execution");
+    assert_eq!(
+        h.frame(
+            key,
+            FromAgent::Output(ExecId(3), Stream::Stderr, vec![0; 10])
+        ),
+        [Action::Send(key, ToAgent::Credit(ExecId(3), 10))],
+        "dropped, and given back"
+    );
+    for frame in [
+        FromAgent::Exited(ExecId(3), ExitStatus::Signal(i32::MAX)),
+        FromAgent::StdinWritten(ExecId(3), u32::MAX),
+        FromAgent::Inspection(Inspection {
+            open_tcp_connections: 0,
+        }),
+    ] {
+        assert_eq!(h.frame(key, frame), [], "nobody asked for it");
+    }
+    assert_eq!(h.core.state(key), Some(State::Ready));
+    // Unknown sandboxes are ignored too.
+    assert_eq!(h.frame(SandboxKey(77), hello(1)), []);
+}
+
+#[test]
+fn shutdown_deletes_everything_but_what_is_being_saved() {
+    let mut h = Harness::new(4);
+    let saved = h.ready_sandbox(Some(OWNER));
+    let other = h.ready_sandbox(Some(OTHER));
+    let pooled = h.ready_sandbox(None);
+    h.core.add_to_fresh_pool(pooled);
+    h.core.delete_all_except(&HashSet::from([saved]), h.now);
+    assert_eq!(h.actions(), [Action::Delete(other), Action::Delete(pooled)]);
+    assert_eq!(h.core.fresh_pool_len(), 0);
+    assert_eq!(h.core.state(saved), Some(State::Ready));
+}
+
+#[test]
+fn deadlines_do_not_overflow() {
+    let now = Instant::now();
+    assert_eq!(
+        deadline(now, Duration::from_secs(5)),
+        now + Duration::from_secs(5)
+    );
+    assert!(deadline(now, Duration::MAX) > now + Duration::from_secs(3600 * 24 * 365));
+}
