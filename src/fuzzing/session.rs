@@ -41,7 +41,10 @@ use serde_json::Value;
 use crate::agent_protocol::{ExecId, ExitStatus, Stream};
 use crate::runtime::exec::{ExecOutcome, Reason};
 use crate::runtime::{ExecSpec, RuntimeError, RuntimeEvent, SandboxKey};
-use crate::session::{CreateOptions, Out, SandboxControl, Session, SessionId, SessionSettings};
+use crate::session::exec_options::ExecLimits;
+use crate::session::{
+    token, CreateOptions, Out, SandboxControl, SavedState, Session, SessionId, SessionSettings,
+};
 use crate::store::SavedSettings;
 
 /// Every status of docs/protocol.md ("Status strings").
@@ -218,12 +221,15 @@ impl Server {
                 snapshot_enabled: has(b's'),
                 default_idle_timeout: Duration::from_secs(300),
                 max_idle_timeout: Duration::from_secs(3600),
-                exec_timeout: Duration::from_secs(60),
-                max_exec_timeout: Duration::from_secs(600),
-                max_code_bytes: 1000,
+                exec: ExecLimits {
+                    default_timeout: Duration::from_secs(60),
+                    max_timeout: Duration::from_secs(600),
+                    max_code_bytes: 1000,
+                },
                 held_output_bytes: 100,
                 egress_unavailable: (!has(b'n'))
                     .then(|| "network egress is disabled on this server".to_string()),
+                store_timeout: Duration::from_secs(30),
             },
             control: FakeControl {
                 at_capacity: has(b'f'),
@@ -241,16 +247,16 @@ impl Server {
             let saved: SavedSettings = serde_json::from_slice(saved).ok()?;
             self.control.acquired = true;
             Session::restored(
-                1,
-                crate::store::sha256_hex(b"token"),
-                &saved,
+                SessionId(1),
+                token::hash("token"),
+                &SavedState::from(&saved),
                 SANDBOX,
                 "0123456789abcdef0123456789abcdef".into(),
                 settings,
                 self.now,
             )
         } else {
-            let mut session = Session::new(1, "token".into(), settings, self.now);
+            let mut session = Session::new(SessionId(1), "token".into(), settings, self.now);
             let text = String::from_utf8_lossy(first);
             let outs = session.on_init(&text, &mut self.control, self.now);
             self.deliver(&mut session, outs);
@@ -358,11 +364,28 @@ impl Server {
         }
     }
 
-    /// What `deliver` in src/server/sessions.rs does, with the frames checked.
+    /// What `deliver` in src/server/sessions.rs does, with the frames checked. The store
+    /// answers at once: a snapshot is found (unless the next runtime call is to fail), saved
+    /// state is removed.
     fn deliver(&mut self, session: &mut Session, outs: Vec<Out>) {
         check_outs(&outs);
         if outs.iter().any(|out| matches!(out, Out::Close(..))) {
             self.detach(session);
+        }
+        for out in outs {
+            let answer = match out {
+                Out::FindSnapshot(name) => {
+                    let found = if std::mem::take(&mut self.control.fail_next) {
+                        Err(format!("filesystem snapshot {name:?} not found"))
+                    } else {
+                        Ok(format!("/snapshots/{name}/image-1").into())
+                    };
+                    session.on_snapshot_found(found, &mut self.control)
+                }
+                Out::RemoveSavedState => session.on_saved_state_removed(),
+                _ => continue,
+            };
+            self.deliver(session, answer);
         }
     }
 }
@@ -416,8 +439,9 @@ fn reason_of(digit: u8) -> Reason {
 fn check_outs(outs: &[Out]) {
     for (index, out) in outs.iter().enumerate() {
         match out {
-            Out::Send(text) => {
-                let frame: Value = serde_json::from_str(text).expect("a frame is not JSON");
+            Out::Send(event) => {
+                let frame: Value =
+                    serde_json::from_str(&event.to_json()).expect("a frame is not JSON");
                 let event = frame["event"].as_str().expect("a frame has no event");
                 if event != "status_update" {
                     continue;
@@ -434,7 +458,9 @@ fn check_outs(outs: &[Out]) {
                         .as_str()
                         .unwrap_or_else(|| panic!("{status} has no message"));
                     let next = match outs.get(index + 1) {
-                        Some(Out::Send(next)) => serde_json::from_str::<Value>(next).ok(),
+                        Some(Out::Send(next)) => {
+                            serde_json::from_str::<Value>(&next.to_json()).ok()
+                        }
                         _ => None,
                     };
                     let next = next.unwrap_or_else(|| panic!("{status} without an error event"));
@@ -450,7 +476,7 @@ fn check_outs(outs: &[Out]) {
                     reason.len()
                 );
             }
-            Out::Save(_) => {}
+            Out::Save(_) | Out::FindSnapshot(_) | Out::RemoveSavedState => {}
         }
     }
 }

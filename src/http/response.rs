@@ -168,37 +168,11 @@ fn is_token(name: &str) -> bool {
         })
 }
 
-/// A complete response with a `Content-Length` body.
-pub fn full_response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
-    ResponseHead::new(status)
-        .header("Content-Type", content_type)
-        .encode_with_body(body, keep_alive)
-}
-
 /// `{"error":"<message>"}` with JSON escaping done by serde_json.
 pub fn json_error_body(message: &str) -> Vec<u8> {
     // Serialising a map of one string cannot fail; the fallback only exists to avoid a panic path.
     serde_json::to_vec(&serde_json::json!({ "error": message }))
         .unwrap_or_else(|_| b"{\"error\":\"internal error\"}".to_vec())
-}
-
-/// A complete `application/json` error response (the protocol's uniform error shape).
-pub fn json_error(status: u16, message: &str, keep_alive: bool) -> Vec<u8> {
-    full_response(
-        status,
-        "application/json",
-        &json_error_body(message),
-        keep_alive,
-    )
-}
-
-/// `401` with the `WWW-Authenticate: Bearer` challenge and a JSON error; the connection closes
-/// (the refused request's body was never read).
-pub fn unauthorized(message: &str) -> Vec<u8> {
-    ResponseHead::new(401)
-        .header("Content-Type", "application/json")
-        .header("WWW-Authenticate", "Bearer")
-        .encode_with_body(&json_error_body(message), false)
 }
 
 /// Appends one chunk of a chunked body. Empty data writes nothing, because an empty chunk would
@@ -280,27 +254,11 @@ mod tests {
     }
 
     #[test]
-    fn full_and_json_error_responses() {
-        let resp = text(&full_response(404, "text/plain", b"nope", false));
-        assert!(resp.starts_with("HTTP/1.1 404 Not Found\r\n"));
-        assert!(resp.ends_with("Content-Length: 4\r\nConnection: close\r\n\r\nnope"));
-
-        let resp = text(&json_error(400, "bad \"lang\"\n\u{1}", true));
-        assert!(resp.contains("Content-Type: application/json\r\n"));
-        let body = resp.split("\r\n\r\n").nth(1).unwrap();
-        assert_eq!(body, r#"{"error":"bad \"lang\"\n\u0001"}"#);
-        let parsed: serde_json::Value = serde_json::from_str(body).unwrap();
+    fn json_error_bodies_are_escaped() {
+        let body = json_error_body("bad \"lang\"\n\u{1}");
+        assert_eq!(body, br#"{"error":"bad \"lang\"\n\u0001"}"#);
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed["error"], "bad \"lang\"\n\u{1}");
-        assert!(resp.contains(&format!("Content-Length: {}\r\n", body.len())));
-    }
-
-    #[test]
-    fn unauthorized_has_the_bearer_challenge() {
-        let resp = text(&unauthorized("missing api key"));
-        assert!(resp.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{resp}");
-        assert!(resp.contains("WWW-Authenticate: Bearer\r\n"), "{resp}");
-        assert!(resp.contains("Connection: close\r\n"), "{resp}");
-        assert!(resp.ends_with(r#"{"error":"missing api key"}"#), "{resp}");
     }
 
     #[test]

@@ -30,7 +30,6 @@ mod error;
 pub mod exec;
 pub mod execs;
 pub mod health;
-pub mod ids;
 pub mod lifecycle;
 pub mod network;
 pub mod pool;

@@ -22,9 +22,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-/// Old paths of the policy's parsing (it lives in [`crate::egress_policy`]: the configuration
-/// reads it and must not depend on the runtime), kept until every caller uses the new one.
-pub use crate::egress_policy::{parse_policy, Destination};
+use crate::egress_policy::Destination;
 
 /// Addresses a hostname may never resolve to (an explicit IP in the policy may still be one).
 fn is_internal(address: Ipv4Addr) -> bool {

@@ -1,12 +1,72 @@
-//! One client TCP connection: its parser, its output buffer and its deadlines.
+//! The server's client connections: each HTTP one with its parser, its output buffer and its
+//! deadlines, and the WebSockets they became.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
 use mio::net::TcpStream;
 
 use super::execute::ExecuteJob;
-use crate::http::request::RequestParser;
+use super::websocket::WsConnection;
+use crate::http::request::{HeadCheck, Limits, RequestParser};
+
+/// A client connection (HTTP, then WebSocket after an upgrade: the id stays), never reused
+/// while the server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Every client connection of the server.
+pub struct Connections {
+    pub http: HashMap<ConnectionId, Connection>,
+    pub websockets: HashMap<ConnectionId, WsConnection>,
+    last_id: u64,
+    limits: Limits,
+    /// The API key check every request head goes through (`None`: no keys configured).
+    head_check: Option<HeadCheck>,
+}
+
+impl Connections {
+    pub fn new(limits: Limits, head_check: Option<HeadCheck>) -> Self {
+        Connections {
+            http: HashMap::new(),
+            websockets: HashMap::new(),
+            last_id: 0,
+            limits,
+            head_check,
+        }
+    }
+
+    /// HTTP connections and WebSockets (those waiting for an init message included).
+    pub fn len(&self) -> usize {
+        self.http.len() + self.websockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn new_id(&mut self) -> ConnectionId {
+        self.last_id += 1;
+        ConnectionId(self.last_id)
+    }
+
+    /// A new HTTP connection on `stream`, with the server's parser limits and key check.
+    pub fn add(&mut self, id: ConnectionId, stream: TcpStream) {
+        let mut parser = RequestParser::new(self.limits);
+        if let Some(check) = &self.head_check {
+            parser = parser.with_head_check(check.clone());
+        }
+        self.http.insert(id, Connection::new(stream, parser));
+    }
+}
 
 /// Output buffered for a client before its sandbox's output is paused.
 pub const OUT_HIGH_WATER: usize = 256 * 1024;
@@ -19,6 +79,8 @@ pub enum Phase {
     Reading,
     /// A `/execute` request is running.
     Executing(Box<ExecuteJob>),
+    /// A request waits for the store's answer (read on a worker thread).
+    Waiting { since: Instant, keep_alive: bool },
     /// Send what is buffered, then close.
     Closing,
 }

@@ -7,88 +7,18 @@
 //! ```
 //! It turns runtime notices into response bytes; the connection writes them.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 
-use crate::agent_protocol::{ExecId, Language, Stream};
-use crate::http::query::{parse_query, single_param};
-use crate::http::request::Request;
-use crate::http::response::{encode_chunk, final_chunk, json_error, ResponseHead};
+use super::api::{ApiError, ExecuteRequest};
+use crate::agent_protocol::{ExecId, Stream};
+use crate::http::response::{encode_chunk, final_chunk, ResponseHead};
 use crate::runtime::exec::ExecOutcome;
 use crate::runtime::{ExecSpec, RuntimeEvent, SandboxKey};
-use crate::session::options;
 
 /// How many bytes of each execution's output go to the server log.
 const LOGGED_OUTPUT_BYTES: usize = 512;
-
-/// A validated `/execute` request.
-#[derive(Debug, Clone)]
-pub struct ExecuteRequest {
-    pub language: Language,
-    pub code: String,
-    pub timeout: Duration,
-    pub json: bool,
-}
-
-/// Validate the request; the error is the response to send.
-pub fn parse(
-    request: &Request,
-    default_timeout: Duration,
-    max_timeout: Duration,
-) -> Result<ExecuteRequest, (u16, String)> {
-    let query = parse_query(&request.query);
-    let param = |name: &str| single_param(&query, name).map_err(|message| (400, message));
-    let language = match param("language")? {
-        Some(name) => Language::parse(name).ok_or_else(|| {
-            (
-                400,
-                format!("unsupported language {name:?}; supported languages: python, bash"),
-            )
-        })?,
-        None => {
-            return Err((
-                400,
-                "missing query parameter \"language\"; supported languages: python, bash".into(),
-            ))
-        }
-    };
-    let timeout = match param("timeout")? {
-        None => default_timeout,
-        Some(text) => text
-            .parse::<f64>()
-            .ok()
-            .and_then(|seconds| options::duration(seconds, false, max_timeout.as_secs_f64()))
-            .ok_or_else(|| {
-                let shown: String = text.chars().take(64).collect();
-                (
-                    400,
-                    format!(
-                        "timeout must be a number of seconds above 0 and at most {}, got {shown:?}",
-                        max_timeout.as_secs()
-                    ),
-                )
-            })?,
-    };
-    let code = String::from_utf8(request.body.clone()).map_err(|error| {
-        (
-            400,
-            format!(
-                "the code must be UTF-8 text (invalid byte at offset {})",
-                error.utf8_error().valid_up_to()
-            ),
-        )
-    })?;
-    let json = request
-        .header("accept")
-        .is_some_and(|accept| accept.contains("application/json"));
-    Ok(ExecuteRequest {
-        language,
-        code,
-        timeout,
-        json,
-    })
-}
 
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
@@ -171,8 +101,8 @@ impl ExecuteJob {
         self.keep_alive = false;
     }
 
-    /// The sandbox could not run the execution (start or spawn failure).
-    pub fn fail(&mut self, status: u16, message: &str) -> Step {
+    /// The sandbox could not run the execution (start or spawn failure): 500.
+    pub fn fail(&mut self, message: &str) -> Step {
         self.phase = Phase::Done;
         let bytes = if self.headers_sent {
             // The status line is gone; end the body so the client is not left waiting.
@@ -184,7 +114,9 @@ impl ExecuteJob {
             bytes.extend_from_slice(final_chunk());
             bytes
         } else {
-            json_error(status, message, self.keep_alive)
+            ApiError::Internal(message.to_string())
+                .response()
+                .encode(self.keep_alive, false)
         };
         eprintln!("execute: sandbox {} failed: {message}", self.sandbox_id);
         Step {
@@ -192,7 +124,7 @@ impl ExecuteJob {
             start: None,
             finished: Some(Finished {
                 result: "error",
-                status,
+                status: 500,
             }),
         }
     }
@@ -200,23 +132,17 @@ impl ExecuteJob {
     pub fn on_event(&mut self, event: RuntimeEvent) -> Step {
         match (&self.phase, event) {
             (Phase::WaitingForSandbox, RuntimeEvent::Ready) => Step {
-                start: Some(ExecSpec {
-                    language: self.request.language,
-                    code: self.request.code.clone(),
-                    env: Vec::new(),
-                    cwd: "/root".into(),
-                    timeout: self.request.timeout,
-                }),
+                start: Some(self.spec()),
                 ..Step::default()
             },
             (Phase::WaitingForSandbox, RuntimeEvent::StartFailed(message)) => {
-                self.fail(500, &format!("cannot start a sandbox: {message}"))
+                self.fail(&format!("cannot start a sandbox: {message}"))
             }
             (_, RuntimeEvent::Lost(message)) if self.phase != Phase::Done => {
-                self.fail(500, &format!("the sandbox died: {message}"))
+                self.fail(&format!("the sandbox died: {message}"))
             }
             (Phase::Running(exec), RuntimeEvent::ExecSpawnFailed(id, message)) if *exec == id => {
-                self.fail(500, &format!("cannot start the process: {message}"))
+                self.fail(&format!("cannot start the process: {message}"))
             }
             (Phase::Running(exec), RuntimeEvent::ExecStarted(id)) if *exec == id => {
                 let mut step = Step::default();
@@ -245,6 +171,12 @@ impl ExecuteJob {
             }
             _ => Step::default(),
         }
+    }
+
+    fn spec(&self) -> ExecSpec {
+        self.request
+            .options
+            .spec(self.request.language, &self.request.code)
     }
 
     /// The head of a streamed (text/plain, chunked) response.
@@ -319,9 +251,14 @@ mod tests {
 
     fn job(json: bool) -> ExecuteJob {
         let request = ExecuteRequest {
-            language: Language::Bash,
+            language: crate::agent_protocol::Language::Bash,
             code: "true".into(),
-            timeout: Duration::from_secs(5),
+            options: crate::session::exec_options::ExecOptions {
+                env: Vec::new(),
+                cwd: "/root".into(),
+                timeout: std::time::Duration::from_secs(5),
+                output_encoding: Default::default(),
+            },
             json,
         };
         ExecuteJob::new(SandboxKey(1), "a".repeat(32), request, true)
@@ -343,7 +280,15 @@ mod tests {
         if shutdown_at_start {
             job.end_keep_alive();
         }
-        assert!(job.on_event(RuntimeEvent::Ready).start.is_some());
+        let spec = job
+            .on_event(RuntimeEvent::Ready)
+            .start
+            .expect("started once ready");
+        assert_eq!(
+            (spec.language.as_str(), spec.cwd.as_str(), spec.timeout),
+            ("bash", "/root", std::time::Duration::from_secs(5)),
+            "the checked options of the request"
+        );
         job.set_running(ExecId(7));
         let mut bytes = job.on_event(RuntimeEvent::ExecStarted(ExecId(7))).bytes;
         if !shutdown_at_start {

@@ -1,5 +1,6 @@
-//! Worker threads for blocking filesystem work (hashing and publishing images, leases on a
-//! possibly remote mount), so the event loop never waits on storage. A finished job wakes the
+//! Worker threads for blocking work on the shared store (`store_work`: attach checks, finding
+//! and verifying snapshots, image directories, publishing, listing and deleting snapshots,
+//! leases, sweeps; the mount may be remote), so the event loop never waits on storage. A finished job wakes the
 //! loop through a `mio::Waker` and its result is collected with `drain`.
 
 use std::sync::mpsc::{channel, Receiver, Sender};

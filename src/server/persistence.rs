@@ -1,40 +1,72 @@
-//! Checkpoints, restores and filesystem snapshots, as the event loop runs them.
+//! The persistence pipeline: checkpoints, restores and filesystem snapshots, leases, and the
+//! store's own upkeep, as the event loop runs them.
 //!
-//! A save is a pipeline: `runsc checkpoint` (a child of the runtime) writes the image into a
-//! fresh directory of the store; a worker thread hashes and publishes it (see `crate::store`);
-//! then a checkpointed sandbox is deleted, while a snapshotted one is restored in place from the
-//! image it just wrote and goes on. An attach to a sandbox that is not live here reads the
-//! store on a worker thread (token, lease, image check) before anything is restored.
+//! [`Persistence`] owns the pipeline's state and starts its work on worker threads (every
+//! touch of the store is in `store_work`); the machines in `save` and `attach` decide the
+//! steps; the `impl Server` part below carries out their decisions that need the runtime or a
+//! connection, and routes the workers' results back.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
+use super::api::{ApiError, Response};
+use super::attach::{Decision, StoredAttach};
+use super::connection::{ConnectionId, Phase};
+use super::jobs::Jobs;
 use super::recovery::Peer;
+use super::save::{Action, Report, Save};
+use super::sessions::Control;
+use super::store_work::{self, AttachOutcome, DeleteError, VerifiedImage};
 use super::websocket::Waiting;
-use super::{Control, Server};
+use super::Server;
 use crate::agent_protocol::ExecId;
-use crate::runtime::ids::SandboxId;
-use crate::runtime::{Owner, RuntimeError, RuntimeEvent, SandboxKey};
-use crate::session::{refusal, token_matches, Out, SaveRequest, Session, SessionId};
-use crate::store::{self, lease, leftovers, Manifest};
+use crate::config::Config;
+use crate::runtime::{Owner, RuntimeEvent};
+use crate::session::{SaveRequest, SavedExec, SavedState, Session, SessionId};
+use crate::store::{self, lease, leftovers, Manifest, SavedSettings};
 
 /// Sandbox directories one sweep of the checkpoint store examines at most.
 const SWEEP_MAX_DIRS: usize = 256;
 
 /// What a worker thread reports back.
 pub enum JobResult {
-    /// An image was hashed and published (or not).
+    /// A save's image directory was made (or not).
+    Prepared {
+        session: SessionId,
+        image: Result<PathBuf, String>,
+    },
+    /// A save's image was hashed and published (or not).
     Published {
         session: SessionId,
         result: Result<Manifest, String>,
     },
     /// The store answered an attach.
     AttachChecked {
-        connection: u64,
-        sandbox_id: SandboxId,
+        connection: ConnectionId,
         outcome: AttachOutcome,
     },
+    /// The snapshot a session is created from was found and verified (or not).
+    SnapshotFound {
+        session: SessionId,
+        name: String,
+        found: Result<VerifiedImage, String>,
+    },
+    /// `GET /snapshots` was answered.
+    SnapshotsListed {
+        connection: ConnectionId,
+        list: Value,
+    },
+    /// `DELETE /snapshots/{name}` was carried out (or not).
+    SnapshotDeleted {
+        connection: ConnectionId,
+        name: String,
+        result: Result<(), DeleteError>,
+    },
+    /// A killed session's saved state is gone.
+    SavedStateRemoved { session: SessionId },
     /// A lease was renewed (or lost) or taken for a new sandbox.
     LeaseRenewed {
         session: SessionId,
@@ -42,553 +74,258 @@ pub enum JobResult {
     },
     /// The checkpoint store was swept for leftovers of killed instances.
     StoreSwept(leftovers::Sweep),
-    /// Fire-and-forget work (removing saved state, releasing a lease).
+    /// Fire-and-forget work (discarding an image, releasing a lease).
     Done,
 }
 
-pub enum AttachOutcome {
-    NotFound,
-    PermissionDenied,
-    InUse(String),
-    Failed(String),
-    /// Boxed: a manifest is large next to the other answers.
-    Ready {
-        manifest: Box<Manifest>,
-        image: PathBuf,
-        lease: lease::Lease,
-    },
-}
-
 /// The periodic sweep of the checkpoint store.
-pub struct StoreSweep {
-    pub next: Instant,
-    pub running: bool,
+struct StoreSweep {
+    next: Instant,
+    running: bool,
     /// Where the next sweep goes on.
-    pub resume_after: Option<String>,
+    resume_after: Option<String>,
 }
 
-impl StoreSweep {
-    pub fn new(now: Instant, interval: std::time::Duration) -> Self {
-        StoreSweep {
-            next: now + interval,
-            running: false,
-            resume_after: None,
+/// Where the store is and how leases behave.
+struct StoreSettings {
+    checkpoint_root: Option<PathBuf>,
+    snapshot_root: Option<PathBuf>,
+    lease_ttl: Duration,
+    lease_settle: Duration,
+    sweep_interval: Duration,
+}
+
+/// The pipeline's state: worker threads, saves and attaches in progress, leases held.
+pub struct Persistence {
+    jobs: Jobs<JobResult>,
+    store: StoreSettings,
+    saves: HashMap<SessionId, Save>,
+    /// Attaches waiting for the store, by connection.
+    attaches: HashMap<ConnectionId, StoredAttach>,
+    /// Leases of checkpointable sandboxes run here: directory and lease (once taken).
+    leases: HashMap<SessionId, (PathBuf, Option<lease::Lease>)>,
+    next_lease_renewal: Instant,
+    /// Snapshot images verified on this instance, by name.
+    verified_snapshots: HashMap<String, VerifiedImage>,
+    sweep: StoreSweep,
+    /// Names this server process in leases.
+    instance_id: String,
+    /// The sandbox image's stamp, recorded with checkpoints.
+    rootfs_stamp: String,
+}
+
+impl Persistence {
+    pub fn new(config: &Config, jobs: Jobs<JobResult>, instance_id: String) -> Self {
+        let now = Instant::now();
+        // Read once at start, from the local image (not the store).
+        let rootfs_stamp = std::fs::read_to_string(config.rootfs.join(".sandbox-image-stamp"))
+            .map(|stamp| stamp.trim().to_string())
+            .unwrap_or_default();
+        Persistence {
+            jobs,
+            store: StoreSettings {
+                checkpoint_root: config.checkpoint_path.clone(),
+                snapshot_root: config.snapshot_path.clone(),
+                lease_ttl: config.lease_ttl,
+                lease_settle: config.lease_settle,
+                sweep_interval: config.store_sweep_interval,
+            },
+            saves: HashMap::new(),
+            attaches: HashMap::new(),
+            leases: HashMap::new(),
+            next_lease_renewal: now,
+            verified_snapshots: HashMap::new(),
+            sweep: StoreSweep {
+                next: now + config.store_sweep_interval,
+                running: false,
+                resume_after: None,
+            },
+            instance_id,
+            rootfs_stamp,
         }
     }
-}
 
-/// A save in progress for a session.
-pub struct PendingSave {
-    pub request: SaveRequest,
-    pub base: PathBuf,
-    pub image: PathBuf,
-    /// For a snapshot: the publish result, reported once the sandbox runs again.
-    pub published: Option<Result<(), String>>,
-}
-
-/// Snapshots whose image was verified on this instance, by name and generation.
-#[derive(Default)]
-pub struct SnapshotCache {
-    verified: HashMap<String, (u64, PathBuf)>,
-}
-
-impl SnapshotCache {
-    /// The verified image directory of snapshot `name` (reads and hashes it the first time a
-    /// generation is seen).
-    pub fn image(
-        &mut self,
-        root: &Path,
-        name: &str,
-        rootfs_stamp: &str,
-    ) -> Result<PathBuf, String> {
-        store::validate_snapshot_name(name)?;
-        let base = root.join(name);
-        let manifest = store::load(&base)
-            .map_err(|error| error.to_string())?
-            // The original clients look for "not found" in this creation error.
-            .ok_or_else(|| format!("filesystem snapshot {name:?} not found"))?;
-        same_image(&manifest, rootfs_stamp)
-            .map_err(|error| format!("filesystem snapshot {name:?}: {error}"))?;
-        if let Some((generation, image)) = self.verified.get(name) {
-            if *generation == manifest.generation && image.exists() {
-                return Ok(image.clone());
-            }
-        }
-        let image = store::verify(&base, &manifest)
-            .map_err(|error| format!("filesystem snapshot {name:?}: {error}"))?;
-        self.verified
-            .insert(name.to_string(), (manifest.generation, image.clone()));
-        Ok(image)
+    /// Worker threads still running (shutdown waits for them).
+    pub fn running_jobs(&self) -> usize {
+        self.jobs.running()
     }
-}
 
-impl Control<'_> {
-    /// A sandbox started from snapshot `name`: its files, fresh processes and identity.
-    pub fn start_from_snapshot(
-        &mut self,
-        session: SessionId,
-        name: &str,
-        egress: bool,
-    ) -> Result<SandboxKey, RuntimeError> {
-        let root = self
-            .snapshot_root
-            .ok_or_else(|| RuntimeError::Io("filesystem snapshots are not enabled".into()))?;
-        let image = self
-            .snapshots
-            .image(root, name, self.rootfs_stamp)
-            .map_err(RuntimeError::Io)?;
-        self.runtime
-            .acquire_snapshot(Owner::Session(session), image, egress)
+    pub fn has_checkpoint_store(&self) -> bool {
+        self.store.checkpoint_root.is_some()
     }
-}
 
-impl Server {
-    pub(super) fn checkpoint_base(&self, sandbox_id: &str) -> Option<PathBuf> {
-        self.config
-            .checkpoint_path
+    fn checkpoint_base(&self, sandbox_id: &str) -> Option<PathBuf> {
+        self.store
+            .checkpoint_root
             .as_ref()
             .map(|root| root.join(sandbox_id))
     }
 
-    /// Start the save a session asked for.
-    pub(super) fn start_save(&mut self, session_id: SessionId, request: SaveRequest) {
-        let Some(session) = self.sessions.get(&session_id) else {
+    /// Sessions whose sandbox is being saved.
+    pub fn saving(&self) -> impl Iterator<Item = SessionId> + '_ {
+        self.saves.keys().copied()
+    }
+
+    /// Ask the store about an attach (see `attach`).
+    pub fn ask_store(&mut self, connection: ConnectionId, attach: StoredAttach) {
+        let Some(base) = self.checkpoint_base(&attach.sandbox_id().to_string()) else {
             return;
         };
-        let Some(sandbox) = session.sandbox() else {
-            return;
-        };
-        let base = match &request {
-            SaveRequest::Checkpoint { .. } => self.checkpoint_base(session.sandbox_id()),
-            SaveRequest::Snapshot(name) => self
-                .config
-                .snapshot_path
-                .as_ref()
-                .map(|root| root.join(name)),
-        };
-        let with_running = matches!(request, SaveRequest::Checkpoint { with_running: true });
-        let started = base
-            .ok_or_else(|| "saving is not enabled on this server".to_string())
-            .and_then(|base| {
-                std::fs::create_dir_all(&base)
-                    .map_err(|error| format!("cannot write to {}: {error}", base.display()))?;
-                let image = store::new_image_dir(&base)
-                    .map_err(|error| format!("cannot write to {}: {error}", base.display()))?;
-                Ok((base, image))
-            })
-            .and_then(|(base, image)| {
-                self.runtime
-                    .checkpoint(sandbox, image.clone(), with_running)
-                    .map(|()| (base, image))
-                    .map_err(|error| format!("cannot checkpoint: {error}"))
-            });
-        match started {
-            Ok((base, image)) => {
-                self.saves.insert(
-                    session_id,
-                    PendingSave {
-                        request,
-                        base,
-                        image,
-                        published: None,
-                    },
-                );
-            }
-            Err(message) => self.save_failed(session_id, &request, message, true),
-        }
-    }
-
-    fn save_failed(
-        &mut self,
-        session_id: SessionId,
-        request: &SaveRequest,
-        message: String,
-        alive: bool,
-    ) {
-        eprintln!("persistence: session {session_id}: {message}");
-        let Some(session) = self.sessions.get_mut(&session_id) else {
-            return;
-        };
-        let mut control = Control {
-            runtime: &mut self.runtime,
-            snapshots: &mut self.snapshots,
-            snapshot_root: self.config.snapshot_path.as_deref(),
-            rootfs_stamp: &self.rootfs_stamp,
-        };
-        let outs = match request {
-            SaveRequest::Checkpoint { .. } => {
-                session.on_checkpoint_saved(Err(message), &mut control)
-            }
-            SaveRequest::Snapshot(_) => {
-                session.on_snapshot_finished(Err(message), alive, &mut control)
-            }
-        };
-        self.deliver(session_id, outs);
-    }
-
-    /// `runsc checkpoint` finished for a session's sandbox.
-    pub(super) fn on_checkpointed(&mut self, session_id: SessionId, result: Result<(), String>) {
-        let Some(save) = self.saves.get(&session_id) else {
-            return;
-        };
-        let request = save.request.clone();
-        if let Err(message) = result {
-            let _ = std::fs::remove_dir_all(&save.image);
-            self.saves.remove(&session_id);
-            // The container is stopped whatever the reason: it does not run any more.
-            return self.save_failed(session_id, &request, message, false);
-        }
-        let Some(session) = self.sessions.get(&session_id) else {
-            return;
-        };
-        let token = match request {
-            SaveRequest::Checkpoint { .. } => Some(session.token_sha256().to_string()),
-            SaveRequest::Snapshot(_) => None,
-        };
-        let settings = session.saved_settings();
-        let (base, image) = (save.base.clone(), save.image.clone());
-        let stamp = self.rootfs_stamp.clone();
-        self.jobs.spawn_or(
-            move || JobResult::Published {
-                session: session_id,
-                result: store::publish(&base, &image, token, settings, &stamp)
-                    .map_err(|error| error.to_string()),
-            },
-            move |message| JobResult::Published {
-                session: session_id,
-                result: Err(format!("internal error while saving: {message}")),
-            },
-        );
-    }
-
-    fn on_published(&mut self, session_id: SessionId, result: Result<Manifest, String>) {
-        let Some(save) = self.saves.get_mut(&session_id) else {
-            return;
-        };
-        let result = result.map(|_| ());
-        match save.request.clone() {
-            SaveRequest::Checkpoint { .. } => {
-                if result.is_err() {
-                    let _ = std::fs::remove_dir_all(&save.image);
-                }
-                self.saves.remove(&session_id);
-                self.release_lease(session_id);
-                let Some(session) = self.sessions.get_mut(&session_id) else {
-                    return;
-                };
-                let mut control = Control {
-                    runtime: &mut self.runtime,
-                    snapshots: &mut self.snapshots,
-                    snapshot_root: self.config.snapshot_path.as_deref(),
-                    rootfs_stamp: &self.rootfs_stamp,
-                };
-                let outs = session.on_checkpoint_saved(result, &mut control);
-                self.deliver(session_id, outs);
-            }
-            SaveRequest::Snapshot(name) => {
-                save.published =
-                    Some(result.map_err(|error| format!("cannot save snapshot {name:?}: {error}")));
-                let image = save.image.clone();
-                let sandbox = self.sessions.get(&session_id).and_then(Session::sandbox);
-                let restarted = sandbox.map(|key| self.runtime.restore_in_place(key, image, false));
-                if !matches!(restarted, Some(Ok(()))) {
-                    let message =
-                        "the sandbox could not be restarted after the snapshot".to_string();
-                    self.saves.remove(&session_id);
-                    self.save_failed(session_id, &SaveRequest::Snapshot(name), message, false);
-                }
-            }
-        }
-    }
-
-    /// A snapshotted sandbox runs again: report the snapshot.
-    pub(super) fn on_ready_after_snapshot(&mut self, session_id: SessionId) -> bool {
-        let Some(save) = self.saves.get(&session_id) else {
-            return false;
-        };
-        let Some(published) = save.published.clone() else {
-            return false;
-        };
-        self.saves.remove(&session_id);
-        if published.is_ok() {
-            self.snapshots_created += 1;
-        }
-        let Some(session) = self.sessions.get_mut(&session_id) else {
-            return true;
-        };
-        let mut control = Control {
-            runtime: &mut self.runtime,
-            snapshots: &mut self.snapshots,
-            snapshot_root: self.config.snapshot_path.as_deref(),
-            rootfs_stamp: &self.rootfs_stamp,
-        };
-        let outs = session.on_snapshot_finished(published, true, &mut control);
-        self.deliver(session_id, outs);
-        true
-    }
-
-    /// Results of worker threads.
-    pub(super) fn collect_jobs(&mut self) {
-        for result in self.jobs.drain() {
-            let peer = match &result {
-                JobResult::Published { session, .. } | JobResult::LeaseRenewed { session, .. } => {
-                    Peer::Session(*session)
-                }
-                JobResult::AttachChecked { connection, .. } => Peer::Connection(*connection),
-                // Bookkeeping of the server itself, no peer to blame: handled as is.
-                JobResult::StoreSwept(_) => {
-                    self.job_finished(result);
-                    continue;
-                }
-                JobResult::Done => continue,
-            };
-            self.guarded(peer, |server| server.job_finished(result));
-        }
-    }
-
-    fn job_finished(&mut self, result: JobResult) {
-        match result {
-            JobResult::Published { session, result } => self.on_published(session, result),
-            JobResult::AttachChecked {
-                connection,
-                sandbox_id,
-                outcome,
-            } => self.finish_attach(connection, sandbox_id, outcome),
-            JobResult::LeaseRenewed { session, result } => match result {
-                Ok(lease) => {
-                    if let Some(held) = self.leases.get_mut(&session) {
-                        held.1 = Some(lease);
-                    }
-                }
-                Err(error) => {
-                    eprintln!("persistence: session {session}: lease renewal failed: {error:?}");
-                }
-            },
-            JobResult::StoreSwept(sweep) => {
-                if sweep.removed > 0 {
-                    eprintln!(
-                        "persistence: removed {} abandoned sandbox directories from the checkpoint store",
-                        sweep.removed
-                    );
-                }
-                self.store_sweep.running = false;
-                self.store_sweep.resume_after = sweep.resume_after;
-            }
-            JobResult::Done => {}
-        }
-    }
-
-    /// `/attach` for a sandbox that is not live here: check the store on a worker thread.
-    pub(super) fn begin_restore_attach(
-        &mut self,
-        connection: u64,
-        sandbox_id: &str,
-        token: &str,
-    ) -> Option<Vec<Out>> {
-        let id = SandboxId::parse(sandbox_id)?;
-        let base = self.checkpoint_base(sandbox_id)?;
-        let token = token.to_string();
+        let token = attach.token().to_string();
         let owner = self.instance_id.clone();
         let stamp = self.rootfs_stamp.clone();
-        let (ttl, settle) = (self.config.lease_ttl, self.config.lease_settle);
+        let (ttl, settle) = (self.store.lease_ttl, self.store.lease_settle);
+        self.attaches.insert(connection, attach);
         self.jobs.spawn_or(
-            move || {
-                let outcome = check_attach(&base, &token, &owner, &stamp, ttl, settle);
-                JobResult::AttachChecked {
-                    connection,
-                    sandbox_id: id,
-                    outcome,
-                }
+            move || JobResult::AttachChecked {
+                connection,
+                outcome: store_work::check_attach(&base, &token, &owner, &stamp, ttl, settle),
             },
             move |message| JobResult::AttachChecked {
                 connection,
-                sandbox_id: id,
                 outcome: AttachOutcome::Failed(format!(
                     "internal error while reading the checkpoint: {message}"
                 )),
             },
         );
-        Some(Vec::new())
     }
 
-    fn finish_attach(&mut self, connection: u64, id: SandboxId, outcome: AttachOutcome) {
-        let sandbox_id = id.to_string();
-        let Some(socket) = self
-            .websockets
-            .get_mut(&connection)
-            .filter(|socket| socket.waiting == Waiting::StoreAnswer)
-        else {
-            // The client left, or was told the store took too long: restore nothing, so the
-            // checkpoint stays where its next attach (here or elsewhere) finds it.
-            if let AttachOutcome::Ready { lease, .. } = outcome {
-                eprintln!("persistence: attach of {sandbox_id} abandoned: its client is gone");
-                self.release_lease_later(&sandbox_id, lease);
-            }
-            return;
-        };
-        socket.wait_for(Waiting::Nothing, Instant::now());
-        // A restore makes a session: it obeys the session limit like a create.
-        let outcome = match (outcome, self.session_limit_refusal()) {
-            (AttachOutcome::Ready { lease, .. }, Some(refused)) => {
-                self.release_lease_later(&sandbox_id, lease);
-                return self.refuse(connection, refused);
-            }
-            (outcome, _) => outcome,
-        };
-        let (outs, lease) = match outcome {
-            AttachOutcome::NotFound => (
-                refusal(
-                    "SANDBOX_NOT_FOUND",
-                    &format!("sandbox {sandbox_id} does not exist"),
-                    1011,
-                ),
-                None,
-            ),
-            AttachOutcome::PermissionDenied => (
-                refusal(
-                    "SANDBOX_PERMISSION_DENIAL_ERROR",
-                    "wrong or missing sandbox_token",
-                    4000,
-                ),
-                None,
-            ),
-            AttachOutcome::InUse(owner) => {
-                let message =
-                    format!("sandbox {sandbox_id} is running on another server instance ({owner})");
-                (refusal("SANDBOX_IN_USE", &message, 1011), None)
-            }
-            AttachOutcome::Failed(message) => {
-                (refusal("SANDBOX_RESTORE_ERROR", &message, 4000), None)
-            }
-            AttachOutcome::Ready {
-                manifest,
-                image,
-                lease,
-            } => {
-                let session_id = self.next_session;
-                self.next_session += 1;
-                match self.runtime.restore(
-                    Owner::Session(session_id),
-                    id,
-                    image,
-                    false,
-                    manifest.settings.network,
-                ) {
-                    Ok(key) => {
-                        if let Some(exec) = manifest.settings.running_exec {
-                            let _ = self.runtime.adopt_exec(
-                                key,
-                                ExecId(exec.id),
-                                self.config.limits.exec_timeout,
-                            );
-                        }
-                        let session = Session::restored(
-                            session_id,
-                            manifest.token_sha256.clone().unwrap_or_default(),
-                            &manifest.settings,
-                            key,
-                            sandbox_id.clone(),
-                            self.session_settings(),
-                            Instant::now(),
-                        );
-                        self.sessions.insert(session_id, session);
-                        self.session_by_sandbox_id
-                            .insert(sandbox_id.clone(), session_id);
-                        self.session_connection.insert(session_id, connection);
-                        if let Some(socket) = self.websockets.get_mut(&connection) {
-                            socket.session = Some(session_id);
-                        }
-                        let base = self.checkpoint_base(&sandbox_id).unwrap_or_default();
-                        self.leases.insert(session_id, (base, Some(lease)));
-                        let restoring = serde_json::json!({"event":"status_update","status":"SANDBOX_RESTORING"});
-                        (vec![Out::Send(restoring.to_string())], None)
-                    }
-                    Err(error) => (
-                        refusal(
-                            "SANDBOX_RESTORE_ERROR",
-                            &format!("cannot restore: {error}"),
-                            4000,
-                        ),
-                        Some(lease),
-                    ),
-                }
-            }
-        };
-        if let Some(lease) = lease {
-            self.release_lease_later(&sandbox_id, lease);
-        }
-        if let Some(socket) = self.websockets.get_mut(&connection) {
-            if !socket.apply(outs) {
-                self.drop_websocket(connection);
-            }
-        }
-    }
-
-    /// Give up a lease taken for an attach that restores nothing (on a worker thread).
-    fn release_lease_later(&mut self, sandbox_id: &str, lease: lease::Lease) {
-        if let Some(base) = self.checkpoint_base(sandbox_id) {
-            self.jobs.spawn(move || {
-                lease::release(&base, &lease);
-                JobResult::Done
+    /// Find and verify the snapshot a session is created from.
+    pub fn find_snapshot(&mut self, session: SessionId, name: &str) {
+        let Some(root) = self.store.snapshot_root.clone() else {
+            // The session checked this already; answer the same way regardless.
+            let found = Err("filesystem snapshots are not enabled".to_string());
+            return self.jobs.spawn(move || JobResult::SnapshotFound {
+                session,
+                name: String::new(),
+                found,
             });
-        }
+        };
+        let name = name.to_string();
+        let stamp = self.rootfs_stamp.clone();
+        let known = self.verified_snapshots.get(&name).cloned();
+        let for_panic = name.clone();
+        self.jobs.spawn_or(
+            move || JobResult::SnapshotFound {
+                found: store_work::find_snapshot(&root, &name, &stamp, known),
+                session,
+                name,
+            },
+            move |message| JobResult::SnapshotFound {
+                session,
+                name: for_panic,
+                found: Err(format!(
+                    "internal error while reading the snapshot: {message}"
+                )),
+            },
+        );
     }
 
-    /// Every `SANDBOX_STORE_SWEEP_SECS`, sweep part of the checkpoint store for directories
-    /// that killed instances left (on a worker thread, one sweep at a time).
-    pub(super) fn sweep_store(&mut self, now: Instant) {
-        let interval = self.config.store_sweep_interval;
-        let Some(root) = self.config.checkpoint_path.clone() else {
-            return;
-        };
-        if interval.is_zero() || self.store_sweep.running || now < self.store_sweep.next {
-            return;
-        }
-        self.store_sweep.next = now + interval;
-        self.store_sweep.running = true;
-        let resume_after = self.store_sweep.resume_after.take();
-        self.jobs.spawn(move || {
-            JobResult::StoreSwept(leftovers::sweep(
-                &root,
-                resume_after.as_deref(),
-                SWEEP_MAX_DIRS,
-            ))
-        });
+    /// Remember a verified snapshot image (it is not hashed again while its generation holds).
+    fn snapshot_verified(&mut self, name: String, image: VerifiedImage) {
+        self.verified_snapshots.insert(name, image);
+    }
+
+    /// `GET /snapshots`, answered on a worker thread.
+    pub fn list_snapshots(&mut self, connection: ConnectionId) -> Result<(), ApiError> {
+        let root = self.snapshot_root()?;
+        self.jobs.spawn_or(
+            move || JobResult::SnapshotsListed {
+                connection,
+                list: store_work::list_snapshots(&root),
+            },
+            move |_| JobResult::SnapshotsListed {
+                connection,
+                list: Value::Null,
+            },
+        );
+        Ok(())
+    }
+
+    /// `DELETE /snapshots/{name}`, carried out on a worker thread.
+    pub fn delete_snapshot(
+        &mut self,
+        connection: ConnectionId,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let root = self.snapshot_root()?;
+        crate::session::options::validate_snapshot_name(name).map_err(ApiError::BadRequest)?;
+        let name = name.to_string();
+        let for_panic = name.clone();
+        self.jobs.spawn_or(
+            move || JobResult::SnapshotDeleted {
+                result: store_work::delete_snapshot(&root, &name),
+                connection,
+                name,
+            },
+            move |message| JobResult::SnapshotDeleted {
+                connection,
+                name: for_panic,
+                result: Err(DeleteError::Failed(message)),
+            },
+        );
+        Ok(())
+    }
+
+    fn snapshot_root(&self) -> Result<PathBuf, ApiError> {
+        self.store.snapshot_root.clone().ok_or_else(|| {
+            ApiError::NotEnabled(
+                "filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)"
+                    .into(),
+            )
+        })
     }
 
     /// Take the lease of a new checkpointable sandbox (nobody else knows its id yet).
-    pub(super) fn claim_lease(&mut self, session_id: SessionId) {
-        let Some(session) = self.sessions.get(&session_id) else {
-            return;
-        };
-        if !session.is_checkpointable() || self.leases.contains_key(&session_id) {
+    pub fn claim_lease(&mut self, session: SessionId, sandbox_id: &str, token_sha256: &str) {
+        if self.leases.contains_key(&session) {
             return;
         }
-        let Some(base) = self.checkpoint_base(session.sandbox_id()) else {
+        let Some(base) = self.checkpoint_base(sandbox_id) else {
             return;
         };
-        let token = session.token_sha256().to_string();
-        self.leases.insert(session_id, (base.clone(), None));
-        let owner = self.instance_id.clone();
-        let ttl = self.config.lease_ttl;
-        self.jobs.spawn(move || {
-            let result = std::fs::create_dir_all(&base)
-                .map_err(|error| lease::LeaseError::Io(error.to_string()))
-                .and_then(|()| lease::claim_new(&base, &owner, &token, ttl));
-            JobResult::LeaseRenewed {
-                session: session_id,
-                result,
-            }
+        self.leases.insert(session, (base.clone(), None));
+        let (owner, token, ttl) = (
+            self.instance_id.clone(),
+            token_sha256.to_string(),
+            self.store.lease_ttl,
+        );
+        self.jobs.spawn(move || JobResult::LeaseRenewed {
+            session,
+            result: store_work::claim_lease(&base, &owner, &token, ttl),
         });
     }
 
+    /// A restored session holds the lease its attach took.
+    fn keep_lease(&mut self, session: SessionId, sandbox_id: &str, held: lease::Lease) {
+        let base = self.checkpoint_base(sandbox_id).unwrap_or_default();
+        self.leases.insert(session, (base, Some(held)));
+    }
+
+    fn lease_renewed(
+        &mut self,
+        session: SessionId,
+        result: Result<lease::Lease, lease::LeaseError>,
+    ) {
+        match result {
+            Ok(renewed) => {
+                if let Some(held) = self.leases.get_mut(&session) {
+                    held.1 = Some(renewed);
+                }
+            }
+            Err(error) => {
+                eprintln!("persistence: session {session}: lease renewal failed: {error:?}");
+            }
+        }
+    }
+
     /// Renew every lease we hold (called from the sweep, every third of the TTL).
-    pub(super) fn renew_leases(&mut self, now: Instant) {
+    pub fn renew_leases(&mut self, now: Instant) {
         if now < self.next_lease_renewal {
             return;
         }
-        self.next_lease_renewal = now + self.config.lease_ttl / 3;
-        let ttl = self.config.lease_ttl;
+        let ttl = self.store.lease_ttl;
+        self.next_lease_renewal = now + ttl / 3;
         let held: Vec<(SessionId, PathBuf, lease::Lease)> = self
             .leases
             .iter()
@@ -604,8 +341,8 @@ impl Server {
         }
     }
 
-    pub(super) fn release_lease(&mut self, session_id: SessionId) {
-        if let Some((base, Some(held))) = self.leases.remove(&session_id) {
+    pub fn release_lease(&mut self, session: SessionId) {
+        if let Some((base, Some(held))) = self.leases.remove(&session) {
             self.jobs.spawn(move || {
                 lease::release(&base, &held);
                 JobResult::Done
@@ -613,174 +350,485 @@ impl Server {
         }
     }
 
-    pub(super) fn handle_session_runtime_event(
+    /// Give up a lease taken for an attach that restores nothing.
+    fn release_attach_lease(&mut self, sandbox_id: &str, held: lease::Lease) {
+        if let Some(base) = self.checkpoint_base(sandbox_id) {
+            self.jobs.spawn(move || {
+                lease::release(&base, &held);
+                JobResult::Done
+            });
+        }
+    }
+
+    /// Remove a killed sandbox's saved state (its checkpoints and lease).
+    pub fn remove_saved_state(&mut self, session: SessionId, sandbox_id: &str) {
+        let base = self.checkpoint_base(sandbox_id);
+        self.jobs.spawn_or(
+            move || {
+                if let Some(base) = base {
+                    store_work::remove_saved_state(&base);
+                }
+                JobResult::SavedStateRemoved { session }
+            },
+            move |_| JobResult::SavedStateRemoved { session },
+        );
+    }
+
+    /// A session is gone: its lease goes, its save (if any) is abandoned.
+    pub fn forget(&mut self, session: SessionId) {
+        self.release_lease(session);
+        self.saves.remove(&session);
+    }
+
+    /// Every `SANDBOX_STORE_SWEEP_SECS`, sweep part of the checkpoint store for directories
+    /// that killed instances left (one sweep at a time).
+    pub fn sweep_store(&mut self, now: Instant) {
+        let interval = self.store.sweep_interval;
+        let Some(root) = self.store.checkpoint_root.clone() else {
+            return;
+        };
+        if interval.is_zero() || self.sweep.running || now < self.sweep.next {
+            return;
+        }
+        self.sweep.next = now + interval;
+        self.sweep.running = true;
+        let resume_after = self.sweep.resume_after.take();
+        self.jobs.spawn(move || {
+            JobResult::StoreSwept(leftovers::sweep(
+                &root,
+                resume_after.as_deref(),
+                SWEEP_MAX_DIRS,
+            ))
+        });
+    }
+
+    fn store_swept(&mut self, sweep: leftovers::Sweep) {
+        if sweep.removed > 0 {
+            eprintln!(
+                "persistence: removed {} abandoned sandbox directories from the checkpoint store",
+                sweep.removed
+            );
+        }
+        self.sweep.running = false;
+        self.sweep.resume_after = sweep.resume_after;
+    }
+
+    /// Make an image directory for a save.
+    fn prepare(&mut self, session: SessionId, base: PathBuf) {
+        self.jobs.spawn_or(
+            move || JobResult::Prepared {
+                session,
+                image: store_work::prepare_image(&base),
+            },
+            move |message| JobResult::Prepared {
+                session,
+                image: Err(format!("internal error while saving: {message}")),
+            },
+        );
+    }
+
+    fn publish(
         &mut self,
-        session_id: SessionId,
-        event: &RuntimeEvent,
-    ) -> bool {
-        match event {
-            RuntimeEvent::Checkpointed(result) => {
-                self.on_checkpointed(session_id, result.clone());
-                true
-            }
-            RuntimeEvent::CheckpointRefused(_) => {
-                if let Some(save) = self.saves.remove(&session_id) {
-                    let _ = std::fs::remove_dir_all(&save.image);
-                    // A snapshot that never existed leaves no empty directory behind (this
-                    // fails harmlessly when the directory holds a manifest or a lease).
-                    let _ = std::fs::remove_dir(&save.base);
-                }
-                false
-            }
-            RuntimeEvent::Ready => {
-                if self.on_ready_after_snapshot(session_id) {
-                    return true;
-                }
-                false
-            }
-            _ => false,
+        session: SessionId,
+        base: PathBuf,
+        image: PathBuf,
+        token: Option<String>,
+        settings: SavedSettings,
+    ) {
+        let stamp = self.rootfs_stamp.clone();
+        self.jobs.spawn_or(
+            move || JobResult::Published {
+                session,
+                result: store::publish(&base, &image, token, settings, &stamp)
+                    .map_err(|error| error.to_string()),
+            },
+            move |message| JobResult::Published {
+                session,
+                result: Err(format!("internal error while saving: {message}")),
+            },
+        );
+    }
+
+    fn discard(&mut self, image: PathBuf, base_if_empty: Option<PathBuf>) {
+        self.jobs.spawn(move || {
+            store_work::discard_image(&image, base_if_empty.as_deref());
+            JobResult::Done
+        });
+    }
+}
+
+/// What the manifest keeps of a session, and back.
+impl From<&SavedState> for SavedSettings {
+    fn from(state: &SavedState) -> Self {
+        SavedSettings {
+            idle_timeout_secs: state.idle_timeout_secs,
+            auto_checkpoint: state.auto_checkpoint,
+            network: state.network,
+            running_exec: state.running_exec.map(|exec| store::SavedExec {
+                id: exec.exec.0,
+                base64: exec.output_encoding == crate::session::events::OutputEncoding::Base64,
+            }),
         }
     }
 }
 
-/// The store side of an attach, on a worker thread: manifest, token (before anything else
-/// happens), lease, image integrity.
-fn check_attach(
-    base: &Path,
-    token: &str,
-    owner: &str,
-    rootfs_stamp: &str,
-    ttl: std::time::Duration,
-    settle: std::time::Duration,
-) -> AttachOutcome {
-    let manifest = match store::load(base) {
-        Ok(Some(manifest)) => manifest,
-        Ok(None) => {
-            // Never checkpointed: it may be running on another instance (its lease says so
-            // and carries the token hash, checked first).
-            return match lease::current(base) {
-                Some(current) if current.expires_unix_ms > store::now_unix_ms() => {
-                    match current.token_sha256 {
-                        Some(expected) if token_matches(&expected, token) => {
-                            AttachOutcome::InUse(current.owner)
-                        }
-                        _ => AttachOutcome::PermissionDenied,
+impl From<&SavedSettings> for SavedState {
+    fn from(settings: &SavedSettings) -> Self {
+        SavedState {
+            idle_timeout_secs: settings.idle_timeout_secs,
+            auto_checkpoint: settings.auto_checkpoint,
+            network: settings.network,
+            running_exec: settings.running_exec.map(|exec| SavedExec {
+                exec: ExecId(exec.id),
+                output_encoding: if exec.base64 {
+                    crate::session::events::OutputEncoding::Base64
+                } else {
+                    crate::session::events::OutputEncoding::Text
+                },
+            }),
+        }
+    }
+}
+
+impl Server {
+    /// Start the save a session asked for.
+    pub(super) fn start_save(&mut self, session_id: SessionId, request: SaveRequest) {
+        let Some(session) = self.sessions.get(session_id) else {
+            return;
+        };
+        let base = match &request {
+            SaveRequest::Checkpoint { .. } => {
+                self.persistence.checkpoint_base(session.sandbox_id())
+            }
+            SaveRequest::Snapshot(name) => self
+                .persistence
+                .store
+                .snapshot_root
+                .as_ref()
+                .map(|root| root.join(name)),
+        };
+        let (save, actions) = Save::start(request, base);
+        self.persistence.saves.insert(session_id, save);
+        self.carry_out(session_id, actions);
+    }
+
+    /// Carry out a save's next steps.
+    fn carry_out(&mut self, session_id: SessionId, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Prepare(base) => self.persistence.prepare(session_id, base),
+                Action::Checkpoint {
+                    image,
+                    with_running,
+                } => {
+                    let sandbox = self.sessions.get(session_id).and_then(Session::sandbox);
+                    let started = match sandbox {
+                        Some(sandbox) => self
+                            .runtime
+                            .checkpoint(sandbox, image, with_running)
+                            .map_err(|error| error.to_string()),
+                        None => Err("the sandbox is gone".into()),
+                    };
+                    if let Err(message) = started {
+                        let next =
+                            self.save_step(session_id, |save| save.checkpoint_not_started(message));
+                        self.carry_out(session_id, next);
                     }
                 }
-                _ => {
-                    // What an instance that died before any checkpoint left: nothing to
-                    // restore, so nothing to keep.
-                    leftovers::remove_if_abandoned(base);
-                    AttachOutcome::NotFound
+                Action::Publish { base, image, token } => {
+                    let Some(session) = self.sessions.get(session_id) else {
+                        continue;
+                    };
+                    let token = token.then(|| session.token_sha256().to_string());
+                    let settings = SavedSettings::from(&session.saved_state());
+                    self.persistence
+                        .publish(session_id, base, image, token, settings);
                 }
+                Action::Discard {
+                    image,
+                    base_if_empty,
+                } => self.persistence.discard(image, base_if_empty),
+                Action::RestoreInPlace(image) => {
+                    let sandbox = self.sessions.get(session_id).and_then(Session::sandbox);
+                    let restarted =
+                        sandbox.map(|key| self.runtime.restore_in_place(key, image, false));
+                    if !matches!(restarted, Some(Ok(()))) {
+                        let next = self.save_step(session_id, Save::restart_not_started);
+                        self.carry_out(session_id, next);
+                    }
+                }
+                Action::ReleaseLease => self.persistence.release_lease(session_id),
+                Action::Report(report) => self.report_save(session_id, report),
+            }
+        }
+        if self
+            .persistence
+            .saves
+            .get(&session_id)
+            .is_some_and(Save::is_done)
+        {
+            self.persistence.saves.remove(&session_id);
+        }
+    }
+
+    /// Feed a save machine; no machine, no steps.
+    fn save_step(
+        &mut self,
+        session_id: SessionId,
+        step: impl FnOnce(&mut Save) -> Vec<Action>,
+    ) -> Vec<Action> {
+        self.persistence
+            .saves
+            .get_mut(&session_id)
+            .map(step)
+            .unwrap_or_default()
+    }
+
+    fn report_save(&mut self, session_id: SessionId, report: Report) {
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        let failure = match &report {
+            Report::Checkpoint(Err(message))
+            | Report::Snapshot {
+                result: Err(message),
+                ..
+            } => Some(message.clone()),
+            _ => None,
+        };
+        if let Some(message) = failure {
+            eprintln!("persistence: session {session_id}: {message}");
+        }
+        let mut control = Control(&mut self.runtime);
+        let outs = match report {
+            Report::Checkpoint(result) => session.on_checkpoint_saved(result, &mut control),
+            Report::Snapshot { result, alive } => {
+                session.on_snapshot_finished(result, alive, &mut control)
+            }
+        };
+        self.deliver(session_id, outs);
+    }
+
+    /// A runtime notice that belongs to a save in progress. Returns true if the session must
+    /// not see it.
+    pub(super) fn save_notice(&mut self, session_id: SessionId, event: &RuntimeEvent) -> bool {
+        let (actions, consumed) = match event {
+            RuntimeEvent::Checkpointed(result) => {
+                let result = result.clone();
+                (
+                    self.save_step(session_id, |save| save.checkpointed(result)),
+                    true,
+                )
+            }
+            // The session reports the refusal itself.
+            RuntimeEvent::CheckpointRefused(_) => {
+                (self.save_step(session_id, Save::refused), false)
+            }
+            RuntimeEvent::Ready => match self
+                .persistence
+                .saves
+                .get_mut(&session_id)
+                .and_then(Save::restarted)
+            {
+                Some(actions) => (actions, true),
+                None => return false,
+            },
+            _ => return false,
+        };
+        self.carry_out(session_id, actions);
+        consumed
+    }
+
+    /// Results of worker threads.
+    pub(super) fn collect_jobs(&mut self) {
+        for result in self.persistence.jobs.drain() {
+            let peer = match &result {
+                JobResult::Prepared { session, .. }
+                | JobResult::Published { session, .. }
+                | JobResult::SnapshotFound { session, .. }
+                | JobResult::SavedStateRemoved { session }
+                | JobResult::LeaseRenewed { session, .. } => Peer::Session(*session),
+                JobResult::AttachChecked { connection, .. }
+                | JobResult::SnapshotsListed { connection, .. }
+                | JobResult::SnapshotDeleted { connection, .. } => Peer::Connection(*connection),
+                // Bookkeeping of the server itself, no peer to blame: handled as is.
+                JobResult::StoreSwept(_) => {
+                    self.job_finished(result);
+                    continue;
+                }
+                JobResult::Done => continue,
+            };
+            self.guarded(peer, |server| server.job_finished(result));
+        }
+    }
+
+    fn job_finished(&mut self, result: JobResult) {
+        match result {
+            JobResult::Prepared { session, image } => {
+                let actions = match self.persistence.saves.get_mut(&session) {
+                    Some(save) => save.prepared(image),
+                    // The session ended meanwhile: do not leave the directory behind.
+                    None => {
+                        if let Ok(image) = image {
+                            self.persistence.discard(image, None);
+                        }
+                        return;
+                    }
+                };
+                self.carry_out(session, actions);
+            }
+            JobResult::Published { session, result } => {
+                let result = result.map(|_| ());
+                let actions = self.save_step(session, |save| save.published(result));
+                self.carry_out(session, actions);
+            }
+            JobResult::AttachChecked {
+                connection,
+                outcome,
+            } => self.attach_checked(connection, outcome),
+            JobResult::SnapshotFound {
+                session,
+                name,
+                found,
+            } => {
+                let image = found.map(|verified| {
+                    self.persistence.snapshot_verified(name, verified.clone());
+                    verified.1
+                });
+                self.snapshot_found(session, image);
+            }
+            JobResult::SnapshotsListed { connection, list } => {
+                let answer = if list.is_null() {
+                    Err(ApiError::Internal("cannot list the snapshots".into()))
+                } else {
+                    Ok(Response::json(200, &list))
+                };
+                self.answer_waiting(connection, answer);
+            }
+            JobResult::SnapshotDeleted {
+                connection,
+                name,
+                result,
+            } => {
+                // Sandboxes pooled from it must not be handed out any more.
+                self.runtime.prune_snapshot_pools();
+                let answer = match result {
+                    Ok(()) => Ok(Response::json(200, &serde_json::json!({ "deleted": name }))),
+                    Err(DeleteError::NotFound(message)) => Err(ApiError::NotFound(message)),
+                    Err(DeleteError::Failed(message)) => Err(ApiError::Internal(message)),
+                };
+                self.answer_waiting(connection, answer);
+            }
+            JobResult::SavedStateRemoved { session } => self.saved_state_removed(session),
+            JobResult::LeaseRenewed { session, result } => {
+                self.persistence.lease_renewed(session, result)
+            }
+            JobResult::StoreSwept(sweep) => self.persistence.store_swept(sweep),
+            JobResult::Done => {}
+        }
+    }
+
+    /// The store answered an attach: refuse, or restore and make the session.
+    fn attach_checked(&mut self, connection: ConnectionId, outcome: AttachOutcome) {
+        let Some(mut attach) = self.persistence.attaches.remove(&connection) else {
+            return;
+        };
+        let sandbox_id = attach.sandbox_id();
+        let waiting = self
+            .connections
+            .websockets
+            .get(&connection)
+            .is_some_and(|socket| socket.waiting == Waiting::StoreAnswer);
+        let mut decision = if waiting {
+            let limit = self.session_limit_refusal();
+            attach.on_store_answer(outcome, limit)
+        } else {
+            eprintln!("persistence: attach of {sandbox_id} abandoned: its client is gone");
+            attach.abandon(outcome)
+        };
+        if let Some(socket) = self.connections.websockets.get_mut(&connection) {
+            socket.wait_for(Waiting::Nothing, Instant::now());
+        }
+        if let Decision::Restore { image, manifest } = decision {
+            let session_id = self.sessions.new_id();
+            let restored = self.runtime.restore(
+                Owner::Session(session_id.0),
+                sandbox_id,
+                image,
+                false,
+                manifest.settings.network,
+            );
+            decision = match restored {
+                Ok(key) => {
+                    let saved = SavedState::from(&manifest.settings);
+                    let session = Session::restored(
+                        session_id,
+                        manifest.token_sha256.clone().unwrap_or_default(),
+                        &saved,
+                        key,
+                        sandbox_id.to_string(),
+                        self.session_settings(),
+                        Instant::now(),
+                    );
+                    if let Some((exec, timeout)) = session.adopted_exec() {
+                        let _ = self.runtime.adopt_exec(key, exec, timeout);
+                    }
+                    self.sessions.insert(session);
+                    self.sessions.link(session_id, connection);
+                    if let Some(socket) = self.connections.websockets.get_mut(&connection) {
+                        socket.session = Some(session_id);
+                    }
+                    let decision = attach.restored(Ok(()));
+                    if let Decision::Restoring { lease, .. } = &decision {
+                        self.persistence.keep_lease(
+                            session_id,
+                            &sandbox_id.to_string(),
+                            lease.clone(),
+                        );
+                    }
+                    decision
+                }
+                Err(error) => attach.restored(Err(error.to_string())),
             };
         }
-        Err(error) => return AttachOutcome::Failed(error.to_string()),
-    };
-    let expected = manifest.token_sha256.clone().unwrap_or_default();
-    if !token_matches(&expected, token) {
-        return AttachOutcome::PermissionDenied;
-    }
-    if let Err(message) = same_image(&manifest, rootfs_stamp) {
-        return AttachOutcome::Failed(message);
-    }
-    let lease = match lease::acquire(base, owner, Some(expected.clone()), ttl, settle) {
-        Ok(lease) => lease,
-        Err(lease::LeaseError::InUse(holder)) => return AttachOutcome::InUse(holder),
-        Err(lease::LeaseError::Io(message)) => return AttachOutcome::Failed(message),
-    };
-    match store::verify(base, &manifest) {
-        Ok(image) => AttachOutcome::Ready {
-            manifest: Box::new(manifest),
-            image,
-            lease,
-        },
-        Err(error) => {
-            lease::release(base, &lease);
-            AttachOutcome::Failed(error.to_string())
-        }
-    }
-}
-
-fn not_enabled() -> (u16, Vec<u8>) {
-    let message =
-        "filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)";
-    (501, crate::http::response::json_error_body(message))
-}
-
-/// `GET /snapshots`: the published snapshots, by name.
-pub fn list_snapshots(root: Option<&Path>) -> (u16, Vec<u8>) {
-    let Some(root) = root else {
-        return not_enabled();
-    };
-    let mut snapshots = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(root) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if store::validate_snapshot_name(&name).is_err() {
-                continue;
+        let out = match decision {
+            Decision::Refuse { out, release } => {
+                if let Some(held) = release {
+                    self.persistence
+                        .release_attach_lease(&sandbox_id.to_string(), held);
+                }
+                out
             }
-            if let Ok(Some(manifest)) = store::load(&entry.path()) {
-                let size: u64 = manifest.files.iter().map(|file| file.size).sum();
-                snapshots.push(serde_json::json!({
-                    "name": name,
-                    "created_unix_ms": manifest.created_unix_ms,
-                    "size_bytes": size,
-                }));
+            Decision::Restoring { out, .. } => out,
+            Decision::Abandon { release } => {
+                if let Some(held) = release {
+                    self.persistence
+                        .release_attach_lease(&sandbox_id.to_string(), held);
+                }
+                return;
+            }
+            Decision::Restore { .. } => return,
+        };
+        if let Some(socket) = self.connections.websockets.get_mut(&connection) {
+            if !socket.apply(out) {
+                self.drop_websocket(connection);
             }
         }
     }
-    snapshots.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    (
-        200,
-        serde_json::json!({ "snapshots": snapshots })
-            .to_string()
-            .into_bytes(),
-    )
-}
 
-/// `DELETE /snapshots/{name}`.
-pub fn delete_snapshot(root: Option<&Path>, name: &str) -> (u16, Vec<u8>) {
-    let Some(root) = root else {
-        return not_enabled();
-    };
-    if let Err(message) = store::validate_snapshot_name(name) {
-        return (400, crate::http::response::json_error_body(&message));
-    }
-    let base = root.join(name);
-    if !base.join(store::MANIFEST).exists() {
-        let message = format!("filesystem snapshot {name:?} not found");
-        return (404, crate::http::response::json_error_body(&message));
-    }
-    // The manifest goes first: from then on nobody starts from the snapshot.
-    let removed = std::fs::remove_file(base.join(store::MANIFEST))
-        .and_then(|()| std::fs::remove_dir_all(&base));
-    match removed {
-        Ok(()) => (
-            200,
-            serde_json::json!({ "deleted": name })
-                .to_string()
-                .into_bytes(),
-        ),
-        Err(error) => {
-            let message = format!("cannot delete filesystem snapshot {name:?}: {error}");
-            (500, crate::http::response::json_error_body(&message))
-        }
-    }
-}
-
-/// A saved image only restores on the sandbox image it was taken on.
-fn same_image(manifest: &Manifest, rootfs_stamp: &str) -> Result<(), String> {
-    if manifest.rootfs_stamp.is_empty()
-        || rootfs_stamp.is_empty()
-        || manifest.rootfs_stamp == rootfs_stamp
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "the image was saved on another version of the sandbox image ({}); this server runs {}",
-            store::abbreviate(&manifest.rootfs_stamp),
-            store::abbreviate(rootfs_stamp)
-        ))
+    /// Answer an HTTP request that waited for the store.
+    fn answer_waiting(&mut self, id: ConnectionId, answer: Result<Response, ApiError>) {
+        let Some(connection) = self.connections.http.get_mut(&id) else {
+            return;
+        };
+        let Phase::Waiting { keep_alive, .. } = connection.phase else {
+            // Answered already (the store took too long).
+            return;
+        };
+        connection.phase = Phase::Reading;
+        let response = answer.unwrap_or_else(|error| error.response());
+        self.respond(id, &response, keep_alive, false);
+        self.flush(id);
+        self.process_requests(id);
     }
 }

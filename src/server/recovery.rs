@@ -3,17 +3,17 @@
 //! ended and its sandbox deleted, since their state machines stopped half-way; everyone else
 //! is served on. A checkpoint saved before stays in the store and can still be attached.
 
-use super::connection::Phase;
+use super::api::ApiError;
+use super::connection::{ConnectionId, Phase};
 use super::Server;
 use crate::guard;
-use crate::http::response::json_error;
 use crate::session::SessionId;
 
 /// Whose handler is running, so that a panic ends that one only.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Peer {
     /// An HTTP connection or a WebSocket, by connection id.
-    Connection(u64),
+    Connection(ConnectionId),
     Session(SessionId),
 }
 
@@ -33,7 +33,7 @@ impl Server {
         match peer {
             Peer::Session(session) => self.abandon_session(session),
             Peer::Connection(id) => {
-                if let Some(socket) = self.websockets.get(&id) {
+                if let Some(socket) = self.connections.websockets.get(&id) {
                     match socket.session {
                         Some(session) => self.abandon_session(session),
                         None => self.fail_websocket(id),
@@ -48,13 +48,9 @@ impl Server {
     /// Forget a session whose handler panicked: delete its sandbox, release its lease, close
     /// its connection with 1011.
     fn abandon_session(&mut self, session_id: SessionId) {
-        let connection = self.session_connection.remove(&session_id);
-        self.release_lease(session_id);
-        self.saves.remove(&session_id);
-        if let Some(session) = self.sessions.remove(&session_id) {
-            if self.session_by_sandbox_id.get(session.sandbox_id()) == Some(&session_id) {
-                self.session_by_sandbox_id.remove(session.sandbox_id());
-            }
+        let connection = self.sessions.connection(session_id);
+        self.persistence.forget(session_id);
+        if let Some(session) = self.sessions.remove(session_id) {
             if let Some(sandbox) = session.sandbox() {
                 self.runtime.delete(sandbox);
             }
@@ -66,12 +62,12 @@ impl Server {
 
     /// Close a WebSocket with 1011 (the close handshake then ends it as usual); one that was
     /// closing already is dropped.
-    fn fail_websocket(&mut self, id: u64) {
-        let Some(socket) = self.websockets.get_mut(&id) else {
+    fn fail_websocket(&mut self, id: ConnectionId) {
+        let Some(socket) = self.connections.websockets.get_mut(&id) else {
             return;
         };
         if let Some(session) = socket.session.take() {
-            self.session_connection.remove(&session);
+            self.sessions.unlink(session);
         }
         if socket.closing_since.is_some() {
             return self.drop_websocket(id);
@@ -81,8 +77,8 @@ impl Server {
 
     /// Answer 500 if no response has begun (else cut the response short), delete the request's
     /// sandbox, and close.
-    fn fail_http(&mut self, id: u64) {
-        let Some(connection) = self.connections.get_mut(&id) else {
+    fn fail_http(&mut self, id: ConnectionId) {
+        let Some(connection) = self.connections.http.get_mut(&id) else {
             return;
         };
         let mut response_started = false;
@@ -91,15 +87,13 @@ impl Server {
             let sandbox = job.sandbox;
             self.runtime.delete(sandbox);
         }
-        let Some(connection) = self.connections.get_mut(&id) else {
-            return;
-        };
-        connection.phase = Phase::Closing;
-        if !response_started {
-            connection
-                .out
-                .extend_from_slice(&json_error(500, "internal server error", false));
-            *self.metrics.http_responses.entry(500).or_default() += 1;
+        if response_started {
+            if let Some(connection) = self.connections.http.get_mut(&id) {
+                connection.phase = Phase::Closing;
+            }
+        } else {
+            let error = ApiError::Internal("internal server error".into());
+            self.respond(id, &error.response(), false, false);
         }
         self.flush(id);
     }

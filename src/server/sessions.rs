@@ -1,17 +1,162 @@
-//! WebSocket sessions in the event loop: the upgrade, create and attach, message dispatch,
-//! delivery of a session's frames to its connection, pings and idle timeouts.
+//! WebSocket sessions in the event loop: the registry of sessions ([`Sessions`]), and the glue
+//! that feeds each session machine (`crate::session`) its messages and notices and carries out
+//! what it returns: frames to its socket, work for the persistence pipeline.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
+use super::api::Upgrade;
+use super::attach::{self, LiveSandbox, Start};
+use super::connection::ConnectionId;
 use super::recovery::Peer;
 use super::websocket::{
     self, overdue, Incoming, Linger, WaitBounds, Waiting, WsConnection, CLOSE_DEADLINE,
     WS_HIGH_WATER,
 };
-use super::{Control, Server};
-use crate::http::request::Request;
-use crate::runtime::RuntimeEvent;
-use crate::session::{refusal, token_matches, Out, Session, SessionId, SessionSettings};
+use super::Server;
+use crate::agent_protocol::ExecId;
+use crate::runtime::exec::Reason;
+use crate::runtime::{ExecSpec, Owner, Runtime, RuntimeError, RuntimeEvent, SandboxKey};
+use crate::session::{
+    refusal, CreateOptions, Out, SandboxControl, Session, SessionId, SessionSettings, Status,
+};
+
+/// The sessions of this server: by id, by the public id of their sandbox, and the connection
+/// each one is attached to (if any).
+#[derive(Default)]
+pub struct Sessions {
+    sessions: HashMap<SessionId, Session>,
+    by_sandbox_id: HashMap<String, SessionId>,
+    connections: HashMap<SessionId, ConnectionId>,
+    last_id: u64,
+}
+
+impl Sessions {
+    pub fn new_id(&mut self) -> SessionId {
+        self.last_id += 1;
+        SessionId(self.last_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn ids(&self) -> Vec<SessionId> {
+        self.sessions.keys().copied().collect()
+    }
+
+    pub fn get(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: SessionId) -> Option<&mut Session> {
+        self.sessions.get_mut(&id)
+    }
+
+    /// Add a session (findable by its sandbox's id once it has a sandbox).
+    pub fn insert(&mut self, session: Session) {
+        let id = session.id;
+        self.sessions.insert(id, session);
+        self.index_sandbox(id);
+    }
+
+    /// Make the session findable by its sandbox's public id, once it has one.
+    pub fn index_sandbox(&mut self, id: SessionId) {
+        if let Some(session) = self.sessions.get(&id) {
+            if session.sandbox().is_some() {
+                self.by_sandbox_id
+                    .insert(session.sandbox_id().to_string(), id);
+            }
+        }
+    }
+
+    /// The session of the sandbox with public id `sandbox_id`, as an attach sees it.
+    pub fn live_sandbox(&self, sandbox_id: &str) -> Option<LiveSandbox<'_>> {
+        let id = *self.by_sandbox_id.get(sandbox_id)?;
+        let session = self.sessions.get(&id)?;
+        Some(LiveSandbox {
+            session: id,
+            token_sha256: session.token_sha256(),
+            running: session.is_running(),
+            attached: session.is_attached(),
+        })
+    }
+
+    /// Sandboxes that are being saved must survive a shutdown's deletions.
+    pub fn sandboxes_of(&self, ids: impl Iterator<Item = SessionId>) -> Vec<SandboxKey> {
+        ids.filter_map(|id| self.sessions.get(&id).and_then(Session::sandbox))
+            .collect()
+    }
+
+    pub fn link(&mut self, session: SessionId, connection: ConnectionId) {
+        self.connections.insert(session, connection);
+    }
+
+    pub fn unlink(&mut self, session: SessionId) -> Option<ConnectionId> {
+        self.connections.remove(&session)
+    }
+
+    pub fn connection(&self, session: SessionId) -> Option<ConnectionId> {
+        self.connections.get(&session).copied()
+    }
+
+    /// Forget a session (and where to find it).
+    pub fn remove(&mut self, id: SessionId) -> Option<Session> {
+        self.connections.remove(&id);
+        let session = self.sessions.remove(&id)?;
+        if self.by_sandbox_id.get(session.sandbox_id()) == Some(&id) {
+            self.by_sandbox_id.remove(session.sandbox_id());
+        }
+        Some(session)
+    }
+}
+
+/// The runtime as a session sees it.
+pub(super) struct Control<'a>(pub &'a mut Runtime);
+
+impl SandboxControl for Control<'_> {
+    fn acquire(
+        &mut self,
+        session: SessionId,
+        options: &CreateOptions,
+    ) -> Result<SandboxKey, RuntimeError> {
+        let owner = Owner::Session(session.0);
+        match (&options.snapshot_image, options.egress) {
+            (Some(image), egress) => self.0.acquire_snapshot(owner, image.clone(), egress),
+            (None, true) => self.0.create_with(Some(owner), true),
+            (None, false) => self.0.acquire(owner),
+        }
+    }
+    fn sandbox_id(&self, sandbox: SandboxKey) -> String {
+        self.0
+            .sandbox_id(sandbox)
+            .map(|id| id.to_string())
+            .unwrap_or_default()
+    }
+    fn start_exec(&mut self, sandbox: SandboxKey, spec: ExecSpec) -> Result<ExecId, RuntimeError> {
+        self.0.start_exec(sandbox, spec)
+    }
+    fn write_stdin(
+        &mut self,
+        sandbox: SandboxKey,
+        exec: ExecId,
+        data: &[u8],
+    ) -> Result<(), RuntimeError> {
+        self.0.write_stdin(sandbox, exec, data)
+    }
+    fn close_stdin(&mut self, sandbox: SandboxKey, exec: ExecId) -> Result<(), RuntimeError> {
+        self.0.close_stdin(sandbox, exec)
+    }
+    fn kill_exec(&mut self, sandbox: SandboxKey, exec: ExecId) -> Result<(), RuntimeError> {
+        self.0.kill_exec(sandbox, exec, Reason::Killed)
+    }
+    fn delete(&mut self, sandbox: SandboxKey) {
+        self.0.delete(sandbox)
+    }
+    fn set_output_paused(&mut self, sandbox: SandboxKey, paused: bool) {
+        self.0.set_output_paused(sandbox, paused)
+    }
+}
 
 impl Server {
     pub(super) fn session_settings(&self) -> SessionSettings {
@@ -20,26 +165,21 @@ impl Server {
             snapshot_enabled: self.config.snapshot_path.is_some(),
             default_idle_timeout: self.config.ws.default_idle_timeout,
             max_idle_timeout: self.config.ws.max_idle_timeout,
-            exec_timeout: self.config.limits.exec_timeout,
-            max_exec_timeout: self.config.limits.max_exec_timeout,
-            max_code_bytes: self.config.limits.max_code_bytes,
+            exec: self.exec_limits(),
             held_output_bytes: self.config.ws.detached_output_bytes,
             egress_unavailable: self.runtime.egress_unavailable().map(str::to_string),
+            store_timeout: self.config.create_timeout,
         }
     }
 
     /// Answer the handshake and hand the socket to tungstenite, then start or attach a session.
-    pub(super) fn upgrade(&mut self, id: u64, request: &Request) {
-        let key = match websocket::check_handshake(request) {
-            Ok(key) => key,
-            Err((status, response)) => return self.respond(id, status, response, false),
-        };
-        let Some(mut connection) = self.connections.remove(&id) else {
+    pub(super) fn upgrade(&mut self, id: ConnectionId, key: &str, target: Upgrade) {
+        let Some(mut connection) = self.connections.http.remove(&id) else {
             return;
         };
         connection
             .out
-            .extend_from_slice(&websocket::handshake_response(&key));
+            .extend_from_slice(&websocket::handshake_response(key));
         if !connection.flush() || !connection.out.is_empty() {
             // A fresh socket that cannot take 200 bytes is not worth keeping.
             let _ = self.poll.registry().deregister(&mut connection.stream);
@@ -53,21 +193,22 @@ impl Server {
             ws_limits.messages_per_sec,
         );
         let now = Instant::now();
-        let outs = if request.path == "/create" {
+        let outs = match target {
             // The session is made when the init message arrives: a socket that never sends
             // one holds no session slot, and is closed after SANDBOX_WS_INIT_TIMEOUT_SECS.
-            match self.session_limit_refusal() {
+            Upgrade::Create => match self.session_limit_refusal() {
                 Some(refused) => refused,
                 None => {
                     socket.wait_for(Waiting::Init, now);
                     Vec::new()
                 }
+            },
+            Upgrade::Attach { sandbox_id, token } => {
+                self.attach(id, &mut socket, &sandbox_id, &token, now)
             }
-        } else {
-            self.attach(id, &mut socket, request, now)
         };
         let alive = socket.apply(outs);
-        self.websockets.insert(id, socket);
+        self.connections.websockets.insert(id, socket);
         if !alive {
             self.drop_websocket(id);
         }
@@ -78,51 +219,37 @@ impl Server {
         let limit = self.config.ws.max_sessions;
         (self.sessions.len() >= limit).then(|| {
             let message = format!("the server is at its limit of {limit} sessions; retry shortly");
-            refusal("SANDBOX_CREATION_ERROR", &message, 1013)
+            refusal(Status::CreationError, &message, 1013)
         })
     }
 
     /// The init message arrived on a `/create` socket: make the session and let it create its
     /// sandbox.
-    fn start_session(&mut self, id: u64, init: &str) {
+    fn start_session(&mut self, id: ConnectionId, init: &str) {
         if let Some(refused) = self.session_limit_refusal() {
             return self.refuse(id, refused);
         }
         let mut token = [0u8; 16];
-        if let Err(error) = crate::runtime::ids::random_bytes(&mut token) {
+        if let Err(error) = crate::ids::random_bytes(&mut token) {
             let message = format!("cannot make a session token: {error}");
-            return self.refuse(id, refusal("SANDBOX_CREATION_ERROR", &message, 4000));
+            return self.refuse(id, refusal(Status::CreationError, &message, 4000));
         }
         let token: String = token.iter().map(|byte| format!("{byte:02x}")).collect();
-        let session_id = self.next_session;
-        self.next_session += 1;
+        let session_id = self.sessions.new_id();
         let now = Instant::now();
         let mut session = Session::new(session_id, token, self.session_settings(), now);
-        let outs = session.on_init(
-            init,
-            &mut Control {
-                runtime: &mut self.runtime,
-                snapshots: &mut self.snapshots,
-                snapshot_root: self.config.snapshot_path.as_deref(),
-                rootfs_stamp: &self.rootfs_stamp,
-            },
-            now,
-        );
-        if session.sandbox().is_some() {
-            self.session_by_sandbox_id
-                .insert(session.sandbox_id().to_string(), session_id);
-        }
-        self.sessions.insert(session_id, session);
-        self.session_connection.insert(session_id, id);
-        if let Some(socket) = self.websockets.get_mut(&id) {
+        let outs = session.on_init(init, &mut Control(&mut self.runtime), now);
+        self.sessions.insert(session);
+        self.sessions.link(session_id, id);
+        if let Some(socket) = self.connections.websockets.get_mut(&id) {
             socket.session = Some(session_id);
         }
         self.deliver(session_id, outs);
     }
 
     /// Send a refusal on a socket that has no session.
-    pub(super) fn refuse(&mut self, id: u64, outs: Vec<Out>) {
-        if let Some(socket) = self.websockets.get_mut(&id) {
+    pub(super) fn refuse(&mut self, id: ConnectionId, outs: Vec<Out>) {
+        if let Some(socket) = self.connections.websockets.get_mut(&id) {
             socket.wait_for(Waiting::Nothing, Instant::now());
             if !socket.apply(outs) {
                 self.drop_websocket(id);
@@ -130,54 +257,40 @@ impl Server {
         }
     }
 
-    /// `/attach/{id}?sandbox_token=T`: find, check the token (first), check it is free.
-    pub(super) fn attach(
+    /// `/attach/{id}?sandbox_token=T` (see `attach`): join a live session, refuse, or ask the
+    /// store on a worker thread.
+    fn attach(
         &mut self,
-        id: u64,
+        id: ConnectionId,
         socket: &mut WsConnection,
-        request: &Request,
+        sandbox_id: &str,
+        token: &Result<String, String>,
         now: Instant,
     ) -> Vec<Out> {
-        let sandbox_id = request
-            .path
-            .trim_start_matches("/attach/")
-            .trim_end_matches('/');
-        let query = crate::http::query::parse_query(&request.query);
-        let token = match crate::http::query::single_param(&query, "sandbox_token") {
-            Ok(token) => token.unwrap_or(""),
-            Err(message) => return refusal("SANDBOX_PERMISSION_DENIAL_ERROR", &message, 4000),
-        };
-        let Some(session_id) = self.session_by_sandbox_id.get(sandbox_id).copied() else {
-            // Not live here: it may be checkpointed in the shared store.
-            if let Some(outs) = self.begin_restore_attach(id, sandbox_id, token) {
+        let live = self.sessions.live_sandbox(sandbox_id);
+        let store = self.persistence.has_checkpoint_store();
+        match attach::start(sandbox_id, token, live, store) {
+            Start::Refuse(out) => out,
+            Start::AskStore(stored) => {
+                self.persistence.ask_store(id, stored);
                 socket.wait_for(Waiting::StoreAnswer, now);
-                return outs;
+                Vec::new()
             }
-            let message = format!("sandbox {sandbox_id:?} does not exist on this server");
-            return refusal("SANDBOX_NOT_FOUND", &message, 1011);
-        };
-        let Some(session) = self.sessions.get_mut(&session_id) else {
-            return vec![Out::Close(1011, "not found".into())];
-        };
-        if !token_matches(session.token_sha256(), token) {
-            let message = "wrong or missing sandbox_token";
-            return refusal("SANDBOX_PERMISSION_DENIAL_ERROR", message, 4000);
+            Start::Join(session_id) => {
+                let Some(session) = self.sessions.get_mut(session_id) else {
+                    return vec![Out::Close(1011, "not found".into())];
+                };
+                socket.session = Some(session_id);
+                let outs = session.on_attach(now);
+                self.sessions.link(session_id, id);
+                outs
+            }
         }
-        if !session.is_running() {
-            let message = format!("sandbox {sandbox_id} is not running");
-            return refusal("SANDBOX_NOT_FOUND", &message, 1011);
-        }
-        if session.is_attached() {
-            let message = format!("sandbox {sandbox_id} is in use by another connection");
-            return refusal("SANDBOX_IN_USE", &message, 1011);
-        }
-        socket.session = Some(session_id);
-        self.session_connection.insert(session_id, id);
-        session.on_attach(now)
     }
 
-    pub(super) fn websocket_ready(&mut self, id: u64, readable: bool, writable: bool) {
+    pub(super) fn websocket_ready(&mut self, id: ConnectionId, readable: bool, writable: bool) {
         if self
+            .connections
             .websockets
             .get(&id)
             .is_some_and(WsConnection::is_lingering)
@@ -186,7 +299,7 @@ impl Server {
         }
         if readable {
             loop {
-                let Some(socket) = self.websockets.get_mut(&id) else {
+                let Some(socket) = self.connections.websockets.get_mut(&id) else {
                     return;
                 };
                 match socket.read() {
@@ -204,7 +317,7 @@ impl Server {
             }
         }
         if writable || readable {
-            let Some(socket) = self.websockets.get_mut(&id) else {
+            let Some(socket) = self.connections.websockets.get_mut(&id) else {
                 return;
             };
             if !socket.flush() {
@@ -214,7 +327,7 @@ impl Server {
                 socket.output_paused = false;
                 let sandbox = socket
                     .session
-                    .and_then(|session| self.sessions.get(&session))
+                    .and_then(|session| self.sessions.get(session))
                     .and_then(Session::sandbox);
                 if let Some(sandbox) = sandbox {
                     self.runtime.set_output_paused(sandbox, false);
@@ -224,8 +337,8 @@ impl Server {
     }
 
     /// Deliver a refused peer's close, then drop the socket (see `WsConnection::linger`).
-    fn linger(&mut self, id: u64) {
-        let Some(socket) = self.websockets.get_mut(&id) else {
+    fn linger(&mut self, id: ConnectionId) {
+        let Some(socket) = self.connections.websockets.get_mut(&id) else {
             return;
         };
         if socket.linger() == Linger::Done {
@@ -233,9 +346,9 @@ impl Server {
         }
     }
 
-    pub(super) fn websocket_message(&mut self, id: u64, text: &str) {
+    fn websocket_message(&mut self, id: ConnectionId, text: &str) {
         crate::guard::test_panic_point(text.as_bytes());
-        let Some(socket) = self.websockets.get_mut(&id) else {
+        let Some(socket) = self.connections.websockets.get_mut(&id) else {
             return;
         };
         if socket.waiting == Waiting::Init {
@@ -247,57 +360,91 @@ impl Server {
         let Some(session_id) = socket.session else {
             return;
         };
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };
-        let mut control = Control {
-            runtime: &mut self.runtime,
-            snapshots: &mut self.snapshots,
-            snapshot_root: self.config.snapshot_path.as_deref(),
-            rootfs_stamp: &self.rootfs_stamp,
-        };
-        let outs = session.on_message(text, &mut control, Instant::now());
+        let outs = session.on_message(text, &mut Control(&mut self.runtime), Instant::now());
         self.deliver(session_id, outs);
     }
 
-    pub(super) fn session_event(&mut self, session_id: SessionId, event: RuntimeEvent) {
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+    /// A runtime notice for a session's sandbox: the save pipeline's, or the session's.
+    pub(super) fn session_notice(&mut self, session_id: SessionId, event: RuntimeEvent) {
+        if self.save_notice(session_id, &event) {
             return;
-        };
-        let outs = session.on_runtime(
-            event,
-            &mut Control {
-                runtime: &mut self.runtime,
-                snapshots: &mut self.snapshots,
-                snapshot_root: self.config.snapshot_path.as_deref(),
-                rootfs_stamp: &self.rootfs_stamp,
-            },
-        );
-        self.deliver(session_id, outs);
-    }
-
-    /// Send a session's frames to its connection (if attached) and forget ended sessions.
-    pub(super) fn deliver(&mut self, session_id: SessionId, outs: Vec<Out>) {
-        let (saves, outs): (Vec<Out>, Vec<Out>) = outs
-            .into_iter()
-            .partition(|out| matches!(out, Out::Save(_)));
-        let closing = outs.iter().any(|out| matches!(out, Out::Close(..)));
-        // kill_sandbox removes the saved state before the client hears SANDBOX_KILLED, so an
-        // attach right after it finds nothing to restore.
-        if let Some(session) = self.sessions.get(&session_id) {
-            if session.is_ended() && session.was_killed() && session.is_checkpointable() {
-                if let Some(base) = self.checkpoint_base(session.sandbox_id()) {
-                    let _ = std::fs::remove_dir_all(base);
-                }
-            }
         }
-        if let Some(connection) = self.session_connection.get(&session_id).copied() {
-            if let Some(socket) = self.websockets.get_mut(&connection) {
-                if !outs.is_empty() && !socket.apply(outs) {
+        let ready = matches!(event, RuntimeEvent::Ready);
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        let outs = session.on_runtime(event, &mut Control(&mut self.runtime));
+        self.deliver(session_id, outs);
+        if ready {
+            self.claim_lease_if_new(session_id);
+        }
+    }
+
+    /// A new checkpointable sandbox is running: take its lease now that its id is known to
+    /// the client.
+    fn claim_lease_if_new(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.get(session_id) else {
+            return;
+        };
+        if session.is_running() && session.is_checkpointable() {
+            self.persistence
+                .claim_lease(session_id, session.sandbox_id(), session.token_sha256());
+        }
+    }
+
+    /// The store found (or not) the snapshot a session is created from.
+    pub(super) fn snapshot_found(
+        &mut self,
+        session_id: SessionId,
+        image: Result<std::path::PathBuf, String>,
+    ) {
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        let outs = session.on_snapshot_found(image, &mut Control(&mut self.runtime));
+        self.sessions.index_sandbox(session_id);
+        self.deliver(session_id, outs);
+    }
+
+    /// The store removed a killed session's saved state.
+    pub(super) fn saved_state_removed(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        let outs = session.on_saved_state_removed();
+        self.deliver(session_id, outs);
+    }
+
+    pub(super) fn flush_session_output(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        let outs = session.flush_output(&mut Control(&mut self.runtime));
+        if !outs.is_empty() {
+            self.deliver(session_id, outs);
+        }
+    }
+
+    /// Carry out what a session returned: frames to its connection (if attached, with
+    /// back-pressure), work to the persistence pipeline; forget it once it has ended.
+    pub(super) fn deliver(&mut self, session_id: SessionId, outs: Vec<Out>) {
+        let (work, frames): (Vec<Out>, Vec<Out>) = outs.into_iter().partition(|out| {
+            matches!(
+                out,
+                Out::Save(_) | Out::FindSnapshot(_) | Out::RemoveSavedState
+            )
+        });
+        let closing = frames.iter().any(|out| matches!(out, Out::Close(..)));
+        if let Some(connection) = self.sessions.connection(session_id) {
+            if let Some(socket) = self.connections.websockets.get_mut(&connection) {
+                if !frames.is_empty() && !socket.apply(frames) {
                     self.drop_websocket(connection);
                 } else if socket.unflushed > WS_HIGH_WATER && !socket.output_paused {
                     socket.output_paused = true;
-                    if let Some(sandbox) = self.sessions.get(&session_id).and_then(Session::sandbox)
+                    if let Some(sandbox) = self.sessions.get(session_id).and_then(Session::sandbox)
                     {
                         self.runtime.set_output_paused(sandbox, true);
                     }
@@ -308,53 +455,53 @@ impl Server {
                 self.detach(session_id);
             }
         }
-        if self
-            .sessions
-            .get(&session_id)
-            .is_some_and(Session::is_ended)
-        {
-            self.detach(session_id);
-            self.release_lease(session_id);
-            self.saves.remove(&session_id);
-            if let Some(session) = self.sessions.remove(&session_id) {
-                self.session_by_sandbox_id.remove(session.sandbox_id());
-                if let Some(sandbox) = session.sandbox() {
-                    self.runtime.delete(sandbox);
+        if self.sessions.get(session_id).is_some_and(Session::is_ended) {
+            return self.forget_session(session_id);
+        }
+        for out in work {
+            match out {
+                Out::Save(request) => self.start_save(session_id, request),
+                Out::FindSnapshot(name) => self.persistence.find_snapshot(session_id, &name),
+                Out::RemoveSavedState => {
+                    if let Some(session) = self.sessions.get(session_id) {
+                        let sandbox_id = session.sandbox_id().to_string();
+                        self.persistence.remove_saved_state(session_id, &sandbox_id);
+                    }
                 }
-            }
-            return;
-        }
-        for save in saves {
-            if let Out::Save(request) = save {
-                self.start_save(session_id, request);
+                Out::Send(_) | Out::Close(..) => {}
             }
         }
-        if self
-            .sessions
-            .get(&session_id)
-            .is_some_and(|session| session.is_running())
-        {
-            self.claim_lease(session_id);
+    }
+
+    /// An ended session goes: its lease, its save, its sandbox (if still there).
+    fn forget_session(&mut self, session_id: SessionId) {
+        self.detach(session_id);
+        self.persistence.forget(session_id);
+        if let Some(session) = self.sessions.remove(session_id) {
+            if let Some(sandbox) = session.sandbox() {
+                self.runtime.delete(sandbox);
+            }
         }
     }
 
     pub(super) fn detach(&mut self, session_id: SessionId) {
-        if let Some(connection) = self.session_connection.remove(&session_id) {
-            if let Some(socket) = self.websockets.get_mut(&connection) {
+        if let Some(connection) = self.sessions.unlink(session_id) {
+            if let Some(socket) = self.connections.websockets.get_mut(&connection) {
                 socket.session = None;
             }
         }
-        if let Some(session) = self.sessions.get_mut(&session_id) {
+        if let Some(session) = self.sessions.get_mut(session_id) {
             session.on_detach(Instant::now());
             if session.sandbox().is_none() {
-                // Never got past the init message: nothing to keep.
-                self.sessions.remove(&session_id);
+                // Never got a sandbox (no init yet, or its snapshot is still looked up):
+                // nothing to keep.
+                self.sessions.remove(session_id);
             }
         }
     }
 
-    pub(super) fn drop_websocket(&mut self, id: u64) {
-        if let Some(mut socket) = self.websockets.remove(&id) {
+    pub(super) fn drop_websocket(&mut self, id: ConnectionId) {
+        if let Some(mut socket) = self.connections.websockets.remove(&id) {
             if let Some(session) = socket.session {
                 self.detach(session);
             }
@@ -363,18 +510,10 @@ impl Server {
     }
 
     fn tick_session(&mut self, session_id: SessionId, now: Instant) {
-        let Some(session) = self.sessions.get_mut(&session_id) else {
+        let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };
-        let outs = session.on_tick(
-            now,
-            &mut Control {
-                runtime: &mut self.runtime,
-                snapshots: &mut self.snapshots,
-                snapshot_root: self.config.snapshot_path.as_deref(),
-                rootfs_stamp: &self.rootfs_stamp,
-            },
-        );
+        let outs = session.on_tick(now, &mut Control(&mut self.runtime));
         if !outs.is_empty() {
             self.deliver(session_id, outs);
         }
@@ -382,8 +521,7 @@ impl Server {
 
     /// Idle timeouts of sessions, keep-alive pings and close deadlines of sockets.
     pub(super) fn sweep_websockets(&mut self, now: Instant) {
-        let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
-        for session_id in sessions {
+        for session_id in self.sessions.ids() {
             self.guarded(Peer::Session(session_id), |server| {
                 server.tick_session(session_id, now)
             });
@@ -395,7 +533,7 @@ impl Server {
         };
         let mut dead = Vec::new();
         let mut overdue_sockets = Vec::new();
-        for (id, socket) in self.websockets.iter_mut() {
+        for (id, socket) in self.connections.websockets.iter_mut() {
             let quiet = now.saturating_duration_since(socket.last_seen);
             let close_expired = socket
                 .closing_since
@@ -423,10 +561,76 @@ impl Server {
 fn refusal_message(outs: &[Out]) -> String {
     outs.iter()
         .find_map(|out| match out {
-            Out::Send(text) => serde_json::from_str::<serde_json::Value>(text)
-                .ok()
-                .and_then(|value| value["message"].as_str().map(str::to_string)),
+            Out::Send(event) => event.message().map(str::to_string),
             _ => None,
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::exec_options::ExecLimits;
+    use std::time::Duration;
+
+    fn settings() -> SessionSettings {
+        SessionSettings {
+            checkpoint_enabled: false,
+            snapshot_enabled: false,
+            default_idle_timeout: Duration::from_secs(300),
+            max_idle_timeout: Duration::from_secs(300),
+            exec: ExecLimits {
+                default_timeout: Duration::from_secs(60),
+                max_timeout: Duration::from_secs(60),
+                max_code_bytes: 100,
+            },
+            held_output_bytes: 100,
+            egress_unavailable: None,
+            store_timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn the_registry_finds_sessions_by_sandbox_once_they_have_one() {
+        let mut sessions = Sessions::default();
+        let first = sessions.new_id();
+        let second = sessions.new_id();
+        assert_eq!((first, second), (SessionId(1), SessionId(2)));
+        let now = Instant::now();
+        sessions.insert(Session::new(first, "t".into(), settings(), now));
+        assert_eq!(sessions.len(), 1);
+        // No sandbox yet: nothing to attach to (an empty id finds nothing either).
+        assert!(sessions.live_sandbox("").is_none());
+        let hash = crate::session::token::hash("u");
+        let saved = crate::session::SavedState::default();
+        let restored = Session::restored(
+            second,
+            hash.clone(),
+            &saved,
+            SandboxKey(7),
+            "abc".into(),
+            settings(),
+            now,
+        );
+        sessions.insert(restored);
+        let live = sessions
+            .live_sandbox("abc")
+            .expect("findable by its sandbox");
+        assert_eq!(live.session, second);
+        assert_eq!(live.token_sha256, hash);
+        assert!(!live.running, "still restoring");
+        assert_eq!(
+            sessions.sandboxes_of([first, second].into_iter()),
+            [SandboxKey(7)]
+        );
+        assert!(sessions.remove(second).is_some());
+        assert!(sessions.live_sandbox("abc").is_none());
+        sessions.link(first, ConnectionId(9));
+        assert_eq!(sessions.connection(first), Some(ConnectionId(9)));
+        assert_eq!(sessions.unlink(first), Some(ConnectionId(9)));
+        assert_eq!(sessions.connection(first), None);
+        assert!(sessions.remove(first).is_some());
+        assert!(sessions.remove(first).is_none());
+        assert_eq!(sessions.len(), 0);
+    }
 }

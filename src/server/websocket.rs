@@ -12,10 +12,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
-use crate::http::request::Request;
-use crate::http::response::{json_error, ResponseHead};
-use crate::session::text::base64_decode;
-use crate::session::{refusal, Out, SessionId};
+use crate::session::{refusal, Out, SessionId, Status};
 
 /// Bytes queued in tungstenite for a slow client before its sandbox's output is paused.
 pub const WS_HIGH_WATER: usize = 256 * 1024;
@@ -63,14 +60,14 @@ pub fn overdue(waiting: Waiting, waited: Duration, bounds: WaitBounds) -> Option
                 "no init message within {} s: send the init JSON object first",
                 bounds.init.as_secs()
             );
-            Some(refusal("SANDBOX_CREATION_ERROR", &message, 4000))
+            Some(refusal(Status::CreationError, &message, 4000))
         }
         Waiting::StoreAnswer if waited > bounds.store_answer => {
             let message = format!(
                 "the checkpoint store did not answer within {} s; retry later",
                 bounds.store_answer.as_secs()
             );
-            Some(refusal("SANDBOX_RESTORE_ERROR", &message, 4000))
+            Some(refusal(Status::RestoreError, &message, 4000))
         }
         _ => None,
     }
@@ -214,7 +211,8 @@ impl WsConnection {
     pub fn apply(&mut self, outs: Vec<Out>) -> bool {
         for out in outs {
             match out {
-                Out::Send(text) => {
+                Out::Send(event) => {
+                    let text = event.to_json();
                     self.unflushed += text.len();
                     if let Err(error) = self.ws.write(Message::Text(text)) {
                         if !is_would_block(&error) {
@@ -225,8 +223,8 @@ impl WsConnection {
                 Out::Close(code, reason) => {
                     self.close(code, &reason);
                 }
-                // Saves are carried out by the server before frames reach the socket.
-                Out::Save(_) => {}
+                // Work for the server's pipelines is taken out before frames reach the socket.
+                Out::Save(_) | Out::FindSnapshot(_) | Out::RemoveSavedState => {}
             }
         }
         self.flush()
@@ -329,53 +327,6 @@ fn is_would_block(error: &WsError) -> bool {
     matches!(error, WsError::Io(error) if error.kind() == io::ErrorKind::WouldBlock)
 }
 
-/// The only WebSocket version there is (RFC 6455); older drafts are refused.
-const WEBSOCKET_VERSION: &str = "13";
-
-/// Checks the client's half of the opening handshake (RFC 6455 §4.2.1) and returns its key, or
-/// the status and response that refuse it: 426 with the version we speak for another version
-/// (§4.4), 400 for a key that is not the base64 of 16 bytes.
-pub fn check_handshake(request: &Request) -> Result<String, (u16, Vec<u8>)> {
-    let values = |name: &'static str| -> Vec<&str> {
-        request
-            .headers
-            .iter()
-            .filter(|(header, _)| header == name)
-            .map(|(_, value)| value.as_str())
-            .collect()
-    };
-    let versions = values("sec-websocket-version");
-    if versions != [WEBSOCKET_VERSION] {
-        let shown: Vec<String> = versions
-            .iter()
-            .map(|version| version.chars().take(32).collect::<String>())
-            .collect();
-        let message = format!(
-            "unsupported Sec-WebSocket-Version {shown:?}: this server speaks version {WEBSOCKET_VERSION} (RFC 6455)"
-        );
-        let body = crate::http::response::json_error_body(&message);
-        let response = ResponseHead::new(426)
-            .header("Content-Type", "application/json")
-            .header("Sec-WebSocket-Version", WEBSOCKET_VERSION)
-            .encode_with_body(&body, false);
-        return Err((426, response));
-    }
-    let bad_key = |message: String| Err((400, json_error(400, &message, false)));
-    match values("sec-websocket-key").as_slice() {
-        [] => bad_key("missing Sec-WebSocket-Key header".into()),
-        [key] if key.len() == 24 && base64_decode(key).is_some_and(|nonce| nonce.len() == 16) => {
-            Ok(key.to_string())
-        }
-        [key] => {
-            let shown: String = key.chars().take(32).collect();
-            bad_key(format!(
-                "invalid Sec-WebSocket-Key {shown:?}: it must be the base64 of 16 bytes"
-            ))
-        }
-        _ => bad_key("Sec-WebSocket-Key is given more than once".into()),
-    }
-}
-
 /// The `Sec-WebSocket-Accept` answer for the client's key.
 pub fn handshake_response(key: &str) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
@@ -407,7 +358,7 @@ mod tests {
         assert_eq!(overdue(Waiting::Init, secs(10), BOUNDS), None);
         let outs = overdue(Waiting::Init, secs(11), BOUNDS).expect("overdue");
         assert!(
-            matches!(&outs[0], Out::Send(text) if text.contains("SANDBOX_CREATION_ERROR") && text.contains("no init message within 10 s")),
+            matches!(&outs[0], Out::Send(event) if event.status() == Some(Status::CreationError) && event.message().is_some_and(|message| message.contains("no init message within 10 s"))),
             "{outs:?}"
         );
         assert_eq!(close_code(&outs), Some(4000));
@@ -419,7 +370,7 @@ mod tests {
         assert_eq!(overdue(Waiting::StoreAnswer, secs(20), BOUNDS), None);
         let outs = overdue(Waiting::StoreAnswer, secs(31), BOUNDS).expect("overdue");
         assert!(
-            matches!(&outs[0], Out::Send(text) if text.contains("SANDBOX_RESTORE_ERROR")),
+            matches!(&outs[0], Out::Send(event) if event.status() == Some(Status::RestoreError)),
             "{outs:?}"
         );
         assert_eq!(close_code(&outs), Some(4000));
@@ -431,79 +382,6 @@ mod tests {
             overdue(Waiting::Nothing, Duration::from_secs(86_400), BOUNDS),
             None
         );
-    }
-
-    fn upgrade(headers: &[(&str, &str)]) -> Request {
-        let mut request = Request {
-            method: "GET".into(),
-            path: "/create".into(),
-            target: "/create".into(),
-            version_minor: 1,
-            ..Request::default()
-        };
-        for (name, value) in [("upgrade", "websocket"), ("connection", "Upgrade")]
-            .iter()
-            .chain(headers)
-        {
-            request.headers.push((name.to_string(), value.to_string()));
-        }
-        request
-    }
-
-    fn status_and_text(result: Result<String, (u16, Vec<u8>)>) -> (u16, String) {
-        let (status, bytes) = result.unwrap_err();
-        (status, String::from_utf8(bytes).unwrap())
-    }
-
-    /// What Python's `websockets` and Node's `ws` send: 16 random bytes in base64, version 13.
-    #[test]
-    fn the_clients_handshake_is_accepted() {
-        let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        let request = upgrade(&[("sec-websocket-key", key), ("sec-websocket-version", "13")]);
-        assert_eq!(check_handshake(&request), Ok(key.to_string()));
-    }
-
-    #[test]
-    fn other_versions_get_426_with_the_version_we_speak() {
-        let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
-        for versions in [
-            vec![],
-            vec!["8"],
-            vec!["12"],
-            vec!["13, 8"],
-            vec!["13", "13"],
-        ] {
-            let mut headers = vec![key];
-            headers.extend(versions.iter().map(|v| ("sec-websocket-version", *v)));
-            let (status, text) = status_and_text(check_handshake(&upgrade(&headers)));
-            assert_eq!(status, 426, "{versions:?}");
-            assert!(
-                text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
-                "{text}"
-            );
-            assert!(text.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{text}");
-        }
-    }
-
-    #[test]
-    fn malformed_keys_get_400() {
-        for (keys, needle) in [
-            (vec![], "missing Sec-WebSocket-Key"),
-            (vec!["x"], "invalid Sec-WebSocket-Key \\\"x\\\""),
-            (vec!["dGhlIHNhbXBsZSBub25jZQ"], "base64 of 16 bytes"),
-            (vec!["dGhlIHNhbXBsZSBub25jZQ=="; 2], "more than once"),
-            // 24 characters, but not base64 / not 16 bytes.
-            (vec!["dGhlIHNhbXBsZSBub25jZ!=="], "base64 of 16 bytes"),
-            (vec!["dGhlIHNhbXBsZSBub25jZQAA"], "base64 of 16 bytes"),
-            (vec!["dGhlIHNhbXBsZSBub25j ZQ="], "base64 of 16 bytes"),
-        ] {
-            let mut headers = vec![("sec-websocket-version", "13")];
-            headers.extend(keys.iter().map(|k| ("sec-websocket-key", *k)));
-            let (status, text) = status_and_text(check_handshake(&upgrade(&headers)));
-            assert_eq!(status, 400, "{keys:?}");
-            assert!(text.contains(needle), "{keys:?}: {text}");
-            assert!(text.contains("Connection: close"), "{text}");
-        }
     }
 
     #[test]

@@ -1,41 +1,50 @@
 //! One WebSocket sandbox session, as a state machine without I/O.
 //!
-//! It takes the client's messages and the runtime's notices, and returns the frames to send
-//! (and the close code). It acts on the sandbox only through [`SandboxControl`], which the
-//! server implements over the runtime and the unit tests implement with a fake, so every flow of
-//! `docs/protocol.md` is tested here message by message.
+//! It takes the client's messages ([`messages`]), the runtime's notices and the answers of the
+//! store, and returns what the connection must do ([`Out`]: typed [`events`] to send, a close,
+//! work for the server's pipelines). It acts on the sandbox only through [`SandboxControl`],
+//! which the server implements over the runtime and the unit tests with a fake, so every flow
+//! of `docs/protocol.md` is tested here message by message.
 //!
 //! ```text
-//! AwaitingInit --init--> Creating --Ready--> Running --kill_sandbox / idle--> Ending --Deleted--> Ended
-//!      |                    |                   |
-//!      +--bad init----------+--start failed-----+--sandbox lost--> Ending
+//! AwaitingInit --init--> [FindingSnapshot --found-->] Creating --Ready--> Running
+//!      |                        |                        |                 |
+//!      +--bad init--------------+--not found-------------+--start failed---+--lost--> Ending
+//! Running --checkpoint / snapshot--> Saving --saved--> Ending / Running
+//! Running --kill_sandbox / idle--> Ending(Kill) --Deleted--> [ForgettingSaved --removed-->] Ended
 //! ```
-//! A session outlives its connection: when the client goes away the session is detached, output
-//! of the running execution is held (bounded; the process is paused by back-pressure past the
-//! bound) and replayed after `{"action":"reconnect"}` on a new attach.
+//! A session outlives its connection: when the client goes away the session is detached, the
+//! output of its processes is held (bounded; past the bound they are paused by back-pressure)
+//! and replayed after `{"action":"reconnect"}` on a new attach.
 
+pub mod events;
+pub mod exec_options;
+pub mod ids;
+pub mod messages;
 pub mod options;
+pub mod processes;
 pub mod text;
+pub mod token;
 
-use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
-
-use crate::agent_protocol::{ExecId, Language, Stream};
-use crate::runtime::exec::{ExecOutcome, Reason};
+use crate::agent_protocol::ExecId;
 use crate::runtime::{ExecSpec, RuntimeError, RuntimeEvent, SandboxKey};
-use text::{base64_decode, base64_encode, Utf8Stream};
-
-pub type SessionId = u64;
+use events::OutputEncoding;
+pub use events::{ServerEvent, Status};
+use exec_options::ExecLimits;
+pub use ids::{ProcessId, RequestId, SessionId};
+use messages::{ClientMessage, ExecMessage, StdinMessage};
+use processes::{ProcessView, Processes};
 
 pub const LANGUAGES_MESSAGE: &str =
     "Unsupported language or message. Supported languages: python, bash.";
 
 /// What a session needs from the runtime.
 pub trait SandboxControl {
-    /// A ready-to-be sandbox for the session: fresh, or started from a filesystem snapshot;
-    /// with network egress if asked.
+    /// A ready-to-be sandbox for the session: fresh, or started from a filesystem snapshot's
+    /// (verified) image; with network egress if asked.
     fn acquire(
         &mut self,
         session: SessionId,
@@ -58,7 +67,8 @@ pub trait SandboxControl {
 /// How the session's sandbox is made.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CreateOptions {
-    pub snapshot: Option<String>,
+    /// The verified image of the filesystem snapshot to start from.
+    pub snapshot_image: Option<PathBuf>,
     pub egress: bool,
 }
 
@@ -69,23 +79,47 @@ pub struct SessionSettings {
     pub snapshot_enabled: bool,
     pub default_idle_timeout: Duration,
     pub max_idle_timeout: Duration,
-    pub exec_timeout: Duration,
-    pub max_exec_timeout: Duration,
-    pub max_code_bytes: usize,
+    pub exec: ExecLimits,
     /// Output held for a detached client before the process is paused.
     pub held_output_bytes: usize,
     /// Why sandboxes cannot have network egress here (`None`: they can).
     pub egress_unavailable: Option<String>,
+    /// How long the session waits for the store before it goes on without it.
+    pub store_timeout: Duration,
 }
 
-/// What the connection must do.
+/// What a checkpoint keeps of a session, to restore it with.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SavedState {
+    /// As the client asked (seconds; `None`: the server's default).
+    pub idle_timeout_secs: Option<f64>,
+    pub auto_checkpoint: bool,
+    pub network: bool,
+    /// The execution running when the sandbox was checkpointed at shutdown: it goes on after
+    /// the restore, and the restored session follows it (reconnect replays it).
+    pub running_exec: Option<SavedExec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedExec {
+    pub exec: ExecId,
+    pub output_encoding: OutputEncoding,
+}
+
+/// What the connection (and the server's pipelines) must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Out {
-    Send(String),
+    Send(ServerEvent),
     Close(u16, String),
     /// Save the sandbox (the server runs the checkpoint and publishes the image, then calls
     /// `on_checkpoint_saved` or `on_snapshot_finished`).
     Save(SaveRequest),
+    /// Find and verify filesystem snapshot `name` in the store; answer with
+    /// `on_snapshot_found`.
+    FindSnapshot(String),
+    /// Remove the sandbox's saved state (checkpoints, lease) from the store; answer with
+    /// `on_saved_state_removed`.
+    RemoveSavedState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +133,10 @@ pub enum SaveRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     AwaitingInit,
+    /// The init named a filesystem snapshot: the store is looked up (off the loop thread).
+    FindingSnapshot {
+        since: Instant,
+    },
     Creating,
     /// Attached to a checkpoint: `runsc restore` is running.
     Restoring,
@@ -109,6 +147,11 @@ enum State {
     },
     /// Deleting the sandbox; on `Deleted` the listed statuses are sent and the socket closed.
     Ending(Ending),
+    /// Killed and deleted: its saved state is being removed from the store, so that an attach
+    /// after `SANDBOX_KILLED` finds nothing to restore.
+    ForgettingSaved {
+        since: Instant,
+    },
     Ended,
 }
 
@@ -120,16 +163,6 @@ enum Ending {
     Silent,
     /// Checkpointed: DELETED, CHECKPOINTED, close 1000 when the container is gone.
     Checkpointed,
-}
-
-#[derive(Debug)]
-struct RunningExec {
-    id: ExecId,
-    base64: bool,
-    stdout: Utf8Stream,
-    stderr: Utf8Stream,
-    /// Output not yet framed: consecutive chunks of one stream are merged into one frame.
-    pending: Option<(Stream, Vec<u8>)>,
 }
 
 pub struct Session {
@@ -152,29 +185,25 @@ pub struct Session {
     auto_checkpoint_refused: bool,
     /// Ended by kill_sandbox or the idle timeout (its saved state goes too).
     killed: bool,
-    exec: Option<RunningExec>,
+    processes: Processes,
     attached: bool,
     /// Attached again, but the client has not asked for the replay yet.
     awaiting_reconnect: bool,
-    held: VecDeque<String>,
-    held_bytes: usize,
     output_paused: bool,
     idle_timeout: Option<Duration>,
     last_activity: Instant,
 }
 
-fn status(name: &str) -> String {
-    json!({"event": "status_update", "status": name}).to_string()
+/// An error status with its message, then the `error` event with the same text.
+fn error_frames(status: Status, message: &str) -> [Out; 2] {
+    [
+        Out::Send(ServerEvent::StatusWithMessage(status, message.to_string())),
+        Out::Send(ServerEvent::Error(message.to_string())),
+    ]
 }
 
-/// An error status carries `message` too, followed by the `error` event (protocol addition).
-fn error_frames(name: &str, message: &str) -> [Out; 2] {
-    [
-        Out::Send(
-            json!({"event": "status_update", "status": name, "message": message}).to_string(),
-        ),
-        Out::Send(json!({"event": "error", "message": message}).to_string()),
-    ]
+fn status(status: Status) -> Out {
+    Out::Send(ServerEvent::Status(status))
 }
 
 /// RFC 6455 §5.5: a close frame carries at most 125 bytes, 2 of them the code. A longer
@@ -193,26 +222,10 @@ fn close_reason(text: &str) -> String {
 
 /// A refusal that ends the connection: the error status with its message, the `error` event,
 /// and the close (its reason is the status, in lower case).
-pub fn refusal(name: &str, message: &str, code: u16) -> Vec<Out> {
-    let mut out = error_frames(name, message).to_vec();
-    out.push(Out::Close(code, name.to_lowercase()));
+pub fn refusal(status: Status, message: &str, code: u16) -> Vec<Out> {
+    let mut out = error_frames(status, message).to_vec();
+    out.push(Out::Close(code, status.as_str().to_lowercase()));
     out
-}
-
-/// Whether `given` is the token whose SHA-256 is `expected_sha256`. Hashes are compared in
-/// constant time, so the time taken says nothing about how much of a guess matched.
-pub fn token_matches(expected_sha256: &str, given: &str) -> bool {
-    !given.is_empty() && tokens_match(expected_sha256, &crate::ids::sha256_hex(given.as_bytes()))
-}
-
-/// Constant-time comparison of two strings.
-pub fn tokens_match(expected: &str, given: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    let mut difference = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for (index, byte) in a.iter().enumerate() {
-        difference |= byte ^ b.get(index).copied().unwrap_or(0);
-    }
-    difference == 0 && !a.is_empty()
 }
 
 impl Session {
@@ -223,7 +236,7 @@ impl Session {
             state: State::AwaitingInit,
             sandbox: None,
             sandbox_id: String::new(),
-            token_sha256: crate::ids::sha256_hex(token.as_bytes()),
+            token_sha256: token::hash(&token),
             token,
             checkpointable: false,
             auto_checkpoint: false,
@@ -231,15 +244,46 @@ impl Session {
             auto_saving: false,
             auto_checkpoint_refused: false,
             killed: false,
-            exec: None,
+            processes: Processes::default(),
             attached: true,
             awaiting_reconnect: false,
-            held: VecDeque::new(),
-            held_bytes: 0,
             output_paused: false,
             idle_timeout: None,
             last_activity: now,
         }
+    }
+
+    /// A session re-created on `/attach` from a checkpoint; `runsc restore` has been started.
+    pub fn restored(
+        id: SessionId,
+        token_sha256: String,
+        saved: &SavedState,
+        sandbox: SandboxKey,
+        sandbox_id: String,
+        settings: SessionSettings,
+        now: Instant,
+    ) -> Self {
+        let mut session = Session::new(id, String::new(), settings, now);
+        session.token_sha256 = token_sha256;
+        session.state = State::Restoring;
+        session.sandbox = Some(sandbox);
+        session.sandbox_id = sandbox_id;
+        session.checkpointable = true;
+        session.auto_checkpoint = saved.auto_checkpoint;
+        session.network = saved.network;
+        // The manifest is shared storage another instance wrote, or a corrupted file: a value
+        // the init would have refused means the server's default, never a panic.
+        session.idle_timeout = saved
+            .idle_timeout_secs
+            .and_then(|seconds| options::duration(seconds, true, options::MAX_IDLE_TIMEOUT_SECS));
+        if let Some(exec) = saved.running_exec {
+            // Its output is held until the client asks for it with `reconnect`.
+            session
+                .processes
+                .start(exec.exec, None, None, exec.output_encoding, true);
+            session.awaiting_reconnect = true;
+        }
+        session
     }
 
     pub fn sandbox(&self) -> Option<SandboxKey> {
@@ -262,56 +306,6 @@ impl Session {
         self.checkpointable
     }
 
-    /// What is saved with a checkpoint and restored with it.
-    pub fn saved_settings(&self) -> crate::store::SavedSettings {
-        crate::store::SavedSettings {
-            idle_timeout_secs: self.idle_timeout.map(|timeout| timeout.as_secs_f64()),
-            auto_checkpoint: self.auto_checkpoint,
-            network: self.network,
-            running_exec: self.exec.as_ref().map(|exec| crate::store::SavedExec {
-                id: exec.id.0,
-                base64: exec.base64,
-            }),
-        }
-    }
-
-    /// A session re-created on `/attach` from a checkpoint; `runsc restore` has been started.
-    pub fn restored(
-        id: SessionId,
-        token_sha256: String,
-        saved: &crate::store::SavedSettings,
-        sandbox: SandboxKey,
-        sandbox_id: String,
-        settings: SessionSettings,
-        now: Instant,
-    ) -> Self {
-        let mut session = Session::new(id, String::new(), settings, now);
-        session.token_sha256 = token_sha256;
-        session.state = State::Restoring;
-        session.sandbox = Some(sandbox);
-        session.sandbox_id = sandbox_id;
-        session.checkpointable = true;
-        session.auto_checkpoint = saved.auto_checkpoint;
-        session.network = saved.network;
-        // The manifest is shared storage another instance wrote, or a corrupted file: a value
-        // the init would have refused means the server's default, never a panic.
-        session.idle_timeout = saved
-            .idle_timeout_secs
-            .and_then(|seconds| options::duration(seconds, true, options::MAX_IDLE_TIMEOUT_SECS));
-        if let Some(exec) = saved.running_exec {
-            // Its output is held until the client asks for it with `reconnect`.
-            session.exec = Some(RunningExec {
-                id: ExecId(exec.id),
-                base64: exec.base64,
-                stdout: Utf8Stream::default(),
-                stderr: Utf8Stream::default(),
-                pending: None,
-            });
-            session.awaiting_reconnect = true;
-        }
-        session
-    }
-
     pub fn is_attached(&self) -> bool {
         self.attached
     }
@@ -326,21 +320,55 @@ impl Session {
         self.state == State::Running
     }
 
-    /// Send, or hold while no client reads (execution output only; see `emit_exec`).
-    fn send(&mut self, out: &mut Vec<Out>, frame: String) {
-        if self.attached {
-            out.push(Out::Send(frame));
+    /// The session's processes, in the order they started.
+    pub fn processes(&self) -> Vec<ProcessView> {
+        self.processes.views()
+    }
+
+    /// The execution a restored sandbox still runs, and the bound the runtime should keep it
+    /// to (its own timeout is not saved: the server's default applies).
+    pub fn adopted_exec(&self) -> Option<(ExecId, Duration)> {
+        if self.state != State::Restoring {
+            return None;
+        }
+        let (_, process) = self.processes.foreground()?;
+        Some((process.exec(), self.settings.exec.default_timeout))
+    }
+
+    /// What is saved with a checkpoint and restored with it.
+    pub fn saved_state(&self) -> SavedState {
+        SavedState {
+            idle_timeout_secs: self.idle_timeout.map(|timeout| timeout.as_secs_f64()),
+            auto_checkpoint: self.auto_checkpoint,
+            network: self.network,
+            running_exec: self.processes.foreground().map(|(_, process)| SavedExec {
+                exec: process.exec(),
+                output_encoding: process.encoding(),
+            }),
         }
     }
 
-    fn emit_exec(&mut self, out: &mut Vec<Out>, frame: String, control: &mut dyn SandboxControl) {
+    /// Frames of the session itself reach only an attached client.
+    fn send(&self, out: &mut Vec<Out>, event: ServerEvent) {
+        if self.attached {
+            out.push(Out::Send(event));
+        }
+    }
+
+    /// An event of process `process`: sent, or held while no client reads it.
+    fn emit(
+        &mut self,
+        out: &mut Vec<Out>,
+        process: ProcessId,
+        event: ServerEvent,
+        control: &mut dyn SandboxControl,
+    ) {
         if self.attached && !self.awaiting_reconnect {
-            out.push(Out::Send(frame));
+            out.push(Out::Send(event));
             return;
         }
-        self.held_bytes += frame.len();
-        self.held.push_back(frame);
-        if self.held_bytes > self.settings.held_output_bytes && !self.output_paused {
+        let held = self.processes.hold(process, event);
+        if held > self.settings.held_output_bytes && !self.output_paused {
             if let Some(sandbox) = self.sandbox {
                 self.output_paused = true;
                 control.set_output_paused(sandbox, true);
@@ -356,18 +384,9 @@ impl Session {
         now: Instant,
     ) -> Vec<Out> {
         self.last_activity = now;
-        let mut out = Vec::new();
-        let fail = |out: &mut Vec<Out>, message: &str, code: u16| {
-            out.extend(error_frames("SANDBOX_CREATION_ERROR", message));
-            out.push(Out::Close(code, close_reason(message)));
-        };
         let init = match options::parse_init(text) {
             Ok(init) => init,
-            Err(message) => {
-                self.state = State::Ended;
-                fail(&mut out, &message, 4000);
-                return out;
-            }
+            Err(message) => return self.creation_failed(&message, 4000),
         };
         self.checkpointable = init.checkpoint;
         self.auto_checkpoint = init.auto_checkpoint;
@@ -387,21 +406,47 @@ impl Session {
                     "cannot create from filesystem snapshot {name:?}: filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)"
                 ))
             } else {
-                crate::ids::validate_snapshot_name(name)
-                    .err()
-                    .map(|error| error.to_string())
+                options::validate_snapshot_name(name).err()
             }
         } else {
             None
         };
         if let Some(message) = problem {
-            self.state = State::Ended;
-            fail(&mut out, &message, 4000);
-            return out;
+            return self.creation_failed(&message, 4000);
         }
-        out.push(Out::Send(status("SANDBOX_CREATING")));
+        let mut out = vec![status(Status::Creating)];
+        match init.snapshot {
+            Some(name) => {
+                self.state = State::FindingSnapshot { since: now };
+                out.push(Out::FindSnapshot(name));
+            }
+            None => out.extend(self.acquire(None, control)),
+        }
+        out
+    }
+
+    /// The store answered `Out::FindSnapshot`: the snapshot's verified image, or why not.
+    pub fn on_snapshot_found(
+        &mut self,
+        image: Result<PathBuf, String>,
+        control: &mut dyn SandboxControl,
+    ) -> Vec<Out> {
+        if !matches!(self.state, State::FindingSnapshot { .. }) {
+            return Vec::new();
+        }
+        match image {
+            Ok(image) => self.acquire(Some(image), control),
+            Err(message) => self.creation_failed(&message, 4000),
+        }
+    }
+
+    fn acquire(
+        &mut self,
+        snapshot_image: Option<PathBuf>,
+        control: &mut dyn SandboxControl,
+    ) -> Vec<Out> {
         let options = CreateOptions {
-            snapshot: init.snapshot,
+            snapshot_image,
             egress: self.network,
         };
         match control.acquire(self.id, &options) {
@@ -409,17 +454,24 @@ impl Session {
                 self.sandbox = Some(sandbox);
                 self.sandbox_id = control.sandbox_id(sandbox);
                 self.state = State::Creating;
+                Vec::new()
             }
             Err(error) => {
-                self.state = State::Ended;
                 let code = if matches!(error, RuntimeError::AtCapacity(_)) {
                     1013
                 } else {
                     4000
                 };
-                fail(&mut out, &error.to_string(), code);
+                self.creation_failed(&error.to_string(), code)
             }
         }
+    }
+
+    fn creation_failed(&mut self, message: &str, code: u16) -> Vec<Out> {
+        self.state = State::Ended;
+        let mut out = error_frames(Status::CreationError, message).to_vec();
+        // The message, as much of it as a close frame can carry.
+        out.push(Out::Close(code, close_reason(message)));
         out
     }
 
@@ -435,9 +487,30 @@ impl Session {
         }
     }
 
-    /// Called periodically: delete the sandbox once it has been idle too long.
+    /// Called periodically: delete the sandbox once it has been idle too long; stop waiting
+    /// for a store that does not answer.
     pub fn on_tick(&mut self, now: Instant, control: &mut dyn SandboxControl) -> Vec<Out> {
-        if self.state != State::Running || self.exec.is_some() {
+        let store_timeout = self.settings.store_timeout;
+        match self.state {
+            State::FindingSnapshot { since }
+                if now.saturating_duration_since(since) > store_timeout =>
+            {
+                let message = format!(
+                    "the snapshot store did not answer within {} s; retry later",
+                    store_timeout.as_secs()
+                );
+                return self.creation_failed(&message, 4000);
+            }
+            State::ForgettingSaved { since }
+                if now.saturating_duration_since(since) > store_timeout =>
+            {
+                // The client is told it is gone; the store's leftovers are swept later.
+                return self.on_saved_state_removed();
+            }
+            State::FindingSnapshot { .. } | State::ForgettingSaved { .. } => return Vec::new(),
+            _ => {}
+        }
+        if self.state != State::Running || self.processes.any_running() {
             // A running execution is activity.
             self.last_activity = now;
             return Vec::new();
@@ -457,7 +530,7 @@ impl Session {
     }
 
     fn begin_checkpoint(&mut self, out: &mut Vec<Out>, with_running: bool) {
-        self.send(out, status("SANDBOX_CHECKPOINTING"));
+        self.send(out, ServerEvent::Status(Status::Checkpointing));
         self.state = State::Saving { snapshot: false };
         out.push(Out::Save(SaveRequest::Checkpoint { with_running }));
     }
@@ -483,13 +556,13 @@ impl Session {
         }
         match result {
             Ok(()) => {
-                self.send(&mut out, status("SANDBOX_DELETING"));
+                self.send(&mut out, ServerEvent::Status(Status::Deleting));
                 self.state = State::Ending(Ending::Checkpointed);
             }
             Err(message) => {
                 self.state = State::Ending(Ending::Silent);
                 if self.attached {
-                    out.extend(error_frames("SANDBOX_CHECKPOINT_ERROR", &message));
+                    out.extend(error_frames(Status::CheckpointError, &message));
                     out.push(Out::Close(4000, "checkpoint error".into()));
                 }
             }
@@ -512,9 +585,12 @@ impl Session {
             return out;
         }
         match &result {
-            Ok(()) => self.send(&mut out, status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATED")),
+            Ok(()) => self.send(
+                &mut out,
+                ServerEvent::Status(Status::FilesystemSnapshotCreated),
+            ),
             Err(message) if self.attached => {
-                out.extend(error_frames("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", message))
+                out.extend(error_frames(Status::FilesystemSnapshotError, message))
             }
             Err(_) => {}
         }
@@ -527,7 +603,7 @@ impl Session {
             }
             if self.attached {
                 out.extend(error_frames(
-                    "SANDBOX_ERROR",
+                    Status::Error,
                     "the sandbox did not survive the snapshot",
                 ));
                 out.push(Out::Close(4000, "sandbox error".into()));
@@ -537,8 +613,8 @@ impl Session {
     }
 
     fn begin_kill(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
-        self.send(out, status("SANDBOX_KILLING"));
-        self.send(out, status("SANDBOX_DELETING"));
+        self.send(out, ServerEvent::Status(Status::Killing));
+        self.send(out, ServerEvent::Status(Status::Deleting));
         self.state = State::Ending(Ending::Kill);
         self.killed = true;
         if let Some(sandbox) = self.sandbox {
@@ -546,12 +622,31 @@ impl Session {
         }
     }
 
+    /// The store answered `Out::RemoveSavedState` (or did not in time): the kill is complete.
+    pub fn on_saved_state_removed(&mut self) -> Vec<Out> {
+        let mut out = Vec::new();
+        if matches!(self.state, State::ForgettingSaved { .. }) {
+            self.finish_kill(&mut out);
+        }
+        out
+    }
+
+    fn finish_kill(&mut self, out: &mut Vec<Out>) {
+        self.send(out, ServerEvent::Status(Status::Deleted));
+        self.send(out, ServerEvent::Status(Status::Killed));
+        if self.attached {
+            out.push(Out::Close(1000, "done".into()));
+        }
+        self.state = State::Ended;
+    }
+
     /// A client attached on `/attach` (token already checked, not in use).
     pub fn on_attach(&mut self, now: Instant) -> Vec<Out> {
         self.attached = true;
         self.last_activity = now;
-        self.awaiting_reconnect = self.exec.is_some() || !self.held.is_empty();
-        vec![Out::Send(status("SANDBOX_RUNNING"))]
+        self.awaiting_reconnect =
+            self.processes.foreground().is_some() || self.processes.has_held();
+        vec![status(Status::Running)]
     }
 
     pub fn on_detach(&mut self, now: Instant) {
@@ -572,7 +667,9 @@ impl Session {
         if self.state != State::Running {
             // Messages before the sandbox is ready, or while it is being deleted, cannot act.
             let message = match self.state {
-                State::Creating => "the sandbox is still being created",
+                State::FindingSnapshot { .. } | State::Creating => {
+                    "the sandbox is still being created"
+                }
                 State::Restoring => "the sandbox is still being restored",
                 State::Saving { snapshot: true } => {
                     "a filesystem snapshot is being taken; retry when it is done"
@@ -580,87 +677,71 @@ impl Session {
                 State::Saving { snapshot: false } => "the sandbox is being checkpointed",
                 _ => "the sandbox is being deleted",
             };
-            out.extend(error_frames("SANDBOX_EXECUTION_ERROR", message));
+            out.extend(error_frames(Status::ExecutionError, message));
             return out;
         }
-        let Ok(Value::Object(message)) = serde_json::from_str::<Value>(text) else {
-            out.extend(error_frames(
-                "SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR",
-                LANGUAGES_MESSAGE,
-            ));
-            return out;
-        };
-        let action = message.get("action").and_then(Value::as_str);
-        let event = message.get("event").and_then(Value::as_str);
-        match (action, event) {
-            (Some("kill_process"), _) => self.kill_process(&mut out, control),
-            (Some("kill_sandbox"), _) => self.begin_kill(&mut out, control),
-            (Some("checkpoint"), _)
-                if self.checkpointable
-                    && self.settings.checkpoint_enabled
-                    && self.exec.is_none() =>
-            {
-                self.begin_checkpoint(&mut out, false);
-            }
-            (Some("checkpoint"), _) => {
-                if self.exec.is_some() {
-                    out.push(Out::Send(status("SANDBOX_CHECKPOINTING")));
-                    // The original clients match on this text.
-                    out.extend(error_frames(
-                        "SANDBOX_EXECUTION_IN_PROGRESS_ERROR",
-                        "Cannot checkpoint while an execution is in progress.",
-                    ));
-                } else {
-                    let text = if self.settings.checkpoint_enabled {
-                        "checkpointing is not enabled for this sandbox: create it with enable_checkpoint"
-                    } else {
-                        "checkpointing is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)"
-                    };
-                    out.extend(error_frames("SANDBOX_CHECKPOINT_ERROR", text));
-                    out.push(Out::Close(4000, "checkpoint error".into()));
-                    // The sandbox survives the closed connection, until its idle timeout.
-                }
-            }
-            (Some("snapshot_filesystem"), _) => self.snapshot(&message, &mut out),
-            (Some("reconnect"), _) => self.replay(&mut out, control),
-            (None, Some("stdin")) => self.stdin(&message, &mut out, control),
-            _ if message.contains_key("code") || message.contains_key("language") => {
-                self.exec_request(&message, &mut out, control)
-            }
-            _ => out.extend(error_frames(
-                "SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR",
+        let envelope = messages::parse(text, &self.settings.exec);
+        match envelope.message {
+            ClientMessage::KillProcess => self.kill_process(&mut out, control),
+            ClientMessage::KillSandbox => self.begin_kill(&mut out, control),
+            ClientMessage::Checkpoint => self.checkpoint(&mut out),
+            ClientMessage::SnapshotFilesystem(name) => self.snapshot(name, &mut out),
+            ClientMessage::Reconnect => self.replay(&mut out, control),
+            ClientMessage::Stdin(stdin) => self.stdin(stdin, &mut out, control),
+            ClientMessage::Exec(exec) => self.exec(exec, envelope.id, &mut out, control),
+            ClientMessage::Unsupported => out.extend(error_frames(
+                Status::ExecutionUnsupportedLanguageError,
                 LANGUAGES_MESSAGE,
             )),
         }
         out
     }
 
-    fn snapshot(&mut self, message: &Map<String, Value>, out: &mut Vec<Out>) {
-        out.push(Out::Send(status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATING")));
-        let name = match message.get("name") {
-            None | Some(Value::Null) => "",
-            Some(Value::String(name)) => name.as_str(),
-            Some(other) => {
-                let text = format!("name must be a string, got {}", options::quoted(other));
-                out.extend(error_frames("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", &text));
-                return;
-            }
-        };
-        let problem = if !self.settings.snapshot_enabled {
-            Some("filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)".to_string())
-        } else if self.exec.is_some() {
-            Some("cannot take a filesystem snapshot while an execution is running".to_string())
+    fn checkpoint(&mut self, out: &mut Vec<Out>) {
+        let running = self.processes.any_running();
+        if self.checkpointable && self.settings.checkpoint_enabled && !running {
+            return self.begin_checkpoint(out, false);
+        }
+        if running {
+            out.push(status(Status::Checkpointing));
+            // The original clients match on this text.
+            out.extend(error_frames(
+                Status::ExecutionInProgressError,
+                "Cannot checkpoint while an execution is in progress.",
+            ));
+            return;
+        }
+        let text = if self.settings.checkpoint_enabled {
+            "checkpointing is not enabled for this sandbox: create it with enable_checkpoint"
         } else {
-            crate::ids::validate_snapshot_name(name)
-                .err()
-                .map(|error| error.to_string())
+            "checkpointing is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)"
         };
-        match problem {
-            Some(text) => out.extend(error_frames("SANDBOX_FILESYSTEM_SNAPSHOT_ERROR", &text)),
-            None => {
+        out.extend(error_frames(Status::CheckpointError, text));
+        out.push(Out::Close(4000, "checkpoint error".into()));
+        // The sandbox survives the closed connection, until its idle timeout.
+    }
+
+    fn snapshot(&mut self, name: Result<String, String>, out: &mut Vec<Out>) {
+        out.push(status(Status::FilesystemSnapshotCreating));
+        let problem = match &name {
+            Err(problem) => Some(problem.clone()),
+            Ok(_) if !self.settings.snapshot_enabled => Some(
+                "filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)"
+                    .to_string(),
+            ),
+            Ok(_) if self.processes.any_running() => Some(
+                "cannot take a filesystem snapshot while an execution is running".to_string(),
+            ),
+            Ok(name) => options::validate_snapshot_name(name).err(),
+        };
+        match (problem, name) {
+            (Some(text), _) => out.extend(error_frames(Status::FilesystemSnapshotError, &text)),
+            (None, Ok(name)) => {
                 self.state = State::Saving { snapshot: true };
-                out.push(Out::Save(SaveRequest::Snapshot(name.to_string())));
+                out.push(Out::Save(SaveRequest::Snapshot(name)));
             }
+            // A name that is an error has a problem.
+            (None, Err(_)) => {}
         }
     }
 
@@ -669,9 +750,8 @@ impl Session {
             return;
         }
         self.awaiting_reconnect = false;
-        out.push(Out::Send(status("SANDBOX_EXECUTION_RUNNING")));
-        out.extend(self.held.drain(..).map(Out::Send));
-        self.held_bytes = 0;
+        out.push(status(Status::ExecutionRunning));
+        out.extend(self.processes.take_held().into_iter().map(Out::Send));
         if self.output_paused {
             self.output_paused = false;
             if let Some(sandbox) = self.sandbox {
@@ -681,17 +761,18 @@ impl Session {
     }
 
     fn kill_process(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
-        let (Some(sandbox), Some(exec)) = (self.sandbox, self.exec.as_ref()) else {
+        let (Some(sandbox), Some((_, process))) = (self.sandbox, self.processes.foreground())
+        else {
             out.extend(error_frames(
-                "SANDBOX_EXECUTION_FORCE_KILL_ERROR",
+                Status::ExecutionForceKillError,
                 "no execution is running",
             ));
             return;
         };
-        match control.kill_exec(sandbox, exec.id) {
-            Ok(()) => out.push(Out::Send(status("SANDBOX_EXECUTION_FORCE_KILLED"))),
+        match control.kill_exec(sandbox, process.exec()) {
+            Ok(()) => out.push(status(Status::ExecutionForceKilled)),
             Err(error) => out.extend(error_frames(
-                "SANDBOX_EXECUTION_FORCE_KILL_ERROR",
+                Status::ExecutionForceKillError,
                 &error.to_string(),
             )),
         }
@@ -699,161 +780,67 @@ impl Session {
 
     fn stdin(
         &mut self,
-        message: &Map<String, Value>,
+        stdin: Result<StdinMessage, String>,
         out: &mut Vec<Out>,
         control: &mut dyn SandboxControl,
     ) {
-        let (Some(sandbox), Some(exec)) = (self.sandbox, self.exec.as_ref()) else {
+        let (Some(sandbox), Some((_, process))) = (self.sandbox, self.processes.foreground())
+        else {
             out.extend(error_frames(
-                "SANDBOX_EXECUTION_ERROR",
+                Status::ExecutionError,
                 "no execution is running to receive stdin",
             ));
             return;
         };
-        let exec = exec.id;
-        let stdin_error = |out: &mut Vec<Out>, message: &str| {
-            out.extend(error_frames("SANDBOX_STDIN_ERROR", message));
+        let exec = process.exec();
+        let stdin = match stdin {
+            Ok(stdin) => stdin,
+            Err(problem) => return out.extend(error_frames(Status::StdinError, &problem)),
         };
-        let (eof, encoding) = match (
-            options::flag(message, "eof"),
-            options::choice(message, "encoding", &["text", "base64"]),
-        ) {
-            (Ok(eof), Ok(encoding)) => (eof, encoding),
-            (Err(problem), _) | (_, Err(problem)) => return stdin_error(out, &problem),
-        };
-        let data = match message.get("data") {
-            Some(Value::String(data)) if encoding == "base64" => match base64_decode(data) {
-                Some(bytes) => Some(bytes),
-                None => return stdin_error(out, "stdin data is not valid base64"),
-            },
-            Some(Value::String(data)) => Some(data.as_bytes().to_vec()),
-            None if eof => None,
-            None => return stdin_error(out, "stdin message without \"data\""),
-            Some(_) => return stdin_error(out, "stdin \"data\" must be a string"),
-        };
-        if let Some(bytes) = data {
+        if let Some(bytes) = stdin.data {
             if let Err(error) = control.write_stdin(sandbox, exec, &bytes) {
-                out.extend(error_frames("SANDBOX_STDIN_ERROR", &error.to_string()));
+                out.extend(error_frames(Status::StdinError, &error.to_string()));
                 return;
             }
         }
-        if eof {
+        if stdin.eof {
             if let Err(error) = control.close_stdin(sandbox, exec) {
-                out.extend(error_frames("SANDBOX_STDIN_ERROR", &error.to_string()));
+                out.extend(error_frames(Status::StdinError, &error.to_string()));
             }
         }
     }
 
-    fn exec_request(
+    fn exec(
         &mut self,
-        message: &Map<String, Value>,
+        exec: ExecMessage,
+        request: Option<RequestId>,
         out: &mut Vec<Out>,
         control: &mut dyn SandboxControl,
     ) {
-        let language = message
-            .get("language")
-            .and_then(Value::as_str)
-            .and_then(Language::parse);
-        let code = message.get("code").and_then(Value::as_str);
-        let (Some(language), Some(code)) = (language, code) else {
+        if self.processes.foreground().is_some() {
             out.extend(error_frames(
-                "SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR",
-                LANGUAGES_MESSAGE,
-            ));
-            return;
-        };
-        if self.exec.is_some() {
-            out.extend(error_frames(
-                "SANDBOX_EXECUTION_ERROR",
+                Status::ExecutionError,
                 "An execution is already in progress.",
             ));
             return;
         }
-        let checked = self.exec_spec(language, code, message).and_then(|spec| {
-            let encoding = options::choice(message, "output_encoding", &["text", "base64"])?;
-            Ok((spec, encoding == "base64"))
-        });
-        match checked {
-            Ok((spec, base64)) => {
-                let Some(sandbox) = self.sandbox else { return };
-                match control.start_exec(sandbox, spec) {
-                    Ok(id) => {
-                        self.exec = Some(RunningExec {
-                            id,
-                            base64,
-                            stdout: Utf8Stream::default(),
-                            stderr: Utf8Stream::default(),
-                            pending: None,
-                        });
-                    }
-                    Err(error) => {
-                        out.extend(error_frames("SANDBOX_EXECUTION_ERROR", &error.to_string()))
-                    }
-                }
-            }
-            Err(problem) => out.extend(error_frames("SANDBOX_EXECUTION_ERROR", &problem)),
-        }
-    }
-
-    fn exec_spec(
-        &self,
-        language: Language,
-        code: &str,
-        message: &Map<String, Value>,
-    ) -> Result<ExecSpec, String> {
-        if code.len() > self.settings.max_code_bytes {
-            return Err(format!(
-                "the code is {} bytes; the limit is {}",
-                code.len(),
-                self.settings.max_code_bytes
-            ));
-        }
-        let mut env = Vec::new();
-        match message.get("env") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(map)) => {
-                for (key, value) in map {
-                    let Some(value) = value.as_str() else {
-                        return Err(format!("env value of {key:?} must be a string"));
-                    };
-                    if key.is_empty()
-                        || key.contains('=')
-                        || key.contains('\0')
-                        || value.contains('\0')
-                    {
-                        return Err(format!("invalid environment variable name {key:?}"));
-                    }
-                    env.push((key.clone(), value.to_string()));
-                }
-            }
-            Some(_) => return Err("env must be an object of strings".into()),
-        }
-        let cwd = match message.get("cwd") {
-            None | Some(Value::Null) => "/root".to_string(),
-            Some(Value::String(cwd)) if cwd.starts_with('/') && !cwd.contains('\0') => cwd.clone(),
-            Some(other) => return Err(format!("cwd must be an absolute path, got {other}")),
+        let options = match exec.options {
+            Ok(options) => options,
+            Err(problem) => return out.extend(error_frames(Status::ExecutionError, &problem)),
         };
-        let max_timeout = self.settings.max_exec_timeout;
-        let timeout = match message.get("timeout") {
-            None | Some(Value::Null) => self.settings.exec_timeout,
-            Some(value) => value
-                .as_f64()
-                .and_then(|seconds| options::duration(seconds, false, max_timeout.as_secs_f64()))
-                .ok_or_else(|| {
-                    format!(
-                        "timeout must be a number of seconds above 0 and at most {}, got {}",
-                        max_timeout.as_secs(),
-                        options::quoted(value)
-                    )
-                })?,
-        };
-        Ok(ExecSpec {
-            language,
-            code: code.to_string(),
-            env,
-            cwd,
-            timeout,
-        })
+        let Some(sandbox) = self.sandbox else { return };
+        match control.start_exec(sandbox, options.spec(exec.language, &exec.code)) {
+            Ok(id) => {
+                self.processes.start(
+                    id,
+                    request,
+                    Some(exec.language),
+                    options.output_encoding,
+                    true,
+                );
+            }
+            Err(error) => out.extend(error_frames(Status::ExecutionError, &error.to_string())),
+        }
     }
 
     /// A runtime notice for this session's sandbox.
@@ -868,32 +855,35 @@ impl Session {
                 self.state = State::Running;
                 // The restore's own time is not idleness.
                 self.last_activity = Instant::now();
-                self.send(&mut out, status("SANDBOX_RUNNING"));
+                self.send(&mut out, ServerEvent::Status(Status::Running));
             }
             RuntimeEvent::Ready if self.state == State::Creating => {
                 self.state = State::Running;
-                let frame = json!({"event": "sandbox_id", "sandbox_id": self.sandbox_id, "sandbox_token": self.token});
-                self.send(&mut out, frame.to_string());
-                self.send(&mut out, status("SANDBOX_RUNNING"));
+                let sandbox_id = ServerEvent::SandboxId {
+                    sandbox_id: self.sandbox_id.clone(),
+                    sandbox_token: self.token.clone(),
+                };
+                self.send(&mut out, sandbox_id);
+                self.send(&mut out, ServerEvent::Status(Status::Running));
             }
             RuntimeEvent::StartFailed(message) => {
-                let (name, text) = match self.state {
+                let (failure, text) = match self.state {
                     State::Restoring => (
-                        "SANDBOX_RESTORE_ERROR",
+                        Status::RestoreError,
                         format!("cannot restore the sandbox: {message}"),
                     ),
                     State::Saving { .. } => (
-                        "SANDBOX_ERROR",
+                        Status::Error,
                         format!("the sandbox did not come back after saving: {message}"),
                     ),
                     _ => (
-                        "SANDBOX_CREATION_ERROR",
+                        Status::CreationError,
                         format!("cannot create the sandbox: {message}"),
                     ),
                 };
                 self.state = State::Ending(Ending::Silent);
                 if self.attached {
-                    out.extend(error_frames(name, &text));
+                    out.extend(error_frames(failure, &text));
                     out.push(Out::Close(4000, "sandbox error".into()));
                 }
             }
@@ -904,37 +894,40 @@ impl Session {
                 self.state = State::Ending(Ending::Silent);
                 if self.attached {
                     out.extend(error_frames(
-                        "SANDBOX_ERROR",
+                        Status::Error,
                         &format!("the sandbox stopped: {message}"),
                     ));
                     out.push(Out::Close(4000, "sandbox error".into()));
                 }
             }
-            RuntimeEvent::Deleted => {
-                let last = match self.state {
-                    State::Ending(Ending::Kill) => Some("SANDBOX_KILLED"),
-                    State::Ending(Ending::Checkpointed) => Some("SANDBOX_CHECKPOINTED"),
-                    _ => None,
-                };
-                if let Some(last) = last {
-                    self.send(&mut out, status("SANDBOX_DELETED"));
-                    self.send(&mut out, status(last));
+            RuntimeEvent::Deleted => match self.state {
+                State::Ending(Ending::Kill) if self.checkpointable => {
+                    self.state = State::ForgettingSaved {
+                        since: Instant::now(),
+                    };
+                    out.push(Out::RemoveSavedState);
+                }
+                State::Ending(Ending::Kill) => self.finish_kill(&mut out),
+                State::Ending(Ending::Checkpointed) => {
+                    self.send(&mut out, ServerEvent::Status(Status::Deleted));
+                    self.send(&mut out, ServerEvent::Status(Status::Checkpointed));
                     if self.attached {
                         out.push(Out::Close(1000, "done".into()));
                     }
+                    self.state = State::Ended;
                 }
-                self.state = State::Ended;
-            }
+                _ => self.state = State::Ended,
+            },
             RuntimeEvent::CheckpointRefused(message) => {
-                let name = match self.state {
-                    State::Saving { snapshot: true } => "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR",
-                    State::Saving { snapshot: false } => "SANDBOX_CHECKPOINT_ERROR",
+                let failure = match self.state {
+                    State::Saving { snapshot: true } => Status::FilesystemSnapshotError,
+                    State::Saving { snapshot: false } => Status::CheckpointError,
                     _ => return out,
                 };
                 // Nothing was touched: the session goes on.
                 self.state = State::Running;
                 if self.attached {
-                    out.extend(error_frames(name, &message));
+                    out.extend(error_frames(failure, &message));
                 }
                 if std::mem::take(&mut self.auto_saving) {
                     // The idle timeout could not checkpoint: it deletes the sandbox instead,
@@ -943,114 +936,64 @@ impl Session {
                     self.begin_kill(&mut out, control);
                 }
             }
-            RuntimeEvent::ExecStarted(id) if self.exec_is(id) => {
-                self.emit_exec(&mut out, status("SANDBOX_EXECUTION_RUNNING"), control);
-            }
-            RuntimeEvent::ExecSpawnFailed(id, message) if self.exec_is(id) => {
-                self.exec = None;
-                out.extend(error_frames(
-                    "SANDBOX_EXECUTION_ERROR",
-                    &format!("cannot start the process: {message}"),
-                ));
-            }
-            RuntimeEvent::Output(id, stream, data) if self.exec_is(id) => {
-                let Some(exec) = self.exec.as_mut() else {
-                    return out;
-                };
-                match exec.pending.as_mut() {
-                    Some((pending_stream, bytes)) if *pending_stream == stream => {
-                        bytes.extend_from_slice(&data)
-                    }
-                    _ => {
-                        self.flush_pending(&mut out, control);
-                        if let Some(exec) = self.exec.as_mut() {
-                            exec.pending = Some((stream, data));
-                        }
-                    }
+            RuntimeEvent::ExecStarted(exec) => {
+                if let Some(process) = self.processes.of_exec(exec) {
+                    let running = ServerEvent::Status(Status::ExecutionRunning);
+                    self.emit(&mut out, process, running, control);
                 }
             }
-            RuntimeEvent::ExecFinished(id, outcome) if self.exec_is(id) => {
-                self.flush_pending(&mut out, control);
-                self.finish_text_streams(&mut out, control);
-                self.exec = None;
-                self.emit_exec(&mut out, done_frame(&outcome), control);
+            RuntimeEvent::ExecSpawnFailed(exec, message) => {
+                if let Some(process) = self.processes.of_exec(exec) {
+                    self.processes.remove(process);
+                    out.extend(error_frames(
+                        Status::ExecutionError,
+                        &format!("cannot start the process: {message}"),
+                    ));
+                }
             }
-            _ => {}
+            RuntimeEvent::Output(exec, stream, data) => {
+                let Some(process) = self.processes.of_exec(exec) else {
+                    return out;
+                };
+                let framed = self
+                    .processes
+                    .get_mut(process)
+                    .and_then(|entry| entry.push_output(stream, data));
+                if let Some(event) = framed {
+                    self.emit(&mut out, process, event, control);
+                }
+            }
+            RuntimeEvent::ExecFinished(exec, outcome) => {
+                let Some(process) = self.processes.of_exec(exec) else {
+                    return out;
+                };
+                let events = self
+                    .processes
+                    .get_mut(process)
+                    .map(|entry| entry.finish(&outcome))
+                    .unwrap_or_default();
+                for event in events {
+                    self.emit(&mut out, process, event, control);
+                }
+                self.processes.forget_if_done(process);
+            }
+            RuntimeEvent::Checkpointed(_) | RuntimeEvent::Ready => {}
         }
         out
-    }
-
-    fn exec_is(&self, id: ExecId) -> bool {
-        self.exec.as_ref().is_some_and(|exec| exec.id == id)
     }
 
     /// Frame the merged output; called after each batch of notices so frames are neither one
     /// per byte nor delayed.
     pub fn flush_output(&mut self, control: &mut dyn SandboxControl) -> Vec<Out> {
         let mut out = Vec::new();
-        self.flush_pending(&mut out, control);
+        for (process, event) in self.processes.frame_all_pending() {
+            self.emit(&mut out, process, event, control);
+        }
         out
     }
-
-    fn flush_pending(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
-        let Some(exec) = self.exec.as_mut() else {
-            return;
-        };
-        let Some((stream, bytes)) = exec.pending.take() else {
-            return;
-        };
-        let name = match stream {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        };
-        let frame = if exec.base64 {
-            json!({"event": name, "data": base64_encode(&bytes), "encoding": "base64"})
-        } else {
-            let decoder = match stream {
-                Stream::Stdout => &mut exec.stdout,
-                Stream::Stderr => &mut exec.stderr,
-            };
-            let text = decoder.push(&bytes);
-            if text.is_empty() {
-                return;
-            }
-            json!({"event": name, "data": text})
-        };
-        self.emit_exec(out, frame.to_string(), control);
-    }
-
-    fn finish_text_streams(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
-        let Some(exec) = self.exec.as_mut() else {
-            return;
-        };
-        let leftovers = [
-            ("stdout", exec.stdout.finish()),
-            ("stderr", exec.stderr.finish()),
-        ];
-        for (name, text) in leftovers {
-            if !text.is_empty() {
-                self.emit_exec(
-                    out,
-                    json!({"event": name, "data": text}).to_string(),
-                    control,
-                );
-            }
-        }
-    }
 }
 
-fn done_frame(outcome: &ExecOutcome) -> String {
-    json!({
-        "event": "status_update",
-        "status": "SANDBOX_EXECUTION_DONE",
-        "exit_code": outcome.exit_code(),
-        "signal": outcome.signal(),
-        "reason": outcome.reason.as_str(),
-        "timed_out": outcome.reason == Reason::Timeout,
-        "duration_ms": outcome.duration_ms,
-    })
-    .to_string()
-}
-
+#[cfg(test)]
+mod flows;
 #[cfg(test)]
 mod tests;

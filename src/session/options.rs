@@ -82,11 +82,14 @@ pub fn choice<'a>(
     key: &str,
     allowed: &[&'a str],
 ) -> Result<&'a str, String> {
-    let default = allowed.first().copied().unwrap_or_default();
-    let value = match message.get(key) {
-        None | Some(Value::Null) => return Ok(default),
-        Some(value) => value,
-    };
+    match message.get(key) {
+        None | Some(Value::Null) => Ok(allowed.first().copied().unwrap_or_default()),
+        Some(value) => one_of(key, value, allowed),
+    }
+}
+
+/// `value` of option `key`, if it is one of `allowed`; else an error naming them.
+pub fn one_of<'a>(key: &str, value: &Value, allowed: &[&'a str]) -> Result<&'a str, String> {
     value
         .as_str()
         .and_then(|text| allowed.iter().find(|name| **name == text).copied())
@@ -125,6 +128,11 @@ pub fn quoted(value: &Value) -> String {
         shown.push_str("...");
     }
     shown
+}
+
+/// The snapshot name rule (`crate::ids`), with its error as the client reads it.
+pub fn validate_snapshot_name(name: &str) -> Result<(), String> {
+    crate::ids::validate_snapshot_name(name).map_err(|error| error.to_string())
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! Every flow of docs/protocol.md against the session machine, with a fake runtime.
 
 use super::*;
-use crate::agent_protocol::ExitStatus;
+use crate::agent_protocol::{ExitStatus, Stream};
+use crate::runtime::exec::{ExecOutcome, Reason};
+use events::OutputEncoding;
+use serde_json::Value;
 
 #[derive(Default)]
 struct FakeControl {
@@ -61,13 +64,16 @@ fn settings(checkpoint: bool) -> SessionSettings {
         snapshot_enabled: false,
         default_idle_timeout: Duration::from_secs(300),
         max_idle_timeout: Duration::from_secs(3600),
-        exec_timeout: Duration::from_secs(60),
-        max_exec_timeout: Duration::from_secs(600),
-        max_code_bytes: 1000,
+        exec: ExecLimits {
+            default_timeout: Duration::from_secs(60),
+            max_timeout: Duration::from_secs(600),
+            max_code_bytes: 1000,
+        },
         held_output_bytes: 100,
         egress_unavailable: Some(
             "network egress is disabled on this server (SANDBOX_EGRESS=off)".into(),
         ),
+        store_timeout: Duration::from_secs(30),
     }
 }
 
@@ -75,8 +81,8 @@ fn settings(checkpoint: bool) -> SessionSettings {
 fn names(out: &[Out]) -> Vec<String> {
     out.iter()
         .map(|item| match item {
-            Out::Send(text) => {
-                let value: Value = serde_json::from_str(text).unwrap();
+            Out::Send(event) => {
+                let value: Value = serde_json::from_str(&event.to_json()).unwrap();
                 match value["event"].as_str().unwrap() {
                     "status_update" => value["status"].as_str().unwrap().to_string(),
                     other => other.to_string(),
@@ -84,20 +90,22 @@ fn names(out: &[Out]) -> Vec<String> {
             }
             Out::Close(code, _) => format!("close {code}"),
             Out::Save(request) => format!("save {request:?}"),
+            Out::FindSnapshot(name) => format!("find snapshot {name}"),
+            Out::RemoveSavedState => "remove saved state".into(),
         })
         .collect()
 }
 
 fn frame(out: &[Out], index: usize) -> Value {
     match &out[index] {
-        Out::Send(text) => serde_json::from_str(text).unwrap(),
+        Out::Send(event) => serde_json::from_str(&event.to_json()).unwrap(),
         other => panic!("not a frame: {other:?}"),
     }
 }
 
 fn running_session(control: &mut FakeControl) -> Session {
     let now = Instant::now();
-    let mut session = Session::new(1, "secret-token".into(), settings(false), now);
+    let mut session = Session::new(SessionId(1), "secret-token".into(), settings(false), now);
     let out = session.on_init("{}", control, now);
     assert_eq!(names(&out), ["SANDBOX_CREATING"]);
     let out = session.on_runtime(RuntimeEvent::Ready, control);
@@ -327,7 +335,7 @@ fn checkpoint_and_snapshot_without_server_support() {
 fn creation_errors_close_with_a_message() {
     let now = Instant::now();
     let mut control = FakeControl::default();
-    let mut session = Session::new(1, "t".into(), settings(false), now);
+    let mut session = Session::new(SessionId(1), "t".into(), settings(false), now);
     let out = session.on_init(r#"{"enable_checkpoint":true}"#, &mut control, now);
     assert_eq!(
         names(&out),
@@ -338,7 +346,7 @@ fn creation_errors_close_with_a_message() {
         .unwrap()
         .contains("CHECKPOINT_AND_RESTORE_PATH"));
 
-    let mut session = Session::new(1, "t".into(), settings(false), now);
+    let mut session = Session::new(SessionId(1), "t".into(), settings(false), now);
     let out = session.on_init(
         r#"{"filesystem_snapshot_name":"my-snap"}"#,
         &mut control,
@@ -349,7 +357,7 @@ fn creation_errors_close_with_a_message() {
         .unwrap()
         .contains("my-snap"));
 
-    let mut session = Session::new(1, "t".into(), settings(false), now);
+    let mut session = Session::new(SessionId(1), "t".into(), settings(false), now);
     control.at_capacity = true;
     let out = session.on_init("{}", &mut control, now);
     assert_eq!(
@@ -363,7 +371,7 @@ fn creation_errors_close_with_a_message() {
     );
 
     let mut control = FakeControl::default();
-    let mut session = Session::new(1, "t".into(), settings(false), now);
+    let mut session = Session::new(SessionId(1), "t".into(), settings(false), now);
     session.on_init("{}", &mut control, now);
     let out = session.on_runtime(
         RuntimeEvent::StartFailed("runsc said no".into()),
@@ -424,7 +432,7 @@ fn output_is_held_while_detached_and_replayed_after_reconnect() {
 fn idle_timeout_counts_activity_and_not_running_executions() {
     let mut control = FakeControl::default();
     let start = Instant::now();
-    let mut session = Session::new(1, "t".into(), settings(false), start);
+    let mut session = Session::new(SessionId(1), "t".into(), settings(false), start);
     session.on_init(r#"{"idle_timeout": 10}"#, &mut control, start);
     session.on_runtime(RuntimeEvent::Ready, &mut control);
     session.on_message(
@@ -471,20 +479,11 @@ fn text_output_split_inside_a_character_is_not_broken() {
     assert_eq!(frame(&out, 0)["data"], "€");
 }
 
-#[test]
-fn tokens_compare_exactly() {
-    assert!(tokens_match("abc", "abc"));
-    assert!(!tokens_match("abc", "abd"));
-    assert!(!tokens_match("abc", "ab"));
-    assert!(!tokens_match("abc", ""));
-    assert!(!tokens_match("", ""));
-}
-
 fn checkpointable_session(control: &mut FakeControl) -> Session {
     let now = Instant::now();
     let mut all = settings(true);
     all.snapshot_enabled = true;
-    let mut session = Session::new(1, "secret-token".into(), all, now);
+    let mut session = Session::new(SessionId(1), "secret-token".into(), all, now);
     session.on_init(r#"{"enable_checkpoint": true}"#, control, now);
     session.on_runtime(RuntimeEvent::Ready, control);
     assert!(session.is_checkpointable());
@@ -566,7 +565,7 @@ fn snapshot_flow_continues_the_session() {
 fn idle_auto_checkpoint_saves_instead_of_deleting() {
     let mut control = FakeControl::default();
     let start = Instant::now();
-    let mut session = Session::new(1, "t".into(), settings(true), start);
+    let mut session = Session::new(SessionId(1), "t".into(), settings(true), start);
     session.on_init(
         r#"{"idle_timeout": 5, "enable_idle_timeout_auto_checkpoint": true}"#,
         &mut control,
@@ -586,15 +585,15 @@ fn idle_auto_checkpoint_saves_instead_of_deleting() {
 #[test]
 fn restored_sessions_check_the_token_hash_and_report_running() {
     let mut control = FakeControl::default();
-    let saved = crate::store::SavedSettings {
+    let saved = SavedState {
         idle_timeout_secs: Some(60.0),
         auto_checkpoint: false,
         network: false,
         running_exec: None,
     };
-    let hash = crate::ids::sha256_hex(b"the-token");
+    let hash = token::hash("the-token");
     let mut session = Session::restored(
-        2,
+        SessionId(2),
         hash.clone(),
         &saved,
         SandboxKey(7),
@@ -602,13 +601,13 @@ fn restored_sessions_check_the_token_hash_and_report_running() {
         settings(true),
         Instant::now(),
     );
-    assert!(token_matches(session.token_sha256(), "the-token"));
-    assert!(!token_matches(session.token_sha256(), "the-tokeN"));
-    assert!(!token_matches(session.token_sha256(), ""));
+    assert!(token::matches(session.token_sha256(), "the-token"));
+    assert!(!token::matches(session.token_sha256(), "the-tokeN"));
+    assert!(!token::matches(session.token_sha256(), ""));
     let out = session.on_runtime(RuntimeEvent::Ready, &mut control);
     assert_eq!(names(&out), ["SANDBOX_RUNNING"]);
     let mut session = Session::restored(
-        3,
+        SessionId(3),
         hash,
         &saved,
         SandboxKey(7),
@@ -627,7 +626,7 @@ fn restored_sessions_check_the_token_hash_and_report_running() {
 fn network_egress_is_asked_for_in_the_init_and_refused_when_unavailable() {
     let now = Instant::now();
     let mut control = FakeControl::default();
-    let mut session = Session::new(1, "t".into(), settings(false), now);
+    let mut session = Session::new(SessionId(1), "t".into(), settings(false), now);
     let out = session.on_init(r#"{"enable_network": true}"#, &mut control, now);
     assert_eq!(
         names(&out),
@@ -640,12 +639,12 @@ fn network_egress_is_asked_for_in_the_init_and_refused_when_unavailable() {
 
     let mut enabled = settings(false);
     enabled.egress_unavailable = None;
-    let mut session = Session::new(1, "t".into(), enabled, now);
+    let mut session = Session::new(SessionId(1), "t".into(), enabled, now);
     session.on_init(r#"{"enable_network": true}"#, &mut control, now);
     assert_eq!(
         control.options,
         vec![CreateOptions {
-            snapshot: None,
+            snapshot_image: None,
             egress: true
         }]
     );
@@ -654,15 +653,15 @@ fn network_egress_is_asked_for_in_the_init_and_refused_when_unavailable() {
 #[test]
 fn an_execution_saved_at_shutdown_is_followed_after_the_restore() {
     let mut control = FakeControl::default();
-    let saved = crate::store::SavedSettings {
-        running_exec: Some(crate::store::SavedExec {
-            id: 4,
-            base64: false,
+    let saved = SavedState {
+        running_exec: Some(SavedExec {
+            exec: ExecId(4),
+            output_encoding: OutputEncoding::Text,
         }),
         ..Default::default()
     };
     let mut session = Session::restored(
-        2,
+        SessionId(2),
         "hash".into(),
         &saved,
         SandboxKey(7),
@@ -735,7 +734,7 @@ fn bad_init_options_are_creation_errors_naming_the_key() {
         ),
     ] {
         let mut control = FakeControl::default();
-        let mut session = Session::new(1, "t".into(), snapshots.clone(), now);
+        let mut session = Session::new(SessionId(1), "t".into(), snapshots.clone(), now);
         let out = session.on_init(init, &mut control, now);
         assert_eq!(
             names(&out),
@@ -749,7 +748,7 @@ fn bad_init_options_are_creation_errors_naming_the_key() {
     }
     // Sane values keep working: huge but sane ones are capped, not refused.
     let mut control = FakeControl::default();
-    let mut session = Session::new(1, "t".into(), snapshots, now);
+    let mut session = Session::new(SessionId(1), "t".into(), snapshots, now);
     let out = session.on_init(
         r#"{"idle_timeout": 999999999, "enable_network": null, "filesystem_snapshot_name": null}"#,
         &mut control,
@@ -763,12 +762,12 @@ fn bad_init_options_are_creation_errors_naming_the_key() {
 #[test]
 fn restored_sessions_survive_absurd_saved_idle_timeouts() {
     for seconds in [1e20, -1.0, f64::MAX, 1e10] {
-        let saved = crate::store::SavedSettings {
+        let saved = SavedState {
             idle_timeout_secs: Some(seconds),
             ..Default::default()
         };
         let session = Session::restored(
-            2,
+            SessionId(2),
             "hash".into(),
             &saved,
             SandboxKey(7),
@@ -886,8 +885,8 @@ fn close_reasons_fit_in_a_close_frame() {
     let now = Instant::now();
     let mut control = FakeControl::default();
     let name = "\u{e9}".repeat(80);
-    let mut session = Session::new(1, "t".into(), settings(false), now);
-    let init = json!({ "filesystem_snapshot_name": name }).to_string();
+    let mut session = Session::new(SessionId(1), "t".into(), settings(false), now);
+    let init = serde_json::json!({ "filesystem_snapshot_name": name }).to_string();
     let out = session.on_init(&init, &mut control, now);
     assert_eq!(
         names(&out),
@@ -906,4 +905,182 @@ fn close_reasons_fit_in_a_close_frame() {
     // Two-byte characters: byte 123 falls inside the 62nd one, which goes.
     assert_eq!(close_reason(&"\u{e9}".repeat(62)), "\u{e9}".repeat(61));
     assert_eq!(close_reason(&"\u{1f600}".repeat(40)).len(), 120);
+}
+
+/// A snapshot is looked up in the store off the loop: the session waits for the answer
+/// between CREATING and the sandbox's creation.
+#[test]
+fn creating_from_a_snapshot_waits_for_the_store() {
+    let now = Instant::now();
+    let mut snapshots = settings(false);
+    snapshots.snapshot_enabled = true;
+    let mut control = FakeControl::default();
+    let mut session = Session::new(SessionId(1), "t".into(), snapshots.clone(), now);
+    let out = session.on_init(r#"{"filesystem_snapshot_name": "snap"}"#, &mut control, now);
+    assert_eq!(names(&out), ["SANDBOX_CREATING", "find snapshot snap"]);
+    assert!(
+        control.options.is_empty(),
+        "nothing acquired before the answer"
+    );
+    assert!(session.sandbox().is_none());
+    let busy = session.on_message(r#"{"language":"bash","code":"true"}"#, &mut control, now);
+    assert_eq!(message_of(&busy, 1), "the sandbox is still being created");
+    assert!(session
+        .on_snapshot_found(Ok("/snapshots/snap/image-1".into()), &mut control)
+        .is_empty());
+    assert_eq!(
+        control.options,
+        [CreateOptions {
+            snapshot_image: Some("/snapshots/snap/image-1".into()),
+            egress: false
+        }]
+    );
+    assert_eq!(session.sandbox(), Some(SandboxKey(7)));
+    let out = session.on_runtime(RuntimeEvent::Ready, &mut control);
+    assert_eq!(names(&out), ["sandbox_id", "SANDBOX_RUNNING"]);
+    assert!(
+        session
+            .on_snapshot_found(Ok("/late".into()), &mut control)
+            .is_empty(),
+        "a second answer changes nothing"
+    );
+
+    // The original clients look for "not found" in this error.
+    let mut session = Session::new(SessionId(2), "t".into(), snapshots, now);
+    session.on_init(r#"{"filesystem_snapshot_name": "gone"}"#, &mut control, now);
+    let out = session.on_snapshot_found(
+        Err("filesystem snapshot \"gone\" not found".into()),
+        &mut control,
+    );
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_CREATION_ERROR", "error", "close 4000"]
+    );
+    assert!(message_of(&out, 1).contains("not found"));
+    assert!(session.is_ended());
+
+    // A store that does not answer is not waited for forever.
+    let mut snapshots = settings(false);
+    snapshots.snapshot_enabled = true;
+    let mut session = Session::new(SessionId(3), "t".into(), snapshots, now);
+    session.on_init(r#"{"filesystem_snapshot_name": "slow"}"#, &mut control, now);
+    assert!(session
+        .on_tick(now + Duration::from_secs(30), &mut control)
+        .is_empty());
+    let out = session.on_tick(now + Duration::from_secs(31), &mut control);
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_CREATION_ERROR", "error", "close 4000"]
+    );
+    assert_eq!(
+        message_of(&out, 1),
+        "the snapshot store did not answer within 30 s; retry later"
+    );
+    assert!(session.is_ended());
+}
+
+/// A killed checkpointable sandbox's saved state goes before the client hears KILLED, so an
+/// attach after it finds nothing to restore; a store that does not answer is not waited for
+/// forever.
+#[test]
+fn killing_a_checkpointable_sandbox_removes_its_saved_state_first() {
+    let mut control = FakeControl::default();
+    let mut session = checkpointable_session(&mut control);
+    let start = Instant::now();
+    let out = session.on_message(r#"{"action":"kill_sandbox"}"#, &mut control, start);
+    assert_eq!(names(&out), ["SANDBOX_KILLING", "SANDBOX_DELETING"]);
+    let out = session.on_runtime(RuntimeEvent::Deleted, &mut control);
+    assert_eq!(names(&out), ["remove saved state"]);
+    assert!(!session.is_ended());
+    let busy = session.on_message(r#"{"action":"reconnect"}"#, &mut control, start);
+    assert_eq!(message_of(&busy, 1), "the sandbox is being deleted");
+    let out = session.on_saved_state_removed();
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_DELETED", "SANDBOX_KILLED", "close 1000"]
+    );
+    assert!(session.is_ended() && session.was_killed());
+    assert!(session.on_saved_state_removed().is_empty(), "once");
+
+    let mut session = checkpointable_session(&mut control);
+    session.on_message(r#"{"action":"kill_sandbox"}"#, &mut control, start);
+    session.on_runtime(RuntimeEvent::Deleted, &mut control);
+    let later = Instant::now() + Duration::from_secs(29);
+    assert!(session.on_tick(later, &mut control).is_empty());
+    let out = session.on_tick(later + Duration::from_secs(2), &mut control);
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_DELETED", "SANDBOX_KILLED", "close 1000"]
+    );
+    assert!(session.is_ended());
+}
+
+/// The execution state is a table of processes by process id, each with the request id
+/// that started it (issue 12 adds concurrency on top of it).
+#[test]
+fn executions_are_processes_with_the_request_that_started_them() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let now = Instant::now();
+    session.on_message(
+        r#"{"id":"7","language":"bash","code":"sleep 1"}"#,
+        &mut control,
+        now,
+    );
+    let listed = session.processes();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].process_id, ProcessId(1));
+    assert_eq!(listed[0].request, Some(RequestId::Text("7".into())));
+    assert_eq!(
+        listed[0].language,
+        Some(crate::agent_protocol::Language::Bash)
+    );
+    assert!(listed[0].running);
+    // Protocol 1: the id is not echoed.
+    let out = session.on_runtime(RuntimeEvent::ExecStarted(ExecId(1)), &mut control);
+    assert_eq!(
+        out,
+        [Out::Send(ServerEvent::Status(Status::ExecutionRunning))]
+    );
+    session.on_runtime(
+        RuntimeEvent::ExecFinished(ExecId(1), outcome(0)),
+        &mut control,
+    );
+    assert!(session.processes().is_empty(), "ended and delivered");
+    session.on_message(r#"{"language":"bash","code":"true"}"#, &mut control, now);
+    let listed = session.processes();
+    assert_eq!(
+        listed[0].process_id,
+        ProcessId(2),
+        "process ids are not reused"
+    );
+    assert_eq!(listed[0].request, None);
+}
+
+#[test]
+fn a_restored_session_hands_its_running_execution_to_the_runtime() {
+    let saved = SavedState {
+        running_exec: Some(SavedExec {
+            exec: ExecId(4),
+            output_encoding: OutputEncoding::Base64,
+        }),
+        ..Default::default()
+    };
+    let mut control = FakeControl::default();
+    let mut session = Session::restored(
+        SessionId(2),
+        "hash".into(),
+        &saved,
+        SandboxKey(7),
+        "id".into(),
+        settings(true),
+        Instant::now(),
+    );
+    assert_eq!(
+        session.adopted_exec(),
+        Some((ExecId(4), Duration::from_secs(60)))
+    );
+    assert_eq!(session.saved_state(), saved, "saved again as it was");
+    session.on_runtime(RuntimeEvent::Ready, &mut control);
+    assert_eq!(session.adopted_exec(), None, "adopted once, at the restore");
 }

@@ -32,8 +32,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Old path of [`crate::ids::sha256_hex`], kept until every caller uses the new one.
-pub use crate::ids::sha256_hex;
 use crate::ids::{hex, random_hex};
 
 pub const MANIFEST: &str = "current.json";
@@ -291,12 +289,6 @@ pub fn verify(base: &Path, manifest: &Manifest) -> Result<PathBuf, StoreError> {
     Ok(dir)
 }
 
-/// Old path of [`crate::ids::validate_snapshot_name`] (with the error as text), kept until
-/// every caller uses the new one.
-pub fn validate_snapshot_name(name: &str) -> Result<(), String> {
-    crate::ids::validate_snapshot_name(name).map_err(|error| error.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,7 +307,7 @@ mod tests {
         let manifest = publish(
             &base,
             &first,
-            Some(sha256_hex(b"token")),
+            Some(crate::ids::sha256_hex(b"token")),
             SavedSettings::default(),
             "stamp",
         )

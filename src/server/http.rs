@@ -1,0 +1,384 @@
+//! HTTP connections in the event loop: accepting, reading requests, dispatching each parsed
+//! [`ApiRequest`] to what carries it out, writing answers, and the connection deadlines.
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use mio::Interest;
+
+use super::api::{self, ApiError, ApiRequest, ExecuteRequest, Parsed, Response};
+use super::connection::{
+    Connection, ConnectionId, Phase, ReadOutcome, OUT_HIGH_WATER, OUT_LOW_WATER,
+};
+use super::execute::ExecuteJob;
+use super::Server;
+use crate::http::request::{HttpError, Progress, Request};
+use crate::io_token::{token, Tag};
+use crate::metrics::Gauges;
+use crate::runtime::{Owner, RuntimeEvent, SandboxKey};
+
+impl Server {
+    pub(super) fn accept(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            let (mut stream, _) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    // EMFILE and friends: keep serving the connections we have.
+                    eprintln!("server: accept failed: {error}");
+                    return;
+                }
+            };
+            if self.connections.len() >= self.config.http.max_connections {
+                let refusal = ApiError::Unavailable("too many connections; retry shortly".into());
+                let _ = stream.write(&refusal.response().encode(false, false));
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let id = self.connections.new_id();
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, token(Tag::Connection, id.0), interest)
+                .is_err()
+            {
+                continue;
+            }
+            self.connections.add(id, stream);
+        }
+    }
+
+    pub(super) fn connection_ready(&mut self, id: ConnectionId, readable: bool, writable: bool) {
+        if self.connections.websockets.contains_key(&id) {
+            return self.websocket_ready(id, readable, writable);
+        }
+        if readable {
+            let Some(connection) = self.connections.http.get_mut(&id) else {
+                return;
+            };
+            match connection.read_available() {
+                Ok(ReadOutcome::Open) => {}
+                Ok(ReadOutcome::Closed) => {
+                    // A client gone mid-execution: its sandbox is killed and deleted.
+                    if let Some(job) = connection.job() {
+                        eprintln!(
+                            "server: client of sandbox key {} disconnected; deleting it",
+                            job.sandbox
+                        );
+                        self.runtime.delete(job.sandbox);
+                    }
+                    self.close(id);
+                    return;
+                }
+                Err(error) => return self.refuse_request(id, ApiError::Http(error)),
+            }
+            self.process_requests(id);
+        }
+        if writable {
+            self.flush(id);
+        }
+    }
+
+    /// Answer a request that cannot be served and close: after a parse error the stream is
+    /// out of sync, and a running execution's sandbox goes.
+    fn refuse_request(&mut self, id: ConnectionId, error: ApiError) {
+        if let Some(job) = self.connections.http.get(&id).and_then(Connection::job) {
+            self.runtime.delete(job.sandbox);
+        }
+        self.respond(id, &error.response(), false, false);
+        self.flush(id);
+    }
+
+    /// Handle complete requests while the connection is free to take one.
+    pub(super) fn process_requests(&mut self, id: ConnectionId) {
+        loop {
+            let Some(connection) = self.connections.http.get_mut(&id) else {
+                return;
+            };
+            if !matches!(connection.phase, Phase::Reading) || self.shutdown_deadline.is_some() {
+                return;
+            }
+            match connection.parser.poll() {
+                Ok(Progress::NeedMore) => {
+                    if connection.parser.is_idle() {
+                        connection.request_started = None;
+                    }
+                    return;
+                }
+                Ok(Progress::SendContinue) => connection
+                    .out
+                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                Ok(Progress::Done(request)) => {
+                    connection.request_started = None;
+                    self.route(id, request);
+                }
+                Err(error) => return self.refuse_request(id, ApiError::Http(error)),
+            }
+            self.flush(id);
+        }
+    }
+
+    /// Queue `response`; the connection closes after it unless it stays alive.
+    pub(super) fn respond(
+        &mut self,
+        id: ConnectionId,
+        response: &Response,
+        keep_alive: bool,
+        head_only: bool,
+    ) {
+        *self
+            .metrics
+            .http_responses
+            .entry(response.status())
+            .or_default() += 1;
+        let Some(connection) = self.connections.http.get_mut(&id) else {
+            return;
+        };
+        connection
+            .out
+            .extend_from_slice(&response.encode(keep_alive, head_only));
+        if !keep_alive || response.closes() {
+            connection.phase = Phase::Closing;
+        }
+    }
+
+    fn route(&mut self, id: ConnectionId, request: Request) {
+        crate::guard::test_panic_point(request.target.as_bytes());
+        let parsed = match api::parse(&request, &self.exec_limits()) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                let keep_alive = request.keep_alive();
+                return self.respond(id, &error.response(), keep_alive, false);
+            }
+        };
+        let Parsed {
+            request,
+            keep_alive,
+            head_only,
+        } = parsed;
+        let answer = match request {
+            ApiRequest::Status => Ok(api::status_response()),
+            ApiRequest::Ready => Ok(api::ready_response(self.runtime.cannot_create())),
+            ApiRequest::Metrics => Ok(Response::new(
+                200,
+                "text/plain; version=0.0.4",
+                self.metrics_text().into_bytes(),
+            )),
+            ApiRequest::ListSnapshots => {
+                return self
+                    .wait_for_store(id, keep_alive, |persistence| persistence.list_snapshots(id))
+            }
+            ApiRequest::DeleteSnapshot(name) => {
+                return self.wait_for_store(id, keep_alive, |persistence| {
+                    persistence.delete_snapshot(id, &name)
+                })
+            }
+            ApiRequest::Execute(execute) => return self.start_execute(id, execute, keep_alive),
+            ApiRequest::Upgrade { key, target } => return self.upgrade(id, &key, target),
+        };
+        let response = answer.unwrap_or_else(|error: ApiError| error.response());
+        self.respond(id, &response, keep_alive, head_only);
+    }
+
+    /// Start work on the store whose answer completes the request (see `answer_waiting`).
+    fn wait_for_store(
+        &mut self,
+        id: ConnectionId,
+        keep_alive: bool,
+        start: impl FnOnce(&mut super::persistence::Persistence) -> Result<(), ApiError>,
+    ) {
+        match start(&mut self.persistence) {
+            Ok(()) => {
+                if let Some(connection) = self.connections.http.get_mut(&id) {
+                    connection.phase = Phase::Waiting {
+                        since: Instant::now(),
+                        keep_alive,
+                    };
+                }
+            }
+            Err(error) => self.respond(id, &error.response(), keep_alive, false),
+        }
+    }
+
+    fn start_execute(&mut self, id: ConnectionId, request: ExecuteRequest, keep_alive: bool) {
+        match self.runtime.acquire(Owner::Http(id.0)) {
+            Ok(sandbox) => {
+                let sandbox_id = self
+                    .runtime
+                    .sandbox_id(sandbox)
+                    .map(|id| id.to_string())
+                    .unwrap_or_default();
+                if let Some(connection) = self.connections.http.get_mut(&id) {
+                    connection.phase = Phase::Executing(Box::new(ExecuteJob::new(
+                        sandbox, sandbox_id, request, keep_alive,
+                    )));
+                }
+            }
+            Err(error) => self.respond(id, &ApiError::from(error).response(), keep_alive, false),
+        }
+    }
+
+    /// A runtime notice for the sandbox of a `/execute` request.
+    pub(super) fn execute_event(
+        &mut self,
+        id: ConnectionId,
+        sandbox: SandboxKey,
+        event: RuntimeEvent,
+    ) {
+        let Some(connection) = self.connections.http.get_mut(&id) else {
+            // The client is gone; make sure its sandbox goes too.
+            self.runtime.delete(sandbox);
+            return;
+        };
+        let Phase::Executing(job) = &mut connection.phase else {
+            return;
+        };
+        if job.sandbox != sandbox {
+            return;
+        }
+        let mut step = job.on_event(event);
+        if let Some(spec) = step.start.take() {
+            match self.runtime.start_exec(sandbox, spec) {
+                Ok(exec) => {
+                    job.set_running(exec);
+                    // /execute has no stdin: the code gets EOF at once.
+                    let _ = self.runtime.close_stdin(sandbox, exec);
+                }
+                Err(error) => step = job.fail(&format!("cannot run the code: {error}")),
+            }
+        }
+        connection.out.extend_from_slice(&step.bytes);
+        if let Some(finished) = step.finished {
+            let elapsed = job.started.elapsed().as_secs_f64();
+            let keep_alive = job.keep_alive() && !connection.peer_closed;
+            connection.phase = if keep_alive {
+                Phase::Reading
+            } else {
+                Phase::Closing
+            };
+            connection.output_paused = false;
+            self.runtime.delete(sandbox);
+            *self.metrics.executions.entry(finished.result).or_default() += 1;
+            *self
+                .metrics
+                .http_responses
+                .entry(finished.status)
+                .or_default() += 1;
+            self.metrics.execute_seconds.observe(elapsed);
+            self.flush(id);
+            self.process_requests(id);
+            return;
+        }
+        if connection.out.len() > OUT_HIGH_WATER && !connection.output_paused {
+            connection.output_paused = true;
+            self.runtime.set_output_paused(sandbox, true);
+        }
+        self.flush(id);
+    }
+
+    pub(super) fn flush(&mut self, id: ConnectionId) {
+        let Some(connection) = self.connections.http.get_mut(&id) else {
+            return;
+        };
+        if !connection.flush() {
+            if let Some(job) = connection.job() {
+                self.runtime.delete(job.sandbox);
+            }
+            self.close(id);
+            return;
+        }
+        if connection.output_paused && connection.out.len() < OUT_LOW_WATER {
+            connection.output_paused = false;
+            if let Some(job) = connection.job() {
+                self.runtime.set_output_paused(job.sandbox, false);
+            }
+        }
+        let finished = match connection.phase {
+            Phase::Closing => true,
+            // Shutting down: a connection without a running request takes no new one, so it
+            // closes once its last response is out (it must not hold the shutdown up).
+            Phase::Reading => self.shutdown_deadline.is_some(),
+            Phase::Executing(_) | Phase::Waiting { .. } => false,
+        };
+        if finished && connection.out.is_empty() {
+            self.close(id);
+        }
+    }
+
+    pub(super) fn close(&mut self, id: ConnectionId) {
+        if let Some(mut connection) = self.connections.http.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut connection.stream);
+        }
+    }
+
+    /// Enforce the connection deadlines: slow requests, idle keep-alives, stalled readers,
+    /// a store that does not answer.
+    pub(super) fn sweep_connections(&mut self, now: Instant) {
+        let http = &self.config.http;
+        let store_timeout = self.config.create_timeout;
+        let mut expired = Vec::new();
+        for (id, connection) in &self.connections.http {
+            let reading = matches!(connection.phase, Phase::Reading);
+            let slow_request = reading
+                && connection
+                    .request_started
+                    .is_some_and(|start| now.duration_since(start) > http.request_timeout);
+            let idle = reading
+                && connection.request_started.is_none()
+                && connection.out.is_empty()
+                && now.duration_since(connection.last_activity) > http.keepalive_timeout;
+            let stalled = !connection.out.is_empty()
+                && now.duration_since(connection.last_write_progress) > http.write_timeout;
+            let store_late = matches!(connection.phase, Phase::Waiting { since, .. }
+                if now.duration_since(since) > store_timeout);
+            if slow_request {
+                let error = HttpError::new(408, "the request did not arrive in time");
+                expired.push((*id, Some(ApiError::Http(error))));
+            } else if store_late {
+                let message = format!(
+                    "the snapshot store did not answer within {} s; retry later",
+                    store_timeout.as_secs()
+                );
+                expired.push((*id, Some(ApiError::Unavailable(message))));
+            } else if idle || stalled {
+                expired.push((*id, None));
+            }
+        }
+        for (id, error) in expired {
+            match error {
+                Some(error) => self.refuse_request(id, error),
+                None => {
+                    if let Some(job) = self.connections.http.get(&id).and_then(Connection::job) {
+                        self.runtime.delete(job.sandbox);
+                    }
+                    self.close(id);
+                }
+            }
+        }
+    }
+
+    fn metrics_text(&mut self) -> String {
+        for seconds in self.runtime.take_start_seconds() {
+            self.metrics.sandbox_start_seconds.observe(seconds);
+        }
+        let stats = self.runtime.stats();
+        self.metrics.render(&Gauges {
+            live_sandboxes: self.runtime.live_sandboxes(),
+            pool_ready: self.runtime.pool_ready(),
+            snapshot_pool_ready: self.runtime.snapshot_pool_ready(),
+            snapshot_pools: self.runtime.snapshot_pools(),
+            waiting_for_slot: self.runtime.waiting_for_slot(),
+            pool_evictions: stats.pool_evictions,
+            connections: self.connections.http.len(),
+            sessions: self.sessions.len(),
+            websockets: self.connections.websockets.len(),
+            sandboxes_created: stats.created,
+            sandbox_start_failures: stats.start_failures,
+            sandboxes_lost: stats.lost,
+        })
+    }
+}
