@@ -397,6 +397,18 @@ mod tests {
             start(ID, &Ok("t".into()), live(true, false), true),
             Start::Join(SessionId(3))
         ));
+        // Being handed off to another instance: in use (it is neither gone nor joinable).
+        let moving = LiveSandbox {
+            session: SessionId(3),
+            token_sha256: &hash,
+            running: false,
+            attached: false,
+            moving: true,
+        };
+        assert_eq!(
+            refused(start(ID, &Ok("t".into()), Some(moving), true)),
+            ["SANDBOX_IN_USE", "error", "close 1011"]
+        );
     }
 
     #[test]
