@@ -379,6 +379,13 @@ impl Server {
             return;
         }
         let ready = matches!(event, RuntimeEvent::Ready);
+        if let RuntimeEvent::ExecFinished(_, outcome) = &event {
+            *self
+                .metrics
+                .session_executions
+                .entry(outcome.reason.as_str())
+                .or_default() += 1;
+        }
         let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };

@@ -26,13 +26,15 @@ function sum(table) {
 
 /** The rows the panel shows: [label, value, what it means]. */
 export function summarize(samples) {
-  const executions = samples.sandbox_executions_total;
-  const byReason =
-    typeof executions === 'object'
-      ? Object.entries(executions)
-          .map(([reason, count]) => `${reason} ${count}`)
-          .join(', ')
-      : '';
+  // POST /execute and sessions' executions together, by how they ended.
+  const executions = {};
+  for (const table of [samples.sandbox_executions_total, samples.sandbox_session_executions_total]) {
+    if (typeof table !== 'object') continue;
+    for (const [reason, count] of Object.entries(table)) executions[reason] = (executions[reason] ?? 0) + count;
+  }
+  const byReason = Object.entries(executions)
+    .map(([reason, count]) => `${reason} ${count}`)
+    .join(', ');
   return [
     ['live sandboxes', samples.sandbox_live, 'running sandboxes, pooled ones included'],
     ['ready in pool', samples.sandbox_pool_ready, 'started and waiting for a request'],
