@@ -310,7 +310,9 @@ mod tests {
             ..Request::default()
         };
         request.headers.push(("upgrade".into(), "websocket".into()));
-        request.headers.push(("connection".into(), "Upgrade".into()));
+        request
+            .headers
+            .push(("connection".into(), "Upgrade".into()));
         for value in protocols {
             request
                 .headers
@@ -328,19 +330,29 @@ mod tests {
             &["api-key.czNjcmV0L2tleSsx", "cloud-run-sandbox"],
             &["api-key.czNjcmV0L2tleSsx"],
         ] {
-            assert!(keys.check(&upgrade_offering(accepted)).is_ok(), "{accepted:?}");
+            assert!(
+                keys.check(&upgrade_offering(accepted)).is_ok(),
+                "{accepted:?}"
+            );
         }
         for (refused, expected) in [
             (&["cloud-run-sandbox"][..], "missing api key"),
             (&["cloud-run-sandbox, api-key.d3Jvbmc"], "not valid"),
-            (&["api-key.czNjcmV0L2tleSsx, api-key.czNjcmV0L2tleSsx"], "more than one"),
+            (
+                &["api-key.czNjcmV0L2tleSsx, api-key.czNjcmV0L2tleSsx"],
+                "more than one",
+            ),
             (&["api-key.czNjcmV0L2tleSsx="], "base64url"),
             (&["api-key.czNjcmV0L2tleSsx+"], "base64url"),
             (&["api-key."], "base64url"),
         ] {
             let error = keys.check(&upgrade_offering(refused)).unwrap_err();
             assert_eq!(error.status, 401);
-            assert!(error.message.contains(expected), "{refused:?}: {}", error.message);
+            assert!(
+                error.message.contains(expected),
+                "{refused:?}: {}",
+                error.message
+            );
             assert!(!error.message.contains("czNj"), "{}", error.message);
         }
         // Not an upgrade: the subprotocol header means nothing there.
@@ -349,7 +361,8 @@ mod tests {
         assert!(keys.check(&plain).is_err());
         // The Authorization header, when present, is what counts.
         let mut both = upgrade_offering(&["api-key.czNjcmV0L2tleSsx"]);
-        both.headers.push(("authorization".into(), "Bearer wrong".into()));
+        both.headers
+            .push(("authorization".into(), "Bearer wrong".into()));
         assert!(keys.check(&both).is_err());
     }
 
@@ -358,7 +371,10 @@ mod tests {
         assert_eq!(base64url_decode("QQ").as_deref(), Some(&b"A"[..]));
         assert_eq!(base64url_decode("QUI").as_deref(), Some(&b"AB"[..]));
         assert_eq!(base64url_decode("QUJD").as_deref(), Some(&b"ABC"[..]));
-        assert_eq!(base64url_decode("-_-_").as_deref(), Some(&[0xfb, 0xff, 0xbf][..]));
+        assert_eq!(
+            base64url_decode("-_-_").as_deref(),
+            Some(&[0xfb, 0xff, 0xbf][..])
+        );
         for bad in ["", "Q", "QR", "QUJ", "QUJD=", "QU+D", "QU/D", "QUJDR"] {
             assert_eq!(base64url_decode(bad), None, "{bad}");
         }

@@ -110,7 +110,10 @@ mod tests {
             );
             assert!(answer.contains("X-Content-Type-Options: nosniff\r\n"));
         }
-        assert_eq!(response("/playground/nope.js", true).unwrap_err().status(), 404);
+        assert_eq!(
+            response("/playground/nope.js", true).unwrap_err().status(),
+            404
+        );
         assert_eq!(response("/", false).unwrap_err().status(), 404);
         assert_eq!(
             response("/playground/app.js", false).unwrap_err().status(),
@@ -140,13 +143,23 @@ mod tests {
             .into_iter()
             .chain(ASSETS.iter().map(|asset| asset.body))
         {
-            assert!(!file.contains("http://"), "absolute URL in a playground file");
-            assert!(!file.contains("https://"), "absolute URL in a playground file");
+            assert!(
+                !file.contains("http://"),
+                "absolute URL in a playground file"
+            );
+            assert!(
+                !file.contains("https://"),
+                "absolute URL in a playground file"
+            );
             assert!(!file.contains("innerHTML"), "HTML built from strings");
         }
         // Modules import one another by the paths served above.
         for asset in &ASSETS {
-            for line in asset.body.lines().filter(|line| line.starts_with("import ")) {
+            for line in asset
+                .body
+                .lines()
+                .filter(|line| line.starts_with("import "))
+            {
                 let from = line.split('\'').nth(1).unwrap();
                 let path = format!("/playground/{}", from.trim_start_matches("./"));
                 assert!(

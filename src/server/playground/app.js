@@ -236,6 +236,8 @@ function describe(run) {
       return run.processId === null ? 'running' : `running · process ${run.processId}`;
     case 'failed':
       return `failed: ${run.error}`;
+    case 'detached':
+      return 'detached: the connection closed while it ran (attach to follow it)';
     default: {
       const { exitCode, reason, durationMs } = run.done;
       const parts = [`exit ${exitCode ?? '?'}`];

@@ -40,7 +40,8 @@ const DEFAULT_STDIN_WINDOW = 1024 * 1024;
 
 /**
  * One process of the sandbox as this page knows it: started here (`code` set) or found on
- * attach (`code` null). `state`: starting, running, done, failed.
+ * attach (`code` null). `state`: starting, running, done, failed (refused), detached (the
+ * connection closed while it ran).
  */
 export class Run {
   constructor(number, requestId, language, code) {
@@ -330,9 +331,9 @@ export class Session {
     this.closed = true;
     for (const { reject } of this.pending.values()) reject(new Error('the connection closed'));
     this.pending.clear();
+    // Processes outlive connections (and checkpoints): attach again to follow them.
     for (const run of this.runs.filter((candidate) => candidate.active)) {
-      run.state = 'failed';
-      run.error = 'the connection closed while it ran';
+      run.state = 'detached';
       this.events.run(run);
     }
     this.events.closed(code, reason);
