@@ -223,6 +223,25 @@ test('attach: reconnect, then (protocol 2) follow the processes still running', 
   assert.equal(session.runs.length, 1, 'the ended process is not followed');
 });
 
+test('protocol 2: an earlier connection\'s process with the same request id stays apart', () => {
+  const { session, socket, seen } = running(2);
+  // Replayed after an attach: process 9, started by another connection with request id "1".
+  socket.serve({ event: 'stdout', id: '1', process_id: 9, data: 'old\n' });
+  const mine = session.exec('echo new', 'bash');
+  assert.equal(mine.requestId, '1');
+  socket.serve(
+    status('SANDBOX_EXECUTION_RUNNING', { id: '1', process_id: 10 }),
+    { event: 'stdout', id: '1', process_id: 9, data: 'old again\n' },
+    { event: 'stdout', id: '1', process_id: 10, data: 'new\n' },
+  );
+  assert.deepEqual(seen.output, [
+    [1, 'stdout', 'old\n'],
+    [1, 'stdout', 'old again\n'],
+    [2, 'stdout', 'new\n'],
+  ]);
+  assert.equal(mine.processId, 10);
+});
+
 test('attach on protocol 1: the replayed foreground execution is shown', () => {
   const output = [];
   const events = {

@@ -7,12 +7,18 @@
 //   SANDBOX_TEST_URL               plain server
 //   SANDBOX_TEST_PERSISTENT_URL    with CHECKPOINT_AND_RESTORE_PATH and FILESYSTEM_SNAPSHOT_PATH
 //   SANDBOX_TEST_AUTH_URL          with SANDBOX_API_KEYS, one of which is SANDBOX_TEST_API_KEY
+// Until the server speaks protocol 2, the page's protocol-2 side runs against the clients'
+// stand-in server (clients/python/tests/protocol2_fake.py, with the Python of $PYTHON or of
+// clients/python/.venv): the page comes from SANDBOX_TEST_URL and its WebSockets are bridged
+// to the stand-in (Node's WebSocket: run with --experimental-websocket on Node 20).
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -78,14 +84,15 @@ async function createSandbox(page, options = {}) {
   await page.waitForSelector('body[data-sandbox="running"]', WAIT);
 }
 
-/** Type `code` in the editor and run it; the run's element (the newest). */
+/** Type `code` in the editor and run it; the run's element (by its number: newer ones go on top). */
 async function startRun(page, language, code) {
   const before = await page.locator('#runs > li').count();
   await page.selectOption('#language', language);
   await page.fill('#editor', code);
   await page.click('#run');
   await page.waitForFunction((count) => document.querySelectorAll('#runs > li').length > count, before, WAIT);
-  return page.locator('#runs > li').first();
+  const number = await page.locator('#runs > li').first().getAttribute('data-run');
+  return page.locator(`#runs > li[data-run="${number}"]`);
 }
 
 async function waitDone(run) {
@@ -226,6 +233,24 @@ describe('the playground', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not set'
   });
 });
 
+describe('re-attach', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not set' }, () => {
+  test('after a disconnect the process goes on in the same element, with what it wrote meanwhile', async (t) => {
+    const { page } = await openPage(PLAIN, t);
+    await createSandbox(page);
+    const slow = await startRun(page, 'bash', 'echo before; sleep 1; echo while away; sleep 1; echo after');
+    await slow.locator('.run-output', { hasText: 'before' }).waitFor(WAIT);
+    await page.click('#disconnect');
+    await page.waitForSelector('body[data-sandbox="closed"]', WAIT);
+    assert.equal(await slow.getAttribute('data-state'), 'detached');
+    await page.click('#attach');
+    await page.waitForSelector('body[data-sandbox="running"]', WAIT);
+    const followed = await waitDone(slow);
+    assert.deepEqual([followed.output, followed.exitCode], ['before\nwhile away\nafter\n', '0']);
+    assert.equal(await page.locator('#runs > li').count(), 1);
+    await deleteSandbox(page);
+  });
+});
+
 describe('checkpoint, attach and snapshots', { skip: PERSISTENT ? false : 'SANDBOX_TEST_PERSISTENT_URL is not set' }, () => {
   test('checkpoint, attach by id and token, snapshot, create from the snapshot', async (t) => {
     const { page } = await openPage(PERSISTENT, t);
@@ -323,5 +348,88 @@ describe('API keys', { skip: AUTH && API_KEY ? false : 'SANDBOX_TEST_AUTH_URL / 
     await page.click('#create');
     await page.waitForSelector('body[data-sandbox="closed"]', WAIT);
     assert.match(await page.textContent('#sandbox-state'), /API key/);
+  });
+});
+
+const PYTHON = process.env.PYTHON ?? join(import.meta.dirname, '..', '..', 'clients', 'python', '.venv', 'bin', 'python');
+const STAND_IN = join(import.meta.dirname, '..', '..', 'clients', 'python', 'tests', 'protocol2_fake.py');
+
+function standInSkip() {
+  if (!PLAIN) return 'SANDBOX_TEST_URL is not set (the page is loaded from it)';
+  if (typeof WebSocket === 'undefined') return "Node has no WebSocket (run node with --experimental-websocket)";
+  if (!existsSync(PYTHON) || spawnSync(PYTHON, ['-c', 'import websockets']).status !== 0) {
+    return `no Python with websockets at ${PYTHON} (set $PYTHON, or run clients/python/run-tests.sh first)`;
+  }
+  return false;
+}
+
+/** Every WebSocket the page opens goes to `url` instead, frame for frame, closes included. */
+async function bridgeWebSockets(page, url) {
+  await page.routeWebSocket(/\/(create|attach\/)/, (route) => {
+    const target = new URL(route.url());
+    const upstream = new WebSocket(url + target.pathname + target.search);
+    const early = [];
+    upstream.onopen = () => {
+      for (const message of early.splice(0)) upstream.send(message);
+    };
+    route.onMessage((message) => (upstream.readyState === WebSocket.OPEN ? upstream.send(message) : early.push(message)));
+    upstream.onmessage = (event) => route.send(event.data);
+    upstream.onclose = (event) => route.close({ code: event.code, reason: event.reason });
+    route.onClose(() => upstream.close());
+  });
+}
+
+describe('protocol 2 (the clients\' stand-in server)', { skip: standInSkip() }, () => {
+  let standIn;
+  let url;
+
+  before(async () => {
+    standIn = spawn(PYTHON, [STAND_IN], { stdio: ['ignore', 'pipe', 'inherit'] });
+    url = await new Promise((resolve) => createInterface({ input: standIn.stdout }).once('line', resolve));
+  });
+
+  after(() => {
+    standIn?.kill('SIGTERM');
+  });
+
+  test('processes side by side, stdin and kill by process, re-attach follows a process', async (t) => {
+    const { page } = await openPage(PLAIN, t);
+    await bridgeWebSockets(page, url);
+    await createSandbox(page);
+    assert.equal(await page.getAttribute('body', 'data-protocol'), '2');
+    assert.match(await page.textContent('#sandbox-state'), /protocol 2: processes run side by side/);
+
+    const sleeper = await startRun(page, 'bash', 'echo first; sleep 100');
+    await sleeper.locator('.run-output', { hasText: 'first' }).waitFor(WAIT);
+    const reader = await startRun(page, 'bash', 'read line; echo "got $line"');
+    await reader.locator('.run-stdin:not([hidden])').waitFor(WAIT);
+    await reader.locator('.stdin-text').fill('hello');
+    await reader.locator('.stdin-text').press('Enter');
+    const read = await waitDone(reader);
+    assert.deepEqual([read.output, read.exitCode], ['got hello\n', '0']);
+    assert.equal(await sleeper.getAttribute('data-state'), 'running', 'the first one still runs');
+    const quick = await run(page, 'bash', 'echo third');
+    assert.equal(quick.output, 'third\n');
+
+    await sleeper.locator('.run-kill').click();
+    const killed = await waitDone(sleeper);
+    assert.deepEqual([killed.reason, killed.exitCode], ['killed', '137']);
+
+    // A process outlives the connection: after a re-attach its held and later output arrive.
+    const slow = await startRun(page, 'bash', 'echo before; sleep 1; echo while away; sleep 1; echo after');
+    await slow.locator('.run-output', { hasText: 'before' }).waitFor(WAIT);
+    await page.click('#disconnect');
+    await page.waitForSelector('body[data-sandbox="closed"]', WAIT);
+    assert.equal(await slow.getAttribute('data-state'), 'detached');
+    const count = await page.locator('#runs > li').count();
+    await page.click('#attach');
+    await page.waitForSelector('body[data-sandbox="running"]', WAIT);
+    // The same element goes on: the output from before, while away and after, in order.
+    const followed = await waitDone(slow);
+    assert.equal(followed.output, 'before\nwhile away\nafter\n');
+    assert.equal(followed.exitCode, '0');
+    assert.equal(await page.locator('#runs > li').count(), count, 'no second element for it');
+    await page.screenshot({ path: join(ARTIFACTS, 'playground-protocol-2.png'), fullPage: true });
+    await deleteSandbox(page);
   });
 });

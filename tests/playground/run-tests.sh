@@ -3,9 +3,11 @@
 # Debian's headless Chromium driven by playwright-core (playground.test.mjs) against the live
 # servers named by SANDBOX_TEST_URL, SANDBOX_TEST_PERSISTENT_URL and SANDBOX_TEST_AUTH_URL /
 # SANDBOX_TEST_API_KEY (scripts/test.sh starts them; tests whose server is not set are skipped
-# and say why). Screenshots go to $PLAYGROUND_ARTIFACTS (default: a new directory under /tmp,
-# printed). Chromium comes from Debian (`chromium`, installed here when missing and root);
-# playwright-core never downloads a browser. Exits non-zero on the first failure.
+# and say why), and against the clients' protocol-2 stand-in server (with the Python of
+# $PYTHON or clients/python/.venv, which clients/python/run-tests.sh makes). Screenshots go to
+# $PLAYGROUND_ARTIFACTS (default: a new directory under /tmp, printed). Chromium comes from
+# Debian (`chromium`, installed here when missing and root); playwright-core never downloads a
+# browser. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -29,4 +31,6 @@ npm ci --no-audit --no-fund
 
 export PLAYGROUND_ARTIFACTS=${PLAYGROUND_ARTIFACTS:-$(mktemp -d /tmp/crs-playground.XXXXXX)}
 step "tests ($("$CHROMIUM" --version), artifacts in $PLAYGROUND_ARTIFACTS)"
-node --test --test-reporter=spec --test-concurrency=1 client.test.mjs playground.test.mjs
+# --experimental-websocket: Node 20's WebSocket, for the bridge to the protocol-2 stand-in.
+node --experimental-websocket --test --test-reporter=spec --test-concurrency=1 \
+  client.test.mjs playground.test.mjs

@@ -8,7 +8,9 @@ const KEY_STORAGE = 'cloud-run-sandbox.api-key';
 const $ = (id) => document.getElementById(id);
 
 let session = null;
+// Each process's element, and back: the process it shows and the session that runs it.
 const runViews = new Map();
+const viewRuns = new WeakMap();
 
 // --- the API key ---------------------------------------------------------------------------
 
@@ -97,11 +99,11 @@ const sessionEvents = {
     updateControls();
     $('editor').focus();
   },
-  run(run) {
-    showRun(run);
+  run(run, owner) {
+    showRun(run, owner);
   },
-  output(run, stream, text) {
-    const view = showRun(run);
+  output(run, stream, text, owner) {
+    const view = showRun(run, owner);
     const output = view.querySelector('.run-output');
     const last = output.lastElementChild;
     if (last && last.className === stream) {
@@ -137,7 +139,11 @@ function startSession(open) {
   // A session replaced by a newer one still reports on its own processes, but no longer
   // speaks for the page's sandbox state.
   let mine = null;
-  const events = { ...sessionEvents };
+  const events = {
+    ...sessionEvents,
+    run: (run) => sessionEvents.run(run, mine),
+    output: (run, stream, text) => sessionEvents.output(run, stream, text, mine),
+  };
   for (const name of ['status', 'sandbox', 'running', 'closed']) {
     events[name] = (...args) => {
       if (session === mine) sessionEvents[name](...args);
@@ -248,28 +254,56 @@ function describe(run) {
   }
 }
 
-function showRun(run) {
+/**
+ * A process found on attach that this page showed before it was detached: the same sandbox and
+ * process id (protocol 2), or the one detached process of that sandbox (protocol 1, whose
+ * frames may have no process id).
+ */
+function detachedView(run, owner) {
+  if (run.code !== null) return null;
+  const detached = [...document.querySelectorAll('#runs > li[data-state="detached"]')].filter(
+    (view) => view.dataset.sandbox === owner.sandboxId,
+  );
+  if (run.processId !== null) {
+    return detached.find((view) => view.dataset.processId === String(run.processId)) ?? null;
+  }
+  return detached.length === 1 ? detached[0] : null;
+}
+
+function newView(run, owner) {
+  // Numbered across the page's sessions (an attach starts a new session).
+  const number = document.querySelectorAll('#runs > li').length + 1;
+  const view = $('run-template').content.firstElementChild.cloneNode(true);
+  view.dataset.run = String(number);
+  view.dataset.sandbox = owner.sandboxId;
+  const what = run.code === null ? 'found running' : run.language;
+  view.querySelector('.run-title').textContent = `#${number} ${what}`;
+  view.querySelector('.run-code').textContent = run.code ?? '';
+  view.querySelector('.run-code').hidden = run.code === null;
+  const shown = () => viewRuns.get(view);
+  view.querySelector('.run-kill').addEventListener('click', () => act(() => shown().owner.kill(shown().run)));
+  const stdin = view.querySelector('.run-stdin');
+  stdin.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const field = stdin.querySelector('.stdin-text');
+    act(() => {
+      shown().owner.write(shown().run, `${field.value}\n`);
+      field.value = '';
+    });
+  });
+  stdin.querySelector('.stdin-eof').addEventListener('click', () => act(() => shown().owner.write(shown().run, '', true)));
+  $('runs').prepend(view);
+  return view;
+}
+
+function showRun(run, owner) {
   let view = runViews.get(run);
   if (!view) {
-    view = $('run-template').content.firstElementChild.cloneNode(true);
-    const what = run.code === null ? 'found running' : run.language;
-    view.querySelector('.run-title').textContent = `#${run.number} ${what}`;
-    view.querySelector('.run-code').textContent = run.code ?? '';
-    view.querySelector('.run-code').hidden = run.code === null;
-    view.querySelector('.run-kill').addEventListener('click', () => act(() => session.kill(run)));
-    const stdin = view.querySelector('.run-stdin');
-    stdin.addEventListener('submit', (event) => {
-      event.preventDefault();
-      const field = stdin.querySelector('.stdin-text');
-      act(() => {
-        session.write(run, `${field.value}\n`);
-        field.value = '';
-      });
-    });
-    stdin.querySelector('.stdin-eof').addEventListener('click', () => act(() => session.write(run, '', true)));
+    view = detachedView(run, owner) ?? newView(run, owner);
+    viewRuns.set(view, { run, owner });
     runViews.set(run, view);
-    $('runs').prepend(view);
   }
+  if (run.processId !== null) view.dataset.processId = String(run.processId);
   view.dataset.state = run.state;
   if (run.done) {
     view.dataset.exitCode = String(run.done.exitCode);

@@ -209,12 +209,19 @@ export class Session {
    * foreground execution (protocol 1, and the id-less replay after a reconnect).
    */
   find(frame) {
+    const processId = typeof frame.process_id === 'number' ? frame.process_id : null;
     if (frame.id !== undefined) {
-      const run = this.runs.find((candidate) => candidate.requestId === String(frame.id));
+      // Ids are unique per connection only: a process started by an earlier connection may
+      // carry an id this one uses too. Its process id tells them apart.
+      const run = this.runs.find(
+        (candidate) =>
+          candidate.requestId === String(frame.id) &&
+          (processId === null || candidate.processId === null || candidate.processId === processId),
+      );
       if (run) return run;
     }
-    if (typeof frame.process_id === 'number') {
-      const run = this.runs.find((candidate) => candidate.processId === frame.process_id);
+    if (processId !== null) {
+      const run = this.runs.find((candidate) => candidate.processId === processId);
       if (run) return run;
     }
     if (this.protocol === 2 && frame.process_id !== undefined) return null;
