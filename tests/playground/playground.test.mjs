@@ -79,6 +79,7 @@ async function openPage(base, t) {
 
 async function createSandbox(page, options = {}) {
   if (options.checkpoint) await page.check('#opt-checkpoint');
+  if (options.network) await page.check('#opt-network');
   if (options.snapshot) await page.fill('#opt-snapshot', options.snapshot);
   await page.click('#create');
   await page.waitForSelector('body[data-sandbox="running"]', WAIT);
@@ -207,13 +208,19 @@ describe('the playground', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not set'
     assert.ok(executions >= 7, `executions: ${executions}`);
     await page.screenshot({ path: join(ARTIFACTS, 'playground.png'), fullPage: true });
 
+    // Created without the network option: only the loopback interface.
+    const interfaces = await run(page, 'bash', "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '");
+    assert.equal(interfaces.output, 'lo\n', 'no network unless asked for');
     await deleteSandbox(page);
     assert.match(await logText(page), /SANDBOX_KILLED/);
   });
 
-  test('two runs at once: side by side on protocol 2, refused by the page on protocol 1', async (t) => {
+  test('with network; two runs at once: side by side on protocol 2, refused by the page on protocol 1', async (t) => {
     const { page } = await openPage(PLAIN, t);
-    await createSandbox(page);
+    await createSandbox(page, { network: true });
+    // A sandbox without network has only the loopback interface.
+    const interfaces = await run(page, 'bash', "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort");
+    assert.equal(interfaces.output, 'eth0\nlo\n');
     const protocol = await page.getAttribute('body', 'data-protocol');
     const sleeper = await startRun(page, 'bash', 'echo first; sleep 100');
     await sleeper.locator('.run-output', { hasText: 'first' }).waitFor(WAIT);
