@@ -240,6 +240,20 @@ describe('the playground', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not set'
   });
 });
 
+describe('bounds', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not set' }, () => {
+  test('a flood of output keeps the newest 200000 characters of a process', async (t) => {
+    const { page } = await openPage(PLAIN, t);
+    await createSandbox(page);
+    // 2000 lines of 207 characters: 414000 in all.
+    const flood = await run(page, 'python', 'for i in range(2000):\n    print(f"{i:06d}" + "x" * 200)');
+    assert.equal(flood.exitCode, '0');
+    assert.equal(flood.output.length, 200_000);
+    assert.ok(flood.output.endsWith(`001999${'x'.repeat(200)}\n`));
+    assert.ok(!flood.output.includes('000000'), 'the oldest lines were dropped');
+    await deleteSandbox(page);
+  });
+});
+
 describe('re-attach', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not set' }, () => {
   test('after a disconnect the process goes on in the same element, with what it wrote meanwhile', async (t) => {
     const { page } = await openPage(PLAIN, t);

@@ -11,6 +11,7 @@ let session = null;
 // Each process's element, and back: the process it shows and the session that runs it.
 const runViews = new Map();
 const viewRuns = new WeakMap();
+let viewCount = 0;
 
 // --- the API key ---------------------------------------------------------------------------
 
@@ -103,18 +104,7 @@ const sessionEvents = {
     showRun(run, owner);
   },
   output(run, stream, text, owner) {
-    const view = showRun(run, owner);
-    const output = view.querySelector('.run-output');
-    const last = output.lastElementChild;
-    if (last && last.className === stream) {
-      last.append(text);
-    } else {
-      const span = document.createElement('span');
-      span.className = stream;
-      span.textContent = text;
-      output.append(span);
-    }
-    trimOutput(output);
+    appendOutput(showRun(run, owner).querySelector('.run-output'), stream, text);
   },
   error(message) {
     log(message, 'error');
@@ -217,20 +207,46 @@ async function loadSnapshots() {
 
 // --- code and processes --------------------------------------------------------------------
 
+// Bounds that keep the page responsive under a flood of output or a long session: the newest
+// text of each process, the newest processes.
 const MAX_OUTPUT_CHARS = 200_000;
+const MAX_RUN_VIEWS = 50;
+const outputLengths = new WeakMap();
 
-/** Keep the page responsive under a flood of output: drop the oldest text past the bound. */
-function trimOutput(output) {
-  let excess = output.textContent.length - MAX_OUTPUT_CHARS;
-  while (excess > 0 && output.firstElementChild) {
+/** Append `text` of `stream` to a process's output, dropping its oldest text past the bound. */
+function appendOutput(output, stream, text) {
+  const last = output.lastElementChild;
+  if (last && last.className === stream) {
+    last.append(text);
+  } else {
+    const span = document.createElement('span');
+    span.className = stream;
+    span.textContent = text;
+    output.append(span);
+  }
+  let length = (outputLengths.get(output) ?? 0) + text.length;
+  while (length > MAX_OUTPUT_CHARS && output.firstElementChild) {
     const first = output.firstElementChild;
+    const excess = length - MAX_OUTPUT_CHARS;
     if (first.textContent.length <= excess) {
-      excess -= first.textContent.length;
+      length -= first.textContent.length;
       first.remove();
     } else {
       first.textContent = first.textContent.slice(excess);
-      excess = 0;
+      length -= excess;
     }
+  }
+  outputLengths.set(output, length);
+}
+
+/** Forget the oldest processes that have ended, past the bound. */
+function dropOldViews() {
+  const views = [...document.querySelectorAll('#runs > li')];
+  for (const view of views.slice(MAX_RUN_VIEWS).reverse()) {
+    const shown = viewRuns.get(view);
+    if (shown && shown.run.active) continue;
+    if (shown) runViews.delete(shown.run);
+    view.remove();
   }
 }
 
@@ -272,7 +288,7 @@ function detachedView(run, owner) {
 
 function newView(run, owner) {
   // Numbered across the page's sessions (an attach starts a new session).
-  const number = document.querySelectorAll('#runs > li').length + 1;
+  const number = ++viewCount;
   const view = $('run-template').content.firstElementChild.cloneNode(true);
   view.dataset.run = String(number);
   view.dataset.sandbox = owner.sandboxId;
@@ -293,6 +309,7 @@ function newView(run, owner) {
   });
   stdin.querySelector('.stdin-eof').addEventListener('click', () => act(() => shown().owner.write(shown().run, '', true)));
   $('runs').prepend(view);
+  dropOldViews();
   return view;
 }
 
