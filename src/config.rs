@@ -77,6 +77,9 @@ pub struct Config {
     /// when either is set, every request but the health probes needs
     /// `Authorization: Bearer <key>`. `None`: no key is asked for.
     pub api_keys: Option<ApiKeys>,
+    /// `SANDBOX_PLAYGROUND`: `on` (default) serves the browser playground at `/` and
+    /// `/playground`; `off` answers 404 there.
+    pub playground: bool,
 }
 
 /// Limits applied to sandboxes and executions.
@@ -260,16 +263,9 @@ impl Config {
             wheelhouse: env.optional_path("SANDBOX_WHEELHOUSE"),
             ca_bundle: env.optional_path("SANDBOX_CA_BUNDLE"),
             api_keys: api_keys(&env)?,
+            playground: env.on_off("SANDBOX_PLAYGROUND", true)?,
             egress: EgressConfig {
-                enabled: match env.string("SANDBOX_EGRESS", "on").as_str() {
-                    "on" => true,
-                    "off" => false,
-                    other => {
-                        return Err(ConfigError(format!(
-                            "SANDBOX_EGRESS must be on or off, got {other:?}"
-                        )))
-                    }
-                },
+                enabled: env.on_off("SANDBOX_EGRESS", true)?,
                 allow: crate::egress_policy::parse_policy(&env.string(
                     "SANDBOX_EGRESS_ALLOW",
                     "pypi.org:443,files.pythonhosted.org:443",
@@ -331,6 +327,18 @@ impl Env<'_> {
 
     fn string(&self, name: &str, default: &str) -> String {
         self.raw(name).unwrap_or_else(|| default.to_string())
+    }
+
+    /// A switch: `on` or `off`, nothing else.
+    fn on_off(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(name).as_deref() {
+            None => Ok(default),
+            Some("on") => Ok(true),
+            Some("off") => Ok(false),
+            Some(other) => Err(ConfigError(format!(
+                "{name} must be on or off, got {other:?}"
+            ))),
+        }
     }
 
     fn path(&self, name: &str, default: &str) -> PathBuf {
@@ -407,6 +415,8 @@ mod tests {
         );
         assert_eq!(defaults.handoff_poll, Duration::from_millis(500));
         assert!(defaults.handoff_timeout > defaults.lease_ttl);
+        assert!(defaults.playground);
+        assert!(!config(&[("SANDBOX_PLAYGROUND", "off")]).unwrap().playground);
     }
 
     #[test]
@@ -429,6 +439,10 @@ mod tests {
             assert!(error.0.contains(name), "{}", error.0);
         }
         assert!(config(&[("SANDBOX_READY_START_FAILURES", "4294967296")]).is_err());
+        for name in ["SANDBOX_PLAYGROUND", "SANDBOX_EGRESS"] {
+            let error = config(&[(name, "false")]).unwrap_err();
+            assert_eq!(error.0, format!("{name} must be on or off, got \"false\""));
+        }
         assert!(config(&[("SANDBOX_CPUS", "-1")]).is_err());
         let error = config(&[
             ("SANDBOX_EXEC_TIMEOUT_SECS", "100"),

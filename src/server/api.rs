@@ -33,7 +33,15 @@ pub enum ApiRequest {
     /// `POST /execute`.
     Execute(ExecuteRequest),
     /// A WebSocket upgrade of `/create` or `/attach/{id}`, its handshake checked.
-    Upgrade { key: String, target: Upgrade },
+    Upgrade {
+        key: String,
+        target: Upgrade,
+        /// The subprotocol to select: [`SUBPROTOCOL`] when the client offered it.
+        subprotocol: Option<&'static str>,
+    },
+    /// `GET|HEAD` of the playground: `/`, `/playground` or a file under `/playground/` (served
+    /// only when `SANDBOX_PLAYGROUND` is on).
+    Playground(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,17 +89,24 @@ pub struct Parsed {
 }
 
 /// Paths that exist, for telling 405 from 404.
-const KNOWN_PATHS: [&str; 6] = [
+const KNOWN_PATHS: [&str; 8] = [
     "/status",
     "/readyz",
     "/metrics",
     "/execute",
     "/snapshots",
     "/sandboxes",
+    "/",
+    "/playground",
 ];
 
 /// The only WebSocket version there is (RFC 6455); older drafts are refused.
 pub const WEBSOCKET_VERSION: &str = "13";
+
+/// The WebSocket subprotocol the server selects when a client offers it. A browser that offers
+/// subprotocols (the playground does, to carry its API key as `api-key.<base64url>`) fails the
+/// connection unless the server selects one of them, and the key itself is never echoed.
+pub const SUBPROTOCOL: &str = "cloud-run-sandbox";
 
 pub fn parse(request: &Request, limits: &ExecLimits) -> Result<Parsed, ApiError> {
     let method = request.method.as_str();
@@ -105,6 +120,9 @@ pub fn parse(request: &Request, limits: &ExecLimits) -> Result<Parsed, ApiError>
             percent_decode_path(&path["/snapshots/".len()..]).unwrap_or_default(),
         ),
         ("GET", "/metrics") => ApiRequest::Metrics,
+        ("GET" | "HEAD", path) if is_playground_path(path) => {
+            ApiRequest::Playground(path.to_string())
+        }
         ("POST", "/execute") => ApiRequest::Execute(execute(request, limits)?),
         (_, path) if KNOWN_PATHS.contains(&path) => {
             return Err(ApiError::MethodNotAllowed(format!(
@@ -118,9 +136,14 @@ pub fn parse(request: &Request, limits: &ExecLimits) -> Result<Parsed, ApiError>
                 )));
             }
             let key = handshake_key(request)?;
+            let subprotocol = request
+                .list("sec-websocket-protocol")
+                .any(|offered| offered == SUBPROTOCOL)
+                .then_some(SUBPROTOCOL);
             ApiRequest::Upgrade {
                 key,
                 target: upgrade_target(request),
+                subprotocol,
             }
         }
         (_, path) => {
@@ -134,6 +157,11 @@ pub fn parse(request: &Request, limits: &ExecLimits) -> Result<Parsed, ApiError>
         keep_alive: request.keep_alive(),
         head_only: method == "HEAD",
     })
+}
+
+/// `/`, `/playground`, and files under `/playground/`.
+pub fn is_playground_path(path: &str) -> bool {
+    path == "/" || path == "/playground" || path.starts_with("/playground/")
 }
 
 fn execute(request: &Request, limits: &ExecLimits) -> Result<ExecuteRequest, ApiError> {
@@ -536,9 +564,23 @@ mod tests {
                 target: Upgrade::Attach {
                     sandbox_id: "abc".into(),
                     token: Ok("t".into())
-                }
+                },
+                subprotocol: None,
             }
         );
+        let mut offering = UPGRADE.to_vec();
+        offering.push(("sec-websocket-protocol", "api-key.a2V5, cloud-run-sandbox"));
+        let Ok(ApiRequest::Upgrade { subprotocol, .. }) =
+            parse(&request("GET", "/create", &offering, ""), &LIMITS).map(|parsed| parsed.request)
+        else {
+            panic!("not an upgrade")
+        };
+        assert_eq!(subprotocol, Some(SUBPROTOCOL));
+        for path in ["/", "/playground", "/playground/app.js"] {
+            assert_eq!(parsed("GET", path), Ok(ApiRequest::Playground(path.into())));
+        }
+        assert_eq!(parsed("POST", "/").unwrap_err().status(), 405);
+        assert_eq!(parsed("GET", "/playgroundx").unwrap_err().status(), 404);
         let twice = parse(
             &request(
                 "GET",

@@ -11,6 +11,7 @@ use super::connection::{
     Connection, ConnectionId, Phase, ReadOutcome, OUT_HIGH_WATER, OUT_LOW_WATER,
 };
 use super::execute::ExecuteJob;
+use super::playground;
 use super::store_work::CheckpointQuery;
 use super::Server;
 use crate::http::request::{HttpError, Progress, Request};
@@ -192,7 +193,12 @@ impl Server {
                 })
             }
             ApiRequest::Execute(execute) => return self.start_execute(id, execute, keep_alive),
-            ApiRequest::Upgrade { key, target } => return self.upgrade(id, &key, target),
+            ApiRequest::Upgrade {
+                key,
+                target,
+                subprotocol,
+            } => return self.upgrade(id, &key, target, subprotocol),
+            ApiRequest::Playground(path) => playground::response(&path, self.config.playground),
         };
         let response = answer.unwrap_or_else(|error: ApiError| error.response());
         self.respond(id, &response, keep_alive, head_only);

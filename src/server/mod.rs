@@ -12,6 +12,7 @@ mod execute;
 mod http;
 mod jobs;
 mod persistence;
+mod playground;
 mod recovery;
 mod save;
 mod sessions;
@@ -117,13 +118,17 @@ impl Server {
             .register(&mut listener, token(Tag::Listener, 0), Interest::READABLE)?;
         let signals = Signals::new(&poll)?;
         eprintln!("server: listening on http://{}", listener.local_addr()?);
-        let head_check = auth::head_check(config.api_keys.as_ref());
+        let head_check = auth::head_check(config.api_keys.as_ref(), config.playground);
         if let Some(keys) = &config.api_keys {
             eprintln!(
-                "server: requests need one of {} api keys (Authorization: Bearer); {} answer without",
+                "server: requests need one of {} api keys (Authorization: Bearer); {}{} answer without",
                 keys.len(),
-                auth::OPEN_PATHS.join(" and ")
+                auth::OPEN_PATHS.join(", "),
+                if config.playground { " and the playground page" } else { "" }
             );
+        }
+        if config.playground {
+            eprintln!("server: the playground is at / (SANDBOX_PLAYGROUND=off turns it off)");
         }
         let jobs = jobs::Jobs::new(poll.registry())?;
         let mut nonce = [0u8; 6];

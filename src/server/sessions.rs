@@ -187,13 +187,19 @@ impl Server {
     }
 
     /// Answer the handshake and hand the socket to tungstenite, then start or attach a session.
-    pub(super) fn upgrade(&mut self, id: ConnectionId, key: &str, target: Upgrade) {
+    pub(super) fn upgrade(
+        &mut self,
+        id: ConnectionId,
+        key: &str,
+        target: Upgrade,
+        subprotocol: Option<&str>,
+    ) {
         let Some(mut connection) = self.connections.http.remove(&id) else {
             return;
         };
         connection
             .out
-            .extend_from_slice(&websocket::handshake_response(key));
+            .extend_from_slice(&websocket::handshake_response(key, subprotocol));
         if !connection.flush() || !connection.out.is_empty() {
             // A fresh socket that cannot take 200 bytes is not worth keeping.
             let _ = self.poll.registry().deregister(&mut connection.stream);
@@ -387,6 +393,13 @@ impl Server {
             return;
         }
         let ready = matches!(event, RuntimeEvent::Ready);
+        if let RuntimeEvent::ExecFinished(_, outcome) = &event {
+            *self
+                .metrics
+                .session_executions
+                .entry(outcome.reason.as_str())
+                .or_default() += 1;
+        }
         let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };

@@ -342,11 +342,14 @@ fn is_would_block(error: &WsError) -> bool {
     matches!(error, WsError::Io(error) if error.kind() == io::ErrorKind::WouldBlock)
 }
 
-/// The `Sec-WebSocket-Accept` answer for the client's key.
-pub fn handshake_response(key: &str) -> Vec<u8> {
+/// The `Sec-WebSocket-Accept` answer for the client's key, selecting `subprotocol` if any.
+pub fn handshake_response(key: &str, subprotocol: Option<&str>) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+    let protocol = subprotocol
+        .map(|name| format!("Sec-WebSocket-Protocol: {name}\r\n"))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nServer: cloud-run-sandbox\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}Server: cloud-run-sandbox\r\n\r\n"
     )
     .into_bytes()
 }
