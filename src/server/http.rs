@@ -12,6 +12,7 @@ use super::connection::{
 };
 use super::execute::ExecuteJob;
 use super::playground;
+use super::store_work::CheckpointQuery;
 use super::Server;
 use crate::http::request::{HttpError, Progress, Request};
 use crate::io_token::{token, Tag};
@@ -173,6 +174,19 @@ impl Server {
                 return self
                     .wait_for_store(id, keep_alive, |persistence| persistence.list_snapshots(id))
             }
+            ApiRequest::ListSandboxes(list) if list.checkpointed => {
+                let query = CheckpointQuery {
+                    after: list.after,
+                    limit: list.limit,
+                    ttl: self.config.lease_ttl,
+                };
+                return self.wait_for_store(id, keep_alive, |persistence| {
+                    persistence.list_checkpoints(id, query)
+                });
+            }
+            ApiRequest::ListSandboxes(_) => Ok(api::sandboxes_response(
+                &self.sessions.views(Instant::now()),
+            )),
             ApiRequest::DeleteSnapshot(name) => {
                 return self.wait_for_store(id, keep_alive, |persistence| {
                     persistence.delete_snapshot(id, &name)

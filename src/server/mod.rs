@@ -207,6 +207,9 @@ impl Server {
             self.runtime.fire_timers(now);
             self.runtime.service_pending_reads();
             self.dispatch_notices();
+            if self.shutdown_deadline.is_none() {
+                self.persistence.watch_handoffs(now);
+            }
             if now >= self.next_sweep {
                 self.next_sweep = now + SWEEP_INTERVAL;
                 self.sweep_connections(now);
@@ -254,6 +257,9 @@ impl Server {
         let mut deadline = self.next_sweep;
         if let Some(runtime_deadline) = self.runtime.next_deadline() {
             deadline = deadline.min(runtime_deadline);
+        }
+        if let Some(watch) = self.persistence.next_handoff_watch() {
+            deadline = deadline.min(watch);
         }
         deadline.saturating_duration_since(now)
     }
