@@ -38,7 +38,7 @@ pub fn remove_if_abandoned(base: &Path) -> bool {
         let name = entry.file_name().to_string_lossy().into_owned();
         if lease::generation_of(&name).is_some() {
             leases += 1;
-        } else if handoff::generation_of(&name).is_none() {
+        } else if handoff::generation_of(&name).is_none() && !is_cut_write(&name) {
             return false;
         }
         if files.len() == MAX_ENTRIES {
@@ -59,6 +59,13 @@ pub fn remove_if_abandoned(base: &Path) -> bool {
         lease::generation_of(&file.file_name().unwrap_or_default().to_string_lossy()).is_some()
     });
     files.iter().all(|file| fs::remove_file(file).is_ok()) && fs::remove_dir(base).is_ok()
+}
+
+/// The temporary file of a lease or handoff request written atomically (`lease-1.tmp-<hex>`)
+/// by an instance killed between its write and its rename. Once the lease expired nobody
+/// finishes that write, so it goes with the directory.
+fn is_cut_write(name: &str) -> bool {
+    (name.starts_with("lease") || name.starts_with("handoff")) && name.contains(".tmp-")
 }
 
 /// What one sweep did.
@@ -158,6 +165,8 @@ mod tests {
         write_lease(&other_file, past);
         fs::write(other_file.join("notes.txt"), b"mine").unwrap();
 
+        // An instance killed in the middle of renewing its lease leaves the temporary file.
+        fs::write(abandoned.join("lease-1.tmp-96f918c51101"), b"{").unwrap();
         assert!(remove_if_abandoned(&abandoned));
         assert!(!abandoned.exists());
         assert!(remove_if_abandoned(&generations));
