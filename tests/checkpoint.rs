@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::{request, runsc_list, runsc_sandboxes, wait_until, TestServer};
 use serde_json::{json, Value};
 use store::{entries, SharedDirs};
-use ws::{assert_exited, attach_path, connect, create, is_status, Created, Frame, Ws};
+use ws::{assert_exited, attach_path, connect, create, is_status, ById, Created, Frame, Ws};
 
 /// The `sandbox_token` no server ever hands out.
 const WRONG_TOKEN: &str = "ffffffffffffffffffffffffffffffff";
@@ -609,6 +609,74 @@ fn an_execution_running_at_a_shutdown_checkpoint_is_followed_after_the_restore()
         let result = ws.run("bash", &format!("echo exec {n}"));
         assert_eq!(result.stdout, format!("exec {n}\n"));
     }
+    ws.kill_sandbox();
+}
+
+/// Protocol 2 across a shutdown: the processes running with request ids are saved with the
+/// sandbox; after the restore on another instance a reconnect follows each again, under its
+/// own request id and process id, and new processes get ids never used in the sandbox.
+#[test]
+fn processes_with_request_ids_running_at_a_shutdown_go_on_after_the_restore() {
+    let mut pair = pair_with(&[("SANDBOX_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS)], &[]);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&pair.a, json!({"enable_checkpoint": true}));
+    let mut before = ById::new();
+    ws.request(
+        "one",
+        json!({"language": "bash", "code": "sleep 8; echo one; exit 3"}),
+    );
+    ws.request(
+        "two",
+        json!({"language": "python", "code": "import time\ntime.sleep(8)\nprint('two')"}),
+    );
+    ws.file_until(&mut before, |by_id| {
+        ["one", "two"]
+            .iter()
+            .all(|id| by_id.get(*id).is_some_and(|run| run.process_id.is_some()))
+    });
+    terminate_checkpointing(&mut pair.a, &mut ws);
+
+    let mut ws = restore(&pair.b, &sandbox_id, &token);
+    let mut after = ById::new();
+    ws.request("list", json!({"action": "list_processes"}));
+    ws.file_until(&mut after, |by_id| by_id.contains_key("list"));
+    let listed = after["list"].others[0]["processes"].clone();
+    for id in ["one", "two"] {
+        let entry = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entry| entry["id"] == id)
+            .unwrap_or_else(|| panic!("{id} is not listed after the restore: {listed}"));
+        assert_eq!(entry["process_id"].as_u64(), before[id].process_id);
+        assert_eq!(entry["running"], true, "{entry}");
+    }
+    ws.request("back", json!({"action": "reconnect"}));
+    ws.file_until(&mut after, |by_id| {
+        ["one", "two"]
+            .iter()
+            .all(|id| by_id.get(*id).is_some_and(ws::Answers::is_done))
+    });
+    assert_eq!(after["one"].stdout, "one\n", "{:?}", after["one"]);
+    assert_eq!(after["one"].exit_code(), Some(3));
+    assert_eq!(after["two"].stdout, "two\n", "{:?}", after["two"]);
+    assert_eq!(after["two"].exit_code(), Some(0));
+    for id in ["one", "two"] {
+        assert_eq!(after[id].process_id, before[id].process_id, "{id}");
+    }
+    let highest = before.values().filter_map(|run| run.process_id).max();
+    ws.request("new", json!({"language": "bash", "code": "echo new"}));
+    ws.file_until(&mut after, |by_id| {
+        by_id.get("new").is_some_and(ws::Answers::is_done)
+    });
+    assert!(
+        after["new"].process_id > highest,
+        "a process id was reused: {:?} after {highest:?}",
+        after["new"].process_id
+    );
     ws.kill_sandbox();
 }
 
