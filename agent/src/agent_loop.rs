@@ -254,15 +254,16 @@ impl Agent {
                     FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
                     return;
                 }
-                let standby = if request.language == Language::Python {
+                let standby = if request.language == Language::Python && request.file.is_none() {
                     self.standby
                         .take_if(|standby| standby.can_serve(&request, &self.config.limits))
                 } else {
                     None
                 };
-                let result = match standby {
-                    Some(standby) => Ok(standby.activate(id, &request)),
-                    None => Execution::spawn(id, &request, &self.config),
+                let result = match (&request.file, standby) {
+                    (Some(file), _) => Execution::spawn_file_helper(id, file, &self.config),
+                    (None, Some(standby)) => Ok(standby.activate(id, &request)),
+                    (None, None) => Execution::spawn(id, &request, &self.config),
                 };
                 match result {
                     Ok(execution) => {

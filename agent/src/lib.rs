@@ -11,6 +11,7 @@
 
 mod agent_loop;
 mod execution;
+pub mod files;
 pub mod identity;
 pub mod protocol;
 mod standby;

@@ -559,6 +559,7 @@ impl Server {
         }
         if let Some(session) = self.sessions.get_mut(session_id) {
             session.on_detach(Instant::now());
+            session.abandon_file_transfers(&mut Control(&mut self.runtime));
             if session.sandbox().is_none() {
                 // Never got a sandbox (no init yet, or its snapshot is still looked up):
                 // nothing to keep.

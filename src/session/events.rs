@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use super::files::FileEvent;
 use super::ids::{ProcessId, RequestId};
 use crate::agent_protocol::{Language, Stream};
 use crate::runtime::exec::{ExecOutcome, Reason};
@@ -78,6 +79,7 @@ statuses! {
     KillError = "SANDBOX_KILL_ERROR",
     PermissionDenialError = "SANDBOX_PERMISSION_DENIAL_ERROR",
     RequestError = "SANDBOX_REQUEST_ERROR",
+    FileError = "SANDBOX_FILE_ERROR",
 }
 
 impl Status {
@@ -152,6 +154,8 @@ pub enum ServerEvent {
     StdinAck { written: u64 },
     /// `{"event":"reply", ...}`: the answer of a request/response action.
     Reply(Reply),
+    /// An event of the files API (`file_data`, `file_ack`, its reply and errors).
+    File(FileEvent),
 }
 
 /// The payload of a `reply` (its keys sit beside `event` and `id`).
@@ -338,6 +342,7 @@ impl Frame {
                 written: *written,
             }),
             ServerEvent::Reply(reply) => serde_json::to_string(&self.reply_value(reply)),
+            ServerEvent::File(event) => serde_json::to_string(&event.to_value(id)),
         };
         // Serializing strings and numbers into a String cannot fail; the fallback keeps a
         // panic out of the server regardless.
@@ -537,7 +542,7 @@ mod tests {
         let mut names: Vec<&str> = Status::ALL.iter().map(|status| status.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 35);
+        assert_eq!(names.len(), 36);
         assert!(Status::NotFound.is_error() && Status::InUse.is_error());
         assert!(Status::StdinError.is_error() && Status::LockRenewalError.is_error());
         assert!(!Status::ExecutionDone.is_error() && !Status::Killed.is_error());

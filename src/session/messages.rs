@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::exec_options::{self, ExecLimits, ExecOptions, RawExecOptions};
+use super::file_messages::{self, FileMessage};
 use super::ids::{ProcessId, RequestId};
 use super::options::{self, choice, flag, quoted};
 use super::text::base64_decode;
@@ -58,6 +59,8 @@ pub enum ClientMessage {
     /// `{"action": "set_idle_timeout", "idle_timeout"}` (`None`: the server's default,
     /// `Some(ZERO)`: never, capped).
     SetIdleTimeout(Option<Duration>),
+    /// A files API action (docs/protocol.md, "Files"), or why it is malformed.
+    File(FileMessage),
     /// Protocol 2's `SANDBOX_REQUEST_ERROR`: why the message cannot be acted on.
     Malformed(String),
     /// Not JSON, not an object, an unknown shape or an unknown language: the protocol answers
@@ -160,6 +163,9 @@ fn dispatch(message: &Map<String, Value>, has_id: bool, limits: &ExecLimits) -> 
             return malformed(timeout.map(ClientMessage::SetIdleTimeout));
         }
         None => {}
+    }
+    if let Some(file) = action_name.and_then(|name| file_messages::parse(name, message)) {
+        return malformed(file.map(ClientMessage::File));
     }
     if let (Some(name), true) = (action_name, has_id) {
         // Without an id an unknown action keeps the compatible answer (below).

@@ -24,6 +24,8 @@
 
 pub mod events;
 pub mod exec_options;
+pub mod file_messages;
+pub mod files;
 pub mod ids;
 pub mod messages;
 pub mod options;
@@ -247,6 +249,8 @@ pub struct Session {
     /// The request id of the kill, checkpoint or snapshot under way: its statuses echo it.
     pending_request: Option<RequestId>,
     processes: Processes,
+    /// File operations under way (the files API).
+    files: files::FileTransfers,
     attached: bool,
     idle_timeout: Option<Duration>,
     last_activity: Instant,
@@ -308,6 +312,7 @@ impl Session {
         Session {
             id,
             processes: Processes::new(settings.max_session_processes),
+            files: files::FileTransfers::default(),
             settings,
             state: State::AwaitingInit,
             sandbox: None,
@@ -933,6 +938,7 @@ impl Session {
                 let reply = events::Reply::IdleTimeout(self.idle_limit());
                 out.push(Out::Send(Frame::answering(ServerEvent::Reply(reply), id)));
             }
+            ClientMessage::File(file) => self.file_message(file, id, &mut out, control),
             ClientMessage::Malformed(problem) => {
                 out.extend(error_frames(Status::RequestError, &problem, id))
             }
@@ -946,7 +952,7 @@ impl Session {
     }
 
     fn checkpoint(&mut self, id: Option<&RequestId>, out: &mut Vec<Out>) {
-        let running = self.processes.any_running();
+        let running = self.processes.any_running() || self.has_file_transfers();
         if self.checkpointable && self.settings.checkpoint_enabled && !running {
             self.pending_request = id.cloned();
             return self.begin_checkpoint(out, false);
@@ -990,7 +996,7 @@ impl Session {
                 "filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)"
                     .to_string(),
             ),
-            Ok(_) if self.processes.any_running() => Some(
+            Ok(_) if self.processes.any_running() || self.has_file_transfers() => Some(
                 "cannot take a filesystem snapshot while an execution is running".to_string(),
             ),
             Ok(name) => options::validate_snapshot_name(name).err(),
@@ -1014,6 +1020,9 @@ impl Session {
         control: &mut dyn SandboxControl,
     ) -> Vec<Out> {
         let mut out = Vec::new();
+        let Some(event) = self.route_file_notice(event, &mut out) else {
+            return out;
+        };
         match event {
             RuntimeEvent::Ready if self.state == State::Restoring => {
                 self.state = State::Running;

@@ -466,12 +466,16 @@ impl Core {
             return Err(RuntimeError::WrongState(state.name()));
         }
         let exec = sandbox.execs.start(now, spec.stdin_bound)?;
+        if spec.file.is_some() {
+            sandbox.execs.lift_output_limit(exec);
+        }
         let request = SpawnRequest {
             language: spec.language,
             code: spec.code,
             env: spec.env,
             cwd: spec.cwd,
             limits,
+            file: spec.file,
         };
         self.actions
             .push_back(Action::Send(key, ToAgent::Spawn(exec, request)));
