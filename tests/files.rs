@@ -8,6 +8,7 @@
 //!     cargo test --test files -- --test-threads=2
 
 mod common;
+mod store;
 mod ws;
 
 use std::collections::BTreeMap;
@@ -609,4 +610,345 @@ fn an_interrupted_write_leaves_no_partial_file() {
         b"the old content"
     );
     ws.kill_sandbox();
+}
+
+// ---- Over HTTP ------------------------------------------------------------------------------
+
+fn files_target(sandbox_id: &str, query: &str) -> String {
+    format!("/sandboxes/{sandbox_id}/files?{query}")
+}
+
+/// A request with `body` sent in 1 MiB writes (`chunked`: with chunked framing), and the
+/// answer. The server may answer early and close: the rest of the body is then not sent.
+fn http_request(
+    port: u16,
+    method: &str,
+    target: &str,
+    token: &str,
+    body: &[u8],
+    chunked: bool,
+) -> common::Response {
+    let mut client = common::Client::connect(port);
+    client.set_read_timeout(Duration::from_secs(120));
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {}", body.len())
+    };
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: t\r\nX-Sandbox-Token: {token}\r\n{framing}\r\n\r\n"
+    );
+    let mut sent = client.try_send(head.as_bytes());
+    for piece in body.chunks(CHUNK) {
+        if sent.is_err() {
+            break;
+        }
+        sent = if chunked {
+            let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+            framed.extend_from_slice(piece);
+            framed.extend_from_slice(b"\r\n");
+            client.try_send(&framed)
+        } else {
+            client.try_send(piece)
+        };
+    }
+    if chunked && sent.is_ok() {
+        let _ = client.try_send(b"0\r\n\r\n");
+    }
+    client.read_response().expect("a response")
+}
+
+/// `GET` a file, its bytes hashed as they come.
+fn http_download(port: u16, target: &str, token: &str) -> (u16, String, usize, Vec<u8>) {
+    let mut client = common::Client::connect(port);
+    client.set_read_timeout(Duration::from_secs(120));
+    let head = format!("GET {target} HTTP/1.1\r\nHost: t\r\nX-Sandbox-Token: {token}\r\n\r\n");
+    client.send(head.as_bytes());
+    let head = client.read_head().expect("a head");
+    let mut hasher = Sha256::new();
+    let mut length = 0;
+    let mut start = Vec::new();
+    client
+        .read_body_with(&head, |piece| {
+            hasher.update(piece);
+            length += piece.len();
+            if start.len() < 4096 {
+                start.extend_from_slice(&piece[..piece.len().min(4096)]);
+            }
+        })
+        .expect("the body");
+    (
+        head.status,
+        format!("{:x}", hasher.finalize()),
+        length,
+        start,
+    )
+}
+
+#[test]
+fn random_binary_data_round_trips_over_http() {
+    let server = TestServer::start(&[]);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&server, json!({}));
+    for (index, size) in [0usize, 1, 64 * 1024 + 1, 100_000_000]
+        .into_iter()
+        .enumerate()
+    {
+        let data = random_bytes(size, index as u64 + 100);
+        let target = files_target(&sandbox_id, &format!("path=/root/http-{size}.bin"));
+        // Content-Length for some, chunked for the others.
+        let response = http_request(server.port, "PUT", &target, &token, &data, index % 2 == 1);
+        assert_eq!(response.status, 200, "PUT {size}: {}", response.text());
+        assert_eq!(response.json()["size"], size as u64);
+        let hash = shell(
+            &mut ws,
+            &format!("sha256sum /root/http-{size}.bin | cut -d' ' -f1"),
+        );
+        assert_eq!(hash.trim(), sha256(&data), "size {size}");
+        let (status, hash, length, _) = http_download(server.port, &target, &token);
+        assert_eq!((status, length), (200, size));
+        assert_eq!(hash, sha256(&data), "size {size}");
+    }
+    ws.kill_sandbox();
+}
+
+#[test]
+fn http_listing_deletion_errors_and_authorisation() {
+    let server = TestServer::start(&[]);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&server, json!({}));
+    shell(
+        &mut ws,
+        "mkdir -p /root/t/sub && echo hi > /root/t/a.txt && echo x > /root/t/sub/b",
+    );
+    let list = http_download(
+        server.port,
+        &files_target(&sandbox_id, "path=t&list=1&depth=2"),
+        &token,
+    );
+    assert_eq!(list.0, 200);
+    let listing: Value = serde_json::from_slice(&list.3).unwrap();
+    let mut paths: Vec<&str> = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["path"].as_str().unwrap())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["/root/t/a.txt", "/root/t/sub", "/root/t/sub/b"]);
+    // The token as a query parameter works too.
+    let target = files_target(&sandbox_id, &format!("path=t/a.txt&sandbox_token={token}"));
+    let (status, _, _, body) = http_download(server.port, &target, "");
+    assert_eq!((status, body.as_slice()), (200, b"hi\n".as_slice()));
+
+    // Errors and their statuses.
+    for (method, query, status, code) in [
+        ("GET", "path=/root/missing", 404, "not_found"),
+        ("GET", "path=/root/t", 409, "is_a_directory"),
+        ("GET", "path=/root/t/a.txt&list=1", 409, "not_a_directory"),
+        ("GET", "path=/proc/1/fd/1", 400, "invalid_path"),
+        ("DELETE", "path=/root/t", 500, "io"),
+        ("PUT", "path=/.sandbox/x", 403, "permission_denied"),
+        ("PUT", "path=/root/t", 409, "is_a_directory"),
+    ] {
+        let target = files_target(&sandbox_id, query);
+        let response = http_request(server.port, method, &target, &token, b"data", false);
+        assert_eq!(
+            response.status,
+            status,
+            "{method} {query}: {}",
+            response.text()
+        );
+        assert_eq!(response.json()["code"], code, "{method} {query}");
+        assert!(!response.error_message().is_empty());
+    }
+    let long = format!("path=/{}", "a".repeat(300));
+    let response = http_request(
+        server.port,
+        "GET",
+        &files_target(&sandbox_id, &long),
+        &token,
+        b"",
+        false,
+    );
+    assert_eq!(
+        (response.status, response.json()["code"].clone()),
+        (414, json!("path_too_long"))
+    );
+
+    // An unknown sandbox and a wrong token get the same answer.
+    let target = files_target(&sandbox_id, "path=t/a.txt");
+    let wrong = http_request(
+        server.port,
+        "GET",
+        &target,
+        "0123456789abcdef0123456789abcdef",
+        b"",
+        false,
+    );
+    let none = http_request(server.port, "GET", &target, "", b"", false);
+    let other = "fedcba9876543210fedcba9876543210";
+    let unknown = http_request(
+        server.port,
+        "GET",
+        &files_target(other, "path=t/a.txt"),
+        &token,
+        b"",
+        false,
+    );
+    assert_eq!((wrong.status, none.status, unknown.status), (404, 404, 404));
+    assert_eq!(wrong.body, none.body);
+    assert_eq!(
+        wrong.text().replace(&sandbox_id, "ID"),
+        unknown.text().replace(other, "ID")
+    );
+    // A refused upload does not write anything.
+    let refused = http_request(
+        server.port,
+        "PUT",
+        &files_target(&sandbox_id, "path=sneaky"),
+        "bad",
+        b"x",
+        false,
+    );
+    assert_eq!(refused.status, 404);
+
+    let deleted = http_request(
+        server.port,
+        "DELETE",
+        &files_target(&sandbox_id, "path=t&recursive=true"),
+        &token,
+        b"",
+        false,
+    );
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    assert_eq!(shell(&mut ws, "ls /root"), "");
+    ws.kill_sandbox();
+}
+
+#[test]
+fn an_interrupted_http_upload_leaves_no_partial_file_and_memory_stays_bounded() {
+    let server = TestServer::start(&[]);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&server, json!({}));
+    // 300 MB streamed through the server: its memory grows by far less than that.
+    let before = server.rss_kib().expect("the server's RSS");
+    let size: usize = 300 * 1024 * 1024;
+    let mut client = common::Client::connect(server.port);
+    client.set_read_timeout(Duration::from_secs(120));
+    let target = files_target(&sandbox_id, "path=big.bin");
+    let head = format!(
+        "PUT {target} HTTP/1.1\r\nHost: t\r\nX-Sandbox-Token: {token}\r\nContent-Length: {size}\r\n\r\n"
+    );
+    client.send(head.as_bytes());
+    let piece = random_bytes(CHUNK, 5);
+    let mut peak = before;
+    for index in 0..size / CHUNK {
+        client.send(&piece);
+        if index % 16 == 0 {
+            peak = peak.max(server.rss_kib().unwrap_or(0));
+        }
+    }
+    let response = client.read_response().expect("a response");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["size"], size as u64);
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    eprintln!("server RSS: {before} KiB before, {peak} KiB at most during a 300 MiB upload");
+    assert!(
+        grown_mib < 64,
+        "the server grew by {grown_mib} MiB during the upload"
+    );
+    shell(&mut ws, "rm /root/big.bin");
+
+    // Half an upload, then the client goes: no file, no temporary.
+    let mut client = common::Client::connect(server.port);
+    let target = files_target(&sandbox_id, "path=half.bin");
+    let head = format!(
+        "PUT {target} HTTP/1.1\r\nHost: t\r\nX-Sandbox-Token: {token}\r\nContent-Length: {}\r\n\r\n",
+        8 * CHUNK
+    );
+    client.send(head.as_bytes());
+    for _ in 0..4 {
+        client.send(&piece);
+    }
+    // The helper is writing its temporary file when the client goes.
+    let writing = common::wait_until(Duration::from_secs(20), || {
+        shell(&mut ws, "ls -A /root").contains(".half.bin.upload-")
+    });
+    assert!(writing, "no temporary file while uploading");
+    drop(client);
+    let mut listing = String::new();
+    let clean = common::wait_until(Duration::from_secs(20), || {
+        listing = shell(&mut ws, "ls -A /root");
+        !listing.contains("half") && !listing.contains("upload")
+    });
+    assert!(clean, "left behind: {listing}");
+    ws.kill_sandbox();
+}
+
+// ---- Persistence ----------------------------------------------------------------------------
+
+#[test]
+fn written_files_survive_a_checkpoint_and_go_into_snapshots() {
+    let dirs = store::SharedDirs::new();
+    let env = dirs.env();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let server = TestServer::start(&env);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&server, json!({"enable_checkpoint": true}));
+    let data = random_bytes(3 * CHUNK + 5, 77);
+    let written = write_file(&mut ws, "1", "/root/kept.bin", &data, json!({}));
+    assert!(written.reply.is_some(), "{written:?}");
+
+    // A snapshot has the file: a new sandbox made from it reads it back.
+    let name = format!("files-{}", std::process::id());
+    ws.send(json!({"action": "snapshot_filesystem", "name": name}));
+    ws.expect_status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATING");
+    ws.expect_status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATED");
+    let Created { ws: mut copy, .. } = create(&server, json!({"filesystem_snapshot_name": name}));
+    assert_eq!(
+        sha256(&read_file(&mut copy, "2", "/root/kept.bin").data),
+        sha256(&data)
+    );
+    copy.kill_sandbox();
+
+    // A checkpoint keeps it: after the restore it reads back over both transports.
+    ws.send(json!({"action": "checkpoint"}));
+    for status in [
+        "SANDBOX_CHECKPOINTING",
+        "SANDBOX_DELETING",
+        "SANDBOX_DELETED",
+        "SANDBOX_CHECKPOINTED",
+    ] {
+        ws.expect_status(status);
+    }
+    ws.expect_close(1000);
+    let mut ws = ws::connect(server.port, &ws::attach_path(&sandbox_id, &token));
+    ws.expect_status("SANDBOX_RESTORING");
+    ws.expect_status("SANDBOX_RUNNING");
+    assert_eq!(
+        sha256(&read_file(&mut ws, "3", "/root/kept.bin").data),
+        sha256(&data)
+    );
+    let target = files_target(&sandbox_id, "path=/root/kept.bin");
+    let (status, hash, length, _) = http_download(server.port, &target, &token);
+    assert_eq!((status, length, hash), (200, data.len(), sha256(&data)));
+    ws.kill_sandbox();
+    drop(server);
+    drop(dirs);
 }

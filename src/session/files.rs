@@ -15,6 +15,9 @@
 //!
 //! When the client goes away, its writes are abandoned by closing their stdin without the
 //! trailer (the helper removes its temporary file) and its reads are killed.
+//!
+//! The same transfers serve the HTTP routes (`server/files_http.rs`): their answers go to an
+//! HTTP connection as [`Out::HttpFile`] instead of frames.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,7 +26,7 @@ use serde_json::{json, Map, Value};
 
 use super::file_messages::FileMessage;
 use super::text::base64_encode;
-use super::{Frame, Out, RequestId, SandboxControl, ServerEvent, Session, Status};
+use super::{Frame, Out, RequestId, SandboxControl, ServerEvent, Session, State, Status};
 use crate::agent_protocol::{
     file_commit_trailer, ExecId, FileFailure, FileRequest, Language, Stream,
     FILE_COMMIT_TRAILER_BYTES,
@@ -121,6 +124,26 @@ enum Kind {
     Other,
 }
 
+/// Where a transfer's answers go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// The session's WebSocket client, as frames echoing the request id.
+    Client(RequestId),
+    /// An HTTP connection (by its id), as [`Out::HttpFile`].
+    Http(u64),
+}
+
+/// What an HTTP connection hears of its transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpFileOut {
+    /// A piece of the file being read.
+    Data(Vec<u8>),
+    /// Bytes of the upload were written: there may be room in its window again.
+    Room,
+    /// The end: the reply's keys, or why it failed.
+    Done(Result<Map<String, Value>, FileFailure>),
+}
+
 /// Where a write stands.
 #[derive(Debug, Default)]
 struct Upload {
@@ -134,9 +157,16 @@ struct Upload {
     finished: bool,
 }
 
+impl Upload {
+    /// Bytes accepted and not yet written.
+    fn in_flight(&self) -> u64 {
+        self.received - self.consumed.min(self.received)
+    }
+}
+
 #[derive(Debug)]
 struct Transfer {
-    request: RequestId,
+    sink: Sink,
     kind: Kind,
     /// A read's bytes sent so far.
     sent: u64,
@@ -161,7 +191,7 @@ impl FileTransfers {
     fn of_request(&self, request: &RequestId) -> Option<ExecId> {
         self.by_exec
             .iter()
-            .find(|(_, transfer)| &transfer.request == request)
+            .find(|(_, transfer)| transfer.sink == Sink::Client(request.clone()))
             .map(|(exec, _)| *exec)
     }
 }
@@ -169,6 +199,45 @@ impl FileTransfers {
 fn append_bounded(buffer: &mut Vec<u8>, data: &[u8], bound: usize) {
     let room = bound.saturating_sub(buffer.len());
     buffer.extend_from_slice(&data[..data.len().min(room)]);
+}
+
+fn failure(code: &str, message: impl Into<String>) -> FileFailure {
+    FileFailure {
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The helper's request for `message`, and the first chunk of a write.
+fn helper_request(message: FileMessage) -> (FileRequest, Kind, Option<(Vec<u8>, bool)>) {
+    match message {
+        FileMessage::Read { path } => (FileRequest::Read { path }, Kind::Read, None),
+        FileMessage::Write {
+            path,
+            mode,
+            append,
+            data,
+            more,
+        } => (
+            FileRequest::Write {
+                path: path.unwrap_or_default(),
+                mode,
+                append,
+            },
+            Kind::Write,
+            Some((data, more)),
+        ),
+        FileMessage::List { path, depth } => (FileRequest::List { path, depth }, Kind::Other, None),
+        FileMessage::Stat { path } => (FileRequest::Stat { path }, Kind::Other, None),
+        FileMessage::Exists { path } => (FileRequest::Exists { path }, Kind::Other, None),
+        FileMessage::MakeDir { path, parents } => {
+            (FileRequest::MakeDir { path, parents }, Kind::Other, None)
+        }
+        FileMessage::Remove { path, recursive } => {
+            (FileRequest::Remove { path, recursive }, Kind::Other, None)
+        }
+        FileMessage::Rename { from, to } => (FileRequest::Rename { from, to }, Kind::Other, None),
+    }
 }
 
 impl Session {
@@ -193,7 +262,10 @@ impl Session {
         } = &message
         {
             if let Some(exec) = self.files.of_request(id) {
-                return self.continue_write(exec, data, *more, out, control);
+                if let Err(failed) = self.feed(exec, data, *more, control) {
+                    out.extend(file_error_frames(&failed.code, &failed.message, Some(id)));
+                }
+                return;
             }
             if path.is_none() {
                 out.extend(file_error_frames(
@@ -204,56 +276,54 @@ impl Session {
                 return;
             }
         } else if self.files.of_request(id).is_some() {
-            out.extend(super::error_frames(
-                Status::RequestError,
-                &format!(
-                    "request id {} is already used by a file transfer under way",
-                    serde_json::to_string(id).unwrap_or_default()
-                ),
-                Some(id),
-            ));
-            return;
-        }
-        if self.files.by_exec.len() >= MAX_FILE_TRANSFERS {
-            let message = format!(
-                "this session already has {MAX_FILE_TRANSFERS} file operations under way; wait for one to end"
+            let text = format!(
+                "request id {} is already used by a file transfer under way",
+                serde_json::to_string(id).unwrap_or_default()
             );
-            out.extend(file_error_frames("io", &message, Some(id)));
+            out.extend(super::error_frames(Status::RequestError, &text, Some(id)));
             return;
         }
-        let (request, kind, first_chunk) = match message {
-            FileMessage::Read { path } => (FileRequest::Read { path }, Kind::Read, None),
-            FileMessage::Write {
-                path,
-                mode,
-                append,
-                data,
-                more,
-            } => (
-                FileRequest::Write {
-                    path: path.unwrap_or_default(),
-                    mode,
-                    append,
-                },
-                Kind::Write,
-                Some((data, more)),
-            ),
-            FileMessage::List { path, depth } => {
-                (FileRequest::List { path, depth }, Kind::Other, None)
-            }
-            FileMessage::Stat { path } => (FileRequest::Stat { path }, Kind::Other, None),
-            FileMessage::Exists { path } => (FileRequest::Exists { path }, Kind::Other, None),
-            FileMessage::MakeDir { path, parents } => {
-                (FileRequest::MakeDir { path, parents }, Kind::Other, None)
-            }
-            FileMessage::Remove { path, recursive } => {
-                (FileRequest::Remove { path, recursive }, Kind::Other, None)
-            }
-            FileMessage::Rename { from, to } => {
-                (FileRequest::Rename { from, to }, Kind::Other, None)
+        let (request, kind, first_chunk) = helper_request(message);
+        let exec = match self.begin(Sink::Client(id.clone()), request, kind, control) {
+            Ok(exec) => exec,
+            Err(failed) => {
+                out.extend(file_error_frames(&failed.code, &failed.message, Some(id)));
+                return;
             }
         };
-        let Some(sandbox) = self.sandbox else { return };
+        if let Some((data, more)) = first_chunk {
+            out.push(Out::Send(Frame::answering(
+                ServerEvent::File(FileEvent::Ack {
+                    written: 0,
+                    window: Some(self.settings.stdin_window_bytes),
+                }),
+                Some(id),
+            )));
+            if let Err(failed) = self.feed(exec, &data, more, control) {
+                out.extend(file_error_frames(&failed.code, &failed.message, Some(id)));
+            }
+        }
+    }
+
+    /// Starts the helper for `request`; its execution.
+    fn begin(
+        &mut self,
+        sink: Sink,
+        request: FileRequest,
+        kind: Kind,
+        control: &mut dyn SandboxControl,
+    ) -> Result<ExecId, FileFailure> {
+        if self.files.by_exec.len() >= MAX_FILE_TRANSFERS {
+            return Err(failure(
+                "io",
+                format!(
+                    "this session already has {MAX_FILE_TRANSFERS} file operations under way; wait for one to end"
+                ),
+            ));
+        }
+        let Some(sandbox) = self.sandbox else {
+            return Err(failure("io", "the session has no sandbox"));
+        };
         let window = self.settings.stdin_window_bytes;
         let spec = ExecSpec {
             language: Language::Bash,
@@ -265,18 +335,13 @@ impl Session {
             stdin_bound: window.saturating_add(FILE_COMMIT_TRAILER_BYTES as u64),
             file: Some(request),
         };
-        let exec = match control.start_exec(sandbox, spec) {
-            Ok(exec) => exec,
-            Err(error) => {
-                let message = format!("cannot start the file operation: {error}");
-                out.extend(file_error_frames("io", &message, Some(id)));
-                return;
-            }
-        };
+        let exec = control
+            .start_exec(sandbox, spec)
+            .map_err(|error| failure("io", format!("cannot start the file operation: {error}")))?;
         self.files.by_exec.insert(
             exec,
             Transfer {
-                request: id.clone(),
+                sink,
                 kind,
                 sent: 0,
                 reply: Vec::new(),
@@ -288,49 +353,40 @@ impl Session {
                 },
             },
         );
-        if let Some((data, more)) = first_chunk {
-            out.push(Out::Send(Frame::answering(
-                ServerEvent::File(FileEvent::Ack {
-                    written: 0,
-                    window: Some(window),
-                }),
-                Some(id),
-            )));
-            self.continue_write(exec, &data, more, out, control);
-        }
+        Ok(exec)
     }
 
-    /// A chunk of the write under way as `exec`.
-    fn continue_write(
+    /// A chunk of the write under way as `exec`; the last one (`more: false`) commits it.
+    fn feed(
         &mut self,
         exec: ExecId,
         data: &[u8],
         more: bool,
-        out: &mut Vec<Out>,
         control: &mut dyn SandboxControl,
-    ) {
-        let Some(sandbox) = self.sandbox else { return };
-        let Some(transfer) = self.files.by_exec.get_mut(&exec) else {
-            return;
+    ) -> Result<(), FileFailure> {
+        let (Some(sandbox), Some(transfer)) = (self.sandbox, self.files.by_exec.get_mut(&exec))
+        else {
+            return Err(failure("io", "the transfer is over"));
         };
-        let id = transfer.request.clone();
         let upload = &mut transfer.upload;
         if upload.finished {
-            let message = "write_file: the transfer was already finished (more: false)";
-            out.extend(file_error_frames("io", message, Some(&id)));
-            return;
+            return Err(failure(
+                "io",
+                "write_file: the transfer was already finished (more: false)",
+            ));
         }
-        let in_flight = upload.received + data.len() as u64 - upload.consumed.min(upload.received);
+        let in_flight = upload.in_flight() + data.len() as u64;
         if in_flight > upload.window {
             // Past the window: the transfer is broken, end it without committing.
-            let message = format!(
-                "write_file: {in_flight} bytes not acknowledged, the window is {}",
-                upload.window
-            );
             upload.finished = true;
             let _ = control.close_stdin(sandbox, exec);
-            out.extend(file_error_frames("io", &message, Some(&id)));
-            return;
+            return Err(failure(
+                "io",
+                format!(
+                    "write_file: {in_flight} bytes not acknowledged, the window is {}",
+                    upload.window
+                ),
+            ));
         }
         upload.received += data.len() as u64;
         let mut sent = if data.is_empty() {
@@ -344,31 +400,94 @@ impl Session {
                 .write_stdin(sandbox, exec, &file_commit_trailer(upload.received))
                 .and_then(|()| control.close_stdin(sandbox, exec));
         }
-        if let Err(error) = sent {
+        sent.map_err(|error| {
             upload.finished = true;
             let _ = control.close_stdin(sandbox, exec);
-            let message = format!("write_file: cannot pass the data on: {error}");
-            out.extend(file_error_frames("io", &message, Some(&id)));
-        }
+            failure(
+                "io",
+                format!("write_file: cannot pass the data on: {error}"),
+            )
+        })
     }
 
     /// The client went away: its writes end without committing (their temporary files are
-    /// removed), its reads are stopped.
+    /// removed), its reads are stopped. HTTP transfers go on.
     pub fn abandon_file_transfers(&mut self, control: &mut dyn SandboxControl) {
-        let Some(sandbox) = self.sandbox else { return };
-        for (exec, transfer) in &mut self.files.by_exec {
-            transfer.abandoned = true;
-            match transfer.kind {
-                Kind::Write if !transfer.upload.finished => {
-                    transfer.upload.finished = true;
-                    let _ = control.close_stdin(sandbox, *exec);
-                }
-                Kind::Read => {
-                    let _ = control.kill_exec(sandbox, *exec);
-                }
-                _ => {}
-            }
+        let execs: Vec<ExecId> = self
+            .files
+            .by_exec
+            .iter()
+            .filter(|(_, transfer)| matches!(transfer.sink, Sink::Client(_)))
+            .map(|(exec, _)| *exec)
+            .collect();
+        for exec in execs {
+            self.abandon(exec, control);
         }
+    }
+
+    fn abandon(&mut self, exec: ExecId, control: &mut dyn SandboxControl) {
+        let (Some(sandbox), Some(transfer)) = (self.sandbox, self.files.by_exec.get_mut(&exec))
+        else {
+            return;
+        };
+        transfer.abandoned = true;
+        match transfer.kind {
+            Kind::Write if !transfer.upload.finished => {
+                transfer.upload.finished = true;
+                let _ = control.close_stdin(sandbox, exec);
+            }
+            Kind::Read => {
+                let _ = control.kill_exec(sandbox, exec);
+            }
+            _ => {}
+        }
+    }
+
+    /// An HTTP request's file operation: its execution, whose events come back as
+    /// [`Out::HttpFile`] for `connection`. A write's body follows with
+    /// [`Session::http_file_body`].
+    pub fn start_http_file(
+        &mut self,
+        connection: u64,
+        message: FileMessage,
+        control: &mut dyn SandboxControl,
+    ) -> Result<ExecId, FileFailure> {
+        if self.state != State::Running {
+            return Err(failure(
+                "busy",
+                "the sandbox is not running here now (being created, saved or deleted)",
+            ));
+        }
+        let (request, kind, first_chunk) = helper_request(message);
+        let exec = self.begin(Sink::Http(connection), request, kind, control)?;
+        if let Some((data, false)) = first_chunk {
+            // The whole body is there already.
+            self.feed(exec, &data, false, control)?;
+        }
+        Ok(exec)
+    }
+
+    /// A piece of an HTTP upload's body (`end`: the body is complete).
+    pub fn http_file_body(
+        &mut self,
+        exec: ExecId,
+        data: &[u8],
+        end: bool,
+        control: &mut dyn SandboxControl,
+    ) -> Result<(), FileFailure> {
+        self.feed(exec, data, !end, control)
+    }
+
+    /// Whether an HTTP upload may take `bytes` more now.
+    pub fn http_file_has_room(&self, exec: ExecId, bytes: usize) -> bool {
+        self.files.by_exec.get(&exec).is_some_and(|transfer| {
+            transfer.upload.in_flight() + bytes as u64 <= transfer.upload.window
+        })
+    }
+
+    /// The HTTP client of `exec` went away.
+    pub fn abandon_http_file(&mut self, exec: ExecId, control: &mut dyn SandboxControl) {
+        self.abandon(exec, control);
     }
 
     /// Whether file operations are under way (a checkpoint waits for them).
@@ -382,6 +501,9 @@ impl Session {
             return;
         }
         for transfer in self.files.by_exec.values_mut() {
+            let Sink::Client(id) = &transfer.sink else {
+                continue;
+            };
             let upload = &mut transfer.upload;
             let written = upload.consumed.min(upload.received);
             if transfer.kind == Kind::Write && !transfer.abandoned && written > upload.acknowledged
@@ -392,7 +514,7 @@ impl Session {
                         written,
                         window: None,
                     }),
-                    Some(&transfer.request),
+                    Some(id),
                 )));
             }
         }
@@ -400,17 +522,25 @@ impl Session {
 
     /// A runtime notice about `exec`, a file operation's.
     fn file_runtime(&mut self, exec: ExecId, event: FileNotice, out: &mut Vec<Out>) {
+        let attached = self.attached;
         let Some(transfer) = self.files.by_exec.get_mut(&exec) else {
             return;
         };
+        let silent = transfer.abandoned || (matches!(transfer.sink, Sink::Client(_)) && !attached);
         match event {
             FileNotice::Output(Stream::Stdout, data) if transfer.kind == Kind::Read => {
                 transfer.sent += data.len() as u64;
-                if self.attached && !transfer.abandoned {
-                    out.push(Out::Send(Frame::answering(
+                match &transfer.sink {
+                    _ if silent => {}
+                    Sink::Client(id) => out.push(Out::Send(Frame::answering(
                         ServerEvent::File(FileEvent::Data(base64_encode(&data))),
-                        Some(&transfer.request),
-                    )));
+                        Some(id),
+                    ))),
+                    Sink::Http(connection) => out.push(Out::HttpFile {
+                        connection: *connection,
+                        exec,
+                        event: HttpFileOut::Data(data),
+                    }),
                 }
             }
             FileNotice::Output(Stream::Stdout, data) => {
@@ -421,26 +551,62 @@ impl Session {
             }
             FileNotice::StdinWritten(count) => {
                 transfer.upload.consumed += u64::from(count);
+                if let (Sink::Http(connection), false) = (&transfer.sink, silent) {
+                    out.push(Out::HttpFile {
+                        connection: *connection,
+                        exec,
+                        event: HttpFileOut::Room,
+                    });
+                }
             }
             FileNotice::SpawnFailed(message) => {
-                let Some(transfer) = self.files.by_exec.remove(&exec) else {
-                    return;
-                };
-                if self.attached && !transfer.abandoned {
-                    let message = format!("cannot start the file operation: {message}");
-                    out.extend(file_error_frames("io", &message, Some(&transfer.request)));
-                }
+                let failed = failure("io", format!("cannot start the file operation: {message}"));
+                self.end_transfer(exec, Err(failed), out);
             }
             FileNotice::Finished(outcome) => {
                 self.flush_file_acks(out);
-                let Some(transfer) = self.files.by_exec.remove(&exec) else {
-                    return;
-                };
-                if self.attached && !transfer.abandoned {
-                    finish(transfer, &outcome, out);
+                let result = self
+                    .files
+                    .by_exec
+                    .get(&exec)
+                    .map(|transfer| result_of(transfer, &outcome));
+                if let Some(result) = result {
+                    self.end_transfer(exec, result, out);
                 }
             }
             FileNotice::Started => {}
+        }
+    }
+
+    /// Forget `exec`'s transfer and tell its client how it ended.
+    fn end_transfer(
+        &mut self,
+        exec: ExecId,
+        result: Result<Map<String, Value>, FileFailure>,
+        out: &mut Vec<Out>,
+    ) {
+        let Some(transfer) = self.files.by_exec.remove(&exec) else {
+            return;
+        };
+        if transfer.abandoned {
+            return;
+        }
+        match transfer.sink {
+            Sink::Client(id) if self.attached => match result {
+                Ok(keys) => out.push(Out::Send(Frame::answering(
+                    ServerEvent::File(FileEvent::Reply(keys)),
+                    Some(&id),
+                ))),
+                Err(failed) => {
+                    out.extend(file_error_frames(&failed.code, &failed.message, Some(&id)))
+                }
+            },
+            Sink::Client(_) => {}
+            Sink::Http(connection) => out.push(Out::HttpFile {
+                connection,
+                exec,
+                event: HttpFileOut::Done(result),
+            }),
         }
     }
 }
@@ -455,40 +621,35 @@ pub(super) enum FileNotice {
     Finished(ExecOutcome),
 }
 
-/// The answer to a finished operation: its reply, or its error.
-fn finish(transfer: Transfer, outcome: &ExecOutcome, out: &mut Vec<Out>) {
-    let id = Some(&transfer.request);
+/// How a finished operation ended: its reply's keys, or its failure.
+fn result_of(
+    transfer: &Transfer,
+    outcome: &ExecOutcome,
+) -> Result<Map<String, Value>, FileFailure> {
     let exited = outcome.reason == Reason::Exited;
     if exited && outcome.exit_code() == 0 {
         let reply = match transfer.kind {
             Kind::Read => Ok(json!({ "size": transfer.sent })),
             Kind::Write | Kind::Other => serde_json::from_slice::<Value>(&transfer.reply),
         };
-        if let Ok(Value::Object(keys)) = reply {
-            out.push(Out::Send(Frame::answering(
-                ServerEvent::File(FileEvent::Reply(keys)),
-                id,
-            )));
-            return;
-        }
-        out.extend(file_error_frames(
-            "io",
-            "the file operation gave no answer the server understands",
-            id,
-        ));
-        return;
+        return match reply {
+            Ok(Value::Object(keys)) => Ok(keys),
+            _ => Err(failure(
+                "io",
+                "the file operation gave no answer the server understands",
+            )),
+        };
     }
-    let failure = match serde_json::from_slice::<FileFailure>(&transfer.failure) {
-        Ok(failure) if exited => failure,
-        _ => FileFailure {
-            code: "io".into(),
-            message: format!(
+    match serde_json::from_slice::<FileFailure>(&transfer.failure) {
+        Ok(failed) if exited => Err(failed),
+        _ => Err(failure(
+            "io",
+            format!(
                 "the file operation ended before its answer ({})",
                 outcome.reason.as_str()
             ),
-        },
-    };
-    out.extend(file_error_frames(&failure.code, &failure.message, id));
+        )),
+    }
 }
 
 impl Session {

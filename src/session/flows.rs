@@ -207,6 +207,8 @@ impl Replay {
                     self.session.on_snapshot_found(Ok(image), &mut self.runtime)
                 }
                 Out::RemoveSavedState => self.session.on_saved_state_removed(),
+                // The flows have no HTTP transfers.
+                Out::HttpFile { .. } => continue,
             };
             self.take(answer);
         }

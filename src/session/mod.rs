@@ -151,6 +151,12 @@ pub enum Out {
     /// Another instance asked for the sandbox and it cannot be handed off (why): tell the
     /// requester through the store.
     HandoffRefused(String),
+    /// An event of a file transfer for an HTTP connection (the files API over HTTP).
+    HttpFile {
+        connection: u64,
+        exec: ExecId,
+        event: files::HttpFileOut,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
