@@ -28,7 +28,8 @@ Exceptions (all from ``SandboxError``; the table from server statuses to classes
     ├── SandboxNotFoundError
     ├── SandboxInUseError
     ├── SandboxRequestError
-    └── SandboxStateError
+    ├── SandboxStateError
+    └── SandboxFileError            (``code``: not_found, is_a_directory, ...)
 """
 
 from ._errors import (
@@ -39,6 +40,7 @@ from ._errors import (
     SandboxCreationError,
     SandboxError,
     SandboxExecutionError,
+    SandboxFileError,
     SandboxInUseError,
     SandboxNotFoundError,
     SandboxPermissionError,
@@ -49,11 +51,19 @@ from ._errors import (
     SandboxTimeoutError,
     SandboxUnsupportedLanguageError,
 )
+from ._files import Files
 from ._process import OutputStream, SandboxProcess
 from ._reconnect import ReconnectOptions
-from ._results import ExecutionResult, ProcessInfo, RunResult, SandboxInfo, SandboxList
+from ._results import (
+    ExecutionResult,
+    FileEntry,
+    ProcessInfo,
+    RunResult,
+    SandboxInfo,
+    SandboxList,
+)
 from ._sandbox import Sandbox, SandboxState
-from ._sync import SyncOutputStream, SyncProcess, SyncSandbox
+from ._sync import SyncFiles, SyncOutputStream, SyncProcess, SyncSandbox
 from ._transport import Connection, ConnectionClosed, Transport, WebSocketTransport
 
 __version__ = "0.2.0"
@@ -63,6 +73,8 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "ExecutionResult",
+    "FileEntry",
+    "Files",
     "OutputStream",
     "ProcessInfo",
     "ReconnectOptions",
@@ -74,6 +86,7 @@ __all__ = [
     "SandboxCreationError",
     "SandboxError",
     "SandboxExecutionError",
+    "SandboxFileError",
     "SandboxInUseError",
     "SandboxInfo",
     "SandboxList",
@@ -87,6 +100,7 @@ __all__ = [
     "SandboxStateError",
     "SandboxTimeoutError",
     "SandboxUnsupportedLanguageError",
+    "SyncFiles",
     "SyncOutputStream",
     "SyncProcess",
     "SyncSandbox",

@@ -132,6 +132,24 @@ class Closed:
     checkpointed: bool = False
 
 
+@dataclass(frozen=True)
+class FileData:
+    """A piece of a file being read (``file_data``), for request ``request_id``."""
+
+    request_id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FileAcknowledged:
+    """The server wrote ``written`` bytes of the file being written (``file_ack``); the
+    first acknowledgement also gives the ``window``."""
+
+    request_id: str
+    written: int
+    window: int | None
+
+
 Effect = Union[
     Ready,
     SetupFailed,
@@ -146,6 +164,8 @@ Effect = Union[
     ProcessEnded,
     StdinAcknowledged,
     StdinFailed,
+    FileData,
+    FileAcknowledged,
     SendFrame,
     Notice,
     Closed,
