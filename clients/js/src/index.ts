@@ -18,7 +18,8 @@ export {
   type SandboxState,
 } from './sandbox.js';
 export { OutputStream, SandboxProcess, type OutputCallback } from './process.js';
-export type { ExecutionResult, ProcessInfo, RunResult, SandboxInfo, SandboxList } from './results.js';
+export type { ExecutionResult, FileEntry, ProcessInfo, RunResult, SandboxInfo, SandboxList } from './results.js';
+export { Files, type WriteData } from './files.js';
 export {
   STATUS_ERRORS,
   SandboxAuthenticationError,
@@ -27,6 +28,7 @@ export {
   SandboxCreationError,
   SandboxError,
   SandboxExecutionError,
+  SandboxFileError,
   SandboxInUseError,
   SandboxNotFoundError,
   SandboxPermissionError,
@@ -40,6 +42,7 @@ export {
   type SandboxConnectionErrorOptions,
   type SandboxErrorClass,
   type SandboxErrorOptions,
+  type SandboxFileErrorOptions,
 } from './errors.js';
 export {
   WebSocketTransport,

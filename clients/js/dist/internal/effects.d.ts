@@ -5,7 +5,7 @@
  */
 import type { SandboxError } from '../errors.js';
 import type { ExecutionResult, ProcessInfo } from '../results.js';
-import type { StreamName } from './frames.js';
+import type { ServerFrame, StreamName } from './frames.js';
 export type Effect = 
 /** The sandbox is running (`/create` or `/attach` finished). */
 {
@@ -50,7 +50,7 @@ export type Effect =
  | {
     type: 'RequestDone';
     requestId: string;
-    value?: string | ProcessInfo[] | number | undefined;
+    value?: string | ProcessInfo[] | number | ServerFrame | undefined;
 }
 /**
  * `sessionEnds`: the server closes the connection after this error (a checkpoint that is not
@@ -81,6 +81,19 @@ export type Effect =
     type: 'StdinFailed';
     key: string;
     error: SandboxError;
+}
+/** A piece of a file being read (`file_data`) for request `requestId`. */
+ | {
+    type: 'FileData';
+    requestId: string;
+    data: Uint8Array;
+}
+/** The server wrote `written` bytes of a file being written; the first ack gives `window`. */
+ | {
+    type: 'FileAcknowledged';
+    requestId: string;
+    written: number;
+    window: number | undefined;
 }
 /** A frame the protocol itself sends (the kill of an execution nobody waits for). */
  | {

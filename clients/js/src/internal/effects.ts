@@ -6,7 +6,7 @@
 
 import type { SandboxError } from '../errors.js';
 import type { ExecutionResult, ProcessInfo } from '../results.js';
-import type { StreamName } from './frames.js';
+import type { ServerFrame, StreamName } from './frames.js';
 
 export type Effect =
   /** The sandbox is running (`/create` or `/attach` finished). */
@@ -25,7 +25,7 @@ export type Effect =
    * The request succeeded. `value`: the process key (exec, attach_process), the processes
    * (list_processes), the idle timeout in effect (set_idle_timeout), else undefined.
    */
-  | { type: 'RequestDone'; requestId: string; value?: string | ProcessInfo[] | number | undefined }
+  | { type: 'RequestDone'; requestId: string; value?: string | ProcessInfo[] | number | ServerFrame | undefined }
   /**
    * `sessionEnds`: the server closes the connection after this error (a checkpoint that is not
    * possible at all); the I/O layer reports it once the close arrived.
@@ -37,6 +37,10 @@ export type Effect =
   | { type: 'StdinAcknowledged'; key: string }
   /** The server refused stdin for the process: its writers must reject with `error`. */
   | { type: 'StdinFailed'; key: string; error: SandboxError }
+  /** A piece of a file being read (`file_data`) for request `requestId`. */
+  | { type: 'FileData'; requestId: string; data: Uint8Array }
+  /** The server wrote `written` bytes of a file being written; the first ack gives `window`. */
+  | { type: 'FileAcknowledged'; requestId: string; written: number; window: number | undefined }
   /** A frame the protocol itself sends (the kill of an execution nobody waits for). */
   | { type: 'SendFrame'; frame: string }
   /** An error the server reported that no pending request is waiting for. */
