@@ -1,22 +1,23 @@
 //! One running execution inside the sandbox: its process group, pipes and pending stdin.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::agent_loop::set_nonblocking;
+use crate::pipes::AgentEnds;
 use crate::protocol::{
     AgentConfig, ExecId, ExitStatus, FromAgent, Language, ProcessLimits, SpawnRequest, Stream,
     MAX_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
 };
 
 /// `execve` refuses a single argument longer than 128 KiB; larger code goes through a file.
-const MAX_INLINE_CODE_BYTES: usize = 96 * 1024;
+pub const MAX_INLINE_CODE_BYTES: usize = 96 * 1024;
 
 /// Output still read from a process's pipes after it exited (a pipe holds 64 KiB; this leaves
 /// room for both pipes and for data that was in flight).
@@ -82,12 +83,16 @@ pub enum PipeRead {
 pub struct Execution {
     id: ExecId,
     pid: Pid,
-    python: bool,
-    stdin: Option<ChildStdin>,
+    stdin: Option<File>,
     stdin_pending: Vec<u8>,
     close_stdin_when_flushed: bool,
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    /// A process started ahead of its request (see `standby`) reads the request from this pipe;
+    /// what the pipe did not take yet waits here, and the pipe closes once it is all written
+    /// (the end of file tells the process the request is complete).
+    request: Option<File>,
+    request_pending: Vec<u8>,
     exit: Option<ExitStatus>,
     code_file: Option<PathBuf>,
     /// SIGKILL was asked for: the group is killed again when the leader is gone, because a
@@ -135,17 +140,13 @@ impl Execution {
         prepare_command(&mut command, config, &request.limits);
         command.envs(request.env.iter().map(|(key, value)| (key, value)));
         command.current_dir(&request.cwd);
-        let mut execution = Self::from_command(id, command, request.language == Language::Python)?;
+        let mut execution = Self::from_command(id, command)?;
         execution.code_file = code_file;
         Ok(execution)
     }
 
     /// Spawn a prepared command with piped stdio and wrap it.
-    pub fn from_command(
-        id: ExecId,
-        mut command: Command,
-        python: bool,
-    ) -> Result<Self, SpawnError> {
+    pub fn from_command(id: ExecId, mut command: Command) -> Result<Self, SpawnError> {
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -153,33 +154,37 @@ impl Execution {
         let mut child = command.spawn().map_err(SpawnError::Start)?;
         // The agent reaps with waitpid(-1); the `Child` handle is not used to wait.
         let pid = Pid::from_raw(child.id() as i32);
-        let (stdin, stdout, stderr) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        for fd in [
-            stdin.as_ref().map(|p| p.as_fd()),
-            stdout.as_ref().map(|p| p.as_fd()),
-            stderr.as_ref().map(|p| p.as_fd()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            set_nonblocking(fd).map_err(SpawnError::ConfigurePipes)?;
-        }
-        Ok(Execution {
+        let ends = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+            (Some(stdin), Some(stdout), Some(stderr)) => AgentEnds {
+                stdin: File::from(OwnedFd::from(stdin)),
+                stdout: File::from(OwnedFd::from(stdout)),
+                stderr: File::from(OwnedFd::from(stderr)),
+            },
+            // All three were asked for as pipes just above.
+            _ => unreachable!("spawned with three piped streams"),
+        };
+        ends.configure().map_err(SpawnError::ConfigurePipes)?;
+        Ok(Self::from_parts(id, pid, ends))
+    }
+
+    /// A process started by someone else (the forkserver) whose stdio are `ends`' pipes.
+    pub fn from_parts(id: ExecId, pid: Pid, ends: AgentEnds) -> Self {
+        Execution {
             id,
             pid,
-            python,
-            stdin,
+            stdin: Some(ends.stdin),
             stdin_pending: Vec::new(),
             close_stdin_when_flushed: false,
-            stdout,
-            stderr,
+            stdout: Some(ends.stdout),
+            stderr: Some(ends.stderr),
+            request: None,
+            request_pending: Vec::new(),
             exit: None,
             code_file: None,
             kill_requested: std::cell::Cell::new(false),
             drained_after_exit: 0,
             window: u64::from(OUTPUT_WINDOW_BYTES),
-        })
+        }
     }
 
     pub fn set_id(&mut self, id: ExecId) {
@@ -188,10 +193,6 @@ impl Execution {
 
     pub fn pid(&self) -> Pid {
         self.pid
-    }
-
-    pub fn was_python(&self) -> bool {
-        self.python
     }
 
     /// Whether its output may be read now (its window is open).
@@ -223,6 +224,43 @@ impl Execution {
             None
         } else {
             self.stdin.as_ref().map(|pipe| pipe.as_fd())
+        }
+    }
+
+    /// Hand the process its request on `pipe` (non-blocking): what fits now is written at
+    /// once, the rest when the pipe has room (`write_request`).
+    pub fn send_request(&mut self, pipe: File, bytes: Vec<u8>) {
+        self.request = Some(pipe);
+        self.request_pending = bytes;
+        self.write_request();
+    }
+
+    pub fn request_fd_if_pending(&self) -> Option<BorrowedFd<'_>> {
+        self.request.as_ref().map(|pipe| pipe.as_fd())
+    }
+
+    /// Write what the request pipe takes; close it once the request is complete. A process
+    /// that closed its end (it died) makes the rest moot.
+    pub fn write_request(&mut self) {
+        let Some(pipe) = self.request.as_mut() else {
+            return;
+        };
+        let mut written = 0;
+        while written < self.request_pending.len() {
+            match pipe.write(&self.request_pending[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    written = self.request_pending.len();
+                    break;
+                }
+            }
+        }
+        self.request_pending.drain(..written);
+        if self.request_pending.is_empty() {
+            self.request = None;
         }
     }
 
@@ -478,7 +516,7 @@ mod tests {
             .arg("-c")
             .arg(format!("head -c {} /dev/zero", 2 * window))
             .process_group(0);
-        let mut execution = Execution::from_command(ExecId(1), command, false).unwrap();
+        let mut execution = Execution::from_command(ExecId(1), command).unwrap();
         assert_eq!(read_until_quiet(&mut execution), window);
         assert!(!execution.output_window_open());
         execution.add_credit(1000);

@@ -128,8 +128,11 @@ pub struct AgentConfig {
     pub limits: ProcessLimits,
     /// Environment every execution starts with, before its own additions.
     pub base_env: Vec<(String, String)>,
-    /// Keep a pre-started Python interpreter.
+    /// Keep a Python forkserver with a child forked ahead of the next `python` execution.
     pub python_standby: bool,
+    /// Keep a bash started ahead of the next `bash` execution.
+    #[serde(default)]
+    pub bash_standby: bool,
 }
 
 /// What the server asks the agent to run.
