@@ -37,6 +37,30 @@ fn ensure_python_child(ws: &mut Ws) {
     assert_exited(&result.done, 0);
 }
 
+/// Wait (bounded) until the agent has a bash started ahead of the next request (it starts one
+/// once idle for a moment), so that the next bash request is served by it. Checked from
+/// python, which leaves the bash alone.
+fn ensure_bash_standby(ws: &mut Ws) {
+    let result = ws.run(
+        "python",
+        "import subprocess, sys, time\n\
+         for _ in range(200):\n\
+         \x20   args = subprocess.run(['ps', '-eo', 'args'], capture_output=True, text=True).stdout\n\
+         \x20   if 'read -r -N ' + '10' in args: sys.exit(0)\n\
+         \x20   time.sleep(0.05)\n\
+         sys.exit(1)",
+    );
+    assert_exited(&result.done, 0);
+}
+
+/// Run bash code once in the pre-started bash and once fresh; both results.
+fn bash_both_ways(ws: &mut Ws, code: &str) -> (ExecResult, ExecResult) {
+    ensure_bash_standby(ws);
+    let pre_started = ws.run("bash", code);
+    let fresh = ws.run_with("bash", code, json!({"env": {"PROBE_FRESH": "1"}}));
+    (pre_started, fresh)
+}
+
 /// Run python code once in the forkserver's child and once fresh; both results.
 fn python_both_ways(ws: &mut Ws, code: &str, extra: Value) -> (ExecResult, ExecResult) {
     ensure_python_child(ws);
@@ -325,14 +349,13 @@ fn a_pre_started_bash_is_made_like_a_fresh_bash() {
     );
     assert_exited(&result.done, 0);
     assert_eq!(result.stdout, "bye\n");
-    // The standby is started before the loop reads the next request: this one is served by it
-    // (its command line is the stub's), the next one with a variable is spawned fresh.
-    // (The pattern is built so that the probe's own command line does not contain it.)
+    // The first is served by the standby (its command line is the stub's), the second, with a
+    // variable, is spawned fresh. (The pattern is built so that the probe's own command line
+    // does not contain it.)
     let code = format!(
         "{BASH_PROBE}n=1$((0)); tr '\\0' ' ' < /proc/$$/cmdline | grep -c \"read -r -N $n\""
     );
-    let pre_started = ws.run("bash", &code);
-    let fresh = ws.run_with("bash", &code, json!({"env": {"PROBE_FRESH": "1"}}));
+    let (pre_started, fresh) = bash_both_ways(&mut ws, &code);
     assert_exited(&pre_started.done, 0);
     let (probe, served) = pre_started.stdout.trim_end().rsplit_once('\n').unwrap();
     let (fresh_probe, fresh_served) = fresh.stdout.trim_end().rsplit_once('\n').unwrap();
@@ -357,6 +380,7 @@ fn a_pre_started_bash_is_made_like_a_fresh_bash() {
         "{probe}"
     );
     // SECONDS counts from the request, not from when the shell was started ahead of it.
+    ensure_bash_standby(&mut ws);
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let result = ws.run("bash", "echo $SECONDS");
     assert!(
@@ -383,20 +407,19 @@ fn a_pre_started_bash_is_made_like_a_fresh_bash() {
         ("return 3", 2, None),
         ("nosuchcommand", 127, None),
     ] {
-        let pre_started = ws.run("bash", code);
-        let fresh = ws.run_with("bash", code, json!({"env": {"PROBE_FRESH": "1"}}));
+        let (pre_started, fresh) = bash_both_ways(&mut ws, code);
         assert_eq!(visible(&pre_started), visible(&fresh), "{code:?}");
         assert_eq!(pre_started.done["exit_code"], exit_code, "{code:?}");
         assert_eq!(pre_started.done["signal"], json!(signal), "{code:?}");
     }
+    ensure_bash_standby(&mut ws);
     ws.start("bash", "read name; echo \"Hello, $name\"");
     ws.expect_status("SANDBOX_EXECUTION_RUNNING");
     ws.send(json!({"event": "stdin", "data": "World\n"}));
     let result = ws.collect_until_done();
     assert_eq!(result.stdout, "Hello, World\n");
     // The documented difference: a syntax error names `eval`, not `-c`.
-    let pre_started = ws.run("bash", "echo a; foo(");
-    let fresh = ws.run_with("bash", "echo a; foo(", json!({"env": {"PROBE_FRESH": "1"}}));
+    let (pre_started, fresh) = bash_both_ways(&mut ws, "echo a; foo(");
     assert_eq!(pre_started.done["exit_code"], 2);
     assert_eq!(fresh.done["exit_code"], 2);
     assert_eq!(

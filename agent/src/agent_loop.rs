@@ -7,8 +7,8 @@
 //!   relays their stdin, stdout, stderr and exit status;
 //! - it keeps a process started ahead of the next execution of each language (a bash, and a
 //!   child of its Python forkserver: see [`crate::standby`]), so that an execution pays neither
-//!   a fork, nor an exec, nor an interpreter's start-up. They are started after the frames
-//!   the server waits for are written, never before.
+//!   a fork, nor an exec, nor an interpreter's start-up. They are started when the agent is
+//!   idle, never before the frames the server waits for are written.
 //!
 //! Back-pressure: each execution has an output window (`protocol::OUTPUT_WINDOW_BYTES`): the
 //! agent reads its pipes only while the window is open, and the server reopens it with
@@ -40,15 +40,19 @@ use crate::forkserver::{self, Forkserver};
 use crate::pipes::set_nonblocking;
 use crate::protocol::{
     AgentConfig, AgentHello, ExecId, ExitStatus, FrameDecoder, FromAgent, Inspection, Language,
-    SpawnRequest, ToAgent,
+    SpawnRequest, ToAgent, MAX_OUTPUT_CHUNK_BYTES,
 };
 use crate::standby::Standby;
 
 /// How long a killed execution's process group is watched for survivors.
 const DOOMED_GROUP_WATCH: Duration = Duration::from_secs(2);
 
-/// Output frames held for the server before the agent stops reading process pipes.
-pub(crate) const OUTBOX_HIGH_WATER: usize = 256 * 1024;
+/// How often a killed execution's process group is killed again while it is watched.
+const DOOMED_GROUP_POLL: Duration = Duration::from_millis(20);
+
+/// Output frames held for the server before the agent stops reading process pipes (one more
+/// read may add a frame of up to `MAX_OUTPUT_CHUNK_BYTES`).
+pub(crate) const OUTBOX_HIGH_WATER: usize = 1024 * 1024;
 
 /// After this many failures (a start that failed, an unexpected death), a kind of standby is
 /// not started again in this sandbox: executions are then spawned fresh.
@@ -57,6 +61,12 @@ const MAX_STANDBY_FAILURES: u32 = 3;
 /// How long a `python` request waits for the child the forkserver is forking before it is
 /// spawned fresh instead (a fresh interpreter costs about as much as this).
 const FORK_WAIT: Duration = Duration::from_millis(100);
+
+/// Standbys (the forkserver, a bash) are started once nothing happened for this long, never
+/// while requests come: starting one blocks the loop for a few milliseconds and costs the
+/// sandbox CPU, which a sandbox used at once after its start (one `/execute` under load, say)
+/// would pay for nothing. A pooled sandbox waits longer than this before it is used.
+const IDLE_BEFORE_STANDBYS: Duration = Duration::from_millis(10);
 
 /// Where each polled descriptor belongs.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +88,8 @@ pub struct Agent {
     server_closed: bool,
     decoder: FrameDecoder,
     outbox: Vec<u8>,
+    /// Where output is read into before it is framed (one buffer for every pipe).
+    read_buffer: Vec<u8>,
     signals: UnixStream,
     executions: BTreeMap<ExecId, Execution>,
     bash_standby: Option<Standby>,
@@ -88,8 +100,9 @@ pub struct Agent {
     /// Where the next bash standby starts: the last bash execution's directory (a standby
     /// serves only requests for the directory it started in), at first `HOME`.
     bash_cwd: String,
-    /// Standbys to start once the outbox is written (their spawn blocks the loop).
-    refill_due: bool,
+    /// When an event was last handled: standbys are started once the agent has been idle for
+    /// [`IDLE_BEFORE_STANDBYS`].
+    last_activity: Instant,
     /// Process groups of killed executions, and since when: under gVisor a child forked while
     /// the group kill was delivered can survive it, so the group is killed again until it is
     /// empty (ESRCH) or for `DOOMED_GROUP_WATCH`.
@@ -124,6 +137,7 @@ impl Agent {
             server_closed: false,
             decoder: FrameDecoder::new(),
             outbox: Vec::with_capacity(64 * 1024),
+            read_buffer: vec![0; MAX_OUTPUT_CHUNK_BYTES],
             signals: signal_reader,
             executions: BTreeMap::new(),
             bash_standby: None,
@@ -132,7 +146,7 @@ impl Agent {
             bash_failures: 0,
             forkserver_failures: 0,
             bash_cwd,
-            refill_due: true,
+            last_activity: Instant::now(),
             doomed: Vec::new(),
             highest_exec_id: 0,
         })
@@ -150,14 +164,19 @@ impl Agent {
         FromAgent::Ready(hello).encode(&mut self.outbox);
         loop {
             self.flush_outbox()?;
-            if self.refill_due && !self.server_closed {
-                self.refill_due = false;
-                self.refill_standbys();
-            }
             if self.server_closed && self.executions.is_empty() {
                 return Ok(());
             }
+            if !self.server_closed {
+                self.request_python_child();
+                if self.last_activity.elapsed() >= IDLE_BEFORE_STANDBYS {
+                    self.start_standbys();
+                }
+            }
             let ready = self.wait_for_events()?;
+            if !ready.is_empty() {
+                self.last_activity = Instant::now();
+            }
             for (source, flags) in ready {
                 self.handle(source, flags)?;
             }
@@ -170,6 +189,8 @@ impl Agent {
         let readable = PollFlags::POLLIN;
         let writable = PollFlags::POLLOUT;
         let outbox_has_room = self.outbox.len() < OUTBOX_HIGH_WATER;
+        let now = Instant::now();
+        let mut wake_at: Option<Instant> = None;
         let mut sources = Vec::new();
         let mut fds: Vec<PollFd<'_>> = Vec::new();
         if !self.server_closed {
@@ -188,8 +209,13 @@ impl Agent {
         }
         for (id, execution) in &self.executions {
             // An execution whose window is closed is not read: it blocks in `write` until the
-            // server gives credit, and the others go on.
-            if outbox_has_room && execution.output_window_open() {
+            // server gives credit, and the others go on. One whose pipes rest is read when
+            // they wake (see `Execution::resting_until`).
+            let resting = execution.resting_until().filter(|until| *until > now);
+            if let Some(until) = resting {
+                wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+            }
+            if outbox_has_room && execution.output_window_open() && resting.is_none() {
                 if let Some(fd) = execution.stdout_fd() {
                     sources.push(Source::ExecStdout(*id));
                     fds.push(PollFd::new(fd, readable));
@@ -208,11 +234,23 @@ impl Agent {
                 fds.push(PollFd::new(fd, writable));
             }
         }
+        // Missing standbys are started once idle long enough.
+        if !self.server_closed && self.standbys_missing() {
+            let until = self.last_activity + IDLE_BEFORE_STANDBYS;
+            wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+        }
         // While killed groups may still hold a process, wake up to kill them again.
-        let timeout = if self.doomed.is_empty() {
-            PollTimeout::NONE
-        } else {
-            PollTimeout::from(20u8)
+        if !self.doomed.is_empty() {
+            let until = now + DOOMED_GROUP_POLL;
+            wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+        }
+        let timeout = match wake_at {
+            None => PollTimeout::NONE,
+            // Rounded up to the next millisecond: poll(2) counts in milliseconds.
+            Some(at) => {
+                let millis = at.saturating_duration_since(now).as_micros().div_ceil(1000);
+                PollTimeout::try_from(millis.max(1)).unwrap_or(PollTimeout::MAX)
+            }
         };
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -245,7 +283,7 @@ impl Agent {
                     PipeRead::Stderr
                 };
                 if let Some(execution) = self.executions.get_mut(&id) {
-                    execution.read_output(which, &mut self.outbox);
+                    execution.read_output(which, &mut self.outbox, &mut self.read_buffer);
                 }
                 Ok(())
             }
@@ -314,7 +352,6 @@ impl Agent {
                 if request.language == Language::Bash && self.config.bash_standby {
                     self.bash_cwd.clone_from(&request.cwd);
                 }
-                self.refill_due = true;
                 match result {
                     Ok(execution) => {
                         FromAgent::Started(id).encode(&mut self.outbox);
@@ -352,7 +389,6 @@ impl Agent {
                     self.forkserver_failures = 0;
                     // A new sandbox (made from a snapshot's files): its ids start over.
                     self.highest_exec_id = 0;
-                    self.refill_due = true;
                 }
                 for execution in self.executions.values_mut() {
                     execution.reset_window();
@@ -423,10 +459,8 @@ impl Agent {
             // another, but give up after repeated failures.
             self.bash_standby = None;
             self.bash_failures += 1;
-            self.refill_due = true;
         } else if is(&self.python_standby) {
             self.python_standby = None;
-            self.refill_due = true;
         } else if self
             .forkserver
             .as_ref()
@@ -449,7 +483,6 @@ impl Agent {
                 forkserver.stderr_tail().trim_end()
             );
         }
-        self.refill_due = true;
     }
 
     /// Handle what the forkserver said; a forkserver that cannot be understood is ended.
@@ -474,7 +507,6 @@ impl Agent {
                     // Its exit (reaped as our child) finishes the job.
                     self.forkserver_failures += 1;
                     self.forkserver = None;
-                    self.refill_due = true;
                     return;
                 }
             }
@@ -531,7 +563,7 @@ impl Agent {
         let mut finished = Vec::new();
         for (id, execution) in self.executions.iter_mut() {
             if outbox_has_room {
-                execution.drain_after_exit(&mut self.outbox);
+                execution.drain_after_exit(&mut self.outbox, &mut self.read_buffer);
             }
             if let Some(status) = execution.finished_status() {
                 finished.push((*id, status));
@@ -545,39 +577,57 @@ impl Agent {
         }
     }
 
-    /// Start what is missing: the forkserver and a child of it, a bash. Called once the outbox
-    /// is written: these spawns block the loop for a few milliseconds.
-    fn refill_standbys(&mut self) {
-        if self.config.python_standby && self.forkserver_failures < MAX_STANDBY_FAILURES {
-            if self.forkserver.is_none() {
-                match Forkserver::start(&self.config) {
-                    Ok(forkserver) => self.forkserver = Some(forkserver),
-                    Err(error) => {
-                        eprintln!("sandbox-agent: cannot start the python forkserver: {error}");
-                        self.forkserver_failures += 1;
-                    }
-                }
-            }
-            if let Some(forkserver) = self.forkserver.as_mut() {
-                if self.python_standby.is_none() && forkserver.pending() == 0 {
-                    if let Err(error) = forkserver.request_child() {
-                        eprintln!("sandbox-agent: cannot ask the forkserver for a child: {error}");
-                    }
-                }
+    /// Ask the forkserver for the next python child if none is waiting or being forked. Cheap
+    /// for the agent (one message; the forkserver forks in parallel), so done at once: executions
+    /// back to back find their child ready.
+    fn request_python_child(&mut self) {
+        let Some(forkserver) = self.forkserver.as_mut() else {
+            return;
+        };
+        if self.python_standby.is_none() && forkserver.pending() == 0 {
+            if let Err(error) = forkserver.request_child() {
+                eprintln!("sandbox-agent: cannot ask the forkserver for a child: {error}");
             }
         }
-        let bash_wanted = self.config.bash_standby && self.bash_failures < MAX_STANDBY_FAILURES;
-        let bash_misplaced = self
-            .bash_standby
-            .as_ref()
-            .is_some_and(|standby| !standby.started_in(&self.bash_cwd));
-        if bash_misplaced {
-            // Executions moved to another directory: follow them.
+    }
+
+    fn forkserver_wanted(&self) -> bool {
+        self.config.python_standby
+            && self.forkserver.is_none()
+            && self.forkserver_failures < MAX_STANDBY_FAILURES
+    }
+
+    fn bash_standby_wanted(&self) -> bool {
+        self.config.bash_standby
+            && self.bash_failures < MAX_STANDBY_FAILURES
+            && self
+                .bash_standby
+                .as_ref()
+                .is_none_or(|standby| !standby.started_in(&self.bash_cwd))
+    }
+
+    fn standbys_missing(&self) -> bool {
+        self.forkserver_wanted() || self.bash_standby_wanted()
+    }
+
+    /// Start what is missing: the forkserver, a bash (in the directory bash executions use).
+    /// These spawns block the loop for a few milliseconds: only called when idle.
+    fn start_standbys(&mut self) {
+        if self.forkserver_wanted() {
+            match Forkserver::start(&self.config) {
+                Ok(forkserver) => self.forkserver = Some(forkserver),
+                Err(error) => {
+                    eprintln!("sandbox-agent: cannot start the python forkserver: {error}");
+                    self.forkserver_failures += 1;
+                }
+            }
+            self.request_python_child();
+        }
+        if self.bash_standby_wanted() {
             if let Some(standby) = self.bash_standby.take() {
+                // Executions moved to another directory: follow them.
                 standby.dismiss();
             }
-        }
-        if bash_wanted && self.bash_standby.is_none() {
             match Standby::start_bash(&self.config, &self.bash_cwd) {
                 Ok(standby) => self.bash_standby = Some(standby),
                 Err(error) => {

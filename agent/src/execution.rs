@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -13,15 +14,23 @@ use nix::unistd::Pid;
 use crate::pipes::AgentEnds;
 use crate::protocol::{
     AgentConfig, ExecId, ExitStatus, FromAgent, Language, ProcessLimits, SpawnRequest, Stream,
-    MAX_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
+    MAX_OUTPUT_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
 };
 
 /// `execve` refuses a single argument longer than 128 KiB; larger code goes through a file.
 pub const MAX_INLINE_CODE_BYTES: usize = 96 * 1024;
 
-/// Output still read from a process's pipes after it exited (a pipe holds 64 KiB; this leaves
-/// room for both pipes and for data that was in flight).
-const MAX_DRAIN_AFTER_EXIT: usize = 1024 * 1024;
+/// Output still read from a process's pipes after it exited (a pipe holds up to
+/// `pipes::OUTPUT_PIPE_BYTES`; this leaves room for both pipes and for data in flight).
+const MAX_DRAIN_AFTER_EXIT: usize = 4 * 1024 * 1024;
+
+/// After a read that emptied a pipe, the pipe is left to fill for this long before it is read
+/// again. Each read, frame and wake-up costs several syscalls of tens of microseconds under
+/// gVisor: without a rest, a writer of 4 KiB chunks would cost the agent a wake-up per chunk
+/// (it reads faster than they come), with one it costs one per millisecond, and a fast writer
+/// is not slowed (a pipe holds 1 MiB, a read takes it all). Output that ends the execution is
+/// not delayed: an exited process's pipes are drained at once (`drain_after_exit`).
+pub const OUTPUT_REST: Duration = Duration::from_millis(1);
 
 /// Where code too large for an argument is written inside the sandbox.
 const CODE_DIR: &str = "/run/sandbox-agent";
@@ -103,6 +112,8 @@ pub struct Execution {
     /// Output bytes it may still send before the server gives some back (the protocol's
     /// output window): its pipes are read only while this is above zero.
     window: u64,
+    /// Its pipes are not read again before this (see [`OUTPUT_REST`]).
+    resting_until: Option<Instant>,
 }
 
 impl Execution {
@@ -184,7 +195,13 @@ impl Execution {
             kill_requested: std::cell::Cell::new(false),
             drained_after_exit: 0,
             window: u64::from(OUTPUT_WINDOW_BYTES),
+            resting_until: None,
         }
+    }
+
+    /// Until when its pipes rest (not read), if they do.
+    pub fn resting_until(&self) -> Option<Instant> {
+        self.resting_until
     }
 
     pub fn set_id(&mut self, id: ExecId) {
@@ -313,65 +330,68 @@ impl Execution {
 
     /// Read a pipe that polled readable until it is empty, the window closes or the outbox is
     /// full: each poll round trip is several slow syscalls under gVisor, so one read per
-    /// wake-up would cut the throughput to a fraction.
-    pub fn read_output(&mut self, which: PipeRead, outbox: &mut Vec<u8>) {
-        while outbox.len() < crate::agent_loop::OUTBOX_HIGH_WATER
-            && self.output_window_open()
-            && self.read_chunk(which, outbox)
-        {}
+    /// wake-up would cut the throughput to a fraction. `scratch` is where reads land (at
+    /// least [`MAX_OUTPUT_CHUNK_BYTES`]: the agent's one buffer, so no read allocates).
+    pub fn read_output(&mut self, which: PipeRead, outbox: &mut Vec<u8>, scratch: &mut [u8]) {
+        loop {
+            if outbox.len() >= crate::agent_loop::OUTBOX_HIGH_WATER || !self.output_window_open() {
+                // Stopped by the server's pace, not the writer's: read again once there is room.
+                return;
+            }
+            if !self.read_chunk(which, outbox, scratch) {
+                break;
+            }
+        }
+        // The pipe is empty: the writer is slower than the reads.
+        self.resting_until = Some(Instant::now() + OUTPUT_REST);
     }
 
-    /// Read what the pipe holds, up to one frame's worth (and what the window allows), and
-    /// frame it once: a writer's small writes become one frame instead of one each. Returns
-    /// false when the pipe has nothing more right now (would block, end of file or error).
-    fn read_chunk(&mut self, which: PipeRead, outbox: &mut Vec<u8>) -> bool {
+    /// Read what the pipe holds in one read, up to a frame's worth (and what the window
+    /// allows), and frame it: a writer's small writes become one frame instead of one each.
+    /// Returns whether the pipe may hold more right now: only a read that filled all the room
+    /// (a pipe gives all it has up to the size asked for, so a shorter read emptied it; not
+    /// asking again saves a syscall that would only say "would block").
+    fn read_chunk(&mut self, which: PipeRead, outbox: &mut Vec<u8>, scratch: &mut [u8]) -> bool {
         let room = usize::try_from(self.window)
             .unwrap_or(usize::MAX)
-            .min(MAX_CHUNK_BYTES);
+            .min(MAX_OUTPUT_CHUNK_BYTES)
+            .min(scratch.len());
         if room == 0 {
             return false;
         }
-        let mut buffer = vec![0u8; room];
-        let mut filled = 0;
-        let mut more = true;
         let stream = match which {
             PipeRead::Stdout => Stream::Stdout,
             PipeRead::Stderr => Stream::Stderr,
         };
-        while filled < buffer.len() {
-            let pipe: Option<&mut dyn Read> = match which {
-                PipeRead::Stdout => self.stdout.as_mut().map(|pipe| pipe as &mut dyn Read),
-                PipeRead::Stderr => self.stderr.as_mut().map(|pipe| pipe as &mut dyn Read),
-            };
-            let Some(pipe) = pipe else {
-                more = false;
-                break;
-            };
-            match pipe.read(&mut buffer[filled..]) {
-                Ok(0) => {
-                    self.close_pipe(which);
-                    more = false;
-                    break;
-                }
-                Ok(n) => filled += n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    more = false;
-                    break;
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.close_pipe(which);
-                    more = false;
-                    break;
-                }
+        let pipe = match which {
+            PipeRead::Stdout => self.stdout.as_mut(),
+            PipeRead::Stderr => self.stderr.as_mut(),
+        };
+        let Some(pipe) = pipe else {
+            return false;
+        };
+        let read = loop {
+            match pipe.read(&mut scratch[..room]) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match read {
+            Ok(0) => {
+                self.close_pipe(which);
+                false
+            }
+            Ok(n) => {
+                self.window = self.window.saturating_sub(n as u64);
+                FromAgent::encode_output(self.id, stream, &scratch[..n], outbox);
+                n == room
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
+            Err(_) => {
+                self.close_pipe(which);
+                false
             }
         }
-        if filled > 0 {
-            buffer.truncate(filled);
-            self.window = self.window.saturating_sub(filled as u64);
-            FromAgent::Output(self.id, stream, buffer).encode(outbox);
-        }
-        more
     }
 
     fn close_pipe(&mut self, which: PipeRead) {
@@ -388,7 +408,7 @@ impl Execution {
     /// Once the process has exited, everything it wrote is already in its pipes: read until
     /// the pipe is empty, then close it. A background child still holding the pipe open does
     /// not keep the execution alive; what it writes later is not collected.
-    pub fn drain_after_exit(&mut self, outbox: &mut Vec<u8>) {
+    pub fn drain_after_exit(&mut self, outbox: &mut Vec<u8>, scratch: &mut [u8]) {
         if self.exit.is_none() {
             return;
         }
@@ -406,10 +426,11 @@ impl Execution {
                     break;
                 }
                 let before = outbox.len();
-                if !self.read_chunk(which, outbox) {
+                let more = self.read_chunk(which, outbox, scratch);
+                self.drained_after_exit += outbox.len().saturating_sub(before);
+                if !more {
                     break;
                 }
-                self.drained_after_exit += outbox.len().saturating_sub(before);
             }
             self.close_pipe(which);
         }
@@ -491,7 +512,8 @@ mod tests {
         let mut quiet_since = Instant::now();
         while quiet_since.elapsed() < Duration::from_millis(300) {
             let mut outbox = Vec::new();
-            execution.read_output(PipeRead::Stdout, &mut outbox);
+            let mut scratch = vec![0u8; MAX_OUTPUT_CHUNK_BYTES];
+            execution.read_output(PipeRead::Stdout, &mut outbox, &mut scratch);
             let mut decoder = FrameDecoder::new();
             decoder.push(&outbox);
             while let Some(frame) = decoder.next_from_agent().unwrap() {
@@ -504,6 +526,35 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         total
+    }
+
+    /// A pipe emptied by a read rests; one left unread because the window closed does not (the
+    /// writer is waiting for the server then, not the other way round).
+    #[test]
+    fn an_emptied_pipe_rests_a_full_window_does_not() {
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg("printf abc; sleep 1")
+            .process_group(0);
+        let mut execution = Execution::from_command(ExecId(1), command).unwrap();
+        let mut scratch = vec![0u8; MAX_OUTPUT_CHUNK_BYTES];
+        let mut outbox = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while outbox.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            execution.read_output(PipeRead::Stdout, &mut outbox, &mut scratch);
+        }
+        let rest = execution.resting_until().expect("an emptied pipe rests");
+        assert!(rest > Instant::now() && rest <= Instant::now() + OUTPUT_REST);
+        execution.resting_until = None;
+        execution.window = 0;
+        execution.read_output(PipeRead::Stdout, &mut outbox, &mut scratch);
+        assert_eq!(execution.resting_until(), None);
+        execution.signal_group(libc::SIGKILL);
+        let pid = execution.pid();
+        drop(execution);
+        let _ = nix::sys::wait::waitpid(pid, None);
     }
 
     /// A process that writes more than its window stops there, and goes on by the credit

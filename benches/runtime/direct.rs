@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sandbox::agent_protocol::{
     AgentConfig, ExecId, ExitStatus, FrameDecoder, FromAgent, Language, ProcessLimits,
-    SpawnRequest, Stream, ToAgent, OUTPUT_WINDOW_BYTES,
+    SpawnRequest, Stream, ToAgent, CREDIT_BATCH_BYTES,
 };
 use sandbox::config::{Config, Limits};
 use sandbox::runtime::bundle;
@@ -368,8 +368,8 @@ impl<'a> AgentSandbox<'a> {
         let mut stdout_bytes = 0u64;
         let mut stdout_frames = 0u64;
         let mut stdout = Vec::new();
-        // Output is given back to the agent's window in batches of half a window, as the
-        // server does (runtime::execs).
+        // Output is given back to the agent's window in batches, as the server does
+        // (runtime::execs).
         let mut owed_credit = 0u32;
         loop {
             match self.next_frame()? {
@@ -379,7 +379,7 @@ impl<'a> AgentSandbox<'a> {
                     let room = (1usize << 20).saturating_sub(stdout.len());
                     stdout.extend_from_slice(&data[..room.min(data.len())]);
                     owed_credit += data.len() as u32;
-                    if owed_credit >= OUTPUT_WINDOW_BYTES / 2 {
+                    if owed_credit >= CREDIT_BATCH_BYTES {
                         self.send(&ToAgent::Credit(exec, owed_credit))?;
                         owed_credit = 0;
                     }

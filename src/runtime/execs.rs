@@ -7,9 +7,9 @@
 //! that they are cancelled when the execution ends.
 //!
 //! Output window: the agent reads an execution's pipes only while that execution's window
-//! ([`OUTPUT_WINDOW_BYTES`]) is open. Bytes received here are given back (a `Credit` of the
+//! (`agent_protocol::OUTPUT_WINDOW_BYTES`) is open. Bytes received here are given back (a `Credit` of the
 //! protocol) once they have gone on toward the owner: at once while the owner takes output,
-//! in batches of half a window so that credit costs one small frame per 128 KiB; not while
+//! in batches ([`CREDIT_BATCH_BYTES`]) so that credit costs one small frame per 128 KiB; not while
 //! the owner has paused output (its buffer is full), which stops the process once its window
 //! is used up. Bytes that go nowhere (past the output limit, of an execution nobody follows)
 //! are given back at once. Today the owner pauses a whole sandbox; the window is per
@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::agent_protocol::{ExecId, ExitStatus, OUTPUT_WINDOW_BYTES};
+use crate::agent_protocol::{ExecId, ExitStatus, CREDIT_BATCH_BYTES};
 use crate::timers::TimerId;
 
 use super::exec::{ExecOutcome, ExecTracker, OutputVerdict, Reason};
@@ -37,7 +37,7 @@ pub const MAX_STDIN_IN_FLIGHT: u64 = 1024 * 1024;
 
 /// Credit is given back once this much output is owed: fewer frames, and the agent's window
 /// never closes while the owner keeps up.
-const CREDIT_BATCH: u64 = OUTPUT_WINDOW_BYTES as u64 / 2;
+const CREDIT_BATCH: u64 = CREDIT_BATCH_BYTES as u64;
 
 struct Entry {
     tracker: ExecTracker,
@@ -324,14 +324,14 @@ mod tests {
 
         // Paused: nothing is given back, so the agent stops after one window.
         assert!(execs.set_output_paused(true).is_empty());
-        let window = OUTPUT_WINDOW_BYTES as usize;
+        let window = crate::agent_protocol::OUTPUT_WINDOW_BYTES as usize;
         let step = execs.on_output(exec, window).unwrap();
         assert_eq!((step.deliver, step.credit), (window, 0));
         assert_eq!(execs.on_output(other, 100).unwrap().credit, 0);
         // Resumed: what is owed goes back (the small debt of the other waits for its batch).
         assert_eq!(
             execs.set_output_paused(false),
-            [(exec, OUTPUT_WINDOW_BYTES)]
+            [(exec, crate::agent_protocol::OUTPUT_WINDOW_BYTES)]
         );
         assert!(execs.set_output_paused(false).is_empty());
         // A new execution started while paused gets no credit either.
