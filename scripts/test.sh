@@ -2,7 +2,8 @@
 # Run every test of the project and exit non-zero on any failure:
 #   formatting and lints, the fuzz targets for a bounded time (scripts/fuzz.sh), Rust unit
 #   tests, Rust integration tests (real server, real runsc), then the Python and TypeScript
-#   client suites against a real server started here.
+#   client suites and the playground page (in headless Chromium) against real servers started
+#   here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,5 +88,7 @@ step "python client"
 bash clients/python/run-tests.sh
 step "typescript client"
 bash clients/js/run-tests.sh
+step "playground (headless Chromium)"
+bash tests/playground/run-tests.sh
 keep_log=0
 step "all tests passed"

@@ -55,8 +55,17 @@ pub struct Config {
     /// `SANDBOX_LEASE_TTL_SECS`: how long a claim on a checkpointable sandbox lasts unrenewed
     /// (an instance that crashed frees its sandboxes after this).
     pub lease_ttl: Duration,
-    /// `SANDBOX_LEASE_SETTLE_MS`: how long taking a lease waits before reading it back.
+    /// `SANDBOX_LEASE_SETTLE_MS`: 0 (default) trusts the storage's exclusive create to decide
+    /// between instances taking a lease; above 0, taking a lease also waits this long and reads
+    /// its claim back (for storage without an exclusive create; docs/checkpoint.md).
     pub lease_settle: Duration,
+    /// `SANDBOX_HANDOFF_POLL_MS`: how often an instance looks in the store for requests to hand
+    /// over the sandboxes it runs with `enable_sandbox_handoff` (one small read per sandbox).
+    pub handoff_poll: Duration,
+    /// `SANDBOX_HANDOFF_TIMEOUT_SECS`: how long an attach waits for the instance running the
+    /// sandbox to hand it over (longer than the lease TTL, so that a dead instance's lease
+    /// expires within it).
+    pub handoff_timeout: Duration,
     /// `SANDBOX_CPU_FEATURES`: pin the CPU features checkpointable sandboxes see (gVisor's
     /// `dev.gvisor.internal.cpufeatures` annotation), so checkpoints restore on other CPUs.
     pub cpu_features: Option<String>,
@@ -71,6 +80,9 @@ pub struct Config {
     /// when either is set, every request but the health probes needs
     /// `Authorization: Bearer <key>`. `None`: no key is asked for.
     pub api_keys: Option<ApiKeys>,
+    /// `SANDBOX_PLAYGROUND`: `on` (default) serves the browser playground at `/` and
+    /// `/playground`; `off` answers 404 there.
+    pub playground: bool,
 }
 
 /// Limits applied to sandboxes and executions.
@@ -246,21 +258,18 @@ impl Config {
             snapshot_path: env.optional_path("FILESYSTEM_SNAPSHOT_PATH"),
             shutdown_timeout: env.seconds("SANDBOX_SHUTDOWN_TIMEOUT_SECS", 10)?,
             lease_ttl: env.seconds("SANDBOX_LEASE_TTL_SECS", 30)?,
-            lease_settle: Duration::from_millis(env.number("SANDBOX_LEASE_SETTLE_MS", 1000)?),
+            lease_settle: Duration::from_millis(env.number("SANDBOX_LEASE_SETTLE_MS", 0)?),
+            handoff_poll: Duration::from_millis(
+                env.number("SANDBOX_HANDOFF_POLL_MS", 500)?.max(10),
+            ),
+            handoff_timeout: env.seconds("SANDBOX_HANDOFF_TIMEOUT_SECS", 45)?,
             cpu_features: env.raw("SANDBOX_CPU_FEATURES"),
             wheelhouse: env.optional_path("SANDBOX_WHEELHOUSE"),
             ca_bundle: env.optional_path("SANDBOX_CA_BUNDLE"),
             api_keys: api_keys(&env)?,
+            playground: env.on_off("SANDBOX_PLAYGROUND", true)?,
             egress: EgressConfig {
-                enabled: match env.string("SANDBOX_EGRESS", "on").as_str() {
-                    "on" => true,
-                    "off" => false,
-                    other => {
-                        return Err(ConfigError(format!(
-                            "SANDBOX_EGRESS must be on or off, got {other:?}"
-                        )))
-                    }
-                },
+                enabled: env.on_off("SANDBOX_EGRESS", true)?,
                 allow: crate::egress_policy::parse_policy(&env.string(
                     "SANDBOX_EGRESS_ALLOW",
                     "pypi.org:443,files.pythonhosted.org:443",
@@ -322,6 +331,18 @@ impl Env<'_> {
 
     fn string(&self, name: &str, default: &str) -> String {
         self.raw(name).unwrap_or_else(|| default.to_string())
+    }
+
+    /// A switch: `on` or `off`, nothing else.
+    fn on_off(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(name).as_deref() {
+            None => Ok(default),
+            Some("on") => Ok(true),
+            Some("off") => Ok(false),
+            Some(other) => Err(ConfigError(format!(
+                "{name} must be on or off, got {other:?}"
+            ))),
+        }
     }
 
     fn path(&self, name: &str, default: &str) -> PathBuf {
@@ -391,6 +412,15 @@ mod tests {
         assert_eq!(defaults.ws.init_timeout, Duration::from_secs(10));
         assert_eq!(defaults.ready_start_failures, 3);
         assert_eq!(defaults.store_sweep_interval, Duration::from_secs(600));
+        assert_eq!(
+            defaults.lease_settle,
+            Duration::ZERO,
+            "no settle by default"
+        );
+        assert_eq!(defaults.handoff_poll, Duration::from_millis(500));
+        assert!(defaults.handoff_timeout > defaults.lease_ttl);
+        assert!(defaults.playground);
+        assert!(!config(&[("SANDBOX_PLAYGROUND", "off")]).unwrap().playground);
     }
 
     #[test]
@@ -406,11 +436,17 @@ mod tests {
             "SANDBOX_WS_INIT_TIMEOUT_SECS",
             "SANDBOX_READY_START_FAILURES",
             "SANDBOX_STORE_SWEEP_SECS",
+            "SANDBOX_HANDOFF_POLL_MS",
+            "SANDBOX_HANDOFF_TIMEOUT_SECS",
         ] {
             let error = config(&[(name, "soon")]).unwrap_err();
             assert!(error.0.contains(name), "{}", error.0);
         }
         assert!(config(&[("SANDBOX_READY_START_FAILURES", "4294967296")]).is_err());
+        for name in ["SANDBOX_PLAYGROUND", "SANDBOX_EGRESS"] {
+            let error = config(&[(name, "false")]).unwrap_err();
+            assert_eq!(error.0, format!("{name} must be on or off, got \"false\""));
+        }
         assert!(config(&[("SANDBOX_CPUS", "-1")]).is_err());
         let error = config(&[
             ("SANDBOX_EXEC_TIMEOUT_SECS", "100"),

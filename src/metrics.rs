@@ -48,7 +48,10 @@ impl Histogram {
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// `POST /execute` executions by how they ended.
     pub executions: BTreeMap<&'static str, u64>,
+    /// WebSocket sessions' executions by how they ended.
+    pub session_executions: BTreeMap<&'static str, u64>,
     pub execute_seconds: Histogram,
     pub sandbox_start_seconds: Histogram,
     pub http_responses: BTreeMap<u16, u64>,
@@ -58,6 +61,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             executions: BTreeMap::new(),
+            session_executions: BTreeMap::new(),
             execute_seconds: Histogram::new(LATENCY_BUCKETS),
             sandbox_start_seconds: Histogram::new(LATENCY_BUCKETS),
             http_responses: BTreeMap::new(),
@@ -171,12 +175,22 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
-        let _ = writeln!(out, "# HELP sandbox_executions_total Executions by how they ended.\n# TYPE sandbox_executions_total counter");
-        for (reason, count) in &self.executions {
-            let _ = writeln!(
-                out,
-                "sandbox_executions_total{{reason=\"{reason}\"}} {count}"
-            );
+        for (name, help, table) in [
+            (
+                "sandbox_executions_total",
+                "POST /execute executions by how they ended.",
+                &self.executions,
+            ),
+            (
+                "sandbox_session_executions_total",
+                "Executions of WebSocket sessions by how they ended.",
+                &self.session_executions,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (reason, count) in table {
+                let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {count}");
+            }
         }
         let _ = writeln!(out, "# HELP sandbox_http_responses_total HTTP responses by status.\n# TYPE sandbox_http_responses_total counter");
         for (status, count) in &self.http_responses {

@@ -68,6 +68,8 @@ fn guarded_requests(sandbox_id: &str) -> Vec<(&'static str, String, &'static str
         ("GET", "/metrics".into(), "", ""),
         ("GET", "/snapshots".into(), "", ""),
         ("DELETE", "/snapshots/some-name".into(), "", ""),
+        ("GET", "/sandboxes".into(), "", ""),
+        ("GET", "/sandboxes?checkpointed=1".into(), "", ""),
         ("GET", "/no-such-endpoint".into(), "", ""),
     ]
 }
@@ -244,6 +246,13 @@ fn any_configured_key_opens_every_endpoint() {
         response.text().contains("FILESYSTEM_SNAPSHOT_PATH"),
         "{response:?}"
     );
+    // The sandbox list answers with the key (and never shows a token).
+    let response = request(
+        server.port,
+        &raw("GET", "/sandboxes", Some(&bearer(KEY_A)), "", ""),
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(response.json()["sandboxes"].is_array(), "{response:?}");
     // Keep-alive goes on with the key: two requests on one connection.
     let mut client = Client::connect(server.port);
     for _ in 0..2 {

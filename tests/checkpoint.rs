@@ -9,16 +9,17 @@
 //!     cargo test --test checkpoint -- --test-threads=2
 
 mod common;
+mod store;
 mod ws;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{request, runsc_list, wait_until, TestServer};
+use common::{request, runsc_list, runsc_sandboxes, wait_until, TestServer};
 use serde_json::{json, Value};
+use store::{entries, SharedDirs};
 use ws::{assert_exited, attach_path, connect, create, is_status, Created, Frame, Ws};
 
 /// The `sandbox_token` no server ever hands out.
@@ -30,69 +31,6 @@ const COUNTER: &str = "nohup bash -c 'i=0; while true; do i=$((i+1)); echo $i > 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-static DIRS: AtomicUsize = AtomicUsize::new(0);
-
-/// The shared checkpoint and snapshot directories; removed on drop.
-struct SharedDirs {
-    root: PathBuf,
-    checkpoints: PathBuf,
-    snapshots: PathBuf,
-}
-
-impl SharedDirs {
-    fn new() -> SharedDirs {
-        let n = DIRS.fetch_add(1, Ordering::SeqCst);
-        let root = PathBuf::from(format!("/tmp/crs-ckpt-test-{}-{n:04}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let dirs = SharedDirs {
-            checkpoints: root.join("checkpoints"),
-            snapshots: root.join("snapshots"),
-            root,
-        };
-        std::fs::create_dir_all(&dirs.checkpoints).expect("create the checkpoint dir");
-        std::fs::create_dir_all(&dirs.snapshots).expect("create the snapshot dir");
-        dirs
-    }
-
-    /// `<checkpoints>/<sandbox_id>`.
-    fn base(&self, sandbox_id: &str) -> PathBuf {
-        self.checkpoints.join(sandbox_id)
-    }
-
-    /// The published manifest of a checkpointed sandbox.
-    fn manifest(&self, sandbox_id: &str) -> Value {
-        let path = self.base(sandbox_id).join("current.json");
-        let bytes = std::fs::read(&path)
-            .unwrap_or_else(|error| panic!("no manifest {}: {error}", path.display()));
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|error| panic!("manifest {} is not JSON: {error}", path.display()))
-    }
-
-    /// The image directory the manifest names; asserts the files it lists are there.
-    fn image_dir(&self, sandbox_id: &str) -> PathBuf {
-        let manifest = self.manifest(sandbox_id);
-        let dir = self
-            .base(sandbox_id)
-            .join(manifest["image_dir"].as_str().expect("image_dir"));
-        let files = manifest["files"].as_array().expect("files");
-        assert!(!files.is_empty(), "{manifest}");
-        for file in files {
-            let path = dir.join(file["name"].as_str().expect("file name"));
-            let size = std::fs::metadata(&path)
-                .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
-                .len();
-            assert_eq!(Some(size), file["size"].as_u64(), "{}", path.display());
-        }
-        dir
-    }
-}
-
-impl Drop for SharedDirs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
 /// Two servers sharing the directories. Fields drop in order: the servers stop (and may still
 /// save into the shared directories) before the directories are removed.
 struct Pair {
@@ -101,12 +39,6 @@ struct Pair {
     dirs: SharedDirs,
 }
 
-/// The lease settle delay of the test servers. An instance gives an attach up ("the storage was
-/// too slow to decide") when its read-then-claim of the lease takes more than a quarter of it;
-/// with the default 300 ms (a 75 ms budget including an fsync) uncontended attaches fail on
-/// this loaded 2-core machine, so the tests allow 1.6 s (a 400 ms budget).
-const LEASE_SETTLE_MS: &str = "1600";
-
 fn pair() -> Pair {
     pair_with(&[], &[])
 }
@@ -114,13 +46,11 @@ fn pair() -> Pair {
 /// Two servers; `extra_a` / `extra_b` are added to (and override) A's / B's environment.
 fn pair_with(extra_a: &[(&str, &str)], extra_b: &[(&str, &str)]) -> Pair {
     let dirs = SharedDirs::new();
-    let checkpoints = dirs.checkpoints.to_string_lossy().into_owned();
-    let snapshots = dirs.snapshots.to_string_lossy().into_owned();
-    let shared = [
-        ("CHECKPOINT_AND_RESTORE_PATH", checkpoints.as_str()),
-        ("FILESYSTEM_SNAPSHOT_PATH", snapshots.as_str()),
-        ("SANDBOX_LEASE_SETTLE_MS", LEASE_SETTLE_MS),
-    ];
+    let store_env = dirs.env();
+    let shared: Vec<(&str, &str)> = store_env
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
     let env_a: Vec<(&str, &str)> = shared.iter().chain(extra_a).copied().collect();
     let env_b: Vec<(&str, &str)> = shared.iter().chain(extra_b).copied().collect();
     let (a, b) = std::thread::scope(|scope| {
@@ -260,20 +190,6 @@ fn attach_error(
     message
 }
 
-fn lease_path(dirs: &SharedDirs, sandbox_id: &str) -> PathBuf {
-    dirs.base(sandbox_id).join("lease.json")
-}
-
-/// After a checkpoint the instance gives its lease up (on a worker thread).
-fn wait_lease_released(dirs: &SharedDirs, sandbox_id: &str) {
-    let lease = lease_path(dirs, sandbox_id);
-    assert!(
-        wait_until(Duration::from_secs(10), || !lease.exists()),
-        "the lease was not released after the checkpoint: {:?}",
-        std::fs::read_to_string(&lease)
-    );
-}
-
 fn file_exists_named(dir: &Path, prefix: &str) -> bool {
     std::fs::read_dir(dir)
         .map(|entries| {
@@ -296,7 +212,7 @@ fn checkpointed_on_a(pair: &Pair) -> (String, String) {
         token,
     } = created;
     checkpoint(&mut ws);
-    wait_lease_released(&pair.dirs, &sandbox_id);
+    pair.dirs.wait_lease_released(&sandbox_id);
     (sandbox_id, token)
 }
 
@@ -363,16 +279,16 @@ fn wrong_token_on_b_restores_nothing_then_the_right_token_works() {
         "B started something"
     );
     assert!(
-        !lease_path(&pair.dirs, &sandbox_id).exists(),
+        !pair.dirs.lease_held(&sandbox_id),
         "the lease was taken: {:?}",
-        std::fs::read_to_string(lease_path(&pair.dirs, &sandbox_id))
+        pair.dirs.lease(&sandbox_id)
     );
     assert!(pair.dirs.base(&sandbox_id).join("current.json").exists());
 
     let mut ws = restore(&pair.b, &sandbox_id, &token);
     assert_kept_file(&mut ws);
     assert!(
-        lease_path(&pair.dirs, &sandbox_id).exists(),
+        pair.dirs.lease_held(&sandbox_id),
         "B runs the sandbox without a lease"
     );
     ws.kill_sandbox();
@@ -436,12 +352,13 @@ fn concurrent_attaches_from_a_and_b_restore_exactly_once() {
     winner.kill_sandbox();
 }
 
-/// An instance that gives an attach up because the storage was too slow withdraws its claim:
-/// nobody runs the sandbox, so another instance can restore it at once.
+/// With the opt-in settle (storage without an exclusive create), an instance that gives an
+/// attach up because the storage was too slow withdraws its claim: nobody runs the sandbox, so
+/// another instance can restore it at once.
 ///
 /// B is made to always decide too slowly (settle 1 ms: its budget of 0.25 ms is less than any
 /// real write); its IN_USE answer is its documented way to back off. The claim it wrote must
-/// not stay in `lease.json` for the lease TTL (30 s), locking every other instance out.
+/// not stay held for the lease TTL (30 s), locking every other instance out.
 #[test]
 fn an_attach_that_backs_off_does_not_leave_its_lease_claim() {
     let pair = pair_with(&[], &[("SANDBOX_LEASE_SETTLE_MS", "1")]);
@@ -449,14 +366,15 @@ fn an_attach_that_backs_off_does_not_leave_its_lease_claim() {
 
     let message = attach_error(&pair.b, &sandbox_id, &token, "SANDBOX_IN_USE", 1011);
     assert!(message.contains("too slow"), "{message}");
-    let lease = lease_path(&pair.dirs, &sandbox_id);
-    let left = wait_until(Duration::from_secs(5), || !lease.exists());
+    let left = wait_until(Duration::from_secs(5), || {
+        !pair.dirs.lease_held(&sandbox_id)
+    });
     let mut restored = connect(pair.a.port, &attach_path(&sandbox_id, &token));
     let frame = restored.recv();
     assert!(
         left && is_status(&frame, "SANDBOX_RESTORING"),
         "B backed off but left its claim {:?}; A's attach (nobody runs the sandbox) got {frame}",
-        std::fs::read_to_string(&lease)
+        pair.dirs.lease(&sandbox_id)
     );
     restored.expect_status("SANDBOX_RUNNING");
     assert_kept_file(&mut restored);
@@ -485,11 +403,9 @@ fn corrupted_image_or_manifest_is_a_restore_error_and_servers_keep_serving() {
             "{message}"
         );
         assert!(
-            wait_until(Duration::from_secs(5), || !lease_path(
-                &pair.dirs,
-                &sandbox_id
-            )
-            .exists()),
+            wait_until(Duration::from_secs(5), || !pair
+                .dirs
+                .lease_held(&sandbox_id)),
             "a failed restore keeps the lease"
         );
     }
@@ -570,7 +486,7 @@ fn hostile_manifests_in_the_store_never_crash_a_server() {
     let mut ws = restore(&pair.b, &sandbox_id, &token);
     assert_kept_file(&mut ws);
     checkpoint(&mut ws);
-    wait_lease_released(&pair.dirs, &sandbox_id);
+    pair.dirs.wait_lease_released(&sandbox_id);
     assert_eq!(
         pair.dirs.manifest(&sandbox_id)["generation"],
         json!(u64::MAX)
@@ -580,6 +496,48 @@ fn hostile_manifests_in_the_store_never_crash_a_server() {
     ws.kill_sandbox();
     pair.a.assert_healthy();
     pair.b.assert_healthy();
+}
+
+/// The agent is mounted from the host, not saved in the image, and a restored agent of another
+/// build crashes: a checkpoint taken with another agent build is refused before anything is
+/// restored or any lease taken, naming both builds.
+#[test]
+fn a_checkpoint_of_another_agent_build_is_refused_up_front() {
+    let pair = pair();
+    let (sandbox_id, token) = checkpointed_on_a(&pair);
+    let manifest_path = pair.dirs.base(&sandbox_id).join("current.json");
+    let good = pair.dirs.manifest(&sandbox_id);
+    let ours = good["agent_build"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        ours.len(),
+        64,
+        "the manifest records the agent's SHA-256: {good}"
+    );
+    assert!(
+        pair.b.log().contains(&format!("agent build {ours}")),
+        "B logs its build"
+    );
+    let mut other = good.clone();
+    other["agent_build"] = json!("0badc0de".repeat(8));
+    std::fs::write(&manifest_path, other.to_string()).expect("write the manifest");
+    let lease_before = pair.dirs.lease(&sandbox_id);
+    let message = attach_error(&pair.b, &sandbox_id, &token, "SANDBOX_RESTORE_ERROR", 4000);
+    assert!(
+        message.contains("another build of the sandbox agent (0badc0de0bad)")
+            && message.contains(&format!("agent build {}", &ours[..12])),
+        "{message}"
+    );
+    assert_eq!(
+        pair.dirs.lease(&sandbox_id),
+        lease_before,
+        "a lease was taken"
+    );
+    assert!(!runsc_sandboxes(&pair.b.runsc_root()).contains(&sandbox_id));
+    // The checkpoint itself is intact: with the right build it restores.
+    std::fs::write(&manifest_path, good.to_string()).expect("write the manifest");
+    let mut ws = restore(&pair.b, &sandbox_id, &token);
+    assert_kept_file(&mut ws);
+    ws.kill_sandbox();
 }
 
 #[test]
@@ -1050,7 +1008,6 @@ fn store_server(dirs: &SharedDirs, extra: &[(&str, &str)]) -> TestServer {
     let checkpoints = dirs.checkpoints.to_string_lossy().into_owned();
     let mut env = vec![
         ("CHECKPOINT_AND_RESTORE_PATH", checkpoints.as_str()),
-        ("SANDBOX_LEASE_SETTLE_MS", LEASE_SETTLE_MS),
         ("SANDBOX_POOL_SIZE", "0"),
     ];
     env.extend_from_slice(extra);
@@ -1094,21 +1051,8 @@ fn an_attach_whose_store_does_not_answer_is_refused_after_the_bound() {
     attach_error(&server, sandbox_id, WRONG_TOKEN, "SANDBOX_NOT_FOUND", 1011);
 }
 
-/// The names in a directory, sorted.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// A lease file of a made-up instance, expiring `from_now_ms` from now (may be negative).
+/// A lease file of a made-up instance, expiring `from_now_ms` from now (may be negative), in the
+/// format of servers before lease generations (`lease.json`, read as generation 0).
 fn write_lease(base: &Path, from_now_ms: i64) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1128,16 +1072,22 @@ fn directories_a_killed_instance_left_are_removed_once_expired() {
     let first = create(&a, json!({"enable_checkpoint": true}));
     let second = create(&a, json!({"enable_checkpoint": true}));
     for created in [&first, &second] {
-        let lease = lease_path(&dirs, &created.sandbox_id);
         assert!(
-            wait_until(Duration::from_secs(10), || lease.exists()),
+            wait_until(Duration::from_secs(10), || dirs
+                .lease_held(&created.sandbox_id)),
             "no lease for {}",
             created.sandbox_id
         );
     }
     a.sigkill().expect("SIGKILL A");
     for created in [&first, &second] {
-        assert_eq!(entries(&dirs.base(&created.sandbox_id)), ["lease.json"]);
+        // A kill in the middle of a renewal may also leave the renewal's temporary file
+        // (`lease-1.tmp-<hex>`): it is removed with the directory.
+        let left: Vec<String> = entries(&dirs.base(&created.sandbox_id))
+            .into_iter()
+            .filter(|name| !name.starts_with("lease-1.tmp-"))
+            .collect();
+        assert_eq!(left, ["lease-1.json"]);
     }
     // Wait for the leases to expire (2 s after their last renewal).
     std::thread::sleep(Duration::from_secs(3));

@@ -97,6 +97,36 @@ fn absurd_and_mistyped_init_options_are_creation_errors_and_others_are_unaffecte
             "filesystem_snapshot_name must be a string or null",
         );
     }
+    // Labels are kept with checkpoints and listed: small maps of strings only.
+    let many: String = (0..17)
+        .map(|n| format!(r#""k{n}": "v""#))
+        .collect::<Vec<_>>()
+        .join(",");
+    let long_value = "v".repeat(257);
+    for (labels, needle) in [
+        (
+            r#""team=search""#.to_string(),
+            "labels must be an object of strings",
+        ),
+        (
+            r#"{"a/b": "c"}"#.to_string(),
+            r#"labels: key "a/b" must be"#,
+        ),
+        (
+            r#"{"n": 1}"#.to_string(),
+            r#"labels: the value of "n" must be a string"#,
+        ),
+        (format!(r#"{{"v": "{long_value}"}}"#), "at most 256 bytes"),
+        (format!("{{{many}}}"), "labels: at most 16 labels, got 17"),
+    ] {
+        assert_init_refused(&server, &format!(r#"{{"labels": {labels}}}"#), needle);
+    }
+    // Handoff needs checkpointing, which this server does not have.
+    assert_init_refused(
+        &server,
+        r#"{"enable_sandbox_handoff": true}"#,
+        "enable_sandbox_handoff needs checkpointing",
+    );
 
     // The bystander's execution went on undisturbed.
     let result = bystander.ws.collect_until_done();

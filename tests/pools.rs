@@ -65,8 +65,6 @@ fn start(extra: &[(&str, &str)]) -> Fixture {
     let mut env = vec![
         ("FILESYSTEM_SNAPSHOT_PATH", snapshots.as_str()),
         ("CHECKPOINT_AND_RESTORE_PATH", checkpoints.as_str()),
-        // Attaches are uncontended here; keep the lease wait short but safe on a loaded box.
-        ("SANDBOX_LEASE_SETTLE_MS", "1600"),
     ];
     env.extend_from_slice(extra);
     Fixture {

@@ -86,7 +86,7 @@ const STATUSES: [&str; 34] = [
 ];
 
 /// Close codes of docs/protocol.md.
-const CLOSE_CODES: [u16; 8] = [1000, 1001, 1003, 1008, 1009, 1011, 1013, 4000];
+const CLOSE_CODES: [u16; 9] = [1000, 1001, 1003, 1008, 1009, 1011, 1013, 4000, 4001];
 
 /// RFC 6455 §5.5: a control frame carries at most 125 bytes, 2 of them the code.
 const MAX_CLOSE_REASON_BYTES: usize = 123;
@@ -476,7 +476,10 @@ fn check_outs(outs: &[Out]) {
                     reason.len()
                 );
             }
-            Out::Save(_) | Out::FindSnapshot(_) | Out::RemoveSavedState => {}
+            Out::Save(_)
+            | Out::FindSnapshot(_)
+            | Out::RemoveSavedState
+            | Out::HandoffRefused(_) => {}
         }
     }
 }

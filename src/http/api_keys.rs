@@ -1,4 +1,7 @@
 //! Optional API keys: a request proves it may use the server with `Authorization: Bearer <key>`.
+//! A browser's `WebSocket` cannot send that header, so a WebSocket upgrade without it may carry
+//! the key as a subprotocol instead: `Sec-WebSocket-Protocol: api-key.<base64url of the key>`
+//! (see docs/security.md for why a subprotocol and not the query string).
 //!
 //! Keys are kept only as SHA-256 digests, and a presented key is compared by its digest against
 //! every configured digest without stopping at the first difference or the first match. The
@@ -100,9 +103,22 @@ impl ApiKeys {
         std::hint::black_box(found) != 0
     }
 
-    /// Accept a request carrying `Authorization: Bearer <one of the keys>`; otherwise the 401
-    /// error to answer with (its message never quotes what the client sent).
+    /// Accept a request carrying `Authorization: Bearer <one of the keys>`, or a WebSocket
+    /// upgrade without that header whose subprotocols hold `api-key.<base64url key>`;
+    /// otherwise the 401 error to answer with (its message never quotes what the client sent).
     pub fn check(&self, request: &Request) -> Result<(), HttpError> {
+        if request.header("authorization").is_none() && request.is_websocket_upgrade() {
+            if let Some(key) = key_from_subprotocols(request)? {
+                return if self.accepts(&key) {
+                    Ok(())
+                } else {
+                    Err(HttpError::new(
+                        401,
+                        "the api key in the api-key.* WebSocket subprotocol is not valid",
+                    ))
+                };
+            }
+        }
         let Some(value) = request.header("authorization") else {
             return Err(HttpError::new(
                 401,
@@ -125,6 +141,67 @@ impl ApiKeys {
             ))
         }
     }
+}
+
+/// What a browser's WebSocket offers in `Sec-WebSocket-Protocol` to carry its key.
+pub const KEY_SUBPROTOCOL_PREFIX: &str = "api-key.";
+
+/// The key of the one `api-key.<base64url>` subprotocol offered, if any. Two of them, or one
+/// that is not base64url (without padding: `=` cannot appear in a subprotocol), are refused.
+fn key_from_subprotocols(request: &Request) -> Result<Option<Vec<u8>>, HttpError> {
+    let mut encoded = request
+        .list("sec-websocket-protocol")
+        .filter_map(|protocol| protocol.strip_prefix(KEY_SUBPROTOCOL_PREFIX));
+    let Some(first) = encoded.next() else {
+        return Ok(None);
+    };
+    if encoded.next().is_some() {
+        return Err(HttpError::new(
+            401,
+            "more than one api-key.* WebSocket subprotocol is offered; offer one",
+        ));
+    }
+    base64url_decode(first).map(Some).ok_or_else(|| {
+        HttpError::new(
+            401,
+            "the api-key.* WebSocket subprotocol must be `api-key.` followed by the key in \
+             base64url without padding",
+        )
+    })
+}
+
+/// RFC 4648 §5 base64url without padding; `None` for any other character, an impossible
+/// length, or nonzero trailing bits (every key has exactly one encoding).
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    fn value(byte: u8) -> Option<u32> {
+        Some(match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        } as u32)
+    }
+    if text.is_empty() || text.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    for chunk in text.as_bytes().chunks(4) {
+        let mut bits = 0u32;
+        for (index, &byte) in chunk.iter().enumerate() {
+            bits |= value(byte)? << (18 - 6 * index);
+        }
+        let bytes = bits.to_be_bytes();
+        let whole = chunk.len() * 6 / 8;
+        // The bits past the last whole byte must be zero (`QQ` is "A", `QR` is not).
+        let spare = &bytes[1 + whole..];
+        if spare.iter().any(|&byte| byte != 0) {
+            return None;
+        }
+        out.extend_from_slice(&bytes[1..1 + whole]);
+    }
+    Some(out)
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -221,6 +298,85 @@ mod tests {
                 error.message
             );
             assert!(!error.message.contains("s3cret"), "{}", error.message);
+        }
+    }
+
+    fn upgrade_offering(protocols: &[&str]) -> Request {
+        let mut request = Request {
+            method: "GET".into(),
+            path: "/create".into(),
+            target: "/create".into(),
+            version_minor: 1,
+            ..Request::default()
+        };
+        request.headers.push(("upgrade".into(), "websocket".into()));
+        request
+            .headers
+            .push(("connection".into(), "Upgrade".into()));
+        for value in protocols {
+            request
+                .headers
+                .push(("sec-websocket-protocol".into(), value.to_string()));
+        }
+        request
+    }
+
+    #[test]
+    fn websocket_upgrades_may_carry_the_key_as_a_subprotocol() {
+        let keys = ApiKeys::from_comma_list("s3cret/key+1", "SANDBOX_API_KEYS").unwrap();
+        // base64url("s3cret/key+1") = czNjcmV0L2tleSsx
+        for accepted in [
+            &["cloud-run-sandbox, api-key.czNjcmV0L2tleSsx"][..],
+            &["api-key.czNjcmV0L2tleSsx", "cloud-run-sandbox"],
+            &["api-key.czNjcmV0L2tleSsx"],
+        ] {
+            assert!(
+                keys.check(&upgrade_offering(accepted)).is_ok(),
+                "{accepted:?}"
+            );
+        }
+        for (refused, expected) in [
+            (&["cloud-run-sandbox"][..], "missing api key"),
+            (&["cloud-run-sandbox, api-key.d3Jvbmc"], "not valid"),
+            (
+                &["api-key.czNjcmV0L2tleSsx, api-key.czNjcmV0L2tleSsx"],
+                "more than one",
+            ),
+            (&["api-key.czNjcmV0L2tleSsx="], "base64url"),
+            (&["api-key.czNjcmV0L2tleSsx+"], "base64url"),
+            (&["api-key."], "base64url"),
+        ] {
+            let error = keys.check(&upgrade_offering(refused)).unwrap_err();
+            assert_eq!(error.status, 401);
+            assert!(
+                error.message.contains(expected),
+                "{refused:?}: {}",
+                error.message
+            );
+            assert!(!error.message.contains("czNj"), "{}", error.message);
+        }
+        // Not an upgrade: the subprotocol header means nothing there.
+        let mut plain = upgrade_offering(&["api-key.czNjcmV0L2tleSsx"]);
+        plain.headers.retain(|(name, _)| name != "upgrade");
+        assert!(keys.check(&plain).is_err());
+        // The Authorization header, when present, is what counts.
+        let mut both = upgrade_offering(&["api-key.czNjcmV0L2tleSsx"]);
+        both.headers
+            .push(("authorization".into(), "Bearer wrong".into()));
+        assert!(keys.check(&both).is_err());
+    }
+
+    #[test]
+    fn base64url_has_one_encoding_per_key() {
+        assert_eq!(base64url_decode("QQ").as_deref(), Some(&b"A"[..]));
+        assert_eq!(base64url_decode("QUI").as_deref(), Some(&b"AB"[..]));
+        assert_eq!(base64url_decode("QUJD").as_deref(), Some(&b"ABC"[..]));
+        assert_eq!(
+            base64url_decode("-_-_").as_deref(),
+            Some(&[0xfb, 0xff, 0xbf][..])
+        );
+        for bad in ["", "Q", "QR", "QUJ", "QUJD=", "QU+D", "QU/D", "QUJDR"] {
+            assert_eq!(base64url_decode(bad), None, "{bad}");
         }
     }
 

@@ -71,14 +71,21 @@ impl Request {
             .map(|(_, value)| value.as_str())
     }
 
-    /// Whether any comma-separated element of any `name` header equals `token` (ASCII
-    /// case-insensitively). Lists may be split over several header lines, so all are checked.
-    fn has_token(&self, name: &str, token: &str) -> bool {
+    /// The comma-separated elements of every `name` header, trimmed, empty ones skipped
+    /// (RFC 9110 §5.6.1: a list may be split over several header lines). `name` is lowercase.
+    pub fn list<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
             .iter()
-            .filter(|(n, _)| n == name)
+            .filter(move |(n, _)| n == name)
             .flat_map(|(_, value)| value.split(','))
-            .any(|element| element.trim().eq_ignore_ascii_case(token))
+            .map(str::trim)
+            .filter(|element| !element.is_empty())
+    }
+
+    /// Whether any element of the `name` list equals `token` (ASCII case-insensitively).
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.list(name)
+            .any(|element| element.eq_ignore_ascii_case(token))
     }
 
     /// HTTP/1.1 is persistent unless `Connection: close`; HTTP/1.0 only with

@@ -12,6 +12,7 @@ use crate::http::response::{json_error_body, ResponseHead};
 use crate::runtime::RuntimeError;
 use crate::session::exec_options::{self, ExecLimits, ExecOptions, RawExecOptions};
 use crate::session::text::base64_decode;
+use crate::session::SessionView;
 
 /// What a client asks of the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,13 +25,23 @@ pub enum ApiRequest {
     Metrics,
     /// `GET /snapshots`.
     ListSnapshots,
+    /// `GET /sandboxes`: this instance's sandboxes, or (`?checkpointed=1`) the store's.
+    ListSandboxes(ListSandboxes),
     /// `DELETE /snapshots/{name}` (the name decoded, not checked yet: a server without
     /// snapshots says so first).
     DeleteSnapshot(String),
     /// `POST /execute`.
     Execute(ExecuteRequest),
     /// A WebSocket upgrade of `/create` or `/attach/{id}`, its handshake checked.
-    Upgrade { key: String, target: Upgrade },
+    Upgrade {
+        key: String,
+        target: Upgrade,
+        /// The subprotocol to select: [`SUBPROTOCOL`] when the client offered it.
+        subprotocol: Option<&'static str>,
+    },
+    /// `GET|HEAD` of the playground: `/`, `/playground` or a file under `/playground/` (served
+    /// only when `SANDBOX_PLAYGROUND` is on).
+    Playground(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +54,20 @@ pub enum Upgrade {
         token: Result<String, String>,
     },
 }
+
+/// `GET /sandboxes[?checkpointed=1[&limit=N][&after=ID]]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListSandboxes {
+    /// List the checkpoints in the store instead of this instance's live sandboxes.
+    pub checkpointed: bool,
+    /// Checkpoints listed at most (1 to [`MAX_LIST_LIMIT`], default [`DEFAULT_LIST_LIMIT`]).
+    pub limit: usize,
+    /// Continue after this sandbox id (the previous page's `next_after`).
+    pub after: Option<String>,
+}
+
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+pub const MAX_LIST_LIMIT: usize = 1000;
 
 /// A checked `POST /execute`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,10 +89,24 @@ pub struct Parsed {
 }
 
 /// Paths that exist, for telling 405 from 404.
-const KNOWN_PATHS: [&str; 5] = ["/status", "/readyz", "/metrics", "/execute", "/snapshots"];
+const KNOWN_PATHS: [&str; 8] = [
+    "/status",
+    "/readyz",
+    "/metrics",
+    "/execute",
+    "/snapshots",
+    "/sandboxes",
+    "/",
+    "/playground",
+];
 
 /// The only WebSocket version there is (RFC 6455); older drafts are refused.
 pub const WEBSOCKET_VERSION: &str = "13";
+
+/// The WebSocket subprotocol the server selects when a client offers it. A browser that offers
+/// subprotocols (the playground does, to carry its API key as `api-key.<base64url>`) fails the
+/// connection unless the server selects one of them, and the key itself is never echoed.
+pub const SUBPROTOCOL: &str = "cloud-run-sandbox";
 
 pub fn parse(request: &Request, limits: &ExecLimits) -> Result<Parsed, ApiError> {
     let method = request.method.as_str();
@@ -76,10 +115,14 @@ pub fn parse(request: &Request, limits: &ExecLimits) -> Result<Parsed, ApiError>
         ("GET" | "HEAD", "/status") => ApiRequest::Status,
         ("GET" | "HEAD", "/readyz") => ApiRequest::Ready,
         ("GET", "/snapshots") => ApiRequest::ListSnapshots,
+        ("GET", "/sandboxes") => ApiRequest::ListSandboxes(list_sandboxes(request)?),
         ("DELETE", path) if path.starts_with("/snapshots/") => ApiRequest::DeleteSnapshot(
             percent_decode_path(&path["/snapshots/".len()..]).unwrap_or_default(),
         ),
         ("GET", "/metrics") => ApiRequest::Metrics,
+        ("GET" | "HEAD", path) if is_playground_path(path) => {
+            ApiRequest::Playground(path.to_string())
+        }
         ("POST", "/execute") => ApiRequest::Execute(execute(request, limits)?),
         (_, path) if KNOWN_PATHS.contains(&path) => {
             return Err(ApiError::MethodNotAllowed(format!(
@@ -93,9 +136,14 @@ pub fn parse(request: &Request, limits: &ExecLimits) -> Result<Parsed, ApiError>
                 )));
             }
             let key = handshake_key(request)?;
+            let subprotocol = request
+                .list("sec-websocket-protocol")
+                .any(|offered| offered == SUBPROTOCOL)
+                .then_some(SUBPROTOCOL);
             ApiRequest::Upgrade {
                 key,
                 target: upgrade_target(request),
+                subprotocol,
             }
         }
         (_, path) => {
@@ -109,6 +157,11 @@ pub fn parse(request: &Request, limits: &ExecLimits) -> Result<Parsed, ApiError>
         keep_alive: request.keep_alive(),
         head_only: method == "HEAD",
     })
+}
+
+/// `/`, `/playground`, and files under `/playground/`.
+pub fn is_playground_path(path: &str) -> bool {
+    path == "/" || path == "/playground" || path.starts_with("/playground/")
 }
 
 fn execute(request: &Request, limits: &ExecLimits) -> Result<ExecuteRequest, ApiError> {
@@ -142,6 +195,76 @@ fn execute(request: &Request, limits: &ExecLimits) -> Result<ExecuteRequest, Api
             .header("accept")
             .is_some_and(|accept| accept.contains("application/json")),
     })
+}
+
+fn list_sandboxes(request: &Request) -> Result<ListSandboxes, ApiError> {
+    let query = parse_query(&request.query);
+    let param = |name| single_param(&query, name).map_err(ApiError::BadRequest);
+    let checkpointed = match param("checkpointed")? {
+        None | Some("0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "checkpointed must be 1 or 0 (true or false), got {:?}",
+                shorten(other)
+            )))
+        }
+    };
+    let limit = match param("limit")? {
+        None => DEFAULT_LIST_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=MAX_LIST_LIMIT).contains(limit))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "limit must be a number from 1 to {MAX_LIST_LIMIT}, got {:?}",
+                    shorten(text)
+                ))
+            })?,
+    };
+    let after = match param("after")? {
+        None => None,
+        Some(id) if crate::ids::SandboxId::parse(id).is_some() => Some(id.to_string()),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "after must be a sandbox id (32 hexadecimal digits), got {:?}",
+                shorten(other)
+            )))
+        }
+    };
+    Ok(ListSandboxes {
+        checkpointed,
+        limit,
+        after,
+    })
+}
+
+/// `GET /sandboxes`: this instance's sandboxes (never a token).
+pub fn sandboxes_response(views: &[SessionView]) -> Response {
+    let seconds = |duration: std::time::Duration| (duration.as_millis() as f64) / 1000.0;
+    let sandboxes: Vec<Value> = views
+        .iter()
+        .map(|view| {
+            json!({
+                "sandbox_id": view.sandbox_id,
+                "state": view.state,
+                "age_secs": seconds(view.age),
+                "idle_secs": seconds(view.idle),
+                "labels": view.labels,
+                "attached": view.attached,
+                "checkpointable": view.checkpointable,
+                "checkpointed": view.checkpointed,
+                "handoff": view.handoff,
+            })
+        })
+        .collect();
+    Response::json(200, &json!({ "sandboxes": sandboxes }))
+}
+
+/// A client's value in an error message, bounded.
+fn shorten(text: &str) -> String {
+    text.chars().take(64).collect()
 }
 
 fn upgrade_target(request: &Request) -> Upgrade {
@@ -441,9 +564,23 @@ mod tests {
                 target: Upgrade::Attach {
                     sandbox_id: "abc".into(),
                     token: Ok("t".into())
-                }
+                },
+                subprotocol: None,
             }
         );
+        let mut offering = UPGRADE.to_vec();
+        offering.push(("sec-websocket-protocol", "api-key.a2V5, cloud-run-sandbox"));
+        let Ok(ApiRequest::Upgrade { subprotocol, .. }) =
+            parse(&request("GET", "/create", &offering, ""), &LIMITS).map(|parsed| parsed.request)
+        else {
+            panic!("not an upgrade")
+        };
+        assert_eq!(subprotocol, Some(SUBPROTOCOL));
+        for path in ["/", "/playground", "/playground/app.js"] {
+            assert_eq!(parsed("GET", path), Ok(ApiRequest::Playground(path.into())));
+        }
+        assert_eq!(parsed("POST", "/").unwrap_err().status(), 405);
+        assert_eq!(parsed("GET", "/playgroundx").unwrap_err().status(), 404);
         let twice = parse(
             &request(
                 "GET",
@@ -599,6 +736,61 @@ mod tests {
         assert!(ApiError::Http(HttpError::new(413, "big"))
             .response()
             .closes());
+    }
+
+    #[test]
+    fn sandbox_listings_check_their_query() {
+        let list = |checkpointed, limit, after: Option<&str>| {
+            Ok(ApiRequest::ListSandboxes(ListSandboxes {
+                checkpointed,
+                limit,
+                after: after.map(str::to_string),
+            }))
+        };
+        assert_eq!(parsed("GET", "/sandboxes"), list(false, 100, None));
+        assert_eq!(
+            parsed("GET", "/sandboxes?checkpointed=0"),
+            list(false, 100, None)
+        );
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            parsed(
+                "GET",
+                &format!("/sandboxes?checkpointed=1&limit=5&after={id}")
+            ),
+            list(true, 5, Some(id))
+        );
+        for (target, message) in [
+            (
+                "/sandboxes?checkpointed=yes",
+                "checkpointed must be 1 or 0 (true or false), got \"yes\"",
+            ),
+            (
+                "/sandboxes?limit=0",
+                "limit must be a number from 1 to 1000, got \"0\"",
+            ),
+            (
+                "/sandboxes?limit=1001",
+                "limit must be a number from 1 to 1000",
+            ),
+            (
+                "/sandboxes?after=../x",
+                "after must be a sandbox id (32 hexadecimal digits), got \"../x\"",
+            ),
+            (
+                "/sandboxes?limit=1&limit=2",
+                "query parameter \"limit\" is given more than once",
+            ),
+        ] {
+            let error = parsed("GET", target).unwrap_err();
+            assert_eq!(error.status(), 400, "{target}");
+            assert!(
+                error.message().starts_with(message),
+                "{target}: {}",
+                error.message()
+            );
+        }
+        assert_eq!(parsed("POST", "/sandboxes").unwrap_err().status(), 405);
     }
 
     #[test]

@@ -8,18 +8,22 @@
 //!   not here:   no store / not an id --> refused (not found); else --> AwaitingStore
 //! AwaitingStore --store answer (on a worker thread: manifest, token, lease, image)-->
 //!   not found / wrong token / in use / failed --> refused
+//!   handoff asked (it runs elsewhere, with handoff) --> LOCK_ACQUIRING, AwaitingHandoff
 //!   ready (lease taken) + session limit reached --> refused, lease released
 //!   ready --> Restoring: the server restores the image, then
 //!        started --> running (the new session keeps the lease)
 //!        failed  --> refused, lease released
-//! client gone before the answer --> abandoned, lease released
+//! AwaitingHandoff --store answer (a worker waits for the owner, then reads the store again)-->
+//!   handed off and ready --> Restoring as above, with LOCK_ACQUIRED first
+//!   refused / timed out / taken by a faster instance --> refused (in use)
+//! client gone before the answer --> abandoned, lease released, handoff request withdrawn
 //! ```
 //! The token is always checked before anything else happens: in memory for a live sandbox,
 //! against the manifest (or the lease) in the store otherwise.
 
 use std::path::PathBuf;
 
-use super::store_work::AttachOutcome;
+use super::store_work::{AttachOutcome, HandoffAsked};
 use crate::ids::SandboxId;
 use crate::session::{refusal, token, Out, SessionId, Status};
 use crate::store::{lease::Lease, Manifest};
@@ -31,6 +35,8 @@ pub struct LiveSandbox<'a> {
     pub token_sha256: &'a str,
     pub running: bool,
     pub attached: bool,
+    /// Being checkpointed for a handoff to another instance.
+    pub moving: bool,
 }
 
 /// How an attach begins.
@@ -79,6 +85,11 @@ pub fn start(
             4000,
         ));
     }
+    if live.moving {
+        let message =
+            format!("sandbox {sandbox_id} is being handed off to another server instance");
+        return Start::Refuse(refusal(Status::InUse, &message, 1011));
+    }
     if !live.running {
         let message = format!("sandbox {sandbox_id} is not running");
         return Start::Refuse(refusal(Status::NotFound, &message, 1011));
@@ -93,8 +104,14 @@ pub fn start(
 #[derive(Debug)]
 enum Phase {
     AwaitingStore,
-    /// The store gave us the sandbox (and its lease); the server restores it.
-    Restoring(Lease),
+    /// Another instance was asked to hand the sandbox over; a worker waits for it.
+    AwaitingHandoff,
+    /// The store gave us the sandbox (and its lease); the server restores it. `handed_off`:
+    /// another instance handed it over.
+    Restoring {
+        lease: Lease,
+        handed_off: bool,
+    },
     Done,
 }
 
@@ -123,8 +140,19 @@ pub enum Decision {
     },
     /// The sandbox is being restored: its new session keeps `lease`; send `out`.
     Restoring { out: Vec<Out>, lease: Lease },
-    /// Nobody waits any more: give the lease back, if one was taken.
-    Abandon { release: Option<Lease> },
+    /// Send `out` (`LOCK_ACQUIRING`) and wait on a worker thread for the instance that runs
+    /// the sandbox to hand it over (`store_work::await_handoff`); its answer comes back to
+    /// [`StoredAttach::on_store_answer`].
+    AwaitHandoff {
+        out: Vec<Out>,
+        asked: Box<HandoffAsked>,
+    },
+    /// Nobody waits any more: give the lease back, if one was taken, and take a handoff
+    /// request back, if one was made.
+    Abandon {
+        release: Option<Lease>,
+        withdraw: Option<Box<HandoffAsked>>,
+    },
 }
 
 impl StoredAttach {
@@ -144,9 +172,11 @@ impl StoredAttach {
         outcome: AttachOutcome,
         session_limit: Option<Vec<Out>>,
     ) -> Decision {
-        if !matches!(self.phase, Phase::AwaitingStore) {
-            return self.abandon(outcome);
-        }
+        let handed_off = match self.phase {
+            Phase::AwaitingStore => false,
+            Phase::AwaitingHandoff => true,
+            _ => return self.abandon(outcome),
+        };
         self.phase = Phase::Done;
         let sandbox_id = self.sandbox_id;
         let refuse = |status: Status, message: &str, code: u16| Decision::Refuse {
@@ -170,6 +200,29 @@ impl StoredAttach {
                 1011,
             ),
             AttachOutcome::Failed(message) => refuse(Status::RestoreError, &message, 4000),
+            AttachOutcome::HandoffFailed(message) => refuse(
+                Status::InUse,
+                &format!("sandbox {sandbox_id} is in use: {message}"),
+                1011,
+            ),
+            // `await_handoff` never asks again; should it, do not wait twice.
+            AttachOutcome::HandoffAsked(asked) if handed_off => refuse(
+                Status::InUse,
+                &format!(
+                    "sandbox {sandbox_id} is running on another server instance ({})",
+                    asked.holder
+                ),
+                1011,
+            ),
+            AttachOutcome::HandoffAsked(asked) => {
+                self.phase = Phase::AwaitingHandoff;
+                Decision::AwaitHandoff {
+                    out: vec![Out::Send(crate::session::ServerEvent::Status(
+                        Status::LockAcquiring,
+                    ))],
+                    asked,
+                }
+            }
             AttachOutcome::Ready { lease, .. } if session_limit.is_some() => Decision::Refuse {
                 out: session_limit.unwrap_or_default(),
                 release: Some(lease),
@@ -179,7 +232,7 @@ impl StoredAttach {
                 image,
                 lease,
             } => {
-                self.phase = Phase::Restoring(lease);
+                self.phase = Phase::Restoring { lease, handed_off };
                 Decision::Restore { image, manifest }
             }
         }
@@ -187,14 +240,22 @@ impl StoredAttach {
 
     /// The restore was started (`Ok`) or could not be (`Err`, worded for the client).
     pub fn restored(&mut self, result: Result<(), String>) -> Decision {
-        let Phase::Restoring(lease) = std::mem::replace(&mut self.phase, Phase::Done) else {
-            return Decision::Abandon { release: None };
+        let Phase::Restoring { lease, handed_off } =
+            std::mem::replace(&mut self.phase, Phase::Done)
+        else {
+            return Decision::Abandon {
+                release: None,
+                withdraw: None,
+            };
         };
+        let status = |status| Out::Send(crate::session::ServerEvent::Status(status));
         match result {
             Ok(()) => Decision::Restoring {
-                out: vec![Out::Send(crate::session::ServerEvent::Status(
-                    Status::Restoring,
-                ))],
+                out: if handed_off {
+                    vec![status(Status::LockAcquired), status(Status::Restoring)]
+                } else {
+                    vec![status(Status::Restoring)]
+                },
                 lease,
             },
             Err(message) => Decision::Refuse {
@@ -213,10 +274,18 @@ impl StoredAttach {
     /// finds it.
     pub fn abandon(&mut self, outcome: AttachOutcome) -> Decision {
         self.phase = Phase::Done;
-        Decision::Abandon {
-            release: match outcome {
-                AttachOutcome::Ready { lease, .. } => Some(lease),
-                _ => None,
+        match outcome {
+            AttachOutcome::Ready { lease, .. } => Decision::Abandon {
+                release: Some(lease),
+                withdraw: None,
+            },
+            AttachOutcome::HandoffAsked(asked) => Decision::Abandon {
+                release: None,
+                withdraw: Some(asked),
+            },
+            _ => Decision::Abandon {
+                release: None,
+                withdraw: None,
             },
         }
     }
@@ -253,8 +322,10 @@ mod tests {
         Lease {
             owner: "me".into(),
             nonce: nonce.into(),
+            generation: 1,
             expires_unix_ms: 0,
             token_sha256: None,
+            handoff: false,
         }
     }
 
@@ -268,6 +339,7 @@ mod tests {
                 settings: SavedSettings::default(),
                 created_unix_ms: 0,
                 rootfs_stamp: String::new(),
+                agent_build: String::new(),
             }),
             image: "/store/image-1-x".into(),
             lease: lease(nonce),
@@ -290,6 +362,7 @@ mod tests {
                 token_sha256: &hash,
                 running,
                 attached,
+                moving: false,
             })
         };
         // A wrong token says nothing about the sandbox's state.
@@ -324,6 +397,18 @@ mod tests {
             start(ID, &Ok("t".into()), live(true, false), true),
             Start::Join(SessionId(3))
         ));
+        // Being handed off to another instance: in use (it is neither gone nor joinable).
+        let moving = LiveSandbox {
+            session: SessionId(3),
+            token_sha256: &hash,
+            running: false,
+            attached: false,
+            moving: true,
+        };
+        assert_eq!(
+            refused(start(ID, &Ok("t".into()), Some(moving), true)),
+            ["SANDBOX_IN_USE", "error", "close 1011"]
+        );
     }
 
     #[test]
@@ -401,11 +486,14 @@ mod tests {
         // The client left before the answer.
         assert!(matches!(
             stored().abandon(ready("c")),
-            Decision::Abandon { release: Some(taken) } if taken == lease("c")
+            Decision::Abandon { release: Some(taken), withdraw: None } if taken == lease("c")
         ));
         assert!(matches!(
             stored().abandon(AttachOutcome::NotFound),
-            Decision::Abandon { release: None }
+            Decision::Abandon {
+                release: None,
+                withdraw: None
+            }
         ));
         // Restored: the session keeps it.
         let mut attach = stored();
@@ -420,11 +508,76 @@ mod tests {
         // Answers after the end change nothing.
         assert!(matches!(
             attach.restored(Ok(())),
-            Decision::Abandon { release: None }
+            Decision::Abandon { release: None, .. }
         ));
         assert!(matches!(
             attach.on_store_answer(ready("e"), None),
-            Decision::Abandon { release: Some(_) }
+            Decision::Abandon {
+                release: Some(_),
+                ..
+            }
+        ));
+    }
+
+    fn asked() -> AttachOutcome {
+        AttachOutcome::HandoffAsked(Box::new(HandoffAsked {
+            generation: 4,
+            request: crate::store::handoff::Request {
+                requester: "me".into(),
+                nonce: "n".into(),
+                requested_unix_ms: 0,
+                refused: None,
+            },
+            holder: "instance-a".into(),
+        }))
+    }
+
+    #[test]
+    fn a_handoff_says_lock_acquiring_then_lock_acquired_before_restoring() {
+        let mut attach = stored();
+        match attach.on_store_answer(asked(), None) {
+            Decision::AwaitHandoff { out, asked } => {
+                assert_eq!(statuses(&out), ["SANDBOX_LOCK_ACQUIRING"]);
+                assert_eq!(asked.holder, "instance-a");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            attach.on_store_answer(ready("f"), None),
+            Decision::Restore { .. }
+        ));
+        match attach.restored(Ok(())) {
+            Decision::Restoring { out, .. } => assert_eq!(
+                statuses(&out),
+                ["SANDBOX_LOCK_ACQUIRED", "SANDBOX_RESTORING"]
+            ),
+            other => panic!("{other:?}"),
+        }
+
+        // Refused, timed out or taken by a faster instance: in use, with the reason.
+        let mut attach = stored();
+        attach.on_store_answer(asked(), None);
+        match attach.on_store_answer(
+            AttachOutcome::HandoffFailed("it did not hand it off within 40 s; retry".into()),
+            None,
+        ) {
+            Decision::Refuse { out, release: None } => {
+                assert_eq!(statuses(&out), ["SANDBOX_IN_USE", "error", "close 1011"]);
+                let Out::Send(event) = &out[0] else { panic!() };
+                assert!(
+                    event.message().is_some_and(|m| m.contains("within 40 s")),
+                    "{out:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The client left while the request was out: it is taken back.
+        assert!(matches!(
+            stored().abandon(asked()),
+            Decision::Abandon {
+                release: None,
+                withdraw: Some(_)
+            }
         ));
     }
 }

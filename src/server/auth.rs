@@ -1,10 +1,12 @@
 //! Which requests need an API key: all of them when keys are configured, except the health
-//! probes.
+//! probes and, while it is on, the playground's page and files (they hold no secret: the page
+//! asks its user for a key and sends it with every call it makes).
 //!
 //! The check runs in the request parser as soon as a head is complete (`HeadCheck`), so a
 //! request without a valid key gets its 401 before its body is read, before `100 Continue`,
 //! before a WebSocket upgrade and before any sandbox is touched.
 
+use super::api::is_playground_path;
 use crate::http::api_keys::ApiKeys;
 use crate::http::request::HeadCheck;
 
@@ -13,11 +15,13 @@ use crate::http::request::HeadCheck;
 pub const OPEN_PATHS: [&str; 2] = ["/status", "/readyz"];
 
 /// The parser hook that enforces `keys`, or `None` when no key is configured (every request is
-/// served as before).
-pub fn head_check(keys: Option<&ApiKeys>) -> Option<HeadCheck> {
+/// served as before). `playground`: whether the playground's paths answer without a key (a
+/// WebSocket upgrade never does: `/` is not one of its endpoints, and every other is checked).
+pub fn head_check(keys: Option<&ApiKeys>, playground: bool) -> Option<HeadCheck> {
     let keys = keys?.clone();
     Some(HeadCheck::new(move |request| {
-        if OPEN_PATHS.contains(&request.path.as_str()) {
+        let path = request.path.as_str();
+        if OPEN_PATHS.contains(&path) || (playground && is_playground_path(path)) {
             return Ok(());
         }
         keys.check(request)
@@ -45,7 +49,7 @@ mod tests {
     #[test]
     fn probes_stay_open_and_everything_else_needs_the_key() {
         let keys = ApiKeys::from_comma_list("the-key", "test").unwrap();
-        let check = || head_check(Some(&keys));
+        let check = || head_check(Some(&keys), false);
         for open in [
             "GET /status HTTP/1.1\r\n\r\n",
             "HEAD /status HTTP/1.1\r\n\r\n",
@@ -62,6 +66,9 @@ mod tests {
             "GET /status/x HTTP/1.1\r\n\r\n",
             "GET /nowhere HTTP/1.1\r\n\r\n",
             "GET /metrics HTTP/1.1\r\nAuthorization: Bearer not-the-key\r\n\r\n",
+            // The playground is off here: its paths are like any other.
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET /playground/app.js HTTP/1.1\r\n\r\n",
         ] {
             assert_eq!(answer(check(), closed), Err(401), "{closed}");
         }
@@ -75,8 +82,30 @@ mod tests {
     }
 
     #[test]
+    fn the_playground_page_is_open_while_it_is_on() {
+        let keys = ApiKeys::from_comma_list("the-key", "test").unwrap();
+        let check = || head_check(Some(&keys), true);
+        for open in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET /playground HTTP/1.1\r\n\r\n",
+            "HEAD /playground/app.js HTTP/1.1\r\n\r\n",
+            "GET /playground/unknown HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(answer(check(), open), Ok(200), "{open}");
+        }
+        for closed in [
+            "GET /metrics HTTP/1.1\r\n\r\n",
+            "GET /create HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET /playgroundx HTTP/1.1\r\n\r\n",
+            "POST /execute?language=bash HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert_eq!(answer(check(), closed), Err(401), "{closed}");
+        }
+    }
+
+    #[test]
     fn without_keys_nothing_is_checked() {
-        assert!(head_check(None).is_none());
+        assert!(head_check(None, true).is_none());
         assert_eq!(answer(None, "GET /metrics HTTP/1.1\r\n\r\n"), Ok(200));
     }
 }

@@ -11,6 +11,8 @@ use super::connection::{
     Connection, ConnectionId, Phase, ReadOutcome, OUT_HIGH_WATER, OUT_LOW_WATER,
 };
 use super::execute::ExecuteJob;
+use super::playground;
+use super::store_work::CheckpointQuery;
 use super::Server;
 use crate::http::request::{HttpError, Progress, Request};
 use crate::io_token::{token, Tag};
@@ -172,13 +174,31 @@ impl Server {
                 return self
                     .wait_for_store(id, keep_alive, |persistence| persistence.list_snapshots(id))
             }
+            ApiRequest::ListSandboxes(list) if list.checkpointed => {
+                let query = CheckpointQuery {
+                    after: list.after,
+                    limit: list.limit,
+                    ttl: self.config.lease_ttl,
+                };
+                return self.wait_for_store(id, keep_alive, |persistence| {
+                    persistence.list_checkpoints(id, query)
+                });
+            }
+            ApiRequest::ListSandboxes(_) => Ok(api::sandboxes_response(
+                &self.sessions.views(Instant::now()),
+            )),
             ApiRequest::DeleteSnapshot(name) => {
                 return self.wait_for_store(id, keep_alive, |persistence| {
                     persistence.delete_snapshot(id, &name)
                 })
             }
             ApiRequest::Execute(execute) => return self.start_execute(id, execute, keep_alive),
-            ApiRequest::Upgrade { key, target } => return self.upgrade(id, &key, target),
+            ApiRequest::Upgrade {
+                key,
+                target,
+                subprotocol,
+            } => return self.upgrade(id, &key, target, subprotocol),
+            ApiRequest::Playground(path) => playground::response(&path, self.config.playground),
         };
         let response = answer.unwrap_or_else(|error: ApiError| error.response());
         self.respond(id, &response, keep_alive, head_only);

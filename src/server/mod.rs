@@ -12,6 +12,7 @@ mod execute;
 mod http;
 mod jobs;
 mod persistence;
+mod playground;
 mod recovery;
 mod save;
 mod sessions;
@@ -117,13 +118,17 @@ impl Server {
             .register(&mut listener, token(Tag::Listener, 0), Interest::READABLE)?;
         let signals = Signals::new(&poll)?;
         eprintln!("server: listening on http://{}", listener.local_addr()?);
-        let head_check = auth::head_check(config.api_keys.as_ref());
+        let head_check = auth::head_check(config.api_keys.as_ref(), config.playground);
         if let Some(keys) = &config.api_keys {
             eprintln!(
-                "server: requests need one of {} api keys (Authorization: Bearer); {} answer without",
+                "server: requests need one of {} api keys (Authorization: Bearer); {}{} answer without",
                 keys.len(),
-                auth::OPEN_PATHS.join(" and ")
+                auth::OPEN_PATHS.join(", "),
+                if config.playground { " and the playground page" } else { "" }
             );
+        }
+        if config.playground {
+            eprintln!("server: the playground is at / (SANDBOX_PLAYGROUND=off turns it off)");
         }
         let jobs = jobs::Jobs::new(poll.registry())?;
         let mut nonce = [0u8; 6];
@@ -202,6 +207,9 @@ impl Server {
             self.runtime.fire_timers(now);
             self.runtime.service_pending_reads();
             self.dispatch_notices();
+            if self.shutdown_deadline.is_none() {
+                self.persistence.watch_handoffs(now);
+            }
             if now >= self.next_sweep {
                 self.next_sweep = now + SWEEP_INTERVAL;
                 self.sweep_connections(now);
@@ -249,6 +257,9 @@ impl Server {
         let mut deadline = self.next_sweep;
         if let Some(runtime_deadline) = self.runtime.next_deadline() {
             deadline = deadline.min(runtime_deadline);
+        }
+        if let Some(watch) = self.persistence.next_handoff_watch() {
+            deadline = deadline.min(watch);
         }
         deadline.saturating_duration_since(now)
     }

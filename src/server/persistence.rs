@@ -19,17 +19,21 @@ use super::jobs::Jobs;
 use super::recovery::Peer;
 use super::save::{Action, Report, Save};
 use super::sessions::Control;
-use super::store_work::{self, AttachOutcome, DeleteError, VerifiedImage};
+use super::store_work::{
+    self, AttachCheck, AttachOutcome, CheckpointQuery, DeleteError, HandoffAsked, VerifiedImage,
+};
 use super::websocket::Waiting;
 use super::Server;
 use crate::agent_protocol::ExecId;
 use crate::config::Config;
 use crate::runtime::{Owner, RuntimeEvent};
 use crate::session::{SaveRequest, SavedExec, SavedState, Session, SessionId};
-use crate::store::{self, lease, leftovers, Manifest, SavedSettings};
+use crate::store::{self, handoff, lease, leftovers, Builds, Manifest, SavedSettings};
 
 /// Sandbox directories one sweep of the checkpoint store examines at most.
 const SWEEP_MAX_DIRS: usize = 256;
+/// How often an attach waiting for a handoff reads the lease (a list and a small read).
+const HANDOFF_WAIT_POLL: Duration = Duration::from_millis(100);
 
 /// What a worker thread reports back.
 pub enum JobResult {
@@ -74,6 +78,13 @@ pub enum JobResult {
     },
     /// The checkpoint store was swept for leftovers of killed instances.
     StoreSwept(leftovers::Sweep),
+    /// The sandboxes other instances asked for (handoff requests found in the store).
+    HandoffsWatched(Vec<SessionId>),
+    /// `GET /sandboxes?checkpointed=1` was answered.
+    CheckpointsListed {
+        connection: ConnectionId,
+        list: Value,
+    },
     /// Fire-and-forget work (discarding an image, releasing a lease).
     Done,
 }
@@ -86,13 +97,35 @@ struct StoreSweep {
     resume_after: Option<String>,
 }
 
-/// Where the store is and how leases behave.
+/// Where the store is and how leases and handoffs behave.
 struct StoreSettings {
     checkpoint_root: Option<PathBuf>,
     snapshot_root: Option<PathBuf>,
     lease_ttl: Duration,
     lease_settle: Duration,
     sweep_interval: Duration,
+    /// How often the handoff requests of the sandboxes held here are looked for.
+    handoff_poll: Duration,
+    /// How long an attach waits for another instance to hand a sandbox over.
+    handoff_timeout: Duration,
+}
+
+/// A lease of a checkpointable sandbox run here.
+struct HeldLease {
+    base: PathBuf,
+    /// `None` until the claim of a new sandbox is written.
+    lease: Option<lease::Lease>,
+    /// A claim or renewal of it is being written (on a worker thread): a release waits for it,
+    /// or the late write would take the lease back.
+    writing: bool,
+    /// Give it up once the write in progress is done (the session ended or checkpointed).
+    release_when_written: bool,
+}
+
+/// The periodic look for handoff requests.
+struct HandoffWatch {
+    next: Instant,
+    running: bool,
 }
 
 /// The pipeline's state: worker threads, saves and attaches in progress, leases held.
@@ -102,16 +135,17 @@ pub struct Persistence {
     saves: HashMap<SessionId, Save>,
     /// Attaches waiting for the store, by connection.
     attaches: HashMap<ConnectionId, StoredAttach>,
-    /// Leases of checkpointable sandboxes run here: directory and lease (once taken).
-    leases: HashMap<SessionId, (PathBuf, Option<lease::Lease>)>,
+    /// Leases of checkpointable sandboxes run here.
+    leases: HashMap<SessionId, HeldLease>,
     next_lease_renewal: Instant,
+    handoff_watch: HandoffWatch,
     /// Snapshot images verified on this instance, by name.
     verified_snapshots: HashMap<String, VerifiedImage>,
     sweep: StoreSweep,
     /// Names this server process in leases.
     instance_id: String,
-    /// The sandbox image's stamp, recorded with checkpoints.
-    rootfs_stamp: String,
+    /// The sandbox image and agent builds, recorded with checkpoints.
+    builds: Builds,
 }
 
 impl Persistence {
@@ -121,6 +155,23 @@ impl Persistence {
         let rootfs_stamp = std::fs::read_to_string(config.rootfs.join(".sandbox-image-stamp"))
             .map(|stamp| stamp.trim().to_string())
             .unwrap_or_default();
+        // The agent is mounted from the host into every sandbox; a checkpoint records which
+        // build ran in it (a restored agent of another build crashes).
+        let agent = match store::file_sha256(&config.agent_path) {
+            Ok((_, sha256)) => {
+                if config.checkpoint_path.is_some() || config.snapshot_path.is_some() {
+                    eprintln!("persistence: agent build {sha256} (recorded with checkpoints and snapshots)");
+                }
+                sha256
+            }
+            Err(error) => {
+                eprintln!(
+                    "persistence: cannot hash the agent {}: {error}; checkpoints will not record its build",
+                    config.agent_path.display()
+                );
+                String::new()
+            }
+        };
         Persistence {
             jobs,
             store: StoreSettings {
@@ -129,11 +180,17 @@ impl Persistence {
                 lease_ttl: config.lease_ttl,
                 lease_settle: config.lease_settle,
                 sweep_interval: config.store_sweep_interval,
+                handoff_poll: config.handoff_poll,
+                handoff_timeout: config.handoff_timeout,
             },
             saves: HashMap::new(),
             attaches: HashMap::new(),
             leases: HashMap::new(),
             next_lease_renewal: now,
+            handoff_watch: HandoffWatch {
+                next: now,
+                running: false,
+            },
             verified_snapshots: HashMap::new(),
             sweep: StoreSweep {
                 next: now + config.store_sweep_interval,
@@ -141,7 +198,10 @@ impl Persistence {
                 resume_after: None,
             },
             instance_id,
-            rootfs_stamp,
+            builds: Builds {
+                rootfs_stamp,
+                agent,
+            },
         }
     }
 
@@ -166,20 +226,28 @@ impl Persistence {
         self.saves.keys().copied()
     }
 
+    fn attach_check(&self, sandbox_id: &str, token: &str) -> Option<AttachCheck> {
+        Some(AttachCheck {
+            base: self.checkpoint_base(sandbox_id)?,
+            token: token.to_string(),
+            owner: self.instance_id.clone(),
+            builds: self.builds.clone(),
+            ttl: self.store.lease_ttl,
+            settle: self.store.lease_settle,
+        })
+    }
+
     /// Ask the store about an attach (see `attach`).
     pub fn ask_store(&mut self, connection: ConnectionId, attach: StoredAttach) {
-        let Some(base) = self.checkpoint_base(&attach.sandbox_id().to_string()) else {
+        let Some(check) = self.attach_check(&attach.sandbox_id().to_string(), attach.token())
+        else {
             return;
         };
-        let token = attach.token().to_string();
-        let owner = self.instance_id.clone();
-        let stamp = self.rootfs_stamp.clone();
-        let (ttl, settle) = (self.store.lease_ttl, self.store.lease_settle);
         self.attaches.insert(connection, attach);
         self.jobs.spawn_or(
             move || JobResult::AttachChecked {
                 connection,
-                outcome: store_work::check_attach(&base, &token, &owner, &stamp, ttl, settle),
+                outcome: store_work::check_attach(&check),
             },
             move |message| JobResult::AttachChecked {
                 connection,
@@ -188,6 +256,49 @@ impl Persistence {
                 )),
             },
         );
+    }
+
+    /// Wait on a worker thread for the instance that runs the sandbox to hand it over (its
+    /// answer comes back like the store's first one).
+    pub fn await_handoff(
+        &mut self,
+        connection: ConnectionId,
+        attach: StoredAttach,
+        asked: HandoffAsked,
+    ) {
+        let Some(check) = self.attach_check(&attach.sandbox_id().to_string(), attach.token())
+        else {
+            return;
+        };
+        self.attaches.insert(connection, attach);
+        let (wait, poll) = (self.store.handoff_timeout, HANDOFF_WAIT_POLL);
+        self.jobs.spawn_or(
+            move || JobResult::AttachChecked {
+                connection,
+                outcome: store_work::await_handoff(&check, &asked, wait, poll),
+            },
+            move |message| JobResult::AttachChecked {
+                connection,
+                outcome: AttachOutcome::Failed(format!(
+                    "internal error while waiting for the handoff: {message}"
+                )),
+            },
+        );
+    }
+
+    /// How long an attach socket may wait for a handoff, the store's answer after it included.
+    pub fn handoff_bound(&self, store_answer: Duration) -> Duration {
+        self.store.handoff_timeout + store_answer
+    }
+
+    /// Take a handoff request back (its attach was abandoned).
+    fn withdraw_handoff(&mut self, sandbox_id: &str, asked: HandoffAsked) {
+        if let Some(base) = self.checkpoint_base(sandbox_id) {
+            self.jobs.spawn(move || {
+                handoff::withdraw(&base, asked.generation, &asked.request);
+                JobResult::Done
+            });
+        }
     }
 
     /// Find and verify the snapshot a session is created from.
@@ -202,12 +313,12 @@ impl Persistence {
             });
         };
         let name = name.to_string();
-        let stamp = self.rootfs_stamp.clone();
+        let builds = self.builds.clone();
         let known = self.verified_snapshots.get(&name).cloned();
         let for_panic = name.clone();
         self.jobs.spawn_or(
             move || JobResult::SnapshotFound {
-                found: store_work::find_snapshot(&root, &name, &stamp, known),
+                found: store_work::find_snapshot(&root, &name, &builds, known),
                 session,
                 name,
             },
@@ -277,14 +388,28 @@ impl Persistence {
     }
 
     /// Take the lease of a new checkpointable sandbox (nobody else knows its id yet).
-    pub fn claim_lease(&mut self, session: SessionId, sandbox_id: &str, token_sha256: &str) {
+    pub fn claim_lease(
+        &mut self,
+        session: SessionId,
+        sandbox_id: &str,
+        token_sha256: &str,
+        handoff: bool,
+    ) {
         if self.leases.contains_key(&session) {
             return;
         }
         let Some(base) = self.checkpoint_base(sandbox_id) else {
             return;
         };
-        self.leases.insert(session, (base.clone(), None));
+        self.leases.insert(
+            session,
+            HeldLease {
+                base: base.clone(),
+                lease: None,
+                writing: true,
+                release_when_written: false,
+            },
+        );
         let (owner, token, ttl) = (
             self.instance_id.clone(),
             token_sha256.to_string(),
@@ -292,31 +417,50 @@ impl Persistence {
         );
         self.jobs.spawn(move || JobResult::LeaseRenewed {
             session,
-            result: store_work::claim_lease(&base, &owner, &token, ttl),
+            result: store_work::claim_lease(&base, &owner, &token, handoff, ttl),
         });
     }
 
     /// A restored session holds the lease its attach took.
     fn keep_lease(&mut self, session: SessionId, sandbox_id: &str, held: lease::Lease) {
         let base = self.checkpoint_base(sandbox_id).unwrap_or_default();
-        self.leases.insert(session, (base, Some(held)));
+        self.leases.insert(
+            session,
+            HeldLease {
+                base,
+                lease: Some(held),
+                writing: false,
+                release_when_written: false,
+            },
+        );
     }
 
+    /// A claim or renewal was written (or not). Returns the holder if another instance took
+    /// the lease over: the sandbox must stop here.
     fn lease_renewed(
         &mut self,
         session: SessionId,
         result: Result<lease::Lease, lease::LeaseError>,
-    ) {
-        match result {
+    ) -> Option<String> {
+        let held = self.leases.get_mut(&session)?;
+        held.writing = false;
+        let lost = match result {
             Ok(renewed) => {
-                if let Some(held) = self.leases.get_mut(&session) {
-                    held.1 = Some(renewed);
-                }
+                held.lease = Some(renewed);
+                None
             }
+            Err(lease::LeaseError::InUse(holder)) => Some(holder),
             Err(error) => {
-                eprintln!("persistence: session {session}: lease renewal failed: {error:?}");
+                // The store failed this time: the lease stays ours until it expires; the next
+                // renewal tries again.
+                eprintln!("persistence: session {session}: lease renewal failed: {error}");
+                None
             }
+        };
+        if held.release_when_written || lost.is_some() {
+            self.release_lease(session);
         }
+        lost
     }
 
     /// Renew every lease we hold (called from the sweep, every third of the TTL).
@@ -326,14 +470,15 @@ impl Persistence {
         }
         let ttl = self.store.lease_ttl;
         self.next_lease_renewal = now + ttl / 3;
-        let held: Vec<(SessionId, PathBuf, lease::Lease)> = self
-            .leases
-            .iter()
-            .filter_map(|(session, (base, lease))| {
-                lease.clone().map(|lease| (*session, base.clone(), lease))
-            })
-            .collect();
-        for (session, base, mut lease) in held {
+        for (session, held) in self.leases.iter_mut() {
+            let Some(mut lease) = held.lease.clone() else {
+                continue;
+            };
+            if held.writing || held.release_when_written {
+                continue;
+            }
+            held.writing = true;
+            let (session, base) = (*session, held.base.clone());
             self.jobs.spawn(move || {
                 let result = lease::renew(&base, &mut lease, ttl).map(|()| lease);
                 JobResult::LeaseRenewed { session, result }
@@ -341,10 +486,22 @@ impl Persistence {
         }
     }
 
+    /// Give the lease of a session up (at once, or once its write in progress is done).
     pub fn release_lease(&mut self, session: SessionId) {
-        if let Some((base, Some(held))) = self.leases.remove(&session) {
+        let Some(held) = self.leases.get_mut(&session) else {
+            return;
+        };
+        if held.writing {
+            held.release_when_written = true;
+            return;
+        }
+        let Some(held) = self.leases.remove(&session) else {
+            return;
+        };
+        if let Some(lease) = held.lease {
+            let (base, ttl) = (held.base, self.store.lease_ttl);
             self.jobs.spawn(move || {
-                lease::release(&base, &held);
+                lease::release(&base, &lease, ttl);
                 JobResult::Done
             });
         }
@@ -353,11 +510,87 @@ impl Persistence {
     /// Give up a lease taken for an attach that restores nothing.
     fn release_attach_lease(&mut self, sandbox_id: &str, held: lease::Lease) {
         if let Some(base) = self.checkpoint_base(sandbox_id) {
+            let ttl = self.store.lease_ttl;
             self.jobs.spawn(move || {
-                lease::release(&base, &held);
+                lease::release(&base, &held, ttl);
                 JobResult::Done
             });
         }
+    }
+
+    /// Every `SANDBOX_HANDOFF_POLL_MS`, look in the store for requests for the sandboxes held
+    /// here with handoff enabled: one small read per sandbox, all on one worker thread.
+    pub fn watch_handoffs(&mut self, now: Instant) {
+        if self.handoff_watch.running || now < self.handoff_watch.next {
+            return;
+        }
+        let watched: Vec<(SessionId, PathBuf, u64)> = self
+            .leases
+            .iter()
+            .filter(|(_, held)| !held.release_when_written)
+            .filter_map(|(session, held)| {
+                let lease = held.lease.as_ref().filter(|lease| lease.handoff)?;
+                Some((*session, held.base.clone(), lease.generation))
+            })
+            .collect();
+        if watched.is_empty() {
+            return;
+        }
+        self.handoff_watch.next = now + self.store.handoff_poll;
+        self.handoff_watch.running = true;
+        let stale_after = self.store.handoff_timeout * 2;
+        self.jobs.spawn(move || {
+            JobResult::HandoffsWatched(store_work::watch_handoffs(&watched, stale_after))
+        });
+    }
+
+    /// When the next look for handoff requests is due, if any sandbox held here allows one.
+    pub fn next_handoff_watch(&self) -> Option<Instant> {
+        let watching = self
+            .leases
+            .values()
+            .any(|held| held.lease.as_ref().is_some_and(|lease| lease.handoff));
+        (watching && !self.handoff_watch.running).then_some(self.handoff_watch.next)
+    }
+
+    /// The sandbox of `session` cannot be handed off: say why in the request.
+    pub fn refuse_handoff(&mut self, session: SessionId, reason: String) {
+        let Some(held) = self.leases.get(&session) else {
+            return;
+        };
+        let Some(generation) = held.lease.as_ref().map(|lease| lease.generation) else {
+            return;
+        };
+        let base = held.base.clone();
+        self.jobs.spawn(move || {
+            handoff::refuse(&base, generation, &reason);
+            JobResult::Done
+        });
+    }
+
+    /// `GET /sandboxes?checkpointed=1`, answered on a worker thread.
+    pub fn list_checkpoints(
+        &mut self,
+        connection: ConnectionId,
+        query: CheckpointQuery,
+    ) -> Result<(), ApiError> {
+        let root = self.store.checkpoint_root.clone().ok_or_else(|| {
+            ApiError::NotEnabled(
+                "checkpointing is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)"
+                    .into(),
+            )
+        })?;
+        self.jobs.spawn_or(
+            move || JobResult::CheckpointsListed {
+                connection,
+                list: store_work::list_checkpoints(&root, &query),
+            },
+            move |_| JobResult::CheckpointsListed {
+                connection,
+                list: Value::Null,
+            },
+        );
+        Ok(())
     }
 
     /// Remove a killed sandbox's saved state (its checkpoints and lease).
@@ -435,11 +668,11 @@ impl Persistence {
         token: Option<String>,
         settings: SavedSettings,
     ) {
-        let stamp = self.rootfs_stamp.clone();
+        let builds = self.builds.clone();
         self.jobs.spawn_or(
             move || JobResult::Published {
                 session,
-                result: store::publish(&base, &image, token, settings, &stamp)
+                result: store::publish(&base, &image, token, settings, &builds)
                     .map_err(|error| error.to_string()),
             },
             move |message| JobResult::Published {
@@ -468,6 +701,8 @@ impl From<&SavedState> for SavedSettings {
                 id: exec.exec.0,
                 base64: exec.output_encoding == crate::session::events::OutputEncoding::Base64,
             }),
+            handoff: state.handoff,
+            labels: state.labels.clone(),
         }
     }
 }
@@ -486,6 +721,8 @@ impl From<&SavedSettings> for SavedState {
                     crate::session::events::OutputEncoding::Text
                 },
             }),
+            handoff: settings.handoff,
+            labels: settings.labels.clone(),
         }
     }
 }
@@ -650,9 +887,11 @@ impl Server {
                 | JobResult::LeaseRenewed { session, .. } => Peer::Session(*session),
                 JobResult::AttachChecked { connection, .. }
                 | JobResult::SnapshotsListed { connection, .. }
+                | JobResult::CheckpointsListed { connection, .. }
                 | JobResult::SnapshotDeleted { connection, .. } => Peer::Connection(*connection),
-                // Bookkeeping of the server itself, no peer to blame: handled as is.
-                JobResult::StoreSwept(_) => {
+                // Bookkeeping of the server itself, no peer to blame: handled as is (each
+                // session it concerns is guarded on its own).
+                JobResult::StoreSwept(_) | JobResult::HandoffsWatched(_) => {
                     self.job_finished(result);
                     continue;
                 }
@@ -719,11 +958,27 @@ impl Server {
                 };
                 self.answer_waiting(connection, answer);
             }
+            JobResult::CheckpointsListed { connection, list } => {
+                let answer = if list.is_null() {
+                    Err(ApiError::Internal("cannot list the checkpoints".into()))
+                } else {
+                    Ok(Response::json(200, &list))
+                };
+                self.answer_waiting(connection, answer);
+            }
             JobResult::SavedStateRemoved { session } => self.saved_state_removed(session),
             JobResult::LeaseRenewed { session, result } => {
-                self.persistence.lease_renewed(session, result)
+                if let Some(holder) = self.persistence.lease_renewed(session, result) {
+                    self.lease_lost(session, &holder);
+                }
             }
             JobResult::StoreSwept(sweep) => self.persistence.store_swept(sweep),
+            JobResult::HandoffsWatched(asked) => {
+                self.persistence.handoff_watch.running = false;
+                for session in asked {
+                    self.guarded(Peer::Session(session), |server| server.hand_off(session));
+                }
+            }
             JobResult::Done => {}
         }
     }
@@ -738,7 +993,9 @@ impl Server {
             .connections
             .websockets
             .get(&connection)
-            .is_some_and(|socket| socket.waiting == Waiting::StoreAnswer);
+            .is_some_and(|socket| {
+                matches!(socket.waiting, Waiting::StoreAnswer | Waiting::Handoff)
+            });
         let mut decision = if waiting {
             let limit = self.session_limit_refusal();
             attach.on_store_answer(outcome, limit)
@@ -800,10 +1057,21 @@ impl Server {
                 out
             }
             Decision::Restoring { out, .. } => out,
-            Decision::Abandon { release } => {
+            Decision::AwaitHandoff { out, asked } => {
+                if let Some(socket) = self.connections.websockets.get_mut(&connection) {
+                    socket.wait_for(Waiting::Handoff, Instant::now());
+                }
+                self.persistence.await_handoff(connection, attach, *asked);
+                out
+            }
+            Decision::Abandon { release, withdraw } => {
                 if let Some(held) = release {
                     self.persistence
                         .release_attach_lease(&sandbox_id.to_string(), held);
+                }
+                if let Some(asked) = withdraw {
+                    self.persistence
+                        .withdraw_handoff(&sandbox_id.to_string(), *asked);
                 }
                 return;
             }
@@ -814,6 +1082,34 @@ impl Server {
                 self.drop_websocket(connection);
             }
         }
+    }
+
+    /// Another instance asked for the sandbox of `session_id`: its session begins the
+    /// handoff (a checkpoint), unless it cannot now (the request stays and is seen again).
+    fn hand_off(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        if let Some(outs) = session.on_handoff_requested() {
+            eprintln!(
+                "persistence: session {session_id}: sandbox {} is asked for by another instance: handing it off",
+                session.sandbox_id()
+            );
+            self.deliver(session_id, outs);
+        }
+    }
+
+    /// Another instance took over the lease of a sandbox that runs here: stop it here.
+    fn lease_lost(&mut self, session_id: SessionId, holder: &str) {
+        let Some(session) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        eprintln!(
+            "persistence: session {session_id}: sandbox {} lost its lease to {holder}: stopping it here",
+            session.sandbox_id()
+        );
+        let outs = session.on_lease_lost(holder, &mut Control(&mut self.runtime));
+        self.deliver(session_id, outs);
     }
 
     /// Answer an HTTP request that waited for the store.

@@ -18,7 +18,8 @@ use crate::agent_protocol::ExecId;
 use crate::runtime::exec::Reason;
 use crate::runtime::{ExecSpec, Owner, Runtime, RuntimeError, RuntimeEvent, SandboxKey};
 use crate::session::{
-    refusal, CreateOptions, Out, SandboxControl, Session, SessionId, SessionSettings, Status,
+    refusal, CreateOptions, Out, SandboxControl, Session, SessionId, SessionSettings, SessionView,
+    Status,
 };
 
 /// The sessions of this server: by id, by the public id of their sandbox, and the connection
@@ -79,7 +80,20 @@ impl Sessions {
             token_sha256: session.token_sha256(),
             running: session.is_running(),
             attached: session.is_attached(),
+            moving: session.is_moving(),
         })
+    }
+
+    /// What `GET /sandboxes` lists: the sessions that have a sandbox, by sandbox id.
+    pub fn views(&self, now: Instant) -> Vec<SessionView> {
+        let mut views: Vec<SessionView> = self
+            .by_sandbox_id
+            .values()
+            .filter_map(|id| self.sessions.get(id))
+            .map(|session| session.view(now))
+            .collect();
+        views.sort_by(|a, b| a.sandbox_id.cmp(&b.sandbox_id));
+        views
     }
 
     /// Sandboxes that are being saved must survive a shutdown's deletions.
@@ -173,13 +187,19 @@ impl Server {
     }
 
     /// Answer the handshake and hand the socket to tungstenite, then start or attach a session.
-    pub(super) fn upgrade(&mut self, id: ConnectionId, key: &str, target: Upgrade) {
+    pub(super) fn upgrade(
+        &mut self,
+        id: ConnectionId,
+        key: &str,
+        target: Upgrade,
+        subprotocol: Option<&str>,
+    ) {
         let Some(mut connection) = self.connections.http.remove(&id) else {
             return;
         };
         connection
             .out
-            .extend_from_slice(&websocket::handshake_response(key));
+            .extend_from_slice(&websocket::handshake_response(key, subprotocol));
         if !connection.flush() || !connection.out.is_empty() {
             // A fresh socket that cannot take 200 bytes is not worth keeping.
             let _ = self.poll.registry().deregister(&mut connection.stream);
@@ -373,6 +393,13 @@ impl Server {
             return;
         }
         let ready = matches!(event, RuntimeEvent::Ready);
+        if let RuntimeEvent::ExecFinished(_, outcome) = &event {
+            *self
+                .metrics
+                .session_executions
+                .entry(outcome.reason.as_str())
+                .or_default() += 1;
+        }
         let Some(session) = self.sessions.get_mut(session_id) else {
             return;
         };
@@ -390,8 +417,12 @@ impl Server {
             return;
         };
         if session.is_running() && session.is_checkpointable() {
-            self.persistence
-                .claim_lease(session_id, session.sandbox_id(), session.token_sha256());
+            self.persistence.claim_lease(
+                session_id,
+                session.sandbox_id(),
+                session.token_sha256(),
+                session.allows_handoff(),
+            );
         }
     }
 
@@ -434,7 +465,10 @@ impl Server {
         let (work, frames): (Vec<Out>, Vec<Out>) = outs.into_iter().partition(|out| {
             matches!(
                 out,
-                Out::Save(_) | Out::FindSnapshot(_) | Out::RemoveSavedState
+                Out::Save(_)
+                    | Out::FindSnapshot(_)
+                    | Out::RemoveSavedState
+                    | Out::HandoffRefused(_)
             )
         });
         let closing = frames.iter().any(|out| matches!(out, Out::Close(..)));
@@ -462,6 +496,7 @@ impl Server {
             match out {
                 Out::Save(request) => self.start_save(session_id, request),
                 Out::FindSnapshot(name) => self.persistence.find_snapshot(session_id, &name),
+                Out::HandoffRefused(reason) => self.persistence.refuse_handoff(session_id, reason),
                 Out::RemoveSavedState => {
                     if let Some(session) = self.sessions.get(session_id) {
                         let sandbox_id = session.sandbox_id().to_string();
@@ -530,6 +565,7 @@ impl Server {
         let bounds = WaitBounds {
             init: ws.init_timeout,
             store_answer: self.config.create_timeout,
+            handoff: self.persistence.handoff_bound(self.config.create_timeout),
         };
         let mut dead = Vec::new();
         let mut overdue_sockets = Vec::new();

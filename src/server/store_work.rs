@@ -4,13 +4,13 @@
 //! and hashing an image takes seconds, so the event loop never calls these itself.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::session::options::validate_snapshot_name;
 use crate::session::token;
-use crate::store::{self, lease, leftovers, Manifest};
+use crate::store::{self, handoff, lease, leftovers, Builds, Manifest};
 
 /// What the store says about an attach to a sandbox that is not live here.
 #[derive(Debug)]
@@ -19,6 +19,11 @@ pub enum AttachOutcome {
     PermissionDenied,
     /// Running on another instance (named).
     InUse(String),
+    /// The sandbox runs on another instance that allows a handoff: our request is made
+    /// (`store::handoff`); wait for the owner with [`await_handoff`].
+    HandoffAsked(Box<HandoffAsked>),
+    /// A handoff did not happen: why, worded for the client.
+    HandoffFailed(String),
     Failed(String),
     /// Boxed: a manifest is large next to the other answers.
     Ready {
@@ -28,48 +33,105 @@ pub enum AttachOutcome {
     },
 }
 
-/// The store side of an attach: manifest, token (before anything else happens), lease, image
-/// integrity.
-pub fn check_attach(
-    base: &Path,
-    token: &str,
-    owner: &str,
-    rootfs_stamp: &str,
-    ttl: Duration,
-    settle: Duration,
-) -> AttachOutcome {
+/// A handoff request made, and whom it was made to.
+#[derive(Debug, Clone)]
+pub struct HandoffAsked {
+    pub generation: u64,
+    pub request: handoff::Request,
+    pub holder: String,
+}
+
+/// Who attaches, and what the store must match.
+#[derive(Debug, Clone)]
+pub struct AttachCheck {
+    pub base: PathBuf,
+    pub token: String,
+    /// This instance, as named in leases.
+    pub owner: String,
+    pub builds: Builds,
+    pub ttl: Duration,
+    pub settle: Duration,
+}
+
+/// The store side of an attach: manifest, token (before anything else happens), image and
+/// agent builds, lease (or a handoff request to the instance that holds it), image integrity.
+pub fn check_attach(check: &AttachCheck) -> AttachOutcome {
+    attach_or_ask(check, true)
+}
+
+fn attach_or_ask(check: &AttachCheck, may_ask: bool) -> AttachOutcome {
+    let AttachCheck {
+        base, token, owner, ..
+    } = check;
     let manifest = match store::load(base) {
-        Ok(Some(manifest)) => manifest,
-        Ok(None) => {
-            // Never checkpointed: it may be running on another instance (its lease says so
-            // and carries the token hash, checked first).
-            return match lease::current(base) {
-                Some(current) if current.expires_unix_ms > store::now_unix_ms() => {
-                    match current.token_sha256 {
-                        Some(expected) if token::matches(&expected, token) => {
-                            AttachOutcome::InUse(current.owner)
-                        }
-                        _ => AttachOutcome::PermissionDenied,
-                    }
-                }
-                _ => {
-                    // What an instance that died before any checkpoint left: nothing to
-                    // restore, so nothing to keep.
-                    leftovers::remove_if_abandoned(base);
-                    AttachOutcome::NotFound
-                }
-            };
-        }
+        Ok(manifest) => manifest,
         Err(error) => return AttachOutcome::Failed(error.to_string()),
     };
-    let expected = manifest.token_sha256.clone().unwrap_or_default();
+    let found = match lease::find(base, check.ttl) {
+        Ok(found) => found,
+        Err(error) => return AttachOutcome::Failed(error.to_string()),
+    };
+    let held = match &found {
+        lease::Found::Lease(current)
+            if current.expires_unix_ms > store::now_unix_ms() && &current.owner != owner =>
+        {
+            Some(current)
+        }
+        _ => None,
+    };
+    // The token first: the manifest's, or for a sandbox never checkpointed the lease's.
+    let expected = match (&manifest, held) {
+        (Some(manifest), _) => manifest.token_sha256.clone(),
+        (None, Some(current)) => current.token_sha256.clone(),
+        (None, None) => {
+            // What an instance that died before any checkpoint left: nothing to restore, so
+            // nothing to keep.
+            leftovers::remove_if_abandoned(base);
+            return AttachOutcome::NotFound;
+        }
+    };
+    let expected = expected.unwrap_or_default();
     if !token::matches(&expected, token) {
         return AttachOutcome::PermissionDenied;
     }
-    if let Err(message) = same_image(&manifest, rootfs_stamp) {
-        return AttachOutcome::Failed(message);
+    if let Some(manifest) = &manifest {
+        if let Err(message) = check.builds.check(manifest) {
+            return AttachOutcome::Failed(message);
+        }
     }
-    let lease = match lease::acquire(base, owner, Some(expected.clone()), ttl, settle) {
+    if let Some(current) = held {
+        if !(current.handoff && may_ask) {
+            return AttachOutcome::InUse(current.owner.clone());
+        }
+        return match handoff::ask(base, current.generation, owner) {
+            Ok(handoff::Asked::Made(request)) => {
+                AttachOutcome::HandoffAsked(Box::new(HandoffAsked {
+                    generation: current.generation,
+                    request,
+                    holder: current.owner.clone(),
+                }))
+            }
+            Ok(handoff::Asked::Taken(requester)) => AttachOutcome::HandoffFailed(format!(
+                "it runs on another server instance ({}) and is being handed off to {requester}",
+                current.owner
+            )),
+            Err(message) => AttachOutcome::Failed(message),
+        };
+    }
+    let Some(manifest) = manifest else {
+        // Its lease expired and it was never checkpointed: gone with its instance.
+        leftovers::remove_if_abandoned(base);
+        return AttachOutcome::NotFound;
+    };
+    let handoff = manifest.settings.handoff;
+    let lease = match lease::acquire(
+        base,
+        owner,
+        Some(expected),
+        handoff,
+        check.ttl,
+        check.settle,
+    ) {
         Ok(lease) => lease,
         Err(lease::LeaseError::InUse(holder)) => return AttachOutcome::InUse(holder),
         Err(lease::LeaseError::Io(message)) => return AttachOutcome::Failed(message),
@@ -81,10 +143,79 @@ pub fn check_attach(
             lease,
         },
         Err(error) => {
-            lease::release(base, &lease);
+            lease::release(base, &lease, check.ttl);
             AttachOutcome::Failed(error.to_string())
         }
     }
+}
+
+/// After [`AttachOutcome::HandoffAsked`]: wait (polling every `poll`, at most `wait`) until the
+/// owner checkpointed the sandbox and released its lease, or refused, or its lease expired (it
+/// died); then attach as usual. Every way out takes our request back.
+pub fn await_handoff(
+    check: &AttachCheck,
+    asked: &HandoffAsked,
+    wait: Duration,
+    poll: Duration,
+) -> AttachOutcome {
+    let deadline = Instant::now() + wait;
+    let base = &check.base;
+    let outcome = loop {
+        if let Some(reason) = handoff::pending(base, asked.generation)
+            .filter(|request| request.nonce == asked.request.nonce)
+            .and_then(|request| request.refused)
+        {
+            break Some(AttachOutcome::HandoffFailed(format!(
+                "the server instance running it ({}) cannot hand it off: {reason}",
+                asked.holder
+            )));
+        }
+        let still_held = match lease::find(base, check.ttl) {
+            Ok(lease::Found::Lease(current)) => {
+                current.generation == asked.generation
+                    && current.expires_unix_ms > store::now_unix_ms()
+            }
+            Ok(lease::Found::Unreadable { recent, .. }) => recent,
+            Ok(lease::Found::Nothing) => false,
+            // The store hiccuped: ask again until the deadline.
+            Err(_) => true,
+        };
+        if !still_held {
+            break None;
+        }
+        if Instant::now() >= deadline {
+            break Some(AttachOutcome::HandoffFailed(format!(
+                "the server instance running it ({}) did not hand it off within {} s; retry",
+                asked.holder,
+                wait.as_secs()
+            )));
+        }
+        std::thread::sleep(poll);
+    };
+    handoff::withdraw(base, asked.generation, &asked.request);
+    // Released (or expired): take it as any attach would; a faster instance may win it, and a
+    // sandbox whose owner died before any checkpoint is gone.
+    outcome.unwrap_or_else(|| attach_or_ask(check, false))
+}
+
+/// Sessions whose sandbox another instance asked for, among `held` (session, sandbox
+/// directory, lease generation). A refused request older than `stale_after` is removed (its
+/// requester gave up), so that the next one can be made.
+pub fn watch_handoffs<S: Copy>(held: &[(S, PathBuf, u64)], stale_after: Duration) -> Vec<S> {
+    let mut asked = Vec::new();
+    for (session, base, generation) in held {
+        let Some(request) = handoff::pending(base, *generation) else {
+            continue;
+        };
+        if request.refused.is_none() {
+            asked.push(*session);
+        } else if store::now_unix_ms().saturating_sub(request.requested_unix_ms)
+            > stale_after.as_millis() as u64
+        {
+            handoff::withdraw(base, *generation, &request);
+        }
+    }
+    asked
 }
 
 /// A snapshot image verified on this instance: its manifest's generation and directory.
@@ -96,7 +227,7 @@ pub type VerifiedImage = (u64, PathBuf);
 pub fn find_snapshot(
     root: &Path,
     name: &str,
-    rootfs_stamp: &str,
+    builds: &Builds,
     known: Option<VerifiedImage>,
 ) -> Result<VerifiedImage, String> {
     validate_snapshot_name(name)?;
@@ -105,7 +236,8 @@ pub fn find_snapshot(
         .map_err(|error| error.to_string())?
         // The original clients look for "not found" in this creation error.
         .ok_or_else(|| format!("filesystem snapshot {name:?} not found"))?;
-    same_image(&manifest, rootfs_stamp)
+    builds
+        .check(&manifest)
         .map_err(|error| format!("filesystem snapshot {name:?}: {error}"))?;
     if let Some((generation, image)) = known {
         if generation == manifest.generation && image.exists() {
@@ -138,6 +270,72 @@ pub fn list_snapshots(root: &Path) -> Value {
     }
     snapshots.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     json!({ "snapshots": snapshots })
+}
+
+/// A page of `GET /sandboxes?checkpointed=1`.
+#[derive(Debug, Clone)]
+pub struct CheckpointQuery {
+    /// Start after this sandbox id.
+    pub after: Option<String>,
+    /// Checkpoints listed at most.
+    pub limit: usize,
+    /// Tells a lease that is still held from one that expired.
+    pub ttl: Duration,
+}
+
+/// `GET /sandboxes?checkpointed=1`: checkpointed sandboxes in the store, in id order, from
+/// `after` on, at most `limit` (never a token). The work is bounded: one listing of the store,
+/// then at most `4 * limit` sandbox directories (the others, never checkpointed, are live
+/// somewhere); `next_after` is where the next page starts, `null` at the end.
+pub fn list_checkpoints(root: &Path, query: &CheckpointQuery) -> Value {
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().into_string().ok())
+                .filter(|name| crate::ids::SandboxId::parse(name).is_some())
+                .filter(|name| {
+                    query
+                        .after
+                        .as_deref()
+                        .is_none_or(|after| name.as_str() > after)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort_unstable();
+    let examine = query.limit.saturating_mul(4);
+    let mut listed = Vec::new();
+    let mut last = None;
+    for name in names.iter().take(examine) {
+        if listed.len() == query.limit {
+            break;
+        }
+        last = Some(name.clone());
+        let base = root.join(name);
+        let Ok(Some(manifest)) = store::load(&base) else {
+            continue;
+        };
+        let running = lease::current(&base, query.ttl)
+            .is_some_and(|held| held.expires_unix_ms > store::now_unix_ms());
+        let size: u64 = manifest.files.iter().map(|file| file.size).sum();
+        listed.push(json!({
+            "sandbox_id": name,
+            "state": if running { "running" } else { "checkpointed" },
+            "checkpointed": true,
+            "checkpoint_unix_ms": manifest.created_unix_ms,
+            "size_bytes": size,
+            "labels": manifest.settings.labels,
+            "handoff": manifest.settings.handoff,
+        }));
+    }
+    let more = last
+        .as_ref()
+        .is_some_and(|last| names.last().is_some_and(|final_name| final_name > last));
+    json!({
+        "sandboxes": listed,
+        "next_after": if more { last } else { None },
+    })
 }
 
 /// Why a snapshot could not be deleted.
@@ -192,27 +390,12 @@ pub fn claim_lease(
     base: &Path,
     owner: &str,
     token_sha256: &str,
+    handoff: bool,
     ttl: Duration,
 ) -> Result<lease::Lease, lease::LeaseError> {
     std::fs::create_dir_all(base)
         .map_err(|error| lease::LeaseError::Io(error.to_string()))
-        .and_then(|()| lease::claim_new(base, owner, token_sha256, ttl))
-}
-
-/// A saved image only restores on the sandbox image it was taken on.
-fn same_image(manifest: &Manifest, rootfs_stamp: &str) -> Result<(), String> {
-    if manifest.rootfs_stamp.is_empty()
-        || rootfs_stamp.is_empty()
-        || manifest.rootfs_stamp == rootfs_stamp
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "the image was saved on another version of the sandbox image ({}); this server runs {}",
-            store::abbreviate(&manifest.rootfs_stamp),
-            store::abbreviate(rootfs_stamp)
-        ))
-    }
+        .and_then(|()| lease::claim_new(base, owner, token_sha256, handoff, ttl))
 }
 
 #[cfg(test)]
@@ -231,13 +414,26 @@ mod tests {
         dir
     }
 
+    fn builds(stamp: &str) -> Builds {
+        Builds {
+            rootfs_stamp: stamp.into(),
+            agent: "agent-build".into(),
+        }
+    }
+
     fn publish_snapshot(root: &Path, name: &str, content: &[u8]) {
         let base = root.join(name);
         let image = prepare_image(&base).unwrap();
         std::fs::write(image.join("checkpoint.img"), content).unwrap();
-        store::publish(&base, &image, None, SavedSettings::default(), "stamp").unwrap();
+        store::publish(
+            &base,
+            &image,
+            None,
+            SavedSettings::default(),
+            &builds("stamp"),
+        )
+        .unwrap();
     }
-
     #[test]
     fn snapshots_are_found_verified_listed_and_deleted() {
         let root = temp_dir("snapshots");
@@ -255,24 +451,29 @@ mod tests {
         assert_eq!(names, ["a-snap", "b-snap"]);
         assert_eq!(listed["snapshots"][0]["size_bytes"], 10);
 
-        let (generation, image) = find_snapshot(&root, "b-snap", "stamp", None).unwrap();
+        let (generation, image) = find_snapshot(&root, "b-snap", &builds("stamp"), None).unwrap();
         assert!(image.join("checkpoint.img").exists());
         // Known and unchanged: not hashed again (a corrupted file goes unnoticed here).
         std::fs::write(image.join("checkpoint.img"), b"BYTES").unwrap();
         assert_eq!(
-            find_snapshot(&root, "b-snap", "stamp", Some((generation, image.clone()))),
+            find_snapshot(
+                &root,
+                "b-snap",
+                &builds("stamp"),
+                Some((generation, image.clone()))
+            ),
             Ok((generation, image.clone()))
         );
-        let error = find_snapshot(&root, "b-snap", "stamp", None).unwrap_err();
+        let error = find_snapshot(&root, "b-snap", &builds("stamp"), None).unwrap_err();
         assert!(error.contains("corrupted"), "{error}");
-        let error = find_snapshot(&root, "b-snap", "other-stamp", None).unwrap_err();
+        let error = find_snapshot(&root, "b-snap", &builds("other-stamp"), None).unwrap_err();
         assert!(
             error.contains("another version of the sandbox image"),
             "{error}"
         );
-        let error = find_snapshot(&root, "nothing", "stamp", None).unwrap_err();
+        let error = find_snapshot(&root, "nothing", &builds("stamp"), None).unwrap_err();
         assert_eq!(error, "filesystem snapshot \"nothing\" not found");
-        assert!(find_snapshot(&root, "../x", "stamp", None).is_err());
+        assert!(find_snapshot(&root, "../x", &builds("stamp"), None).is_err());
 
         assert_eq!(delete_snapshot(&root, "a-snap"), Ok(()));
         assert!(!root.join("a-snap").exists());
@@ -299,21 +500,38 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
-    /// Long enough that writing a lease file locally is well within a quarter of it (the
-    /// lease backs off otherwise).
-    const SETTLE: Duration = Duration::from_millis(400);
+    const TTL: Duration = Duration::from_secs(30);
+
+    fn check_for(base: &Path, token: &str, owner: &str, stamp: &str) -> AttachCheck {
+        AttachCheck {
+            base: base.to_path_buf(),
+            token: token.into(),
+            owner: owner.into(),
+            builds: builds(stamp),
+            ttl: TTL,
+            settle: Duration::ZERO,
+        }
+    }
+
+    /// A sandbox directory with a checkpoint of token "the-token".
+    fn checkpointed(root: &Path, handoff: bool) -> PathBuf {
+        let base = root.join("sandbox");
+        let image = prepare_image(&base).unwrap();
+        std::fs::write(image.join("checkpoint.img"), b"image").unwrap();
+        let settings = SavedSettings {
+            handoff,
+            ..SavedSettings::default()
+        };
+        let hash = Some(token::hash("the-token"));
+        store::publish(&base, &image, hash, settings, &builds("stamp")).unwrap();
+        base
+    }
 
     #[test]
     fn attach_checks_the_token_before_anything_else() {
         let root = temp_dir("attach");
-        let base = root.join("sandbox");
-        let image = prepare_image(&base).unwrap();
-        std::fs::write(image.join("checkpoint.img"), b"image").unwrap();
-        let hash = token::hash("the-token");
-        store::publish(&base, &image, Some(hash), SavedSettings::default(), "stamp").unwrap();
-        let check = |token: &str, stamp: &str| {
-            check_attach(&base, token, "me", stamp, Duration::from_secs(30), SETTLE)
-        };
+        let base = checkpointed(&root, false);
+        let check = |token: &str, stamp: &str| check_attach(&check_for(&base, token, "me", stamp));
         assert!(matches!(
             check("wrong", "stamp"),
             AttachOutcome::PermissionDenied
@@ -324,38 +542,244 @@ mod tests {
         ));
         assert!(matches!(
             check("the-token", "other"),
-            AttachOutcome::Failed(_)
+            AttachOutcome::Failed(message) if message.contains("another version of the sandbox image")
+        ));
+        let mut other_agent = check_for(&base, "the-token", "me", "stamp");
+        other_agent.builds.agent = "agent-2".into();
+        assert!(matches!(
+            check_attach(&other_agent),
+            AttachOutcome::Failed(message) if message.contains("another build of the sandbox agent (agent-build)")
+                && message.contains("agent build agent-2")
         ));
         let AttachOutcome::Ready { lease, image, .. } = check("the-token", "stamp") else {
             panic!("not restorable")
         };
         assert!(image.join("checkpoint.img").exists());
-        // Ours now: another instance is told it runs here.
-        let other = check_attach(
-            &base,
-            "the-token",
-            "another",
-            "stamp",
-            Duration::from_secs(30),
-            SETTLE,
-        );
+        // Ours now: another instance is told it runs here (no handoff: not enabled).
+        let other = check_attach(&check_for(&base, "the-token", "another", "stamp"));
         assert!(matches!(other, AttachOutcome::InUse(owner) if owner == "me"));
-        lease::release(&base, &lease);
+        lease::release(&base, &lease, TTL);
         let AttachOutcome::Ready { lease, .. } = check("the-token", "stamp") else {
             panic!("released, so restorable again")
         };
-        lease::release(&base, &lease);
+        lease::release(&base, &lease, TTL);
         assert!(matches!(
-            check_attach(
-                &root.join("never"),
-                "t",
-                "me",
-                "stamp",
-                Duration::from_secs(30),
-                Duration::ZERO
-            ),
+            check_attach(&check_for(&root.join("never"), "t", "me", "stamp")),
             AttachOutcome::NotFound
         ));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// The store's side of a handoff: A holds the sandbox, B asks, A checkpoints and releases,
+    /// B takes it; one request at a time; refusals and timeouts answer B.
+    #[test]
+    fn a_handoff_goes_through_the_store_only() {
+        let root = temp_dir("handoff");
+        let base = checkpointed(&root, true);
+        let a = check_for(&base, "the-token", "a", "stamp");
+        let b = check_for(&base, "the-token", "b", "stamp");
+        let c = check_for(&base, "the-token", "c", "stamp");
+        let AttachOutcome::Ready { lease: held, .. } = check_attach(&a) else {
+            panic!("A cannot take it")
+        };
+        assert!(
+            held.handoff,
+            "the lease carries the sandbox's handoff setting"
+        );
+        assert!(matches!(
+            check_attach(&check_for(&base, "wrong", "b", "stamp")),
+            AttachOutcome::PermissionDenied
+        ));
+        let AttachOutcome::HandoffAsked(asked) = check_attach(&b) else {
+            panic!("B did not ask")
+        };
+        assert_eq!(
+            (asked.generation, asked.holder.as_str()),
+            (held.generation, "a")
+        );
+        // C comes second: in use, and why.
+        assert!(matches!(check_attach(&c),
+            AttachOutcome::HandoffFailed(message) if message.contains("being handed off to b")));
+        // A sees the request (and only for its generation).
+        let watched = [
+            (1, base.clone(), held.generation),
+            (2, base.clone(), held.generation + 1),
+        ];
+        assert_eq!(watch_handoffs(&watched, TTL), [1]);
+
+        // A refuses: B hears why at once, and its request is gone.
+        handoff::refuse(&base, held.generation, "open TCP connections");
+        let outcome = await_handoff(
+            &b,
+            &asked,
+            Duration::from_secs(30),
+            Duration::from_millis(5),
+        );
+        assert!(
+            matches!(&outcome, AttachOutcome::HandoffFailed(message)
+            if message.contains("cannot hand it off: open TCP connections")),
+            "{outcome:?}"
+        );
+        assert_eq!(handoff::pending(&base, held.generation), None);
+
+        // Asked again; A does not answer in time.
+        let AttachOutcome::HandoffAsked(asked) = check_attach(&b) else {
+            panic!("B did not ask again")
+        };
+        let outcome = await_handoff(&b, &asked, Duration::ZERO, Duration::from_millis(5));
+        assert!(
+            matches!(&outcome, AttachOutcome::HandoffFailed(message)
+            if message.contains("did not hand it off within 0 s")),
+            "{outcome:?}"
+        );
+        assert_eq!(handoff::pending(&base, held.generation), None, "withdrawn");
+
+        // Asked again; A hands off (a new checkpoint, then its lease released) while B waits.
+        let AttachOutcome::HandoffAsked(asked) = check_attach(&b) else {
+            panic!("B did not ask a third time")
+        };
+        let waiter = {
+            let (b, asked) = (b.clone(), asked.clone());
+            std::thread::spawn(move || {
+                await_handoff(
+                    &b,
+                    &asked,
+                    Duration::from_secs(30),
+                    Duration::from_millis(5),
+                )
+            })
+        };
+        let image = prepare_image(&base).unwrap();
+        std::fs::write(image.join("checkpoint.img"), b"newer image").unwrap();
+        let settings = SavedSettings {
+            handoff: true,
+            ..SavedSettings::default()
+        };
+        store::publish(
+            &base,
+            &image,
+            Some(token::hash("the-token")),
+            settings,
+            &builds("stamp"),
+        )
+        .unwrap();
+        lease::release(&base, &held, TTL);
+        let AttachOutcome::Ready { lease, image, .. } = waiter.join().unwrap() else {
+            panic!("B did not get it")
+        };
+        assert_eq!(
+            (lease.owner.as_str(), lease.generation),
+            ("b", held.generation + 1)
+        );
+        assert_eq!(
+            std::fs::read(image.join("checkpoint.img")).unwrap(),
+            b"newer image"
+        );
+        assert_eq!(handoff::pending(&base, held.generation), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn checkpoints_are_listed_in_pages_without_tokens() {
+        let root = temp_dir("list");
+        let ids: Vec<String> = (1..=5).map(|n| format!("{n:032x}")).collect();
+        for (index, id) in ids.iter().enumerate() {
+            let base = root.join(id);
+            if index == 2 {
+                // Never checkpointed (live somewhere): only a lease.
+                std::fs::create_dir_all(&base).unwrap();
+                lease::claim_new(&base, "a", "hash", false, TTL).unwrap();
+                continue;
+            }
+            let image = prepare_image(&base).unwrap();
+            std::fs::write(image.join("checkpoint.img"), b"image").unwrap();
+            let settings = SavedSettings {
+                labels: [("n".to_string(), index.to_string())].into(),
+                ..SavedSettings::default()
+            };
+            let token = Some(token::hash("secret-token"));
+            store::publish(&base, &image, token, settings, &builds("stamp")).unwrap();
+        }
+        // The first one runs somewhere again.
+        lease::claim_new(&root.join(&ids[0]), "a", "hash", false, TTL).unwrap();
+        std::fs::create_dir_all(root.join("not-a-sandbox")).unwrap();
+        let page = |after: Option<&str>, limit| {
+            let query = CheckpointQuery {
+                after: after.map(str::to_string),
+                limit,
+                ttl: TTL,
+            };
+            list_checkpoints(&root, &query)
+        };
+        let first = page(None, 2);
+        let listed: Vec<&str> = first["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["sandbox_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, [ids[0].as_str(), ids[1].as_str()]);
+        assert_eq!(first["sandboxes"][0]["state"], "running");
+        assert_eq!(first["sandboxes"][1]["state"], "checkpointed");
+        assert_eq!(first["sandboxes"][1]["labels"]["n"], "1");
+        assert_eq!(first["next_after"], ids[1].as_str());
+        let second = page(first["next_after"].as_str(), 2);
+        let listed: Vec<&str> = second["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["sandbox_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            listed,
+            [ids[3].as_str(), ids[4].as_str()],
+            "the live one is skipped"
+        );
+        assert_eq!(second["next_after"], Value::Null);
+        assert!(!second.to_string().contains("token"), "{second}");
+        assert!(!first.to_string().contains("hash"), "{first}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// The owner died: its lease expires and the waiting instance restores the last checkpoint;
+    /// a sandbox that was never checkpointed is gone with it.
+    #[test]
+    fn a_handoff_to_a_dead_owner_ends_when_its_lease_expires() {
+        let root = temp_dir("handoff-dead");
+        let base = checkpointed(&root, true);
+        let short = Duration::from_millis(300);
+        let a = AttachCheck {
+            ttl: short,
+            ..check_for(&base, "the-token", "a", "stamp")
+        };
+        let b = check_for(&base, "the-token", "b", "stamp");
+        assert!(matches!(check_attach(&a), AttachOutcome::Ready { .. }));
+        let AttachOutcome::HandoffAsked(asked) = check_attach(&b) else {
+            panic!("B did not ask")
+        };
+        let outcome = await_handoff(
+            &b,
+            &asked,
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+        );
+        assert!(matches!(outcome, AttachOutcome::Ready { lease, .. } if lease.owner == "b"));
+
+        let never = root.join("never-checkpointed");
+        std::fs::create_dir_all(&never).unwrap();
+        lease::claim_new(&never, "a", &token::hash("the-token"), true, short).unwrap();
+        let b = check_for(&never, "the-token", "b", "stamp");
+        let AttachOutcome::HandoffAsked(asked) = check_attach(&b) else {
+            panic!("B did not ask")
+        };
+        let outcome = await_handoff(
+            &b,
+            &asked,
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+        );
+        assert!(matches!(outcome, AttachOutcome::NotFound), "{outcome:?}");
+        assert!(!never.exists(), "what the dead instance left is removed");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

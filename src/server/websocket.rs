@@ -43,6 +43,9 @@ pub enum Waiting {
     Init,
     /// An `/attach` socket: the answer of the checkpoint store (read on a worker thread).
     StoreAnswer,
+    /// An `/attach` socket: the instance running the sandbox was asked to hand it off, and a
+    /// worker thread waits for it (then reads the store again).
+    Handoff,
 }
 
 /// How long a socket may wait for each thing.
@@ -50,6 +53,8 @@ pub enum Waiting {
 pub struct WaitBounds {
     pub init: Duration,
     pub store_answer: Duration,
+    /// The handoff's own wait plus the store's answer after it.
+    pub handoff: Duration,
 }
 
 /// The refusal for a socket that has waited `waited` for `waiting`, if that is too long.
@@ -68,6 +73,13 @@ pub fn overdue(waiting: Waiting, waited: Duration, bounds: WaitBounds) -> Option
                 bounds.store_answer.as_secs()
             );
             Some(refusal(Status::RestoreError, &message, 4000))
+        }
+        Waiting::Handoff if waited > bounds.handoff => {
+            let message = format!(
+                "the sandbox was not handed off to this server instance within {} s; retry later",
+                bounds.handoff.as_secs()
+            );
+            Some(refusal(Status::InUse, &message, 1011))
         }
         _ => None,
     }
@@ -224,7 +236,10 @@ impl WsConnection {
                     self.close(code, &reason);
                 }
                 // Work for the server's pipelines is taken out before frames reach the socket.
-                Out::Save(_) | Out::FindSnapshot(_) | Out::RemoveSavedState => {}
+                Out::Save(_)
+                | Out::FindSnapshot(_)
+                | Out::RemoveSavedState
+                | Out::HandoffRefused(_) => {}
             }
         }
         self.flush()
@@ -327,11 +342,14 @@ fn is_would_block(error: &WsError) -> bool {
     matches!(error, WsError::Io(error) if error.kind() == io::ErrorKind::WouldBlock)
 }
 
-/// The `Sec-WebSocket-Accept` answer for the client's key.
-pub fn handshake_response(key: &str) -> Vec<u8> {
+/// The `Sec-WebSocket-Accept` answer for the client's key, selecting `subprotocol` if any.
+pub fn handshake_response(key: &str, subprotocol: Option<&str>) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+    let protocol = subprotocol
+        .map(|name| format!("Sec-WebSocket-Protocol: {name}\r\n"))
+        .unwrap_or_default();
     format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nServer: cloud-run-sandbox\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}Server: cloud-run-sandbox\r\n\r\n"
     )
     .into_bytes()
 }
@@ -343,6 +361,7 @@ mod tests {
     const BOUNDS: WaitBounds = WaitBounds {
         init: Duration::from_secs(10),
         store_answer: Duration::from_secs(30),
+        handoff: Duration::from_secs(70),
     };
 
     fn close_code(outs: &[Out]) -> Option<u16> {
@@ -374,6 +393,14 @@ mod tests {
             "{outs:?}"
         );
         assert_eq!(close_code(&outs), Some(4000));
+        // A handoff has its own, longer bound; past it the sandbox is still in use elsewhere.
+        assert_eq!(overdue(Waiting::Handoff, secs(60), BOUNDS), None);
+        let outs = overdue(Waiting::Handoff, secs(71), BOUNDS).expect("overdue");
+        assert!(
+            matches!(&outs[0], Out::Send(event) if event.status() == Some(Status::InUse)),
+            "{outs:?}"
+        );
+        assert_eq!(close_code(&outs), Some(1011));
     }
 
     #[test]

@@ -164,8 +164,20 @@ impl Replay {
                     self.session.on_detach(self.now);
                     continue;
                 }
-                Out::Save(SaveRequest::Checkpoint { .. }) => {
-                    self.runtime.calls.save.push("checkpoint".into());
+                Out::Save(SaveRequest::Checkpoint { with_running }) => {
+                    let what = if with_running {
+                        "checkpoint with running"
+                    } else {
+                        "checkpoint"
+                    };
+                    self.runtime.calls.save.push(what.into());
+                    continue;
+                }
+                Out::HandoffRefused(reason) => {
+                    self.runtime
+                        .calls
+                        .save
+                        .push(format!("refuse handoff: {reason}"));
                     continue;
                 }
                 Out::Save(SaveRequest::Snapshot(name)) => {
@@ -262,6 +274,7 @@ impl Replay {
                 self.session.on_tick(self.now, runtime)
             }
             "shutdown" => self.session.on_shutdown(),
+            "handoff_requested" => self.session.on_handoff_requested().unwrap_or_default(),
             other => panic!("{}: unknown runtime step {other}", self.name),
         };
         self.take(outs);
@@ -419,6 +432,8 @@ fn saved_state(saved: &Value) -> SavedState {
         idle_timeout_secs: saved["idle_timeout_secs"].as_f64(),
         auto_checkpoint: saved["auto_checkpoint"].as_bool().unwrap_or(false),
         network: saved["network"].as_bool().unwrap_or(false),
+        handoff: saved["handoff"].as_bool().unwrap_or(false),
+        labels: serde_json::from_value(saved["labels"].clone()).unwrap_or_default(),
         running_exec: saved["running_exec"].as_object().map(|exec| SavedExec {
             exec: exec_id(&exec["id"]),
             output_encoding: if exec["base64"] == true {

@@ -26,6 +26,7 @@ pub mod processes;
 pub mod text;
 pub mod token;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,9 @@ pub struct SavedState {
     /// The execution running when the sandbox was checkpointed at shutdown: it goes on after
     /// the restore, and the restored session follows it (reconnect replays it).
     pub running_exec: Option<SavedExec>,
+    /// Created with `enable_sandbox_handoff`.
+    pub handoff: bool,
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +124,9 @@ pub enum Out {
     /// Remove the sandbox's saved state (checkpoints, lease) from the store; answer with
     /// `on_saved_state_removed`.
     RemoveSavedState,
+    /// Another instance asked for the sandbox and it cannot be handed off (why): tell the
+    /// requester through the store.
+    HandoffRefused(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +170,26 @@ enum Ending {
     Silent,
     /// Checkpointed: DELETED, CHECKPOINTED, close 1000 when the container is gone.
     Checkpointed,
+    /// Checkpointed for a handoff: DELETED, CHECKPOINTED, LOCK_RELEASED, close 4001 (moved).
+    Moved,
+}
+
+/// The close code after a sandbox moved to another instance (a handoff).
+pub const CLOSE_MOVED: u16 = 4001;
+
+/// A session as `GET /sandboxes` lists it (never its token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    pub sandbox_id: String,
+    pub state: &'static str,
+    pub age: Duration,
+    pub idle: Duration,
+    pub labels: BTreeMap<String, String>,
+    pub attached: bool,
+    pub checkpointable: bool,
+    /// It came from a checkpoint in the store (which stays until the next one replaces it).
+    pub checkpointed: bool,
+    pub handoff: bool,
 }
 
 pub struct Session {
@@ -179,6 +206,14 @@ pub struct Session {
     auto_checkpoint: bool,
     /// Created with network egress.
     network: bool,
+    /// Created with `enable_sandbox_handoff`: another instance may ask for it.
+    handoff: bool,
+    /// The running checkpoint was asked for by another instance (a handoff).
+    moving: bool,
+    labels: BTreeMap<String, String>,
+    created: Instant,
+    /// Restored from a checkpoint.
+    restored: bool,
     /// The running checkpoint was started by the idle timeout.
     auto_saving: bool,
     /// An idle checkpoint was refused: the next idle timeout deletes instead of retrying.
@@ -241,6 +276,11 @@ impl Session {
             checkpointable: false,
             auto_checkpoint: false,
             network: false,
+            handoff: false,
+            moving: false,
+            labels: BTreeMap::new(),
+            created: now,
+            restored: false,
             auto_saving: false,
             auto_checkpoint_refused: false,
             killed: false,
@@ -271,6 +311,9 @@ impl Session {
         session.checkpointable = true;
         session.auto_checkpoint = saved.auto_checkpoint;
         session.network = saved.network;
+        session.handoff = saved.handoff;
+        session.labels = saved.labels.clone();
+        session.restored = true;
         // The manifest is shared storage another instance wrote, or a corrupted file: a value
         // the init would have refused means the server's default, never a panic.
         session.idle_timeout = saved
@@ -304,6 +347,45 @@ impl Session {
 
     pub fn is_checkpointable(&self) -> bool {
         self.checkpointable
+    }
+
+    /// Created with `enable_sandbox_handoff`.
+    pub fn allows_handoff(&self) -> bool {
+        self.handoff
+    }
+
+    /// Being checkpointed for a handoff.
+    pub fn is_moving(&self) -> bool {
+        self.moving
+    }
+
+    /// What `GET /sandboxes` shows of it.
+    pub fn view(&self, now: Instant) -> SessionView {
+        let state = match self.state {
+            State::AwaitingInit | State::FindingSnapshot { .. } | State::Creating => "creating",
+            State::Restoring => "restoring",
+            State::Running => "running",
+            State::Saving { .. } if self.moving => "moving",
+            State::Saving { snapshot: true } => "snapshotting",
+            State::Saving { snapshot: false } => "checkpointing",
+            State::Ending(_) | State::ForgettingSaved { .. } | State::Ended => "ending",
+        };
+        let idle = if self.state == State::Running && !self.processes.any_running() {
+            now.saturating_duration_since(self.last_activity)
+        } else {
+            Duration::ZERO
+        };
+        SessionView {
+            sandbox_id: self.sandbox_id.clone(),
+            state,
+            age: now.saturating_duration_since(self.created),
+            idle,
+            labels: self.labels.clone(),
+            attached: self.attached,
+            checkpointable: self.checkpointable,
+            checkpointed: self.restored,
+            handoff: self.handoff,
+        }
     }
 
     pub fn is_attached(&self) -> bool {
@@ -345,6 +427,8 @@ impl Session {
                 exec: process.exec(),
                 output_encoding: process.encoding(),
             }),
+            handoff: self.handoff,
+            labels: self.labels.clone(),
         }
     }
 
@@ -391,10 +475,17 @@ impl Session {
         self.checkpointable = init.checkpoint;
         self.auto_checkpoint = init.auto_checkpoint;
         self.network = init.network;
+        self.handoff = init.handoff;
+        self.labels = init.labels;
         self.idle_timeout = init.idle_timeout;
         // What the client asked for is well-formed; now whether this server can do it.
         let problem = if self.network && self.settings.egress_unavailable.is_some() {
             self.settings.egress_unavailable.clone()
+        } else if self.handoff && !self.settings.checkpoint_enabled {
+            Some(
+                "enable_sandbox_handoff needs checkpointing, which is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)"
+                    .to_string(),
+            )
         } else if self.checkpointable && !self.settings.checkpoint_enabled {
             Some(
                 "checkpointing is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)"
@@ -544,6 +635,52 @@ impl Session {
         out
     }
 
+    /// Another instance asked for the sandbox (a handoff): checkpoint it, running executions
+    /// included (they go on there, as after a shutdown), and tell the client it moves. `None`
+    /// when it cannot begin now (still starting, or saving): the request stays in the store
+    /// and is seen again.
+    pub fn on_handoff_requested(&mut self) -> Option<Vec<Out>> {
+        if !self.handoff || !self.settings.checkpoint_enabled || self.state != State::Running {
+            return None;
+        }
+        let mut out = Vec::new();
+        let message = format!(
+            "another server instance asked for sandbox {}: it is checkpointed here and continues there",
+            self.sandbox_id
+        );
+        self.send(
+            &mut out,
+            ServerEvent::StatusWithMessage(Status::LockReleaseRequested, message),
+        );
+        self.moving = true;
+        self.begin_checkpoint(&mut out, true);
+        Some(out)
+    }
+
+    /// Another instance holds the sandbox's lease now (ours expired unrenewed and was taken
+    /// over): it may run there, so it must not run here any more. Its saved state stays.
+    pub fn on_lease_lost(&mut self, holder: &str, control: &mut dyn SandboxControl) -> Vec<Out> {
+        let mut out = Vec::new();
+        let ending = matches!(
+            self.state,
+            State::Ending(_) | State::ForgettingSaved { .. } | State::Ended
+        );
+        let Some(sandbox) = self.sandbox.filter(|_| !ending) else {
+            return out;
+        };
+        let message = format!(
+            "sandbox {} lost its lease to another server instance ({holder}): it was stopped here",
+            self.sandbox_id
+        );
+        if self.attached {
+            out.extend(error_frames(Status::LockRenewalError, &message));
+            out.push(Out::Close(4000, "lease lost".into()));
+        }
+        self.state = State::Ending(Ending::Silent);
+        control.delete(sandbox);
+        out
+    }
+
     /// The checkpoint was saved (and published), or not. Either way the container is stopped.
     pub fn on_checkpoint_saved(
         &mut self,
@@ -557,9 +694,14 @@ impl Session {
         match result {
             Ok(()) => {
                 self.send(&mut out, ServerEvent::Status(Status::Deleting));
-                self.state = State::Ending(Ending::Checkpointed);
+                self.state = State::Ending(if self.moving {
+                    Ending::Moved
+                } else {
+                    Ending::Checkpointed
+                });
             }
             Err(message) => {
+                self.moving = false;
                 self.state = State::Ending(Ending::Silent);
                 if self.attached {
                     out.extend(error_frames(Status::CheckpointError, &message));
@@ -916,6 +1058,22 @@ impl Session {
                     }
                     self.state = State::Ended;
                 }
+                State::Ending(Ending::Moved) => {
+                    self.send(&mut out, ServerEvent::Status(Status::Deleted));
+                    self.send(&mut out, ServerEvent::Status(Status::Checkpointed));
+                    let message = format!(
+                        "sandbox {} moved to another server instance: attach to it again to continue there",
+                        self.sandbox_id
+                    );
+                    self.send(
+                        &mut out,
+                        ServerEvent::StatusWithMessage(Status::LockReleased, message),
+                    );
+                    if self.attached {
+                        out.push(Out::Close(CLOSE_MOVED, "sandbox moved".into()));
+                    }
+                    self.state = State::Ended;
+                }
                 _ => self.state = State::Ended,
             },
             RuntimeEvent::CheckpointRefused(message) => {
@@ -928,6 +1086,9 @@ impl Session {
                 self.state = State::Running;
                 if self.attached {
                     out.extend(error_frames(failure, &message));
+                }
+                if std::mem::take(&mut self.moving) {
+                    out.push(Out::HandoffRefused(message.clone()));
                 }
                 if std::mem::take(&mut self.auto_saving) {
                     // The idle timeout could not checkpoint: it deletes the sandbox instead,

@@ -3,6 +3,7 @@
 //! (`"enable_network": "yes"` used to mean "no"). Unknown keys are ignored: the protocol is
 //! additive, and original clients send only the keys they know.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -21,15 +22,25 @@ pub struct InitOptions {
     pub auto_checkpoint: bool,
     pub network: bool,
     pub snapshot: Option<String>,
+    /// `enable_sandbox_handoff`: another instance may take the sandbox over (implies
+    /// checkpointing).
+    pub handoff: bool,
+    /// `labels` (addition), listed by `GET /sandboxes`.
+    pub labels: BTreeMap<String, String>,
 }
+
+/// Labels a sandbox may carry at most, and their sizes: they are kept with every checkpoint
+/// and listed, so they stay small.
+pub const MAX_LABELS: usize = 16;
+pub const MAX_LABEL_KEY_CHARS: usize = 63;
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
 
 /// Parses and checks the init object. The error names the offending key.
 pub fn parse_init(text: &str) -> Result<InitOptions, String> {
     let Ok(Value::Object(init)) = serde_json::from_str::<Value>(text) else {
         return Err("the first message must be the init JSON object".into());
     };
-    // Accepted for compatibility with the original protocol; it changes nothing here.
-    flag(&init, "enable_sandbox_handoff")?;
+    let handoff = flag(&init, "enable_sandbox_handoff")?;
     let snapshot = match init.get("filesystem_snapshot_name") {
         None | Some(Value::Null) => None,
         Some(Value::String(name)) => Some(name.clone()),
@@ -57,11 +68,63 @@ pub fn parse_init(text: &str) -> Result<InitOptions, String> {
     let auto_checkpoint = flag(&init, "enable_idle_timeout_auto_checkpoint")?;
     Ok(InitOptions {
         idle_timeout,
-        checkpoint: flag(&init, "enable_checkpoint")? || auto_checkpoint,
+        // A handoff and an idle checkpoint are checkpoints.
+        checkpoint: flag(&init, "enable_checkpoint")? || auto_checkpoint || handoff,
         auto_checkpoint,
         network: flag(&init, "enable_network")?,
         snapshot,
+        handoff,
+        labels: labels(init.get("labels"))?,
     })
+}
+
+/// `labels`: an object of at most [`MAX_LABELS`] strings, keys of 1 to 63 characters from
+/// `A-Z a-z 0-9 . _ -`, values of at most 256 bytes without control characters.
+pub fn labels(value: Option<&Value>) -> Result<BTreeMap<String, String>, String> {
+    let object = match value {
+        None | Some(Value::Null) => return Ok(BTreeMap::new()),
+        Some(Value::Object(object)) => object,
+        Some(other) => {
+            return Err(format!(
+                "labels must be an object of strings, got {}",
+                quoted(other)
+            ))
+        }
+    };
+    if object.len() > MAX_LABELS {
+        return Err(format!(
+            "labels: at most {MAX_LABELS} labels, got {}",
+            object.len()
+        ));
+    }
+    let mut labels = BTreeMap::new();
+    for (key, value) in object {
+        let key_ok = (1..=MAX_LABEL_KEY_CHARS).contains(&key.chars().count())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !key_ok {
+            return Err(format!(
+                "labels: key {} must be 1 to {MAX_LABEL_KEY_CHARS} characters from A-Z a-z 0-9 . _ -",
+                quoted(&Value::String(key.clone()))
+            ));
+        }
+        let text = match value {
+            Value::String(text)
+                if text.len() <= MAX_LABEL_VALUE_BYTES && !text.chars().any(char::is_control) =>
+            {
+                text
+            }
+            other => {
+                return Err(format!(
+                    "labels: the value of {key:?} must be a string of at most {MAX_LABEL_VALUE_BYTES} bytes without control characters, got {}",
+                    quoted(other)
+                ))
+            }
+        };
+        labels.insert(key.clone(), text.clone());
+    }
+    Ok(labels)
 }
 
 /// A boolean key: absent or `null` is false; anything but a boolean is an error naming it.
@@ -214,6 +277,61 @@ mod tests {
                 assert_eq!(error, format!("{key} must be true or false, got {value}"));
             }
         }
+    }
+
+    #[test]
+    fn handoff_implies_checkpointing() {
+        let init = init(r#"{"enable_sandbox_handoff": true}"#).unwrap();
+        assert!(init.handoff && init.checkpoint && !init.auto_checkpoint);
+    }
+
+    #[test]
+    fn labels_are_small_maps_of_strings() {
+        let parsed = init(r#"{"labels": {"team": "search", "run.id": "a-1_b", "empty": ""}}"#)
+            .unwrap()
+            .labels;
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed["team"], "search");
+        assert_eq!(init(r#"{"labels": null}"#).unwrap().labels.len(), 0);
+        let many: Map<String, Value> = (0..17)
+            .map(|n| (format!("k{n}"), Value::String("v".into())))
+            .collect();
+        let too_many = serde_json::json!({ "labels": many }).to_string();
+        let long_key = "k".repeat(64);
+        let long_value = "v".repeat(257);
+        for (labels, expected) in [
+            (
+                r#""team=search""#.to_string(),
+                r#"labels must be an object of strings, got "team=search""#.to_string(),
+            ),
+            (
+                r#"["a"]"#.into(),
+                r#"labels must be an object of strings, got ["a"]"#.into(),
+            ),
+            (
+                r#"{"a b": "c"}"#.into(),
+                r#"labels: key "a b" must be 1 to 63"#.into(),
+            ),
+            (r#"{"": "c"}"#.into(), r#"labels: key "" must be"#.into()),
+            (format!(r#"{{"{long_key}": "c"}}"#), "labels: key".into()),
+            (
+                r#"{"n": 5}"#.into(),
+                r#"labels: the value of "n" must be a string of at most 256 bytes"#.into(),
+            ),
+            (
+                format!(r#"{{"v": "{long_value}"}}"#),
+                r#"labels: the value of "v""#.into(),
+            ),
+            (
+                r#"{"v": "line\nbreak"}"#.into(),
+                r#"labels: the value of "v""#.into(),
+            ),
+        ] {
+            let error = init(&format!(r#"{{"labels": {labels}}}"#)).unwrap_err();
+            assert!(error.starts_with(&expected), "{labels}: {error}");
+        }
+        let error = init(&too_many).unwrap_err();
+        assert_eq!(error, "labels: at most 16 labels, got 17");
     }
 
     #[test]

@@ -92,6 +92,7 @@ fn names(out: &[Out]) -> Vec<String> {
             Out::Save(request) => format!("save {request:?}"),
             Out::FindSnapshot(name) => format!("find snapshot {name}"),
             Out::RemoveSavedState => "remove saved state".into(),
+            Out::HandoffRefused(reason) => format!("handoff refused: {reason}"),
         })
         .collect()
 }
@@ -590,6 +591,8 @@ fn restored_sessions_check_the_token_hash_and_report_running() {
         auto_checkpoint: false,
         network: false,
         running_exec: None,
+        handoff: false,
+        labels: Default::default(),
     };
     let hash = token::hash("the-token");
     let mut session = Session::restored(
@@ -1083,4 +1086,126 @@ fn a_restored_session_hands_its_running_execution_to_the_runtime() {
     assert_eq!(session.saved_state(), saved, "saved again as it was");
     session.on_runtime(RuntimeEvent::Ready, &mut control);
     assert_eq!(session.adopted_exec(), None, "adopted once, at the restore");
+}
+
+fn handoff_session(control: &mut FakeControl) -> Session {
+    let now = Instant::now();
+    let mut session = Session::new(SessionId(1), "secret-token".into(), settings(true), now);
+    session.on_init(
+        r#"{"enable_sandbox_handoff": true, "labels": {"team": "search"}}"#,
+        control,
+        now,
+    );
+    session.on_runtime(RuntimeEvent::Ready, control);
+    assert!(session.is_checkpointable() && session.allows_handoff());
+    session
+}
+
+#[test]
+fn a_handoff_checkpoints_with_running_executions_and_says_the_sandbox_moved() {
+    let mut control = FakeControl::default();
+    let mut session = handoff_session(&mut control);
+    session.on_message(
+        r#"{"language": "bash", "code": "sleep 100"}"#,
+        &mut control,
+        Instant::now(),
+    );
+    session.on_runtime(RuntimeEvent::ExecStarted(ExecId(1)), &mut control);
+    let mut out = session.on_handoff_requested().expect("it begins");
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_LOCK_RELEASE_REQUESTED",
+            "SANDBOX_CHECKPOINTING",
+            "save Checkpoint { with_running: true }"
+        ]
+    );
+    assert!(message_of(&out, 0).contains("continues there"));
+    assert!(session.is_moving());
+    assert_eq!(session.view(Instant::now()).state, "moving");
+    assert!(
+        session.on_handoff_requested().is_none(),
+        "seen again while it moves: nothing more"
+    );
+    // The running execution is saved with it (it goes on after the restore elsewhere).
+    assert!(session.saved_state().running_exec.is_some());
+    assert!(session.saved_state().handoff);
+    out = session.on_checkpoint_saved(Ok(()), &mut control);
+    out.extend(session.on_runtime(RuntimeEvent::Deleted, &mut control));
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_DELETING",
+            "SANDBOX_DELETED",
+            "SANDBOX_CHECKPOINTED",
+            "SANDBOX_LOCK_RELEASED",
+            "close 4001"
+        ]
+    );
+    assert!(message_of(&out, 3).contains("moved to another server instance"));
+    assert!(session.is_ended());
+}
+
+#[test]
+fn a_handoff_that_cannot_checkpoint_is_refused_and_the_session_goes_on() {
+    let mut control = FakeControl::default();
+    let mut session = handoff_session(&mut control);
+    session.on_handoff_requested().expect("it begins");
+    let out = session.on_runtime(
+        RuntimeEvent::CheckpointRefused("the sandbox has open TCP connections".into()),
+        &mut control,
+    );
+    assert_eq!(
+        names(&out),
+        [
+            "SANDBOX_CHECKPOINT_ERROR",
+            "error",
+            "handoff refused: the sandbox has open TCP connections"
+        ]
+    );
+    assert!(session.is_running() && !session.is_moving());
+    // Without the flag (or while it is not running) nobody can ask for it.
+    let mut plain = checkpointable_session(&mut control);
+    assert!(plain.on_handoff_requested().is_none());
+    assert!(plain.is_running());
+}
+
+#[test]
+fn a_lost_lease_stops_the_sandbox_here() {
+    let mut control = FakeControl::default();
+    let mut session = handoff_session(&mut control);
+    let out = session.on_lease_lost("instance-b", &mut control);
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_LOCK_RENEWAL_ERROR", "error", "close 4000"]
+    );
+    assert!(message_of(&out, 0).contains("lost its lease to another server instance (instance-b)"));
+    assert_eq!(control.deleted, vec![SandboxKey(7)]);
+    assert!(
+        session.on_lease_lost("instance-b", &mut control).is_empty(),
+        "once"
+    );
+    let out = session.on_runtime(RuntimeEvent::Deleted, &mut control);
+    assert!(out.is_empty() && session.is_ended());
+}
+
+#[test]
+fn handoff_needs_a_checkpoint_store_and_labels_are_listed() {
+    let mut control = FakeControl::default();
+    let now = Instant::now();
+    let mut session = Session::new(SessionId(1), "t".into(), settings(false), now);
+    let out = session.on_init(r#"{"enable_sandbox_handoff": true}"#, &mut control, now);
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_CREATION_ERROR", "error", "close 4000"]
+    );
+    assert!(message_of(&out, 0).starts_with("enable_sandbox_handoff needs checkpointing"));
+
+    let session = handoff_session(&mut control);
+    let view = session.view(Instant::now() + Duration::from_secs(5));
+    assert_eq!(view.state, "running");
+    assert_eq!(view.labels["team"], "search");
+    assert!(view.age >= Duration::from_secs(5) && view.attached && view.handoff);
+    assert!(!view.checkpointed, "not from a checkpoint");
+    assert_eq!(session.saved_state().labels["team"], "search");
 }

@@ -1,41 +1,71 @@
 //! What killed instances leave in the checkpoint store: a checkpointable sandbox's directory
-//! holds its `lease.json` from its creation on; if its instance dies before any checkpoint,
-//! the directory keeps only that lease, expired, forever. Whoever finds one removes it: an
-//! attach that reads it, and a periodic sweep on a worker thread.
+//! holds its lease from its creation on; if its instance dies before any checkpoint, the
+//! directory keeps only that lease, expired, forever. Whoever finds one removes it: an attach
+//! that reads it, and a periodic sweep on a worker thread.
 //!
-//! Only a directory whose sole entry is an expired lease is removed, and only with single-file
-//! operations: the lease file, then the directory with `remove_dir`, which fails (and leaves
-//! everything) if anything appeared in it meanwhile. A lease that expired is nobody's claim any
-//! more (any instance may take it over), so removing it cannot take a live sandbox's away.
+//! Only a directory that holds nothing but lease files (and handoff requests), the current
+//! lease expired, is removed, and only with single-file operations: the files seen, then the
+//! directory with `remove_dir`, which fails (and leaves everything) if anything appeared in it
+//! meanwhile. A lease that expired is nobody's claim any more (any instance may take it over
+//! with a new generation, which this leaves alone), so removing it cannot take a live
+//! sandbox's away.
 //!
 //! Everything here blocks on the filesystem; the server calls it from worker threads.
 
 use std::fs;
 use std::path::Path;
 
-use super::lease::{self, LEASE};
-use super::now_unix_ms;
+use std::time::Duration;
 
-/// Remove `base` if it holds nothing but an expired lease. Returns whether it was removed.
+use super::now_unix_ms;
+use super::{handoff, lease};
+
+/// Entries of one directory looked at (an abandoned one holds a lease or two).
+const MAX_ENTRIES: usize = 16;
+
+/// Remove `base` if it holds nothing but lease files and handoff requests, and its current
+/// lease expired. Returns whether it was removed.
 pub fn remove_if_abandoned(base: &Path) -> bool {
     let Ok(entries) = fs::read_dir(base) else {
         return false;
     };
-    let mut only_the_lease = false;
+    let mut files = Vec::new();
+    let mut leases = 0;
     for entry in entries {
         let Ok(entry) = entry else {
             return false;
         };
-        if entry.file_name() != LEASE {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if lease::generation_of(&name).is_some() {
+            leases += 1;
+        } else if handoff::generation_of(&name).is_none() && !is_cut_write(&name) {
             return false;
         }
-        only_the_lease = true;
+        if files.len() == MAX_ENTRIES {
+            return false;
+        }
+        files.push(entry.path());
     }
-    let expired = lease::current(base).is_some_and(|held| held.expires_unix_ms <= now_unix_ms());
-    if !only_the_lease || !expired {
+    // Only a lease that reads as expired: a claim being written (unreadable) is left alone.
+    let expired = matches!(
+        lease::find(base, Duration::ZERO),
+        Ok(lease::Found::Lease(held)) if held.expires_unix_ms <= now_unix_ms()
+    );
+    if leases == 0 || !expired {
         return false;
     }
-    fs::remove_file(base.join(LEASE)).is_ok() && fs::remove_dir(base).is_ok()
+    // Requests first, leases last: a directory left half-removed still reads as expired.
+    files.sort_by_key(|file| {
+        lease::generation_of(&file.file_name().unwrap_or_default().to_string_lossy()).is_some()
+    });
+    files.iter().all(|file| fs::remove_file(file).is_ok()) && fs::remove_dir(base).is_ok()
+}
+
+/// The temporary file of a lease or handoff request written atomically (`lease-1.tmp-<hex>`)
+/// by an instance killed between its write and its rename. Once the lease expired nobody
+/// finishes that write, so it goes with the directory.
+fn is_cut_write(name: &str) -> bool {
+    (name.starts_with("lease") || name.starts_with("handoff")) && name.contains(".tmp-")
 }
 
 /// What one sweep did.
@@ -77,7 +107,7 @@ pub fn sweep(root: &Path, resume_after: Option<&str>, max_dirs: usize) -> Sweep 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::lease::Lease;
+    use crate::store::lease::{Lease, LEGACY_LEASE};
 
     fn temp_root(name: &str) -> std::path::PathBuf {
         let root = std::env::temp_dir().join(format!(
@@ -98,10 +128,12 @@ mod tests {
         let lease = Lease {
             owner: "killed-instance".into(),
             nonce: "n".into(),
+            generation: 1,
             expires_unix_ms,
             token_sha256: None,
+            handoff: false,
         };
-        fs::write(base.join(LEASE), serde_json::to_vec(&lease).unwrap()).unwrap();
+        fs::write(lease::path(base, 1), serde_json::to_vec(&lease).unwrap()).unwrap();
     }
 
     #[test]
@@ -122,16 +154,30 @@ mod tests {
         fs::create_dir_all(with_image.join("image-1-ab")).unwrap();
         let empty = sandbox_dir(&root, 5);
         let unreadable_lease = sandbox_dir(&root, 6);
-        fs::write(unreadable_lease.join(LEASE), b"{garbage").unwrap();
+        fs::write(lease::path(&unreadable_lease, 1), b"{garbage").unwrap();
+        // An expired lease, superseded files and an old request: all of it goes.
+        let generations = sandbox_dir(&root, 7);
+        write_lease(&generations, past);
+        fs::write(generations.join(LEGACY_LEASE), b"{}").unwrap();
+        fs::write(handoff::path(&generations, 1), b"{}").unwrap();
+        // Something else in it: kept.
+        let other_file = sandbox_dir(&root, 8);
+        write_lease(&other_file, past);
+        fs::write(other_file.join("notes.txt"), b"mine").unwrap();
 
+        // An instance killed in the middle of renewing its lease leaves the temporary file.
+        fs::write(abandoned.join("lease-1.tmp-96f918c51101"), b"{").unwrap();
         assert!(remove_if_abandoned(&abandoned));
         assert!(!abandoned.exists());
+        assert!(remove_if_abandoned(&generations));
+        assert!(!generations.exists());
         for kept in [
             &fresh,
             &checkpointed,
             &with_image,
             &empty,
             &unreadable_lease,
+            &other_file,
         ] {
             assert!(!remove_if_abandoned(kept), "{}", kept.display());
             assert!(kept.exists(), "{}", kept.display());

@@ -9,7 +9,8 @@
 //! <base>/                         one sandbox (by id) or one snapshot (by name)
 //!   image-<generation>-<nonce>/   what `runsc checkpoint` wrote; never renamed
 //!   current.json                  the manifest: which image, file sizes and SHA-256s, settings
-//!   lease.json                    who runs the sandbox now (checkpoints only; see `lease`)
+//!   lease-<generation>.json       who runs the sandbox now (checkpoints only; see `lease`)
+//!   handoff-<generation>.json     another instance asks for the sandbox (see `handoff`)
 //! ```
 //! A directory left with only an expired lease (its instance died before any checkpoint) is
 //! removed by whoever finds it (see `leftovers`).
@@ -19,11 +20,13 @@
 //! Everything here blocks on the filesystem; the server calls it from worker threads.
 
 mod error;
+pub mod handoff;
 pub mod lease;
 pub mod leftovers;
 
 pub use error::{ManifestProblem, StoreError};
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -59,6 +62,12 @@ pub struct SavedSettings {
     /// on after the restore, and the restored session follows it (reconnect replays it).
     #[serde(default)]
     pub running_exec: Option<SavedExec>,
+    /// Created with `enable_sandbox_handoff`.
+    #[serde(default)]
+    pub handoff: bool,
+    /// The labels given at create (listed by `GET /sandboxes`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +88,11 @@ pub struct Manifest {
     pub created_unix_ms: u64,
     /// The sandbox image (rootfs stamp) the checkpoint was taken on.
     pub rootfs_stamp: String,
+    /// The SHA-256 of the agent binary that ran in the sandbox: the agent is mounted from the
+    /// host, not saved in the image, and a restored agent of another build crashes. Empty in
+    /// manifests written before it was recorded.
+    #[serde(default)]
+    pub agent_build: String,
 }
 
 impl Manifest {
@@ -98,6 +112,40 @@ impl Manifest {
     }
 }
 
+/// What a saved image is bound to on the host that restores it: the sandbox image and the
+/// agent binary (neither is saved in the image).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Builds {
+    /// The sandbox image's stamp (`.sandbox-image-stamp` in the root filesystem).
+    pub rootfs_stamp: String,
+    /// The SHA-256 of the agent binary.
+    pub agent: String,
+}
+
+impl Builds {
+    /// Whether an image saved under `manifest` restores here; the reason if not. An empty
+    /// value (not recorded, or unknown here) does not refuse.
+    pub fn check(&self, manifest: &Manifest) -> Result<(), String> {
+        let differs =
+            |saved: &str, here: &str| !saved.is_empty() && !here.is_empty() && saved != here;
+        if differs(&manifest.rootfs_stamp, &self.rootfs_stamp) {
+            return Err(format!(
+                "the image was saved on another version of the sandbox image ({}); this server runs {}",
+                abbreviate(&manifest.rootfs_stamp),
+                abbreviate(&self.rootfs_stamp)
+            ));
+        }
+        if differs(&manifest.agent_build, &self.agent) {
+            return Err(format!(
+                "the image was saved with another build of the sandbox agent ({}); this server runs agent build {} (a restored agent of another build crashes: attach through an instance of the revision that saved it, see docs/checkpoint.md)",
+                abbreviate(&manifest.agent_build),
+                abbreviate(&self.agent)
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -105,7 +153,7 @@ pub fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
+pub fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -155,7 +203,7 @@ pub fn publish(
     image_dir: &Path,
     token_sha256: Option<String>,
     settings: SavedSettings,
-    rootfs_stamp: &str,
+    builds: &Builds,
 ) -> Result<Manifest, StoreError> {
     let describe = |source: std::io::Error| StoreError::Save {
         image_dir: image_dir.to_path_buf(),
@@ -198,7 +246,8 @@ pub fn publish(
         token_sha256,
         settings,
         created_unix_ms: now_unix_ms(),
-        rootfs_stamp: rootfs_stamp.to_string(),
+        rootfs_stamp: builds.rootfs_stamp.clone(),
+        agent_build: builds.agent.clone(),
     };
     // Serializing plain strings and numbers cannot fail; should it, nothing is published.
     let bytes = serde_json::to_vec_pretty(&manifest)
@@ -293,6 +342,42 @@ pub fn verify(base: &Path, manifest: &Manifest) -> Result<PathBuf, StoreError> {
 mod tests {
     use super::*;
 
+    fn builds() -> Builds {
+        Builds {
+            rootfs_stamp: "stamp".into(),
+            agent: "agent-1".into(),
+        }
+    }
+
+    #[test]
+    fn images_restore_only_with_the_same_image_and_agent() {
+        let manifest = |stamp: &str, agent: &str| Manifest {
+            generation: 1,
+            image_dir: "image-1-a".into(),
+            files: Vec::new(),
+            token_sha256: None,
+            settings: SavedSettings::default(),
+            created_unix_ms: 0,
+            rootfs_stamp: stamp.into(),
+            agent_build: agent.into(),
+        };
+        let here = builds();
+        assert_eq!(here.check(&manifest("stamp", "agent-1")), Ok(()));
+        // Not recorded (older manifests): not refused.
+        assert_eq!(here.check(&manifest("", "")), Ok(()));
+        let error = here.check(&manifest("stamp", "agent-0")).unwrap_err();
+        assert!(
+            error.contains("another build of the sandbox agent (agent-0)")
+                && error.contains("agent build agent-1"),
+            "{error}"
+        );
+        let error = here.check(&manifest("old-stamp", "agent-1")).unwrap_err();
+        assert!(
+            error.contains("another version of the sandbox image (old-stamp)"),
+            "{error}"
+        );
+    }
+
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("crs-store-{name}-{}", random_hex(4)));
         fs::create_dir_all(&dir).unwrap();
@@ -309,7 +394,7 @@ mod tests {
             &first,
             Some(crate::ids::sha256_hex(b"token")),
             SavedSettings::default(),
-            "stamp",
+            &builds(),
         )
         .unwrap();
         assert_eq!(manifest.generation, 1);
@@ -318,7 +403,7 @@ mod tests {
 
         let second = new_image_dir(&base).unwrap();
         fs::write(second.join("checkpoint.img"), b"second image").unwrap();
-        let newer = publish(&base, &second, None, SavedSettings::default(), "stamp").unwrap();
+        let newer = publish(&base, &second, None, SavedSettings::default(), &builds()).unwrap();
         assert_eq!(newer.generation, 2);
         assert!(!first.exists(), "the superseded image is removed");
 
@@ -380,7 +465,7 @@ mod tests {
         let base = temp_dir("hostile");
         let image = new_image_dir(&base).unwrap();
         fs::write(image.join("checkpoint.img"), b"image").unwrap();
-        let good = publish(&base, &image, None, SavedSettings::default(), "stamp").unwrap();
+        let good = publish(&base, &image, None, SavedSettings::default(), &builds()).unwrap();
         let write = |manifest: &Manifest| {
             fs::write(base.join(MANIFEST), serde_json::to_vec(manifest).unwrap()).unwrap()
         };

@@ -16,7 +16,7 @@ import { type OutputEncoding } from './internal/frames.js';
 import { type ReconnectOptions } from './internal/reconnect.js';
 import { type Transport, type WebSocketConstructor } from './internal/transport.js';
 import { type OutputCallback, type SandboxProcess } from './process.js';
-import type { ProcessInfo, RunResult } from './results.js';
+import type { ProcessInfo, RunResult, SandboxList } from './results.js';
 /** The languages the server runs. Other strings are sent as is (and refused by the server). */
 export type Language = 'python' | 'bash';
 /** Options shared by `Sandbox.create` and `Sandbox.attach`. Times are in seconds. */
@@ -61,12 +61,29 @@ export interface CreateOptions extends ConnectionOptions {
     enableCheckpoint?: boolean | undefined;
     /** Checkpoint instead of delete when the idle timeout fires. */
     enableIdleTimeoutAutoCheckpoint?: boolean | undefined;
-    /** Let another server instance take the sandbox over. */
+    /** Let the sandbox move to another server instance when a client attaches there (implies checkpointing). */
     enableSandboxHandoff?: boolean | undefined;
     /** Start from this named filesystem snapshot (the server needs `FILESYSTEM_SNAPSHOT_PATH`). */
     filesystemSnapshotName?: string | null | undefined;
     /** Network egress under the server's policy (by default the Python package index, for `pip install`). */
     enableNetwork?: boolean | undefined;
+    /** At most 16 short strings, listed by `Sandbox.list()` (sent only when given). */
+    labels?: Readonly<Record<string, string>> | undefined;
+}
+/** `Sandbox.list` options. Times are in seconds. */
+export interface ListOptions {
+    /** List the checkpoints in the server's store instead of the sandboxes of the instance that answers. */
+    checkpointed?: boolean | undefined;
+    /** The store's listing: at most this many (1 to 1000, the server's default 100). */
+    limit?: number | undefined;
+    /** The store's listing: continue after this sandbox id (a previous page's `nextAfter`). */
+    after?: string | undefined;
+    /** As in `ConnectionOptions`. */
+    headers?: Readonly<Record<string, string>> | undefined;
+    /** As in `ConnectionOptions`. */
+    apiKey?: string | undefined;
+    /** Bound on the request. Default 30; null: none. */
+    timeout?: number | null | undefined;
 }
 export type AttachOptions = ConnectionOptions;
 /** `exec` options. */
@@ -109,6 +126,14 @@ export declare class Sandbox {
      * be reached.
      */
     static create(url: string, options?: CreateOptions): Promise<Sandbox>;
+    /**
+     * The sandboxes of the server instance that answers (`GET /sandboxes`), or with
+     * `checkpointed: true` the checkpoints in its store, one page of at most `limit` from `after` on
+     * (`nextAfter` for the next page). Behind a load balancer (Cloud Run) the answer comes from
+     * whichever instance got the request. Tokens are never listed. A refusal (HTTP 401 or 403)
+     * rejects with `SandboxAuthenticationError`.
+     */
+    static list(url: string, options?: ListOptions): Promise<SandboxList>;
     /**
      * Attaches to a live sandbox, or restores a checkpointed one. `sandboxToken` may be omitted
      * for a sandbox created (or attached with a token) in this process: the library remembers it.

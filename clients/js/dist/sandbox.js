@@ -19,6 +19,7 @@ import { ClientProtocol } from './internal/protocol.js';
 import { reconnectDelay, reconnectPolicy } from './internal/reconnect.js';
 import { forgetLive, forgetToken, liveSession, recallToken, rememberToken, setLive } from './internal/registry.js';
 import { WebSocketTransport, connectionHeaders, } from './internal/transport.js';
+import { fetchList, listUrl } from './internal/listing.js';
 import { attachUrl, createUrl } from './internal/urls.js';
 import { newProcess } from './process.js';
 const DEFAULT_CONNECT_TIMEOUT = 30;
@@ -93,9 +94,21 @@ export class Sandbox {
             enable_sandbox_handoff: options.enableSandboxHandoff ?? false,
             filesystem_snapshot_name: options.filesystemSnapshotName ?? null,
             enable_network: options.enableNetwork ?? false,
+            labels: options.labels,
         });
         await sandbox.#open(createUrl(url), first);
         return sandbox;
+    }
+    /**
+     * The sandboxes of the server instance that answers (`GET /sandboxes`), or with
+     * `checkpointed: true` the checkpoints in its store, one page of at most `limit` from `after` on
+     * (`nextAfter` for the next page). Behind a load balancer (Cloud Run) the answer comes from
+     * whichever instance got the request. Tokens are never listed. A refusal (HTTP 401 or 403)
+     * rejects with `SandboxAuthenticationError`.
+     */
+    static async list(url, options = {}) {
+        const target = listUrl(url, options);
+        return fetchList(target, connectionHeaders(options.headers, options.apiKey), options.timeout === undefined ? 30 : options.timeout);
     }
     /**
      * Attaches to a live sandbox, or restores a checkpointed one. `sandboxToken` may be omitted

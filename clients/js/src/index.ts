@@ -12,12 +12,13 @@ export {
   type CreateOptions,
   type ExecOptions,
   type Language,
+  type ListOptions,
   type ReconnectOptions,
   type RunOptions,
   type SandboxState,
 } from './sandbox.js';
 export { OutputStream, SandboxProcess, type OutputCallback } from './process.js';
-export type { ExecutionResult, ProcessInfo, RunResult } from './results.js';
+export type { ExecutionResult, ProcessInfo, RunResult, SandboxInfo, SandboxList } from './results.js';
 export {
   STATUS_ERRORS,
   SandboxAuthenticationError,

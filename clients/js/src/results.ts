@@ -1,6 +1,7 @@
 /**
  * Plain data the API hands out: how a process ended (`ExecutionResult`), what `Sandbox.run()`
- * returns (`RunResult`), and a row of `Sandbox.listProcesses()` (`ProcessInfo`). No behaviour.
+ * returns (`RunResult`), a row of `Sandbox.listProcesses()` (`ProcessInfo`), and what
+ * `Sandbox.list()` returns (`SandboxList` of `SandboxInfo`). No behaviour.
  */
 
 /** How a process ended (`SANDBOX_EXECUTION_DONE`). */
@@ -36,4 +37,39 @@ export interface ProcessInfo {
   language: string | null;
   running: boolean;
   startedUnixMs: number | null;
+}
+
+/** One sandbox, as `Sandbox.list()` reports it (never its token). */
+export interface SandboxInfo {
+  sandboxId: string;
+  /**
+   * Live on the instance that answered: `creating`, `restoring`, `running`, `checkpointing`,
+   * `snapshotting`, `moving` (being handed off), `ending`. From the store (`checkpointed: true`):
+   * `checkpointed`, or `running` when an instance runs it now.
+   */
+  state: string;
+  labels: Record<string, string>;
+  /** It has a checkpoint in the store (a live one was restored from one). */
+  checkpointed: boolean;
+  /** Created with `enableSandboxHandoff`. */
+  handoff: boolean;
+  /** Seconds since it was created or restored (live sandboxes only). */
+  ageSecs: number | null;
+  /** Seconds since its client's last message (live sandboxes only; 0 while a process runs). */
+  idleSecs: number | null;
+  /** A client is connected to it (live sandboxes only). */
+  attached: boolean | null;
+  /** Created with checkpointing (live sandboxes only). */
+  checkpointable: boolean | null;
+  /** When its checkpoint was taken (the store's listing only). */
+  checkpointUnixMs: number | null;
+  /** The size of its checkpoint (the store's listing only). */
+  sizeBytes: number | null;
+}
+
+/** What `Sandbox.list()` returns: one page. */
+export interface SandboxList {
+  sandboxes: SandboxInfo[];
+  /** The store's listing only: pass it as `after` for the next page (null: the end). */
+  nextAfter: string | null;
 }

@@ -35,9 +35,10 @@ import {
   WebSocketTransport,
   connectionHeaders,
 } from './internal/transport.js';
+import { fetchList, listUrl } from './internal/listing.js';
 import { attachUrl, createUrl } from './internal/urls.js';
 import { type OutputCallback, type ProcessControl, type ProcessHost, type SandboxProcess, newProcess } from './process.js';
-import type { ProcessInfo, RunResult } from './results.js';
+import type { ProcessInfo, RunResult, SandboxList } from './results.js';
 
 /** The languages the server runs. Other strings are sent as is (and refused by the server). */
 export type Language = 'python' | 'bash';
@@ -85,12 +86,30 @@ export interface CreateOptions extends ConnectionOptions {
   enableCheckpoint?: boolean | undefined;
   /** Checkpoint instead of delete when the idle timeout fires. */
   enableIdleTimeoutAutoCheckpoint?: boolean | undefined;
-  /** Let another server instance take the sandbox over. */
+  /** Let the sandbox move to another server instance when a client attaches there (implies checkpointing). */
   enableSandboxHandoff?: boolean | undefined;
   /** Start from this named filesystem snapshot (the server needs `FILESYSTEM_SNAPSHOT_PATH`). */
   filesystemSnapshotName?: string | null | undefined;
   /** Network egress under the server's policy (by default the Python package index, for `pip install`). */
   enableNetwork?: boolean | undefined;
+  /** At most 16 short strings, listed by `Sandbox.list()` (sent only when given). */
+  labels?: Readonly<Record<string, string>> | undefined;
+}
+
+/** `Sandbox.list` options. Times are in seconds. */
+export interface ListOptions {
+  /** List the checkpoints in the server's store instead of the sandboxes of the instance that answers. */
+  checkpointed?: boolean | undefined;
+  /** The store's listing: at most this many (1 to 1000, the server's default 100). */
+  limit?: number | undefined;
+  /** The store's listing: continue after this sandbox id (a previous page's `nextAfter`). */
+  after?: string | undefined;
+  /** As in `ConnectionOptions`. */
+  headers?: Readonly<Record<string, string>> | undefined;
+  /** As in `ConnectionOptions`. */
+  apiKey?: string | undefined;
+  /** Bound on the request. Default 30; null: none. */
+  timeout?: number | null | undefined;
 }
 
 export type AttachOptions = ConnectionOptions;
@@ -208,9 +227,22 @@ export class Sandbox {
       enable_sandbox_handoff: options.enableSandboxHandoff ?? false,
       filesystem_snapshot_name: options.filesystemSnapshotName ?? null,
       enable_network: options.enableNetwork ?? false,
+      labels: options.labels,
     });
     await sandbox.#open(createUrl(url), first);
     return sandbox;
+  }
+
+  /**
+   * The sandboxes of the server instance that answers (`GET /sandboxes`), or with
+   * `checkpointed: true` the checkpoints in its store, one page of at most `limit` from `after` on
+   * (`nextAfter` for the next page). Behind a load balancer (Cloud Run) the answer comes from
+   * whichever instance got the request. Tokens are never listed. A refusal (HTTP 401 or 403)
+   * rejects with `SandboxAuthenticationError`.
+   */
+  static async list(url: string, options: ListOptions = {}): Promise<SandboxList> {
+    const target = listUrl(url, options);
+    return fetchList(target, connectionHeaders(options.headers, options.apiKey), options.timeout === undefined ? 30 : options.timeout);
   }
 
   /**

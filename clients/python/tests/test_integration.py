@@ -447,3 +447,19 @@ async def test_create_from_snapshot_not_enabled(sandboxes: Sandboxes) -> None:
         await sandboxes.create(filesystem_snapshot_name=name)
     assert name in info.value.message
     assert "FILESYSTEM_SNAPSHOT_PATH" in info.value.message
+
+
+async def test_list_shows_labels_and_never_tokens(sandboxes: Sandboxes) -> None:
+    sandbox = await sandboxes.create(labels={"test": "list", "run": uuid.uuid4().hex[:8]})
+    listed = await Sandbox.list(URL)
+    info = next(info for info in listed.sandboxes if info.sandbox_id == sandbox.sandbox_id)
+    assert info.state == "running"
+    assert info.labels["test"] == "list"
+    assert info.attached is True
+    assert info.checkpointed is False
+    assert (info.age_secs or 0) >= 0
+    assert listed.next_after is None
+    assert sandbox.sandbox_token is not None
+    assert all(sandbox.sandbox_token not in repr(other) for other in listed.sandboxes)
+    with pytest.raises(SandboxCreationError, match="labels"):
+        await sandboxes.create(labels={"bad key": "x"})

@@ -372,3 +372,64 @@ async def test_checkpointed_sandbox_snapshot_and_restore_together(
     copy = await sandboxes.create(B, filesystem_snapshot_name=name)
     for box in (restored, copy):
         assert (await box.run("cat /root/both.txt", "bash")).stdout == "both\n"
+
+
+# ------------------------------------------------------------------ handoff and listing
+
+
+async def test_handoff_moves_a_sandbox_to_the_instance_attached_to(sandboxes: Sandboxes) -> None:
+    statuses_a: list[str] = []
+    statuses_b: list[str] = []
+    sandbox = await sandboxes.create(
+        A,
+        enable_sandbox_handoff=True,
+        labels={"test": "handoff"},
+        on_status=lambda status, _message: statuses_a.append(status),
+    )
+    await sandbox.run("echo from A > /root/file.txt", "bash")
+    assert sandbox.sandbox_id is not None
+    # The first client stays connected to A; attaching on B moves the sandbox there.
+    moved = await sandboxes.attach(
+        sandbox.sandbox_id,
+        url=B,
+        on_status=lambda status, _message: statuses_b.append(status),
+    )
+    assert statuses_b == [
+        "SANDBOX_LOCK_ACQUIRING",
+        "SANDBOX_LOCK_ACQUIRED",
+        "SANDBOX_RESTORING",
+        "SANDBOX_RUNNING",
+    ]
+    assert (await moved.run("cat /root/file.txt", "bash")).stdout == "from A\n"
+    # A's client was told: the sandbox was checkpointed and moved; it does not reconnect.
+    for _ in range(100):
+        if sandbox.closed:
+            break
+        await asyncio.sleep(0.1)
+    assert sandbox.closed
+    assert sandbox.state == "checkpointed"
+    assert "SANDBOX_LOCK_RELEASED" in statuses_a
+    listed = await Sandbox.list(B)
+    info = next(info for info in listed.sandboxes if info.sandbox_id == sandbox.sandbox_id)
+    assert info.labels == {"test": "handoff"}
+    assert info.handoff
+    assert info.checkpointed
+
+
+async def test_checkpoints_are_listed_in_the_store(sandboxes: Sandboxes) -> None:
+    sandbox = await sandboxes.create(A, enable_checkpoint=True, labels={"test": "store"})
+    await sandbox.checkpoint()
+    found = None
+    after = None
+    for _ in range(100):
+        page = await Sandbox.list(B, checkpointed=True, limit=50, after=after)
+        found = found or next(
+            (info for info in page.sandboxes if info.sandbox_id == sandbox.sandbox_id), None
+        )
+        if found is not None or page.next_after is None:
+            break
+        after = page.next_after
+    assert found is not None
+    assert found.state == "checkpointed"
+    assert found.labels == {"test": "store"}
+    assert (found.size_bytes or 0) > 0

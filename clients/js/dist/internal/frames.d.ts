@@ -15,6 +15,7 @@ export interface InitFrame {
     enable_sandbox_handoff: boolean;
     filesystem_snapshot_name: string | null;
     enable_network?: boolean;
+    labels?: Readonly<Record<string, string>> | undefined;
 }
 /** The init object, the first message on `/create`: always the original's five keys. */
 export declare function initMessage(init: InitFrame): string;

@@ -22,6 +22,13 @@ export function initMessage(init) {
     // Our addition; sent only when asked for, so the message stays the original's.
     if (init.enable_network === true)
         message.enable_network = true;
+    // Our addition too, sent only when given. The server checks the sizes.
+    if (init.labels !== undefined) {
+        if (Object.values(init.labels).some((value) => typeof value !== 'string')) {
+            throw new TypeError('labels must map str to str');
+        }
+        message.labels = { ...init.labels };
+    }
     return JSON.stringify(message);
 }
 export function execMessage(requestId, req) {

@@ -62,4 +62,6 @@ export declare class WebSocketTransport implements Transport {
 }
 /** The extra upgrade headers: `headers`, plus `Authorization: Bearer <apiKey>` with `apiKey`. */
 export declare function connectionHeaders(headers: Readonly<Record<string, string>> | undefined, apiKey: string | undefined): Readonly<Record<string, string>>;
+/** What a 401 / 403 means, with the server's own words when it sent a JSON error. */
+export declare function refusalMessage(url: string, status: number, body: string): string;
 //# sourceMappingURL=transport.d.ts.map

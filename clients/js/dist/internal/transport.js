@@ -42,7 +42,7 @@ export function connectionHeaders(headers, apiKey) {
     return { ...headers, Authorization: `Bearer ${apiKey}` };
 }
 /** What a 401 / 403 means, with the server's own words when it sent a JSON error. */
-function refusalMessage(url, status, body) {
+export function refusalMessage(url, status, body) {
     let detail = '';
     try {
         const parsed = JSON.parse(body);

@@ -24,6 +24,7 @@ export interface InitFrame {
   enable_sandbox_handoff: boolean;
   filesystem_snapshot_name: string | null;
   enable_network?: boolean;
+  labels?: Readonly<Record<string, string>> | undefined;
 }
 
 /** The init object, the first message on `/create`: always the original's five keys. */
@@ -37,6 +38,13 @@ export function initMessage(init: InitFrame): string {
   };
   // Our addition; sent only when asked for, so the message stays the original's.
   if (init.enable_network === true) message.enable_network = true;
+  // Our addition too, sent only when given. The server checks the sizes.
+  if (init.labels !== undefined) {
+    if (Object.values(init.labels).some((value) => typeof value !== 'string')) {
+      throw new TypeError('labels must map str to str');
+    }
+    message.labels = { ...init.labels };
+  }
   return JSON.stringify(message);
 }
 

@@ -98,7 +98,7 @@ export function connectionHeaders(
 }
 
 /** What a 401 / 403 means, with the server's own words when it sent a JSON error. */
-function refusalMessage(url: string, status: number, body: string): string {
+export function refusalMessage(url: string, status: number, body: string): string {
   let detail = '';
   try {
     const parsed = JSON.parse(body) as { error?: unknown };

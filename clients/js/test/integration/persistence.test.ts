@@ -315,6 +315,49 @@ describe('integration: checkpoint/restore and snapshots across two instances', (
     await expectError(Sandbox.attach(url, id, token), SandboxNotFoundError);
   });
 
+  live('handoff moves a sandbox to the instance a client attaches to', async (made) => {
+    const statusesA: string[] = [];
+    const statusesB: string[] = [];
+    const s1 = made.add(
+      await Sandbox.create(A, {
+        enableSandboxHandoff: true,
+        labels: { test: 'handoff' },
+        onStatus: (status) => statusesA.push(status),
+      }),
+    );
+    await s1.run('echo from A > /root/file.txt', 'bash');
+    const id = s1.sandboxId ?? '';
+    // The first client stays connected to A; attaching on B moves the sandbox there.
+    const s2 = made.add(await Sandbox.attach(B, id, undefined, { onStatus: (status) => statusesB.push(status) }));
+    assert.deepEqual(statusesB, ['SANDBOX_LOCK_ACQUIRING', 'SANDBOX_LOCK_ACQUIRED', 'SANDBOX_RESTORING', 'SANDBOX_RUNNING']);
+    assert.equal((await s2.run('cat /root/file.txt', 'bash')).stdout, 'from A\n');
+    for (let i = 0; i < 100 && !s1.closed; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(s1.closed, true);
+    assert.equal(s1.state, 'checkpointed');
+    assert.ok(statusesA.includes('SANDBOX_LOCK_RELEASED'), String(statusesA));
+    const listed = await Sandbox.list(B);
+    const info = listed.sandboxes.find((entry) => entry.sandboxId === id);
+    assert.deepEqual(info?.labels, { test: 'handoff' });
+    assert.equal(info?.handoff, true);
+    assert.equal(info?.checkpointed, true);
+  });
+
+  live('lists the checkpoints in the store', async (made) => {
+    const sandbox = made.add(await Sandbox.create(A, { enableCheckpoint: true, labels: { test: 'store' } }));
+    await sandbox.checkpoint();
+    let found;
+    let after: string | undefined;
+    for (let page = 0; page < 100 && found === undefined; page++) {
+      const listed = await Sandbox.list(B, { checkpointed: true, limit: 50, after });
+      found = listed.sandboxes.find((entry) => entry.sandboxId === sandbox.sandboxId);
+      if (listed.nextAfter === null) break;
+      after = listed.nextAfter;
+    }
+    assert.equal(found?.state, 'checkpointed');
+    assert.deepEqual(found.labels, { test: 'store' });
+    assert.ok((found.sizeBytes ?? 0) > 0);
+  });
+
   live('runs example/checkpoint.ts and example/filesystem_snapshot.ts with url and url2', async () => {
     const tsx = join(here, '..', '..', 'node_modules', '.bin', 'tsx');
     const run = (file: string): Promise<{ code: number; out: string }> =>

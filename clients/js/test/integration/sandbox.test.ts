@@ -81,6 +81,19 @@ async function expectError<T extends SandboxError>(
 }
 
 describe('integration: live server', () => {
+  live('lists sandboxes with their labels and never a token', async () => {
+    const sandbox = await create({ labels: { test: 'list' } });
+    const listed = await Sandbox.list(url);
+    const info = listed.sandboxes.find((entry) => entry.sandboxId === sandbox.sandboxId);
+    assert.equal(info?.state, 'running');
+    assert.deepEqual(info.labels, { test: 'list' });
+    assert.equal(info.attached, true);
+    assert.equal(info.checkpointed, false);
+    assert.equal(listed.nextAfter, null);
+    assert.equal(JSON.stringify(listed).includes(sandbox.sandboxToken ?? 'no token'), false);
+    await assert.rejects(create({ labels: { 'bad key': 'x' } }), (error: unknown) => error instanceof SandboxCreationError && error.message.includes('labels'));
+  });
+
   live('runs the README quick start exactly as written (terminate without await)', async () => {
     const sandbox = await Sandbox.create(url);
     const process = await sandbox.exec("echo 'Hello from the sandbox!'", "bash");

@@ -51,7 +51,7 @@ from ._errors import (
 )
 from ._process import OutputStream, SandboxProcess
 from ._reconnect import ReconnectOptions
-from ._results import ExecutionResult, ProcessInfo, RunResult
+from ._results import ExecutionResult, ProcessInfo, RunResult, SandboxInfo, SandboxList
 from ._sandbox import Sandbox, SandboxState
 from ._sync import SyncOutputStream, SyncProcess, SyncSandbox
 from ._transport import Connection, ConnectionClosed, Transport, WebSocketTransport
@@ -75,6 +75,8 @@ __all__ = [
     "SandboxError",
     "SandboxExecutionError",
     "SandboxInUseError",
+    "SandboxInfo",
+    "SandboxList",
     "SandboxNotFoundError",
     "SandboxPermissionError",
     "SandboxProcess",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any, Literal
 
 logger = logging.getLogger("codesandbox")
@@ -35,6 +36,7 @@ def init_message(
     enable_sandbox_handoff: bool,
     filesystem_snapshot_name: str | None,
     enable_network: bool,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
     """The init object, the first message on ``/create``: always the original's five keys."""
     message: dict[str, Any] = {
@@ -47,6 +49,14 @@ def init_message(
     if enable_network:
         # Our addition; sent only when asked for, so the message stays the original's.
         message["enable_network"] = True
+    if labels is not None:
+        # Our addition too, sent only when given. The server checks the sizes.
+        checked: dict[str, str] = {}
+        for key, value in labels.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError("labels must map str to str")
+            checked[key] = value
+        message["labels"] = checked
     return dumps(message)
 
 

@@ -46,3 +46,41 @@ class ProcessInfo:
     language: str | None
     running: bool
     started_unix_ms: int | None
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    """One sandbox, as ``Sandbox.list()`` reports it (never its token)."""
+
+    sandbox_id: str
+    state: str
+    """Live on the instance that answered: ``"creating"``, ``"restoring"``, ``"running"``,
+    ``"checkpointing"``, ``"snapshotting"``, ``"moving"`` (being handed off), ``"ending"``.
+    From the store (``checkpointed=True``): ``"checkpointed"``, or ``"running"`` when an
+    instance runs it now."""
+    labels: dict[str, str]
+    checkpointed: bool
+    """It has a checkpoint in the store (a live one was restored from one)."""
+    handoff: bool
+    """Created with ``enable_sandbox_handoff``."""
+    age_secs: float | None = None
+    """Since it was created or restored (live sandboxes only)."""
+    idle_secs: float | None = None
+    """Since its client's last message (live sandboxes only; 0 while a process runs)."""
+    attached: bool | None = None
+    """A client is connected to it (live sandboxes only)."""
+    checkpointable: bool | None = None
+    """Created with checkpointing (live sandboxes only)."""
+    checkpoint_unix_ms: int | None = None
+    """When its checkpoint was taken (the store's listing only)."""
+    size_bytes: int | None = None
+    """The size of its checkpoint (the store's listing only)."""
+
+
+@dataclass(frozen=True)
+class SandboxList:
+    """What ``Sandbox.list()`` returns: one page."""
+
+    sandboxes: list[SandboxInfo]
+    next_after: str | None = None
+    """The store's listing only: pass it as ``after`` for the next page (``None``: the end)."""

@@ -14,6 +14,7 @@ still waits (or, for ``terminate()`` / ``checkpoint()`` that succeeded, complete
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import ssl as ssl_module
@@ -51,10 +52,11 @@ from ._errors import (
     SandboxTimeoutError,
 )
 from ._frames import OutputEncoding, init_message
+from ._listing import fetch_list, list_url
 from ._process import OutputCallback, ProcessControl, SandboxProcess, new_process
 from ._protocol import ClientProtocol, Phase
 from ._reconnect import ReconnectOptions
-from ._results import ProcessInfo, RunResult
+from ._results import ProcessInfo, RunResult, SandboxList
 from ._transport import (
     Connection,
     ConnectionClosed,
@@ -155,6 +157,7 @@ class Sandbox:
         enable_sandbox_handoff: bool = False,
         filesystem_snapshot_name: str | None = None,
         enable_network: bool = False,
+        labels: Mapping[str, str] | None = None,
         auto_reconnect: bool | ReconnectOptions = False,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
@@ -172,9 +175,12 @@ class Sandbox:
         ``https://`` / ``http://`` work too). ``idle_timeout`` is in seconds
         (``None``: the server's default; ``0``: the server's cap). ``enable_network=True``
         asks for network egress under the server's policy (by default the Python package
-        index only, e.g. for ``pip install``). See ``docs/clients.md`` for the connection
-        options (``auto_reconnect``, timeouts, ``headers``, ``api_key``, callbacks,
-        ``transport``, ``ssl``).
+        index only, e.g. for ``pip install``). ``enable_sandbox_handoff=True`` lets the
+        sandbox move to another server instance when a client attaches there (it implies
+        checkpointing). ``labels`` (at most 16 short strings) are listed by
+        ``Sandbox.list()``. See ``docs/clients.md`` for the connection options
+        (``auto_reconnect``, timeouts, ``headers``, ``api_key``, callbacks, ``transport``,
+        ``ssl``).
 
         ``headers`` are added to the WebSocket upgrade request (for example
         ``{"Authorization": "Bearer <identity token>"}`` for a Cloud Run service deployed
@@ -203,9 +209,35 @@ class Sandbox:
             enable_sandbox_handoff=enable_sandbox_handoff,
             filesystem_snapshot_name=filesystem_snapshot_name,
             enable_network=enable_network,
+            labels=labels,
         )
         await sandbox._open(create_url(sandbox._url), first)
         return sandbox
+
+    @staticmethod
+    async def list(
+        url: str,
+        *,
+        checkpointed: bool = False,
+        limit: int | None = None,
+        after: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
+        timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> SandboxList:
+        """The sandboxes of the server instance that answers (``GET /sandboxes``), or with
+        ``checkpointed=True`` the checkpoints in its store, one page of at most ``limit``
+        (1 to 1000, default 100) from ``after`` on (``result.next_after`` for the next page).
+
+        Behind a load balancer (Cloud Run) the answer comes from whichever instance got the
+        request. Tokens are never listed. ``headers``, ``api_key`` and ``ssl`` work as in
+        ``create``; a refusal (HTTP 401 or 403) raises ``SandboxAuthenticationError``.
+        """
+        target = list_url(url, checkpointed=checkpointed, limit=limit, after=after)
+        return await fetch_list(
+            target, headers=connection_headers(headers, api_key), timeout=timeout, ssl=ssl
+        )
 
     @classmethod
     async def attach(
@@ -473,7 +505,7 @@ class Sandbox:
         with contextlib.suppress(SandboxError):
             await process.kill()
 
-    async def list_processes(self) -> list[ProcessInfo]:
+    async def list_processes(self) -> builtins.list[ProcessInfo]:
         """The sandbox's processes, running or ended and not yet reported (protocol 2)."""
         live = self._live_elsewhere()
         if live is not None:
@@ -908,7 +940,7 @@ class Sandbox:
                     return effect
             self._apply(effects)
 
-    def _apply(self, effects: list[Effect]) -> None:
+    def _apply(self, effects: builtins.list[Effect]) -> None:
         for effect in effects:
             self._apply_one(effect)
 

@@ -14,6 +14,7 @@ they are blocking), and doing so raises ``RuntimeError``.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 from ._errors import SandboxError
 from ._process import OutputStream, SandboxProcess
-from ._results import ExecutionResult, ProcessInfo, RunResult
+from ._results import ExecutionResult, ProcessInfo, RunResult, SandboxList
 from ._sandbox import Sandbox, SandboxState
 
 T = TypeVar("T")
@@ -188,6 +189,11 @@ class SyncSandbox:
         runner = _LoopThread.shared()
         return cls(runner.call(Sandbox.create(url, **options)), runner)
 
+    @staticmethod
+    def list(url: str, **options: Any) -> SandboxList:
+        """See ``Sandbox.list``."""
+        return _LoopThread.shared().call(Sandbox.list(url, **options))
+
     @classmethod
     def attach(
         cls, url: str, sandbox_id: str, sandbox_token: str | None = None, **options: Any
@@ -242,7 +248,7 @@ class SyncSandbox:
         """See ``Sandbox.run``."""
         return self._runner.call(self._sandbox.run(code, language, **options))
 
-    def list_processes(self) -> list[ProcessInfo]:
+    def list_processes(self) -> builtins.list[ProcessInfo]:
         return self._runner.call(self._sandbox.list_processes())
 
     def attach_process(self, process_id: int, **options: Any) -> SyncProcess:
