@@ -147,7 +147,19 @@ pub struct WsLimits {
     /// `SANDBOX_DETACHED_OUTPUT_BYTES`: output kept for an absent client before the process
     /// is paused.
     pub detached_output_bytes: usize,
+    /// `SANDBOX_MAX_SESSION_PROCESSES`: processes one session runs at once (1 to 1024).
+    pub max_session_processes: usize,
+    /// `SANDBOX_STDIN_WINDOW_BYTES`: stdin a client may send to a process (started with a
+    /// request id) before it is acknowledged (1 byte to 256 MiB).
+    pub stdin_window_bytes: u64,
 }
+
+/// The most `SANDBOX_STDIN_WINDOW_BYTES` may be: up to twice this waits inside the sandbox
+/// per process, in the agent's memory.
+const MAX_STDIN_WINDOW_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The most `SANDBOX_MAX_SESSION_PROCESSES` may be.
+const MAX_SESSION_PROCESSES: u64 = 1024;
 
 /// Network egress for sandboxes that ask for it.
 #[derive(Debug, Clone)]
@@ -225,6 +237,16 @@ impl Config {
             max_idle_timeout: env.seconds("SANDBOX_MAX_IDLE_TIMEOUT_SECS", 3600)?,
             detached_output_bytes: env.number("SANDBOX_DETACHED_OUTPUT_BYTES", 1024 * 1024)?
                 as usize,
+            max_session_processes: env.bounded(
+                "SANDBOX_MAX_SESSION_PROCESSES",
+                16,
+                1..=MAX_SESSION_PROCESSES,
+            )? as usize,
+            stdin_window_bytes: env.bounded(
+                "SANDBOX_STDIN_WINDOW_BYTES",
+                4 * 1024 * 1024,
+                1..=MAX_STDIN_WINDOW_BYTES,
+            )?,
         };
         Ok(Config {
             port: env
@@ -364,6 +386,24 @@ impl Env<'_> {
         }
     }
 
+    /// [`Env::number`] within `range`.
+    fn bounded(
+        &self,
+        name: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let value = self.number(name, default)?;
+        if !range.contains(&value) {
+            return Err(ConfigError(format!(
+                "{name} must be from {} to {}, got {value}",
+                range.start(),
+                range.end()
+            )));
+        }
+        Ok(value)
+    }
+
     fn float(&self, name: &str, default: f64) -> Result<f64, ConfigError> {
         match self.raw(name) {
             None => Ok(default),
@@ -412,6 +452,8 @@ mod tests {
         assert_eq!(defaults.ws.init_timeout, Duration::from_secs(10));
         assert_eq!(defaults.ready_start_failures, 3);
         assert_eq!(defaults.store_sweep_interval, Duration::from_secs(600));
+        assert_eq!(defaults.ws.max_session_processes, 16);
+        assert_eq!(defaults.ws.stdin_window_bytes, 4 * 1024 * 1024);
         assert_eq!(
             defaults.lease_settle,
             Duration::ZERO,
@@ -463,6 +505,19 @@ mod tests {
             error.0
         );
         assert!(config(&[("SANDBOX_MAX_IDLE_TIMEOUT_SECS", "1000000000")]).is_ok());
+        for (name, value) in [
+            ("SANDBOX_MAX_SESSION_PROCESSES", "0"),
+            ("SANDBOX_MAX_SESSION_PROCESSES", "1025"),
+            ("SANDBOX_STDIN_WINDOW_BYTES", "0"),
+            ("SANDBOX_STDIN_WINDOW_BYTES", "268435457"),
+        ] {
+            let error = config(&[(name, value)]).unwrap_err();
+            assert!(
+                error.0.contains(name) && error.0.contains(value),
+                "{}",
+                error.0
+            );
+        }
     }
 
     #[test]

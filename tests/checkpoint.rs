@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::{request, runsc_list, runsc_sandboxes, wait_until, TestServer};
 use serde_json::{json, Value};
 use store::{entries, SharedDirs};
-use ws::{assert_exited, attach_path, connect, create, is_status, Created, Frame, Ws};
+use ws::{assert_exited, attach_path, connect, create, is_status, ById, Created, Frame, Ws};
 
 /// The `sandbox_token` no server ever hands out.
 const WRONG_TOKEN: &str = "ffffffffffffffffffffffffffffffff";
@@ -612,6 +612,74 @@ fn an_execution_running_at_a_shutdown_checkpoint_is_followed_after_the_restore()
     ws.kill_sandbox();
 }
 
+/// Protocol 2 across a shutdown: the processes running with request ids are saved with the
+/// sandbox; after the restore on another instance a reconnect follows each again, under its
+/// own request id and process id, and new processes get ids never used in the sandbox.
+#[test]
+fn processes_with_request_ids_running_at_a_shutdown_go_on_after_the_restore() {
+    let mut pair = pair_with(&[("SANDBOX_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS)], &[]);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&pair.a, json!({"enable_checkpoint": true}));
+    let mut before = ById::new();
+    ws.request(
+        "one",
+        json!({"language": "bash", "code": "sleep 8; echo one; exit 3"}),
+    );
+    ws.request(
+        "two",
+        json!({"language": "python", "code": "import time\ntime.sleep(8)\nprint('two')"}),
+    );
+    ws.file_until(&mut before, |by_id| {
+        ["one", "two"]
+            .iter()
+            .all(|id| by_id.get(*id).is_some_and(|run| run.process_id.is_some()))
+    });
+    terminate_checkpointing(&mut pair.a, &mut ws);
+
+    let mut ws = restore(&pair.b, &sandbox_id, &token);
+    let mut after = ById::new();
+    ws.request("list", json!({"action": "list_processes"}));
+    ws.file_until(&mut after, |by_id| by_id.contains_key("list"));
+    let listed = after["list"].others[0]["processes"].clone();
+    for id in ["one", "two"] {
+        let entry = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entry| entry["id"] == id)
+            .unwrap_or_else(|| panic!("{id} is not listed after the restore: {listed}"));
+        assert_eq!(entry["process_id"].as_u64(), before[id].process_id);
+        assert_eq!(entry["running"], true, "{entry}");
+    }
+    ws.request("back", json!({"action": "reconnect"}));
+    ws.file_until(&mut after, |by_id| {
+        ["one", "two"]
+            .iter()
+            .all(|id| by_id.get(*id).is_some_and(ws::Answers::is_done))
+    });
+    assert_eq!(after["one"].stdout, "one\n", "{:?}", after["one"]);
+    assert_eq!(after["one"].exit_code(), Some(3));
+    assert_eq!(after["two"].stdout, "two\n", "{:?}", after["two"]);
+    assert_eq!(after["two"].exit_code(), Some(0));
+    for id in ["one", "two"] {
+        assert_eq!(after[id].process_id, before[id].process_id, "{id}");
+    }
+    let highest = before.values().filter_map(|run| run.process_id).max();
+    ws.request("new", json!({"language": "bash", "code": "echo new"}));
+    ws.file_until(&mut after, |by_id| {
+        by_id.get("new").is_some_and(ws::Answers::is_done)
+    });
+    assert!(
+        after["new"].process_id > highest,
+        "a process id was reused: {:?} after {highest:?}",
+        after["new"].process_id
+    );
+    ws.kill_sandbox();
+}
+
 /// The shutdown timeout of the servers that are stopped with SIGTERM.
 const SHUTDOWN_SECS: &str = "20";
 
@@ -952,6 +1020,8 @@ fn invalid_snapshot_names_and_unknown_snapshots_are_errors() {
 // ---------------------------------------------------------------------------------------------
 // Idle timeout with auto-checkpoint
 
+/// With auto-checkpoint, the idle timeout checkpoints instead of deleting: never while the
+/// client is connected (it may be thinking), once it has left.
 #[test]
 fn idle_timeout_auto_checkpoints_and_the_sandbox_can_be_attached_again() {
     let pair = pair();
@@ -965,38 +1035,50 @@ fn idle_timeout_auto_checkpoints_and_the_sandbox_can_be_attached_again() {
     );
     start_counter(&mut ws);
     sh(&mut ws, "echo kept across instances > /root/keep.txt");
+    // Connected and silent for longer than the idle timeout: nothing happens.
+    ws.expect_silence(Duration::from_secs(3));
     let before = read_count(&mut ws);
-    let idle_since = Instant::now();
-    ws.set_read_timeout(Duration::from_secs(60));
-    let first = ws.recv();
-    let waited = idle_since.elapsed();
+    ws.close();
+    let left = Instant::now();
+    let manifest = pair.dirs.base(&sandbox_id).join("current.json");
     assert!(
-        is_status(&first, "SANDBOX_CHECKPOINTING"),
-        "expected an auto-checkpoint, got {first}"
+        wait_until(Duration::from_secs(60), || manifest.exists()),
+        "no checkpoint after the client left"
     );
     assert!(
-        waited >= Duration::from_millis(1500),
-        "checkpointed after only {waited:?} idle"
+        left.elapsed() >= Duration::from_millis(1500),
+        "checkpointed after only {:?} without a client",
+        left.elapsed()
     );
-    for status in [
-        "SANDBOX_DELETING",
-        "SANDBOX_DELETED",
-        "SANDBOX_CHECKPOINTED",
-    ] {
-        ws.expect_status(status);
-    }
-    ws.expect_close(1000);
     assert_eq!(
         pair.dirs.manifest(&sandbox_id)["settings"]["auto_checkpoint"],
         true
     );
 
-    // Attach again (on B): it comes back, with its settings: it does not auto-checkpoint
-    // while the client is active.
-    let mut ws = restore(&pair.b, &sandbox_id, &token);
+    // Attach again (on B, once A has let it go): it comes back, with its settings: it does
+    // not auto-checkpoint while the client is attached.
+    let mut ws = restore_when_released(&pair.b, &sandbox_id, &token);
     assert_kept_file(&mut ws);
     assert_counter_continues(&mut ws, before);
     ws.kill_sandbox();
+}
+
+/// [`restore`], retried while the instance that checkpoints the sandbox still holds it.
+fn restore_when_released(server: &TestServer, sandbox_id: &str, token: &str) -> Ws {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut ws = connect(server.port, &attach_path(sandbox_id, token));
+        let frame = ws.recv();
+        if is_status(&frame, "SANDBOX_RESTORING") {
+            ws.expect_status("SANDBOX_RUNNING");
+            return ws;
+        }
+        assert!(
+            is_status(&frame, "SANDBOX_IN_USE") && Instant::now() < deadline,
+            "attach answered {frame}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -364,7 +364,7 @@ impl Agent {
             }
             ToAgent::Stdin(id, data) => {
                 if let Some(execution) = self.executions.get_mut(&id) {
-                    execution.queue_stdin(data);
+                    execution.queue_stdin(data, &mut self.outbox);
                 }
             }
             ToAgent::CloseStdin(id) => {

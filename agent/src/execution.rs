@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -31,6 +31,13 @@ const MAX_DRAIN_AFTER_EXIT: usize = 4 * 1024 * 1024;
 /// is not slowed (a pipe holds 1 MiB, a read takes it all). Output that ends the execution is
 /// not delayed: an exited process's pipes are drained at once (`drain_after_exit`).
 pub const OUTPUT_REST: Duration = Duration::from_millis(1);
+
+/// Written stdin is removed from the front of the buffer once this much accumulates.
+const STDIN_COMPACT_AFTER: usize = 1024 * 1024;
+
+/// A pipe's default capacity, and the one asked for a process fed more than that at once.
+const STDIN_PIPE_BYTES: usize = 64 * 1024;
+const LARGE_STDIN_PIPE_BYTES: i32 = 1024 * 1024;
 
 /// Where code too large for an argument is written inside the sandbox.
 const CODE_DIR: &str = "/run/sandbox-agent";
@@ -93,7 +100,12 @@ pub struct Execution {
     id: ExecId,
     pid: Pid,
     stdin: Option<File>,
+    /// Stdin to write, from `stdin_written` on (written bytes are removed in batches: see
+    /// `write_stdin`).
     stdin_pending: Vec<u8>,
+    stdin_written: usize,
+    /// Its stdin pipe was enlarged (see `queue_stdin`).
+    stdin_pipe_enlarged: bool,
     close_stdin_when_flushed: bool,
     stdout: Option<File>,
     stderr: Option<File>,
@@ -185,6 +197,8 @@ impl Execution {
             pid,
             stdin: Some(ends.stdin),
             stdin_pending: Vec::new(),
+            stdin_written: 0,
+            stdin_pipe_enlarged: false,
             close_stdin_when_flushed: false,
             stdout: Some(ends.stdout),
             stderr: Some(ends.stderr),
@@ -236,8 +250,12 @@ impl Execution {
         self.stderr.as_ref().map(|pipe| pipe.as_fd())
     }
 
+    fn has_stdin_pending(&self) -> bool {
+        self.stdin_written < self.stdin_pending.len()
+    }
+
     pub fn stdin_fd_if_pending(&self) -> Option<BorrowedFd<'_>> {
-        if self.stdin_pending.is_empty() {
+        if !self.has_stdin_pending() {
             None
         } else {
             self.stdin.as_ref().map(|pipe| pipe.as_fd())
@@ -281,15 +299,32 @@ impl Execution {
         }
     }
 
-    pub fn queue_stdin(&mut self, data: Vec<u8>) {
-        if self.stdin.is_some() {
+    /// Queue `data` for the process's stdin. If its stdin is closed already, nobody can read
+    /// the bytes: they count as written at once (the server's window must not wait for them).
+    pub fn queue_stdin(&mut self, data: Vec<u8>, outbox: &mut Vec<u8>) {
+        if let Some(pipe) = self.stdin.as_ref() {
             self.stdin_pending.extend_from_slice(&data);
+            if !self.stdin_pipe_enlarged && self.stdin_pending.len() > STDIN_PIPE_BYTES {
+                // A process fed megabytes gets a larger pipe: under gVisor each pipe-full
+                // costs a poll round trip between the agent and the process. Asked only then,
+                // so that executions without much stdin pay no extra system call. Best
+                // effort: the default pipe works, only slower.
+                self.stdin_pipe_enlarged = true;
+                let _ = nix::fcntl::fcntl(
+                    pipe.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETPIPE_SZ(LARGE_STDIN_PIPE_BYTES),
+                );
+            }
+        } else if !data.is_empty() {
+            // A frame holds at most MAX_FRAME_BYTES, so its length fits in a u32.
+            let discarded = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            FromAgent::StdinWritten(self.id, discarded).encode(outbox);
         }
     }
 
     pub fn close_stdin_when_flushed(&mut self) {
         self.close_stdin_when_flushed = true;
-        if self.stdin_pending.is_empty() {
+        if !self.has_stdin_pending() {
             self.stdin = None;
         }
     }
@@ -301,12 +336,12 @@ impl Execution {
         let Some(pipe) = self.stdin.as_mut() else {
             return;
         };
-        let mut written = 0usize;
+        let before = self.stdin_written;
         let mut broken = false;
-        while written < self.stdin_pending.len() {
-            match pipe.write(&self.stdin_pending[written..]) {
+        while self.stdin_written < self.stdin_pending.len() {
+            match pipe.write(&self.stdin_pending[self.stdin_written..]) {
                 Ok(0) => break,
-                Ok(n) => written += n,
+                Ok(n) => self.stdin_written += n,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -316,14 +351,25 @@ impl Execution {
             }
         }
         if broken {
-            written = self.stdin_pending.len();
+            self.stdin_written = self.stdin_pending.len();
             self.stdin = None;
         }
-        self.stdin_pending.drain(..written);
+        let written = self.stdin_written - before;
         if written > 0 {
-            FromAgent::StdinWritten(self.id, written as u32).encode(outbox);
+            // At most what the server sent, which its frames bound to far below 4 GiB.
+            let count = u32::try_from(written).unwrap_or(u32::MAX);
+            FromAgent::StdinWritten(self.id, count).encode(outbox);
         }
-        if self.stdin_pending.is_empty() && self.close_stdin_when_flushed {
+        // Written bytes leave the buffer in batches: moving the rest after every 64 KiB
+        // write would be quadratic in what waits.
+        if self.stdin_written == self.stdin_pending.len() {
+            self.stdin_pending.clear();
+            self.stdin_written = 0;
+        } else if self.stdin_written >= STDIN_COMPACT_AFTER {
+            self.stdin_pending.drain(..self.stdin_written);
+            self.stdin_written = 0;
+        }
+        if !self.has_stdin_pending() && self.close_stdin_when_flushed {
             self.stdin = None;
         }
     }
@@ -580,6 +626,55 @@ mod tests {
             execution.output_window_open(),
             "credit saturates, never wraps"
         );
+        let pid = execution.pid();
+        drop(execution);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+
+    /// The stdin acknowledgements the agent sends, summed.
+    fn acknowledged(outbox: &[u8]) -> u64 {
+        let mut decoder = FrameDecoder::new();
+        decoder.push(outbox);
+        let mut total = 0;
+        while let Some(frame) = decoder.next_from_agent().unwrap() {
+            let FromAgent::StdinWritten(ExecId(1), count) = frame else {
+                panic!("{frame:?}");
+            };
+            total += u64::from(count);
+        }
+        total
+    }
+
+    /// Every byte of stdin is acknowledged: written to the pipe, or discarded once the process
+    /// closed its stdin (a server waiting for the acknowledgement would wait forever).
+    #[test]
+    fn stdin_is_acknowledged_when_written_and_when_discarded() {
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg("head -c 3 >/dev/null; exec 0<&-; sleep 5")
+            .process_group(0);
+        let mut execution = Execution::from_command(ExecId(1), command).unwrap();
+        let mut outbox = Vec::new();
+        execution.queue_stdin(b"abc".to_vec(), &mut outbox);
+        execution.write_stdin(&mut outbox);
+        assert_eq!(acknowledged(&outbox), 3);
+        // Once the process closed its stdin, writes fail and what waits is discarded.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut total = 0;
+        while total < 5 && Instant::now() < deadline {
+            let mut outbox = Vec::new();
+            execution.queue_stdin(b"x".to_vec(), &mut outbox);
+            execution.write_stdin(&mut outbox);
+            total += acknowledged(&outbox);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(total >= 5, "only {total} bytes acknowledged");
+        execution.close_stdin_when_flushed();
+        let mut outbox = Vec::new();
+        execution.queue_stdin(vec![b'y'; 1000], &mut outbox);
+        assert_eq!(acknowledged(&outbox), 1000, "after EOF, discarded at once");
+        execution.signal_group(libc::SIGKILL);
         let pid = execution.pid();
         drop(execution);
         let _ = nix::sys::wait::waitpid(pid, None);

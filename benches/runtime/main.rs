@@ -760,9 +760,45 @@ fn bench_websocket(server: &Server, report: &mut Report) -> io::Result<()> {
         "`runsc exec ID head -c 200000000 /dev/zero`",
         report.throughput_runsc_exec,
     ));
+
+    // Protocol 2: several executions at once in the one session, each with its request id.
+    for count in [1, 4, 16] {
+        session.run_concurrent(count, "true")?; // warm-up
+        let mut samples = Vec::new();
+        for _ in 0..10 {
+            pause(100);
+            samples.push(session.run_concurrent(count, "true")?);
+        }
+        report.rows.push(Row::latency(
+            &format!("WebSocket session: {count} concurrent `bash` `true` (request ids), first message to last `SANDBOX_EXECUTION_DONE`"),
+            &samples,
+            "`runsc exec ID /bin/bash -c true` on a running sandbox (one)",
+            report.bash_runsc_exec,
+        ));
+    }
+    // Protocol 2: stdin with flow control (the window and acknowledgements).
+    let data: Vec<u8> = (0..STDIN_BYTES)
+        .map(|index| (index * 7 + index / 251) as u8)
+        .collect();
+    let mut stdin = Vec::new();
+    for _ in 0..5 {
+        pause(100);
+        let elapsed = session.stdin_throughput(&data)?;
+        stdin.push(STDIN_BYTES as f64 / elapsed / 1e6);
+    }
+    report.rows.push(Row::rate(
+        "stdin throughput, 16 MiB through one WebSocket session into `wc -c` (1 MiB base64 messages within the stdin window)",
+        &stdin,
+        Unit::MegabytesPerSecond,
+        "",
+        None,
+    ));
     session.kill();
     Ok(())
 }
+
+/// Bytes sent through stdin by the stdin throughput row.
+const STDIN_BYTES: usize = 16 * 1024 * 1024;
 
 const CLIENTS: usize = 4;
 const LOAD_TIME: Duration = Duration::from_secs(8);

@@ -1,6 +1,7 @@
 //! The WebSocket path: one session on the real server, timed from sending the execution
-//! message to its `SANDBOX_EXECUTION_DONE`, and the output throughput through that session; and
-//! the checkpoint, restore (attach) and snapshot flows, for the `persist` section.
+//! message to its `SANDBOX_EXECUTION_DONE`, and the output throughput through that session;
+//! protocol 2's concurrent executions and stdin with flow control; and the checkpoint, restore
+//! (attach) and snapshot flows, for the `persist` section.
 
 use std::io;
 use std::net::TcpStream;
@@ -169,6 +170,74 @@ impl Session {
         Ok((started.elapsed().as_secs_f64(), bytes, done))
     }
 
+    /// Protocol 2: `count` executions of `code` at once, each with its request id; seconds
+    /// from the first message to the last `SANDBOX_EXECUTION_DONE`.
+    pub fn run_concurrent(&mut self, count: usize, code: &str) -> io::Result<f64> {
+        let started = Instant::now();
+        for index in 0..count {
+            self.send(json!({"id": format!("c{index}"), "language": "bash", "code": code}))?;
+        }
+        let mut done = 0;
+        while done < count {
+            let frame = self.next()?;
+            if frame["event"] == "error" {
+                return Err(io_error(format!("server error: {frame}")));
+            }
+            if frame["status"] == "SANDBOX_EXECUTION_DONE" {
+                if frame["exit_code"] != 0 {
+                    return Err(io_error(format!("an execution failed: {frame}")));
+                }
+                done += 1;
+            }
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+
+    /// Protocol 2: `data` through the stdin of `wc -c`, in chunks of 1 MiB (base64) within
+    /// the window the server gives, as our clients send it; seconds from the first stdin
+    /// message to the process's `SANDBOX_EXECUTION_DONE`. The messages are encoded before
+    /// the clock starts: this measures the server and the sandbox, not the client.
+    pub fn stdin_throughput(&mut self, data: &[u8]) -> io::Result<f64> {
+        self.send(json!({"id": "count", "language": "bash", "code": "wc -c"}))?;
+        let (running, _) = self.until(|frame| frame["status"] == "SANDBOX_EXECUTION_RUNNING")?;
+        let process = running["process_id"].clone();
+        let window = running["stdin_window"]
+            .as_u64()
+            .ok_or_else(|| io_error(format!("no stdin window: {running}")))?;
+        let chunks: Vec<(u64, String)> = data
+            .chunks(1024 * 1024)
+            .enumerate()
+            .map(|(index, chunk)| {
+                let message = json!({"id": format!("in{index}"), "event": "stdin",
+                    "process_id": process, "data": base64(chunk), "encoding": "base64"});
+                (chunk.len() as u64, message.to_string())
+            })
+            .collect();
+        let started = Instant::now();
+        let (mut sent, mut written) = (0u64, 0u64);
+        for (len, message) in chunks {
+            while sent + len - written > window {
+                let frame = self.next()?;
+                if frame["event"] == "error" {
+                    return Err(io_error(format!("stdin refused: {frame}")));
+                }
+                if frame["event"] == "stdin_ack" {
+                    written = written.max(frame["written"].as_u64().unwrap_or(0));
+                }
+            }
+            self.socket.send(Message::Text(message)).map_err(io_error)?;
+            sent += len;
+        }
+        self.send(json!({"id": "eof", "event": "stdin", "process_id": process, "eof": true}))?;
+        let (_, output) = self.until(|frame| frame["status"] == "SANDBOX_EXECUTION_DONE")?;
+        let elapsed = started.elapsed().as_secs_f64();
+        // `wc -c` prints the count and a newline.
+        if output != data.len().to_string().len() + 1 {
+            return Err(io_error("wc -c did not count every byte"));
+        }
+        Ok(elapsed)
+    }
+
     pub fn kill(mut self) {
         let _ = self.send(json!({"action": "kill_sandbox"}));
         let _ = self.until(|frame| frame["status"] == "SANDBOX_KILLED");
@@ -180,4 +249,24 @@ impl Session {
         self.until(|frame| frame["status"] == "SANDBOX_KILLED")?;
         Ok(())
     }
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let mut n = 0u32;
+        for (index, byte) in chunk.iter().enumerate() {
+            n |= u32::from(*byte) << (16 - 8 * index);
+        }
+        for index in 0..4 {
+            out.push(if index <= chunk.len() {
+                char::from(ALPHABET[(n >> (18 - 6 * index)) as usize & 63])
+            } else {
+                '='
+            });
+        }
+    }
+    out
 }

@@ -20,7 +20,9 @@
 //! started, `X<text>` spawn failed, `o<bytes>` / `e<bytes>` stdout / stderr output (escapes:
 //! `\n` for a line feed, `\xHH` for any byte), `E<reason><code>` / `K<reason><signal>`
 //! execution finished with an exit code / by a signal (`reason` is a digit 0-5, the value a
-//! decimal i32), `k` checkpointed notice, `r<text>` checkpoint refused, `C` / `c<text>`
+//! decimal i32), `w<count>` stdin written, `@<id>` the execution notices that follow are about
+//! execution `id` (else the latest started), `k` checkpointed notice, `r<text>` checkpoint
+//! refused, `C` / `c<text>`
 //! checkpoint saved / failed, `P` / `p<text>` / `Q<text>` snapshot saved / failed / failed and
 //! the sandbox is gone, `t<seconds>` time passes and the server ticks, `A` a client attaches,
 //! `a` the client goes away, `Z` server shutdown, `f` flush output, `x` the next call to the
@@ -28,11 +30,15 @@
 //!
 //! The harness plays the server's part as `src/server/sessions.rs` does: text messages only
 //! arrive from an attached client, a close detaches it, and an ended session is forgotten.
-//! Checked: no panic; every frame is a JSON object with an `event`, every status is one that
-//! docs/protocol.md lists, every error status carries a `message` and is followed by the
-//! matching `error` event; close codes are documented ones and close reasons fit in a close
-//! frame (123 bytes); the session only uses the sandbox it was given and starts nothing on it
-//! once it asked for its deletion.
+//! Settings are small (4 processes per session, a 64-byte stdin window, 100 bytes held) so
+//! that the limits are reached.
+//!
+//! Checked: no panic; every frame is a JSON object with an `event` that docs/protocol.md
+//! lists, every status is one it lists, every error status carries a `message` and is
+//! followed by the matching `error` event (with the same request id); an `id` is a string or
+//! an integer; close codes are documented ones and close reasons fit in a close frame (123
+//! bytes); the session only uses the sandbox it was given and starts nothing on it once it
+//! asked for its deletion, and never runs more processes at once than its limit.
 
 use std::time::{Duration, Instant};
 
@@ -48,7 +54,7 @@ use crate::session::{
 use crate::store::SavedSettings;
 
 /// Every status of docs/protocol.md ("Status strings").
-const STATUSES: [&str; 34] = [
+const STATUSES: [&str; 35] = [
     "SANDBOX_CREATING",
     "SANDBOX_RUNNING",
     "SANDBOX_NOT_FOUND",
@@ -83,7 +89,22 @@ const STATUSES: [&str; 34] = [
     "SANDBOX_KILLED",
     "SANDBOX_KILL_ERROR",
     "SANDBOX_PERMISSION_DENIAL_ERROR",
+    "SANDBOX_REQUEST_ERROR",
 ];
+
+/// Every `event` of docs/protocol.md.
+const EVENTS: [&str; 7] = [
+    "status_update",
+    "sandbox_id",
+    "stdout",
+    "stderr",
+    "error",
+    "reply",
+    "stdin_ack",
+];
+
+/// The settings' process limit.
+const MAX_SESSION_PROCESSES: usize = 4;
 
 /// Close codes of docs/protocol.md.
 const CLOSE_CODES: [u16; 9] = [1000, 1001, 1003, 1008, 1009, 1011, 1013, 4000, 4001];
@@ -121,6 +142,8 @@ struct FakeControl {
     acquired: bool,
     deleted: bool,
     execs_started: u32,
+    /// Executions started and not yet reported finished.
+    running: Vec<ExecId>,
 }
 
 impl FakeControl {
@@ -173,7 +196,12 @@ impl SandboxControl for FakeControl {
         );
         assert!(spec.cwd.starts_with('/'));
         assert!(!spec.timeout.is_zero());
+        assert!(
+            self.running.len() < MAX_SESSION_PROCESSES,
+            "the session started more processes than its limit"
+        );
         self.execs_started += 1;
+        self.running.push(ExecId(self.execs_started));
         Ok(ExecId(self.execs_started))
     }
 
@@ -199,7 +227,8 @@ impl SandboxControl for FakeControl {
         self.deleted = true;
     }
 
-    fn set_output_paused(&mut self, sandbox: SandboxKey, _paused: bool) {
+    fn set_exec_output_paused(&mut self, sandbox: SandboxKey, _exec: ExecId, _paused: bool) {
+        // Executions of a restored session were started before it: any id may be paused.
         assert_eq!(sandbox, SANDBOX);
     }
 }
@@ -210,6 +239,8 @@ struct Server {
     control: FakeControl,
     attached: bool,
     now: Instant,
+    /// The execution the next execution notices are about (`None`: the latest started).
+    selected: Option<ExecId>,
 }
 
 impl Server {
@@ -230,6 +261,8 @@ impl Server {
                 egress_unavailable: (!has(b'n'))
                     .then(|| "network egress is disabled on this server".to_string()),
                 store_timeout: Duration::from_secs(30),
+                max_session_processes: MAX_SESSION_PROCESSES,
+                stdin_window_bytes: 64,
             },
             control: FakeControl {
                 at_capacity: has(b'f'),
@@ -237,6 +270,7 @@ impl Server {
             },
             attached: true,
             now: Instant::now(),
+            selected: None,
         }
     }
 
@@ -286,6 +320,14 @@ impl Server {
             return Vec::new();
         };
         if let Some(notice) = self.notice(letter, argument) {
+            if let RuntimeEvent::ExecFinished(exec, _) | RuntimeEvent::ExecSpawnFailed(exec, _) =
+                &notice
+            {
+                self.control.running.retain(|running| running != exec);
+            }
+            if matches!(notice, RuntimeEvent::Lost(_) | RuntimeEvent::Deleted) {
+                self.control.running.clear();
+            }
             return session.on_runtime(notice, &mut self.control);
         }
         let text = || String::from_utf8_lossy(argument).into_owned();
@@ -315,6 +357,10 @@ impl Server {
                 control.fail_next = true;
                 Vec::new()
             }
+            b'@' => {
+                self.selected = decimal(argument).map(|id| ExecId(id as u32));
+                Vec::new()
+            }
             _ => Vec::new(),
         }
     }
@@ -323,7 +369,7 @@ impl Server {
     /// execution started.
     fn notice(&self, letter: u8, argument: &[u8]) -> Option<RuntimeEvent> {
         let text = || String::from_utf8_lossy(argument).into_owned();
-        let current = ExecId(self.control.execs_started);
+        let current = self.selected.unwrap_or(ExecId(self.control.execs_started));
         Some(match letter {
             b'R' => RuntimeEvent::Ready,
             b'F' => RuntimeEvent::StartFailed(text()),
@@ -351,6 +397,7 @@ impl Server {
                 };
                 RuntimeEvent::ExecFinished(current, outcome)
             }
+            b'w' => RuntimeEvent::StdinWritten(current, decimal(argument).unwrap_or(1) as u32),
             b'k' => RuntimeEvent::Checkpointed(Ok(())),
             b'r' => RuntimeEvent::CheckpointRefused(text()),
             _ => return None,
@@ -443,6 +490,10 @@ fn check_outs(outs: &[Out]) {
                 let frame: Value =
                     serde_json::from_str(&event.to_json()).expect("a frame is not JSON");
                 let event = frame["event"].as_str().expect("a frame has no event");
+                assert!(EVENTS.contains(&event), "undocumented event {event}");
+                if let Some(id) = frame.get("id") {
+                    assert!(id.is_string() || id.is_u64(), "an id that is no id: {id}");
+                }
                 if event != "status_update" {
                     continue;
                 }
@@ -466,6 +517,7 @@ fn check_outs(outs: &[Out]) {
                     let next = next.unwrap_or_else(|| panic!("{status} without an error event"));
                     assert_eq!(next["event"], "error", "{status} without an error event");
                     assert_eq!(next["message"], message);
+                    assert_eq!(next.get("id"), frame.get("id"), "the error's id differs");
                 }
             }
             Out::Close(code, reason) => {

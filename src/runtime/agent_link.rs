@@ -23,11 +23,17 @@ pub const READ_BUDGET: usize = 1024 * 1024;
 /// The size of the buffer agents are read into (one for all agents: see [`AgentLink::read`]).
 pub const READ_BUFFER_BYTES: usize = 256 * 1024;
 
+/// Written bytes are removed from the front of the queue once this many accumulate (or all
+/// are written): removing them after every write would move the whole queue each time, which
+/// is quadratic when megabytes of stdin wait behind a pipe that takes 64 KiB at a time.
+const COMPACT_AFTER: usize = 1024 * 1024;
+
 pub struct AgentLink {
     to_agent: Sender,
     from_agent: Receiver,
-    /// Frames encoded and not yet written (the pipe was full).
+    /// Frames encoded and not yet written (the pipe was full), from `written` on.
     outgoing: Vec<u8>,
+    written: usize,
     decoder: FrameDecoder,
 }
 
@@ -63,6 +69,7 @@ impl AgentLink {
             to_agent,
             from_agent,
             outgoing: Vec::new(),
+            written: 0,
             decoder: FrameDecoder::new(),
         })
     }
@@ -78,17 +85,16 @@ impl AgentLink {
     }
 
     pub fn has_outgoing(&self) -> bool {
-        !self.outgoing.is_empty()
+        self.written < self.outgoing.len()
     }
 
     /// Write what the pipe takes now; the rest waits for the next writable event.
     pub fn flush(&mut self) -> io::Result<()> {
-        let mut written = 0;
         let mut result = Ok(());
-        while written < self.outgoing.len() {
-            match self.to_agent.write(&self.outgoing[written..]) {
+        while self.written < self.outgoing.len() {
+            match self.to_agent.write(&self.outgoing[self.written..]) {
                 Ok(0) => break,
-                Ok(n) => written += n,
+                Ok(n) => self.written += n,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
@@ -97,7 +103,13 @@ impl AgentLink {
                 }
             }
         }
-        self.outgoing.drain(..written);
+        if self.written == self.outgoing.len() {
+            self.outgoing.clear();
+            self.written = 0;
+        } else if self.written >= COMPACT_AFTER {
+            self.outgoing.drain(..self.written);
+            self.written = 0;
+        }
         result
     }
 

@@ -77,7 +77,10 @@ impl Children {
             .open(bundle_dir.join("sandbox.log"))?;
         let (to_agent, agent_stdin) = mio::unix::pipe::new()?;
         let (agent_stdout, from_agent) = mio::unix::pipe::new()?;
+        // Both ways in megabytes: output in 1 MiB frames, stdin in a window of 4 MiB (protocol
+        // 2); each pipe-full costs a turn of both loops.
         enlarge_pipe(from_agent.as_raw_fd());
+        enlarge_pipe(to_agent.as_raw_fd());
         let mut command = match image {
             Some(image) => self
                 .runsc
@@ -189,9 +192,10 @@ pub fn checkpoint_error(bundle_dir: &Path) -> String {
 }
 
 /// The last `max` bytes of a file, as text (nothing if it cannot be read).
-/// What the pipe from each agent is enlarged to: the agent writes output frames of up to
-/// 1 MiB, each in one syscall if the pipe has room (a syscall costs tens of microseconds inside
-/// gVisor; the server's reads are native).
+/// What the pipes to and from each agent are enlarged to (the kernel's default
+/// `pipe-max-size`): the agent writes output frames of up to 1 MiB, each in one syscall if the
+/// pipe has room (a syscall costs tens of microseconds inside gVisor; the server's side is
+/// native), and reads stdin in the same sizes.
 const AGENT_PIPE_BYTES: i32 = 1024 * 1024;
 
 /// Best effort: a pipe left at its default size only costs speed.

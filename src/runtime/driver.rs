@@ -466,15 +466,16 @@ impl Runtime {
 
     /// Follow an execution that was running when the sandbox was checkpointed and runs on in
     /// the restored sandbox: its output and end are reported again; it is killed after
-    /// `timeout`.
+    /// `timeout`; at most `stdin_bound` bytes of its stdin may be in flight.
     pub fn adopt_exec(
         &mut self,
         key: SandboxKey,
         exec: ExecId,
         timeout: Duration,
+        stdin_bound: u64,
     ) -> Result<(), RuntimeError> {
         let now = Instant::now();
-        self.core.adopt_exec(key, exec, timeout, now)?;
+        self.core.adopt_exec(key, exec, timeout, stdin_bound, now)?;
         self.drain(now);
         Ok(())
     }
@@ -513,6 +514,13 @@ impl Runtime {
     /// its executions stop once their output windows are used up, and go on when resumed.
     pub fn set_output_paused(&mut self, key: SandboxKey, paused: bool) {
         self.core.set_output_paused(key, paused);
+        self.drain(Instant::now());
+    }
+
+    /// The owner cannot take more output of one execution now (nobody reads it), or can
+    /// again: that execution stops once its window is used up; the others go on.
+    pub fn set_exec_output_paused(&mut self, key: SandboxKey, exec: ExecId, paused: bool) {
+        self.core.set_exec_output_paused(key, exec, paused);
         self.drain(Instant::now());
     }
 

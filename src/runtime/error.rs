@@ -5,7 +5,6 @@ use std::fmt;
 use std::io;
 
 use super::network::NetworkError;
-use super::MAX_STDIN_IN_FLIGHT;
 
 #[derive(Debug)]
 pub enum RuntimeError {
@@ -15,8 +14,8 @@ pub enum RuntimeError {
     /// The request does not fit the sandbox's state (named).
     WrongState(&'static str),
     NoSuchExecution,
-    /// The execution's stdin has as much in flight as allowed.
-    StdinFull,
+    /// The execution's stdin has as much in flight as allowed (its bound, in bytes).
+    StdinFull(u64),
     /// The sandbox's agent raised its execution counter to the last id.
     NoExecIdsLeft,
     /// The kernel gave no random bytes for an id.
@@ -36,14 +35,17 @@ impl fmt::Display for RuntimeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RuntimeError::AtCapacity(limit) => {
-                write!(f, "the server is at its limit of {limit} sandboxes; retry shortly")
+                write!(
+                    f,
+                    "the server is at its limit of {limit} sandboxes; retry shortly"
+                )
             }
             RuntimeError::NoSuchSandbox => write!(f, "the sandbox does not exist"),
             RuntimeError::WrongState(state) => write!(f, "the sandbox is {state}"),
             RuntimeError::NoSuchExecution => write!(f, "no execution is running"),
-            RuntimeError::StdinFull => write!(
+            RuntimeError::StdinFull(bound) => write!(
                 f,
-                "the process is not reading its stdin: more than {MAX_STDIN_IN_FLIGHT} bytes are waiting"
+                "the process is not reading its stdin: more than {bound} bytes are waiting"
             ),
             RuntimeError::NoExecIdsLeft => write!(f, "the sandbox has no execution ids left"),
             RuntimeError::NoRandomness(source) => write!(f, "no randomness: {source}"),

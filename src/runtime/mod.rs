@@ -74,6 +74,9 @@ pub struct ExecSpec {
     pub env: Vec<(String, String)>,
     pub cwd: String,
     pub timeout: Duration,
+    /// Bytes of stdin that may wait to be written to the process ([`MAX_STDIN_IN_FLIGHT`]
+    /// unless its owner grants a larger window).
+    pub stdin_bound: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +89,9 @@ pub enum RuntimeEvent {
     ExecStarted(ExecId),
     ExecSpawnFailed(ExecId, String),
     Output(ExecId, Stream, Vec<u8>),
+    /// This many more bytes of the execution's stdin were written to its process, or
+    /// discarded because the process closed its stdin.
+    StdinWritten(ExecId, u32),
     ExecFinished(ExecId, ExecOutcome),
     /// `runsc checkpoint` finished; the container is stopped either way.
     Checkpointed(Result<(), String>),

@@ -217,9 +217,9 @@ impl StoredAttach {
             AttachOutcome::HandoffAsked(asked) => {
                 self.phase = Phase::AwaitingHandoff;
                 Decision::AwaitHandoff {
-                    out: vec![Out::Send(crate::session::ServerEvent::Status(
-                        Status::LockAcquiring,
-                    ))],
+                    out: vec![Out::Send(
+                        crate::session::ServerEvent::Status(Status::LockAcquiring).into(),
+                    )],
                     asked,
                 }
             }
@@ -248,7 +248,7 @@ impl StoredAttach {
                 withdraw: None,
             };
         };
-        let status = |status| Out::Send(crate::session::ServerEvent::Status(status));
+        let status = |status| Out::Send(crate::session::ServerEvent::Status(status).into());
         match result {
             Ok(()) => Decision::Restoring {
                 out: if handed_off {

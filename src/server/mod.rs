@@ -9,6 +9,7 @@ mod attach;
 mod auth;
 mod connection;
 mod execute;
+mod expired;
 mod http;
 mod jobs;
 mod persistence;

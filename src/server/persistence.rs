@@ -24,10 +24,11 @@ use super::store_work::{
 };
 use super::websocket::Waiting;
 use super::Server;
-use crate::agent_protocol::ExecId;
+use crate::agent_protocol::{ExecId, Language};
 use crate::config::Config;
 use crate::runtime::{Owner, RuntimeEvent};
-use crate::session::{SaveRequest, SavedExec, SavedState, Session, SessionId};
+use crate::session::events::OutputEncoding;
+use crate::session::{RequestId, SaveRequest, SavedProcess, SavedState, Session, SessionId};
 use crate::store::{self, handoff, lease, leftovers, Builds, Manifest, SavedSettings};
 
 /// Sandbox directories one sweep of the checkpoint store examines at most.
@@ -693,34 +694,66 @@ impl Persistence {
 /// What the manifest keeps of a session, and back.
 impl From<&SavedState> for SavedSettings {
     fn from(state: &SavedState) -> Self {
+        let saved = |process: &SavedProcess| store::SavedExec {
+            id: process.exec.0,
+            base64: process.output_encoding == OutputEncoding::Base64,
+            request: process.request.as_ref().map(|id| serde_json::json!(id)),
+            language: process
+                .language
+                .map(|language| language.as_str().to_string()),
+            started_unix_ms: process.started_unix_ms,
+            stdin_received: process.stdin_received,
+            stdin_consumed: process.stdin_consumed,
+        };
+        let (compatible, others): (Vec<&SavedProcess>, Vec<&SavedProcess>) = state
+            .running
+            .iter()
+            .partition(|process| process.request.is_none());
         SavedSettings {
             idle_timeout_secs: state.idle_timeout_secs,
             auto_checkpoint: state.auto_checkpoint,
             network: state.network,
-            running_exec: state.running_exec.map(|exec| store::SavedExec {
-                id: exec.exec.0,
-                base64: exec.output_encoding == crate::session::events::OutputEncoding::Base64,
-            }),
+            running_exec: compatible.first().map(|process| saved(process)),
+            processes: others.into_iter().map(saved).collect(),
             handoff: state.handoff,
             labels: state.labels.clone(),
         }
     }
 }
 
+/// The manifest is shared storage (another instance wrote it, or it is corrupted): a request
+/// id or language that does not parse is dropped, never trusted.
 impl From<&SavedSettings> for SavedState {
     fn from(settings: &SavedSettings) -> Self {
+        let restored = |saved: &store::SavedExec| SavedProcess {
+            exec: ExecId(saved.id),
+            output_encoding: if saved.base64 {
+                OutputEncoding::Base64
+            } else {
+                OutputEncoding::Text
+            },
+            request: saved.request.as_ref().and_then(RequestId::parse),
+            language: saved.language.as_deref().and_then(Language::parse),
+            started_unix_ms: saved.started_unix_ms,
+            stdin_received: saved.stdin_received,
+            stdin_consumed: saved.stdin_consumed,
+        };
+        let compatible = settings.running_exec.iter().map(|saved| SavedProcess {
+            // The compatible execution has no request id, whatever the file says.
+            request: None,
+            ..restored(saved)
+        });
+        let others = settings
+            .processes
+            .iter()
+            .map(restored)
+            // One without a (valid) request id would be a second compatible execution.
+            .filter(|process| process.request.is_some());
         SavedState {
             idle_timeout_secs: settings.idle_timeout_secs,
             auto_checkpoint: settings.auto_checkpoint,
             network: settings.network,
-            running_exec: settings.running_exec.map(|exec| SavedExec {
-                exec: ExecId(exec.id),
-                output_encoding: if exec.base64 {
-                    crate::session::events::OutputEncoding::Base64
-                } else {
-                    crate::session::events::OutputEncoding::Text
-                },
-            }),
+            running: compatible.chain(others).collect(),
             handoff: settings.handoff,
             labels: settings.labels.clone(),
         }
@@ -1027,8 +1060,8 @@ impl Server {
                         self.session_settings(),
                         Instant::now(),
                     );
-                    if let Some((exec, timeout)) = session.adopted_exec() {
-                        let _ = self.runtime.adopt_exec(key, exec, timeout);
+                    for (exec, timeout, stdin_bound) in session.adopted_execs() {
+                        let _ = self.runtime.adopt_exec(key, exec, timeout, stdin_bound);
                     }
                     self.sessions.insert(session);
                     self.sessions.link(session_id, connection);

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::api::Upgrade;
 use super::attach::{self, LiveSandbox, Start};
 use super::connection::ConnectionId;
+use super::expired::ExpiredSandboxes;
 use super::recovery::Peer;
 use super::websocket::{
     self, overdue, Incoming, Linger, WaitBounds, Waiting, WsConnection, CLOSE_DEADLINE,
@@ -23,13 +24,14 @@ use crate::session::{
 };
 
 /// The sessions of this server: by id, by the public id of their sandbox, and the connection
-/// each one is attached to (if any).
+/// each one is attached to (if any); and the sandboxes their idle timeout deleted lately.
 #[derive(Default)]
 pub struct Sessions {
     sessions: HashMap<SessionId, Session>,
     by_sandbox_id: HashMap<String, SessionId>,
     connections: HashMap<SessionId, ConnectionId>,
     last_id: u64,
+    expired: ExpiredSandboxes,
 }
 
 impl Sessions {
@@ -114,14 +116,28 @@ impl Sessions {
         self.connections.get(&session).copied()
     }
 
-    /// Forget a session (and where to find it).
+    /// Forget a session (and where to find it); one its idle timeout ended is remembered.
     pub fn remove(&mut self, id: SessionId) -> Option<Session> {
         self.connections.remove(&id);
         let session = self.sessions.remove(&id)?;
         if self.by_sandbox_id.get(session.sandbox_id()) == Some(&id) {
             self.by_sandbox_id.remove(session.sandbox_id());
         }
+        if let Some(idle_timeout) = session.idle_expired() {
+            self.expired.remember(
+                session.sandbox_id(),
+                session.token_sha256(),
+                idle_timeout,
+                Instant::now(),
+            );
+        }
         Some(session)
+    }
+
+    /// Why an attach to `sandbox_id` finds nothing, if its idle timeout deleted it lately
+    /// (told only to a client with its token).
+    pub fn why_gone(&mut self, sandbox_id: &str, token: &str) -> Option<String> {
+        self.expired.why_gone(sandbox_id, token, Instant::now())
     }
 }
 
@@ -167,8 +183,8 @@ impl SandboxControl for Control<'_> {
     fn delete(&mut self, sandbox: SandboxKey) {
         self.0.delete(sandbox)
     }
-    fn set_output_paused(&mut self, sandbox: SandboxKey, paused: bool) {
-        self.0.set_output_paused(sandbox, paused)
+    fn set_exec_output_paused(&mut self, sandbox: SandboxKey, exec: ExecId, paused: bool) {
+        self.0.set_exec_output_paused(sandbox, exec, paused)
     }
 }
 
@@ -183,6 +199,8 @@ impl Server {
             held_output_bytes: self.config.ws.detached_output_bytes,
             egress_unavailable: self.runtime.egress_unavailable().map(str::to_string),
             store_timeout: self.config.create_timeout,
+            max_session_processes: self.config.ws.max_session_processes,
+            stdin_window_bytes: self.config.ws.stdin_window_bytes,
         }
     }
 
@@ -287,6 +305,15 @@ impl Server {
         token: &Result<String, String>,
         now: Instant,
     ) -> Vec<Out> {
+        if self.sessions.live_sandbox(sandbox_id).is_none() {
+            let gone = token
+                .as_ref()
+                .ok()
+                .and_then(|token| self.sessions.why_gone(sandbox_id, token));
+            if let Some(message) = gone {
+                return refusal(Status::NotFound, &message, 1011);
+            }
+        }
         let live = self.sessions.live_sandbox(sandbox_id);
         let store = self.persistence.has_checkpoint_store();
         match attach::start(sandbox_id, token, live, store) {
@@ -521,8 +548,13 @@ impl Server {
 
     pub(super) fn detach(&mut self, session_id: SessionId) {
         if let Some(connection) = self.sessions.unlink(session_id) {
+            let mut was_paused = false;
             if let Some(socket) = self.connections.websockets.get_mut(&connection) {
                 socket.session = None;
+                was_paused = std::mem::take(&mut socket.output_paused);
+            }
+            if was_paused {
+                self.resume_connection_output(session_id);
             }
         }
         if let Some(session) = self.sessions.get_mut(session_id) {
@@ -538,9 +570,21 @@ impl Server {
     pub(super) fn drop_websocket(&mut self, id: ConnectionId) {
         if let Some(mut socket) = self.connections.websockets.remove(&id) {
             if let Some(session) = socket.session {
+                if socket.output_paused {
+                    self.resume_connection_output(session);
+                }
                 self.detach(session);
             }
             let _ = self.poll.registry().deregister(socket.stream_mut());
+        }
+    }
+
+    /// The connection whose full buffer paused its session's sandbox is gone: the output
+    /// goes on (held for the next client, within its own bound).
+    fn resume_connection_output(&mut self, session_id: SessionId) {
+        let sandbox = self.sessions.get(session_id).and_then(Session::sandbox);
+        if let Some(sandbox) = sandbox {
+            self.runtime.set_output_paused(sandbox, false);
         }
     }
 
@@ -623,6 +667,8 @@ mod tests {
             held_output_bytes: 100,
             egress_unavailable: None,
             store_timeout: Duration::from_secs(30),
+            max_session_processes: 16,
+            stdin_window_bytes: 4 * 1024 * 1024,
         }
     }
 

@@ -1,16 +1,24 @@
 //! What the server sends to WebSocket clients: every `status` string of docs/protocol.md in one
 //! enum, and every event as a type, serialized here and nowhere else.
 //!
-//! The JSON written is byte for byte what the server always sent: keys in alphabetical order
-//! (as `serde_json::json!` ordered them), `null` for a missing signal. The tests at the end pin
+//! A [`Frame`] is an event with whom it answers: the request `id` it echoes and the
+//! `process_id` it is about (protocol 2, docs/protocol.md). Without them the JSON written is
+//! byte for byte what the server always sent: keys in alphabetical order (as
+//! `serde_json::json!` ordered them), `null` for a missing signal. The tests at the end pin
 //! each shape.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::Serialize;
+use serde_json::{json, Map, Value};
 
-use crate::agent_protocol::Stream;
+use super::ids::{ProcessId, RequestId};
+use crate::agent_protocol::{Language, Stream};
 use crate::runtime::exec::{ExecOutcome, Reason};
+
+/// What `SANDBOX_RUNNING` announces: the protocol additions this server implements.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Generates [`Status`] with its wire strings and the list of all of them.
 macro_rules! statuses {
@@ -69,6 +77,7 @@ statuses! {
     Killed = "SANDBOX_KILLED",
     KillError = "SANDBOX_KILL_ERROR",
     PermissionDenialError = "SANDBOX_PERMISSION_DENIAL_ERROR",
+    RequestError = "SANDBOX_REQUEST_ERROR",
 }
 
 impl Status {
@@ -114,10 +123,10 @@ impl From<&ExecOutcome> for ExecDone {
     }
 }
 
-/// One frame to a client.
+/// One event to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerEvent {
-    /// `{"event":"status_update","status":S}`.
+    /// `{"event":"status_update","status":S}` (`SANDBOX_RUNNING` also says `"protocol": 2`).
     Status(Status),
     /// An error status with its `message` (protocol addition); an [`ServerEvent::Error`] with
     /// the same text follows it.
@@ -129,6 +138,8 @@ pub enum ServerEvent {
         sandbox_id: String,
         sandbox_token: String,
     },
+    /// `SANDBOX_EXECUTION_RUNNING`; a process with stdin flow control gives its window.
+    ExecRunning { stdin_window: Option<u64> },
     /// A chunk of an execution's output.
     Output {
         stream: Stream,
@@ -137,6 +148,59 @@ pub enum ServerEvent {
     },
     /// `SANDBOX_EXECUTION_DONE` with how the execution ended.
     Done(ExecDone),
+    /// `{"event":"stdin_ack","written":N}`: N bytes of the process's stdin consumed so far.
+    StdinAck { written: u64 },
+    /// `{"event":"reply", ...}`: the answer of a request/response action.
+    Reply(Reply),
+}
+
+/// The payload of a `reply` (its keys sit beside `event` and `id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `list_processes`: `"processes": [...]`.
+    Processes(Vec<ProcessEntry>),
+    /// `attach_process` (the frame's `process_id` says which): where its stdin stands, for a
+    /// process with flow control.
+    ProcessAttached {
+        stdin_window: Option<u64>,
+        stdin_written: Option<u64>,
+    },
+    /// `set_idle_timeout`: the idle timeout now in effect (written in seconds).
+    IdleTimeout(Duration),
+}
+
+/// A duration in seconds as JSON: whole seconds as an integer.
+fn seconds_value(duration: Duration) -> Value {
+    if duration.subsec_nanos() == 0 {
+        json!(duration.as_secs())
+    } else {
+        json!(duration.as_secs_f64())
+    }
+}
+
+/// One process in a `list_processes` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessEntry {
+    pub process_id: ProcessId,
+    /// The request that started it (`None`: a message without id, or a process adopted from
+    /// a checkpoint whose manifest did not say).
+    pub request: Option<RequestId>,
+    pub language: Option<Language>,
+    pub running: bool,
+    pub started_unix_ms: u64,
+}
+
+impl ProcessEntry {
+    fn to_value(&self) -> Value {
+        json!({
+            "process_id": self.process_id,
+            "id": self.request,
+            "kind": "exec",
+            "language": self.language.map(Language::as_str),
+            "running": self.running,
+            "started_unix_ms": self.started_unix_ms,
+        })
+    }
 }
 
 impl ServerEvent {
@@ -146,6 +210,7 @@ impl ServerEvent {
             ServerEvent::Status(status) | ServerEvent::StatusWithMessage(status, _) => {
                 Some(*status)
             }
+            ServerEvent::ExecRunning { .. } => Some(Status::ExecutionRunning),
             ServerEvent::Done(_) => Some(Status::ExecutionDone),
             _ => None,
         }
@@ -161,23 +226,76 @@ impl ServerEvent {
         }
     }
 
+    /// The frame's text without request or process id.
+    pub fn to_json(&self) -> String {
+        Frame::from(self.clone()).to_json()
+    }
+}
+
+/// One frame to a client: an event, the request id it answers and the process it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub event: ServerEvent,
+    pub id: Option<RequestId>,
+    pub process: Option<ProcessId>,
+}
+
+impl From<ServerEvent> for Frame {
+    fn from(event: ServerEvent) -> Self {
+        Frame {
+            event,
+            id: None,
+            process: None,
+        }
+    }
+}
+
+impl Frame {
+    pub fn new(event: ServerEvent, id: Option<RequestId>, process: Option<ProcessId>) -> Self {
+        Frame { event, id, process }
+    }
+
+    /// The event answering the request `id` (if it had one).
+    pub fn answering(event: ServerEvent, id: Option<&RequestId>) -> Self {
+        Frame::new(event, id.cloned(), None)
+    }
+
+    pub fn status(&self) -> Option<Status> {
+        self.event.status()
+    }
+
+    pub fn message(&self) -> Option<&str> {
+        self.event.message()
+    }
+
     /// The frame's text (a JSON object).
     pub fn to_json(&self) -> String {
-        let written = match self {
-            ServerEvent::Status(status) => serde_json::to_string(&StatusFrame {
-                event: "status_update",
-                message: None,
-                status: status.as_str(),
-            }),
+        let id = self.id.as_ref();
+        let process_id = self.process;
+        let status_frame = |status: Status| StatusFrame {
+            event: "status_update",
+            id,
+            message: None,
+            process_id,
+            protocol: (status == Status::Running).then_some(PROTOCOL_VERSION),
+            status: status.as_str(),
+            stdin_window: None,
+        };
+        let written = match &self.event {
+            ServerEvent::Status(status) => serde_json::to_string(&status_frame(*status)),
             ServerEvent::StatusWithMessage(status, message) => {
                 serde_json::to_string(&StatusFrame {
-                    event: "status_update",
                     message: Some(message),
-                    status: status.as_str(),
+                    ..status_frame(*status)
                 })
             }
+            ServerEvent::ExecRunning { stdin_window } => serde_json::to_string(&StatusFrame {
+                stdin_window: *stdin_window,
+                ..status_frame(Status::ExecutionRunning)
+            }),
             ServerEvent::Error(message) => serde_json::to_string(&ErrorFrame {
                 event: "error",
+                id,
                 message,
             }),
             ServerEvent::SandboxId {
@@ -199,20 +317,64 @@ impl ServerEvent {
                     Stream::Stdout => "stdout",
                     Stream::Stderr => "stderr",
                 },
+                id,
+                process_id,
             }),
             ServerEvent::Done(done) => serde_json::to_string(&DoneFrame {
                 duration_ms: done.duration_ms,
                 event: "status_update",
                 exit_code: done.exit_code,
+                id,
+                process_id,
                 reason: done.reason.as_str(),
                 signal: done.signal,
                 status: Status::ExecutionDone.as_str(),
                 timed_out: done.reason == Reason::Timeout,
             }),
+            ServerEvent::StdinAck { written } => serde_json::to_string(&StdinAckFrame {
+                event: "stdin_ack",
+                id,
+                process_id,
+                written: *written,
+            }),
+            ServerEvent::Reply(reply) => serde_json::to_string(&self.reply_value(reply)),
         };
         // Serializing strings and numbers into a String cannot fail; the fallback keeps a
         // panic out of the server regardless.
         written.unwrap_or_else(|_| r#"{"event":"error","message":"internal error"}"#.to_string())
+    }
+
+    /// A reply is rare: built as a JSON map (whose keys serde_json keeps sorted).
+    fn reply_value(&self, reply: &Reply) -> Value {
+        let mut map = Map::new();
+        map.insert("event".into(), json!("reply"));
+        if let Some(id) = &self.id {
+            map.insert("id".into(), json!(id));
+        }
+        if let Some(process) = self.process {
+            map.insert("process_id".into(), json!(process));
+        }
+        match reply {
+            Reply::Processes(processes) => {
+                let list = processes.iter().map(ProcessEntry::to_value).collect();
+                map.insert("processes".into(), Value::Array(list));
+            }
+            Reply::ProcessAttached {
+                stdin_window,
+                stdin_written,
+            } => {
+                if let Some(window) = stdin_window {
+                    map.insert("stdin_window".into(), json!(window));
+                }
+                if let Some(written) = stdin_written {
+                    map.insert("stdin_written".into(), json!(written));
+                }
+            }
+            Reply::IdleTimeout(seconds) => {
+                map.insert("idle_timeout".into(), seconds_value(*seconds));
+            }
+        }
+        Value::Object(map)
     }
 }
 
@@ -223,13 +385,23 @@ impl ServerEvent {
 struct StatusFrame<'a> {
     event: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RequestId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_id: Option<ProcessId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<u8>,
     status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdin_window: Option<u64>,
 }
 
 #[derive(Serialize)]
 struct ErrorFrame<'a> {
     event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RequestId>,
     message: &'a str,
 }
 
@@ -246,17 +418,35 @@ struct OutputFrame<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     encoding: Option<&'static str>,
     event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RequestId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_id: Option<ProcessId>,
 }
 
 #[derive(Serialize)]
-struct DoneFrame {
+struct DoneFrame<'a> {
     duration_ms: u64,
     event: &'static str,
     exit_code: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RequestId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_id: Option<ProcessId>,
     reason: &'static str,
     signal: Option<i32>,
     status: &'static str,
     timed_out: bool,
+}
+
+#[derive(Serialize)]
+struct StdinAckFrame<'a> {
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RequestId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_id: Option<ProcessId>,
+    written: u64,
 }
 
 #[cfg(test)]
@@ -269,8 +459,12 @@ mod tests {
     fn frames_are_byte_for_byte_what_clients_always_got() {
         let cases = [
             (
-                ServerEvent::Status(Status::Running),
-                json!({"event": "status_update", "status": "SANDBOX_RUNNING"}),
+                ServerEvent::Status(Status::Creating),
+                json!({"event": "status_update", "status": "SANDBOX_CREATING"}),
+            ),
+            (
+                ServerEvent::ExecRunning { stdin_window: None },
+                json!({"event": "status_update", "status": "SANDBOX_EXECUTION_RUNNING"}),
             ),
             (
                 ServerEvent::StatusWithMessage(Status::StdinError, "no \"data\"\n".into()),
@@ -343,9 +537,119 @@ mod tests {
         let mut names: Vec<&str> = Status::ALL.iter().map(|status| status.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 34);
+        assert_eq!(names.len(), 35);
         assert!(Status::NotFound.is_error() && Status::InUse.is_error());
         assert!(Status::StdinError.is_error() && Status::LockRenewalError.is_error());
         assert!(!Status::ExecutionDone.is_error() && !Status::Killed.is_error());
+        assert!(Status::RequestError.is_error());
+    }
+
+    /// Protocol 2: the request id and the process id ride along, in the key order of the
+    /// other keys; `SANDBOX_RUNNING` announces the protocol.
+    #[test]
+    fn frames_carry_the_request_and_the_process_they_answer() {
+        let id = Some(RequestId::Text("7".into()));
+        let process = Some(ProcessId(3));
+        let cases = [
+            (
+                Frame::from(ServerEvent::Status(Status::Running)),
+                r#"{"event":"status_update","protocol":2,"status":"SANDBOX_RUNNING"}"#,
+            ),
+            (
+                Frame::new(
+                    ServerEvent::ExecRunning {
+                        stdin_window: Some(4194304),
+                    },
+                    id.clone(),
+                    process,
+                ),
+                r#"{"event":"status_update","id":"7","process_id":3,"status":"SANDBOX_EXECUTION_RUNNING","stdin_window":4194304}"#,
+            ),
+            (
+                Frame::new(
+                    ServerEvent::Output {
+                        stream: Stream::Stdout,
+                        data: "hi".into(),
+                        encoding: OutputEncoding::Base64,
+                    },
+                    Some(RequestId::Number(7)),
+                    process,
+                ),
+                r#"{"data":"hi","encoding":"base64","event":"stdout","id":7,"process_id":3}"#,
+            ),
+            (
+                Frame::new(
+                    ServerEvent::StatusWithMessage(Status::RequestError, "bad".into()),
+                    id.clone(),
+                    None,
+                ),
+                r#"{"event":"status_update","id":"7","message":"bad","status":"SANDBOX_REQUEST_ERROR"}"#,
+            ),
+            (
+                Frame::new(ServerEvent::Error("bad".into()), id.clone(), None),
+                r#"{"event":"error","id":"7","message":"bad"}"#,
+            ),
+            (
+                Frame::new(ServerEvent::StdinAck { written: 6 }, id.clone(), process),
+                r#"{"event":"stdin_ack","id":"7","process_id":3,"written":6}"#,
+            ),
+            (
+                Frame::new(
+                    ServerEvent::Done(ExecDone {
+                        exit_code: 0,
+                        signal: None,
+                        reason: Reason::Exited,
+                        duration_ms: 5,
+                    }),
+                    id.clone(),
+                    process,
+                ),
+                r#"{"duration_ms":5,"event":"status_update","exit_code":0,"id":"7","process_id":3,"reason":"exited","signal":null,"status":"SANDBOX_EXECUTION_DONE","timed_out":false}"#,
+            ),
+            (
+                Frame::new(
+                    ServerEvent::Reply(Reply::Processes(vec![ProcessEntry {
+                        process_id: ProcessId(3),
+                        request: None,
+                        language: Some(Language::Python),
+                        running: false,
+                        started_unix_ms: 12,
+                    }])),
+                    id.clone(),
+                    None,
+                ),
+                r#"{"event":"reply","id":"7","processes":[{"id":null,"kind":"exec","language":"python","process_id":3,"running":false,"started_unix_ms":12}]}"#,
+            ),
+            (
+                Frame::new(
+                    ServerEvent::Reply(Reply::ProcessAttached {
+                        stdin_window: Some(8),
+                        stdin_written: Some(2),
+                    }),
+                    id.clone(),
+                    process,
+                ),
+                r#"{"event":"reply","id":"7","process_id":3,"stdin_window":8,"stdin_written":2}"#,
+            ),
+            (
+                Frame::new(
+                    ServerEvent::Reply(Reply::IdleTimeout(Duration::from_secs(600))),
+                    id.clone(),
+                    None,
+                ),
+                r#"{"event":"reply","id":"7","idle_timeout":600}"#,
+            ),
+            (
+                Frame::new(
+                    ServerEvent::Reply(Reply::IdleTimeout(Duration::from_millis(500))),
+                    id,
+                    None,
+                ),
+                r#"{"event":"reply","id":"7","idle_timeout":0.5}"#,
+            ),
+        ];
+        for (frame, expected) in cases {
+            assert_eq!(frame.to_json(), expected, "{frame:?}");
+        }
     }
 }

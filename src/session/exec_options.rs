@@ -114,6 +114,7 @@ impl ExecOptions {
             env: self.env.clone(),
             cwd: self.cwd.clone(),
             timeout: self.timeout,
+            stdin_bound: crate::runtime::MAX_STDIN_IN_FLIGHT,
         }
     }
 }

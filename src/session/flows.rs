@@ -1,7 +1,9 @@
 //! The shared corpus of message flows (`tests/flows/`, see its README) replayed against the
-//! session machine: every flow of the compatible protocol (`"protocol": 1`) that the server
-//! reads. Client frames are fed without their `id` (protocol 1 ignores it), runtime steps are
-//! applied, and every frame and close the session produces must be the next one the flow lists.
+//! session machine: every flow the server reads. Runtime steps are applied, and every frame and
+//! close the session produces must be the next one the flow lists. In a flow of the
+//! compatible protocol (`"protocol": 1`) client frames are fed without their `id` (a server
+//! without protocol 2 ignores it) and the keys protocol 2 adds to the compatible answers
+//! (`protocol`, `process_id`) are not compared; a protocol-2 flow is compared key for key.
 //! The store answers at once, as it would on a healthy mount.
 
 use std::collections::VecDeque;
@@ -10,15 +12,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::events::OutputEncoding;
 use super::exec_options::ExecLimits;
 use super::*;
 use crate::agent_protocol::{ExitStatus, Stream};
 use crate::runtime::exec::{ExecOutcome, Reason};
+use crate::store::SavedSettings;
 
 const SANDBOX: SandboxKey = SandboxKey(7);
 const SANDBOX_ID: &str = "0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "secret-token";
+/// The flows' wall clock starts here (unix milliseconds).
+const FLOW_CLOCK_UNIX_MS: u64 = 1_700_000_000_000;
 
 /// What the session asked of the runtime since the last `control` step.
 #[derive(Default)]
@@ -29,6 +33,8 @@ struct Calls {
     kill_exec: Vec<ExecId>,
     delete: usize,
     save: Vec<String>,
+    /// (execution, paused) in the order asked.
+    output_paused: Vec<(ExecId, bool)>,
 }
 
 #[derive(Default)]
@@ -73,7 +79,9 @@ impl SandboxControl for FakeRuntime {
     fn delete(&mut self, _: SandboxKey) {
         self.calls.delete += 1;
     }
-    fn set_output_paused(&mut self, _: SandboxKey, _: bool) {}
+    fn set_exec_output_paused(&mut self, _: SandboxKey, exec: ExecId, paused: bool) {
+        self.calls.output_paused.push((exec, paused));
+    }
 }
 
 /// The server's part: the session, its runtime, its clock, what it sent and not yet checked.
@@ -85,6 +93,8 @@ struct Replay {
     sent: VecDeque<Out>,
     /// Waiting for the init message (setup "none").
     initialized: bool,
+    /// The flow's protocol (1: ids stripped, protocol 2's extra keys not compared).
+    protocol: u64,
 }
 
 impl Replay {
@@ -100,11 +110,13 @@ impl Replay {
             ..FakeRuntime::default()
         };
         let setup = flow["setup"].as_str().unwrap_or("none");
-        let session = if setup == "restore" {
+        let mut session = if setup == "restore" {
+            let saved: SavedSettings = serde_json::from_value(flow["saved"].clone())
+                .unwrap_or_else(|error| panic!("{name}: saved: {error}"));
             Session::restored(
                 SessionId(1),
                 token::hash(TOKEN),
-                &saved_state(&flow["saved"]),
+                &SavedState::from(&saved),
                 SANDBOX,
                 SANDBOX_ID.into(),
                 settings,
@@ -113,6 +125,7 @@ impl Replay {
         } else {
             Session::new(SessionId(1), TOKEN.into(), settings, now)
         };
+        session.set_wall_clock(now, FLOW_CLOCK_UNIX_MS);
         let mut replay = Replay {
             name: name.to_string(),
             session,
@@ -120,6 +133,7 @@ impl Replay {
             now,
             sent: VecDeque::new(),
             initialized: setup == "restore",
+            protocol: flow["protocol"].as_u64().unwrap_or(1),
         };
         if setup == "create" || setup == "attach" {
             replay.create(&flow["create_options"]);
@@ -147,7 +161,11 @@ impl Replay {
         self.expect_frame(
             &json!({"event": "sandbox_id", "sandbox_id": SANDBOX_ID, "sandbox_token": TOKEN}),
         );
-        self.expect_frame(&json!({"event": "status_update", "status": "SANDBOX_RUNNING"}));
+        let mut running = json!({"event": "status_update", "status": "SANDBOX_RUNNING"});
+        if self.protocol >= 2 {
+            running["protocol"] = json!(2);
+        }
+        self.expect_frame(&running);
     }
 
     /// Carry out what the session returned, as `deliver` in server/sessions.rs does.
@@ -196,7 +214,7 @@ impl Replay {
 
     fn client(&mut self, frame: &Value) {
         let mut frame = frame.clone();
-        if let Some(object) = frame.as_object_mut() {
+        if let (Some(object), 1) = (frame.as_object_mut(), self.protocol) {
             object.remove("id");
         }
         let text = frame.to_string();
@@ -246,6 +264,16 @@ impl Replay {
                 RuntimeEvent::ExecFinished(exec_id(&argument[0]), outcome(&argument[1])),
                 runtime,
             ),
+            "stdin_consumed" => {
+                let count = argument[1]
+                    .as_u64()
+                    .and_then(|count| u32::try_from(count).ok())
+                    .unwrap_or_default();
+                self.session.on_runtime(
+                    RuntimeEvent::StdinWritten(exec_id(&argument[0]), count),
+                    runtime,
+                )
+            }
             "checkpoint_saved" => {
                 let result = match argument.as_str() {
                     Some(message) => Err(message.to_string()),
@@ -293,9 +321,11 @@ impl Replay {
         };
         let mut actual: Value = serde_json::from_str(&event.to_json()).unwrap_or_default();
         if let Some(object) = actual.as_object_mut() {
-            // Keys a protocol-2 server adds to the compatible answers.
-            object.remove("protocol");
-            object.remove("process_id");
+            if self.protocol == 1 {
+                // Keys a protocol-2 server adds to the compatible answers.
+                object.remove("protocol");
+                object.remove("process_id");
+            }
             if expected.get("duration_ms").is_none() {
                 object.remove("duration_ms");
             }
@@ -363,6 +393,14 @@ impl Replay {
                 }
                 "delete" => assert_eq!(Some(calls.delete as u64), wanted.as_u64(), "{name}"),
                 "save" => assert_eq!(calls.save, [text(wanted)], "{name}: save"),
+                "output_paused" => {
+                    let paused: Vec<Value> = calls
+                        .output_paused
+                        .iter()
+                        .map(|(exec, paused)| json!([exec.0, paused]))
+                        .collect();
+                    assert_eq!(&Value::Array(paused), wanted, "{name}: output_paused");
+                }
                 other => panic!("{name}: unknown control key {other}"),
             }
         }
@@ -423,25 +461,8 @@ fn settings(server: &Map<String, Value>) -> SessionSettings {
             None => Some("network egress is disabled on this server (SANDBOX_EGRESS=off)".into()),
         },
         store_timeout: Duration::from_secs(30),
-    }
-}
-
-/// A flow's `saved`: the settings of a checkpoint's manifest.
-fn saved_state(saved: &Value) -> SavedState {
-    SavedState {
-        idle_timeout_secs: saved["idle_timeout_secs"].as_f64(),
-        auto_checkpoint: saved["auto_checkpoint"].as_bool().unwrap_or(false),
-        network: saved["network"].as_bool().unwrap_or(false),
-        handoff: saved["handoff"].as_bool().unwrap_or(false),
-        labels: serde_json::from_value(saved["labels"].clone()).unwrap_or_default(),
-        running_exec: saved["running_exec"].as_object().map(|exec| SavedExec {
-            exec: exec_id(&exec["id"]),
-            output_encoding: if exec["base64"] == true {
-                OutputEncoding::Base64
-            } else {
-                OutputEncoding::Text
-            },
-        }),
+        max_session_processes: number("max_session_processes", 16) as usize,
+        stdin_window_bytes: number("stdin_window_bytes", 4 * 1024 * 1024),
     }
 }
 
@@ -497,7 +518,7 @@ fn outcome(end: &Value) -> ExecOutcome {
     }
 }
 
-/// The flows of `dir` this replayer reads: protocol 1, read by the server.
+/// The flows of `dir` the server reads.
 fn server_flows(dir: &Path) -> Vec<(String, Value)> {
     let mut flows = Vec::new();
     let entries = std::fs::read_dir(dir).expect("tests/flows is readable");
@@ -513,7 +534,7 @@ fn server_flows(dir: &Path) -> Vec<(String, Value)> {
             .as_array()
             .map(|readers| readers.iter().any(|reader| reader == "server"))
             .unwrap_or(true);
-        if flow["protocol"] == 1 && readers {
+        if readers {
             let name = path
                 .file_name()
                 .unwrap_or_default()
@@ -527,21 +548,35 @@ fn server_flows(dir: &Path) -> Vec<(String, Value)> {
 }
 
 #[test]
-fn the_compatible_flows_of_the_shared_corpus() {
+fn the_flows_of_the_shared_corpus() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows");
     let flows = server_flows(&dir);
-    // The corpus holds 32 such flows as it landed; fewer means the filter or the corpus broke.
-    assert!(flows.len() >= 32, "only {} flows", flows.len());
-    for (name, flow) in flows {
-        let mut replay = Replay::new(&name, &flow);
-        for step in flow["steps"].as_array().into_iter().flatten() {
-            let Some(step) = step.as_object() else {
-                panic!("{name}: a step is not an object");
-            };
-            replay.play(step);
-        }
-        replay.finish();
-    }
+    // The corpus holds 32 protocol-1 and 25 protocol-2 such flows; fewer means the filter or
+    // the corpus broke.
+    let protocol_2 = flows
+        .iter()
+        .filter(|(_, flow)| flow["protocol"] == 2)
+        .count();
+    assert!(flows.len() >= 57, "only {} flows", flows.len());
+    assert!(protocol_2 >= 25, "only {protocol_2} protocol-2 flows");
+    // Every flow is replayed, and every one that fails is named, not only the first.
+    let failed: Vec<String> = flows
+        .into_iter()
+        .filter_map(|(name, flow)| {
+            let replayed = std::panic::catch_unwind(|| {
+                let mut replay = Replay::new(&name, &flow);
+                for step in flow["steps"].as_array().into_iter().flatten() {
+                    let Some(step) = step.as_object() else {
+                        panic!("{name}: a step is not an object");
+                    };
+                    replay.play(step);
+                }
+                replay.finish();
+            });
+            replayed.is_err().then_some(name)
+        })
+        .collect();
+    assert!(failed.is_empty(), "flows that failed: {failed:?}");
 }
 
 /// The replayer itself: a flow that says something else than the session does fails.

@@ -9,18 +9,25 @@
 //! messages of `options` and `exec_options`; a field's problem is kept in the message (as an
 //! `Err`) because the session reports some problems only after checking its own state (a
 //! second execution is "already in progress" before its timeout is wrong).
+//!
+//! Protocol 2 (docs/protocol.md, "Requests, processes and flow control"): any message may
+//! carry an `id`; one that is not a valid id makes the message [`ClientMessage::Malformed`]
+//! (answered without an id, not acted on). With a valid id, an unknown action and a bad field
+//! of an addition (`process_id`, the new actions' fields) are malformed too; without one, the
+//! compatible answers stay.
+
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::exec_options::{self, ExecLimits, ExecOptions, RawExecOptions};
-use super::ids::RequestId;
-use super::options::{choice, flag, quoted};
+use super::ids::{ProcessId, RequestId};
+use super::options::{self, choice, flag, quoted};
 use super::text::base64_decode;
 use crate::agent_protocol::Language;
 
-/// A message with the request id it carries, if any (kept, not yet echoed: protocol 1 ignores
-/// ids; issue 12 echoes them).
+/// A message with the request id it carries, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub id: Option<RequestId>,
@@ -31,10 +38,11 @@ pub struct Envelope {
 pub enum ClientMessage {
     /// `{"language", "code", ...options}`: run code.
     Exec(ExecMessage),
-    /// `{"event": "stdin", "data", "eof", "encoding"}`.
-    Stdin(Result<StdinMessage, String>),
-    /// `{"action": "kill_process"}`.
-    KillProcess,
+    /// `{"event": "stdin", "data", "eof", "encoding", "process_id"}`: the process it is for
+    /// (`None`: the foreground execution), and what to do or why it cannot be done.
+    Stdin(Option<ProcessId>, Result<StdinMessage, String>),
+    /// `{"action": "kill_process", "process_id"}` (without a process id: the foreground one).
+    KillProcess(Option<ProcessId>),
     /// `{"action": "kill_sandbox"}`.
     KillSandbox,
     /// `{"action": "checkpoint"}`.
@@ -43,6 +51,15 @@ pub enum ClientMessage {
     SnapshotFilesystem(Result<String, String>),
     /// `{"action": "reconnect"}`.
     Reconnect,
+    /// `{"action": "list_processes"}`.
+    ListProcesses,
+    /// `{"action": "attach_process", "process_id"}`.
+    AttachProcess(ProcessId),
+    /// `{"action": "set_idle_timeout", "idle_timeout"}` (`None`: the server's default,
+    /// `Some(ZERO)`: never, capped).
+    SetIdleTimeout(Option<Duration>),
+    /// Protocol 2's `SANDBOX_REQUEST_ERROR`: why the message cannot be acted on.
+    Malformed(String),
     /// Not JSON, not an object, an unknown shape or an unknown language: the protocol answers
     /// all of these with `SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR`.
     Unsupported,
@@ -73,6 +90,17 @@ enum Action {
     Checkpoint,
     SnapshotFilesystem,
     Reconnect,
+    ListProcesses,
+    AttachProcess,
+    SetIdleTimeout,
+}
+
+/// The message of an `id` that is not one.
+fn invalid_id(value: &Value) -> String {
+    format!(
+        "id must be a string of 1 to 64 printable ASCII characters or an integer from 0 to 2^53-1, got {}",
+        quoted(value)
+    )
 }
 
 /// Decodes one text message; execution options are checked against `limits`.
@@ -83,34 +111,87 @@ pub fn parse(text: &str, limits: &ExecLimits) -> Envelope {
             message: ClientMessage::Unsupported,
         };
     };
-    Envelope {
-        id: message.get("id").and_then(RequestId::parse),
-        message: dispatch(&message, limits),
-    }
+    let id = match message.get("id") {
+        // `null` is no id, as a client that serializes an absent optional field sends it.
+        None | Some(Value::Null) => None,
+        Some(value) => match RequestId::parse(value) {
+            Some(id) => Some(id),
+            None => {
+                return Envelope {
+                    id: None,
+                    message: ClientMessage::Malformed(invalid_id(value)),
+                }
+            }
+        },
+    };
+    let message = dispatch(&message, id.is_some(), limits);
+    Envelope { id, message }
 }
 
-fn dispatch(message: &Map<String, Value>, limits: &ExecLimits) -> ClientMessage {
+fn dispatch(message: &Map<String, Value>, has_id: bool, limits: &ExecLimits) -> ClientMessage {
     let action_name = message.get("action").and_then(Value::as_str);
     let action = message
         .get("action")
         .and_then(|value| Action::deserialize(value).ok());
+    let malformed =
+        |result: Result<ClientMessage, String>| result.unwrap_or_else(ClientMessage::Malformed);
     match action {
-        Some(Action::KillProcess) => return ClientMessage::KillProcess,
+        Some(Action::KillProcess) => {
+            return malformed(optional_process(message).map(ClientMessage::KillProcess))
+        }
         Some(Action::KillSandbox) => return ClientMessage::KillSandbox,
         Some(Action::Checkpoint) => return ClientMessage::Checkpoint,
         Some(Action::SnapshotFilesystem) => {
             return ClientMessage::SnapshotFilesystem(snapshot_name(message))
         }
         Some(Action::Reconnect) => return ClientMessage::Reconnect,
+        Some(Action::ListProcesses) => return ClientMessage::ListProcesses,
+        Some(Action::AttachProcess) => {
+            let process = optional_process(message).and_then(|process| {
+                process.ok_or_else(|| "attach_process needs a \"process_id\"".to_string())
+            });
+            return malformed(process.map(ClientMessage::AttachProcess));
+        }
+        Some(Action::SetIdleTimeout) => {
+            let timeout = match message.get("idle_timeout") {
+                None => Err("set_idle_timeout needs an \"idle_timeout\"".to_string()),
+                Some(value) => options::idle_timeout(value),
+            };
+            return malformed(timeout.map(ClientMessage::SetIdleTimeout));
+        }
         None => {}
     }
+    if let (Some(name), true) = (action_name, has_id) {
+        // Without an id an unknown action keeps the compatible answer (below).
+        return ClientMessage::Malformed(format!("unknown action {}", quoted(&Value::from(name))));
+    }
     if action_name.is_none() && message.get("event").and_then(Value::as_str) == Some("stdin") {
-        return ClientMessage::Stdin(stdin(message));
+        return match optional_process(message) {
+            Ok(process) => ClientMessage::Stdin(process, stdin(message)),
+            Err(problem) => ClientMessage::Malformed(problem),
+        };
     }
     if message.contains_key("code") || message.contains_key("language") {
         return exec(message, limits);
     }
     ClientMessage::Unsupported
+}
+
+/// The message's `process_id`, if it has one: a positive integer.
+fn optional_process(message: &Map<String, Value>) -> Result<Option<ProcessId>, String> {
+    match message.get("process_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .filter(|id| *id > 0)
+            .map(|id| Some(ProcessId(id)))
+            .ok_or_else(|| {
+                format!(
+                    "process_id must be a positive integer, got {}",
+                    quoted(value)
+                )
+            }),
+    }
 }
 
 fn snapshot_name(message: &Map<String, Value>) -> Result<String, String> {
@@ -172,7 +253,7 @@ mod tests {
     fn actions_and_events() {
         assert_eq!(
             message(r#"{"action":"kill_process"}"#),
-            ClientMessage::KillProcess
+            ClientMessage::KillProcess(None)
         );
         assert_eq!(
             message(r#"{"action":"kill_sandbox"}"#),
@@ -200,11 +281,91 @@ mod tests {
         );
         assert_eq!(
             message(r#"{"event":"stdin","data":"hi"}"#),
-            ClientMessage::Stdin(Ok(StdinMessage {
-                data: Some(b"hi".to_vec()),
-                eof: false
-            }))
+            ClientMessage::Stdin(
+                None,
+                Ok(StdinMessage {
+                    data: Some(b"hi".to_vec()),
+                    eof: false
+                })
+            )
         );
+    }
+
+    /// Protocol 2's additions: process ids, the new actions, and what is malformed.
+    #[test]
+    fn protocol_2_messages_and_their_problems() {
+        assert_eq!(
+            message(r#"{"action":"kill_process","process_id":3,"id":"9"}"#),
+            ClientMessage::KillProcess(Some(ProcessId(3)))
+        );
+        assert_eq!(
+            message(r#"{"event":"stdin","process_id":3,"eof":true}"#),
+            ClientMessage::Stdin(
+                Some(ProcessId(3)),
+                Ok(StdinMessage {
+                    data: None,
+                    eof: true
+                })
+            )
+        );
+        assert_eq!(
+            message(r#"{"action":"list_processes","id":1}"#),
+            ClientMessage::ListProcesses
+        );
+        assert_eq!(
+            message(r#"{"action":"attach_process","process_id":2}"#),
+            ClientMessage::AttachProcess(ProcessId(2))
+        );
+        assert_eq!(
+            message(r#"{"action":"set_idle_timeout","idle_timeout":600}"#),
+            ClientMessage::SetIdleTimeout(Some(Duration::from_secs(600)))
+        );
+        assert_eq!(
+            message(r#"{"action":"set_idle_timeout","idle_timeout":null}"#),
+            ClientMessage::SetIdleTimeout(None)
+        );
+        for (text, problem) in [
+            (
+                r#"{"action":"kill_process","process_id":0}"#,
+                "process_id must be a positive integer, got 0",
+            ),
+            (
+                r#"{"event":"stdin","process_id":"3","data":"x"}"#,
+                r#"process_id must be a positive integer, got "3""#,
+            ),
+            (
+                r#"{"action":"attach_process"}"#,
+                r#"attach_process needs a "process_id""#,
+            ),
+            (
+                r#"{"action":"set_idle_timeout"}"#,
+                r#"set_idle_timeout needs an "idle_timeout""#,
+            ),
+            (
+                r#"{"action":"set_idle_timeout","idle_timeout":-1}"#,
+                "idle_timeout must be a number of seconds from 0 (never) to 1000000000 or null, got -1",
+            ),
+            (
+                r#"{"action":"dance","id":"1"}"#,
+                r#"unknown action "dance""#,
+            ),
+            (
+                r#"{"action":"dance","language":"bash","code":"true","id":"1"}"#,
+                r#"unknown action "dance""#,
+            ),
+            (
+                r#"{"id":true,"language":"bash","code":"true"}"#,
+                "id must be a string of 1 to 64 printable ASCII characters or an integer from 0 to 2^53-1, got true",
+            ),
+        ] {
+            assert_eq!(
+                message(text),
+                ClientMessage::Malformed(problem.into()),
+                "{text}"
+            );
+        }
+        // Without an id, an unknown action keeps its compatible meaning.
+        assert_eq!(message(r#"{"action":"dance"}"#), ClientMessage::Unsupported);
     }
 
     /// The compatible protocol's rules for telling messages apart.
@@ -218,7 +379,7 @@ mod tests {
         // stdin counts only without an action (a non-string action is none).
         assert!(matches!(
             message(r#"{"action":5,"event":"stdin","data":"x"}"#),
-            ClientMessage::Stdin(Ok(_))
+            ClientMessage::Stdin(None, Ok(_))
         ));
         assert_eq!(
             message(r#"{"action":"dance","event":"stdin","data":"x"}"#),
@@ -297,17 +458,24 @@ mod tests {
                 }),
             ),
         ] {
-            assert_eq!(message(text), ClientMessage::Stdin(expected), "{text}");
+            assert_eq!(
+                message(text),
+                ClientMessage::Stdin(None, expected),
+                "{text}"
+            );
         }
     }
 
     #[test]
-    fn request_ids_are_kept_and_invalid_ones_ignored() {
+    fn request_ids_are_kept_and_invalid_ones_make_the_message_malformed() {
         let envelope = parse(r#"{"id":"7","action":"reconnect"}"#, &LIMITS);
         assert_eq!(envelope.id, Some(RequestId::Text("7".into())));
         assert_eq!(envelope.message, ClientMessage::Reconnect);
+        let envelope = parse(r#"{"id":null,"action":"reconnect"}"#, &LIMITS);
+        assert_eq!(envelope.id, None, "null is no id");
+        assert_eq!(envelope.message, ClientMessage::Reconnect);
         let envelope = parse(r#"{"id":{"no":1},"action":"reconnect"}"#, &LIMITS);
         assert_eq!(envelope.id, None);
-        assert_eq!(envelope.message, ClientMessage::Reconnect);
+        assert!(matches!(envelope.message, ClientMessage::Malformed(_)));
     }
 }

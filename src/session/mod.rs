@@ -4,7 +4,8 @@
 //! store, and returns what the connection must do ([`Out`]: typed [`events`] to send, a close,
 //! work for the server's pipelines). It acts on the sandbox only through [`SandboxControl`],
 //! which the server implements over the runtime and the unit tests with a fake, so every flow
-//! of `docs/protocol.md` is tested here message by message.
+//! of `docs/protocol.md` is tested here message by message (`flows.rs` replays the shared
+//! corpus `tests/flows/`).
 //!
 //! ```text
 //! AwaitingInit --init--> [FindingSnapshot --found-->] Creating --Ready--> Running
@@ -14,30 +15,37 @@
 //! Running --kill_sandbox / idle--> Ending(Kill) --Deleted--> [ForgettingSaved --removed-->] Ended
 //! ```
 //! A session outlives its connection: when the client goes away the session is detached, the
-//! output of its processes is held (bounded; past the bound they are paused by back-pressure)
-//! and replayed after `{"action":"reconnect"}` on a new attach.
+//! events of its processes are held (bounded; past the bound they are paused by back-pressure)
+//! and replayed after `{"action":"reconnect"}` (or `attach_process`) on a new attach. While a
+//! client is attached the sandbox is kept alive; the idle timeout counts from its departure.
+//!
+//! The processes and the messages about them (protocol 2: several at once, request ids, stdin
+//! windows) are in [`process_requests`]; this file is the session's lifecycle.
 
 pub mod events;
 pub mod exec_options;
 pub mod ids;
 pub mod messages;
 pub mod options;
+mod process_requests;
 pub mod processes;
+pub mod stdin_window;
 pub mod text;
 pub mod token;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::agent_protocol::ExecId;
+use crate::agent_protocol::{ExecId, Language};
 use crate::runtime::{ExecSpec, RuntimeError, RuntimeEvent, SandboxKey};
 use events::OutputEncoding;
-pub use events::{ServerEvent, Status};
+pub use events::{Frame, ServerEvent, Status};
 use exec_options::ExecLimits;
 pub use ids::{ProcessId, RequestId, SessionId};
-use messages::{ClientMessage, ExecMessage, StdinMessage};
-use processes::{ProcessView, Processes};
+use messages::{ClientMessage, Envelope};
+use processes::{NewProcess, Processes};
+use stdin_window::StdinWindow;
 
 pub const LANGUAGES_MESSAGE: &str =
     "Unsupported language or message. Supported languages: python, bash.";
@@ -62,7 +70,9 @@ pub trait SandboxControl {
     fn close_stdin(&mut self, sandbox: SandboxKey, exec: ExecId) -> Result<(), RuntimeError>;
     fn kill_exec(&mut self, sandbox: SandboxKey, exec: ExecId) -> Result<(), RuntimeError>;
     fn delete(&mut self, sandbox: SandboxKey);
-    fn set_output_paused(&mut self, sandbox: SandboxKey, paused: bool);
+    /// Hold back (or give back) the output window of one execution: its output is held for a
+    /// client that does not follow it.
+    fn set_exec_output_paused(&mut self, sandbox: SandboxKey, exec: ExecId, paused: bool);
 }
 
 /// How the session's sandbox is made.
@@ -81,12 +91,16 @@ pub struct SessionSettings {
     pub default_idle_timeout: Duration,
     pub max_idle_timeout: Duration,
     pub exec: ExecLimits,
-    /// Output held for a detached client before the process is paused.
+    /// Output held for clients that do not follow the processes, before they are paused.
     pub held_output_bytes: usize,
     /// Why sandboxes cannot have network egress here (`None`: they can).
     pub egress_unavailable: Option<String>,
     /// How long the session waits for the store before it goes on without it.
     pub store_timeout: Duration,
+    /// `SANDBOX_MAX_SESSION_PROCESSES`: processes running at once.
+    pub max_session_processes: usize,
+    /// `SANDBOX_STDIN_WINDOW_BYTES`: the stdin window of processes started with a request id.
+    pub stdin_window_bytes: u64,
 }
 
 /// What a checkpoint keeps of a session, to restore it with.
@@ -96,24 +110,32 @@ pub struct SavedState {
     pub idle_timeout_secs: Option<f64>,
     pub auto_checkpoint: bool,
     pub network: bool,
-    /// The execution running when the sandbox was checkpointed at shutdown: it goes on after
-    /// the restore, and the restored session follows it (reconnect replays it).
-    pub running_exec: Option<SavedExec>,
+    /// The processes running when the sandbox was checkpointed at shutdown: they go on after
+    /// the restore, and the restored session follows them (reconnect replays them).
+    pub running: Vec<SavedProcess>,
     /// Created with `enable_sandbox_handoff`.
     pub handoff: bool,
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SavedExec {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedProcess {
+    /// Its execution (and process) id.
     pub exec: ExecId,
     pub output_encoding: OutputEncoding,
+    /// The request that started it; `None`: the compatible foreground execution.
+    pub request: Option<RequestId>,
+    pub language: Option<Language>,
+    pub started_unix_ms: u64,
+    /// Its stdin counters (protocol 2), so that acknowledgements go on where they were.
+    pub stdin_received: u64,
+    pub stdin_consumed: u64,
 }
 
 /// What the connection (and the server's pipelines) must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Out {
-    Send(ServerEvent),
+    Send(Frame),
     Close(u16, String),
     /// Save the sandbox (the server runs the checkpoint and publishes the image, then calls
     /// `on_checkpoint_saved` or `on_snapshot_finished`).
@@ -220,25 +242,35 @@ pub struct Session {
     auto_checkpoint_refused: bool,
     /// Ended by kill_sandbox or the idle timeout (its saved state goes too).
     killed: bool,
+    /// Ended by its idle timeout, after this long without a client.
+    idle_expired: Option<Duration>,
+    /// The request id of the kill, checkpoint or snapshot under way: its statuses echo it.
+    pending_request: Option<RequestId>,
     processes: Processes,
     attached: bool,
-    /// Attached again, but the client has not asked for the replay yet.
-    awaiting_reconnect: bool,
-    output_paused: bool,
     idle_timeout: Option<Duration>,
     last_activity: Instant,
+    /// A moment of the monotonic clock and the wall-clock time then (for `started_unix_ms`).
+    wall_clock: (Instant, u64),
 }
 
-/// An error status with its message, then the `error` event with the same text.
-fn error_frames(status: Status, message: &str) -> [Out; 2] {
+/// An error status with its message, then the `error` event with the same text; both echo the
+/// request id of the message they answer.
+fn error_frames(status: Status, message: &str, id: Option<&RequestId>) -> [Out; 2] {
     [
-        Out::Send(ServerEvent::StatusWithMessage(status, message.to_string())),
-        Out::Send(ServerEvent::Error(message.to_string())),
+        Out::Send(Frame::answering(
+            ServerEvent::StatusWithMessage(status, message.to_string()),
+            id,
+        )),
+        Out::Send(Frame::answering(
+            ServerEvent::Error(message.to_string()),
+            id,
+        )),
     ]
 }
 
 fn status(status: Status) -> Out {
-    Out::Send(ServerEvent::Status(status))
+    Out::Send(ServerEvent::Status(status).into())
 }
 
 /// RFC 6455 §5.5: a close frame carries at most 125 bytes, 2 of them the code. A longer
@@ -258,15 +290,24 @@ fn close_reason(text: &str) -> String {
 /// A refusal that ends the connection: the error status with its message, the `error` event,
 /// and the close (its reason is the status, in lower case).
 pub fn refusal(status: Status, message: &str, code: u16) -> Vec<Out> {
-    let mut out = error_frames(status, message).to_vec();
+    let mut out = error_frames(status, message, None).to_vec();
     out.push(Out::Close(code, status.as_str().to_lowercase()));
     out
+}
+
+/// Milliseconds since the Unix epoch now (0 if the clock is before it).
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 impl Session {
     pub fn new(id: SessionId, token: String, settings: SessionSettings, now: Instant) -> Self {
         Session {
             id,
+            processes: Processes::new(settings.max_session_processes),
             settings,
             state: State::AwaitingInit,
             sandbox: None,
@@ -284,12 +325,12 @@ impl Session {
             auto_saving: false,
             auto_checkpoint_refused: false,
             killed: false,
-            processes: Processes::default(),
+            idle_expired: None,
+            pending_request: None,
             attached: true,
-            awaiting_reconnect: false,
-            output_paused: false,
             idle_timeout: None,
             last_activity: now,
+            wall_clock: (now, unix_ms_now()),
         }
     }
 
@@ -319,12 +360,21 @@ impl Session {
         session.idle_timeout = saved
             .idle_timeout_secs
             .and_then(|seconds| options::duration(seconds, true, options::MAX_IDLE_TIMEOUT_SECS));
-        if let Some(exec) = saved.running_exec {
-            // Its output is held until the client asks for it with `reconnect`.
-            session
-                .processes
-                .start(exec.exec, None, None, exec.output_encoding, true);
-            session.awaiting_reconnect = true;
+        let window = session.settings.stdin_window_bytes;
+        for process in &saved.running {
+            // Their events are held until the client asks for them (reconnect).
+            session.processes.start(NewProcess {
+                exec: process.exec,
+                request: process.request.clone(),
+                language: process.language,
+                encoding: process.output_encoding,
+                started_unix_ms: process.started_unix_ms,
+                stdin: process.request.as_ref().map(|_| {
+                    StdinWindow::restored(window, process.stdin_received, process.stdin_consumed)
+                }),
+                followed: false,
+                started: true,
+            });
         }
         session
     }
@@ -343,6 +393,11 @@ impl Session {
 
     pub fn was_killed(&self) -> bool {
         self.killed
+    }
+
+    /// Ended by its idle timeout: after how long without a client.
+    pub fn idle_expired(&self) -> Option<Duration> {
+        self.idle_expired
     }
 
     pub fn is_checkpointable(&self) -> bool {
@@ -403,18 +458,31 @@ impl Session {
     }
 
     /// The session's processes, in the order they started.
-    pub fn processes(&self) -> Vec<ProcessView> {
-        self.processes.views()
+    pub fn processes(&self) -> Vec<events::ProcessEntry> {
+        self.processes.entries()
     }
 
-    /// The execution a restored sandbox still runs, and the bound the runtime should keep it
-    /// to (its own timeout is not saved: the server's default applies).
-    pub fn adopted_exec(&self) -> Option<(ExecId, Duration)> {
+    /// The executions a restored sandbox still runs, with the bounds the runtime should keep
+    /// them to: the time (their own timeout is not saved: the server's default applies) and
+    /// the bytes of stdin in flight.
+    pub fn adopted_execs(&self) -> Vec<(ExecId, Duration, u64)> {
         if self.state != State::Restoring {
-            return None;
+            return Vec::new();
         }
-        let (_, process) = self.processes.foreground()?;
-        Some((process.exec(), self.settings.exec.default_timeout))
+        self.processes
+            .running()
+            .map(|process| {
+                let stdin_bound = match &process.stdin {
+                    Some(stdin) => StdinWindow::hard_bound(stdin.window()),
+                    None => crate::runtime::MAX_STDIN_IN_FLIGHT,
+                };
+                (
+                    process.exec(),
+                    self.settings.exec.default_timeout,
+                    stdin_bound,
+                )
+            })
+            .collect()
     }
 
     /// What is saved with a checkpoint and restored with it.
@@ -423,40 +491,54 @@ impl Session {
             idle_timeout_secs: self.idle_timeout.map(|timeout| timeout.as_secs_f64()),
             auto_checkpoint: self.auto_checkpoint,
             network: self.network,
-            running_exec: self.processes.foreground().map(|(_, process)| SavedExec {
-                exec: process.exec(),
-                output_encoding: process.encoding(),
-            }),
+            running: self
+                .processes
+                .running()
+                .map(|process| SavedProcess {
+                    exec: process.exec(),
+                    output_encoding: process.encoding(),
+                    request: process.request().cloned(),
+                    language: process.language(),
+                    started_unix_ms: process.started_unix_ms(),
+                    stdin_received: process.stdin.as_ref().map_or(0, StdinWindow::received),
+                    stdin_consumed: process.stdin.as_ref().map_or(0, StdinWindow::consumed),
+                })
+                .collect(),
             handoff: self.handoff,
             labels: self.labels.clone(),
         }
     }
 
+    /// The wall-clock time at `now`, in milliseconds since the Unix epoch.
+    fn unix_ms(&self, now: Instant) -> u64 {
+        let (then, unix_ms) = self.wall_clock;
+        let since = now.saturating_duration_since(then).as_millis();
+        unix_ms.saturating_add(u64::try_from(since).unwrap_or(u64::MAX))
+    }
+
+    /// Replays of the flow corpus run on a clock of their own.
+    #[cfg(test)]
+    fn set_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.wall_clock = (now, unix_ms);
+    }
+
     /// Frames of the session itself reach only an attached client.
-    fn send(&self, out: &mut Vec<Out>, event: ServerEvent) {
+    fn send(&self, out: &mut Vec<Out>, frame: Frame) {
         if self.attached {
-            out.push(Out::Send(event));
+            out.push(Out::Send(frame));
         }
     }
 
-    /// An event of process `process`: sent, or held while no client reads it.
-    fn emit(
-        &mut self,
-        out: &mut Vec<Out>,
-        process: ProcessId,
-        event: ServerEvent,
-        control: &mut dyn SandboxControl,
-    ) {
-        if self.attached && !self.awaiting_reconnect {
-            out.push(Out::Send(event));
-            return;
-        }
-        let held = self.processes.hold(process, event);
-        if held > self.settings.held_output_bytes && !self.output_paused {
-            if let Some(sandbox) = self.sandbox {
-                self.output_paused = true;
-                control.set_output_paused(sandbox, true);
-            }
+    /// A status of the kill, checkpoint or snapshot under way (with its request id).
+    fn send_status(&self, out: &mut Vec<Out>, status: Status) {
+        let frame = Frame::answering(ServerEvent::Status(status), self.pending_request.as_ref());
+        self.send(out, frame);
+    }
+
+    /// An error of the kill, checkpoint or snapshot under way, if a client is there to read it.
+    fn send_error(&self, out: &mut Vec<Out>, status: Status, message: &str) {
+        if self.attached {
+            out.extend(error_frames(status, message, self.pending_request.as_ref()));
         }
     }
 
@@ -560,7 +642,7 @@ impl Session {
 
     fn creation_failed(&mut self, message: &str, code: u16) -> Vec<Out> {
         self.state = State::Ended;
-        let mut out = error_frames(Status::CreationError, message).to_vec();
+        let mut out = error_frames(Status::CreationError, message, None).to_vec();
         // The message, as much of it as a close frame can carry.
         out.push(Out::Close(code, close_reason(message)));
         out
@@ -578,8 +660,8 @@ impl Session {
         }
     }
 
-    /// Called periodically: delete the sandbox once it has been idle too long; stop waiting
-    /// for a store that does not answer.
+    /// Called periodically: delete the sandbox once it has been without a client too long;
+    /// stop waiting for a store that does not answer.
     pub fn on_tick(&mut self, now: Instant, control: &mut dyn SandboxControl) -> Vec<Out> {
         let store_timeout = self.settings.store_timeout;
         match self.state {
@@ -601,27 +683,32 @@ impl Session {
             State::FindingSnapshot { .. } | State::ForgettingSaved { .. } => return Vec::new(),
             _ => {}
         }
-        if self.state != State::Running || self.processes.any_running() {
-            // A running execution is activity.
+        if self.state != State::Running || self.attached || self.processes.any_running() {
+            // An attached client keeps its sandbox (the connection's pings prove it is
+            // there; one that stops answering them is dropped, and then the timer runs), and
+            // a running execution is activity: the idle time counts from after both.
             self.last_activity = now;
             return Vec::new();
         }
-        if now.saturating_duration_since(self.last_activity) < self.idle_limit() {
+        let limit = self.idle_limit();
+        if now.saturating_duration_since(self.last_activity) < limit {
             return Vec::new();
         }
         let mut out = Vec::new();
+        self.pending_request = None;
         if self.auto_checkpoint && self.settings.checkpoint_enabled && !self.auto_checkpoint_refused
         {
             self.auto_saving = true;
             self.begin_checkpoint(&mut out, false);
         } else {
+            self.idle_expired = Some(limit);
             self.begin_kill(&mut out, control);
         }
         out
     }
 
     fn begin_checkpoint(&mut self, out: &mut Vec<Out>, with_running: bool) {
-        self.send(out, ServerEvent::Status(Status::Checkpointing));
+        self.send_status(out, Status::Checkpointing);
         self.state = State::Saving { snapshot: false };
         out.push(Out::Save(SaveRequest::Checkpoint { with_running }));
     }
@@ -630,6 +717,7 @@ impl Session {
     pub fn on_shutdown(&mut self) -> Vec<Out> {
         let mut out = Vec::new();
         if self.checkpointable && self.settings.checkpoint_enabled && self.state == State::Running {
+            self.pending_request = None;
             self.begin_checkpoint(&mut out, true);
         }
         out
@@ -650,9 +738,10 @@ impl Session {
         );
         self.send(
             &mut out,
-            ServerEvent::StatusWithMessage(Status::LockReleaseRequested, message),
+            ServerEvent::StatusWithMessage(Status::LockReleaseRequested, message).into(),
         );
         self.moving = true;
+        self.pending_request = None;
         self.begin_checkpoint(&mut out, true);
         Some(out)
     }
@@ -673,7 +762,7 @@ impl Session {
             self.sandbox_id
         );
         if self.attached {
-            out.extend(error_frames(Status::LockRenewalError, &message));
+            out.extend(error_frames(Status::LockRenewalError, &message, None));
             out.push(Out::Close(4000, "lease lost".into()));
         }
         self.state = State::Ending(Ending::Silent);
@@ -693,7 +782,7 @@ impl Session {
         }
         match result {
             Ok(()) => {
-                self.send(&mut out, ServerEvent::Status(Status::Deleting));
+                self.send_status(&mut out, Status::Deleting);
                 self.state = State::Ending(if self.moving {
                     Ending::Moved
                 } else {
@@ -704,7 +793,7 @@ impl Session {
                 self.moving = false;
                 self.state = State::Ending(Ending::Silent);
                 if self.attached {
-                    out.extend(error_frames(Status::CheckpointError, &message));
+                    self.send_error(&mut out, Status::CheckpointError, &message);
                     out.push(Out::Close(4000, "checkpoint error".into()));
                 }
             }
@@ -727,14 +816,8 @@ impl Session {
             return out;
         }
         match &result {
-            Ok(()) => self.send(
-                &mut out,
-                ServerEvent::Status(Status::FilesystemSnapshotCreated),
-            ),
-            Err(message) if self.attached => {
-                out.extend(error_frames(Status::FilesystemSnapshotError, message))
-            }
-            Err(_) => {}
+            Ok(()) => self.send_status(&mut out, Status::FilesystemSnapshotCreated),
+            Err(message) => self.send_error(&mut out, Status::FilesystemSnapshotError, message),
         }
         if alive {
             self.state = State::Running;
@@ -744,19 +827,21 @@ impl Session {
                 control.delete(sandbox);
             }
             if self.attached {
-                out.extend(error_frames(
+                self.send_error(
+                    &mut out,
                     Status::Error,
                     "the sandbox did not survive the snapshot",
-                ));
+                );
                 out.push(Out::Close(4000, "sandbox error".into()));
             }
         }
+        self.pending_request = None;
         out
     }
 
     fn begin_kill(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
-        self.send(out, ServerEvent::Status(Status::Killing));
-        self.send(out, ServerEvent::Status(Status::Deleting));
+        self.send_status(out, Status::Killing);
+        self.send_status(out, Status::Deleting);
         self.state = State::Ending(Ending::Kill);
         self.killed = true;
         if let Some(sandbox) = self.sandbox {
@@ -774,26 +859,26 @@ impl Session {
     }
 
     fn finish_kill(&mut self, out: &mut Vec<Out>) {
-        self.send(out, ServerEvent::Status(Status::Deleted));
-        self.send(out, ServerEvent::Status(Status::Killed));
+        self.send_status(out, Status::Deleted);
+        self.send_status(out, Status::Killed);
         if self.attached {
             out.push(Out::Close(1000, "done".into()));
         }
         self.state = State::Ended;
     }
 
-    /// A client attached on `/attach` (token already checked, not in use).
+    /// A client attached on `/attach` (token already checked, not in use). It follows no
+    /// process yet: their events stay held until `reconnect` or `attach_process`, so that
+    /// none reaches it under a request id it does not know.
     pub fn on_attach(&mut self, now: Instant) -> Vec<Out> {
         self.attached = true;
         self.last_activity = now;
-        self.awaiting_reconnect =
-            self.processes.foreground().is_some() || self.processes.has_held();
         vec![status(Status::Running)]
     }
 
     pub fn on_detach(&mut self, now: Instant) {
         self.attached = false;
-        self.awaiting_reconnect = false;
+        self.processes.unfollow_all();
         self.last_activity = now;
     }
 
@@ -806,6 +891,8 @@ impl Session {
     ) -> Vec<Out> {
         self.last_activity = now;
         let mut out = Vec::new();
+        let Envelope { id, message } = messages::parse(text, &self.settings.exec);
+        let id = id.as_ref();
         if self.state != State::Running {
             // Messages before the sandbox is ready, or while it is being deleted, cannot act.
             let message = match self.state {
@@ -819,37 +906,61 @@ impl Session {
                 State::Saving { snapshot: false } => "the sandbox is being checkpointed",
                 _ => "the sandbox is being deleted",
             };
-            out.extend(error_frames(Status::ExecutionError, message));
+            out.extend(error_frames(Status::ExecutionError, message, id));
             return out;
         }
-        let envelope = messages::parse(text, &self.settings.exec);
-        match envelope.message {
-            ClientMessage::KillProcess => self.kill_process(&mut out, control),
-            ClientMessage::KillSandbox => self.begin_kill(&mut out, control),
-            ClientMessage::Checkpoint => self.checkpoint(&mut out),
-            ClientMessage::SnapshotFilesystem(name) => self.snapshot(name, &mut out),
-            ClientMessage::Reconnect => self.replay(&mut out, control),
-            ClientMessage::Stdin(stdin) => self.stdin(stdin, &mut out, control),
-            ClientMessage::Exec(exec) => self.exec(exec, envelope.id, &mut out, control),
+        match message {
+            ClientMessage::KillProcess(process) => {
+                self.kill_process(process, id, &mut out, control)
+            }
+            ClientMessage::KillSandbox => {
+                self.pending_request = id.cloned();
+                self.begin_kill(&mut out, control)
+            }
+            ClientMessage::Checkpoint => self.checkpoint(id, &mut out),
+            ClientMessage::SnapshotFilesystem(name) => self.snapshot(name, id, &mut out),
+            ClientMessage::Reconnect => self.reconnect(&mut out, control),
+            ClientMessage::Stdin(process, stdin) => {
+                self.stdin(process, stdin, id, &mut out, control)
+            }
+            ClientMessage::Exec(exec) => self.exec(exec, id, &mut out, control, now),
+            ClientMessage::ListProcesses => self.list_processes(id, &mut out),
+            ClientMessage::AttachProcess(process) => {
+                self.attach_process(process, id, &mut out, control)
+            }
+            ClientMessage::SetIdleTimeout(timeout) => {
+                self.idle_timeout = timeout;
+                let reply = events::Reply::IdleTimeout(self.idle_limit());
+                out.push(Out::Send(Frame::answering(ServerEvent::Reply(reply), id)));
+            }
+            ClientMessage::Malformed(problem) => {
+                out.extend(error_frames(Status::RequestError, &problem, id))
+            }
             ClientMessage::Unsupported => out.extend(error_frames(
                 Status::ExecutionUnsupportedLanguageError,
                 LANGUAGES_MESSAGE,
+                id,
             )),
         }
         out
     }
 
-    fn checkpoint(&mut self, out: &mut Vec<Out>) {
+    fn checkpoint(&mut self, id: Option<&RequestId>, out: &mut Vec<Out>) {
         let running = self.processes.any_running();
         if self.checkpointable && self.settings.checkpoint_enabled && !running {
+            self.pending_request = id.cloned();
             return self.begin_checkpoint(out, false);
         }
         if running {
-            out.push(status(Status::Checkpointing));
+            out.push(Out::Send(Frame::answering(
+                ServerEvent::Status(Status::Checkpointing),
+                id,
+            )));
             // The original clients match on this text.
             out.extend(error_frames(
                 Status::ExecutionInProgressError,
                 "Cannot checkpoint while an execution is in progress.",
+                id,
             ));
             return;
         }
@@ -858,13 +969,21 @@ impl Session {
         } else {
             "checkpointing is not enabled on this server (set CHECKPOINT_AND_RESTORE_PATH)"
         };
-        out.extend(error_frames(Status::CheckpointError, text));
+        out.extend(error_frames(Status::CheckpointError, text, id));
         out.push(Out::Close(4000, "checkpoint error".into()));
         // The sandbox survives the closed connection, until its idle timeout.
     }
 
-    fn snapshot(&mut self, name: Result<String, String>, out: &mut Vec<Out>) {
-        out.push(status(Status::FilesystemSnapshotCreating));
+    fn snapshot(
+        &mut self,
+        name: Result<String, String>,
+        id: Option<&RequestId>,
+        out: &mut Vec<Out>,
+    ) {
+        out.push(Out::Send(Frame::answering(
+            ServerEvent::Status(Status::FilesystemSnapshotCreating),
+            id,
+        )));
         let problem = match &name {
             Err(problem) => Some(problem.clone()),
             Ok(_) if !self.settings.snapshot_enabled => Some(
@@ -877,111 +996,14 @@ impl Session {
             Ok(name) => options::validate_snapshot_name(name).err(),
         };
         match (problem, name) {
-            (Some(text), _) => out.extend(error_frames(Status::FilesystemSnapshotError, &text)),
+            (Some(text), _) => out.extend(error_frames(Status::FilesystemSnapshotError, &text, id)),
             (None, Ok(name)) => {
+                self.pending_request = id.cloned();
                 self.state = State::Saving { snapshot: true };
                 out.push(Out::Save(SaveRequest::Snapshot(name)));
             }
             // A name that is an error has a problem.
             (None, Err(_)) => {}
-        }
-    }
-
-    fn replay(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
-        if !self.awaiting_reconnect {
-            return;
-        }
-        self.awaiting_reconnect = false;
-        out.push(status(Status::ExecutionRunning));
-        out.extend(self.processes.take_held().into_iter().map(Out::Send));
-        if self.output_paused {
-            self.output_paused = false;
-            if let Some(sandbox) = self.sandbox {
-                control.set_output_paused(sandbox, false);
-            }
-        }
-    }
-
-    fn kill_process(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
-        let (Some(sandbox), Some((_, process))) = (self.sandbox, self.processes.foreground())
-        else {
-            out.extend(error_frames(
-                Status::ExecutionForceKillError,
-                "no execution is running",
-            ));
-            return;
-        };
-        match control.kill_exec(sandbox, process.exec()) {
-            Ok(()) => out.push(status(Status::ExecutionForceKilled)),
-            Err(error) => out.extend(error_frames(
-                Status::ExecutionForceKillError,
-                &error.to_string(),
-            )),
-        }
-    }
-
-    fn stdin(
-        &mut self,
-        stdin: Result<StdinMessage, String>,
-        out: &mut Vec<Out>,
-        control: &mut dyn SandboxControl,
-    ) {
-        let (Some(sandbox), Some((_, process))) = (self.sandbox, self.processes.foreground())
-        else {
-            out.extend(error_frames(
-                Status::ExecutionError,
-                "no execution is running to receive stdin",
-            ));
-            return;
-        };
-        let exec = process.exec();
-        let stdin = match stdin {
-            Ok(stdin) => stdin,
-            Err(problem) => return out.extend(error_frames(Status::StdinError, &problem)),
-        };
-        if let Some(bytes) = stdin.data {
-            if let Err(error) = control.write_stdin(sandbox, exec, &bytes) {
-                out.extend(error_frames(Status::StdinError, &error.to_string()));
-                return;
-            }
-        }
-        if stdin.eof {
-            if let Err(error) = control.close_stdin(sandbox, exec) {
-                out.extend(error_frames(Status::StdinError, &error.to_string()));
-            }
-        }
-    }
-
-    fn exec(
-        &mut self,
-        exec: ExecMessage,
-        request: Option<RequestId>,
-        out: &mut Vec<Out>,
-        control: &mut dyn SandboxControl,
-    ) {
-        if self.processes.foreground().is_some() {
-            out.extend(error_frames(
-                Status::ExecutionError,
-                "An execution is already in progress.",
-            ));
-            return;
-        }
-        let options = match exec.options {
-            Ok(options) => options,
-            Err(problem) => return out.extend(error_frames(Status::ExecutionError, &problem)),
-        };
-        let Some(sandbox) = self.sandbox else { return };
-        match control.start_exec(sandbox, options.spec(exec.language, &exec.code)) {
-            Ok(id) => {
-                self.processes.start(
-                    id,
-                    request,
-                    Some(exec.language),
-                    options.output_encoding,
-                    true,
-                );
-            }
-            Err(error) => out.extend(error_frames(Status::ExecutionError, &error.to_string())),
         }
     }
 
@@ -997,7 +1019,7 @@ impl Session {
                 self.state = State::Running;
                 // The restore's own time is not idleness.
                 self.last_activity = Instant::now();
-                self.send(&mut out, ServerEvent::Status(Status::Running));
+                self.send(&mut out, ServerEvent::Status(Status::Running).into());
             }
             RuntimeEvent::Ready if self.state == State::Creating => {
                 self.state = State::Running;
@@ -1005,8 +1027,8 @@ impl Session {
                     sandbox_id: self.sandbox_id.clone(),
                     sandbox_token: self.token.clone(),
                 };
-                self.send(&mut out, sandbox_id);
-                self.send(&mut out, ServerEvent::Status(Status::Running));
+                self.send(&mut out, sandbox_id.into());
+                self.send(&mut out, ServerEvent::Status(Status::Running).into());
             }
             RuntimeEvent::StartFailed(message) => {
                 let (failure, text) = match self.state {
@@ -1025,7 +1047,7 @@ impl Session {
                 };
                 self.state = State::Ending(Ending::Silent);
                 if self.attached {
-                    out.extend(error_frames(failure, &text));
+                    self.send_error(&mut out, failure, &text);
                     out.push(Out::Close(4000, "sandbox error".into()));
                 }
             }
@@ -1035,10 +1057,8 @@ impl Session {
                 }
                 self.state = State::Ending(Ending::Silent);
                 if self.attached {
-                    out.extend(error_frames(
-                        Status::Error,
-                        &format!("the sandbox stopped: {message}"),
-                    ));
+                    let text = format!("the sandbox stopped: {message}");
+                    out.extend(error_frames(Status::Error, &text, None));
                     out.push(Out::Close(4000, "sandbox error".into()));
                 }
             }
@@ -1051,23 +1071,23 @@ impl Session {
                 }
                 State::Ending(Ending::Kill) => self.finish_kill(&mut out),
                 State::Ending(Ending::Checkpointed) => {
-                    self.send(&mut out, ServerEvent::Status(Status::Deleted));
-                    self.send(&mut out, ServerEvent::Status(Status::Checkpointed));
+                    self.send_status(&mut out, Status::Deleted);
+                    self.send_status(&mut out, Status::Checkpointed);
                     if self.attached {
                         out.push(Out::Close(1000, "done".into()));
                     }
                     self.state = State::Ended;
                 }
                 State::Ending(Ending::Moved) => {
-                    self.send(&mut out, ServerEvent::Status(Status::Deleted));
-                    self.send(&mut out, ServerEvent::Status(Status::Checkpointed));
+                    self.send_status(&mut out, Status::Deleted);
+                    self.send_status(&mut out, Status::Checkpointed);
                     let message = format!(
                         "sandbox {} moved to another server instance: attach to it again to continue there",
                         self.sandbox_id
                     );
                     self.send(
                         &mut out,
-                        ServerEvent::StatusWithMessage(Status::LockReleased, message),
+                        ServerEvent::StatusWithMessage(Status::LockReleased, message).into(),
                     );
                     if self.attached {
                         out.push(Out::Close(CLOSE_MOVED, "sandbox moved".into()));
@@ -1084,9 +1104,8 @@ impl Session {
                 };
                 // Nothing was touched: the session goes on.
                 self.state = State::Running;
-                if self.attached {
-                    out.extend(error_frames(failure, &message));
-                }
+                self.send_error(&mut out, failure, &message);
+                self.pending_request = None;
                 if std::mem::take(&mut self.moving) {
                     out.push(Out::HandoffRefused(message.clone()));
                 }
@@ -1094,61 +1113,22 @@ impl Session {
                     // The idle timeout could not checkpoint: it deletes the sandbox instead,
                     // as it would without auto-checkpoint, rather than retrying forever.
                     self.auto_checkpoint_refused = true;
+                    self.idle_expired = Some(self.idle_limit());
                     self.begin_kill(&mut out, control);
                 }
             }
-            RuntimeEvent::ExecStarted(exec) => {
-                if let Some(process) = self.processes.of_exec(exec) {
-                    let running = ServerEvent::Status(Status::ExecutionRunning);
-                    self.emit(&mut out, process, running, control);
-                }
-            }
+            RuntimeEvent::ExecStarted(exec) => self.on_exec_started(exec, &mut out, control),
             RuntimeEvent::ExecSpawnFailed(exec, message) => {
-                if let Some(process) = self.processes.of_exec(exec) {
-                    self.processes.remove(process);
-                    out.extend(error_frames(
-                        Status::ExecutionError,
-                        &format!("cannot start the process: {message}"),
-                    ));
-                }
+                self.on_exec_spawn_failed(exec, &message, &mut out)
             }
             RuntimeEvent::Output(exec, stream, data) => {
-                let Some(process) = self.processes.of_exec(exec) else {
-                    return out;
-                };
-                let framed = self
-                    .processes
-                    .get_mut(process)
-                    .and_then(|entry| entry.push_output(stream, data));
-                if let Some(event) = framed {
-                    self.emit(&mut out, process, event, control);
-                }
+                self.on_output(exec, stream, data, &mut out, control)
             }
+            RuntimeEvent::StdinWritten(exec, count) => self.on_stdin_written(exec, count),
             RuntimeEvent::ExecFinished(exec, outcome) => {
-                let Some(process) = self.processes.of_exec(exec) else {
-                    return out;
-                };
-                let events = self
-                    .processes
-                    .get_mut(process)
-                    .map(|entry| entry.finish(&outcome))
-                    .unwrap_or_default();
-                for event in events {
-                    self.emit(&mut out, process, event, control);
-                }
-                self.processes.forget_if_done(process);
+                self.on_exec_finished(exec, &outcome, &mut out, control)
             }
             RuntimeEvent::Checkpointed(_) | RuntimeEvent::Ready => {}
-        }
-        out
-    }
-
-    /// Frame the merged output; called after each batch of notices so frames are neither one
-    /// per byte nor delayed.
-    pub fn flush_output(&mut self, control: &mut dyn SandboxControl) -> Vec<Out> {
-        let mut out = Vec::new();
-        for (process, event) in self.processes.frame_all_pending() {
-            self.emit(&mut out, process, event, control);
         }
         out
     }

@@ -52,18 +52,8 @@ pub fn parse_init(text: &str) -> Result<InitOptions, String> {
         }
     };
     let idle_timeout = match init.get("idle_timeout") {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(
-            value
-                .as_f64()
-                .and_then(|seconds| duration(seconds, true, MAX_IDLE_TIMEOUT_SECS))
-                .ok_or_else(|| {
-                    format!(
-                        "idle_timeout must be a number of seconds from 0 (never) to {MAX_IDLE_TIMEOUT_SECS:.0} or null, got {}",
-                        quoted(value)
-                    )
-                })?,
-        ),
+        None => None,
+        Some(value) => idle_timeout(value)?,
     };
     let auto_checkpoint = flag(&init, "enable_idle_timeout_auto_checkpoint")?;
     Ok(InitOptions {
@@ -76,6 +66,25 @@ pub fn parse_init(text: &str) -> Result<InitOptions, String> {
         handoff,
         labels: labels(init.get("labels"))?,
     })
+}
+
+/// An `idle_timeout` value (of the init or of `set_idle_timeout`): `null` is the server's
+/// default (`None`), 0 "never" (capped by the server's maximum); anything else must be a
+/// number of seconds up to [`MAX_IDLE_TIMEOUT_SECS`].
+pub fn idle_timeout(value: &Value) -> Result<Option<Duration>, String> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    value
+        .as_f64()
+        .and_then(|seconds| duration(seconds, true, MAX_IDLE_TIMEOUT_SECS))
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "idle_timeout must be a number of seconds from 0 (never) to {MAX_IDLE_TIMEOUT_SECS:.0} or null, got {}",
+                quoted(value)
+            )
+        })
 }
 
 /// `labels`: an object of at most [`MAX_LABELS`] strings, keys of 1 to 63 characters from

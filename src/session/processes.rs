@@ -1,53 +1,96 @@
-//! The executions of one session, by process id: which runtime execution each one is, who asked
-//! for it, how its output is framed, and what is held for a client that is away.
+//! The processes of one session, by process id: which runtime execution each one is, who asked
+//! for it and whose request id its events carry, how its output is framed, its stdin window,
+//! and what is held for a client that does not follow it.
 //!
-//! Today a session runs one execution at a time, the *foreground* one (the compatible
-//! protocol's rule); the table is keyed by process id so that several can run side by side
-//! (issue 12) without another restructuring. A process that ended while its events are held
-//! stays in the table until they are replayed.
+//! A process id is the runtime's execution id (`ExecId`): the agent never reuses one in a
+//! sandbox, also across checkpoint and restore, so the ids clients see are unique for the
+//! sandbox's life and a restored session agrees with the agent without a counter of its own.
+//!
+//! Several processes run at once (protocol 2). The compatible protocol's one execution, the
+//! *foreground* one, is the process started without a request id: stdin, kill_process and
+//! reconnect without a process id address it, and a second one is refused while it runs.
+//!
+//! A process is *followed* while a client receives its events as they happen; otherwise they
+//! are held, and replayed by `reconnect` (every process) or `attach_process` (one). A process
+//! that ended while its events are held stays in the table until they are replayed; at most
+//! `max_ended` such processes are kept (the oldest is forgotten beyond that), so a session
+//! whose clients never collect them cannot grow without bound.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::events::{ExecDone, OutputEncoding, ServerEvent};
+use super::events::{ExecDone, Frame, OutputEncoding, ProcessEntry, ServerEvent};
 use super::ids::{ProcessId, RequestId};
+use super::stdin_window::StdinWindow;
 use super::text::{base64_encode, Utf8Stream};
 use crate::agent_protocol::{ExecId, Language, Stream};
 use crate::runtime::exec::ExecOutcome;
 
+/// The process id clients see for runtime execution `exec`.
+pub fn process_id(exec: ExecId) -> ProcessId {
+    ProcessId(u64::from(exec.0))
+}
+
+/// What starting a process needs to know.
+#[derive(Debug, Clone)]
+pub struct NewProcess {
+    pub exec: ExecId,
+    /// The request that started it (`None`: the compatible foreground execution).
+    pub request: Option<RequestId>,
+    /// `None` for an execution adopted after a restore whose manifest does not say.
+    pub language: Option<Language>,
+    pub encoding: OutputEncoding,
+    pub started_unix_ms: u64,
+    /// Its stdin flow control (protocol 2); `None`: the compatible rules.
+    pub stdin: Option<StdinWindow>,
+    /// A client receives its events from the start.
+    pub followed: bool,
+    /// It runs already (adopted after a restore); else its `SANDBOX_EXECUTION_RUNNING` is
+    /// to come.
+    pub started: bool,
+}
+
 #[derive(Debug)]
 pub struct Process {
-    /// The runtime's name of the execution.
     exec: ExecId,
-    /// The request that started it (`None`: an id-less message, or adopted after a restore).
     request: Option<RequestId>,
-    /// `None` for an execution adopted after a restore (the manifest does not say).
+    /// The request id its events carry: the starting request's, then that of the latest
+    /// `attach_process`.
+    follower: Option<RequestId>,
     language: Option<Language>,
     encoding: OutputEncoding,
+    started_unix_ms: u64,
     stdout: Utf8Stream,
     stderr: Utf8Stream,
     /// Output not yet framed: consecutive chunks of one stream are merged into one frame.
     pending: Option<(Stream, Vec<u8>)>,
     running: bool,
-    /// Events kept for a client that is away, in order.
+    /// Its `SANDBOX_EXECUTION_RUNNING` happened.
+    started: bool,
+    followed: bool,
+    /// Its output is paused in the runtime because too much is held.
+    pub paused: bool,
+    pub stdin: Option<StdinWindow>,
+    /// Events kept for a client that does not follow it, in order, and their size.
     held: VecDeque<ServerEvent>,
 }
 
 impl Process {
-    fn new(
-        exec: ExecId,
-        request: Option<RequestId>,
-        language: Option<Language>,
-        encoding: OutputEncoding,
-    ) -> Self {
+    fn new(new: NewProcess) -> Self {
         Process {
-            exec,
-            request,
-            language,
-            encoding,
+            exec: new.exec,
+            follower: new.request.clone(),
+            request: new.request,
+            language: new.language,
+            encoding: new.encoding,
+            started_unix_ms: new.started_unix_ms,
             stdout: Utf8Stream::default(),
             stderr: Utf8Stream::default(),
             pending: None,
             running: true,
+            started: new.started,
+            followed: new.followed,
+            paused: false,
+            stdin: new.stdin,
             held: VecDeque::new(),
         }
     }
@@ -56,8 +99,58 @@ impl Process {
         self.exec
     }
 
+    pub fn id(&self) -> ProcessId {
+        process_id(self.exec)
+    }
+
     pub fn encoding(&self) -> OutputEncoding {
         self.encoding
+    }
+
+    pub fn request(&self) -> Option<&RequestId> {
+        self.request.as_ref()
+    }
+
+    /// The request id its events carry.
+    pub fn follower(&self) -> Option<&RequestId> {
+        self.follower.as_ref()
+    }
+
+    pub fn language(&self) -> Option<Language> {
+        self.language
+    }
+
+    pub fn started_unix_ms(&self) -> u64 {
+        self.started_unix_ms
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    pub fn is_followed(&self) -> bool {
+        self.followed
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
+    pub fn mark_started(&mut self) {
+        self.started = true;
+    }
+
+    /// `event` as a frame of this process: with the follower's request id and its id.
+    pub fn frame(&self, event: ServerEvent) -> Frame {
+        Frame::new(event, self.follower.clone(), Some(self.id()))
+    }
+
+    /// A client follows it from now on; with `request`, its events carry that id.
+    pub fn follow(&mut self, request: Option<RequestId>) {
+        self.followed = true;
+        if request.is_some() {
+            self.follower = request;
+        }
     }
 
     /// Output arrived: merged with what is pending if it is the same stream; otherwise what
@@ -100,9 +193,16 @@ impl Process {
         })
     }
 
+    /// It could not be started: it ends without output or DONE (its refusal is its answer).
+    pub fn end_unstarted(&mut self) {
+        self.running = false;
+        self.paused = false;
+    }
+
     /// It ended: the rest of its output, then its `SANDBOX_EXECUTION_DONE`.
     pub fn finish(&mut self, outcome: &ExecOutcome) -> Vec<ServerEvent> {
         self.running = false;
+        self.paused = false;
         let mut events: Vec<ServerEvent> = self.frame_pending().into_iter().collect();
         // Bytes of a character cut off by the end become U+FFFD rather than vanish.
         for (stream, leftover) in [
@@ -120,73 +220,121 @@ impl Process {
         events.push(ServerEvent::Done(ExecDone::from(outcome)));
         events
     }
+
+    fn entry(&self) -> ProcessEntry {
+        ProcessEntry {
+            process_id: self.id(),
+            request: self.request.clone(),
+            language: self.language,
+            running: self.running,
+            started_unix_ms: self.started_unix_ms,
+        }
+    }
 }
 
-/// What a listing shows of a process (`list_processes`, issue 12).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessView {
-    pub process_id: ProcessId,
-    pub request: Option<RequestId>,
-    pub language: Option<Language>,
-    pub running: bool,
+/// What a process id names, for the errors of the messages that address one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Running,
+    /// It ended (its events may still be held).
+    Ended,
+    /// No process of this session has this id.
+    Unknown,
 }
 
 #[derive(Debug, Default)]
 pub struct Processes {
     table: BTreeMap<ProcessId, Process>,
-    /// The last process id given out (ids start at 1).
-    last_id: u64,
-    /// The compatible protocol's one execution: stdin, kill_process and reconnect without a
-    /// process id address it, and a second one is refused while it runs.
+    /// The highest process id seen: lower ids that are not in the table have ended.
+    highest: Option<ProcessId>,
+    /// The compatible protocol's one execution: the latest started without a request id.
     foreground: Option<ProcessId>,
     /// Bytes of the held events (their frames' length), over all processes.
     held_bytes: usize,
+    /// Ended processes kept for their held events, at most (0: no bound).
+    max_ended: usize,
 }
 
 impl Processes {
-    /// A new running process; with `foreground`, the one id-less messages address.
-    pub fn start(
-        &mut self,
-        exec: ExecId,
-        request: Option<RequestId>,
-        language: Option<Language>,
-        encoding: OutputEncoding,
-        foreground: bool,
-    ) -> ProcessId {
-        self.last_id += 1;
-        let id = ProcessId(self.last_id);
-        self.table
-            .insert(id, Process::new(exec, request, language, encoding));
-        if foreground {
+    pub fn new(max_ended: usize) -> Self {
+        Processes {
+            max_ended,
+            ..Processes::default()
+        }
+    }
+
+    /// A new running process.
+    pub fn start(&mut self, new: NewProcess) -> ProcessId {
+        let id = process_id(new.exec);
+        if new.request.is_none() {
             self.foreground = Some(id);
+        }
+        self.highest = self.highest.max(Some(id));
+        if let Some(old) = self.table.insert(id, Process::new(new)) {
+            // Ids are never reused; should the runtime say otherwise, forget the old one.
+            self.held_bytes = self.held_bytes.saturating_sub(held_size(&old.held));
         }
         id
     }
 
     /// The running foreground process.
-    pub fn foreground(&self) -> Option<(ProcessId, &Process)> {
+    pub fn foreground(&self) -> Option<&Process> {
+        self.table
+            .get(&self.foreground?)
+            .filter(|process| process.running)
+    }
+
+    /// The foreground process if it ended or is not followed: what a compatible `reconnect`
+    /// replays (its `SANDBOX_EXECUTION_RUNNING`, then what is held).
+    pub fn foreground_to_replay(&self) -> Option<ProcessId> {
         let id = self.foreground?;
         self.table
             .get(&id)
-            .filter(|process| process.running)
-            .map(|process| (id, process))
+            .filter(|process| !process.followed)
+            .map(|_| id)
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &Process> {
+        self.table.values().filter(|process| process.running)
     }
 
     /// Whether any process runs.
     pub fn any_running(&self) -> bool {
-        self.table.values().any(|process| process.running)
+        self.running().next().is_some()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running().count()
     }
 
     /// The running process of runtime execution `exec`.
     pub fn of_exec(&self, exec: ExecId) -> Option<ProcessId> {
+        let id = process_id(exec);
         self.table
-            .iter()
-            .find(|(_, process)| process.running && process.exec == exec)
-            .map(|(id, _)| *id)
+            .get(&id)
+            .filter(|process| process.running)
+            .map(|_| id)
+    }
+
+    pub fn lookup(&self, id: ProcessId) -> Lookup {
+        match self.table.get(&id) {
+            Some(process) if process.running => Lookup::Running,
+            Some(_) => Lookup::Ended,
+            None if self.highest.is_some_and(|highest| id <= highest) => Lookup::Ended,
+            None => Lookup::Unknown,
+        }
+    }
+
+    pub fn get(&self, id: ProcessId) -> Option<&Process> {
+        self.table.get(&id)
     }
 
     pub fn get_mut(&mut self, id: ProcessId) -> Option<&mut Process> {
         self.table.get_mut(&id)
+    }
+
+    pub fn ids(&self) -> Vec<ProcessId> {
+        self.table.keys().copied().collect()
     }
 
     /// Every process's pending output, framed (after a batch of notices).
@@ -197,17 +345,15 @@ impl Processes {
             .collect()
     }
 
-    /// Forget a process that never started (its spawn failed).
+    /// Forget a process (its spawn failed, or its held events are no use any more).
     pub fn remove(&mut self, id: ProcessId) {
         if let Some(process) = self.table.remove(&id) {
-            self.held_bytes -= held_size(&process.held).min(self.held_bytes);
-        }
-        if self.foreground == Some(id) {
-            self.foreground = None;
+            self.held_bytes = self.held_bytes.saturating_sub(held_size(&process.held));
         }
     }
 
-    /// Forget an ended process unless events of it are held.
+    /// Forget an ended process unless events of it are held; keep at most `max_ended`
+    /// ended ones.
     pub fn forget_if_done(&mut self, id: ProcessId) {
         let done = self
             .table
@@ -215,6 +361,21 @@ impl Processes {
             .is_some_and(|process| !process.running && process.held.is_empty());
         if done {
             self.remove(id);
+        }
+        let ended: Vec<ProcessId> = self
+            .table
+            .iter()
+            .filter(|(_, process)| !process.running)
+            .map(|(id, _)| *id)
+            .collect();
+        if self.max_ended > 0 && ended.len() > self.max_ended {
+            for id in &ended[..ended.len() - self.max_ended] {
+                eprintln!(
+                    "session: forgetting the held events of process {id}: more than {} ended processes were never collected",
+                    self.max_ended
+                );
+                self.remove(*id);
+            }
         }
     }
 
@@ -227,39 +388,32 @@ impl Processes {
         self.held_bytes
     }
 
-    pub fn has_held(&self) -> bool {
-        self.table.values().any(|process| !process.held.is_empty())
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
-    /// Everything held, process by process in the order they started; ended processes are
-    /// forgotten.
-    pub fn take_held(&mut self) -> Vec<ServerEvent> {
-        let mut events = Vec::new();
-        for process in self.table.values_mut() {
-            events.extend(process.held.drain(..));
-        }
-        self.table.retain(|_, process| process.running);
-        if self
-            .foreground
-            .is_some_and(|id| !self.table.contains_key(&id))
-        {
-            self.foreground = None;
-        }
-        self.held_bytes = 0;
+    /// What is held of process `id`, in order, taken.
+    pub fn take_held(&mut self, id: ProcessId) -> Vec<ServerEvent> {
+        let Some(process) = self.table.get_mut(&id) else {
+            return Vec::new();
+        };
+        let events: Vec<ServerEvent> = process.held.drain(..).collect();
+        self.held_bytes = self
+            .held_bytes
+            .saturating_sub(events.iter().map(|event| event.to_json().len()).sum());
         events
     }
 
+    /// No client follows any process any more (it went away).
+    pub fn unfollow_all(&mut self) {
+        for process in self.table.values_mut() {
+            process.followed = false;
+        }
+    }
+
     /// The processes, in the order they started.
-    pub fn views(&self) -> Vec<ProcessView> {
-        self.table
-            .iter()
-            .map(|(id, process)| ProcessView {
-                process_id: *id,
-                request: process.request.clone(),
-                language: process.language,
-                running: process.running,
-            })
-            .collect()
+    pub fn entries(&self) -> Vec<ProcessEntry> {
+        self.table.values().map(Process::entry).collect()
     }
 }
 
@@ -291,19 +445,26 @@ mod tests {
         }
     }
 
+    fn new(exec: u32, request: Option<RequestId>) -> NewProcess {
+        NewProcess {
+            exec: ExecId(exec),
+            request,
+            language: Some(Language::Bash),
+            encoding: OutputEncoding::Text,
+            started_unix_ms: 5,
+            stdin: None,
+            followed: true,
+            started: false,
+        }
+    }
+
     #[test]
-    fn process_ids_are_never_reused_and_each_maps_its_execution() {
-        let mut processes = Processes::default();
-        let first = processes.start(
-            ExecId(1),
-            None,
-            Some(Language::Bash),
-            OutputEncoding::Text,
-            true,
-        );
+    fn process_ids_are_the_execution_ids_and_ended_ones_are_told_apart() {
+        let mut processes = Processes::new(16);
+        let first = processes.start(new(1, None));
         assert_eq!(first, ProcessId(1));
         assert_eq!(processes.of_exec(ExecId(1)), Some(first));
-        assert_eq!(processes.foreground().map(|(id, _)| id), Some(first));
+        assert_eq!(processes.foreground().map(Process::id), Some(first));
         let events = processes.get_mut(first).unwrap().finish(&outcome());
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].status(), Some(Status::ExecutionDone));
@@ -314,29 +475,43 @@ mod tests {
             "an ended process takes no more output"
         );
         processes.forget_if_done(first);
-        let second = processes.start(
-            ExecId(1),
-            Some(RequestId::Number(3)),
-            None,
-            OutputEncoding::Base64,
-            true,
-        );
-        assert_eq!(second, ProcessId(2));
+        let second = processes.start(new(4, Some(RequestId::Number(3))));
+        assert_eq!(second, ProcessId(4));
+        assert!(processes.foreground().is_none(), "started with an id");
+        assert_eq!(processes.lookup(ProcessId(1)), Lookup::Ended);
+        assert_eq!(processes.lookup(ProcessId(4)), Lookup::Running);
+        assert_eq!(processes.lookup(ProcessId(5)), Lookup::Unknown);
         assert_eq!(
-            processes.views(),
-            [ProcessView {
+            processes.entries(),
+            [ProcessEntry {
                 process_id: second,
                 request: Some(RequestId::Number(3)),
-                language: None,
-                running: true
+                language: Some(Language::Bash),
+                running: true,
+                started_unix_ms: 5,
             }]
+        );
+        let frame = processes.get(second).unwrap().frame(output("x"));
+        assert_eq!(
+            (frame.id, frame.process),
+            (Some(RequestId::Number(3)), Some(second))
+        );
+        processes
+            .get_mut(second)
+            .unwrap()
+            .follow(Some(RequestId::Text("9".into())));
+        let frame = processes.get(second).unwrap().frame(output("x"));
+        assert_eq!(
+            frame.id,
+            Some(RequestId::Text("9".into())),
+            "attached: the new id"
         );
     }
 
     #[test]
     fn output_is_merged_per_stream_and_split_characters_wait() {
-        let mut processes = Processes::default();
-        let id = processes.start(ExecId(4), None, None, OutputEncoding::Text, true);
+        let mut processes = Processes::new(16);
+        let id = processes.start(new(4, None));
         let process = processes.get_mut(id).unwrap();
         assert_eq!(process.push_output(Stream::Stdout, b"a".to_vec()), None);
         assert_eq!(process.push_output(Stream::Stdout, b"b".to_vec()), None);
@@ -359,21 +534,39 @@ mod tests {
 
     #[test]
     fn held_events_keep_ended_processes_until_taken() {
-        let mut processes = Processes::default();
-        let id = processes.start(ExecId(1), None, None, OutputEncoding::Text, true);
+        let mut processes = Processes::new(16);
+        let id = processes.start(new(1, None));
         let size = output("x").to_json().len();
         assert_eq!(processes.hold(id, output("x")), size);
         processes.get_mut(id).unwrap().finish(&outcome());
         processes.forget_if_done(id);
-        assert!(processes.has_held());
-        assert_eq!(processes.views().len(), 1, "kept while its events are held");
-        assert_eq!(processes.take_held(), [output("x")]);
-        assert!(!processes.has_held());
-        assert!(processes.views().is_empty());
+        assert_eq!(processes.held_bytes(), size);
+        assert_eq!(
+            processes.entries().len(),
+            1,
+            "kept while its events are held"
+        );
+        assert_eq!(processes.take_held(id), [output("x")]);
+        assert_eq!(processes.held_bytes(), 0);
+        processes.forget_if_done(id);
+        assert!(processes.entries().is_empty());
         assert_eq!(
             processes.hold(id, output("y")),
             0,
             "gone: nothing to hold for"
         );
+    }
+
+    #[test]
+    fn at_most_max_ended_uncollected_processes_are_kept() {
+        let mut processes = Processes::new(2);
+        for exec in 1..=4 {
+            let id = processes.start(new(exec, Some(RequestId::Number(exec.into()))));
+            processes.hold(id, output("x"));
+            processes.get_mut(id).unwrap().finish(&outcome());
+            processes.forget_if_done(id);
+        }
+        assert_eq!(processes.ids(), [ProcessId(3), ProcessId(4)]);
+        assert_eq!(processes.held_bytes(), 2 * output("x").to_json().len());
     }
 }

@@ -1,9 +1,11 @@
-//! Every flow of docs/protocol.md against the session machine, with a fake runtime.
+//! What the flow corpus (`tests/flows/`, replayed by `flows.rs`) cannot express: the token
+//! hash, the options handed to the runtime, tables of bad values, the store's time-outs, what
+//! a checkpoint saves and a restore adopts, and the session's own bookkeeping.
 
 use super::*;
-use crate::agent_protocol::{ExitStatus, Stream};
+use crate::agent_protocol::ExitStatus;
 use crate::runtime::exec::{ExecOutcome, Reason};
-use events::OutputEncoding;
+use crate::store::SavedSettings;
 use serde_json::Value;
 
 #[derive(Default)]
@@ -15,7 +17,8 @@ struct FakeControl {
     stdin_closed: bool,
     killed: Vec<ExecId>,
     deleted: Vec<SandboxKey>,
-    paused: Option<bool>,
+    /// The runtime no longer knows the executions (they ended; the session has not heard).
+    execs_gone: bool,
 }
 
 impl SandboxControl for FakeControl {
@@ -39,23 +42,30 @@ impl SandboxControl for FakeControl {
         Ok(ExecId(self.started.len() as u32))
     }
     fn write_stdin(&mut self, _: SandboxKey, _: ExecId, data: &[u8]) -> Result<(), RuntimeError> {
+        if self.execs_gone {
+            return Err(RuntimeError::NoSuchExecution);
+        }
         self.stdin.push(data.to_vec());
         Ok(())
     }
     fn close_stdin(&mut self, _: SandboxKey, _: ExecId) -> Result<(), RuntimeError> {
+        if self.execs_gone {
+            return Err(RuntimeError::NoSuchExecution);
+        }
         self.stdin_closed = true;
         Ok(())
     }
     fn kill_exec(&mut self, _: SandboxKey, exec: ExecId) -> Result<(), RuntimeError> {
+        if self.execs_gone {
+            return Err(RuntimeError::NoSuchExecution);
+        }
         self.killed.push(exec);
         Ok(())
     }
     fn delete(&mut self, sandbox: SandboxKey) {
         self.deleted.push(sandbox);
     }
-    fn set_output_paused(&mut self, _: SandboxKey, paused: bool) {
-        self.paused = Some(paused);
-    }
+    fn set_exec_output_paused(&mut self, _: SandboxKey, _: ExecId, _: bool) {}
 }
 
 fn settings(checkpoint: bool) -> SessionSettings {
@@ -74,6 +84,8 @@ fn settings(checkpoint: bool) -> SessionSettings {
             "network egress is disabled on this server (SANDBOX_EGRESS=off)".into(),
         ),
         store_timeout: Duration::from_secs(30),
+        max_session_processes: 16,
+        stdin_window_bytes: 8,
     }
 }
 
@@ -124,362 +136,6 @@ fn outcome(code: i32) -> ExecOutcome {
     }
 }
 
-#[test]
-fn create_then_exec_streams_output_and_done_with_exit_code() {
-    let mut control = FakeControl::default();
-    let mut session = running_session(&mut control);
-    let now = Instant::now();
-    assert!(session
-        .on_message(
-            r#"{"language":"python","code":"print(1)"}"#,
-            &mut control,
-            now
-        )
-        .is_empty());
-    assert_eq!(control.started[0].cwd, "/root");
-    let mut out = session.on_runtime(RuntimeEvent::ExecStarted(ExecId(1)), &mut control);
-    out.extend(session.on_runtime(
-        RuntimeEvent::Output(ExecId(1), Stream::Stdout, b"Hello,".to_vec()),
-        &mut control,
-    ));
-    out.extend(session.on_runtime(
-        RuntimeEvent::Output(ExecId(1), Stream::Stdout, b" World\n".to_vec()),
-        &mut control,
-    ));
-    out.extend(session.on_runtime(
-        RuntimeEvent::Output(ExecId(1), Stream::Stderr, b"warn\n".to_vec()),
-        &mut control,
-    ));
-    out.extend(session.on_runtime(
-        RuntimeEvent::ExecFinished(ExecId(1), outcome(3)),
-        &mut control,
-    ));
-    assert_eq!(
-        names(&out),
-        [
-            "SANDBOX_EXECUTION_RUNNING",
-            "stdout",
-            "stderr",
-            "SANDBOX_EXECUTION_DONE"
-        ]
-    );
-    assert_eq!(
-        frame(&out, 1)["data"],
-        "Hello, World\n",
-        "consecutive chunks are merged"
-    );
-    assert_eq!(frame(&out, 3)["exit_code"], 3);
-    assert_eq!(frame(&out, 3)["reason"], "exited");
-}
-
-#[test]
-fn second_exec_unknown_language_and_unknown_shapes_keep_the_session() {
-    let mut control = FakeControl::default();
-    let mut session = running_session(&mut control);
-    let now = Instant::now();
-    session.on_message(r#"{"language":"bash","code":"sleep 5"}"#, &mut control, now);
-    let out = session.on_message(r#"{"language":"bash","code":"true"}"#, &mut control, now);
-    assert_eq!(names(&out), ["SANDBOX_EXECUTION_ERROR", "error"]);
-    assert_eq!(
-        frame(&out, 1)["message"],
-        "An execution is already in progress."
-    );
-    assert_eq!(
-        frame(&out, 0)["message"],
-        "An execution is already in progress."
-    );
-    for bad in [
-        r#"{"language":"ruby","code":"1"}"#,
-        r#"{"code":"1"}"#,
-        r#"{"hello":1}"#,
-        "not json",
-        "[1]",
-    ] {
-        let out = session.on_message(bad, &mut control, now);
-        assert_eq!(
-            names(&out),
-            ["SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR", "error"],
-            "{bad}"
-        );
-        assert!(frame(&out, 1)["message"]
-            .as_str()
-            .unwrap()
-            .contains("python, bash"));
-    }
-    assert_eq!(control.started.len(), 1);
-}
-
-#[test]
-fn stdin_flows() {
-    let mut control = FakeControl::default();
-    let mut session = running_session(&mut control);
-    let now = Instant::now();
-    let out = session.on_message(r#"{"event":"stdin","data":"x"}"#, &mut control, now);
-    assert_eq!(
-        names(&out),
-        ["SANDBOX_EXECUTION_ERROR", "error"],
-        "nothing running"
-    );
-    session.on_message(
-        r#"{"language":"python","code":"input()"}"#,
-        &mut control,
-        now,
-    );
-    assert!(session
-        .on_message(r#"{"event":"stdin","data":"World\n"}"#, &mut control, now)
-        .is_empty());
-    assert_eq!(control.stdin, vec![b"World\n".to_vec()]);
-    let out = session.on_message(r#"{"event":"stdin"}"#, &mut control, now);
-    assert_eq!(names(&out), ["SANDBOX_STDIN_ERROR", "error"]);
-    assert!(session
-        .on_message(
-            r#"{"event":"stdin","data":"AP8=","encoding":"base64","eof":true}"#,
-            &mut control,
-            now
-        )
-        .is_empty());
-    assert_eq!(control.stdin[1], vec![0, 255]);
-    assert!(control.stdin_closed);
-}
-
-#[test]
-fn kill_process_sends_force_killed_before_done() {
-    let mut control = FakeControl::default();
-    let mut session = running_session(&mut control);
-    let now = Instant::now();
-    let out = session.on_message(r#"{"action":"kill_process"}"#, &mut control, now);
-    assert_eq!(names(&out), ["SANDBOX_EXECUTION_FORCE_KILL_ERROR", "error"]);
-    session.on_message(
-        r#"{"language":"bash","code":"sleep 100"}"#,
-        &mut control,
-        now,
-    );
-    let mut out = session.on_message(r#"{"action":"kill_process"}"#, &mut control, now);
-    assert_eq!(control.killed, vec![ExecId(1)]);
-    let killed = ExecOutcome {
-        status: ExitStatus::Signal(9),
-        reason: Reason::Killed,
-        duration_ms: 1,
-        truncated: false,
-    };
-    out.extend(session.on_runtime(RuntimeEvent::ExecFinished(ExecId(1), killed), &mut control));
-    assert_eq!(
-        names(&out),
-        ["SANDBOX_EXECUTION_FORCE_KILLED", "SANDBOX_EXECUTION_DONE"]
-    );
-    assert_eq!(frame(&out, 1)["exit_code"], 137);
-    assert_eq!(frame(&out, 1)["signal"], 9);
-    assert_eq!(frame(&out, 1)["reason"], "killed");
-}
-
-#[test]
-fn kill_sandbox_sequence_and_close_1000() {
-    let mut control = FakeControl::default();
-    let mut session = running_session(&mut control);
-    let mut out = session.on_message(r#"{"action":"kill_sandbox"}"#, &mut control, Instant::now());
-    assert_eq!(control.deleted, vec![SandboxKey(7)]);
-    out.extend(session.on_runtime(RuntimeEvent::Deleted, &mut control));
-    assert_eq!(
-        names(&out),
-        [
-            "SANDBOX_KILLING",
-            "SANDBOX_DELETING",
-            "SANDBOX_DELETED",
-            "SANDBOX_KILLED",
-            "close 1000"
-        ]
-    );
-    assert!(session.is_ended());
-}
-
-#[test]
-fn checkpoint_and_snapshot_without_server_support() {
-    let mut control = FakeControl::default();
-    let mut session = running_session(&mut control);
-    let now = Instant::now();
-    let out = session.on_message(
-        r#"{"action":"snapshot_filesystem","name":"s"}"#,
-        &mut control,
-        now,
-    );
-    assert_eq!(
-        names(&out),
-        [
-            "SANDBOX_FILESYSTEM_SNAPSHOT_CREATING",
-            "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR",
-            "error"
-        ]
-    );
-    session.on_message(r#"{"language":"bash","code":"sleep 1"}"#, &mut control, now);
-    let out = session.on_message(r#"{"action":"checkpoint"}"#, &mut control, now);
-    assert_eq!(
-        names(&out),
-        [
-            "SANDBOX_CHECKPOINTING",
-            "SANDBOX_EXECUTION_IN_PROGRESS_ERROR",
-            "error"
-        ]
-    );
-    session.on_runtime(
-        RuntimeEvent::ExecFinished(ExecId(1), outcome(0)),
-        &mut control,
-    );
-    let out = session.on_message(r#"{"action":"checkpoint"}"#, &mut control, now);
-    assert_eq!(
-        names(&out),
-        ["SANDBOX_CHECKPOINT_ERROR", "error", "close 4000"]
-    );
-    assert!(control.deleted.is_empty(), "the sandbox survives");
-}
-
-#[test]
-fn creation_errors_close_with_a_message() {
-    let now = Instant::now();
-    let mut control = FakeControl::default();
-    let mut session = Session::new(SessionId(1), "t".into(), settings(false), now);
-    let out = session.on_init(r#"{"enable_checkpoint":true}"#, &mut control, now);
-    assert_eq!(
-        names(&out),
-        ["SANDBOX_CREATION_ERROR", "error", "close 4000"]
-    );
-    assert!(frame(&out, 1)["message"]
-        .as_str()
-        .unwrap()
-        .contains("CHECKPOINT_AND_RESTORE_PATH"));
-
-    let mut session = Session::new(SessionId(1), "t".into(), settings(false), now);
-    let out = session.on_init(
-        r#"{"filesystem_snapshot_name":"my-snap"}"#,
-        &mut control,
-        now,
-    );
-    assert!(frame(&out, 1)["message"]
-        .as_str()
-        .unwrap()
-        .contains("my-snap"));
-
-    let mut session = Session::new(SessionId(1), "t".into(), settings(false), now);
-    control.at_capacity = true;
-    let out = session.on_init("{}", &mut control, now);
-    assert_eq!(
-        names(&out),
-        [
-            "SANDBOX_CREATING",
-            "SANDBOX_CREATION_ERROR",
-            "error",
-            "close 1013"
-        ]
-    );
-
-    let mut control = FakeControl::default();
-    let mut session = Session::new(SessionId(1), "t".into(), settings(false), now);
-    session.on_init("{}", &mut control, now);
-    let out = session.on_runtime(
-        RuntimeEvent::StartFailed("runsc said no".into()),
-        &mut control,
-    );
-    assert_eq!(
-        names(&out),
-        ["SANDBOX_CREATION_ERROR", "error", "close 4000"]
-    );
-}
-
-#[test]
-fn output_is_held_while_detached_and_replayed_after_reconnect() {
-    let mut control = FakeControl::default();
-    let mut session = running_session(&mut control);
-    let now = Instant::now();
-    session.on_message(r#"{"language":"bash","code":"x"}"#, &mut control, now);
-    session.on_runtime(RuntimeEvent::ExecStarted(ExecId(1)), &mut control);
-    session.on_detach(now);
-    assert!(session
-        .on_runtime(
-            RuntimeEvent::Output(ExecId(1), Stream::Stdout, vec![b'a'; 150]),
-            &mut control
-        )
-        .is_empty());
-    assert!(session.flush_output(&mut control).is_empty());
-    assert_eq!(
-        control.paused,
-        Some(true),
-        "past the bound, the process is paused"
-    );
-    assert!(session
-        .on_runtime(
-            RuntimeEvent::ExecFinished(ExecId(1), outcome(0)),
-            &mut control
-        )
-        .is_empty());
-    assert_eq!(names(&session.on_attach(now)), ["SANDBOX_RUNNING"]);
-    let out = session.on_message(r#"{"action":"reconnect"}"#, &mut control, now);
-    assert_eq!(
-        names(&out),
-        [
-            "SANDBOX_EXECUTION_RUNNING",
-            "stdout",
-            "SANDBOX_EXECUTION_DONE"
-        ]
-    );
-    assert_eq!(control.paused, Some(false));
-    assert!(
-        session
-            .on_message(r#"{"action":"reconnect"}"#, &mut control, now)
-            .is_empty(),
-        "no-op"
-    );
-}
-
-#[test]
-fn idle_timeout_counts_activity_and_not_running_executions() {
-    let mut control = FakeControl::default();
-    let start = Instant::now();
-    let mut session = Session::new(SessionId(1), "t".into(), settings(false), start);
-    session.on_init(r#"{"idle_timeout": 10}"#, &mut control, start);
-    session.on_runtime(RuntimeEvent::Ready, &mut control);
-    session.on_message(
-        r#"{"language":"bash","code":"sleep 100"}"#,
-        &mut control,
-        start,
-    );
-    assert!(session
-        .on_tick(start + Duration::from_secs(60), &mut control)
-        .is_empty());
-    session.on_runtime(
-        RuntimeEvent::ExecFinished(ExecId(1), outcome(0)),
-        &mut control,
-    );
-    assert!(session
-        .on_tick(start + Duration::from_secs(65), &mut control)
-        .is_empty());
-    let out = session.on_tick(start + Duration::from_secs(71), &mut control);
-    assert_eq!(names(&out), ["SANDBOX_KILLING", "SANDBOX_DELETING"]);
-    assert_eq!(control.deleted, vec![SandboxKey(7)]);
-}
-
-#[test]
-fn text_output_split_inside_a_character_is_not_broken() {
-    let mut control = FakeControl::default();
-    let mut session = running_session(&mut control);
-    session.on_message(
-        r#"{"language":"bash","code":"x"}"#,
-        &mut control,
-        Instant::now(),
-    );
-    let euro = "€".as_bytes();
-    let mut out = session.on_runtime(
-        RuntimeEvent::Output(ExecId(1), Stream::Stdout, euro[..1].to_vec()),
-        &mut control,
-    );
-    out.extend(session.flush_output(&mut control));
-    assert!(out.is_empty(), "an incomplete character waits");
-    session.on_runtime(
-        RuntimeEvent::Output(ExecId(1), Stream::Stdout, euro[1..].to_vec()),
-        &mut control,
-    );
-    let out = session.flush_output(&mut control);
-    assert_eq!(frame(&out, 0)["data"], "€");
-}
-
 fn checkpointable_session(control: &mut FakeControl) -> Session {
     let now = Instant::now();
     let mut all = settings(true);
@@ -491,96 +147,11 @@ fn checkpointable_session(control: &mut FakeControl) -> Session {
     session
 }
 
-#[test]
-fn checkpoint_flow_saves_then_deletes_and_closes_1000() {
-    let mut control = FakeControl::default();
-    let mut session = checkpointable_session(&mut control);
-    let mut out = session.on_message(r#"{"action":"checkpoint"}"#, &mut control, Instant::now());
-    assert_eq!(names(&out[..1]), ["SANDBOX_CHECKPOINTING"]);
-    assert_eq!(
-        out[1],
-        Out::Save(SaveRequest::Checkpoint {
-            with_running: false
-        })
-    );
-    out = session.on_checkpoint_saved(Ok(()), &mut control);
-    assert_eq!(control.deleted, vec![SandboxKey(7)]);
-    out.extend(session.on_runtime(RuntimeEvent::Deleted, &mut control));
-    assert_eq!(
-        names(&out),
-        [
-            "SANDBOX_DELETING",
-            "SANDBOX_DELETED",
-            "SANDBOX_CHECKPOINTED",
-            "close 1000"
-        ]
-    );
-    assert!(session.is_ended() && !session.was_killed());
-}
-
-#[test]
-fn a_failed_checkpoint_is_reported_with_its_reason() {
-    let mut control = FakeControl::default();
-    let mut session = checkpointable_session(&mut control);
-    session.on_message(r#"{"action":"checkpoint"}"#, &mut control, Instant::now());
-    let out = session.on_checkpoint_saved(Err("open TCP connection".into()), &mut control);
-    assert_eq!(
-        names(&out),
-        ["SANDBOX_CHECKPOINT_ERROR", "error", "close 4000"]
-    );
-    assert_eq!(frame(&out, 1)["message"], "open TCP connection");
-}
-
-#[test]
-fn snapshot_flow_continues_the_session() {
-    let mut control = FakeControl::default();
-    let mut session = checkpointable_session(&mut control);
-    let now = Instant::now();
-    let out = session.on_message(
-        r#"{"action":"snapshot_filesystem","name":"../etc"}"#,
-        &mut control,
-        now,
-    );
-    assert_eq!(
-        names(&out),
-        [
-            "SANDBOX_FILESYSTEM_SNAPSHOT_CREATING",
-            "SANDBOX_FILESYSTEM_SNAPSHOT_ERROR",
-            "error"
-        ]
-    );
-    let out = session.on_message(
-        r#"{"action":"snapshot_filesystem","name":"snap"}"#,
-        &mut control,
-        now,
-    );
-    assert_eq!(out[1], Out::Save(SaveRequest::Snapshot("snap".into())));
-    let busy = session.on_message(r#"{"language":"bash","code":"true"}"#, &mut control, now);
-    assert_eq!(names(&busy), ["SANDBOX_EXECUTION_ERROR", "error"]);
-    let out = session.on_snapshot_finished(Ok(()), true, &mut control);
-    assert_eq!(names(&out), ["SANDBOX_FILESYSTEM_SNAPSHOT_CREATED"]);
-    assert!(session.is_running());
-}
-
-#[test]
-fn idle_auto_checkpoint_saves_instead_of_deleting() {
-    let mut control = FakeControl::default();
-    let start = Instant::now();
-    let mut session = Session::new(SessionId(1), "t".into(), settings(true), start);
-    session.on_init(
-        r#"{"idle_timeout": 5, "enable_idle_timeout_auto_checkpoint": true}"#,
-        &mut control,
-        start,
-    );
-    session.on_runtime(RuntimeEvent::Ready, &mut control);
-    let out = session.on_tick(start + Duration::from_secs(6), &mut control);
-    assert_eq!(
-        out.last(),
-        Some(&Out::Save(SaveRequest::Checkpoint {
-            with_running: false
-        }))
-    );
-    assert!(control.deleted.is_empty());
+fn message_of(out: &[Out], index: usize) -> String {
+    frame(out, index)["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -590,7 +161,7 @@ fn restored_sessions_check_the_token_hash_and_report_running() {
         idle_timeout_secs: Some(60.0),
         auto_checkpoint: false,
         network: false,
-        running_exec: None,
+        running: Vec::new(),
         handoff: false,
         labels: Default::default(),
     };
@@ -651,57 +222,6 @@ fn network_egress_is_asked_for_in_the_init_and_refused_when_unavailable() {
             egress: true
         }]
     );
-}
-
-#[test]
-fn an_execution_saved_at_shutdown_is_followed_after_the_restore() {
-    let mut control = FakeControl::default();
-    let saved = SavedState {
-        running_exec: Some(SavedExec {
-            exec: ExecId(4),
-            output_encoding: OutputEncoding::Text,
-        }),
-        ..Default::default()
-    };
-    let mut session = Session::restored(
-        SessionId(2),
-        "hash".into(),
-        &saved,
-        SandboxKey(7),
-        "id".into(),
-        settings(true),
-        Instant::now(),
-    );
-    session.on_runtime(RuntimeEvent::Ready, &mut control);
-    let out = session.on_message(
-        r#"{"language":"bash","code":"true"}"#,
-        &mut control,
-        Instant::now(),
-    );
-    assert_eq!(
-        frame(&out, 1)["message"],
-        "An execution is already in progress."
-    );
-    assert!(session
-        .on_runtime(
-            RuntimeEvent::Output(ExecId(4), Stream::Stdout, b"tick\n".to_vec()),
-            &mut control
-        )
-        .is_empty());
-    assert!(
-        session.flush_output(&mut control).is_empty(),
-        "held until reconnect"
-    );
-    let out = session.on_message(r#"{"action":"reconnect"}"#, &mut control, Instant::now());
-    assert_eq!(names(&out), ["SANDBOX_EXECUTION_RUNNING", "stdout"]);
-    assert_eq!(frame(&out, 1)["data"], "tick\n");
-}
-
-fn message_of(out: &[Out], index: usize) -> String {
-    frame(out, index)["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// `{"idle_timeout": 1e20}` used to panic in `Duration::from_secs_f64` and take the whole server
@@ -840,25 +360,6 @@ fn bad_execution_and_stdin_options_are_errors_naming_the_key() {
         assert_eq!(message_of(&out, 1), key);
     }
     assert!(control.stdin.is_empty() && !control.stdin_closed);
-}
-
-/// The original clients match on these texts.
-#[test]
-fn error_texts_the_original_clients_match_on() {
-    let mut control = FakeControl::default();
-    let mut session = checkpointable_session(&mut control);
-    let now = Instant::now();
-    session.on_message(r#"{"language":"bash","code":"sleep 9"}"#, &mut control, now);
-    let out = session.on_message(r#"{"action":"checkpoint"}"#, &mut control, now);
-    assert_eq!(
-        names(&out),
-        [
-            "SANDBOX_CHECKPOINTING",
-            "SANDBOX_EXECUTION_IN_PROGRESS_ERROR",
-            "error"
-        ]
-    );
-    assert!(message_of(&out, 2).contains("Cannot checkpoint while an execution is in progress"));
 }
 
 #[test]
@@ -1018,74 +519,186 @@ fn killing_a_checkpointable_sandbox_removes_its_saved_state_first() {
     assert!(session.is_ended());
 }
 
-/// The execution state is a table of processes by process id, each with the request id
-/// that started it (issue 12 adds concurrency on top of it).
+/// A shutdown checkpoint saves every running process (the compatible one and those with
+/// request ids, with their stdin counters) in the manifest; the restored session follows them
+/// all and hands them to the runtime, and their acknowledgements go on where they were.
 #[test]
-fn executions_are_processes_with_the_request_that_started_them() {
+fn a_checkpoint_saves_every_running_process_and_the_restore_adopts_them() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let now = Instant::now();
+    session.on_message(r#"{"language":"bash","code":"sleep 9"}"#, &mut control, now);
+    session.on_message(
+        r#"{"id":"a","language":"python","code":"input()","output_encoding":"base64"}"#,
+        &mut control,
+        now,
+    );
+    session.on_message(
+        r#"{"id":"b","event":"stdin","process_id":2,"data":"abcdef"}"#,
+        &mut control,
+        now,
+    );
+    session.on_runtime(RuntimeEvent::StdinWritten(ExecId(2), 4), &mut control);
+    let saved = session.saved_state();
+    assert_eq!(saved.running.len(), 2);
+    // Through the manifest's format, as another instance reads it.
+    let manifest = serde_json::to_string(&SavedSettings::from(&saved)).unwrap();
+    let read: SavedSettings = serde_json::from_str(&manifest).unwrap();
+    let restored_state = SavedState::from(&read);
+    assert_eq!(restored_state, saved);
+
+    let mut restored = Session::restored(
+        SessionId(2),
+        "hash".into(),
+        &restored_state,
+        SandboxKey(7),
+        "id".into(),
+        settings(true),
+        now,
+    );
+    assert_eq!(
+        restored.adopted_execs(),
+        [
+            (
+                ExecId(1),
+                Duration::from_secs(60),
+                crate::runtime::MAX_STDIN_IN_FLIGHT
+            ),
+            (ExecId(2), Duration::from_secs(60), 16),
+        ],
+        "the window's hard bound for the one with flow control"
+    );
+    restored.on_runtime(RuntimeEvent::Ready, &mut control);
+    assert!(
+        restored.adopted_execs().is_empty(),
+        "adopted once, at the restore"
+    );
+    restored.on_runtime(RuntimeEvent::StdinWritten(ExecId(2), 2), &mut control);
+    let out = restored.on_message(r#"{"action":"reconnect"}"#, &mut control, now);
+    assert_eq!(
+        names(&out),
+        ["SANDBOX_EXECUTION_RUNNING", "stdin_ack"],
+        "the compatible one's RUNNING, then the acknowledgement that moved"
+    );
+    assert_eq!(frame(&out, 1)["written"], 6);
+    assert_eq!(frame(&out, 1)["id"], "a");
+    let listed = restored.processes();
+    assert_eq!(listed[1].request, Some(RequestId::Text("a".into())));
+    assert_eq!(
+        listed[1].language,
+        Some(crate::agent_protocol::Language::Python)
+    );
+}
+
+/// The manifest is shared storage: ids and languages that do not parse are dropped, and a
+/// process without a request id among the others would be a second compatible one: it goes.
+#[test]
+fn a_corrupted_manifest_restores_no_bogus_process() {
+    let read: SavedSettings = serde_json::from_value(serde_json::json!({
+        "idle_timeout_secs": null, "auto_checkpoint": false,
+        "running_exec": {"id": 3, "base64": false, "request": "x"},
+        "processes": [
+            {"id": 4, "base64": true, "request": {"no": 1}, "language": "ruby"},
+            {"id": 5, "base64": true, "request": 7, "language": "cobol"}
+        ]
+    }))
+    .unwrap();
+    let state = SavedState::from(&read);
+    let summary: Vec<(
+        u32,
+        Option<RequestId>,
+        Option<crate::agent_protocol::Language>,
+    )> = state
+        .running
+        .iter()
+        .map(|process| (process.exec.0, process.request.clone(), process.language))
+        .collect();
+    assert_eq!(
+        summary,
+        [(3, None, None), (5, Some(RequestId::Number(7)), None)]
+    );
+}
+
+/// The idle timeout runs only while no client is attached (and nothing runs); a sandbox it
+/// deleted says so, for the server to remember.
+#[test]
+fn the_idle_timeout_waits_for_the_client_and_says_it_fired() {
+    let mut control = FakeControl::default();
+    let start = Instant::now();
+    let mut session = Session::new(SessionId(1), "t".into(), settings(false), start);
+    session.on_init(r#"{"idle_timeout": 10}"#, &mut control, start);
+    session.on_runtime(RuntimeEvent::Ready, &mut control);
+    assert!(session
+        .on_tick(start + Duration::from_secs(100), &mut control)
+        .is_empty());
+    session.on_detach(start + Duration::from_secs(100));
+    assert!(session
+        .on_tick(start + Duration::from_secs(109), &mut control)
+        .is_empty());
+    assert_eq!(session.idle_expired(), None);
+    assert!(session
+        .on_tick(start + Duration::from_secs(111), &mut control)
+        .is_empty());
+    assert_eq!(control.deleted, [SandboxKey(7)]);
+    assert_eq!(session.idle_expired(), Some(Duration::from_secs(10)));
+    assert!(session.was_killed());
+}
+
+/// A client whose request ids are duplicates or numbers gets them back as it sent them.
+#[test]
+fn request_ids_are_echoed_with_their_json_type() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let now = Instant::now();
+    let out = session.on_message(r#"{"id":7,"action":"list_processes"}"#, &mut control, now);
+    assert_eq!(frame(&out, 0)["id"], 7);
+    let out = session.on_message(
+        r#"{"id":"x y","language":"ruby","code":"1"}"#,
+        &mut control,
+        now,
+    );
+    assert_eq!(frame(&out, 0)["id"], "x y");
+    assert_eq!(frame(&out, 1)["id"], "x y");
+}
+
+/// The runtime saw a process end before the session heard of it (its DONE is on the way): a
+/// stdin EOF for it is no error (`run()` closes stdin at once), data and kills are told it
+/// ended.
+#[test]
+fn a_process_that_ended_in_the_runtime_first_is_said_to_have_ended() {
     let mut control = FakeControl::default();
     let mut session = running_session(&mut control);
     let now = Instant::now();
     session.on_message(
-        r#"{"id":"7","language":"bash","code":"sleep 1"}"#,
+        r#"{"id":"1","language":"bash","code":"true"}"#,
         &mut control,
         now,
     );
-    let listed = session.processes();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].process_id, ProcessId(1));
-    assert_eq!(listed[0].request, Some(RequestId::Text("7".into())));
-    assert_eq!(
-        listed[0].language,
-        Some(crate::agent_protocol::Language::Bash)
-    );
-    assert!(listed[0].running);
-    // Protocol 1: the id is not echoed.
-    let out = session.on_runtime(RuntimeEvent::ExecStarted(ExecId(1)), &mut control);
-    assert_eq!(
-        out,
-        [Out::Send(ServerEvent::Status(Status::ExecutionRunning))]
-    );
-    session.on_runtime(
-        RuntimeEvent::ExecFinished(ExecId(1), outcome(0)),
+    control.execs_gone = true;
+    let out = session.on_message(
+        r#"{"id":"2","event":"stdin","process_id":1,"eof":true}"#,
         &mut control,
+        now,
     );
-    assert!(session.processes().is_empty(), "ended and delivered");
+    assert!(out.is_empty(), "{out:?}");
+    let out = session.on_message(
+        r#"{"id":"3","event":"stdin","process_id":1,"data":"x"}"#,
+        &mut control,
+        now,
+    );
+    assert_eq!(names(&out), ["SANDBOX_STDIN_ERROR", "error"]);
+    assert_eq!(message_of(&out, 1), "process 1 has ended");
+    let out = session.on_message(
+        r#"{"id":"4","action":"kill_process","process_id":1}"#,
+        &mut control,
+        now,
+    );
+    assert_eq!(names(&out), ["SANDBOX_EXECUTION_FORCE_KILL_ERROR", "error"]);
+    assert_eq!(message_of(&out, 1), "process 1 has ended");
+    // The compatible messages keep their answers.
     session.on_message(r#"{"language":"bash","code":"true"}"#, &mut control, now);
-    let listed = session.processes();
-    assert_eq!(
-        listed[0].process_id,
-        ProcessId(2),
-        "process ids are not reused"
-    );
-    assert_eq!(listed[0].request, None);
-}
-
-#[test]
-fn a_restored_session_hands_its_running_execution_to_the_runtime() {
-    let saved = SavedState {
-        running_exec: Some(SavedExec {
-            exec: ExecId(4),
-            output_encoding: OutputEncoding::Base64,
-        }),
-        ..Default::default()
-    };
-    let mut control = FakeControl::default();
-    let mut session = Session::restored(
-        SessionId(2),
-        "hash".into(),
-        &saved,
-        SandboxKey(7),
-        "id".into(),
-        settings(true),
-        Instant::now(),
-    );
-    assert_eq!(
-        session.adopted_exec(),
-        Some((ExecId(4), Duration::from_secs(60)))
-    );
-    assert_eq!(session.saved_state(), saved, "saved again as it was");
-    session.on_runtime(RuntimeEvent::Ready, &mut control);
-    assert_eq!(session.adopted_exec(), None, "adopted once, at the restore");
+    let out = session.on_message(r#"{"event":"stdin","eof":true}"#, &mut control, now);
+    assert_eq!(message_of(&out, 1), "no execution is running");
 }
 
 fn handoff_session(control: &mut FakeControl) -> Session {
@@ -1128,7 +741,7 @@ fn a_handoff_checkpoints_with_running_executions_and_says_the_sandbox_moved() {
         "seen again while it moves: nothing more"
     );
     // The running execution is saved with it (it goes on after the restore elsewhere).
-    assert!(session.saved_state().running_exec.is_some());
+    assert_eq!(session.saved_state().running.len(), 1);
     assert!(session.saved_state().handoff);
     out = session.on_checkpoint_saved(Ok(()), &mut control);
     out.extend(session.on_runtime(RuntimeEvent::Deleted, &mut control));

@@ -70,31 +70,61 @@ pub fn base64_encode(bytes: &[u8]) -> String {
     out
 }
 
+/// The value of each base64 digit, by byte; `INVALID` for bytes that are none.
+const INVALID: u8 = 0xff;
+const DIGIT_VALUES: [u8; 256] = {
+    let mut values = [INVALID; 256];
+    let mut index = 0;
+    while index < ALPHABET.len() {
+        values[ALPHABET[index] as usize] = index as u8;
+        index += 1;
+    }
+    values
+};
+
+/// Standard base64 with padding; whitespace is ignored. A table lookup per digit: stdin of
+/// protocol 2 arrives as megabytes of base64 (docs/protocol.md).
 pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let digits: Vec<u8> = text
-        .bytes()
-        .filter(|byte| !byte.is_ascii_whitespace())
-        .collect();
+    let bytes = text.as_bytes();
+    let spaced;
+    let digits: &[u8] = if bytes.iter().any(u8::is_ascii_whitespace) {
+        spaced = bytes
+            .iter()
+            .copied()
+            .filter(|byte| !byte.is_ascii_whitespace())
+            .collect::<Vec<u8>>();
+        &spaced
+    } else {
+        bytes
+    };
     if !digits.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(digits.len() / 4 * 3);
-    for quad in digits.chunks(4) {
+    let quads = digits.chunks_exact(4);
+    let last = quads.len().saturating_sub(1);
+    for (position, quad) in quads.enumerate() {
+        // Padding may only end the last quad: "xx==" or "xxx=".
+        let padding = if position == last {
+            match quad {
+                [_, _, b'=', b'='] => 2,
+                [_, _, _, b'='] => 1,
+                _ => 0,
+            }
+        } else {
+            0
+        };
         let mut n = 0u32;
-        let mut padding = 0;
-        for (index, digit) in quad.iter().enumerate() {
-            let value = match digit {
-                b'=' if index >= 2 => {
-                    padding += 1;
-                    0
-                }
-                _ if padding > 0 => return None,
-                _ => ALPHABET.iter().position(|a| a == digit)? as u32,
-            };
-            n = (n << 6) | value;
+        for digit in &quad[..4 - padding] {
+            let value = DIGIT_VALUES[usize::from(*digit)];
+            if value == INVALID {
+                return None;
+            }
+            n = (n << 6) | u32::from(value);
         }
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - padding]);
+        n <<= 6 * padding as u32;
+        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&decoded[..3 - padding]);
     }
     Some(out)
 }
@@ -135,5 +165,10 @@ mod tests {
         assert_eq!(base64_encode(b"h"), "aA==");
         assert_eq!(base64_decode("a"), None);
         assert_eq!(base64_decode("a=bc"), None);
+        assert_eq!(base64_decode("aA==aA=="), None, "padding only at the end");
+        assert_eq!(base64_decode("a==="), None);
+        assert_eq!(base64_decode("aG\nkh"), Some(b"hi!".to_vec()));
+        assert_eq!(base64_decode("aGk-"), None);
+        assert_eq!(base64_decode(""), Some(Vec::new()));
     }
 }

@@ -58,10 +58,14 @@ pub struct SavedSettings {
     /// Created with network egress (restored with it too).
     #[serde(default)]
     pub network: bool,
-    /// The execution that was running when the sandbox was checkpointed at shutdown: it goes
-    /// on after the restore, and the restored session follows it (reconnect replays it).
+    /// The compatible (id-less) execution that was running when the sandbox was
+    /// checkpointed at shutdown: it goes on after the restore, and the restored session
+    /// follows it (reconnect replays it).
     #[serde(default)]
     pub running_exec: Option<SavedExec>,
+    /// The other processes running then (started with a request id, protocol 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<SavedExec>,
     /// Created with `enable_sandbox_handoff`.
     #[serde(default)]
     pub handoff: bool,
@@ -70,10 +74,26 @@ pub struct SavedSettings {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A process that runs on in a checkpoint. Every field but the first two is optional, so that
+/// manifests written before they existed still read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedExec {
+    /// Its execution id, which is also its process id.
     pub id: u32,
     pub base64: bool,
+    /// The request id that started it, as the client sent it (a string or an integer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    /// Bytes of stdin the server had accepted and the agent had written, so that the
+    /// acknowledgements go on where they were.
+    #[serde(default)]
+    pub stdin_received: u64,
+    #[serde(default)]
+    pub stdin_consumed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 //! Each test file uses only part of this module.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -522,4 +523,101 @@ pub fn base64_decode(text: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Standard base64 encoding (with padding), for binary stdin.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let mut accumulator = 0u32;
+        for (index, byte) in chunk.iter().enumerate() {
+            accumulator |= u32::from(*byte) << (16 - 8 * index);
+        }
+        for index in 0..4 {
+            if index <= chunk.len() {
+                out.push(char::from(
+                    ALPHABET[(accumulator >> (18 - 6 * index)) as usize & 63],
+                ));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// What a protocol-2 server sent answering one request id (docs/protocol.md, "Requests,
+/// processes and flow control").
+#[derive(Debug, Default, Clone)]
+pub struct Answers {
+    pub process_id: Option<u64>,
+    pub stdin_window: Option<u64>,
+    /// The latest `stdin_ack` total.
+    pub stdin_written: u64,
+    pub stdout: String,
+    pub stderr: String,
+    /// `SANDBOX_EXECUTION_DONE`.
+    pub done: Option<Value>,
+    /// Every other frame with this id (errors, replies, statuses), in order.
+    pub others: Vec<Value>,
+}
+
+impl Answers {
+    pub fn is_done(&self) -> bool {
+        self.done.is_some()
+    }
+
+    pub fn exit_code(&self) -> Option<i64> {
+        self.done
+            .as_ref()
+            .and_then(|done| done["exit_code"].as_i64())
+    }
+}
+
+/// The answers of a protocol-2 session, by request id.
+pub type ById = BTreeMap<String, Answers>;
+
+impl Ws {
+    /// Send `message` with request id `id`.
+    pub fn request(&mut self, id: &str, mut message: Value) {
+        message["id"] = json!(id);
+        self.send(message);
+    }
+
+    /// Read one frame and file it under its request id; returns it.
+    pub fn file_next(&mut self, answers: &mut ById) -> Value {
+        let frame = self.recv();
+        let id = match &frame["id"] {
+            Value::String(id) => id.clone(),
+            Value::Number(id) => id.to_string(),
+            _ => String::new(),
+        };
+        let entry = answers.entry(id).or_default();
+        if let Some(process) = frame["process_id"].as_u64() {
+            entry.process_id = Some(process);
+        }
+        match frame["event"].as_str() {
+            Some("stdout") => entry.stdout.push_str(frame["data"].as_str().unwrap_or("")),
+            Some("stderr") => entry.stderr.push_str(frame["data"].as_str().unwrap_or("")),
+            Some("stdin_ack") => {
+                entry.stdin_written = entry
+                    .stdin_written
+                    .max(frame["written"].as_u64().unwrap_or(0))
+            }
+            _ if is_status(&frame, "SANDBOX_EXECUTION_RUNNING") => {
+                entry.stdin_window = frame["stdin_window"].as_u64();
+            }
+            _ if is_status(&frame, "SANDBOX_EXECUTION_DONE") => entry.done = Some(frame.clone()),
+            _ => entry.others.push(frame.clone()),
+        }
+        frame
+    }
+
+    /// Read frames, filed by request id, until `until` holds.
+    pub fn file_until(&mut self, answers: &mut ById, until: impl Fn(&ById) -> bool) {
+        while !until(answers) {
+            self.file_next(answers);
+        }
+    }
 }

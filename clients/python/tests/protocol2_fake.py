@@ -2,11 +2,11 @@
 each execution as a local subprocess (no sandbox, no isolation: tests only, on
 127.0.0.1).
 
-It exists because the real server does not speak protocol 2 yet: the clients' protocol-2
-code paths (concurrent processes, stdin windows and acknowledgements, process handles,
-replay after reconnect) run against it end to end, over real sockets, with real process
-output and real 16 MiB stdin. ``test_protocol2.py`` runs against it always, and against
-the real server once that announces protocol 2.
+It lets the clients' protocol-2 code paths (concurrent processes, stdin windows and
+acknowledgements, process handles, replay after reconnect) run end to end without a sandbox
+server, over real sockets, with real process output and real 16 MiB stdin.
+``test_protocol2.py`` runs against it always, and against the real server (which announces
+protocol 2) when ``SANDBOX_TEST_URL`` is set.
 
     python tests/protocol2_fake.py [--port N]   # prints its ws:// URL, serves until killed
 """

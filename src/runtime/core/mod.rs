@@ -570,7 +570,7 @@ impl Core {
         if !state.can_exec() {
             return Err(RuntimeError::WrongState(state.name()));
         }
-        let exec = sandbox.execs.start(now)?;
+        let exec = sandbox.execs.start(now, spec.stdin_bound)?;
         let request = SpawnRequest {
             language: spec.language,
             code: spec.code,
@@ -589,19 +589,20 @@ impl Core {
 
     /// Follow an execution that was running when the sandbox was checkpointed and runs on in
     /// the restored sandbox: its output and end are reported again; it is killed after
-    /// `timeout`.
+    /// `timeout`; at most `stdin_bound` bytes of its stdin may be in flight.
     pub fn adopt_exec(
         &mut self,
         key: SandboxKey,
         exec: ExecId,
         timeout: Duration,
+        stdin_bound: u64,
         now: Instant,
     ) -> Result<(), RuntimeError> {
         let sandbox = self
             .sandboxes
             .get_mut(&key)
             .ok_or(RuntimeError::NoSuchSandbox)?;
-        sandbox.execs.adopt(exec, now);
+        sandbox.execs.adopt(exec, now, stdin_bound);
         let timer = self
             .timers
             .arm(deadline(now, timeout), Timer::ExecTimeout(key, exec));
@@ -679,6 +680,16 @@ impl Core {
         for (exec, credit) in sandbox.execs.set_output_paused(paused) {
             self.send_credit(key, exec, credit);
         }
+    }
+
+    /// The owner cannot take more output of `exec` now (nobody reads it), or can again; the
+    /// other executions go on.
+    pub fn set_exec_output_paused(&mut self, key: SandboxKey, exec: ExecId, paused: bool) {
+        let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+            return;
+        };
+        let credit = sandbox.execs.set_exec_output_paused(exec, paused);
+        self.send_credit(key, exec, credit);
     }
 
     fn send_credit(&mut self, key: SandboxKey, exec: ExecId, bytes: u32) {
@@ -795,8 +806,12 @@ impl Core {
                 }
             }
             FromAgent::StdinWritten(exec, count) => {
-                if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+                let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                    return;
+                };
+                if sandbox.execs.contains(exec) {
                     sandbox.execs.stdin_written(exec, count);
+                    self.notify(key, RuntimeEvent::StdinWritten(exec, count));
                 }
             }
             FromAgent::Inspection(inspection) => {

@@ -33,6 +33,7 @@ fn spec(timeout_secs: u64) -> ExecSpec {
         env: vec![("A".into(), "b".into())],
         cwd: "/root".into(),
         timeout: Duration::from_secs(timeout_secs),
+        stdin_bound: MAX_STDIN_IN_FLIGHT,
     }
 }
 
@@ -321,6 +322,37 @@ fn output_windows_are_given_back_as_the_owner_takes_output_and_held_while_it_can
 }
 
 #[test]
+fn one_execution_nobody_reads_is_paused_alone() {
+    let mut h = Harness::new(2);
+    h.core.settings.max_output_bytes = u64::MAX;
+    let key = h.ready_sandbox(Some(OWNER));
+    let held = h.core.start_exec(key, spec(10), h.now).unwrap();
+    let followed = h.core.start_exec(key, spec(10), h.now).unwrap();
+    h.actions();
+    let window = OUTPUT_WINDOW_BYTES as usize;
+    let credits = |actions: Vec<Action>| -> Vec<(ExecId, u32)> {
+        actions
+            .into_iter()
+            .filter_map(|action| match action {
+                Action::Send(_, ToAgent::Credit(exec, bytes)) => Some((exec, bytes)),
+                _ => None,
+            })
+            .collect()
+    };
+    h.core.set_exec_output_paused(key, held, true);
+    assert_eq!(h.actions(), []);
+    let chunk = |exec| FromAgent::Output(exec, Stream::Stdout, vec![b'x'; window]);
+    assert_eq!(credits(h.frame(key, chunk(held))), [], "held back");
+    assert_eq!(
+        credits(h.frame(key, chunk(followed))),
+        [(followed, OUTPUT_WINDOW_BYTES)],
+        "the other execution goes on"
+    );
+    h.core.set_exec_output_paused(key, held, false);
+    assert_eq!(credits(h.actions()), [(held, OUTPUT_WINDOW_BYTES)]);
+}
+
+#[test]
 fn stdin_goes_in_chunks_and_is_bounded_until_the_agent_writes_it() {
     let mut h = Harness::new(2);
     let key = h.ready_sandbox(Some(OWNER));
@@ -342,10 +374,18 @@ fn stdin_goes_in_chunks_and_is_bounded_until_the_agent_writes_it() {
     h.actions();
     assert!(matches!(
         h.core.write_stdin(key, exec, b"z"),
-        Err(RuntimeError::StdinFull)
+        Err(RuntimeError::StdinFull(MAX_STDIN_IN_FLIGHT))
     ));
     assert_eq!(h.actions(), [], "nothing is sent past the bound");
-    h.frame(key, FromAgent::StdinWritten(exec, 1));
+    assert_eq!(
+        h.frame(key, FromAgent::StdinWritten(exec, 1)),
+        [Action::Notify(Notice {
+            owner: OWNER,
+            sandbox: key,
+            event: RuntimeEvent::StdinWritten(exec, 1)
+        })],
+        "the owner learns what was written (protocol 2 acknowledges it to the client)"
+    );
     h.core.write_stdin(key, exec, b"z").unwrap();
     h.core.close_stdin(key, exec).unwrap();
     assert_eq!(
@@ -502,7 +542,13 @@ fn a_shutdown_checkpoint_takes_running_executions_along_and_a_restore_adopts_the
     assert_eq!(other.core.find(&id), Some(restored));
     other
         .core
-        .adopt_exec(restored, exec, Duration::from_secs(60), other.now)
+        .adopt_exec(
+            restored,
+            exec,
+            Duration::from_secs(60),
+            MAX_STDIN_IN_FLIGHT,
+            other.now,
+        )
         .unwrap();
     other.frame(restored, hello(exec.0 + 1));
     let end = other.frame(restored, FromAgent::Exited(exec, ExitStatus::Code(0)));
