@@ -476,6 +476,8 @@ fn check_spec(name: &str, spec: &ExecSpec, wanted: &Value) {
             "env" => json!(spec.env),
             "cwd" => json!(spec.cwd),
             "timeout" => json!(spec.timeout.as_secs_f64()),
+            // A file operation's request to the agent's helper.
+            "file" => json!(spec.file),
             other => panic!("{name}: unknown start_exec key {other}"),
         };
         let matches = match (actual.as_f64(), value.as_f64()) {

@@ -23,11 +23,13 @@ from typing import Any
 import pytest
 
 from codesandbox import (
+    FileEntry,
     ProcessInfo,
     ReconnectOptions,
     RunResult,
     Sandbox,
     SandboxError,
+    SandboxFileError,
     SandboxProcess,
 )
 
@@ -82,6 +84,8 @@ def error_view(error: BaseException) -> dict[str, Any]:
     if isinstance(error, SandboxError):
         view["message"] = error.message
         view["status"] = error.status
+    if isinstance(error, SandboxFileError):
+        view["code"] = error.code
     return view
 
 
@@ -96,8 +100,10 @@ def value_view(value: Any) -> Any:
         }
     if isinstance(value, SandboxProcess):
         return {"process_id": value.process_id}
-    if isinstance(value, (RunResult, ProcessInfo)):
+    if isinstance(value, (RunResult, ProcessInfo, FileEntry)):
         return asdict(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
     if isinstance(value, list):
         return [value_view(item) for item in value]
     return value
@@ -193,6 +199,24 @@ class Replay:
             return await sandbox.set_idle_timeout(args["idle_timeout"])
         if kind == "disconnect":
             return await sandbox.disconnect()
+        if kind == "read_file":
+            return await sandbox.files.read(args["path"])
+        if kind == "write_file":
+            args = dict(args)
+            data = args.pop("data") if "data" in args else base64.b64decode(args.pop("data_b64"))
+            return await sandbox.files.write(args.pop("path"), data, **args)
+        if kind == "list_files":
+            return await sandbox.files.list(args["path"], depth=args.get("depth", 1))
+        if kind == "stat_file":
+            return await sandbox.files.stat(args["path"])
+        if kind == "exists":
+            return await sandbox.files.exists(args["path"])
+        if kind == "make_dir":
+            return await sandbox.files.make_dir(args["path"], parents=args.get("parents", True))
+        if kind == "remove_file":
+            return await sandbox.files.remove(args["path"], recursive=args.get("recursive", False))
+        if kind == "rename_file":
+            return await sandbox.files.rename(args["from"], args["to"])
         raise AssertionError(f"unknown call {kind!r}")
 
     # ------------------------------------------------------------------ steps
