@@ -694,10 +694,15 @@ impl Session {
             State::FindingSnapshot { .. } | State::ForgettingSaved { .. } => return Vec::new(),
             _ => {}
         }
-        if self.state != State::Running || self.attached || self.processes.any_running() {
+        if self.state != State::Running
+            || self.attached
+            || self.processes.any_running()
+            || self.has_file_transfers()
+        {
             // An attached client keeps its sandbox (the connection's pings prove it is
             // there; one that stops answering them is dropped, and then the timer runs), and
-            // a running execution is activity: the idle time counts from after both.
+            // a running execution or file transfer (an HTTP one needs no session client) is
+            // activity: the idle time counts from after both.
             self.last_activity = now;
             return Vec::new();
         }
