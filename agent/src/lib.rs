@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod agent_loop;
+mod context;
 mod execution;
 pub mod identity;
 pub mod protocol;
