@@ -424,6 +424,11 @@ impl Replay {
                         .collect();
                     assert_eq!(&Value::Array(paused), wanted, "{name}: output_paused");
                 }
+                "context_commands" => {
+                    let commands = serde_json::to_value(&calls.context_commands)
+                        .unwrap_or_default();
+                    assert_eq!(&commands, wanted, "{name}: context_commands");
+                }
                 other => panic!("{name}: unknown control key {other}"),
             }
         }
@@ -498,6 +503,8 @@ fn check_spec(name: &str, spec: &ExecSpec, wanted: &Value) {
             "env" => json!(spec.env),
             "cwd" => json!(spec.cwd),
             "timeout" => json!(spec.timeout.as_secs_f64()),
+            // A code cell: the context it runs in.
+            "context_id" => json!(spec.cell.as_ref().map(|cell| &cell.context_id)),
             other => panic!("{name}: unknown start_exec key {other}"),
         };
         let matches = match (actual.as_f64(), value.as_f64()) {
