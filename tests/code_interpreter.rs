@@ -501,3 +501,84 @@ fn a_checkpoint_keeps_the_contexts_and_their_state_on_another_instance() {
     assert_eq!(third["context"]["context_id"], "c2", "{third}");
     session.ws.kill_sandbox();
 }
+
+#[test]
+fn reconnect_replays_what_a_cell_did_while_the_client_was_away() {
+    let server = TestServer::start(&[]);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&server, json!({}));
+    ws.request(
+        "away",
+        json!({"action": "run_code", "code": "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.3)\n'end'"}),
+    );
+    let mut by_id = ById::new();
+    ws.file_until(&mut by_id, |by_id| {
+        by_id
+            .get("away")
+            .is_some_and(|cell| cell.stdout.contains('0'))
+    });
+    ws.drop_abruptly();
+    let ws = ws::attach(&server, &sandbox_id, &token);
+    let mut session = Session::new(ws);
+    session.ws.request("back", json!({"action": "reconnect"}));
+    let replayed = session.collect("away");
+    assert!(
+        replayed.answers.stdout.ends_with("2\n"),
+        "{:?}",
+        replayed.answers
+    );
+    assert_eq!(replayed.main_text(), Some("'end'"));
+    assert_eq!(replayed.done()["reason"], "exited");
+    session.ws.kill_sandbox();
+}
+
+#[test]
+fn the_context_keeps_to_the_memory_limit_of_every_process() {
+    let server = TestServer::start(&[("SANDBOX_PROCESS_MEMORY_MB", "300")]);
+    let Created { ws, .. } = create(&server, json!({}));
+    let mut session = Session::new(ws);
+    session.run("kept = 'still here'");
+    let big = session.run("block = bytearray(600 * 1024 * 1024)");
+    assert_eq!(big.error.as_ref().expect("an error")["name"], "MemoryError");
+    assert_eq!(session.run("kept").main_text(), Some("'still here'"));
+    session.ws.kill_sandbox();
+}
+
+#[test]
+fn a_filesystem_snapshot_keeps_files_not_contexts() {
+    let dirs = SharedDirs::new();
+    let store_env = dirs.env();
+    let env: Vec<(&str, &str)> = store_env
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let server = TestServer::start(&env);
+    let Created { ws, .. } = create(&server, json!({}));
+    let mut session = Session::new(ws);
+    session.run("open('/root/kept.txt', 'w').write('file')\nstate = 'in memory'");
+    let name = format!("ci-{}", std::process::id());
+    session
+        .ws
+        .send(json!({"action": "snapshot_filesystem", "name": name}));
+    session
+        .ws
+        .expect_status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATING");
+    session
+        .ws
+        .expect_status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATED");
+    // The sandbox that took it goes on with its context.
+    assert_eq!(session.run("state").main_text(), Some("'in memory'"));
+    session.ws.kill_sandbox();
+
+    let Created { ws, .. } = create(&server, json!({"filesystem_snapshot_name": name}));
+    let mut fresh = Session::new(ws);
+    let list = fresh.ask(json!({"action": "list_code_contexts"}));
+    assert_eq!(list["contexts"], json!([]), "{list}");
+    let cell = fresh.run("print(open('/root/kept.txt').read())\nstate");
+    assert_eq!(cell.answers.stdout, "file\n");
+    assert_eq!(cell.error.as_ref().expect("an error")["name"], "NameError");
+    fresh.ws.kill_sandbox();
+}

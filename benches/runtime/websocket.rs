@@ -182,7 +182,10 @@ impl Session {
                 return Err(io_error(format!("the cell failed: {frame}")));
             }
             if frame["event"] == "result" && frame["is_main_result"] == true {
-                text = frame["data"]["text/plain"].as_str().unwrap_or("").to_string();
+                text = frame["data"]["text/plain"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
             }
             if frame["status"] == "SANDBOX_EXECUTION_DONE" {
                 return Ok((started.elapsed().as_secs_f64(), text));

@@ -425,8 +425,8 @@ impl Replay {
                     assert_eq!(&Value::Array(paused), wanted, "{name}: output_paused");
                 }
                 "context_commands" => {
-                    let commands = serde_json::to_value(&calls.context_commands)
-                        .unwrap_or_default();
+                    let commands =
+                        serde_json::to_value(&calls.context_commands).unwrap_or_default();
                     assert_eq!(&commands, wanted, "{name}: context_commands");
                 }
                 other => panic!("{name}: unknown control key {other}"),
