@@ -26,11 +26,17 @@ def _sandbox_context():
 
     cells_in = 3
     events_out = 4
-    state = {"in_cell": False, "max_result_bytes": 16 << 20, "shown": set()}
+    state = {"in_cell": False, "max_result_bytes": 16 << 20, "writing": False, "held": False}
 
     def on_interrupt(signum, frame):
-        if state["in_cell"]:
-            raise KeyboardInterrupt
+        if not state["in_cell"]:
+            return
+        if state["writing"]:
+            # Not in the middle of a message on fd 4 (that would cut the stream): raised once
+            # the message is whole.
+            state["held"] = True
+            return
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_interrupt)
 
@@ -47,9 +53,20 @@ def _sandbox_context():
     def write_message(kind, payload):
         data = struct.pack("<IB", len(payload) + 1, kind) + payload
         view = memoryview(data)
-        while view:
-            written = os.write(events_out, view)
-            view = view[written:]
+        state["writing"] = True
+        try:
+            while view:
+                try:
+                    written = os.write(events_out, view)
+                except InterruptedError:
+                    continue
+                view = view[written:]
+        finally:
+            state["writing"] = False
+        if state["held"]:
+            state["held"] = False
+            if state["in_cell"]:
+                raise KeyboardInterrupt
 
     def flush_streams():
         for stream in (sys.stdout, sys.stderr):
