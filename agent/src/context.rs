@@ -22,11 +22,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::agent_loop::{set_nonblocking, OUTBOX_HIGH_WATER};
+use crate::agent_loop::OUTBOX_HIGH_WATER;
 use crate::execution::{prepare_command, Execution, PipeRead, SpawnError};
-use crate::protocol::{
-    AgentConfig, CellRequest, ContextInfo, ExecId, ExitStatus, FromAgent, MAX_CHUNK_BYTES,
-};
+use crate::pipes::set_nonblocking;
+use crate::protocol::{AgentConfig, CellRequest, ContextInfo, ExecId, ExitStatus, FromAgent};
 
 const DRIVER: &str = include_str!("context_driver.py");
 
@@ -190,7 +189,7 @@ impl Context {
         command.env("MPLBACKEND", "Agg").current_dir(&self.info.cwd);
         sandbox_ffi::pass_fd_to_child(&mut command, cells_reader.as_raw_fd(), 3);
         sandbox_ffi::pass_fd_to_child(&mut command, events_writer.as_raw_fd(), 4);
-        let mut process = Execution::from_command(ExecId(0), command, true)?;
+        let mut process = Execution::from_command(ExecId(0), command)?;
         drop((cells_reader, events_writer));
         // Cells do not read stdin (input() sees its end).
         process.close_stdin_when_flushed();
@@ -301,23 +300,23 @@ impl Context {
 
     /// Its stdout or stderr polled readable: the running cell's output, or dropped between
     /// cells.
-    pub fn read_output(&mut self, which: PipeRead, outbox: &mut Vec<u8>) {
+    pub fn read_output(&mut self, which: PipeRead, outbox: &mut Vec<u8>, scratch: &mut [u8]) {
         let idle = self.cell.is_none();
         let Some(process) = self.process.as_mut() else {
             return;
         };
         if idle {
             let mut dropped = Vec::new();
-            process.read_output(which, &mut dropped);
+            process.read_output(which, &mut dropped, scratch);
             process.reset_window();
         } else {
-            process.read_output(which, outbox);
+            process.read_output(which, outbox, scratch);
         }
     }
 
     /// Its events pipe polled readable: the running cell's events go out as `CellEvent`
     /// parts, under the cell's output window.
-    pub fn read_events(&mut self, outbox: &mut Vec<u8>) {
+    pub fn read_events(&mut self, outbox: &mut Vec<u8>, scratch: &mut [u8]) {
         let mut pieces = Vec::new();
         loop {
             let Some(process) = self.process.as_mut() else {
@@ -330,15 +329,15 @@ impl Context {
             let Some(pipe) = self.events.as_mut() else {
                 break;
             };
-            let mut buffer = vec![0u8; room.min(MAX_CHUNK_BYTES)];
-            match pipe.read(&mut buffer) {
+            let room = room.min(scratch.len());
+            match pipe.read(&mut scratch[..room]) {
                 Ok(0) => {
                     self.events = None;
                     break;
                 }
                 Ok(n) => {
                     process.spend_window(n);
-                    self.parser.push(&buffer[..n], &mut pieces);
+                    self.parser.push(&scratch[..n], &mut pieces);
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
@@ -347,12 +346,12 @@ impl Context {
                     break;
                 }
             }
-            self.pass_on(&mut pieces, outbox);
+            self.pass_on(&mut pieces, outbox, scratch);
         }
-        self.pass_on(&mut pieces, outbox);
+        self.pass_on(&mut pieces, outbox, scratch);
     }
 
-    fn pass_on(&mut self, pieces: &mut Vec<Piece>, outbox: &mut Vec<u8>) {
+    fn pass_on(&mut self, pieces: &mut Vec<Piece>, outbox: &mut Vec<u8>, scratch: &mut [u8]) {
         for piece in pieces.drain(..) {
             let Some(cell) = self.cell.as_mut() else {
                 // Between cells nothing is expected: dropped, and the window given back.
@@ -367,7 +366,7 @@ impl Context {
                     // display()); best effort, within the window.
                     if let Some(process) = self.process.as_mut() {
                         for which in [PipeRead::Stdout, PipeRead::Stderr] {
-                            process.read_output(which, outbox);
+                            process.read_output(which, outbox, scratch);
                         }
                     }
                     FromAgent::CellEvent(cell.id, data, last).encode(outbox);
@@ -414,7 +413,12 @@ impl Context {
     }
 
     /// The cell's end, once everything it wrote went out: its execution id and exit code.
-    pub fn finish_cell(&mut self, outbox: &mut Vec<u8>, now: Instant) -> Option<(ExecId, i32)> {
+    pub fn finish_cell(
+        &mut self,
+        outbox: &mut Vec<u8>,
+        scratch: &mut [u8],
+        now: Instant,
+    ) -> Option<(ExecId, i32)> {
         let cell = self.cell.as_ref()?;
         if cell.done.is_none() && self.info.died.is_none() {
             if cell.kill_at.is_some_and(|at| now >= at) {
@@ -431,7 +435,7 @@ impl Context {
                 let drained = self
                     .process
                     .as_mut()
-                    .is_none_or(|process| process.drain_available(outbox));
+                    .is_none_or(|process| process.drain_available(outbox, scratch));
                 if !drained {
                     return None;
                 }
@@ -439,7 +443,7 @@ impl Context {
             }
             (Some(why), _) => {
                 if let Some(process) = self.process.as_mut() {
-                    process.drain_after_exit(outbox);
+                    process.drain_after_exit(outbox, scratch);
                     // Its pipes are closed once drained (or given up on).
                     process.finished_status()?;
                 }
