@@ -18,6 +18,9 @@ from pathlib import Path
 
 from codesandbox import Sandbox
 
+# For a server started with SANDBOX_API_KEYS (None: no key is sent).
+API_KEY = os.environ.get("SANDBOX_API_KEY")
+
 LOAD = """
 import numpy as np
 import pandas as pd
@@ -48,7 +51,7 @@ plt.show()
 
 
 async def main(url: str, out: Path) -> None:
-    async with await Sandbox.create(url) as sandbox:
+    async with await Sandbox.create(url, api_key=API_KEY) as sandbox:
         loaded = await sandbox.run_code(
             LOAD, on_stdout=lambda text: print(f"[sandbox] {text}", end="")
         )

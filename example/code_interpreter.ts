@@ -17,6 +17,8 @@ import { Sandbox } from '@cloud-run-sandbox/client';
 
 const url = process.argv[2] ?? process.env['SANDBOX_URL'] ?? 'ws://127.0.0.1:8080';
 const out = process.argv[3] ?? process.cwd();
+// For a server started with SANDBOX_API_KEYS (undefined: no key is sent).
+const apiKey = process.env['SANDBOX_API_KEY'];
 
 const LOAD = `
 import numpy as np
@@ -47,7 +49,7 @@ plt.show()
 `;
 
 async function main(): Promise<void> {
-  const sandbox = await Sandbox.create(url);
+  const sandbox = await Sandbox.create(url, { apiKey });
   try {
     const loaded = await sandbox.runCode(LOAD, { onStdout: (text) => process.stdout.write(`[sandbox] ${text}`) });
     if (loaded.error !== undefined) throw new Error(`${loaded.error.name}: ${loaded.error.value}`);
