@@ -425,10 +425,6 @@ impl Session {
         reply(out, id, Reply::CodeContext(view));
     }
 
-    fn unknown_context(context_id: &str) -> String {
-        format!("no code context {context_id}")
-    }
-
     fn restart_code_context(
         &mut self,
         context_id: String,
@@ -438,7 +434,7 @@ impl Session {
     ) {
         let Some(sandbox) = self.sandbox else { return };
         let Some(context) = self.code.table.get_mut(&context_id) else {
-            let message = Self::unknown_context(&context_id);
+            let message = unknown_context(&context_id);
             return out.extend(error_frames(Status::CodeContextError, &message, id));
         };
         // Its running cell ends with ContextDied; the waiting ones run in the new process.
@@ -474,7 +470,7 @@ impl Session {
     ) {
         let Some(sandbox) = self.sandbox else { return };
         if !self.code.table.contains_key(&context_id) {
-            let message = Self::unknown_context(&context_id);
+            let message = unknown_context(&context_id);
             return out.extend(error_frames(Status::CodeContextError, &message, id));
         }
         let command = ContextCommand::Delete {
@@ -515,17 +511,19 @@ impl Session {
         let Some(entry) = self.processes.get_mut(process) else {
             return;
         };
-        if entry.cell_event.len().saturating_add(data.len()) > bound {
-            // Over the bound: dropped (a forged stream, since the driver keeps to it).
-            entry.cell_event = b"!".to_vec();
-        } else if entry.cell_event.first() != Some(&b'!') {
-            entry.cell_event.extend_from_slice(&data);
+        if let Some(event) = entry.cell_event.as_mut() {
+            if event.len().saturating_add(data.len()) > bound {
+                // Over the bound: dropped (a forged stream, since the driver keeps to it).
+                entry.cell_event = None;
+            } else {
+                event.extend_from_slice(&data);
+            }
         }
         if !last {
             return;
         }
-        let bytes = std::mem::take(&mut entry.cell_event);
-        let Some(event) = parse_cell_event(&bytes) else {
+        let assembled = entry.cell_event.replace(Vec::new());
+        let Some(event) = assembled.as_deref().and_then(parse_cell_event) else {
             return;
         };
         if matches!(&event, ServerEvent::CellError { name, .. } if name == "ContextDied") {
@@ -593,6 +591,10 @@ impl Session {
         }
         self.start_next_cell(context_id, out, control);
     }
+}
+
+fn unknown_context(context_id: &str) -> String {
+    format!("no code context {context_id}")
 }
 
 fn reply(out: &mut Vec<Out>, id: Option<&RequestId>, reply: Reply) {

@@ -75,8 +75,9 @@ pub struct Process {
     /// Events kept for a client that does not follow it, in order, and their size.
     held: VecDeque<ServerEvent>,
     context: Option<String>,
-    /// A code cell's event being assembled from its parts (see `code`).
-    pub cell_event: Vec<u8>,
+    /// A code cell's event being assembled from its parts (see `code`); `None` once it grew
+    /// past its bound (the rest of it is dropped, and so is the event).
+    pub cell_event: Option<Vec<u8>>,
     /// A code cell whose context died under it.
     pub context_died: bool,
 }
@@ -100,7 +101,7 @@ impl Process {
             stdin: new.stdin,
             held: VecDeque::new(),
             context: new.context,
-            cell_event: Vec::new(),
+            cell_event: Some(Vec::new()),
             context_died: false,
         }
     }
