@@ -22,6 +22,7 @@
 //! The processes and the messages about them (protocol 2: several at once, request ids, stdin
 //! windows) are in [`process_requests`]; this file is the session's lifecycle.
 
+pub mod code;
 pub mod events;
 pub mod exec_options;
 pub mod file_messages;
@@ -39,7 +40,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::agent_protocol::{ExecId, Language};
+use crate::agent_protocol::{ContextCommand, ExecId, Language};
 use crate::runtime::{ExecSpec, RuntimeError, RuntimeEvent, SandboxKey};
 use events::OutputEncoding;
 pub use events::{Frame, ServerEvent, Status};
@@ -75,6 +76,12 @@ pub trait SandboxControl {
     /// Hold back (or give back) the output window of one execution: its output is held for a
     /// client that does not follow it.
     fn set_exec_output_paused(&mut self, sandbox: SandboxKey, exec: ExecId, paused: bool);
+    /// Create or delete a code context (the agent reports its contexts back).
+    fn context_command(
+        &mut self,
+        sandbox: SandboxKey,
+        command: ContextCommand,
+    ) -> Result<(), RuntimeError>;
 }
 
 /// How the session's sandbox is made.
@@ -103,6 +110,8 @@ pub struct SessionSettings {
     pub max_session_processes: usize,
     /// `SANDBOX_STDIN_WINDOW_BYTES`: the stdin window of processes started with a request id.
     pub stdin_window_bytes: u64,
+    /// `SANDBOX_MAX_RESULT_BYTES`: the largest result of a code cell sent as it is.
+    pub max_result_bytes: u64,
 }
 
 /// What a checkpoint keeps of a session, to restore it with.
@@ -257,6 +266,8 @@ pub struct Session {
     processes: Processes,
     /// File operations under way (the files API).
     files: files::FileTransfers,
+    /// The code interpreter's contexts (issue 13).
+    code: code::CodeContexts,
     attached: bool,
     idle_timeout: Option<Duration>,
     last_activity: Instant,
@@ -319,6 +330,7 @@ impl Session {
             id,
             processes: Processes::new(settings.max_session_processes),
             files: files::FileTransfers::default(),
+            code: code::CodeContexts::default(),
             settings,
             state: State::AwaitingInit,
             sandbox: None,
@@ -385,6 +397,7 @@ impl Session {
                 }),
                 followed: false,
                 started: true,
+                context: None,
             });
         }
         session
@@ -950,6 +963,7 @@ impl Session {
                 out.push(Out::Send(Frame::answering(ServerEvent::Reply(reply), id)));
             }
             ClientMessage::File(file) => self.file_message(file, id, &mut out, control),
+            ClientMessage::Code(message) => self.code_message(message, id, &mut out, control, now),
             ClientMessage::Malformed(problem) => {
                 out.extend(error_frames(Status::RequestError, &problem, id))
             }
@@ -1031,6 +1045,9 @@ impl Session {
         control: &mut dyn SandboxControl,
     ) -> Vec<Out> {
         let mut out = Vec::new();
+        if event == RuntimeEvent::Ready {
+            self.code.expect_resync();
+        }
         let Some(event) = self.route_file_notice(event, &mut out) else {
             return out;
         };
@@ -1139,7 +1156,7 @@ impl Session {
             }
             RuntimeEvent::ExecStarted(exec) => self.on_exec_started(exec, &mut out, control),
             RuntimeEvent::ExecSpawnFailed(exec, message) => {
-                self.on_exec_spawn_failed(exec, &message, &mut out)
+                self.on_exec_spawn_failed(exec, &message, &mut out, control)
             }
             RuntimeEvent::Output(exec, stream, data) => {
                 self.on_output(exec, stream, data, &mut out, control)
@@ -1148,6 +1165,10 @@ impl Session {
             RuntimeEvent::ExecFinished(exec, outcome) => {
                 self.on_exec_finished(exec, &outcome, &mut out, control)
             }
+            RuntimeEvent::CellEvent(exec, data, last) => {
+                self.on_cell_event(exec, data, last, &mut out, control)
+            }
+            RuntimeEvent::CodeContexts(contexts) => self.on_code_contexts(contexts),
             RuntimeEvent::Checkpointed(_) | RuntimeEvent::Ready => {}
         }
         out

@@ -32,6 +32,7 @@ Exceptions (all from ``SandboxError``; the table from server statuses to classes
     └── SandboxFileError            (``code``: not_found, is_a_directory, ...)
 """
 
+from ._code import CodeContext, Execution, ExecutionError, Logs, Result
 from ._errors import (
     STATUS_ERRORS,
     SandboxAuthenticationError,
@@ -70,14 +71,19 @@ __version__ = "0.2.0"
 
 __all__ = [
     "STATUS_ERRORS",
+    "CodeContext",
     "Connection",
     "ConnectionClosed",
+    "Execution",
+    "ExecutionError",
     "ExecutionResult",
     "FileEntry",
     "Files",
+    "Logs",
     "OutputStream",
     "ProcessInfo",
     "ReconnectOptions",
+    "Result",
     "RunResult",
     "Sandbox",
     "SandboxAuthenticationError",
