@@ -402,11 +402,18 @@ impl Agent {
                     FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
                     return;
                 }
-                let result = match self.take_standby(&request) {
-                    Some(standby) => Ok(standby.activate(id, &request)),
-                    None => Execution::spawn(id, &request, &self.config),
+                let result = match &request.file {
+                    // A file operation runs in its own helper, never in a standby.
+                    Some(file) => Execution::spawn_file_helper(id, file, &self.config),
+                    None => match self.take_standby(&request) {
+                        Some(standby) => Ok(standby.activate(id, &request)),
+                        None => Execution::spawn(id, &request, &self.config),
+                    },
                 };
-                if request.language == Language::Bash && self.config.bash_standby {
+                if request.language == Language::Bash
+                    && request.file.is_none()
+                    && self.config.bash_standby
+                {
                     self.bash_cwd.clone_from(&request.cwd);
                 }
                 match result {

@@ -13,6 +13,7 @@
 mod agent_loop;
 mod context;
 mod execution;
+pub mod files;
 mod forkserver;
 pub mod identity;
 mod pipes;

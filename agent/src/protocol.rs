@@ -155,6 +155,75 @@ pub struct SpawnRequest {
     pub env: Vec<(String, String)>,
     pub cwd: String,
     pub limits: ProcessLimits,
+    /// Instead of `language` and `code`: a file operation (issue 14), done by the agent's own
+    /// binary started as a helper process with user code's rights (see `files` in the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileRequest>,
+}
+
+/// One operation of the files API, as the server asks the agent for it. Paths are as the client
+/// gave them (absolute, or relative to `/root`); the helper resolves and checks them.
+///
+/// What the helper says: `Read` streams the file's bytes on stdout; `Write` reads the bytes on
+/// stdin, ended by [`FILE_COMMIT_TRAILER_BYTES`] of trailer (see [`file_commit_trailer`]), and
+/// every other operation (and `Write` once done) prints one JSON object on stdout. A failure
+/// is one JSON [`FileFailure`] on stderr and exit status 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FileRequest {
+    Read {
+        path: String,
+    },
+    Write {
+        path: String,
+        mode: u32,
+        append: bool,
+    },
+    List {
+        path: String,
+        depth: u32,
+    },
+    Stat {
+        path: String,
+    },
+    Exists {
+        path: String,
+    },
+    MakeDir {
+        path: String,
+        parents: bool,
+    },
+    Remove {
+        path: String,
+        recursive: bool,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+}
+
+/// Why a file operation failed: a code of docs/protocol.md (`not_found`, `is_a_directory`, ...)
+/// and a message naming the path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileFailure {
+    pub code: String,
+    pub message: String,
+}
+
+/// Bytes after a written file's data that say "this is the whole file": its length (u64 LE)
+/// and [`FILE_COMMIT_MAGIC`]. A write whose stdin ends without them (the client went away,
+/// the transfer was cancelled) is abandoned: its temporary file is removed and nothing is
+/// renamed onto the target.
+pub const FILE_COMMIT_TRAILER_BYTES: usize = 16;
+pub const FILE_COMMIT_MAGIC: [u8; 8] = *b"SBXFILE\x01";
+
+/// The trailer that commits a write of `length` bytes.
+pub fn file_commit_trailer(length: u64) -> [u8; FILE_COMMIT_TRAILER_BYTES] {
+    let mut trailer = [0u8; FILE_COMMIT_TRAILER_BYTES];
+    trailer[..8].copy_from_slice(&length.to_le_bytes());
+    trailer[8..].copy_from_slice(&FILE_COMMIT_MAGIC);
+    trailer
 }
 
 /// What the agent reports when it is ready to spawn.
@@ -544,6 +613,7 @@ mod tests {
                 processes: Some(64),
                 ..Default::default()
             },
+            file: None,
         }
     }
 

@@ -96,6 +96,8 @@ impl Standby {
     /// the agent applies to every process now).
     pub fn can_serve(&self, request: &SpawnRequest, limits: &ProcessLimits) -> bool {
         let same_start = request.language == self.language
+            // A file operation is its own helper process, never a standby.
+            && request.file.is_none()
             && request.limits == self.limits
             && *limits == self.limits
             // Larger code goes through a file (another command line); NUL cannot be an argument.
@@ -174,6 +176,7 @@ mod tests {
                 .collect(),
             cwd: "/".into(),
             limits: ProcessLimits::default(),
+            file: None,
         }
     }
 

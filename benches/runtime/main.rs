@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod direct;
+mod files;
 mod persist;
 mod report;
 mod server;
@@ -122,6 +123,7 @@ fn main() {
     run("server", &mut report, &bench_server);
     run("persist", &mut report, &persist::bench_persist);
     run("code", &mut report, &bench_code);
+    run("files", &mut report, &bench_files);
     report.total = started.elapsed();
     report.load_end = report::load_average();
     report.failures = failures.clone();
@@ -862,6 +864,104 @@ fn bench_websocket(server: &Server, report: &mut Report) -> io::Result<()> {
         None,
     ));
     session.kill();
+    Ok(())
+}
+
+/// The files API (issue 14), next to `runsc exec cat` on a sandbox started directly: a 1 KiB
+/// read's round trip, 100 MB up and down through the WebSocket and through HTTP.
+fn bench_files(env: &Env, report: &mut Report) -> io::Result<()> {
+    use files::TRANSFER_BYTES;
+    let megabytes = TRANSFER_BYTES as f64 / 1e6;
+    // The baselines: `runsc exec cat` of the same sizes.
+    let (cat_small, cat_large) = {
+        let sandbox = AgentSandbox::start(env)?;
+        let make = format!(
+            "head -c 1024 /dev/urandom > /root/1k && head -c {TRANSFER_BYTES} /dev/urandom > /root/large"
+        );
+        let (_, _, code) = sandbox.runsc_exec(&["/bin/sh", "-c", &make])?;
+        check(code == 0, || {
+            format!("making the baseline's files exited with {code}")
+        })?;
+        sandbox.runsc_exec(&["/bin/cat", "/root/1k"])?; // warm-up
+        let mut small = Vec::new();
+        for _ in 0..20 {
+            pause(50);
+            let (elapsed, bytes, code) = sandbox.runsc_exec(&["/bin/cat", "/root/1k"])?;
+            check(code == 0 && bytes == 1024, || {
+                format!("runsc exec cat 1k: {code}, {bytes}")
+            })?;
+            small.push(seconds(elapsed));
+        }
+        let mut large = Vec::new();
+        for _ in 0..3 {
+            let (elapsed, bytes, code) = sandbox.runsc_exec(&["/bin/cat", "/root/large"])?;
+            check(code == 0 && bytes == TRANSFER_BYTES as u64, || {
+                format!("runsc exec cat large: {code}, {bytes}")
+            })?;
+            large.push(megabytes / seconds(elapsed));
+        }
+        (Stat::latency(&small), Stat::rate(&large))
+    };
+
+    let server = Server::start(env, "files", 1, &[])?;
+    server.wait_settled(1, Duration::from_secs(30))?;
+    let mut session = files::FilesSession::create(server.port)?;
+    let small: Vec<u8> = (0..1024u32).map(|index| (index * 7) as u8).collect();
+    session.write("/root/1k", &small)?;
+    session.read("/root/1k")?; // warm-up
+    let mut reads = Vec::new();
+    for _ in 0..30 {
+        pause(50);
+        let (elapsed, bytes) = session.read("/root/1k")?;
+        check(bytes == 1024, || {
+            format!("read_file of 1 KiB gave {bytes} bytes")
+        })?;
+        reads.push(elapsed);
+    }
+    report.rows.push(Row::latency(
+        "files: 1 KiB `read_file` over the WebSocket, message to reply (target: p50 <= 5 ms)",
+        &reads,
+        "`runsc exec ID cat FILE` (1 KiB)",
+        Some(cat_small),
+    ));
+
+    let data: Vec<u8> = (0..TRANSFER_BYTES)
+        .map(|index| (index * 31 + index / 997) as u8)
+        .collect();
+    let (mut ws_up, mut ws_down, mut http_up, mut http_down) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        ws_up.push(megabytes / session.write("/root/large", &data)?);
+        let (elapsed, bytes) = session.read("/root/large")?;
+        check(bytes == TRANSFER_BYTES, || {
+            format!("read_file gave {bytes} bytes")
+        })?;
+        ws_down.push(megabytes / elapsed);
+        http_up.push(megabytes / session.http_put("/root/large", &data)?);
+        let (elapsed, bytes) = session.http_get("/root/large")?;
+        check(bytes == TRANSFER_BYTES, || {
+            format!("GET gave {bytes} bytes")
+        })?;
+        http_down.push(megabytes / elapsed);
+    }
+    let rows = [
+        ("files: 100 MB upload, `write_file` over the WebSocket (1 MiB base64 chunks within the window)", ws_up, ""),
+        ("files: 100 MB download, `read_file` over the WebSocket (base64 `file_data`)", ws_down, "`runsc exec ID cat FILE` (100 MB)"),
+        ("files: 100 MB upload, `PUT /sandboxes/{id}/files` (Content-Length, streamed)", http_up, ""),
+        ("files: 100 MB download, `GET /sandboxes/{id}/files` (chunked, streamed)", http_down, "`runsc exec ID cat FILE` (100 MB)"),
+    ];
+    for (what, samples, raw_what) in rows {
+        let raw = (!raw_what.is_empty()).then_some(cat_large);
+        report.rows.push(Row::rate(
+            what,
+            &samples,
+            Unit::MegabytesPerSecond,
+            raw_what,
+            raw,
+        ));
+    }
+    session.kill();
+    server.stop();
     Ok(())
 }
 

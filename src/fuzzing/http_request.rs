@@ -3,7 +3,8 @@
 //! Input layout: `[mode] [n] [n piece sizes] [stream...]`.
 //! - `mode` bits 0-1 pick the [`Limits`] (the server's defaults or small ones, so that every
 //!   limit is reachable in a short input); bit 2 puts a chunked `POST` head in front of the
-//!   stream, so that the mutations go to the chunked decoder.
+//!   stream, so that the mutations go to the chunked decoder; bit 3 streams the bodies of `PUT`
+//!   requests (as the server does for file uploads) and makes that head a `PUT`.
 //! - the stream is pushed in pieces of the given sizes (1 to 256 bytes, the rest at once).
 //!
 //! Checked: no panic; completed requests respect the limits; errors carry a status the server
@@ -11,10 +12,12 @@
 //! does not depend on how the bytes were split (the same stream pushed at once gives the same
 //! requests, and is not rejected by one and complete for the other).
 
-use crate::http::request::{HttpError, Limits, Progress, Request, RequestParser};
+use crate::http::request::{HttpError, Limits, Progress, Request, RequestParser, StreamCheck};
 
 const CHUNKED_HEAD: &[u8] =
     b"POST /execute?language=bash HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+const CHUNKED_PUT_HEAD: &[u8] =
+    b"PUT /sandboxes/x/files?path=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
 
 /// Statuses the parser may answer with.
 const STATUSES: [u16; 6] = [400, 411, 413, 431, 501, 505];
@@ -50,13 +53,18 @@ pub fn run(data: &[u8]) {
     let (sizes, stream) = rest.split_at(usize::from(*count % 32).min(rest.len()));
     let limits = limits(*mode);
     let mut input = Vec::with_capacity(stream.len() + CHUNKED_HEAD.len());
+    let streamed = mode & 8 != 0;
     if mode & 4 != 0 {
-        input.extend_from_slice(CHUNKED_HEAD);
+        input.extend_from_slice(if streamed {
+            CHUNKED_PUT_HEAD
+        } else {
+            CHUNKED_HEAD
+        });
     }
     input.extend_from_slice(stream);
 
-    let split = feed(limits, &super::pieces(&input, sizes));
-    let whole = feed(limits, &[&input]);
+    let split = feed(limits, streamed, &super::pieces(&input, sizes));
+    let whole = feed(limits, streamed, &[&input]);
     assert_eq!(
         split.requests, whole.requests,
         "requests depend on how the stream was split"
@@ -82,8 +90,13 @@ struct Outcome {
     idle: bool,
 }
 
-fn feed(limits: Limits, pieces: &[&[u8]]) -> Outcome {
+fn feed(limits: Limits, streamed: bool, pieces: &[&[u8]]) -> Outcome {
     let mut parser = RequestParser::new(limits);
+    if streamed {
+        parser = parser.with_streamed_bodies(StreamCheck::new(|request| request.method == "PUT"));
+    }
+    // A streamed request being received: its head, and its body so far.
+    let mut streaming: Option<Request> = None;
     let mut outcome = Outcome {
         requests: Vec::new(),
         error: None,
@@ -97,7 +110,30 @@ fn feed(limits: Limits, pieces: &[&[u8]]) -> Outcome {
                 Ok(Progress::NeedMore) => break,
                 Ok(Progress::SendContinue) => {}
                 Ok(Progress::Done(request)) => {
+                    assert!(streaming.is_none(), "a request inside a streamed body");
                     check_request(&request, &limits);
+                    outcome.requests.push(request);
+                }
+                Ok(Progress::Head(head)) => {
+                    assert!(streamed && head.method == "PUT" && head.body.is_empty());
+                    assert!(
+                        streaming.replace(head).is_none(),
+                        "two heads without an end"
+                    );
+                }
+                Ok(Progress::Body(piece)) => {
+                    assert!(!piece.is_empty(), "an empty piece of body");
+                    let request = streaming.as_mut().expect("body without a head");
+                    request.body.extend_from_slice(&piece);
+                }
+                Ok(Progress::BodyEnd) => {
+                    let request = streaming.take().expect("end without a head");
+                    // Streamed bodies are not bounded by max_body_bytes.
+                    let unbounded = Limits {
+                        max_body_bytes: usize::MAX,
+                        ..limits
+                    };
+                    check_request(&request, &unbounded);
                     outcome.requests.push(request);
                 }
                 Err(error) => {

@@ -54,7 +54,7 @@ use crate::session::{
 use crate::store::SavedSettings;
 
 /// Every status of docs/protocol.md ("Status strings").
-const STATUSES: [&str; 35] = [
+const STATUSES: [&str; 36] = [
     "SANDBOX_CREATING",
     "SANDBOX_RUNNING",
     "SANDBOX_NOT_FOUND",
@@ -90,11 +90,14 @@ const STATUSES: [&str; 35] = [
     "SANDBOX_KILL_ERROR",
     "SANDBOX_PERMISSION_DENIAL_ERROR",
     "SANDBOX_REQUEST_ERROR",
+    "SANDBOX_FILE_ERROR",
 ];
 
 /// Every `event` of docs/protocol.md.
-const EVENTS: [&str; 7] = [
+const EVENTS: [&str; 9] = [
     "status_update",
+    "file_data",
+    "file_ack",
     "sandbox_id",
     "stdout",
     "stderr",
@@ -528,6 +531,8 @@ fn check_outs(outs: &[Out]) {
                     assert_eq!(next.get("id"), frame.get("id"), "the error's id differs");
                 }
             }
+            // Only HTTP transfers produce these; the harness has none.
+            Out::HttpFile { .. } => panic!("an HTTP file event without an HTTP transfer"),
             Out::Close(code, reason) => {
                 assert!(CLOSE_CODES.contains(code), "undocumented close code {code}");
                 assert!(

@@ -9,6 +9,12 @@
 //! Usage: on every read, `push` the bytes, then call `poll` until it returns
 //! [`Progress::NeedMore`] (or stop early while a response is still being produced; unparsed
 //! pipelined bytes stay buffered, bounded, until the next `poll`).
+//!
+//! Streamed bodies: for the requests a [`StreamCheck`] picks (file uploads), the body is not
+//! collected. `poll` gives the head at once ([`Progress::Head`]), then the decoded body in
+//! pieces as it arrives ([`Progress::Body`]), then [`Progress::BodyEnd`]; `max_body_bytes` does
+//! not apply. What the parser holds is then what was pushed and not yet polled: the caller
+//! bounds it by not reading the socket while [`RequestParser::streamed_bytes`] is high.
 
 use memchr::memchr;
 use std::fmt;
@@ -175,6 +181,13 @@ pub enum Progress {
     SendContinue,
     /// A complete request. Bytes after it stay buffered for the next one (pipelining).
     Done(Request),
+    /// The head of a request whose body is streamed (its `body` is empty): pieces of the body
+    /// follow as [`Progress::Body`], then [`Progress::BodyEnd`].
+    Head(Request),
+    /// The next decoded piece of a streamed body.
+    Body(Vec<u8>),
+    /// The streamed body is complete; bytes after it belong to the next request.
+    BodyEnd,
 }
 
 /// How the rest of the current body is framed.
@@ -207,6 +220,8 @@ struct BodyState {
     request: Request,
     framing: Framing,
     continue_pending: bool,
+    /// The body goes to the caller in pieces instead of into `request.body`.
+    streamed: bool,
 }
 
 #[derive(Debug)]
@@ -233,6 +248,22 @@ impl HeadCheck {
     }
 }
 
+/// Which requests have their body streamed (decided on the head, after the [`HeadCheck`]).
+#[derive(Clone)]
+pub struct StreamCheck(Rc<dyn Fn(&Request) -> bool>);
+
+impl StreamCheck {
+    pub fn new(check: impl Fn(&Request) -> bool + 'static) -> Self {
+        StreamCheck(Rc::new(check))
+    }
+}
+
+impl fmt::Debug for StreamCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StreamCheck")
+    }
+}
+
 impl fmt::Debug for HeadCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("HeadCheck")
@@ -254,6 +285,14 @@ pub struct RequestParser {
     ready: Option<Request>,
     /// Sticky: once framing is lost every later call reports the same error.
     error: Option<HttpError>,
+    /// Picks the requests whose body is streamed.
+    stream_check: Option<StreamCheck>,
+    /// The head of a streamed request, not yet polled.
+    streamed_head: Option<Request>,
+    /// Decoded bytes of a streamed body, not yet polled.
+    streamed: Vec<u8>,
+    /// The streamed body ended and `BodyEnd` was not yet polled: nothing after it is parsed.
+    streamed_end: bool,
 }
 
 impl RequestParser {
@@ -265,7 +304,31 @@ impl RequestParser {
             state: State::Head { scanned: 0 },
             ready: None,
             error: None,
+            stream_check: None,
+            streamed_head: None,
+            streamed: Vec::new(),
+            streamed_end: false,
         }
+    }
+
+    /// Streams the body of the requests `check` picks (see the module documentation).
+    pub fn with_streamed_bodies(mut self, check: StreamCheck) -> Self {
+        self.stream_check = Some(check);
+        self
+    }
+
+    /// Bytes of a streamed body held (decoded and not polled, or received and not decoded).
+    pub fn streamed_bytes(&self) -> usize {
+        let streaming = matches!(&self.state, State::Body(body) if body.streamed);
+        self.streamed.len() + if streaming { self.buf.len() } else { 0 }
+    }
+
+    /// Whether a streamed body is being received (its head was polled or is waiting).
+    pub fn is_streaming(&self) -> bool {
+        self.streamed_head.is_some()
+            || !self.streamed.is_empty()
+            || self.streamed_end
+            || matches!(&self.state, State::Body(body) if body.streamed)
     }
 
     /// Runs `check` on the head of every request as soon as it is complete: a refused request
@@ -321,6 +384,9 @@ impl RequestParser {
     /// Returns the next step: a completed request, a one-time 100-continue signal, or
     /// `NeedMore`. After `Done` the next call starts on any pipelined bytes already buffered.
     pub fn poll(&mut self) -> Result<Progress, HttpError> {
+        if let Some(progress) = self.take_streamed() {
+            return Ok(progress);
+        }
         if let Some(request) = self.ready.take() {
             return Ok(Progress::Done(request));
         }
@@ -328,6 +394,9 @@ impl RequestParser {
             return Err(error.clone());
         }
         self.advance()?;
+        if let Some(progress) = self.take_streamed() {
+            return Ok(progress);
+        }
         if let Some(request) = self.ready.take() {
             return Ok(Progress::Done(request));
         }
@@ -340,13 +409,27 @@ impl RequestParser {
         Ok(Progress::NeedMore)
     }
 
+    /// What a streamed request has for the caller, in order: its head, body bytes, its end.
+    fn take_streamed(&mut self) -> Option<Progress> {
+        if let Some(head) = self.streamed_head.take() {
+            return Some(Progress::Head(head));
+        }
+        if !self.streamed.is_empty() {
+            return Some(Progress::Body(std::mem::take(&mut self.streamed)));
+        }
+        std::mem::take(&mut self.streamed_end).then_some(Progress::BodyEnd)
+    }
+
     /// Bytes held: unparsed input plus the body decoded so far (diagnostics only).
     pub fn buffered_len(&self) -> usize {
         let body = match &self.state {
             State::Body(body) => body.request.body.len(),
             State::Head { .. } => 0,
         };
-        self.buf.len() + body + self.ready.as_ref().map_or(0, |r| r.body.len())
+        self.buf.len()
+            + body
+            + self.ready.as_ref().map_or(0, |r| r.body.len())
+            + self.streamed.len()
     }
 
     /// True between requests: nothing partial is held, so a quiet connection is idle rather
@@ -356,6 +439,7 @@ impl RequestParser {
             && self.buf.is_empty()
             && self.ready.is_none()
             && self.error.is_none()
+            && !self.is_streaming()
     }
 
     fn raw_cap(&self) -> usize {
@@ -369,6 +453,10 @@ impl RequestParser {
     fn fail(&mut self, error: HttpError) -> HttpError {
         self.error = Some(error.clone());
         self.buf = Vec::new();
+        // A streamed body cut by an error is no body: its pieces and head are dropped.
+        self.streamed_head = None;
+        self.streamed = Vec::new();
+        self.streamed_end = false;
         self.state = State::Head { scanned: 0 };
         error
     }
@@ -381,7 +469,7 @@ impl RequestParser {
     }
 
     fn advance_inner(&mut self) -> Result<(), HttpError> {
-        if self.ready.is_some() || self.error.is_some() {
+        if self.ready.is_some() || self.error.is_some() || self.streamed_end {
             return Ok(());
         }
         if let State::Head { scanned } = self.state {
@@ -394,15 +482,29 @@ impl RequestParser {
             state,
             limits,
             ready,
+            streamed,
+            streamed_end,
             ..
         } = self;
         if let State::Body(body) = state {
-            let (consumed, done) = body.consume(buf, limits)?;
+            let limits = if body.streamed {
+                streamed_limits(limits)
+            } else {
+                *limits
+            };
+            let (consumed, done) = body.consume(buf, &limits)?;
             // `consume` reports a count of bytes taken from `buf`, so the range is in bounds.
             buf.drain(..consumed);
+            if body.streamed {
+                streamed.append(&mut body.request.body);
+            }
             if done {
                 if let State::Body(body) = std::mem::replace(state, State::Head { scanned: 0 }) {
-                    *ready = Some(body.request);
+                    if body.streamed {
+                        *streamed_end = true;
+                    } else {
+                        *ready = Some(body.request);
+                    }
                 }
             }
         }
@@ -452,7 +554,16 @@ impl RequestParser {
         if let Some(check) = &self.head_check {
             (check.0)(&request)?;
         }
-        let framing = body_framing(&request, &self.limits)?;
+        let streamed = self
+            .stream_check
+            .as_ref()
+            .is_some_and(|check| (check.0)(&request));
+        let limits = if streamed {
+            streamed_limits(&self.limits)
+        } else {
+            self.limits
+        };
+        let framing = body_framing(&request, &limits)?;
         // httparse's Complete(len) never exceeds the input length.
         self.buf.drain(..head_len.min(self.buf.len()));
         match framing {
@@ -463,14 +574,26 @@ impl RequestParser {
             }
             Some(framing) => {
                 let continue_pending = request.expects_continue();
+                if streamed {
+                    self.streamed_head = Some(request.clone());
+                }
                 self.state = State::Body(Box::new(BodyState {
                     request,
                     framing,
                     continue_pending,
+                    streamed,
                 }));
                 Ok(true)
             }
         }
+    }
+}
+
+/// A streamed body is not held: no size limit applies to it here.
+fn streamed_limits(limits: &Limits) -> Limits {
+    Limits {
+        max_body_bytes: usize::MAX,
+        ..*limits
     }
 }
 
@@ -1417,6 +1540,9 @@ mod tests {
                         assert!(request.headers.len() <= limits.max_headers);
                     }
                     Ok(Progress::SendContinue) => {}
+                    Ok(Progress::Head(_) | Progress::Body(_) | Progress::BodyEnd) => {
+                        unreachable!("no streamed bodies without a stream check")
+                    }
                 }
             }
             assert!(
@@ -1488,5 +1614,88 @@ mod tests {
         }
         // The mutations must leave many requests valid, or deep parser states go untested.
         assert!(completed > 1000, "only {completed} requests completed");
+    }
+
+    fn streaming_parser(limits: Limits) -> RequestParser {
+        RequestParser::new(limits)
+            .with_streamed_bodies(StreamCheck::new(|request| request.method == "PUT"))
+    }
+
+    /// A streamed body: its head at once, then its pieces (past `max_body_bytes`), its end,
+    /// then the next pipelined request as usual.
+    #[test]
+    fn streamed_bodies_come_in_pieces_without_the_body_limit() {
+        let limits = Limits {
+            max_body_bytes: 4,
+            ..Limits::default()
+        };
+        let mut parser = streaming_parser(limits);
+        let head = b"PUT /sandboxes/x/files?path=a HTTP/1.1\r\nContent-Length: 10\r\n\r\n";
+        let progress = run(&mut parser, head).unwrap();
+        let [Progress::Head(request)] = progress.as_slice() else {
+            panic!("{progress:?}")
+        };
+        assert_eq!(request.path, "/sandboxes/x/files");
+        assert!(request.body.is_empty());
+        assert!(parser.is_streaming() && !parser.is_idle());
+        assert_eq!(
+            run(&mut parser, b"01234").unwrap(),
+            [Progress::Body(b"01234".to_vec())]
+        );
+        let progress = run(&mut parser, b"56789GET / HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(
+            progress[..2],
+            [Progress::Body(b"56789".to_vec()), Progress::BodyEnd]
+        );
+        assert!(matches!(&progress[2], Progress::Done(request) if request.method == "GET"));
+        assert!(parser.is_idle());
+        // A request that is not streamed keeps the limit.
+        let mut parser = streaming_parser(limits);
+        let error = run(
+            &mut parser,
+            b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n",
+        )
+        .unwrap_err();
+        assert_eq!(error.status, 413);
+    }
+
+    #[test]
+    fn streamed_chunked_bodies_and_continue() {
+        let mut parser = streaming_parser(Limits::default());
+        let bytes =
+            b"PUT /f HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n";
+        let progress = run(&mut parser, bytes).unwrap();
+        assert!(matches!(progress[0], Progress::Head(_)), "{progress:?}");
+        assert_eq!(progress[1..], [Progress::SendContinue]);
+        let mut body = Vec::new();
+        let mut ended = false;
+        for byte in b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n" {
+            for progress in run(&mut parser, &[*byte]).unwrap() {
+                match progress {
+                    Progress::Body(piece) => body.extend(piece),
+                    Progress::BodyEnd => ended = true,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(body, b"abcde");
+        assert!(ended && parser.is_idle());
+        // Unread pieces are what the caller bounds its reading by.
+        let mut parser = streaming_parser(Limits::default());
+        parser
+            .push(b"PUT /f HTTP/1.1\r\nContent-Length: 100\r\n\r\n")
+            .unwrap();
+        parser.push(&[7; 60]).unwrap();
+        assert_eq!(parser.streamed_bytes(), 60);
+        // A bad chunk is an error, and what came before it is dropped with the request.
+        let mut parser = streaming_parser(Limits::default());
+        let head = b"PUT /f HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(
+            run(&mut parser, head).unwrap()[..],
+            [Progress::Head(_)]
+        ));
+        parser.push(b"2\r\nabXX").unwrap_err();
+        assert!(parser.poll().is_err());
+        assert_eq!(parser.streamed_bytes(), 0);
     }
 }

@@ -93,6 +93,10 @@ impl ExecTracker {
         }
     }
 
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Record that we are killing it and why; the first reason wins (a timeout that fires
     /// after a kill request does not rename it).
     pub fn mark_killed(&mut self, reason: Reason) {

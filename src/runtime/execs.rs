@@ -148,6 +148,13 @@ impl Execs {
         self.entries.insert(exec, entry);
     }
 
+    /// No output limit for `exec` (a file operation: its output is a file).
+    pub fn lift_output_limit(&mut self, exec: ExecId) {
+        if let Some(entry) = self.entries.get_mut(&exec) {
+            entry.tracker = ExecTracker::new(u64::MAX, entry.tracker.started());
+        }
+    }
+
     /// `exec` is a code cell.
     pub fn mark_cell(&mut self, exec: ExecId) {
         if let Some(entry) = self.entries.get_mut(&exec) {

@@ -41,7 +41,7 @@ pub mod state_lock;
 use std::fmt;
 use std::time::Duration;
 
-use crate::agent_protocol::{ContextInfo, ExecId, Language, Stream};
+use crate::agent_protocol::{ContextInfo, ExecId, FileRequest, Language, Stream};
 use exec::ExecOutcome;
 
 pub use driver::Runtime;
@@ -77,6 +77,9 @@ pub struct ExecSpec {
     /// Bytes of stdin that may wait to be written to the process ([`MAX_STDIN_IN_FLIGHT`]
     /// unless its owner grants a larger window).
     pub stdin_bound: u64,
+    /// A file operation instead of `code` (issue 14): its output is the file or a reply, so
+    /// the output limit does not apply (the sandbox's own limits bound what a file can be).
+    pub file: Option<FileRequest>,
     /// A code cell for a code context instead of a new process (issue 13).
     pub cell: Option<CellSpec>,
 }

@@ -32,6 +32,8 @@ pub enum ApiRequest {
     DeleteSnapshot(String),
     /// `POST /execute`.
     Execute(ExecuteRequest),
+    /// `GET|PUT|DELETE /sandboxes/{id}/files` (the files API over HTTP).
+    Files(super::files_http::FilesRequest),
     /// A WebSocket upgrade of `/create` or `/attach/{id}`, its handshake checked.
     Upgrade {
         key: String,
@@ -124,6 +126,15 @@ pub fn parse(request: &Request, limits: &ExecLimits) -> Result<Parsed, ApiError>
             ApiRequest::Playground(path.to_string())
         }
         ("POST", "/execute") => ApiRequest::Execute(execute(request, limits)?),
+        (_, path) if super::files_http::sandbox_of(path).is_some() => {
+            let sandbox_id = super::files_http::sandbox_of(path).unwrap_or_default();
+            let mut files = super::files_http::parse(request, sandbox_id)?;
+            if let super::files_http::Operation::Upload { body, .. } = &mut files.operation {
+                // A body that was not streamed (it came whole with the head, or was empty).
+                *body = Some(request.body.clone());
+            }
+            ApiRequest::Files(files)
+        }
         (_, path) if KNOWN_PATHS.contains(&path) => {
             return Err(ApiError::MethodNotAllowed(format!(
                 "method {method} is not allowed on {path}"
@@ -397,6 +408,8 @@ pub enum ApiError {
     Unavailable(String),
     /// Something failed on our side (500).
     Internal(String),
+    /// A file operation failed: its code (docs/protocol.md "Files") and message.
+    File(String, String),
 }
 
 impl ApiError {
@@ -410,6 +423,7 @@ impl ApiError {
             ApiError::NotEnabled(_) => 501,
             ApiError::AtCapacity(_) | ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
+            ApiError::File(code, _) => super::files_http::status_of(code),
         }
     }
 
@@ -427,12 +441,17 @@ impl ApiError {
             | ApiError::WebSocketVersion(message)
             | ApiError::NotEnabled(message)
             | ApiError::Unavailable(message)
-            | ApiError::Internal(message) => message.clone(),
+            | ApiError::Internal(message)
+            | ApiError::File(_, message) => message.clone(),
         }
     }
 
     /// The answer: `{"error": message}` with the status and the headers it calls for.
     pub fn response(&self) -> Response {
+        if let ApiError::File(code, message) = self {
+            let body = serde_json::json!({ "error": message, "code": code });
+            return Response::json(self.status(), &body);
+        }
         let response = Response::new(
             self.status(),
             "application/json",

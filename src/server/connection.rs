@@ -60,7 +60,8 @@ impl Connections {
 
     /// A new HTTP connection on `stream`, with the server's parser limits and key check.
     pub fn add(&mut self, id: ConnectionId, stream: TcpStream) {
-        let mut parser = RequestParser::new(self.limits);
+        let mut parser =
+            RequestParser::new(self.limits).with_streamed_bodies(super::files_http::stream_check());
         if let Some(check) = &self.head_check {
             parser = parser.with_head_check(check.clone());
         }
@@ -81,6 +82,8 @@ pub enum Phase {
     Executing(Box<ExecuteJob>),
     /// A request waits for the store's answer (read on a worker thread).
     Waiting { since: Instant, keep_alive: bool },
+    /// A files request's transfer is under way (`server/files_http.rs`).
+    File(Box<super::files_http::FileJob>),
     /// Send what is buffered, then close.
     Closing,
 }
@@ -99,6 +102,9 @@ pub struct Connection {
     /// The sandbox's output is paused because `out` is full.
     pub output_paused: bool,
     pub peer_closed: bool,
+    /// Reading stopped with bytes maybe left in the socket, because a streamed upload's body
+    /// waits to be passed on: whoever makes room reads again.
+    pub read_paused: bool,
 }
 
 /// What a read did.
@@ -122,6 +128,7 @@ impl Connection {
             last_write_progress: now,
             output_paused: false,
             peer_closed: false,
+            read_paused: false,
         }
     }
 
@@ -130,6 +137,11 @@ impl Connection {
     pub fn read_available(&mut self) -> Result<ReadOutcome, crate::http::request::HttpError> {
         let mut buffer = [0u8; 16 * 1024];
         loop {
+            if self.parser.streamed_bytes() >= super::files_http::MAX_UPLOAD_BUFFER {
+                // Back-pressure on an upload: the client waits in TCP until there is room.
+                self.read_paused = true;
+                return Ok(ReadOutcome::Open);
+            }
             match self.stream.read(&mut buffer) {
                 Ok(0) => {
                     self.peer_closed = true;

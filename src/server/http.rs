@@ -64,6 +64,12 @@ impl Server {
             };
             match connection.read_available() {
                 Ok(ReadOutcome::Open) => {}
+                Ok(ReadOutcome::Closed) if matches!(connection.phase, Phase::File(_)) => {
+                    // The client of a transfer is gone: an upload leaves no file.
+                    self.abandon_file_job(id);
+                    self.close(id);
+                    return;
+                }
                 Ok(ReadOutcome::Closed) => {
                     // A client gone mid-execution: its sandbox is killed and deleted.
                     if let Some(job) = connection.job() {
@@ -76,8 +82,12 @@ impl Server {
                     self.close(id);
                     return;
                 }
-                Err(error) => return self.refuse_request(id, ApiError::Http(error)),
+                Err(error) => {
+                    self.abandon_file_job(id);
+                    return self.refuse_request(id, ApiError::Http(error));
+                }
             }
+            self.feed_upload(id);
             self.process_requests(id);
         }
         if writable {
@@ -116,8 +126,15 @@ impl Server {
                     .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
                 Ok(Progress::Done(request)) => {
                     connection.request_started = None;
-                    self.route(id, request);
+                    self.route(id, request, false);
                 }
+                Ok(Progress::Head(request)) => {
+                    connection.request_started = None;
+                    self.route(id, request, true);
+                }
+                // Pieces of a streamed body go to its transfer (`feed_upload`); one that was
+                // refused closes the connection before they are polled.
+                Ok(Progress::Body(_) | Progress::BodyEnd) => {}
                 Err(error) => return self.refuse_request(id, ApiError::Http(error)),
             }
             self.flush(id);
@@ -148,7 +165,8 @@ impl Server {
         }
     }
 
-    fn route(&mut self, id: ConnectionId, request: Request) {
+    /// `streamed`: the request's body follows (an upload; only files routes stream).
+    fn route(&mut self, id: ConnectionId, request: Request, streamed: bool) {
         crate::guard::test_panic_point(request.target.as_bytes());
         let parsed = match api::parse(&request, &self.exec_limits()) {
             Ok(parsed) => parsed,
@@ -193,6 +211,15 @@ impl Server {
                 })
             }
             ApiRequest::Execute(execute) => return self.start_execute(id, execute, keep_alive),
+            ApiRequest::Files(mut files) => {
+                if streamed {
+                    if let super::files_http::Operation::Upload { body, .. } = &mut files.operation
+                    {
+                        *body = None;
+                    }
+                }
+                return self.start_files(id, files, keep_alive && !head_only, streamed);
+            }
             ApiRequest::Upgrade {
                 key,
                 target,
@@ -322,14 +349,17 @@ impl Server {
             // Shutting down: a connection without a running request takes no new one, so it
             // closes once its last response is out (it must not hold the shutdown up).
             Phase::Reading => self.shutdown_deadline.is_some(),
-            Phase::Executing(_) | Phase::Waiting { .. } => false,
+            Phase::Executing(_) | Phase::Waiting { .. } | Phase::File(_) => false,
         };
         if finished && connection.out.is_empty() {
             self.close(id);
+            return;
         }
+        self.resume_file_output(id);
     }
 
     pub(super) fn close(&mut self, id: ConnectionId) {
+        self.abandon_file_job(id);
         if let Some(mut connection) = self.connections.http.remove(&id) {
             let _ = self.poll.registry().deregister(&mut connection.stream);
         }
@@ -355,6 +385,9 @@ impl Server {
                 && now.duration_since(connection.last_write_progress) > http.write_timeout;
             let store_late = matches!(connection.phase, Phase::Waiting { since, .. }
                 if now.duration_since(since) > store_timeout);
+            // The session bounds each file operation; this is the backstop.
+            let file_late = matches!(&connection.phase, Phase::File(job)
+                if now.duration_since(job.since) > crate::session::files::FILE_OPERATION_TIMEOUT * 2);
             if slow_request {
                 let error = HttpError::new(408, "the request did not arrive in time");
                 expired.push((*id, Some(ApiError::Http(error))));
@@ -364,7 +397,7 @@ impl Server {
                     store_timeout.as_secs()
                 );
                 expired.push((*id, Some(ApiError::Unavailable(message))));
-            } else if idle || stalled {
+            } else if idle || stalled || file_late {
                 expired.push((*id, None));
             }
         }

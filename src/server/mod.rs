@@ -10,6 +10,7 @@ mod auth;
 mod connection;
 mod execute;
 mod expired;
+mod files_http;
 mod http;
 mod jobs;
 mod persistence;

@@ -18,7 +18,7 @@ struct Asset {
 
 const INDEX: &str = include_str!("playground/index.html");
 
-const ASSETS: [Asset; 4] = [
+const ASSETS: [Asset; 5] = [
     Asset {
         path: "/playground/style.css",
         content_type: "text/css; charset=utf-8",
@@ -38,6 +38,11 @@ const ASSETS: [Asset; 4] = [
         path: "/playground/metrics.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("playground/metrics.js"),
+    },
+    Asset {
+        path: "/playground/files.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("playground/files.js"),
     },
 ];
 
@@ -94,6 +99,7 @@ mod tests {
             ("/playground/app.js", "text/javascript"),
             ("/playground/client.js", "text/javascript"),
             ("/playground/metrics.js", "text/javascript"),
+            ("/playground/files.js", "text/javascript"),
             ("/playground/style.css", "text/css"),
         ] {
             let answer = text(&response(path, true).unwrap());

@@ -497,6 +497,21 @@ impl Server {
     /// Carry out what a session returned: frames to its connection (if attached, with
     /// back-pressure), work to the persistence pipeline; forget it once it has ended.
     pub(super) fn deliver(&mut self, session_id: SessionId, outs: Vec<Out>) {
+        // HTTP file transfers' events go to their connections first (they are not the
+        // WebSocket's, and must reach them even when the session ends in this batch).
+        let (http_files, outs): (Vec<Out>, Vec<Out>) = outs
+            .into_iter()
+            .partition(|out| matches!(out, Out::HttpFile { .. }));
+        for out in http_files {
+            if let Out::HttpFile {
+                connection,
+                exec,
+                event,
+            } = out
+            {
+                self.http_file_event(connection, exec, event);
+            }
+        }
         let (work, frames): (Vec<Out>, Vec<Out>) = outs.into_iter().partition(|out| {
             matches!(
                 out,
@@ -538,7 +553,7 @@ impl Server {
                         self.persistence.remove_saved_state(session_id, &sandbox_id);
                     }
                 }
-                Out::Send(_) | Out::Close(..) => {}
+                Out::Send(_) | Out::Close(..) | Out::HttpFile { .. } => {}
             }
         }
     }
@@ -567,6 +582,7 @@ impl Server {
         }
         if let Some(session) = self.sessions.get_mut(session_id) {
             session.on_detach(Instant::now());
+            session.abandon_file_transfers(&mut Control(&mut self.runtime));
             if session.sandbox().is_none() {
                 // Never got a sandbox (no init yet, or its snapshot is still looked up):
                 // nothing to keep.

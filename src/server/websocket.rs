@@ -239,7 +239,8 @@ impl WsConnection {
                 Out::Save(_)
                 | Out::FindSnapshot(_)
                 | Out::RemoveSavedState
-                | Out::HandoffRefused(_) => {}
+                | Out::HandoffRefused(_)
+                | Out::HttpFile { .. } => {}
             }
         }
         self.flush()

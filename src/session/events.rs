@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use super::files::FileEvent;
 use super::ids::{ProcessId, RequestId};
 use crate::agent_protocol::{Language, Stream};
 use crate::runtime::exec::{ExecOutcome, Reason};
@@ -78,6 +79,7 @@ statuses! {
     KillError = "SANDBOX_KILL_ERROR",
     PermissionDenialError = "SANDBOX_PERMISSION_DENIAL_ERROR",
     RequestError = "SANDBOX_REQUEST_ERROR",
+    FileError = "SANDBOX_FILE_ERROR",
     CodeContextError = "SANDBOX_CODE_CONTEXT_ERROR",
 }
 
@@ -153,6 +155,8 @@ pub enum ServerEvent {
     StdinAck { written: u64 },
     /// `{"event":"reply", ...}`: the answer of a request/response action.
     Reply(Reply),
+    /// An event of the files API (`file_data`, `file_ack`, its reply and errors).
+    File(FileEvent),
     /// `SANDBOX_EXECUTION_RUNNING` of a code cell: `"kind":"cell"` and its context.
     CellRunning { context_id: String },
     /// `{"event":"result","is_main_result":B,"data":{MIME type: value}}`: a code cell's
@@ -394,6 +398,7 @@ impl Frame {
                 written: *written,
             }),
             ServerEvent::Reply(reply) => serde_json::to_string(&self.reply_value(reply)),
+            ServerEvent::File(event) => serde_json::to_string(&event.to_value(id)),
             ServerEvent::CellRunning { context_id } => serde_json::to_string(&CellRunningFrame {
                 context_id,
                 event: "status_update",
@@ -666,7 +671,7 @@ mod tests {
         let mut names: Vec<&str> = Status::ALL.iter().map(|status| status.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 36);
+        assert_eq!(names.len(), 37);
         assert!(Status::NotFound.is_error() && Status::InUse.is_error());
         assert!(Status::StdinError.is_error() && Status::LockRenewalError.is_error());
         assert!(!Status::ExecutionDone.is_error() && !Status::Killed.is_error());

@@ -115,6 +115,7 @@ impl ExecOptions {
             cwd: self.cwd.clone(),
             timeout: self.timeout,
             stdin_bound: crate::runtime::MAX_STDIN_IN_FLIGHT,
+            file: None,
             cell: None,
         }
     }

@@ -216,6 +216,8 @@ impl Replay {
                     self.session.on_snapshot_found(Ok(image), &mut self.runtime)
                 }
                 Out::RemoveSavedState => self.session.on_saved_state_removed(),
+                // The flows have no HTTP transfers.
+                Out::HttpFile { .. } => continue,
             };
             self.take(answer);
         }
@@ -503,6 +505,8 @@ fn check_spec(name: &str, spec: &ExecSpec, wanted: &Value) {
             "env" => json!(spec.env),
             "cwd" => json!(spec.cwd),
             "timeout" => json!(spec.timeout.as_secs_f64()),
+            // A file operation's request to the agent's helper.
+            "file" => json!(spec.file),
             // A code cell: the context it runs in.
             "context_id" => json!(spec.cell.as_ref().map(|cell| &cell.context_id)),
             other => panic!("{name}: unknown start_exec key {other}"),

@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 
 use super::code::{self, CodeMessage};
 use super::exec_options::{self, ExecLimits, ExecOptions, RawExecOptions};
+use super::file_messages::{self, FileMessage};
 use super::ids::{ProcessId, RequestId};
 use super::options::{self, choice, flag, quoted};
 use super::text::base64_decode;
@@ -59,6 +60,8 @@ pub enum ClientMessage {
     /// `{"action": "set_idle_timeout", "idle_timeout"}` (`None`: the server's default,
     /// `Some(ZERO)`: never, capped).
     SetIdleTimeout(Option<Duration>),
+    /// A files API action (docs/protocol.md, "Files"), or why it is malformed.
+    File(FileMessage),
     /// The code interpreter's messages (`run_code`, `*_code_context*`), see `code`.
     Code(CodeMessage),
     /// Protocol 2's `SANDBOX_REQUEST_ERROR`: why the message cannot be acted on.
@@ -183,6 +186,9 @@ fn dispatch(message: &Map<String, Value>, has_id: bool, limits: &ExecLimits) -> 
             return malformed(context.map(|id| ClientMessage::Code(CodeMessage::Delete(id))));
         }
         None => {}
+    }
+    if let Some(file) = action_name.and_then(|name| file_messages::parse(name, message)) {
+        return malformed(file.map(ClientMessage::File));
     }
     if let (Some(name), true) = (action_name, has_id) {
         // Without an id an unknown action keeps the compatible answer (below).

@@ -25,6 +25,8 @@
 pub mod code;
 pub mod events;
 pub mod exec_options;
+pub mod file_messages;
+pub mod files;
 pub mod ids;
 pub mod messages;
 pub mod options;
@@ -158,6 +160,12 @@ pub enum Out {
     /// Another instance asked for the sandbox and it cannot be handed off (why): tell the
     /// requester through the store.
     HandoffRefused(String),
+    /// An event of a file transfer for an HTTP connection (the files API over HTTP).
+    HttpFile {
+        connection: u64,
+        exec: ExecId,
+        event: files::HttpFileOut,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +264,8 @@ pub struct Session {
     /// The request id of the kill, checkpoint or snapshot under way: its statuses echo it.
     pending_request: Option<RequestId>,
     processes: Processes,
+    /// File operations under way (the files API).
+    files: files::FileTransfers,
     /// The code interpreter's contexts (issue 13).
     code: code::CodeContexts,
     attached: bool,
@@ -319,6 +329,7 @@ impl Session {
         Session {
             id,
             processes: Processes::new(settings.max_session_processes),
+            files: files::FileTransfers::default(),
             code: code::CodeContexts::default(),
             settings,
             state: State::AwaitingInit,
@@ -696,10 +707,15 @@ impl Session {
             State::FindingSnapshot { .. } | State::ForgettingSaved { .. } => return Vec::new(),
             _ => {}
         }
-        if self.state != State::Running || self.attached || self.processes.any_running() {
+        if self.state != State::Running
+            || self.attached
+            || self.processes.any_running()
+            || self.has_file_transfers()
+        {
             // An attached client keeps its sandbox (the connection's pings prove it is
             // there; one that stops answering them is dropped, and then the timer runs), and
-            // a running execution is activity: the idle time counts from after both.
+            // a running execution or file transfer (an HTTP one needs no session client) is
+            // activity: the idle time counts from after both.
             self.last_activity = now;
             return Vec::new();
         }
@@ -946,6 +962,7 @@ impl Session {
                 let reply = events::Reply::IdleTimeout(self.idle_limit());
                 out.push(Out::Send(Frame::answering(ServerEvent::Reply(reply), id)));
             }
+            ClientMessage::File(file) => self.file_message(file, id, &mut out, control),
             ClientMessage::Code(message) => self.code_message(message, id, &mut out, control, now),
             ClientMessage::Malformed(problem) => {
                 out.extend(error_frames(Status::RequestError, &problem, id))
@@ -960,7 +977,7 @@ impl Session {
     }
 
     fn checkpoint(&mut self, id: Option<&RequestId>, out: &mut Vec<Out>) {
-        let running = self.processes.any_running();
+        let running = self.processes.any_running() || self.has_file_transfers();
         if self.checkpointable && self.settings.checkpoint_enabled && !running {
             self.pending_request = id.cloned();
             return self.begin_checkpoint(out, false);
@@ -1004,7 +1021,7 @@ impl Session {
                 "filesystem snapshots are not enabled on this server (set FILESYSTEM_SNAPSHOT_PATH)"
                     .to_string(),
             ),
-            Ok(_) if self.processes.any_running() => Some(
+            Ok(_) if self.processes.any_running() || self.has_file_transfers() => Some(
                 "cannot take a filesystem snapshot while an execution is running".to_string(),
             ),
             Ok(name) => options::validate_snapshot_name(name).err(),
@@ -1031,6 +1048,9 @@ impl Session {
         if event == RuntimeEvent::Ready {
             self.code.expect_resync();
         }
+        let Some(event) = self.route_file_notice(event, &mut out) else {
+            return out;
+        };
         match event {
             RuntimeEvent::Ready if self.state == State::Restoring => {
                 self.state = State::Running;

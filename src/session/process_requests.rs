@@ -510,6 +510,7 @@ impl Session {
         for (process, event) in self.processes.frame_all_pending() {
             self.emit(&mut out, process, event, control);
         }
+        self.flush_file_acks(&mut out);
         if !self.attached {
             return out;
         }

@@ -111,6 +111,7 @@ fn names(out: &[Out]) -> Vec<String> {
             Out::Close(code, _) => format!("close {code}"),
             Out::Save(request) => format!("save {request:?}"),
             Out::FindSnapshot(name) => format!("find snapshot {name}"),
+            Out::HttpFile { connection, .. } => format!("http file {connection}"),
             Out::RemoveSavedState => "remove saved state".into(),
             Out::HandoffRefused(reason) => format!("handoff refused: {reason}"),
         })

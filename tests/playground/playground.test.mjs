@@ -15,7 +15,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -292,6 +292,31 @@ describe('code interpreter cells', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is 
 });
 
 describe('bounds', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not set' }, () => {
+  test('files panel: upload a file, see it listed, download it back', async (t) => {
+    const { page } = await openPage(PLAIN, t);
+    await createSandbox(page);
+    const content = 'month,amount\njan,10\nfeb,32\n';
+    await page.setInputFiles('#files-upload', {
+      name: 'sales.csv',
+      mimeType: 'text/csv',
+      buffer: Buffer.from(content),
+    });
+    const row = page.locator('#files tr[data-path="/root/sales.csv"]');
+    await row.waitFor(WAIT);
+    assert.equal(await row.locator('td').nth(1).textContent(), 'file');
+    assert.equal(await row.locator('td').nth(2).textContent(), String(Buffer.byteLength(content)));
+    // The sandbox has it too.
+    const cat = await run(page, 'bash', 'cat /root/sales.csv');
+    assert.equal(cat.output, content);
+    const [download] = await Promise.all([page.waitForEvent('download', WAIT), row.locator('.files-download').click()]);
+    assert.equal(download.suggestedFilename(), 'sales.csv');
+    const saved = join(ARTIFACTS, 'downloaded-sales.csv');
+    await download.saveAs(saved);
+    assert.equal(readFileSync(saved, 'utf8'), content);
+    await page.screenshot({ path: join(ARTIFACTS, 'files.png'), fullPage: true });
+    await deleteSandbox(page);
+  });
+
   test('a flood of output keeps the newest 200000 characters of a process', async (t) => {
     const { page } = await openPage(PLAIN, t);
     await createSandbox(page);

@@ -16,7 +16,8 @@
  * ├── SandboxNotFoundError
  * ├── SandboxInUseError
  * ├── SandboxRequestError
- * └── SandboxStateError
+ * ├── SandboxStateError
+ * └── SandboxFileError               (code: not_found, is_a_directory, permission_denied, ...)
  * ```
  *
  * The user's code failing is not an error: a non-zero exit code is data (`process.wait()`
@@ -106,6 +107,18 @@ export declare class SandboxRequestError extends SandboxError {
  * `SANDBOX_EXECUTION_IN_PROGRESS_ERROR`.
  */
 export declare class SandboxStateError extends SandboxError {
+}
+export interface SandboxFileErrorOptions extends SandboxErrorOptions {
+    code?: string | undefined;
+}
+/**
+ * A file operation failed (`SANDBOX_FILE_ERROR`). `code` says why, as docs/protocol.md lists:
+ * `not_found`, `is_a_directory`, `not_a_directory`, `permission_denied`, `no_space`,
+ * `path_too_long`, `file_too_large`, `already_exists`, `invalid_path`, `io`.
+ */
+export declare class SandboxFileError extends SandboxError {
+    code: string;
+    constructor(message: string, options?: SandboxFileErrorOptions);
 }
 export type SandboxErrorClass = new (message: string, options?: SandboxErrorOptions) => SandboxError;
 /**

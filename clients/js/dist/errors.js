@@ -16,7 +16,8 @@
  * ├── SandboxNotFoundError
  * ├── SandboxInUseError
  * ├── SandboxRequestError
- * └── SandboxStateError
+ * ├── SandboxStateError
+ * └── SandboxFileError               (code: not_found, is_a_directory, permission_denied, ...)
  * ```
  *
  * The user's code failing is not an error: a non-zero exit code is data (`process.wait()`
@@ -103,6 +104,18 @@ export class SandboxRequestError extends SandboxError {
 export class SandboxStateError extends SandboxError {
 }
 /**
+ * A file operation failed (`SANDBOX_FILE_ERROR`). `code` says why, as docs/protocol.md lists:
+ * `not_found`, `is_a_directory`, `not_a_directory`, `permission_denied`, `no_space`,
+ * `path_too_long`, `file_too_large`, `already_exists`, `invalid_path`, `io`.
+ */
+export class SandboxFileError extends SandboxError {
+    code;
+    constructor(message, options = {}) {
+        super(message, options);
+        this.code = options.code ?? 'io';
+    }
+}
+/**
  * The one table from the server's error statuses to error classes. Statuses not listed here
  * (including ones a newer server may add) are not errors to this client.
  */
@@ -123,8 +136,8 @@ export const STATUS_ERRORS = Object.freeze({
     SANDBOX_KILL_ERROR: SandboxError,
     SANDBOX_LOCK_RENEWAL_ERROR: SandboxError,
     SANDBOX_REQUEST_ERROR: SandboxRequestError,
-    // Files and code contexts are not in this client yet: until they are, the root class.
-    SANDBOX_FILE_ERROR: SandboxError,
+    SANDBOX_FILE_ERROR: SandboxFileError,
+    // Code contexts are not in this client yet: until they are, the root class.
     SANDBOX_CODE_CONTEXT_ERROR: SandboxError,
 });
 // Used only when the server sent no message (a server that speaks just the core protocol

@@ -11,6 +11,7 @@
  * every path that ends a session goes through the `Closed` effect, which settles what still
  * waits (rejects it, or, for `terminate()` / `checkpoint()` that succeeded, resolves it).
  */
+import { Files } from './files.js';
 import { type SandboxError } from './errors.js';
 import { type CodeContext, type Execution, type RunCodeOptions } from './code.js';
 import { type OutputEncoding } from './internal/frames.js';
@@ -119,6 +120,8 @@ export type AttachProcessOptions = Pick<ExecOptions, 'outputEncoding' | 'onStdou
 export type SandboxState = 'running' | 'reconnecting' | 'closed' | 'checkpointed' | 'killed';
 export declare class Sandbox {
     #private;
+    /** The sandbox's files: read, write, list, ... (`Files`). */
+    readonly files: Files;
     private constructor();
     /**
      * Creates a new sandbox and waits until it runs. `url` is the service's base URL (`wss://host`,

@@ -26,7 +26,8 @@ export {
   type Logs,
   type RunCodeOptions,
 } from './code.js';
-export type { ExecutionResult, ProcessInfo, RunResult, SandboxInfo, SandboxList } from './results.js';
+export type { ExecutionResult, FileEntry, ProcessInfo, RunResult, SandboxInfo, SandboxList } from './results.js';
+export { Files, type WriteData } from './files.js';
 export {
   STATUS_ERRORS,
   SandboxAuthenticationError,
@@ -35,6 +36,7 @@ export {
   SandboxCreationError,
   SandboxError,
   SandboxExecutionError,
+  SandboxFileError,
   SandboxInUseError,
   SandboxNotFoundError,
   SandboxPermissionError,
@@ -48,6 +50,7 @@ export {
   type SandboxConnectionErrorOptions,
   type SandboxErrorClass,
   type SandboxErrorOptions,
+  type SandboxFileErrorOptions,
 } from './errors.js';
 export {
   WebSocketTransport,

@@ -73,3 +73,19 @@ export interface SandboxList {
   /** The store's listing only: pass it as `after` for the next page (null: the end). */
   nextAfter: string | null;
 }
+
+/**
+ * A file or directory of the sandbox, as `sandbox.files.list()` / `stat()` report it (a symbolic
+ * link is described, not followed).
+ */
+export interface FileEntry {
+  name: string;
+  /** Absolute, symbolic links of its parents resolved. */
+  path: string;
+  /** `file`, `dir`, `symlink` or `other`. */
+  type: string;
+  size: number;
+  /** Permission bits (e.g. `0o644`). */
+  mode: number;
+  mtimeUnixMs: number;
+}

@@ -12,6 +12,7 @@
  * waits (rejects it, or, for `terminate()` / `checkpoint()` that succeeded, resolves it).
  */
 
+import { Files, Transfer } from './files.js';
 import {
   SandboxAuthenticationError,
   SandboxConnectionError,
@@ -199,6 +200,10 @@ export class Sandbox {
   #reconnectStreak = 0;
   #lastReattach = -Infinity;
   #terminating: Promise<void> | undefined;
+  /** File transfers under way, by request id (`sandbox.files`). */
+  readonly #transfers = new Map<string, Transfer>();
+  /** The sandbox's files: read, write, list, ... (`Files`). */
+  readonly files: Files;
 
   private constructor(url: string, attach: boolean, options: ConnectionOptions) {
     this.#url = url;
@@ -218,6 +223,32 @@ export class Sandbox {
       killProcess: (key) => this.#killProcess(key),
     };
     this.#reattached.resolve();
+    this.files = new Files({
+      begin: (action, fields, transfer) => {
+        this.#checkUsable();
+        const { id, frame } = this.#protocol.sendFile(action, fields);
+        const deferred = new Deferred<unknown>();
+        this.#pending.set(id, deferred);
+        this.#transfers.set(id, transfer);
+        try {
+          // A transfer is not queued across a re-attach: the server abandons it with the old
+          // connection. The other actions are.
+          this.#send(frame, action !== 'read_file' && action !== 'write_file');
+        } catch (error) {
+          this.#pending.delete(id);
+          this.#transfers.delete(id);
+          this.#protocol.abandon(id);
+          throw error;
+        }
+        return { id, answer: deferred.promise };
+      },
+      sendChunk: (id, data, more) => this.#send(this.#protocol.sendFileChunk(id, data, more), false),
+      end: (id) => {
+        this.#transfers.delete(id);
+        if (this.#pending.delete(id)) this.#protocol.abandon(id);
+      },
+      requestTimeoutSeconds: () => this.#requestTimeoutSeconds(),
+    });
   }
 
   // ---- factories -------------------------------------------------------------------------
@@ -1025,6 +1056,12 @@ export class Sandbox {
         break;
       case 'StdinFailed':
         this.#controls.get(effect.key)?.refuseStdin(effect.error);
+        break;
+      case 'FileData':
+        this.#transfers.get(effect.requestId)?.onData(effect.data);
+        break;
+      case 'FileAcknowledged':
+        this.#transfers.get(effect.requestId)?.onAck(effect.written, effect.window);
         break;
       case 'SendFrame':
         try {

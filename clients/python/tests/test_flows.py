@@ -25,11 +25,13 @@ import pytest
 from codesandbox import (
     CodeContext,
     Execution,
+    FileEntry,
     ProcessInfo,
     ReconnectOptions,
     RunResult,
     Sandbox,
     SandboxError,
+    SandboxFileError,
     SandboxProcess,
 )
 
@@ -84,6 +86,8 @@ def error_view(error: BaseException) -> dict[str, Any]:
     if isinstance(error, SandboxError):
         view["message"] = error.message
         view["status"] = error.status
+    if isinstance(error, SandboxFileError):
+        view["code"] = error.code
     return view
 
 
@@ -98,8 +102,10 @@ def value_view(value: Any) -> Any:
         }
     if isinstance(value, SandboxProcess):
         return {"process_id": value.process_id}
-    if isinstance(value, (RunResult, ProcessInfo)):
+    if isinstance(value, (RunResult, ProcessInfo, FileEntry)):
         return asdict(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
     if isinstance(value, Execution):
         return {
             "text": value.text,
@@ -211,6 +217,24 @@ class Replay:
             return await sandbox.set_idle_timeout(args["idle_timeout"])
         if kind == "disconnect":
             return await sandbox.disconnect()
+        if kind == "read_file":
+            return await sandbox.files.read(args["path"])
+        if kind == "write_file":
+            args = dict(args)
+            data = args.pop("data") if "data" in args else base64.b64decode(args.pop("data_b64"))
+            return await sandbox.files.write(args.pop("path"), data, **args)
+        if kind == "list_files":
+            return await sandbox.files.list(args["path"], depth=args.get("depth", 1))
+        if kind == "stat_file":
+            return await sandbox.files.stat(args["path"])
+        if kind == "exists":
+            return await sandbox.files.exists(args["path"])
+        if kind == "make_dir":
+            return await sandbox.files.make_dir(args["path"], parents=args.get("parents", True))
+        if kind == "remove_file":
+            return await sandbox.files.remove(args["path"], recursive=args.get("recursive", False))
+        if kind == "rename_file":
+            return await sandbox.files.rename(args["from"], args["to"])
         if kind == "run_code":
             return await sandbox.run_code(**args, **callbacks)
         if kind == "create_code_context":

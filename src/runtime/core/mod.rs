@@ -573,6 +573,9 @@ impl Core {
             return Err(RuntimeError::WrongState(state.name()));
         }
         let exec = sandbox.execs.start(now, spec.stdin_bound)?;
+        if spec.file.is_some() {
+            sandbox.execs.lift_output_limit(exec);
+        }
         let frame = match spec.cell {
             Some(cell) => {
                 sandbox.execs.mark_cell(exec);
@@ -591,6 +594,7 @@ impl Core {
                     env: spec.env,
                     cwd: spec.cwd,
                     limits,
+                    file: spec.file,
                 };
                 ToAgent::Spawn(exec, request)
             }

@@ -6,6 +6,7 @@
 
 import { Session, websocketBase } from './client.js';
 import { watchMetrics } from './metrics.js';
+import { Files } from './files.js';
 
 const KEY_STORAGE = 'cloud-run-sandbox.api-key';
 const $ = (id) => document.getElementById(id);
@@ -75,6 +76,8 @@ function updateControls() {
   for (const id of ['checkpoint', 'snapshot', 'disconnect', 'terminate', 'run']) {
     $(id).disabled = !ready;
   }
+  $('files-list').disabled = !ready;
+  $('files-upload').disabled = !ready;
   const connecting = session !== null && !session.closed && !session.ready;
   $('create').disabled = connecting || ready;
   $('attach').disabled = connecting || ready;
@@ -436,3 +439,85 @@ showKeyState();
 updateControls();
 loadSnapshots();
 document.body.dataset.sandbox = 'none';
+
+// ---- files ---------------------------------------------------------------------------------
+
+function files() {
+  if (session === null || !session.ready || !session.sandboxId || !session.sandboxToken) {
+    throw new Error('no running sandbox');
+  }
+  return new Files(session.sandboxId, session.sandboxToken, authHeaders);
+}
+
+function setFilesState(text) {
+  $('files-state').textContent = text;
+}
+
+/** The directory's entries in the table, each file with a download button. */
+async function listFiles() {
+  const dir = $('files-dir').value.trim() || '/root';
+  try {
+    const entries = await files().list(dir);
+    const body = $('files').querySelector('tbody');
+    body.replaceChildren(
+      ...entries.map((entry) => {
+        const row = document.createElement('tr');
+        row.dataset.path = entry.path;
+        for (const text of [entry.name, entry.type, String(entry.size)]) {
+          const cell = document.createElement('td');
+          cell.textContent = text;
+          row.append(cell);
+        }
+        const cell = document.createElement('td');
+        if (entry.type === 'file') {
+          const button = document.createElement('button');
+          button.type = 'button';
+          button.className = 'files-download';
+          button.textContent = 'Download';
+          button.addEventListener('click', () => downloadFile(entry));
+          cell.append(button);
+        }
+        row.append(cell);
+        return row;
+      }),
+    );
+    document.body.dataset.filesListed = dir;
+    setFilesState(`${entries.length} entries in ${dir}.`);
+  } catch (error) {
+    setFilesState(`Cannot list ${dir}: ${error.message}`);
+  }
+}
+
+async function downloadFile(entry) {
+  try {
+    const blob = await files().download(entry.path);
+    const link = document.createElement('a');
+    link.href = URL.createObjectURL(blob);
+    link.download = entry.name;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+    setFilesState(`Downloaded ${entry.path} (${blob.size} bytes).`);
+  } catch (error) {
+    setFilesState(`Cannot download ${entry.path}: ${error.message}`);
+  }
+}
+
+$('files-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  listFiles();
+});
+
+$('files-upload').addEventListener('change', async () => {
+  const [file] = $('files-upload').files;
+  if (!file) return;
+  const dir = ($('files-dir').value.trim() || '/root').replace(/\/+$/, '');
+  const path = `${dir}/${file.name}`;
+  try {
+    const size = await files().upload(path, file);
+    setFilesState(`Uploaded ${path} (${size} bytes).`);
+    $('files-upload').value = '';
+    await listFiles();
+  } catch (error) {
+    setFilesState(`Cannot upload ${path}: ${error.message}`);
+  }
+});

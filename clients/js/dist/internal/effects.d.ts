@@ -50,7 +50,7 @@ export type Effect =
  | {
     type: 'RequestDone';
     requestId: string;
-    /** ... or the reply frame (code context actions). */
+    /** ... or the reply frame (code context and file actions). */
     value?: string | ProcessInfo[] | number | Record<string, unknown> | undefined;
 }
 /**
@@ -88,6 +88,19 @@ export type Effect =
     type: 'StdinFailed';
     key: string;
     error: SandboxError;
+}
+/** A piece of a file being read (`file_data`) for request `requestId`. */
+ | {
+    type: 'FileData';
+    requestId: string;
+    data: Uint8Array;
+}
+/** The server wrote `written` bytes of a file being written; the first ack gives `window`. */
+ | {
+    type: 'FileAcknowledged';
+    requestId: string;
+    written: number;
+    window: number | undefined;
 }
 /** A frame the protocol itself sends (the kill of an execution nobody waits for). */
  | {

@@ -68,6 +68,8 @@ export declare class ClientProtocol {
     private readonly abandoned;
     /** Protocol 2: attach_process requests: process id and binary output. */
     private readonly pendingAttach;
+    /** The code of a SANDBOX_FILE_ERROR status, until its error event gives the text. */
+    private readonly fileCodes;
     /** Protocol 1: the key of the one process (starting or running). */
     private foreground;
     /** Protocol 1: the server runs an execution nobody waits for (being killed). */
@@ -161,6 +163,16 @@ export declare class ClientProtocol {
         id: string;
         frame: string;
     };
+    /**
+     * A file action (docs/protocol.md "Files"): its request id and frame. The reply finishes the
+     * request with the whole `reply` frame as its value.
+     */
+    sendFile(action: string, fields: Record<string, unknown>): {
+        id: string;
+        frame: string;
+    };
+    /** A later chunk of the write `requestId` (same id; `more: false` ends it). */
+    sendFileChunk(requestId: string, data: Uint8Array, more: boolean): string;
     /** After a re-attach: resend what was held while we were away. */
     sendReconnect(): string;
     /** The caller stopped waiting for the answer (timeout or cancellation). */

@@ -31,8 +31,8 @@
  * A process is known by its key: the id of the request that made its handle (the exec, or the
  * `attach_process`).
  */
-import { SandboxConnectionError, SandboxError, SandboxStateError, errorFromStatus, isErrorStatus } from '../errors.js';
-import { base64ToBytes } from './base64.js';
+import { SandboxConnectionError, SandboxError, SandboxFileError, SandboxStateError, errorFromStatus, isErrorStatus, } from '../errors.js';
+import { base64ToBytes, bytesToBase64 } from './base64.js';
 import { actionMessage, execMessage, optInt, optNumber, optStr, parseFrame, stdinMessage, } from './frames.js';
 /** Raw bytes of stdin in one message (the design's bound; base64 makes it 1.33 MiB). */
 export const MAX_STDIN_CHUNK = 1024 * 1024;
@@ -138,6 +138,8 @@ export class ClientProtocol {
     abandoned = new Set();
     /** Protocol 2: attach_process requests: process id and binary output. */
     pendingAttach = new Map();
+    /** The code of a SANDBOX_FILE_ERROR status, until its error event gives the text. */
+    fileCodes = new Map();
     /** Protocol 1: the key of the one process (starting or running). */
     foreground;
     /** Protocol 1: the server runs an execution nobody waits for (being killed). */
@@ -363,6 +365,20 @@ export class ClientProtocol {
         this.pendingAttach.set(request.id, { processId, binary: outputEncoding === 'base64' });
         return { id: request.id, frame: actionMessage('attach_process', request.id, { process_id: processId }) };
     }
+    /**
+     * A file action (docs/protocol.md "Files"): its request id and frame. The reply finishes the
+     * request with the whole `reply` frame as its value.
+     */
+    sendFile(action, fields) {
+        this.requireOpen('use files');
+        this.requireProtocol2('use files');
+        const request = this.addRequest('file');
+        return { id: request.id, frame: actionMessage(action, request.id, fields) };
+    }
+    /** A later chunk of the write `requestId` (same id; `more: false` ends it). */
+    sendFileChunk(requestId, data, more) {
+        return actionMessage('write_file', requestId, { data: bytesToBase64(data), more });
+    }
     /** After a re-attach: resend what was held while we were away. */
     sendReconnect() {
         if (this.protocol < 2) {
@@ -430,6 +446,9 @@ export class ClientProtocol {
             if (status === undefined)
                 return effects;
             const said = optStr(frame['message']);
+            if (status === 'SANDBOX_FILE_ERROR' && requestId !== undefined) {
+                this.fileCodes.set(requestId, optStr(frame['code']) ?? 'io');
+            }
             effects.push({ type: 'StatusSeen', status, message: said });
             if (isErrorStatus(status)) {
                 if (said !== undefined && said !== '') {
@@ -466,6 +485,14 @@ export class ClientProtocol {
         }
         else if (event === 'stdin_ack') {
             this.onStdinAck(frame, requestId, effects);
+        }
+        else if (event === 'file_data' && requestId !== undefined && this.requests.has(requestId)) {
+            const data = frame['data'];
+            effects.push({ type: 'FileData', requestId, data: base64ToBytes(typeof data === 'string' ? data : '') });
+        }
+        else if (event === 'file_ack' && requestId !== undefined && this.requests.has(requestId)) {
+            const written = optInt(frame['written']) ?? 0;
+            effects.push({ type: 'FileAcknowledged', requestId, written, window: optInt(frame['window']) });
         }
         return effects;
     }
@@ -719,6 +746,10 @@ export class ClientProtocol {
     }
     onErrorStatus(status, message, requestId, effects) {
         const error = errorFromStatus(status, message);
+        if (error instanceof SandboxFileError) {
+            error.code = this.fileCodes.get(requestId ?? '') ?? 'io';
+            this.fileCodes.delete(requestId ?? '');
+        }
         if (this.phase === 'setup') {
             this.phase = 'closed';
             effects.push({ type: 'SetupFailed', error });
@@ -876,7 +907,7 @@ export class ClientProtocol {
         else if (request.kind === 'attach_process') {
             this.onAttached(request, frame, effects);
         }
-        else if (request.kind === 'code_context') {
+        else if (request.kind === 'file' || request.kind === 'code_context') {
             this.finish(request, effects, frame);
         }
         else {

@@ -28,7 +28,7 @@ export type Effect =
   | {
       type: 'RequestDone';
       requestId: string;
-      /** ... or the reply frame (code context actions). */
+      /** ... or the reply frame (code context and file actions). */
       value?: string | ProcessInfo[] | number | Record<string, unknown> | undefined;
     }
   /**
@@ -44,6 +44,10 @@ export type Effect =
   | { type: 'StdinAcknowledged'; key: string }
   /** The server refused stdin for the process: its writers must reject with `error`. */
   | { type: 'StdinFailed'; key: string; error: SandboxError }
+  /** A piece of a file being read (`file_data`) for request `requestId`. */
+  | { type: 'FileData'; requestId: string; data: Uint8Array }
+  /** The server wrote `written` bytes of a file being written; the first ack gives `window`. */
+  | { type: 'FileAcknowledged'; requestId: string; written: number; window: number | undefined }
   /** A frame the protocol itself sends (the kill of an execution nobody waits for). */
   | { type: 'SendFrame'; frame: string }
   /** An error the server reported that no pending request is waiting for. */

@@ -32,9 +32,16 @@
  * `attach_process`).
  */
 
-import { SandboxConnectionError, SandboxError, SandboxStateError, errorFromStatus, isErrorStatus } from '../errors.js';
+import {
+  SandboxConnectionError,
+  SandboxError,
+  SandboxFileError,
+  SandboxStateError,
+  errorFromStatus,
+  isErrorStatus,
+} from '../errors.js';
 import type { ExecutionResult, ProcessInfo } from '../results.js';
-import { base64ToBytes } from './base64.js';
+import { base64ToBytes, bytesToBase64 } from './base64.js';
 import type { Effect } from './effects.js';
 import {
   type ExecRequest,
@@ -75,6 +82,8 @@ type Kind =
   | 'list_processes'
   | 'set_idle_timeout'
   | 'attach_process'
+  /** Any file action (read_file, write_file, list_files, ...). */
+  | 'file'
   /** create/list/restart/delete_code_context */
   | 'code_context';
 
@@ -179,6 +188,8 @@ export class ClientProtocol {
   private readonly abandoned = new Set<string>();
   /** Protocol 2: attach_process requests: process id and binary output. */
   private readonly pendingAttach = new Map<string, { processId: number; binary: boolean }>();
+  /** The code of a SANDBOX_FILE_ERROR status, until its error event gives the text. */
+  private readonly fileCodes = new Map<string, string>();
   /** Protocol 1: the key of the one process (starting or running). */
   private foreground: string | undefined;
   /** Protocol 1: the server runs an execution nobody waits for (being killed). */
@@ -419,6 +430,22 @@ export class ClientProtocol {
     return { id: request.id, frame: actionMessage('attach_process', request.id, { process_id: processId }) };
   }
 
+  /**
+   * A file action (docs/protocol.md "Files"): its request id and frame. The reply finishes the
+   * request with the whole `reply` frame as its value.
+   */
+  sendFile(action: string, fields: Record<string, unknown>): { id: string; frame: string } {
+    this.requireOpen('use files');
+    this.requireProtocol2('use files');
+    const request = this.addRequest('file');
+    return { id: request.id, frame: actionMessage(action, request.id, fields) };
+  }
+
+  /** A later chunk of the write `requestId` (same id; `more: false` ends it). */
+  sendFileChunk(requestId: string, data: Uint8Array, more: boolean): string {
+    return actionMessage('write_file', requestId, { data: bytesToBase64(data), more });
+  }
+
   /** After a re-attach: resend what was held while we were away. */
   sendReconnect(): string {
     if (this.protocol < 2) {
@@ -480,6 +507,9 @@ export class ClientProtocol {
       const status = optStr(frame['status']);
       if (status === undefined) return effects;
       const said = optStr(frame['message']);
+      if (status === 'SANDBOX_FILE_ERROR' && requestId !== undefined) {
+        this.fileCodes.set(requestId, optStr(frame['code']) ?? 'io');
+      }
       effects.push({ type: 'StatusSeen', status, message: said });
       if (isErrorStatus(status)) {
         if (said !== undefined && said !== '') {
@@ -508,6 +538,12 @@ export class ClientProtocol {
       }
     } else if (event === 'stdin_ack') {
       this.onStdinAck(frame, requestId, effects);
+    } else if (event === 'file_data' && requestId !== undefined && this.requests.has(requestId)) {
+      const data = frame['data'];
+      effects.push({ type: 'FileData', requestId, data: base64ToBytes(typeof data === 'string' ? data : '') });
+    } else if (event === 'file_ack' && requestId !== undefined && this.requests.has(requestId)) {
+      const written = optInt(frame['written']) ?? 0;
+      effects.push({ type: 'FileAcknowledged', requestId, written, window: optInt(frame['window']) });
     }
     return effects;
   }
@@ -749,6 +785,10 @@ export class ClientProtocol {
 
   private onErrorStatus(status: string, message: string | undefined, requestId: string | undefined, effects: Effect[]): void {
     const error = errorFromStatus(status, message);
+    if (error instanceof SandboxFileError) {
+      error.code = this.fileCodes.get(requestId ?? '') ?? 'io';
+      this.fileCodes.delete(requestId ?? '');
+    }
     if (this.phase === 'setup') {
       this.phase = 'closed';
       effects.push({ type: 'SetupFailed', error });
@@ -890,7 +930,7 @@ export class ClientProtocol {
       this.finish(request, effects, optNumber(frame['idle_timeout']));
     } else if (request.kind === 'attach_process') {
       this.onAttached(request, frame, effects);
-    } else if (request.kind === 'code_context') {
+    } else if (request.kind === 'file' || request.kind === 'code_context') {
       this.finish(request, effects, frame);
     } else {
       this.finish(request, effects);

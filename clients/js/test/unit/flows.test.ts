@@ -15,7 +15,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
-import { Execution, Sandbox, SandboxError, SandboxProcess, type CreateOptions } from '../../src/index.js';
+import { Execution, Sandbox, SandboxError, SandboxFileError, SandboxProcess, type CreateOptions } from '../../src/index.js';
 import { base64ToBytes, bytesToBase64 } from '../../src/internal/base64.js';
 import { type ScriptedConnection, ScriptedTransport } from './scripted.js';
 
@@ -66,6 +66,9 @@ function matches(actual: unknown, expected: unknown): boolean {
 }
 
 function errorView(error: unknown): Record<string, unknown> {
+  if (error instanceof SandboxFileError) {
+    return { class: error.name, status: error.status ?? null, message: error.message, code: error.code };
+  }
   if (error instanceof SandboxError) return { class: error.name, status: error.status ?? null, message: error.message };
   return { class: error instanceof Error ? error.name : typeof error, message: String(error) };
 }
@@ -76,6 +79,7 @@ function valueView(value: unknown): unknown {
     return { sandbox_id: value.sandboxId, sandbox_token: value.sandboxToken ?? null, protocol: value.protocol, state: value.state };
   }
   if (value instanceof SandboxProcess) return { process_id: value.processId };
+  if (value instanceof Uint8Array) return bytesToBase64(value);
   if (value instanceof Execution) {
     return {
       text: value.text ?? null,
@@ -99,6 +103,16 @@ function valueView(value: unknown): unknown {
         reason: row['reason'],
         signal: row['signal'],
         duration_ms: row['durationMs'],
+      };
+    }
+    if ('mtimeUnixMs' in row) {
+      return {
+        name: row['name'],
+        path: row['path'],
+        type: row['type'],
+        size: row['size'],
+        mode: row['mode'],
+        mtime_unix_ms: row['mtimeUnixMs'],
       };
     }
     if ('contextId' in row) {
@@ -263,6 +277,27 @@ class Replay {
         return sandbox.setIdleTimeout(Number(args['idle_timeout']));
       case 'disconnect':
         return sandbox.disconnect();
+      case 'read_file':
+        return sandbox.files.read(str(args['path']));
+      case 'write_file': {
+        const data = 'data' in args ? str(args['data']) : base64ToBytes(str(args['data_b64']));
+        const options: { mode?: number; append?: boolean } = {};
+        if (typeof args['mode'] === 'number') options.mode = args['mode'];
+        if (typeof args['append'] === 'boolean') options.append = args['append'];
+        return sandbox.files.write(str(args['path']), data, options);
+      }
+      case 'list_files':
+        return sandbox.files.list(str(args['path']), { depth: typeof args['depth'] === 'number' ? args['depth'] : 1 });
+      case 'stat_file':
+        return sandbox.files.stat(str(args['path']));
+      case 'exists':
+        return sandbox.files.exists(str(args['path']));
+      case 'make_dir':
+        return sandbox.files.makeDir(str(args['path']), { parents: args['parents'] !== false });
+      case 'remove_file':
+        return sandbox.files.remove(str(args['path']), { recursive: args['recursive'] === true });
+      case 'rename_file':
+        return sandbox.files.rename(str(args['from']), str(args['to']));
       case 'run_code': {
         const { code, ...rest } = options;
         return sandbox.runCode(String(code), { ...rest, ...callbacks });

@@ -28,7 +28,8 @@ Exceptions (all from ``SandboxError``; the table from server statuses to classes
     ├── SandboxNotFoundError
     ├── SandboxInUseError
     ├── SandboxRequestError
-    └── SandboxStateError
+    ├── SandboxStateError
+    └── SandboxFileError            (``code``: not_found, is_a_directory, ...)
 """
 
 from ._code import CodeContext, Execution, ExecutionError, Logs, Result
@@ -40,6 +41,7 @@ from ._errors import (
     SandboxCreationError,
     SandboxError,
     SandboxExecutionError,
+    SandboxFileError,
     SandboxInUseError,
     SandboxNotFoundError,
     SandboxPermissionError,
@@ -50,11 +52,19 @@ from ._errors import (
     SandboxTimeoutError,
     SandboxUnsupportedLanguageError,
 )
+from ._files import Files
 from ._process import OutputStream, SandboxProcess
 from ._reconnect import ReconnectOptions
-from ._results import ExecutionResult, ProcessInfo, RunResult, SandboxInfo, SandboxList
+from ._results import (
+    ExecutionResult,
+    FileEntry,
+    ProcessInfo,
+    RunResult,
+    SandboxInfo,
+    SandboxList,
+)
 from ._sandbox import Sandbox, SandboxState
-from ._sync import SyncOutputStream, SyncProcess, SyncSandbox
+from ._sync import SyncFiles, SyncOutputStream, SyncProcess, SyncSandbox
 from ._transport import Connection, ConnectionClosed, Transport, WebSocketTransport
 
 __version__ = "0.2.0"
@@ -67,6 +77,8 @@ __all__ = [
     "Execution",
     "ExecutionError",
     "ExecutionResult",
+    "FileEntry",
+    "Files",
     "Logs",
     "OutputStream",
     "ProcessInfo",
@@ -80,6 +92,7 @@ __all__ = [
     "SandboxCreationError",
     "SandboxError",
     "SandboxExecutionError",
+    "SandboxFileError",
     "SandboxInUseError",
     "SandboxInfo",
     "SandboxList",
@@ -93,6 +106,7 @@ __all__ = [
     "SandboxStateError",
     "SandboxTimeoutError",
     "SandboxUnsupportedLanguageError",
+    "SyncFiles",
     "SyncOutputStream",
     "SyncProcess",
     "SyncSandbox",

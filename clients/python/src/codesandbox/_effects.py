@@ -140,6 +140,24 @@ class Closed:
     checkpointed: bool = False
 
 
+@dataclass(frozen=True)
+class FileData:
+    """A piece of a file being read (``file_data``), for request ``request_id``."""
+
+    request_id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FileAcknowledged:
+    """The server wrote ``written`` bytes of the file being written (``file_ack``); the
+    first acknowledgement also gives the ``window``."""
+
+    request_id: str
+    written: int
+    window: int | None
+
+
 Effect = Union[
     Ready,
     SetupFailed,
@@ -155,6 +173,8 @@ Effect = Union[
     CellEventReceived,
     StdinAcknowledged,
     StdinFailed,
+    FileData,
+    FileAcknowledged,
     SendFrame,
     Notice,
     Closed,

@@ -16,7 +16,8 @@ Every exception the library raises on purpose is a ``SandboxError``::
     ├── SandboxNotFoundError
     ├── SandboxInUseError
     ├── SandboxRequestError
-    └── SandboxStateError
+    ├── SandboxStateError
+    └── SandboxFileError            (``code``: not_found, is_a_directory, permission_denied, ...)
 
 The user's code failing is not an exception: a non-zero exit code is data
 (``SandboxProcess.exit_code``). An exception means the service, the connection or
@@ -132,6 +133,18 @@ class SandboxStateError(SandboxError):
     """
 
 
+class SandboxFileError(SandboxError):
+    """A file operation failed (``SANDBOX_FILE_ERROR``, or an HTTP error of the files
+    routes). ``code`` says why, as docs/protocol.md lists: ``not_found``,
+    ``is_a_directory``, ``not_a_directory``, ``permission_denied``, ``no_space``,
+    ``path_too_long``, ``file_too_large``, ``already_exists``, ``invalid_path``, ``io``.
+    """
+
+    def __init__(self, message: str, *, status: str | None = None, code: str = "io") -> None:
+        super().__init__(message, status=status)
+        self.code = code
+
+
 # The one mapping from the server's error statuses to exception classes, the same as the
 # TypeScript client's (both are checked against clients/errors.json). Statuses not listed
 # here (including ones added by a newer server) are not errors to this client.
@@ -152,8 +165,8 @@ STATUS_ERRORS: dict[str, type[SandboxError]] = {
     "SANDBOX_KILL_ERROR": SandboxError,
     "SANDBOX_LOCK_RENEWAL_ERROR": SandboxError,
     "SANDBOX_REQUEST_ERROR": SandboxRequestError,
-    # Files and code contexts are not in this client yet: until they are, the root class.
-    "SANDBOX_FILE_ERROR": SandboxError,
+    "SANDBOX_FILE_ERROR": SandboxFileError,
+    # Code contexts are not in this client yet: until they are, the root class.
     "SANDBOX_CODE_CONTEXT_ERROR": SandboxError,
 }
 

@@ -44,6 +44,8 @@ from ._effects import (
     CellEventReceived,
     Closed,
     Effect,
+    FileAcknowledged,
+    FileData,
     Notice,
     OutputReceived,
     ProcessEnded,
@@ -63,6 +65,7 @@ from ._effects import (
 from ._errors import (
     SandboxConnectionError,
     SandboxError,
+    SandboxFileError,
     SandboxStateError,
     error_from_status,
     is_error_status,
@@ -116,6 +119,7 @@ class Kind(enum.Enum):
     LIST = "list_processes"
     IDLE_TIMEOUT = "set_idle_timeout"
     ATTACH_PROCESS = "attach_process"
+    FILE = "file"  # any file action (read_file, write_file, list_files, ...)
     CODE_CONTEXT = "code_context"  # create/list/restart/delete_code_context
 
 
@@ -210,6 +214,8 @@ class ClientProtocol:
         self._abandoned: set[str] = set()
         # Protocol 2: attach_process requests: (process_id, binary output).
         self._pending_attach: dict[str, tuple[int, bool]] = {}
+        # The code of a SANDBOX_FILE_ERROR status, until its error event gives the text.
+        self._file_codes: dict[str, str] = {}
         # Protocol 1: the key of the one process (starting or running).
         self._foreground: str | None = None
         # Protocol 1: the server runs an execution nobody waits for (being killed).
@@ -458,6 +464,23 @@ class ClientProtocol:
         self._pending_attach[request.id] = (process_id, output_encoding == "base64")
         return request.id, action_message("attach_process", request.id, process_id=process_id)
 
+    def send_file(self, action: str, **fields: Any) -> tuple[str, str]:
+        """A file action (docs/protocol.md "Files"): its request id and frame. The reply
+        finishes the request with the whole ``reply`` frame as its value."""
+        self._require_open("use files")
+        self._require_protocol_2("use files")
+        request = self._add_request(Kind.FILE)
+        return request.id, action_message(action, request.id, **fields)
+
+    def send_file_chunk(self, request_id: str, data: bytes, *, more: bool) -> str:
+        """A later chunk of the write ``request_id`` (same id; ``more=False`` ends it)."""
+        return action_message(
+            "write_file",
+            request_id,
+            data=base64.b64encode(data).decode("ascii"),
+            more=more,
+        )
+
     def send_reconnect(self) -> str:
         """After a re-attach: resend what was held while we were away."""
         if self.protocol < 2:
@@ -515,6 +538,8 @@ class ClientProtocol:
             if status is None:
                 return effects
             said = opt_str(frame.get("message"))
+            if status == "SANDBOX_FILE_ERROR" and request_id is not None:
+                self._file_codes[request_id] = opt_str(frame.get("code")) or "io"
             effects.append(StatusSeen(status, said))
             if is_error_status(status):
                 if said:
@@ -540,6 +565,12 @@ class ClientProtocol:
                     effects.append(CellEventReceived(process.key, frame))
         elif event == "stdin_ack":
             self._on_stdin_ack(frame, request_id, effects)
+        elif event == "file_data" and request_id in self._requests:
+            data = frame.get("data")
+            effects.append(FileData(request_id, _b64decode(data if isinstance(data, str) else "")))
+        elif event == "file_ack" and request_id in self._requests:
+            written = opt_int(frame.get("written")) or 0
+            effects.append(FileAcknowledged(request_id, written, opt_int(frame.get("window"))))
         return effects
 
     def _flush_held(self, effects: list[Effect]) -> None:
@@ -762,6 +793,8 @@ class ClientProtocol:
         self, status: str, message: str | None, request_id: str | None, effects: list[Effect]
     ) -> None:
         error = error_from_status(status, message)
+        if isinstance(error, SandboxFileError):
+            error.code = self._file_codes.pop(request_id or "", "io")
         if self.phase is Phase.SETUP:
             self.phase = Phase.CLOSED
             effects.append(SetupFailed(error))
@@ -904,7 +937,7 @@ class ClientProtocol:
             self._finish(request, effects, opt_number(frame.get("idle_timeout")))
         elif request.kind is Kind.ATTACH_PROCESS:
             self._on_attached(request, frame, effects)
-        elif request.kind is Kind.CODE_CONTEXT:
+        elif request.kind in (Kind.FILE, Kind.CODE_CONTEXT):
             self._finish(request, effects, frame)
         else:
             self._finish(request, effects)

@@ -84,3 +84,19 @@ class SandboxList:
     sandboxes: list[SandboxInfo]
     next_after: str | None = None
     """The store's listing only: pass it as ``after`` for the next page (``None``: the end)."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file or directory of the sandbox, as ``sandbox.files.list()`` / ``stat()`` report
+    it (a symbolic link is described, not followed)."""
+
+    name: str
+    path: str
+    """Absolute, symbolic links of its parents resolved."""
+    type: str
+    """``"file"``, ``"dir"``, ``"symlink"`` or ``"other"``."""
+    size: int
+    mode: int
+    """Permission bits (e.g. ``0o644``)."""
+    mtime_unix_ms: int

@@ -35,6 +35,8 @@ from ._effects import (
     CellEventReceived,
     Closed,
     Effect,
+    FileAcknowledged,
+    FileData,
     Notice,
     OutputReceived,
     ProcessEnded,
@@ -60,6 +62,7 @@ from ._errors import (
     SandboxStateError,
     SandboxTimeoutError,
 )
+from ._files import Files, Transfer
 from ._frames import OutputEncoding, init_message
 from ._listing import fetch_list, list_url
 from ._process import OutputCallback, ProcessControl, SandboxProcess, new_process
@@ -150,6 +153,10 @@ class Sandbox:
         self._host = _Host(self)
         # Frames the protocol sends by itself; referenced until sent.
         self._background: set[asyncio.Task[None]] = set()
+        # File transfers under way, by request id (``sandbox.files``).
+        self._transfers: dict[str, Transfer] = {}
+        self.files = Files(self)
+        """The sandbox's files: read, write, list, ... (``Files``)."""
         self.sandbox_id: str | None = None
         """The sandbox's id (set once the sandbox runs)."""
         self.sandbox_token: str | None = None
@@ -1110,6 +1117,14 @@ class Sandbox:
             control = self._controls.get(effect.key)
             if control is not None:
                 control.refuse_stdin(effect.error)
+        elif isinstance(effect, FileData):
+            transfer = self._transfers.get(effect.request_id)
+            if transfer is not None:
+                transfer.on_data(effect.data)
+        elif isinstance(effect, FileAcknowledged):
+            transfer = self._transfers.get(effect.request_id)
+            if transfer is not None:
+                transfer.on_ack(effect.written, effect.window)
         elif isinstance(effect, SendFrame):
             task = asyncio.ensure_future(self._send_quietly(effect.frame))
             self._background.add(task)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import concurrent.futures
+import os
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from types import TracebackType
@@ -23,8 +24,9 @@ from typing import Any, TypeVar
 
 from ._code import CodeContext, Execution
 from ._errors import SandboxError
+from ._files import Files, WriteData
 from ._process import OutputStream, SandboxProcess
-from ._results import ExecutionResult, ProcessInfo, RunResult, SandboxList
+from ._results import ExecutionResult, FileEntry, ProcessInfo, RunResult, SandboxList
 from ._sandbox import Sandbox, SandboxState
 
 T = TypeVar("T")
@@ -171,6 +173,47 @@ class SyncProcess:
         return repr(self._process).replace("SandboxProcess", "SyncProcess")
 
 
+class SyncFiles:
+    """``Files`` without ``await`` (``SyncSandbox.files``)."""
+
+    def __init__(self, files: Files, runner: _LoopThread) -> None:
+        self._files = files
+        self._runner = runner
+
+    def read(self, path: str) -> bytes:
+        return self._runner.call(self._files.read(path))
+
+    def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        return self._runner.call(self._files.read_text(path, encoding))
+
+    def write(self, path: str, data: WriteData, *, mode: int = 0o644, append: bool = False) -> int:
+        return self._runner.call(self._files.write(path, data, mode=mode, append=append))
+
+    def list(self, path: str = "/root", *, depth: int = 1) -> builtins.list[FileEntry]:
+        return self._runner.call(self._files.list(path, depth=depth))
+
+    def stat(self, path: str) -> FileEntry:
+        return self._runner.call(self._files.stat(path))
+
+    def exists(self, path: str) -> bool:
+        return self._runner.call(self._files.exists(path))
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        self._runner.call(self._files.remove(path, recursive=recursive))
+
+    def make_dir(self, path: str, *, parents: bool = True) -> None:
+        self._runner.call(self._files.make_dir(path, parents=parents))
+
+    def rename(self, source: str, destination: str) -> None:
+        self._runner.call(self._files.rename(source, destination))
+
+    def upload(self, local: str | os.PathLike[str], remote: str, *, mode: int = 0o644) -> int:
+        return self._runner.call(self._files.upload(local, remote, mode=mode))
+
+    def download(self, remote: str, local: str | os.PathLike[str]) -> int:
+        return self._runner.call(self._files.download(remote, local))
+
+
 class SyncSandbox:
     """``Sandbox`` without ``await``: ``SyncSandbox.create(url)`` /
     ``SyncSandbox.attach(url, sandbox_id)`` take the same arguments, and every method
@@ -183,6 +226,8 @@ class SyncSandbox:
     def __init__(self, sandbox: Sandbox, runner: _LoopThread) -> None:
         self._sandbox = sandbox
         self._runner = runner
+        self.files = SyncFiles(sandbox.files, runner)
+        """The sandbox's files (``SyncFiles``, the same methods as ``Files``)."""
 
     @classmethod
     def create(cls, url: str, **options: Any) -> SyncSandbox:
