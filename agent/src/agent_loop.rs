@@ -38,6 +38,7 @@ use crate::protocol::{
     AgentConfig, AgentHello, ExecId, ExitStatus, FrameDecoder, FromAgent, Inspection, Language,
     ToAgent,
 };
+use crate::relay::Relay;
 use crate::standby::Standby;
 
 /// How long a killed execution's process group is watched for survivors.
@@ -55,6 +56,8 @@ enum Source {
     ExecStdout(ExecId),
     ExecStderr(ExecId),
     ExecStdin(ExecId),
+    RelayRead(ExecId),
+    RelayWrite(ExecId),
 }
 
 pub struct Agent {
@@ -66,6 +69,11 @@ pub struct Agent {
     outbox: Vec<u8>,
     signals: UnixStream,
     executions: BTreeMap<ExecId, Execution>,
+    /// Port relays (issue 20): connections to loopback the server carries like executions,
+    /// under the same ids (never the id of an execution).
+    relays: BTreeMap<ExecId, Relay>,
+    /// Some relay is still connecting (see `Relay::check_connect_timeout`).
+    relays_connecting: bool,
     standby: Option<Standby>,
     standby_failures: u32,
     /// Process groups of killed executions, and since when: under gVisor a child forked while
@@ -98,6 +106,8 @@ impl Agent {
             outbox: Vec::with_capacity(64 * 1024),
             signals: signal_reader,
             executions: BTreeMap::new(),
+            relays: BTreeMap::new(),
+            relays_connecting: false,
             standby: None,
             standby_failures: 0,
             doomed: Vec::new(),
@@ -119,7 +129,7 @@ impl Agent {
         self.refill_standby();
         loop {
             self.flush_outbox()?;
-            if self.server_closed && self.executions.is_empty() {
+            if self.server_closed && self.executions.is_empty() && self.relays.is_empty() {
                 return Ok(());
             }
             let ready = self.wait_for_events()?;
@@ -165,8 +175,21 @@ impl Agent {
                 fds.push(PollFd::new(fd, writable));
             }
         }
-        // While killed groups may still hold a process, wake up to kill them again.
-        let timeout = if self.doomed.is_empty() {
+        for (id, relay) in &self.relays {
+            if outbox_has_room {
+                if let Some(fd) = relay.read_fd() {
+                    sources.push(Source::RelayRead(*id));
+                    fds.push(PollFd::new(fd, readable));
+                }
+            }
+            if let Some(fd) = relay.write_fd() {
+                sources.push(Source::RelayWrite(*id));
+                fds.push(PollFd::new(fd, writable));
+            }
+        }
+        // While killed groups may still hold a process, wake up to kill them again; while
+        // relays connect, to time them out.
+        let timeout = if self.doomed.is_empty() && !self.relays_connecting {
             PollTimeout::NONE
         } else {
             PollTimeout::from(20u8)
@@ -203,6 +226,18 @@ impl Agent {
                 };
                 if let Some(execution) = self.executions.get_mut(&id) {
                     execution.read_output(which, &mut self.outbox);
+                }
+                Ok(())
+            }
+            Source::RelayRead(id) => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.read(&mut self.outbox);
+                }
+                Ok(())
+            }
+            Source::RelayWrite(id) => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.on_writable(&mut self.outbox);
                 }
                 Ok(())
             }
@@ -249,7 +284,7 @@ impl Agent {
         match frame {
             ToAgent::Spawn(id, request) => {
                 self.highest_exec_id = self.highest_exec_id.max(id.0);
-                if self.executions.contains_key(&id) {
+                if self.executions.contains_key(&id) || self.relays.contains_key(&id) {
                     let error = SpawnError::IdInUse(id);
                     FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
                     return;
@@ -274,6 +309,40 @@ impl Agent {
                     }
                 }
             }
+            ToAgent::Connect(id, port) => {
+                self.highest_exec_id = self.highest_exec_id.max(id.0);
+                if self.executions.contains_key(&id) || self.relays.contains_key(&id) {
+                    let error = SpawnError::IdInUse(id);
+                    FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
+                    return;
+                }
+                match Relay::connect(id, port, &mut self.outbox) {
+                    Ok(relay) => {
+                        self.relays.insert(id, relay);
+                    }
+                    Err(message) => FromAgent::SpawnFailed(id, message).encode(&mut self.outbox),
+                }
+            }
+            ToAgent::Stdin(id, data) if self.relays.contains_key(&id) => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.queue(data, &mut self.outbox);
+                }
+            }
+            ToAgent::CloseStdin(id) if self.relays.contains_key(&id) => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.shutdown_write_when_flushed();
+                }
+            }
+            ToAgent::Signal(id, signal) if self.relays.contains_key(&id) => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.close(signal);
+                }
+            }
+            ToAgent::Credit(id, bytes) if self.relays.contains_key(&id) => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.add_credit(bytes);
+                }
+            }
             ToAgent::Stdin(id, data) => {
                 if let Some(execution) = self.executions.get_mut(&id) {
                     execution.queue_stdin(data, &mut self.outbox);
@@ -294,6 +363,7 @@ impl Agent {
                     // As PID 1, kill(-1) reaches every process of the sandbox but us.
                     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
                     self.executions.clear();
+                    self.relays.clear();
                     self.standby = None;
                     self.standby_failures = 0;
                     // A new sandbox (made from a snapshot's files): its ids start over.
@@ -302,6 +372,9 @@ impl Agent {
                 }
                 for execution in self.executions.values_mut() {
                     execution.reset_window();
+                }
+                for relay in self.relays.values_mut() {
+                    relay.reset_window();
                 }
                 let hello = AgentHello {
                     version: env!("CARGO_PKG_VERSION").to_string(),
@@ -386,6 +459,20 @@ impl Agent {
                 finished.push((*id, status, execution.was_python()));
             }
         }
+        self.relays_connecting = false;
+        for relay in self.relays.values_mut() {
+            self.relays_connecting |= relay.check_connect_timeout(&mut self.outbox);
+        }
+        self.relays.retain(|_, relay| !relay.failed());
+        let ended: Vec<(ExecId, ExitStatus)> = self
+            .relays
+            .iter()
+            .filter_map(|(id, relay)| relay.finished_status().map(|status| (*id, status)))
+            .collect();
+        for (id, status) in ended {
+            self.relays.remove(&id);
+            FromAgent::Exited(id, status).encode(&mut self.outbox);
+        }
         let mut python_finished = false;
         for (id, status, was_python) in finished {
             if let Some(group) = self.executions.remove(&id).and_then(|e| e.doomed_group()) {
@@ -441,6 +528,7 @@ impl Agent {
         }
         // Anything else (background processes) dies with the container.
         self.executions.clear();
+        self.relays.clear();
     }
 }
 

@@ -13,6 +13,7 @@ mod agent_loop;
 mod execution;
 pub mod identity;
 pub mod protocol;
+mod relay;
 mod standby;
 
 pub use agent_loop::Agent;

@@ -123,19 +123,29 @@ impl Execs {
     pub fn start(&mut self, now: Instant, stdin_bound: u64) -> Result<ExecId, RuntimeError> {
         let exec = self.next;
         self.next = exec.next().ok_or(RuntimeError::NoExecIdsLeft)?;
-        self.insert(exec, now, stdin_bound);
+        self.insert(exec, now, stdin_bound, self.output_limit);
+        Ok(exec)
+    }
+
+    /// A new port relay (issue 20): followed like an execution, without an output limit (a
+    /// download is as large as the application makes it; the window still bounds what is in
+    /// flight).
+    pub fn start_relay(&mut self, now: Instant, stdin_bound: u64) -> Result<ExecId, RuntimeError> {
+        let exec = self.next;
+        self.next = exec.next().ok_or(RuntimeError::NoExecIdsLeft)?;
+        self.insert(exec, now, stdin_bound, u64::MAX);
         Ok(exec)
     }
 
     /// Follow `exec`, which runs already (it was running when the sandbox was checkpointed).
     pub fn adopt(&mut self, exec: ExecId, now: Instant, stdin_bound: u64) {
         self.reserve_below(exec.next().unwrap_or(exec));
-        self.insert(exec, now, stdin_bound);
+        self.insert(exec, now, stdin_bound, self.output_limit);
     }
 
-    fn insert(&mut self, exec: ExecId, now: Instant, stdin_bound: u64) {
+    fn insert(&mut self, exec: ExecId, now: Instant, stdin_bound: u64, output_limit: u64) {
         let entry = Entry {
-            tracker: ExecTracker::new(self.output_limit, now),
+            tracker: ExecTracker::new(output_limit, now),
             stdin_in_flight: 0,
             stdin_bound,
             owed_credit: 0,
