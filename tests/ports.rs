@@ -8,6 +8,7 @@
 //!     cargo test --test ports -- --test-threads=2
 
 mod common;
+mod store;
 mod ws;
 
 use std::io::{Read, Write};
@@ -21,8 +22,10 @@ use ws::{create, Created, Ws};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A bash function that waits until something listens on port $1 inside the sandbox.
-const WAIT_PORT: &str = r#"wait_port() { for i in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; return 1; }"#;
+/// A bash function that waits until something listens on port $1 inside the sandbox. It
+/// reads the TCP table instead of connecting: a probe connection would sit in TIME_WAIT for a
+/// minute, and runsc cannot checkpoint a sandbox with a connection in its table.
+const WAIT_PORT: &str = r#"wait_port() { local hex=$(printf '%04X' $1); for i in $(seq 200); do grep -q ":$hex 00000000:0000 0A" /proc/net/tcp && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; return 1; }"#;
 
 /// Server-sent events on port 8001: the first event at once, the second once /tmp/go exists
 /// (so the test proves the first arrived before the response ended, without timing).
@@ -241,7 +244,7 @@ fn a_web_server_without_network_serves_20_mb_byte_for_byte_and_50_requests_at_on
         .collect();
     for thread in threads {
         let (status, head, body) = thread.join().expect("a request thread");
-        assert_eq!(status, 200, "{head}");
+        assert_eq!(status, 200, "{head}\n{}", String::from_utf8_lossy(&body));
         assert_eq!(body, b"hello\n");
     }
     // The application saw the prefix taken off and the forwarding headers.
@@ -499,4 +502,53 @@ fn nothing_behind_a_port_reaches_the_host_or_the_server() {
     let result = ws.run("bash", &code);
     assert_eq!(result.stdout.trim(), "unreachable");
     ws.kill_sandbox();
+}
+
+#[test]
+fn an_exposed_port_survives_a_checkpoint_and_answers_503_meanwhile() {
+    let dirs = store::SharedDirs::new();
+    let env = dirs.env();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let server = TestServer::start(&env);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&server, json!({"enable_checkpoint": true}));
+    start_http_server(&mut ws, "echo kept > index.txt");
+    let url = path_of(&expose(&mut ws, 8000));
+    let (status, _, body) = get(server.port, &format!("{url}index.txt"));
+    assert_eq!((status, body.as_slice()), (200, b"kept\n".as_slice()));
+
+    ws.send(json!({"action": "checkpoint"}));
+    for status in [
+        "SANDBOX_CHECKPOINTING",
+        "SANDBOX_DELETING",
+        "SANDBOX_DELETED",
+        "SANDBOX_CHECKPOINTED",
+    ] {
+        ws.expect_status(status);
+    }
+    ws.expect_close(1000);
+    assert_eq!(
+        dirs.manifest(&sandbox_id)["settings"]["ports"][0]["port"],
+        8000
+    );
+
+    let (status, head, body) = get(server.port, &format!("{url}index.txt"));
+    assert_eq!(status, 503, "{head}");
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("checkpointed"), "{body}");
+
+    // Restored: the same link works again, the application kept running in the image.
+    let mut ws = ws::connect(server.port, &ws::attach_path(&sandbox_id, &token));
+    ws.expect_status("SANDBOX_RESTORING");
+    ws.expect_status("SANDBOX_RUNNING");
+    let (status, _, body) = get(server.port, &format!("{url}index.txt"));
+    assert_eq!((status, body.as_slice()), (200, b"kept\n".as_slice()));
+    ws.kill_sandbox();
+    drop(server);
 }

@@ -29,8 +29,9 @@ use crate::protocol::{
 
 /// How long a connection may take to be accepted. The connect does not block the agent's
 /// loop: a listener whose backlog is full (50 browsers at once on `python3 -m http.server`,
-/// whose backlog is 5) accepts the connection when it catches up.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// whose backlog is 5) drops the SYN, which is sent again after 1, 2, 4, 8 and 16 s, so the
+/// connection is accepted when it catches up (as a browser's would be).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(32);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {

@@ -322,13 +322,8 @@ impl Server {
             }
             RuntimeEvent::ExecSpawnFailed(_, message) => {
                 relay.ended = true;
-                let port = relay.port;
-                let response = error_response(
-                    502,
-                    &format!(
-                        "nothing accepts connections on port {port} inside the sandbox: {message}"
-                    ),
-                );
+                // The agent's message names the port and why (refused: nothing listens).
+                let response = error_response(502, &message);
                 self.respond(id, &response, false, false);
             }
             RuntimeEvent::Output(_, _, data) => {
