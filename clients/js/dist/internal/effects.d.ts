@@ -50,7 +50,7 @@ export type Effect =
  | {
     type: 'RequestDone';
     requestId: string;
-    value?: string | ProcessInfo[] | number | undefined;
+    value?: string | ProcessInfo[] | number | boolean | null | Record<number, string> | undefined;
 }
 /**
  * `sessionEnds`: the server closes the connection after this error (a checkpoint that is not

@@ -25,7 +25,7 @@ export type Effect =
    * The request succeeded. `value`: the process key (exec, attach_process), the processes
    * (list_processes), the idle timeout in effect (set_idle_timeout), else undefined.
    */
-  | { type: 'RequestDone'; requestId: string; value?: string | ProcessInfo[] | number | undefined }
+  | { type: 'RequestDone'; requestId: string; value?: string | ProcessInfo[] | number | boolean | null | Record<number, string> | undefined }
   /**
    * `sessionEnds`: the server closes the connection after this error (a checkpoint that is not
    * possible at all); the I/O layer reports it once the close arrived.
