@@ -13,6 +13,7 @@
 
 mod direct;
 mod persist;
+mod ports;
 mod report;
 mod server;
 mod support;
@@ -120,6 +121,7 @@ fn main() {
     run("agent", &mut report, &bench_agent);
     run("create", &mut report, &bench_create);
     run("server", &mut report, &bench_server);
+    run("ports", &mut report, &ports::bench_ports);
     run("persist", &mut report, &persist::bench_persist);
     report.total = started.elapsed();
     report.load_end = report::load_average();
@@ -205,11 +207,11 @@ fn start_watchdog(runsc: PathBuf) {
     });
 }
 
-fn pause(ms: u64) {
+pub(crate) fn pause(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
-fn check(condition: bool, what: impl FnOnce() -> String) -> io::Result<()> {
+pub(crate) fn check(condition: bool, what: impl FnOnce() -> String) -> io::Result<()> {
     if condition {
         Ok(())
     } else {

@@ -85,10 +85,8 @@ pub struct PortRelay {
     pub sandbox_id: String,
     pub port: u16,
     pub exec: ExecId,
-    /// The agent connected to the application.
-    connected: bool,
     /// Bytes for the application not yet handed to the runtime (the rewritten head and what
-    /// came with it, until the relay is connected).
+    /// came with it).
     pending: Vec<u8>,
     /// Handed to the runtime and not yet written to the application's socket.
     in_flight: u64,
@@ -229,7 +227,6 @@ impl Server {
             sandbox_id,
             port,
             exec,
-            connected: false,
             pending,
             in_flight: 0,
             client_done: false,
@@ -249,7 +246,10 @@ impl Server {
         let Phase::Port(relay) = &mut connection.phase else {
             return;
         };
-        if !relay.connected || relay.ended {
+        // Bytes go out before the agent said it connected: they travel behind the connect
+        // in the same pipe and the agent holds them until the connection is made (one round
+        // trip less per request; dropped with the relay if nothing accepts it).
+        if relay.ended {
             return;
         }
         let mut chunk = std::mem::take(&mut relay.pending);
@@ -316,9 +316,7 @@ impl Server {
         };
         match event {
             RuntimeEvent::ExecStarted(_) => {
-                relay.connected = true;
                 relay.since = Instant::now();
-                self.read_port_client(id);
             }
             RuntimeEvent::ExecSpawnFailed(_, message) => {
                 relay.ended = true;
