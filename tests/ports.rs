@@ -519,9 +519,22 @@ fn an_exposed_port_survives_a_checkpoint_and_answers_503_meanwhile() {
         token,
     } = create(&server, json!({"enable_checkpoint": true}));
     start_http_server(&mut ws, "echo kept > index.txt");
+    start_app(&mut ws, "sse", SSE_APP, 8001);
     let url = path_of(&expose(&mut ws, 8000));
     let (status, _, body) = get(server.port, &format!("{url}index.txt"));
     assert_eq!((status, body.as_slice()), (200, b"kept\n".as_slice()));
+    // A stream open through a port does not stop the checkpoint: it is closed first.
+    let events = path_of(&expose(&mut ws, 8001));
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(stream, "GET {events} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("data: first") {
+        let n = stream.read(&mut buffer).expect("the first event");
+        assert!(n > 0, "closed before the first event");
+        received.extend_from_slice(&buffer[..n]);
+    }
 
     ws.send(json!({"action": "checkpoint"}));
     for status in [
@@ -533,6 +546,8 @@ fn an_exposed_port_survives_a_checkpoint_and_answers_503_meanwhile() {
         ws.expect_status(status);
     }
     ws.expect_close(1000);
+    stream.read_to_end(&mut received).expect("the stream ends");
+    assert!(!String::from_utf8_lossy(&received).contains("second"));
     assert_eq!(
         dirs.manifest(&sandbox_id)["settings"]["ports"][0]["port"],
         8000

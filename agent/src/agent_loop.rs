@@ -44,6 +44,10 @@ use crate::standby::Standby;
 /// How long a killed execution's process group is watched for survivors.
 const DOOMED_GROUP_WATCH: Duration = Duration::from_secs(2);
 
+/// How long an inspection waits for relays just closed to leave the TCP table (their resets
+/// are processed by the sandbox's network stack on its own time).
+const RELAY_CLOSE_SETTLE: Duration = Duration::from_millis(500);
+
 /// Output frames held for the server before the agent stops reading process pipes.
 pub(crate) const OUTBOX_HIGH_WATER: usize = 256 * 1024;
 
@@ -74,6 +78,8 @@ pub struct Agent {
     relays: BTreeMap<ExecId, Relay>,
     /// Some relay is still connecting (see `Relay::check_connect_timeout`).
     relays_connecting: bool,
+    /// When the server last closed a relay (a checkpoint's inspection usually follows).
+    relay_closed_at: Option<Instant>,
     standby: Option<Standby>,
     standby_failures: u32,
     /// Process groups of killed executions, and since when: under gVisor a child forked while
@@ -108,6 +114,7 @@ impl Agent {
             executions: BTreeMap::new(),
             relays: BTreeMap::new(),
             relays_connecting: false,
+            relay_closed_at: None,
             standby: None,
             standby_failures: 0,
             doomed: Vec::new(),
@@ -336,6 +343,7 @@ impl Agent {
             ToAgent::Signal(id, signal) if self.relays.contains_key(&id) => {
                 if let Some(relay) = self.relays.get_mut(&id) {
                     relay.close(signal);
+                    self.relay_closed_at = Some(Instant::now());
                 }
             }
             ToAgent::Credit(id, bytes) if self.relays.contains_key(&id) => {
@@ -384,8 +392,19 @@ impl Agent {
                 FromAgent::Ready(hello).encode(&mut self.outbox);
             }
             ToAgent::Inspect => {
+                let mut open = open_tcp_connections();
+                // Relays the server closed just before (it does before a checkpoint) are
+                // reset; give the network stack a moment to drop them from its table.
+                while open > 0
+                    && self
+                        .relay_closed_at
+                        .is_some_and(|closed| closed.elapsed() < RELAY_CLOSE_SETTLE)
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                    open = open_tcp_connections();
+                }
                 let inspection = Inspection {
-                    open_tcp_connections: open_tcp_connections(),
+                    open_tcp_connections: open,
                 };
                 FromAgent::Inspection(inspection).encode(&mut self.outbox);
             }

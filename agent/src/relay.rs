@@ -52,7 +52,8 @@ pub struct Relay {
     id: ExecId,
     port: u16,
     link: Link,
-    socket: TcpStream,
+    /// `None` once closed (by a signal from the server: reset at once).
+    socket: Option<TcpStream>,
     /// Bytes for the application, from `written` on.
     pending: Vec<u8>,
     written: usize,
@@ -93,7 +94,7 @@ impl Relay {
                 since: Instant::now(),
                 v6,
             },
-            socket,
+            socket: Some(socket),
             pending: Vec::new(),
             written: 0,
             shutdown_when_flushed: false,
@@ -110,7 +111,9 @@ impl Relay {
 
     fn opened(&mut self, outbox: &mut Vec<u8>) {
         self.link = Link::Open;
-        let _ = self.socket.set_nodelay(true);
+        if let Some(socket) = &self.socket {
+            let _ = socket.set_nodelay(true);
+        }
         FromAgent::Started(self.id).encode(outbox);
         self.write(outbox);
     }
@@ -142,13 +145,16 @@ impl Relay {
         let Some((_, v6)) = self.connecting() else {
             return self.write(outbox);
         };
-        match getsockopt(&self.socket, sockopt::SocketError) {
+        let Some(socket) = &self.socket else {
+            return;
+        };
+        match getsockopt(socket, sockopt::SocketError) {
             Ok(0) => self.opened(outbox),
             Ok(code) if !v6 && code == Errno::ECONNREFUSED as i32 => {
                 // Nothing on 127.0.0.1: perhaps an application bound to ::1 only.
                 match start_connect(self.port, true) {
                     Ok((socket, connected)) => {
-                        self.socket = socket;
+                        self.socket = Some(socket);
                         self.link = Link::Connecting {
                             since: Instant::now(),
                             v6: true,
@@ -189,14 +195,19 @@ impl Relay {
     /// The socket, to poll for reading while the window is open and the read side is not done.
     pub fn read_fd(&self) -> Option<BorrowedFd<'_>> {
         (self.link == Link::Open && !self.read_closed && self.window > 0)
-            .then(|| self.socket.as_fd())
+            .then_some(())
+            .and(self.socket.as_ref())
+            .map(|socket| socket.as_fd())
     }
 
     /// The socket, to poll for writing while connecting, or while bytes wait for it.
     pub fn write_fd(&self) -> Option<BorrowedFd<'_>> {
         let waiting =
             self.link == Link::Open && !self.write_closed && self.written < self.pending.len();
-        (waiting || self.connecting().is_some()).then(|| self.socket.as_fd())
+        (waiting || self.connecting().is_some())
+            .then_some(())
+            .and(self.socket.as_ref())
+            .map(|socket| socket.as_fd())
     }
 
     pub fn add_credit(&mut self, bytes: u32) {
@@ -232,7 +243,9 @@ impl Relay {
             && self.written >= self.pending.len()
             && !self.write_closed
         {
-            let _ = self.socket.shutdown(Shutdown::Write);
+            if let Some(socket) = &self.socket {
+                let _ = socket.shutdown(Shutdown::Write);
+            }
             self.write_closed = true;
         }
     }
@@ -244,7 +257,10 @@ impl Relay {
         }
         let before = self.written;
         while !self.write_closed && self.written < self.pending.len() {
-            match self.socket.write(&self.pending[self.written..]) {
+            let Some(mut socket) = self.socket.as_ref() else {
+                break;
+            };
+            match socket.write(&self.pending[self.written..]) {
                 Ok(0) => break,
                 Ok(n) => self.written += n,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
@@ -282,7 +298,10 @@ impl Relay {
                 .unwrap_or(usize::MAX)
                 .min(MAX_CHUNK_BYTES);
             let mut buffer = vec![0u8; room];
-            match self.socket.read(&mut buffer) {
+            let Some(mut socket) = self.socket.as_ref() else {
+                return;
+            };
+            match socket.read(&mut buffer) {
                 Ok(0) => self.read_closed = true,
                 Ok(n) => {
                     buffer.truncate(n);
@@ -296,9 +315,13 @@ impl Relay {
         }
     }
 
-    /// The server closes the connection (a client gone, a kill).
+    /// The server closes the connection (a client gone, a kill, a checkpoint coming): closed
+    /// with a reset at once, so that it leaves the sandbox's TCP table before the agent answers
+    /// an `Inspect` that follows.
     pub fn close(&mut self, signal: i32) {
-        let _ = self.socket.shutdown(Shutdown::Both);
+        if let Some(socket) = self.socket.take() {
+            reset_on_close(&socket);
+        }
         self.read_closed = true;
         self.write_closed = true;
         self.killed.get_or_insert(signal);
@@ -343,17 +366,23 @@ fn start_connect(port: u16, v6: bool) -> io::Result<(TcpStream, bool)> {
     Ok((TcpStream::from(fd), connected))
 }
 
+/// Make closing `socket` send a reset rather than the usual handshake: a connection that passes
+/// through TIME_WAIT stays in the sandbox's TCP table for a minute, and runsc refuses to
+/// checkpoint a sandbox with any connection there.
+fn reset_on_close(socket: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = nix::sys::socket::setsockopt(socket, sockopt::Linger, &linger);
+}
+
 impl Drop for Relay {
-    /// Close with a reset rather than the usual handshake: a connection that passes through
-    /// TIME_WAIT stays in the sandbox's TCP table for a minute, and runsc refuses to
-    /// checkpoint a sandbox with any connection there. Both sides are done by now.
+    /// Both sides are done by now (see `reset_on_close`).
     fn drop(&mut self) {
-        let reset = nix::sys::socket::sockopt::Linger;
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        let _ = nix::sys::socket::setsockopt(&self.socket, reset, &linger);
+        if let Some(socket) = &self.socket {
+            reset_on_close(socket);
+        }
     }
 }
 

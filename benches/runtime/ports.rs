@@ -15,8 +15,8 @@ use crate::direct::Env;
 use crate::report::{Report, Row, Unit};
 use crate::server::Server;
 use crate::support::{seconds, Stat};
-use crate::{check, pause};
 use crate::websocket::Session;
+use crate::{check, pause};
 
 /// Bytes of one download.
 const PORT_BYTES: u64 = 200 * 1024 * 1024;
@@ -79,7 +79,10 @@ fn get(port: u16, path: &str) -> io::Result<(f64, u64)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )?;
     let mut buffer = vec![0u8; 1 << 20];
     let mut head: Vec<u8> = Vec::new();
     let mut body = 0u64;
@@ -106,7 +109,12 @@ fn get(port: u16, path: &str) -> io::Result<(f64, u64)> {
 }
 
 pub fn bench_ports(env: &Env, report: &mut Report) -> io::Result<()> {
-    let server = Server::start(env, "ports", 1, &[("SANDBOX_MAX_OUTPUT_BYTES", "1000000000")])?;
+    let server = Server::start(
+        env,
+        "ports",
+        1,
+        &[("SANDBOX_MAX_OUTPUT_BYTES", "1000000000")],
+    )?;
     let mut session = Session::create(server.port)?;
     // What a port's download is compared with: stdout streamed through this session.
     let code = format!("yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {PORT_BYTES}");
@@ -114,7 +122,9 @@ pub fn bench_ports(env: &Env, report: &mut Report) -> io::Result<()> {
     let mut streamed = Vec::new();
     for _ in 0..3 {
         let (elapsed, bytes, _) = session.run("bash", &code)?;
-        check(bytes as u64 == PORT_BYTES, || format!("{bytes} bytes of stdout"))?;
+        check(bytes as u64 == PORT_BYTES, || {
+            format!("{bytes} bytes of stdout")
+        })?;
         streamed.push(PORT_BYTES as f64 / elapsed / 1e6);
     }
     let start = format!(
@@ -157,7 +167,9 @@ pub fn bench_ports(env: &Env, report: &mut Report) -> io::Result<()> {
         through.push(get(server.port, &format!("{prefix}small"))?.0);
     }
     let (inside, ok) = session.run_stdout("python", INSIDE)?;
-    check(ok, || format!("the GET inside the sandbox failed: {inside}"))?;
+    check(ok, || {
+        format!("the GET inside the sandbox failed: {inside}")
+    })?;
     let inside: Vec<f64> = serde_json::from_str::<Value>(inside.trim())
         .ok()
         .and_then(|value| value.as_array().cloned())

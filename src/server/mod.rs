@@ -300,6 +300,9 @@ impl Server {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        // Connections through exposed ports end first: runsc cannot checkpoint a sandbox with
+        // open TCP connections.
+        self.close_all_port_connections();
         // Checkpointable sessions are saved; every other sandbox is deleted (its executions
         // end with reason "sandbox_lost" and their clients get a complete response).
         for session_id in self.sessions.ids() {

@@ -440,6 +440,21 @@ impl Server {
         }
     }
 
+    /// Close every relayed connection (shutdown: sandboxes are checkpointed or deleted next).
+    pub(super) fn close_all_port_connections(&mut self) {
+        let ids: Vec<ConnectionId> = self
+            .connections
+            .http
+            .iter()
+            .filter(|(_, connection)| matches!(connection.phase, Phase::Port(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.end_port_connection(id);
+            self.flush(id);
+        }
+    }
+
     /// The URL of `port` exposed under `capability`, as seen from `origin`.
     fn port_url(&self, origin: &str, port: u16, capability: &str) -> String {
         ports::url(origin, self.port_domain(), port, capability)

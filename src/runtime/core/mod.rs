@@ -629,7 +629,10 @@ impl Core {
         with_running: bool,
     ) -> Result<(), RuntimeError> {
         let sandbox = self.sandbox_in(key, State::Ready)?;
-        if !sandbox.execs.is_empty() && !with_running {
+        // Port relays do not count: the owner closes them before it asks (their sockets are
+        // reset by the agent before it answers the inspection, which follows in its pipe);
+        // any left are forgotten with the processes.
+        if sandbox.execs.any_process() && !with_running {
             return Err(RuntimeError::WrongState("running an execution"));
         }
         if sandbox.checkpoint_to.is_some() {
