@@ -24,7 +24,7 @@ use nix::sys::socket::{
 };
 
 use crate::protocol::{
-    ExecId, ExitStatus, FromAgent, Stream, MAX_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
+    ExecId, ExitStatus, FromAgent, Stream, MAX_OUTPUT_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
 };
 
 /// How long a connection may take to be accepted. The connect does not block the agent's
@@ -287,26 +287,26 @@ impl Relay {
         self.finish_write_side();
     }
 
-    /// Read what the socket holds while the window and the outbox allow, one frame per
-    /// chunk (as an execution's pipes: one read per wake-up would be slow under gVisor).
-    pub fn read(&mut self, outbox: &mut Vec<u8>) {
+    /// Read what the socket holds while the window and the outbox allow, one frame per read
+    /// (as an execution's pipes: one read per wake-up would be slow under gVisor), through
+    /// `buffer` (the agent's one read buffer, so that no read allocates).
+    pub fn read(&mut self, outbox: &mut Vec<u8>, buffer: &mut [u8]) {
         while !self.read_closed
             && self.window > 0
             && outbox.len() < crate::agent_loop::OUTBOX_HIGH_WATER
         {
             let room = usize::try_from(self.window)
                 .unwrap_or(usize::MAX)
-                .min(MAX_CHUNK_BYTES);
-            let mut buffer = vec![0u8; room];
+                .min(MAX_OUTPUT_CHUNK_BYTES)
+                .min(buffer.len());
             let Some(mut socket) = self.socket.as_ref() else {
                 return;
             };
-            match socket.read(&mut buffer) {
+            match socket.read(&mut buffer[..room]) {
                 Ok(0) => self.read_closed = true,
                 Ok(n) => {
-                    buffer.truncate(n);
                     self.window = self.window.saturating_sub(n as u64);
-                    FromAgent::Output(self.id, Stream::Stdout, buffer).encode(outbox);
+                    FromAgent::Output(self.id, Stream::Stdout, buffer[..n].to_vec()).encode(outbox);
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
@@ -438,7 +438,7 @@ mod tests {
         let mut received = Vec::new();
         while relay.finished_status().is_none() {
             let mut outbox = Vec::new();
-            relay.read(&mut outbox);
+            relay.read(&mut outbox, &mut vec![0; MAX_OUTPUT_CHUNK_BYTES]);
             for frame in frames(&outbox) {
                 let FromAgent::Output(ExecId(3), Stream::Stdout, data) = frame else {
                     panic!("{frame:?}");
@@ -477,7 +477,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while total < OUTPUT_WINDOW_BYTES as usize && std::time::Instant::now() < deadline {
             let mut outbox = Vec::new();
-            relay.read(&mut outbox);
+            relay.read(&mut outbox, &mut vec![0; MAX_OUTPUT_CHUNK_BYTES]);
             total += frames(&outbox)
                 .iter()
                 .map(|frame| match frame {
