@@ -330,6 +330,16 @@ fn every_way_a_port_is_unreachable_has_its_status() {
     assert_eq!(status, 404);
     assert_eq!(unknown_body, tampered_body);
 
+    // A head past SANDBOX_MAX_HEADER_BYTES is refused as for the API.
+    let (status, _, _) = http(
+        server.port,
+        &format!(
+            "GET {url}index.txt HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(20 * 1024)
+        ),
+    );
+    assert_eq!(status, 431);
+
     // The bare prefix redirects to the prefix with its slash.
     let bare = url.trim_end_matches('/');
     let (status, head, _) = get(server.port, bare);
