@@ -363,10 +363,16 @@ fn every_way_a_port_is_unreachable_has_its_status() {
     waiting.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     write!(waiting, "GET {silent} HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
     ws.run("bash", "sleep 0.3");
-    let reply = ask(&mut ws, "un-silent", json!({"action": "unexpose", "port": 8003}));
+    let reply = ask(
+        &mut ws,
+        "un-silent",
+        json!({"action": "unexpose", "port": 8003}),
+    );
     assert_eq!(reply["unexposed"], true, "{reply}");
     let mut rest = Vec::new();
-    waiting.read_to_end(&mut rest).expect("the connection closes");
+    waiting
+        .read_to_end(&mut rest)
+        .expect("the connection closes");
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
 
     // Revoked: the same 404 as an unknown one; exposing again gives a new link.
@@ -415,7 +421,15 @@ fn the_host_form_needs_the_domain_and_an_api_key_only_when_asked() {
     ws.expect_status("SANDBOX_CREATING");
     ws.recv();
     ws.expect_status("SANDBOX_RUNNING");
-    start_http_server(&mut ws, "echo hi > index.txt");
+    // HTTP/1.1 with keep-alive (http.server speaks HTTP/1.0 unless told otherwise).
+    run_ok(
+        &mut ws,
+        &format!(
+            "{WAIT_PORT}\nmkdir -p /root/www && cd /root/www && echo hi > index.txt\n\
+             nohup python3 -c \"import http.server as h; h.SimpleHTTPRequestHandler.protocol_version = 'HTTP/1.1'; h.ThreadingHTTPServer(('127.0.0.1', 8000), h.SimpleHTTPRequestHandler).serve_forever()\" >/tmp/http.log 2>&1 &\n\
+             wait_port 8000"
+        ),
+    );
     let listed = ask(&mut ws, "list", json!({"action": "list_ports"}));
     let url = listed["ports"][0]["url"].as_str().unwrap().to_string();
     let host = url
@@ -433,6 +447,27 @@ fn the_host_form_needs_the_domain_and_an_api_key_only_when_asked() {
         &format!("GET /index.txt HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
     );
     assert_eq!((status, body.as_slice()), (200, b"hi\n".as_slice()));
+    // The host form stays a pipe: two requests on one connection (keep-alive).
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    for _ in 0..2 {
+        write!(stream, "GET /index.txt HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut response = Vec::new();
+        let mut byte = [0u8; 1];
+        // The head, then the 3 bytes its Content-Length announces.
+        while !response.ends_with(b"\r\n\r\n") {
+            stream
+                .read_exact(&mut byte)
+                .expect("a response on the same connection");
+            response.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&response).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("content-length: 3"), "{head}");
+        let mut body = [0u8; 3];
+        stream.read_exact(&mut body).unwrap();
+        assert_eq!(&body, b"hi\n");
+    }
     // Another port under the same capability is not the link.
     let other = host.replacen("8000-", "8001-", 1);
     let (status, _, _) = http(
