@@ -53,6 +53,8 @@ struct Entry {
     timers: Vec<TimerId>,
     /// A port relay (issue 20), not a process.
     relay: bool,
+    /// A code cell: a kill interrupts it (SIGINT) instead of killing a process group.
+    cell: bool,
 }
 
 impl Entry {
@@ -166,8 +168,20 @@ impl Execs {
             output_paused: false,
             timers: Vec::new(),
             relay,
+            cell: false,
         };
         self.entries.insert(exec, entry);
+    }
+
+    /// `exec` is a code cell.
+    pub fn mark_cell(&mut self, exec: ExecId) {
+        if let Some(entry) = self.entries.get_mut(&exec) {
+            entry.cell = true;
+        }
+    }
+
+    pub fn is_cell(&self, exec: ExecId) -> bool {
+        self.entries.get(&exec).is_some_and(|entry| entry.cell)
     }
 
     /// Remember `timer` as `exec`'s (cancelled when it ends).
