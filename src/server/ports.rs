@@ -275,15 +275,21 @@ impl Server {
                 }
             }
         }
-        let (sandbox, exec) = (relay.sandbox, relay.exec);
+        let (sandbox, exec, answered) = (relay.sandbox, relay.exec, relay.answered);
         if !chunk.is_empty() {
             relay.in_flight += chunk.len() as u64;
             if self.runtime.write_stdin(sandbox, exec, &chunk).is_err() {
                 return self.end_port_connection(id);
             }
         }
+        if client_gone && answered {
+            // Once the answer has begun, the end of the client's side is the client leaving
+            // (HTTP clients do not half-close mid-response): a quiet stream (server-sent
+            // events, a WebSocket) must not keep the relay and its slot.
+            return self.end_port_connection(id);
+        }
         if client_gone {
-            // The client's half-close reaches the application; its answer may still come.
+            // Before it, a half-close ends the request; the application's answer may come.
             let _ = self.runtime.close_stdin(sandbox, exec);
         }
     }
