@@ -83,6 +83,28 @@ pub struct Config {
     /// `SANDBOX_PLAYGROUND`: `on` (default) serves the browser playground at `/` and
     /// `/playground`; `off` answers 404 there.
     pub playground: bool,
+    pub ports: PortsConfig,
+}
+
+/// Exposed ports (issue 20): how their URLs look and what bounds their connections.
+#[derive(Debug, Clone)]
+pub struct PortsConfig {
+    /// `SANDBOX_PUBLIC_URL`: the server's URL as clients reach it (`https://sandbox.example`);
+    /// unset: built from each request's `Host` and `X-Forwarded-Proto`.
+    pub public_url: Option<String>,
+    /// `SANDBOX_PORTS_DOMAIN`: a domain whose subdomains all lead to this server (wildcard
+    /// DNS); set, port URLs are `<port>-<capability>.<domain>`; unset, `/ports/<capability>/`.
+    pub domain: Option<String>,
+    /// `SANDBOX_PORTS_REQUIRE_KEY`: `on` makes opening a port URL need an API key too
+    /// (default `off`: the capability in the URL is the credential, a share link).
+    pub require_key: bool,
+    /// `SANDBOX_MAX_PORT_CONNECTIONS`: open connections through the ports of one sandbox.
+    pub max_connections_per_sandbox: usize,
+    /// `SANDBOX_MAX_EXPOSED_PORTS`: ports one sandbox may expose at once.
+    pub max_exposed_per_sandbox: usize,
+    /// `SANDBOX_PORT_RESPONSE_TIMEOUT_SECS`: an application that sends nothing back within
+    /// this after a request was passed on gets the client a 504.
+    pub response_timeout: Duration,
 }
 
 /// Limits applied to sandboxes and executions.
@@ -294,6 +316,25 @@ impl Config {
             ca_bundle: env.optional_path("SANDBOX_CA_BUNDLE"),
             api_keys: api_keys(&env)?,
             playground: env.on_off("SANDBOX_PLAYGROUND", true)?,
+            ports: PortsConfig {
+                public_url: env
+                    .raw("SANDBOX_PUBLIC_URL")
+                    .map(|url| url.trim().trim_end_matches('/').to_string())
+                    .filter(|url| !url.is_empty()),
+                domain: env
+                    .raw("SANDBOX_PORTS_DOMAIN")
+                    .map(|domain| domain.trim().trim_matches('.').to_ascii_lowercase())
+                    .filter(|domain| !domain.is_empty()),
+                require_key: env.on_off("SANDBOX_PORTS_REQUIRE_KEY", false)?,
+                max_connections_per_sandbox: env.bounded(
+                    "SANDBOX_MAX_PORT_CONNECTIONS",
+                    64,
+                    1..=65536,
+                )? as usize,
+                max_exposed_per_sandbox: env.bounded("SANDBOX_MAX_EXPOSED_PORTS", 16, 1..=1024)?
+                    as usize,
+                response_timeout: env.seconds("SANDBOX_PORT_RESPONSE_TIMEOUT_SECS", 60)?,
+            },
             egress: EgressConfig {
                 enabled: env.on_off("SANDBOX_EGRESS", true)?,
                 allow: crate::egress_policy::parse_policy(&env.string(
@@ -363,8 +404,8 @@ impl Env<'_> {
     fn on_off(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
         match self.raw(name).as_deref() {
             None => Ok(default),
-            Some("on") => Ok(true),
-            Some("off") => Ok(false),
+            Some("on" | "1") => Ok(true),
+            Some("off" | "0") => Ok(false),
             Some(other) => Err(ConfigError(format!(
                 "{name} must be on or off, got {other:?}"
             ))),

@@ -20,6 +20,7 @@ pub mod http;
 pub mod ids;
 pub mod io_token;
 pub mod metrics;
+pub mod ports;
 pub mod runtime;
 pub mod server;
 pub mod session;

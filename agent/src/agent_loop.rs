@@ -43,6 +43,7 @@ use crate::protocol::{
     AgentConfig, AgentHello, CellRequest, ContextCommand, ExecId, ExitStatus, FrameDecoder,
     FromAgent, Inspection, Language, SpawnRequest, ToAgent, MAX_OUTPUT_CHUNK_BYTES,
 };
+use crate::relay::Relay;
 use crate::standby::Standby;
 
 /// How long a killed execution's process group is watched for survivors.
@@ -69,6 +70,13 @@ const FORK_WAIT: Duration = Duration::from_millis(100);
 /// would pay for nothing. A pooled sandbox waits longer than this before it is used.
 const IDLE_BEFORE_STANDBYS: Duration = Duration::from_millis(10);
 
+/// How long an inspection waits for relays just closed to leave the TCP table (their resets
+/// are processed by the sandbox's network stack on its own time).
+const RELAY_CLOSE_SETTLE: Duration = Duration::from_millis(500);
+
+/// How often a relay that is connecting is checked for its timeout.
+const RELAY_CONNECT_POLL: Duration = Duration::from_millis(20);
+
 /// Where each polled descriptor belongs.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -80,6 +88,8 @@ enum Source {
     ExecStderr(ExecId),
     ExecStdin(ExecId),
     ExecRequest(ExecId),
+    RelayRead(ExecId),
+    RelayWrite(ExecId),
     ContextStdout(u32),
     ContextStderr(u32),
     ContextEvents(u32),
@@ -97,6 +107,13 @@ pub struct Agent {
     read_buffer: Vec<u8>,
     signals: UnixStream,
     executions: BTreeMap<ExecId, Execution>,
+    /// Port relays (issue 20): connections to loopback the server carries like executions,
+    /// under the same ids (never the id of an execution).
+    relays: BTreeMap<ExecId, Relay>,
+    /// Some relay is still connecting (see `Relay::check_connect_timeout`).
+    relays_connecting: bool,
+    /// When the server last closed a relay (a checkpoint's inspection usually follows).
+    relay_closed_at: Option<Instant>,
     bash_standby: Option<Standby>,
     python_standby: Option<Standby>,
     forkserver: Option<Forkserver>,
@@ -149,6 +166,9 @@ impl Agent {
             read_buffer: vec![0; MAX_OUTPUT_CHUNK_BYTES],
             signals: signal_reader,
             executions: BTreeMap::new(),
+            relays: BTreeMap::new(),
+            relays_connecting: false,
+            relay_closed_at: None,
             bash_standby: None,
             python_standby: None,
             forkserver: None,
@@ -175,7 +195,7 @@ impl Agent {
         FromAgent::Ready(hello).encode(&mut self.outbox);
         loop {
             self.flush_outbox()?;
-            if self.server_closed && self.executions.is_empty() {
+            if self.server_closed && self.executions.is_empty() && self.relays.is_empty() {
                 return Ok(());
             }
             if !self.server_closed {
@@ -245,6 +265,23 @@ impl Agent {
                 sources.push(Source::ExecRequest(*id));
                 fds.push(PollFd::new(fd, writable));
             }
+        }
+        for (id, relay) in &self.relays {
+            if outbox_has_room {
+                if let Some(fd) = relay.read_fd() {
+                    sources.push(Source::RelayRead(*id));
+                    fds.push(PollFd::new(fd, readable));
+                }
+            }
+            if let Some(fd) = relay.write_fd() {
+                sources.push(Source::RelayWrite(*id));
+                fds.push(PollFd::new(fd, writable));
+            }
+        }
+        // While relays connect, wake up to time them out.
+        if self.relays_connecting {
+            let until = now + RELAY_CONNECT_POLL;
+            wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
         }
         // Missing standbys are started once idle long enough.
         if !self.server_closed && self.standbys_missing() {
@@ -338,6 +375,18 @@ impl Agent {
                 }
                 Ok(())
             }
+            Source::RelayRead(id) => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.read(&mut self.outbox, &mut self.read_buffer);
+                }
+                Ok(())
+            }
+            Source::RelayWrite(id) => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.on_writable(&mut self.outbox);
+                }
+                Ok(())
+            }
             Source::ContextStdout(slot) | Source::ContextStderr(slot) => {
                 let which = if matches!(source, Source::ContextStdout(_)) {
                     PipeRead::Stdout
@@ -397,7 +446,7 @@ impl Agent {
         match frame {
             ToAgent::Spawn(id, request) => {
                 self.highest_exec_id = self.highest_exec_id.max(id.0);
-                if self.executions.contains_key(&id) {
+                if self.executions.contains_key(&id) || self.relays.contains_key(&id) {
                     let error = SpawnError::IdInUse(id);
                     FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
                     return;
@@ -424,6 +473,42 @@ impl Agent {
                     Err(error) => {
                         FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox)
                     }
+                }
+            }
+            ToAgent::Connect(id, port) => {
+                self.highest_exec_id = self.highest_exec_id.max(id.0);
+                if self.executions.contains_key(&id) || self.relays.contains_key(&id) {
+                    let error = SpawnError::IdInUse(id);
+                    FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
+                    return;
+                }
+                match Relay::connect(id, port, &mut self.outbox) {
+                    Ok(relay) => {
+                        self.relays_connecting = true;
+                        self.relays.insert(id, relay);
+                    }
+                    Err(message) => FromAgent::SpawnFailed(id, message).encode(&mut self.outbox),
+                }
+            }
+            ToAgent::Stdin(id, data) if self.relays.contains_key(&id) => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.queue(data, &mut self.outbox);
+                }
+            }
+            ToAgent::CloseStdin(id) if self.relays.contains_key(&id) => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.shutdown_write_when_flushed();
+                }
+            }
+            ToAgent::Signal(id, signal) if self.relays.contains_key(&id) => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.close(signal);
+                    self.relay_closed_at = Some(Instant::now());
+                }
+            }
+            ToAgent::Credit(id, bytes) if self.relays.contains_key(&id) => {
+                if let Some(relay) = self.relays.get_mut(&id) {
+                    relay.add_credit(bytes);
                 }
             }
             ToAgent::Stdin(id, data) => {
@@ -456,6 +541,7 @@ impl Agent {
                     // As PID 1, kill(-1) reaches every process of the sandbox but us.
                     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
                     self.executions.clear();
+                    self.relays.clear();
                     self.bash_standby = None;
                     self.python_standby = None;
                     self.forkserver = None;
@@ -468,6 +554,9 @@ impl Agent {
                 }
                 for execution in self.executions.values_mut() {
                     execution.reset_window();
+                }
+                for relay in self.relays.values_mut() {
+                    relay.reset_window();
                 }
                 for context in self.contexts.values_mut() {
                     context.reset_window();
@@ -482,8 +571,19 @@ impl Agent {
                 self.report_contexts();
             }
             ToAgent::Inspect => {
+                let mut open = open_tcp_connections();
+                // Relays the server closed just before (it does before a checkpoint) are
+                // reset; give the network stack a moment to drop them from its table.
+                while open > 0
+                    && self
+                        .relay_closed_at
+                        .is_some_and(|closed| closed.elapsed() < RELAY_CLOSE_SETTLE)
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                    open = open_tcp_connections();
+                }
                 let inspection = Inspection {
-                    open_tcp_connections: open_tcp_connections(),
+                    open_tcp_connections: open,
                 };
                 FromAgent::Inspection(inspection).encode(&mut self.outbox);
             }
@@ -765,6 +865,26 @@ impl Agent {
             }
             FromAgent::Exited(id, status).encode(&mut self.outbox);
         }
+        self.finish_relays();
+    }
+
+    /// Relays that failed to connect (reported already) or ended (reported now) go; connects
+    /// that take too long fail.
+    fn finish_relays(&mut self) {
+        self.relays_connecting = false;
+        for relay in self.relays.values_mut() {
+            self.relays_connecting |= relay.check_connect_timeout(&mut self.outbox);
+        }
+        self.relays.retain(|_, relay| !relay.failed());
+        let ended: Vec<(ExecId, ExitStatus)> = self
+            .relays
+            .iter()
+            .filter_map(|(id, relay)| relay.finished_status().map(|status| (*id, status)))
+            .collect();
+        for (id, status) in ended {
+            self.relays.remove(&id);
+            FromAgent::Exited(id, status).encode(&mut self.outbox);
+        }
     }
 
     /// Ask the forkserver for the next python child if none is waiting or being forked. Cheap
@@ -862,6 +982,7 @@ impl Agent {
         self.contexts.clear();
         // Anything else (background processes) dies with the container.
         self.executions.clear();
+        self.relays.clear();
     }
 }
 

@@ -18,6 +18,7 @@ mod forkserver;
 pub mod identity;
 mod pipes;
 pub mod protocol;
+mod relay;
 mod standby;
 
 pub use agent_loop::Agent;

@@ -311,6 +311,13 @@ pub enum ToAgent {
     /// The server consumed this many more bytes of the execution's output: its window grows
     /// by that much (see [`OUTPUT_WINDOW_BYTES`]).
     Credit(ExecId, u32),
+    /// Open a relay (issue 20, ports): connect to `127.0.0.1:PORT` inside the sandbox and carry
+    /// bytes both ways as if it were an execution: what the socket reads comes back as
+    /// `Output(Stdout)` under the same window, `Stdin` is written to the socket (acknowledged
+    /// by `StdinWritten`), `CloseStdin` shuts the socket's write side, a `Signal` closes it.
+    /// Answered by `Started`, or `SpawnFailed` when nothing accepts the connection; `Exited`
+    /// (code 0) once the application closed its side.
+    Connect(ExecId, u16),
     /// Run a code cell as execution `ExecId`: its stdout and stderr come as `Output`, its
     /// results and error as `CellEvent`s, its end as `Exited` (code 0, or 1 after an error).
     RunCell(ExecId, CellRequest),
@@ -352,6 +359,7 @@ mod kind {
     pub const RESUME: u8 = 5;
     pub const INSPECT: u8 = 6;
     pub const CREDIT: u8 = 7;
+    pub const CONNECT: u8 = 8;
     pub const RUN_CELL: u8 = 20;
     pub const CONTEXT: u8 = 21;
     pub const READY: u8 = 64;
@@ -409,6 +417,9 @@ impl ToAgent {
             ToAgent::Credit(exec, bytes) => {
                 put_frame(out, kind::CREDIT, *exec, &bytes.to_le_bytes())
             }
+            ToAgent::Connect(exec, port) => {
+                put_frame(out, kind::CONNECT, *exec, &port.to_le_bytes())
+            }
             ToAgent::RunCell(exec, request) => {
                 put_frame(out, kind::RUN_CELL, *exec, &json_bytes(request))
             }
@@ -426,6 +437,15 @@ impl ToAgent {
             kind::SIGNAL => ToAgent::Signal(exec, parse_i32(payload)?),
             kind::INSPECT => ToAgent::Inspect,
             kind::CREDIT => ToAgent::Credit(exec, parse_u32(payload)?),
+            kind::CONNECT => {
+                let port: [u8; 2] = payload.try_into().map_err(|_| {
+                    ProtocolError(format!(
+                        "expected a 2-byte port, got {} bytes",
+                        payload.len()
+                    ))
+                })?;
+                ToAgent::Connect(exec, u16::from_le_bytes(port))
+            }
             kind::RUN_CELL => ToAgent::RunCell(exec, parse_json(payload)?),
             kind::CONTEXT => ToAgent::Context(parse_json(payload)?),
             kind::RESUME => ToAgent::Resume {
@@ -628,6 +648,7 @@ mod tests {
             ToAgent::Resume { reset: false },
             ToAgent::Inspect,
             ToAgent::Credit(ExecId(7), OUTPUT_WINDOW_BYTES),
+            ToAgent::Connect(ExecId(8), 8000),
             ToAgent::RunCell(
                 ExecId(8),
                 CellRequest {

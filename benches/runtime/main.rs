@@ -14,6 +14,7 @@
 mod direct;
 mod files;
 mod persist;
+mod ports;
 mod report;
 mod server;
 mod support;
@@ -121,6 +122,7 @@ fn main() {
     run("agent", &mut report, &bench_agent);
     run("create", &mut report, &bench_create);
     run("server", &mut report, &bench_server);
+    run("ports", &mut report, &ports::bench_ports);
     run("persist", &mut report, &persist::bench_persist);
     run("code", &mut report, &bench_code);
     run("files", &mut report, &bench_files);
@@ -208,11 +210,11 @@ fn start_watchdog(runsc: PathBuf) {
     });
 }
 
-fn pause(ms: u64) {
+pub(crate) fn pause(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
-fn check(condition: bool, what: impl FnOnce() -> String) -> io::Result<()> {
+pub(crate) fn check(condition: bool, what: impl FnOnce() -> String) -> io::Result<()> {
     if condition {
         Ok(())
     } else {

@@ -261,6 +261,39 @@ impl Session {
         Ok(elapsed)
     }
 
+    /// One execution's stdout as text, and whether it exited 0.
+    pub fn run_stdout(&mut self, language: &str, code: &str) -> io::Result<(String, bool)> {
+        self.send(json!({"language": language, "code": code, "timeout": 300}))?;
+        let mut stdout = String::new();
+        loop {
+            let frame = self.next()?;
+            if frame["event"] == "stdout" {
+                stdout.push_str(frame["data"].as_str().unwrap_or(""));
+            }
+            if frame["event"] == "error" {
+                return Err(io_error(format!("server error: {frame}")));
+            }
+            if frame["status"] == "SANDBOX_EXECUTION_DONE" {
+                return Ok((stdout, frame["exit_code"] == 0));
+            }
+        }
+    }
+
+    /// A message with request id `id`; the `reply` answering it.
+    pub fn request(&mut self, id: &str, mut message: Value) -> io::Result<Value> {
+        message["id"] = json!(id);
+        self.send(message)?;
+        loop {
+            let frame = self.next()?;
+            if frame["id"] == id {
+                if frame["event"] == "reply" {
+                    return Ok(frame);
+                }
+                return Err(io_error(format!("request {id} refused: {frame}")));
+            }
+        }
+    }
+
     pub fn kill(mut self) {
         let _ = self.send(json!({"action": "kill_sandbox"}));
         let _ = self.until(|frame| frame["status"] == "SANDBOX_KILLED");

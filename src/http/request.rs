@@ -232,6 +232,9 @@ enum State {
         scanned: usize,
     },
     Body(Box<BodyState>),
+    /// The last head was for a relayed request (see [`RequestParser::with_relay_check`]):
+    /// nothing after it is parsed; the bytes wait for [`RequestParser::take_raw`].
+    Raw,
 }
 
 /// A decision taken on a request from its head alone, before any of its body is read (the
@@ -270,12 +273,30 @@ impl fmt::Debug for HeadCheck {
     }
 }
 
+/// Decides from a head whether the request is relayed as bytes (a port of a sandbox, issue
+/// 20) instead of parsed: its body, and whatever follows, is not framed here.
+#[derive(Clone)]
+pub struct RelayCheck(Rc<dyn Fn(&Request) -> bool>);
+
+impl RelayCheck {
+    pub fn new(check: impl Fn(&Request) -> bool + 'static) -> Self {
+        RelayCheck(Rc::new(check))
+    }
+}
+
+impl fmt::Debug for RelayCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RelayCheck")
+    }
+}
+
 /// Incremental request parser for one connection.
 #[derive(Debug)]
 pub struct RequestParser {
     limits: Limits,
     /// Runs on every complete head before its framing is even looked at.
     head_check: Option<HeadCheck>,
+    relay_check: Option<RelayCheck>,
     /// Received bytes not yet consumed: a partial head, partial chunk framing, or pipelined
     /// data behind `ready`.
     buf: Vec<u8>,
@@ -300,6 +321,7 @@ impl RequestParser {
         RequestParser {
             limits,
             head_check: None,
+            relay_check: None,
             buf: Vec::new(),
             state: State::Head { scanned: 0 },
             ready: None,
@@ -336,6 +358,24 @@ impl RequestParser {
     pub fn with_head_check(mut self, check: HeadCheck) -> Self {
         self.head_check = Some(check);
         self
+    }
+
+    /// Requests for which `check` is true are returned (`Done`) as soon as their head is
+    /// complete and its `head_check` passed, without a body; the parser then stops parsing:
+    /// the bytes after the head are the caller's ([`RequestParser::take_raw`]).
+    pub fn with_relay_check(mut self, check: RelayCheck) -> Self {
+        self.relay_check = Some(check);
+        self
+    }
+
+    /// A relayed request's head was returned: what follows is raw bytes.
+    pub fn is_raw(&self) -> bool {
+        matches!(self.state, State::Raw)
+    }
+
+    /// The bytes received after a relayed request's head (empties the buffer).
+    pub fn take_raw(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
     }
 
     /// Appends bytes read from the socket and parses as far as possible.
@@ -424,7 +464,7 @@ impl RequestParser {
     pub fn buffered_len(&self) -> usize {
         let body = match &self.state {
             State::Body(body) => body.request.body.len(),
-            State::Head { .. } => 0,
+            State::Head { .. } | State::Raw => 0,
         };
         self.buf.len()
             + body
@@ -469,7 +509,7 @@ impl RequestParser {
     }
 
     fn advance_inner(&mut self) -> Result<(), HttpError> {
-        if self.ready.is_some() || self.error.is_some() || self.streamed_end {
+        if self.ready.is_some() || self.error.is_some() || self.streamed_end || self.is_raw() {
             return Ok(());
         }
         if let State::Head { scanned } = self.state {
@@ -553,6 +593,17 @@ impl RequestParser {
         };
         if let Some(check) = &self.head_check {
             (check.0)(&request)?;
+        }
+        if self
+            .relay_check
+            .as_ref()
+            .is_some_and(|relay| (relay.0)(&request))
+        {
+            // httparse's Complete(len) never exceeds the input length.
+            self.buf.drain(..head_len.min(self.buf.len()));
+            self.ready = Some(request);
+            self.state = State::Raw;
+            return Ok(false);
         }
         let streamed = self
             .stream_check
@@ -1697,5 +1748,34 @@ mod tests {
         parser.push(b"2\r\nabXX").unwrap_err();
         assert!(parser.poll().is_err());
         assert_eq!(parser.streamed_bytes(), 0);
+    }
+
+    /// A relayed request (a port, issue 20) is returned after its head, whatever its framing
+    /// says; the bytes behind it are the caller's, unparsed, and nothing more is parsed.
+    #[test]
+    fn a_relayed_request_stops_the_parser_after_its_head() {
+        let relay = RelayCheck::new(|request| request.path.starts_with("/ports/"));
+        let mut parser = RequestParser::new(Limits::default()).with_relay_check(relay);
+        parser
+            .push(b"POST /ports/x/up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+            .unwrap();
+        let Ok(Progress::Done(request)) = parser.poll() else {
+            panic!("the head alone is the request")
+        };
+        assert_eq!(request.path, "/ports/x/up");
+        assert!(request.body.is_empty());
+        assert!(parser.is_raw());
+        assert_eq!(parser.take_raw(), b"5\r\nhel");
+        parser
+            .push(b"lo\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+            .unwrap();
+        assert_eq!(parser.poll(), Ok(Progress::NeedMore));
+        assert_eq!(parser.take_raw(), b"lo\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+        // Other requests are parsed as before.
+        let relay = RelayCheck::new(|request| request.path.starts_with("/ports/"));
+        let mut parser = RequestParser::new(Limits::default()).with_relay_check(relay);
+        parser.push(b"GET /status HTTP/1.1\r\n\r\n").unwrap();
+        assert!(matches!(parser.poll(), Ok(Progress::Done(_))));
+        assert!(!parser.is_raw());
     }
 }

@@ -464,6 +464,19 @@ impl Runtime {
         Ok(exec)
     }
 
+    /// Open a relay to `port` inside a ready sandbox (see `Core::start_relay`).
+    pub fn start_relay(
+        &mut self,
+        key: SandboxKey,
+        port: u16,
+        stdin_bound: u64,
+    ) -> Result<ExecId, RuntimeError> {
+        let now = Instant::now();
+        let exec = self.core.start_relay(key, port, stdin_bound, now)?;
+        self.drain(now);
+        Ok(exec)
+    }
+
     /// Follow an execution that was running when the sandbox was checkpointed and runs on in
     /// the restored sandbox: its output and end are reported again; it is killed after
     /// `timeout`; at most `stdin_bound` bytes of its stdin may be in flight.

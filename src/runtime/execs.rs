@@ -51,6 +51,8 @@ struct Entry {
     output_paused: bool,
     /// Its timeout and, once it is being killed, the kill's grace period.
     timers: Vec<TimerId>,
+    /// A port relay (issue 20), not a process.
+    relay: bool,
     /// A code cell: a kill interrupts it (SIGINT) instead of killing a process group.
     cell: bool,
 }
@@ -110,6 +112,11 @@ impl Execs {
         self.entries.is_empty()
     }
 
+    /// Whether a process runs (port relays are not processes: a checkpoint closes them).
+    pub fn any_process(&self) -> bool {
+        self.entries.values().any(|entry| !entry.relay)
+    }
+
     pub fn contains(&self, exec: ExecId) -> bool {
         self.entries.contains_key(&exec)
     }
@@ -125,24 +132,42 @@ impl Execs {
     pub fn start(&mut self, now: Instant, stdin_bound: u64) -> Result<ExecId, RuntimeError> {
         let exec = self.next;
         self.next = exec.next().ok_or(RuntimeError::NoExecIdsLeft)?;
-        self.insert(exec, now, stdin_bound);
+        self.insert(exec, now, stdin_bound, self.output_limit, false);
+        Ok(exec)
+    }
+
+    /// A new port relay (issue 20): followed like an execution, without an output limit (a
+    /// download is as large as the application makes it; the window still bounds what is in
+    /// flight).
+    pub fn start_relay(&mut self, now: Instant, stdin_bound: u64) -> Result<ExecId, RuntimeError> {
+        let exec = self.next;
+        self.next = exec.next().ok_or(RuntimeError::NoExecIdsLeft)?;
+        self.insert(exec, now, stdin_bound, u64::MAX, true);
         Ok(exec)
     }
 
     /// Follow `exec`, which runs already (it was running when the sandbox was checkpointed).
     pub fn adopt(&mut self, exec: ExecId, now: Instant, stdin_bound: u64) {
         self.reserve_below(exec.next().unwrap_or(exec));
-        self.insert(exec, now, stdin_bound);
+        self.insert(exec, now, stdin_bound, self.output_limit, false);
     }
 
-    fn insert(&mut self, exec: ExecId, now: Instant, stdin_bound: u64) {
+    fn insert(
+        &mut self,
+        exec: ExecId,
+        now: Instant,
+        stdin_bound: u64,
+        output_limit: u64,
+        relay: bool,
+    ) {
         let entry = Entry {
-            tracker: ExecTracker::new(self.output_limit, now),
+            tracker: ExecTracker::new(output_limit, now),
             stdin_in_flight: 0,
             stdin_bound,
             owed_credit: 0,
             output_paused: false,
             timers: Vec::new(),
+            relay,
             cell: false,
         };
         self.entries.insert(exec, entry);

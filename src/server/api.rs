@@ -252,7 +252,7 @@ fn list_sandboxes(request: &Request) -> Result<ListSandboxes, ApiError> {
 }
 
 /// `GET /sandboxes`: this instance's sandboxes (never a token).
-pub fn sandboxes_response(views: &[SessionView]) -> Response {
+pub fn sandboxes_response(views: &[SessionView], ports: impl Fn(&str) -> Value) -> Response {
     let seconds = |duration: std::time::Duration| (duration.as_millis() as f64) / 1000.0;
     let sandboxes: Vec<Value> = views
         .iter()
@@ -267,6 +267,7 @@ pub fn sandboxes_response(views: &[SessionView]) -> Response {
                 "checkpointable": view.checkpointable,
                 "checkpointed": view.checkpointed,
                 "handoff": view.handoff,
+                "ports": ports(&view.sandbox_id),
             })
         })
         .collect();
@@ -360,7 +361,7 @@ impl Response {
         self
     }
 
-    fn closing(mut self) -> Self {
+    pub fn closing(mut self) -> Self {
         self.closes = true;
         self
     }

@@ -17,11 +17,23 @@ pub const OPEN_PATHS: [&str; 2] = ["/status", "/readyz"];
 /// The parser hook that enforces `keys`, or `None` when no key is configured (every request is
 /// served as before). `playground`: whether the playground's paths answer without a key (a
 /// WebSocket upgrade never does: `/` is not one of its endpoints, and every other is checked).
-pub fn head_check(keys: Option<&ApiKeys>, playground: bool) -> Option<HeadCheck> {
+///
+/// Requests for an exposed port (`crate::ports::route`, with the ports' `domain`) carry their
+/// own credential, the capability in the URL: they need no key unless `ports_need_key`
+/// (`SANDBOX_PORTS_REQUIRE_KEY`).
+pub fn head_check(
+    keys: Option<&ApiKeys>,
+    playground: bool,
+    ports_domain: Option<String>,
+    ports_need_key: bool,
+) -> Option<HeadCheck> {
     let keys = keys?.clone();
     Some(HeadCheck::new(move |request| {
         let path = request.path.as_str();
         if OPEN_PATHS.contains(&path) || (playground && is_playground_path(path)) {
+            return Ok(());
+        }
+        if !ports_need_key && crate::ports::route(request, ports_domain.as_deref()).is_some() {
             return Ok(());
         }
         keys.check(request)
@@ -49,10 +61,12 @@ mod tests {
     #[test]
     fn probes_stay_open_and_everything_else_needs_the_key() {
         let keys = ApiKeys::from_comma_list("the-key", "test").unwrap();
-        let check = || head_check(Some(&keys), false);
+        let check = || head_check(Some(&keys), false, None, false);
         for open in [
             "GET /status HTTP/1.1\r\n\r\n",
             "HEAD /status HTTP/1.1\r\n\r\n",
+            // A port's URL carries its own credential (the capability).
+            "GET /ports/0123456789abcdef0123456789abcdef/ HTTP/1.1\r\n\r\n",
             "GET /readyz HTTP/1.1\r\n\r\n",
             "GET http://host/status?x=1 HTTP/1.1\r\n\r\n",
         ] {
@@ -84,7 +98,7 @@ mod tests {
     #[test]
     fn the_playground_page_is_open_while_it_is_on() {
         let keys = ApiKeys::from_comma_list("the-key", "test").unwrap();
-        let check = || head_check(Some(&keys), true);
+        let check = || head_check(Some(&keys), true, None, false);
         for open in [
             "GET / HTTP/1.1\r\n\r\n",
             "GET /playground HTTP/1.1\r\n\r\n",
@@ -105,7 +119,23 @@ mod tests {
 
     #[test]
     fn without_keys_nothing_is_checked() {
-        assert!(head_check(None, true).is_none());
+        assert!(head_check(None, true, None, false).is_none());
         assert_eq!(answer(None, "GET /metrics HTTP/1.1\r\n\r\n"), Ok(200));
+    }
+
+    #[test]
+    fn ports_need_the_key_only_when_the_operator_says_so() {
+        let keys = ApiKeys::from_comma_list("the-key", "test").unwrap();
+        let port = "GET /ports/0123456789abcdef0123456789abcdef/x HTTP/1.1\r\n\r\n";
+        let host =
+            "GET /x HTTP/1.1\r\nHost: 8000-0123456789abcdef0123456789abcdef.p.example\r\n\r\n";
+        let open = || head_check(Some(&keys), false, Some("p.example".into()), false);
+        assert_eq!(answer(open(), port), Ok(200));
+        assert_eq!(answer(open(), host), Ok(200));
+        let closed = || head_check(Some(&keys), false, Some("p.example".into()), true);
+        assert_eq!(answer(closed(), port), Err(401));
+        assert_eq!(answer(closed(), host), Err(401));
+        let with_key = "GET /ports/0123456789abcdef0123456789abcdef/x HTTP/1.1\r\nAuthorization: Bearer the-key\r\n\r\n";
+        assert_eq!(answer(closed(), with_key), Ok(200));
     }
 }

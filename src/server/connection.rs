@@ -10,7 +10,7 @@ use mio::net::TcpStream;
 
 use super::execute::ExecuteJob;
 use super::websocket::WsConnection;
-use crate::http::request::{HeadCheck, Limits, RequestParser};
+use crate::http::request::{HeadCheck, Limits, RelayCheck, RequestParser};
 
 /// A client connection (HTTP, then WebSocket after an upgrade: the id stays), never reused
 /// while the server runs.
@@ -31,11 +31,14 @@ pub struct Connections {
     limits: Limits,
     /// The API key check every request head goes through (`None`: no keys configured).
     head_check: Option<HeadCheck>,
+    /// Which requests are relayed to a port of a sandbox.
+    relay_check: RelayCheck,
 }
 
 impl Connections {
-    pub fn new(limits: Limits, head_check: Option<HeadCheck>) -> Self {
+    pub fn new(limits: Limits, head_check: Option<HeadCheck>, relay_check: RelayCheck) -> Self {
         Connections {
+            relay_check,
             http: HashMap::new(),
             websockets: HashMap::new(),
             last_id: 0,
@@ -60,8 +63,9 @@ impl Connections {
 
     /// A new HTTP connection on `stream`, with the server's parser limits and key check.
     pub fn add(&mut self, id: ConnectionId, stream: TcpStream) {
-        let mut parser =
-            RequestParser::new(self.limits).with_streamed_bodies(super::files_http::stream_check());
+        let mut parser = RequestParser::new(self.limits)
+            .with_streamed_bodies(super::files_http::stream_check())
+            .with_relay_check(self.relay_check.clone());
         if let Some(check) = &self.head_check {
             parser = parser.with_head_check(check.clone());
         }
@@ -84,6 +88,8 @@ pub enum Phase {
     Waiting { since: Instant, keep_alive: bool },
     /// A files request's transfer is under way (`server/files_http.rs`).
     File(Box<super::files_http::FileJob>),
+    /// Relayed to a port of a sandbox (issue 20): a byte pipe from now on.
+    Port(Box<super::ports::PortRelay>),
     /// Send what is buffered, then close.
     Closing,
 }
@@ -153,6 +159,11 @@ impl Connection {
                         self.request_started = Some(self.last_activity);
                     }
                     self.parser.push(&buffer[..n])?;
+                    if self.parser.is_raw() {
+                        // A request for a port: the rest is read by its relay, as it has
+                        // room (the socket is read again once the relay is set up).
+                        return Ok(ReadOutcome::Open);
+                    }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(ReadOutcome::Open)

@@ -58,6 +58,17 @@ impl Server {
         if self.connections.websockets.contains_key(&id) {
             return self.websocket_ready(id, readable, writable);
         }
+        if self
+            .connections
+            .http
+            .get(&id)
+            .is_some_and(|connection| matches!(connection.phase, Phase::Port(_)))
+        {
+            if readable {
+                self.read_port_client(id);
+            }
+            return self.flush(id);
+        }
         if readable {
             let Some(connection) = self.connections.http.get_mut(&id) else {
                 return;
@@ -168,6 +179,10 @@ impl Server {
     /// `streamed`: the request's body follows (an upload; only files routes stream).
     fn route(&mut self, id: ConnectionId, request: Request, streamed: bool) {
         crate::guard::test_panic_point(request.target.as_bytes());
+        if let Some(port_route) = crate::ports::route(&request, self.port_domain()) {
+            return self.port_request(id, request, port_route);
+        }
+        let origin = crate::ports::public_origin(self.config.ports.public_url.as_deref(), &request);
         let parsed = match api::parse(&request, &self.exec_limits()) {
             Ok(parsed) => parsed,
             Err(error) => {
@@ -204,6 +219,7 @@ impl Server {
             }
             ApiRequest::ListSandboxes(_) => Ok(api::sandboxes_response(
                 &self.sessions.views(Instant::now()),
+                |sandbox_id| self.port_list(sandbox_id, &origin),
             )),
             ApiRequest::DeleteSnapshot(name) => {
                 return self.wait_for_store(id, keep_alive, |persistence| {
@@ -224,7 +240,7 @@ impl Server {
                 key,
                 target,
                 subprotocol,
-            } => return self.upgrade(id, &key, target, subprotocol),
+            } => return self.upgrade(id, &key, target, subprotocol, origin),
             ApiRequest::Playground(path) => playground::response(&path, self.config.playground),
         };
         let response = answer.unwrap_or_else(|error: ApiError| error.response());
@@ -338,6 +354,9 @@ impl Server {
             self.close(id);
             return;
         }
+        if matches!(connection.phase, Phase::Port(_)) {
+            return self.resume_port_output(id);
+        }
         if connection.output_paused && connection.out.len() < OUT_LOW_WATER {
             connection.output_paused = false;
             if let Some(job) = connection.job() {
@@ -349,7 +368,7 @@ impl Server {
             // Shutting down: a connection without a running request takes no new one, so it
             // closes once its last response is out (it must not hold the shutdown up).
             Phase::Reading => self.shutdown_deadline.is_some(),
-            Phase::Executing(_) | Phase::Waiting { .. } | Phase::File(_) => false,
+            Phase::Executing(_) | Phase::Waiting { .. } | Phase::File(_) | Phase::Port(_) => false,
         };
         if finished && connection.out.is_empty() {
             self.close(id);
@@ -360,6 +379,7 @@ impl Server {
 
     pub(super) fn close(&mut self, id: ConnectionId) {
         self.abandon_file_job(id);
+        self.end_port_connection(id);
         if let Some(mut connection) = self.connections.http.remove(&id) {
             let _ = self.poll.registry().deregister(&mut connection.stream);
         }

@@ -15,6 +15,7 @@ mod http;
 mod jobs;
 mod persistence;
 mod playground;
+mod ports;
 mod recovery;
 mod save;
 mod sessions;
@@ -59,6 +60,7 @@ pub struct Server {
     sessions: Sessions,
     persistence: Persistence,
     metrics: Metrics,
+    ports: ports::Ports,
     shutdown_deadline: Option<Instant>,
     next_sweep: Instant,
 }
@@ -120,7 +122,12 @@ impl Server {
             .register(&mut listener, token(Tag::Listener, 0), Interest::READABLE)?;
         let signals = Signals::new(&poll)?;
         eprintln!("server: listening on http://{}", listener.local_addr()?);
-        let head_check = auth::head_check(config.api_keys.as_ref(), config.playground);
+        let head_check = auth::head_check(
+            config.api_keys.as_ref(),
+            config.playground,
+            config.ports.domain.clone(),
+            config.ports.require_key,
+        );
         if let Some(keys) = &config.api_keys {
             eprintln!(
                 "server: requests need one of {} api keys (Authorization: Bearer); {}{} answer without",
@@ -145,6 +152,10 @@ impl Server {
                 .map(|byte| format!("{byte:02x}"))
                 .collect::<String>()
         );
+        let domain = config.ports.domain.clone();
+        let relay_check = crate::http::request::RelayCheck::new(move |request| {
+            crate::ports::route(request, domain.as_deref()).is_some()
+        });
         let parser_limits = ParserLimits {
             max_header_bytes: config.http.max_header_bytes,
             max_headers: 64,
@@ -155,11 +166,12 @@ impl Server {
             listener: Some(listener),
             signals,
             runtime,
-            connections: Connections::new(parser_limits, head_check),
+            connections: Connections::new(parser_limits, head_check, relay_check),
             sessions: Sessions::default(),
             persistence: Persistence::new(&config, jobs, instance_id),
             config,
             metrics: Metrics::default(),
+            ports: ports::Ports::default(),
             shutdown_deadline: None,
             next_sweep: Instant::now() + SWEEP_INTERVAL,
         })
@@ -215,6 +227,7 @@ impl Server {
             if now >= self.next_sweep {
                 self.next_sweep = now + SWEEP_INTERVAL;
                 self.sweep_connections(now);
+                self.sweep_port_timeouts(now);
                 self.sweep_websockets(now);
                 self.persistence.renew_leases(now);
                 if self.shutdown_deadline.is_none() {
@@ -288,6 +301,9 @@ impl Server {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        // Connections through exposed ports end first: runsc cannot checkpoint a sandbox with
+        // open TCP connections.
+        self.close_all_port_connections();
         // Checkpointable sessions are saved; every other sandbox is deleted (its executions
         // end with reason "sandbox_lost" and their clients get a complete response).
         for session_id in self.sessions.ids() {
@@ -342,6 +358,11 @@ impl Server {
             event,
         }) = self.runtime.next_notice()
         {
+            // Relays (exposed ports) are executions of the sandbox that belong to an HTTP
+            // connection, not to the sandbox's owner.
+            let Some(event) = self.port_notice(sandbox, event) else {
+                continue;
+            };
             let test_panic_point = |event: &RuntimeEvent| {
                 if let RuntimeEvent::Output(_, _, data) = event {
                     crate::guard::test_panic_point(data);

@@ -717,6 +717,8 @@ impl From<&SavedState> for SavedSettings {
             processes: others.into_iter().map(saved).collect(),
             handoff: state.handoff,
             labels: state.labels.clone(),
+            // Kept by the server, not the session (`server::ports`): added when published.
+            ports: Vec::new(),
         }
     }
 }
@@ -766,6 +768,13 @@ impl Server {
         let Some(session) = self.sessions.get(session_id) else {
             return;
         };
+        // runsc cannot checkpoint open TCP connections: connections through the sandbox's
+        // ports end here (their clients reconnect once it runs again).
+        let sandbox_id = session.sandbox_id().to_string();
+        self.close_port_connections(&sandbox_id, None);
+        let Some(session) = self.sessions.get(session_id) else {
+            return;
+        };
         let base = match &request {
             SaveRequest::Checkpoint { .. } => {
                 self.persistence.checkpoint_base(session.sandbox_id())
@@ -810,7 +819,8 @@ impl Server {
                         continue;
                     };
                     let token = token.then(|| session.token_sha256().to_string());
-                    let settings = SavedSettings::from(&session.saved_state());
+                    let mut settings = SavedSettings::from(&session.saved_state());
+                    settings.ports = self.saved_ports(session.sandbox_id());
                     self.persistence
                         .publish(session_id, base, image, token, settings);
                 }
@@ -1063,6 +1073,7 @@ impl Server {
                     for (exec, timeout, stdin_bound) in session.adopted_execs() {
                         let _ = self.runtime.adopt_exec(key, exec, timeout, stdin_bound);
                     }
+                    self.restore_ports(&sandbox_id.to_string(), &manifest.settings.ports);
                     self.sessions.insert(session);
                     self.sessions.link(session_id, connection);
                     if let Some(socket) = self.connections.websockets.get_mut(&connection) {

@@ -219,6 +219,7 @@ impl Server {
         key: &str,
         target: Upgrade,
         subprotocol: Option<&str>,
+        origin: String,
     ) {
         let Some(mut connection) = self.connections.http.remove(&id) else {
             return;
@@ -238,6 +239,7 @@ impl Server {
             ws_limits.max_message_bytes,
             ws_limits.messages_per_sec,
         );
+        socket.origin = origin;
         let now = Instant::now();
         let outs = match target {
             // The session is made when the init message arrives: a socket that never sends
@@ -281,10 +283,24 @@ impl Server {
             return self.refuse(id, refusal(Status::CreationError, &message, 4000));
         }
         let token: String = token.iter().map(|byte| format!("{byte:02x}")).collect();
+        let expose = match super::ports::parse_expose_ports(init) {
+            Ok(ports) => ports,
+            Err(message) => return self.refuse(id, refusal(Status::CreationError, &message, 4000)),
+        };
         let session_id = self.sessions.new_id();
         let now = Instant::now();
         let mut session = Session::new(session_id, token, self.session_settings(), now);
         let outs = session.on_init(init, &mut Control(&mut self.runtime), now);
+        if session.sandbox().is_some() && !expose.is_empty() {
+            let origin = self
+                .connections
+                .websockets
+                .get(&id)
+                .map(|socket| socket.origin.clone())
+                .unwrap_or_default();
+            let sandbox_id = session.sandbox_id().to_string();
+            self.expose_at_create(&sandbox_id, &expose, &origin);
+        }
         self.sessions.insert(session);
         self.sessions.link(session_id, id);
         if let Some(socket) = self.connections.websockets.get_mut(&id) {
@@ -410,6 +426,12 @@ impl Server {
             socket.wait_for(Waiting::Nothing, Instant::now());
             return self.start_session(id, text);
         }
+        if self.port_message(id, text) {
+            return;
+        }
+        let Some(socket) = self.connections.websockets.get_mut(&id) else {
+            return;
+        };
         // Without a session (waiting for the store, or refused and closing) there is nobody
         // to give the message to.
         let Some(session_id) = socket.session else {
@@ -563,6 +585,7 @@ impl Server {
         self.detach(session_id);
         self.persistence.forget(session_id);
         if let Some(session) = self.sessions.remove(session_id) {
+            self.forget_session_ports(&session);
             if let Some(sandbox) = session.sandbox() {
                 self.runtime.delete(sandbox);
             }

@@ -112,6 +112,8 @@ pub struct WsConnection {
     /// Bytes written to tungstenite since its last complete flush.
     pub unflushed: usize,
     pub output_paused: bool,
+    /// The server's origin as this client reached it (`https://host`), for port URLs.
+    pub origin: String,
     /// Set after a refusal: the close is being delivered and the peer's input thrown away.
     lingering: Option<Lingering>,
     tokens: f64,
@@ -140,6 +142,7 @@ impl WsConnection {
             closing_since: None,
             unflushed: 0,
             output_paused: false,
+            origin: String::new(),
             lingering: None,
             tokens: rate * 2.0,
             last_refill: now,

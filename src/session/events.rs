@@ -186,6 +186,8 @@ pub enum Reply {
     },
     /// `set_idle_timeout`: the idle timeout now in effect (written in seconds).
     IdleTimeout(Duration),
+    /// Keys given as they are (the server's own actions: `expose`, `unexpose`, `list_ports`).
+    Fields(Map<String, Value>),
     /// `create_code_context`, `restart_code_context`: `"context": {...}`.
     CodeContext(CodeContextView),
     /// `list_code_contexts`: `"contexts": [...]`.
@@ -463,6 +465,14 @@ impl Frame {
             }
             Reply::IdleTimeout(seconds) => {
                 map.insert("idle_timeout".into(), seconds_value(*seconds));
+            }
+            Reply::Fields(fields) => {
+                for (key, value) in fields {
+                    // `event` and `id` are the frame's own.
+                    if key != "event" && key != "id" {
+                        map.insert(key.clone(), value.clone());
+                    }
+                }
             }
             Reply::CodeContext(context) => {
                 map.insert("context".into(), context.to_value(false));

@@ -72,6 +72,17 @@ pub struct SavedSettings {
     /// The labels given at create (listed by `GET /sandboxes`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The exposed ports (issue 20), with their capabilities: the same URLs work again once
+    /// the sandbox is restored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<SavedPort>,
+}
+
+/// An exposed port kept in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedPort {
+    pub port: u16,
+    pub capability: String,
 }
 
 /// A process that runs on in a checkpoint. Every field but the first two is optional, so that

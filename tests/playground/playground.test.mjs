@@ -241,6 +241,38 @@ describe('the playground', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not set'
     assert.equal((await waitDone(sleeper)).reason, 'killed');
     await deleteSandbox(page);
   });
+
+  test('an exposed port is listed as a link that opens the web server in the sandbox', async (t) => {
+    const { page } = await openPage(PLAIN, t);
+    await createSandbox(page);
+    if ((await page.getAttribute('body', 'data-protocol')) !== '2') {
+      t.skip('ports need a server that announces protocol 2');
+      return;
+    }
+    const started = await run(
+      page,
+      'bash',
+      [
+        'mkdir -p /root/site && cd /root/site && echo "served from the sandbox" > index.html',
+        'nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &',
+        "for i in $(seq 200); do grep -q ':1F40 00000000:0000 0A' /proc/net/tcp && exit 0; sleep 0.1; done; exit 1",
+      ].join('\n'),
+    );
+    assert.equal(started.exitCode, '0');
+    await page.fill('#expose-port', '8000');
+    await page.click('#expose');
+    const link = page.locator('#ports li[data-port="8000"] a');
+    await link.waitFor(WAIT);
+    const href = await link.getAttribute('href');
+    assert.match(href, /\/ports\/[0-9a-f]{32}\/$/);
+    const response = await fetch(`${href}index.html`);
+    assert.deepEqual([response.status, await response.text()], [200, 'served from the sandbox\n']);
+    await page.screenshot({ path: join(ARTIFACTS, 'playground-ports.png'), fullPage: true });
+    await page.locator('#ports li[data-port="8000"] button').click();
+    await page.waitForFunction(() => document.querySelectorAll('#ports li').length === 0, null, WAIT);
+    assert.equal((await fetch(`${href}index.html`)).status, 404);
+    await deleteSandbox(page);
+  });
 });
 
 describe('code interpreter cells', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not set' }, () => {

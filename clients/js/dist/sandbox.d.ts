@@ -71,6 +71,8 @@ export interface CreateOptions extends ConnectionOptions {
     enableNetwork?: boolean | undefined;
     /** At most 16 short strings, listed by `Sandbox.list()` (sent only when given). */
     labels?: Readonly<Record<string, string>> | undefined;
+    /** Ports exposed from the start (e.g. `[8000]`): their URLs are in `ports` once created. */
+    exposePorts?: readonly number[] | undefined;
 }
 /** `Sandbox.list` options. Times are in seconds. */
 export interface ListOptions {
@@ -181,6 +183,21 @@ export declare class Sandbox {
      * it comes first, then what it writes from now on, then its end (protocol 2).
      */
     attachProcess(processId: number, options?: AttachProcessOptions): Promise<SandboxProcess>;
+    /**
+     * The ports this client exposed or listed, and their URLs (a copy; refreshed by `expose()`,
+     * `unexpose()` and `listPorts()`).
+     */
+    get ports(): Record<number, string>;
+    /**
+     * Exposes `port` (something listening on `127.0.0.1:port` inside the sandbox) and resolves to
+     * its URL: any HTTP client or browser can open it, WebSockets included. The URL carries an
+     * unguessable capability: share it like a password. Exposing a port again gives the same URL.
+     */
+    expose(port: number): Promise<string>;
+    /** Revokes the URL of `port` (its open connections close); resolves to whether it was exposed. */
+    unexpose(port: number): Promise<boolean>;
+    /** The sandbox's exposed ports and their URLs, as the server has them. */
+    listPorts(): Promise<Record<number, string>>;
     /**
      * Changes how long the sandbox lives without a client (seconds; 0: the server's cap), counted
      * from the disconnection. Resolves to what the server put in effect (protocol 2).

@@ -48,6 +48,7 @@ export class Sandbox {
     #ready;
     #pending = new Map();
     #callbacks = new Map();
+    #ports = {};
     /** Code cells being run, by their process key. */
     #cells = new Map();
     #controls = new Map();
@@ -131,8 +132,11 @@ export class Sandbox {
             filesystem_snapshot_name: options.filesystemSnapshotName ?? null,
             enable_network: options.enableNetwork ?? false,
             labels: options.labels,
+            expose_ports: options.exposePorts,
         });
         await sandbox.#open(createUrl(url), first);
+        if (options.exposePorts !== undefined && options.exposePorts.length > 0)
+            await sandbox.listPorts();
         return sandbox;
     }
     /**
@@ -347,6 +351,40 @@ export class Sandbox {
         const { id, frame } = this.#protocol.sendAttachProcess(processId, options.outputEncoding);
         this.#callbacks.set(id, { onStdout: options.onStdout, onStderr: options.onStderr });
         return (await this.#request(id, frame, `process ${processId}`));
+    }
+    /**
+     * The ports this client exposed or listed, and their URLs (a copy; refreshed by `expose()`,
+     * `unexpose()` and `listPorts()`).
+     */
+    get ports() {
+        return { ...this.#ports };
+    }
+    /**
+     * Exposes `port` (something listening on `127.0.0.1:port` inside the sandbox) and resolves to
+     * its URL: any HTTP client or browser can open it, WebSockets included. The URL carries an
+     * unguessable capability: share it like a password. Exposing a port again gives the same URL.
+     */
+    expose(port) {
+        return handled(this.#simple((live) => live.expose(port), () => this.#protocol.sendExpose(port), `the URL of port ${String(port)}`).then((url) => {
+            const text = typeof url === 'string' ? url : '';
+            this.#ports[port] = text;
+            return text;
+        }));
+    }
+    /** Revokes the URL of `port` (its open connections close); resolves to whether it was exposed. */
+    unexpose(port) {
+        return handled(this.#simple((live) => live.unexpose(port), () => this.#protocol.sendUnexpose(port), `unexposing port ${String(port)}`).then((was) => {
+            // eslint-disable-next-line @typescript-eslint/no-dynamic-delete
+            delete this.#ports[port];
+            return was === true;
+        }));
+    }
+    /** The sandbox's exposed ports and their URLs, as the server has them. */
+    listPorts() {
+        return handled(this.#simple((live) => live.listPorts(), () => this.#protocol.sendListPorts(), 'the exposed ports').then((ports) => {
+            this.#ports = { ...ports };
+            return { ...this.#ports };
+        }));
     }
     /**
      * Changes how long the sandbox lives without a client (seconds; 0: the server's cap), counted

@@ -103,6 +103,8 @@ export interface CreateOptions extends ConnectionOptions {
   enableNetwork?: boolean | undefined;
   /** At most 16 short strings, listed by `Sandbox.list()` (sent only when given). */
   labels?: Readonly<Record<string, string>> | undefined;
+  /** Ports exposed from the start (e.g. `[8000]`): their URLs are in `ports` once created. */
+  exposePorts?: readonly number[] | undefined;
 }
 
 /** `Sandbox.list` options. Times are in seconds. */
@@ -185,6 +187,7 @@ export class Sandbox {
   #ready: Deferred<void> | undefined;
   readonly #pending = new Map<string, Deferred<unknown>>();
   readonly #callbacks = new Map<string, { onStdout: OutputCallback | undefined; onStderr: OutputCallback | undefined }>();
+  #ports: Record<number, string> = {};
   /** Code cells being run, by their process key. */
   readonly #cells = new Map<string, CellCollector>();
   readonly #controls = new Map<string, ProcessControl>();
@@ -269,8 +272,10 @@ export class Sandbox {
       filesystem_snapshot_name: options.filesystemSnapshotName ?? null,
       enable_network: options.enableNetwork ?? false,
       labels: options.labels,
+      expose_ports: options.exposePorts,
     });
     await sandbox.#open(createUrl(url), first);
+    if (options.exposePorts !== undefined && options.exposePorts.length > 0) await sandbox.listPorts();
     return sandbox;
   }
 
@@ -509,6 +514,62 @@ export class Sandbox {
     const { id, frame } = this.#protocol.sendAttachProcess(processId, options.outputEncoding);
     this.#callbacks.set(id, { onStdout: options.onStdout, onStderr: options.onStderr });
     return (await this.#request(id, frame, `process ${processId}`)) as SandboxProcess;
+  }
+
+  /**
+   * The ports this client exposed or listed, and their URLs (a copy; refreshed by `expose()`,
+   * `unexpose()` and `listPorts()`).
+   */
+  get ports(): Record<number, string> {
+    return { ...this.#ports };
+  }
+
+  /**
+   * Exposes `port` (something listening on `127.0.0.1:port` inside the sandbox) and resolves to
+   * its URL: any HTTP client or browser can open it, WebSockets included. The URL carries an
+   * unguessable capability: share it like a password. Exposing a port again gives the same URL.
+   */
+  expose(port: number): Promise<string> {
+    return handled(
+      this.#simple(
+        (live) => live.expose(port),
+        () => this.#protocol.sendExpose(port),
+        `the URL of port ${String(port)}`,
+      ).then((url) => {
+        const text = typeof url === 'string' ? url : '';
+        this.#ports[port] = text;
+        return text;
+      }),
+    );
+  }
+
+  /** Revokes the URL of `port` (its open connections close); resolves to whether it was exposed. */
+  unexpose(port: number): Promise<boolean> {
+    return handled(
+      this.#simple(
+        (live) => live.unexpose(port),
+        () => this.#protocol.sendUnexpose(port),
+        `unexposing port ${String(port)}`,
+      ).then((was) => {
+        // eslint-disable-next-line @typescript-eslint/no-dynamic-delete
+        delete this.#ports[port];
+        return was === true;
+      }),
+    );
+  }
+
+  /** The sandbox's exposed ports and their URLs, as the server has them. */
+  listPorts(): Promise<Record<number, string>> {
+    return handled(
+      this.#simple(
+        (live) => live.listPorts(),
+        () => this.#protocol.sendListPorts(),
+        'the exposed ports',
+      ).then((ports) => {
+        this.#ports = { ...(ports as Record<number, string>) };
+        return { ...this.#ports };
+      }),
+    );
   }
 
   /**

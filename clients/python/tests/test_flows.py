@@ -99,6 +99,7 @@ def value_view(value: Any) -> Any:
             "sandbox_token": value.sandbox_token,
             "protocol": value.protocol,
             "state": value.state,
+            "ports": value_view(value.ports),
         }
     if isinstance(value, SandboxProcess):
         return {"process_id": value.process_id}
@@ -124,6 +125,9 @@ def value_view(value: Any) -> Any:
         return view | {k: v for k, v in (("state", value.state), ("died", value.died)) if v}
     if isinstance(value, list):
         return [value_view(item) for item in value]
+    if isinstance(value, dict):
+        # {port: url}: JSON's keys are strings.
+        return {str(key): value_view(item) for key, item in value.items()}
     return value
 
 
@@ -215,6 +219,12 @@ class Replay:
             return await sandbox.list_processes()
         if kind == "set_idle_timeout":
             return await sandbox.set_idle_timeout(args["idle_timeout"])
+        if kind == "expose":
+            return await sandbox.expose(args["port"])
+        if kind == "unexpose":
+            return await sandbox.unexpose(args["port"])
+        if kind == "list_ports":
+            return await sandbox.list_ports()
         if kind == "disconnect":
             return await sandbox.disconnect()
         if kind == "read_file":

@@ -80,3 +80,22 @@ def test_init_message_asks_for_network_only_when_wanted() -> None:
     )
     assert "enable_network" not in json.loads(init_message(**common, enable_network=False))  # type: ignore[arg-type]
     assert json.loads(init_message(**common, enable_network=True))["enable_network"] is True  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [0, 65536, -1, 8000.0, "8000", True, None])
+def test_ports_are_checked_before_anything_is_sent(bad: object) -> None:
+    from codesandbox._frames import check_port, init_message
+
+    with pytest.raises(ValueError, match="port must be an integer from 1 to 65535"):
+        check_port(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=repr(bad).replace("(", r"\(").replace(")", r"\)")):
+        init_message(
+            idle_timeout=None,
+            enable_checkpoint=False,
+            enable_idle_timeout_auto_checkpoint=False,
+            enable_sandbox_handoff=False,
+            filesystem_snapshot_name=None,
+            enable_network=False,
+            expose_ports=[8000, bad],  # type: ignore[list-item]
+        )
+    assert check_port(8000) == 8000

@@ -607,6 +607,30 @@ impl Core {
         Ok(exec)
     }
 
+    /// Open a relay to `port` on the sandbox's loopback (issue 20): an execution without a
+    /// process, output limit or timeout. Its bytes arrive as `Output` notices, its end as
+    /// `ExecFinished`; nothing listening is an `ExecSpawnFailed`.
+    pub fn start_relay(
+        &mut self,
+        key: SandboxKey,
+        port: u16,
+        stdin_bound: u64,
+        now: Instant,
+    ) -> Result<ExecId, RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get_mut(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        let state = sandbox.lifecycle.state();
+        if !state.can_exec() {
+            return Err(RuntimeError::WrongState(state.name()));
+        }
+        let exec = sandbox.execs.start_relay(now, stdin_bound)?;
+        self.actions
+            .push_back(Action::Send(key, ToAgent::Connect(exec, port)));
+        Ok(exec)
+    }
+
     /// Follow an execution that was running when the sandbox was checkpointed and runs on in
     /// the restored sandbox: its output and end are reported again; it is killed after
     /// `timeout`; at most `stdin_bound` bytes of its stdin may be in flight.
@@ -756,7 +780,10 @@ impl Core {
         with_running: bool,
     ) -> Result<(), RuntimeError> {
         let sandbox = self.sandbox_in(key, State::Ready)?;
-        if !sandbox.execs.is_empty() && !with_running {
+        // Port relays do not count: the owner closes them before it asks (their sockets are
+        // reset by the agent before it answers the inspection, which follows in its pipe);
+        // any left are forgotten with the processes.
+        if sandbox.execs.any_process() && !with_running {
             return Err(RuntimeError::WrongState("running an execution"));
         }
         if sandbox.checkpoint_to.is_some() {

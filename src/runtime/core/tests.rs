@@ -857,6 +857,50 @@ fn deadlines_do_not_overflow() {
     assert!(deadline(now, Duration::MAX) > now + Duration::from_secs(3600 * 24 * 365));
 }
 
+/// A port relay (issue 20) is an execution without a process: `Connect` instead of `Spawn`,
+/// no output limit (a download is as large as the application makes it), no timeout; its
+/// window works as for any execution.
+#[test]
+fn a_relay_connects_has_no_output_limit_and_no_timeout() {
+    let mut h = Harness::new(2);
+    let key = h.ready_sandbox(Some(OWNER));
+    let exec = h
+        .core
+        .start_relay(key, 8000, MAX_STDIN_IN_FLIGHT, h.now)
+        .unwrap();
+    assert_eq!(
+        h.actions(),
+        [Action::Send(key, ToAgent::Connect(exec, 8000))]
+    );
+    assert_eq!(
+        h.frame(key, FromAgent::Started(exec)),
+        [notice(key, OWNER, RuntimeEvent::ExecStarted(exec))]
+    );
+    // Far past the output limit (100 bytes here), nothing is cut or killed.
+    let mut delivered = 0;
+    for _ in 0..10 {
+        for action in h.frame(key, FromAgent::Output(exec, Stream::Stdout, vec![1; 60])) {
+            match action {
+                Action::Notify(Notice {
+                    event: RuntimeEvent::Output(_, _, data),
+                    ..
+                }) => delivered += data.len(),
+                Action::Send(_, ToAgent::Credit(..)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(delivered, 600);
+    assert!(
+        h.advance(Duration::from_secs(24 * 3600)).is_empty(),
+        "no timeout"
+    );
+    let end = h.frame(key, FromAgent::Exited(exec, ExitStatus::Code(0)));
+    let (ended, outcome) = finished(&end[0]);
+    assert_eq!((ended, outcome.reason), (exec, Reason::Exited));
+    assert!(!outcome.truncated);
+}
+
 /// A pooled sandbox that failed to start makes refills wait, longer at each failure in a row
 /// (the tight loop of failing `runsc run`s this replaces); one that starts ends the wait.
 #[test]

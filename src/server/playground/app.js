@@ -78,6 +78,7 @@ function updateControls() {
   }
   $('files-list').disabled = !ready;
   $('files-upload').disabled = !ready;
+  $('expose').disabled = !ready || session.protocol !== 2;
   const connecting = session !== null && !session.closed && !session.ready;
   $('create').disabled = connecting || ready;
   $('attach').disabled = connecting || ready;
@@ -105,6 +106,7 @@ const sessionEvents = {
     document.body.dataset.sandbox = 'running';
     updateControls();
     $('editor').focus();
+    if (protocol === 2) refreshPorts();
   },
   run(run, owner) {
     showRun(run, owner);
@@ -195,6 +197,52 @@ function act(action) {
     log(error.message, 'error');
   }
 }
+
+// --- ports ---------------------------------------------------------------------------------
+
+/** The sandbox's exposed ports as links (each with its unexpose button). */
+function showPorts(ports) {
+  const list = $('ports');
+  list.replaceChildren();
+  for (const { port, url } of ports) {
+    const item = document.createElement('li');
+    item.dataset.port = String(port);
+    const link = document.createElement('a');
+    link.href = url;
+    link.target = '_blank';
+    link.rel = 'noopener noreferrer';
+    link.textContent = `port ${port}: ${url}`;
+    const remove = document.createElement('button');
+    remove.type = 'button';
+    remove.textContent = 'Unexpose';
+    remove.addEventListener('click', () => portAction({ action: 'unexpose', port }));
+    item.append(link, ' ', remove);
+    list.append(item);
+  }
+}
+
+async function refreshPorts() {
+  try {
+    const reply = await session.request({ action: 'list_ports' });
+    showPorts(reply.ports ?? []);
+  } catch (error) {
+    log(`ports: ${error.message}`, 'error');
+  }
+}
+
+async function portAction(message) {
+  try {
+    await session.request(message);
+  } catch (error) {
+    log(`${message.action} ${message.port}: ${error.message}`, 'error');
+  }
+  await refreshPorts();
+}
+
+$('expose-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  portAction({ action: 'expose', port: Number($('expose-port').value) });
+});
 
 $('checkpoint').addEventListener('click', () => act(() => session.checkpoint()));
 $('terminate').addEventListener('click', () => act(() => session.terminate()));

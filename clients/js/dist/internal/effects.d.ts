@@ -51,7 +51,7 @@ export type Effect =
     type: 'RequestDone';
     requestId: string;
     /** ... or the reply frame (code context and file actions). */
-    value?: string | ProcessInfo[] | number | Record<string, unknown> | undefined;
+    value?: string | ProcessInfo[] | number | boolean | null | Record<number, string> | Record<string, unknown> | undefined;
 }
 /**
  * `sessionEnds`: the server closes the connection after this error (a checkpoint that is not

@@ -16,9 +16,12 @@ export interface InitFrame {
     filesystem_snapshot_name: string | null;
     enable_network?: boolean;
     labels?: Readonly<Record<string, string>> | undefined;
+    expose_ports?: readonly number[] | undefined;
 }
 /** The init object, the first message on `/create`: always the original's five keys. */
 export declare function initMessage(init: InitFrame): string;
+/** A TCP port number (1 to 65535), or a `RangeError` naming the value. */
+export declare function checkPort(port: number): number;
 export interface ExecRequest {
     code: string;
     language: string;

@@ -29,7 +29,18 @@ export function initMessage(init) {
         }
         message.labels = { ...init.labels };
     }
+    // Our addition (issue 20), sent only when given.
+    if (init.expose_ports !== undefined && init.expose_ports.length > 0) {
+        message.expose_ports = init.expose_ports.map(checkPort);
+    }
     return JSON.stringify(message);
+}
+/** A TCP port number (1 to 65535), or a `RangeError` naming the value. */
+export function checkPort(port) {
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+        throw new RangeError(`port must be an integer from 1 to 65535, got ${String(port)}`);
+    }
+    return port;
 }
 export function execMessage(requestId, req) {
     const message = { id: requestId, language: req.language, code: req.code };

@@ -159,6 +159,18 @@ export declare class ClientProtocol {
         id: string;
         frame: string;
     };
+    sendExpose(port: number): {
+        id: string;
+        frame: string;
+    };
+    sendUnexpose(port: number): {
+        id: string;
+        frame: string;
+    };
+    sendListPorts(): {
+        id: string;
+        frame: string;
+    };
     sendAttachProcess(processId: number, outputEncoding?: OutputEncoding): {
         id: string;
         frame: string;

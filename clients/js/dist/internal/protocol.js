@@ -33,7 +33,7 @@
  */
 import { SandboxConnectionError, SandboxError, SandboxFileError, SandboxStateError, errorFromStatus, isErrorStatus, } from '../errors.js';
 import { base64ToBytes, bytesToBase64 } from './base64.js';
-import { actionMessage, execMessage, optInt, optNumber, optStr, parseFrame, stdinMessage, } from './frames.js';
+import { actionMessage, checkPort, execMessage, optInt, optNumber, optStr, parseFrame, stdinMessage, } from './frames.js';
 /** Raw bytes of stdin in one message (the design's bound; base64 makes it 1.33 MiB). */
 export const MAX_STDIN_CHUNK = 1024 * 1024;
 /** The window of a process whose RUNNING did not give one: the in-flight bound without flow control. */
@@ -351,6 +351,26 @@ export class ClientProtocol {
         this.requireProtocol2('set the idle timeout');
         const request = this.addRequest('set_idle_timeout');
         return { id: request.id, frame: actionMessage('set_idle_timeout', request.id, { idle_timeout: idleTimeout }) };
+    }
+    sendExpose(port) {
+        this.requireOpen('expose a port');
+        this.requireProtocol2('expose a port');
+        const checked = checkPort(port);
+        const request = this.addRequest('expose');
+        return { id: request.id, frame: actionMessage('expose', request.id, { port: checked }) };
+    }
+    sendUnexpose(port) {
+        this.requireOpen('unexpose a port');
+        this.requireProtocol2('unexpose a port');
+        const checked = checkPort(port);
+        const request = this.addRequest('unexpose');
+        return { id: request.id, frame: actionMessage('unexpose', request.id, { port: checked }) };
+    }
+    sendListPorts() {
+        this.requireOpen('list the exposed ports');
+        this.requireProtocol2('list the exposed ports');
+        const request = this.addRequest('list_ports');
+        return { id: request.id, frame: actionMessage('list_ports', request.id) };
     }
     sendAttachProcess(processId, outputEncoding = 'text') {
         this.requireOpen('attach to a process');
@@ -907,6 +927,15 @@ export class ClientProtocol {
         else if (request.kind === 'attach_process') {
             this.onAttached(request, frame, effects);
         }
+        else if (request.kind === 'expose') {
+            this.finish(request, effects, optStr(frame['url']) ?? null);
+        }
+        else if (request.kind === 'unexpose') {
+            this.finish(request, effects, frame['unexposed'] === true);
+        }
+        else if (request.kind === 'list_ports') {
+            this.finish(request, effects, portUrls(frame['ports']));
+        }
         else if (request.kind === 'file' || request.kind === 'code_context') {
             this.finish(request, effects, frame);
         }
@@ -1098,5 +1127,19 @@ function describeClose(code, reason) {
     if (reason)
         return `close code ${code}: ${reason}`;
     return `close code ${code}`;
+}
+/** `list_ports`'s `ports` as `{port: url}` (entries of another shape are skipped). */
+function portUrls(value) {
+    const ports = {};
+    if (Array.isArray(value)) {
+        for (const entry of value) {
+            if (typeof entry !== 'object' || entry === null)
+                continue;
+            const { port, url } = entry;
+            if (typeof port === 'number' && Number.isInteger(port) && typeof url === 'string')
+                ports[port] = url;
+        }
+    }
+    return ports;
 }
 //# sourceMappingURL=protocol.js.map

@@ -25,6 +25,7 @@ export interface InitFrame {
   filesystem_snapshot_name: string | null;
   enable_network?: boolean;
   labels?: Readonly<Record<string, string>> | undefined;
+  expose_ports?: readonly number[] | undefined;
 }
 
 /** The init object, the first message on `/create`: always the original's five keys. */
@@ -45,7 +46,19 @@ export function initMessage(init: InitFrame): string {
     }
     message.labels = { ...init.labels };
   }
+  // Our addition (issue 20), sent only when given.
+  if (init.expose_ports !== undefined && init.expose_ports.length > 0) {
+    message.expose_ports = init.expose_ports.map(checkPort);
+  }
   return JSON.stringify(message);
+}
+
+/** A TCP port number (1 to 65535), or a `RangeError` naming the value. */
+export function checkPort(port: number): number {
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new RangeError(`port must be an integer from 1 to 65535, got ${String(port)}`);
+  }
+  return port;
 }
 
 export interface ExecRequest {

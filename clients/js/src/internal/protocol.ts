@@ -49,6 +49,7 @@ import {
   type ServerFrame,
   type StreamName,
   actionMessage,
+  checkPort,
   execMessage,
   optInt,
   optNumber,
@@ -84,6 +85,9 @@ type Kind =
   | 'attach_process'
   /** Any file action (read_file, write_file, list_files, ...). */
   | 'file'
+  | 'expose'
+  | 'unexpose'
+  | 'list_ports'
   /** create/list/restart/delete_code_context */
   | 'code_context';
 
@@ -414,6 +418,29 @@ export class ClientProtocol {
     this.requireProtocol2('set the idle timeout');
     const request = this.addRequest('set_idle_timeout');
     return { id: request.id, frame: actionMessage('set_idle_timeout', request.id, { idle_timeout: idleTimeout }) };
+  }
+
+  sendExpose(port: number): { id: string; frame: string } {
+    this.requireOpen('expose a port');
+    this.requireProtocol2('expose a port');
+    const checked = checkPort(port);
+    const request = this.addRequest('expose');
+    return { id: request.id, frame: actionMessage('expose', request.id, { port: checked }) };
+  }
+
+  sendUnexpose(port: number): { id: string; frame: string } {
+    this.requireOpen('unexpose a port');
+    this.requireProtocol2('unexpose a port');
+    const checked = checkPort(port);
+    const request = this.addRequest('unexpose');
+    return { id: request.id, frame: actionMessage('unexpose', request.id, { port: checked }) };
+  }
+
+  sendListPorts(): { id: string; frame: string } {
+    this.requireOpen('list the exposed ports');
+    this.requireProtocol2('list the exposed ports');
+    const request = this.addRequest('list_ports');
+    return { id: request.id, frame: actionMessage('list_ports', request.id) };
   }
 
   sendAttachProcess(processId: number, outputEncoding: OutputEncoding = 'text'): { id: string; frame: string } {
@@ -756,7 +783,11 @@ export class ClientProtocol {
     }
   }
 
-  private finish(request: Request | undefined, effects: Effect[], value?: string | ProcessInfo[] | number | Record<string, unknown>): void {
+  private finish(
+    request: Request | undefined,
+    effects: Effect[],
+    value?: string | ProcessInfo[] | number | boolean | null | Record<number, string> | Record<string, unknown>,
+  ): void {
     if (request !== undefined && this.requests.delete(request.id)) {
       effects.push({ type: 'RequestDone', requestId: request.id, value });
     }
@@ -930,6 +961,12 @@ export class ClientProtocol {
       this.finish(request, effects, optNumber(frame['idle_timeout']));
     } else if (request.kind === 'attach_process') {
       this.onAttached(request, frame, effects);
+    } else if (request.kind === 'expose') {
+      this.finish(request, effects, optStr(frame['url']) ?? null);
+    } else if (request.kind === 'unexpose') {
+      this.finish(request, effects, frame['unexposed'] === true);
+    } else if (request.kind === 'list_ports') {
+      this.finish(request, effects, portUrls(frame['ports']));
     } else if (request.kind === 'file' || request.kind === 'code_context') {
       this.finish(request, effects, frame);
     } else {
@@ -1128,4 +1165,17 @@ function describeClose(code: number | null, reason: string): string {
   if (code === null) return 'no close frame: the connection dropped';
   if (reason) return `close code ${code}: ${reason}`;
   return `close code ${code}`;
+}
+
+/** `list_ports`'s `ports` as `{port: url}` (entries of another shape are skipped). */
+function portUrls(value: unknown): Record<number, string> {
+  const ports: Record<number, string> = {};
+  if (Array.isArray(value)) {
+    for (const entry of value as unknown[]) {
+      if (typeof entry !== 'object' || entry === null) continue;
+      const { port, url } = entry as { port?: unknown; url?: unknown };
+      if (typeof port === 'number' && Number.isInteger(port) && typeof url === 'string') ports[port] = url;
+    }
+  }
+  return ports;
 }

@@ -76,7 +76,13 @@ function errorView(error: unknown): Record<string, unknown> {
 /** A call's result as JSON, in the corpus's snake_case vocabulary. */
 function valueView(value: unknown): unknown {
   if (value instanceof Sandbox) {
-    return { sandbox_id: value.sandboxId, sandbox_token: value.sandboxToken ?? null, protocol: value.protocol, state: value.state };
+    return {
+      sandbox_id: value.sandboxId,
+      sandbox_token: value.sandboxToken ?? null,
+      protocol: value.protocol,
+      state: value.state,
+      ports: value.ports,
+    };
   }
   if (value instanceof SandboxProcess) return { process_id: value.processId };
   if (value instanceof Uint8Array) return bytesToBase64(value);
@@ -275,6 +281,12 @@ class Replay {
         return sandbox.listProcesses();
       case 'set_idle_timeout':
         return sandbox.setIdleTimeout(Number(args['idle_timeout']));
+      case 'expose':
+        return sandbox.expose(Number(args['port']));
+      case 'unexpose':
+        return sandbox.unexpose(Number(args['port']));
+      case 'list_ports':
+        return sandbox.listPorts();
       case 'disconnect':
         return sandbox.disconnect();
       case 'read_file':

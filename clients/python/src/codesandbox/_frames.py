@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 logger = logging.getLogger("codesandbox")
@@ -37,6 +37,7 @@ def init_message(
     filesystem_snapshot_name: str | None,
     enable_network: bool,
     labels: Mapping[str, str] | None = None,
+    expose_ports: Sequence[int] | None = None,
 ) -> str:
     """The init object, the first message on ``/create``: always the original's five keys."""
     message: dict[str, Any] = {
@@ -57,7 +58,17 @@ def init_message(
                 raise TypeError("labels must map str to str")
             checked[key] = value
         message["labels"] = checked
+    if expose_ports:
+        # Our addition (issue 20), sent only when given.
+        message["expose_ports"] = [check_port(port) for port in expose_ports]
     return dumps(message)
+
+
+def check_port(port: int) -> int:
+    """A TCP port number (1 to 65535), or ``ValueError`` naming the value."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"port must be an integer from 1 to 65535, got {port!r}")
+    return port
 
 
 def exec_message(

@@ -74,6 +74,7 @@ from ._frames import (
     OutputEncoding,
     StreamName,
     action_message,
+    check_port,
     exec_message,
     opt_int,
     opt_number,
@@ -120,6 +121,9 @@ class Kind(enum.Enum):
     IDLE_TIMEOUT = "set_idle_timeout"
     ATTACH_PROCESS = "attach_process"
     FILE = "file"  # any file action (read_file, write_file, list_files, ...)
+    EXPOSE = "expose"
+    UNEXPOSE = "unexpose"
+    LIST_PORTS = "list_ports"
     CODE_CONTEXT = "code_context"  # create/list/restart/delete_code_context
 
 
@@ -450,6 +454,24 @@ class ClientProtocol:
         self._require_protocol_2("set the idle timeout")
         request = self._add_request(Kind.IDLE_TIMEOUT)
         return request.id, action_message("set_idle_timeout", request.id, idle_timeout=idle_timeout)
+
+    def send_expose(self, port: int) -> tuple[str, str]:
+        self._require_open("expose a port")
+        self._require_protocol_2("expose a port")
+        request = self._add_request(Kind.EXPOSE)
+        return request.id, action_message("expose", request.id, port=check_port(port))
+
+    def send_unexpose(self, port: int) -> tuple[str, str]:
+        self._require_open("unexpose a port")
+        self._require_protocol_2("unexpose a port")
+        request = self._add_request(Kind.UNEXPOSE)
+        return request.id, action_message("unexpose", request.id, port=check_port(port))
+
+    def send_list_ports(self) -> tuple[str, str]:
+        self._require_open("list the exposed ports")
+        self._require_protocol_2("list the exposed ports")
+        request = self._add_request(Kind.LIST_PORTS)
+        return request.id, action_message("list_ports", request.id)
 
     def send_attach_process(
         self, process_id: int, *, output_encoding: OutputEncoding = "text"
@@ -937,6 +959,12 @@ class ClientProtocol:
             self._finish(request, effects, opt_number(frame.get("idle_timeout")))
         elif request.kind is Kind.ATTACH_PROCESS:
             self._on_attached(request, frame, effects)
+        elif request.kind is Kind.EXPOSE:
+            self._finish(request, effects, opt_str(frame.get("url")))
+        elif request.kind is Kind.UNEXPOSE:
+            self._finish(request, effects, frame.get("unexposed") is True)
+        elif request.kind is Kind.LIST_PORTS:
+            self._finish(request, effects, _port_urls(frame.get("ports")))
         elif request.kind in (Kind.FILE, Kind.CODE_CONTEXT):
             self._finish(request, effects, frame)
         else:
@@ -1142,3 +1170,15 @@ def _describe_close(code: int | None, reason: str, received: bool) -> str:
     if reason:
         return f"close code {code}: {reason}"
     return f"close code {code}"
+
+
+def _port_urls(value: Any) -> dict[int, str]:
+    """``list_ports``'s ``ports`` as ``{port: url}`` (entries of another shape are skipped)."""
+    ports: dict[int, str] = {}
+    if isinstance(value, list):
+        for entry in value:
+            if isinstance(entry, dict):
+                port, url = entry.get("port"), entry.get("url")
+                if isinstance(port, int) and isinstance(url, str):
+                    ports[port] = url
+    return ports

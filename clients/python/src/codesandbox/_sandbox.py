@@ -18,7 +18,7 @@ import builtins
 import contextlib
 import logging
 import ssl as ssl_module
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Callable, Literal, Optional, TypeVar
 
@@ -137,6 +137,7 @@ class Sandbox:
         self._ready: asyncio.Future[None] | None = None
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._callbacks: dict[str, tuple[OutputCallback | None, OutputCallback | None]] = {}
+        self._ports: dict[int, str] = {}
         self._controls: dict[str, ProcessControl] = {}
         # Code cells being run, by their process key.
         self._cells: dict[str, CellCollector] = {}
@@ -176,6 +177,7 @@ class Sandbox:
         filesystem_snapshot_name: str | None = None,
         enable_network: bool = False,
         labels: Mapping[str, str] | None = None,
+        expose_ports: Sequence[int] | None = None,
         auto_reconnect: bool | ReconnectOptions = False,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
@@ -188,6 +190,9 @@ class Sandbox:
         ssl: ssl_module.SSLContext | None = None,
     ) -> Sandbox:
         """Create a new sandbox and wait until it runs.
+
+        ``expose_ports`` (e.g. ``[8000]``) exposes those ports from the start: their URLs
+        are in ``sandbox.ports`` once this returns (see ``expose()``).
 
         ``url`` is the service's base URL (``wss://host``, ``ws://127.0.0.1:8080``;
         ``https://`` / ``http://`` work too). ``idle_timeout`` is in seconds
@@ -228,8 +233,11 @@ class Sandbox:
             filesystem_snapshot_name=filesystem_snapshot_name,
             enable_network=enable_network,
             labels=labels,
+            expose_ports=expose_ports,
         )
         await sandbox._open(create_url(sandbox._url), first)
+        if expose_ports:
+            await sandbox.list_ports()
         return sandbox
 
     @staticmethod
@@ -560,6 +568,49 @@ class Sandbox:
         self._callbacks[request_id] = (on_stdout, on_stderr)
         process: SandboxProcess = await self._request(request_id, frame, f"process {process_id}")
         return process
+
+    @property
+    def ports(self) -> dict[int, str]:
+        """The ports this client exposed or listed, and their URLs (a copy; refreshed by
+        ``expose()``, ``unexpose()`` and ``list_ports()``)."""
+        return dict(self._ports)
+
+    async def expose(self, port: int) -> str:
+        """Expose ``port`` (something listening on ``127.0.0.1:port`` inside the sandbox)
+        and return its URL: any HTTP client or browser can open it, WebSockets included.
+        The URL carries an unguessable capability: share it like a password. Exposing a
+        port again returns the same URL."""
+        live = self._live_elsewhere()
+        if live is not None:
+            return await live.expose(port)
+        self._check_usable()
+        request_id, frame = self._protocol.send_expose(port)
+        url: str = await self._request(request_id, frame, f"the URL of port {port}")
+        self._ports[port] = url
+        return url
+
+    async def unexpose(self, port: int) -> bool:
+        """Revoke the URL of ``port`` (its open connections close). Whether it was
+        exposed."""
+        live = self._live_elsewhere()
+        if live is not None:
+            return await live.unexpose(port)
+        self._check_usable()
+        request_id, frame = self._protocol.send_unexpose(port)
+        was: bool = await self._request(request_id, frame, f"unexposing port {port}")
+        self._ports.pop(port, None)
+        return was
+
+    async def list_ports(self) -> dict[int, str]:
+        """The sandbox's exposed ports and their URLs, as the server has them."""
+        live = self._live_elsewhere()
+        if live is not None:
+            return await live.list_ports()
+        self._check_usable()
+        request_id, frame = self._protocol.send_list_ports()
+        ports: dict[int, str] = await self._request(request_id, frame, "the exposed ports")
+        self._ports = dict(ports)
+        return dict(ports)
 
     async def set_idle_timeout(self, idle_timeout: float) -> float | None:
         """Change how long the sandbox lives without a client (seconds; ``0``: the server's

@@ -304,6 +304,23 @@ class SyncSandbox:
     def set_idle_timeout(self, idle_timeout: float) -> float | None:
         return self._runner.call(self._sandbox.set_idle_timeout(idle_timeout))
 
+    @property
+    def ports(self) -> dict[int, str]:
+        """See ``Sandbox.ports``."""
+        return self._sandbox.ports
+
+    def expose(self, port: int) -> str:
+        """See ``Sandbox.expose``."""
+        return self._runner.call(self._sandbox.expose(port))
+
+    def unexpose(self, port: int) -> bool:
+        """See ``Sandbox.unexpose``."""
+        return self._runner.call(self._sandbox.unexpose(port))
+
+    def list_ports(self) -> dict[int, str]:
+        """See ``Sandbox.list_ports``."""
+        return self._runner.call(self._sandbox.list_ports())
+
     def run_code(
         self, code: str, context: CodeContext | str | None = None, **options: Any
     ) -> Execution:

@@ -1,0 +1,625 @@
+//! Exposed ports (issue 20, docs/protocol.md "Ports") against the real server, runsc and
+//! sandbox image: web servers inside sandboxes without network, reached through the server's
+//! URL; the statuses of every way a port can be unreachable; what a port cannot reach.
+//!
+//! Each test starts its own server, whose `Drop` stops it and removes every sandbox it left,
+//! also on failure. Run with:
+//!
+//!     cargo test --test ports -- --test-threads=2
+
+mod common;
+mod store;
+mod ws;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::TestServer;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use ws::{create, Created, Ws};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A bash function that waits until something listens on port $1 inside the sandbox. It
+/// reads the TCP table instead of connecting: a probe connection would sit in TIME_WAIT for a
+/// minute, and runsc cannot checkpoint a sandbox with a connection in its table.
+const WAIT_PORT: &str = r#"wait_port() { local hex=$(printf '%04X' $1); for i in $(seq 200); do grep -q ":$hex 00000000:0000 0A" /proc/net/tcp && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; return 1; }"#;
+
+/// Server-sent events on port 8001: the first event at once, the second once /tmp/go exists
+/// (so the test proves the first arrived before the response ended, without timing).
+const SSE_APP: &str = r#"
+import os, socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8001))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    if not c.recv(65536):
+        c.close()  # the test's probe (wait_port): it sends nothing
+        continue
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
+    def chunk(data):
+        c.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+    chunk(b"data: first\n\n")
+    while not os.path.exists("/tmp/go"):
+        time.sleep(0.05)
+    chunk(b"data: second\n\n")
+    c.sendall(b"0\r\n\r\n")
+    c.close()
+"#;
+
+/// A WebSocket echo server on port 8002, with the standard library only (the image has no
+/// `websockets` package): answers each text message with "echo: " and the message.
+const WS_APP: &str = r#"
+import base64, hashlib, socket, struct
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8002))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        part = c.recv(4096)
+        if not part:
+            break
+        data += part
+    if b"\r\n\r\n" not in data:
+        c.close()  # the test's probe (wait_port): it sends nothing
+        continue
+    head = data.split(b"\r\n\r\n")[0].decode()
+    key = [l.split(":", 1)[1].strip() for l in head.split("\r\n") if l.lower().startswith("sec-websocket-key:")][0]
+    accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+    c.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept).encode())
+    def exact(n):
+        b = b""
+        while len(b) < n:
+            x = c.recv(n - len(b))
+            if not x:
+                raise EOFError
+            b += x
+        return b
+    try:
+        while True:
+            b1, b2 = exact(2)
+            op, n = b1 & 15, b2 & 127
+            if n == 126:
+                n = struct.unpack(">H", exact(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", exact(8))[0]
+            mask = exact(4) if b2 & 128 else b"\0\0\0\0"
+            payload = bytes(x ^ mask[i % 4] for i, x in enumerate(exact(n)))
+            if op == 8:
+                c.sendall(b"\x88\x00")
+                break
+            if op == 1:
+                out = b"echo: " + payload
+                c.sendall(bytes([0x81, len(out)]) + out)
+    except EOFError:
+        pass
+    c.close()
+"#;
+
+/// Accepts on port 8003 and never answers.
+const SILENT_APP: &str = r#"
+import socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8003))
+s.listen(8)
+held = []
+while True:
+    c, _ = s.accept()
+    held.append(c)
+"#;
+
+/// Run bash `code` in the session and assert it exits 0; its stdout.
+fn run_ok(ws: &mut Ws, code: &str) -> String {
+    let result = ws.run("bash", code);
+    assert_eq!(
+        result.done["exit_code"], 0,
+        "{code}\nstdout: {}\nstderr: {}",
+        result.stdout, result.stderr
+    );
+    result.stdout
+}
+
+/// Start `python3 -m http.server` on 8000 in /root/www (which holds `files`), and the apps.
+fn start_http_server(ws: &mut Ws, prepare: &str) {
+    run_ok(
+        ws,
+        &format!(
+            "{WAIT_PORT}\nmkdir -p /root/www && cd /root/www && {prepare}\n\
+             nohup python3 -m http.server 8000 --bind 127.0.0.1 >/tmp/http.log 2>&1 &\n\
+             wait_port 8000"
+        ),
+    );
+}
+
+/// Start a Python app given as source, then wait for `port`.
+fn start_app(ws: &mut Ws, name: &str, source: &str, port: u16) {
+    run_ok(
+        ws,
+        &format!(
+            "{WAIT_PORT}\ncat > /root/{name}.py <<'PYEOF'\n{source}\nPYEOF\n\
+             nohup python3 /root/{name}.py >/tmp/{name}.log 2>&1 &\nwait_port {port}"
+        ),
+    );
+}
+
+/// Send a message with an id and return the reply (or the error status) answering it.
+fn ask(ws: &mut Ws, id: &str, mut message: Value) -> Value {
+    message["id"] = json!(id);
+    ws.send(message);
+    loop {
+        let frame = ws.recv();
+        if frame["id"] == id {
+            return frame;
+        }
+    }
+}
+
+/// Expose `port` and return its URL.
+fn expose(ws: &mut Ws, port: u16) -> String {
+    let reply = ask(ws, "expose", json!({"action": "expose", "port": port}));
+    assert_eq!(reply["event"], "reply", "{reply}");
+    assert_eq!(reply["port"], port, "{reply}");
+    reply["url"].as_str().expect("a url").to_string()
+}
+
+/// The path of a path-form URL (`http://host/ports/<cap>/` -> `/ports/<cap>/`).
+fn path_of(url: &str) -> String {
+    let rest = url.split_once("://").expect("a scheme").1;
+    format!("/{}", rest.split_once('/').expect("a path").1)
+}
+
+/// One HTTP exchange on a fresh connection, read to the end (the path form closes after the
+/// response): status, head and body.
+fn http(port: u16, request: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("read the response");
+    split_response(&response)
+}
+
+fn split_response(response: &[u8]) -> (u16, String, Vec<u8>) {
+    let end = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(response)));
+    let head = String::from_utf8_lossy(&response[..end]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head}"));
+    (status, head, response[end + 4..].to_vec())
+}
+
+fn get(port: u16, path: &str) -> (u16, String, Vec<u8>) {
+    http(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"),
+    )
+}
+
+#[test]
+fn a_web_server_without_network_serves_20_mb_byte_for_byte_and_50_requests_at_once() {
+    let server = TestServer::start(&[]);
+    let Created { mut ws, .. } = create(&server, json!({}));
+    start_http_server(
+        &mut ws,
+        "head -c 20971520 /dev/urandom > big.bin && echo hello > small.txt",
+    );
+    let inside = run_ok(&mut ws, "sha256sum /root/www/big.bin | cut -d' ' -f1");
+    let url = expose(&mut ws, 8000);
+    assert!(
+        url.starts_with(&format!("http://127.0.0.1:{}/ports/", server.port)),
+        "{url}"
+    );
+    let prefix = path_of(&url);
+
+    let (status, head, body) = get(server.port, &format!("{prefix}big.bin"));
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body.len(), 20 * 1024 * 1024, "{head}");
+    let digest: String = Sha256::digest(&body)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert_eq!(digest, inside.trim());
+
+    let port = server.port;
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            let path = format!("{prefix}small.txt");
+            std::thread::spawn(move || get(port, &path))
+        })
+        .collect();
+    for thread in threads {
+        let (status, head, body) = thread.join().expect("a request thread");
+        assert_eq!(status, 200, "{head}\n{}", String::from_utf8_lossy(&body));
+        assert_eq!(body, b"hello\n");
+    }
+    // The application saw the prefix taken off and the forwarding headers.
+    let log = run_ok(&mut ws, "cat /tmp/http.log");
+    assert!(log.contains("\"GET /small.txt HTTP/1.1\" 200"), "{log}");
+    // Listed in GET /sandboxes.
+    let listing = server.get("/sandboxes").json();
+    assert_eq!(
+        listing["sandboxes"][0]["ports"][0]["port"], 8000,
+        "{listing}"
+    );
+    // (Its URL is built from that request's Host, as every URL handed out is.)
+    let listed = listing["sandboxes"][0]["ports"][0]["url"].as_str().unwrap();
+    assert_eq!(path_of(listed), prefix);
+    ws.kill_sandbox();
+}
+
+#[test]
+fn server_sent_events_arrive_as_produced_and_a_websocket_is_relayed_both_ways() {
+    let server = TestServer::start(&[]);
+    let Created { mut ws, .. } = create(&server, json!({}));
+    start_app(&mut ws, "sse", SSE_APP, 8001);
+    start_app(&mut ws, "wsecho", WS_APP, 8002);
+    let sse = path_of(&expose(&mut ws, 8001));
+    let echo = path_of(&expose(&mut ws, 8002));
+
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET {sse}events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("data: first") {
+        let n = stream.read(&mut buffer).expect("the first event");
+        assert!(n > 0, "closed before the first event: {received:?}");
+        received.extend_from_slice(&buffer[..n]);
+    }
+    assert!(!String::from_utf8_lossy(&received).contains("second"));
+    // Only now does the application send the rest.
+    run_ok(&mut ws, "touch /tmp/go");
+    stream.read_to_end(&mut received).unwrap();
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.contains("data: second"), "{text}");
+    assert!(text.ends_with("0\r\n\r\n"), "{text}");
+
+    let socket = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let url = format!("ws://127.0.0.1:{}{echo}socket", server.port);
+    let (mut client, response) =
+        tungstenite::client::client(url.as_str(), socket).expect("the upgrade through the port");
+    assert_eq!(response.status().as_u16(), 101);
+    for word in ["hello", "again"] {
+        client
+            .send(tungstenite::Message::Text(word.into()))
+            .unwrap();
+        let answer = client.read().expect("the echo");
+        assert_eq!(answer.into_text().unwrap(), format!("echo: {word}"));
+    }
+    let _ = client.close(None);
+    ws.kill_sandbox();
+}
+
+#[test]
+fn every_way_a_port_is_unreachable_has_its_status() {
+    let server = TestServer::start(&[("SANDBOX_PORT_RESPONSE_TIMEOUT_SECS", "2")]);
+    let Created { mut ws, .. } = create(&server, json!({}));
+    start_http_server(&mut ws, "echo hi > index.txt");
+    start_app(&mut ws, "silent", SILENT_APP, 8003);
+    let url = path_of(&expose(&mut ws, 8000));
+    let (status, _, body) = get(server.port, &format!("{url}index.txt"));
+    assert_eq!((status, body.as_slice()), (200, b"hi\n".as_slice()));
+
+    // A wrong capability and one never issued: the same 404, without a hint.
+    let wrong = format!("/ports/{}/index.txt", "0".repeat(32));
+    let (status, _, unknown_body) = get(server.port, &wrong);
+    assert_eq!(status, 404);
+    let mut tampered = url.clone();
+    tampered.replace_range(7..8, if &url[7..8] == "a" { "b" } else { "a" });
+    let (status, _, tampered_body) = get(server.port, &format!("{tampered}index.txt"));
+    assert_eq!(status, 404);
+    assert_eq!(unknown_body, tampered_body);
+
+    // A head past SANDBOX_MAX_HEADER_BYTES is refused as for the API.
+    let (status, _, _) = http(
+        server.port,
+        &format!(
+            "GET {url}index.txt HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(20 * 1024)
+        ),
+    );
+    assert_eq!(status, 431);
+
+    // The bare prefix redirects to the prefix with its slash.
+    let bare = url.trim_end_matches('/');
+    let (status, head, _) = get(server.port, bare);
+    assert_eq!(status, 308, "{head}");
+    assert!(head.contains(&format!("Location: {url}")), "{head}");
+
+    // Nobody listening: 502 saying so.
+    let nobody = path_of(&expose(&mut ws, 9999));
+    let (status, _, body) = get(server.port, &nobody);
+    assert_eq!(status, 502);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("port 9999"), "{body}");
+
+    // Silent past SANDBOX_PORT_RESPONSE_TIMEOUT_SECS: 504.
+    let silent = path_of(&expose(&mut ws, 8003));
+    let (status, _, body) = get(server.port, &silent);
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    // Unexposing closes the connections open through the port (here one waiting for its
+    // answer, which would otherwise get the 504 above after 2 s).
+    let mut waiting = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    waiting.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(waiting, "GET {silent} HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    ws.run("bash", "sleep 0.3");
+    let reply = ask(
+        &mut ws,
+        "un-silent",
+        json!({"action": "unexpose", "port": 8003}),
+    );
+    assert_eq!(reply["unexposed"], true, "{reply}");
+    let mut rest = Vec::new();
+    waiting
+        .read_to_end(&mut rest)
+        .expect("the connection closes");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+
+    // Revoked: the same 404 as an unknown one; exposing again gives a new link.
+    let reply = ask(&mut ws, "un", json!({"action": "unexpose", "port": 8000}));
+    assert_eq!(reply["unexposed"], true, "{reply}");
+    let (status, _, body) = get(server.port, &format!("{url}index.txt"));
+    assert_eq!((status, &body), (404, &unknown_body));
+    let again = path_of(&expose(&mut ws, 8000));
+    assert_ne!(again, url);
+
+    // Bad requests name the field.
+    let error = ask(&mut ws, "bad", json!({"action": "expose", "port": 70000}));
+    assert_eq!(error["status"], "SANDBOX_REQUEST_ERROR", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("70000"),
+        "{error}"
+    );
+    let listed = ask(&mut ws, "list", json!({"action": "list_ports"}));
+    let ports: Vec<u64> = listed["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [8000, 9999], "{listed}");
+
+    // The sandbox killed: its links are gone, with the same 404.
+    ws.kill_sandbox();
+    let (status, _, body) = get(server.port, &format!("{again}index.txt"));
+    assert_eq!((status, &body), (404, &unknown_body));
+}
+
+#[test]
+fn the_host_form_needs_the_domain_and_an_api_key_only_when_asked() {
+    let server = TestServer::start(&[
+        ("SANDBOX_PORTS_DOMAIN", "ports.test"),
+        ("SANDBOX_API_KEYS", "the-key"),
+    ]);
+    let mut ws = ws::try_connect_with_headers(
+        server.port,
+        "/create",
+        &[("Authorization", "Bearer the-key")],
+    )
+    .unwrap();
+    ws.send(json!({"expose_ports": [8000]}));
+    ws.expect_status("SANDBOX_CREATING");
+    ws.recv();
+    ws.expect_status("SANDBOX_RUNNING");
+    // HTTP/1.1 with keep-alive (http.server speaks HTTP/1.0 unless told otherwise).
+    run_ok(
+        &mut ws,
+        &format!(
+            "{WAIT_PORT}\nmkdir -p /root/www && cd /root/www && echo hi > index.txt\n\
+             nohup python3 -c \"import http.server as h; h.SimpleHTTPRequestHandler.protocol_version = 'HTTP/1.1'; h.ThreadingHTTPServer(('127.0.0.1', 8000), h.SimpleHTTPRequestHandler).serve_forever()\" >/tmp/http.log 2>&1 &\n\
+             wait_port 8000"
+        ),
+    );
+    let listed = ask(&mut ws, "list", json!({"action": "list_ports"}));
+    let url = listed["ports"][0]["url"].as_str().unwrap().to_string();
+    let host = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("{url}"))
+        .to_string();
+    assert!(
+        host.starts_with("8000-") && host.ends_with(".ports.test"),
+        "{url}"
+    );
+    // No key needed for the link itself.
+    let (status, _, body) = http(
+        server.port,
+        &format!("GET /index.txt HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!((status, body.as_slice()), (200, b"hi\n".as_slice()));
+    // The host form stays a pipe: two requests on one connection (keep-alive).
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    for _ in 0..2 {
+        write!(stream, "GET /index.txt HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut response = Vec::new();
+        let mut byte = [0u8; 1];
+        // The head, then the 3 bytes its Content-Length announces.
+        while !response.ends_with(b"\r\n\r\n") {
+            stream
+                .read_exact(&mut byte)
+                .expect("a response on the same connection");
+            response.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&response).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("content-length: 3"), "{head}");
+        let mut body = [0u8; 3];
+        stream.read_exact(&mut body).unwrap();
+        assert_eq!(&body, b"hi\n");
+    }
+    // Another port under the same capability is not the link.
+    let other = host.replacen("8000-", "8001-", 1);
+    let (status, _, _) = http(
+        server.port,
+        &format!("GET /index.txt HTTP/1.1\r\nHost: {other}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 404);
+    // The API itself still needs the key.
+    let (status, _, _) = get(server.port, "/sandboxes");
+    assert_eq!(status, 401);
+    ws.kill_sandbox();
+}
+
+#[test]
+fn with_require_key_a_link_needs_the_key_too_and_the_key_never_reaches_the_app() {
+    let server = TestServer::start(&[
+        ("SANDBOX_API_KEYS", "the-key"),
+        ("SANDBOX_PORTS_REQUIRE_KEY", "1"),
+    ]);
+    let mut ws = ws::try_connect_with_headers(
+        server.port,
+        "/create",
+        &[("Authorization", "Bearer the-key")],
+    )
+    .unwrap();
+    ws.send(json!({}));
+    ws.expect_status("SANDBOX_CREATING");
+    ws.recv();
+    ws.expect_status("SANDBOX_RUNNING");
+    start_app(&mut ws, "headers", HEADERS_APP, 8004);
+    let url = path_of(&expose(&mut ws, 8004));
+    let (status, _, _) = get(server.port, &url);
+    assert_eq!(status, 401);
+    let (status, _, body) = http(
+        server.port,
+        &format!("GET {url}x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer the-key\r\n\r\n"),
+    );
+    let body = String::from_utf8_lossy(&body).to_lowercase();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("get /x http/1.1"), "{body}");
+    assert!(!body.contains("the-key"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "x-forwarded-prefix: {}",
+            url.trim_end_matches('/')
+        )),
+        "{body}"
+    );
+    ws.kill_sandbox();
+}
+
+/// Answers every request with its own head as the body (port 8004).
+const HEADERS_APP: &str = r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8004))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        part = c.recv(4096)
+        if not part:
+            break
+        data += part
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(data), data))
+    c.close()
+"#;
+
+#[test]
+fn nothing_behind_a_port_reaches_the_host_or_the_server() {
+    let server = TestServer::start(&[]);
+    let Created { mut ws, .. } = create(&server, json!({}));
+    start_http_server(&mut ws, "echo hi > index.txt");
+    let url = path_of(&expose(&mut ws, 8000));
+    // A path under the prefix is the application's, never the server's API.
+    let (status, _, body) = get(server.port, &format!("{url}status"));
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(!String::from_utf8_lossy(&body).contains("\"ok\""));
+    let (status, _, _) = get(server.port, &format!("{url}../../status"));
+    assert_eq!(status, 404);
+    // From inside, the server's port (on the host's loopback) is not reachable.
+    let code = format!(
+        "(exec 3<>/dev/tcp/127.0.0.1/{}) 2>/dev/null && echo reached || echo unreachable",
+        server.port
+    );
+    let result = ws.run("bash", &code);
+    assert_eq!(result.stdout.trim(), "unreachable");
+    ws.kill_sandbox();
+}
+
+#[test]
+fn an_exposed_port_survives_a_checkpoint_and_answers_503_meanwhile() {
+    let dirs = store::SharedDirs::new();
+    let env = dirs.env();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let server = TestServer::start(&env);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&server, json!({"enable_checkpoint": true}));
+    start_http_server(&mut ws, "echo kept > index.txt");
+    start_app(&mut ws, "sse", SSE_APP, 8001);
+    let url = path_of(&expose(&mut ws, 8000));
+    let (status, _, body) = get(server.port, &format!("{url}index.txt"));
+    assert_eq!((status, body.as_slice()), (200, b"kept\n".as_slice()));
+    // A stream open through a port does not stop the checkpoint: it is closed first.
+    let events = path_of(&expose(&mut ws, 8001));
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(stream, "GET {events} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("data: first") {
+        let n = stream.read(&mut buffer).expect("the first event");
+        assert!(n > 0, "closed before the first event");
+        received.extend_from_slice(&buffer[..n]);
+    }
+
+    ws.send(json!({"action": "checkpoint"}));
+    for status in [
+        "SANDBOX_CHECKPOINTING",
+        "SANDBOX_DELETING",
+        "SANDBOX_DELETED",
+        "SANDBOX_CHECKPOINTED",
+    ] {
+        ws.expect_status(status);
+    }
+    ws.expect_close(1000);
+    stream.read_to_end(&mut received).expect("the stream ends");
+    assert!(!String::from_utf8_lossy(&received).contains("second"));
+    assert_eq!(
+        dirs.manifest(&sandbox_id)["settings"]["ports"][0]["port"],
+        8000
+    );
+
+    let (status, head, body) = get(server.port, &format!("{url}index.txt"));
+    assert_eq!(status, 503, "{head}");
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("checkpointed"), "{body}");
+
+    // Restored: the same link works again, the application kept running in the image.
+    let mut ws = ws::connect(server.port, &ws::attach_path(&sandbox_id, &token));
+    ws.expect_status("SANDBOX_RESTORING");
+    ws.expect_status("SANDBOX_RUNNING");
+    let (status, _, body) = get(server.port, &format!("{url}index.txt"));
+    assert_eq!((status, body.as_slice()), (200, b"kept\n".as_slice()));
+    ws.kill_sandbox();
+    drop(server);
+}
