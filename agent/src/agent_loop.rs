@@ -43,6 +43,9 @@ use crate::standby::Standby;
 /// How long a killed execution's process group is watched for survivors.
 const DOOMED_GROUP_WATCH: Duration = Duration::from_secs(2);
 
+/// How often such a group is killed again.
+const DOOMED_RETRY: Duration = Duration::from_millis(20);
+
 /// Output frames held for the server before the agent stops reading process pipes.
 pub(crate) const OUTBOX_HIGH_WATER: usize = 256 * 1024;
 
@@ -165,11 +168,19 @@ impl Agent {
                 fds.push(PollFd::new(fd, writable));
             }
         }
-        // While killed groups may still hold a process, wake up to kill them again.
-        let timeout = if self.doomed.is_empty() {
-            PollTimeout::NONE
-        } else {
-            PollTimeout::from(20u8)
+        // While killed groups may still hold a process, wake up to kill them again; a terminal
+        // whose process exited is drained until a deadline its master never reports.
+        let mut wake_in: Option<Duration> = (!self.doomed.is_empty()).then_some(DOOMED_RETRY);
+        let now = Instant::now();
+        for execution in self.executions.values() {
+            if let Some(deadline) = execution.drain_deadline() {
+                let left = deadline.saturating_duration_since(now) + Duration::from_millis(1);
+                wake_in = Some(wake_in.map_or(left, |wake_in| wake_in.min(left)));
+            }
+        }
+        let timeout = match wake_in {
+            None => PollTimeout::NONE,
+            Some(wake_in) => PollTimeout::try_from(wake_in).unwrap_or(PollTimeout::from(20u8)),
         };
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -254,15 +265,16 @@ impl Agent {
                     FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
                     return;
                 }
-                let standby = if request.language == Language::Python {
+                let standby = if request.language == Language::Python && request.pty.is_none() {
                     self.standby
                         .take_if(|standby| standby.can_serve(&request, &self.config.limits))
                 } else {
                     None
                 };
-                let result = match standby {
-                    Some(standby) => Ok(standby.activate(id, &request)),
-                    None => Execution::spawn(id, &request, &self.config),
+                let result = match (standby, request.pty) {
+                    (_, Some(size)) => Execution::spawn_terminal(id, &request, &self.config, size),
+                    (Some(standby), None) => Ok(standby.activate(id, &request)),
+                    (None, None) => Execution::spawn(id, &request, &self.config),
                 };
                 match result {
                     Ok(execution) => {
@@ -319,6 +331,11 @@ impl Agent {
             ToAgent::Credit(id, bytes) => {
                 if let Some(execution) = self.executions.get_mut(&id) {
                     execution.add_credit(bytes);
+                }
+            }
+            ToAgent::Resize(id, size) => {
+                if let Some(execution) = self.executions.get(&id) {
+                    execution.resize(size);
                 }
             }
         }

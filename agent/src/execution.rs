@@ -1,10 +1,35 @@
-//! One running execution inside the sandbox: its process group, pipes and pending stdin.
+//! One running execution inside the sandbox: its process group, pipes (or pseudo-terminal)
+//! and pending stdin.
+//!
+//! A terminal execution runs on a new pseudo-terminal instead of pipes: the slave side is its
+//! stdin, stdout and stderr and its controlling terminal (it leads a new session), and the
+//! agent holds the master side, read as its one output stream and written with its stdin.
+//! Under runsc (20221219) the master does not report the end of the slave side (a read blocks
+//! instead of failing with EIO, and poll never says readable), so the end of a terminal
+//! execution is its process's exit: then what is left on the master is drained until it has
+//! been quiet for a short while (`TERMINAL_DRAIN_AFTER_EXIT`), never waited for until EOF.
+//! Its pseudo-terminals also take writes without bound (a process may write megabytes and
+//! exit before any of it is read), so that drain is not bounded by a pipe's size
+//! (`TERMINAL_MAX_DRAIN_AFTER_EXIT`).
+//!
+//! Nor does its line discipline turn the signal characters (ctrl-C, ctrl-backslash, ctrl-Z)
+//! into signals, nor send SIGWINCH on a resize. The agent does both, as the Linux line
+//! discipline would: a signal character in a terminal's stdin is taken out and its signal sent
+//! to the terminal's foreground process group, while the terminal's mode has `ISIG` (a
+//! program in raw mode gets the byte). On a kernel that does it itself, the result is the same
+//! (the byte never reaches the line discipline). runsc does not tell the master's side which
+//! group is in the foreground either (TIOCGPGRP fails with ENOTTY, /proc's tpgid is 0), so
+//! the signal goes to the groups of the terminal's session other than its leader's (the jobs
+//! of a shell: the one in the foreground, and background jobs too), or to the leader's group
+//! when there are none (a program run on the terminal directly, or a shell at its prompt).
 
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -12,7 +37,7 @@ use nix::unistd::Pid;
 use crate::agent_loop::set_nonblocking;
 use crate::protocol::{
     AgentConfig, ExecId, ExitStatus, FromAgent, Language, ProcessLimits, SpawnRequest, Stream,
-    MAX_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
+    TerminalSize, MAX_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
 };
 
 /// `execve` refuses a single argument longer than 128 KiB; larger code goes through a file.
@@ -28,6 +53,22 @@ const STDIN_COMPACT_AFTER: usize = 1024 * 1024;
 /// A pipe's default capacity, and the one asked for a process fed more than that at once.
 const STDIN_PIPE_BYTES: usize = 64 * 1024;
 const LARGE_STDIN_PIPE_BYTES: i32 = 1024 * 1024;
+
+/// How long a terminal's master is still read after its process exited, once it has nothing
+/// to read: what the process wrote last may still be on its way through the line discipline,
+/// and the master never reports that nothing more will come (see the module's comment).
+pub const TERMINAL_DRAIN_AFTER_EXIT: Duration = Duration::from_millis(30);
+
+/// How much a terminal's master is still read after its process exited, at most (a process
+/// that keeps writing after the terminal's leader is gone does not keep it open forever).
+const TERMINAL_MAX_DRAIN_AFTER_EXIT: usize = 256 * 1024 * 1024;
+
+/// What a terminal's environment says it is (the programs on it may use colours and cursor
+/// movements; xterm.js and every common terminal emulator understand it).
+const TERMINAL_TYPE: &str = "xterm-256color";
+
+/// The shell of a terminal without a command, when /etc/passwd names none for root.
+const DEFAULT_SHELL: &str = "/bin/bash";
 
 /// Where code too large for an argument is written inside the sandbox.
 const CODE_DIR: &str = "/run/sandbox-agent";
@@ -47,6 +88,8 @@ pub enum SpawnError {
     Pipe(io::Error),
     Start(io::Error),
     ConfigurePipes(io::Error),
+    /// The pseudo-terminal of a terminal execution could not be made.
+    Terminal(io::Error),
 }
 
 impl std::fmt::Display for SpawnError {
@@ -64,6 +107,9 @@ impl std::fmt::Display for SpawnError {
             SpawnError::ConfigurePipes(source) => {
                 write!(f, "cannot configure the pipes: {source}")
             }
+            SpawnError::Terminal(source) => {
+                write!(f, "cannot make a pseudo-terminal: {source}")
+            }
         }
     }
 }
@@ -74,7 +120,8 @@ impl std::error::Error for SpawnError {
             SpawnError::StoreCode { source, .. }
             | SpawnError::Pipe(source)
             | SpawnError::Start(source)
-            | SpawnError::ConfigurePipes(source) => Some(source),
+            | SpawnError::ConfigurePipes(source)
+            | SpawnError::Terminal(source) => Some(source),
             SpawnError::IdInUse(_) | SpawnError::NoSuchDirectory(_) => None,
         }
     }
@@ -90,7 +137,9 @@ pub struct Execution {
     id: ExecId,
     pid: Pid,
     python: bool,
-    stdin: Option<ChildStdin>,
+    /// It runs on a pseudo-terminal: `stdout` is the master side and `stdin` a copy of it.
+    terminal: bool,
+    stdin: Option<File>,
     /// Stdin to write, from `stdin_written` on (written bytes are removed in batches: see
     /// `write_stdin`).
     stdin_pending: Vec<u8>,
@@ -98,9 +147,12 @@ pub struct Execution {
     /// Its stdin pipe was enlarged (see `queue_stdin`).
     stdin_pipe_enlarged: bool,
     close_stdin_when_flushed: bool,
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    stdout: Option<File>,
+    stderr: Option<File>,
     exit: Option<ExitStatus>,
+    /// When the agent learnt that the process exited (a terminal is drained for a while
+    /// after that).
+    exited_at: Option<Instant>,
     code_file: Option<PathBuf>,
     /// SIGKILL was asked for: the group is killed again when the leader is gone, because a
     /// child forked while the first kill was delivered can survive it under gVisor.
@@ -119,12 +171,282 @@ impl Execution {
         request: &SpawnRequest,
         config: &AgentConfig,
     ) -> Result<Self, SpawnError> {
-        let cwd_is_dir = std::fs::metadata(&request.cwd)
-            .map(|meta| meta.is_dir())
-            .unwrap_or(false);
-        if !cwd_is_dir {
-            return Err(SpawnError::NoSuchDirectory(request.cwd.clone()));
+        check_cwd(&request.cwd)?;
+        let (command, code_file) = code_command(id, request)?;
+        let mut command = command;
+        prepare_command(&mut command, config, &request.limits);
+        command.envs(request.env.iter().map(|(key, value)| (key, value)));
+        command.current_dir(&request.cwd);
+        let mut execution = Self::from_command(id, command, request.language == Language::Python)?;
+        execution.code_file = code_file;
+        Ok(execution)
+    }
+
+    /// Start `request` on a new pseudo-terminal of `size`, as the leader of a new session whose
+    /// controlling terminal it is. Without code, it is root's login shell.
+    pub fn spawn_terminal(
+        id: ExecId,
+        request: &SpawnRequest,
+        config: &AgentConfig,
+        size: TerminalSize,
+    ) -> Result<Self, SpawnError> {
+        check_cwd(&request.cwd)?;
+        let (mut command, code_file) = if request.code.is_empty() {
+            let shell = login_shell();
+            let mut command = Command::new(&shell);
+            command.arg("-l");
+            command.env("SHELL", &shell);
+            (command, None)
+        } else {
+            code_command(id, request)?
+        };
+        prepare_common(&mut command, config, &request.limits);
+        sandbox_ffi::set_controlling_terminal(&mut command);
+        command.env("TERM", TERMINAL_TYPE);
+        command.envs(request.env.iter().map(|(key, value)| (key, value)));
+        command.current_dir(&request.cwd);
+        let window = nix::pty::Winsize {
+            ws_row: size.rows,
+            ws_col: size.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(&window, None)
+            .map_err(|errno| SpawnError::Terminal(io::Error::from(errno)))?;
+        let slave_copy = |slave: &OwnedFd| slave.try_clone().map_err(SpawnError::Terminal);
+        command
+            .stdin(Stdio::from(slave_copy(&pty.slave)?))
+            .stdout(Stdio::from(slave_copy(&pty.slave)?))
+            .stderr(Stdio::from(pty.slave));
+        let child = command.spawn().map_err(SpawnError::Start)?;
+        // The command holds copies of the slave side: they must close here, so that the
+        // process alone holds its terminal.
+        drop(command);
+        let pid = Pid::from_raw(child.id() as i32);
+        let master = File::from(pty.master);
+        set_nonblocking(master.as_fd()).map_err(SpawnError::ConfigurePipes)?;
+        let writer = master.try_clone().map_err(SpawnError::Terminal)?;
+        let mut execution = Execution::new(id, pid, false, Some(writer), Some(master), None);
+        execution.terminal = true;
+        execution.code_file = code_file;
+        Ok(execution)
+    }
+
+    fn new(
+        id: ExecId,
+        pid: Pid,
+        python: bool,
+        stdin: Option<File>,
+        stdout: Option<File>,
+        stderr: Option<File>,
+    ) -> Self {
+        Execution {
+            id,
+            pid,
+            python,
+            terminal: false,
+            stdin,
+            stdin_pending: Vec::new(),
+            stdin_written: 0,
+            stdin_pipe_enlarged: false,
+            close_stdin_when_flushed: false,
+            stdout,
+            stderr,
+            exit: None,
+            exited_at: None,
+            code_file: None,
+            kill_requested: std::cell::Cell::new(false),
+            drained_after_exit: 0,
+            window: u64::from(OUTPUT_WINDOW_BYTES),
         }
+    }
+
+    /// Spawn a prepared command with piped stdio and wrap it.
+    pub fn from_command(
+        id: ExecId,
+        mut command: Command,
+        python: bool,
+    ) -> Result<Self, SpawnError> {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(SpawnError::Start)?;
+        // The agent reaps with waitpid(-1); the `Child` handle is not used to wait.
+        let pid = Pid::from_raw(child.id() as i32);
+        let stdin = child
+            .stdin
+            .take()
+            .map(|pipe| File::from(OwnedFd::from(pipe)));
+        let stdout = child
+            .stdout
+            .take()
+            .map(|pipe| File::from(OwnedFd::from(pipe)));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|pipe| File::from(OwnedFd::from(pipe)));
+        for fd in [stdin.as_ref(), stdout.as_ref(), stderr.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            set_nonblocking(fd.as_fd()).map_err(SpawnError::ConfigurePipes)?;
+        }
+        Ok(Execution::new(id, pid, python, stdin, stdout, stderr))
+    }
+
+    /// Set a terminal execution's window size (its foreground programs get SIGWINCH); nothing
+    /// for an execution on pipes or whose terminal is closed already.
+    pub fn resize(&self, size: TerminalSize) {
+        if !self.terminal {
+            return;
+        }
+        if let Some(master) = self.master() {
+            if let Err(error) = sandbox_ffi::set_window_size(master.as_fd(), size.cols, size.rows) {
+                eprintln!("sandbox-agent: cannot resize terminal {}: {error}", self.id);
+                return;
+            }
+        }
+        self.signal_foreground(Signal::SIGWINCH);
+    }
+
+    /// A terminal's master side, while open.
+    fn master(&self) -> Option<&File> {
+        self.stdout.as_ref().or(self.stdin.as_ref())
+    }
+
+    /// Split a terminal's input into the bytes for the line discipline and the signals its
+    /// signal characters stand for, per the terminal's mode now (none when the program turned
+    /// `ISIG` off, as raw mode does).
+    fn take_signal_characters(&self, data: Vec<u8>) -> (Vec<u8>, Vec<Signal>) {
+        use nix::sys::termios::{tcgetattr, LocalFlags, SpecialCharacterIndices as Index};
+        let Some(master) = self.master() else {
+            return (data, Vec::new());
+        };
+        let Ok(mode) = tcgetattr(master.as_fd()) else {
+            return (data, Vec::new());
+        };
+        if !mode.local_flags.contains(LocalFlags::ISIG) {
+            return (data, Vec::new());
+        }
+        // A disabled character is _POSIX_VDISABLE (0).
+        let characters: Vec<(u8, Signal)> = [
+            (Index::VINTR, Signal::SIGINT),
+            (Index::VQUIT, Signal::SIGQUIT),
+            (Index::VSUSP, Signal::SIGTSTP),
+        ]
+        .into_iter()
+        .map(|(index, signal)| (mode.control_chars[index as usize], signal))
+        .filter(|(character, _)| *character != 0)
+        .collect();
+        if !data
+            .iter()
+            .any(|byte| characters.iter().any(|(c, _)| c == byte))
+        {
+            return (data, Vec::new());
+        }
+        let mut kept = Vec::with_capacity(data.len());
+        let mut signals = Vec::new();
+        for byte in data {
+            match characters.iter().find(|(character, _)| *character == byte) {
+                Some((_, signal)) => signals.push(*signal),
+                None => kept.push(byte),
+            }
+        }
+        (kept, signals)
+    }
+
+    /// Send `signal` to the terminal's foreground process group, as a line discipline does:
+    /// the group the kernel names if it does, else as the module's comment says.
+    fn signal_foreground(&self, signal: Signal) {
+        let named = self
+            .master()
+            .and_then(|master| nix::unistd::tcgetpgrp(master.as_fd()).ok())
+            .filter(|group| group.as_raw() > 0);
+        let groups = match named {
+            Some(group) => vec![group],
+            None => {
+                let jobs = session_groups(self.pid);
+                if jobs.is_empty() {
+                    vec![self.pid]
+                } else {
+                    jobs
+                }
+            }
+        };
+        for group in groups {
+            let _ = kill(Pid::from_raw(-group.as_raw()), signal);
+        }
+    }
+}
+
+/// The process groups of session `leader` other than the leader's own, from /proc.
+fn session_groups(leader: Pid) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut groups: Vec<Pid> = entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            name.to_string_lossy()
+                .bytes()
+                .all(|byte| byte.is_ascii_digit())
+        })
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter_map(|stat| group_and_session(&stat))
+        .filter(|(group, session)| *session == leader.as_raw() && *group != leader.as_raw())
+        .map(|(group, _)| Pid::from_raw(group))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+/// The process group and session of a `/proc/PID/stat` line (fields 5 and 6, after the
+/// command name, which may hold spaces and parentheses).
+fn group_and_session(stat: &str) -> Option<(i32, i32)> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(2);
+    let group = fields.next()?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    Some((group, session))
+}
+
+/// The working directory must exist (the spawn would fail with a less helpful error).
+fn check_cwd(cwd: &str) -> Result<(), SpawnError> {
+    let cwd_is_dir = std::fs::metadata(cwd)
+        .map(|meta| meta.is_dir())
+        .unwrap_or(false);
+    if cwd_is_dir {
+        Ok(())
+    } else {
+        Err(SpawnError::NoSuchDirectory(cwd.to_string()))
+    }
+}
+
+/// Root's login shell as /etc/passwd names it (an image may prefer another shell), else bash.
+fn login_shell() -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd
+                .lines()
+                .map(|line| line.split(':').collect::<Vec<_>>())
+                .find(|fields| fields.len() == 7 && fields[2] == "0")
+                .map(|fields| fields[6].to_string())
+        })
+        .filter(|shell| shell.starts_with('/') && std::path::Path::new(shell).exists())
+        .unwrap_or_else(|| DEFAULT_SHELL.to_string())
+}
+
+/// The interpreter of `request`'s language running its code: as an argument, or from a file
+/// when the code is too large for one (the file's path is returned, to be removed at the end).
+fn code_command(
+    id: ExecId,
+    request: &SpawnRequest,
+) -> Result<(Command, Option<PathBuf>), SpawnError> {
+    {
         let (program, flag, extension) = match request.language {
             Language::Python => ("/usr/bin/python3", "-c", "py"),
             Language::Bash => ("/bin/bash", "-c", "sh"),
@@ -144,58 +466,11 @@ impl Execution {
         } else {
             command.arg(flag).arg(&request.code);
         }
-        prepare_command(&mut command, config, &request.limits);
-        command.envs(request.env.iter().map(|(key, value)| (key, value)));
-        command.current_dir(&request.cwd);
-        let mut execution = Self::from_command(id, command, request.language == Language::Python)?;
-        execution.code_file = code_file;
-        Ok(execution)
+        Ok((command, code_file))
     }
+}
 
-    /// Spawn a prepared command with piped stdio and wrap it.
-    pub fn from_command(
-        id: ExecId,
-        mut command: Command,
-        python: bool,
-    ) -> Result<Self, SpawnError> {
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(SpawnError::Start)?;
-        // The agent reaps with waitpid(-1); the `Child` handle is not used to wait.
-        let pid = Pid::from_raw(child.id() as i32);
-        let (stdin, stdout, stderr) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        for fd in [
-            stdin.as_ref().map(|p| p.as_fd()),
-            stdout.as_ref().map(|p| p.as_fd()),
-            stderr.as_ref().map(|p| p.as_fd()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            set_nonblocking(fd).map_err(SpawnError::ConfigurePipes)?;
-        }
-        Ok(Execution {
-            id,
-            pid,
-            python,
-            stdin,
-            stdin_pending: Vec::new(),
-            stdin_written: 0,
-            stdin_pipe_enlarged: false,
-            close_stdin_when_flushed: false,
-            stdout,
-            stderr,
-            exit: None,
-            code_file: None,
-            kill_requested: std::cell::Cell::new(false),
-            drained_after_exit: 0,
-            window: u64::from(OUTPUT_WINDOW_BYTES),
-        })
-    }
-
+impl Execution {
     pub fn set_id(&mut self, id: ExecId) {
         self.id = id;
     }
@@ -246,7 +521,23 @@ impl Execution {
 
     /// Queue `data` for the process's stdin. If its stdin is closed already, nobody can read
     /// the bytes: they count as written at once (the server's window must not wait for them).
+    /// A terminal's signal characters become signals (see the module's comment).
     pub fn queue_stdin(&mut self, data: Vec<u8>, outbox: &mut Vec<u8>) {
+        let data = if self.terminal {
+            let (kept, signals) = self.take_signal_characters(data);
+            let taken = signals.len();
+            for signal in signals {
+                self.signal_foreground(signal);
+            }
+            if taken > 0 {
+                // Consumed: the server's window counts them as for any byte.
+                let count = u32::try_from(taken).unwrap_or(u32::MAX);
+                FromAgent::StdinWritten(self.id, count).encode(outbox);
+            }
+            kept
+        } else {
+            data
+        };
         if let Some(pipe) = self.stdin.as_ref() {
             self.stdin_pending.extend_from_slice(&data);
             if !self.stdin_pipe_enlarged && self.stdin_pending.len() > STDIN_PIPE_BYTES {
@@ -391,6 +682,16 @@ impl Execution {
 
     pub fn set_exited(&mut self, status: ExitStatus) {
         self.exit = Some(status);
+        self.exited_at = Some(Instant::now());
+    }
+
+    /// When a terminal execution whose process exited must be looked at again, to end its
+    /// drain (its master reports nothing by itself: see the module's comment).
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        match (self.terminal, self.exited_at, &self.stdout) {
+            (true, Some(since), Some(_)) => Some(since + TERMINAL_DRAIN_AFTER_EXIT),
+            _ => None,
+        }
     }
 
     /// Once the process has exited, everything it wrote is already in its pipes: read until
@@ -410,14 +711,36 @@ impl Execution {
                 }
                 // What the process wrote before exiting fits in the pipe's buffer; past this
                 // much, children that outlive it keep the pipe busy and are not waited for.
-                if self.drained_after_exit >= MAX_DRAIN_AFTER_EXIT {
+                let bound = if self.terminal {
+                    TERMINAL_MAX_DRAIN_AFTER_EXIT
+                } else {
+                    MAX_DRAIN_AFTER_EXIT
+                };
+                if self.drained_after_exit >= bound {
                     break;
                 }
                 let before = outbox.len();
-                if !self.read_chunk(which, outbox) {
+                let more = self.read_chunk(which, outbox);
+                let read = outbox.len().saturating_sub(before);
+                self.drained_after_exit += read;
+                if self.terminal && read > 0 {
+                    // Output still arrives: the quiet time counts from now.
+                    self.exited_at = Some(Instant::now());
+                }
+                if !more {
+                    let open = match which {
+                        PipeRead::Stdout => self.stdout.is_some(),
+                        PipeRead::Stderr => self.stderr.is_some(),
+                    };
+                    let quiet_long_enough = self
+                        .exited_at
+                        .is_none_or(|since| since.elapsed() >= TERMINAL_DRAIN_AFTER_EXIT);
+                    if self.terminal && open && !quiet_long_enough {
+                        // Nothing right now, but the last bytes may still be on their way.
+                        return;
+                    }
                     break;
                 }
-                self.drained_after_exit += outbox.len().saturating_sub(before);
             }
             self.close_pipe(which);
         }
@@ -460,9 +783,15 @@ impl Drop for Execution {
 /// resource limits, and plain uid 0 (the agent's real and saved uid are its own, which user
 /// code must not inherit: see `identity`).
 pub fn prepare_command(command: &mut Command, config: &AgentConfig, limits: &ProcessLimits) {
+    prepare_common(command, config, limits);
+    command.process_group(0);
+}
+
+/// `prepare_command` but the process group, for a terminal's process, which makes a session
+/// of its own (a group leader cannot).
+fn prepare_common(command: &mut Command, config: &AgentConfig, limits: &ProcessLimits) {
     command.env_clear();
     command.envs(config.base_env.iter().map(|(key, value)| (key, value)));
-    command.process_group(0);
     sandbox_ffi::set_child_rlimits(command, rlimits(limits));
     sandbox_ffi::set_child_uid(command, 0);
 }

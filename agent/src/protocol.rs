@@ -141,6 +141,23 @@ pub struct SpawnRequest {
     pub env: Vec<(String, String)>,
     pub cwd: String,
     pub limits: ProcessLimits,
+    /// Run it on a new pseudo-terminal of this size instead of pipes (a terminal process:
+    /// one output stream, stdin as keystrokes). Absent in the frames of servers before
+    /// terminals, which the agent reads as pipes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<TerminalSize>,
+}
+
+/// A terminal's window size, in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalSize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+impl TerminalSize {
+    /// The largest number of columns or rows a terminal may have (and the smallest is 1).
+    pub const MAX: u16 = 1000;
 }
 
 /// What the agent reports when it is ready to spawn.
@@ -196,6 +213,8 @@ pub enum ToAgent {
     /// The server consumed this many more bytes of the execution's output: its window grows
     /// by that much (see [`OUTPUT_WINDOW_BYTES`]).
     Credit(ExecId, u32),
+    /// Set the window size of a terminal execution (its program gets SIGWINCH).
+    Resize(ExecId, TerminalSize),
 }
 
 /// Agent -> server.
@@ -228,6 +247,7 @@ mod kind {
     pub const RESUME: u8 = 5;
     pub const INSPECT: u8 = 6;
     pub const CREDIT: u8 = 7;
+    pub const RESIZE: u8 = 8;
     pub const READY: u8 = 64;
     pub const STARTED: u8 = 65;
     pub const SPAWN_FAILED: u8 = 66;
@@ -280,6 +300,12 @@ impl ToAgent {
             ToAgent::Credit(exec, bytes) => {
                 put_frame(out, kind::CREDIT, *exec, &bytes.to_le_bytes())
             }
+            ToAgent::Resize(exec, size) => {
+                let mut payload = [0u8; 4];
+                payload[..2].copy_from_slice(&size.cols.to_le_bytes());
+                payload[2..].copy_from_slice(&size.rows.to_le_bytes());
+                put_frame(out, kind::RESIZE, *exec, &payload)
+            }
         }
     }
 
@@ -291,6 +317,21 @@ impl ToAgent {
             kind::SIGNAL => ToAgent::Signal(exec, parse_i32(payload)?),
             kind::INSPECT => ToAgent::Inspect,
             kind::CREDIT => ToAgent::Credit(exec, parse_u32(payload)?),
+            kind::RESIZE => {
+                let [c0, c1, r0, r1] = payload[..] else {
+                    return Err(ProtocolError(format!(
+                        "resize frame of {} bytes instead of 4",
+                        payload.len()
+                    )));
+                };
+                ToAgent::Resize(
+                    exec,
+                    TerminalSize {
+                        cols: u16::from_le_bytes([c0, c1]),
+                        rows: u16::from_le_bytes([r0, r1]),
+                    },
+                )
+            }
             kind::RESUME => ToAgent::Resume {
                 reset: payload.first().is_some_and(|byte| *byte != 0),
             },
@@ -456,6 +497,7 @@ mod tests {
                 processes: Some(64),
                 ..Default::default()
             },
+            pty: None,
         }
     }
 
@@ -470,6 +512,20 @@ mod tests {
             ToAgent::Resume { reset: false },
             ToAgent::Inspect,
             ToAgent::Credit(ExecId(7), OUTPUT_WINDOW_BYTES),
+            ToAgent::Resize(
+                ExecId(7),
+                TerminalSize {
+                    cols: 1000,
+                    rows: 24,
+                },
+            ),
+            ToAgent::Spawn(
+                ExecId(8),
+                SpawnRequest {
+                    pty: Some(TerminalSize { cols: 80, rows: 24 }),
+                    ..spawn_request()
+                },
+            ),
         ];
         let from_agent = vec![
             FromAgent::Ready(AgentHello {

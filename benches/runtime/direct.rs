@@ -362,6 +362,7 @@ impl<'a> AgentSandbox<'a> {
                 .collect(),
             cwd: "/root".into(),
             limits: self.env.agent_config.limits.clone(),
+            pty: None,
         };
         let mut frame = Vec::new();
         ToAgent::Spawn(exec, request).encode(&mut frame);

@@ -145,6 +145,13 @@ impl Execs {
         self.entries.insert(exec, entry);
     }
 
+    /// `exec` may print without a total bound (see `ExecTracker::lift_output_limit`).
+    pub fn lift_output_limit(&mut self, exec: ExecId) {
+        if let Some(entry) = self.entries.get_mut(&exec) {
+            entry.tracker.lift_output_limit();
+        }
+    }
+
     /// Remember `timer` as `exec`'s (cancelled when it ends).
     pub fn add_timer(&mut self, exec: ExecId, timer: TimerId) {
         if let Some(entry) = self.entries.get_mut(&exec) {

@@ -40,7 +40,7 @@ pub mod state_lock;
 use std::fmt;
 use std::time::Duration;
 
-use crate::agent_protocol::{ExecId, Language, Stream};
+use crate::agent_protocol::{ExecId, Language, Stream, TerminalSize};
 use exec::ExecOutcome;
 
 pub use driver::Runtime;
@@ -76,6 +76,8 @@ pub struct ExecSpec {
     /// Bytes of stdin that may wait to be written to the process ([`MAX_STDIN_IN_FLIGHT`]
     /// unless its owner grants a larger window).
     pub stdin_bound: u64,
+    /// Run it on a pseudo-terminal of this size (a terminal process) instead of pipes.
+    pub pty: Option<TerminalSize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

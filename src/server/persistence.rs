@@ -27,7 +27,7 @@ use super::Server;
 use crate::agent_protocol::{ExecId, Language};
 use crate::config::Config;
 use crate::runtime::{Owner, RuntimeEvent};
-use crate::session::events::OutputEncoding;
+use crate::session::events::{OutputEncoding, ProcessKind};
 use crate::session::{RequestId, SaveRequest, SavedProcess, SavedState, Session, SessionId};
 use crate::store::{self, handoff, lease, leftovers, Builds, Manifest, SavedSettings};
 
@@ -704,6 +704,7 @@ impl From<&SavedState> for SavedSettings {
             started_unix_ms: process.started_unix_ms,
             stdin_received: process.stdin_received,
             stdin_consumed: process.stdin_consumed,
+            kind: (process.kind == ProcessKind::Terminal).then(|| "terminal".to_string()),
         };
         let (compatible, others): (Vec<&SavedProcess>, Vec<&SavedProcess>) = state
             .running
@@ -737,6 +738,11 @@ impl From<&SavedSettings> for SavedState {
             started_unix_ms: saved.started_unix_ms,
             stdin_received: saved.stdin_received,
             stdin_consumed: saved.stdin_consumed,
+            kind: if saved.kind.as_deref() == Some("terminal") {
+                ProcessKind::Terminal
+            } else {
+                ProcessKind::Exec
+            },
         };
         let compatible = settings.running_exec.iter().map(|saved| SavedProcess {
             // The compatible execution has no request id, whatever the file says.

@@ -35,6 +35,8 @@ struct Calls {
     save: Vec<String>,
     /// (execution, paused) in the order asked.
     output_paused: Vec<(ExecId, bool)>,
+    /// (execution, cols, rows) of each `resize_terminal`.
+    resize: Vec<(ExecId, u16, u16)>,
 }
 
 #[derive(Default)]
@@ -81,6 +83,15 @@ impl SandboxControl for FakeRuntime {
     }
     fn set_exec_output_paused(&mut self, _: SandboxKey, exec: ExecId, paused: bool) {
         self.calls.output_paused.push((exec, paused));
+    }
+    fn resize_terminal(
+        &mut self,
+        _: SandboxKey,
+        exec: ExecId,
+        size: crate::agent_protocol::TerminalSize,
+    ) -> Result<(), RuntimeError> {
+        self.calls.resize.push((exec, size.cols, size.rows));
+        Ok(())
     }
 }
 

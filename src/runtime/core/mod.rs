@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent_protocol::MAX_CHUNK_BYTES;
-use crate::agent_protocol::{ExecId, FromAgent, ProcessLimits, SpawnRequest, ToAgent};
+use crate::agent_protocol::{
+    ExecId, FromAgent, ProcessLimits, SpawnRequest, TerminalSize, ToAgent,
+};
 use crate::ids::SandboxId;
 use crate::timers::{TimerId, Timers};
 
@@ -466,12 +468,17 @@ impl Core {
             return Err(RuntimeError::WrongState(state.name()));
         }
         let exec = sandbox.execs.start(now, spec.stdin_bound)?;
+        if spec.pty.is_some() {
+            // SANDBOX_MAX_OUTPUT_BYTES bounds a run of code, not a terminal session.
+            sandbox.execs.lift_output_limit(exec);
+        }
         let request = SpawnRequest {
             language: spec.language,
             code: spec.code,
             env: spec.env,
             cwd: spec.cwd,
             limits,
+            pty: spec.pty,
         };
         self.actions
             .push_back(Action::Send(key, ToAgent::Spawn(exec, request)));
@@ -562,6 +569,25 @@ impl Core {
             .timers
             .arm(deadline(now, KILL_GRACE), Timer::KillGrace(key, exec));
         self.add_exec_timer(key, exec, timer);
+        Ok(())
+    }
+
+    /// Set the window size of terminal execution `exec`.
+    pub fn resize_terminal(
+        &mut self,
+        key: SandboxKey,
+        exec: ExecId,
+        size: TerminalSize,
+    ) -> Result<(), RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        if !sandbox.execs.contains(exec) {
+            return Err(RuntimeError::NoSuchExecution);
+        }
+        self.actions
+            .push_back(Action::Send(key, ToAgent::Resize(exec, size)));
         Ok(())
     }
 

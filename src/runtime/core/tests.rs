@@ -32,6 +32,7 @@ fn spec(timeout_secs: u64) -> ExecSpec {
         cwd: "/root".into(),
         timeout: Duration::from_secs(timeout_secs),
         stdin_bound: MAX_STDIN_IN_FLIGHT,
+        pty: None,
     }
 }
 
