@@ -412,6 +412,14 @@ impl Replay {
                         .collect();
                     assert_eq!(&Value::Array(paused), wanted, "{name}: output_paused");
                 }
+                "resize" => {
+                    let resized: Vec<Value> = calls
+                        .resize
+                        .iter()
+                        .map(|(exec, cols, rows)| json!([exec.0, cols, rows]))
+                        .collect();
+                    assert_eq!(&Value::Array(resized), wanted, "{name}: resize");
+                }
                 other => panic!("{name}: unknown control key {other}"),
             }
         }
@@ -485,6 +493,10 @@ fn check_spec(name: &str, spec: &ExecSpec, wanted: &Value) {
             "env" => json!(spec.env),
             "cwd" => json!(spec.cwd),
             "timeout" => json!(spec.timeout.as_secs_f64()),
+            "pty" => match spec.pty {
+                Some(size) => json!({"cols": size.cols, "rows": size.rows}),
+                None => Value::Null,
+            },
             other => panic!("{name}: unknown start_exec key {other}"),
         };
         let matches = match (actual.as_f64(), value.as_f64()) {

@@ -53,7 +53,8 @@ from ._process import OutputStream, SandboxProcess
 from ._reconnect import ReconnectOptions
 from ._results import ExecutionResult, ProcessInfo, RunResult, SandboxInfo, SandboxList
 from ._sandbox import Sandbox, SandboxState
-from ._sync import SyncOutputStream, SyncProcess, SyncSandbox
+from ._sync import SyncOutputStream, SyncProcess, SyncSandbox, SyncTerminal
+from ._terminal import Terminal
 from ._transport import Connection, ConnectionClosed, Transport, WebSocketTransport
 
 __version__ = "0.2.0"
@@ -90,6 +91,8 @@ __all__ = [
     "SyncOutputStream",
     "SyncProcess",
     "SyncSandbox",
+    "SyncTerminal",
+    "Terminal",
     "Transport",
     "WebSocketTransport",
     "__version__",

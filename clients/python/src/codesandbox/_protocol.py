@@ -115,6 +115,7 @@ class Kind(enum.Enum):
     LIST = "list_processes"
     IDLE_TIMEOUT = "set_idle_timeout"
     ATTACH_PROCESS = "attach_process"
+    RESIZE = "resize"
 
 
 # Requests of which one at a time may wait for its answer.
@@ -319,9 +320,13 @@ class ClientProtocol:
         cwd: str | None = None,
         timeout: float | None = None,
         output_encoding: OutputEncoding = "text",
+        pty: dict[str, int] | None = None,
     ) -> tuple[str, str]:
-        """Returns (request id, frame). The id is the process's key once it runs."""
+        """Returns (request id, frame). The id is the process's key once it runs. With
+        ``pty`` (``{"cols", "rows"}``), a terminal (protocol 2)."""
         self._require_open("start an execution")
+        if pty is not None:
+            self._require_protocol_2("open a terminal")
         if output_encoding not in ("text", "base64"):
             raise ValueError(f"output_encoding must be 'text' or 'base64', not {output_encoding!r}")
         if self.protocol < 2 and self._foreground is not None:
@@ -343,8 +348,18 @@ class ClientProtocol:
             cwd=cwd,
             timeout=timeout,
             output_encoding=output_encoding,
+            pty=pty,
         )
         return request.id, frame
+
+    def send_resize(self, key: str, cols: int, rows: int) -> tuple[str, str]:
+        """A terminal's new window size."""
+        process = self._live(key, "resize the terminal")
+        self._require_protocol_2("resize a terminal")
+        request = self._add_request(Kind.RESIZE, key)
+        return request.id, action_message(
+            "resize", request.id, process_id=process.process_id, cols=cols, rows=rows
+        )
 
     def send_stdin(self, key: str, data: bytes, *, as_text: bool) -> str:
         """The frame for one piece of stdin (see ``next_stdin_piece``)."""
