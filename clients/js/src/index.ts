@@ -18,6 +18,7 @@ export {
   type SandboxState,
 } from './sandbox.js';
 export { OutputStream, SandboxProcess, type OutputCallback } from './process.js';
+export { MAX_TERMINAL_SIZE, Terminal, Terminals, type TerminalOptions } from './terminal.js';
 export type { ExecutionResult, ProcessInfo, RunResult, SandboxInfo, SandboxList } from './results.js';
 export {
   STATUS_ERRORS,
