@@ -919,4 +919,113 @@ mod tests {
         drop(execution);
         let _ = nix::sys::wait::waitpid(pid, None);
     }
+
+    fn terminal_request(code: &str) -> SpawnRequest {
+        SpawnRequest {
+            language: Language::Bash,
+            code: code.into(),
+            env: vec![],
+            cwd: "/".into(),
+            limits: ProcessLimits::default(),
+            pty: Some(TerminalSize { cols: 91, rows: 17 }),
+        }
+    }
+
+    /// Everything a terminal execution printed, read as the agent's loop does until it ends
+    /// (its exit is collected here with waitpid, as the loop's reaping would).
+    fn terminal_output(execution: &mut Execution) -> (String, ExitStatus) {
+        let mut output = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while execution.finished_status().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no end: {:?}",
+                String::from_utf8_lossy(&output)
+            );
+            let mut outbox = Vec::new();
+            execution.read_output(PipeRead::Stdout, &mut outbox);
+            if execution.exit.is_none() {
+                use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+                match waitpid(execution.pid(), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => execution.set_exited(ExitStatus::Code(code)),
+                    Ok(WaitStatus::Signaled(_, signal, _)) => {
+                        execution.set_exited(ExitStatus::Signal(signal as i32))
+                    }
+                    _ => {}
+                }
+            }
+            execution.drain_after_exit(&mut outbox);
+            let mut decoder = FrameDecoder::new();
+            decoder.push(&outbox);
+            while let Some(frame) = decoder.next_from_agent().unwrap() {
+                if let FromAgent::Output(_, Stream::Stdout, data) = frame {
+                    output.extend_from_slice(&data);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = execution.finished_status().unwrap();
+        (String::from_utf8_lossy(&output).into_owned(), status)
+    }
+
+    /// A terminal execution (on the host's kernel) is a terminal of the size asked, controlling
+    /// its program's session, with TERM set; its output is drained after the exit.
+    #[test]
+    fn a_terminal_execution_is_a_controlling_terminal_of_its_size() {
+        let request = terminal_request(
+            "stty size; tty; echo $TERM; ps -o sid= -p $$; echo pid=$$; seq 1 20000 | tail -n 1; exit 4",
+        );
+        let size = request.pty.unwrap();
+        let mut execution =
+            Execution::spawn_terminal(ExecId(1), &request, &AgentConfig::default(), size).unwrap();
+        let pid = execution.pid();
+        let (output, status) = terminal_output(&mut execution);
+        assert!(output.contains("17 91"), "{output:?}");
+        assert!(output.contains("/dev/pts/"), "{output:?}");
+        assert!(output.contains("xterm-256color"), "{output:?}");
+        assert!(output.contains(&format!("pid={pid}")), "{output:?}");
+        let sid_line = output.lines().find(|line| line.trim() == pid.to_string());
+        assert!(sid_line.is_some(), "it leads its session: {output:?}");
+        assert!(output.contains("20000"), "{output:?}");
+        assert_eq!(status, ExitStatus::Code(4));
+    }
+
+    /// ctrl-C in a terminal's stdin becomes SIGINT for its program (and is acknowledged as
+    /// consumed); with ISIG off (raw mode) the byte reaches the program instead.
+    #[test]
+    fn ctrl_c_becomes_sigint_unless_the_terminal_is_raw() {
+        let request = terminal_request("exec sleep 100");
+        let size = request.pty.unwrap();
+        let mut execution =
+            Execution::spawn_terminal(ExecId(1), &request, &AgentConfig::default(), size).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut outbox = Vec::new();
+        execution.queue_stdin(b"\x03".to_vec(), &mut outbox);
+        let mut decoder = FrameDecoder::new();
+        decoder.push(&outbox);
+        assert_eq!(
+            decoder.next_from_agent().unwrap(),
+            Some(FromAgent::StdinWritten(ExecId(1), 1))
+        );
+        let (_, status) = terminal_output(&mut execution);
+        assert_eq!(status, ExitStatus::Signal(libc::SIGINT));
+
+        let request = terminal_request("stty raw -echo; head -c 1 | od -An -tx1; exit 0");
+        let mut execution =
+            Execution::spawn_terminal(ExecId(2), &request, &AgentConfig::default(), size).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut outbox = Vec::new();
+        execution.queue_stdin(b"\x03".to_vec(), &mut outbox);
+        execution.write_stdin(&mut outbox);
+        let (output, status) = terminal_output(&mut execution);
+        assert!(output.contains("03"), "{output:?}");
+        assert_eq!(status, ExitStatus::Code(0));
+    }
+
+    #[test]
+    fn proc_stat_lines_give_group_and_session() {
+        let line = "42 (a (weird) name) S 1 40 30 34816 42 4194560 0 0";
+        assert_eq!(group_and_session(line), Some((40, 30)));
+        assert_eq!(group_and_session("garbage"), None);
+    }
 }
