@@ -249,6 +249,9 @@ impl Session {
         let process = running["process_id"].clone();
         let mut samples = Vec::with_capacity(keystrokes);
         for index in 0..keystrokes {
+            // Typed like a fast typist (50 keys a second), within the session's message rate
+            // (SANDBOX_WS_MESSAGES_PER_SEC); the pause is not part of the measurement.
+            std::thread::sleep(Duration::from_millis(20));
             let key = char::from(b'a' + (index % 26) as u8).to_string();
             let started = Instant::now();
             self.send(json!({"id": format!("k{index}"), "event": "stdin",
