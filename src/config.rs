@@ -24,6 +24,9 @@ pub struct Config {
     pub runsc: PathBuf,
     /// `SANDBOX_POOL_SIZE`: sandboxes kept started and idle, ready for the next request.
     pub pool_size: usize,
+    /// `SANDBOX_POOL_MAX`: how many the pool may keep when requests find it empty (it grows by
+    /// one per such request, and shrinks back by one per quiet minute).
+    pub pool_max: usize,
     /// `SANDBOX_SNAPSHOT_POOL_SIZE`: sandboxes kept restored from each snapshot used since start.
     pub snapshot_pool_size: usize,
     /// `SANDBOX_SNAPSHOT_POOLS_MAX`: snapshots that have a pool at most; a create from one more
@@ -91,6 +94,9 @@ pub struct Limits {
     pub max_exec_timeout: Duration,
     /// `SANDBOX_MAX_OUTPUT_BYTES`: stdout + stderr of one execution; past it, it is killed.
     pub max_output_bytes: u64,
+    /// `SANDBOX_MAX_RESULT_BYTES`: the largest result of a code cell (its MIME bundle) sent as
+    /// it is; a larger one is replaced by its text/plain and a note.
+    pub max_result_bytes: u64,
     /// `SANDBOX_MAX_CODE_BYTES`: size of the submitted code.
     pub max_code_bytes: usize,
     /// `SANDBOX_PROCESS_MEMORY_MB`: address space of each process (clean `MemoryError`).
@@ -202,6 +208,7 @@ impl Config {
             max_exec_timeout: env.seconds("SANDBOX_MAX_EXEC_TIMEOUT_SECS", 3600)?,
             max_output_bytes: env.number("SANDBOX_MAX_OUTPUT_BYTES", 16 * 1024 * 1024)?,
             max_code_bytes: env.number("SANDBOX_MAX_CODE_BYTES", 1024 * 1024)? as usize,
+            max_result_bytes: env.number("SANDBOX_MAX_RESULT_BYTES", 16 * 1024 * 1024)?,
             process_memory_mb: env.number("SANDBOX_PROCESS_MEMORY_MB", 1024)?,
             sandbox_memory_mb: env.number("SANDBOX_MEMORY_MB", 2048)?,
             cpus: env.float("SANDBOX_CPUS", 1.0)?,
@@ -258,6 +265,7 @@ impl Config {
             state_dir: env.path("SANDBOX_STATE_DIR", "/run/cloud-run-sandbox"),
             runsc: env.path("SANDBOX_RUNSC", "runsc"),
             pool_size: env.number("SANDBOX_POOL_SIZE", 2)? as usize,
+            pool_max: env.number("SANDBOX_POOL_MAX", 10)? as usize,
             max_sandboxes: env.number("SANDBOX_MAX_SANDBOXES", 32)? as usize,
             snapshot_pool_size: env.number("SANDBOX_SNAPSHOT_POOL_SIZE", 1)? as usize,
             snapshot_pools_max: env.number("SANDBOX_SNAPSHOT_POOLS_MAX", 4)? as usize,

@@ -22,8 +22,13 @@ use serde::{Deserialize, Serialize};
 /// Largest frame either side accepts: the code of one execution plus JSON overhead.
 pub const MAX_FRAME_BYTES: usize = 9 * 1024 * 1024;
 
-/// Largest output or stdin chunk put in one frame.
+/// Largest stdin chunk put in one frame.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Largest output chunk the agent puts in one frame: what it reads from a pipe at once. Under
+/// gVisor's ptrace platform every syscall costs tens of microseconds, so the cost of streaming
+/// is per read and per frame, not per byte (docs/performance.md).
+pub const MAX_OUTPUT_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Each execution's output window: the bytes of its stdout and stderr the agent may read and
 /// send before the server gives them back with [`ToAgent::Credit`]. The agent reads an
@@ -31,7 +36,13 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 /// consumed blocks in `write`, without holding up the others. Every execution starts with a
 /// full window, and a restore (`Resume`) fills every window again: the restoring server has
 /// nothing in flight.
-pub const OUTPUT_WINDOW_BYTES: u32 = 256 * 1024;
+pub const OUTPUT_WINDOW_BYTES: u32 = 512 * 1024;
+
+/// The server gives credit back once this much is owed. Independent of the window, and at
+/// most half of the smallest window an agent ever had (256 KiB, before issue 15), so that an
+/// agent restored from an older checkpoint, which keeps its own window, never waits for
+/// credit that is held back.
+pub const CREDIT_BATCH_BYTES: u32 = 128 * 1024;
 
 const HEADER_BYTES: usize = 4 + 1 + 4;
 
@@ -128,8 +139,11 @@ pub struct AgentConfig {
     pub limits: ProcessLimits,
     /// Environment every execution starts with, before its own additions.
     pub base_env: Vec<(String, String)>,
-    /// Keep a pre-started Python interpreter.
+    /// Keep a Python forkserver with a child forked ahead of the next `python` execution.
     pub python_standby: bool,
+    /// Keep a bash started ahead of the next `bash` execution.
+    #[serde(default)]
+    pub bash_standby: bool,
 }
 
 /// What the server asks the agent to run.
@@ -174,6 +188,38 @@ pub struct AgentHello {
     pub next_exec_id: u32,
 }
 
+/// A code cell for a code context (a long-lived Python process, see the agent's `context`
+/// module). The context is started first if the agent has none of that name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellRequest {
+    pub context_id: String,
+    /// The context's working directory, if it has to be started.
+    pub cwd: String,
+    pub code: String,
+    /// A result whose MIME bundle is larger than this is replaced by its text/plain and a note.
+    pub max_result_bytes: u64,
+}
+
+/// What the server asks of the code contexts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ContextCommand {
+    /// Start a context now (a cell for an unknown context starts it too).
+    Create { context_id: String, cwd: String },
+    /// End the context's process group; a running cell ends with `ContextDied`.
+    Delete { context_id: String },
+}
+
+/// One code context as the agent knows it (sent after every change and after a restore).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextInfo {
+    pub context_id: String,
+    pub cwd: String,
+    /// Why its process is gone (`None`: it lives).
+    #[serde(default)]
+    pub died: Option<String>,
+}
+
 /// How a process ended, as `waitpid` reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitStatus {
@@ -215,6 +261,10 @@ pub enum ToAgent {
     Credit(ExecId, u32),
     /// Set the window size of a terminal execution (its program gets SIGWINCH).
     Resize(ExecId, TerminalSize),
+    /// Run a code cell as execution `ExecId`: its stdout and stderr come as `Output`, its
+    /// results and error as `CellEvent`s, its end as `Exited` (code 0, or 1 after an error).
+    RunCell(ExecId, CellRequest),
+    Context(ContextCommand),
 }
 
 /// Agent -> server.
@@ -230,6 +280,11 @@ pub enum FromAgent {
     /// Sent after the last output frame of the execution.
     Exited(ExecId, ExitStatus),
     Inspection(Inspection),
+    /// Part of one event of a code cell (a JSON object: a result or an error), split across
+    /// frames when large; `true` on its last part.
+    CellEvent(ExecId, Vec<u8>, bool),
+    /// The code contexts, after each change (created, died, deleted) and after a restore.
+    Contexts(Vec<ContextInfo>),
 }
 
 /// What the agent sees inside the sandbox that matters for a checkpoint.
@@ -248,6 +303,8 @@ mod kind {
     pub const INSPECT: u8 = 6;
     pub const CREDIT: u8 = 7;
     pub const RESIZE: u8 = 8;
+    pub const RUN_CELL: u8 = 20;
+    pub const CONTEXT: u8 = 21;
     pub const READY: u8 = 64;
     pub const STARTED: u8 = 65;
     pub const SPAWN_FAILED: u8 = 66;
@@ -257,6 +314,9 @@ mod kind {
     pub const EXIT_CODE: u8 = 70;
     pub const EXIT_SIGNAL: u8 = 71;
     pub const INSPECTION: u8 = 72;
+    pub const CELL_EVENT_PART: u8 = 90;
+    pub const CELL_EVENT_END: u8 = 91;
+    pub const CONTEXTS: u8 = 92;
 }
 
 /// Why a frame could not be decoded. The connection to that agent is unusable afterwards.
@@ -306,6 +366,12 @@ impl ToAgent {
                 payload[2..].copy_from_slice(&size.rows.to_le_bytes());
                 put_frame(out, kind::RESIZE, *exec, &payload)
             }
+            ToAgent::RunCell(exec, request) => {
+                put_frame(out, kind::RUN_CELL, *exec, &json_bytes(request))
+            }
+            ToAgent::Context(command) => {
+                put_frame(out, kind::CONTEXT, NO_EXEC, &json_bytes(command))
+            }
         }
     }
 
@@ -332,6 +398,8 @@ impl ToAgent {
                     },
                 )
             }
+            kind::RUN_CELL => ToAgent::RunCell(exec, parse_json(payload)?),
+            kind::CONTEXT => ToAgent::Context(parse_json(payload)?),
             kind::RESUME => ToAgent::Resume {
                 reset: payload.first().is_some_and(|byte| *byte != 0),
             },
@@ -352,11 +420,8 @@ impl FromAgent {
             FromAgent::SpawnFailed(exec, message) => {
                 put_frame(out, kind::SPAWN_FAILED, *exec, message.as_bytes())
             }
-            FromAgent::Output(exec, Stream::Stdout, data) => {
-                put_frame(out, kind::STDOUT, *exec, data)
-            }
-            FromAgent::Output(exec, Stream::Stderr, data) => {
-                put_frame(out, kind::STDERR, *exec, data)
+            FromAgent::Output(exec, stream, data) => {
+                FromAgent::encode_output(*exec, *stream, data, out)
             }
             FromAgent::StdinWritten(exec, count) => {
                 put_frame(out, kind::STDIN_WRITTEN, *exec, &count.to_le_bytes())
@@ -370,7 +435,27 @@ impl FromAgent {
             FromAgent::Inspection(inspection) => {
                 put_frame(out, kind::INSPECTION, NO_EXEC, &json_bytes(inspection))
             }
+            FromAgent::CellEvent(exec, data, last) => {
+                let kind = if *last {
+                    kind::CELL_EVENT_END
+                } else {
+                    kind::CELL_EVENT_PART
+                };
+                put_frame(out, kind, *exec, data)
+            }
+            FromAgent::Contexts(contexts) => {
+                put_frame(out, kind::CONTEXTS, NO_EXEC, &json_bytes(contexts))
+            }
         }
+    }
+
+    /// What `FromAgent::Output(exec, stream, data).encode(out)` writes, without owning `data`.
+    pub fn encode_output(exec: ExecId, stream: Stream, data: &[u8], out: &mut Vec<u8>) {
+        let kind = match stream {
+            Stream::Stdout => kind::STDOUT,
+            Stream::Stderr => kind::STDERR,
+        };
+        put_frame(out, kind, exec, data);
     }
 
     fn decode(kind: u8, exec: ExecId, payload: &[u8]) -> Result<Self, ProtocolError> {
@@ -386,6 +471,9 @@ impl FromAgent {
             kind::EXIT_CODE => FromAgent::Exited(exec, ExitStatus::Code(parse_i32(payload)?)),
             kind::EXIT_SIGNAL => FromAgent::Exited(exec, ExitStatus::Signal(parse_i32(payload)?)),
             kind::INSPECTION => FromAgent::Inspection(parse_json(payload)?),
+            kind::CELL_EVENT_PART => FromAgent::CellEvent(exec, payload.to_vec(), false),
+            kind::CELL_EVENT_END => FromAgent::CellEvent(exec, payload.to_vec(), true),
+            kind::CONTEXTS => FromAgent::Contexts(parse_json(payload)?),
             other => {
                 return Err(ProtocolError(format!(
                     "unknown frame kind {other} from the agent"
@@ -526,6 +614,22 @@ mod tests {
                     ..spawn_request()
                 },
             ),
+            ToAgent::RunCell(
+                ExecId(8),
+                CellRequest {
+                    context_id: "default".into(),
+                    cwd: "/root".into(),
+                    code: "x".into(),
+                    max_result_bytes: 10,
+                },
+            ),
+            ToAgent::Context(ContextCommand::Create {
+                context_id: "c1".into(),
+                cwd: "/tmp".into(),
+            }),
+            ToAgent::Context(ContextCommand::Delete {
+                context_id: "c1".into(),
+            }),
         ];
         let from_agent = vec![
             FromAgent::Ready(AgentHello {
@@ -543,6 +647,13 @@ mod tests {
             FromAgent::Inspection(Inspection {
                 open_tcp_connections: 2,
             }),
+            FromAgent::CellEvent(ExecId(8), b"{\"a\"".to_vec(), false),
+            FromAgent::CellEvent(ExecId(8), b":1}".to_vec(), true),
+            FromAgent::Contexts(vec![ContextInfo {
+                context_id: "c1".into(),
+                cwd: "/tmp".into(),
+                died: Some("signal 9".into()),
+            }]),
         ];
         let mut bytes = Vec::new();
         to_agent.iter().for_each(|frame| frame.encode(&mut bytes));

@@ -121,6 +121,7 @@ fn main() {
     run("create", &mut report, &bench_create);
     run("server", &mut report, &bench_server);
     run("persist", &mut report, &persist::bench_persist);
+    run("code", &mut report, &bench_code);
     report.total = started.elapsed();
     report.load_end = report::load_average();
     report.failures = failures.clone();
@@ -685,15 +686,32 @@ fn bench_server(env: &Env, report: &mut Report) -> io::Result<()> {
     drop(client);
     bench_websocket(&server, report)?;
 
-    // Requests per second: 4 clients in a loop for a fixed time, fresh sandbox per request.
+    // Back to back: requests that do not wait for the pool to refill (the pool grows with
+    // demand, so this runs after the rows that expect exactly 2 pooled sandboxes).
     settle(&server)?;
+    let mut client = Client::new(server.port)?;
+    let mut back_to_back = Vec::new();
+    for _ in 0..BACK_TO_BACK_REQUESTS {
+        back_to_back.push(execute_ok(&mut client, "bash", "true")?.0);
+    }
+    report.rows.push(Row::latency(
+        &format!("`POST /execute` bash `true`, {BACK_TO_BACK_REQUESTS} requests back to back (no wait for the pool), total request time"),
+        &back_to_back,
+        "`runsc run --detach` + first `runsc exec bash -c true`",
+        report.raw_create_and_exec,
+    ));
+    drop(client);
+
+    // Requests per second: 4 clients in a loop for a fixed time, fresh sandbox per request.
+    server.wait_pool_ready(2, Duration::from_secs(60))?;
+    pause(300);
     let (server_rate, latencies, errors) = requests_per_second(&server)?;
     let server_rss_peak = support::rss_bytes(server.pid);
-    server.wait_settled(2, Duration::from_secs(60))?;
+    server.wait_pool_ready(2, Duration::from_secs(60))?;
     server.stop();
     let raw_rate = raw_requests_per_second(env)?;
     report.rows.push(Row::rate(
-        &format!("`POST /execute` bash `true` per second, {CLIENTS} clients x {} s, pool of 2 ({errors} errors)", LOAD_TIME.as_secs()),
+        &format!("`POST /execute` bash `true` per second, {CLIENTS} clients x {} s, pool of 2 growing with demand ({errors} errors)", LOAD_TIME.as_secs()),
         &[server_rate],
         Unit::PerSecond,
         &format!("{CLIENTS} threads x {} s looping `runsc run` + `runsc exec bash -c true` + `runsc delete`", LOAD_TIME.as_secs()),
@@ -710,6 +728,56 @@ fn bench_server(env: &Env, report: &mut Report) -> io::Result<()> {
         bytes: server_rss_peak,
         note: "VmRSS of sandbox-server".into(),
     });
+    Ok(())
+}
+
+/// The code interpreter (issue 13): cells on a warm context in one WebSocket session, next to a
+/// fresh python `print(1)` execution in the same session and run.
+fn bench_code(env: &Env, report: &mut Report) -> io::Result<()> {
+    let server = Server::start(env, "code", 1, &[])?;
+    server.wait_settled(1, Duration::from_secs(30))?;
+    let mut session = websocket::Session::create(server.port)?;
+    // The context starts with the first cell (not timed): the interpreter and the driver.
+    session.run_code("x = 0")?;
+    let mut pairs = Vec::new();
+    let mut singles = Vec::new();
+    for index in 0..40 {
+        pause(20);
+        let started = Instant::now();
+        session.run_code(&format!("x = {index}"))?;
+        let (_, text) = session.run_code("x")?;
+        pairs.push(started.elapsed().as_secs_f64());
+        check(text == index.to_string(), || {
+            format!("run_code(\"x\") gave {text:?}, not {index}")
+        })?;
+        pause(20);
+        singles.push(session.run_code("x")?.0);
+    }
+    report.rows.push(Row::latency(
+        "code interpreter: `run_code(\"x = 1\")` then `run_code(\"x\")`, warm context, WebSocket, first message to the second DONE",
+        &pairs,
+        "",
+        None,
+    ));
+    report.rows.push(Row::latency(
+        "code interpreter: one cell `x` (a result), warm context, message to DONE",
+        &singles,
+        "",
+        None,
+    ));
+    let mut python = Vec::new();
+    for _ in 0..10 {
+        pause(400); // the standby interpreter of the previous execution's successor starts
+        python.push(session.run("python", "print(1)")?.0);
+    }
+    report.rows.push(Row::latency(
+        "same session and run: a python `print(1)` execution (a new process), message to DONE",
+        &python,
+        "`runsc exec ID python3 -c 'print(1)'` on a running sandbox",
+        report.python_runsc_exec,
+    ));
+    session.kill();
+    server.stop();
     Ok(())
 }
 
@@ -835,6 +903,9 @@ const STDIN_BYTES: usize = 16 * 1024 * 1024;
 
 const CLIENTS: usize = 4;
 const LOAD_TIME: Duration = Duration::from_secs(8);
+
+/// `/execute` requests sent one after the other without waiting for the pool.
+const BACK_TO_BACK_REQUESTS: usize = 15;
 
 fn requests_per_second(server: &Server) -> io::Result<(f64, Vec<f64>, usize)> {
     let started = Instant::now();

@@ -34,7 +34,7 @@ if [ ! -e "$stamp" ]; then
 fi
 
 examples=()
-for f in client_example.py checkpoint.py filesystem_snapshot.py third_party_libraries.py; do
+for f in client_example.py checkpoint.py filesystem_snapshot.py third_party_libraries.py code_interpreter.py; do
     [ -e "$repo/example/$f" ] && examples+=("$repo/example/$f")
 done
 
@@ -51,4 +51,9 @@ echo "==> pytest (SANDBOX_TEST_URL=${SANDBOX_TEST_URL:-unset}," \
     "SANDBOX_TEST_PERSISTENT_URL_2=${SANDBOX_TEST_PERSISTENT_URL_2:-unset}," \
     "SANDBOX_TEST_AUTH_URL=${SANDBOX_TEST_AUTH_URL:-unset})"
 "$venv/bin/python" -m pytest "$@" || status=1
+if [ -n "${SANDBOX_TEST_AUTH_URL:-}" ]; then
+    # The example as a user runs it against a server that requires an API key.
+    step env SANDBOX_API_KEY="$SANDBOX_TEST_API_KEY" "$venv/bin/python" \
+        "$repo/example/client_example.py" "$SANDBOX_TEST_AUTH_URL"
+fi
 exit "$status"

@@ -33,6 +33,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod network;
 pub mod pool;
+pub mod refill;
 pub mod runsc;
 mod setup;
 pub mod state_lock;
@@ -40,7 +41,7 @@ pub mod state_lock;
 use std::fmt;
 use std::time::Duration;
 
-use crate::agent_protocol::{ExecId, Language, Stream, TerminalSize};
+use crate::agent_protocol::{ContextInfo, ExecId, Language, Stream, TerminalSize};
 use exec::ExecOutcome;
 
 pub use driver::Runtime;
@@ -78,6 +79,18 @@ pub struct ExecSpec {
     pub stdin_bound: u64,
     /// Run it on a pseudo-terminal of this size (a terminal process) instead of pipes.
     pub pty: Option<TerminalSize>,
+    /// A code cell for a code context instead of a new process (issue 13).
+    pub cell: Option<CellSpec>,
+}
+
+/// Where a code cell runs and what bounds its results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellSpec {
+    pub context_id: String,
+    /// The context's working directory, if the agent has to start it.
+    pub cwd: String,
+    /// `SANDBOX_MAX_RESULT_BYTES`.
+    pub max_result_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +107,10 @@ pub enum RuntimeEvent {
     /// discarded because the process closed its stdin.
     StdinWritten(ExecId, u32),
     ExecFinished(ExecId, ExecOutcome),
+    /// Part of one event (a JSON object) of a code cell; `true` on its last part.
+    CellEvent(ExecId, Vec<u8>, bool),
+    /// The agent's code contexts (after each change, and after a restore).
+    CodeContexts(Vec<ContextInfo>),
     /// `runsc checkpoint` finished; the container is stopped either way.
     Checkpointed(Result<(), String>),
     /// The checkpoint was refused before anything happened: the sandbox runs on.

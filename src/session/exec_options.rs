@@ -122,6 +122,7 @@ impl ExecOptions {
             timeout: self.timeout,
             stdin_bound: crate::runtime::MAX_STDIN_IN_FLIGHT,
             pty: self.pty,
+            cell: None,
         }
     }
 }
@@ -213,7 +214,7 @@ fn env(raw: Raw) -> Result<Vec<(String, String)>, String> {
 }
 
 /// `cwd`: an absolute path inside the sandbox.
-fn cwd(raw: Raw) -> Result<String, String> {
+pub fn cwd(raw: Raw) -> Result<String, String> {
     match raw {
         Raw::Absent => Ok(DEFAULT_CWD.to_string()),
         Raw::Json(Value::String(cwd)) if cwd.starts_with('/') && !cwd.contains('\0') => {

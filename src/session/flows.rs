@@ -35,6 +35,7 @@ struct Calls {
     save: Vec<String>,
     /// (execution, paused) in the order asked.
     output_paused: Vec<(ExecId, bool)>,
+    context_commands: Vec<crate::agent_protocol::ContextCommand>,
     /// (execution, cols, rows) of each `resize_terminal`.
     resize: Vec<(ExecId, u16, u16)>,
 }
@@ -91,6 +92,14 @@ impl SandboxControl for FakeRuntime {
         size: crate::agent_protocol::TerminalSize,
     ) -> Result<(), RuntimeError> {
         self.calls.resize.push((exec, size.cols, size.rows));
+        Ok(())
+    }
+    fn context_command(
+        &mut self,
+        _: SandboxKey,
+        command: crate::agent_protocol::ContextCommand,
+    ) -> Result<(), RuntimeError> {
+        self.calls.context_commands.push(command);
         Ok(())
     }
 }
@@ -271,6 +280,20 @@ impl Replay {
                     runtime,
                 )
             }
+            "cell_event" => {
+                // One whole event of a code cell, as the driver wrote it.
+                let bytes = argument[1].to_string().into_bytes();
+                self.session.on_runtime(
+                    RuntimeEvent::CellEvent(exec_id(&argument[0]), bytes, true),
+                    runtime,
+                )
+            }
+            "code_contexts" => {
+                let contexts = serde_json::from_value(argument.clone())
+                    .unwrap_or_else(|error| panic!("code_contexts: {error}"));
+                self.session
+                    .on_runtime(RuntimeEvent::CodeContexts(contexts), runtime)
+            }
             "exec_finished" => self.session.on_runtime(
                 RuntimeEvent::ExecFinished(exec_id(&argument[0]), outcome(&argument[1])),
                 runtime,
@@ -420,6 +443,11 @@ impl Replay {
                         .collect();
                     assert_eq!(&Value::Array(resized), wanted, "{name}: resize");
                 }
+                "context_commands" => {
+                    let commands =
+                        serde_json::to_value(&calls.context_commands).unwrap_or_default();
+                    assert_eq!(&commands, wanted, "{name}: context_commands");
+                }
                 other => panic!("{name}: unknown control key {other}"),
             }
         }
@@ -482,6 +510,7 @@ fn settings(server: &Map<String, Value>) -> SessionSettings {
         store_timeout: Duration::from_secs(30),
         max_session_processes: number("max_session_processes", 16) as usize,
         stdin_window_bytes: number("stdin_window_bytes", 4 * 1024 * 1024),
+        max_result_bytes: number("max_result_bytes", 16 * 1024 * 1024),
     }
 }
 
@@ -497,6 +526,8 @@ fn check_spec(name: &str, spec: &ExecSpec, wanted: &Value) {
                 Some(size) => json!({"cols": size.cols, "rows": size.rows}),
                 None => Value::Null,
             },
+            // A code cell: the context it runs in.
+            "context_id" => json!(spec.cell.as_ref().map(|cell| &cell.context_id)),
             other => panic!("{name}: unknown start_exec key {other}"),
         };
         let matches = match (actual.as_f64(), value.as_f64()) {

@@ -79,6 +79,13 @@ impl SandboxControl for FakeControl {
         self.resized.push((exec, size));
         Ok(())
     }
+    fn context_command(
+        &mut self,
+        _: SandboxKey,
+        _: crate::agent_protocol::ContextCommand,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
 }
 
 fn settings(checkpoint: bool) -> SessionSettings {
@@ -99,6 +106,7 @@ fn settings(checkpoint: bool) -> SessionSettings {
         store_timeout: Duration::from_secs(30),
         max_session_processes: 16,
         stdin_window_bytes: 8,
+        max_result_bytes: 1024,
     }
 }
 

@@ -19,6 +19,14 @@ export {
 } from './sandbox.js';
 export { OutputStream, SandboxProcess, type OutputCallback } from './process.js';
 export { MAX_TERMINAL_SIZE, Terminal, Terminals, type TerminalOptions } from './terminal.js';
+export {
+  Execution,
+  Result,
+  type CodeContext,
+  type ExecutionError,
+  type Logs,
+  type RunCodeOptions,
+} from './code.js';
 export type { ExecutionResult, ProcessInfo, RunResult, SandboxInfo, SandboxList } from './results.js';
 export {
   STATUS_ERRORS,
