@@ -322,6 +322,11 @@ describe('the terminal panel', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not 
       null,
       WAIT,
     );
+    await page.waitForFunction(
+      () => [...document.querySelectorAll('#terminal .xterm-rows > div')].some((row) => /^\d+ \d+$/.test(row.textContent.trim())),
+      null,
+      WAIT,
+    );
     const size = async () => {
       const rows = [...(await page.locator('#terminal .xterm-rows > div').allTextContents())];
       return rows.map((row) => row.trim()).find((row) => /^\d+ \d+$/.test(row));
