@@ -598,8 +598,12 @@ impl Execution {
                 break;
             }
         }
-        // The pipe is empty: the writer is slower than the reads.
-        self.resting_until = Some(Instant::now() + OUTPUT_REST);
+        // The pipe is empty: the writer is slower than the reads. A terminal does not rest: it
+        // is interactive (a keystroke's echo must not wait), and its reads end at "would
+        // block" only (see `read_chunk`).
+        if !self.terminal {
+            self.resting_until = Some(Instant::now() + OUTPUT_REST);
+        }
     }
 
     /// Read what the pipe holds in one read, up to a frame's worth (and what the window
@@ -640,7 +644,9 @@ impl Execution {
             Ok(n) => {
                 self.window = self.window.saturating_sub(n as u64);
                 FromAgent::encode_output(self.id, stream, &scratch[..n], outbox);
-                n == room
+                // A terminal's master gives a few KiB per read whatever it holds: a short read
+                // does not mean it is empty, only "would block" does.
+                n == room || self.terminal
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
             Err(_) => {
