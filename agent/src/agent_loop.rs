@@ -310,6 +310,13 @@ impl Agent {
         if let Some(until) = self.contexts.values().filter_map(Context::deadline).min() {
             wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
         }
+        // A terminal whose process exited is drained until a deadline its master never
+        // reports (see `execution`).
+        for execution in self.executions.values() {
+            if let Some(until) = execution.drain_deadline() {
+                wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+            }
+        }
         // While killed groups may still hold a process, wake up to kill them again.
         if !self.doomed.is_empty() {
             let until = now + DOOMED_GROUP_POLL;
@@ -451,10 +458,13 @@ impl Agent {
                     FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
                     return;
                 }
-                let result = match &request.file {
+                let result = match (&request.file, request.pty) {
                     // A file operation runs in its own helper, never in a standby.
-                    Some(file) => Execution::spawn_file_helper(id, file, &self.config),
-                    None => match self.take_standby(&request) {
+                    (Some(file), _) => Execution::spawn_file_helper(id, file, &self.config),
+                    (None, Some(size)) => {
+                        Execution::spawn_terminal(id, &request, &self.config, size)
+                    }
+                    (None, None) => match self.take_standby(&request) {
                         Some(standby) => Ok(standby.activate(id, &request)),
                         None => Execution::spawn(id, &request, &self.config),
                     },
@@ -592,6 +602,11 @@ impl Agent {
                     execution.add_credit(bytes);
                 } else if let Some(context) = self.context_of_cell(id) {
                     context.add_credit(bytes);
+                }
+            }
+            ToAgent::Resize(id, size) => {
+                if let Some(execution) = self.executions.get(&id) {
+                    execution.resize(size);
                 }
             }
             ToAgent::RunCell(id, request) => {

@@ -1,4 +1,27 @@
-//! One running execution inside the sandbox: its process group, pipes and pending stdin.
+//! One running execution inside the sandbox: its process group, pipes (or pseudo-terminal)
+//! and pending stdin.
+//!
+//! A terminal execution runs on a new pseudo-terminal instead of pipes: the slave side is its
+//! stdin, stdout and stderr and its controlling terminal (it leads a new session), and the
+//! agent holds the master side, read as its one output stream and written with its stdin.
+//! Under runsc (20221219) the master does not report the end of the slave side (a read blocks
+//! instead of failing with EIO, and poll never says readable), so the end of a terminal
+//! execution is its process's exit: then what is left on the master is drained until it has
+//! been quiet for a short while (`TERMINAL_DRAIN_AFTER_EXIT`), never waited for until EOF.
+//! Its pseudo-terminals also take writes without bound (a process may write megabytes and
+//! exit before any of it is read), so that drain is not bounded by a pipe's size
+//! (`TERMINAL_MAX_DRAIN_AFTER_EXIT`).
+//!
+//! Nor does its line discipline turn the signal characters (ctrl-C, ctrl-backslash, ctrl-Z)
+//! into signals, nor send SIGWINCH on a resize. The agent does both, as the Linux line
+//! discipline would: a signal character in a terminal's stdin is taken out and its signal sent
+//! to the terminal's foreground process group, while the terminal's mode has `ISIG` (a
+//! program in raw mode gets the byte). On a kernel that does it itself, the result is the same
+//! (the byte never reaches the line discipline). runsc does not tell the master's side which
+//! group is in the foreground either (TIOCGPGRP fails with ENOTTY, /proc's tpgid is 0), so
+//! the signal goes to the groups of the terminal's session other than its leader's (the jobs
+//! of a shell: the one in the foreground, and background jobs too), or to the leader's group
+//! when there are none (a program run on the terminal directly, or a shell at its prompt).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -14,7 +37,7 @@ use nix::unistd::Pid;
 use crate::pipes::AgentEnds;
 use crate::protocol::{
     AgentConfig, ExecId, ExitStatus, FileRequest, FromAgent, Language, ProcessLimits, SpawnRequest,
-    Stream, MAX_OUTPUT_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
+    Stream, TerminalSize, MAX_OUTPUT_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
 };
 
 /// `execve` refuses a single argument longer than 128 KiB; larger code goes through a file.
@@ -39,6 +62,22 @@ const STDIN_COMPACT_AFTER: usize = 1024 * 1024;
 const STDIN_PIPE_BYTES: usize = 64 * 1024;
 const LARGE_STDIN_PIPE_BYTES: i32 = 1024 * 1024;
 
+/// How long a terminal's master is still read after its process exited, once it has nothing
+/// to read: what the process wrote last may still be on its way through the line discipline,
+/// and the master never reports that nothing more will come (see the module's comment).
+pub const TERMINAL_DRAIN_AFTER_EXIT: Duration = Duration::from_millis(30);
+
+/// How much a terminal's master is still read after its process exited, at most (a process
+/// that keeps writing after the terminal's leader is gone does not keep it open forever).
+const TERMINAL_MAX_DRAIN_AFTER_EXIT: usize = 256 * 1024 * 1024;
+
+/// What a terminal's environment says it is (the programs on it may use colours and cursor
+/// movements; xterm.js and every common terminal emulator understand it).
+const TERMINAL_TYPE: &str = "xterm-256color";
+
+/// The shell of a terminal without a command, when /etc/passwd names none for root.
+const DEFAULT_SHELL: &str = "/bin/bash";
+
 /// Where code too large for an argument is written inside the sandbox.
 const CODE_DIR: &str = "/run/sandbox-agent";
 
@@ -57,6 +96,8 @@ pub enum SpawnError {
     Pipe(io::Error),
     Start(io::Error),
     ConfigurePipes(io::Error),
+    /// The pseudo-terminal of a terminal execution could not be made.
+    Terminal(io::Error),
 }
 
 impl std::fmt::Display for SpawnError {
@@ -74,6 +115,9 @@ impl std::fmt::Display for SpawnError {
             SpawnError::ConfigurePipes(source) => {
                 write!(f, "cannot configure the pipes: {source}")
             }
+            SpawnError::Terminal(source) => {
+                write!(f, "cannot make a pseudo-terminal: {source}")
+            }
         }
     }
 }
@@ -84,7 +128,8 @@ impl std::error::Error for SpawnError {
             SpawnError::StoreCode { source, .. }
             | SpawnError::Pipe(source)
             | SpawnError::Start(source)
-            | SpawnError::ConfigurePipes(source) => Some(source),
+            | SpawnError::ConfigurePipes(source)
+            | SpawnError::Terminal(source) => Some(source),
             SpawnError::IdInUse(_) | SpawnError::NoSuchDirectory(_) => None,
         }
     }
@@ -99,6 +144,8 @@ pub enum PipeRead {
 pub struct Execution {
     id: ExecId,
     pid: Pid,
+    /// It runs on a pseudo-terminal: `stdout` is the master side and `stdin` a copy of it.
+    terminal: bool,
     stdin: Option<File>,
     /// Stdin to write, from `stdin_written` on (written bytes are removed in batches: see
     /// `write_stdin`).
@@ -115,6 +162,9 @@ pub struct Execution {
     request: Option<File>,
     request_pending: Vec<u8>,
     exit: Option<ExitStatus>,
+    /// When the agent learnt that the process exited, or last read output after that (a
+    /// terminal is drained until it has been quiet for a while).
+    exited_at: Option<Instant>,
     code_file: Option<PathBuf>,
     /// SIGKILL was asked for: the group is killed again when the leader is gone, because a
     /// child forked while the first kill was delivered can survive it under gVisor.
@@ -185,6 +235,148 @@ impl Execution {
         Self::from_command(id, command)
     }
 
+    /// Start `request` on a new pseudo-terminal of `size`, as the leader of a new session whose
+    /// controlling terminal it is. Without code, it is root's login shell.
+    pub fn spawn_terminal(
+        id: ExecId,
+        request: &SpawnRequest,
+        config: &AgentConfig,
+        size: TerminalSize,
+    ) -> Result<Self, SpawnError> {
+        check_cwd(&request.cwd)?;
+        let (mut command, code_file) = if request.code.is_empty() {
+            let shell = login_shell();
+            let mut command = Command::new(&shell);
+            command.arg("-l");
+            command.env("SHELL", &shell);
+            (command, None)
+        } else {
+            code_command(id, request)?
+        };
+        prepare_common(&mut command, config, &request.limits);
+        sandbox_ffi::set_controlling_terminal(&mut command);
+        command.env("TERM", TERMINAL_TYPE);
+        command.envs(request.env.iter().map(|(key, value)| (key, value)));
+        command.current_dir(&request.cwd);
+        let window = nix::pty::Winsize {
+            ws_row: size.rows,
+            ws_col: size.cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(&window, None)
+            .map_err(|errno| SpawnError::Terminal(io::Error::from(errno)))?;
+        let slave_copy = |slave: &OwnedFd| slave.try_clone().map_err(SpawnError::Terminal);
+        command
+            .stdin(Stdio::from(slave_copy(&pty.slave)?))
+            .stdout(Stdio::from(slave_copy(&pty.slave)?))
+            .stderr(Stdio::from(pty.slave));
+        let child = command.spawn().map_err(SpawnError::Start)?;
+        // The command holds copies of the slave side: they must close here, so that the
+        // process alone holds its terminal.
+        drop(command);
+        let pid = Pid::from_raw(child.id() as i32);
+        let master = File::from(pty.master);
+        crate::pipes::set_nonblocking(master.as_fd()).map_err(SpawnError::ConfigurePipes)?;
+        let writer = master.try_clone().map_err(SpawnError::Terminal)?;
+        // One output stream: the spare copy given as stderr is closed at once.
+        let spare = master.try_clone().map_err(SpawnError::Terminal)?;
+        let ends = AgentEnds {
+            stdin: writer,
+            stdout: master,
+            stderr: spare,
+        };
+        let mut execution = Execution::from_parts(id, pid, ends);
+        execution.stderr = None;
+        execution.terminal = true;
+        execution.code_file = code_file;
+        Ok(execution)
+    }
+
+    /// Set a terminal execution's window size (its foreground programs get SIGWINCH); nothing
+    /// for an execution on pipes or whose terminal is closed already.
+    pub fn resize(&self, size: TerminalSize) {
+        if !self.terminal {
+            return;
+        }
+        if let Some(master) = self.master() {
+            if let Err(error) = sandbox_ffi::set_window_size(master.as_fd(), size.cols, size.rows) {
+                eprintln!("sandbox-agent: cannot resize terminal {}: {error}", self.id);
+                return;
+            }
+        }
+        self.signal_foreground(Signal::SIGWINCH);
+    }
+
+    /// A terminal's master side, while open.
+    fn master(&self) -> Option<&File> {
+        self.stdout.as_ref().or(self.stdin.as_ref())
+    }
+
+    /// Split a terminal's input into the bytes for the line discipline and the signals its
+    /// signal characters stand for, per the terminal's mode now (none when the program turned
+    /// `ISIG` off, as raw mode does).
+    fn take_signal_characters(&self, data: Vec<u8>) -> (Vec<u8>, Vec<Signal>) {
+        use nix::sys::termios::{tcgetattr, LocalFlags, SpecialCharacterIndices as Index};
+        let Some(master) = self.master() else {
+            return (data, Vec::new());
+        };
+        let Ok(mode) = tcgetattr(master.as_fd()) else {
+            return (data, Vec::new());
+        };
+        if !mode.local_flags.contains(LocalFlags::ISIG) {
+            return (data, Vec::new());
+        }
+        // A disabled character is _POSIX_VDISABLE (0).
+        let characters: Vec<(u8, Signal)> = [
+            (Index::VINTR, Signal::SIGINT),
+            (Index::VQUIT, Signal::SIGQUIT),
+            (Index::VSUSP, Signal::SIGTSTP),
+        ]
+        .into_iter()
+        .map(|(index, signal)| (mode.control_chars[index as usize], signal))
+        .filter(|(character, _)| *character != 0)
+        .collect();
+        if !data
+            .iter()
+            .any(|byte| characters.iter().any(|(c, _)| c == byte))
+        {
+            return (data, Vec::new());
+        }
+        let mut kept = Vec::with_capacity(data.len());
+        let mut signals = Vec::new();
+        for byte in data {
+            match characters.iter().find(|(character, _)| *character == byte) {
+                Some((_, signal)) => signals.push(*signal),
+                None => kept.push(byte),
+            }
+        }
+        (kept, signals)
+    }
+
+    /// Send `signal` to the terminal's foreground process group, as a line discipline does:
+    /// the group the kernel names if it does, else as the module's comment says.
+    fn signal_foreground(&self, signal: Signal) {
+        let named = self
+            .master()
+            .and_then(|master| nix::unistd::tcgetpgrp(master.as_fd()).ok())
+            .filter(|group| group.as_raw() > 0);
+        let groups = match named {
+            Some(group) => vec![group],
+            None => {
+                let jobs = session_groups(self.pid);
+                if jobs.is_empty() {
+                    vec![self.pid]
+                } else {
+                    jobs
+                }
+            }
+        };
+        for group in groups {
+            let _ = kill(Pid::from_raw(-group.as_raw()), signal);
+        }
+    }
+
     /// Spawn a prepared command with piped stdio and wrap it.
     pub fn from_command(id: ExecId, mut command: Command) -> Result<Self, SpawnError> {
         command
@@ -212,6 +404,7 @@ impl Execution {
         Execution {
             id,
             pid,
+            terminal: false,
             stdin: Some(ends.stdin),
             stdin_pending: Vec::new(),
             stdin_written: 0,
@@ -222,6 +415,7 @@ impl Execution {
             request: None,
             request_pending: Vec::new(),
             exit: None,
+            exited_at: None,
             code_file: None,
             kill_requested: std::cell::Cell::new(false),
             drained_after_exit: 0,
@@ -318,7 +512,23 @@ impl Execution {
 
     /// Queue `data` for the process's stdin. If its stdin is closed already, nobody can read
     /// the bytes: they count as written at once (the server's window must not wait for them).
+    /// A terminal's signal characters become signals (see the module's comment).
     pub fn queue_stdin(&mut self, data: Vec<u8>, outbox: &mut Vec<u8>) {
+        let data = if self.terminal {
+            let (kept, signals) = self.take_signal_characters(data);
+            let taken = signals.len();
+            for signal in signals {
+                self.signal_foreground(signal);
+            }
+            if taken > 0 {
+                // Consumed: the server's window counts them as for any byte.
+                let count = u32::try_from(taken).unwrap_or(u32::MAX);
+                FromAgent::StdinWritten(self.id, count).encode(outbox);
+            }
+            kept
+        } else {
+            data
+        };
         if let Some(pipe) = self.stdin.as_ref() {
             self.stdin_pending.extend_from_slice(&data);
             if !self.stdin_pipe_enlarged && self.stdin_pending.len() > STDIN_PIPE_BYTES {
@@ -405,8 +615,12 @@ impl Execution {
                 break;
             }
         }
-        // The pipe is empty: the writer is slower than the reads.
-        self.resting_until = Some(Instant::now() + OUTPUT_REST);
+        // The pipe is empty: the writer is slower than the reads. A terminal does not rest: it
+        // is interactive (a keystroke's echo must not wait), and its reads end at "would
+        // block" only (see `read_chunk`).
+        if !self.terminal {
+            self.resting_until = Some(Instant::now() + OUTPUT_REST);
+        }
     }
 
     /// Read what the pipe holds in one read, up to a frame's worth (and what the window
@@ -447,7 +661,9 @@ impl Execution {
             Ok(n) => {
                 self.window = self.window.saturating_sub(n as u64);
                 FromAgent::encode_output(self.id, stream, &scratch[..n], outbox);
-                n == room
+                // A terminal's master gives a few KiB per read whatever it holds: a short read
+                // does not mean it is empty, only "would block" does.
+                n == room || self.terminal
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
             Err(_) => {
@@ -466,6 +682,16 @@ impl Execution {
 
     pub fn set_exited(&mut self, status: ExitStatus) {
         self.exit = Some(status);
+        self.exited_at = Some(Instant::now());
+    }
+
+    /// When a terminal execution whose process exited must be looked at again, to end its
+    /// drain (its master reports nothing by itself: see the module's comment).
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        match (self.terminal, self.exited_at, &self.stdout) {
+            (true, Some(since), Some(_)) => Some(since + TERMINAL_DRAIN_AFTER_EXIT),
+            _ => None,
+        }
     }
 
     /// Once the process has exited, everything it wrote is already in its pipes: read until
@@ -485,13 +711,34 @@ impl Execution {
                 }
                 // What the process wrote before exiting fits in the pipe's buffer; past this
                 // much, children that outlive it keep the pipe busy and are not waited for.
-                if self.drained_after_exit >= MAX_DRAIN_AFTER_EXIT {
+                let bound = if self.terminal {
+                    TERMINAL_MAX_DRAIN_AFTER_EXIT
+                } else {
+                    MAX_DRAIN_AFTER_EXIT
+                };
+                if self.drained_after_exit >= bound {
                     break;
                 }
                 let before = outbox.len();
                 let more = self.read_chunk(which, outbox, scratch);
-                self.drained_after_exit += outbox.len().saturating_sub(before);
+                let read = outbox.len().saturating_sub(before);
+                self.drained_after_exit += read;
+                if self.terminal && read > 0 {
+                    // Output still arrives: the quiet time counts from now.
+                    self.exited_at = Some(Instant::now());
+                }
                 if !more {
+                    let open = match which {
+                        PipeRead::Stdout => self.stdout.is_some(),
+                        PipeRead::Stderr => self.stderr.is_some(),
+                    };
+                    let quiet_long_enough = self
+                        .exited_at
+                        .is_none_or(|since| since.elapsed() >= TERMINAL_DRAIN_AFTER_EXIT);
+                    if self.terminal && open && !quiet_long_enough {
+                        // Nothing right now, but the last bytes may still be on their way.
+                        return;
+                    }
                     break;
                 }
             }
@@ -554,6 +801,96 @@ impl Execution {
     }
 }
 
+/// The process groups of session `leader` other than the leader's own, from /proc.
+fn session_groups(leader: Pid) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut groups: Vec<Pid> = entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            name.to_string_lossy()
+                .bytes()
+                .all(|byte| byte.is_ascii_digit())
+        })
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter_map(|stat| group_and_session(&stat))
+        .filter(|(group, session)| *session == leader.as_raw() && *group != leader.as_raw())
+        .map(|(group, _)| Pid::from_raw(group))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+/// The process group and session of a `/proc/PID/stat` line (fields 5 and 6, after the
+/// command name, which may hold spaces and parentheses).
+fn group_and_session(stat: &str) -> Option<(i32, i32)> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(2);
+    let group = fields.next()?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    Some((group, session))
+}
+
+/// The working directory must exist (the spawn would fail with a less helpful error).
+fn check_cwd(cwd: &str) -> Result<(), SpawnError> {
+    let cwd_is_dir = std::fs::metadata(cwd)
+        .map(|meta| meta.is_dir())
+        .unwrap_or(false);
+    if cwd_is_dir {
+        Ok(())
+    } else {
+        Err(SpawnError::NoSuchDirectory(cwd.to_string()))
+    }
+}
+
+/// Root's login shell as /etc/passwd names it (an image may prefer another shell), else bash.
+fn login_shell() -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd
+                .lines()
+                .map(|line| line.split(':').collect::<Vec<_>>())
+                .find(|fields| fields.len() == 7 && fields[2] == "0")
+                .map(|fields| fields[6].to_string())
+        })
+        .filter(|shell| shell.starts_with('/') && std::path::Path::new(shell).exists())
+        .unwrap_or_else(|| DEFAULT_SHELL.to_string())
+}
+
+/// The interpreter of `request`'s language running its code: as an argument, or from a file
+/// when the code is too large for one (the file's path is returned, to be removed at the end).
+fn code_command(
+    id: ExecId,
+    request: &SpawnRequest,
+) -> Result<(Command, Option<PathBuf>), SpawnError> {
+    {
+        let (program, flag, extension) = match request.language {
+            Language::Python => ("/usr/bin/python3", "-c", "py"),
+            Language::Bash => ("/bin/bash", "-c", "sh"),
+        };
+        let mut command = Command::new(program);
+        let mut code_file = None;
+        if request.code.len() > MAX_INLINE_CODE_BYTES {
+            let path = PathBuf::from(format!("{CODE_DIR}/exec-{id}.{extension}"));
+            std::fs::create_dir_all(CODE_DIR)
+                .and_then(|()| std::fs::write(&path, &request.code))
+                .map_err(|source| SpawnError::StoreCode {
+                    path: path.clone(),
+                    source,
+                })?;
+            command.arg(&path);
+            code_file = Some(path);
+        } else {
+            command.arg(flag).arg(&request.code);
+        }
+        Ok((command, code_file))
+    }
+}
+
 impl Drop for Execution {
     fn drop(&mut self) {
         if let Some(path) = self.code_file.take() {
@@ -566,9 +903,15 @@ impl Drop for Execution {
 /// resource limits, and plain uid 0 (the agent's real and saved uid are its own, which user
 /// code must not inherit: see `identity`).
 pub fn prepare_command(command: &mut Command, config: &AgentConfig, limits: &ProcessLimits) {
+    prepare_common(command, config, limits);
+    command.process_group(0);
+}
+
+/// `prepare_command` but the process group, for a terminal's process, which makes a session
+/// of its own (a group leader cannot).
+fn prepare_common(command: &mut Command, config: &AgentConfig, limits: &ProcessLimits) {
     command.env_clear();
     command.envs(config.base_env.iter().map(|(key, value)| (key, value)));
-    command.process_group(0);
     sandbox_ffi::set_child_rlimits(command, rlimits(limits));
     sandbox_ffi::set_child_uid(command, 0);
 }
@@ -725,5 +1068,116 @@ mod tests {
         let pid = execution.pid();
         drop(execution);
         let _ = nix::sys::wait::waitpid(pid, None);
+    }
+
+    fn terminal_request(code: &str) -> SpawnRequest {
+        SpawnRequest {
+            language: Language::Bash,
+            code: code.into(),
+            env: vec![],
+            cwd: "/".into(),
+            limits: ProcessLimits::default(),
+            file: None,
+            pty: Some(TerminalSize { cols: 91, rows: 17 }),
+        }
+    }
+
+    /// Everything a terminal execution printed, read as the agent's loop does until it ends
+    /// (its exit is collected here with waitpid, as the loop's reaping would).
+    fn terminal_output(execution: &mut Execution) -> (String, ExitStatus) {
+        let mut output = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut scratch = vec![0u8; MAX_OUTPUT_CHUNK_BYTES];
+        while execution.finished_status().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no end: {:?}",
+                String::from_utf8_lossy(&output)
+            );
+            let mut outbox = Vec::new();
+            execution.read_output(PipeRead::Stdout, &mut outbox, &mut scratch);
+            if execution.exit.is_none() {
+                use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+                match waitpid(execution.pid(), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => execution.set_exited(ExitStatus::Code(code)),
+                    Ok(WaitStatus::Signaled(_, signal, _)) => {
+                        execution.set_exited(ExitStatus::Signal(signal as i32))
+                    }
+                    _ => {}
+                }
+            }
+            execution.drain_after_exit(&mut outbox, &mut scratch);
+            let mut decoder = FrameDecoder::new();
+            decoder.push(&outbox);
+            while let Some(frame) = decoder.next_from_agent().unwrap() {
+                if let FromAgent::Output(_, Stream::Stdout, data) = frame {
+                    output.extend_from_slice(&data);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = execution.finished_status().unwrap();
+        (String::from_utf8_lossy(&output).into_owned(), status)
+    }
+
+    /// A terminal execution (on the host's kernel) is a terminal of the size asked, controlling
+    /// its program's session, with TERM set; its output is drained after the exit.
+    #[test]
+    fn a_terminal_execution_is_a_controlling_terminal_of_its_size() {
+        let request = terminal_request(
+            "stty size; tty; echo $TERM; ps -o sid= -p $$; echo pid=$$; seq 1 20000 | tail -n 1; exit 4",
+        );
+        let size = request.pty.unwrap();
+        let mut execution =
+            Execution::spawn_terminal(ExecId(1), &request, &AgentConfig::default(), size).unwrap();
+        let pid = execution.pid();
+        let (output, status) = terminal_output(&mut execution);
+        assert!(output.contains("17 91"), "{output:?}");
+        assert!(output.contains("/dev/pts/"), "{output:?}");
+        assert!(output.contains("xterm-256color"), "{output:?}");
+        assert!(output.contains(&format!("pid={pid}")), "{output:?}");
+        let sid_line = output.lines().find(|line| line.trim() == pid.to_string());
+        assert!(sid_line.is_some(), "it leads its session: {output:?}");
+        assert!(output.contains("20000"), "{output:?}");
+        assert_eq!(status, ExitStatus::Code(4));
+    }
+
+    /// ctrl-C in a terminal's stdin becomes SIGINT for its program (and is acknowledged as
+    /// consumed); with ISIG off (raw mode) the byte reaches the program instead.
+    #[test]
+    fn ctrl_c_becomes_sigint_unless_the_terminal_is_raw() {
+        let request = terminal_request("exec sleep 100");
+        let size = request.pty.unwrap();
+        let mut execution =
+            Execution::spawn_terminal(ExecId(1), &request, &AgentConfig::default(), size).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut outbox = Vec::new();
+        execution.queue_stdin(b"\x03".to_vec(), &mut outbox);
+        let mut decoder = FrameDecoder::new();
+        decoder.push(&outbox);
+        assert_eq!(
+            decoder.next_from_agent().unwrap(),
+            Some(FromAgent::StdinWritten(ExecId(1), 1))
+        );
+        let (_, status) = terminal_output(&mut execution);
+        assert_eq!(status, ExitStatus::Signal(libc::SIGINT));
+
+        let request = terminal_request("stty raw -echo; head -c 1 | od -An -tx1; exit 0");
+        let mut execution =
+            Execution::spawn_terminal(ExecId(2), &request, &AgentConfig::default(), size).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut outbox = Vec::new();
+        execution.queue_stdin(b"\x03".to_vec(), &mut outbox);
+        execution.write_stdin(&mut outbox);
+        let (output, status) = terminal_output(&mut execution);
+        assert!(output.contains("03"), "{output:?}");
+        assert_eq!(status, ExitStatus::Code(0));
+    }
+
+    #[test]
+    fn proc_stat_lines_give_group_and_session() {
+        let line = "42 (a (weird) name) S 1 40 30 34816 42 4194560 0 0";
+        assert_eq!(group_and_session(line), Some((40, 30)));
+        assert_eq!(group_and_session("garbage"), None);
     }
 }

@@ -159,6 +159,11 @@ pub struct SpawnRequest {
     /// binary started as a helper process with user code's rights (see `files` in the agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileRequest>,
+    /// Run it on a new pseudo-terminal of this size instead of pipes (a terminal process:
+    /// one output stream, stdin as keystrokes). Absent in the frames of servers before
+    /// terminals, which the agent reads as pipes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<TerminalSize>,
 }
 
 /// One operation of the files API, as the server asks the agent for it. Paths are as the client
@@ -224,6 +229,18 @@ pub fn file_commit_trailer(length: u64) -> [u8; FILE_COMMIT_TRAILER_BYTES] {
     trailer[..8].copy_from_slice(&length.to_le_bytes());
     trailer[8..].copy_from_slice(&FILE_COMMIT_MAGIC);
     trailer
+}
+
+/// A terminal's window size, in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalSize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+impl TerminalSize {
+    /// The largest number of columns or rows a terminal may have (and the smallest is 1).
+    pub const MAX: u16 = 1000;
 }
 
 /// What the agent reports when it is ready to spawn.
@@ -318,6 +335,8 @@ pub enum ToAgent {
     /// Answered by `Started`, or `SpawnFailed` when nothing accepts the connection; `Exited`
     /// (code 0) once the application closed its side.
     Connect(ExecId, u16),
+    /// Set the window size of a terminal execution (its program gets SIGWINCH).
+    Resize(ExecId, TerminalSize),
     /// Run a code cell as execution `ExecId`: its stdout and stderr come as `Output`, its
     /// results and error as `CellEvent`s, its end as `Exited` (code 0, or 1 after an error).
     RunCell(ExecId, CellRequest),
@@ -360,6 +379,7 @@ mod kind {
     pub const INSPECT: u8 = 6;
     pub const CREDIT: u8 = 7;
     pub const CONNECT: u8 = 8;
+    pub const RESIZE: u8 = 9;
     pub const RUN_CELL: u8 = 20;
     pub const CONTEXT: u8 = 21;
     pub const READY: u8 = 64;
@@ -420,6 +440,12 @@ impl ToAgent {
             ToAgent::Connect(exec, port) => {
                 put_frame(out, kind::CONNECT, *exec, &port.to_le_bytes())
             }
+            ToAgent::Resize(exec, size) => {
+                let mut payload = [0u8; 4];
+                payload[..2].copy_from_slice(&size.cols.to_le_bytes());
+                payload[2..].copy_from_slice(&size.rows.to_le_bytes());
+                put_frame(out, kind::RESIZE, *exec, &payload)
+            }
             ToAgent::RunCell(exec, request) => {
                 put_frame(out, kind::RUN_CELL, *exec, &json_bytes(request))
             }
@@ -445,6 +471,21 @@ impl ToAgent {
                     ))
                 })?;
                 ToAgent::Connect(exec, u16::from_le_bytes(port))
+            }
+            kind::RESIZE => {
+                let [c0, c1, r0, r1] = payload[..] else {
+                    return Err(ProtocolError(format!(
+                        "resize frame of {} bytes instead of 4",
+                        payload.len()
+                    )));
+                };
+                ToAgent::Resize(
+                    exec,
+                    TerminalSize {
+                        cols: u16::from_le_bytes([c0, c1]),
+                        rows: u16::from_le_bytes([r0, r1]),
+                    },
+                )
             }
             kind::RUN_CELL => ToAgent::RunCell(exec, parse_json(payload)?),
             kind::CONTEXT => ToAgent::Context(parse_json(payload)?),
@@ -634,6 +675,7 @@ mod tests {
                 ..Default::default()
             },
             file: None,
+            pty: None,
         }
     }
 
@@ -649,6 +691,20 @@ mod tests {
             ToAgent::Inspect,
             ToAgent::Credit(ExecId(7), OUTPUT_WINDOW_BYTES),
             ToAgent::Connect(ExecId(8), 8000),
+            ToAgent::Resize(
+                ExecId(7),
+                TerminalSize {
+                    cols: 1000,
+                    rows: 24,
+                },
+            ),
+            ToAgent::Spawn(
+                ExecId(8),
+                SpawnRequest {
+                    pty: Some(TerminalSize { cols: 80, rows: 24 }),
+                    ..spawn_request()
+                },
+            ),
             ToAgent::RunCell(
                 ExecId(8),
                 CellRequest {

@@ -177,6 +177,7 @@ mod tests {
             cwd: "/".into(),
             limits: ProcessLimits::default(),
             file: None,
+            pty: None,
         }
     }
 

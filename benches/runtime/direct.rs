@@ -361,6 +361,7 @@ impl<'a> AgentSandbox<'a> {
             cwd: "/root".into(),
             limits: self.env.agent_config.limits.clone(),
             file: None,
+            pty: None,
         };
         let mut frame = Vec::new();
         ToAgent::Spawn(exec, request).encode(&mut frame);

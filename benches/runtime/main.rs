@@ -865,6 +865,39 @@ fn bench_websocket(server: &Server, report: &mut Report) -> io::Result<()> {
         "",
         None,
     ));
+    // Terminals (issue 19): keystroke echo and output through a pseudo-terminal.
+    session.terminal_echo(20)?; // warm-up
+    let echo = session.terminal_echo(200)?;
+    // The table shows median and p90; the goal names p99 (issue 19: p50 <= 2 ms, p99 <= 5 ms).
+    let mut sorted = echo.clone();
+    sorted.sort_by(f64::total_cmp);
+    let p99 = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
+    report.rows.push(Row::latency(
+        &format!(
+            "terminal: keystroke echo, one byte of stdin to its echo (`cat` on a pty), 200 keystrokes (p99 {:.2} ms)",
+            p99 * 1000.0
+        ),
+        &echo,
+        "",
+        None,
+    ));
+    let code = format!("yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {OUTPUT_BYTES}");
+    let mut terminal = Vec::new();
+    for _ in 0..3 {
+        let (elapsed, bytes) = session.terminal_run(&code)?;
+        // The terminal turns each "\n" into "\r\n": more bytes arrive than were written.
+        check(bytes as u64 >= OUTPUT_BYTES, || {
+            format!("{bytes} bytes of terminal output")
+        })?;
+        terminal.push(bytes as f64 / elapsed / 1e6);
+    }
+    report.rows.push(Row::rate(
+        "terminal output throughput, 200 MB of text through a pty in one WebSocket session",
+        &terminal,
+        Unit::MegabytesPerSecond,
+        "",
+        None,
+    ));
     session.kill();
     Ok(())
 }

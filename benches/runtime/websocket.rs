@@ -294,6 +294,46 @@ impl Session {
         }
     }
 
+    /// Terminals: `keystrokes` single-byte keystrokes typed into `cat` on a terminal, each
+    /// timed from its stdin message to the `stdout` event with its echo (the terminal's line
+    /// discipline echoes it; `cat` reads whole lines, so the echo is all that comes back).
+    /// Seconds per keystroke.
+    pub fn terminal_echo(&mut self, keystrokes: usize) -> io::Result<Vec<f64>> {
+        self.send(
+            json!({"id": "echo", "language": "bash", "code": "exec cat >/dev/null",
+            "pty": {"cols": 80, "rows": 24}}),
+        )?;
+        let (running, _) = self.until(|frame| frame["status"] == "SANDBOX_EXECUTION_RUNNING")?;
+        let process = running["process_id"].clone();
+        let mut samples = Vec::with_capacity(keystrokes);
+        for index in 0..keystrokes {
+            // Typed like a fast typist (50 keys a second), within the session's message rate
+            // (SANDBOX_WS_MESSAGES_PER_SEC); the pause is not part of the measurement.
+            std::thread::sleep(Duration::from_millis(20));
+            let key = char::from(b'a' + (index % 26) as u8).to_string();
+            let started = Instant::now();
+            self.send(json!({"id": format!("k{index}"), "event": "stdin",
+                "process_id": process, "data": key}))?;
+            self.until(|frame| {
+                frame["event"] == "stdout" && frame["data"].as_str() == Some(key.as_str())
+            })?;
+            samples.push(started.elapsed().as_secs_f64());
+        }
+        self.send(json!({"id": "stop", "action": "kill_process", "process_id": process}))?;
+        self.until(|frame| frame["status"] == "SANDBOX_EXECUTION_DONE")?;
+        Ok(samples)
+    }
+
+    /// Terminals: `code`'s output through a terminal; (seconds from the message to DONE,
+    /// output bytes).
+    pub fn terminal_run(&mut self, code: &str) -> io::Result<(f64, usize)> {
+        let started = Instant::now();
+        self.send(json!({"id": "out", "language": "bash", "code": code,
+            "pty": {"cols": 80, "rows": 24}, "timeout": 300}))?;
+        let (_, bytes) = self.until(|frame| frame["status"] == "SANDBOX_EXECUTION_DONE")?;
+        Ok((started.elapsed().as_secs_f64(), bytes))
+    }
+
     pub fn kill(mut self) {
         let _ = self.send(json!({"action": "kill_sandbox"}));
         let _ = self.until(|frame| frame["status"] == "SANDBOX_KILLED");

@@ -5,7 +5,7 @@
 //! The rest of the project uses `#![forbid(unsafe_code)]`.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -165,6 +165,49 @@ pub fn set_child_uid(command: &mut Command, uid: u32) {
     }
 }
 
+/// Make the child of `command` the leader of a new session whose controlling terminal is its
+/// stdin, which must be the slave side of a pseudo-terminal: then the terminal's line
+/// discipline sends it (and the jobs of an interactive shell) SIGINT on ctrl-C, SIGWINCH on a
+/// resize, SIGHUP when the terminal goes away.
+///
+/// `std::process::Command` has no safe way to do either step. The command must not also ask
+/// for a process group (`process_group`): `setsid` refuses a process that already leads one.
+/// The new session's process group is the child's pid, as with `process_group(0)`.
+pub fn set_controlling_terminal(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls `setsid` and
+    // `ioctl(TIOCSCTTY)` with an integer argument, both async-signal-safe, touching no memory
+    // of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Set the window size of the terminal `fd` belongs to (either side of a pseudo-terminal);
+/// the kernel sends SIGWINCH to the terminal's foreground process group.
+pub fn set_window_size(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: `fd` is a live descriptor for the borrow's duration; TIOCSWINSZ only reads the
+    // `winsize` struct, which lives on this stack frame until the call returns.
+    let result = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ as _, &size) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +272,56 @@ mod tests {
                 .unwrap_or_else(|| panic!("no {set} in {status}"));
             assert!(line.ends_with("0000000000000000"), "{line}");
         }
+    }
+
+    /// A child on a pseudo-terminal's slave, made its session's controlling terminal, sees a
+    /// terminal of the size set on the master side.
+    #[test]
+    fn a_child_gets_a_controlling_terminal_of_the_size_set() {
+        use std::io::Read;
+        use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+        use std::process::Stdio;
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: both out-pointers are live integers; the name, termios and winsize pointers
+        // may be null.
+        let result = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(result, 0, "openpty: {}", io::Error::last_os_error());
+        // SAFETY: openpty returned two descriptors nobody else owns.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        set_window_size(master.as_fd(), 123, 45).expect("TIOCSWINSZ");
+        let mut command = Command::new("/bin/sh");
+        command
+            .args(["-c", "stty size; test -t 0 && echo tty; ps -o sid= -p $$"])
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        set_controlling_terminal(&mut command);
+        let mut child = command.spawn().expect("spawn on the terminal");
+        // The command holds copies of the slave side until dropped.
+        drop(command);
+        let pid = child.id();
+        child.wait().expect("wait");
+        let mut output = Vec::new();
+        let mut master = std::fs::File::from(master);
+        let mut buffer = [0u8; 4096];
+        // The slave side is closed once the child is gone: the master reads what is left,
+        // then EIO (on Linux).
+        while let Ok(n @ 1..) = master.read(&mut buffer) {
+            output.extend_from_slice(&buffer[..n]);
+        }
+        let text = String::from_utf8_lossy(&output);
+        assert!(text.contains("45 123"), "{text:?}");
+        assert!(text.contains("tty"), "{text:?}");
+        // It leads its own session.
+        assert!(text.contains(&format!("{pid}")), "{text:?}");
     }
 }

@@ -230,6 +230,14 @@ impl SandboxControl for FakeControl {
         self.deleted = true;
     }
 
+    fn resize_terminal(
+        &mut self,
+        _sandbox: SandboxKey,
+        _exec: ExecId,
+        _size: crate::agent_protocol::TerminalSize,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     fn set_exec_output_paused(&mut self, sandbox: SandboxKey, _exec: ExecId, _paused: bool) {
         // Executions of a restored session were started before it: any id may be paused.
         assert_eq!(sandbox, SANDBOX);

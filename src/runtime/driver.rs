@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use mio::Registry;
 
-use crate::agent_protocol::ExecId;
+use crate::agent_protocol::{ExecId, TerminalSize};
 use crate::config::Config;
 use crate::ids::SandboxId;
 
@@ -533,6 +533,18 @@ impl Runtime {
         let now = Instant::now();
         self.core.kill_exec(key, exec, reason, now)?;
         self.drain(now);
+        Ok(())
+    }
+
+    /// Set the window size of terminal execution `exec` (its program gets SIGWINCH).
+    pub fn resize_terminal(
+        &mut self,
+        key: SandboxKey,
+        exec: ExecId,
+        size: TerminalSize,
+    ) -> Result<(), RuntimeError> {
+        self.core.resize_terminal(key, exec, size)?;
+        self.drain(Instant::now());
         Ok(())
     }
 

@@ -93,8 +93,10 @@ impl ExecTracker {
         }
     }
 
-    pub fn started(&self) -> Instant {
-        self.started
+    /// No bound on its total output (a terminal: an interactive session prints for hours; its
+    /// output is paced by back-pressure like any other, never buffered whole).
+    pub fn lift_output_limit(&mut self) {
+        self.output_limit = u64::MAX;
     }
 
     /// Record that we are killing it and why; the first reason wins (a timeout that fires

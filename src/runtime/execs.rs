@@ -173,10 +173,11 @@ impl Execs {
         self.entries.insert(exec, entry);
     }
 
-    /// No output limit for `exec` (a file operation: its output is a file).
+    /// `exec` may print without a total bound (a file operation, whose output is a file; a
+    /// terminal: see `ExecTracker::lift_output_limit`).
     pub fn lift_output_limit(&mut self, exec: ExecId) {
         if let Some(entry) = self.entries.get_mut(&exec) {
-            entry.tracker = ExecTracker::new(u64::MAX, entry.tracker.started());
+            entry.tracker.lift_output_limit();
         }
     }
 

@@ -41,7 +41,7 @@ pub mod state_lock;
 use std::fmt;
 use std::time::Duration;
 
-use crate::agent_protocol::{ContextInfo, ExecId, FileRequest, Language, Stream};
+use crate::agent_protocol::{ContextInfo, ExecId, FileRequest, Language, Stream, TerminalSize};
 use exec::ExecOutcome;
 
 pub use driver::Runtime;
@@ -80,6 +80,8 @@ pub struct ExecSpec {
     /// A file operation instead of `code` (issue 14): its output is the file or a reply, so
     /// the output limit does not apply (the sandbox's own limits bound what a file can be).
     pub file: Option<FileRequest>,
+    /// Run it on a pseudo-terminal of this size (a terminal process) instead of pipes.
+    pub pty: Option<TerminalSize>,
     /// A code cell for a code context instead of a new process (issue 13).
     pub cell: Option<CellSpec>,
 }

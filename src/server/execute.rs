@@ -258,6 +258,7 @@ mod tests {
                 cwd: "/root".into(),
                 timeout: std::time::Duration::from_secs(5),
                 output_encoding: Default::default(),
+                pty: None,
             },
             json,
         };

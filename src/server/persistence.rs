@@ -27,9 +27,9 @@ use super::Server;
 use crate::agent_protocol::{ExecId, Language};
 use crate::config::Config;
 use crate::runtime::{Owner, RuntimeEvent};
-use crate::session::events::OutputEncoding;
+use crate::session::events::{OutputEncoding, ProcessKind};
 use crate::session::{RequestId, SaveRequest, SavedProcess, SavedState, Session, SessionId};
-use crate::store::{self, handoff, lease, leftovers, Builds, Manifest, SavedSettings};
+use crate::store::{self, handoff, lease, leftovers, Builds, SavedSettings};
 
 /// Sandbox directories one sweep of the checkpoint store examines at most.
 const SWEEP_MAX_DIRS: usize = 256;
@@ -46,7 +46,7 @@ pub enum JobResult {
     /// A save's image was hashed and published (or not).
     Published {
         session: SessionId,
-        result: Result<Manifest, String>,
+        result: Result<(), String>,
     },
     /// The store answered an attach.
     AttachChecked {
@@ -674,6 +674,7 @@ impl Persistence {
             move || JobResult::Published {
                 session,
                 result: store::publish(&base, &image, token, settings, &builds)
+                    .map(|_manifest| ())
                     .map_err(|error| error.to_string()),
             },
             move |message| JobResult::Published {
@@ -704,6 +705,7 @@ impl From<&SavedState> for SavedSettings {
             started_unix_ms: process.started_unix_ms,
             stdin_received: process.stdin_received,
             stdin_consumed: process.stdin_consumed,
+            kind: (process.kind == ProcessKind::Terminal).then(|| "terminal".to_string()),
         };
         let (compatible, others): (Vec<&SavedProcess>, Vec<&SavedProcess>) = state
             .running
@@ -739,6 +741,11 @@ impl From<&SavedSettings> for SavedState {
             started_unix_ms: saved.started_unix_ms,
             stdin_received: saved.stdin_received,
             stdin_consumed: saved.stdin_consumed,
+            kind: if saved.kind.as_deref() == Some("terminal") {
+                ProcessKind::Terminal
+            } else {
+                ProcessKind::Exec
+            },
         };
         let compatible = settings.running_exec.iter().map(|saved| SavedProcess {
             // The compatible execution has no request id, whatever the file says.
@@ -960,7 +967,6 @@ impl Server {
                 self.carry_out(session, actions);
             }
             JobResult::Published { session, result } => {
-                let result = result.map(|_| ());
                 let actions = self.save_step(session, |save| save.published(result));
                 self.carry_out(session, actions);
             }

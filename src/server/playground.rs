@@ -18,7 +18,7 @@ struct Asset {
 
 const INDEX: &str = include_str!("playground/index.html");
 
-const ASSETS: [Asset; 5] = [
+const ASSETS: [Asset; 8] = [
     Asset {
         path: "/playground/style.css",
         content_type: "text/css; charset=utf-8",
@@ -44,14 +44,33 @@ const ASSETS: [Asset; 5] = [
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("playground/files.js"),
     },
+    // The terminal emulator of the terminal panel (xterm.js, MIT; scripts/vendor-xterm.sh
+    // vendors it from npm): embedded, so that nothing is fetched from elsewhere.
+    Asset {
+        path: "/playground/vendor/xterm.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("playground/vendor/xterm.js"),
+    },
+    Asset {
+        path: "/playground/vendor/addon-fit.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("playground/vendor/addon-fit.js"),
+    },
+    Asset {
+        path: "/playground/vendor/xterm.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("playground/vendor/xterm.css"),
+    },
 ];
 
 /// What the page may load and talk to: its own scripts and styles, images it builds itself
 /// (`data:` URLs of PNG results), fetch and WebSocket to its own origin ('self' covers ws: and
-/// wss: of the same host, CSP Level 3). Nothing inline, no plugins, no forms, no framing.
+/// wss: of the same host, CSP Level 3). No inline script, no plugins, no forms, no framing.
+/// Inline styles are allowed: the terminal emulator (xterm.js) sizes its cells and colours with
+/// `<style>` elements it creates; a style cannot run code (docs/security.md, "The playground").
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
-     form-action 'none'; frame-ancestors 'none'";
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The answer to `GET /`, `/playground` or `/playground/<file>`; 404 for other files, and for
 /// everything when the playground is off.
@@ -101,6 +120,9 @@ mod tests {
             ("/playground/metrics.js", "text/javascript"),
             ("/playground/files.js", "text/javascript"),
             ("/playground/style.css", "text/css"),
+            ("/playground/vendor/xterm.js", "text/javascript"),
+            ("/playground/vendor/addon-fit.js", "text/javascript"),
+            ("/playground/vendor/xterm.css", "text/css"),
         ] {
             let answer = text(&response(path, true).unwrap());
             assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{path}");
@@ -145,10 +167,14 @@ mod tests {
             let tag = &lower[at..at + lower[at..].find('>').unwrap()];
             assert!(tag.contains("src=\"/playground/"), "inline script: {tag}");
         }
-        for file in [INDEX]
-            .into_iter()
-            .chain(ASSETS.iter().map(|asset| asset.body))
-        {
+        // Our own files; the vendored terminal emulator holds URLs in comments and names (the
+        // SVG namespace), and the policy keeps it from loading anything from elsewhere (the
+        // browser test fails on any policy violation).
+        let own = ASSETS
+            .iter()
+            .filter(|asset| !asset.path.starts_with("/playground/vendor/"))
+            .map(|asset| asset.body);
+        for file in [INDEX].into_iter().chain(own) {
             assert!(
                 !file.contains("http://"),
                 "absolute URL in a playground file"

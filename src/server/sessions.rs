@@ -15,7 +15,7 @@ use super::websocket::{
     WS_HIGH_WATER,
 };
 use super::Server;
-use crate::agent_protocol::ExecId;
+use crate::agent_protocol::{ExecId, TerminalSize};
 use crate::runtime::exec::Reason;
 use crate::runtime::{ExecSpec, Owner, Runtime, RuntimeError, RuntimeEvent, SandboxKey};
 use crate::session::{
@@ -185,6 +185,14 @@ impl SandboxControl for Control<'_> {
     }
     fn set_exec_output_paused(&mut self, sandbox: SandboxKey, exec: ExecId, paused: bool) {
         self.0.set_exec_output_paused(sandbox, exec, paused)
+    }
+    fn resize_terminal(
+        &mut self,
+        sandbox: SandboxKey,
+        exec: ExecId,
+        size: TerminalSize,
+    ) -> Result<(), RuntimeError> {
+        self.0.resize_terminal(sandbox, exec, size)
     }
     fn context_command(
         &mut self,

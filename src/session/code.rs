@@ -340,6 +340,7 @@ impl Session {
                     exec,
                     request: id.cloned(),
                     language: Some(Language::Python),
+                    kind: super::events::ProcessKind::Exec,
                     encoding: run.options.output_encoding,
                     started_unix_ms: self.unix_ms(now),
                     stdin: None,

@@ -188,6 +188,8 @@ pub enum Reply {
     IdleTimeout(Duration),
     /// Keys given as they are (the server's own actions: `expose`, `unexpose`, `list_ports`).
     Fields(Map<String, Value>),
+    /// `resize` (the frame's `process_id` says which terminal): its size now.
+    Resized { cols: u16, rows: u16 },
     /// `create_code_context`, `restart_code_context`: `"context": {...}`.
     CodeContext(CodeContextView),
     /// `list_code_contexts`: `"contexts": [...]`.
@@ -232,10 +234,30 @@ fn seconds_value(duration: Duration) -> Value {
     }
 }
 
+/// What a process is, as `list_processes` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessKind {
+    /// Code on pipes (stdout and stderr apart).
+    #[default]
+    Exec,
+    /// A program on a pseudo-terminal (one output stream, stdin as keystrokes, `resize`).
+    Terminal,
+}
+
+impl ProcessKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessKind::Exec => "exec",
+            ProcessKind::Terminal => "terminal",
+        }
+    }
+}
+
 /// One process in a `list_processes` reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessEntry {
     pub process_id: ProcessId,
+    pub kind: ProcessKind,
     /// The request that started it (`None`: a message without id, or a process adopted from
     /// a checkpoint whose manifest did not say).
     pub request: Option<RequestId>,
@@ -251,7 +273,7 @@ impl ProcessEntry {
         let mut value = json!({
             "process_id": self.process_id,
             "id": self.request,
-            "kind": if self.context.is_some() { "cell" } else { "exec" },
+            "kind": if self.context.is_some() { "cell" } else { self.kind.as_str() },
             "language": self.language.map(Language::as_str),
             "running": self.running,
             "started_unix_ms": self.started_unix_ms,
@@ -473,6 +495,10 @@ impl Frame {
                         map.insert(key.clone(), value.clone());
                     }
                 }
+            }
+            Reply::Resized { cols, rows } => {
+                map.insert("cols".into(), json!(cols));
+                map.insert("rows".into(), json!(rows));
             }
             Reply::CodeContext(context) => {
                 map.insert("context".into(), context.to_value(false));
@@ -754,6 +780,7 @@ mod tests {
                 Frame::new(
                     ServerEvent::Reply(Reply::Processes(vec![ProcessEntry {
                         process_id: ProcessId(3),
+                        kind: ProcessKind::Terminal,
                         request: None,
                         language: Some(Language::Python),
                         running: false,
@@ -763,7 +790,15 @@ mod tests {
                     id.clone(),
                     None,
                 ),
-                r#"{"event":"reply","id":"7","processes":[{"id":null,"kind":"exec","language":"python","process_id":3,"running":false,"started_unix_ms":12}]}"#,
+                r#"{"event":"reply","id":"7","processes":[{"id":null,"kind":"terminal","language":"python","process_id":3,"running":false,"started_unix_ms":12}]}"#,
+            ),
+            (
+                Frame::new(
+                    ServerEvent::Reply(Reply::Resized { cols: 80, rows: 24 }),
+                    id.clone(),
+                    process,
+                ),
+                r#"{"cols":80,"event":"reply","id":"7","process_id":3,"rows":24}"#,
             ),
             (
                 Frame::new(

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::events::OutputEncoding;
 use super::options::{duration, one_of, quoted};
-use crate::agent_protocol::Language;
+use crate::agent_protocol::{Language, TerminalSize};
 use crate::http::query::single_param;
 use crate::runtime::ExecSpec;
 
@@ -67,6 +67,8 @@ pub struct RawExecOptions<'a> {
     pub env: Raw<'a>,
     pub cwd: Raw<'a>,
     pub output_encoding: Raw<'a>,
+    /// `{"cols", "rows"}`: run it on a pseudo-terminal (a WebSocket message only).
+    pub pty: Raw<'a>,
 }
 
 impl<'a> RawExecOptions<'a> {
@@ -77,6 +79,7 @@ impl<'a> RawExecOptions<'a> {
             env: Raw::of(message, "env"),
             cwd: Raw::of(message, "cwd"),
             output_encoding: Raw::of(message, "output_encoding"),
+            pty: Raw::of(message, "pty"),
         }
     }
 
@@ -92,6 +95,7 @@ impl<'a> RawExecOptions<'a> {
             env: Raw::Absent,
             cwd: Raw::Absent,
             output_encoding: Raw::Absent,
+            pty: Raw::Absent,
         })
     }
 }
@@ -103,6 +107,8 @@ pub struct ExecOptions {
     pub cwd: String,
     pub timeout: Duration,
     pub output_encoding: OutputEncoding,
+    /// A terminal process of this size, rather than pipes.
+    pub pty: Option<TerminalSize>,
 }
 
 impl ExecOptions {
@@ -116,6 +122,7 @@ impl ExecOptions {
             timeout: self.timeout,
             stdin_bound: crate::runtime::MAX_STDIN_IN_FLIGHT,
             file: None,
+            pty: self.pty,
             cell: None,
         }
     }
@@ -134,12 +141,57 @@ pub fn check(
             limits.max_code_bytes
         ));
     }
+    let pty = pty(raw.pty)?;
+    // An interactive terminal lives as long as its user works in it: without a timeout of its
+    // own it gets the longest one allowed, not the default meant for a run of code.
+    let default_timeout = if pty.is_some() {
+        limits.max_timeout
+    } else {
+        limits.default_timeout
+    };
     Ok(ExecOptions {
         env: env(raw.env)?,
         cwd: cwd(raw.cwd)?,
-        timeout: timeout(raw.timeout, limits)?,
+        timeout: timeout(raw.timeout, limits, default_timeout)?,
         output_encoding: output_encoding(raw.output_encoding)?,
+        pty,
     })
+}
+
+/// `pty`: `{"cols": C, "rows": R}`, each from 1 to [`TerminalSize::MAX`].
+fn pty(raw: Raw) -> Result<Option<TerminalSize>, String> {
+    let map = match raw {
+        Raw::Absent => return Ok(None),
+        Raw::Json(Value::Object(map)) => map,
+        Raw::Json(_) | Raw::Text(_) => {
+            return Err(format!(
+                "pty must be an object with \"cols\" and \"rows\", got {}",
+                raw.shown()
+            ))
+        }
+    };
+    let (cols, rows) = terminal_size("pty.", map)?;
+    Ok(Some(TerminalSize { cols, rows }))
+}
+
+/// The `cols` and `rows` of a terminal's size in `map` (of `pty`, or of a `resize` message);
+/// the errors name the field with `prefix` before it.
+pub fn terminal_size(prefix: &str, map: &Map<String, Value>) -> Result<(u16, u16), String> {
+    let dimension = |name: &str| {
+        let value = map.get(name);
+        value
+            .and_then(Value::as_u64)
+            .filter(|n| (1..=u64::from(TerminalSize::MAX)).contains(n))
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| {
+                let shown = value.map_or("nothing".to_string(), quoted);
+                format!(
+                    "{prefix}{name} must be an integer from 1 to {}, got {shown}",
+                    TerminalSize::MAX
+                )
+            })
+    };
+    Ok((dimension("cols")?, dimension("rows")?))
 }
 
 /// `env`: an object of string values, added to the process's environment.
@@ -177,9 +229,9 @@ pub fn cwd(raw: Raw) -> Result<String, String> {
 }
 
 /// `timeout`: seconds above 0, at most the server's maximum.
-fn timeout(raw: Raw, limits: &ExecLimits) -> Result<Duration, String> {
+fn timeout(raw: Raw, limits: &ExecLimits, default: Duration) -> Result<Duration, String> {
     let seconds = match raw {
-        Raw::Absent => return Ok(limits.default_timeout),
+        Raw::Absent => return Ok(default),
         Raw::Text(text) => text.parse::<f64>().ok(),
         Raw::Json(value) => value.as_f64(),
     };
@@ -243,6 +295,7 @@ mod tests {
             cwd: "/root".into(),
             timeout: Duration::from_secs(60),
             output_encoding: OutputEncoding::Text,
+            pty: None,
         };
         assert_eq!(json_options(json!({})), Ok(expected.clone()));
         assert_eq!(
@@ -304,6 +357,7 @@ mod tests {
                 cwd: "/tmp".into(),
                 timeout: Duration::from_secs(60),
                 output_encoding: OutputEncoding::Base64,
+                pty: None,
             })
         );
         for (options, message) in [
@@ -338,6 +392,49 @@ mod tests {
                 json_options(options.clone()),
                 Err(message.into()),
                 "{options}"
+            );
+        }
+    }
+
+    /// A terminal's size: both dimensions from 1 to 1000, each error naming the field; a
+    /// terminal without a timeout gets the longest allowed.
+    #[test]
+    fn pty_sizes_are_checked_field_by_field() {
+        let options = json_options(json!({"pty": {"cols": 80, "rows": 24}})).unwrap();
+        assert_eq!(options.pty, Some(TerminalSize { cols: 80, rows: 24 }));
+        assert_eq!(options.timeout, Duration::from_secs(600));
+        let options = json_options(json!({"pty": {"cols": 1000, "rows": 1}, "timeout": 5}));
+        assert_eq!(options.unwrap().timeout, Duration::from_secs(5));
+        for (pty, message) in [
+            (
+                json!(5),
+                "pty must be an object with \"cols\" and \"rows\", got 5",
+            ),
+            (
+                json!({"rows": 24}),
+                "pty.cols must be an integer from 1 to 1000, got nothing",
+            ),
+            (
+                json!({"cols": 0, "rows": 24}),
+                "pty.cols must be an integer from 1 to 1000, got 0",
+            ),
+            (
+                json!({"cols": 80, "rows": 1001}),
+                "pty.rows must be an integer from 1 to 1000, got 1001",
+            ),
+            (
+                json!({"cols": 80, "rows": "24"}),
+                "pty.rows must be an integer from 1 to 1000, got \"24\"",
+            ),
+            (
+                json!({"cols": 80.5, "rows": 24}),
+                "pty.cols must be an integer from 1 to 1000, got 80.5",
+            ),
+        ] {
+            assert_eq!(
+                json_options(json!({ "pty": pty })),
+                Err(message.into()),
+                "{pty}"
             );
         }
     }

@@ -334,6 +334,7 @@ impl Session {
             // The client keeps to its window; the trailer comes on top.
             stdin_bound: window.saturating_add(FILE_COMMIT_TRAILER_BYTES as u64),
             file: Some(request),
+            pty: None,
             cell: None,
         };
         let exec = control

@@ -36,6 +36,8 @@ struct Calls {
     /// (execution, paused) in the order asked.
     output_paused: Vec<(ExecId, bool)>,
     context_commands: Vec<crate::agent_protocol::ContextCommand>,
+    /// (execution, cols, rows) of each `resize_terminal`.
+    resize: Vec<(ExecId, u16, u16)>,
 }
 
 #[derive(Default)]
@@ -82,6 +84,15 @@ impl SandboxControl for FakeRuntime {
     }
     fn set_exec_output_paused(&mut self, _: SandboxKey, exec: ExecId, paused: bool) {
         self.calls.output_paused.push((exec, paused));
+    }
+    fn resize_terminal(
+        &mut self,
+        _: SandboxKey,
+        exec: ExecId,
+        size: crate::agent_protocol::TerminalSize,
+    ) -> Result<(), RuntimeError> {
+        self.calls.resize.push((exec, size.cols, size.rows));
+        Ok(())
     }
     fn context_command(
         &mut self,
@@ -426,6 +437,14 @@ impl Replay {
                         .collect();
                     assert_eq!(&Value::Array(paused), wanted, "{name}: output_paused");
                 }
+                "resize" => {
+                    let resized: Vec<Value> = calls
+                        .resize
+                        .iter()
+                        .map(|(exec, cols, rows)| json!([exec.0, cols, rows]))
+                        .collect();
+                    assert_eq!(&Value::Array(resized), wanted, "{name}: resize");
+                }
                 "context_commands" => {
                     let commands =
                         serde_json::to_value(&calls.context_commands).unwrap_or_default();
@@ -507,6 +526,10 @@ fn check_spec(name: &str, spec: &ExecSpec, wanted: &Value) {
             "timeout" => json!(spec.timeout.as_secs_f64()),
             // A file operation's request to the agent's helper.
             "file" => json!(spec.file),
+            "pty" => match spec.pty {
+                Some(size) => json!({"cols": size.cols, "rows": size.rows}),
+                None => Value::Null,
+            },
             // A code cell: the context it runs in.
             "context_id" => json!(spec.cell.as_ref().map(|cell| &cell.context_id)),
             other => panic!("{name}: unknown start_exec key {other}"),

@@ -27,7 +27,7 @@ use super::file_messages::{self, FileMessage};
 use super::ids::{ProcessId, RequestId};
 use super::options::{self, choice, flag, quoted};
 use super::text::base64_decode;
-use crate::agent_protocol::Language;
+use crate::agent_protocol::{Language, TerminalSize};
 
 /// A message with the request id it carries, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,8 @@ pub enum ClientMessage {
     ListProcesses,
     /// `{"action": "attach_process", "process_id"}`.
     AttachProcess(ProcessId),
+    /// `{"action": "resize", "process_id", "cols", "rows"}`: a terminal's new window size.
+    Resize(ProcessId, TerminalSize),
     /// `{"action": "set_idle_timeout", "idle_timeout"}` (`None`: the server's default,
     /// `Some(ZERO)`: never, capped).
     SetIdleTimeout(Option<Duration>),
@@ -99,6 +101,7 @@ enum Action {
     ListProcesses,
     AttachProcess,
     SetIdleTimeout,
+    Resize,
     RunCode,
     CreateCodeContext,
     ListCodeContexts,
@@ -163,6 +166,7 @@ fn dispatch(message: &Map<String, Value>, has_id: bool, limits: &ExecLimits) -> 
             });
             return malformed(process.map(ClientMessage::AttachProcess));
         }
+        Some(Action::Resize) => return malformed(resize(message)),
         Some(Action::SetIdleTimeout) => {
             let timeout = match message.get("idle_timeout") {
                 None => Err("set_idle_timeout needs an \"idle_timeout\"".to_string()),
@@ -221,6 +225,14 @@ fn optional_process(message: &Map<String, Value>) -> Result<Option<ProcessId>, S
                 )
             }),
     }
+}
+
+/// `resize`: the terminal process and its new size.
+fn resize(message: &Map<String, Value>) -> Result<ClientMessage, String> {
+    let process =
+        optional_process(message)?.ok_or_else(|| "resize needs a \"process_id\"".to_string())?;
+    let (cols, rows) = exec_options::terminal_size("", message)?;
+    Ok(ClientMessage::Resize(process, TerminalSize { cols, rows }))
 }
 
 fn snapshot_name(message: &Map<String, Value>) -> Result<String, String> {
@@ -350,6 +362,16 @@ mod tests {
             ClientMessage::SetIdleTimeout(Some(Duration::from_secs(600)))
         );
         assert_eq!(
+            message(r#"{"action":"resize","process_id":2,"cols":120,"rows":40,"id":"5"}"#),
+            ClientMessage::Resize(
+                ProcessId(2),
+                TerminalSize {
+                    cols: 120,
+                    rows: 40
+                }
+            )
+        );
+        assert_eq!(
             message(r#"{"action":"set_idle_timeout","idle_timeout":null}"#),
             ClientMessage::SetIdleTimeout(None)
         );
@@ -377,6 +399,18 @@ mod tests {
             (
                 r#"{"action":"dance","id":"1"}"#,
                 r#"unknown action "dance""#,
+            ),
+            (
+                r#"{"action":"resize","cols":80,"rows":24,"id":"1"}"#,
+                r#"resize needs a "process_id""#,
+            ),
+            (
+                r#"{"action":"resize","process_id":2,"cols":0,"rows":24,"id":"1"}"#,
+                "cols must be an integer from 1 to 1000, got 0",
+            ),
+            (
+                r#"{"action":"resize","process_id":2,"cols":80,"id":"1"}"#,
+                "rows must be an integer from 1 to 1000, got nothing",
             ),
             (
                 r#"{"action":"dance","language":"bash","code":"true","id":"1"}"#,

@@ -40,10 +40,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::agent_protocol::{ContextCommand, ExecId, Language};
+use crate::agent_protocol::{ContextCommand, ExecId, Language, TerminalSize};
 use crate::runtime::{ExecSpec, RuntimeError, RuntimeEvent, SandboxKey};
-use events::OutputEncoding;
 pub use events::{Frame, ServerEvent, Status};
+use events::{OutputEncoding, ProcessKind};
 use exec_options::ExecLimits;
 pub use ids::{ProcessId, RequestId, SessionId};
 use messages::{ClientMessage, Envelope};
@@ -76,6 +76,13 @@ pub trait SandboxControl {
     /// Hold back (or give back) the output window of one execution: its output is held for a
     /// client that does not follow it.
     fn set_exec_output_paused(&mut self, sandbox: SandboxKey, exec: ExecId, paused: bool);
+    /// Set the window size of a terminal execution.
+    fn resize_terminal(
+        &mut self,
+        sandbox: SandboxKey,
+        exec: ExecId,
+        size: TerminalSize,
+    ) -> Result<(), RuntimeError>;
     /// Create or delete a code context (the agent reports its contexts back).
     fn context_command(
         &mut self,
@@ -137,6 +144,8 @@ pub struct SavedProcess {
     /// The request that started it; `None`: the compatible foreground execution.
     pub request: Option<RequestId>,
     pub language: Option<Language>,
+    /// A terminal goes on as a terminal after the restore (the agent keeps its pseudo-terminal).
+    pub kind: ProcessKind,
     pub started_unix_ms: u64,
     /// Its stdin counters (protocol 2), so that acknowledgements go on where they were.
     pub stdin_received: u64,
@@ -390,6 +399,7 @@ impl Session {
                 exec: process.exec,
                 request: process.request.clone(),
                 language: process.language,
+                kind: process.kind,
                 encoding: process.output_encoding,
                 started_unix_ms: process.started_unix_ms,
                 stdin: process.request.as_ref().map(|_| {
@@ -523,6 +533,7 @@ impl Session {
                     output_encoding: process.encoding(),
                     request: process.request().cloned(),
                     language: process.language(),
+                    kind: process.kind(),
                     started_unix_ms: process.started_unix_ms(),
                     stdin_received: process.stdin.as_ref().map_or(0, StdinWindow::received),
                     stdin_consumed: process.stdin.as_ref().map_or(0, StdinWindow::consumed),
@@ -956,6 +967,9 @@ impl Session {
             ClientMessage::ListProcesses => self.list_processes(id, &mut out),
             ClientMessage::AttachProcess(process) => {
                 self.attach_process(process, id, &mut out, control)
+            }
+            ClientMessage::Resize(process, size) => {
+                self.resize(process, size, id, &mut out, control)
             }
             ClientMessage::SetIdleTimeout(timeout) => {
                 self.idle_timeout = timeout;

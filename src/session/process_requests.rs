@@ -10,14 +10,14 @@
 
 use std::time::Instant;
 
-use super::events::Reply;
+use super::events::{ProcessKind, Reply};
 use super::messages::{ExecMessage, StdinMessage};
 use super::processes::{Lookup, NewProcess};
 use super::stdin_window::StdinWindow;
 use super::{
     error_frames, Frame, Out, ProcessId, RequestId, SandboxControl, ServerEvent, Session, Status,
 };
-use crate::agent_protocol::{ExecId, Stream};
+use crate::agent_protocol::{ExecId, Stream, TerminalSize};
 use crate::runtime::exec::ExecOutcome;
 use crate::runtime::RuntimeError;
 
@@ -65,6 +65,11 @@ impl Session {
                     exec: exec_id,
                     request: id.cloned(),
                     language: Some(exec.language),
+                    kind: if options.pty.is_some() {
+                        ProcessKind::Terminal
+                    } else {
+                        ProcessKind::Exec
+                    },
                     encoding: options.output_encoding,
                     started_unix_ms: self.unix_ms(now),
                     stdin,
@@ -205,6 +210,44 @@ impl Session {
                 };
                 out.extend(error_frames(Status::ExecutionForceKillError, &message, id))
             }
+        }
+    }
+
+    /// `resize`: a terminal process gets a new window size.
+    pub(super) fn resize(
+        &mut self,
+        process: ProcessId,
+        size: TerminalSize,
+        id: Option<&RequestId>,
+        out: &mut Vec<Out>,
+        control: &mut dyn SandboxControl,
+    ) {
+        let target =
+            match self.running_target(process, Status::ExecutionError, Status::ExecutionError) {
+                Ok(target) => target,
+                Err((status, message)) => return out.extend(error_frames(status, &message, id)),
+            };
+        let (Some(sandbox), Some(entry)) = (self.sandbox, self.processes.get(target)) else {
+            return;
+        };
+        if entry.kind() != ProcessKind::Terminal {
+            let message = format!("process {process} is not a terminal (it has no window size)");
+            return out.extend(error_frames(Status::RequestError, &message, id));
+        }
+        match control.resize_terminal(sandbox, entry.exec(), size) {
+            Ok(()) => out.push(Out::Send(Frame::new(
+                ServerEvent::Reply(Reply::Resized {
+                    cols: size.cols,
+                    rows: size.rows,
+                }),
+                id.cloned(),
+                Some(target),
+            ))),
+            Err(RuntimeError::NoSuchExecution) => {
+                let message = format!("process {process} has ended");
+                out.extend(error_frames(Status::ExecutionError, &message, id))
+            }
+            Err(error) => out.extend(error_frames(Status::ExecutionError, &error.to_string(), id)),
         }
     }
 

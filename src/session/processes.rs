@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::events::{ExecDone, Frame, OutputEncoding, ProcessEntry, ServerEvent};
+use super::events::{ExecDone, Frame, OutputEncoding, ProcessEntry, ProcessKind, ServerEvent};
 use super::ids::{ProcessId, RequestId};
 use super::stdin_window::StdinWindow;
 use super::text::{base64_encode, Utf8Stream};
@@ -38,6 +38,7 @@ pub struct NewProcess {
     pub request: Option<RequestId>,
     /// `None` for an execution adopted after a restore whose manifest does not say.
     pub language: Option<Language>,
+    pub kind: ProcessKind,
     pub encoding: OutputEncoding,
     pub started_unix_ms: u64,
     /// Its stdin flow control (protocol 2); `None`: the compatible rules.
@@ -59,6 +60,7 @@ pub struct Process {
     /// `attach_process`.
     follower: Option<RequestId>,
     language: Option<Language>,
+    kind: ProcessKind,
     encoding: OutputEncoding,
     started_unix_ms: u64,
     stdout: Utf8Stream,
@@ -89,6 +91,7 @@ impl Process {
             follower: new.request.clone(),
             request: new.request,
             language: new.language,
+            kind: new.kind,
             encoding: new.encoding,
             started_unix_ms: new.started_unix_ms,
             stdout: Utf8Stream::default(),
@@ -129,6 +132,10 @@ impl Process {
 
     pub fn language(&self) -> Option<Language> {
         self.language
+    }
+
+    pub fn kind(&self) -> ProcessKind {
+        self.kind
     }
 
     /// The code context of a code cell.
@@ -240,6 +247,7 @@ impl Process {
     fn entry(&self) -> ProcessEntry {
         ProcessEntry {
             process_id: self.id(),
+            kind: self.kind,
             request: self.request.clone(),
             language: self.language,
             running: self.running,
@@ -467,6 +475,7 @@ mod tests {
             exec: ExecId(exec),
             request,
             language: Some(Language::Bash),
+            kind: ProcessKind::Exec,
             encoding: OutputEncoding::Text,
             started_unix_ms: 5,
             stdin: None,
@@ -503,6 +512,7 @@ mod tests {
             processes.entries(),
             [ProcessEntry {
                 process_id: second,
+                kind: ProcessKind::Exec,
                 request: Some(RequestId::Number(3)),
                 language: Some(Language::Bash),
                 running: true,

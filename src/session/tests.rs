@@ -13,6 +13,7 @@ struct FakeControl {
     at_capacity: bool,
     options: Vec<CreateOptions>,
     started: Vec<ExecSpec>,
+    resized: Vec<(ExecId, TerminalSize)>,
     stdin: Vec<Vec<u8>>,
     stdin_closed: bool,
     killed: Vec<ExecId>,
@@ -66,6 +67,18 @@ impl SandboxControl for FakeControl {
         self.deleted.push(sandbox);
     }
     fn set_exec_output_paused(&mut self, _: SandboxKey, _: ExecId, _: bool) {}
+    fn resize_terminal(
+        &mut self,
+        _: SandboxKey,
+        exec: ExecId,
+        size: TerminalSize,
+    ) -> Result<(), RuntimeError> {
+        if self.execs_gone {
+            return Err(RuntimeError::NoSuchExecution);
+        }
+        self.resized.push((exec, size));
+        Ok(())
+    }
     fn context_command(
         &mut self,
         _: SandboxKey,
@@ -830,4 +843,76 @@ fn handoff_needs_a_checkpoint_store_and_labels_are_listed() {
     assert!(view.age >= Duration::from_secs(5) && view.attached && view.handoff);
     assert!(!view.checkpointed, "not from a checkpoint");
     assert_eq!(session.saved_state().labels["team"], "search");
+}
+
+/// A terminal (issue 19) is a process of kind `terminal`: its spec carries the size, `resize`
+/// reaches the runtime and is answered, a pipe process cannot be resized, and a checkpoint's
+/// manifest keeps its kind.
+#[test]
+fn terminals_are_resized_listed_and_saved_as_terminals() {
+    let mut control = FakeControl::default();
+    let mut session = running_session(&mut control);
+    let now = Instant::now();
+    session.on_message(
+        r#"{"id":"t","language":"bash","code":"","pty":{"cols":80,"rows":24}}"#,
+        &mut control,
+        now,
+    );
+    session.on_message(
+        r#"{"id":"p","language":"bash","code":"sleep 9"}"#,
+        &mut control,
+        now,
+    );
+    let size = |cols, rows| TerminalSize { cols, rows };
+    assert_eq!(control.started[0].pty, Some(size(80, 24)));
+    assert_eq!(control.started[1].pty, None);
+    assert_eq!(
+        control.started[0].timeout,
+        Duration::from_secs(600),
+        "a terminal without a timeout gets the longest allowed"
+    );
+    let out = session.on_message(
+        r#"{"id":"r","action":"resize","process_id":1,"cols":120,"rows":40}"#,
+        &mut control,
+        now,
+    );
+    assert_eq!(
+        frame(&out, 0),
+        serde_json::json!({"event":"reply","id":"r","process_id":1,"cols":120,"rows":40})
+    );
+    assert_eq!(control.resized, [(ExecId(1), size(120, 40))]);
+    let out = session.on_message(
+        r#"{"id":"r2","action":"resize","process_id":2,"cols":120,"rows":40}"#,
+        &mut control,
+        now,
+    );
+    assert_eq!(names(&out), ["SANDBOX_REQUEST_ERROR", "error"]);
+    assert_eq!(
+        message_of(&out, 0),
+        "process 2 is not a terminal (it has no window size)"
+    );
+    let kinds: Vec<&str> = session
+        .processes()
+        .iter()
+        .map(|entry| entry.kind.as_str())
+        .collect();
+    assert_eq!(kinds, ["terminal", "exec"]);
+
+    let saved = session.saved_state();
+    let manifest = serde_json::to_string(&SavedSettings::from(&saved)).unwrap();
+    assert!(manifest.contains(r#""kind":"terminal""#), "{manifest}");
+    let read: SavedSettings = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(SavedState::from(&read), saved);
+
+    session.on_runtime(
+        RuntimeEvent::ExecFinished(ExecId(1), outcome(0)),
+        &mut control,
+    );
+    let out = session.on_message(
+        r#"{"id":"r3","action":"resize","process_id":1,"cols":10,"rows":10}"#,
+        &mut control,
+        now,
+    );
+    assert_eq!(message_of(&out, 0), "process 1 has ended");
+    assert_eq!(control.resized.len(), 1, "an ended terminal is not resized");
 }

@@ -105,6 +105,9 @@ pub struct SavedExec {
     pub stdin_received: u64,
     #[serde(default)]
     pub stdin_consumed: u64,
+    /// `"terminal"` for a process on a pseudo-terminal; absent for code on pipes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

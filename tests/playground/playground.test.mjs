@@ -362,6 +362,52 @@ describe('bounds', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not set' }, () =
   });
 });
 
+describe('the terminal panel', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not set' }, () => {
+  test('typing `echo hi` in the terminal shows hi; the terminal follows the window size', async (t) => {
+    const { page } = await openPage(PLAIN, t);
+    await createSandbox(page);
+    await page.click('#open-terminal');
+    await page.waitForSelector('body[data-terminal="running"]', WAIT);
+    // The shell's prompt, then the keys as a person types them into xterm.js.
+    await page.waitForFunction(() => document.querySelector('#terminal .xterm-rows')?.textContent.includes('#'), null, WAIT);
+    await page.locator('#terminal .xterm-helper-textarea').focus();
+    await page.keyboard.type('echo hi; stty size');
+    await page.keyboard.press('Enter');
+    // "hi" on a line of its own (the typed line holds "echo hi").
+    await page.waitForFunction(
+      () => [...document.querySelectorAll('#terminal .xterm-rows > div')].some((row) => row.textContent.trim() === 'hi'),
+      null,
+      WAIT,
+    );
+    await page.waitForFunction(
+      () => [...document.querySelectorAll('#terminal .xterm-rows > div')].some((row) => /^\d+ \d+$/.test(row.textContent.trim())),
+      null,
+      WAIT,
+    );
+    const size = async () => {
+      const rows = [...(await page.locator('#terminal .xterm-rows > div').allTextContents())];
+      return rows.map((row) => row.trim()).find((row) => /^\d+ \d+$/.test(row));
+    };
+    const first = await size();
+    assert.ok(first, 'stty size printed the terminal size');
+    // A narrower window: the terminal is fitted again and the shell sees the new size.
+    await page.setViewportSize({ width: 700, height: 900 });
+    await page.keyboard.type('clear; stty size');
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(
+      (before) => [...document.querySelectorAll('#terminal .xterm-rows > div')].some((row) => /^\d+ \d+$/.test(row.textContent.trim()) && row.textContent.trim() !== before),
+      first,
+      WAIT,
+    );
+    await page.screenshot({ path: join(ARTIFACTS, 'terminal.png') });
+    await page.keyboard.type('exit 4');
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('body[data-terminal="done"]', WAIT);
+    assert.match(await page.textContent('#terminal-state'), /exit code 4/);
+    await deleteSandbox(page);
+  });
+});
+
 describe('re-attach', { skip: PLAIN ? false : 'SANDBOX_TEST_URL is not set' }, () => {
   test('after a disconnect the process goes on in the same element, with what it wrote meanwhile', async (t) => {
     const { page } = await openPage(PLAIN, t);

@@ -5,6 +5,7 @@
  */
 export { Sandbox, type AttachOptions, type AttachProcessOptions, type ConnectionOptions, type CreateOptions, type ExecOptions, type Language, type ListOptions, type ReconnectOptions, type RunOptions, type SandboxState, } from './sandbox.js';
 export { OutputStream, SandboxProcess, type OutputCallback } from './process.js';
+export { MAX_TERMINAL_SIZE, Terminal, Terminals, type TerminalOptions } from './terminal.js';
 export { Execution, Result, type CodeContext, type ExecutionError, type Logs, type RunCodeOptions, } from './code.js';
 export type { ExecutionResult, FileEntry, ProcessInfo, RunResult, SandboxInfo, SandboxList } from './results.js';
 export { Files, type WriteData } from './files.js';

@@ -5,6 +5,7 @@
  */
 export { Sandbox, } from './sandbox.js';
 export { OutputStream, SandboxProcess } from './process.js';
+export { MAX_TERMINAL_SIZE, Terminal, Terminals } from './terminal.js';
 export { Execution, Result, } from './code.js';
 export { Files } from './files.js';
 export { STATUS_ERRORS, SandboxAuthenticationError, SandboxCheckpointError, SandboxConnectionError, SandboxCreationError, SandboxError, SandboxExecutionError, SandboxFileError, SandboxInUseError, SandboxNotFoundError, SandboxPermissionError, SandboxRequestError, SandboxRestoreError, SandboxSnapshotError, SandboxStateError, SandboxTimeoutError, SandboxUnsupportedLanguageError, } from './errors.js';

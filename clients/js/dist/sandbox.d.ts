@@ -19,6 +19,7 @@ import { type ReconnectOptions } from './internal/reconnect.js';
 import { type Transport, type WebSocketConstructor } from './internal/transport.js';
 import { type OutputCallback, type SandboxProcess } from './process.js';
 import type { ProcessInfo, RunResult, SandboxList } from './results.js';
+import { Terminals } from './terminal.js';
 /** The languages the server runs. Other strings are sent as is (and refused by the server). */
 export type Language = 'python' | 'bash';
 /** Options shared by `Sandbox.create` and `Sandbox.attach`. Times are in seconds. */
@@ -175,6 +176,8 @@ export declare class Sandbox {
      * refusal that came after the last write, from a server without protocol 2).
      */
     run(code: string, language: Language | (string & {}), options?: RunOptions): Promise<RunResult>;
+    /** Terminals in this sandbox: `const term = await sandbox.pty.create({ cols: 80, rows: 24 })`. */
+    get pty(): Terminals;
     /** The sandbox's processes, running or ended and not yet reported (protocol 2). */
     listProcesses(): Promise<ProcessInfo[]>;
     /**

@@ -24,6 +24,7 @@ import { WebSocketTransport, connectionHeaders, } from './internal/transport.js'
 import { fetchList, listUrl } from './internal/listing.js';
 import { attachUrl, createUrl } from './internal/urls.js';
 import { newProcess } from './process.js';
+import { Terminals } from './terminal.js';
 const DEFAULT_CONNECT_TIMEOUT = 30;
 const DEFAULT_REQUEST_TIMEOUT = 120;
 const DEFAULT_CLOSE_TIMEOUT = 10;
@@ -330,6 +331,34 @@ export class Sandbox {
                 await process.kill().catch(() => undefined);
             throw error;
         }
+    }
+    /** Terminals in this sandbox: `const term = await sandbox.pty.create({ cols: 80, rows: 24 })`. */
+    get pty() {
+        return new Terminals({
+            start: (options) => this.#startTerminal(options),
+            resize: (key, cols, rows) => this.#resizeTerminal(key, cols, rows),
+        });
+    }
+    async #startTerminal(options) {
+        const live = this.#liveElsewhere();
+        if (live !== undefined)
+            return live.#startTerminal(options);
+        this.#checkUsable();
+        const { id, frame } = this.#protocol.sendExec({
+            code: options.command ?? '',
+            language: 'bash',
+            env: options.env,
+            cwd: options.cwd,
+            timeout: options.timeout,
+            outputEncoding: 'base64',
+            pty: { cols: options.cols ?? 80, rows: options.rows ?? 24 },
+        });
+        this.#callbacks.set(id, { onStdout: undefined, onStderr: undefined });
+        const process = (await this.#request(id, frame, 'the terminal to start'));
+        return { process, key: id };
+    }
+    async #resizeTerminal(key, cols, rows) {
+        await this.#simple((live) => live.#resizeTerminal(key, cols, rows), () => this.#protocol.sendResize(key, cols, rows), 'the terminal to be resized');
     }
     /** The sandbox's processes, running or ended and not yet reported (protocol 2). */
     listProcesses() {

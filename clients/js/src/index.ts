@@ -18,6 +18,7 @@ export {
   type SandboxState,
 } from './sandbox.js';
 export { OutputStream, SandboxProcess, type OutputCallback } from './process.js';
+export { MAX_TERMINAL_SIZE, Terminal, Terminals, type TerminalOptions } from './terminal.js';
 export {
   Execution,
   Result,

@@ -48,6 +48,7 @@ import { fetchList, listUrl } from './internal/listing.js';
 import { attachUrl, createUrl } from './internal/urls.js';
 import { type OutputCallback, type ProcessControl, type ProcessHost, type SandboxProcess, newProcess } from './process.js';
 import type { ProcessInfo, RunResult, SandboxList } from './results.js';
+import { type TerminalOptions, Terminals } from './terminal.js';
 
 /** The languages the server runs. Other strings are sent as is (and refused by the server). */
 export type Language = 'python' | 'bash';
@@ -485,6 +486,40 @@ export class Sandbox {
       if (!process.done && !this.closed) await process.kill().catch(() => undefined);
       throw error;
     }
+  }
+
+  /** Terminals in this sandbox: `const term = await sandbox.pty.create({ cols: 80, rows: 24 })`. */
+  get pty(): Terminals {
+    return new Terminals({
+      start: (options) => this.#startTerminal(options),
+      resize: (key, cols, rows) => this.#resizeTerminal(key, cols, rows),
+    });
+  }
+
+  async #startTerminal(options: TerminalOptions): Promise<{ process: SandboxProcess; key: string }> {
+    const live = this.#liveElsewhere();
+    if (live !== undefined) return live.#startTerminal(options);
+    this.#checkUsable();
+    const { id, frame } = this.#protocol.sendExec({
+      code: options.command ?? '',
+      language: 'bash',
+      env: options.env,
+      cwd: options.cwd,
+      timeout: options.timeout,
+      outputEncoding: 'base64',
+      pty: { cols: options.cols ?? 80, rows: options.rows ?? 24 },
+    });
+    this.#callbacks.set(id, { onStdout: undefined, onStderr: undefined });
+    const process = (await this.#request(id, frame, 'the terminal to start')) as SandboxProcess;
+    return { process, key: id };
+  }
+
+  async #resizeTerminal(key: string, cols: number, rows: number): Promise<void> {
+    await this.#simple(
+      (live) => live.#resizeTerminal(key, cols, rows),
+      () => this.#protocol.sendResize(key, cols, rows),
+      'the terminal to be resized',
+    );
   }
 
   /** The sandbox's processes, running or ended and not yet reported (protocol 2). */

@@ -33,6 +33,7 @@ from codesandbox import (
     SandboxError,
     SandboxFileError,
     SandboxProcess,
+    Terminal,
 )
 
 from .scripted import ScriptedConnection, ScriptedTransport
@@ -171,8 +172,15 @@ class Replay:
 
     async def process(self, name: str) -> SandboxProcess:
         process = await asyncio.wait_for(asyncio.shield(self.tasks[name]), WAIT)
+        if isinstance(process, Terminal):
+            return process.process
         assert isinstance(process, SandboxProcess), f"{name} is not a process"
         return process
+
+    async def terminal(self, name: str) -> Terminal:
+        terminal = await asyncio.wait_for(asyncio.shield(self.tasks[name]), WAIT)
+        assert isinstance(terminal, Terminal), f"{name} is not a terminal"
+        return terminal
 
     async def call(self, name: str, kind: str, args: dict[str, Any]) -> Any:
         if kind == "create":
@@ -199,6 +207,13 @@ class Replay:
             if "stdin_b64" in args:
                 args["stdin"] = base64.b64decode(args.pop("stdin_b64"))
             return await sandbox.run(**args, **callbacks)
+        if kind == "pty_create":
+            return await sandbox.pty.create(**args)
+        if kind == "pty_write":
+            return await (await self.terminal(args["terminal"])).write(args["data"])
+        if kind == "pty_resize":
+            terminal = await self.terminal(args["terminal"])
+            return await terminal.resize(args["cols"], args["rows"])
         if kind == "attach_process":
             return await sandbox.attach_process(**args, **callbacks)
         if kind == "stdin":

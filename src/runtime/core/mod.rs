@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use crate::agent_protocol::MAX_CHUNK_BYTES;
 use crate::agent_protocol::{
-    CellRequest, ContextCommand, ExecId, FromAgent, ProcessLimits, SpawnRequest, ToAgent,
+    CellRequest, ContextCommand, ExecId, FromAgent, ProcessLimits, SpawnRequest, TerminalSize,
+    ToAgent,
 };
 use crate::ids::SandboxId;
 use crate::timers::{TimerId, Timers};
@@ -573,7 +574,9 @@ impl Core {
             return Err(RuntimeError::WrongState(state.name()));
         }
         let exec = sandbox.execs.start(now, spec.stdin_bound)?;
-        if spec.file.is_some() {
+        if spec.file.is_some() || spec.pty.is_some() {
+            // SANDBOX_MAX_OUTPUT_BYTES bounds a run of code: not a file operation (its output
+            // is the file) nor a terminal session.
             sandbox.execs.lift_output_limit(exec);
         }
         let frame = match spec.cell {
@@ -595,6 +598,7 @@ impl Core {
                     cwd: spec.cwd,
                     limits,
                     file: spec.file,
+                    pty: spec.pty,
                 };
                 ToAgent::Spawn(exec, request)
             }
@@ -737,6 +741,25 @@ impl Core {
             .timers
             .arm(deadline(now, KILL_GRACE), Timer::KillGrace(key, exec));
         self.add_exec_timer(key, exec, timer);
+        Ok(())
+    }
+
+    /// Set the window size of terminal execution `exec`.
+    pub fn resize_terminal(
+        &mut self,
+        key: SandboxKey,
+        exec: ExecId,
+        size: TerminalSize,
+    ) -> Result<(), RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        if !sandbox.execs.contains(exec) {
+            return Err(RuntimeError::NoSuchExecution);
+        }
+        self.actions
+            .push_back(Action::Send(key, ToAgent::Resize(exec, size)));
         Ok(())
     }
 

@@ -35,6 +35,7 @@ fn spec(timeout_secs: u64) -> ExecSpec {
         timeout: Duration::from_secs(timeout_secs),
         stdin_bound: MAX_STDIN_IN_FLIGHT,
         file: None,
+        pty: None,
         cell: None,
     }
 }

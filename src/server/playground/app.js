@@ -79,6 +79,7 @@ function updateControls() {
   $('files-list').disabled = !ready;
   $('files-upload').disabled = !ready;
   $('expose').disabled = !ready || session.protocol !== 2;
+  $('open-terminal').disabled = !ready || session.protocol !== 2 || (terminalRun !== null && terminalRun.active);
   const connecting = session !== null && !session.closed && !session.ready;
   $('create').disabled = connecting || ready;
   $('attach').disabled = connecting || ready;
@@ -109,7 +110,11 @@ const sessionEvents = {
     if (protocol === 2) refreshPorts();
   },
   run(run, owner) {
+    if (run.terminal) return showTerminalState(run);
     showRun(run, owner);
+  },
+  terminalOutput(run, bytes) {
+    if (run === terminalRun && terminal !== null) terminal.write(bytes);
   },
   output(run, stream, text, owner) {
     appendOutput(showRun(run, owner).querySelector('.run-output'), stream, text);
@@ -151,6 +156,7 @@ function startSession(open) {
     ...sessionEvents,
     run: (run) => sessionEvents.run(run, mine),
     output: (run, stream, text) => sessionEvents.output(run, stream, text, mine),
+    terminalOutput: (run, bytes) => sessionEvents.terminalOutput(run, bytes),
     result: (run, frame) => sessionEvents.result(run, frame, mine),
     cellError: (run, frame) => sessionEvents.cellError(run, frame, mine),
   };
@@ -568,4 +574,64 @@ $('files-upload').addEventListener('change', async () => {
   } catch (error) {
     setFilesState(`Cannot upload ${path}: ${error.message}`);
   }
+});
+
+// ---- The terminal panel: a shell on a pseudo-terminal in the sandbox, shown by xterm.js
+// (vendored: /playground/vendor/), its size following the panel's (and so the window's).
+
+let terminal = null;
+let fitAddon = null;
+let terminalRun = null;
+
+function showTerminalState(run) {
+  const states = {
+    starting: 'starting…',
+    running: `running (process ${run.processId ?? '?'})`,
+    done: `ended with exit code ${run.done?.exitCode ?? '?'}`,
+    failed: `refused: ${run.error}`,
+    detached: 'disconnected',
+  };
+  $('terminal-state').textContent = states[run.state] ?? run.state;
+  document.body.dataset.terminal = run.state;
+  updateControls();
+}
+
+function ensureTerminal() {
+  if (terminal !== null) return;
+  terminal = new globalThis.Terminal({ convertEol: false, cursorBlink: true, scrollback: 5000 });
+  fitAddon = new globalThis.FitAddon.FitAddon();
+  terminal.loadAddon(fitAddon);
+  terminal.open($('terminal'));
+  terminal.onData((data) => {
+    if (session === null || terminalRun === null || terminalRun.state !== 'running') return;
+    try {
+      session.write(terminalRun, data);
+    } catch (error) {
+      log(`terminal: ${error.message}`, 'error');
+    }
+  });
+  window.addEventListener('resize', followSize);
+}
+
+function followSize() {
+  if (fitAddon === null) return;
+  fitAddon.fit();
+  if (session !== null && terminalRun !== null && terminalRun.state === 'running') {
+    session.resize(terminalRun, terminal.cols, terminal.rows).catch((error) => log(`resize: ${error.message}`, 'error'));
+  }
+}
+
+$('open-terminal').addEventListener('click', () => {
+  $('terminal').hidden = false;
+  ensureTerminal();
+  fitAddon.fit();
+  terminal.reset();
+  try {
+    terminalRun = session.openTerminal(terminal.cols, terminal.rows);
+  } catch (error) {
+    log(`terminal: ${error.message}`, 'error');
+    return;
+  }
+  updateControls();
+  terminal.focus();
 });

@@ -30,10 +30,13 @@ export function subprotocols(apiKey) {
   return apiKey ? [SUBPROTOCOL, KEY_PREFIX + base64url(apiKey)] : [SUBPROTOCOL];
 }
 
-function decodeBase64Text(data) {
+function decodeBase64(data) {
   const binary = atob(data);
-  const bytes = Uint8Array.from(binary, (char) => char.charCodeAt(0));
-  return new TextDecoder().decode(bytes);
+  return Uint8Array.from(binary, (char) => char.charCodeAt(0));
+}
+
+function decodeBase64Text(data) {
+  return new TextDecoder().decode(decodeBase64(data));
 }
 
 const DEFAULT_STDIN_WINDOW = 1024 * 1024;
@@ -56,6 +59,8 @@ export class Run {
     this.stdinSent = 0;
     this.stdinWritten = 0;
     this.stdinWindow = DEFAULT_STDIN_WINDOW;
+    // A terminal (docs/protocol.md, "Terminals"): its output goes to `terminalOutput` as bytes.
+    this.terminal = false;
     // A code interpreter cell (protocol 2): its results and error, as the server sent them.
     this.cell = false;
     this.results = [];
@@ -135,6 +140,17 @@ export class Session {
     return run;
   }
 
+  /** A terminal of `cols` x `rows` running the login shell (protocol 2). */
+  openTerminal(cols, rows) {
+    if (this.protocol !== 2) throw new Error('this server has no terminals (it does not speak protocol 2)');
+    const run = new Run(this.runs.length + 1, String(this.nextId), 'bash', null);
+    run.terminal = true;
+    this.send({ language: 'bash', code: '', pty: { cols, rows }, output_encoding: 'base64' });
+    this.runs.push(run);
+    this.events.run(run);
+    return run;
+  }
+
   /** A cell in the sandbox's default code context (protocol 2): its state persists. */
   runCode(code) {
     if (this.protocol !== 2) throw new Error('code cells need a server that speaks protocol 2');
@@ -144,6 +160,12 @@ export class Session {
     this.runs.push(run);
     this.events.run(run);
     return run;
+  }
+
+  /** A terminal's new window size. */
+  resize(run, cols, rows) {
+    if (run.state !== 'running') return Promise.resolve(null);
+    return this.request({ action: 'resize', process_id: run.processId, cols, rows });
   }
 
   /** Write `text` to the process's stdin (and close it after, with `eof`). */
@@ -330,6 +352,10 @@ export class Session {
     const run = this.find(frame) ?? this.adopt(frame);
     if (run.state === 'starting') run.state = 'running';
     const data = String(frame.data ?? '');
+    if (run.terminal && this.events.terminalOutput) {
+      const bytes = frame.encoding === 'base64' ? decodeBase64(data) : new TextEncoder().encode(data);
+      return this.events.terminalOutput(run, bytes);
+    }
     const text = frame.encoding === 'base64' ? decodeBase64Text(data) : data;
     this.events.output(run, frame.event, text);
   }

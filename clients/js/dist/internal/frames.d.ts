@@ -29,6 +29,11 @@ export interface ExecRequest {
     cwd?: string | undefined;
     timeout?: number | undefined;
     outputEncoding?: OutputEncoding | undefined;
+    /** A terminal of this size (protocol 2). */
+    pty?: {
+        cols: number;
+        rows: number;
+    } | undefined;
 }
 export declare function execMessage(requestId: string, req: ExecRequest): string;
 /**

@@ -53,6 +53,8 @@ export function execMessage(requestId, req) {
         message['timeout'] = req.timeout;
     if (req.outputEncoding !== undefined && req.outputEncoding !== 'text')
         message['output_encoding'] = req.outputEncoding;
+    if (req.pty !== undefined)
+        message['pty'] = { cols: req.pty.cols, rows: req.pty.rows };
     return JSON.stringify(message);
 }
 /**

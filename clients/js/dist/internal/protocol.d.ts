@@ -151,6 +151,11 @@ export declare class ClientProtocol {
         id: string;
         frame: string;
     };
+    /** A terminal's new window size. */
+    sendResize(key: string, cols: number, rows: number): {
+        id: string;
+        frame: string;
+    };
     sendListProcesses(): {
         id: string;
         frame: string;

@@ -256,6 +256,8 @@ export class ClientProtocol {
             throw new SandboxStateError('an execution is already running in this sandbox and this server runs one at a time ' +
                 '(it does not announce protocol 2); wait for it (process.wait()) or kill it first');
         }
+        if (req.pty !== undefined)
+            this.requireProtocol2('open a terminal');
         const request = this.addRequest('exec');
         request.key = request.id;
         this.processes.set(request.id, new Process(request.id, encoding === 'base64'));
@@ -339,6 +341,16 @@ export class ClientProtocol {
         const request = this.addRequest('kill_sandbox');
         this.closingByRequest = true;
         return { id: request.id, frame: actionMessage('kill_sandbox', request.id) };
+    }
+    /** A terminal's new window size. */
+    sendResize(key, cols, rows) {
+        const process = this.live(key, 'resize the terminal');
+        this.requireProtocol2('resize a terminal');
+        const request = this.addRequest('resize', key);
+        return {
+            id: request.id,
+            frame: actionMessage('resize', request.id, { process_id: process.processId, cols, rows }),
+        };
     }
     sendListProcesses() {
         this.requireOpen('list processes');

@@ -68,6 +68,8 @@ export interface ExecRequest {
   cwd?: string | undefined;
   timeout?: number | undefined;
   outputEncoding?: OutputEncoding | undefined;
+  /** A terminal of this size (protocol 2). */
+  pty?: { cols: number; rows: number } | undefined;
 }
 
 export function execMessage(requestId: string, req: ExecRequest): string {
@@ -77,6 +79,7 @@ export function execMessage(requestId: string, req: ExecRequest): string {
   if (req.cwd !== undefined) message['cwd'] = req.cwd;
   if (req.timeout !== undefined) message['timeout'] = req.timeout;
   if (req.outputEncoding !== undefined && req.outputEncoding !== 'text') message['output_encoding'] = req.outputEncoding;
+  if (req.pty !== undefined) message['pty'] = { cols: req.pty.cols, rows: req.pty.rows };
   return JSON.stringify(message);
 }
 

@@ -88,6 +88,7 @@ type Kind =
   | 'expose'
   | 'unexpose'
   | 'list_ports'
+  | 'resize'
   /** create/list/restart/delete_code_context */
   | 'code_context';
 
@@ -317,6 +318,7 @@ export class ClientProtocol {
           '(it does not announce protocol 2); wait for it (process.wait()) or kill it first',
       );
     }
+    if (req.pty !== undefined) this.requireProtocol2('open a terminal');
     const request = this.addRequest('exec');
     request.key = request.id;
     this.processes.set(request.id, new Process(request.id, encoding === 'base64'));
@@ -404,6 +406,17 @@ export class ClientProtocol {
     const request = this.addRequest('kill_sandbox');
     this.closingByRequest = true;
     return { id: request.id, frame: actionMessage('kill_sandbox', request.id) };
+  }
+
+  /** A terminal's new window size. */
+  sendResize(key: string, cols: number, rows: number): { id: string; frame: string } {
+    const process = this.live(key, 'resize the terminal');
+    this.requireProtocol2('resize a terminal');
+    const request = this.addRequest('resize', key);
+    return {
+      id: request.id,
+      frame: actionMessage('resize', request.id, { process_id: process.processId, cols, rows }),
+    };
   }
 
   sendListProcesses(): { id: string; frame: string } {

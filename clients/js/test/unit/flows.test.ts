@@ -15,7 +15,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
-import { Execution, Sandbox, SandboxError, SandboxFileError, SandboxProcess, type CreateOptions } from '../../src/index.js';
+import { Execution, Sandbox, SandboxError, SandboxFileError, SandboxProcess, Terminal, type CreateOptions } from '../../src/index.js';
 import { base64ToBytes, bytesToBase64 } from '../../src/internal/base64.js';
 import { type ScriptedConnection, ScriptedTransport } from './scripted.js';
 
@@ -228,9 +228,18 @@ class Replay {
   async process(name: string): Promise<SandboxProcess> {
     const task = this.tasks.get(name);
     assert.ok(task !== undefined, `no call named ${name}`);
-    const process = await task.promise;
+    const value = await task.promise;
+    const process = value instanceof Terminal ? value.process : value;
     assert.ok(process instanceof SandboxProcess, `${name} is not a process`);
     return process;
+  }
+
+  async terminal(name: string): Promise<Terminal> {
+    const task = this.tasks.get(name);
+    assert.ok(task !== undefined, `no call named ${name}`);
+    const terminal = await task.promise;
+    assert.ok(terminal instanceof Terminal, `${name} is not a terminal`);
+    return terminal;
   }
 
   async call(name: string, kind: string, args: Record<string, Json>): Promise<unknown> {
@@ -258,6 +267,14 @@ class Replay {
         if (typeof stdinB64 === 'string') rest['stdin'] = base64ToBytes(stdinB64);
         return sandbox.run(String(code), String(language), { ...rest, ...callbacks });
       }
+      case 'pty_create': {
+        const { cols, rows, ...rest } = options;
+        return sandbox.pty.create({ cols: Number(cols), rows: Number(rows), ...rest });
+      }
+      case 'pty_write':
+        return (await this.terminal(str(args['terminal']))).write(str(args['data']));
+      case 'pty_resize':
+        return (await this.terminal(str(args['terminal']))).resize(Number(args['cols']), Number(args['rows']));
       case 'attach_process': {
         const { processId, ...rest } = options;
         return sandbox.attachProcess(Number(processId), { ...rest, ...callbacks });

@@ -64,7 +64,8 @@ from ._results import (
     SandboxList,
 )
 from ._sandbox import Sandbox, SandboxState
-from ._sync import SyncFiles, SyncOutputStream, SyncProcess, SyncSandbox
+from ._sync import SyncFiles, SyncOutputStream, SyncProcess, SyncSandbox, SyncTerminal
+from ._terminal import Terminal
 from ._transport import Connection, ConnectionClosed, Transport, WebSocketTransport
 
 __version__ = "0.2.0"
@@ -110,6 +111,8 @@ __all__ = [
     "SyncOutputStream",
     "SyncProcess",
     "SyncSandbox",
+    "SyncTerminal",
+    "Terminal",
     "Transport",
     "WebSocketTransport",
     "__version__",

@@ -80,6 +80,7 @@ def exec_message(
     cwd: str | None,
     timeout: float | None,
     output_encoding: OutputEncoding,
+    pty: dict[str, int] | None = None,
 ) -> str:
     message: dict[str, Any] = {"id": request_id, "language": language, "code": code}
     # Only the additions that are used, so a core server sees the core message.
@@ -91,6 +92,8 @@ def exec_message(
         message["timeout"] = timeout
     if output_encoding != "text":
         message["output_encoding"] = output_encoding
+    if pty is not None:
+        message["pty"] = dict(pty)
     return dumps(message)
 
 

@@ -124,6 +124,7 @@ class Kind(enum.Enum):
     EXPOSE = "expose"
     UNEXPOSE = "unexpose"
     LIST_PORTS = "list_ports"
+    RESIZE = "resize"
     CODE_CONTEXT = "code_context"  # create/list/restart/delete_code_context
 
 
@@ -331,9 +332,13 @@ class ClientProtocol:
         cwd: str | None = None,
         timeout: float | None = None,
         output_encoding: OutputEncoding = "text",
+        pty: dict[str, int] | None = None,
     ) -> tuple[str, str]:
-        """Returns (request id, frame). The id is the process's key once it runs."""
+        """Returns (request id, frame). The id is the process's key once it runs. With
+        ``pty`` (``{"cols", "rows"}``), a terminal (protocol 2)."""
         self._require_open("start an execution")
+        if pty is not None:
+            self._require_protocol_2("open a terminal")
         if output_encoding not in ("text", "base64"):
             raise ValueError(f"output_encoding must be 'text' or 'base64', not {output_encoding!r}")
         if self.protocol < 2 and self._foreground is not None:
@@ -355,8 +360,18 @@ class ClientProtocol:
             cwd=cwd,
             timeout=timeout,
             output_encoding=output_encoding,
+            pty=pty,
         )
         return request.id, frame
+
+    def send_resize(self, key: str, cols: int, rows: int) -> tuple[str, str]:
+        """A terminal's new window size."""
+        process = self._live(key, "resize the terminal")
+        self._require_protocol_2("resize a terminal")
+        request = self._add_request(Kind.RESIZE, key)
+        return request.id, action_message(
+            "resize", request.id, process_id=process.process_id, cols=cols, rows=rows
+        )
 
     def send_run_code(
         self,

@@ -42,7 +42,7 @@ class ProcessInfo:
     request_id: str | None
     """The id of the request that started it (``None`` for one started without an id)."""
     kind: str
-    """``"exec"`` (later also ``"cell"`` and ``"terminal"``)."""
+    """``"exec"`` or ``"terminal"`` (later also ``"cell"``)."""
     language: str | None
     running: bool
     started_unix_ms: int | None

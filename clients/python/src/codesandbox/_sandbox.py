@@ -69,6 +69,7 @@ from ._process import OutputCallback, ProcessControl, SandboxProcess, new_proces
 from ._protocol import ClientProtocol, Phase
 from ._reconnect import ReconnectOptions
 from ._results import ProcessInfo, RunResult, SandboxList
+from ._terminal import Terminals
 from ._transport import (
     Connection,
     ConnectionClosed,
@@ -530,6 +531,49 @@ class Sandbox:
     async def _kill_quietly(self, process: SandboxProcess) -> None:
         with contextlib.suppress(SandboxError):
             await process.kill()
+
+    @property
+    def pty(self) -> Terminals:
+        """Terminals in this sandbox: ``term = await sandbox.pty.create(cols=80, rows=24)``
+        (see ``Terminal``)."""
+        return Terminals(self)
+
+    async def _start_terminal(
+        self,
+        command: str,
+        cols: int,
+        rows: int,
+        *,
+        env: dict[str, str] | None,
+        cwd: str | None,
+        timeout: float | None,
+    ) -> SandboxProcess:
+        live = self._live_elsewhere()
+        if live is not None:
+            return await live._start_terminal(
+                command, cols, rows, env=env, cwd=cwd, timeout=timeout
+            )
+        self._check_usable()
+        request_id, frame = self._protocol.send_exec(
+            command,
+            "bash",
+            env=env,
+            cwd=cwd,
+            timeout=timeout,
+            output_encoding="base64",
+            pty={"cols": cols, "rows": rows},
+        )
+        self._callbacks[request_id] = (None, None)
+        process: SandboxProcess = await self._request(request_id, frame, "the terminal to start")
+        return process
+
+    async def _resize_terminal(self, key: str, cols: int, rows: int) -> None:
+        live = self._live_elsewhere()
+        if live is not None:
+            return await live._resize_terminal(key, cols, rows)
+        self._check_usable()
+        request_id, frame = self._protocol.send_resize(key, cols, rows)
+        await self._request(request_id, frame, "the terminal to be resized")
 
     async def list_processes(self) -> builtins.list[ProcessInfo]:
         """The sandbox's processes, running or ended and not yet reported (protocol 2)."""

@@ -28,6 +28,7 @@ from ._files import Files, WriteData
 from ._process import OutputStream, SandboxProcess
 from ._results import ExecutionResult, FileEntry, ProcessInfo, RunResult, SandboxList
 from ._sandbox import Sandbox, SandboxState
+from ._terminal import Terminal
 
 T = TypeVar("T")
 
@@ -214,6 +215,60 @@ class SyncFiles:
         return self._runner.call(self._files.download(remote, local))
 
 
+class SyncTerminal:
+    """``Terminal`` without ``await``: ``write``, ``resize``, ``output`` (an iterator of
+    byte chunks), ``wait``, ``kill``."""
+
+    def __init__(self, terminal: Terminal, runner: _LoopThread) -> None:
+        self._terminal = terminal
+        self._runner = runner
+        self._output = terminal.output
+
+    @property
+    def process_id(self) -> int | None:
+        return self._terminal.process_id
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._terminal.exit_code
+
+    @property
+    def output(self) -> Iterator[bytes]:
+        while True:
+            item = self._runner.call(_anext(self._output))
+            if item is None:
+                return
+            yield item
+
+    def write(self, data: str | bytes) -> None:
+        self._runner.call(self._terminal.write(data))
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._runner.call(self._terminal.resize(cols, rows))
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._runner.call(self._terminal.wait(), timeout)
+
+    def kill(self) -> None:
+        self._runner.call(self._terminal.kill())
+
+    def __repr__(self) -> str:
+        return f"Sync{self._terminal!r}"
+
+
+class SyncTerminals:
+    """``sandbox.pty`` without ``await``."""
+
+    def __init__(self, sandbox: Sandbox, runner: _LoopThread) -> None:
+        self._sandbox = sandbox
+        self._runner = runner
+
+    def create(self, cols: int = 80, rows: int = 24, **options: Any) -> SyncTerminal:
+        """See ``Terminals.create``."""
+        terminal = self._runner.call(self._sandbox.pty.create(cols, rows, **options))
+        return SyncTerminal(terminal, self._runner)
+
+
 class SyncSandbox:
     """``Sandbox`` without ``await``: ``SyncSandbox.create(url)`` /
     ``SyncSandbox.attach(url, sandbox_id)`` take the same arguments, and every method
@@ -293,6 +348,11 @@ class SyncSandbox:
     def run(self, code: str, language: str, **options: Any) -> RunResult:
         """See ``Sandbox.run``."""
         return self._runner.call(self._sandbox.run(code, language, **options))
+
+    @property
+    def pty(self) -> SyncTerminals:
+        """See ``Sandbox.pty``."""
+        return SyncTerminals(self._sandbox, self._runner)
 
     def list_processes(self) -> builtins.list[ProcessInfo]:
         return self._runner.call(self._sandbox.list_processes())

@@ -1,0 +1,7 @@
+"""``python -m codesandbox._cli``: the ``codesandbox`` command without its console script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
