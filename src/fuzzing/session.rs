@@ -147,6 +147,8 @@ struct FakeControl {
     execs_started: u32,
     /// Executions started and not yet reported finished.
     running: Vec<ExecId>,
+    /// Those of them that are file operations (bounded apart from processes).
+    file_operations: Vec<ExecId>,
 }
 
 impl FakeControl {
@@ -199,13 +201,25 @@ impl SandboxControl for FakeControl {
         );
         assert!(spec.cwd.starts_with('/'));
         assert!(!spec.timeout.is_zero());
-        assert!(
-            self.running.len() < MAX_SESSION_PROCESSES,
-            "the session started more processes than its limit"
-        );
+        let operations = self.file_operations.len();
+        if spec.file.is_some() {
+            assert!(
+                operations < crate::session::files::MAX_FILE_TRANSFERS,
+                "the session started more file operations than its limit"
+            );
+        } else {
+            assert!(
+                self.running.len() - operations < MAX_SESSION_PROCESSES,
+                "the session started more processes than its limit"
+            );
+        }
         self.execs_started += 1;
-        self.running.push(ExecId(self.execs_started));
-        Ok(ExecId(self.execs_started))
+        let exec = ExecId(self.execs_started);
+        self.running.push(exec);
+        if spec.file.is_some() {
+            self.file_operations.push(exec);
+        }
+        Ok(exec)
     }
 
     fn write_stdin(
@@ -343,9 +357,13 @@ impl Server {
                 &notice
             {
                 self.control.running.retain(|running| running != exec);
+                self.control
+                    .file_operations
+                    .retain(|running| running != exec);
             }
             if matches!(notice, RuntimeEvent::Lost(_) | RuntimeEvent::Deleted) {
                 self.control.running.clear();
+                self.control.file_operations.clear();
             }
             return session.on_runtime(notice, &mut self.control);
         }
