@@ -80,6 +80,7 @@ pub struct Config {
     /// `SANDBOX_PLAYGROUND`: `on` (default) serves the browser playground at `/` and
     /// `/playground`; `off` answers 404 there.
     pub playground: bool,
+    pub mcp: McpConfig,
 }
 
 /// Limits applied to sandboxes and executions.
@@ -157,6 +158,20 @@ const MAX_STDIN_WINDOW_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The most `SANDBOX_MAX_SESSION_PROCESSES` may be.
 const MAX_SESSION_PROCESSES: u64 = 1024;
+
+/// The MCP endpoint `/mcp`.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// `SANDBOX_MCP_IDLE_TIMEOUT_SECS`: an MCP session, or a sandbox an MCP call created, is
+    /// deleted after this long without a call.
+    pub idle_timeout: Duration,
+    /// `SANDBOX_MCP_MAX_SESSIONS`: MCP sessions (handshake revision) open at once.
+    pub max_sessions: usize,
+    /// `SANDBOX_MCP_OUTPUT_BYTES`: output of each stream a tool result keeps.
+    pub output_bytes: usize,
+    /// `SANDBOX_MCP_ALLOWED_ORIGINS`: browser origins allowed besides the server's own.
+    pub allowed_origins: Vec<String>,
+}
 
 /// Network egress for sandboxes that ask for it.
 #[derive(Debug, Clone)]
@@ -286,6 +301,23 @@ impl Config {
             ca_bundle: env.optional_path("SANDBOX_CA_BUNDLE"),
             api_keys: api_keys(&env)?,
             playground: env.on_off("SANDBOX_PLAYGROUND", true)?,
+            mcp: McpConfig {
+                idle_timeout: env.seconds("SANDBOX_MCP_IDLE_TIMEOUT_SECS", 600)?,
+                max_sessions: env.bounded("SANDBOX_MCP_MAX_SESSIONS", 1024, 1..=1_000_000)?
+                    as usize,
+                output_bytes: env.bounded(
+                    "SANDBOX_MCP_OUTPUT_BYTES",
+                    64 * 1024,
+                    1..=16 * 1024 * 1024,
+                )? as usize,
+                allowed_origins: env
+                    .string("SANDBOX_MCP_ALLOWED_ORIGINS", "")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|origin| !origin.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            },
             egress: EgressConfig {
                 enabled: env.on_off("SANDBOX_EGRESS", true)?,
                 allow: crate::egress_policy::parse_policy(&env.string(

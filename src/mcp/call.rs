@@ -146,7 +146,10 @@ impl CommandCall {
     /// The session message that kills the command, once it runs (`None` before).
     pub fn kill_message(&self, kill_request: &RequestId) -> Option<String> {
         let process = self.process?;
-        Some(json!({"action": "kill_process", "process_id": process, "id": kill_request}).to_string())
+        Some(
+            json!({"action": "kill_process", "process_id": process, "id": kill_request})
+                .to_string(),
+        )
     }
 
     pub fn is_finished(&self) -> bool {
@@ -179,7 +182,9 @@ impl CommandCall {
             }
             ServerEvent::Done(done) => {
                 self.finished = true;
-                vec![CallEvent::Finished(self.result(done.exit_code, done.reason.as_str()))]
+                vec![CallEvent::Finished(
+                    self.result(done.exit_code, done.reason.as_str()),
+                )]
             }
             ServerEvent::StatusWithMessage(status, message) if status.is_error() => {
                 self.fail(message)
@@ -241,7 +246,11 @@ mod tests {
     use crate::session::Status;
 
     fn frame(event: ServerEvent) -> Frame {
-        Frame::new(event, Some(RequestId::Text("m1".into())), Some(ProcessId(3)))
+        Frame::new(
+            event,
+            Some(RequestId::Text("m1".into())),
+            Some(ProcessId(3)),
+        )
     }
 
     fn output(stream: Stream, data: &str) -> Frame {
@@ -271,20 +280,39 @@ mod tests {
     #[test]
     fn the_message_is_an_execution_with_the_calls_request_id() {
         let call = CommandCall::new(RequestId::Text("m7".into()), "s".into(), None, 10);
-        let message: Value = serde_json::from_str(&call.exec_message("ls", Some(2.5), Some("/tmp"))).unwrap();
+        let message: Value =
+            serde_json::from_str(&call.exec_message("ls", Some(2.5), Some("/tmp"))).unwrap();
         assert_eq!(
             message,
             json!({"id": "m7", "language": "bash", "code": "ls", "timeout": 2.5, "cwd": "/tmp"})
         );
-        assert_eq!(call.kill_message(&RequestId::Text("k".into())), None, "nothing to kill yet");
+        assert_eq!(
+            call.kill_message(&RequestId::Text("k".into())),
+            None,
+            "nothing to kill yet"
+        );
     }
 
     #[test]
     fn output_streams_as_progress_and_ends_in_a_result() {
-        let mut call = CommandCall::new(RequestId::Text("m1".into()), "sid".into(), Some(json!("tok")), 100);
-        assert!(call.on_frame(&frame(ServerEvent::ExecRunning { stdin_window: Some(4) })).is_empty());
-        let kill: Value = serde_json::from_str(&call.kill_message(&RequestId::Text("k1".into())).unwrap()).unwrap();
-        assert_eq!(kill, json!({"action": "kill_process", "process_id": 3, "id": "k1"}));
+        let mut call = CommandCall::new(
+            RequestId::Text("m1".into()),
+            "sid".into(),
+            Some(json!("tok")),
+            100,
+        );
+        assert!(call
+            .on_frame(&frame(ServerEvent::ExecRunning {
+                stdin_window: Some(4)
+            }))
+            .is_empty());
+        let kill: Value =
+            serde_json::from_str(&call.kill_message(&RequestId::Text("k1".into())).unwrap())
+                .unwrap();
+        assert_eq!(
+            kill,
+            json!({"action": "kill_process", "process_id": 3, "id": "k1"})
+        );
         assert_eq!(
             call.on_frame(&output(Stream::Stdout, "hello\n")),
             vec![CallEvent::Progress(json!({
@@ -298,13 +326,22 @@ mod tests {
         };
         assert_eq!(second["params"]["progress"], 10, "progress only grows");
         let result = finished(call.on_frame(&done(2, Reason::Exited)));
-        assert!(!result.is_error, "a command that fails is data, not a tool error");
+        assert!(
+            !result.is_error,
+            "a command that fails is data, not a tool error"
+        );
         assert_eq!(
             result.structured,
             json!({"sandbox_id": "sid", "stdout": "hello\n", "stderr": "oops", "exit_code": 2, "reason": "exited", "truncated": false})
         );
-        assert_eq!(result.text, "exit code 2\n--- stdout ---\nhello\n\n--- stderr ---\noops");
-        assert!(call.on_frame(&done(0, Reason::Exited)).is_empty(), "one result only");
+        assert_eq!(
+            result.text,
+            "exit code 2\n--- stdout ---\nhello\n\n--- stderr ---\noops"
+        );
+        assert!(
+            call.on_frame(&done(0, Reason::Exited)).is_empty(),
+            "one result only"
+        );
         assert!(call.is_finished());
     }
 
@@ -313,7 +350,13 @@ mod tests {
         let mut call = CommandCall::new(RequestId::Text("m1".into()), "sid".into(), None, 100);
         assert!(call.on_frame(&output(Stream::Stdout, "x")).is_empty());
         let result = finished(call.on_frame(&done(137, Reason::Timeout)));
-        assert!(result.text.starts_with("killed after its timeout (exit code 137)"), "{}", result.text);
+        assert!(
+            result
+                .text
+                .starts_with("killed after its timeout (exit code 137)"),
+            "{}",
+            result.text
+        );
     }
 
     #[test]
@@ -323,7 +366,10 @@ mod tests {
         call.on_frame(&output(Stream::Stdout, "more"));
         let result = finished(call.on_frame(&done(0, Reason::Exited)));
         let stdout = result.structured["stdout"].as_str().unwrap();
-        assert!(stdout.starts_with("abcé\n[stdout truncated: the first 5 of 9 bytes are shown;"), "{stdout}");
+        assert!(
+            stdout.starts_with("abcé\n[stdout truncated: the first 5 of 9 bytes are shown;"),
+            "{stdout}"
+        );
         assert_eq!(result.structured["truncated"], true);
         assert_eq!(result.structured["stderr"], "");
     }
@@ -339,6 +385,8 @@ mod tests {
         assert!(result.is_error);
         assert_eq!(result.text, "too many processes");
         assert_eq!(result.structured["sandbox_id"], "sid");
-        assert!(call.on_frame(&frame(ServerEvent::Error("too many processes".into()))).is_empty());
+        assert!(call
+            .on_frame(&frame(ServerEvent::Error("too many processes".into())))
+            .is_empty());
     }
 }

@@ -95,7 +95,10 @@ pub enum Action {
     EndSession(Option<SessionId>),
     /// `notifications/cancelled` in a handshake session: cancel the request with this JSON-RPC
     /// id, then answer 202.
-    Cancel { session: String, request: Value },
+    Cancel {
+        session: String,
+        request: Value,
+    },
 }
 
 /// The HTTP status of a JSON-RPC error in the single-exchange revision (its transport's table;
@@ -147,7 +150,10 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[Strin
         return true;
     };
     let origin = origin.trim_end_matches('/');
-    if allowed.iter().any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
+    if allowed
+        .iter()
+        .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
         return true;
     }
     let Some(host) = host else {
@@ -218,7 +224,10 @@ impl Endpoint {
             return error_reply(
                 400,
                 None,
-                &RpcError::new(jsonrpc::INVALID_REQUEST, "DELETE /mcp needs an Mcp-Session-Id header"),
+                &RpcError::new(
+                    jsonrpc::INVALID_REQUEST,
+                    "DELETE /mcp needs an Mcp-Session-Id header",
+                ),
             );
         };
         let owner = request.owner;
@@ -294,12 +303,17 @@ impl Endpoint {
         let version = version::negotiate(requested);
         let session = match new_session_id().and_then(|session| {
             let owner = request.owner.map(str::to_string);
-            self.registry.open_session(session.clone(), version, owner, now)?;
+            self.registry
+                .open_session(session.clone(), version, owner, now)?;
             Ok(session)
         }) {
             Ok(session) => session,
             Err(message) => {
-                return error_reply(503, Some(id), &RpcError::new(jsonrpc::INTERNAL_ERROR, message))
+                return error_reply(
+                    503,
+                    Some(id),
+                    &RpcError::new(jsonrpc::INTERNAL_ERROR, message),
+                )
             }
         };
         let result = json!({
@@ -344,13 +358,22 @@ impl Endpoint {
                 "ttlMs": 0,
                 "cacheScope": "public",
             });
-            return Action::Reply(Reply::json(200, result_body(&id, Era::SingleExchange, result)));
+            return Action::Reply(Reply::json(
+                200,
+                result_body(&id, Era::SingleExchange, result),
+            ));
         }
         self.method(&id, &method, &params, context)
     }
 
     /// The methods both revisions share.
-    fn method(&mut self, id: &Value, method: &str, params: &Map<String, Value>, context: Context) -> Action {
+    fn method(
+        &mut self,
+        id: &Value,
+        method: &str,
+        params: &Map<String, Value>,
+        context: Context,
+    ) -> Action {
         let era = context.era;
         let reply = |result: Value| Action::Reply(Reply::json(200, result_body(id, era, result)));
         match method {
@@ -464,7 +487,11 @@ fn era_of(request: &Request, message: &Incoming) -> Era {
 
 /// The single-exchange revision's checks of a request, in its order: the envelope in
 /// `params._meta`, the headers against the body, the version.
-fn check_envelope(request: &Request, method: &str, params: &Map<String, Value>) -> Result<(), RpcError> {
+fn check_envelope(
+    request: &Request,
+    method: &str,
+    params: &Map<String, Value>,
+) -> Result<(), RpcError> {
     let Some(Value::Object(meta)) = params.get("_meta") else {
         return Err(RpcError::invalid_params(format!(
             "params._meta must be an object carrying the required {:?} and {:?} envelope keys",
@@ -472,10 +499,13 @@ fn check_envelope(request: &Request, method: &str, params: &Map<String, Value>) 
             version::CLIENT_CAPABILITIES_META_KEY
         )));
     };
-    let missing: Vec<&str> = [version::PROTOCOL_VERSION_META_KEY, version::CLIENT_CAPABILITIES_META_KEY]
-        .into_iter()
-        .filter(|key| !meta.contains_key(*key))
-        .collect();
+    let missing: Vec<&str> = [
+        version::PROTOCOL_VERSION_META_KEY,
+        version::CLIENT_CAPABILITIES_META_KEY,
+    ]
+    .into_iter()
+    .filter(|key| !meta.contains_key(*key))
+    .collect();
     if !missing.is_empty() {
         return Err(RpcError::invalid_params(format!(
             "params._meta is missing the required envelope key(s): {}",
@@ -498,7 +528,9 @@ fn check_envelope(request: &Request, method: &str, params: &Map<String, Value>) 
         }
     }
     if method == "tools/call" {
-        if let (Some(header), Some(name)) = (request.mcp_name, params.get("name").and_then(Value::as_str)) {
+        if let (Some(header), Some(name)) =
+            (request.mcp_name, params.get("name").and_then(Value::as_str))
+        {
             if header != name {
                 return Err(RpcError::new(
                     jsonrpc::HEADER_MISMATCH,

@@ -126,12 +126,20 @@ pub fn parse(body: &[u8]) -> Result<Incoming, Rejected> {
     }
     if message.get("jsonrpc") != Some(&Value::from("2.0")) {
         let got = message.get("jsonrpc").map_or("nothing".into(), shown);
-        return reject(id, INVALID_REQUEST, format!("\"jsonrpc\" must be \"2.0\", got {got}"));
+        return reject(
+            id,
+            INVALID_REQUEST,
+            format!("\"jsonrpc\" must be \"2.0\", got {got}"),
+        );
     }
     if message.contains_key("result") || message.contains_key("error") {
         return match id {
             Some(_) if !message.contains_key("method") => Ok(Incoming::Response),
-            _ => reject(id, INVALID_REQUEST, "a response must have an \"id\" and no \"method\"".into()),
+            _ => reject(
+                id,
+                INVALID_REQUEST,
+                "a response must have an \"id\" and no \"method\"".into(),
+            ),
         };
     }
     let method = match message.remove("method") {
@@ -226,11 +234,15 @@ mod tests {
         let (id, code, message) = rejected(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#);
         assert_eq!((id, code), (None, INVALID_REQUEST));
         assert_eq!(message, "\"id\" must be a string or an integer, got null");
-        assert_eq!(rejected(r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#).1, INVALID_REQUEST);
+        assert_eq!(
+            rejected(r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#).1,
+            INVALID_REQUEST
+        );
         let (_, code, message) = rejected(r#"{"jsonrpc":"2.0","id":1,"method":5}"#);
         assert_eq!(code, INVALID_REQUEST);
         assert_eq!(message, "\"method\" must be a string, got 5");
-        let (id, code, message) = rejected(r#"{"jsonrpc":"2.0","id":"q","method":"m","params":[1]}"#);
+        let (id, code, message) =
+            rejected(r#"{"jsonrpc":"2.0","id":"q","method":"m","params":[1]}"#);
         assert_eq!((id, code), (Some(json!("q")), INVALID_PARAMS));
         assert_eq!(message, "\"params\" must be an object, got [1]");
     }

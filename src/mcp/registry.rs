@@ -99,7 +99,12 @@ impl Registry {
     }
 
     /// The session `id` as the holder of `owner` sees it (another key's session is not found).
-    pub fn session(&mut self, id: &str, owner: Option<&str>, now: Instant) -> Option<&mut McpSession> {
+    pub fn session(
+        &mut self,
+        id: &str,
+        owner: Option<&str>,
+        now: Instant,
+    ) -> Option<&mut McpSession> {
         let session = self.sessions.get_mut(id)?;
         if !same_owner(session.owner.as_deref(), owner) {
             return None;
@@ -127,7 +132,10 @@ impl Registry {
         mcp_session: Option<String>,
         now: Instant,
     ) {
-        if let Some(session) = mcp_session.as_ref().and_then(|id| self.sessions.get_mut(id)) {
+        if let Some(session) = mcp_session
+            .as_ref()
+            .and_then(|id| self.sessions.get_mut(id))
+        {
             session.sandbox = Some(sandbox);
         }
         self.sandboxes.insert(
@@ -179,7 +187,11 @@ impl Registry {
     /// The sandbox is gone (deleted, lost): forget it, and its session no longer has one.
     pub fn forget_sandbox(&mut self, sandbox: SessionId) -> Option<McpSandbox> {
         let entry = self.sandboxes.remove(&sandbox)?;
-        if let Some(session) = entry.mcp_session.as_ref().and_then(|id| self.sessions.get_mut(id)) {
+        if let Some(session) = entry
+            .mcp_session
+            .as_ref()
+            .and_then(|id| self.sessions.get_mut(id))
+        {
             if session.sandbox == Some(sandbox) {
                 session.sandbox = None;
             }
@@ -237,7 +249,10 @@ mod tests {
         assert_eq!(registry.find_sandbox(ID, None), None);
         assert_eq!(registry.find_sandbox("ffff", Some("k1")), None);
         registry.add_sandbox(SessionId(2), "a".repeat(32), None, None, now);
-        assert_eq!(registry.find_sandbox(&"a".repeat(32), None), Some(SessionId(2)));
+        assert_eq!(
+            registry.find_sandbox(&"a".repeat(32), None),
+            Some(SessionId(2))
+        );
         assert_eq!(registry.find_sandbox(&"a".repeat(32), Some("k1")), None);
     }
 
@@ -245,7 +260,9 @@ mod tests {
     fn sessions_are_bounded_and_private_to_their_key() {
         let now = Instant::now();
         let mut registry = Registry::new(1, Duration::from_secs(60));
-        registry.open_session("s1".into(), "2025-11-25", Some("k".into()), now).unwrap();
+        registry
+            .open_session("s1".into(), "2025-11-25", Some("k".into()), now)
+            .unwrap();
         assert_eq!(
             registry.open_session("s2".into(), "2025-11-25", None, now),
             Err("the server is at its limit of 1 MCP sessions; retry shortly".into())
@@ -253,10 +270,23 @@ mod tests {
         assert!(registry.session("s1", Some("other"), now).is_none());
         assert!(registry.session("s1", Some("k"), now).is_some());
         assert!(registry.session("nope", Some("k"), now).is_none());
-        registry.add_sandbox(SessionId(5), ID.into(), Some("k".into()), Some("s1".into()), now);
-        assert_eq!(registry.session("s1", Some("k"), now).unwrap().sandbox, Some(SessionId(5)));
+        registry.add_sandbox(
+            SessionId(5),
+            ID.into(),
+            Some("k".into()),
+            Some("s1".into()),
+            now,
+        );
+        assert_eq!(
+            registry.session("s1", Some("k"), now).unwrap().sandbox,
+            Some(SessionId(5))
+        );
         assert_eq!(registry.close_session("s1"), Some(SessionId(5)));
-        assert_eq!(registry.close_session("s1"), None, "ended: unknown from now on");
+        assert_eq!(
+            registry.close_session("s1"),
+            None,
+            "ended: unknown from now on"
+        );
         assert_eq!(registry.session_count(), 0);
     }
 
@@ -265,15 +295,22 @@ mod tests {
         let start = Instant::now();
         let later = start + Duration::from_secs(61);
         let mut registry = Registry::new(8, Duration::from_secs(60));
-        registry.open_session("s1".into(), "2025-11-25", None, start).unwrap();
-        registry.open_session("s2".into(), "2025-11-25", None, start).unwrap();
+        registry
+            .open_session("s1".into(), "2025-11-25", None, start)
+            .unwrap();
+        registry
+            .open_session("s2".into(), "2025-11-25", None, start)
+            .unwrap();
         registry.add_sandbox(SessionId(1), "1".repeat(32), None, Some("s1".into()), start);
         registry.add_sandbox(SessionId(2), "2".repeat(32), None, Some("s2".into()), start);
         registry.add_sandbox(SessionId(3), "3".repeat(32), None, None, start);
         registry.add_sandbox(SessionId(4), "4".repeat(32), None, None, start);
         registry.call_started(SessionId(2), start);
         registry.call_started(SessionId(4), start);
-        assert_eq!(registry.expire(start + Duration::from_secs(59)), Expired::default());
+        assert_eq!(
+            registry.expire(start + Duration::from_secs(59)),
+            Expired::default()
+        );
         assert_eq!(
             registry.expire(later),
             Expired {

@@ -25,10 +25,10 @@ pub fn list() -> Value {
             "name": RUN_COMMAND,
             "title": "Run a shell command",
             "description": "Run a bash command in an isolated Linux sandbox (gVisor) and return \
-its stdout, stderr and exit code. The sandbox persists between calls: files written and \
-packages installed stay (each command is a new bash process, so `cd` and shell variables do \
-not carry over: use `cwd` or chain with `&&`). Python 3 and common libraries are installed; \
-the working directory defaults to /root. Output returned is capped at 64 KiB per stream.",
+    its stdout, stderr and exit code. The sandbox persists between calls: files written and \
+    packages installed stay (each command is a new bash process, so `cd` and shell variables do \
+    not carry over: use `cwd` or chain with `&&`). Python 3 and common libraries are installed; \
+    the working directory defaults to /root. Output returned is capped at 64 KiB per stream.",
             "inputSchema": {
                 "type": "object",
                 "properties": {
@@ -65,8 +65,8 @@ the working directory defaults to /root. Output returned is capped at 64 KiB per
             "name": CLOSE_SANDBOX,
             "title": "Close a sandbox",
             "description": "Delete a sandbox and everything in it. Without `sandbox_id`, this \
-session's sandbox is closed (the next call gets a fresh one). Sandboxes are also deleted after \
-a while without calls.",
+    session's sandbox is closed (the next call gets a fresh one). Sandboxes are also deleted after \
+    a while without calls.",
             "inputSchema": {
                 "type": "object",
                 "properties": {"sandbox_id": {"type": "string", "description": SANDBOX_ID_DESCRIPTION}},
@@ -153,7 +153,11 @@ pub fn parse_call(params: &Map<String, Value>) -> Checked {
     arguments_of(name, known, arguments).map_err(Ok)
 }
 
-fn arguments_of(name: &str, known: &[&str], arguments: &Map<String, Value>) -> Result<ToolRequest, String> {
+fn arguments_of(
+    name: &str,
+    known: &[&str],
+    arguments: &Map<String, Value>,
+) -> Result<ToolRequest, String> {
     if let Some(unknown) = arguments.keys().find(|key| !known.contains(&key.as_str())) {
         return Err(format!(
             "{name} has no argument {}; its arguments are {}",
@@ -267,9 +271,18 @@ mod tests {
         }
         for (params, message) in [
             (json!({}), "tools/call needs a \"name\""),
-            (json!({"name": 3}), "tools/call: \"name\" must be a string, got 3"),
-            (json!({"name": "rm_rf"}), "unknown tool \"rm_rf\"; the tools are run_command, close_sandbox"),
-            (json!({"name": "run_command", "arguments": [1]}), "tools/call: \"arguments\" must be an object, got [1]"),
+            (
+                json!({"name": 3}),
+                "tools/call: \"name\" must be a string, got 3",
+            ),
+            (
+                json!({"name": "rm_rf"}),
+                "unknown tool \"rm_rf\"; the tools are run_command, close_sandbox",
+            ),
+            (
+                json!({"name": "run_command", "arguments": [1]}),
+                "tools/call: \"arguments\" must be an object, got [1]",
+            ),
         ] {
             assert_eq!(call(params), Err(Err(RpcError::invalid_params(message))));
         }

@@ -39,6 +39,8 @@ pub enum ApiRequest {
         /// The subprotocol to select: [`SUBPROTOCOL`] when the client offered it.
         subprotocol: Option<&'static str>,
     },
+    /// Any method on `/mcp`: the MCP endpoint (`crate::mcp`) decides.
+    Mcp,
     /// `GET|HEAD` of the playground: `/`, `/playground` or a file under `/playground/` (served
     /// only when `SANDBOX_PLAYGROUND` is on).
     Playground(String),
@@ -124,6 +126,7 @@ pub fn parse(request: &Request, limits: &ExecLimits) -> Result<Parsed, ApiError>
             ApiRequest::Playground(path.to_string())
         }
         ("POST", "/execute") => ApiRequest::Execute(execute(request, limits)?),
+        (_, "/mcp") => ApiRequest::Mcp,
         (_, path) if KNOWN_PATHS.contains(&path) => {
             return Err(ApiError::MethodNotAllowed(format!(
                 "method {method} is not allowed on {path}"

@@ -81,8 +81,19 @@ pub enum Phase {
     Executing(Box<ExecuteJob>),
     /// A request waits for the store's answer (read on a worker thread).
     Waiting { since: Instant, keep_alive: bool },
+    /// A `/mcp` tool call is running; its answer completes the request.
+    Mcp(McpWaiting),
     /// Send what is buffered, then close.
     Closing,
+}
+
+/// The `/mcp` tool call a connection waits for.
+#[derive(Debug, Clone)]
+pub struct McpWaiting {
+    /// The call's request id towards the sandbox's session.
+    pub call: crate::session::RequestId,
+    /// The sandbox whose output a full connection buffer pauses.
+    pub sandbox: crate::runtime::SandboxKey,
 }
 
 pub struct Connection {

@@ -65,6 +65,12 @@ impl Server {
             match connection.read_available() {
                 Ok(ReadOutcome::Open) => {}
                 Ok(ReadOutcome::Closed) => {
+                    if let Phase::Mcp(waiting) = &connection.phase {
+                        let call = waiting.call.clone();
+                        self.mcp_stream_closed(&call);
+                        self.close(id);
+                        return;
+                    }
                     // A client gone mid-execution: its sandbox is killed and deleted.
                     if let Some(job) = connection.job() {
                         eprintln!(
@@ -148,12 +154,12 @@ impl Server {
         }
     }
 
-    fn route(&mut self, id: ConnectionId, request: Request) {
-        crate::guard::test_panic_point(request.target.as_bytes());
-        let parsed = match api::parse(&request, &self.exec_limits()) {
+    fn route(&mut self, id: ConnectionId, http_request: Request) {
+        crate::guard::test_panic_point(http_request.target.as_bytes());
+        let parsed = match api::parse(&http_request, &self.exec_limits()) {
             Ok(parsed) => parsed,
             Err(error) => {
-                let keep_alive = request.keep_alive();
+                let keep_alive = http_request.keep_alive();
                 return self.respond(id, &error.response(), keep_alive, false);
             }
         };
@@ -199,6 +205,7 @@ impl Server {
                 subprotocol,
             } => return self.upgrade(id, &key, target, subprotocol),
             ApiRequest::Playground(path) => playground::response(&path, self.config.playground),
+            ApiRequest::Mcp => return self.mcp_request(id, &http_request, keep_alive),
         };
         let response = answer.unwrap_or_else(|error: ApiError| error.response());
         self.respond(id, &response, keep_alive, head_only);
@@ -316,13 +323,16 @@ impl Server {
             if let Some(job) = connection.job() {
                 self.runtime.set_output_paused(job.sandbox, false);
             }
+            if let Phase::Mcp(waiting) = &connection.phase {
+                self.runtime.set_output_paused(waiting.sandbox, false);
+            }
         }
         let finished = match connection.phase {
             Phase::Closing => true,
             // Shutting down: a connection without a running request takes no new one, so it
             // closes once its last response is out (it must not hold the shutdown up).
             Phase::Reading => self.shutdown_deadline.is_some(),
-            Phase::Executing(_) | Phase::Waiting { .. } => false,
+            Phase::Executing(_) | Phase::Waiting { .. } | Phase::Mcp(_) => false,
         };
         if finished && connection.out.is_empty() {
             self.close(id);

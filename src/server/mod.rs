@@ -12,6 +12,7 @@ mod execute;
 mod expired;
 mod http;
 mod jobs;
+mod mcp;
 mod persistence;
 mod playground;
 mod recovery;
@@ -56,6 +57,7 @@ pub struct Server {
     runtime: Runtime,
     connections: Connections,
     sessions: Sessions,
+    mcp: mcp::McpState,
     persistence: Persistence,
     metrics: Metrics,
     shutdown_deadline: Option<Instant>,
@@ -156,6 +158,7 @@ impl Server {
             runtime,
             connections: Connections::new(parser_limits, head_check),
             sessions: Sessions::default(),
+            mcp: mcp::McpState::new(&config),
             persistence: Persistence::new(&config, jobs, instance_id),
             config,
             metrics: Metrics::default(),
@@ -215,6 +218,7 @@ impl Server {
                 self.next_sweep = now + SWEEP_INTERVAL;
                 self.sweep_connections(now);
                 self.sweep_websockets(now);
+                self.mcp_sweep(now);
                 self.persistence.renew_leases(now);
                 if self.shutdown_deadline.is_none() {
                     self.persistence.sweep_store(now);
