@@ -24,6 +24,9 @@ pub struct Config {
     pub runsc: PathBuf,
     /// `SANDBOX_POOL_SIZE`: sandboxes kept started and idle, ready for the next request.
     pub pool_size: usize,
+    /// `SANDBOX_POOL_MAX`: how many the pool may keep when requests find it empty (it grows by
+    /// one per such request, and shrinks back by one per quiet minute).
+    pub pool_max: usize,
     /// `SANDBOX_SNAPSHOT_POOL_SIZE`: sandboxes kept restored from each snapshot used since start.
     pub snapshot_pool_size: usize,
     /// `SANDBOX_SNAPSHOT_POOLS_MAX`: snapshots that have a pool at most; a create from one more
@@ -273,6 +276,7 @@ impl Config {
             state_dir: env.path("SANDBOX_STATE_DIR", "/run/cloud-run-sandbox"),
             runsc: env.path("SANDBOX_RUNSC", "runsc"),
             pool_size: env.number("SANDBOX_POOL_SIZE", 2)? as usize,
+            pool_max: env.number("SANDBOX_POOL_MAX", 10)? as usize,
             max_sandboxes: env.number("SANDBOX_MAX_SANDBOXES", 32)? as usize,
             snapshot_pool_size: env.number("SANDBOX_SNAPSHOT_POOL_SIZE", 1)? as usize,
             snapshot_pools_max: env.number("SANDBOX_SNAPSHOT_POOLS_MAX", 4)? as usize,

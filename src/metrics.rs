@@ -73,6 +73,7 @@ impl Default for Metrics {
 pub struct Gauges {
     pub live_sandboxes: usize,
     pub pool_ready: usize,
+    pub pool_target: usize,
     pub snapshot_pool_ready: usize,
     pub snapshot_pools: usize,
     pub waiting_for_slot: usize,
@@ -99,6 +100,12 @@ impl Metrics {
                 "sandbox_pool_ready",
                 "Started sandboxes waiting in the pool.",
                 gauges.pool_ready as u64,
+                "gauge",
+            ),
+            (
+                "sandbox_pool_target",
+                "Started sandboxes the pool keeps now (SANDBOX_POOL_SIZE, more after requests found it empty, up to SANDBOX_POOL_MAX).",
+                gauges.pool_target as u64,
                 "gauge",
             ),
             (

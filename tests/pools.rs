@@ -316,3 +316,80 @@ fn the_number_of_snapshot_pools_is_capped() {
     assert_eq!(metric(server, "sandbox_snapshot_pools"), 2);
     server.assert_healthy();
 }
+
+/// Requests that find no ready sandbox in the fresh pool deepen it, up to `SANDBOX_POOL_MAX`
+/// (issue 15): the next burst finds it full.
+#[test]
+fn requests_that_find_the_pool_empty_deepen_it_up_to_the_max() {
+    let server = TestServer::start(&[("SANDBOX_POOL_SIZE", "1"), ("SANDBOX_POOL_MAX", "3")]);
+    assert!(server.wait_pool_ready(1, FILL_TIMEOUT));
+    assert_eq!(metric(&server, "sandbox_pool_target"), 1);
+    // Back to back: the first takes the ready sandbox, the next ones find none ready.
+    for _ in 0..4 {
+        let result = server.execute_json("bash", "echo hi", None);
+        assert_eq!(result["stdout"], "hi\n", "{result}");
+    }
+    assert_eq!(
+        metric(&server, "sandbox_pool_target"),
+        3,
+        "capped by the max"
+    );
+    // Once the requests pause, the pool fills to its new depth, and no further.
+    assert!(server.wait_pool_ready(3, FILL_TIMEOUT));
+    assert!(wait_until(FILL_TIMEOUT, || metric(&server, "sandbox_live") == 3));
+    assert_eq!(runsc_list(&server.runsc_root()).len(), 3);
+    server.assert_healthy();
+}
+
+/// A runsc that fails `run` while `flag` exists, and records every `run` in `log`.
+fn failing_runsc(dir: &std::path::Path, flag: &std::path::Path, log: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("failing-runsc");
+    let text = format!(
+        "#!/bin/sh\nfor arg in \"$@\"; do\n  if [ \"$arg\" = run ]; then\n    echo run >> '{}'\n    if [ -e '{}' ]; then echo 'failing-runsc: simulated failure' >&2; exit 1; fi\n  fi\ndone\nexec '{}' \"$@\"\n",
+        log.display(),
+        flag.display(),
+        common::runsc_binary()
+    );
+    std::fs::write(&script, text).expect("write the wrapper");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    script
+}
+
+/// While runsc fails, the pool retries its start after a wait that doubles (it retried at once,
+/// a tight loop of failing `runsc run`s); once runsc works again, the pool fills.
+#[test]
+fn a_pool_whose_starts_fail_waits_longer_each_time_and_fills_once_they_work() {
+    let dirs = Dirs::new();
+    let flag = dirs.root.join("fail");
+    let log = dirs.root.join("runs");
+    std::fs::write(&flag, b"").unwrap();
+    let runsc = failing_runsc(&dirs.root, &flag, &log);
+    let server = TestServer::start(&[
+        ("SANDBOX_POOL_SIZE", "1"),
+        ("SANDBOX_RUNSC", runsc.to_str().unwrap()),
+    ]);
+    let runs = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || runs() >= 1),
+        "no start tried"
+    );
+    let first = runs();
+    std::thread::sleep(Duration::from_secs(3));
+    // Waits of 0.1, 0.2, 0.4, 0.8 and 1.6 s fit in 3 s: a handful of tries, not hundreds.
+    let tried = runs() - first;
+    assert!((1..=6).contains(&tried), "{tried} failed starts in 3 s");
+    assert_eq!(metric(&server, "sandbox_pool_ready"), 0);
+    std::fs::remove_file(&flag).unwrap();
+    assert!(
+        server.wait_pool_ready(1, FILL_TIMEOUT),
+        "the pool did not fill"
+    );
+    server.assert_healthy();
+    drop(server);
+}

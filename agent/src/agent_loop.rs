@@ -5,8 +5,10 @@
 //!   which keeps `RLIMIT_NPROC` honest and lets `runsc delete` finish at once;
 //! - it spawns executions on request (frames on its stdin, see [`crate::protocol`]) and
 //!   relays their stdin, stdout, stderr and exit status;
-//! - it keeps one Python interpreter pre-started, so that a `python` execution does not pay the
-//!   interpreter's start-up.
+//! - it keeps a process started ahead of the next execution of each language (a bash, and a
+//!   child of its Python forkserver: see [`crate::standby`]), so that an execution pays neither
+//!   a fork, nor an exec, nor an interpreter's start-up. They are started when the agent is
+//!   idle, never before the frames the server waits for are written.
 //!
 //! Back-pressure: each execution has an output window (`protocol::OUTPUT_WINDOW_BYTES`): the
 //! agent reads its pipes only while the window is open, and the server reopens it with
@@ -23,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -34,17 +36,37 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::execution::{Execution, PipeRead, SpawnError};
+use crate::forkserver::{self, Forkserver};
+use crate::pipes::set_nonblocking;
 use crate::protocol::{
     AgentConfig, AgentHello, ExecId, ExitStatus, FrameDecoder, FromAgent, Inspection, Language,
-    ToAgent,
+    SpawnRequest, ToAgent, MAX_OUTPUT_CHUNK_BYTES,
 };
 use crate::standby::Standby;
 
 /// How long a killed execution's process group is watched for survivors.
 const DOOMED_GROUP_WATCH: Duration = Duration::from_secs(2);
 
-/// Output frames held for the server before the agent stops reading process pipes.
-pub(crate) const OUTBOX_HIGH_WATER: usize = 256 * 1024;
+/// How often a killed execution's process group is killed again while it is watched.
+const DOOMED_GROUP_POLL: Duration = Duration::from_millis(20);
+
+/// Output frames held for the server before the agent stops reading process pipes (one more
+/// read may add a frame of up to `MAX_OUTPUT_CHUNK_BYTES`).
+pub(crate) const OUTBOX_HIGH_WATER: usize = 1024 * 1024;
+
+/// After this many failures (a start that failed, an unexpected death), a kind of standby is
+/// not started again in this sandbox: executions are then spawned fresh.
+const MAX_STANDBY_FAILURES: u32 = 3;
+
+/// How long a `python` request waits for the child the forkserver is forking before it is
+/// spawned fresh instead (a fresh interpreter costs about as much as this).
+const FORK_WAIT: Duration = Duration::from_millis(100);
+
+/// Standbys (the forkserver, a bash) are started once nothing happened for this long, never
+/// while requests come: starting one blocks the loop for a few milliseconds and costs the
+/// sandbox CPU, which a sandbox used at once after its start (one `/execute` under load, say)
+/// would pay for nothing. A pooled sandbox waits longer than this before it is used.
+const IDLE_BEFORE_STANDBYS: Duration = Duration::from_millis(10);
 
 /// Where each polled descriptor belongs.
 #[derive(Debug, Clone, Copy)]
@@ -52,9 +74,11 @@ enum Source {
     ServerIn,
     ServerOut,
     Signals,
+    Forkserver,
     ExecStdout(ExecId),
     ExecStderr(ExecId),
     ExecStdin(ExecId),
+    ExecRequest(ExecId),
 }
 
 pub struct Agent {
@@ -64,10 +88,21 @@ pub struct Agent {
     server_closed: bool,
     decoder: FrameDecoder,
     outbox: Vec<u8>,
+    /// Where output is read into before it is framed (one buffer for every pipe).
+    read_buffer: Vec<u8>,
     signals: UnixStream,
     executions: BTreeMap<ExecId, Execution>,
-    standby: Option<Standby>,
-    standby_failures: u32,
+    bash_standby: Option<Standby>,
+    python_standby: Option<Standby>,
+    forkserver: Option<Forkserver>,
+    bash_failures: u32,
+    forkserver_failures: u32,
+    /// Where the next bash standby starts: the last bash execution's directory (a standby
+    /// serves only requests for the directory it started in), at first `HOME`.
+    bash_cwd: String,
+    /// When an event was last handled: standbys are started once the agent has been idle for
+    /// [`IDLE_BEFORE_STANDBYS`].
+    last_activity: Instant,
     /// Process groups of killed executions, and since when: under gVisor a child forked while
     /// the group kill was delivered can survive it, so the group is killed again until it is
     /// empty (ESRCH) or for `DOOMED_GROUP_WATCH`.
@@ -89,6 +124,12 @@ impl Agent {
         let server_out = File::from(io::stdout().as_fd().try_clone_to_owned()?);
         set_nonblocking(server_in.as_fd())?;
         set_nonblocking(server_out.as_fd())?;
+        let bash_cwd = config
+            .base_env
+            .iter()
+            .find(|(name, _)| name == "HOME")
+            .map_or("/", |(_, home)| home.as_str())
+            .to_string();
         Ok(Agent {
             config,
             server_in,
@@ -96,10 +137,16 @@ impl Agent {
             server_closed: false,
             decoder: FrameDecoder::new(),
             outbox: Vec::with_capacity(64 * 1024),
+            read_buffer: vec![0; MAX_OUTPUT_CHUNK_BYTES],
             signals: signal_reader,
             executions: BTreeMap::new(),
-            standby: None,
-            standby_failures: 0,
+            bash_standby: None,
+            python_standby: None,
+            forkserver: None,
+            bash_failures: 0,
+            forkserver_failures: 0,
+            bash_cwd,
+            last_activity: Instant::now(),
             doomed: Vec::new(),
             highest_exec_id: 0,
         })
@@ -107,22 +154,29 @@ impl Agent {
 
     /// Runs until the server closes the agent's stdin (the sandbox is being deleted).
     pub fn run(mut self) -> io::Result<()> {
-        // Hello first: the standby interpreter starts while the server already counts the
-        // sandbox as ready (a python execution that comes first simply waits for it).
+        // Hello first: the standbys start while the server already counts the sandbox as
+        // ready (an execution that comes first is spawned fresh, or waits for its python child).
         let hello = AgentHello {
             version: env!("CARGO_PKG_VERSION").to_string(),
             python_standby: self.config.python_standby,
             next_exec_id: self.next_exec_id(),
         };
         FromAgent::Ready(hello).encode(&mut self.outbox);
-        self.flush_outbox()?;
-        self.refill_standby();
         loop {
             self.flush_outbox()?;
             if self.server_closed && self.executions.is_empty() {
                 return Ok(());
             }
+            if !self.server_closed {
+                self.request_python_child();
+                if self.last_activity.elapsed() >= IDLE_BEFORE_STANDBYS {
+                    self.start_standbys();
+                }
+            }
             let ready = self.wait_for_events()?;
+            if !ready.is_empty() {
+                self.last_activity = Instant::now();
+            }
             for (source, flags) in ready {
                 self.handle(source, flags)?;
             }
@@ -135,6 +189,8 @@ impl Agent {
         let readable = PollFlags::POLLIN;
         let writable = PollFlags::POLLOUT;
         let outbox_has_room = self.outbox.len() < OUTBOX_HIGH_WATER;
+        let now = Instant::now();
+        let mut wake_at: Option<Instant> = None;
         let mut sources = Vec::new();
         let mut fds: Vec<PollFd<'_>> = Vec::new();
         if !self.server_closed {
@@ -147,10 +203,19 @@ impl Agent {
         }
         sources.push(Source::Signals);
         fds.push(PollFd::new(self.signals.as_fd(), readable));
+        if let Some(forkserver) = &self.forkserver {
+            sources.push(Source::Forkserver);
+            fds.push(PollFd::new(forkserver.control_fd(), readable));
+        }
         for (id, execution) in &self.executions {
             // An execution whose window is closed is not read: it blocks in `write` until the
-            // server gives credit, and the others go on.
-            if outbox_has_room && execution.output_window_open() {
+            // server gives credit, and the others go on. One whose pipes rest is read when
+            // they wake (see `Execution::resting_until`).
+            let resting = execution.resting_until().filter(|until| *until > now);
+            if let Some(until) = resting {
+                wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+            }
+            if outbox_has_room && execution.output_window_open() && resting.is_none() {
                 if let Some(fd) = execution.stdout_fd() {
                     sources.push(Source::ExecStdout(*id));
                     fds.push(PollFd::new(fd, readable));
@@ -164,12 +229,28 @@ impl Agent {
                 sources.push(Source::ExecStdin(*id));
                 fds.push(PollFd::new(fd, writable));
             }
+            if let Some(fd) = execution.request_fd_if_pending() {
+                sources.push(Source::ExecRequest(*id));
+                fds.push(PollFd::new(fd, writable));
+            }
+        }
+        // Missing standbys are started once idle long enough.
+        if !self.server_closed && self.standbys_missing() {
+            let until = self.last_activity + IDLE_BEFORE_STANDBYS;
+            wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
         }
         // While killed groups may still hold a process, wake up to kill them again.
-        let timeout = if self.doomed.is_empty() {
-            PollTimeout::NONE
-        } else {
-            PollTimeout::from(20u8)
+        if !self.doomed.is_empty() {
+            let until = now + DOOMED_GROUP_POLL;
+            wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+        }
+        let timeout = match wake_at {
+            None => PollTimeout::NONE,
+            // Rounded up to the next millisecond: poll(2) counts in milliseconds.
+            Some(at) => {
+                let millis = at.saturating_duration_since(now).as_micros().div_ceil(1000);
+                PollTimeout::try_from(millis.max(1)).unwrap_or(PollTimeout::MAX)
+            }
         };
         match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -202,14 +283,24 @@ impl Agent {
                     PipeRead::Stderr
                 };
                 if let Some(execution) = self.executions.get_mut(&id) {
-                    execution.read_output(which, &mut self.outbox);
+                    execution.read_output(which, &mut self.outbox, &mut self.read_buffer);
                 }
+                Ok(())
+            }
+            Source::Forkserver => {
+                self.read_forkserver();
                 Ok(())
             }
             Source::ExecStdin(id) => {
                 let _ = flags;
                 if let Some(execution) = self.executions.get_mut(&id) {
                     execution.write_stdin(&mut self.outbox);
+                }
+                Ok(())
+            }
+            Source::ExecRequest(id) => {
+                if let Some(execution) = self.executions.get_mut(&id) {
+                    execution.write_request();
                 }
                 Ok(())
             }
@@ -254,16 +345,13 @@ impl Agent {
                     FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
                     return;
                 }
-                let standby = if request.language == Language::Python {
-                    self.standby
-                        .take_if(|standby| standby.can_serve(&request, &self.config.limits))
-                } else {
-                    None
-                };
-                let result = match standby {
+                let result = match self.take_standby(&request) {
                     Some(standby) => Ok(standby.activate(id, &request)),
                     None => Execution::spawn(id, &request, &self.config),
                 };
+                if request.language == Language::Bash && self.config.bash_standby {
+                    self.bash_cwd.clone_from(&request.cwd);
+                }
                 match result {
                     Ok(execution) => {
                         FromAgent::Started(id).encode(&mut self.outbox);
@@ -294,18 +382,20 @@ impl Agent {
                     // As PID 1, kill(-1) reaches every process of the sandbox but us.
                     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
                     self.executions.clear();
-                    self.standby = None;
-                    self.standby_failures = 0;
+                    self.bash_standby = None;
+                    self.python_standby = None;
+                    self.forkserver = None;
+                    self.bash_failures = 0;
+                    self.forkserver_failures = 0;
                     // A new sandbox (made from a snapshot's files): its ids start over.
                     self.highest_exec_id = 0;
-                    self.refill_standby();
                 }
                 for execution in self.executions.values_mut() {
                     execution.reset_window();
                 }
                 let hello = AgentHello {
                     version: env!("CARGO_PKG_VERSION").to_string(),
-                    python_standby: self.standby.is_some(),
+                    python_standby: self.config.python_standby,
                     next_exec_id: self.next_exec_id(),
                 };
                 FromAgent::Ready(hello).encode(&mut self.outbox);
@@ -353,6 +443,7 @@ impl Agent {
         }
     }
 
+    /// A process ended: reaped by us, or reported by the forkserver for its children.
     fn record_exit(&mut self, pid: Pid, status: ExitStatus) {
         if let Some(execution) = self
             .executions
@@ -362,15 +453,107 @@ impl Agent {
             execution.set_exited(status);
             return;
         }
-        if self
-            .standby
+        let is = |standby: &Option<Standby>| standby.as_ref().is_some_and(|s| s.pid() == pid);
+        if is(&self.bash_standby) {
+            // It died before being used (for example killed by a user's `pkill bash`). Start
+            // another, but give up after repeated failures.
+            self.bash_standby = None;
+            self.bash_failures += 1;
+        } else if is(&self.python_standby) {
+            self.python_standby = None;
+        } else if self
+            .forkserver
             .as_ref()
-            .is_some_and(|standby| standby.pid() == pid)
+            .is_some_and(|forkserver| forkserver.pid() == pid)
         {
-            // The interpreter died before being used (for example killed by a user's
-            // `pkill python3`). Start another, but give up after repeated failures.
-            self.standby = None;
-            self.standby_failures += 1;
+            self.forkserver_ended(status);
+        }
+    }
+
+    /// The forkserver exited: a new one is started unless it keeps failing. Its children are
+    /// ours now (we are init): the one waiting stays usable, and we reap them.
+    fn forkserver_ended(&mut self, status: ExitStatus) {
+        let Some(mut forkserver) = self.forkserver.take() else {
+            return;
+        };
+        if status != ExitStatus::Code(forkserver::STALE_EXIT) {
+            self.forkserver_failures += 1;
+            eprintln!(
+                "sandbox-agent: the python forkserver ended ({status:?}): {}",
+                forkserver.stderr_tail().trim_end()
+            );
+        }
+    }
+
+    /// Handle what the forkserver said; a forkserver that cannot be understood is ended.
+    fn read_forkserver(&mut self) {
+        loop {
+            let Some(forkserver) = self.forkserver.as_mut() else {
+                return;
+            };
+            match forkserver.next_event() {
+                Ok(None) => return,
+                Ok(Some(forkserver::Event::Forked(pid, child))) => {
+                    let standby = Standby::forked(pid, child, &self.config);
+                    match self.python_standby {
+                        None => self.python_standby = Some(standby),
+                        Some(_) => standby.dismiss(),
+                    }
+                }
+                Ok(Some(forkserver::Event::Exited(pid, status))) => self.record_exit(pid, status),
+                Err(error) => {
+                    eprintln!("sandbox-agent: the python forkserver failed: {error}");
+                    let _ = kill(forkserver.pid(), Signal::SIGKILL);
+                    // Its exit (reaped as our child) finishes the job.
+                    self.forkserver_failures += 1;
+                    self.forkserver = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The standby that serves `request` exactly as a fresh process would, if there is one. A
+    /// python request waits (a bounded time) for a child the forkserver is forking.
+    fn take_standby(&mut self, request: &SpawnRequest) -> Option<Standby> {
+        let limits = &self.config.limits;
+        match request.language {
+            Language::Bash => self
+                .bash_standby
+                .take_if(|standby| standby.can_serve(request, limits)),
+            Language::Python => {
+                if self.python_standby.is_none() {
+                    self.wait_for_forked_child();
+                }
+                self.python_standby
+                    .take_if(|standby| standby.can_serve(request, &self.config.limits))
+            }
+        }
+    }
+
+    /// Block (at most [`FORK_WAIT`]) until the child being forked is announced, handling what
+    /// else the forkserver says meanwhile. Other executions' pipes are not served meanwhile:
+    /// they wait, nothing is lost.
+    fn wait_for_forked_child(&mut self) {
+        let deadline = Instant::now() + FORK_WAIT;
+        while self.python_standby.is_none() {
+            let Some(forkserver) = self.forkserver.as_ref() else {
+                return;
+            };
+            if forkserver.pending() == 0 {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::ZERO);
+            let mut fds = [PollFd::new(forkserver.control_fd(), PollFlags::POLLIN)];
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(0) => return,
+                Ok(_) | Err(Errno::EINTR) => self.read_forkserver(),
+                Err(_) => return,
+            }
         }
     }
 
@@ -380,39 +563,77 @@ impl Agent {
         let mut finished = Vec::new();
         for (id, execution) in self.executions.iter_mut() {
             if outbox_has_room {
-                execution.drain_after_exit(&mut self.outbox);
+                execution.drain_after_exit(&mut self.outbox, &mut self.read_buffer);
             }
             if let Some(status) = execution.finished_status() {
-                finished.push((*id, status, execution.was_python()));
+                finished.push((*id, status));
             }
         }
-        let mut python_finished = false;
-        for (id, status, was_python) in finished {
+        for (id, status) in finished {
             if let Some(group) = self.executions.remove(&id).and_then(|e| e.doomed_group()) {
                 self.doomed.push((group, Instant::now()));
             }
             FromAgent::Exited(id, status).encode(&mut self.outbox);
-            python_finished |= was_python;
-        }
-        if python_finished || self.standby.is_none() {
-            self.refill_standby();
         }
     }
 
-    fn refill_standby(&mut self) {
-        if !self.config.python_standby || self.standby.is_some() || self.standby_failures >= 3 {
+    /// Ask the forkserver for the next python child if none is waiting or being forked. Cheap
+    /// for the agent (one message; the forkserver forks in parallel), so done at once: executions
+    /// back to back find their child ready.
+    fn request_python_child(&mut self) {
+        let Some(forkserver) = self.forkserver.as_mut() else {
             return;
+        };
+        if self.python_standby.is_none() && forkserver.pending() == 0 {
+            if let Err(error) = forkserver.request_child() {
+                eprintln!("sandbox-agent: cannot ask the forkserver for a child: {error}");
+            }
         }
-        // Start the next interpreter only when no Python execution runs, so it sees the
-        // filesystem (e.g. packages installed by the previous execution) as fresh as possible.
-        if self.executions.values().any(Execution::was_python) {
-            return;
+    }
+
+    fn forkserver_wanted(&self) -> bool {
+        self.config.python_standby
+            && self.forkserver.is_none()
+            && self.forkserver_failures < MAX_STANDBY_FAILURES
+    }
+
+    fn bash_standby_wanted(&self) -> bool {
+        self.config.bash_standby
+            && self.bash_failures < MAX_STANDBY_FAILURES
+            && self
+                .bash_standby
+                .as_ref()
+                .is_none_or(|standby| !standby.started_in(&self.bash_cwd))
+    }
+
+    fn standbys_missing(&self) -> bool {
+        self.forkserver_wanted() || self.bash_standby_wanted()
+    }
+
+    /// Start what is missing: the forkserver, a bash (in the directory bash executions use).
+    /// These spawns block the loop for a few milliseconds: only called when idle.
+    fn start_standbys(&mut self) {
+        if self.forkserver_wanted() {
+            match Forkserver::start(&self.config) {
+                Ok(forkserver) => self.forkserver = Some(forkserver),
+                Err(error) => {
+                    eprintln!("sandbox-agent: cannot start the python forkserver: {error}");
+                    self.forkserver_failures += 1;
+                }
+            }
+            self.request_python_child();
         }
-        match Standby::start(&self.config) {
-            Ok(standby) => self.standby = Some(standby),
-            Err(error) => {
-                eprintln!("sandbox-agent: cannot start the standby interpreter: {error}");
-                self.standby_failures += 1;
+        if self.bash_standby_wanted() {
+            if let Some(standby) = self.bash_standby.take() {
+                // Executions moved to another directory: follow them.
+                standby.dismiss();
+            }
+            match Standby::start_bash(&self.config, &self.bash_cwd) {
+                Ok(standby) => self.bash_standby = Some(standby),
+                Err(error) => {
+                    eprintln!("sandbox-agent: cannot start the bash standby: {error}");
+                    self.bash_failures += 1;
+                }
             }
         }
     }
@@ -436,19 +657,18 @@ impl Agent {
         for execution in self.executions.values() {
             execution.signal_group(Signal::SIGKILL as i32);
         }
-        if let Some(standby) = self.standby.take() {
-            let _ = kill(standby.pid(), Signal::SIGKILL);
+        for standby in [self.bash_standby.take(), self.python_standby.take()]
+            .into_iter()
+            .flatten()
+        {
+            standby.dismiss();
+        }
+        if let Some(forkserver) = self.forkserver.take() {
+            let _ = kill(forkserver.pid(), Signal::SIGKILL);
         }
         // Anything else (background processes) dies with the container.
         self.executions.clear();
     }
-}
-
-pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    Ok(())
 }
 
 /// TCP sockets in any state but LISTEN (0A) and CLOSE (07), from /proc/net/tcp and tcp6.

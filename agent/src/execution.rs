@@ -1,26 +1,36 @@
 //! One running execution inside the sandbox: its process group, pipes and pending stdin.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::agent_loop::set_nonblocking;
+use crate::pipes::AgentEnds;
 use crate::protocol::{
     AgentConfig, ExecId, ExitStatus, FromAgent, Language, ProcessLimits, SpawnRequest, Stream,
-    MAX_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
+    MAX_OUTPUT_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
 };
 
 /// `execve` refuses a single argument longer than 128 KiB; larger code goes through a file.
-const MAX_INLINE_CODE_BYTES: usize = 96 * 1024;
+pub const MAX_INLINE_CODE_BYTES: usize = 96 * 1024;
 
-/// Output still read from a process's pipes after it exited (a pipe holds 64 KiB; this leaves
-/// room for both pipes and for data that was in flight).
-const MAX_DRAIN_AFTER_EXIT: usize = 1024 * 1024;
+/// Output still read from a process's pipes after it exited (a pipe holds up to
+/// `pipes::OUTPUT_PIPE_BYTES`; this leaves room for both pipes and for data in flight).
+const MAX_DRAIN_AFTER_EXIT: usize = 4 * 1024 * 1024;
+
+/// After a read that emptied a pipe, the pipe is left to fill for this long before it is read
+/// again. Each read, frame and wake-up costs several syscalls of tens of microseconds under
+/// gVisor: without a rest, a writer of 4 KiB chunks would cost the agent a wake-up per chunk
+/// (it reads faster than they come), with one it costs one per millisecond, and a fast writer
+/// is not slowed (a pipe holds 1 MiB, a read takes it all). Output that ends the execution is
+/// not delayed: an exited process's pipes are drained at once (`drain_after_exit`).
+pub const OUTPUT_REST: Duration = Duration::from_millis(1);
 
 /// Written stdin is removed from the front of the buffer once this much accumulates.
 const STDIN_COMPACT_AFTER: usize = 1024 * 1024;
@@ -89,8 +99,7 @@ pub enum PipeRead {
 pub struct Execution {
     id: ExecId,
     pid: Pid,
-    python: bool,
-    stdin: Option<ChildStdin>,
+    stdin: Option<File>,
     /// Stdin to write, from `stdin_written` on (written bytes are removed in batches: see
     /// `write_stdin`).
     stdin_pending: Vec<u8>,
@@ -98,8 +107,13 @@ pub struct Execution {
     /// Its stdin pipe was enlarged (see `queue_stdin`).
     stdin_pipe_enlarged: bool,
     close_stdin_when_flushed: bool,
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    /// A process started ahead of its request (see `standby`) reads the request from this pipe;
+    /// what the pipe did not take yet waits here, and the pipe closes once it is all written
+    /// (the end of file tells the process the request is complete).
+    request: Option<File>,
+    request_pending: Vec<u8>,
     exit: Option<ExitStatus>,
     code_file: Option<PathBuf>,
     /// SIGKILL was asked for: the group is killed again when the leader is gone, because a
@@ -110,6 +124,8 @@ pub struct Execution {
     /// Output bytes it may still send before the server gives some back (the protocol's
     /// output window): its pipes are read only while this is above zero.
     window: u64,
+    /// Its pipes are not read again before this (see [`OUTPUT_REST`]).
+    resting_until: Option<Instant>,
 }
 
 impl Execution {
@@ -147,17 +163,13 @@ impl Execution {
         prepare_command(&mut command, config, &request.limits);
         command.envs(request.env.iter().map(|(key, value)| (key, value)));
         command.current_dir(&request.cwd);
-        let mut execution = Self::from_command(id, command, request.language == Language::Python)?;
+        let mut execution = Self::from_command(id, command)?;
         execution.code_file = code_file;
         Ok(execution)
     }
 
     /// Spawn a prepared command with piped stdio and wrap it.
-    pub fn from_command(
-        id: ExecId,
-        mut command: Command,
-        python: bool,
-    ) -> Result<Self, SpawnError> {
+    pub fn from_command(id: ExecId, mut command: Command) -> Result<Self, SpawnError> {
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -165,35 +177,45 @@ impl Execution {
         let mut child = command.spawn().map_err(SpawnError::Start)?;
         // The agent reaps with waitpid(-1); the `Child` handle is not used to wait.
         let pid = Pid::from_raw(child.id() as i32);
-        let (stdin, stdout, stderr) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        for fd in [
-            stdin.as_ref().map(|p| p.as_fd()),
-            stdout.as_ref().map(|p| p.as_fd()),
-            stderr.as_ref().map(|p| p.as_fd()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            set_nonblocking(fd).map_err(SpawnError::ConfigurePipes)?;
-        }
-        Ok(Execution {
+        let ends = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+            (Some(stdin), Some(stdout), Some(stderr)) => AgentEnds {
+                stdin: File::from(OwnedFd::from(stdin)),
+                stdout: File::from(OwnedFd::from(stdout)),
+                stderr: File::from(OwnedFd::from(stderr)),
+            },
+            // All three were asked for as pipes just above.
+            _ => unreachable!("spawned with three piped streams"),
+        };
+        ends.configure().map_err(SpawnError::ConfigurePipes)?;
+        Ok(Self::from_parts(id, pid, ends))
+    }
+
+    /// A process started by someone else (the forkserver) whose stdio are `ends`' pipes.
+    pub fn from_parts(id: ExecId, pid: Pid, ends: AgentEnds) -> Self {
+        Execution {
             id,
             pid,
-            python,
-            stdin,
+            stdin: Some(ends.stdin),
             stdin_pending: Vec::new(),
             stdin_written: 0,
             stdin_pipe_enlarged: false,
             close_stdin_when_flushed: false,
-            stdout,
-            stderr,
+            stdout: Some(ends.stdout),
+            stderr: Some(ends.stderr),
+            request: None,
+            request_pending: Vec::new(),
             exit: None,
             code_file: None,
             kill_requested: std::cell::Cell::new(false),
             drained_after_exit: 0,
             window: u64::from(OUTPUT_WINDOW_BYTES),
-        })
+            resting_until: None,
+        }
+    }
+
+    /// Until when its pipes rest (not read), if they do.
+    pub fn resting_until(&self) -> Option<Instant> {
+        self.resting_until
     }
 
     pub fn set_id(&mut self, id: ExecId) {
@@ -202,10 +224,6 @@ impl Execution {
 
     pub fn pid(&self) -> Pid {
         self.pid
-    }
-
-    pub fn was_python(&self) -> bool {
-        self.python
     }
 
     /// Whether its output may be read now (its window is open).
@@ -241,6 +259,43 @@ impl Execution {
             None
         } else {
             self.stdin.as_ref().map(|pipe| pipe.as_fd())
+        }
+    }
+
+    /// Hand the process its request on `pipe` (non-blocking): what fits now is written at
+    /// once, the rest when the pipe has room (`write_request`).
+    pub fn send_request(&mut self, pipe: File, bytes: Vec<u8>) {
+        self.request = Some(pipe);
+        self.request_pending = bytes;
+        self.write_request();
+    }
+
+    pub fn request_fd_if_pending(&self) -> Option<BorrowedFd<'_>> {
+        self.request.as_ref().map(|pipe| pipe.as_fd())
+    }
+
+    /// Write what the request pipe takes; close it once the request is complete. A process
+    /// that closed its end (it died) makes the rest moot.
+    pub fn write_request(&mut self) {
+        let Some(pipe) = self.request.as_mut() else {
+            return;
+        };
+        let mut written = 0;
+        while written < self.request_pending.len() {
+            match pipe.write(&self.request_pending[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    written = self.request_pending.len();
+                    break;
+                }
+            }
+        }
+        self.request_pending.drain(..written);
+        if self.request_pending.is_empty() {
+            self.request = None;
         }
     }
 
@@ -321,65 +376,68 @@ impl Execution {
 
     /// Read a pipe that polled readable until it is empty, the window closes or the outbox is
     /// full: each poll round trip is several slow syscalls under gVisor, so one read per
-    /// wake-up would cut the throughput to a fraction.
-    pub fn read_output(&mut self, which: PipeRead, outbox: &mut Vec<u8>) {
-        while outbox.len() < crate::agent_loop::OUTBOX_HIGH_WATER
-            && self.output_window_open()
-            && self.read_chunk(which, outbox)
-        {}
+    /// wake-up would cut the throughput to a fraction. `scratch` is where reads land (at
+    /// least [`MAX_OUTPUT_CHUNK_BYTES`]: the agent's one buffer, so no read allocates).
+    pub fn read_output(&mut self, which: PipeRead, outbox: &mut Vec<u8>, scratch: &mut [u8]) {
+        loop {
+            if outbox.len() >= crate::agent_loop::OUTBOX_HIGH_WATER || !self.output_window_open() {
+                // Stopped by the server's pace, not the writer's: read again once there is room.
+                return;
+            }
+            if !self.read_chunk(which, outbox, scratch) {
+                break;
+            }
+        }
+        // The pipe is empty: the writer is slower than the reads.
+        self.resting_until = Some(Instant::now() + OUTPUT_REST);
     }
 
-    /// Read what the pipe holds, up to one frame's worth (and what the window allows), and
-    /// frame it once: a writer's small writes become one frame instead of one each. Returns
-    /// false when the pipe has nothing more right now (would block, end of file or error).
-    fn read_chunk(&mut self, which: PipeRead, outbox: &mut Vec<u8>) -> bool {
+    /// Read what the pipe holds in one read, up to a frame's worth (and what the window
+    /// allows), and frame it: a writer's small writes become one frame instead of one each.
+    /// Returns whether the pipe may hold more right now: only a read that filled all the room
+    /// (a pipe gives all it has up to the size asked for, so a shorter read emptied it; not
+    /// asking again saves a syscall that would only say "would block").
+    fn read_chunk(&mut self, which: PipeRead, outbox: &mut Vec<u8>, scratch: &mut [u8]) -> bool {
         let room = usize::try_from(self.window)
             .unwrap_or(usize::MAX)
-            .min(MAX_CHUNK_BYTES);
+            .min(MAX_OUTPUT_CHUNK_BYTES)
+            .min(scratch.len());
         if room == 0 {
             return false;
         }
-        let mut buffer = vec![0u8; room];
-        let mut filled = 0;
-        let mut more = true;
         let stream = match which {
             PipeRead::Stdout => Stream::Stdout,
             PipeRead::Stderr => Stream::Stderr,
         };
-        while filled < buffer.len() {
-            let pipe: Option<&mut dyn Read> = match which {
-                PipeRead::Stdout => self.stdout.as_mut().map(|pipe| pipe as &mut dyn Read),
-                PipeRead::Stderr => self.stderr.as_mut().map(|pipe| pipe as &mut dyn Read),
-            };
-            let Some(pipe) = pipe else {
-                more = false;
-                break;
-            };
-            match pipe.read(&mut buffer[filled..]) {
-                Ok(0) => {
-                    self.close_pipe(which);
-                    more = false;
-                    break;
-                }
-                Ok(n) => filled += n,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    more = false;
-                    break;
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.close_pipe(which);
-                    more = false;
-                    break;
-                }
+        let pipe = match which {
+            PipeRead::Stdout => self.stdout.as_mut(),
+            PipeRead::Stderr => self.stderr.as_mut(),
+        };
+        let Some(pipe) = pipe else {
+            return false;
+        };
+        let read = loop {
+            match pipe.read(&mut scratch[..room]) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match read {
+            Ok(0) => {
+                self.close_pipe(which);
+                false
+            }
+            Ok(n) => {
+                self.window = self.window.saturating_sub(n as u64);
+                FromAgent::encode_output(self.id, stream, &scratch[..n], outbox);
+                n == room
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
+            Err(_) => {
+                self.close_pipe(which);
+                false
             }
         }
-        if filled > 0 {
-            buffer.truncate(filled);
-            self.window = self.window.saturating_sub(filled as u64);
-            FromAgent::Output(self.id, stream, buffer).encode(outbox);
-        }
-        more
     }
 
     fn close_pipe(&mut self, which: PipeRead) {
@@ -396,7 +454,7 @@ impl Execution {
     /// Once the process has exited, everything it wrote is already in its pipes: read until
     /// the pipe is empty, then close it. A background child still holding the pipe open does
     /// not keep the execution alive; what it writes later is not collected.
-    pub fn drain_after_exit(&mut self, outbox: &mut Vec<u8>) {
+    pub fn drain_after_exit(&mut self, outbox: &mut Vec<u8>, scratch: &mut [u8]) {
         if self.exit.is_none() {
             return;
         }
@@ -414,10 +472,11 @@ impl Execution {
                     break;
                 }
                 let before = outbox.len();
-                if !self.read_chunk(which, outbox) {
+                let more = self.read_chunk(which, outbox, scratch);
+                self.drained_after_exit += outbox.len().saturating_sub(before);
+                if !more {
                     break;
                 }
-                self.drained_after_exit += outbox.len().saturating_sub(before);
             }
             self.close_pipe(which);
         }
@@ -499,7 +558,8 @@ mod tests {
         let mut quiet_since = Instant::now();
         while quiet_since.elapsed() < Duration::from_millis(300) {
             let mut outbox = Vec::new();
-            execution.read_output(PipeRead::Stdout, &mut outbox);
+            let mut scratch = vec![0u8; MAX_OUTPUT_CHUNK_BYTES];
+            execution.read_output(PipeRead::Stdout, &mut outbox, &mut scratch);
             let mut decoder = FrameDecoder::new();
             decoder.push(&outbox);
             while let Some(frame) = decoder.next_from_agent().unwrap() {
@@ -514,6 +574,35 @@ mod tests {
         total
     }
 
+    /// A pipe emptied by a read rests; one left unread because the window closed does not (the
+    /// writer is waiting for the server then, not the other way round).
+    #[test]
+    fn an_emptied_pipe_rests_a_full_window_does_not() {
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg("printf abc; sleep 1")
+            .process_group(0);
+        let mut execution = Execution::from_command(ExecId(1), command).unwrap();
+        let mut scratch = vec![0u8; MAX_OUTPUT_CHUNK_BYTES];
+        let mut outbox = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while outbox.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            execution.read_output(PipeRead::Stdout, &mut outbox, &mut scratch);
+        }
+        let rest = execution.resting_until().expect("an emptied pipe rests");
+        assert!(rest > Instant::now() && rest <= Instant::now() + OUTPUT_REST);
+        execution.resting_until = None;
+        execution.window = 0;
+        execution.read_output(PipeRead::Stdout, &mut outbox, &mut scratch);
+        assert_eq!(execution.resting_until(), None);
+        execution.signal_group(libc::SIGKILL);
+        let pid = execution.pid();
+        drop(execution);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+
     /// A process that writes more than its window stops there, and goes on by the credit
     /// given back (a real process and real pipes, outside any sandbox).
     #[test]
@@ -524,7 +613,7 @@ mod tests {
             .arg("-c")
             .arg(format!("head -c {} /dev/zero", 2 * window))
             .process_group(0);
-        let mut execution = Execution::from_command(ExecId(1), command, false).unwrap();
+        let mut execution = Execution::from_command(ExecId(1), command).unwrap();
         assert_eq!(read_until_quiet(&mut execution), window);
         assert!(!execution.output_window_open());
         execution.add_credit(1000);
@@ -565,7 +654,7 @@ mod tests {
             .arg("-c")
             .arg("head -c 3 >/dev/null; exec 0<&-; sleep 5")
             .process_group(0);
-        let mut execution = Execution::from_command(ExecId(1), command, false).unwrap();
+        let mut execution = Execution::from_command(ExecId(1), command).unwrap();
         let mut outbox = Vec::new();
         execution.queue_stdin(b"abc".to_vec(), &mut outbox);
         execution.write_stdin(&mut outbox);

@@ -3,7 +3,8 @@
 //!
 //! - [`protocol`]: the frames on the agent's stdin and stdout, its configuration, its uid. The
 //!   server depends on this module only.
-//! - [`Agent`]: the agent's loop (init of the container, executions, the standby interpreter).
+//! - [`Agent`]: the agent's loop (init of the container, executions, the processes started
+//!   ahead of their requests: a bash, and a child of the Python forkserver).
 //! - [`identity`]: who the agent is inside its sandbox, so that user code cannot speak for it.
 //!
 //! Dependencies: the protocol and `ffi/` (the one place for `unsafe`), nothing of the server.
@@ -11,7 +12,9 @@
 
 mod agent_loop;
 mod execution;
+mod forkserver;
 pub mod identity;
+mod pipes;
 pub mod protocol;
 mod standby;
 

@@ -22,8 +22,13 @@ use serde::{Deserialize, Serialize};
 /// Largest frame either side accepts: the code of one execution plus JSON overhead.
 pub const MAX_FRAME_BYTES: usize = 9 * 1024 * 1024;
 
-/// Largest output or stdin chunk put in one frame.
+/// Largest stdin chunk put in one frame.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Largest output chunk the agent puts in one frame: what it reads from a pipe at once. Under
+/// gVisor's ptrace platform every syscall costs tens of microseconds, so the cost of streaming
+/// is per read and per frame, not per byte (docs/performance.md).
+pub const MAX_OUTPUT_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Each execution's output window: the bytes of its stdout and stderr the agent may read and
 /// send before the server gives them back with [`ToAgent::Credit`]. The agent reads an
@@ -31,7 +36,13 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 /// consumed blocks in `write`, without holding up the others. Every execution starts with a
 /// full window, and a restore (`Resume`) fills every window again: the restoring server has
 /// nothing in flight.
-pub const OUTPUT_WINDOW_BYTES: u32 = 256 * 1024;
+pub const OUTPUT_WINDOW_BYTES: u32 = 512 * 1024;
+
+/// The server gives credit back once this much is owed. Independent of the window, and at
+/// most half of the smallest window an agent ever had (256 KiB, before issue 15), so that an
+/// agent restored from an older checkpoint, which keeps its own window, never waits for
+/// credit that is held back.
+pub const CREDIT_BATCH_BYTES: u32 = 128 * 1024;
 
 const HEADER_BYTES: usize = 4 + 1 + 4;
 
@@ -128,8 +139,11 @@ pub struct AgentConfig {
     pub limits: ProcessLimits,
     /// Environment every execution starts with, before its own additions.
     pub base_env: Vec<(String, String)>,
-    /// Keep a pre-started Python interpreter.
+    /// Keep a Python forkserver with a child forked ahead of the next `python` execution.
     pub python_standby: bool,
+    /// Keep a bash started ahead of the next `bash` execution.
+    #[serde(default)]
+    pub bash_standby: bool,
 }
 
 /// What the server asks the agent to run.
@@ -311,11 +325,8 @@ impl FromAgent {
             FromAgent::SpawnFailed(exec, message) => {
                 put_frame(out, kind::SPAWN_FAILED, *exec, message.as_bytes())
             }
-            FromAgent::Output(exec, Stream::Stdout, data) => {
-                put_frame(out, kind::STDOUT, *exec, data)
-            }
-            FromAgent::Output(exec, Stream::Stderr, data) => {
-                put_frame(out, kind::STDERR, *exec, data)
+            FromAgent::Output(exec, stream, data) => {
+                FromAgent::encode_output(*exec, *stream, data, out)
             }
             FromAgent::StdinWritten(exec, count) => {
                 put_frame(out, kind::STDIN_WRITTEN, *exec, &count.to_le_bytes())
@@ -330,6 +341,15 @@ impl FromAgent {
                 put_frame(out, kind::INSPECTION, NO_EXEC, &json_bytes(inspection))
             }
         }
+    }
+
+    /// What `FromAgent::Output(exec, stream, data).encode(out)` writes, without owning `data`.
+    pub fn encode_output(exec: ExecId, stream: Stream, data: &[u8], out: &mut Vec<u8>) {
+        let kind = match stream {
+            Stream::Stdout => kind::STDOUT,
+            Stream::Stderr => kind::STDERR,
+        };
+        put_frame(out, kind, exec, data);
     }
 
     fn decode(kind: u8, exec: ExecId, payload: &[u8]) -> Result<Self, ProtocolError> {

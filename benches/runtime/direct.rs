@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sandbox::agent_protocol::{
     AgentConfig, ExecId, ExitStatus, FrameDecoder, FromAgent, Language, ProcessLimits,
-    SpawnRequest, Stream, ToAgent, OUTPUT_WINDOW_BYTES,
+    SpawnRequest, Stream, ToAgent, CREDIT_BATCH_BYTES,
 };
 use sandbox::config::{Config, Limits};
 use sandbox::runtime::bundle;
@@ -111,6 +111,7 @@ impl Env {
                 config.ca_bundle.is_some(),
             ),
             python_standby: true,
+            bash_standby: true,
         };
         let cgroup_parent = base
             .file_name()
@@ -149,17 +150,13 @@ impl Env {
     }
 
     /// Write the bundle of a new container; `init` replaces the agent as its first process.
-    fn write_bundle(
-        &self,
-        id: &str,
-        init: Option<&[&str]>,
-        python_standby: bool,
-    ) -> io::Result<PathBuf> {
+    fn write_bundle(&self, id: &str, init: Option<&[&str]>, standbys: bool) -> io::Result<PathBuf> {
         let dir = self.bundles.join(id);
         std::fs::create_dir_all(&dir)?;
         let cgroup = format!("/{}/{id}", self.cgroup_parent);
         let agent_config = AgentConfig {
-            python_standby,
+            python_standby: standbys,
+            bash_standby: standbys,
             ..self.agent_config.clone()
         };
         let mut spec = bundle::spec(&bundle::BundleSpec {
@@ -261,10 +258,11 @@ impl<'a> AgentSandbox<'a> {
         Self::start_with(env, true)
     }
 
-    /// `python_standby: false` starts the agent without its pre-started interpreter.
-    pub fn start_with(env: &'a Env, python_standby: bool) -> io::Result<AgentSandbox<'a>> {
+    /// `standbys: false` starts the agent without the processes it starts ahead of requests
+    /// (the Python forkserver and its child, a bash).
+    pub fn start_with(env: &'a Env, standbys: bool) -> io::Result<AgentSandbox<'a>> {
         let id = env.next_id();
-        let bundle = env.write_bundle(&id, None, python_standby)?;
+        let bundle = env.write_bundle(&id, None, standbys)?;
         let command = env.runsc.run_detached(&bundle, &id, false);
         let (mut sandbox, child, started) = AgentSandbox::launch(env, id, bundle, command)?;
         // The agent's hello; end-of-file here means runsc failed (all writers are gone).
@@ -370,8 +368,8 @@ impl<'a> AgentSandbox<'a> {
         let mut stdout_bytes = 0u64;
         let mut stdout_frames = 0u64;
         let mut stdout = Vec::new();
-        // Output is given back to the agent's window in batches of half a window, as the
-        // server does (runtime::execs).
+        // Output is given back to the agent's window in batches, as the server does
+        // (runtime::execs).
         let mut owed_credit = 0u32;
         loop {
             match self.next_frame()? {
@@ -381,7 +379,7 @@ impl<'a> AgentSandbox<'a> {
                     let room = (1usize << 20).saturating_sub(stdout.len());
                     stdout.extend_from_slice(&data[..room.min(data.len())]);
                     owed_credit += data.len() as u32;
-                    if owed_credit >= OUTPUT_WINDOW_BYTES / 2 {
+                    if owed_credit >= CREDIT_BATCH_BYTES {
                         self.send(&ToAgent::Credit(exec, owed_credit))?;
                         owed_credit = 0;
                     }

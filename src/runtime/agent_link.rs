@@ -16,8 +16,12 @@ use crate::io_token::{token, Tag};
 
 use super::SandboxKey;
 
-/// Bytes read from one agent before the loop serves others.
-pub const READ_BUDGET: usize = 256 * 1024;
+/// Bytes read from one agent before the loop serves others (about a millisecond of work here;
+/// the agent's output frames are up to 1 MiB).
+pub const READ_BUDGET: usize = 1024 * 1024;
+
+/// The size of the buffer agents are read into (one for all agents: see [`AgentLink::read`]).
+pub const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Written bytes are removed from the front of the queue once this many accumulate (or all
 /// are written): removing them after every write would move the whole queue each time, which
@@ -109,21 +113,21 @@ impl AgentLink {
         result
     }
 
-    /// Read up to `budget` bytes and decode every whole frame.
-    pub fn read(&mut self, budget: usize) -> Received {
+    /// Read up to `budget` bytes, in reads of `buffer`'s size (the runtime's one buffer, so
+    /// that no agent holds one while idle), and decode every whole frame.
+    pub fn read(&mut self, budget: usize, buffer: &mut [u8]) -> Received {
         let mut received = Received {
             frames: Vec::new(),
             more: false,
             lost: None,
         };
-        let mut buffer = [0u8; 64 * 1024];
         let mut total = 0;
         loop {
             if total >= budget {
                 received.more = true;
                 break;
             }
-            match self.from_agent.read(&mut buffer) {
+            match self.from_agent.read(buffer) {
                 Ok(0) => {
                     received.lost = Some("the sandbox stopped unexpectedly".to_string());
                     break;

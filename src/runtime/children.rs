@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -22,10 +22,6 @@ use nix::unistd::Pid;
 use super::bundle::BundleSettings;
 use super::runsc::Runsc;
 use super::SandboxKey;
-
-/// The capacity asked for the pipe to each agent (the kernel's `pipe-max-size` is 1 MiB by
-/// default).
-const TO_AGENT_PIPE_BYTES: i32 = 1024 * 1024;
 
 /// What a child was spawned for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,13 +77,10 @@ impl Children {
             .open(bundle_dir.join("sandbox.log"))?;
         let (to_agent, agent_stdin) = mio::unix::pipe::new()?;
         let (agent_stdout, from_agent) = mio::unix::pipe::new()?;
-        // A larger pipe towards the agent: stdin arrives in megabytes (protocol 2's window is
-        // 4 MiB), and each pipe-full costs a turn of both loops. Best effort: the default
-        // (64 KiB) works, only slower.
-        let _ = nix::fcntl::fcntl(
-            to_agent.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETPIPE_SZ(TO_AGENT_PIPE_BYTES),
-        );
+        // Both ways in megabytes: output in 1 MiB frames, stdin in a window of 4 MiB (protocol
+        // 2); each pipe-full costs a turn of both loops.
+        enlarge_pipe(from_agent.as_raw_fd());
+        enlarge_pipe(to_agent.as_raw_fd());
         let mut command = match image {
             Some(image) => self
                 .runsc
@@ -199,6 +192,17 @@ pub fn checkpoint_error(bundle_dir: &Path) -> String {
 }
 
 /// The last `max` bytes of a file, as text (nothing if it cannot be read).
+/// What the pipes to and from each agent are enlarged to (the kernel's default
+/// `pipe-max-size`): the agent writes output frames of up to 1 MiB, each in one syscall if the
+/// pipe has room (a syscall costs tens of microseconds inside gVisor; the server's side is
+/// native), and reads stdin in the same sizes.
+const AGENT_PIPE_BYTES: i32 = 1024 * 1024;
+
+/// Best effort: a pipe left at its default size only costs speed.
+fn enlarge_pipe(fd: RawFd) {
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(AGENT_PIPE_BYTES));
+}
+
 fn read_tail(path: &Path, max: u64) -> String {
     let Ok(mut file) = File::open(path) else {
         return String::new();

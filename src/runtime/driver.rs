@@ -22,7 +22,7 @@ use crate::agent_protocol::ExecId;
 use crate::config::Config;
 use crate::ids::SandboxId;
 
-use super::agent_link::{AgentLink, READ_BUDGET};
+use super::agent_link::{AgentLink, READ_BUDGET, READ_BUFFER_BYTES};
 use super::children::{self, Children, Purpose};
 use super::core::{Action, Core, Origin, Settings};
 use super::exec::Reason;
@@ -59,6 +59,8 @@ pub struct Runtime {
     unflushed: Vec<SandboxKey>,
     /// Sandboxes whose agent pipe must be read again (its budget was used up).
     pending_reads: HashSet<SandboxKey>,
+    /// What every agent's pipe is read into.
+    read_buffer: Vec<u8>,
     notices: VecDeque<Notice>,
     network: Option<Network>,
     network_unavailable: String,
@@ -78,6 +80,8 @@ impl Runtime {
             } else {
                 config.snapshot_pools_max
             },
+            pool_size: config.pool_size,
+            pool_max: config.pool_max,
         });
         let agent_copy = prepared.bundles.agent_dir.join(bundle::AGENT_FILE);
         Ok(Runtime {
@@ -92,6 +96,7 @@ impl Runtime {
             links: HashMap::new(),
             unflushed: Vec::new(),
             pending_reads: HashSet::new(),
+            read_buffer: vec![0; READ_BUFFER_BYTES],
             notices: VecDeque::new(),
             network: prepared.network,
             network_unavailable: prepared.network_unavailable,
@@ -113,6 +118,11 @@ impl Runtime {
 
     pub fn pool_ready(&self) -> usize {
         self.core.pool_ready()
+    }
+
+    /// How many fresh sandboxes the pool keeps now (it grows with demand).
+    pub fn pool_target(&mut self) -> usize {
+        self.core.fresh_pool_target(Instant::now())
     }
 
     pub fn snapshot_pool_ready(&self) -> usize {
@@ -154,8 +164,15 @@ impl Runtime {
         self.notices.pop_front()
     }
 
+    /// When the runtime must next be woken: a timer of the core, or the end of the refills'
+    /// wait after failed starts.
     pub fn next_deadline(&mut self) -> Option<Instant> {
-        self.core.next_deadline()
+        let now = Instant::now();
+        let refill = self.core.refill_deadline(now);
+        match (self.core.next_deadline(), refill) {
+            (Some(timer), Some(refill)) => Some(timer.min(refill)),
+            (timer, refill) => timer.or(refill),
+        }
     }
 
     pub fn has_pending_work(&self) -> bool {
@@ -185,7 +202,7 @@ impl Runtime {
     /// A sandbox for `owner`: a pooled one if any (ready or still starting), else a new one.
     /// The owner gets `Ready` (at once if it was ready) or `StartFailed`.
     pub fn acquire(&mut self, owner: Owner) -> Result<SandboxKey, RuntimeError> {
-        if let Some(key) = self.core.take_fresh() {
+        if let Some(key) = self.core.take_fresh(Instant::now()) {
             if self.core.hand_over(key, owner) {
                 self.drain(Instant::now());
                 return Ok(key);
@@ -229,7 +246,14 @@ impl Runtime {
         let now = Instant::now();
         self.core.grant_slots(now);
         self.drain(now);
-        self.refill_fresh_pool();
+        for surplus in self.core.surplus_fresh(now) {
+            self.core.delete(surplus, now);
+        }
+        self.drain(now);
+        if !self.core.refill_allowed(now) {
+            return;
+        }
+        self.refill_fresh_pool(now);
         for image in self.core.pool_images() {
             let wanted = self.config.snapshot_pool_size;
             if self.core.snapshot_pool_len(&image) >= wanted || self.core.free_slots() == 0 {
@@ -270,8 +294,10 @@ impl Runtime {
         self.drain(now);
     }
 
-    fn refill_fresh_pool(&mut self) {
-        while self.core.fresh_pool_len() < self.config.pool_size && self.core.free_slots() > 0 {
+    /// Start fresh sandboxes as the core says (its target grows with demand; see
+    /// `Core::fresh_refill_wanted`), in the slots nobody holds or claimed.
+    fn refill_fresh_pool(&mut self, now: Instant) {
+        while self.core.fresh_refill_wanted(now) > 0 && self.core.free_slots() > 0 {
             match self.create(None) {
                 Ok(key) => self.core.add_to_fresh_pool(key),
                 Err(error) => {
@@ -304,7 +330,7 @@ impl Runtime {
                 // Nothing was started: forget the sandbox without a delete.
                 self.release(key);
                 let error = RuntimeError::Start(error);
-                self.core.count_failed_start(&error.to_string());
+                self.core.count_failed_start(&error.to_string(), now);
                 return Err(error);
             }
         }
@@ -577,7 +603,7 @@ impl Runtime {
         let Some(link) = self.links.get_mut(&key) else {
             return;
         };
-        let received = link.read(READ_BUDGET);
+        let received = link.read(READ_BUDGET, &mut self.read_buffer);
         if received.more {
             self.pending_reads.insert(key);
         }

@@ -7,9 +7,9 @@
 //! that they are cancelled when the execution ends.
 //!
 //! Output window: the agent reads an execution's pipes only while that execution's window
-//! ([`OUTPUT_WINDOW_BYTES`]) is open. Bytes received here are given back (a `Credit` of the
+//! (`agent_protocol::OUTPUT_WINDOW_BYTES`) is open. Bytes received here are given back (a `Credit` of the
 //! protocol) once they have gone on toward the owner: at once while the owner takes output,
-//! in batches of half a window so that credit costs one small frame per 128 KiB; not while
+//! in batches ([`CREDIT_BATCH_BYTES`]) so that credit costs one small frame per 128 KiB; not while
 //! the owner has paused output, which stops the process once its window is used up. The owner
 //! pauses one execution (a session holding its output for a client that does not follow it)
 //! or all of them (the connection's buffer is full: the last resort), so an execution nobody
@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::agent_protocol::{ExecId, ExitStatus, OUTPUT_WINDOW_BYTES};
+use crate::agent_protocol::{ExecId, ExitStatus, CREDIT_BATCH_BYTES};
 use crate::timers::TimerId;
 
 use super::exec::{ExecOutcome, ExecTracker, OutputVerdict, Reason};
@@ -37,7 +37,7 @@ pub const MAX_STDIN_IN_FLIGHT: u64 = 1024 * 1024;
 
 /// Credit is given back once this much output is owed: fewer frames, and the agent's window
 /// never closes while the owner keeps up.
-const CREDIT_BATCH: u64 = OUTPUT_WINDOW_BYTES as u64 / 2;
+const CREDIT_BATCH: u64 = CREDIT_BATCH_BYTES as u64;
 
 struct Entry {
     tracker: ExecTracker,
@@ -270,6 +270,7 @@ impl Execs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent_protocol::OUTPUT_WINDOW_BYTES;
 
     #[test]
     fn ids_are_handed_out_in_order_and_run_out_with_an_error() {

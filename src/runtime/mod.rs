@@ -33,6 +33,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod network;
 pub mod pool;
+pub mod refill;
 pub mod runsc;
 mod setup;
 pub mod state_lock;

@@ -144,6 +144,7 @@ pub fn agent_config(config: &Config) -> AgentConfig {
             config.ca_bundle.is_some(),
         ),
         python_standby: true,
+        bash_standby: true,
     }
 }
 

@@ -395,10 +395,12 @@ impl Server {
         for seconds in self.runtime.take_start_seconds() {
             self.metrics.sandbox_start_seconds.observe(seconds);
         }
+        let pool_target = self.runtime.pool_target();
         let stats = self.runtime.stats();
         self.metrics.render(&Gauges {
             live_sandboxes: self.runtime.live_sandboxes(),
             pool_ready: self.runtime.pool_ready(),
+            pool_target,
             snapshot_pool_ready: self.runtime.snapshot_pool_ready(),
             snapshot_pools: self.runtime.snapshot_pools(),
             waiting_for_slot: self.runtime.waiting_for_slot(),

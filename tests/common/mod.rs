@@ -71,7 +71,8 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Start a server with its own new state directory. `SANDBOX_POOL_SIZE` defaults to 1.
+    /// Start a server with its own new state directory. `SANDBOX_POOL_SIZE` defaults to 1, and
+    /// the pool does not grow with demand unless `SANDBOX_POOL_MAX` is given.
     pub fn start(extra_env: &[(&str, &str)]) -> TestServer {
         Self::start_on(&new_state_dir(), extra_env, true)
     }
@@ -319,6 +320,18 @@ fn server_command(state_dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Co
         .env("SANDBOX_POOL_SIZE", "1");
     for (name, value) in extra_env {
         command.env(name, value);
+    }
+    // The pool stays at SANDBOX_POOL_SIZE (tests count sandboxes) unless a test lets it grow.
+    if !extra_env
+        .iter()
+        .any(|(name, _)| *name == "SANDBOX_POOL_MAX")
+    {
+        let size = extra_env
+            .iter()
+            .rev()
+            .find(|(name, _)| *name == "SANDBOX_POOL_SIZE")
+            .map_or("1", |(_, size)| *size);
+        command.env("SANDBOX_POOL_MAX", size);
     }
     command
 }

@@ -27,6 +27,7 @@ use super::execs::Execs;
 use super::health::StartHealth;
 use super::lifecycle::{self, Event, Lifecycle, State};
 use super::pool::{Admission, Pools, Readiness, Slots};
+use super::refill::{FreshTarget, RefillBackoff};
 use super::{ExecSpec, Notice, Owner, RuntimeError, RuntimeEvent, RuntimeStats, SandboxKey};
 
 #[cfg(test)]
@@ -48,6 +49,10 @@ pub struct Settings {
     pub process_limits: ProcessLimits,
     /// At most this many snapshot pools (0: none).
     pub snapshot_pools_max: usize,
+    /// `SANDBOX_POOL_SIZE`: fresh sandboxes kept started at least (0: no pool).
+    pub pool_size: usize,
+    /// `SANDBOX_POOL_MAX`: how deep the fresh pool may grow with demand.
+    pub pool_max: usize,
 }
 
 /// What the driver must do, in queue order.
@@ -126,10 +131,24 @@ pub struct Core {
     stats: RuntimeStats,
     /// How the last sandbox starts went (for readiness).
     health: StartHealth,
+    /// How many fresh sandboxes the pool keeps, with demand.
+    fresh_target: FreshTarget,
+    /// Refills wait while starts keep failing.
+    refill_backoff: RefillBackoff,
+    /// When real work last took a pooled fresh sandbox.
+    last_take: Option<Instant>,
 }
+
+/// Fresh pooled sandboxes started at the same time at most: each `runsc run` costs a few
+/// hundred milliseconds of CPU, which real work needs too.
+pub const POOL_STARTS_AT_ONCE: usize = 2;
+
+/// The pool above `SANDBOX_POOL_SIZE` is refilled once no request took from it for this long.
+pub const DEEP_REFILL_QUIET: Duration = Duration::from_millis(250);
 
 impl Core {
     pub fn new(settings: Settings) -> Self {
+        let fresh_target = FreshTarget::new(settings.pool_size, settings.pool_max);
         Core {
             pools: Pools::new(settings.snapshot_pools_max),
             settings,
@@ -141,6 +160,9 @@ impl Core {
             next_key: 1,
             stats: RuntimeStats::default(),
             health: StartHealth::default(),
+            fresh_target,
+            refill_backoff: RefillBackoff::default(),
+            last_take: None,
         }
     }
 
@@ -289,9 +311,78 @@ impl Core {
     }
 
     /// A fresh start failed before a sandbox was added (its `runsc run` could not be spawned).
-    pub fn count_failed_start(&mut self, message: &str) {
+    pub fn count_failed_start(&mut self, message: &str, now: Instant) {
         self.stats.start_failures += 1;
         self.health.failed(message);
+        self.refill_backoff.failed(now);
+    }
+
+    /// How many fresh sandboxes the pool should hold now (see `runtime::refill`).
+    pub fn fresh_pool_target(&mut self, now: Instant) -> usize {
+        self.fresh_target.target(now)
+    }
+
+    /// Whether pools may start sandboxes now: not while starts keep failing.
+    pub fn refill_allowed(&self, now: Instant) -> bool {
+        self.refill_backoff.allows(now)
+    }
+
+    /// When refills may start again, while they wait after failed starts.
+    pub fn refill_not_before(&self) -> Option<Instant> {
+        self.refill_backoff.not_before()
+    }
+
+    /// How many fresh sandboxes to start for the pool now (before the slot limit): up to its
+    /// target, at most [`POOL_STARTS_AT_ONCE`] starting at a time. Below `SANDBOX_POOL_SIZE`
+    /// at once; the part above it (grown with demand) only once no request took a pooled
+    /// sandbox for [`DEEP_REFILL_QUIET`]: during a burst, the requests the deep pool serves
+    /// do not share the CPU with `runsc run`s starting their successors.
+    pub fn fresh_refill_wanted(&mut self, now: Instant) -> usize {
+        if !self.refill_backoff.allows(now) {
+            return 0;
+        }
+        let quiet = self
+            .last_take
+            .is_none_or(|taken| now.saturating_duration_since(taken) >= DEEP_REFILL_QUIET);
+        let target = if quiet {
+            self.fresh_target.target(now)
+        } else {
+            self.settings.pool_size
+        };
+        let room = POOL_STARTS_AT_ONCE.saturating_sub(self.fresh_pool_starting());
+        target.saturating_sub(self.pools.fresh_len()).min(room)
+    }
+
+    /// When refills must next be looked at again although nothing happened: the end of their
+    /// wait after failed starts, or of the quiet before the deep pool is refilled.
+    pub fn refill_deadline(&mut self, now: Instant) -> Option<Instant> {
+        let backoff = self.refill_backoff.not_before().filter(|at| *at > now);
+        let deep = self
+            .last_take
+            .map(|taken| taken + DEEP_REFILL_QUIET)
+            .filter(|at| *at > now && self.pools.fresh_len() < self.fresh_target.target(now));
+        match (backoff, deep) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Pooled fresh sandboxes beyond the target (demand went down): to be deleted, the oldest
+    /// first.
+    pub fn surplus_fresh(&mut self, now: Instant) -> Vec<SandboxKey> {
+        let target = self.fresh_target.target(now);
+        let mut surplus = Vec::new();
+        while self.pools.fresh_len() > target {
+            let oldest = self.pools.fresh().next();
+            match oldest {
+                Some(key) => {
+                    self.pools.remove(key);
+                    surplus.push(key);
+                }
+                None => break,
+            }
+        }
+        surplus
     }
 
     /// Queue the new sandbox `key` for a slot, giving up a pooled sandbox for it if admitted so.
@@ -376,6 +467,14 @@ impl Core {
         self.pools.fresh_len()
     }
 
+    /// Pooled fresh sandboxes still starting.
+    pub fn fresh_pool_starting(&self) -> usize {
+        self.pools
+            .fresh()
+            .filter(|key| self.state(*key) == Some(State::Starting))
+            .count()
+    }
+
     pub fn snapshot_pool_len(&self, image: &Path) -> usize {
         self.pools.snapshot_len(image)
     }
@@ -396,10 +495,16 @@ impl Core {
         }
     }
 
-    /// A pooled fresh sandbox, ready first, else the oldest still starting.
-    pub fn take_fresh(&mut self) -> Option<SandboxKey> {
+    /// A pooled fresh sandbox for real work, ready first, else the oldest still starting. Not
+    /// finding a ready one is a miss: the pool deepens (see `runtime::refill`).
+    pub fn take_fresh(&mut self, now: Instant) -> Option<SandboxKey> {
         let sandboxes = &self.sandboxes;
-        self.pools.take_fresh(|key| Self::readiness(sandboxes, key))
+        let taken = self.pools.take_fresh(|key| Self::readiness(sandboxes, key));
+        if taken.is_none_or(|key| self.state(key) != Some(State::Ready)) {
+            self.fresh_target.missed(now);
+        }
+        self.last_take = Some(now);
+        taken
     }
 
     /// A create from the snapshot `image` is asked for: its pool becomes the most recently
@@ -831,16 +936,21 @@ impl Core {
                     self.stats.start_seconds.push(seconds);
                 }
                 self.health.started();
+                self.refill_backoff.succeeded();
                 self.notify(key, RuntimeEvent::Ready);
             }
             Do::NotifyStartFailed(message) => {
                 self.stats.start_failures += 1;
-                if self
-                    .sandboxes
-                    .get(&key)
-                    .is_some_and(|sandbox| !sandbox.from_image)
-                {
+                let (fresh, pooled) = self.sandboxes.get(&key).map_or((false, false), |sandbox| {
+                    (!sandbox.from_image, sandbox.owner.is_none())
+                });
+                if fresh {
                     self.health.failed(&message);
+                }
+                // A pool refill must not retry at once what just failed (a fresh start: runsc
+                // itself; a pooled restore: its snapshot's image).
+                if fresh || pooled {
+                    self.refill_backoff.failed(now);
                 }
                 eprintln!("runtime: sandbox key {key} failed to start: {message}");
                 self.notify(key, RuntimeEvent::StartFailed(message));

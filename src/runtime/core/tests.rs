@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::agent_protocol::{
-    AgentHello, ExitStatus, Inspection, Language, Stream, OUTPUT_WINDOW_BYTES,
+    AgentHello, ExitStatus, Inspection, Language, Stream, CREDIT_BATCH_BYTES, OUTPUT_WINDOW_BYTES,
 };
 use crate::runtime::exec::ExecOutcome;
 use crate::runtime::MAX_STDIN_IN_FLIGHT;
@@ -21,6 +21,8 @@ fn settings(max_sandboxes: usize) -> Settings {
             ..ProcessLimits::default()
         },
         snapshot_pools_max: 2,
+        pool_size: 2,
+        pool_max: 4,
     }
 }
 
@@ -288,8 +290,8 @@ fn output_windows_are_given_back_as_the_owner_takes_output_and_held_while_it_can
             .collect()
     };
     let chunk = |len: usize| FromAgent::Output(exec, Stream::Stdout, vec![b'x'; len]);
-    let half = OUTPUT_WINDOW_BYTES as usize / 2;
-    // Credit goes back in batches of half a window.
+    let half = CREDIT_BATCH_BYTES as usize;
+    // Credit goes back in batches.
     assert_eq!(
         summary(h.frame(key, chunk(half - 1))),
         [format!("output {}", half - 1)]
@@ -647,7 +649,7 @@ fn fresh_starts_that_fail_make_the_server_unready_but_failed_restores_do_not() {
     }
     assert_eq!(h.core.start_problem(3), None);
     h.core
-        .count_failed_start("cannot start a sandbox: no runsc");
+        .count_failed_start("cannot start a sandbox: no runsc", h.now);
     let problem = h.core.start_problem(3).expect("three in a row");
     assert!(problem.contains("no runsc"), "{problem}");
 
@@ -775,7 +777,7 @@ fn pooled_sandboxes_are_handed_over_ready_and_snapshot_pools_are_capped() {
     let mut h = Harness::new(4);
     let pooled = h.ready_sandbox(None);
     h.core.add_to_fresh_pool(pooled);
-    assert_eq!(h.core.take_fresh(), Some(pooled));
+    assert_eq!(h.core.take_fresh(h.now), Some(pooled));
     assert!(h.core.hand_over(pooled, OWNER));
     assert_eq!(h.actions(), [notice(pooled, OWNER, RuntimeEvent::Ready)]);
 
@@ -851,4 +853,130 @@ fn deadlines_do_not_overflow() {
         now + Duration::from_secs(5)
     );
     assert!(deadline(now, Duration::MAX) > now + Duration::from_secs(3600 * 24 * 365));
+}
+
+/// A pooled sandbox that failed to start makes refills wait, longer at each failure in a row
+/// (the tight loop of failing `runsc run`s this replaces); one that starts ends the wait.
+#[test]
+fn refills_wait_after_failed_starts_and_go_on_after_a_start_succeeds() {
+    let mut h = Harness::new(8);
+    assert!(h.core.refill_allowed(h.now));
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let key = h.add_fresh(None);
+        h.core.add_to_fresh_pool(key);
+        h.core
+            .run_exited(key, Err("runsc: no such file".into()), h.now);
+        h.actions();
+        h.core.delete_exited(key, h.now);
+        h.actions();
+        let not_before = h.core.refill_not_before().expect("refills wait");
+        assert!(!h.core.refill_allowed(h.now));
+        waits.push(not_before - h.now);
+        h.now = not_before;
+        assert!(h.core.refill_allowed(h.now));
+    }
+    assert_eq!(
+        waits,
+        [
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+            Duration::from_millis(400)
+        ]
+    );
+    // A spawn that fails at once counts too.
+    h.core.count_failed_start("cannot run runsc: gone", h.now);
+    assert!(!h.core.refill_allowed(h.now));
+    // Real work's start that succeeds proves runsc works again.
+    h.ready_sandbox(Some(OWNER));
+    assert!(h.core.refill_allowed(h.now));
+    assert_eq!(h.core.refill_not_before(), None);
+}
+
+/// Requests that find no ready sandbox deepen the fresh pool (up to `SANDBOX_POOL_MAX`); quiet
+/// brings it back to `SANDBOX_POOL_SIZE`, the surplus being deleted.
+#[test]
+fn requests_that_find_the_pool_empty_deepen_it_and_quiet_shallows_it() {
+    let mut h = Harness::new(8);
+    assert_eq!(h.core.fresh_pool_target(h.now), 2);
+    let pooled = h.ready_sandbox(None);
+    h.core.add_to_fresh_pool(pooled);
+    // A ready sandbox is a hit.
+    assert_eq!(h.core.take_fresh(h.now), Some(pooled));
+    assert_eq!(h.core.fresh_pool_target(h.now), 2);
+    // One still starting, or none at all: misses.
+    let starting = h.add_fresh(None);
+    h.core.add_to_fresh_pool(starting);
+    assert_eq!(h.core.take_fresh(h.now), Some(starting));
+    assert_eq!(h.core.take_fresh(h.now), None);
+    assert_eq!(h.core.take_fresh(h.now), None);
+    assert_eq!(h.core.fresh_pool_target(h.now), 4, "capped by pool_max");
+    let keys: Vec<SandboxKey> = (0..4)
+        .map(|_| {
+            let key = h.ready_sandbox(None);
+            h.core.add_to_fresh_pool(key);
+            key
+        })
+        .collect();
+    assert!(h.core.surplus_fresh(h.now).is_empty());
+    h.now += crate::runtime::refill::SHRINK_AFTER * 2;
+    assert_eq!(h.core.fresh_pool_target(h.now), 2);
+    assert_eq!(
+        h.core.surplus_fresh(h.now),
+        keys[..2],
+        "the oldest go first"
+    );
+    assert_eq!(h.core.fresh_pool_len(), 2);
+}
+
+/// The pool's floor is refilled at once, its deep part (grown with demand) once requests stop
+/// taking from it for a moment, two starts at a time, and nothing while starts keep failing.
+#[test]
+fn the_deep_pool_is_refilled_once_requests_pause() {
+    let mut h = Harness::new(16);
+    assert_eq!(
+        h.core.fresh_refill_wanted(h.now),
+        2,
+        "the floor, two at a time"
+    );
+    for _ in 0..2 {
+        let key = h.ready_sandbox(None);
+        h.core.add_to_fresh_pool(key);
+    }
+    assert_eq!(h.core.fresh_refill_wanted(h.now), 0);
+    // A burst: three requests, the third finds the pool empty.
+    for _ in 0..3 {
+        h.core.take_fresh(h.now);
+    }
+    assert_eq!(h.core.fresh_pool_target(h.now), 3);
+    // During the burst, only the floor comes back, two at a time.
+    assert_eq!(h.core.fresh_refill_wanted(h.now), 2);
+    let starting: Vec<SandboxKey> = (0..2)
+        .map(|_| {
+            let key = h.add_fresh(None);
+            h.core.add_to_fresh_pool(key);
+            key
+        })
+        .collect();
+    assert_eq!(h.core.fresh_refill_wanted(h.now), 0, "two start already");
+    for key in starting {
+        h.core.run_exited(key, Ok(()), h.now);
+        h.core.on_frame(key, hello(1), h.now);
+    }
+    h.actions();
+    assert_eq!(h.core.fresh_refill_wanted(h.now), 0, "the floor is full");
+    assert_eq!(
+        h.core.refill_deadline(h.now),
+        Some(h.now + DEEP_REFILL_QUIET),
+        "the loop wakes for the deep part"
+    );
+    h.now += DEEP_REFILL_QUIET;
+    assert_eq!(h.core.fresh_refill_wanted(h.now), 1, "then the deep part");
+    assert_eq!(h.core.refill_deadline(h.now), None);
+    h.core.count_failed_start("runsc: gone", h.now);
+    assert_eq!(
+        h.core.fresh_refill_wanted(h.now),
+        0,
+        "not while starts fail"
+    );
 }
