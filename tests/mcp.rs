@@ -181,13 +181,17 @@ fn a_handshake_session_owns_one_sandbox_until_delete() {
         sandbox_id.as_str()
     );
     assert_eq!(sessions_metric(&server), 2.0);
+    assert_eq!(server.metric("sandbox_mcp_sessions"), Some(2.0));
+    assert_eq!(server.metric("sandbox_mcp_sandboxes"), Some(2.0));
 
     // DELETE ends the session and frees its sandbox; the id is unknown from then on.
     let mut client = server.connect();
     client.send(format!("DELETE /mcp HTTP/1.1\r\nHost: t\r\nMcp-Session-Id: {session}\r\nConnection: close\r\n\r\n").as_bytes());
     assert_eq!(client.read_response().unwrap().status, 200);
     assert!(
-        wait_until(IO_TIMEOUT, || sessions_metric(&server) == 1.0),
+        wait_until(IO_TIMEOUT, || sessions_metric(&server) == 1.0
+            && server.metric("sandbox_mcp_sandboxes") == Some(1.0)
+            && server.metric("sandbox_mcp_sessions") == Some(1.0)),
         "the sandbox was not freed"
     );
     let after = post(

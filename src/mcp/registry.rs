@@ -123,6 +123,10 @@ impl Registry {
         self.sessions.len()
     }
 
+    pub fn sandbox_count(&self) -> usize {
+        self.sandboxes.len()
+    }
+
     /// Record a sandbox being created for `mcp_session` (or for nobody).
     pub fn add_sandbox(
         &mut self,

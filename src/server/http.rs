@@ -65,12 +65,6 @@ impl Server {
             match connection.read_available() {
                 Ok(ReadOutcome::Open) => {}
                 Ok(ReadOutcome::Closed) => {
-                    if let Phase::Mcp(waiting) = &connection.phase {
-                        let call = waiting.call.clone();
-                        self.mcp_stream_closed(&call);
-                        self.close(id);
-                        return;
-                    }
                     // A client gone mid-execution: its sandbox is killed and deleted.
                     if let Some(job) = connection.job() {
                         eprintln!(
@@ -342,6 +336,10 @@ impl Server {
     pub(super) fn close(&mut self, id: ConnectionId) {
         if let Some(mut connection) = self.connections.http.remove(&id) {
             let _ = self.poll.registry().deregister(&mut connection.stream);
+            if let Phase::Mcp(waiting) = connection.phase {
+                // The response stream of a tool call closed before its answer.
+                self.mcp_stream_closed(&waiting.call);
+            }
         }
     }
 
@@ -407,6 +405,8 @@ impl Server {
             pool_evictions: stats.pool_evictions,
             connections: self.connections.http.len(),
             sessions: self.sessions.len(),
+            mcp_sessions: self.mcp.session_count(),
+            mcp_sandboxes: self.mcp.sandbox_count(),
             websockets: self.connections.websockets.len(),
             sandboxes_created: stats.created,
             sandbox_start_failures: stats.start_failures,

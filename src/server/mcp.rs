@@ -56,6 +56,14 @@ impl McpState {
         self.endpoint.registry.is_mcp_sandbox(session)
     }
 
+    pub fn session_count(&self) -> usize {
+        self.endpoint.registry.session_count()
+    }
+
+    pub fn sandbox_count(&self) -> usize {
+        self.endpoint.registry.sandbox_count()
+    }
+
     /// A request id of the virtual client, unique for the server's life.
     fn request_id(&mut self, prefix: &str) -> RequestId {
         self.next_request += 1;
@@ -202,6 +210,11 @@ impl Server {
 
     fn mcp_call(&mut self, id: ConnectionId, call: Call, keep_alive: bool) {
         let now = Instant::now();
+        *self
+            .metrics
+            .mcp_tool_calls
+            .entry(call.tool.name())
+            .or_default() += 1;
         let owner = call.owner.as_deref();
         let registry = &mut self.mcp.endpoint.registry;
         // The sandbox: the one named, else the session's, else (run_command) a new one.
