@@ -220,6 +220,39 @@ fn a_handshake_session_owns_one_sandbox_until_delete() {
 }
 
 #[test]
+fn output_past_the_cap_is_in_a_file_the_result_names() {
+    let server = TestServer::start(&[("SANDBOX_MCP_OUTPUT_BYTES", "1000")]);
+    // About 15 MB: more than the spill may fall behind, so the command is paused meanwhile.
+    let big = modern_call(
+        &server,
+        "run_command",
+        json!({"command": "seq 1 2000000; echo done >&2"}),
+    );
+    let structured = &big["structuredContent"];
+    assert_eq!(structured["exit_code"], 0, "{structured}");
+    assert_eq!(structured["truncated"], true);
+    assert_eq!(structured["stderr"], "done\n");
+    let stdout = structured["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("1\n2\n3\n"), "{stdout}");
+    let path = stdout
+        .split("all of it is in the file ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no file named: {stdout}"));
+    assert!(path.starts_with("/tmp/mcp-output/"), "{path}");
+    let sandbox_id = structured["sandbox_id"].as_str().unwrap();
+    let check = modern_call(
+        &server,
+        "run_command",
+        json!({"command": format!("wc -c < {path}; tail -n 1 {path}; seq 1 2000000 | cmp - {path} && echo same"), "sandbox_id": sandbox_id}),
+    );
+    assert_eq!(
+        check["structuredContent"]["stdout"], "14888896\n2000000\nsame\n",
+        "{check}"
+    );
+}
+
+#[test]
 fn single_exchange_calls_pass_their_sandbox_on_and_a_closed_stream_cancels() {
     let server = TestServer::start(&[]);
     let discover = post(

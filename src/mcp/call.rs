@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 
 use super::jsonrpc::notification;
+use super::spill::{Spill, SPILL_DIR};
 use crate::agent_protocol::Stream;
 use crate::session::{Frame, ProcessId, RequestId, ServerEvent};
 
@@ -73,13 +74,22 @@ impl Capped {
         self.total > self.kept.len() as u64
     }
 
-    /// The kept text, with a note when some was cut.
-    fn shown(&self, name: &str) -> String {
+    /// The kept text, with a note when some was cut saying where all of it is.
+    fn shown(&self, name: &str, spill: Option<&Spill>) -> String {
         if !self.truncated() {
             return self.kept.clone();
         }
+        let whereabouts = match spill.map(|spill| (spill.path(), spill.outcome())) {
+            Some((path, Some(Ok(())))) => format!(
+                "all of it is in the file {path} in the sandbox: read it in parts (head, tail, grep, sed -n)"
+            ),
+            Some((_, Some(Err(why)))) => format!(
+                "the rest could not be saved ({why}); redirect the command's output to a file and read it in parts"
+            ),
+            _ => "redirect the command's output to a file and read it in parts".to_string(),
+        };
         format!(
-            "{}\n[{name} truncated: the first {} of {} bytes are shown; redirect the command's output to a file (e.g. `> /tmp/out.txt`) and read it in parts with head, tail or grep]",
+            "{}\n[{name} truncated: the first {} of {} bytes are shown; {whereabouts}]",
             self.kept,
             self.kept.len(),
             self.total
@@ -92,8 +102,16 @@ impl Capped {
 pub enum CallEvent {
     /// A `notifications/progress` message for the client.
     Progress(Value),
+    /// A message for the sandbox's session (a spill's start, its stdin).
+    Send(String),
+    /// Hold back (`true`) or give back the output of the call's process: a spill is behind.
+    PauseOutput(ProcessId, bool),
     Finished(ToolResult),
 }
+
+/// A spill further behind than this pauses the command's output; below the low mark it goes on.
+const SPILL_HIGH_WATER: u64 = 4 * 1024 * 1024;
+const SPILL_LOW_WATER: u64 = 1024 * 1024;
 
 #[derive(Debug)]
 pub struct CommandCall {
@@ -106,6 +124,13 @@ pub struct CommandCall {
     streamed: u64,
     process: Option<ProcessId>,
     finished: bool,
+    timeout_s: Option<f64>,
+    /// Where each stream past its cap goes (stdout, stderr).
+    spills: [Option<Spill>; 2],
+    /// The command's output is paused because a spill is behind.
+    paused: bool,
+    /// How the command ended, while its spills finish writing.
+    ended: Option<(i32, &'static str)>,
 }
 
 impl CommandCall {
@@ -124,11 +149,29 @@ impl CommandCall {
             streamed: 0,
             process: None,
             finished: false,
+            timeout_s: None,
+            spills: [None, None],
+            paused: false,
+            ended: None,
         }
     }
 
+    /// Whether `request` is one of this call's spills.
+    pub fn owns_spill(&self, request: &RequestId) -> bool {
+        self.spills
+            .iter()
+            .flatten()
+            .any(|spill| spill.request() == request)
+    }
+
     /// The session message that starts the command (an execution with a request id).
-    pub fn exec_message(&self, command: &str, timeout_s: Option<f64>, cwd: Option<&str>) -> String {
+    pub fn exec_message(
+        &mut self,
+        command: &str,
+        timeout_s: Option<f64>,
+        cwd: Option<&str>,
+    ) -> String {
+        self.timeout_s = timeout_s;
         let mut message = json!({
             "id": self.request,
             "language": "bash",
@@ -167,24 +210,28 @@ impl CommandCall {
                 Vec::new()
             }
             ServerEvent::Output { stream, data, .. } => {
-                match stream {
-                    Stream::Stdout => self.stdout.push(data),
-                    Stream::Stderr => self.stderr.push(data),
-                }
+                let mut out = self.spill_output(*stream, data);
                 self.streamed += data.len() as u64;
-                match &self.progress_token {
-                    Some(token) => vec![CallEvent::Progress(notification(
+                if let Some(token) = &self.progress_token {
+                    out.push(CallEvent::Progress(notification(
                         "notifications/progress",
                         json!({"progressToken": token, "progress": self.streamed, "message": data}),
-                    ))],
-                    None => Vec::new(),
+                    )));
                 }
+                out
             }
             ServerEvent::Done(done) => {
-                self.finished = true;
-                vec![CallEvent::Finished(
-                    self.result(done.exit_code, done.reason.as_str()),
-                )]
+                self.ended = Some((done.exit_code, done.reason.as_str()));
+                let mut out: Vec<CallEvent> = self
+                    .spills
+                    .iter_mut()
+                    .flatten()
+                    .flat_map(Spill::finish_input)
+                    .map(CallEvent::Send)
+                    .collect();
+                out.extend(self.pace());
+                out.extend(self.finish_if_written());
+                out
             }
             ServerEvent::StatusWithMessage(status, message) if status.is_error() => {
                 self.fail(message)
@@ -194,20 +241,124 @@ impl CommandCall {
         }
     }
 
-    /// The call ends without a result from the sandbox (it went away, or never came).
+    /// An event of the session for one of this call's spills.
+    pub fn on_spill_frame(&mut self, frame: &Frame) -> Vec<CallEvent> {
+        let Some(request) = &frame.id else {
+            return Vec::new();
+        };
+        let mut out: Vec<CallEvent> = self
+            .spills
+            .iter_mut()
+            .flatten()
+            .filter(|spill| spill.request() == request)
+            .flat_map(|spill| spill.on_frame(frame))
+            .map(CallEvent::Send)
+            .collect();
+        out.extend(self.pace());
+        if !self.finished {
+            out.extend(self.finish_if_written());
+        }
+        out
+    }
+
+    /// Keep a stream's text, and once past the cap, spill all of it to a file.
+    fn spill_output(&mut self, stream: Stream, data: &str) -> Vec<CallEvent> {
+        let index = usize::from(stream == Stream::Stderr);
+        let capped = if index == 0 {
+            &mut self.stdout
+        } else {
+            &mut self.stderr
+        };
+        let kept_before = capped.kept.len();
+        capped.push(data);
+        let mut out = Vec::new();
+        if capped.truncated() && self.spills[index].is_none() {
+            let name = if index == 0 { "stdout" } else { "stderr" };
+            let request = match &self.request {
+                RequestId::Text(text) => RequestId::Text(format!("{text}-{name}")),
+                RequestId::Number(number) => RequestId::Text(format!("{number}-{name}")),
+            };
+            let path = format!(
+                "{SPILL_DIR}/{}.{name}",
+                match &self.request {
+                    RequestId::Text(text) => text.clone(),
+                    RequestId::Number(number) => number.to_string(),
+                }
+            );
+            let (mut spill, start) = Spill::start(request, path, self.timeout_s);
+            out.push(CallEvent::Send(start));
+            // The file holds the whole stream: what came before this chunk too (all of it was
+            // kept, since the stream passes its cap only now).
+            spill.push(&capped.kept[..kept_before]);
+            self.spills[index] = Some(spill);
+        }
+        if let Some(spill) = &mut self.spills[index] {
+            out.extend(spill.push(data).into_iter().map(CallEvent::Send));
+        }
+        out.extend(self.pace());
+        out
+    }
+
+    /// Pause the command's output while a spill is far behind; resume when it caught up.
+    fn pace(&mut self) -> Vec<CallEvent> {
+        let backlog: u64 = self.spills.iter().flatten().map(Spill::backlog).sum();
+        let Some(process) = self.process else {
+            return Vec::new();
+        };
+        if !self.paused && backlog > SPILL_HIGH_WATER && self.ended.is_none() {
+            self.paused = true;
+            return vec![CallEvent::PauseOutput(process, true)];
+        }
+        if self.paused && (backlog < SPILL_LOW_WATER || self.ended.is_some()) {
+            self.paused = false;
+            return vec![CallEvent::PauseOutput(process, false)];
+        }
+        Vec::new()
+    }
+
+    /// The result, once the command ended and its spills are written (or failed).
+    fn finish_if_written(&mut self) -> Vec<CallEvent> {
+        let Some((exit_code, reason)) = self.ended else {
+            return Vec::new();
+        };
+        if self
+            .spills
+            .iter()
+            .flatten()
+            .any(|spill| spill.outcome().is_none())
+        {
+            return Vec::new();
+        }
+        self.finished = true;
+        vec![CallEvent::Finished(self.result(exit_code, reason))]
+    }
+
+    /// The call ends without a result from the sandbox (it went away, or never came). Its
+    /// spills are told their input ended.
     pub fn fail(&mut self, message: &str) -> Vec<CallEvent> {
         if self.finished {
             return Vec::new();
         }
         self.finished = true;
-        vec![CallEvent::Finished(ToolResult::error(
+        let mut out: Vec<CallEvent> = self
+            .spills
+            .iter_mut()
+            .flatten()
+            .flat_map(Spill::finish_input)
+            .map(CallEvent::Send)
+            .collect();
+        out.push(CallEvent::Finished(ToolResult::error(
             Some(&self.sandbox_id),
             message,
-        ))]
+        )));
+        out
     }
 
     fn result(&self, exit_code: i32, reason: &str) -> ToolResult {
-        let (stdout, stderr) = (self.stdout.shown("stdout"), self.stderr.shown("stderr"));
+        let (stdout, stderr) = (
+            self.stdout.shown("stdout", self.spills[0].as_ref()),
+            self.stderr.shown("stderr", self.spills[1].as_ref()),
+        );
         let mut text = match reason {
             "exited" => format!("exit code {exit_code}"),
             "timeout" => format!("killed after its timeout (exit code {exit_code})"),
@@ -270,6 +421,12 @@ mod tests {
         }))
     }
 
+    impl CommandCall {
+        fn on_output_is_quiet(&mut self, stream: Stream, data: &str) -> bool {
+            self.on_frame(&output(stream, data)).is_empty()
+        }
+    }
+
     fn finished(events: Vec<CallEvent>) -> ToolResult {
         match events.as_slice() {
             [CallEvent::Finished(result)] => result.clone(),
@@ -279,7 +436,7 @@ mod tests {
 
     #[test]
     fn the_message_is_an_execution_with_the_calls_request_id() {
-        let call = CommandCall::new(RequestId::Text("m7".into()), "s".into(), None, 10);
+        let mut call = CommandCall::new(RequestId::Text("m7".into()), "s".into(), None, 10);
         let message: Value =
             serde_json::from_str(&call.exec_message("ls", Some(2.5), Some("/tmp"))).unwrap();
         assert_eq!(
@@ -360,18 +517,92 @@ mod tests {
     }
 
     #[test]
-    fn output_past_the_cap_is_cut_on_a_character_boundary_with_a_note() {
+    fn output_past_the_cap_is_cut_with_a_note_and_all_of_it_goes_to_a_file() {
         let mut call = CommandCall::new(RequestId::Text("m1".into()), "sid".into(), None, 5);
-        call.on_frame(&output(Stream::Stdout, "abcé"));
-        call.on_frame(&output(Stream::Stdout, "more"));
-        let result = finished(call.on_frame(&done(0, Reason::Exited)));
+        call.exec_message("yes", Some(9.0), None);
+        call.on_frame(&frame(ServerEvent::ExecRunning { stdin_window: None }));
+        assert!(call.on_output_is_quiet(Stream::Stdout, "abcé"));
+        let started = call.on_frame(&output(Stream::Stdout, "more"));
+        let [CallEvent::Send(start)] = started.as_slice() else {
+            panic!("no spill started: {started:?}")
+        };
+        let start: Value = serde_json::from_str(start).unwrap();
+        assert_eq!(start["id"], "m1-stdout");
+        assert_eq!(start["timeout"], 9.0);
+        assert_eq!(
+            start["code"],
+            "mkdir -p /tmp/mcp-output && exec cat > /tmp/mcp-output/m1.stdout"
+        );
+        assert!(call.owns_spill(&RequestId::Text("m1-stdout".into())));
+        assert!(
+            call.on_frame(&done(0, Reason::Exited)).is_empty(),
+            "the result waits for the file"
+        );
+        let spill_frame = |event| {
+            Frame::new(
+                event,
+                Some(RequestId::Text("m1-stdout".into())),
+                Some(ProcessId(4)),
+            )
+        };
+        let sent = call.on_spill_frame(&spill_frame(ServerEvent::ExecRunning {
+            stdin_window: Some(100),
+        }));
+        let texts: Vec<Value> = sent
+            .iter()
+            .map(|event| match event {
+                CallEvent::Send(text) => serde_json::from_str(text).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            texts[0]["data"], "abcémore",
+            "the whole stream, from its start"
+        );
+        assert_eq!(texts[1]["eof"], true);
+        call.on_spill_frame(&spill_frame(ServerEvent::StdinAck { written: 9 }));
+        let result = finished(
+            call.on_spill_frame(&spill_frame(ServerEvent::Done(ExecDone {
+                exit_code: 0,
+                signal: None,
+                reason: Reason::Exited,
+                duration_ms: 1,
+            }))),
+        );
         let stdout = result.structured["stdout"].as_str().unwrap();
         assert!(
-            stdout.starts_with("abcé\n[stdout truncated: the first 5 of 9 bytes are shown;"),
+            stdout.starts_with("abcé\n[stdout truncated: the first 5 of 9 bytes are shown; all of it is in the file /tmp/mcp-output/m1.stdout in the sandbox"),
             "{stdout}"
         );
         assert_eq!(result.structured["truncated"], true);
         assert_eq!(result.structured["stderr"], "");
+    }
+
+    #[test]
+    fn a_spill_far_behind_pauses_the_commands_output() {
+        let mut call = CommandCall::new(RequestId::Text("m1".into()), "sid".into(), None, 1);
+        call.on_frame(&frame(ServerEvent::ExecRunning { stdin_window: None }));
+        let big = "x".repeat(5 * 1024 * 1024);
+        let events = call.on_frame(&output(Stream::Stderr, &big));
+        assert!(
+            events.contains(&CallEvent::PauseOutput(ProcessId(3), true)),
+            "{:?}",
+            events.len()
+        );
+        let spill_frame = |event| {
+            Frame::new(
+                event,
+                Some(RequestId::Text("m1-stderr".into())),
+                Some(ProcessId(4)),
+            )
+        };
+        call.on_spill_frame(&spill_frame(ServerEvent::ExecRunning {
+            stdin_window: Some(8 * 1024 * 1024),
+        }));
+        let resumed = call.on_spill_frame(&spill_frame(ServerEvent::StdinAck {
+            written: 5 * 1024 * 1024,
+        }));
+        assert!(resumed.contains(&CallEvent::PauseOutput(ProcessId(3), false)));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - [`endpoint`]: an HTTP request to an action (a reply now, a tool call, a session ended);
 //! - [`registry`]: MCP sessions and the sandboxes MCP calls created, their owners and idle time;
 //! - [`tools`]: the tools' schemas and checked arguments;
-//! - [`call`]: one tool call as a machine fed the sandbox session's events.
+//! - [`call`]: one tool call as a machine fed the sandbox session's events;
+//! - [`spill`]: output past a result's cap, written to a file in the sandbox.
 //!
 //! A tool call drives the sandbox through the same session machine as a WebSocket client
 //! (`crate::session`): the event loop (`server/mcp.rs`) sends it the messages a client would
@@ -16,5 +17,6 @@ pub mod call;
 pub mod endpoint;
 pub mod jsonrpc;
 pub mod registry;
+pub mod spill;
 pub mod tools;
 pub mod version;

@@ -28,7 +28,9 @@ pub fn list() -> Value {
     its stdout, stderr and exit code. The sandbox persists between calls: files written and \
     packages installed stay (each command is a new bash process, so `cd` and shell variables do \
     not carry over: use `cwd` or chain with `&&`). Python 3 and common libraries are installed; \
-    the working directory defaults to /root. Output returned is capped at 64 KiB per stream.",
+    the working directory defaults to /root. Output returned is capped (64 KiB per stream by \
+default): past the cap, the whole output is saved to a file in the sandbox whose path the \
+result gives.",
             "inputSchema": {
                 "type": "object",
                 "properties": {

@@ -17,6 +17,7 @@ use super::api::Response;
 use super::connection::{ConnectionId, McpWaiting, Phase, OUT_HIGH_WATER};
 use super::sessions::Control;
 use super::Server;
+use crate::agent_protocol::ExecId;
 use crate::config::Config;
 use crate::http::request::Request;
 use crate::http::response::{encode_chunk, final_chunk, ResponseHead};
@@ -297,7 +298,7 @@ impl Server {
                 };
                 let sandbox_id = entry.sandbox_id.clone();
                 let request = self.mcp.request_id("");
-                let pending_call = CommandCall::new(
+                let mut pending_call = CommandCall::new(
                     request.clone(),
                     sandbox_id,
                     call.progress_token.clone(),
@@ -442,11 +443,24 @@ impl Server {
                 }
                 continue;
             };
-            let Some(pending) = self.mcp.calls.get_mut(&request) else {
+            if let Some(pending) = self.mcp.calls.get_mut(&request) {
+                let events = pending.call.on_frame(&frame);
+                self.mcp_events(&request, events);
                 continue;
-            };
-            let events = pending.call.on_frame(&frame);
-            self.mcp_events(&request, events);
+            }
+            // An event of a call's spill (its output past the cap, going to a file).
+            let owner = self
+                .mcp
+                .calls
+                .iter()
+                .find(|(_, pending)| pending.call.owns_spill(&request))
+                .map(|(call, _)| call.clone());
+            if let Some(call) = owner {
+                if let Some(pending) = self.mcp.calls.get_mut(&call) {
+                    let events = pending.call.on_spill_frame(&frame);
+                    self.mcp_events(&call, events);
+                }
+            }
         }
     }
 
@@ -472,6 +486,27 @@ impl Server {
                         }
                     }
                     self.flush(connection);
+                }
+                CallEvent::Send(message) => {
+                    let sandbox = pending.sandbox;
+                    if let Some(session) = self.sessions.get_mut(sandbox) {
+                        let outs = session.on_message(
+                            &message,
+                            &mut Control(&mut self.runtime),
+                            Instant::now(),
+                        );
+                        self.deliver(sandbox, outs);
+                    }
+                }
+                CallEvent::PauseOutput(process, paused) => {
+                    let key = self
+                        .sessions
+                        .get(pending.sandbox)
+                        .and_then(Session::sandbox);
+                    if let (Some(key), Ok(exec)) = (key, u32::try_from(process.0)) {
+                        self.runtime
+                            .set_exec_output_paused(key, ExecId(exec), paused);
+                    }
                 }
                 CallEvent::Finished(result) => self.mcp_finish(request, result),
             }
