@@ -34,6 +34,10 @@ cat /root/count
 """
 
 
+# For a server started with SANDBOX_API_KEYS (None: no key is sent).
+API_KEY = os.environ.get("SANDBOX_API_KEY")
+
+
 def ssl_context_for(url: str) -> ssl.SSLContext | None:
     if not url.startswith("wss://"):
         return None
@@ -45,7 +49,9 @@ def ssl_context_for(url: str) -> ssl.SSLContext | None:
 
 
 async def main(url: str, url2: str) -> None:
-    s1 = await Sandbox.create(url, ssl=ssl_context_for(url), enable_checkpoint=True)
+    s1 = await Sandbox.create(
+        url, api_key=API_KEY, ssl=ssl_context_for(url), enable_checkpoint=True
+    )
     sandbox_id = s1.sandbox_id
     assert sandbox_id is not None
     restored: Sandbox | None = None
@@ -58,7 +64,9 @@ async def main(url: str, url2: str) -> None:
 
         # Later, possibly on another server instance. In this process the token is
         # remembered; from another process pass it: Sandbox.attach(url2, id, token).
-        restored = await Sandbox.attach(url2, sandbox_id, ssl=ssl_context_for(url2))
+        restored = await Sandbox.attach(
+            url2, sandbox_id, api_key=API_KEY, ssl=ssl_context_for(url2)
+        )
         state = await restored.run(
             'cat /root/state.txt; echo "counter at $(cat /root/count)"; '
             'sleep 1; echo "counter at $(cat /root/count)"',

@@ -11,6 +11,8 @@
  */
 import { Sandbox, SandboxError } from '@cloud-run-sandbox/client';
 
+// For a server started with SANDBOX_API_KEYS (undefined: no key is sent).
+const apiKey = process.env['SANDBOX_API_KEY'];
 const url = process.argv[2] ?? process.env['SANDBOX_URL'] ?? 'ws://127.0.0.1:8080';
 const url2 = process.argv[3] ?? url;
 
@@ -27,7 +29,7 @@ until [ "$(cat /root/count 2>/dev/null || echo 0)" -ge 3 ]; do sleep 0.1; done
 cat /root/count`;
 
 async function main(): Promise<void> {
-  const s1 = await Sandbox.create(url, { enableCheckpoint: true });
+  const s1 = await Sandbox.create(url, { apiKey, enableCheckpoint: true });
   const id = s1.sandboxId;
   let restored: Sandbox | undefined;
   try {
@@ -39,7 +41,7 @@ async function main(): Promise<void> {
 
     // Later, possibly on another server instance. In this process the token is remembered;
     // from another process pass it: Sandbox.attach(url2, id, token).
-    const s2 = await Sandbox.attach(url2, id);
+    const s2 = await Sandbox.attach(url2, id, undefined, { apiKey });
     restored = s2;
     const state = await s2.run('cat /root/state.txt; echo "counter at $(cat /root/count)"; sleep 1; echo "counter at $(cat /root/count)"', 'bash');
     console.log(`restored on ${url2}: ${state.stdout.trim().split('\n').join(', ')}`);

@@ -17,6 +17,9 @@ import sys
 
 from codesandbox import Sandbox, SandboxError
 
+# For a server started with SANDBOX_API_KEYS (None: no key is sent).
+API_KEY = os.environ.get("SANDBOX_API_KEY")
+
 
 def ssl_context_for(url: str) -> ssl.SSLContext | None:
     if not url.startswith("wss://"):
@@ -31,15 +34,15 @@ def ssl_context_for(url: str) -> ssl.SSLContext | None:
 async def main(url: str) -> None:
     tls = ssl_context_for(url)
 
-    # The README's quick start, exactly as written there (plus the TLS context).
-    sandbox = await Sandbox.create(url, ssl=tls)
+    # The README's quick start, exactly as written there (plus the TLS context and the API key).
+    sandbox = await Sandbox.create(url, api_key=API_KEY, ssl=tls)
     process = await sandbox.exec("echo 'Hello from the sandbox!'", "bash")
     stdout = await process.stdout.read_all()
     print(f"bash says: {stdout.strip()}")
     await sandbox.terminate()
 
     # A longer session; `async with` terminates the sandbox at the end.
-    async with await Sandbox.create(url, ssl=tls, idle_timeout=120) as box:
+    async with await Sandbox.create(url, api_key=API_KEY, ssl=tls, idle_timeout=120) as box:
         print(f"sandbox {box.sandbox_id}")
         await box.run("echo 'saved in the sandbox' > /tmp/note.txt", "bash")
         py = await box.run("print(open('/tmp/note.txt').read().strip().upper())", "python")

@@ -8,11 +8,13 @@
  */
 import { Sandbox, SandboxError } from '@cloud-run-sandbox/client';
 
+// For a server started with SANDBOX_API_KEYS (undefined: no key is sent).
+const apiKey = process.env['SANDBOX_API_KEY'];
 const url = process.argv[2] ?? process.env['SANDBOX_URL'] ?? 'ws://127.0.0.1:8080';
 
 async function main(): Promise<void> {
-  // The README's quick start, exactly as written there.
-  const sandbox = await Sandbox.create(url);
+  // The README's quick start, exactly as written there (plus the API key).
+  const sandbox = await Sandbox.create(url, { apiKey });
   const process = await sandbox.exec("echo 'Hello from the sandbox!'", "bash");
   const stdout = await process.stdout.readAll();
   console.log(`bash says: ${stdout.trim()}`);
@@ -20,7 +22,7 @@ async function main(): Promise<void> {
   sandbox.terminate();
 
   // A longer session: state persists between executions in one sandbox.
-  const box = await Sandbox.create(url, { idleTimeout: 120 });
+  const box = await Sandbox.create(url, { apiKey, idleTimeout: 120 });
   try {
     console.log(`sandbox ${box.sandboxId}`);
     await box.run("echo 'saved in the sandbox' > /tmp/note.txt", 'bash');

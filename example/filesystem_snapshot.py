@@ -24,6 +24,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from codesandbox import Sandbox, SandboxError
 
+# For a server started with SANDBOX_API_KEYS (None: no key is sent).
+API_KEY = os.environ.get("SANDBOX_API_KEY")
+
 
 def ssl_context_for(url: str) -> ssl.SSLContext | None:
     if not url.startswith("wss://"):
@@ -51,7 +54,7 @@ async def main(url: str, url2: str) -> None:
     name = f"example-snapshot-{int(time.time() * 1000)}"
     created = False
     try:
-        async with await Sandbox.create(url, ssl=ssl_context_for(url)) as s1:
+        async with await Sandbox.create(url, api_key=API_KEY, ssl=ssl_context_for(url)) as s1:
             await s1.run(
                 "mkdir -p /root/project && "
                 "echo 'print(\"from the snapshot\")' > /root/project/main.py && "
@@ -71,7 +74,7 @@ async def main(url: str, url2: str) -> None:
 
         # A new sandbox (new id and token) with the snapshot's files, none of its processes.
         async with await Sandbox.create(
-            url2, ssl=ssl_context_for(url2), filesystem_snapshot_name=name
+            url2, api_key=API_KEY, ssl=ssl_context_for(url2), filesystem_snapshot_name=name
         ) as s2:
             result = await s2.run("python3 /root/project/main.py; pgrep -c sleep", "bash")
             lines = result.stdout.strip().splitlines()

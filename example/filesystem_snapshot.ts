@@ -11,6 +11,8 @@
  */
 import { Sandbox, SandboxError } from '@cloud-run-sandbox/client';
 
+// For a server started with SANDBOX_API_KEYS (undefined: no key is sent).
+const apiKey = process.env['SANDBOX_API_KEY'];
 const url = process.argv[2] ?? process.env['SANDBOX_URL'] ?? 'ws://127.0.0.1:8080';
 const url2 = process.argv[3] ?? url;
 // Names: 1 to 64 of A-Z a-z 0-9 . _ - (not starting with a dot).
@@ -22,7 +24,7 @@ function httpUrl(base: string): string {
 }
 
 async function main(): Promise<void> {
-  const s1 = await Sandbox.create(url);
+  const s1 = await Sandbox.create(url, { apiKey });
   let saved = false;
   try {
     try {
@@ -35,7 +37,7 @@ async function main(): Promise<void> {
     }
 
     // A new sandbox (its own id and token) with the snapshot's files, none of s1's processes.
-    const s3 = await Sandbox.create(url2, { filesystemSnapshotName: name });
+    const s3 = await Sandbox.create(url2, { apiKey, filesystemSnapshotName: name });
     try {
       const result = await s3.run('python3 /root/project/main.py', 'bash');
       console.log(`new sandbox ${s3.sandboxId} on ${url2} runs: ${result.stdout.trim()}`);

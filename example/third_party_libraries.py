@@ -51,6 +51,10 @@ READ_BACK = (
 FIRST_WHEEL = "ls /opt/wheelhouse/*.whl 2>/dev/null | head -n 1 | xargs -r basename | cut -d- -f1"
 
 
+# For a server started with SANDBOX_API_KEYS (None: no key is sent).
+API_KEY = os.environ.get("SANDBOX_API_KEY")
+
+
 def ssl_context_for(url: str) -> ssl.SSLContext | None:
     if not url.startswith("wss://"):
         return None
@@ -67,7 +71,7 @@ def save(path: str, data: bytes) -> None:
 
 
 async def main(url: str, output: str) -> int:
-    async with await Sandbox.create(url, ssl=ssl_context_for(url)) as sandbox:
+    async with await Sandbox.create(url, api_key=API_KEY, ssl=ssl_context_for(url)) as sandbox:
         print(f"sandbox {sandbox.sandbox_id}")
 
         plot = await sandbox.run(PLOT, "python", timeout=120)

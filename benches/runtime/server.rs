@@ -100,6 +100,26 @@ impl Server {
         self.wait_settled_with(pool, pool, timeout)
     }
 
+    /// Wait until every live sandbox is a ready pooled one, at least `pool` of them: after a
+    /// burst the pool has grown with demand (up to `SANDBOX_POOL_MAX`) and shrinks only one per
+    /// quiet minute.
+    pub fn wait_pool_ready(&self, pool: usize, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let live = self.gauge("sandbox_live")?;
+            let ready = self.gauge("sandbox_pool_ready")?;
+            if live == ready && ready >= pool as u64 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "pool not ready: live={live} pool_ready={ready}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Like `wait_settled`, with `live` sandboxes in all (the fresh pool plus snapshot pools).
     pub fn wait_settled_with(
         &self,

@@ -57,6 +57,9 @@ cp "$repo/example/client_example.ts" "$project/example/"
   "
   if [ -n "${SANDBOX_TEST_URL:-}" ]; then
     npx --no-install tsx example/client_example.ts "$SANDBOX_TEST_URL"
+    if [ -n "${SANDBOX_TEST_AUTH_URL:-}" ]; then
+      SANDBOX_API_KEY="$SANDBOX_TEST_API_KEY" npx --no-install tsx example/client_example.ts "$SANDBOX_TEST_AUTH_URL"
+    fi
   else
     echo "SANDBOX_TEST_URL is not set: example/client_example.ts not run"
   fi

@@ -51,4 +51,9 @@ echo "==> pytest (SANDBOX_TEST_URL=${SANDBOX_TEST_URL:-unset}," \
     "SANDBOX_TEST_PERSISTENT_URL_2=${SANDBOX_TEST_PERSISTENT_URL_2:-unset}," \
     "SANDBOX_TEST_AUTH_URL=${SANDBOX_TEST_AUTH_URL:-unset})"
 "$venv/bin/python" -m pytest "$@" || status=1
+if [ -n "${SANDBOX_TEST_AUTH_URL:-}" ]; then
+    # The example as a user runs it against a server that requires an API key.
+    step env SANDBOX_API_KEY="$SANDBOX_TEST_API_KEY" "$venv/bin/python" \
+        "$repo/example/client_example.py" "$SANDBOX_TEST_AUTH_URL"
+fi
 exit "$status"
