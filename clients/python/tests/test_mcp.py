@@ -151,3 +151,13 @@ async def test_the_stdio_bridge_relays_to_the_endpoint() -> None:
         second = await run(client, "cat /root/b", first["sandbox_id"])
         assert second["stdout"] == "via-bridge\n"
         assert second["sandbox_id"] == first["sandbox_id"]
+
+
+async def test_the_example_runs() -> None:
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "..", "example", "mcp_client.py")
+    process = await anyio.run_process(
+        [sys.executable, example, MCP_URL], check=False, env={**os.environ, "SANDBOX_API_KEY": ""}
+    )
+    output = process.stdout.decode()
+    assert process.returncode == 0, output + process.stderr.decode()
+    assert "the file is still there: Hello from the sandbox! exit code: 3" in output
