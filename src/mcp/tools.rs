@@ -29,8 +29,8 @@ pub fn list() -> Value {
     packages installed stay (each command is a new bash process, so `cd` and shell variables do \
     not carry over: use `cwd` or chain with `&&`). Python 3 and common libraries are installed; \
     the working directory defaults to /root. Output returned is capped (64 KiB per stream by \
-default): past the cap, the whole output is saved to a file in the sandbox whose path the \
-result gives.",
+    default): past the cap, the whole output is saved to a file in the sandbox whose path the \
+    result gives.",
             "inputSchema": {
                 "type": "object",
                 "properties": {

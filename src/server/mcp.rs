@@ -604,11 +604,25 @@ impl Server {
         if pending.era == Era::SingleExchange {
             self.mcp_cancel(request, "the client closed the response stream");
         }
-        if let Some(pending) = self.mcp.calls.remove(request) {
-            self.mcp
-                .endpoint
-                .registry
-                .call_ended(pending.sandbox, Instant::now());
+        let Some(mut pending) = self.mcp.calls.remove(request) else {
+            return;
+        };
+        self.mcp
+            .endpoint
+            .registry
+            .call_ended(pending.sandbox, Instant::now());
+        // Nobody reads its result any more; its spills (if any) are told their input ended.
+        for event in pending.call.fail("the client went away") {
+            if let CallEvent::Send(message) = event {
+                if let Some(session) = self.sessions.get_mut(pending.sandbox) {
+                    let outs = session.on_message(
+                        &message,
+                        &mut Control(&mut self.runtime),
+                        Instant::now(),
+                    );
+                    self.deliver(pending.sandbox, outs);
+                }
+            }
         }
     }
 
