@@ -19,26 +19,64 @@ pub struct ToolResult {
     pub text: String,
     pub structured: Value,
     pub is_error: bool,
+    /// PNG images (base64), one content block each after the text.
+    pub images: Vec<String>,
 }
 
 impl ToolResult {
+    /// A successful result.
+    pub fn ok(text: String, structured: Value) -> Self {
+        ToolResult {
+            text,
+            structured,
+            is_error: false,
+            images: Vec::new(),
+        }
+    }
+
     /// A tool error: the call could not be carried out (what to fix is in the text).
     pub fn error(sandbox_id: Option<&str>, message: &str) -> Self {
         ToolResult {
             text: message.to_string(),
             structured: json!({"sandbox_id": sandbox_id.unwrap_or(""), "error": message}),
             is_error: true,
+            images: Vec::new(),
         }
     }
 
     /// The `result` of the `tools/call` response.
     pub fn to_value(&self) -> Value {
+        let mut content = vec![json!({"type": "text", "text": self.text})];
+        content.extend(
+            self.images
+                .iter()
+                .map(|data| json!({"type": "image", "data": data, "mimeType": "image/png"})),
+        );
         json!({
-            "content": [{"type": "text", "text": self.text}],
+            "content": content,
             "structuredContent": self.structured,
             "isError": self.is_error,
         })
     }
+}
+
+/// Images a code cell's result keeps at most, and the largest one (base64 bytes).
+const MAX_IMAGES: usize = 8;
+const MAX_IMAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// What runs: a bash command, or a Python cell in the sandbox's code interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Command,
+    Cell,
+}
+
+/// A code cell's error (`execution_error`).
+#[derive(Debug, Clone, PartialEq)]
+struct CellError {
+    name: String,
+    value: String,
+    traceback: Vec<String>,
 }
 
 /// One stream's text, the first `cap` bytes kept, the rest counted.
@@ -131,6 +169,13 @@ pub struct CommandCall {
     paused: bool,
     /// How the command ended, while its spills finish writing.
     ended: Option<(i32, &'static str)>,
+    kind: Kind,
+    /// A cell's trailing expression (`text/plain`), its other text results, its images.
+    main_result: Option<String>,
+    displayed: Vec<String>,
+    images: Vec<String>,
+    images_dropped: usize,
+    cell_error: Option<CellError>,
 }
 
 impl CommandCall {
@@ -153,7 +198,25 @@ impl CommandCall {
             spills: [None, None],
             paused: false,
             ended: None,
+            kind: Kind::Command,
+            main_result: None,
+            displayed: Vec::new(),
+            images: Vec::new(),
+            images_dropped: 0,
+            cell_error: None,
         }
+    }
+
+    /// The session message that runs `code` as a cell in the sandbox's default Python
+    /// context (the code interpreter: its state persists between cells).
+    pub fn cell_message(&mut self, code: &str, timeout_s: Option<f64>) -> String {
+        self.kind = Kind::Cell;
+        self.timeout_s = timeout_s;
+        let mut message = json!({"action": "run_code", "id": self.request, "code": code});
+        if let Some(timeout) = timeout_s {
+            message["timeout"] = json!(timeout);
+        }
+        message.to_string()
     }
 
     /// Whether `request` is one of this call's spills.
@@ -237,8 +300,57 @@ impl CommandCall {
                 self.fail(message)
             }
             ServerEvent::Error(message) => self.fail(message),
-            _ => Vec::new(),
+            _ => self.on_cell_event(frame),
         }
+    }
+
+    /// The events of a code cell (its RUNNING, results and error), read from their JSON so
+    /// that this machine depends only on the protocol (docs/protocol.md, code interpreter).
+    fn on_cell_event(&mut self, frame: &Frame) -> Vec<CallEvent> {
+        let Ok(value) = serde_json::from_str::<Value>(&frame.to_json()) else {
+            return Vec::new();
+        };
+        match value["event"].as_str() {
+            Some("status_update") if value["status"] == "SANDBOX_EXECUTION_RUNNING" => {
+                self.process = frame.process;
+            }
+            Some("result") => {
+                let data = &value["data"];
+                if let Some(png) = data["image/png"].as_str() {
+                    if self.images.len() < MAX_IMAGES && png.len() <= MAX_IMAGE_BYTES {
+                        self.images.push(png.to_string());
+                    } else {
+                        self.images_dropped += 1;
+                    }
+                } else if let Some(text) = data["text/plain"].as_str() {
+                    if value["is_main_result"] == true {
+                        self.main_result = Some(text.to_string());
+                    } else if self.displayed.len() < MAX_IMAGES {
+                        self.displayed.push(text.chars().take(16 * 1024).collect());
+                    }
+                }
+            }
+            Some("execution_error") => {
+                let text = |key: &str| value[key].as_str().unwrap_or_default().to_string();
+                let traceback = value["traceback"]
+                    .as_array()
+                    .map(|lines| {
+                        lines
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.cell_error = Some(CellError {
+                    name: text("name"),
+                    value: text("value"),
+                    traceback,
+                });
+            }
+            _ => {}
+        }
+        Vec::new()
     }
 
     /// An event of the session for one of this call's spills.
@@ -359,6 +471,9 @@ impl CommandCall {
             self.stdout.shown("stdout", self.spills[0].as_ref()),
             self.stderr.shown("stderr", self.spills[1].as_ref()),
         );
+        if self.kind == Kind::Cell {
+            return self.cell_result(stdout, stderr, reason);
+        }
         let mut text = match reason {
             "exited" => format!("exit code {exit_code}"),
             "timeout" => format!("killed after its timeout (exit code {exit_code})"),
@@ -374,9 +489,9 @@ impl CommandCall {
         if stdout.is_empty() && stderr.is_empty() {
             text.push_str(" (no output)");
         }
-        ToolResult {
+        ToolResult::ok(
             text,
-            structured: json!({
+            json!({
                 "sandbox_id": self.sandbox_id,
                 "stdout": stdout,
                 "stderr": stderr,
@@ -384,7 +499,64 @@ impl CommandCall {
                 "reason": reason,
                 "truncated": self.stdout.truncated() || self.stderr.truncated(),
             }),
-            is_error: false,
+        )
+    }
+
+    /// A cell's result: its output, its value, its figures; an exception makes it an error
+    /// whose text holds the exception's name and traceback.
+    fn cell_result(&self, stdout: String, stderr: String, reason: &str) -> ToolResult {
+        let mut parts: Vec<String> = Vec::new();
+        for shown in [&stdout, &stderr] {
+            if !shown.is_empty() {
+                parts.push(shown.trim_end_matches('\n').to_string());
+            }
+        }
+        parts.extend(self.displayed.iter().cloned());
+        if let Some(value) = &self.main_result {
+            parts.push(format!("Out: {value}"));
+        }
+        if let Some(error) = &self.cell_error {
+            let mut text = format!("{}: {}", error.name, error.value);
+            if !error.traceback.is_empty() {
+                text = error.traceback.join("\n");
+                if !text.contains(&error.name) {
+                    text.push_str(&format!("\n{}: {}", error.name, error.value));
+                }
+            }
+            parts.push(text);
+        }
+        if self.images_dropped > 0 {
+            parts.push(format!(
+                "[{} more figure(s) not returned: at most {MAX_IMAGES} of at most {} KiB each]",
+                self.images_dropped,
+                MAX_IMAGE_BYTES / 1024
+            ));
+        }
+        if reason != "exited" && self.cell_error.is_none() {
+            parts.push(format!("[the cell ended: {reason}]"));
+        }
+        let text = if parts.is_empty() {
+            "(no output)".to_string()
+        } else {
+            parts.join("\n")
+        };
+        let error = self.cell_error.as_ref().map(
+            |error| json!({"name": error.name, "value": error.value, "traceback": error.traceback}),
+        );
+        ToolResult {
+            text,
+            structured: json!({
+                "sandbox_id": self.sandbox_id,
+                "stdout": stdout,
+                "stderr": stderr,
+                "result": self.main_result,
+                "images": self.images.len(),
+                "error": error,
+                "reason": reason,
+                "truncated": self.stdout.truncated() || self.stderr.truncated(),
+            }),
+            is_error: self.cell_error.is_some(),
+            images: self.images.clone(),
         }
     }
 }

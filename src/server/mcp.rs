@@ -262,11 +262,10 @@ impl Server {
                     .map(|entry| entry.sandbox_id.clone())
                     .unwrap_or_default();
                 self.mcp_delete_sandbox(sandbox);
-                let result = ToolResult {
-                    text: format!("sandbox {sandbox_id} is closed"),
-                    structured: serde_json::json!({"sandbox_id": sandbox_id, "closed": true}),
-                    is_error: false,
-                };
+                let result = ToolResult::ok(
+                    format!("sandbox {sandbox_id} is closed"),
+                    serde_json::json!({"sandbox_id": sandbox_id, "closed": true}),
+                );
                 self.mcp_tool_result(id, &call, result, keep_alive)
             }
             ToolRequest::RunCommand {
