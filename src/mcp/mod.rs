@@ -7,7 +7,8 @@
 //! - [`registry`]: MCP sessions and the sandboxes MCP calls created, their owners and idle time;
 //! - [`tools`]: the tools' schemas and checked arguments;
 //! - [`call`]: one tool call as a machine fed the sandbox session's events;
-//! - [`spill`]: output past a result's cap, written to a file in the sandbox.
+//! - [`spill`]: output past a result's cap, written to a file in the sandbox;
+//! - [`files`]: one file tool call (read, write, list) as a machine fed its session's events.
 //!
 //! A tool call drives the sandbox through the same session machine as a WebSocket client
 //! (`crate::session`): the event loop (`server/mcp.rs`) sends it the messages a client would
@@ -15,6 +16,7 @@
 
 pub mod call;
 pub mod endpoint;
+pub mod files;
 pub mod jsonrpc;
 pub mod registry;
 pub mod spill;
