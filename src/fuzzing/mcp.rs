@@ -21,6 +21,10 @@ pub fn run(data: &[u8]) {
     let mut endpoint = Endpoint::new(
         Registry::new(MAX_SESSIONS, Duration::from_secs(60)),
         vec!["https://allowed.example".into()],
+        crate::mcp::tools::Features {
+            code_interpreter: true,
+            files: true,
+        },
     );
     let now = Instant::now();
     let mut next_session = 0;

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 
 use super::jsonrpc::{self, Incoming, RpcError};
 use super::registry::Registry;
-use super::tools::{self, ToolRequest};
+use super::tools::{self, Features, ToolRequest};
 use super::version::{self, Era};
 use crate::session::SessionId;
 
@@ -169,13 +169,15 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[Strin
 pub struct Endpoint {
     pub registry: Registry,
     allowed_origins: Vec<String>,
+    features: Features,
 }
 
 impl Endpoint {
-    pub fn new(registry: Registry, allowed_origins: Vec<String>) -> Self {
+    pub fn new(registry: Registry, allowed_origins: Vec<String>, features: Features) -> Self {
         Endpoint {
             registry,
             allowed_origins,
+            features,
         }
     }
 
@@ -379,14 +381,14 @@ impl Endpoint {
         match method {
             "ping" => reply(json!({})),
             "tools/list" => {
-                let mut result = json!({"tools": tools::list()});
+                let mut result = json!({"tools": tools::list(self.features)});
                 if era == Era::SingleExchange {
                     result["ttlMs"] = json!(0);
                     result["cacheScope"] = json!("public");
                 }
                 reply(result)
             }
-            "tools/call" => match tools::parse_call(params) {
+            "tools/call" => match tools::parse_call(params, self.features) {
                 Ok(tool) => Action::Call(Call {
                     rpc_id: id.clone(),
                     era,

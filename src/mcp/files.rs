@@ -123,6 +123,13 @@ impl FileCall {
         &self.request
     }
 
+    /// The call ends without an answer from the sandbox.
+    pub fn fail(&self, message: &str) -> ToolResult {
+        let mut result = ToolResult::error(Some(&self.sandbox_id), message);
+        result.structured["path"] = json!(self.path);
+        result
+    }
+
     /// An event of the session for this call (its JSON); the result once there is one.
     pub fn on_event(&mut self, event: &Value) -> Option<ToolResult> {
         match event["event"].as_str() {

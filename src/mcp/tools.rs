@@ -7,20 +7,64 @@
 
 use serde_json::{json, Map, Value};
 
+use super::files::{Encoding, MAX_WRITE_BYTES};
 use super::jsonrpc::{shown, RpcError};
 use crate::ids::SandboxId;
+use crate::session::text::base64_decode;
 
 pub const RUN_COMMAND: &str = "run_command";
+pub const RUN_CODE: &str = "run_code";
+pub const WRITE_FILE: &str = "write_file";
+pub const READ_FILE: &str = "read_file";
+pub const LIST_FILES: &str = "list_files";
 pub const CLOSE_SANDBOX: &str = "close_sandbox";
-pub const NAMES: [&str; 2] = [RUN_COMMAND, CLOSE_SANDBOX];
+
+/// Which tools the sandboxes behind this server support: the code interpreter (issue 13) and
+/// the files API (issue 14) are offered only where the session protocol has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    pub code_interpreter: bool,
+    pub files: bool,
+}
+
+impl Features {
+    /// What this build's sessions speak.
+    pub const AVAILABLE: Features = Features {
+        code_interpreter: false,
+        files: false,
+    };
+
+    /// The names of the tools offered, in the order `tools/list` gives them.
+    pub fn names(self) -> Vec<&'static str> {
+        let mut names = vec![RUN_COMMAND];
+        if self.code_interpreter {
+            names.push(RUN_CODE);
+        }
+        if self.files {
+            names.extend([WRITE_FILE, READ_FILE, LIST_FILES]);
+        }
+        names.push(CLOSE_SANDBOX);
+        names
+    }
+}
 
 const SANDBOX_ID_DESCRIPTION: &str = "The sandbox to use, as returned in `sandbox_id` by an \
 earlier call. Omit it to use this session's sandbox (created at the first call); a client \
 without a session gets a new sandbox and should pass its id on to later calls.";
 
 /// What `tools/list` returns in `tools`.
-pub fn list() -> Value {
-    json!([
+pub fn list(features: Features) -> Value {
+    let names = features.names();
+    let tools: Vec<Value> = all_tools()
+        .into_iter()
+        .filter(|tool| names.iter().any(|name| tool["name"] == *name))
+        .collect();
+    Value::Array(tools)
+}
+
+fn all_tools() -> Vec<Value> {
+    let sandbox_id = json!({"type": "string", "description": SANDBOX_ID_DESCRIPTION});
+    let listed = json!([
         {
             "name": RUN_COMMAND,
             "title": "Run a shell command",
@@ -81,7 +125,86 @@ pub fn list() -> Value {
             },
             "annotations": {"destructiveHint": true, "idempotentHint": true, "openWorldHint": false}
         }
-    ])
+    ]);
+    let Value::Array(mut tools) = listed else {
+        return Vec::new();
+    };
+    tools.insert(1, json!({
+        "name": RUN_CODE,
+        "title": "Run Python code",
+        "description": "Run Python code in the sandbox's persistent interpreter, like a \
+notebook cell: variables, imports and definitions stay for later calls. The result holds the \
+printed output and the value of the last expression, and one image per matplotlib figure; an \
+exception makes an error result with its traceback. numpy, pandas, matplotlib and other common \
+libraries are installed.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "description": "Python code to run."},
+                "timeout_s": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds before the cell is interrupted (KeyboardInterrupt; the state stays)."},
+                "sandbox_id": sandbox_id,
+            },
+            "required": ["code"],
+            "additionalProperties": false
+        },
+        "annotations": {"destructiveHint": true, "openWorldHint": false}
+    }));
+    tools.insert(2, json!({
+        "name": WRITE_FILE,
+        "title": "Write a file",
+        "description": "Write a file in the sandbox (replacing it; parent directories must \
+exist). Relative paths are under /root. Content is text, or base64 with encoding \"base64\"; \
+at most 1 MiB per call.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string"},
+                "content": {"type": "string"},
+                "encoding": {"type": "string", "enum": ["utf-8", "base64"], "default": "utf-8"},
+                "sandbox_id": sandbox_id,
+            },
+            "required": ["path", "content"],
+            "additionalProperties": false
+        },
+        "annotations": {"destructiveHint": true, "idempotentHint": true, "openWorldHint": false}
+    }));
+    tools.insert(3, json!({
+        "name": READ_FILE,
+        "title": "Read a file",
+        "description": "Read a file from the sandbox, as text (utf-8) or base64. Long files are \
+cut to the output cap (64 KiB by default) with a note.",
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string"},
+                "encoding": {"type": "string", "enum": ["utf-8", "base64"], "default": "utf-8"},
+                "sandbox_id": sandbox_id,
+            },
+            "required": ["path"],
+            "additionalProperties": false
+        },
+        "annotations": {"readOnlyHint": true, "openWorldHint": false}
+    }));
+    tools.insert(
+        4,
+        json!({
+            "name": LIST_FILES,
+            "title": "List files",
+            "description": "List a directory of the sandbox (size and path of each entry; \
+        directories end with /), `depth` levels down (1 to 10).",
+            "inputSchema": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "default": "/root"},
+                    "depth": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1},
+                    "sandbox_id": sandbox_id,
+                },
+                "additionalProperties": false
+            },
+            "annotations": {"readOnlyHint": true, "openWorldHint": false}
+        }),
+    );
+    tools
 }
 
 /// A `tools/call` with its arguments checked.
@@ -96,13 +219,37 @@ pub enum ToolRequest {
     CloseSandbox {
         sandbox_id: Option<String>,
     },
+    RunCode {
+        code: String,
+        timeout_s: Option<f64>,
+        sandbox_id: Option<String>,
+    },
+    WriteFile {
+        path: String,
+        content: Vec<u8>,
+        sandbox_id: Option<String>,
+    },
+    ReadFile {
+        path: String,
+        encoding: Encoding,
+        sandbox_id: Option<String>,
+    },
+    ListFiles {
+        path: String,
+        depth: u64,
+        sandbox_id: Option<String>,
+    },
 }
 
 impl ToolRequest {
     pub fn sandbox_id(&self) -> Option<&str> {
         match self {
             ToolRequest::RunCommand { sandbox_id, .. }
-            | ToolRequest::CloseSandbox { sandbox_id } => sandbox_id.as_deref(),
+            | ToolRequest::CloseSandbox { sandbox_id }
+            | ToolRequest::RunCode { sandbox_id, .. }
+            | ToolRequest::WriteFile { sandbox_id, .. }
+            | ToolRequest::ReadFile { sandbox_id, .. }
+            | ToolRequest::ListFiles { sandbox_id, .. } => sandbox_id.as_deref(),
         }
     }
 
@@ -110,6 +257,10 @@ impl ToolRequest {
         match self {
             ToolRequest::RunCommand { .. } => RUN_COMMAND,
             ToolRequest::CloseSandbox { .. } => CLOSE_SANDBOX,
+            ToolRequest::RunCode { .. } => RUN_CODE,
+            ToolRequest::WriteFile { .. } => WRITE_FILE,
+            ToolRequest::ReadFile { .. } => READ_FILE,
+            ToolRequest::ListFiles { .. } => LIST_FILES,
         }
     }
 }
@@ -119,7 +270,7 @@ impl ToolRequest {
 pub type Checked = Result<ToolRequest, Result<String, RpcError>>;
 
 /// Checks the `params` of a `tools/call`.
-pub fn parse_call(params: &Map<String, Value>) -> Checked {
+pub fn parse_call(params: &Map<String, Value>, features: Features) -> Checked {
     let name = match params.get("name") {
         Some(Value::String(name)) => name.as_str(),
         Some(other) => {
@@ -141,14 +292,21 @@ pub fn parse_call(params: &Map<String, Value>) -> Checked {
             ))))
         }
     };
+    let offered = features.names();
     let known: &[&str] = match name {
         RUN_COMMAND => &["command", "timeout_s", "cwd", "sandbox_id"],
         CLOSE_SANDBOX => &["sandbox_id"],
+        RUN_CODE if offered.contains(&RUN_CODE) => &["code", "timeout_s", "sandbox_id"],
+        WRITE_FILE if offered.contains(&WRITE_FILE) => {
+            &["path", "content", "encoding", "sandbox_id"]
+        }
+        READ_FILE if offered.contains(&READ_FILE) => &["path", "encoding", "sandbox_id"],
+        LIST_FILES if offered.contains(&LIST_FILES) => &["path", "depth", "sandbox_id"],
         other => {
             return Err(Err(RpcError::invalid_params(format!(
                 "unknown tool {}; the tools are {}",
                 shown(&Value::from(other)),
-                NAMES.join(", ")
+                offered.join(", ")
             ))))
         }
     };
@@ -186,18 +344,7 @@ fn arguments_of(
     match name {
         RUN_COMMAND => {
             let command = text("command")?.ok_or("run_command needs a \"command\" (a string)")?;
-            let timeout_s = match arguments.get("timeout_s") {
-                None | Some(Value::Null) => None,
-                Some(value) => match value.as_f64() {
-                    Some(seconds) if seconds > 0.0 && seconds.is_finite() => Some(seconds),
-                    _ => {
-                        return Err(format!(
-                            "timeout_s must be a number of seconds above 0, got {}",
-                            shown(value)
-                        ))
-                    }
-                },
-            };
+            let timeout_s = timeout(arguments)?;
             Ok(ToolRequest::RunCommand {
                 command,
                 timeout_s,
@@ -205,7 +352,71 @@ fn arguments_of(
                 sandbox_id,
             })
         }
+        RUN_CODE => Ok(ToolRequest::RunCode {
+            code: text("code")?.ok_or("run_code needs \"code\" (a string of Python)")?,
+            timeout_s: timeout(arguments)?,
+            sandbox_id,
+        }),
+        WRITE_FILE => {
+            let path = text("path")?.ok_or("write_file needs a \"path\"")?;
+            let content = text("content")?.ok_or("write_file needs \"content\" (a string)")?;
+            let encoding = Encoding::parse(text("encoding")?.as_deref())?;
+            let content = match encoding {
+                Encoding::Utf8 => content.into_bytes(),
+                Encoding::Base64 => base64_decode(&content)
+                    .ok_or("content is not valid base64 (encoding is \"base64\")")?,
+            };
+            if content.len() > MAX_WRITE_BYTES {
+                return Err(format!(
+                    "content is {} bytes; write_file takes at most {MAX_WRITE_BYTES} per call (append the rest with run_command, or write it in parts)",
+                    content.len()
+                ));
+            }
+            Ok(ToolRequest::WriteFile {
+                path,
+                content,
+                sandbox_id,
+            })
+        }
+        READ_FILE => Ok(ToolRequest::ReadFile {
+            path: text("path")?.ok_or("read_file needs a \"path\"")?,
+            encoding: Encoding::parse(text("encoding")?.as_deref())?,
+            sandbox_id,
+        }),
+        LIST_FILES => {
+            let depth = match arguments.get("depth") {
+                None | Some(Value::Null) => 1,
+                Some(value) => value
+                    .as_u64()
+                    .filter(|depth| (1..=10).contains(depth))
+                    .ok_or_else(|| {
+                        format!(
+                            "depth must be an integer from 1 to 10, got {}",
+                            shown(value)
+                        )
+                    })?,
+            };
+            Ok(ToolRequest::ListFiles {
+                path: text("path")?.unwrap_or_else(|| "/root".into()),
+                depth,
+                sandbox_id,
+            })
+        }
         _ => Ok(ToolRequest::CloseSandbox { sandbox_id }),
+    }
+}
+
+/// `timeout_s`, if given: a number of seconds above 0.
+fn timeout(arguments: &Map<String, Value>) -> Result<Option<f64>, String> {
+    match arguments.get("timeout_s") {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => match value.as_f64() {
+            Some(seconds) if seconds > 0.0 && seconds.is_finite() => Ok(Some(seconds)),
+            _ => Err(format!(
+                "timeout_s must be a number of seconds above 0, got {}",
+                shown(value)
+            )),
+        },
     }
 }
 
@@ -213,13 +424,18 @@ fn arguments_of(
 mod tests {
     use super::*;
 
+    const ALL: Features = Features {
+        code_interpreter: true,
+        files: true,
+    };
+
     fn call(value: Value) -> Checked {
-        parse_call(value.as_object().unwrap())
+        parse_call(value.as_object().unwrap(), Features::AVAILABLE)
     }
 
     #[test]
     fn every_tool_has_a_schema_a_description_and_an_output_schema() {
-        let tools = list();
+        let tools = list(ALL);
         let names: Vec<&str> = tools
             .as_array()
             .unwrap()
@@ -227,13 +443,34 @@ mod tests {
             .map(|tool| {
                 assert!(tool["description"].as_str().unwrap().len() > 40);
                 assert_eq!(tool["inputSchema"]["type"], "object");
-                assert_eq!(tool["outputSchema"]["type"], "object");
-                let required = tool["outputSchema"]["required"].as_array().unwrap();
-                assert!(required.contains(&json!("sandbox_id")), "{tool}");
+                assert!(
+                    tool["inputSchema"]["properties"]["sandbox_id"].is_object(),
+                    "{tool}"
+                );
+                if let Some(output) = tool.get("outputSchema") {
+                    let required = output["required"].as_array().unwrap();
+                    assert!(required.contains(&json!("sandbox_id")), "{tool}");
+                }
                 tool["name"].as_str().unwrap()
             })
             .collect();
-        assert_eq!(names, NAMES);
+        assert_eq!(names, ALL.names());
+        assert_eq!(
+            ALL.names(),
+            [
+                RUN_COMMAND,
+                RUN_CODE,
+                WRITE_FILE,
+                READ_FILE,
+                LIST_FILES,
+                CLOSE_SANDBOX
+            ]
+        );
+        let offered = list(Features::AVAILABLE);
+        assert_eq!(
+            offered.as_array().unwrap().len(),
+            Features::AVAILABLE.names().len()
+        );
     }
 
     #[test]

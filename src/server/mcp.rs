@@ -23,8 +23,9 @@ use crate::http::request::Request;
 use crate::http::response::{encode_chunk, final_chunk, ResponseHead};
 use crate::mcp::call::{CallEvent, CommandCall, ToolResult};
 use crate::mcp::endpoint::{self, Action, Call, Endpoint, Reply};
+use crate::mcp::files::FileCall;
 use crate::mcp::registry::Registry;
-use crate::mcp::tools::ToolRequest;
+use crate::mcp::tools::{Features, ToolRequest};
 use crate::mcp::version::Era;
 use crate::session::{Out, RequestId, Session, SessionId, Status};
 
@@ -46,6 +47,7 @@ impl McpState {
             endpoint: Endpoint::new(
                 Registry::new(config.mcp.max_sessions, config.mcp.idle_timeout),
                 config.mcp.allowed_origins.clone(),
+                Features::AVAILABLE,
             ),
             calls: HashMap::new(),
             next_request: 0,
@@ -72,14 +74,59 @@ impl McpState {
     }
 }
 
-/// A `run_command` waiting for its sandbox.
+/// What answers a call: a process (a command or a code cell), or a file operation.
+enum Machine {
+    Process(Box<CommandCall>),
+    File(FileCall),
+}
+
+impl Machine {
+    fn on_frame(&mut self, frame: &crate::session::Frame) -> Vec<CallEvent> {
+        match self {
+            Machine::Process(call) => call.on_frame(frame),
+            Machine::File(call) => serde_json::from_str::<Value>(&frame.to_json())
+                .ok()
+                .and_then(|event| call.on_event(&event))
+                .map(|result| vec![CallEvent::Finished(result)])
+                .unwrap_or_default(),
+        }
+    }
+
+    fn fail(&mut self, message: &str) -> Vec<CallEvent> {
+        match self {
+            Machine::Process(call) => call.fail(message),
+            Machine::File(call) => vec![CallEvent::Finished(call.fail(message))],
+        }
+    }
+
+    fn owns_spill(&self, request: &RequestId) -> bool {
+        matches!(self, Machine::Process(call) if call.owns_spill(request))
+    }
+
+    fn on_spill_frame(&mut self, frame: &crate::session::Frame) -> Vec<CallEvent> {
+        match self {
+            Machine::Process(call) => call.on_spill_frame(frame),
+            Machine::File(_) => Vec::new(),
+        }
+    }
+
+    /// The message that stops it (a file operation has none: it ends by itself).
+    fn kill_message(&self, kill_request: &RequestId) -> Option<String> {
+        match self {
+            Machine::Process(call) => call.kill_message(kill_request),
+            Machine::File(_) => None,
+        }
+    }
+}
+
+/// A tool call waiting for its sandbox.
 struct PendingCall {
     connection: ConnectionId,
     sandbox: SessionId,
     rpc_id: Value,
     era: Era,
     mcp_session: Option<String>,
-    call: CommandCall,
+    call: Machine,
     /// The message that starts it, until the sandbox runs.
     start: Option<String>,
     /// The event-stream head was sent (the call asked for progress).
@@ -268,12 +315,7 @@ impl Server {
                 );
                 self.mcp_tool_result(id, &call, result, keep_alive)
             }
-            ToolRequest::RunCommand {
-                command,
-                timeout_s,
-                cwd,
-                ..
-            } => {
+            tool => {
                 let sandbox = match sandbox {
                     Some(sandbox) => sandbox,
                     None => {
@@ -290,30 +332,28 @@ impl Server {
                         }
                     }
                 };
-                let Some(entry) = self.mcp.endpoint.registry.sandbox(sandbox) else {
+                let (Some(entry), Some(key)) = (
+                    self.mcp.endpoint.registry.sandbox(sandbox),
+                    self.sessions.get(sandbox).and_then(Session::sandbox),
+                ) else {
                     let result =
                         ToolResult::error(None, "the sandbox went away before the call started");
                     return self.mcp_tool_result(id, &call, result, keep_alive);
                 };
                 let sandbox_id = entry.sandbox_id.clone();
                 let request = self.mcp.request_id("");
-                let mut pending_call = CommandCall::new(
-                    request.clone(),
-                    sandbox_id,
+                let (machine, start, timeout_s) = self.mcp_machine(
+                    tool.clone(),
+                    &request,
+                    &sandbox_id,
                     call.progress_token.clone(),
-                    self.mcp.output_bytes,
                 );
-                let start = pending_call.exec_message(command, *timeout_s, cwd.as_deref());
                 let timeout = timeout_s
                     .map(Duration::from_secs_f64)
                     .unwrap_or(self.config.limits.exec_timeout)
                     .min(self.config.limits.max_exec_timeout);
-                let Some(key) = self.sessions.get(sandbox).and_then(Session::sandbox) else {
-                    let result =
-                        ToolResult::error(None, "the sandbox went away before the call started");
-                    return self.mcp_tool_result(id, &call, result, keep_alive);
-                };
-                let streaming = call.progress_token.is_some();
+                let streaming =
+                    call.progress_token.is_some() && matches!(machine, Machine::Process(_));
                 if let Some(connection) = self.connections.http.get_mut(&id) {
                     connection.phase = Phase::Mcp(McpWaiting {
                         call: request.clone(),
@@ -336,7 +376,7 @@ impl Server {
                         rpc_id: call.rpc_id.clone(),
                         era: call.era,
                         mcp_session: call.session.clone(),
-                        call: pending_call,
+                        call: machine,
                         start: Some(start),
                         streaming,
                         keep_alive,
@@ -347,6 +387,57 @@ impl Server {
                     self.mcp_start(&request);
                 }
                 self.flush(id);
+            }
+        }
+    }
+
+    /// The machine of a call, the session message that starts it, and its timeout.
+    fn mcp_machine(
+        &self,
+        tool: ToolRequest,
+        request: &RequestId,
+        sandbox_id: &str,
+        progress_token: Option<Value>,
+    ) -> (Machine, String, Option<f64>) {
+        let cap = self.mcp.output_bytes;
+        let sandbox_id = sandbox_id.to_string();
+        let process = |token| CommandCall::new(request.clone(), sandbox_id.clone(), token, cap);
+        match tool {
+            ToolRequest::RunCode {
+                code, timeout_s, ..
+            } => {
+                let mut call = process(progress_token);
+                let start = call.cell_message(&code, timeout_s);
+                (Machine::Process(Box::new(call)), start, timeout_s)
+            }
+            ToolRequest::WriteFile { path, content, .. } => {
+                let (call, start) = FileCall::write(request.clone(), sandbox_id, path, &content);
+                (Machine::File(call), start, None)
+            }
+            ToolRequest::ReadFile { path, encoding, .. } => {
+                let (call, start) =
+                    FileCall::read(request.clone(), sandbox_id, path, encoding, cap);
+                (Machine::File(call), start, None)
+            }
+            ToolRequest::ListFiles { path, depth, .. } => {
+                let (call, start) = FileCall::list(request.clone(), sandbox_id, path, depth);
+                (Machine::File(call), start, None)
+            }
+            // close_sandbox is answered before a machine is needed; a command otherwise.
+            ToolRequest::RunCommand {
+                command,
+                timeout_s,
+                cwd,
+                ..
+            } => {
+                let mut call = process(progress_token);
+                let start = call.exec_message(&command, timeout_s, cwd.as_deref());
+                (Machine::Process(Box::new(call)), start, timeout_s)
+            }
+            ToolRequest::CloseSandbox { .. } => {
+                let mut call = process(None);
+                let start = call.exec_message("true", None, None);
+                (Machine::Process(Box::new(call)), start, None)
             }
         }
     }

@@ -6,6 +6,7 @@ fn endpoint() -> Endpoint {
     Endpoint::new(
         Registry::new(8, Duration::from_secs(60)),
         vec!["https://playground.example".into()],
+        Features::AVAILABLE,
     )
 }
 
