@@ -125,7 +125,16 @@ fn a_handshake_session_owns_one_sandbox_until_delete() {
         .iter()
         .map(|tool| tool["name"].clone())
         .collect();
-    assert_eq!(names, [json!("run_command"), json!("close_sandbox")]);
+    // What this build offers: run_command and close_sandbox, with run_code (issue 13) and the
+    // file tools (issue 14) in between where the sessions speak them.
+    let offered: Vec<Value> = sandbox::mcp::tools::Features::AVAILABLE
+        .names()
+        .into_iter()
+        .map(Value::from)
+        .collect();
+    assert_eq!(names, offered);
+    assert_eq!(names.first(), Some(&json!("run_command")));
+    assert_eq!(names.last(), Some(&json!("close_sandbox")));
 
     let first = session_call(
         &server,

@@ -9,6 +9,7 @@ unset or the SDK is not installed (it needs Python 3.10+).
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 from typing import Any
@@ -25,6 +26,15 @@ MCP_URL = (
     WS_URL.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rstrip("/") + "/mcp"
 )
 MODES = ["legacy", "2026-07-28"]
+# The tools the server offers: run_code comes with the code interpreter (issue 13), the file
+# tools with the files API (issue 14), as `mcp::tools::Features::AVAILABLE` says.
+EXPECTED_TOOLS = ["run_command", "close_sandbox"]
+needs_run_code = pytest.mark.skipif(
+    "run_code" not in EXPECTED_TOOLS, reason="this build offers no run_code (issue 13)"
+)
+needs_files = pytest.mark.skipif(
+    "read_file" not in EXPECTED_TOOLS, reason="this build offers no file tools (issue 14)"
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -51,7 +61,7 @@ async def run(client: Any, command: str, sandbox_id: str | None = None) -> dict[
 async def test_tools_state_and_exit_codes(mode: str) -> None:
     async with Client(MCP_URL, mode=mode) as client:
         tools = await client.list_tools()
-        assert [tool.name for tool in tools.tools] == ["run_command", "close_sandbox"]
+        assert [tool.name for tool in tools.tools] == EXPECTED_TOOLS
         run_command = tools.tools[0]
         assert run_command.output_schema is not None
         assert "command" in run_command.input_schema["required"]
@@ -161,3 +171,108 @@ async def test_the_example_runs() -> None:
     output = process.stdout.decode()
     assert process.returncode == 0, output + process.stderr.decode()
     assert "the file is still there: Hello from the sandbox! exit code: 3" in output
+
+
+@needs_run_code
+@pytest.mark.parametrize("mode", MODES)
+async def test_run_code_keeps_state_returns_figures_and_errors(mode: str) -> None:
+    async with Client(MCP_URL, mode=mode) as client:
+        first = await call(client, "run_code", {"code": "x = 41\nprint('hi')\nx + 1"})
+        assert not first.is_error, first
+        assert first.structured_content["result"] == "42"
+        assert first.content[0].text == "hi\nOut: 42"
+        sandbox_id = first.structured_content["sandbox_id"]
+
+        figure = await call(
+            client,
+            "run_code",
+            {
+                "code": "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()\nx",
+                "sandbox_id": sandbox_id,
+            },
+        )
+        assert not figure.is_error, figure
+        images = [block for block in figure.content if block.type == "image"]
+        assert len(images) == 1
+        assert images[0].mime_type == "image/png"
+        assert base64.b64decode(images[0].data).startswith(b"\x89PNG\r\n\x1a\n")
+        assert figure.structured_content["result"] == "41"
+
+        error = await call(client, "run_code", {"code": "1/0", "sandbox_id": sandbox_id})
+        assert error.is_error
+        assert "ZeroDivisionError" in error.content[0].text
+        assert "Traceback" in error.content[0].text
+        assert error.structured_content["error"]["name"] == "ZeroDivisionError"
+        await call(client, "close_sandbox", {"sandbox_id": sandbox_id})
+
+
+@needs_run_code
+@pytest.mark.parametrize("mode", MODES)
+async def test_cancelling_a_cell_interrupts_it_and_keeps_its_state(mode: str) -> None:
+    async with Client(MCP_URL, mode=mode) as client:
+        base = await call(client, "run_code", {"code": "kept = 7"})
+        sandbox_id = base.structured_content["sandbox_id"]
+        started = anyio.Event()
+
+        async def progress(value: float, total: float | None, message: str | None) -> None:
+            if "sleeping" in (message or ""):
+                started.set()
+
+        async def long_cell() -> None:
+            await call(
+                client,
+                "run_code",
+                {
+                    "code": "import time\nprint('sleeping', flush=True)\ntime.sleep(100)",
+                    "sandbox_id": sandbox_id,
+                },
+                progress_callback=progress,
+            )
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(long_cell)
+            with anyio.fail_after(60):
+                await started.wait()
+            group.cancel_scope.cancel()
+
+        with anyio.fail_after(60):
+            after = await call(client, "run_code", {"code": "kept", "sandbox_id": sandbox_id})
+        assert not after.is_error, after
+        assert after.structured_content["result"] == "7"
+        await call(client, "close_sandbox", {"sandbox_id": sandbox_id})
+
+
+@needs_files
+@pytest.mark.parametrize("mode", MODES)
+async def test_files_round_trip(mode: str) -> None:
+    async with Client(MCP_URL, mode=mode) as client:
+        written = await call(client, "write_file", {"path": "/root/notes.txt", "content": "a\nb\n"})
+        assert not written.is_error, written
+        assert written.structured_content["size"] == 4
+        sandbox_id = written.structured_content["sandbox_id"]
+        read = await call(client, "read_file", {"path": "notes.txt", "sandbox_id": sandbox_id})
+        assert read.structured_content["content"] == "a\nb\n"
+        data = bytes(range(256))
+        binary = {
+            "path": "/root/data.bin",
+            "content": base64.b64encode(data).decode(),
+            "encoding": "base64",
+            "sandbox_id": sandbox_id,
+        }
+        assert not (await call(client, "write_file", binary)).is_error
+        back = await call(
+            client,
+            "read_file",
+            {"path": "/root/data.bin", "encoding": "base64", "sandbox_id": sandbox_id},
+        )
+        assert base64.b64decode(back.structured_content["content"]) == data
+        listed = await call(client, "list_files", {"path": "/root", "sandbox_id": sandbox_id})
+        paths = [entry["path"] for entry in listed.structured_content["entries"]]
+        assert "/root/notes.txt" in paths
+        assert "/root/data.bin" in paths
+        seen = await run(client, "wc -c < /root/data.bin", sandbox_id)
+        assert seen["stdout"].strip() == "256"
+        missing = await call(client, "read_file", {"path": "/nope", "sandbox_id": sandbox_id})
+        assert missing.is_error
+        assert missing.content[0].text.startswith("not_found:")
+        await call(client, "close_sandbox", {"sandbox_id": sandbox_id})
