@@ -95,6 +95,9 @@ pub struct Limits {
     pub max_exec_timeout: Duration,
     /// `SANDBOX_MAX_OUTPUT_BYTES`: stdout + stderr of one execution; past it, it is killed.
     pub max_output_bytes: u64,
+    /// `SANDBOX_MAX_RESULT_BYTES`: the largest result of a code cell (its MIME bundle) sent as
+    /// it is; a larger one is replaced by its text/plain and a note.
+    pub max_result_bytes: u64,
     /// `SANDBOX_MAX_CODE_BYTES`: size of the submitted code.
     pub max_code_bytes: usize,
     /// `SANDBOX_PROCESS_MEMORY_MB`: address space of each process (clean `MemoryError`).
@@ -220,6 +223,7 @@ impl Config {
             max_exec_timeout: env.seconds("SANDBOX_MAX_EXEC_TIMEOUT_SECS", 3600)?,
             max_output_bytes: env.number("SANDBOX_MAX_OUTPUT_BYTES", 16 * 1024 * 1024)?,
             max_code_bytes: env.number("SANDBOX_MAX_CODE_BYTES", 1024 * 1024)? as usize,
+            max_result_bytes: env.number("SANDBOX_MAX_RESULT_BYTES", 16 * 1024 * 1024)?,
             process_memory_mb: env.number("SANDBOX_PROCESS_MEMORY_MB", 1024)?,
             sandbox_memory_mb: env.number("SANDBOX_MEMORY_MB", 2048)?,
             cpus: env.float("SANDBOX_CPUS", 1.0)?,

@@ -35,12 +35,13 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::context::Context;
 use crate::execution::{Execution, PipeRead, SpawnError};
 use crate::forkserver::{self, Forkserver};
 use crate::pipes::set_nonblocking;
 use crate::protocol::{
-    AgentConfig, AgentHello, ExecId, ExitStatus, FrameDecoder, FromAgent, Inspection, Language,
-    SpawnRequest, ToAgent, MAX_OUTPUT_CHUNK_BYTES,
+    AgentConfig, AgentHello, CellRequest, ContextCommand, ExecId, ExitStatus, FrameDecoder,
+    FromAgent, Inspection, Language, SpawnRequest, ToAgent, MAX_OUTPUT_CHUNK_BYTES,
 };
 use crate::standby::Standby;
 
@@ -79,6 +80,10 @@ enum Source {
     ExecStderr(ExecId),
     ExecStdin(ExecId),
     ExecRequest(ExecId),
+    ContextStdout(u32),
+    ContextStderr(u32),
+    ContextEvents(u32),
+    ContextCells(u32),
 }
 
 pub struct Agent {
@@ -110,6 +115,10 @@ pub struct Agent {
     /// The highest execution id the server has used in this sandbox: ids are never reused,
     /// also across a checkpoint (this survives in the agent's memory) and a restore.
     highest_exec_id: u32,
+    /// The code contexts, by a slot number of their own (a deleted context may linger while
+    /// its cell ends, beside its restarted successor of the same name).
+    contexts: BTreeMap<u32, Context>,
+    next_context_slot: u32,
 }
 
 impl Agent {
@@ -149,6 +158,8 @@ impl Agent {
             last_activity: Instant::now(),
             doomed: Vec::new(),
             highest_exec_id: 0,
+            contexts: BTreeMap::new(),
+            next_context_slot: 0,
         })
     }
 
@@ -181,6 +192,7 @@ impl Agent {
                 self.handle(source, flags)?;
             }
             self.finish_exited_executions();
+            self.finish_cells();
             self.kill_doomed_groups();
         }
     }
@@ -237,6 +249,28 @@ impl Agent {
         // Missing standbys are started once idle long enough.
         if !self.server_closed && self.standbys_missing() {
             let until = self.last_activity + IDLE_BEFORE_STANDBYS;
+            wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+        }
+        for (slot, context) in &self.contexts {
+            if outbox_has_room && context.window_open() {
+                for (fd, source) in [
+                    (context.stdout_fd(), Source::ContextStdout(*slot)),
+                    (context.stderr_fd(), Source::ContextStderr(*slot)),
+                    (context.events_fd(), Source::ContextEvents(*slot)),
+                ] {
+                    if let Some(fd) = fd {
+                        sources.push(source);
+                        fds.push(PollFd::new(fd, readable));
+                    }
+                }
+            }
+            if let Some(fd) = context.code_fd_if_pending() {
+                sources.push(Source::ContextCells(*slot));
+                fds.push(PollFd::new(fd, writable));
+            }
+        }
+        // An interrupted cell's grace ends at its deadline.
+        if let Some(until) = self.contexts.values().filter_map(Context::deadline).min() {
             wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
         }
         // While killed groups may still hold a process, wake up to kill them again.
@@ -304,6 +338,29 @@ impl Agent {
                 }
                 Ok(())
             }
+            Source::ContextStdout(slot) | Source::ContextStderr(slot) => {
+                let which = if matches!(source, Source::ContextStdout(_)) {
+                    PipeRead::Stdout
+                } else {
+                    PipeRead::Stderr
+                };
+                if let Some(context) = self.contexts.get_mut(&slot) {
+                    context.read_output(which, &mut self.outbox, &mut self.read_buffer);
+                }
+                Ok(())
+            }
+            Source::ContextEvents(slot) => {
+                if let Some(context) = self.contexts.get_mut(&slot) {
+                    context.read_events(&mut self.outbox, &mut self.read_buffer);
+                }
+                Ok(())
+            }
+            Source::ContextCells(slot) => {
+                if let Some(context) = self.contexts.get_mut(&slot) {
+                    context.write_code();
+                }
+                Ok(())
+            }
         }
     }
 
@@ -365,6 +422,10 @@ impl Agent {
             ToAgent::Stdin(id, data) => {
                 if let Some(execution) = self.executions.get_mut(&id) {
                     execution.queue_stdin(data, &mut self.outbox);
+                } else if self.context_of_cell(id).is_some() && !data.is_empty() {
+                    // Cells read no stdin: the bytes count as consumed at once.
+                    let count = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                    FromAgent::StdinWritten(id, count).encode(&mut self.outbox);
                 }
             }
             ToAgent::CloseStdin(id) => {
@@ -375,6 +436,12 @@ impl Agent {
             ToAgent::Signal(id, signal) => {
                 if let Some(execution) = self.executions.get(&id) {
                     execution.signal_group(signal);
+                } else if let Some(context) = self.context_of_cell(id) {
+                    if signal == Signal::SIGINT as i32 {
+                        context.interrupt(Instant::now());
+                    } else {
+                        context.kill();
+                    }
                 }
             }
             ToAgent::Resume { reset } => {
@@ -389,9 +456,14 @@ impl Agent {
                     self.forkserver_failures = 0;
                     // A new sandbox (made from a snapshot's files): its ids start over.
                     self.highest_exec_id = 0;
+                    // The code contexts' processes were ended with the rest.
+                    self.contexts.clear();
                 }
                 for execution in self.executions.values_mut() {
                     execution.reset_window();
+                }
+                for context in self.contexts.values_mut() {
+                    context.reset_window();
                 }
                 let hello = AgentHello {
                     version: env!("CARGO_PKG_VERSION").to_string(),
@@ -399,6 +471,8 @@ impl Agent {
                     next_exec_id: self.next_exec_id(),
                 };
                 FromAgent::Ready(hello).encode(&mut self.outbox);
+                // The server learns the contexts again (they were checkpointed with us).
+                self.report_contexts();
             }
             ToAgent::Inspect => {
                 let inspection = Inspection {
@@ -409,9 +483,106 @@ impl Agent {
             ToAgent::Credit(id, bytes) => {
                 if let Some(execution) = self.executions.get_mut(&id) {
                     execution.add_credit(bytes);
+                } else if let Some(context) = self.context_of_cell(id) {
+                    context.add_credit(bytes);
                 }
             }
+            ToAgent::RunCell(id, request) => {
+                self.highest_exec_id = self.highest_exec_id.max(id.0);
+                self.run_cell(id, &request);
+            }
+            ToAgent::Context(ContextCommand::Create { context_id, cwd }) => {
+                if self.live_context(&context_id).is_none() {
+                    self.add_context(&context_id, &cwd);
+                }
+                self.report_contexts();
+            }
+            ToAgent::Context(ContextCommand::Delete { context_id }) => {
+                if let Some(slot) = self.live_context(&context_id) {
+                    if let Some(context) = self.contexts.get_mut(&slot) {
+                        context.deleting = true;
+                        context.kill();
+                    }
+                }
+                self.report_contexts();
+            }
         }
+    }
+
+    /// The slot of the context of that name that is not being deleted.
+    fn live_context(&self, context_id: &str) -> Option<u32> {
+        self.contexts
+            .iter()
+            .find(|(_, context)| !context.deleting && context.info.context_id == context_id)
+            .map(|(slot, _)| *slot)
+    }
+
+    fn add_context(&mut self, context_id: &str, cwd: &str) -> u32 {
+        let slot = self.next_context_slot;
+        self.next_context_slot = self.next_context_slot.wrapping_add(1);
+        let context = Context::start(context_id, cwd, &self.config);
+        if let Some(why) = &context.info.died {
+            eprintln!("sandbox-agent: code context {context_id}: {why}");
+        }
+        self.contexts.insert(slot, context);
+        slot
+    }
+
+    fn context_of_cell(&mut self, id: ExecId) -> Option<&mut Context> {
+        self.contexts
+            .values_mut()
+            .find(|context| context.cell() == Some(id))
+    }
+
+    /// A cell for a context, which is started first if there is none of that name.
+    fn run_cell(&mut self, id: ExecId, request: &CellRequest) {
+        let in_use = self.executions.contains_key(&id) || self.context_of_cell(id).is_some();
+        if in_use {
+            let error = SpawnError::IdInUse(id);
+            FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
+            return;
+        }
+        let slot = match self.live_context(&request.context_id) {
+            Some(slot) => slot,
+            None => {
+                let slot = self.add_context(&request.context_id, &request.cwd);
+                self.report_contexts();
+                slot
+            }
+        };
+        let Some(context) = self.contexts.get_mut(&slot) else {
+            return;
+        };
+        match context.run_cell(id, request) {
+            Ok(()) => FromAgent::Started(id).encode(&mut self.outbox),
+            Err(message) => FromAgent::SpawnFailed(id, message).encode(&mut self.outbox),
+        }
+    }
+
+    /// The live contexts, for the server's table.
+    fn report_contexts(&mut self) {
+        let contexts = self
+            .contexts
+            .values()
+            .filter(|context| !context.deleting)
+            .map(|context| context.info.clone())
+            .collect();
+        FromAgent::Contexts(contexts).encode(&mut self.outbox);
+    }
+
+    /// Report the cells that ended (after their output), and forget deleted contexts whose
+    /// process is gone.
+    fn finish_cells(&mut self) {
+        let now = Instant::now();
+        for context in self.contexts.values_mut() {
+            if let Some((id, code)) =
+                context.finish_cell(&mut self.outbox, &mut self.read_buffer, now)
+            {
+                FromAgent::Exited(id, ExitStatus::Code(code)).encode(&mut self.outbox);
+            }
+        }
+        self.contexts
+            .retain(|_, context| !(context.deleting && context.is_gone()));
     }
 
     fn kill_doomed_groups(&mut self) {
@@ -445,6 +616,18 @@ impl Agent {
 
     /// A process ended: reaped by us, or reported by the forkserver for its children.
     fn record_exit(&mut self, pid: Pid, status: ExitStatus) {
+        if let Some(context) = self
+            .contexts
+            .values_mut()
+            .find(|context| context.pid() == Some(pid) && context.info.died.is_none())
+        {
+            context.on_exit(status);
+            let deleting = context.deleting;
+            if !deleting {
+                self.report_contexts();
+            }
+            return;
+        }
         if let Some(execution) = self
             .executions
             .values_mut()
@@ -666,6 +849,10 @@ impl Agent {
         if let Some(forkserver) = self.forkserver.take() {
             let _ = kill(forkserver.pid(), Signal::SIGKILL);
         }
+        for context in self.contexts.values() {
+            context.kill();
+        }
+        self.contexts.clear();
         // Anything else (background processes) dies with the container.
         self.executions.clear();
     }

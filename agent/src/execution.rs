@@ -482,6 +482,36 @@ impl Execution {
         }
     }
 
+    /// Read both pipes until they are empty now (a code cell ended: what its context wrote is
+    /// in the pipes already). False while the window or the outbox stops the reading.
+    pub fn drain_available(&mut self, outbox: &mut Vec<u8>, scratch: &mut [u8]) -> bool {
+        for which in [PipeRead::Stdout, PipeRead::Stderr] {
+            loop {
+                if outbox.len() >= crate::agent_loop::OUTBOX_HIGH_WATER
+                    || !self.output_window_open()
+                {
+                    return false;
+                }
+                if !self.read_chunk(which, outbox, scratch) {
+                    break;
+                }
+            }
+        }
+        true
+    }
+
+    /// Bytes it may send now (its window, at most one chunk).
+    pub fn window_room(&self) -> usize {
+        usize::try_from(self.window)
+            .unwrap_or(usize::MAX)
+            .min(MAX_OUTPUT_CHUNK_BYTES)
+    }
+
+    /// `bytes` of other output (a code cell's events) were sent under its window.
+    pub fn spend_window(&mut self, bytes: usize) {
+        self.window = self.window.saturating_sub(bytes as u64);
+    }
+
     pub fn finished_status(&self) -> Option<ExitStatus> {
         match self.exit {
             Some(status) if self.stdout.is_none() && self.stderr.is_none() => Some(status),

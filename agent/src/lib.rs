@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod agent_loop;
+mod context;
 mod execution;
 mod forkserver;
 pub mod identity;

@@ -171,6 +171,38 @@ pub struct AgentHello {
     pub next_exec_id: u32,
 }
 
+/// A code cell for a code context (a long-lived Python process, see the agent's `context`
+/// module). The context is started first if the agent has none of that name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellRequest {
+    pub context_id: String,
+    /// The context's working directory, if it has to be started.
+    pub cwd: String,
+    pub code: String,
+    /// A result whose MIME bundle is larger than this is replaced by its text/plain and a note.
+    pub max_result_bytes: u64,
+}
+
+/// What the server asks of the code contexts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ContextCommand {
+    /// Start a context now (a cell for an unknown context starts it too).
+    Create { context_id: String, cwd: String },
+    /// End the context's process group; a running cell ends with `ContextDied`.
+    Delete { context_id: String },
+}
+
+/// One code context as the agent knows it (sent after every change and after a restore).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextInfo {
+    pub context_id: String,
+    pub cwd: String,
+    /// Why its process is gone (`None`: it lives).
+    #[serde(default)]
+    pub died: Option<String>,
+}
+
 /// How a process ended, as `waitpid` reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitStatus {
@@ -210,6 +242,10 @@ pub enum ToAgent {
     /// The server consumed this many more bytes of the execution's output: its window grows
     /// by that much (see [`OUTPUT_WINDOW_BYTES`]).
     Credit(ExecId, u32),
+    /// Run a code cell as execution `ExecId`: its stdout and stderr come as `Output`, its
+    /// results and error as `CellEvent`s, its end as `Exited` (code 0, or 1 after an error).
+    RunCell(ExecId, CellRequest),
+    Context(ContextCommand),
 }
 
 /// Agent -> server.
@@ -225,6 +261,11 @@ pub enum FromAgent {
     /// Sent after the last output frame of the execution.
     Exited(ExecId, ExitStatus),
     Inspection(Inspection),
+    /// Part of one event of a code cell (a JSON object: a result or an error), split across
+    /// frames when large; `true` on its last part.
+    CellEvent(ExecId, Vec<u8>, bool),
+    /// The code contexts, after each change (created, died, deleted) and after a restore.
+    Contexts(Vec<ContextInfo>),
 }
 
 /// What the agent sees inside the sandbox that matters for a checkpoint.
@@ -242,6 +283,8 @@ mod kind {
     pub const RESUME: u8 = 5;
     pub const INSPECT: u8 = 6;
     pub const CREDIT: u8 = 7;
+    pub const RUN_CELL: u8 = 20;
+    pub const CONTEXT: u8 = 21;
     pub const READY: u8 = 64;
     pub const STARTED: u8 = 65;
     pub const SPAWN_FAILED: u8 = 66;
@@ -251,6 +294,9 @@ mod kind {
     pub const EXIT_CODE: u8 = 70;
     pub const EXIT_SIGNAL: u8 = 71;
     pub const INSPECTION: u8 = 72;
+    pub const CELL_EVENT_PART: u8 = 90;
+    pub const CELL_EVENT_END: u8 = 91;
+    pub const CONTEXTS: u8 = 92;
 }
 
 /// Why a frame could not be decoded. The connection to that agent is unusable afterwards.
@@ -294,6 +340,12 @@ impl ToAgent {
             ToAgent::Credit(exec, bytes) => {
                 put_frame(out, kind::CREDIT, *exec, &bytes.to_le_bytes())
             }
+            ToAgent::RunCell(exec, request) => {
+                put_frame(out, kind::RUN_CELL, *exec, &json_bytes(request))
+            }
+            ToAgent::Context(command) => {
+                put_frame(out, kind::CONTEXT, NO_EXEC, &json_bytes(command))
+            }
         }
     }
 
@@ -305,6 +357,8 @@ impl ToAgent {
             kind::SIGNAL => ToAgent::Signal(exec, parse_i32(payload)?),
             kind::INSPECT => ToAgent::Inspect,
             kind::CREDIT => ToAgent::Credit(exec, parse_u32(payload)?),
+            kind::RUN_CELL => ToAgent::RunCell(exec, parse_json(payload)?),
+            kind::CONTEXT => ToAgent::Context(parse_json(payload)?),
             kind::RESUME => ToAgent::Resume {
                 reset: payload.first().is_some_and(|byte| *byte != 0),
             },
@@ -340,6 +394,17 @@ impl FromAgent {
             FromAgent::Inspection(inspection) => {
                 put_frame(out, kind::INSPECTION, NO_EXEC, &json_bytes(inspection))
             }
+            FromAgent::CellEvent(exec, data, last) => {
+                let kind = if *last {
+                    kind::CELL_EVENT_END
+                } else {
+                    kind::CELL_EVENT_PART
+                };
+                put_frame(out, kind, *exec, data)
+            }
+            FromAgent::Contexts(contexts) => {
+                put_frame(out, kind::CONTEXTS, NO_EXEC, &json_bytes(contexts))
+            }
         }
     }
 
@@ -365,6 +430,9 @@ impl FromAgent {
             kind::EXIT_CODE => FromAgent::Exited(exec, ExitStatus::Code(parse_i32(payload)?)),
             kind::EXIT_SIGNAL => FromAgent::Exited(exec, ExitStatus::Signal(parse_i32(payload)?)),
             kind::INSPECTION => FromAgent::Inspection(parse_json(payload)?),
+            kind::CELL_EVENT_PART => FromAgent::CellEvent(exec, payload.to_vec(), false),
+            kind::CELL_EVENT_END => FromAgent::CellEvent(exec, payload.to_vec(), true),
+            kind::CONTEXTS => FromAgent::Contexts(parse_json(payload)?),
             other => {
                 return Err(ProtocolError(format!(
                     "unknown frame kind {other} from the agent"
@@ -490,6 +558,22 @@ mod tests {
             ToAgent::Resume { reset: false },
             ToAgent::Inspect,
             ToAgent::Credit(ExecId(7), OUTPUT_WINDOW_BYTES),
+            ToAgent::RunCell(
+                ExecId(8),
+                CellRequest {
+                    context_id: "default".into(),
+                    cwd: "/root".into(),
+                    code: "x".into(),
+                    max_result_bytes: 10,
+                },
+            ),
+            ToAgent::Context(ContextCommand::Create {
+                context_id: "c1".into(),
+                cwd: "/tmp".into(),
+            }),
+            ToAgent::Context(ContextCommand::Delete {
+                context_id: "c1".into(),
+            }),
         ];
         let from_agent = vec![
             FromAgent::Ready(AgentHello {
@@ -507,6 +591,13 @@ mod tests {
             FromAgent::Inspection(Inspection {
                 open_tcp_connections: 2,
             }),
+            FromAgent::CellEvent(ExecId(8), b"{\"a\"".to_vec(), false),
+            FromAgent::CellEvent(ExecId(8), b":1}".to_vec(), true),
+            FromAgent::Contexts(vec![ContextInfo {
+                context_id: "c1".into(),
+                cwd: "/tmp".into(),
+                died: Some("signal 9".into()),
+            }]),
         ];
         let mut bytes = Vec::new();
         to_agent.iter().for_each(|frame| frame.encode(&mut bytes));

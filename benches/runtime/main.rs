@@ -121,6 +121,7 @@ fn main() {
     run("create", &mut report, &bench_create);
     run("server", &mut report, &bench_server);
     run("persist", &mut report, &persist::bench_persist);
+    run("code", &mut report, &bench_code);
     report.total = started.elapsed();
     report.load_end = report::load_average();
     report.failures = failures.clone();
@@ -727,6 +728,56 @@ fn bench_server(env: &Env, report: &mut Report) -> io::Result<()> {
         bytes: server_rss_peak,
         note: "VmRSS of sandbox-server".into(),
     });
+    Ok(())
+}
+
+/// The code interpreter (issue 13): cells on a warm context in one WebSocket session, next to a
+/// fresh python `print(1)` execution in the same session and run.
+fn bench_code(env: &Env, report: &mut Report) -> io::Result<()> {
+    let server = Server::start(env, "code", 1, &[])?;
+    server.wait_settled(1, Duration::from_secs(30))?;
+    let mut session = websocket::Session::create(server.port)?;
+    // The context starts with the first cell (not timed): the interpreter and the driver.
+    session.run_code("x = 0")?;
+    let mut pairs = Vec::new();
+    let mut singles = Vec::new();
+    for index in 0..40 {
+        pause(20);
+        let started = Instant::now();
+        session.run_code(&format!("x = {index}"))?;
+        let (_, text) = session.run_code("x")?;
+        pairs.push(started.elapsed().as_secs_f64());
+        check(text == index.to_string(), || {
+            format!("run_code(\"x\") gave {text:?}, not {index}")
+        })?;
+        pause(20);
+        singles.push(session.run_code("x")?.0);
+    }
+    report.rows.push(Row::latency(
+        "code interpreter: `run_code(\"x = 1\")` then `run_code(\"x\")`, warm context, WebSocket, first message to the second DONE",
+        &pairs,
+        "",
+        None,
+    ));
+    report.rows.push(Row::latency(
+        "code interpreter: one cell `x` (a result), warm context, message to DONE",
+        &singles,
+        "",
+        None,
+    ));
+    let mut python = Vec::new();
+    for _ in 0..10 {
+        pause(400); // the standby interpreter of the previous execution's successor starts
+        python.push(session.run("python", "print(1)")?.0);
+    }
+    report.rows.push(Row::latency(
+        "same session and run: a python `print(1)` execution (a new process), message to DONE",
+        &python,
+        "`runsc exec ID python3 -c 'print(1)'` on a running sandbox",
+        report.python_runsc_exec,
+    ));
+    session.kill();
+    server.stop();
     Ok(())
 }
 

@@ -170,6 +170,29 @@ impl Session {
         Ok((started.elapsed().as_secs_f64(), bytes, done))
     }
 
+    /// One code cell in the default context (issue 13); returns (seconds from sending to
+    /// DONE, the main result's text or "").
+    pub fn run_code(&mut self, code: &str) -> io::Result<(f64, String)> {
+        let started = Instant::now();
+        self.send(json!({"id": "cell", "action": "run_code", "code": code}))?;
+        let mut text = String::new();
+        loop {
+            let frame = self.next()?;
+            if frame["event"] == "error" || frame["event"] == "execution_error" {
+                return Err(io_error(format!("the cell failed: {frame}")));
+            }
+            if frame["event"] == "result" && frame["is_main_result"] == true {
+                text = frame["data"]["text/plain"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+            }
+            if frame["status"] == "SANDBOX_EXECUTION_DONE" {
+                return Ok((started.elapsed().as_secs_f64(), text));
+            }
+        }
+    }
+
     /// Protocol 2: `count` executions of `code` at once, each with its request id; seconds
     /// from the first message to the last `SANDBOX_EXECUTION_DONE`.
     pub fn run_concurrent(&mut self, count: usize, code: &str) -> io::Result<f64> {

@@ -34,7 +34,7 @@ if [ ! -e "$stamp" ]; then
 fi
 
 examples=()
-for f in client_example.py checkpoint.py filesystem_snapshot.py third_party_libraries.py mcp_client.py; do
+for f in client_example.py checkpoint.py filesystem_snapshot.py third_party_libraries.py code_interpreter.py mcp_client.py; do
     [ -e "$repo/example/$f" ] && examples+=("$repo/example/$f")
 done
 

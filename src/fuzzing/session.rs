@@ -231,6 +231,13 @@ impl SandboxControl for FakeControl {
         // Executions of a restored session were started before it: any id may be paused.
         assert_eq!(sandbox, SANDBOX);
     }
+    fn context_command(
+        &mut self,
+        sandbox: SandboxKey,
+        _command: crate::agent_protocol::ContextCommand,
+    ) -> Result<(), RuntimeError> {
+        self.call(sandbox)
+    }
 }
 
 /// The server's side of one session: its connection and its clock.
@@ -263,6 +270,7 @@ impl Server {
                 store_timeout: Duration::from_secs(30),
                 max_session_processes: MAX_SESSION_PROCESSES,
                 stdin_window_bytes: 64,
+                max_result_bytes: 1024,
             },
             control: FakeControl {
                 at_capacity: has(b'f'),

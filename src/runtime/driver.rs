@@ -497,6 +497,19 @@ impl Runtime {
         Ok(())
     }
 
+    /// Create or delete a code context (issue 13); the agent's table of contexts comes back
+    /// as `CodeContexts`.
+    pub fn context_command(
+        &mut self,
+        key: SandboxKey,
+        command: crate::agent_protocol::ContextCommand,
+    ) -> Result<(), RuntimeError> {
+        let now = Instant::now();
+        self.core.context_command(key, command)?;
+        self.drain(now);
+        Ok(())
+    }
+
     /// Kill the execution's process group. Its `ExecFinished` carries `reason`.
     pub fn kill_exec(
         &mut self,

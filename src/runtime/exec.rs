@@ -23,6 +23,8 @@ pub enum Reason {
     OutputLimit,
     /// The sandbox died under it.
     SandboxLost,
+    /// A code cell whose code context died under it.
+    ContextDied,
 }
 
 impl Reason {
@@ -34,6 +36,7 @@ impl Reason {
             Reason::Timeout => "timeout",
             Reason::OutputLimit => "output_limit",
             Reason::SandboxLost => "sandbox_lost",
+            Reason::ContextDied => "context_died",
         }
     }
 }

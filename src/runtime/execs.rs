@@ -51,6 +51,8 @@ struct Entry {
     output_paused: bool,
     /// Its timeout and, once it is being killed, the kill's grace period.
     timers: Vec<TimerId>,
+    /// A code cell: a kill interrupts it (SIGINT) instead of killing a process group.
+    cell: bool,
 }
 
 impl Entry {
@@ -141,8 +143,20 @@ impl Execs {
             owed_credit: 0,
             output_paused: false,
             timers: Vec::new(),
+            cell: false,
         };
         self.entries.insert(exec, entry);
+    }
+
+    /// `exec` is a code cell.
+    pub fn mark_cell(&mut self, exec: ExecId) {
+        if let Some(entry) = self.entries.get_mut(&exec) {
+            entry.cell = true;
+        }
+    }
+
+    pub fn is_cell(&self, exec: ExecId) -> bool {
+        self.entries.get(&exec).is_some_and(|entry| entry.cell)
     }
 
     /// Remember `timer` as `exec`'s (cancelled when it ends).

@@ -41,7 +41,7 @@ pub mod state_lock;
 use std::fmt;
 use std::time::Duration;
 
-use crate::agent_protocol::{ExecId, Language, Stream};
+use crate::agent_protocol::{ContextInfo, ExecId, Language, Stream};
 use exec::ExecOutcome;
 
 pub use driver::Runtime;
@@ -77,6 +77,18 @@ pub struct ExecSpec {
     /// Bytes of stdin that may wait to be written to the process ([`MAX_STDIN_IN_FLIGHT`]
     /// unless its owner grants a larger window).
     pub stdin_bound: u64,
+    /// A code cell for a code context instead of a new process (issue 13).
+    pub cell: Option<CellSpec>,
+}
+
+/// Where a code cell runs and what bounds its results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellSpec {
+    pub context_id: String,
+    /// The context's working directory, if the agent has to start it.
+    pub cwd: String,
+    /// `SANDBOX_MAX_RESULT_BYTES`.
+    pub max_result_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +105,10 @@ pub enum RuntimeEvent {
     /// discarded because the process closed its stdin.
     StdinWritten(ExecId, u32),
     ExecFinished(ExecId, ExecOutcome),
+    /// Part of one event (a JSON object) of a code cell; `true` on its last part.
+    CellEvent(ExecId, Vec<u8>, bool),
+    /// The agent's code contexts (after each change, and after a restore).
+    CodeContexts(Vec<ContextInfo>),
     /// `runsc checkpoint` finished; the container is stopped either way.
     Checkpointed(Result<(), String>),
     /// The checkpoint was refused before anything happened: the sandbox runs on.

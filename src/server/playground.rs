@@ -152,6 +152,15 @@ mod tests {
                 "absolute URL in a playground file"
             );
             assert!(!file.contains("innerHTML"), "HTML built from strings");
+            // The one place HTML from a sandbox is shown: a code cell's result, in a frame
+            // with every sandbox restriction.
+            if file.contains("srcdoc") {
+                assert_eq!(file.matches(".srcdoc = ").count(), 1, "one srcdoc");
+                assert!(
+                    file.contains("iframe.setAttribute('sandbox', '');"),
+                    "srcdoc only in a sandboxed iframe"
+                );
+            }
         }
         // Modules import one another by the paths served above.
         for asset in &ASSETS {

@@ -186,6 +186,13 @@ impl SandboxControl for Control<'_> {
     fn set_exec_output_paused(&mut self, sandbox: SandboxKey, exec: ExecId, paused: bool) {
         self.0.set_exec_output_paused(sandbox, exec, paused)
     }
+    fn context_command(
+        &mut self,
+        sandbox: SandboxKey,
+        command: crate::agent_protocol::ContextCommand,
+    ) -> Result<(), RuntimeError> {
+        self.0.context_command(sandbox, command)
+    }
 }
 
 impl Server {
@@ -201,6 +208,7 @@ impl Server {
             store_timeout: self.config.create_timeout,
             max_session_processes: self.config.ws.max_session_processes,
             stdin_window_bytes: self.config.ws.stdin_window_bytes,
+            max_result_bytes: self.config.limits.max_result_bytes,
         }
     }
 
@@ -675,6 +683,7 @@ mod tests {
             store_timeout: Duration::from_secs(30),
             max_session_processes: 16,
             stdin_window_bytes: 4 * 1024 * 1024,
+            max_result_bytes: 1024,
         }
     }
 

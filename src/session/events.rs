@@ -78,6 +78,7 @@ statuses! {
     KillError = "SANDBOX_KILL_ERROR",
     PermissionDenialError = "SANDBOX_PERMISSION_DENIAL_ERROR",
     RequestError = "SANDBOX_REQUEST_ERROR",
+    CodeContextError = "SANDBOX_CODE_CONTEXT_ERROR",
 }
 
 impl Status {
@@ -152,6 +153,20 @@ pub enum ServerEvent {
     StdinAck { written: u64 },
     /// `{"event":"reply", ...}`: the answer of a request/response action.
     Reply(Reply),
+    /// `SANDBOX_EXECUTION_RUNNING` of a code cell: `"kind":"cell"` and its context.
+    CellRunning { context_id: String },
+    /// `{"event":"result","is_main_result":B,"data":{MIME type: value}}`: a code cell's
+    /// result (its trailing expression's value, a `display()`, an open figure).
+    CellResult {
+        is_main_result: bool,
+        data: Map<String, Value>,
+    },
+    /// `{"event":"execution_error","name","value","traceback":[lines]}`: the cell's error.
+    CellError {
+        name: String,
+        value: String,
+        traceback: Vec<String>,
+    },
 }
 
 /// The payload of a `reply` (its keys sit beside `event` and `id`).
@@ -167,6 +182,39 @@ pub enum Reply {
     },
     /// `set_idle_timeout`: the idle timeout now in effect (written in seconds).
     IdleTimeout(Duration),
+    /// `create_code_context`, `restart_code_context`: `"context": {...}`.
+    CodeContext(CodeContextView),
+    /// `list_code_contexts`: `"contexts": [...]`.
+    CodeContexts(Vec<CodeContextView>),
+    /// An action done, with nothing to say (`delete_code_context`).
+    Done,
+}
+
+/// One code context as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeContextView {
+    pub context_id: String,
+    pub cwd: String,
+    /// `idle`, `busy` or `dead`.
+    pub state: &'static str,
+    /// Why it died, if it did.
+    pub died: Option<String>,
+}
+
+impl CodeContextView {
+    fn to_value(&self, with_state: bool) -> Value {
+        let mut map = Map::new();
+        map.insert("context_id".into(), json!(self.context_id));
+        map.insert("cwd".into(), json!(self.cwd));
+        map.insert("language".into(), json!("python"));
+        if with_state {
+            map.insert("state".into(), json!(self.state));
+            if let Some(died) = &self.died {
+                map.insert("died".into(), json!(died));
+            }
+        }
+        Value::Object(map)
+    }
 }
 
 /// A duration in seconds as JSON: whole seconds as an integer.
@@ -188,18 +236,24 @@ pub struct ProcessEntry {
     pub language: Option<Language>,
     pub running: bool,
     pub started_unix_ms: u64,
+    /// A code cell's context (its kind is then `cell`).
+    pub context: Option<String>,
 }
 
 impl ProcessEntry {
     fn to_value(&self) -> Value {
-        json!({
+        let mut value = json!({
             "process_id": self.process_id,
             "id": self.request,
-            "kind": "exec",
+            "kind": if self.context.is_some() { "cell" } else { "exec" },
             "language": self.language.map(Language::as_str),
             "running": self.running,
             "started_unix_ms": self.started_unix_ms,
-        })
+        });
+        if let (Some(context), Value::Object(map)) = (&self.context, &mut value) {
+            map.insert("context_id".into(), json!(context));
+        }
+        value
     }
 }
 
@@ -210,7 +264,9 @@ impl ServerEvent {
             ServerEvent::Status(status) | ServerEvent::StatusWithMessage(status, _) => {
                 Some(*status)
             }
-            ServerEvent::ExecRunning { .. } => Some(Status::ExecutionRunning),
+            ServerEvent::ExecRunning { .. } | ServerEvent::CellRunning { .. } => {
+                Some(Status::ExecutionRunning)
+            }
             ServerEvent::Done(_) => Some(Status::ExecutionDone),
             _ => None,
         }
@@ -338,6 +394,36 @@ impl Frame {
                 written: *written,
             }),
             ServerEvent::Reply(reply) => serde_json::to_string(&self.reply_value(reply)),
+            ServerEvent::CellRunning { context_id } => serde_json::to_string(&CellRunningFrame {
+                context_id,
+                event: "status_update",
+                id,
+                kind: "cell",
+                process_id,
+                status: Status::ExecutionRunning.as_str(),
+            }),
+            ServerEvent::CellResult {
+                is_main_result,
+                data,
+            } => serde_json::to_string(&CellResultFrame {
+                data,
+                event: "result",
+                id,
+                is_main_result: *is_main_result,
+                process_id,
+            }),
+            ServerEvent::CellError {
+                name,
+                value,
+                traceback,
+            } => serde_json::to_string(&CellErrorFrame {
+                event: "execution_error",
+                id,
+                name,
+                process_id,
+                traceback,
+                value,
+            }),
         };
         // Serializing strings and numbers into a String cannot fail; the fallback keeps a
         // panic out of the server regardless.
@@ -373,6 +459,14 @@ impl Frame {
             Reply::IdleTimeout(seconds) => {
                 map.insert("idle_timeout".into(), seconds_value(*seconds));
             }
+            Reply::CodeContext(context) => {
+                map.insert("context".into(), context.to_value(false));
+            }
+            Reply::CodeContexts(contexts) => {
+                let list = contexts.iter().map(|view| view.to_value(true)).collect();
+                map.insert("contexts".into(), Value::Array(list));
+            }
+            Reply::Done => {}
         }
         Value::Object(map)
     }
@@ -437,6 +531,41 @@ struct DoneFrame<'a> {
     signal: Option<i32>,
     status: &'static str,
     timed_out: bool,
+}
+
+#[derive(Serialize)]
+struct CellRunningFrame<'a> {
+    context_id: &'a str,
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RequestId>,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_id: Option<ProcessId>,
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct CellResultFrame<'a> {
+    data: &'a Map<String, Value>,
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RequestId>,
+    is_main_result: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_id: Option<ProcessId>,
+}
+
+#[derive(Serialize)]
+struct CellErrorFrame<'a> {
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RequestId>,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_id: Option<ProcessId>,
+    traceback: &'a [String],
+    value: &'a str,
 }
 
 #[derive(Serialize)]
@@ -537,7 +666,7 @@ mod tests {
         let mut names: Vec<&str> = Status::ALL.iter().map(|status| status.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 35);
+        assert_eq!(names.len(), 36);
         assert!(Status::NotFound.is_error() && Status::InUse.is_error());
         assert!(Status::StdinError.is_error() && Status::LockRenewalError.is_error());
         assert!(!Status::ExecutionDone.is_error() && !Status::Killed.is_error());
@@ -614,6 +743,7 @@ mod tests {
                         language: Some(Language::Python),
                         running: false,
                         started_unix_ms: 12,
+                        context: None,
                     }])),
                     id.clone(),
                     None,

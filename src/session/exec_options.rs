@@ -115,6 +115,7 @@ impl ExecOptions {
             cwd: self.cwd.clone(),
             timeout: self.timeout,
             stdin_bound: crate::runtime::MAX_STDIN_IN_FLIGHT,
+            cell: None,
         }
     }
 }
@@ -161,7 +162,7 @@ fn env(raw: Raw) -> Result<Vec<(String, String)>, String> {
 }
 
 /// `cwd`: an absolute path inside the sandbox.
-fn cwd(raw: Raw) -> Result<String, String> {
+pub fn cwd(raw: Raw) -> Result<String, String> {
     match raw {
         Raw::Absent => Ok(DEFAULT_CWD.to_string()),
         Raw::Json(Value::String(cwd)) if cwd.starts_with('/') && !cwd.contains('\0') => {

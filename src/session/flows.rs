@@ -35,6 +35,7 @@ struct Calls {
     save: Vec<String>,
     /// (execution, paused) in the order asked.
     output_paused: Vec<(ExecId, bool)>,
+    context_commands: Vec<crate::agent_protocol::ContextCommand>,
 }
 
 #[derive(Default)]
@@ -81,6 +82,14 @@ impl SandboxControl for FakeRuntime {
     }
     fn set_exec_output_paused(&mut self, _: SandboxKey, exec: ExecId, paused: bool) {
         self.calls.output_paused.push((exec, paused));
+    }
+    fn context_command(
+        &mut self,
+        _: SandboxKey,
+        command: crate::agent_protocol::ContextCommand,
+    ) -> Result<(), RuntimeError> {
+        self.calls.context_commands.push(command);
+        Ok(())
     }
 }
 
@@ -260,6 +269,20 @@ impl Replay {
                     runtime,
                 )
             }
+            "cell_event" => {
+                // One whole event of a code cell, as the driver wrote it.
+                let bytes = argument[1].to_string().into_bytes();
+                self.session.on_runtime(
+                    RuntimeEvent::CellEvent(exec_id(&argument[0]), bytes, true),
+                    runtime,
+                )
+            }
+            "code_contexts" => {
+                let contexts = serde_json::from_value(argument.clone())
+                    .unwrap_or_else(|error| panic!("code_contexts: {error}"));
+                self.session
+                    .on_runtime(RuntimeEvent::CodeContexts(contexts), runtime)
+            }
             "exec_finished" => self.session.on_runtime(
                 RuntimeEvent::ExecFinished(exec_id(&argument[0]), outcome(&argument[1])),
                 runtime,
@@ -401,6 +424,11 @@ impl Replay {
                         .collect();
                     assert_eq!(&Value::Array(paused), wanted, "{name}: output_paused");
                 }
+                "context_commands" => {
+                    let commands =
+                        serde_json::to_value(&calls.context_commands).unwrap_or_default();
+                    assert_eq!(&commands, wanted, "{name}: context_commands");
+                }
                 other => panic!("{name}: unknown control key {other}"),
             }
         }
@@ -463,6 +491,7 @@ fn settings(server: &Map<String, Value>) -> SessionSettings {
         store_timeout: Duration::from_secs(30),
         max_session_processes: number("max_session_processes", 16) as usize,
         stdin_window_bytes: number("stdin_window_bytes", 4 * 1024 * 1024),
+        max_result_bytes: number("max_result_bytes", 16 * 1024 * 1024),
     }
 }
 
@@ -474,6 +503,8 @@ fn check_spec(name: &str, spec: &ExecSpec, wanted: &Value) {
             "env" => json!(spec.env),
             "cwd" => json!(spec.cwd),
             "timeout" => json!(spec.timeout.as_secs_f64()),
+            // A code cell: the context it runs in.
+            "context_id" => json!(spec.cell.as_ref().map(|cell| &cell.context_id)),
             other => panic!("{name}: unknown start_exec key {other}"),
         };
         let matches = match (actual.as_f64(), value.as_f64()) {

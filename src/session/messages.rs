@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::code::{self, CodeMessage};
 use super::exec_options::{self, ExecLimits, ExecOptions, RawExecOptions};
 use super::ids::{ProcessId, RequestId};
 use super::options::{self, choice, flag, quoted};
@@ -58,6 +59,8 @@ pub enum ClientMessage {
     /// `{"action": "set_idle_timeout", "idle_timeout"}` (`None`: the server's default,
     /// `Some(ZERO)`: never, capped).
     SetIdleTimeout(Option<Duration>),
+    /// The code interpreter's messages (`run_code`, `*_code_context*`), see `code`.
+    Code(CodeMessage),
     /// Protocol 2's `SANDBOX_REQUEST_ERROR`: why the message cannot be acted on.
     Malformed(String),
     /// Not JSON, not an object, an unknown shape or an unknown language: the protocol answers
@@ -93,6 +96,11 @@ enum Action {
     ListProcesses,
     AttachProcess,
     SetIdleTimeout,
+    RunCode,
+    CreateCodeContext,
+    ListCodeContexts,
+    RestartCodeContext,
+    DeleteCodeContext,
 }
 
 /// The message of an `id` that is not one.
@@ -158,6 +166,21 @@ fn dispatch(message: &Map<String, Value>, has_id: bool, limits: &ExecLimits) -> 
                 Some(value) => options::idle_timeout(value),
             };
             return malformed(timeout.map(ClientMessage::SetIdleTimeout));
+        }
+        Some(Action::RunCode) => {
+            return malformed(code::run_code(message, limits).map(ClientMessage::Code))
+        }
+        Some(Action::CreateCodeContext) => {
+            return malformed(code::create_context(message).map(ClientMessage::Code))
+        }
+        Some(Action::ListCodeContexts) => return ClientMessage::Code(CodeMessage::ListContexts),
+        Some(Action::RestartCodeContext) => {
+            let context = code::named_context(message, "restart_code_context");
+            return malformed(context.map(|id| ClientMessage::Code(CodeMessage::Restart(id))));
+        }
+        Some(Action::DeleteCodeContext) => {
+            let context = code::named_context(message, "delete_code_context");
+            return malformed(context.map(|id| ClientMessage::Code(CodeMessage::Delete(id))));
         }
         None => {}
     }

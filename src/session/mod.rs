@@ -22,6 +22,7 @@
 //! The processes and the messages about them (protocol 2: several at once, request ids, stdin
 //! windows) are in [`process_requests`]; this file is the session's lifecycle.
 
+pub mod code;
 pub mod events;
 pub mod exec_options;
 pub mod ids;
@@ -37,7 +38,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::agent_protocol::{ExecId, Language};
+use crate::agent_protocol::{ContextCommand, ExecId, Language};
 use crate::runtime::{ExecSpec, RuntimeError, RuntimeEvent, SandboxKey};
 use events::OutputEncoding;
 pub use events::{Frame, ServerEvent, Status};
@@ -73,6 +74,12 @@ pub trait SandboxControl {
     /// Hold back (or give back) the output window of one execution: its output is held for a
     /// client that does not follow it.
     fn set_exec_output_paused(&mut self, sandbox: SandboxKey, exec: ExecId, paused: bool);
+    /// Create or delete a code context (the agent reports its contexts back).
+    fn context_command(
+        &mut self,
+        sandbox: SandboxKey,
+        command: ContextCommand,
+    ) -> Result<(), RuntimeError>;
 }
 
 /// How the session's sandbox is made.
@@ -101,6 +108,8 @@ pub struct SessionSettings {
     pub max_session_processes: usize,
     /// `SANDBOX_STDIN_WINDOW_BYTES`: the stdin window of processes started with a request id.
     pub stdin_window_bytes: u64,
+    /// `SANDBOX_MAX_RESULT_BYTES`: the largest result of a code cell sent as it is.
+    pub max_result_bytes: u64,
 }
 
 /// What a checkpoint keeps of a session, to restore it with.
@@ -247,6 +256,8 @@ pub struct Session {
     /// The request id of the kill, checkpoint or snapshot under way: its statuses echo it.
     pending_request: Option<RequestId>,
     processes: Processes,
+    /// The code interpreter's contexts (issue 13).
+    code: code::CodeContexts,
     attached: bool,
     idle_timeout: Option<Duration>,
     last_activity: Instant,
@@ -308,6 +319,7 @@ impl Session {
         Session {
             id,
             processes: Processes::new(settings.max_session_processes),
+            code: code::CodeContexts::default(),
             settings,
             state: State::AwaitingInit,
             sandbox: None,
@@ -374,6 +386,7 @@ impl Session {
                 }),
                 followed: false,
                 started: true,
+                context: None,
             });
         }
         session
@@ -933,6 +946,7 @@ impl Session {
                 let reply = events::Reply::IdleTimeout(self.idle_limit());
                 out.push(Out::Send(Frame::answering(ServerEvent::Reply(reply), id)));
             }
+            ClientMessage::Code(message) => self.code_message(message, id, &mut out, control, now),
             ClientMessage::Malformed(problem) => {
                 out.extend(error_frames(Status::RequestError, &problem, id))
             }
@@ -1014,6 +1028,9 @@ impl Session {
         control: &mut dyn SandboxControl,
     ) -> Vec<Out> {
         let mut out = Vec::new();
+        if event == RuntimeEvent::Ready {
+            self.code.expect_resync();
+        }
         match event {
             RuntimeEvent::Ready if self.state == State::Restoring => {
                 self.state = State::Running;
@@ -1119,7 +1136,7 @@ impl Session {
             }
             RuntimeEvent::ExecStarted(exec) => self.on_exec_started(exec, &mut out, control),
             RuntimeEvent::ExecSpawnFailed(exec, message) => {
-                self.on_exec_spawn_failed(exec, &message, &mut out)
+                self.on_exec_spawn_failed(exec, &message, &mut out, control)
             }
             RuntimeEvent::Output(exec, stream, data) => {
                 self.on_output(exec, stream, data, &mut out, control)
@@ -1128,6 +1145,10 @@ impl Session {
             RuntimeEvent::ExecFinished(exec, outcome) => {
                 self.on_exec_finished(exec, &outcome, &mut out, control)
             }
+            RuntimeEvent::CellEvent(exec, data, last) => {
+                self.on_cell_event(exec, data, last, &mut out, control)
+            }
+            RuntimeEvent::CodeContexts(contexts) => self.on_code_contexts(contexts),
             RuntimeEvent::Checkpointed(_) | RuntimeEvent::Ready => {}
         }
         out

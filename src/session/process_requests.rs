@@ -70,6 +70,7 @@ impl Session {
                     stdin,
                     followed: self.attached,
                     started: false,
+                    context: None,
                 });
             }
             Err(error) => out.extend(error_frames(Status::ExecutionError, &error.to_string(), id)),
@@ -296,6 +297,16 @@ impl Session {
     }
 
     /// An event of `process`: sent to the client that follows it, or held.
+    pub(super) fn emit_event(
+        &mut self,
+        out: &mut Vec<Out>,
+        process: ProcessId,
+        event: ServerEvent,
+        control: &mut dyn SandboxControl,
+    ) {
+        self.emit(out, process, event, control)
+    }
+
     fn emit(
         &mut self,
         out: &mut Vec<Out>,
@@ -365,15 +376,22 @@ impl Session {
         };
         entry.mark_started();
         let stdin_window = entry.stdin.as_ref().map(StdinWindow::window);
-        self.emit(
-            out,
-            process,
-            ServerEvent::ExecRunning { stdin_window },
-            control,
-        );
+        let event = match entry.context() {
+            Some(context_id) => ServerEvent::CellRunning {
+                context_id: context_id.to_string(),
+            },
+            None => ServerEvent::ExecRunning { stdin_window },
+        };
+        self.emit(out, process, event, control);
     }
 
-    pub(super) fn on_exec_spawn_failed(&mut self, exec: ExecId, message: &str, out: &mut Vec<Out>) {
+    pub(super) fn on_exec_spawn_failed(
+        &mut self,
+        exec: ExecId,
+        message: &str,
+        out: &mut Vec<Out>,
+        control: &mut dyn SandboxControl,
+    ) {
         let Some(process) = self.processes.of_exec(exec) else {
             return;
         };
@@ -381,6 +399,21 @@ impl Session {
         let Some(entry) = self.processes.get_mut(process) else {
             return;
         };
+        if let Some(context_id) = entry.context().map(str::to_string) {
+            // A cell the agent refused (its context died meanwhile): said as the context's
+            // error, and the context goes on with its queue.
+            let follower = entry.follower().cloned();
+            if self.attached && entry.is_followed() {
+                out.extend(error_frames(
+                    Status::CodeContextError,
+                    message,
+                    follower.as_ref(),
+                ));
+            }
+            self.processes.remove(process);
+            self.on_cell_finished(&context_id, process, out, control);
+            return;
+        }
         if self.attached && entry.is_followed() {
             out.extend(error_frames(
                 Status::ExecutionError,
@@ -445,6 +478,11 @@ impl Session {
         let Some(process) = self.processes.of_exec(exec) else {
             return;
         };
+        let outcome = &self.cell_outcome(exec, outcome);
+        let context = self
+            .processes
+            .get(process)
+            .and_then(|entry| entry.context().map(str::to_string));
         let mut events = Vec::new();
         if let Some(entry) = self.processes.get_mut(process) {
             events = entry.finish(outcome);
@@ -459,6 +497,9 @@ impl Session {
             self.emit(out, process, event, control);
         }
         self.processes.forget_if_done(process);
+        if let Some(context_id) = context {
+            self.on_cell_finished(&context_id, process, out, control);
+        }
     }
 
     /// Frame the merged output and acknowledge the stdin consumed; called after each batch of

@@ -47,6 +47,8 @@ pub struct NewProcess {
     /// It runs already (adopted after a restore); else its `SANDBOX_EXECUTION_RUNNING` is
     /// to come.
     pub started: bool,
+    /// A code cell of this code context (issue 13).
+    pub context: Option<String>,
 }
 
 #[derive(Debug)]
@@ -72,6 +74,12 @@ pub struct Process {
     pub stdin: Option<StdinWindow>,
     /// Events kept for a client that does not follow it, in order, and their size.
     held: VecDeque<ServerEvent>,
+    context: Option<String>,
+    /// A code cell's event being assembled from its parts (see `code`); `None` once it grew
+    /// past its bound (the rest of it is dropped, and so is the event).
+    pub cell_event: Option<Vec<u8>>,
+    /// A code cell whose context died under it.
+    pub context_died: bool,
 }
 
 impl Process {
@@ -92,6 +100,9 @@ impl Process {
             paused: false,
             stdin: new.stdin,
             held: VecDeque::new(),
+            context: new.context,
+            cell_event: Some(Vec::new()),
+            context_died: false,
         }
     }
 
@@ -118,6 +129,11 @@ impl Process {
 
     pub fn language(&self) -> Option<Language> {
         self.language
+    }
+
+    /// The code context of a code cell.
+    pub fn context(&self) -> Option<&str> {
+        self.context.as_deref()
     }
 
     pub fn started_unix_ms(&self) -> u64 {
@@ -228,6 +244,7 @@ impl Process {
             language: self.language,
             running: self.running,
             started_unix_ms: self.started_unix_ms,
+            context: self.context.clone(),
         }
     }
 }
@@ -455,6 +472,7 @@ mod tests {
             stdin: None,
             followed: true,
             started: false,
+            context: None,
         }
     }
 
@@ -489,6 +507,7 @@ mod tests {
                 language: Some(Language::Bash),
                 running: true,
                 started_unix_ms: 5,
+                context: None,
             }]
         );
         let frame = processes.get(second).unwrap().frame(output("x"));

@@ -66,6 +66,13 @@ impl SandboxControl for FakeControl {
         self.deleted.push(sandbox);
     }
     fn set_exec_output_paused(&mut self, _: SandboxKey, _: ExecId, _: bool) {}
+    fn context_command(
+        &mut self,
+        _: SandboxKey,
+        _: crate::agent_protocol::ContextCommand,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
 }
 
 fn settings(checkpoint: bool) -> SessionSettings {
@@ -86,6 +93,7 @@ fn settings(checkpoint: bool) -> SessionSettings {
         store_timeout: Duration::from_secs(30),
         max_session_processes: 16,
         stdin_window_bytes: 8,
+        max_result_bytes: 1024,
     }
 }
 

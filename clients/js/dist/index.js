@@ -5,6 +5,7 @@
  */
 export { Sandbox, } from './sandbox.js';
 export { OutputStream, SandboxProcess } from './process.js';
+export { Execution, Result, } from './code.js';
 export { STATUS_ERRORS, SandboxAuthenticationError, SandboxCheckpointError, SandboxConnectionError, SandboxCreationError, SandboxError, SandboxExecutionError, SandboxInUseError, SandboxNotFoundError, SandboxPermissionError, SandboxRequestError, SandboxRestoreError, SandboxSnapshotError, SandboxStateError, SandboxTimeoutError, SandboxUnsupportedLanguageError, } from './errors.js';
 export { WebSocketTransport, } from './internal/transport.js';
 //# sourceMappingURL=index.js.map

@@ -12,6 +12,7 @@
  * waits (rejects it, or, for `terminate()` / `checkpoint()` that succeeded, resolves it).
  */
 import { type SandboxError } from './errors.js';
+import { type CodeContext, type Execution, type RunCodeOptions } from './code.js';
 import { type OutputEncoding } from './internal/frames.js';
 import { type ReconnectOptions } from './internal/reconnect.js';
 import { type Transport, type WebSocketConstructor } from './internal/transport.js';
@@ -182,6 +183,26 @@ export declare class Sandbox {
      * from the disconnection. Resolves to what the server put in effect (protocol 2).
      */
     setIdleTimeout(idleTimeout: number): Promise<number | null>;
+    /**
+     * Runs a cell of Python in a code context (the `"default"` one, created on first use, unless
+     * `options.context` names another) and resolves to its `Execution`: variables, imports and
+     * definitions persist from cell to cell. The trailing expression's value is the main result;
+     * `display()` and matplotlib figures add results; an exception in the cell is
+     * `Execution.error` (not a rejection). Cells of one context run one at a time: this waits for
+     * the ones before it. A dead, deleted or unknown context rejects with `SandboxError`
+     * (protocol 2).
+     */
+    runCode(code: string, options?: RunCodeOptions): Promise<Execution>;
+    /** A new code context (its own globals; `cwd` defaults to `/root`). */
+    createCodeContext(options?: {
+        cwd?: string;
+    }): Promise<CodeContext>;
+    /** The sandbox's code contexts, with their `state` (idle, busy, dead). */
+    listCodeContexts(): Promise<CodeContext[]>;
+    /** A fresh process for the context (its state is lost; a dead one lives again). */
+    restartCodeContext(context: CodeContext | string): Promise<CodeContext>;
+    /** Ends the context; cells waiting for it are refused. */
+    deleteCodeContext(context: CodeContext | string): Promise<void>;
     /**
      * Saves the sandbox's files as snapshot `name`; resolves once the server reported
      * `SANDBOX_FILESYSTEM_SNAPSHOT_CREATED`. The session goes on, with its processes. Rejects with

@@ -13,6 +13,7 @@
  */
 var _a;
 import { SandboxAuthenticationError, SandboxConnectionError, SandboxNotFoundError, SandboxPermissionError, SandboxStateError, SandboxTimeoutError, } from './errors.js';
+import { CellCollector, codeContextFromWire, contextIdOf, } from './code.js';
 import { Deferred, handled } from './internal/deferred.js';
 import { initMessage } from './internal/frames.js';
 import { ClientProtocol } from './internal/protocol.js';
@@ -46,6 +47,8 @@ export class Sandbox {
     #ready;
     #pending = new Map();
     #callbacks = new Map();
+    /** Code cells being run, by their process key. */
+    #cells = new Map();
     #controls = new Map();
     /** Failures the server closes the session after: reported once the close came. */
     #afterClose = [];
@@ -318,6 +321,74 @@ export class Sandbox {
      */
     setIdleTimeout(idleTimeout) {
         return handled(this.#simple((live) => live.setIdleTimeout(idleTimeout), () => this.#protocol.sendSetIdleTimeout(idleTimeout), 'the idle timeout').then((value) => (typeof value === 'number' ? value : null)));
+    }
+    // ---- code interpreter ------------------------------------------------------------------
+    /**
+     * Runs a cell of Python in a code context (the `"default"` one, created on first use, unless
+     * `options.context` names another) and resolves to its `Execution`: variables, imports and
+     * definitions persist from cell to cell. The trailing expression's value is the main result;
+     * `display()` and matplotlib figures add results; an exception in the cell is
+     * `Execution.error` (not a rejection). Cells of one context run one at a time: this waits for
+     * the ones before it. A dead, deleted or unknown context rejects with `SandboxError`
+     * (protocol 2).
+     */
+    runCode(code, options = {}) {
+        return handled(this.#runCode(code, options));
+    }
+    async #runCode(code, options) {
+        if (typeof code !== 'string')
+            throw new TypeError('runCode(code): code must be a string');
+        const live = this.#liveElsewhere();
+        if (live !== undefined)
+            return live.runCode(code, options);
+        this.#checkUsable();
+        const { id, frame } = this.#protocol.sendRunCode(code, contextIdOf(options.context), options.timeout);
+        const collector = new CellCollector(options);
+        this.#cells.set(id, collector);
+        this.#callbacks.set(id, { onStdout: collector.stdout, onStderr: collector.stderr });
+        const deferred = new Deferred();
+        this.#pending.set(id, deferred);
+        try {
+            this.#send(frame, true);
+            // Not bounded by the request timeout: the cell may wait behind others of its context; the
+            // server answers (or the session ends) in every case.
+            const process = (await deferred.promise);
+            const result = await process.result();
+            return collector.finish(process.processId ?? undefined, result);
+        }
+        catch (error) {
+            this.#protocol.abandon(id);
+            throw error;
+        }
+        finally {
+            this.#pending.delete(id);
+            this.#callbacks.delete(id);
+            this.#cells.delete(id);
+        }
+    }
+    /** A new code context (its own globals; `cwd` defaults to `/root`). */
+    async createCodeContext(options = {}) {
+        const reply = await this.#codeContextAction('create_code_context', { cwd: options.cwd });
+        return codeContextFromWire(reply['context']);
+    }
+    /** The sandbox's code contexts, with their `state` (idle, busy, dead). */
+    async listCodeContexts() {
+        const reply = await this.#codeContextAction('list_code_contexts');
+        const contexts = reply['contexts'];
+        return Array.isArray(contexts) ? contexts.map(codeContextFromWire) : [];
+    }
+    /** A fresh process for the context (its state is lost; a dead one lives again). */
+    async restartCodeContext(context) {
+        const reply = await this.#codeContextAction('restart_code_context', { context_id: contextIdOf(context) });
+        return codeContextFromWire(reply['context']);
+    }
+    /** Ends the context; cells waiting for it are refused. */
+    async deleteCodeContext(context) {
+        await this.#codeContextAction('delete_code_context', { context_id: contextIdOf(context) });
+    }
+    async #codeContextAction(action, fields = {}) {
+        const reply = await handled(this.#simple((live) => live.#codeContextAction(action, fields), () => this.#protocol.sendCodeContextAction(action, fields), action));
+        return typeof reply === 'object' && reply !== null ? reply : {};
     }
     // ---- sandbox actions -------------------------------------------------------------------
     /**
@@ -756,6 +827,12 @@ export class Sandbox {
                 const control = this.#controls.get(effect.key);
                 this.#controls.delete(effect.key);
                 control?.finish(effect.result);
+                break;
+            }
+            case 'CellEventReceived': {
+                const cell = this.#cells.get(effect.key);
+                if (cell !== undefined)
+                    callBack(() => cell.event(effect.frame));
                 break;
             }
             case 'StdinAcknowledged':

@@ -18,6 +18,14 @@ export {
   type SandboxState,
 } from './sandbox.js';
 export { OutputStream, SandboxProcess, type OutputCallback } from './process.js';
+export {
+  Execution,
+  Result,
+  type CodeContext,
+  type ExecutionError,
+  type Logs,
+  type RunCodeOptions,
+} from './code.js';
 export type { ExecutionResult, ProcessInfo, RunResult, SandboxInfo, SandboxList } from './results.js';
 export {
   STATUS_ERRORS,

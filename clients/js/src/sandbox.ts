@@ -21,6 +21,14 @@ import {
   SandboxStateError,
   SandboxTimeoutError,
 } from './errors.js';
+import {
+  CellCollector,
+  type CodeContext,
+  type Execution,
+  type RunCodeOptions,
+  codeContextFromWire,
+  contextIdOf,
+} from './code.js';
 import { Deferred, handled } from './internal/deferred.js';
 import type { Effect } from './internal/effects.js';
 import { type OutputEncoding, initMessage } from './internal/frames.js';
@@ -176,6 +184,8 @@ export class Sandbox {
   #ready: Deferred<void> | undefined;
   readonly #pending = new Map<string, Deferred<unknown>>();
   readonly #callbacks = new Map<string, { onStdout: OutputCallback | undefined; onStderr: OutputCallback | undefined }>();
+  /** Code cells being run, by their process key. */
+  readonly #cells = new Map<string, CellCollector>();
   readonly #controls = new Map<string, ProcessControl>();
   /** Failures the server closes the session after: reported once the close came. */
   readonly #afterClose: [Deferred<unknown>, SandboxError][] = [];
@@ -482,6 +492,84 @@ export class Sandbox {
         'the idle timeout',
       ).then((value) => (typeof value === 'number' ? value : null)),
     );
+  }
+
+  // ---- code interpreter ------------------------------------------------------------------
+
+  /**
+   * Runs a cell of Python in a code context (the `"default"` one, created on first use, unless
+   * `options.context` names another) and resolves to its `Execution`: variables, imports and
+   * definitions persist from cell to cell. The trailing expression's value is the main result;
+   * `display()` and matplotlib figures add results; an exception in the cell is
+   * `Execution.error` (not a rejection). Cells of one context run one at a time: this waits for
+   * the ones before it. A dead, deleted or unknown context rejects with `SandboxError`
+   * (protocol 2).
+   */
+  runCode(code: string, options: RunCodeOptions = {}): Promise<Execution> {
+    return handled(this.#runCode(code, options));
+  }
+
+  async #runCode(code: string, options: RunCodeOptions): Promise<Execution> {
+    if (typeof code !== 'string') throw new TypeError('runCode(code): code must be a string');
+    const live = this.#liveElsewhere();
+    if (live !== undefined) return live.runCode(code, options);
+    this.#checkUsable();
+    const { id, frame } = this.#protocol.sendRunCode(code, contextIdOf(options.context), options.timeout);
+    const collector = new CellCollector(options);
+    this.#cells.set(id, collector);
+    this.#callbacks.set(id, { onStdout: collector.stdout, onStderr: collector.stderr });
+    const deferred = new Deferred<unknown>();
+    this.#pending.set(id, deferred);
+    try {
+      this.#send(frame, true);
+      // Not bounded by the request timeout: the cell may wait behind others of its context; the
+      // server answers (or the session ends) in every case.
+      const process = (await deferred.promise) as SandboxProcess;
+      const result = await process.result();
+      return collector.finish(process.processId ?? undefined, result);
+    } catch (error) {
+      this.#protocol.abandon(id);
+      throw error;
+    } finally {
+      this.#pending.delete(id);
+      this.#callbacks.delete(id);
+      this.#cells.delete(id);
+    }
+  }
+
+  /** A new code context (its own globals; `cwd` defaults to `/root`). */
+  async createCodeContext(options: { cwd?: string } = {}): Promise<CodeContext> {
+    const reply = await this.#codeContextAction('create_code_context', { cwd: options.cwd });
+    return codeContextFromWire(reply['context']);
+  }
+
+  /** The sandbox's code contexts, with their `state` (idle, busy, dead). */
+  async listCodeContexts(): Promise<CodeContext[]> {
+    const reply = await this.#codeContextAction('list_code_contexts');
+    const contexts = reply['contexts'];
+    return Array.isArray(contexts) ? contexts.map(codeContextFromWire) : [];
+  }
+
+  /** A fresh process for the context (its state is lost; a dead one lives again). */
+  async restartCodeContext(context: CodeContext | string): Promise<CodeContext> {
+    const reply = await this.#codeContextAction('restart_code_context', { context_id: contextIdOf(context) });
+    return codeContextFromWire(reply['context']);
+  }
+
+  /** Ends the context; cells waiting for it are refused. */
+  async deleteCodeContext(context: CodeContext | string): Promise<void> {
+    await this.#codeContextAction('delete_code_context', { context_id: contextIdOf(context) });
+  }
+
+  async #codeContextAction(action: string, fields: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
+    const reply = await handled(
+      this.#simple(
+        (live) => live.#codeContextAction(action, fields),
+        () => this.#protocol.sendCodeContextAction(action, fields),
+        action,
+      ),
+    );
+    return typeof reply === 'object' && reply !== null ? (reply as Record<string, unknown>) : {};
   }
 
   // ---- sandbox actions -------------------------------------------------------------------
@@ -925,6 +1013,11 @@ export class Sandbox {
         const control = this.#controls.get(effect.key);
         this.#controls.delete(effect.key);
         control?.finish(effect.result);
+        break;
+      }
+      case 'CellEventReceived': {
+        const cell = this.#cells.get(effect.key);
+        if (cell !== undefined) callBack(() => cell.event(effect.frame));
         break;
       }
       case 'StdinAcknowledged':

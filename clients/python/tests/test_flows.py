@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 
 from codesandbox import (
+    CodeContext,
+    Execution,
     ProcessInfo,
     ReconnectOptions,
     RunResult,
@@ -98,6 +100,22 @@ def value_view(value: Any) -> Any:
         return {"process_id": value.process_id}
     if isinstance(value, (RunResult, ProcessInfo)):
         return asdict(value)
+    if isinstance(value, Execution):
+        return {
+            "text": value.text,
+            "results": [
+                {"is_main_result": r.is_main_result, "data": r.data} for r in value.results
+            ],
+            "stdout": value.logs.stdout,
+            "stderr": value.logs.stderr,
+            "error": None if value.error is None else asdict(value.error),
+            "process_id": value.process_id,
+            "exit_code": value.exit_code,
+            "reason": value.reason,
+        }
+    if isinstance(value, CodeContext):
+        view = {"context_id": value.context_id, "cwd": value.cwd, "language": value.language}
+        return view | {k: v for k, v in (("state", value.state), ("died", value.died)) if v}
     if isinstance(value, list):
         return [value_view(item) for item in value]
     return value
@@ -193,6 +211,16 @@ class Replay:
             return await sandbox.set_idle_timeout(args["idle_timeout"])
         if kind == "disconnect":
             return await sandbox.disconnect()
+        if kind == "run_code":
+            return await sandbox.run_code(**args, **callbacks)
+        if kind == "create_code_context":
+            return await sandbox.create_code_context(**args)
+        if kind == "list_code_contexts":
+            return await sandbox.list_code_contexts()
+        if kind == "restart_code_context":
+            return await sandbox.restart_code_context(args["context"])
+        if kind == "delete_code_context":
+            return await sandbox.delete_code_context(args["context"])
         raise AssertionError(f"unknown call {kind!r}")
 
     # ------------------------------------------------------------------ steps

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent_protocol::MAX_CHUNK_BYTES;
-use crate::agent_protocol::{ExecId, FromAgent, ProcessLimits, SpawnRequest, ToAgent};
+use crate::agent_protocol::{
+    CellRequest, ContextCommand, ExecId, FromAgent, ProcessLimits, SpawnRequest, ToAgent,
+};
 use crate::ids::SandboxId;
 use crate::timers::{TimerId, Timers};
 
@@ -571,15 +573,29 @@ impl Core {
             return Err(RuntimeError::WrongState(state.name()));
         }
         let exec = sandbox.execs.start(now, spec.stdin_bound)?;
-        let request = SpawnRequest {
-            language: spec.language,
-            code: spec.code,
-            env: spec.env,
-            cwd: spec.cwd,
-            limits,
+        let frame = match spec.cell {
+            Some(cell) => {
+                sandbox.execs.mark_cell(exec);
+                let request = CellRequest {
+                    context_id: cell.context_id,
+                    cwd: cell.cwd,
+                    code: spec.code,
+                    max_result_bytes: cell.max_result_bytes,
+                };
+                ToAgent::RunCell(exec, request)
+            }
+            None => {
+                let request = SpawnRequest {
+                    language: spec.language,
+                    code: spec.code,
+                    env: spec.env,
+                    cwd: spec.cwd,
+                    limits,
+                };
+                ToAgent::Spawn(exec, request)
+            }
         };
-        self.actions
-            .push_back(Action::Send(key, ToAgent::Spawn(exec, request)));
+        self.actions.push_back(Action::Send(key, frame));
         let timer = self
             .timers
             .arm(deadline(now, spec.timeout), Timer::ExecTimeout(key, exec));
@@ -647,8 +663,29 @@ impl Core {
         Ok(())
     }
 
-    /// Kill the execution's process group. Its `ExecFinished` carries `reason`; if it does not
-    /// end within [`KILL_GRACE`], the sandbox is deleted.
+    /// Create or delete a code context in a ready sandbox (the agent answers with its table of
+    /// contexts, `CodeContexts`).
+    pub fn context_command(
+        &mut self,
+        key: SandboxKey,
+        command: ContextCommand,
+    ) -> Result<(), RuntimeError> {
+        let sandbox = self
+            .sandboxes
+            .get(&key)
+            .ok_or(RuntimeError::NoSuchSandbox)?;
+        let state = sandbox.lifecycle.state();
+        if !state.can_exec() {
+            return Err(RuntimeError::WrongState(state.name()));
+        }
+        self.actions
+            .push_back(Action::Send(key, ToAgent::Context(command)));
+        Ok(())
+    }
+
+    /// Kill the execution's process group (a code cell is interrupted instead: SIGINT, and
+    /// the agent kills its context if it does not come back within 2 s). Its `ExecFinished`
+    /// carries `reason`; if it does not end within [`KILL_GRACE`], the sandbox is deleted.
     pub fn kill_exec(
         &mut self,
         key: SandboxKey,
@@ -661,8 +698,13 @@ impl Core {
             .get_mut(&key)
             .ok_or(RuntimeError::NoSuchSandbox)?;
         sandbox.execs.mark_killed(exec, reason)?;
+        let signal = if sandbox.execs.is_cell(exec) {
+            libc::SIGINT
+        } else {
+            libc::SIGKILL
+        };
         self.actions
-            .push_back(Action::Send(key, ToAgent::Signal(exec, libc::SIGKILL)));
+            .push_back(Action::Send(key, ToAgent::Signal(exec, signal)));
         let timer = self
             .timers
             .arm(deadline(now, KILL_GRACE), Timer::KillGrace(key, exec));
@@ -805,6 +847,26 @@ impl Core {
                     let _ = self.kill_exec(key, exec, Reason::OutputLimit, now);
                 }
             }
+            FromAgent::CellEvent(exec, mut data, last) => {
+                // A cell's results count against its output limit like its output.
+                let Some(sandbox) = self.sandboxes.get_mut(&key) else {
+                    return;
+                };
+                let Some(step) = sandbox.execs.on_output(exec, data.len()) else {
+                    let credit = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                    self.send_credit(key, exec, credit);
+                    return;
+                };
+                let whole = step.deliver == data.len();
+                data.truncate(step.deliver);
+                // A part cut by the limit makes the event unreadable: the session drops it.
+                self.notify(key, RuntimeEvent::CellEvent(exec, data, last || !whole));
+                self.send_credit(key, exec, step.credit);
+                if step.kill {
+                    let _ = self.kill_exec(key, exec, Reason::OutputLimit, now);
+                }
+            }
+            FromAgent::Contexts(contexts) => self.notify(key, RuntimeEvent::CodeContexts(contexts)),
             FromAgent::StdinWritten(exec, count) => {
                 let Some(sandbox) = self.sandboxes.get_mut(&key) else {
                     return;

@@ -34,6 +34,7 @@ fn spec(timeout_secs: u64) -> ExecSpec {
         cwd: "/root".into(),
         timeout: Duration::from_secs(timeout_secs),
         stdin_bound: MAX_STDIN_IN_FLIGHT,
+        cell: None,
     }
 }
 

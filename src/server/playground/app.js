@@ -1,5 +1,8 @@
 // The playground page: wires the form controls to a Session (client.js) and shows what it
-// reports. Everything the sandbox sends is shown as text (textContent), never as HTML.
+// reports. Everything the sandbox sends is shown as text (textContent), never as HTML in the
+// page: a code cell's HTML result (a DataFrame's table) is rendered in an iframe with
+// `sandbox=""` (no scripts, its own opaque origin), and images only as `data:image/png` (or
+// jpeg) URLs the page builds.
 
 import { Session, websocketBase } from './client.js';
 import { watchMetrics } from './metrics.js';
@@ -106,6 +109,16 @@ const sessionEvents = {
   output(run, stream, text, owner) {
     appendOutput(showRun(run, owner).querySelector('.run-output'), stream, text);
   },
+  result(run, frame, owner) {
+    showResult(showRun(run, owner).querySelector('.run-results'), frame);
+  },
+  cellError(run, frame, owner) {
+    const error = document.createElement('pre');
+    error.className = 'cell-error stderr';
+    const lines = Array.isArray(frame.traceback) ? frame.traceback.map(String) : [];
+    error.textContent = lines.length > 0 ? lines.join('\n') : `${frame.name}: ${frame.value}`;
+    showRun(run, owner).querySelector('.run-results').append(error);
+  },
   error(message) {
     log(message, 'error');
   },
@@ -133,6 +146,8 @@ function startSession(open) {
     ...sessionEvents,
     run: (run) => sessionEvents.run(run, mine),
     output: (run, stream, text) => sessionEvents.output(run, stream, text, mine),
+    result: (run, frame) => sessionEvents.result(run, frame, mine),
+    cellError: (run, frame) => sessionEvents.cellError(run, frame, mine),
   };
   for (const name of ['status', 'sandbox', 'running', 'closed']) {
     events[name] = (...args) => {
@@ -332,9 +347,45 @@ function showRun(run, owner) {
   return view;
 }
 
+/** Characters of a cell's text result shown; base64 images past this are not shown either. */
+const MAX_RESULT_CHARS = 8_000_000;
+
+/**
+ * One result of a code cell, as a notebook shows it: an image, else the HTML in a sandboxed
+ * frame, else the text. Nothing of it runs in the page.
+ */
+function showResult(container, frame) {
+  const data = typeof frame.data === 'object' && frame.data !== null ? frame.data : {};
+  const item = document.createElement('div');
+  item.className = frame.is_main_result ? 'result main' : 'result';
+  const image = ['image/png', 'image/jpeg'].find(
+    (mime) => typeof data[mime] === 'string' && /^[A-Za-z0-9+/=]*$/.test(data[mime]) && data[mime].length < MAX_RESULT_CHARS,
+  );
+  if (image) {
+    const img = document.createElement('img');
+    img.alt = 'an image the cell made';
+    img.src = `data:${image};base64,${data[image]}`;
+    item.append(img);
+  } else if (typeof data['text/html'] === 'string' && data['text/html'].length < MAX_RESULT_CHARS) {
+    // Untrusted HTML: an iframe with every sandbox restriction (no scripts, no forms, no
+    // same-origin access); the page's CSP applies to it too.
+    const iframe = document.createElement('iframe');
+    iframe.setAttribute('sandbox', '');
+    iframe.title = 'an HTML result of the cell';
+    iframe.srcdoc = data['text/html'];
+    item.append(iframe);
+  } else {
+    const text = document.createElement('pre');
+    text.textContent = String(data['text/plain'] ?? '').slice(0, MAX_RESULT_CHARS);
+    item.append(text);
+  }
+  container.append(item);
+}
+
 $('run-form').addEventListener('submit', (event) => {
   event.preventDefault();
-  act(() => session.exec($('editor').value, $('language').value));
+  const language = $('language').value;
+  act(() => (language === 'cell' ? session.runCode($('editor').value) : session.exec($('editor').value, language)));
 });
 
 // The editor: Tab indents (Python needs it); Esc first lets Tab move the focus on, so the

@@ -56,6 +56,10 @@ export class Run {
     this.stdinSent = 0;
     this.stdinWritten = 0;
     this.stdinWindow = DEFAULT_STDIN_WINDOW;
+    // A code interpreter cell (protocol 2): its results and error, as the server sent them.
+    this.cell = false;
+    this.results = [];
+    this.cellError = null;
   }
 
   get active() {
@@ -66,7 +70,8 @@ export class Run {
 /**
  * A session on `/create` or `/attach/{id}`. `events` receives:
  * status(status, frame), sandbox(id, token), running(protocol), run(run) (new or changed),
- * output(run, stream, text), error(message), closed(code, reason).
+ * output(run, stream, text), result(run, frame) and cellError(run, frame) (a code cell's),
+ * error(message), closed(code, reason).
  */
 export class Session {
   constructor(url, apiKey, events, init) {
@@ -125,6 +130,17 @@ export class Session {
     }
     const run = new Run(this.runs.length + 1, String(this.nextId), language, code);
     this.send({ language, code });
+    this.runs.push(run);
+    this.events.run(run);
+    return run;
+  }
+
+  /** A cell in the sandbox's default code context (protocol 2): its state persists. */
+  runCode(code) {
+    if (this.protocol !== 2) throw new Error('code cells need a server that speaks protocol 2');
+    const run = new Run(this.runs.length + 1, String(this.nextId), 'python cell', code);
+    run.cell = true;
+    this.send({ action: 'run_code', code });
     this.runs.push(run);
     this.events.run(run);
     return run;
@@ -196,6 +212,17 @@ export class Session {
       }
       case 'reply':
         return this.onReply(frame);
+      case 'result':
+      case 'execution_error': {
+        const run = this.find(frame);
+        if (!run) return;
+        if (frame.event === 'result') {
+          run.results.push(frame);
+          return this.events.result(run, frame);
+        }
+        run.cellError = frame;
+        return this.events.cellError(run, frame);
+      }
       case 'error':
         return this.events.error(String(frame.message ?? 'error'));
       default:
@@ -272,6 +299,7 @@ export class Session {
       case 'SANDBOX_EXECUTION_ERROR':
       case 'SANDBOX_EXECUTION_UNSUPPORTED_LANGUAGE_ERROR':
       case 'SANDBOX_REQUEST_ERROR':
+      case 'SANDBOX_CODE_CONTEXT_ERROR':
         return this.onRefusal(frame);
       default:
         return;

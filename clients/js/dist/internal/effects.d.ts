@@ -50,7 +50,8 @@ export type Effect =
  | {
     type: 'RequestDone';
     requestId: string;
-    value?: string | ProcessInfo[] | number | undefined;
+    /** ... or the reply frame (code context actions). */
+    value?: string | ProcessInfo[] | number | Record<string, unknown> | undefined;
 }
 /**
  * `sessionEnds`: the server closes the connection after this error (a checkpoint that is not
@@ -70,6 +71,12 @@ export type Effect =
     type: 'ProcessEnded';
     key: string;
     result: ExecutionResult;
+}
+/** A code cell's `result` or `execution_error` (the frame as sent). */
+ | {
+    type: 'CellEventReceived';
+    key: string;
+    frame: Record<string, unknown>;
 }
 /** The server consumed more of the process's stdin: writers may have room now. */
  | {

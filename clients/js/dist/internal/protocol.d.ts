@@ -115,6 +115,19 @@ export declare class ClientProtocol {
         id: string;
         frame: string;
     };
+    /**
+     * A code cell (protocol 2): a process like an exec's, whose `result` and `execution_error`
+     * events come as `CellEventReceived`. Returns the request id (the process's key once it runs).
+     */
+    sendRunCode(code: string, contextId?: string, timeout?: number): {
+        id: string;
+        frame: string;
+    };
+    /** create/list/restart/delete_code_context (protocol 2); the reply frame is the value. */
+    sendCodeContextAction(action: string, fields?: Record<string, unknown>): {
+        id: string;
+        frame: string;
+    };
     /** The frame for one piece of stdin (see `nextStdinPiece`). */
     sendStdin(key: string, data: Uint8Array, asText: boolean): string;
     sendCloseStdin(key: string): string;

@@ -261,6 +261,31 @@ export class ClientProtocol {
             this.foreground = request.id;
         return { id: request.id, frame: execMessage(request.id, req) };
     }
+    /**
+     * A code cell (protocol 2): a process like an exec's, whose `result` and `execution_error`
+     * events come as `CellEventReceived`. Returns the request id (the process's key once it runs).
+     */
+    sendRunCode(code, contextId, timeout) {
+        this.requireOpen('run code');
+        this.requireProtocol2('run code');
+        const request = this.addRequest('exec');
+        request.key = request.id;
+        this.processes.set(request.id, new Process(request.id, false));
+        const extra = { code };
+        if (contextId !== undefined)
+            extra['context_id'] = contextId;
+        if (timeout !== undefined)
+            extra['timeout'] = timeout;
+        return { id: request.id, frame: actionMessage('run_code', request.id, extra) };
+    }
+    /** create/list/restart/delete_code_context (protocol 2); the reply frame is the value. */
+    sendCodeContextAction(action, fields = {}) {
+        this.requireOpen('manage code contexts');
+        this.requireProtocol2('manage code contexts');
+        const request = this.addRequest('code_context');
+        const given = Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined));
+        return { id: request.id, frame: actionMessage(action, request.id, given) };
+    }
     /** The frame for one piece of stdin (see `nextStdinPiece`). */
     sendStdin(key, data, asText) {
         const process = this.live(key, 'write to stdin');
@@ -431,6 +456,13 @@ export class ClientProtocol {
         }
         else if (event === 'reply') {
             this.onReply(frame, requestId, effects);
+        }
+        else if (event === 'result' || event === 'execution_error') {
+            if (this.phase === 'open' && this.protocol >= 2) {
+                const process = this.processOrStart(frame, requestId, effects);
+                if (process !== undefined)
+                    effects.push({ type: 'CellEventReceived', key: process.key, frame });
+            }
         }
         else if (event === 'stdin_ack') {
             this.onStdinAck(frame, requestId, effects);
@@ -843,6 +875,9 @@ export class ClientProtocol {
         }
         else if (request.kind === 'attach_process') {
             this.onAttached(request, frame, effects);
+        }
+        else if (request.kind === 'code_context') {
+            this.finish(request, effects, frame);
         }
         else {
             this.finish(request, effects);

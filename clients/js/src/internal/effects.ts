@@ -25,7 +25,12 @@ export type Effect =
    * The request succeeded. `value`: the process key (exec, attach_process), the processes
    * (list_processes), the idle timeout in effect (set_idle_timeout), else undefined.
    */
-  | { type: 'RequestDone'; requestId: string; value?: string | ProcessInfo[] | number | undefined }
+  | {
+      type: 'RequestDone';
+      requestId: string;
+      /** ... or the reply frame (code context actions). */
+      value?: string | ProcessInfo[] | number | Record<string, unknown> | undefined;
+    }
   /**
    * `sessionEnds`: the server closes the connection after this error (a checkpoint that is not
    * possible at all); the I/O layer reports it once the close arrived.
@@ -33,6 +38,8 @@ export type Effect =
   | { type: 'RequestFailed'; requestId: string; error: SandboxError; sessionEnds: boolean }
   | { type: 'OutputReceived'; key: string; stream: StreamName; data: string | Uint8Array }
   | { type: 'ProcessEnded'; key: string; result: ExecutionResult }
+  /** A code cell's `result` or `execution_error` (the frame as sent). */
+  | { type: 'CellEventReceived'; key: string; frame: Record<string, unknown> }
   /** The server consumed more of the process's stdin: writers may have room now. */
   | { type: 'StdinAcknowledged'; key: string }
   /** The server refused stdin for the process: its writers must reject with `error`. */

@@ -74,7 +74,9 @@ type Kind =
   | 'kill_sandbox'
   | 'list_processes'
   | 'set_idle_timeout'
-  | 'attach_process';
+  | 'attach_process'
+  /** create/list/restart/delete_code_context */
+  | 'code_context';
 
 /** Requests of which one at a time may wait for its answer. */
 const ONE_AT_A_TIME: readonly Kind[] = ['snapshot_filesystem', 'checkpoint', 'kill_sandbox'];
@@ -307,6 +309,31 @@ export class ClientProtocol {
     return { id: request.id, frame: execMessage(request.id, req) };
   }
 
+  /**
+   * A code cell (protocol 2): a process like an exec's, whose `result` and `execution_error`
+   * events come as `CellEventReceived`. Returns the request id (the process's key once it runs).
+   */
+  sendRunCode(code: string, contextId?: string, timeout?: number): { id: string; frame: string } {
+    this.requireOpen('run code');
+    this.requireProtocol2('run code');
+    const request = this.addRequest('exec');
+    request.key = request.id;
+    this.processes.set(request.id, new Process(request.id, false));
+    const extra: Record<string, unknown> = { code };
+    if (contextId !== undefined) extra['context_id'] = contextId;
+    if (timeout !== undefined) extra['timeout'] = timeout;
+    return { id: request.id, frame: actionMessage('run_code', request.id, extra) };
+  }
+
+  /** create/list/restart/delete_code_context (protocol 2); the reply frame is the value. */
+  sendCodeContextAction(action: string, fields: Record<string, unknown> = {}): { id: string; frame: string } {
+    this.requireOpen('manage code contexts');
+    this.requireProtocol2('manage code contexts');
+    const request = this.addRequest('code_context');
+    const given = Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined));
+    return { id: request.id, frame: actionMessage(action, request.id, given) };
+  }
+
   /** The frame for one piece of stdin (see `nextStdinPiece`). */
   sendStdin(key: string, data: Uint8Array, asText: boolean): string {
     const process = this.live(key, 'write to stdin');
@@ -474,6 +501,11 @@ export class ClientProtocol {
       this.onOutput(event, frame, requestId, effects);
     } else if (event === 'reply') {
       this.onReply(frame, requestId, effects);
+    } else if (event === 'result' || event === 'execution_error') {
+      if (this.phase === 'open' && this.protocol >= 2) {
+        const process = this.processOrStart(frame, requestId, effects);
+        if (process !== undefined) effects.push({ type: 'CellEventReceived', key: process.key, frame });
+      }
     } else if (event === 'stdin_ack') {
       this.onStdinAck(frame, requestId, effects);
     }
@@ -688,7 +720,7 @@ export class ClientProtocol {
     }
   }
 
-  private finish(request: Request | undefined, effects: Effect[], value?: string | ProcessInfo[] | number): void {
+  private finish(request: Request | undefined, effects: Effect[], value?: string | ProcessInfo[] | number | Record<string, unknown>): void {
     if (request !== undefined && this.requests.delete(request.id)) {
       effects.push({ type: 'RequestDone', requestId: request.id, value });
     }
@@ -858,6 +890,8 @@ export class ClientProtocol {
       this.finish(request, effects, optNumber(frame['idle_timeout']));
     } else if (request.kind === 'attach_process') {
       this.onAttached(request, frame, effects);
+    } else if (request.kind === 'code_context') {
+      this.finish(request, effects, frame);
     } else {
       this.finish(request, effects);
     }

@@ -15,7 +15,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
-import { Sandbox, SandboxError, SandboxProcess, type CreateOptions } from '../../src/index.js';
+import { Execution, Sandbox, SandboxError, SandboxProcess, type CreateOptions } from '../../src/index.js';
 import { base64ToBytes, bytesToBase64 } from '../../src/internal/base64.js';
 import { type ScriptedConnection, ScriptedTransport } from './scripted.js';
 
@@ -76,6 +76,18 @@ function valueView(value: unknown): unknown {
     return { sandbox_id: value.sandboxId, sandbox_token: value.sandboxToken ?? null, protocol: value.protocol, state: value.state };
   }
   if (value instanceof SandboxProcess) return { process_id: value.processId };
+  if (value instanceof Execution) {
+    return {
+      text: value.text ?? null,
+      results: value.results.map((result) => ({ is_main_result: result.isMainResult, data: result.data })),
+      stdout: value.logs.stdout,
+      stderr: value.logs.stderr,
+      error: value.error ?? null,
+      process_id: value.processId ?? null,
+      exit_code: value.exitCode ?? null,
+      reason: value.reason ?? null,
+    };
+  }
   if (Array.isArray(value)) return value.map(valueView);
   if (value !== null && typeof value === 'object') {
     const row = value as Record<string, unknown>;
@@ -88,6 +100,12 @@ function valueView(value: unknown): unknown {
         signal: row['signal'],
         duration_ms: row['durationMs'],
       };
+    }
+    if ('contextId' in row) {
+      const view: Record<string, unknown> = { context_id: row['contextId'], cwd: row['cwd'], language: row['language'] };
+      if (row['state'] !== undefined) view['state'] = row['state'];
+      if (row['died'] !== undefined) view['died'] = row['died'];
+      return view;
     }
     if ('processId' in row) {
       return {
@@ -245,6 +263,18 @@ class Replay {
         return sandbox.setIdleTimeout(Number(args['idle_timeout']));
       case 'disconnect':
         return sandbox.disconnect();
+      case 'run_code': {
+        const { code, ...rest } = options;
+        return sandbox.runCode(String(code), { ...rest, ...callbacks });
+      }
+      case 'create_code_context':
+        return sandbox.createCodeContext(typeof args['cwd'] === 'string' ? { cwd: args['cwd'] } : {});
+      case 'list_code_contexts':
+        return sandbox.listCodeContexts();
+      case 'restart_code_context':
+        return sandbox.restartCodeContext(str(args['context']));
+      case 'delete_code_context':
+        return sandbox.deleteCodeContext(str(args['context']));
       default:
         throw new Error(`unknown call ${kind}`);
     }

@@ -31,6 +31,7 @@ Exceptions (all from ``SandboxError``; the table from server statuses to classes
     └── SandboxStateError
 """
 
+from ._code import CodeContext, Execution, ExecutionError, Logs, Result
 from ._errors import (
     STATUS_ERRORS,
     SandboxAuthenticationError,
@@ -60,12 +61,17 @@ __version__ = "0.2.0"
 
 __all__ = [
     "STATUS_ERRORS",
+    "CodeContext",
     "Connection",
     "ConnectionClosed",
+    "Execution",
+    "ExecutionError",
     "ExecutionResult",
+    "Logs",
     "OutputStream",
     "ProcessInfo",
     "ReconnectOptions",
+    "Result",
     "RunResult",
     "Sandbox",
     "SandboxAuthenticationError",

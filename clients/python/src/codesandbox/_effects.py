@@ -95,6 +95,14 @@ class ProcessEnded:
 
 
 @dataclass(frozen=True)
+class CellEventReceived:
+    """A code cell's ``result`` or ``execution_error`` (the frame as sent)."""
+
+    key: str
+    frame: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class StdinAcknowledged:
     """The server consumed more of the process's stdin: writers may have room now."""
 
@@ -144,6 +152,7 @@ Effect = Union[
     RequestFailed,
     OutputReceived,
     ProcessEnded,
+    CellEventReceived,
     StdinAcknowledged,
     StdinFailed,
     SendFrame,

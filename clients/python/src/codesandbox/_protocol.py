@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._effects import (
+    CellEventReceived,
     Closed,
     Effect,
     Notice,
@@ -115,6 +116,7 @@ class Kind(enum.Enum):
     LIST = "list_processes"
     IDLE_TIMEOUT = "set_idle_timeout"
     ATTACH_PROCESS = "attach_process"
+    CODE_CONTEXT = "code_context"  # create/list/restart/delete_code_context
 
 
 # Requests of which one at a time may wait for its answer.
@@ -346,6 +348,37 @@ class ClientProtocol:
         )
         return request.id, frame
 
+    def send_run_code(
+        self,
+        code: str,
+        *,
+        context_id: str | None = None,
+        timeout: float | None = None,
+    ) -> tuple[str, str]:
+        """A code cell (protocol 2): a process like an exec's, whose ``result`` and
+        ``execution_error`` events come as ``CellEventReceived``. Returns (request id,
+        frame); the id is the process's key once it runs."""
+        self._require_open("run code")
+        self._require_protocol_2("run code")
+        request = self._add_request(Kind.EXEC)
+        request.key = request.id
+        self._processes[request.id] = _Process(request.id, binary=False)
+        extra: dict[str, Any] = {"code": code}
+        if context_id is not None:
+            extra["context_id"] = context_id
+        if timeout is not None:
+            extra["timeout"] = timeout
+        return request.id, action_message("run_code", request.id, **extra)
+
+    def send_code_context_action(self, action: str, **fields: Any) -> tuple[str, str]:
+        """``create_code_context``, ``list_code_contexts``, ``restart_code_context`` or
+        ``delete_code_context`` (protocol 2); the reply frame is the request's value."""
+        self._require_open("manage code contexts")
+        self._require_protocol_2("manage code contexts")
+        request = self._add_request(Kind.CODE_CONTEXT)
+        given = {name: value for name, value in fields.items() if value is not None}
+        return request.id, action_message(action, request.id, **given)
+
     def send_stdin(self, key: str, data: bytes, *, as_text: bool) -> str:
         """The frame for one piece of stdin (see ``next_stdin_piece``)."""
         process = self._live(key, "write to stdin")
@@ -500,6 +533,11 @@ class ClientProtocol:
             self._on_output("stdout" if event == "stdout" else "stderr", frame, request_id, effects)
         elif event == "reply":
             self._on_reply(frame, request_id, effects)
+        elif event in ("result", "execution_error"):
+            if self.phase is Phase.OPEN and self.protocol >= 2:
+                process = self._process_or_start(frame, request_id, effects)
+                if process is not None:
+                    effects.append(CellEventReceived(process.key, frame))
         elif event == "stdin_ack":
             self._on_stdin_ack(frame, request_id, effects)
         return effects
@@ -866,6 +904,8 @@ class ClientProtocol:
             self._finish(request, effects, opt_number(frame.get("idle_timeout")))
         elif request.kind is Kind.ATTACH_PROCESS:
             self._on_attached(request, frame, effects)
+        elif request.kind is Kind.CODE_CONTEXT:
+            self._finish(request, effects, frame)
         else:
             self._finish(request, effects)
 

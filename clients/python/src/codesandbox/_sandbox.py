@@ -23,7 +23,16 @@ from types import TracebackType
 from typing import Any, Callable, Literal, Optional, TypeVar
 
 from . import _registry
+from ._code import (
+    CellCollector,
+    CodeContext,
+    Execution,
+    ExecutionError,
+    Result,
+    context_id_of,
+)
 from ._effects import (
+    CellEventReceived,
     Closed,
     Effect,
     Notice,
@@ -126,6 +135,8 @@ class Sandbox:
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._callbacks: dict[str, tuple[OutputCallback | None, OutputCallback | None]] = {}
         self._controls: dict[str, ProcessControl] = {}
+        # Code cells being run, by their process key.
+        self._cells: dict[str, CellCollector] = {}
         # Failures the server closes the session after: reported once the close came.
         self._after_close: list[tuple[asyncio.Future[Any], SandboxError]] = []
         self._outbox: list[str] = []
@@ -554,6 +565,98 @@ class Sandbox:
         request_id, frame = self._protocol.send_set_idle_timeout(idle_timeout)
         result: float | None = await self._request(request_id, frame, "the idle timeout")
         return result
+
+    # -------------------------------------------------------- code interpreter
+
+    async def run_code(
+        self,
+        code: str,
+        context: CodeContext | str | None = None,
+        *,
+        on_stdout: Callable[[str], object] | None = None,
+        on_stderr: Callable[[str], object] | None = None,
+        on_result: Callable[[Result], object] | None = None,
+        on_error: Callable[[ExecutionError], object] | None = None,
+        timeout: float | None = None,
+    ) -> Execution:
+        """Run a cell of Python in a code context (the ``"default"`` one, created on
+        first use, unless ``context`` names another) and return its ``Execution``:
+        variables, imports and definitions persist from cell to cell. The trailing
+        expression's value is the main result; ``display()`` and matplotlib figures add
+        results; an exception in the cell is ``Execution.error`` (not raised).
+
+        Cells of one context run one at a time: this waits for the ones before it.
+        ``timeout`` (seconds) interrupts the cell (KeyboardInterrupt; the context keeps
+        its state). A dead, deleted or unknown context raises ``SandboxError``
+        (protocol 2)."""
+        if not isinstance(code, str):
+            raise TypeError("run_code(code): code must be str")
+        live = self._live_elsewhere()
+        if live is not None:
+            return await live.run_code(
+                code,
+                context,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                on_result=on_result,
+                on_error=on_error,
+                timeout=timeout,
+            )
+        self._check_usable()
+        request_id, frame = self._protocol.send_run_code(
+            code, context_id=context_id_of(context), timeout=timeout
+        )
+        collector = CellCollector(on_stdout, on_stderr, on_result, on_error)
+        self._cells[request_id] = collector
+        self._callbacks[request_id] = (collector.stdout, collector.stderr)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await self._send(frame, queue_while_reconnecting=True)
+            # Not bounded by the request timeout: the cell may wait behind others of its
+            # context; the server answers (or the session ends) in every case.
+            process: SandboxProcess = await asyncio.shield(future)
+            result = await process.result()
+            return collector.finish(process.process_id, result)
+        except BaseException:
+            self._protocol.abandon(request_id)
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+            self._callbacks.pop(request_id, None)
+            self._cells.pop(request_id, None)
+            _mark_retrieved(future)
+
+    async def create_code_context(self, cwd: str | None = None) -> CodeContext:
+        """A new code context (its own globals; ``cwd`` defaults to ``/root``)."""
+        reply = await self._code_context_action("create_code_context", cwd=cwd)
+        return CodeContext.from_wire(reply.get("context"))
+
+    async def list_code_contexts(self) -> builtins.list[CodeContext]:
+        """The sandbox's code contexts, with their ``state`` (idle, busy, dead)."""
+        reply = await self._code_context_action("list_code_contexts")
+        contexts = reply.get("contexts")
+        return [CodeContext.from_wire(c) for c in contexts] if isinstance(contexts, list) else []
+
+    async def restart_code_context(self, context: CodeContext | str) -> CodeContext:
+        """A fresh process for the context (its state is lost; a dead one lives again)."""
+        reply = await self._code_context_action(
+            "restart_code_context", context_id=context_id_of(context)
+        )
+        return CodeContext.from_wire(reply.get("context"))
+
+    async def delete_code_context(self, context: CodeContext | str) -> None:
+        """End the context; cells waiting for it are refused."""
+        await self._code_context_action("delete_code_context", context_id=context_id_of(context))
+
+    async def _code_context_action(self, action: str, **fields: Any) -> dict[str, Any]:
+        live = self._live_elsewhere()
+        if live is not None:
+            return await live._code_context_action(action, **fields)
+        self._check_usable()
+        request_id, frame = self._protocol.send_code_context_action(action, **fields)
+        reply: dict[str, Any] = await self._request(request_id, frame, action)
+        return reply
 
     # ------------------------------------------------------ the ProcessHost side
 
@@ -992,6 +1095,13 @@ class Sandbox:
             control = self._controls.pop(effect.key, None)
             if control is not None:
                 control.finish(effect.result)
+        elif isinstance(effect, CellEventReceived):
+            cell = self._cells.get(effect.key)
+            if cell is not None:
+                try:
+                    cell.event(effect.frame)
+                except Exception:  # a user's callback must not break the session
+                    logger.exception("on_result / on_error callback raised")
         elif isinstance(effect, StdinAcknowledged):
             control = self._controls.get(effect.key)
             if control is not None:

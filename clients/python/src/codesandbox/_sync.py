@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ._code import CodeContext, Execution
 from ._errors import SandboxError
 from ._process import OutputStream, SandboxProcess
 from ._results import ExecutionResult, ProcessInfo, RunResult, SandboxList
@@ -257,6 +258,24 @@ class SyncSandbox:
 
     def set_idle_timeout(self, idle_timeout: float) -> float | None:
         return self._runner.call(self._sandbox.set_idle_timeout(idle_timeout))
+
+    def run_code(
+        self, code: str, context: CodeContext | str | None = None, **options: Any
+    ) -> Execution:
+        """See ``Sandbox.run_code`` (callbacks run on the client's event-loop thread)."""
+        return self._runner.call(self._sandbox.run_code(code, context, **options))
+
+    def create_code_context(self, cwd: str | None = None) -> CodeContext:
+        return self._runner.call(self._sandbox.create_code_context(cwd))
+
+    def list_code_contexts(self) -> builtins.list[CodeContext]:
+        return self._runner.call(self._sandbox.list_code_contexts())
+
+    def restart_code_context(self, context: CodeContext | str) -> CodeContext:
+        return self._runner.call(self._sandbox.restart_code_context(context))
+
+    def delete_code_context(self, context: CodeContext | str) -> None:
+        self._runner.call(self._sandbox.delete_code_context(context))
 
     def snapshot_filesystem(self, name: str) -> None:
         self._runner.call(self._sandbox.snapshot_filesystem(name))
