@@ -778,6 +778,64 @@ mod tests {
     }
 
     #[test]
+    fn a_cell_returns_its_value_its_figures_and_its_exception() {
+        let mut call = CommandCall::new(RequestId::Text("m1".into()), "sid".into(), None, 100);
+        let message: Value = serde_json::from_str(&call.cell_message("x", Some(4.0))).unwrap();
+        assert_eq!(
+            message,
+            json!({"action": "run_code", "id": "m1", "code": "x", "timeout": 4.0})
+        );
+        call.on_frame(&frame(ServerEvent::CellRunning {
+            context_id: "default".into(),
+        }));
+        assert_eq!(
+            call.kill_message(&RequestId::Text("k".into())).as_deref(),
+            Some(r#"{"action":"kill_process","id":"k","process_id":3}"#)
+        );
+        call.on_frame(&output(Stream::Stdout, "hi\n"));
+        let result = |main: bool, data: Value| {
+            frame(ServerEvent::CellResult {
+                is_main_result: main,
+                data: data.as_object().cloned().unwrap(),
+            })
+        };
+        call.on_frame(&result(
+            false,
+            json!({"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}),
+        ));
+        call.on_frame(&result(true, json!({"text/plain": "42"})));
+        let answer = finished(call.on_frame(&done(0, Reason::Exited)));
+        assert!(!answer.is_error);
+        assert_eq!(answer.text, "hi\nOut: 42");
+        assert_eq!(answer.images, ["iVBORw0KGgo="]);
+        assert_eq!(answer.structured["result"], "42");
+        assert_eq!(answer.structured["images"], 1);
+        let content = answer.to_value()["content"].clone();
+        assert_eq!(
+            content[1],
+            json!({"type": "image", "data": "iVBORw0KGgo=", "mimeType": "image/png"})
+        );
+
+        let mut failing = CommandCall::new(RequestId::Text("m1".into()), "sid".into(), None, 100);
+        failing.cell_message("1/0", None);
+        failing.on_frame(&frame(ServerEvent::CellError {
+            name: "ZeroDivisionError".into(),
+            value: "division by zero".into(),
+            traceback: vec![
+                "Traceback (most recent call last):".into(),
+                "ZeroDivisionError: division by zero".into(),
+            ],
+        }));
+        let error = finished(failing.on_frame(&done(1, Reason::Exited)));
+        assert!(error.is_error);
+        assert_eq!(
+            error.text,
+            "Traceback (most recent call last):\nZeroDivisionError: division by zero"
+        );
+        assert_eq!(error.structured["error"]["name"], "ZeroDivisionError");
+    }
+
+    #[test]
     fn an_error_of_the_request_is_a_tool_error() {
         let mut call = CommandCall::new(RequestId::Text("m1".into()), "sid".into(), None, 5);
         let refused = frame(ServerEvent::StatusWithMessage(

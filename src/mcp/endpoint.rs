@@ -26,8 +26,9 @@ use crate::session::SessionId;
 
 pub const SERVER_NAME: &str = "cloud-run-sandbox";
 
-const INSTRUCTIONS: &str = "Tools to run commands in an isolated Linux sandbox (gVisor). The \
-sandbox keeps its files between calls; every result carries its sandbox_id.";
+const INSTRUCTIONS: &str = "Tools to run commands and Python code in an isolated Linux \
+sandbox (gVisor). The sandbox keeps its files and Python state between calls; every result \
+carries its sandbox_id.";
 
 /// The parts of an HTTP request the endpoint reads (header names are the lower-case ones).
 #[derive(Debug, Clone, Default)]

@@ -31,6 +31,8 @@ pub struct McpSandbox {
     /// Tool calls running on it (it is not idle while one runs).
     pub calls: usize,
     pub last_used: Instant,
+    /// Being deleted: no new call finds it.
+    pub closing: bool,
 }
 
 /// Whether two owners (API key digests) are the same, in constant time.
@@ -150,8 +152,27 @@ impl Registry {
                 mcp_session,
                 calls: 0,
                 last_used: now,
+                closing: false,
             },
         );
+    }
+
+    /// The sandbox is being deleted: calls no longer find it, and its session (if any) gets a
+    /// new one at its next call.
+    pub fn close_sandbox(&mut self, sandbox: SessionId) {
+        let Some(entry) = self.sandboxes.get_mut(&sandbox) else {
+            return;
+        };
+        entry.closing = true;
+        if let Some(session) = entry
+            .mcp_session
+            .as_ref()
+            .and_then(|id| self.sessions.get_mut(id))
+        {
+            if session.sandbox == Some(sandbox) {
+                session.sandbox = None;
+            }
+        }
     }
 
     /// The sandbox with public id `sandbox_id`, if `owner` created it.
@@ -159,7 +180,8 @@ impl Registry {
         self.sandboxes
             .iter()
             .find(|(_, sandbox)| {
-                token::same(&sandbox.sandbox_id, sandbox_id)
+                !sandbox.closing
+                    && token::same(&sandbox.sandbox_id, sandbox_id)
                     && same_owner(sandbox.owner.as_deref(), owner)
             })
             .map(|(key, _)| *key)
@@ -227,7 +249,8 @@ impl Registry {
             }
         }
         for (key, sandbox) in &self.sandboxes {
-            if sandbox.mcp_session.is_none() && sandbox.calls == 0 && idle(sandbox.last_used) {
+            let unused = sandbox.mcp_session.is_none() && sandbox.calls == 0 && !sandbox.closing;
+            if unused && idle(sandbox.last_used) {
                 expired.sandboxes.push(*key);
             }
         }
@@ -333,6 +356,21 @@ mod tests {
                 sessions: vec!["s2".into()],
                 sandboxes: vec![SessionId(2), SessionId(4)],
             }
+        );
+        registry.add_sandbox(SessionId(6), "6".repeat(32), None, None, much_later);
+        registry.close_sandbox(SessionId(6));
+        assert_eq!(
+            registry.find_sandbox(&"6".repeat(32), None),
+            None,
+            "being deleted"
+        );
+        assert!(
+            registry
+                .expire(much_later + Duration::from_secs(61))
+                .sandboxes
+                .iter()
+                .all(|key| *key != SessionId(6)),
+            "deleted once"
         );
         let forgotten = registry.forget_sandbox(SessionId(4)).unwrap();
         assert_eq!(forgotten.sandbox_id, "4".repeat(32));

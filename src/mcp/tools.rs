@@ -30,7 +30,7 @@ pub struct Features {
 impl Features {
     /// What this build's sessions speak.
     pub const AVAILABLE: Features = Features {
-        code_interpreter: false,
+        code_interpreter: true,
         files: false,
     };
 
@@ -429,8 +429,13 @@ mod tests {
         files: true,
     };
 
+    const BASIC: Features = Features {
+        code_interpreter: false,
+        files: false,
+    };
+
     fn call(value: Value) -> Checked {
-        parse_call(value.as_object().unwrap(), Features::AVAILABLE)
+        parse_call(value.as_object().unwrap(), BASIC)
     }
 
     #[test]
@@ -525,5 +530,72 @@ mod tests {
         ] {
             assert_eq!(call(params), Err(Err(RpcError::invalid_params(message))));
         }
+    }
+
+    #[test]
+    fn code_and_file_tools_are_checked_and_offered_only_with_their_feature() {
+        let all = |value: Value| parse_call(value.as_object().unwrap(), ALL);
+        assert_eq!(
+            all(json!({"name": "run_code", "arguments": {"code": "1+1", "timeout_s": 3}})),
+            Ok(ToolRequest::RunCode {
+                code: "1+1".into(),
+                timeout_s: Some(3.0),
+                sandbox_id: None
+            })
+        );
+        assert_eq!(
+            all(
+                json!({"name": "write_file", "arguments": {"path": "a", "content": "AP8=", "encoding": "base64"}})
+            ),
+            Ok(ToolRequest::WriteFile {
+                path: "a".into(),
+                content: vec![0, 255],
+                sandbox_id: None
+            })
+        );
+        assert_eq!(
+            all(json!({"name": "list_files", "arguments": {}})),
+            Ok(ToolRequest::ListFiles {
+                path: "/root".into(),
+                depth: 1,
+                sandbox_id: None
+            })
+        );
+        for (params, message) in [
+            (
+                json!({"name": "run_code", "arguments": {}}),
+                "run_code needs \"code\" (a string of Python)",
+            ),
+            (
+                json!({"name": "write_file", "arguments": {"path": "a", "content": "!", "encoding": "base64"}}),
+                "content is not valid base64 (encoding is \"base64\")",
+            ),
+            (
+                json!({"name": "read_file", "arguments": {"path": "a", "encoding": "latin-1"}}),
+                "encoding must be \"utf-8\" or \"base64\", got \"latin-1\"",
+            ),
+            (
+                json!({"name": "list_files", "arguments": {"depth": 11}}),
+                "depth must be an integer from 1 to 10, got 11",
+            ),
+        ] {
+            assert_eq!(all(params), Err(Ok(message.to_string())));
+        }
+        let too_big = "x".repeat(MAX_WRITE_BYTES + 1);
+        let Err(Ok(message)) =
+            all(json!({"name": "write_file", "arguments": {"path": "a", "content": too_big}}))
+        else {
+            panic!("a write over the limit passed")
+        };
+        assert!(
+            message.starts_with("content is 1048577 bytes; write_file takes at most 1048576"),
+            "{message}"
+        );
+        assert_eq!(
+            call(json!({"name": "run_code", "arguments": {"code": "1"}})),
+            Err(Err(RpcError::invalid_params(
+                "unknown tool \"run_code\"; the tools are run_command, close_sandbox"
+            )))
+        );
     }
 }

@@ -719,6 +719,7 @@ impl Server {
     /// Delete an MCP sandbox through its session (as `kill_sandbox` would), or at once if it
     /// is not running yet.
     fn mcp_delete_sandbox(&mut self, sandbox: SessionId) {
+        self.mcp.endpoint.registry.close_sandbox(sandbox);
         let running = self.sessions.get(sandbox).is_some_and(Session::is_running);
         if running {
             if let Some(session) = self.sessions.get_mut(sandbox) {

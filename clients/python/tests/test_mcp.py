@@ -28,7 +28,7 @@ MCP_URL = (
 MODES = ["legacy", "2026-07-28"]
 # The tools the server offers: run_code comes with the code interpreter (issue 13), the file
 # tools with the files API (issue 14), as `mcp::tools::Features::AVAILABLE` says.
-EXPECTED_TOOLS = ["run_command", "close_sandbox"]
+EXPECTED_TOOLS = ["run_command", "run_code", "close_sandbox"]
 needs_run_code = pytest.mark.skipif(
     "run_code" not in EXPECTED_TOOLS, reason="this build offers no run_code (issue 13)"
 )

@@ -6,7 +6,11 @@ fn endpoint() -> Endpoint {
     Endpoint::new(
         Registry::new(8, Duration::from_secs(60)),
         vec!["https://playground.example".into()],
-        Features::AVAILABLE,
+        // The tools without the code interpreter and files: what the messages below name.
+        Features {
+            code_interpreter: false,
+            files: false,
+        },
     )
 }
 

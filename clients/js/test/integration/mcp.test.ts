@@ -15,7 +15,7 @@ const mcpUrl = new URL('/mcp', wsUrl.replace(/^ws/, 'http'));
 
 // The tools the server offers: run_code comes with the code interpreter (issue 13), the file
 // tools with the files API (issue 14), as `mcp::tools::Features::AVAILABLE` says.
-const expectedTools = ['run_command', 'close_sandbox'];
+const expectedTools = ['run_command', 'run_code', 'close_sandbox'];
 
 function live(name: string, fn: () => Promise<void>, needs?: string): void {
   const missing = needs !== undefined && !expectedTools.includes(needs) ? `this build offers no ${needs}` : false;
