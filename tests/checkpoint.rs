@@ -91,7 +91,9 @@ fn start_counter(ws: &mut Ws) {
     sh(ws, COUNTER);
     let started = sh(
         ws,
-        "for k in $(seq 100); do [ -s /tmp/count ] && break; sleep 0.1; done; cat /tmp/count",
+        // Read until a value: the writer truncates then writes, so a file seen non-empty may
+        // read empty a moment later.
+        "for k in $(seq 100); do c=$(cat /tmp/count 2>/dev/null); [ -n \"$c\" ] && break; sleep 0.1; done; echo \"$c\"",
     );
     assert!(!started.trim().is_empty(), "the counter did not start");
 }
@@ -1207,8 +1209,11 @@ fn directories_a_killed_instance_left_are_removed_once_expired() {
     );
     assert_eq!(entries(&fresh), ["lease.json"]);
     assert_eq!(entries(&checkpointed), ["current.json", "lease.json"]);
+    // The directory goes before the job's result reaches the loop, which logs it.
     assert!(
-        c.log().contains("removed 1 abandoned sandbox directories"),
+        wait_until(Duration::from_secs(10), || c
+            .log()
+            .contains("removed 1 abandoned sandbox directories")),
         "{}",
         c.log()
     );
