@@ -342,12 +342,18 @@ impl Server {
                 };
                 let sandbox_id = entry.sandbox_id.clone();
                 let request = self.mcp.request_id("");
-                let (machine, start, timeout_s) = self.mcp_machine(
+                let Some((machine, start, timeout_s)) = self.mcp_machine(
                     tool.clone(),
                     &request,
                     &sandbox_id,
                     call.progress_token.clone(),
-                );
+                ) else {
+                    let result = ToolResult::error(
+                        Some(&sandbox_id),
+                        "this tool runs nothing in the sandbox",
+                    );
+                    return self.mcp_tool_result(id, &call, result, keep_alive);
+                };
                 let timeout = timeout_s
                     .map(Duration::from_secs_f64)
                     .unwrap_or(self.config.limits.exec_timeout)
@@ -398,7 +404,7 @@ impl Server {
         request: &RequestId,
         sandbox_id: &str,
         progress_token: Option<Value>,
-    ) -> (Machine, String, Option<f64>) {
+    ) -> Option<(Machine, String, Option<f64>)> {
         let cap = self.mcp.output_bytes;
         let sandbox_id = sandbox_id.to_string();
         let process = |token| CommandCall::new(request.clone(), sandbox_id.clone(), token, cap);
@@ -408,22 +414,21 @@ impl Server {
             } => {
                 let mut call = process(progress_token);
                 let start = call.cell_message(&code, timeout_s);
-                (Machine::Process(Box::new(call)), start, timeout_s)
+                Some((Machine::Process(Box::new(call)), start, timeout_s))
             }
             ToolRequest::WriteFile { path, content, .. } => {
                 let (call, start) = FileCall::write(request.clone(), sandbox_id, path, &content);
-                (Machine::File(call), start, None)
+                Some((Machine::File(call), start, None))
             }
             ToolRequest::ReadFile { path, encoding, .. } => {
                 let (call, start) =
                     FileCall::read(request.clone(), sandbox_id, path, encoding, cap);
-                (Machine::File(call), start, None)
+                Some((Machine::File(call), start, None))
             }
             ToolRequest::ListFiles { path, depth, .. } => {
                 let (call, start) = FileCall::list(request.clone(), sandbox_id, path, depth);
-                (Machine::File(call), start, None)
+                Some((Machine::File(call), start, None))
             }
-            // close_sandbox is answered before a machine is needed; a command otherwise.
             ToolRequest::RunCommand {
                 command,
                 timeout_s,
@@ -432,13 +437,10 @@ impl Server {
             } => {
                 let mut call = process(progress_token);
                 let start = call.exec_message(&command, timeout_s, cwd.as_deref());
-                (Machine::Process(Box::new(call)), start, timeout_s)
+                Some((Machine::Process(Box::new(call)), start, timeout_s))
             }
-            ToolRequest::CloseSandbox { .. } => {
-                let mut call = process(None);
-                let start = call.exec_message("true", None, None);
-                (Machine::Process(Box::new(call)), start, None)
-            }
+            // Answered before any machine (`mcp_call`).
+            ToolRequest::CloseSandbox { .. } => None,
         }
     }
 
