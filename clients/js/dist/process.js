@@ -238,10 +238,13 @@ export class SandboxProcess {
     }
     /**
      * Closes the process's stdin: its next read sees end-of-file. With protocol 2 this first waits
-     * until the server acknowledged everything written (so a refusal of it rejects here).
+     * until the server acknowledged everything written (so a refusal of it rejects here). Does
+     * nothing if stdin is closed already or the process ended (before or during the call: a
+     * process that read what it needed and exited did not need the end-of-file).
      */
     async closeStdin() {
-        this.#checkStdin('close stdin');
+        if (this.done || this.#stdinClosed)
+            return;
         this.#stdinClosed = true;
         await this.#host.closeStdin(this.#key);
     }

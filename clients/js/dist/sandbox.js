@@ -533,7 +533,14 @@ export class Sandbox {
         // Everything written must be acknowledged first (protocol 2): a refusal of it reaches this
         // call, and EOF comes after the last byte.
         for (;;) {
-            const control = this.#stdinControl(key, 'close stdin');
+            const control = this.#controls.get(key);
+            if (control?.stdinError !== undefined)
+                throw control.stdinError;
+            if (control === undefined || control.process.done) {
+                if (this.closed && this.#closeError !== undefined)
+                    throw this.#closeError;
+                return; // it ended meanwhile: nothing reads its stdin any more
+            }
             const changed = control.stdinChanged();
             if (this.#protocol.stdinUnacknowledged(key) === 0)
                 break;

@@ -167,6 +167,7 @@ async def test_stdin_rules() -> None:
     await process.write(b"\x00")
     await process.write_to_stdin(bytearray(b"\x01"))
     await process.close_stdin()
+    await process.close_stdin()  # closing twice does nothing
     assert host.sent == [("7", "a"), ("7", b"\x00"), ("7", b"\x01"), ("7", "EOF")]
     with pytest.raises(SandboxStateError, match="stdin is closed"):
         await process.write("late")
@@ -180,4 +181,6 @@ async def test_finished_process_refuses_stdin_and_ignores_kill() -> None:
     with pytest.raises(SandboxStateError, match="ended"):
         await control.process.write("x")
     await control.process.kill()
+    # A process that read what it needed and exited did not need the end-of-file.
+    await control.process.close_stdin()
     assert host.sent == []

@@ -155,6 +155,7 @@ describe('SandboxProcess', () => {
     await process.write(new Uint8Array([0]));
     await process.writeToStdin(new Uint8Array([1]));
     await process.closeStdin();
+    await process.closeStdin(); // closing twice does nothing
     assert.deepEqual(sent, [
       ['7', 'a'],
       ['7', new Uint8Array([0])],
@@ -170,6 +171,8 @@ describe('SandboxProcess', () => {
     control.finish(DONE);
     await assert.rejects(control.process.write('x'), /ended/);
     await control.process.kill();
+    // A process that read what it needed and exited did not need the end-of-file.
+    await control.process.closeStdin();
     assert.deepEqual(sent, []);
   });
 });

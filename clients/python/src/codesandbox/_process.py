@@ -210,8 +210,11 @@ class SandboxProcess:
     async def close_stdin(self) -> None:
         """Close the process's stdin: its next read sees end-of-file. With protocol 2 this
         first waits until the server acknowledged everything written (so a refusal of it
-        is raised here)."""
-        self._check_stdin("close stdin")
+        is raised here). Does nothing if stdin is closed already or the process ended
+        (before or during the call: a process that read what it needed and exited did not
+        need the end-of-file)."""
+        if self.done or self._stdin_closed:
+            return
         self._stdin_closed = True
         await self._host.close_stdin(self._key)
 

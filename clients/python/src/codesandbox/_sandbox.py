@@ -685,7 +685,13 @@ class Sandbox:
         # Everything written must be acknowledged first (protocol 2): a refusal of it
         # reaches this call, and EOF comes after the last byte.
         while True:
-            control = self._stdin_control(key, "close stdin")
+            control = self._controls.get(key)
+            if control is not None and control.stdin_error is not None:
+                raise control.stdin_error
+            if control is None or control.process.done:
+                if self._closed.is_set() and self._close_error is not None:
+                    raise self._close_error
+                return  # it ended meanwhile: nothing reads its stdin any more
             control.stdin_changed.clear()
             if self._protocol.stdin_unacknowledged(key) == 0:
                 break
