@@ -23,7 +23,7 @@ cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "fuzzing (each target ${FUZZ_SECONDS:-15} s)"
+step "fuzzing (each target ${FUZZ_SECONDS:-12} s)"
 bash scripts/fuzz.sh
 
 step "cargo test (unit and integration)"

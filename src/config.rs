@@ -84,6 +84,7 @@ pub struct Config {
     /// `/playground`; `off` answers 404 there.
     pub playground: bool,
     pub ports: PortsConfig,
+    pub mcp: McpConfig,
 }
 
 /// Exposed ports (issue 20): how their URLs look and what bounds their connections.
@@ -185,6 +186,20 @@ const MAX_STDIN_WINDOW_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The most `SANDBOX_MAX_SESSION_PROCESSES` may be.
 const MAX_SESSION_PROCESSES: u64 = 1024;
+
+/// The MCP endpoint `/mcp`.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// `SANDBOX_MCP_IDLE_TIMEOUT_SECS`: an MCP session, or a sandbox an MCP call created, is
+    /// deleted after this long without a call.
+    pub idle_timeout: Duration,
+    /// `SANDBOX_MCP_MAX_SESSIONS`: MCP sessions (handshake revision) open at once.
+    pub max_sessions: usize,
+    /// `SANDBOX_MCP_OUTPUT_BYTES`: output of each stream a tool result keeps.
+    pub output_bytes: usize,
+    /// `SANDBOX_MCP_ALLOWED_ORIGINS`: browser origins allowed besides the server's own.
+    pub allowed_origins: Vec<String>,
+}
 
 /// Network egress for sandboxes that ask for it.
 #[derive(Debug, Clone)]
@@ -334,6 +349,23 @@ impl Config {
                 max_exposed_per_sandbox: env.bounded("SANDBOX_MAX_EXPOSED_PORTS", 16, 1..=1024)?
                     as usize,
                 response_timeout: env.seconds("SANDBOX_PORT_RESPONSE_TIMEOUT_SECS", 60)?,
+            },
+            mcp: McpConfig {
+                idle_timeout: env.seconds("SANDBOX_MCP_IDLE_TIMEOUT_SECS", 600)?,
+                max_sessions: env.bounded("SANDBOX_MCP_MAX_SESSIONS", 1024, 1..=1_000_000)?
+                    as usize,
+                output_bytes: env.bounded(
+                    "SANDBOX_MCP_OUTPUT_BYTES",
+                    64 * 1024,
+                    1..=16 * 1024 * 1024,
+                )? as usize,
+                allowed_origins: env
+                    .string("SANDBOX_MCP_ALLOWED_ORIGINS", "")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|origin| !origin.is_empty())
+                    .map(str::to_string)
+                    .collect(),
             },
             egress: EgressConfig {
                 enabled: env.on_off("SANDBOX_EGRESS", true)?,

@@ -19,6 +19,7 @@ pub mod guard;
 pub mod http;
 pub mod ids;
 pub mod io_token;
+pub mod mcp;
 pub mod metrics;
 pub mod ports;
 pub mod runtime;

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub execute_seconds: Histogram,
     pub sandbox_start_seconds: Histogram,
     pub http_responses: BTreeMap<u16, u64>,
+    /// MCP tool calls (`/mcp`) by tool.
+    pub mcp_tool_calls: BTreeMap<&'static str, u64>,
 }
 
 impl Default for Metrics {
@@ -65,6 +67,7 @@ impl Default for Metrics {
             execute_seconds: Histogram::new(LATENCY_BUCKETS),
             sandbox_start_seconds: Histogram::new(LATENCY_BUCKETS),
             http_responses: BTreeMap::new(),
+            mcp_tool_calls: BTreeMap::new(),
         }
     }
 }
@@ -84,6 +87,8 @@ pub struct Gauges {
     pub sandboxes_created: u64,
     pub sandbox_start_failures: u64,
     pub sandboxes_lost: u64,
+    pub mcp_sessions: usize,
+    pub mcp_sandboxes: usize,
 }
 
 impl Metrics {
@@ -140,7 +145,7 @@ impl Metrics {
             ),
             (
                 "sandbox_sessions",
-                "WebSocket sessions, attached or not.",
+                "Sessions (WebSocket, and the sandboxes of /mcp), attached or not.",
                 gauges.sessions as u64,
                 "gauge",
             ),
@@ -148,6 +153,18 @@ impl Metrics {
                 "sandbox_websockets",
                 "Open WebSocket connections.",
                 gauges.websockets as u64,
+                "gauge",
+            ),
+            (
+                "sandbox_mcp_sessions",
+                "MCP sessions (handshake revision) open on /mcp.",
+                gauges.mcp_sessions as u64,
+                "gauge",
+            ),
+            (
+                "sandbox_mcp_sandboxes",
+                "Sandboxes that /mcp calls created and that are not deleted yet.",
+                gauges.mcp_sandboxes as u64,
                 "gauge",
             ),
             (
@@ -191,6 +208,13 @@ impl Metrics {
             for (reason, count) in table {
                 let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {count}");
             }
+        }
+        let _ = writeln!(out, "# HELP sandbox_mcp_tool_calls_total MCP tool calls by tool.\n# TYPE sandbox_mcp_tool_calls_total counter");
+        for (tool, count) in &self.mcp_tool_calls {
+            let _ = writeln!(
+                out,
+                "sandbox_mcp_tool_calls_total{{tool=\"{tool}\"}} {count}"
+            );
         }
         let _ = writeln!(out, "# HELP sandbox_http_responses_total HTTP responses by status.\n# TYPE sandbox_http_responses_total counter");
         for (status, count) in &self.http_responses {

@@ -790,10 +790,16 @@ fn bench_websocket(server: &Server, report: &mut Report) -> io::Result<()> {
     server.wait_settled(2, Duration::from_secs(30))?;
     let mut session = websocket::Session::create(server.port)?;
     session.run("bash", "true")?; // warm-up
+                                  // The same `bash true` through /mcp (single exchange, one keep-alive connection, a sandbox
+                                  // of its own), interleaved with the WebSocket samples so both see the same machine.
+    let mut mcp = McpBench::start(server.port)?;
     let mut bash = Vec::new();
+    let mut through_mcp = Vec::new();
     for _ in 0..15 {
         pause(50);
         bash.push(session.run("bash", "true")?.0);
+        pause(50);
+        through_mcp.push(mcp.run_true()?);
     }
     report.rows.push(Row::latency(
         "WebSocket session: `bash` `true`, message to `SANDBOX_EXECUTION_DONE`",
@@ -801,6 +807,13 @@ fn bench_websocket(server: &Server, report: &mut Report) -> io::Result<()> {
         "`runsc exec ID /bin/bash -c true` on a running sandbox",
         report.bash_runsc_exec,
     ));
+    report.rows.push(Row::latency(
+        "MCP: `run_command` `true` through `/mcp` (2026-07-28 single exchange, keep-alive), request to response",
+        &through_mcp,
+        "the same `bash` `true` in a WebSocket session (row above)",
+        Some(Stat::latency(&bash)),
+    ));
+    mcp.close()?;
     let mut python = Vec::new();
     for _ in 0..10 {
         pause(400); // the standby interpreter of the previous execution's successor starts
@@ -998,6 +1011,83 @@ fn bench_files(env: &Env, report: &mut Report) -> io::Result<()> {
     session.kill();
     server.stop();
     Ok(())
+}
+
+/// `run_command` through `/mcp` on one keep-alive connection, in a sandbox made by its first
+/// call.
+struct McpBench {
+    client: Client,
+    sandbox_id: String,
+}
+
+impl McpBench {
+    const HEADERS: &'static str =
+        "MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: run_command\r\n";
+
+    fn call(
+        client: &mut Client,
+        arguments: serde_json::Value,
+        name: &str,
+    ) -> io::Result<serde_json::Value> {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments, "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}}}
+        });
+        let headers = Self::HEADERS.replace("run_command", name);
+        let response = client.mcp(&headers, &body.to_string())?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&response.body).map_err(|error| {
+                io::Error::other(format!("/mcp answered {}: {error}", response.status))
+            })?;
+        check(
+            response.status == 200 && answer["result"]["isError"] == false,
+            || format!("/mcp answered {}: {answer}", response.status),
+        )?;
+        Ok(answer["result"]["structuredContent"].clone())
+    }
+
+    fn start(port: u16) -> io::Result<McpBench> {
+        let mut client = Client::new(port)?;
+        let created = Self::call(
+            &mut client,
+            serde_json::json!({"command": "true"}),
+            "run_command",
+        )?;
+        let sandbox_id = created["sandbox_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut bench = McpBench { client, sandbox_id };
+        bench.run_true()?; // warm-up
+        Ok(bench)
+    }
+
+    /// One `run_command("true")` in the bench's sandbox: seconds from request to response.
+    fn run_true(&mut self) -> io::Result<f64> {
+        let started = Instant::now();
+        let result = Self::call(
+            &mut self.client,
+            serde_json::json!({"command": "true", "sandbox_id": self.sandbox_id}),
+            "run_command",
+        )?;
+        let elapsed = started.elapsed().as_secs_f64();
+        check(result["exit_code"] == 0, || {
+            format!("run_command true: {result}")
+        })?;
+        Ok(elapsed)
+    }
+
+    fn close(mut self) -> io::Result<()> {
+        let sandbox_id = self.sandbox_id.clone();
+        Self::call(
+            &mut self.client,
+            serde_json::json!({"sandbox_id": sandbox_id}),
+            "close_sandbox",
+        )?;
+        Ok(())
+    }
 }
 
 /// Bytes sent through stdin by the stdin throughput row.

@@ -210,6 +210,16 @@ impl Client {
         self.read_response(keep)
     }
 
+    /// `POST /mcp` with a JSON-RPC `body` and extra header lines (each ending in CRLF).
+    pub fn mcp(&mut self, headers: &str, body: &str) -> io::Result<Response> {
+        let request = format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.writer.write_all(request.as_bytes())?;
+        self.read_response(usize::MAX)
+    }
+
     fn read_line(&mut self) -> io::Result<String> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {

@@ -12,6 +12,7 @@
 
 pub mod agent_frames;
 pub mod http_request;
+pub mod mcp;
 pub mod query;
 pub mod session;
 
@@ -77,6 +78,11 @@ mod tests {
     #[test]
     fn query_corpus_replays() {
         replay_corpus("query", query::run);
+    }
+
+    #[test]
+    fn mcp_corpus_replays() {
+        replay_corpus("mcp", mcp::run);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub enum ApiRequest {
         /// The subprotocol to select: [`SUBPROTOCOL`] when the client offered it.
         subprotocol: Option<&'static str>,
     },
+    /// Any method on `/mcp`: the MCP endpoint (`crate::mcp`) decides.
+    Mcp,
     /// `GET|HEAD` of the playground: `/`, `/playground` or a file under `/playground/` (served
     /// only when `SANDBOX_PLAYGROUND` is on).
     Playground(String),
@@ -126,6 +128,7 @@ pub fn parse(request: &Request, limits: &ExecLimits) -> Result<Parsed, ApiError>
             ApiRequest::Playground(path.to_string())
         }
         ("POST", "/execute") => ApiRequest::Execute(execute(request, limits)?),
+        (_, "/mcp") => ApiRequest::Mcp,
         (_, path) if super::files_http::sandbox_of(path).is_some() => {
             let sandbox_id = super::files_http::sandbox_of(path).unwrap_or_default();
             let mut files = super::files_http::parse(request, sandbox_id)?;

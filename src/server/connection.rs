@@ -90,8 +90,19 @@ pub enum Phase {
     File(Box<super::files_http::FileJob>),
     /// Relayed to a port of a sandbox (issue 20): a byte pipe from now on.
     Port(Box<super::ports::PortRelay>),
+    /// A `/mcp` tool call is running; its answer completes the request.
+    Mcp(McpWaiting),
     /// Send what is buffered, then close.
     Closing,
+}
+
+/// The `/mcp` tool call a connection waits for.
+#[derive(Debug, Clone)]
+pub struct McpWaiting {
+    /// The call's request id towards the sandbox's session.
+    pub call: crate::session::RequestId,
+    /// The sandbox whose output a full connection buffer pauses.
+    pub sandbox: crate::runtime::SandboxKey,
 }
 
 pub struct Connection {

@@ -177,16 +177,17 @@ impl Server {
     }
 
     /// `streamed`: the request's body follows (an upload; only files routes stream).
-    fn route(&mut self, id: ConnectionId, request: Request, streamed: bool) {
-        crate::guard::test_panic_point(request.target.as_bytes());
-        if let Some(port_route) = crate::ports::route(&request, self.port_domain()) {
-            return self.port_request(id, request, port_route);
+    fn route(&mut self, id: ConnectionId, http_request: Request, streamed: bool) {
+        crate::guard::test_panic_point(http_request.target.as_bytes());
+        if let Some(port_route) = crate::ports::route(&http_request, self.port_domain()) {
+            return self.port_request(id, http_request, port_route);
         }
-        let origin = crate::ports::public_origin(self.config.ports.public_url.as_deref(), &request);
-        let parsed = match api::parse(&request, &self.exec_limits()) {
+        let origin =
+            crate::ports::public_origin(self.config.ports.public_url.as_deref(), &http_request);
+        let parsed = match api::parse(&http_request, &self.exec_limits()) {
             Ok(parsed) => parsed,
             Err(error) => {
-                let keep_alive = request.keep_alive();
+                let keep_alive = http_request.keep_alive();
                 return self.respond(id, &error.response(), keep_alive, false);
             }
         };
@@ -242,6 +243,7 @@ impl Server {
                 subprotocol,
             } => return self.upgrade(id, &key, target, subprotocol, origin),
             ApiRequest::Playground(path) => playground::response(&path, self.config.playground),
+            ApiRequest::Mcp => return self.mcp_request(id, &http_request, keep_alive),
         };
         let response = answer.unwrap_or_else(|error: ApiError| error.response());
         self.respond(id, &response, keep_alive, head_only);
@@ -362,13 +364,20 @@ impl Server {
             if let Some(job) = connection.job() {
                 self.runtime.set_output_paused(job.sandbox, false);
             }
+            if let Phase::Mcp(waiting) = &connection.phase {
+                self.runtime.set_output_paused(waiting.sandbox, false);
+            }
         }
         let finished = match connection.phase {
             Phase::Closing => true,
             // Shutting down: a connection without a running request takes no new one, so it
             // closes once its last response is out (it must not hold the shutdown up).
             Phase::Reading => self.shutdown_deadline.is_some(),
-            Phase::Executing(_) | Phase::Waiting { .. } | Phase::File(_) | Phase::Port(_) => false,
+            Phase::Executing(_)
+            | Phase::Waiting { .. }
+            | Phase::File(_)
+            | Phase::Port(_)
+            | Phase::Mcp(_) => false,
         };
         if finished && connection.out.is_empty() {
             self.close(id);
@@ -382,6 +391,10 @@ impl Server {
         self.end_port_connection(id);
         if let Some(mut connection) = self.connections.http.remove(&id) {
             let _ = self.poll.registry().deregister(&mut connection.stream);
+            if let Phase::Mcp(waiting) = connection.phase {
+                // The response stream of a tool call closed before its answer.
+                self.mcp_stream_closed(&waiting.call);
+            }
         }
     }
 
@@ -450,6 +463,8 @@ impl Server {
             pool_evictions: stats.pool_evictions,
             connections: self.connections.http.len(),
             sessions: self.sessions.len(),
+            mcp_sessions: self.mcp.session_count(),
+            mcp_sandboxes: self.mcp.sandbox_count(),
             websockets: self.connections.websockets.len(),
             sandboxes_created: stats.created,
             sandbox_start_failures: stats.start_failures,

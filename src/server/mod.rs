@@ -13,6 +13,7 @@ mod expired;
 mod files_http;
 mod http;
 mod jobs;
+mod mcp;
 mod persistence;
 mod playground;
 mod ports;
@@ -58,6 +59,7 @@ pub struct Server {
     runtime: Runtime,
     connections: Connections,
     sessions: Sessions,
+    mcp: mcp::McpState,
     persistence: Persistence,
     metrics: Metrics,
     ports: ports::Ports,
@@ -168,6 +170,7 @@ impl Server {
             runtime,
             connections: Connections::new(parser_limits, head_check, relay_check),
             sessions: Sessions::default(),
+            mcp: mcp::McpState::new(&config),
             persistence: Persistence::new(&config, jobs, instance_id),
             config,
             metrics: Metrics::default(),
@@ -229,6 +232,7 @@ impl Server {
                 self.sweep_connections(now);
                 self.sweep_port_timeouts(now);
                 self.sweep_websockets(now);
+                self.mcp_sweep(now);
                 self.persistence.renew_leases(now);
                 if self.shutdown_deadline.is_none() {
                     self.persistence.sweep_store(now);

@@ -552,7 +552,10 @@ impl Server {
             )
         });
         let closing = frames.iter().any(|out| matches!(out, Out::Close(..)));
-        if let Some(connection) = self.sessions.connection(session_id) {
+        if self.mcp.owns(session_id) {
+            // The virtual client of `/mcp` takes the events of its sandbox.
+            self.mcp_frames(session_id, frames);
+        } else if let Some(connection) = self.sessions.connection(session_id) {
             if let Some(socket) = self.connections.websockets.get_mut(&connection) {
                 if !frames.is_empty() && !socket.apply(frames) {
                     self.drop_websocket(connection);
@@ -589,7 +592,10 @@ impl Server {
     }
 
     /// An ended session goes: its lease, its save, its sandbox (if still there).
-    fn forget_session(&mut self, session_id: SessionId) {
+    pub(super) fn forget_session(&mut self, session_id: SessionId) {
+        if self.mcp.owns(session_id) {
+            self.mcp_sandbox_gone(session_id);
+        }
         self.detach(session_id);
         self.persistence.forget(session_id);
         if let Some(session) = self.sessions.remove(session_id) {

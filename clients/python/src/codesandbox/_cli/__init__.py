@@ -5,6 +5,7 @@ returning the exit code; this file only dispatches::
 
     codesandbox shell URL [--attach ID --token T] [--api-key K]
     codesandbox run URL FILE [--language python|bash] [--api-key K]
+    codesandbox mcp --url URL [--api-key K]
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import sys
 from collections.abc import Sequence
 
 from .._errors import SandboxError
-from . import run, shell
+from . import mcp, run, shell
 
-SUBCOMMANDS = (shell, run)
+SUBCOMMANDS = (shell, run, mcp)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,0 +1,7 @@
+"""``python -m codesandbox``: the same as the ``codesandbox`` command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())
