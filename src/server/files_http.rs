@@ -374,6 +374,10 @@ impl Server {
         let Some(connection) = self.connections.http.get_mut(&id) else {
             return;
         };
+        // Any other phase (an `/execute`, an MCP call, a port) is not this function's.
+        if !matches!(connection.phase, Phase::File(_)) {
+            return;
+        }
         let Phase::File(job) = std::mem::replace(&mut connection.phase, Phase::Reading) else {
             return;
         };
@@ -428,6 +432,10 @@ impl Server {
         let Some(connection) = self.connections.http.get_mut(&id) else {
             return;
         };
+        // Any other phase (an `/execute`, an MCP call, a port) is not this function's.
+        if !matches!(connection.phase, Phase::File(_)) {
+            return;
+        }
         let Phase::File(job) = std::mem::replace(&mut connection.phase, Phase::Closing) else {
             return;
         };
