@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import IO, Any
 
-__all__ = ["Bridge", "main"]
+__all__ = ["Bridge"]
 
 _TIMEOUT_SECONDS = 3600.0
 _META_VERSION = "io.modelcontextprotocol/protocolVersion"
@@ -151,4 +151,3 @@ class Bridge:
                 pass
         except (urllib.error.URLError, OSError):
             pass
-
