@@ -185,31 +185,8 @@ impl Execution {
         request: &SpawnRequest,
         config: &AgentConfig,
     ) -> Result<Self, SpawnError> {
-        let cwd_is_dir = std::fs::metadata(&request.cwd)
-            .map(|meta| meta.is_dir())
-            .unwrap_or(false);
-        if !cwd_is_dir {
-            return Err(SpawnError::NoSuchDirectory(request.cwd.clone()));
-        }
-        let (program, flag, extension) = match request.language {
-            Language::Python => ("/usr/bin/python3", "-c", "py"),
-            Language::Bash => ("/bin/bash", "-c", "sh"),
-        };
-        let mut command = Command::new(program);
-        let mut code_file = None;
-        if request.code.len() > MAX_INLINE_CODE_BYTES {
-            let path = PathBuf::from(format!("{CODE_DIR}/exec-{id}.{extension}"));
-            std::fs::create_dir_all(CODE_DIR)
-                .and_then(|()| std::fs::write(&path, &request.code))
-                .map_err(|source| SpawnError::StoreCode {
-                    path: path.clone(),
-                    source,
-                })?;
-            command.arg(&path);
-            code_file = Some(path);
-        } else {
-            command.arg(flag).arg(&request.code);
-        }
+        check_cwd(&request.cwd)?;
+        let (mut command, code_file) = code_command(id, request)?;
         prepare_command(&mut command, config, &request.limits);
         command.envs(request.env.iter().map(|(key, value)| (key, value)));
         command.current_dir(&request.cwd);
@@ -867,28 +844,24 @@ fn code_command(
     id: ExecId,
     request: &SpawnRequest,
 ) -> Result<(Command, Option<PathBuf>), SpawnError> {
-    {
-        let (program, flag, extension) = match request.language {
-            Language::Python => ("/usr/bin/python3", "-c", "py"),
-            Language::Bash => ("/bin/bash", "-c", "sh"),
-        };
-        let mut command = Command::new(program);
-        let mut code_file = None;
-        if request.code.len() > MAX_INLINE_CODE_BYTES {
-            let path = PathBuf::from(format!("{CODE_DIR}/exec-{id}.{extension}"));
-            std::fs::create_dir_all(CODE_DIR)
-                .and_then(|()| std::fs::write(&path, &request.code))
-                .map_err(|source| SpawnError::StoreCode {
-                    path: path.clone(),
-                    source,
-                })?;
-            command.arg(&path);
-            code_file = Some(path);
-        } else {
-            command.arg(flag).arg(&request.code);
-        }
-        Ok((command, code_file))
+    let (program, flag, extension) = match request.language {
+        Language::Python => ("/usr/bin/python3", "-c", "py"),
+        Language::Bash => ("/bin/bash", "-c", "sh"),
+    };
+    let mut command = Command::new(program);
+    if request.code.len() <= MAX_INLINE_CODE_BYTES {
+        command.arg(flag).arg(&request.code);
+        return Ok((command, None));
     }
+    let path = PathBuf::from(format!("{CODE_DIR}/exec-{id}.{extension}"));
+    std::fs::create_dir_all(CODE_DIR)
+        .and_then(|()| std::fs::write(&path, &request.code))
+        .map_err(|source| SpawnError::StoreCode {
+            path: path.clone(),
+            source,
+        })?;
+    command.arg(&path);
+    Ok((command, Some(path)))
 }
 
 impl Drop for Execution {
