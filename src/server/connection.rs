@@ -105,6 +105,20 @@ pub struct McpWaiting {
     pub sandbox: crate::runtime::SandboxKey,
 }
 
+impl Phase {
+    /// A file transfer's job, the phase becoming `next`; `None` for any other phase, which
+    /// stays as it is (an `/execute`, an MCP call or a port is not a transfer's to end).
+    pub fn take_file_job(&mut self, next: Phase) -> Option<Box<super::files_http::FileJob>> {
+        if !matches!(self, Phase::File(_)) {
+            return None;
+        }
+        match std::mem::replace(self, next) {
+            Phase::File(job) => Some(job),
+            _ => None,
+        }
+    }
+}
+
 pub struct Connection {
     pub stream: TcpStream,
     pub parser: RequestParser,

@@ -374,11 +374,7 @@ impl Server {
         let Some(connection) = self.connections.http.get_mut(&id) else {
             return;
         };
-        // Any other phase (an `/execute`, an MCP call, a port) is not this function's.
-        if !matches!(connection.phase, Phase::File(_)) {
-            return;
-        }
-        let Phase::File(job) = std::mem::replace(&mut connection.phase, Phase::Reading) else {
+        let Some(job) = connection.phase.take_file_job(Phase::Reading) else {
             return;
         };
         if job.output_paused {
@@ -432,11 +428,7 @@ impl Server {
         let Some(connection) = self.connections.http.get_mut(&id) else {
             return;
         };
-        // Any other phase (an `/execute`, an MCP call, a port) is not this function's.
-        if !matches!(connection.phase, Phase::File(_)) {
-            return;
-        }
-        let Phase::File(job) = std::mem::replace(&mut connection.phase, Phase::Closing) else {
+        let Some(job) = connection.phase.take_file_job(Phase::Closing) else {
             return;
         };
         if let Some(session) = self.sessions.get_mut(job.session) {
@@ -470,19 +462,7 @@ mod tests {
     use super::*;
 
     fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> Request {
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        Request {
-            method: method.into(),
-            target: target.into(),
-            path: path.into(),
-            query: query.into(),
-            version_minor: 1,
-            headers: headers
-                .iter()
-                .map(|(name, value)| (name.to_string(), value.to_string()))
-                .collect(),
-            body: Vec::new(),
-        }
+        Request::for_test(method, target, headers, b"")
     }
 
     #[test]
