@@ -68,6 +68,27 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
+#[cfg(test)]
+impl Request {
+    /// A request as the parser gives it (`path` and `query` split from `target`, HTTP/1.1),
+    /// for the tests of what reads requests.
+    pub fn for_test(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Request {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Request {
+            method: method.into(),
+            target: target.into(),
+            path: path.into(),
+            query: query.into(),
+            version_minor: 1,
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            body: body.to_vec(),
+        }
+    }
+}
+
 impl Request {
     /// First value of a header; `name_lowercase` must be lowercase.
     pub fn header(&self, name_lowercase: &str) -> Option<&str> {

@@ -510,19 +510,7 @@ mod tests {
     };
 
     fn request(method: &str, target: &str, headers: &[(&str, &str)], body: &str) -> Request {
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        Request {
-            method: method.into(),
-            target: target.into(),
-            path: path.into(),
-            query: query.into(),
-            version_minor: 1,
-            headers: headers
-                .iter()
-                .map(|(name, value)| (name.to_string(), value.to_string()))
-                .collect(),
-            body: body.as_bytes().to_vec(),
-        }
+        Request::for_test(method, target, headers, body.as_bytes())
     }
 
     fn parsed(method: &str, target: &str) -> Result<ApiRequest, ApiError> {
