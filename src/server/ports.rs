@@ -87,9 +87,6 @@ pub struct PortRelay {
     pub sandbox_id: String,
     pub port: u16,
     pub exec: ExecId,
-    /// Bytes for the application not yet handed to the runtime (the rewritten head and what
-    /// came with it).
-    pending: Vec<u8>,
     /// The requests after the first (path form; `None`: the host form, a pipe).
     framing: Option<RequestFraming>,
     /// No more requests go on (one for something else, or bad framing): the application's
@@ -113,17 +110,27 @@ pub struct PortRelay {
     pub paused: bool,
 }
 
+/// Bytes from the client, for the application (`out`): framed request by request (path form)
+/// or as they are (`framing` is `None`: the host form).
+fn frame(framing: &mut Option<RequestFraming>, input: &[u8], out: &mut Vec<u8>) -> Flow {
+    match framing {
+        Some(framing) => framing.push(input, out),
+        None => {
+            out.extend_from_slice(input);
+            Flow::Open
+        }
+    }
+}
+
 impl PortRelay {
-    /// Bytes from the client, for the application (`out`): framed request by request (path
-    /// form) or as they are.
+    /// Bytes from the client, for the application (`out`).
     fn frame(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let flow = match &mut self.framing {
-            Some(framing) => framing.push(input, out),
-            None => {
-                out.extend_from_slice(input);
-                Flow::Open
-            }
-        };
+        let flow = frame(&mut self.framing, input, out);
+        self.follow(flow);
+    }
+
+    /// What the framing of the client's bytes says to do next.
+    fn follow(&mut self, flow: Flow) {
         match flow {
             Flow::Open => {}
             Flow::Leave => self.stop_requests(None),
@@ -233,7 +240,7 @@ impl Server {
         };
         // The path form follows every request (a first one framed ambiguously is refused
         // here); the host form is a pipe.
-        let framing = match target.port {
+        let mut framing = match target.port {
             Some(_) => None,
             None => {
                 let (limits, head_check) = self.connections.head_rules();
@@ -255,17 +262,12 @@ impl Server {
             );
             return Err(error_response(503, &message).header("Retry-After", "1"));
         }
-        let exec = self
-            .runtime
-            .start_relay(sandbox, port, 2 * UPSTREAM_IN_FLIGHT)
-            .map_err(|error| {
-                error_response(
-                    502,
-                    &format!("cannot open a connection to port {port}: {error}"),
-                )
-            })?;
-        self.ports.add_relay(sandbox, exec, id);
-        let head = ports::upstream_head(
+        let Some(connection) = self.connections.http.get_mut(&id) else {
+            return Ok(());
+        };
+        // The rewritten head and what came with it go with the connect (one write to the
+        // agent, which holds them until the connection is made: no round trip waited for).
+        let mut first = ports::upstream_head(
             request,
             &UpstreamHead {
                 target,
@@ -274,6 +276,17 @@ impl Server {
                 drop_authorization: self.config.ports.require_key,
             },
         );
+        let flow = frame(&mut framing, &connection.parser.take_raw(), &mut first);
+        let exec = self
+            .runtime
+            .start_relay(sandbox, port, 2 * UPSTREAM_IN_FLIGHT, &first)
+            .map_err(|error| {
+                error_response(
+                    502,
+                    &format!("cannot open a connection to port {port}: {error}"),
+                )
+            })?;
+        self.ports.add_relay(sandbox, exec, id);
         let Some(connection) = self.connections.http.get_mut(&id) else {
             return Ok(());
         };
@@ -282,22 +295,18 @@ impl Server {
             sandbox_id,
             port,
             exec,
-            pending: head,
             framing,
             requests_stopped: false,
             upstream_closed: false,
             refusal: None,
-            in_flight: 0,
+            in_flight: first.len() as u64,
             client_done: false,
             answered: false,
             since: Instant::now(),
             ended: false,
             paused: false,
         });
-        let after_head = connection.parser.take_raw();
-        let mut pending = std::mem::take(&mut relay.pending);
-        relay.frame(&after_head, &mut pending);
-        relay.pending = pending;
+        relay.follow(flow);
         connection.phase = Phase::Port(relay);
         Ok(())
     }
@@ -316,7 +325,7 @@ impl Server {
         if relay.ended {
             return;
         }
-        let mut chunk = std::mem::take(&mut relay.pending);
+        let mut chunk = Vec::new();
         let mut client_gone = false;
         while !relay.client_done && (relay.in_flight + chunk.len() as u64) < UPSTREAM_IN_FLIGHT {
             let mut buffer = [0u8; 64 * 1024];
