@@ -138,15 +138,20 @@ pub struct Core {
     fresh_target: FreshTarget,
     /// Refills wait while starts keep failing.
     refill_backoff: RefillBackoff,
-    /// When real work last took a pooled fresh sandbox.
-    last_take: Option<Instant>,
+    /// When real work last found a ready sandbox in the fresh pool, unless a request found
+    /// none since (see [`Core::fresh_refill_wanted`]).
+    last_hit: Option<Instant>,
 }
 
-/// Fresh pooled sandboxes started at the same time at most: each `runsc run` costs a few
-/// hundred milliseconds of CPU, which real work needs too.
-pub const POOL_STARTS_AT_ONCE: usize = 2;
+/// Fresh pooled sandboxes started at the same time at most. A start spends much of its
+/// ~150 ms waiting (processes spawned, the sentry booting, the agent's hello) rather than on
+/// the CPU, so on 2 CPUs four starts at once finish about three times as many sandboxes per
+/// second as one at a time (docs/performance.md); beyond that they mostly slow each other
+/// and the real work beside them.
+pub const POOL_STARTS_AT_ONCE: usize = 4;
 
-/// The pool above `SANDBOX_POOL_SIZE` is refilled once no request took from it for this long.
+/// The pool above `SANDBOX_POOL_SIZE` is refilled once no request found a ready sandbox in it
+/// for this long, or at once after a request found none.
 pub const DEEP_REFILL_QUIET: Duration = Duration::from_millis(250);
 
 impl Core {
@@ -165,7 +170,7 @@ impl Core {
             health: StartHealth::default(),
             fresh_target,
             refill_backoff: RefillBackoff::default(),
-            last_take: None,
+            last_hit: None,
         }
     }
 
@@ -337,16 +342,18 @@ impl Core {
 
     /// How many fresh sandboxes to start for the pool now (before the slot limit): up to its
     /// target, at most [`POOL_STARTS_AT_ONCE`] starting at a time. Below `SANDBOX_POOL_SIZE`
-    /// at once; the part above it (grown with demand) only once no request took a pooled
-    /// sandbox for [`DEEP_REFILL_QUIET`]: during a burst, the requests the deep pool serves
-    /// do not share the CPU with `runsc run`s starting their successors.
+    /// at once. The part above it (grown with demand): at once after a request found no
+    /// ready sandbox (requests are waiting for starts: the sooner the better), but while
+    /// requests find ready ones, only after [`DEEP_REFILL_QUIET`] without such a hit, so that
+    /// the requests the deep pool serves do not share the CPU with `runsc run`s starting their
+    /// successors.
     pub fn fresh_refill_wanted(&mut self, now: Instant) -> usize {
         if !self.refill_backoff.allows(now) {
             return 0;
         }
         let quiet = self
-            .last_take
-            .is_none_or(|taken| now.saturating_duration_since(taken) >= DEEP_REFILL_QUIET);
+            .last_hit
+            .is_none_or(|hit| now.saturating_duration_since(hit) >= DEEP_REFILL_QUIET);
         let target = if quiet {
             self.fresh_target.target(now)
         } else {
@@ -361,8 +368,8 @@ impl Core {
     pub fn refill_deadline(&mut self, now: Instant) -> Option<Instant> {
         let backoff = self.refill_backoff.not_before().filter(|at| *at > now);
         let deep = self
-            .last_take
-            .map(|taken| taken + DEEP_REFILL_QUIET)
+            .last_hit
+            .map(|hit| hit + DEEP_REFILL_QUIET)
             .filter(|at| *at > now && self.pools.fresh_len() < self.fresh_target.target(now));
         match (backoff, deep) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -499,14 +506,17 @@ impl Core {
     }
 
     /// A pooled fresh sandbox for real work, ready first, else the oldest still starting. Not
-    /// finding a ready one is a miss: the pool deepens (see `runtime::refill`).
+    /// finding a ready one is a miss: the pool deepens (see `runtime::refill`), and its deep
+    /// part is refilled at once.
     pub fn take_fresh(&mut self, now: Instant) -> Option<SandboxKey> {
         let sandboxes = &self.sandboxes;
         let taken = self.pools.take_fresh(|key| Self::readiness(sandboxes, key));
         if taken.is_none_or(|key| self.state(key) != Some(State::Ready)) {
             self.fresh_target.missed(now);
+            self.last_hit = None;
+        } else {
+            self.last_hit = Some(now);
         }
-        self.last_take = Some(now);
         taken
     }
 

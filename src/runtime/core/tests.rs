@@ -6,6 +6,7 @@ use crate::agent_protocol::{
     AgentHello, ExitStatus, Inspection, Language, Stream, CREDIT_BATCH_BYTES, OUTPUT_WINDOW_BYTES,
 };
 use crate::runtime::exec::ExecOutcome;
+use crate::runtime::refill::GROWTH_PER_MISS;
 use crate::runtime::MAX_STDIN_IN_FLIGHT;
 
 const OWNER: Owner = Owner::Session(1);
@@ -976,41 +977,61 @@ fn requests_that_find_the_pool_empty_deepen_it_and_quiet_shallows_it() {
     assert_eq!(h.core.fresh_pool_len(), 2);
 }
 
-/// The pool's floor is refilled at once, its deep part (grown with demand) once requests stop
-/// taking from it for a moment, two starts at a time, and nothing while starts keep failing.
+/// The pool's floor is refilled at once. Its deep part (grown with demand) is refilled at once
+/// after a request found no ready sandbox (requests wait for starts), but while requests find
+/// ready ones only once they pause; at most `POOL_STARTS_AT_ONCE` start at a time, and nothing
+/// starts while starts keep failing.
 #[test]
-fn the_deep_pool_is_refilled_once_requests_pause() {
-    let mut h = Harness::new(16);
-    assert_eq!(
-        h.core.fresh_refill_wanted(h.now),
-        2,
-        "the floor, two at a time"
-    );
-    for _ in 0..2 {
-        let key = h.ready_sandbox(None);
+fn the_deep_pool_is_refilled_after_a_miss_or_once_requests_pause() {
+    let mut settings = settings(16);
+    settings.pool_max = 10;
+    let mut h = Harness {
+        core: Core::new(settings),
+        now: Instant::now(),
+    };
+    let mut pool_one = |h: &mut Harness, ready: bool| {
+        let key = if ready {
+            h.ready_sandbox(None)
+        } else {
+            h.add_fresh(None)
+        };
         h.core.add_to_fresh_pool(key);
+        key
+    };
+    assert_eq!(h.core.fresh_refill_wanted(h.now), 2, "the floor");
+    for _ in 0..2 {
+        pool_one(&mut h, true);
     }
     assert_eq!(h.core.fresh_refill_wanted(h.now), 0);
-    // A burst: three requests, the third finds the pool empty.
-    for _ in 0..3 {
-        h.core.take_fresh(h.now);
+    // A burst: two requests find ready sandboxes; only the floor comes back.
+    for _ in 0..2 {
+        assert!(h.core.take_fresh(h.now).is_some());
     }
-    assert_eq!(h.core.fresh_pool_target(h.now), 3);
-    // During the burst, only the floor comes back, two at a time.
+    assert_eq!(h.core.fresh_pool_target(h.now), 2);
     assert_eq!(h.core.fresh_refill_wanted(h.now), 2);
-    let starting: Vec<SandboxKey> = (0..2)
-        .map(|_| {
-            let key = h.add_fresh(None);
-            h.core.add_to_fresh_pool(key);
-            key
-        })
+    let first = pool_one(&mut h, false);
+    // The third finds it still starting: a miss deepens the pool by GROWTH_PER_MISS, and the
+    // deep part starts at once, POOL_STARTS_AT_ONCE at a time.
+    assert_eq!(h.core.take_fresh(h.now), Some(first));
+    assert_eq!(h.core.fresh_pool_target(h.now), 2 + GROWTH_PER_MISS);
+    assert_eq!(h.core.fresh_refill_wanted(h.now), POOL_STARTS_AT_ONCE);
+    let starting: Vec<SandboxKey> = (0..POOL_STARTS_AT_ONCE)
+        .map(|_| pool_one(&mut h, false))
         .collect();
-    assert_eq!(h.core.fresh_refill_wanted(h.now), 0, "two start already");
+    assert_eq!(h.core.fresh_refill_wanted(h.now), 0, "as many start already");
     for key in starting {
         h.core.run_exited(key, Ok(()), h.now);
         h.core.on_frame(key, hello(1), h.now);
     }
     h.actions();
+    assert_eq!(
+        h.core.fresh_refill_wanted(h.now),
+        2,
+        "after a miss, the rest of the target as starts end"
+    );
+    // A request finds a ready sandbox: the deep part waits until requests pause.
+    assert!(h.core.take_fresh(h.now).is_some());
+    assert_eq!(h.core.fresh_pool_len(), POOL_STARTS_AT_ONCE - 1);
     assert_eq!(h.core.fresh_refill_wanted(h.now), 0, "the floor is full");
     assert_eq!(
         h.core.refill_deadline(h.now),
@@ -1018,7 +1039,11 @@ fn the_deep_pool_is_refilled_once_requests_pause() {
         "the loop wakes for the deep part"
     );
     h.now += DEEP_REFILL_QUIET;
-    assert_eq!(h.core.fresh_refill_wanted(h.now), 1, "then the deep part");
+    assert_eq!(
+        h.core.fresh_refill_wanted(h.now),
+        2 + GROWTH_PER_MISS - (POOL_STARTS_AT_ONCE - 1),
+        "then the deep part"
+    );
     assert_eq!(h.core.refill_deadline(h.now), None);
     h.core.count_failed_start("runsc: gone", h.now);
     assert_eq!(
