@@ -99,6 +99,8 @@ enum Timer {
     ExecTimeout(SandboxKey, ExecId),
     /// A killed execution did not end.
     KillGrace(SandboxKey, ExecId),
+    /// A deferred `runsc delete` may wait no longer.
+    DeferredDelete(SandboxKey),
 }
 
 struct Sandbox {
@@ -138,6 +140,9 @@ pub struct Core {
     fresh_target: FreshTarget,
     /// Refills wait while starts keep failing.
     refill_backoff: RefillBackoff,
+    /// Sandboxes whose agent is disconnected (their processes are gone) but whose `runsc
+    /// delete` waits for the starts under way to end (see [`DEFERRED_DELETES_MAX`]).
+    deferred_deletes: Vec<SandboxKey>,
     /// When real work last found a ready sandbox in the fresh pool, unless a request found
     /// none since (see [`Core::fresh_refill_wanted`]).
     last_hit: Option<Instant>,
@@ -153,6 +158,16 @@ pub const POOL_STARTS_AT_ONCE: usize = 4;
 /// The pool above `SANDBOX_POOL_SIZE` is refilled once no request found a ready sandbox in it
 /// for this long, or at once after a request found none.
 pub const DEEP_REFILL_QUIET: Duration = Duration::from_millis(250);
+
+/// Used sandboxes whose `runsc delete` may wait at once, at most. While sandboxes start (a
+/// burst of requests waits for them), each delete's CPU (a `runsc` process, the sandbox's and
+/// gofer's teardown) slows the starts the requests wait for. A deferred sandbox is
+/// disconnected at once, so its agent and every process in it end; only the host-side cleanup
+/// waits, for [`DELETE_DEFER_MAX`] at most, and never while a request waits for a slot.
+pub const DEFERRED_DELETES_MAX: usize = 8;
+
+/// The longest a deferred `runsc delete` waits.
+pub const DELETE_DEFER_MAX: Duration = Duration::from_secs(1);
 
 impl Core {
     pub fn new(settings: Settings) -> Self {
@@ -170,6 +185,7 @@ impl Core {
             health: StartHealth::default(),
             fresh_target,
             refill_backoff: RefillBackoff::default(),
+            deferred_deletes: Vec::new(),
             last_hit: None,
         }
     }
@@ -405,6 +421,8 @@ impl Core {
         }
         self.arm_start_timer(key, now);
         self.waiting.push_back(key);
+        // The slot it waits for may be one whose delete was deferred.
+        self.end_deferred_deletes();
     }
 
     fn arm_start_timer(&mut self, key: SandboxKey, now: Instant) {
@@ -865,6 +883,7 @@ impl Core {
         for key in keys {
             self.delete(key, now);
         }
+        self.end_deferred_deletes();
         self.pools.clear();
     }
 
@@ -1007,6 +1026,7 @@ impl Core {
                 Timer::ExecTimeout(key, exec) => {
                     let _ = self.kill_exec(key, exec, Reason::Timeout, now);
                 }
+                Timer::DeferredDelete(key) => self.end_deferred_delete(key),
                 Timer::KillGrace(key, exec) => {
                     eprintln!(
                         "runtime: sandbox key {key}: execution {exec} ignored SIGKILL; deleting the sandbox"
@@ -1027,13 +1047,44 @@ impl Core {
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
             let Some(sandbox) = self.sandboxes.get_mut(&key) else {
-                return;
+                break;
             };
             for action in sandbox.lifecycle.handle(event) {
                 if let Some(next) = self.carry_out(key, action, now) {
                     events.push_back(next);
                 }
             }
+        }
+        if !self.deferred_deletes.is_empty() && !self.deletes_may_wait() {
+            self.end_deferred_deletes();
+        }
+    }
+
+    /// Whether one more used sandbox's `runsc delete` may wait (see [`DEFERRED_DELETES_MAX`]).
+    fn may_defer_delete(&self) -> bool {
+        self.deferred_deletes.len() < DEFERRED_DELETES_MAX && self.deletes_may_wait()
+    }
+
+    /// Deletes wait only while sandboxes start and no request waits for a slot.
+    fn deletes_may_wait(&self) -> bool {
+        self.waiting.is_empty()
+            && self
+                .sandboxes
+                .values()
+                .any(|sandbox| sandbox.lifecycle.state() == State::Starting)
+    }
+
+    /// Spawn the deferred deletes now.
+    fn end_deferred_deletes(&mut self) {
+        for key in std::mem::take(&mut self.deferred_deletes) {
+            self.actions.push_back(Action::Delete(key));
+        }
+    }
+
+    fn end_deferred_delete(&mut self, key: SandboxKey) {
+        if let Some(at) = self.deferred_deletes.iter().position(|k| *k == key) {
+            self.deferred_deletes.remove(at);
+            self.actions.push_back(Action::Delete(key));
         }
     }
 
@@ -1091,7 +1142,14 @@ impl Core {
                 self.end_all_execs(key, now);
                 self.cancel_start_timer(key);
                 self.pools.remove(key);
-                self.actions.push_back(Action::Delete(key));
+                if self.may_defer_delete() {
+                    self.actions.push_back(Action::Disconnect(key));
+                    self.deferred_deletes.push(key);
+                    self.timers
+                        .arm(deadline(now, DELETE_DEFER_MAX), Timer::DeferredDelete(key));
+                } else {
+                    self.actions.push_back(Action::Delete(key));
+                }
             }
             Do::StartCheckpoint => {
                 let image = self

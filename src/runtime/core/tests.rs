@@ -1018,7 +1018,11 @@ fn the_deep_pool_is_refilled_after_a_miss_or_once_requests_pause() {
     let starting: Vec<SandboxKey> = (0..POOL_STARTS_AT_ONCE)
         .map(|_| pool_one(&mut h, false))
         .collect();
-    assert_eq!(h.core.fresh_refill_wanted(h.now), 0, "as many start already");
+    assert_eq!(
+        h.core.fresh_refill_wanted(h.now),
+        0,
+        "as many start already"
+    );
     for key in starting {
         h.core.run_exited(key, Ok(()), h.now);
         h.core.on_frame(key, hello(1), h.now);
@@ -1051,4 +1055,89 @@ fn the_deep_pool_is_refilled_after_a_miss_or_once_requests_pause() {
         0,
         "not while starts fail"
     );
+}
+
+/// While sandboxes start, a used sandbox is disconnected at once (its agent and processes end)
+/// but its `runsc delete`, whose CPU would slow the starts, waits: until no sandbox starts any
+/// more, `DELETE_DEFER_MAX` at most, never while a request waits for a slot, and for at most
+/// `DEFERRED_DELETES_MAX` sandboxes at once. Its slot stays held meanwhile.
+#[test]
+fn deletes_wait_while_sandboxes_start_within_bounds() {
+    let mut h = Harness::new(16);
+    let used = h.ready_sandbox(Some(OWNER));
+    h.core.delete(used, h.now);
+    assert_eq!(
+        h.actions(),
+        [Action::Delete(used)],
+        "nothing starts: at once"
+    );
+    h.core.delete_exited(used, h.now);
+    h.actions();
+
+    let used = h.ready_sandbox(Some(OWNER));
+    let starting = h.add_fresh(None);
+    h.actions();
+    h.core.delete(used, h.now);
+    assert_eq!(h.actions(), [Action::Disconnect(used)]);
+    assert_eq!(h.core.state(used), Some(State::Deleting));
+    assert_eq!(h.core.live_sandboxes(), 2, "its slot is still held");
+    h.core.run_exited(starting, Ok(()), h.now);
+    h.core.on_frame(starting, hello(1), h.now);
+    assert_eq!(
+        h.actions(),
+        [Action::Delete(used)],
+        "the start ended: the delete goes"
+    );
+    h.core.delete_exited(used, h.now);
+    h.actions();
+
+    // A start that goes on: the delete waits DELETE_DEFER_MAX at most.
+    let used = h.ready_sandbox(Some(OWNER));
+    let _starting = h.add_fresh(None);
+    h.actions();
+    h.core.delete(used, h.now);
+    assert_eq!(h.actions(), [Action::Disconnect(used)]);
+    assert_eq!(h.advance(DELETE_DEFER_MAX - Duration::from_millis(1)), []);
+    assert_eq!(h.advance(Duration::from_millis(1)), [Action::Delete(used)]);
+    h.core.delete_exited(used, h.now);
+    h.actions();
+
+    // At most DEFERRED_DELETES_MAX wait; the next goes at once.
+    let used: Vec<SandboxKey> = (0..=DEFERRED_DELETES_MAX)
+        .map(|_| h.ready_sandbox(Some(OWNER)))
+        .collect();
+    for key in &used {
+        h.core.delete(*key, h.now);
+    }
+    let actions = h.actions();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|action| matches!(action, Action::Disconnect(_)))
+            .count(),
+        DEFERRED_DELETES_MAX
+    );
+    assert_eq!(
+        actions.last(),
+        Some(&Action::Delete(used[DEFERRED_DELETES_MAX]))
+    );
+}
+
+/// A request that must wait for a slot ends every deferred delete at once: the slot it waits
+/// for may be one of theirs.
+#[test]
+fn a_request_waiting_for_a_slot_ends_the_deferred_deletes() {
+    let mut h = Harness::new(3);
+    let used = h.ready_sandbox(Some(OWNER));
+    let _busy = h.ready_sandbox(Some(OTHER));
+    let _starting = h.add_fresh(None);
+    h.actions();
+    h.core.delete(used, h.now);
+    assert_eq!(h.actions(), [Action::Disconnect(used)]);
+    let waiting = h.add_fresh(Some(OTHER));
+    assert_eq!(h.core.waiting_for_slot(), 1);
+    assert_eq!(h.actions(), [Action::Delete(used)]);
+    h.core.delete_exited(used, h.now);
+    h.core.grant_slots(h.now);
+    assert_eq!(h.core.state(waiting), Some(State::Starting));
 }
