@@ -989,7 +989,7 @@ fn the_deep_pool_is_refilled_after_a_miss_or_once_requests_pause() {
         core: Core::new(settings),
         now: Instant::now(),
     };
-    let mut pool_one = |h: &mut Harness, ready: bool| {
+    let pool_one = |h: &mut Harness, ready: bool| {
         let key = if ready {
             h.ready_sandbox(None)
         } else {
