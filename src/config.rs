@@ -25,7 +25,7 @@ pub struct Config {
     /// `SANDBOX_POOL_SIZE`: sandboxes kept started and idle, ready for the next request.
     pub pool_size: usize,
     /// `SANDBOX_POOL_MAX`: how many the pool may keep when requests find it empty (it grows by
-    /// one per such request, and shrinks back by one per quiet minute).
+    /// four per such request, and shrinks back by one per quiet minute).
     pub pool_max: usize,
     /// `SANDBOX_SNAPSHOT_POOL_SIZE`: sandboxes kept restored from each snapshot used since start.
     pub snapshot_pool_size: usize,
