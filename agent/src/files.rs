@@ -56,6 +56,9 @@ pub const MAX_LIST_ENTRIES: usize = 10_000;
 /// Bytes moved per read or write.
 const CHUNK_BYTES: usize = 1024 * 1024;
 
+/// The smallest buffer a read uses (below the allocator's mmap threshold).
+const SMALL_READ_BYTES: usize = 64 * 1024;
+
 /// The helper's `main`: do the operation of `argument` (the request's JSON, or
 /// [`STANDBY_ARGUMENT`]: wait for it on [`REQUEST_FD`]); the process's exit status.
 pub fn helper_main(argument: Option<&str>) -> i32 {
@@ -329,7 +332,12 @@ fn read(path: &Path, mut stdout: File) -> Result<(), Failure> {
         .map_err(|e| Failure::io(path, "open", e))?;
     let meta = file.metadata().map_err(|e| Failure::io(path, "stat", e))?;
     require_regular(path, &meta)?;
-    let mut buffer = vec![0u8; CHUNK_BYTES];
+    // Sized for the file (one byte more: the second read sees its end), at least 64 KiB (a file
+    // that grows meanwhile is still read in large pieces): a small file's buffer comes from
+    // the heap, not from an mmap and munmap of a whole chunk (two syscalls, each tens of
+    // microseconds under gVisor's ptrace platform).
+    let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+    let mut buffer = vec![0u8; size.saturating_add(1).clamp(SMALL_READ_BYTES, CHUNK_BYTES)];
     loop {
         let n = match file.read(&mut buffer) {
             Ok(0) => return Ok(()),
