@@ -3,7 +3,8 @@
 //! same run so the ratios are meaningful on a noisy machine. See docs/performance.md.
 //!
 //! Custom harness: plain `Instant`, median / p90 / best over N iterations. Sections can be
-//! chosen with positional arguments: `cargo bench --bench runtime -- agent create server persist`.
+//! chosen with positional arguments: `cargo bench --bench runtime -- agent create server persist`
+//! (sections: agent, create, server, ports, persist, code, files, terminal).
 //! Prints a table and writes it as markdown to `target/bench-results.md`.
 //!
 //! Everything created lives under `/tmp/crs-bench-PID` (runsc state roots, bundles, server state
@@ -18,6 +19,7 @@ mod ports;
 mod report;
 mod server;
 mod support;
+mod terminal;
 mod websocket;
 
 use std::io;
@@ -126,6 +128,7 @@ fn main() {
     run("persist", &mut report, &persist::bench_persist);
     run("code", &mut report, &bench_code);
     run("files", &mut report, &bench_files);
+    run("terminal", &mut report, &terminal::bench_terminal);
     report.total = started.elapsed();
     report.load_end = report::load_average();
     report.failures = failures.clone();
@@ -874,39 +877,6 @@ fn bench_websocket(server: &Server, report: &mut Report) -> io::Result<()> {
     report.rows.push(Row::rate(
         "stdin throughput, 16 MiB through one WebSocket session into `wc -c` (1 MiB base64 messages within the stdin window)",
         &stdin,
-        Unit::MegabytesPerSecond,
-        "",
-        None,
-    ));
-    // Terminals (issue 19): keystroke echo and output through a pseudo-terminal.
-    session.terminal_echo(20)?; // warm-up
-    let echo = session.terminal_echo(200)?;
-    // The table shows median and p90; the goal names p99 (issue 19: p50 <= 2 ms, p99 <= 5 ms).
-    let mut sorted = echo.clone();
-    sorted.sort_by(f64::total_cmp);
-    let p99 = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
-    report.rows.push(Row::latency(
-        &format!(
-            "terminal: keystroke echo, one byte of stdin to its echo (`cat` on a pty), 200 keystrokes (p99 {:.2} ms)",
-            p99 * 1000.0
-        ),
-        &echo,
-        "",
-        None,
-    ));
-    let code = format!("yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {OUTPUT_BYTES}");
-    let mut terminal = Vec::new();
-    for _ in 0..3 {
-        let (elapsed, bytes) = session.terminal_run(&code)?;
-        // The terminal turns each "\n" into "\r\n": more bytes arrive than were written.
-        check(bytes as u64 >= OUTPUT_BYTES, || {
-            format!("{bytes} bytes of terminal output")
-        })?;
-        terminal.push(bytes as f64 / elapsed / 1e6);
-    }
-    report.rows.push(Row::rate(
-        "terminal output throughput, 200 MB of text through a pty in one WebSocket session",
-        &terminal,
         Unit::MegabytesPerSecond,
         "",
         None,
