@@ -36,8 +36,8 @@ use nix::unistd::Pid;
 
 use crate::pipes::AgentEnds;
 use crate::protocol::{
-    AgentConfig, ExecId, ExitStatus, FileRequest, FromAgent, Language, ProcessLimits, SpawnRequest,
-    Stream, TerminalSize, MAX_OUTPUT_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
+    AgentConfig, ExecId, ExitStatus, FromAgent, Language, ProcessLimits, SpawnRequest, Stream,
+    TerminalSize, MAX_OUTPUT_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
 };
 
 /// `execve` refuses a single argument longer than 128 KiB; larger code goes through a file.
@@ -193,23 +193,6 @@ impl Execution {
         let mut execution = Self::from_command(id, command)?;
         execution.code_file = code_file;
         Ok(execution)
-    }
-
-    /// Start the files API's helper for one operation (see [`crate::files`]): the agent's own
-    /// binary, as a process of the sandbox like any execution.
-    pub fn spawn_file_helper(
-        id: ExecId,
-        request: &FileRequest,
-        config: &AgentConfig,
-    ) -> Result<Self, SpawnError> {
-        let program = std::env::current_exe().map_err(SpawnError::Start)?;
-        let mut command = Command::new(program);
-        // Serializing a plain enum of strings and integers cannot fail.
-        let json = serde_json::to_string(request).unwrap_or_default();
-        command.arg(crate::files::HELPER_FLAG).arg(json);
-        prepare_command(&mut command, config, &config.limits);
-        command.current_dir(crate::files::HOME);
-        Self::from_command(id, command)
     }
 
     /// Start `request` on a new pseudo-terminal of `size`, as the leader of a new session whose
