@@ -25,7 +25,7 @@ pub struct Config {
     /// `SANDBOX_POOL_SIZE`: sandboxes kept started and idle, ready for the next request.
     pub pool_size: usize,
     /// `SANDBOX_POOL_MAX`: how many the pool may keep when requests find it empty (it grows by
-    /// one per such request, and shrinks back by one per quiet minute).
+    /// four per such request, and shrinks back by one per quiet minute).
     pub pool_max: usize,
     /// `SANDBOX_SNAPSHOT_POOL_SIZE`: sandboxes kept restored from each snapshot used since start.
     pub snapshot_pool_size: usize,
@@ -173,6 +173,9 @@ pub struct WsLimits {
     /// `SANDBOX_DETACHED_OUTPUT_BYTES`: output kept for an absent client before the process
     /// is paused.
     pub detached_output_bytes: usize,
+    /// `SANDBOX_RESEND_OUTPUT_BYTES`: the latest output sent to a client, kept so that a
+    /// reconnect after a drop gets again what the drop swallowed (0: none).
+    pub resend_output_bytes: usize,
     /// `SANDBOX_MAX_SESSION_PROCESSES`: processes one session runs at once (1 to 1024).
     pub max_session_processes: usize,
     /// `SANDBOX_STDIN_WINDOW_BYTES`: stdin a client may send to a process (started with a
@@ -278,6 +281,7 @@ impl Config {
             max_idle_timeout: env.seconds("SANDBOX_MAX_IDLE_TIMEOUT_SECS", 3600)?,
             detached_output_bytes: env.number("SANDBOX_DETACHED_OUTPUT_BYTES", 1024 * 1024)?
                 as usize,
+            resend_output_bytes: env.number("SANDBOX_RESEND_OUTPUT_BYTES", 1024 * 1024)? as usize,
             max_session_processes: env.bounded(
                 "SANDBOX_MAX_SESSION_PROCESSES",
                 16,

@@ -682,6 +682,67 @@ fn processes_with_request_ids_running_at_a_shutdown_go_on_after_the_restore() {
     ws.kill_sandbox();
 }
 
+/// A terminal running at a shutdown checkpoint is restored with the sandbox (issue 19): the
+/// same shell, on the same pseudo-terminal, with what it had in memory; after a reconnect it
+/// takes keystrokes and ends with its own exit code. (A checkpoint a client asks for while a
+/// terminal runs is refused instead, as for any process: tests/terminals.rs.)
+#[test]
+fn a_terminal_running_at_a_shutdown_checkpoint_is_the_same_shell_after_the_restore() {
+    let mut pair = pair_with(&[("SANDBOX_SHUTDOWN_TIMEOUT_SECS", SHUTDOWN_SECS)], &[]);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&pair.a, json!({"enable_checkpoint": true}));
+    let mut before = ById::new();
+    ws.request(
+        "t",
+        json!({"language": "bash", "code": "", "pty": {"cols": 100, "rows": 30}}),
+    );
+    ws.file_until(&mut before, |by_id| {
+        by_id.get("t").is_some_and(|run| run.process_id.is_some())
+    });
+    let process_id = before["t"].process_id;
+    let keys = |ws: &mut Ws, id: &str, data: &str| {
+        ws.request(
+            id,
+            json!({"event": "stdin", "process_id": process_id, "data": data}),
+        );
+    };
+    // A shell variable: only the same shell process knows it after the restore.
+    keys(&mut ws, "k1", "KEPT=$((6*7)); echo set-$KEPT-$$\n");
+    ws.file_until(&mut before, |by_id| by_id["t"].stdout.contains("set-42-"));
+    let shell_pid = before["t"].stdout.rsplit("set-42-").next().unwrap_or("");
+    let shell_pid: String = shell_pid.chars().take_while(char::is_ascii_digit).collect();
+    terminate_checkpointing(&mut pair.a, &mut ws);
+
+    let mut ws = restore(&pair.b, &sandbox_id, &token);
+    let mut after = ById::new();
+    ws.request("back", json!({"action": "reconnect"}));
+    keys(
+        &mut ws,
+        "k2",
+        "echo again-$KEPT-$$-$(tty); stty size; exit 4\n",
+    );
+    ws.file_until(&mut after, |by_id| {
+        by_id.get("t").is_some_and(ws::Answers::is_done)
+    });
+    let output = &after["t"].stdout;
+    assert!(
+        output.contains(&format!("again-42-{shell_pid}-/dev/pts/")),
+        "not the same shell on its terminal (pid {shell_pid}): {output:?}"
+    );
+    assert!(output.contains("30 100"), "the window size: {output:?}");
+    assert_eq!(after["t"].exit_code(), Some(4), "{:?}", after["t"]);
+    assert_eq!(after["t"].process_id, process_id);
+    assert!(
+        after["t"].stderr.is_empty(),
+        "one output stream: {:?}",
+        after["t"]
+    );
+    ws.kill_sandbox();
+}
+
 /// The shutdown timeout of the servers that are stopped with SIGTERM.
 const SHUTDOWN_SECS: &str = "20";
 

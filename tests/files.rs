@@ -569,6 +569,106 @@ fn concurrent_transfers_in_one_session() {
     ws.kill_sandbox();
 }
 
+/// The pid of the file helper the agent started ahead of the next operation, once there is
+/// one (bounded wait; fails the test if none comes). Call it while no operation is under way:
+/// a pre-started helper keeps its command line while it serves one.
+fn waiting_file_helper(ws: &mut Ws) -> u32 {
+    // The bracket keeps the probe's own command line from matching.
+    let pid = shell(
+        ws,
+        "for i in $(seq 200); do \
+           p=$(ps -eo pid=,args= | grep -e '--files --[s]tandby' | awk '{print $1}'); \
+           [ \"$(echo \"$p\" | grep -c .)\" = 1 ] && { echo \"$p\"; exit 0; }; sleep 0.05; \
+         done; ps -ef; exit 1",
+    );
+    pid.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no pid: {pid:?}"))
+}
+
+fn process_exists(ws: &mut Ws, pid: u32) -> bool {
+    shell(ws, &format!("[ -d /proc/{pid} ] && echo yes || echo no")) == "yes\n"
+}
+
+/// The pids in the names of the temporary files of writes under way in /root
+/// (`.NAME.upload-PID`: the helper that writes it), by target name.
+fn writers(ws: &mut Ws) -> BTreeMap<String, u32> {
+    shell(ws, "ls -A /root")
+        .lines()
+        .filter_map(|name| {
+            let (target, pid) = name.strip_prefix('.')?.rsplit_once(".upload-")?;
+            Some((target.to_string(), pid.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn operations_are_served_by_the_helper_started_ahead_or_by_fresh_ones_at_once() {
+    let server = TestServer::start(&[]);
+    let Created { mut ws, .. } = create(&server, json!({}));
+    // One operation alone: the helper that was waiting does it, and exits.
+    let waiting = waiting_file_helper(&mut ws);
+    let written = write_file(&mut ws, "1", "alone.txt", b"served", json!({}));
+    assert!(written.reply.is_some(), "{written:?}");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || !process_exists(
+            &mut ws, waiting
+        )),
+        "the waiting helper {waiting} did not serve the write"
+    );
+    assert_eq!(read_file(&mut ws, "2", "alone.txt").data, b"served");
+
+    // Three writes at once: the waiting helper takes the first, fresh helpers the others.
+    // While their data is not complete, each one's temporary file names its helper.
+    let waiting = waiting_file_helper(&mut ws);
+    let names = ["a.bin", "b.bin", "c.bin"];
+    for (index, name) in names.iter().enumerate() {
+        ws.send(
+            json!({"action": "write_file", "id": format!("w{index}"), "path": name,
+            "data": base64_encode(name.as_bytes()), "more": true}),
+        );
+    }
+    let mut acked = 0;
+    while acked < names.len() {
+        match ws.next_within(Duration::from_secs(60)) {
+            Frame::Json(frame) if frame["event"] == "file_ack" && frame["written"] == 5 => {
+                acked += 1
+            }
+            Frame::Json(_) => {}
+            other => panic!("no acknowledgement: {other:?}"),
+        }
+    }
+    let pids = writers(&mut ws);
+    assert_eq!(pids.len(), names.len(), "{pids:?}");
+    let served_by_waiting: Vec<&String> = pids
+        .iter()
+        .filter(|(_, pid)| **pid == waiting)
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(served_by_waiting.len(), 1, "{pids:?}, waiting {waiting}");
+    let distinct: std::collections::BTreeSet<&u32> = pids.values().collect();
+    assert_eq!(distinct.len(), names.len(), "{pids:?}");
+    for index in 0..names.len() {
+        ws.send(
+            json!({"action": "write_file", "id": format!("w{index}"), "data": "", "more": false}),
+        );
+    }
+    let mut answers = BTreeMap::new();
+    until_done(&mut ws, &mut answers, &["w0", "w1", "w2"]);
+    for (index, name) in names.iter().enumerate() {
+        let answer = &answers[&format!("w{index}")];
+        assert_eq!(answer.reply.as_ref().unwrap()["size"], 5, "{answer:?}");
+        assert_eq!(
+            read_file(&mut ws, &format!("r{index}"), name).data,
+            name.as_bytes()
+        );
+    }
+    // The next helper is made ready again once the agent is idle.
+    let next = waiting_file_helper(&mut ws);
+    assert!(!pids.values().any(|pid| *pid == next), "{pids:?} {next}");
+    ws.kill_sandbox();
+}
+
 #[test]
 fn an_interrupted_write_leaves_no_partial_file() {
     let server = TestServer::start(&[]);
@@ -915,7 +1015,9 @@ fn written_files_survive_a_checkpoint_and_go_into_snapshots() {
     let written = write_file(&mut ws, "1", "/root/kept.bin", &data, json!({}));
     assert!(written.reply.is_some(), "{written:?}");
 
-    // A snapshot has the file: a new sandbox made from it reads it back.
+    // A snapshot has the file: a new sandbox made from it reads it back. (Taken with a file
+    // helper waiting for its request, as a checkpoint below.)
+    waiting_file_helper(&mut ws);
     let name = format!("files-{}", std::process::id());
     ws.send(json!({"action": "snapshot_filesystem", "name": name}));
     ws.expect_status("SANDBOX_FILESYSTEM_SNAPSHOT_CREATING");
@@ -927,7 +1029,9 @@ fn written_files_survive_a_checkpoint_and_go_into_snapshots() {
     );
     copy.kill_sandbox();
 
-    // A checkpoint keeps it: after the restore it reads back over both transports.
+    // A checkpoint keeps it: after the restore it reads back over both transports. The file
+    // helper that waits for its request is checkpointed with the rest, and serves after.
+    let waiting = waiting_file_helper(&mut ws);
     ws.send(json!({"action": "checkpoint"}));
     for status in [
         "SANDBOX_CHECKPOINTING",
@@ -938,14 +1042,45 @@ fn written_files_survive_a_checkpoint_and_go_into_snapshots() {
         ws.expect_status(status);
     }
     ws.expect_close(1000);
+    // Checkpointed, held by no session: over HTTP, attach first (409); a wrong token learns
+    // nothing (404, as for an unknown sandbox).
+    let target = files_target(&sandbox_id, "path=/root/kept.bin");
+    let refused = http_request(server.port, "GET", &target, &token, b"", false);
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert_eq!(refused.json()["code"], "attach_first", "{}", refused.text());
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .is_some_and(|message| message.contains("checkpointed") && message.contains("attach")),
+        "{}",
+        refused.text()
+    );
+    let upload = http_request(server.port, "PUT", &target, &token, b"new", false);
+    assert_eq!(upload.status, 409, "{}", upload.text());
+    let wrong = http_request(server.port, "GET", &target, "wrong-token", b"", false);
+    assert_eq!(wrong.status, 404, "{}", wrong.text());
+    assert!(wrong
+        .json()
+        .get("code")
+        .is_none_or(|code| *code != "attach_first"));
+
     let mut ws = ws::connect(server.port, &ws::attach_path(&sandbox_id, &token));
     ws.expect_status("SANDBOX_RESTORING");
     ws.expect_status("SANDBOX_RUNNING");
+    assert!(
+        process_exists(&mut ws, waiting),
+        "the waiting helper is restored"
+    );
     assert_eq!(
         sha256(&read_file(&mut ws, "3", "/root/kept.bin").data),
         sha256(&data)
     );
-    let target = files_target(&sandbox_id, "path=/root/kept.bin");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || !process_exists(
+            &mut ws, waiting
+        )),
+        "the restored helper {waiting} did not serve the read"
+    );
     let (status, hash, length, _) = http_download(server.port, &target, &token);
     assert_eq!((status, length, hash), (200, data.len(), sha256(&data)));
     ws.kill_sandbox();

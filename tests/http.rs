@@ -78,6 +78,47 @@ fn code_over_the_size_limit_is_413() {
     server.assert_healthy();
 }
 
+/// A refusal that comes before the client sent its whole body (a 20 MB upload over the code
+/// limit, sent without `Expect: 100-continue`, as `curl --data-binary -H 'Expect:'` does): the
+/// server lingers, reading and dropping the rest, so that the client gets the 413 instead of a
+/// connection reset.
+#[test]
+fn a_refused_large_body_still_gets_its_response() {
+    use std::io::{Read, Write};
+    let server = TestServer::start(&[("SANDBOX_POOL_SIZE", "0")]);
+    const BODY: usize = 20 * 1024 * 1024;
+    for attempt in 0..5 {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let head = format!(
+                "POST /execute?language=bash HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n"
+            );
+            let _ = writer.write_all(head.as_bytes());
+            let chunk = vec![b'#'; 64 * 1024];
+            for _ in 0..BODY / chunk.len() {
+                // Once the server has answered it may stop reading: a failed write is fine.
+                if writer.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut response = Vec::new();
+        let read = stream.read_to_end(&mut response);
+        let _ = sender.join();
+        let text = String::from_utf8_lossy(&response);
+        assert!(
+            read.is_ok() && text.starts_with("HTTP/1.1 413"),
+            "attempt {attempt}: {read:?}, got {:?}",
+            text.chars().take(80).collect::<String>()
+        );
+    }
+    server.assert_healthy();
+}
+
 #[test]
 fn unknown_path_wrong_method_and_missing_length() {
     let server = TestServer::start(&[("SANDBOX_POOL_SIZE", "0")]);

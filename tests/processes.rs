@@ -363,6 +363,55 @@ fn reconnect_replays_two_background_processes_with_their_ids() {
     ws.kill_sandbox();
 }
 
+/// What the server wrote before it saw a connection drop is lost with the connection (here:
+/// sent, never read). Reconnect with `received` gets it again; without, only what was held.
+#[test]
+fn reconnect_sends_again_what_a_drop_swallowed_when_the_client_says_what_it_got() {
+    let server = TestServer::start(&[]);
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&server, json!({}));
+    ws.request("told", exec("echo told-1; sleep 4; echo told-2"));
+    ws.request("untold", exec("echo untold-1; sleep 4; echo untold-2"));
+    let mut by_id = ById::new();
+    ws.file_until(&mut by_id, |by_id| {
+        ["told", "untold"]
+            .iter()
+            .all(|id| by_id.get(*id).is_some_and(|run| run.process_id.is_some()))
+    });
+    let told = answers(&by_id, "told").process_id.unwrap_or_default();
+    // Their first lines reach our socket, unread; then the connection goes.
+    std::thread::sleep(Duration::from_secs(2));
+    ws.drop_abruptly();
+    let mut ws = attach(&server, &sandbox_id, &token);
+    // RUNNING was the first event (seq 1) of each; "told" says so, "untold" says nothing.
+    ws.request(
+        "back",
+        json!({"action": "reconnect", "received": {told.to_string(): 1}}),
+    );
+    let mut by_id = ById::new();
+    let mut told_seqs = Vec::new();
+    while !["told", "untold"]
+        .iter()
+        .all(|id| by_id.get(*id).is_some_and(ws::Answers::is_done))
+    {
+        let frame = ws.file_next(&mut by_id);
+        if frame["id"] == "told" {
+            told_seqs.push(frame["seq"].as_u64().unwrap_or(0));
+        }
+    }
+    assert_eq!(answers(&by_id, "told").stdout, "told-1\ntold-2\n");
+    assert_eq!(told_seqs, [2, 3, 4], "stdout, stdout, DONE: numbered on");
+    assert_eq!(
+        answers(&by_id, "untold").stdout,
+        "untold-2\n",
+        "without received, what was on the way is not sent again"
+    );
+    ws.kill_sandbox();
+}
+
 #[test]
 fn list_processes_and_attach_process_from_another_client() {
     let server = TestServer::start(&[]);

@@ -196,6 +196,26 @@ fn ctrl_c_interrupts_the_foreground_job_and_the_shell_goes_on() {
     ws.kill_sandbox();
 }
 
+/// Ctrl-D on an empty line at the login shell's prompt ends it, with exit code 0, as on a
+/// local terminal (readline reads the byte; nothing turns it into a signal).
+#[test]
+fn ctrl_d_at_the_prompt_ends_the_login_shell_with_code_0() {
+    let server = TestServer::start(&[]);
+    let Created { mut ws, .. } = create(&server, json!({}));
+    let mut term = Terminal::start(&mut ws, "t", "", 80, 24);
+    // A command whose output shows that the shell reads its input: the prompt after it is the
+    // one ctrl-D reaches.
+    term.type_keys(&mut ws, "k1", "echo ready-$((3*3))\n");
+    let output = term.read_until(&mut ws, 0, "ready-9");
+    let mark = output.rfind("ready-9").unwrap_or(0);
+    term.read_until(&mut ws, mark, "# ");
+    term.type_keys(&mut ws, "k2", "\x04");
+    let done = term.wait_done(&mut ws);
+    assert_eq!(done["exit_code"], 0, "{done}; output {:?}", term.output);
+    assert!(term.output.contains("logout"), "{:?}", term.output);
+    ws.kill_sandbox();
+}
+
 #[test]
 fn a_terminal_and_a_pipe_process_run_side_by_side_and_are_listed_with_their_kinds() {
     let server = TestServer::start(&[]);

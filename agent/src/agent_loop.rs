@@ -6,9 +6,10 @@
 //! - it spawns executions on request (frames on its stdin, see [`crate::protocol`]) and
 //!   relays their stdin, stdout, stderr and exit status;
 //! - it keeps a process started ahead of the next execution of each language (a bash, and a
-//!   child of its Python forkserver: see [`crate::standby`]), so that an execution pays neither
-//!   a fork, nor an exec, nor an interpreter's start-up. They are started when the agent is
-//!   idle, never before the frames the server waits for are written.
+//!   child of its Python forkserver: see [`crate::standby`]) and of the next file operation
+//!   (see [`crate::file_helper`]), so that an execution pays neither a fork, nor an exec, nor
+//!   an interpreter's start-up. They are started when the agent is idle, never before the
+//!   frames the server waits for are written.
 //!
 //! Back-pressure: each execution has an output window (`protocol::OUTPUT_WINDOW_BYTES`): the
 //! agent reads its pipes only while the window is open, and the server reopens it with
@@ -37,6 +38,7 @@ use nix::unistd::Pid;
 
 use crate::context::Context;
 use crate::execution::{Execution, PipeRead, SpawnError};
+use crate::file_helper::{self, FileStandby};
 use crate::forkserver::{self, Forkserver};
 use crate::pipes::set_nonblocking;
 use crate::protocol::{
@@ -120,8 +122,11 @@ pub struct Agent {
     bash_standby: Option<Standby>,
     python_standby: Option<Standby>,
     forkserver: Option<Forkserver>,
+    /// The files API's helper started ahead of the next file operation.
+    file_standby: Option<FileStandby>,
     bash_failures: u32,
     forkserver_failures: u32,
+    file_standby_failures: u32,
     /// Where the next bash standby starts: the last bash execution's directory (a standby
     /// serves only requests for the directory it started in), at first `HOME`.
     bash_cwd: String,
@@ -176,8 +181,10 @@ impl Agent {
             bash_standby: None,
             python_standby: None,
             forkserver: None,
+            file_standby: None,
             bash_failures: 0,
             forkserver_failures: 0,
+            file_standby_failures: 0,
             bash_cwd,
             last_activity: Instant::now(),
             doomed: Vec::new(),
@@ -472,8 +479,12 @@ impl Agent {
                     return;
                 }
                 let result = match (&request.file, request.pty) {
-                    // A file operation runs in its own helper, never in a standby.
-                    (Some(file), _) => Execution::spawn_file_helper(id, file, &self.config),
+                    // A file operation runs in its own helper: the one started ahead of it,
+                    // else a fresh one (operations at once).
+                    (Some(file), _) => match self.file_standby.take() {
+                        Some(standby) => Ok(standby.activate(id, file)),
+                        None => file_helper::spawn(id, file, &self.config),
+                    },
                     (None, Some(size)) => {
                         Execution::spawn_terminal(id, &request, &self.config, size)
                     }
@@ -568,8 +579,10 @@ impl Agent {
                     self.bash_standby = None;
                     self.python_standby = None;
                     self.forkserver = None;
+                    self.file_standby = None;
                     self.bash_failures = 0;
                     self.forkserver_failures = 0;
+                    self.file_standby_failures = 0;
                     // A new sandbox (made from a snapshot's files): its ids start over.
                     self.highest_exec_id = 0;
                     // The code contexts' processes were ended with the rest.
@@ -780,6 +793,14 @@ impl Agent {
         } else if is(&self.python_standby) {
             self.python_standby = None;
         } else if self
+            .file_standby
+            .as_ref()
+            .is_some_and(|standby| standby.pid() == pid)
+        {
+            // Died before being used (a user's `pkill`, a failed start): as for bash.
+            self.file_standby = None;
+            self.file_standby_failures += 1;
+        } else if self
             .forkserver
             .as_ref()
             .is_some_and(|forkserver| forkserver.pid() == pid)
@@ -944,12 +965,18 @@ impl Agent {
                 .is_none_or(|standby| !standby.started_in(&self.bash_cwd))
     }
 
-    fn standbys_missing(&self) -> bool {
-        self.forkserver_wanted() || self.bash_standby_wanted()
+    fn file_standby_wanted(&self) -> bool {
+        self.config.file_standby
+            && self.file_standby.is_none()
+            && self.file_standby_failures < MAX_STANDBY_FAILURES
     }
 
-    /// Start what is missing: the forkserver, a bash (in the directory bash executions use).
-    /// These spawns block the loop for a few milliseconds: only called when idle.
+    fn standbys_missing(&self) -> bool {
+        self.forkserver_wanted() || self.bash_standby_wanted() || self.file_standby_wanted()
+    }
+
+    /// Start what is missing: the forkserver, a bash (in the directory bash executions use), a
+    /// file helper. These spawns block the loop for a few milliseconds: only called when idle.
     fn start_standbys(&mut self) {
         if self.forkserver_wanted() {
             match Forkserver::start(&self.config) {
@@ -971,6 +998,15 @@ impl Agent {
                 Err(error) => {
                     eprintln!("sandbox-agent: cannot start the bash standby: {error}");
                     self.bash_failures += 1;
+                }
+            }
+        }
+        if self.file_standby_wanted() {
+            match FileStandby::start(&self.config) {
+                Ok(standby) => self.file_standby = Some(standby),
+                Err(error) => {
+                    eprintln!("sandbox-agent: cannot start the file helper standby: {error}");
+                    self.file_standby_failures += 1;
                 }
             }
         }
@@ -999,6 +1035,9 @@ impl Agent {
             .into_iter()
             .flatten()
         {
+            standby.dismiss();
+        }
+        if let Some(standby) = self.file_standby.take() {
             standby.dismiss();
         }
         if let Some(forkserver) = self.forkserver.take() {

@@ -36,8 +36,8 @@ use nix::unistd::Pid;
 
 use crate::pipes::AgentEnds;
 use crate::protocol::{
-    AgentConfig, ExecId, ExitStatus, FileRequest, FromAgent, Language, ProcessLimits, SpawnRequest,
-    Stream, TerminalSize, MAX_OUTPUT_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
+    AgentConfig, ExecId, ExitStatus, FromAgent, Language, ProcessLimits, SpawnRequest, Stream,
+    TerminalSize, MAX_OUTPUT_CHUNK_BYTES, OUTPUT_WINDOW_BYTES,
 };
 
 /// `execve` refuses a single argument longer than 128 KiB; larger code goes through a file.
@@ -193,23 +193,6 @@ impl Execution {
         let mut execution = Self::from_command(id, command)?;
         execution.code_file = code_file;
         Ok(execution)
-    }
-
-    /// Start the files API's helper for one operation (see [`crate::files`]): the agent's own
-    /// binary, as a process of the sandbox like any execution.
-    pub fn spawn_file_helper(
-        id: ExecId,
-        request: &FileRequest,
-        config: &AgentConfig,
-    ) -> Result<Self, SpawnError> {
-        let program = std::env::current_exe().map_err(SpawnError::Start)?;
-        let mut command = Command::new(program);
-        // Serializing a plain enum of strings and integers cannot fail.
-        let json = serde_json::to_string(request).unwrap_or_default();
-        command.arg(crate::files::HELPER_FLAG).arg(json);
-        prepare_command(&mut command, config, &config.limits);
-        command.current_dir(crate::files::HOME);
-        Self::from_command(id, command)
     }
 
     /// Start `request` on a new pseudo-terminal of `size`, as the leader of a new session whose
@@ -605,6 +588,11 @@ impl Execution {
     /// Returns whether the pipe may hold more right now: only a read that filled all the room
     /// (a pipe gives all it has up to the size asked for, so a shorter read emptied it; not
     /// asking again saves a syscall that would only say "would block").
+    ///
+    /// A terminal's master gives at most 4 KiB per read under runsc, whatever it holds: its
+    /// reads go on into the same buffer until "would block" (or the room is full), and what
+    /// they got is one frame, not one per 4 KiB (fewer frames for the server to decode and
+    /// merge; the reads, the floor of a terminal's cost, are the same).
     fn read_chunk(&mut self, which: PipeRead, outbox: &mut Vec<u8>, scratch: &mut [u8]) -> bool {
         let room = usize::try_from(self.window)
             .unwrap_or(usize::MAX)
@@ -624,30 +612,34 @@ impl Execution {
         let Some(pipe) = pipe else {
             return false;
         };
-        let read = loop {
-            match pipe.read(&mut scratch[..room]) {
+        let mut filled = 0;
+        // Whether the pipe is done (end of file or an error): closed once what came is framed.
+        let mut ended = false;
+        while filled < room {
+            match pipe.read(&mut scratch[filled..room]) {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
+                Ok(0) => ended = true,
+                Ok(n) => {
+                    filled += n;
+                    // A terminal's master gives a few KiB per read whatever it holds: a short
+                    // read does not mean it is empty, only "would block" does.
+                    if self.terminal {
+                        continue;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => ended = true,
             }
-        };
-        match read {
-            Ok(0) => {
-                self.close_pipe(which);
-                false
-            }
-            Ok(n) => {
-                self.window = self.window.saturating_sub(n as u64);
-                FromAgent::encode_output(self.id, stream, &scratch[..n], outbox);
-                // A terminal's master gives a few KiB per read whatever it holds: a short read
-                // does not mean it is empty, only "would block" does.
-                n == room || self.terminal
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
-            Err(_) => {
-                self.close_pipe(which);
-                false
-            }
+            break;
         }
+        if filled > 0 {
+            self.window = self.window.saturating_sub(filled as u64);
+            FromAgent::encode_output(self.id, stream, &scratch[..filled], outbox);
+        }
+        if ended {
+            self.close_pipe(which);
+        }
+        !ended && filled == room
     }
 
     fn close_pipe(&mut self, which: PipeRead) {

@@ -1,9 +1,13 @@
 //! The files API inside the sandbox (issue 14): one helper process per operation.
 //!
-//! The agent does not touch files itself. For each operation it starts its own binary again
-//! (`sandbox-agent --files '<json FileRequest>'`) as an ordinary process of the sandbox: uid 0
-//! without capabilities, the sandbox's rlimits, its own process group, pipes as stdio. So
-//! the operation has exactly the rights user code has, and nothing more:
+//! The agent does not touch files itself. Each operation is done by its own binary started
+//! again as an ordinary process of the sandbox: uid 0 without capabilities, the sandbox's
+//! rlimits, its own process group, pipes as stdio, `/root` as its directory. Either started for
+//! the operation (`sandbox-agent --files '<json FileRequest>'`), or started ahead of it and
+//! waiting for it (`sandbox-agent --files --standby`, see [`crate::file_helper`]): then the
+//! request comes as JSON on its descriptor 3, which the agent closes once it is written. Both
+//! are the same process with the same rights, used for one operation. So the operation has
+//! exactly the rights user code has, and nothing more:
 //! - it cannot open the agent's pipes (`/proc/1/fd/*`): they belong to the agent's own uid,
 //!   which is why user code cannot either (see `identity`);
 //! - `/proc/self/...` and `/dev/fd/...` name the helper's own descriptors, never the agent's;
@@ -29,6 +33,16 @@ use crate::protocol::{FileFailure, FileRequest, FILE_COMMIT_MAGIC, FILE_COMMIT_T
 /// The first argument that makes the agent's binary this helper.
 pub const HELPER_FLAG: &str = "--files";
 
+/// The second argument of a helper started ahead of its request: the request comes on
+/// [`REQUEST_FD`] (a JSON request never starts with `-`).
+pub const STANDBY_ARGUMENT: &str = "--standby";
+
+/// Where a pre-started helper reads its request (to the end of file).
+pub const REQUEST_FD: i32 = 3;
+
+/// Longest request a pre-started helper reads (two paths of `MAX_PATH_BYTES`, escaped, fit).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// Where relative paths start: the sessions' working directory.
 pub const HOME: &str = "/root";
 
@@ -42,13 +56,38 @@ pub const MAX_LIST_ENTRIES: usize = 10_000;
 /// Bytes moved per read or write.
 const CHUNK_BYTES: usize = 1024 * 1024;
 
-/// The helper's `main`: do `request_json`'s operation; the process's exit status.
-pub fn helper_main(request_json: Option<&str>) -> i32 {
+/// The smallest buffer a read uses (below the allocator's mmap threshold).
+const SMALL_READ_BYTES: usize = 64 * 1024;
+
+/// The helper's `main`: do the operation of `argument` (the request's JSON, or
+/// [`STANDBY_ARGUMENT`]: wait for it on [`REQUEST_FD`]); the process's exit status.
+pub fn helper_main(argument: Option<&str>) -> i32 {
     // A write past RLIMIT_FSIZE must fail with EFBIG, not kill the helper with SIGXFSZ.
+    // (Before the wait: a pre-started helper has done all it can before its request.)
     let _ = signal_hook::flag::register(
         signal_hook::consts::SIGXFSZ,
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
     );
+    let waited_for;
+    let request_json = match argument {
+        Some(STANDBY_ARGUMENT) => {
+            match sandbox_ffi::read_inherited_to_end(REQUEST_FD, MAX_REQUEST_BYTES) {
+                // Closed without a request: the agent dismissed it (or is gone).
+                Ok(bytes) if bytes.is_empty() => return 0,
+                Ok(bytes) => {
+                    waited_for = String::from_utf8_lossy(&bytes).into_owned();
+                    Some(waited_for.as_str())
+                }
+                Err(error) => {
+                    return fail(Failure::new(
+                        "invalid_path",
+                        format!("bad request: {error}"),
+                    ))
+                }
+            }
+        }
+        other => other,
+    };
     let request: FileRequest = match request_json.map(serde_json::from_str) {
         Some(Ok(request)) => request,
         Some(Err(error)) => {
@@ -293,7 +332,12 @@ fn read(path: &Path, mut stdout: File) -> Result<(), Failure> {
         .map_err(|e| Failure::io(path, "open", e))?;
     let meta = file.metadata().map_err(|e| Failure::io(path, "stat", e))?;
     require_regular(path, &meta)?;
-    let mut buffer = vec![0u8; CHUNK_BYTES];
+    // Sized for the file (one byte more: the second read sees its end), at least 64 KiB (a file
+    // that grows meanwhile is still read in large pieces): a small file's buffer comes from
+    // the heap, not from an mmap and munmap of a whole chunk (two syscalls, each tens of
+    // microseconds under gVisor's ptrace platform).
+    let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+    let mut buffer = vec![0u8; size.saturating_add(1).clamp(SMALL_READ_BYTES, CHUNK_BYTES)];
     loop {
         let n = match file.read(&mut buffer) {
             Ok(0) => return Ok(()),

@@ -4,7 +4,7 @@
 //! - [`protocol`]: the frames on the agent's stdin and stdout, its configuration, its uid. The
 //!   server depends on this module only.
 //! - [`Agent`]: the agent's loop (init of the container, executions, the processes started
-//!   ahead of their requests: a bash, and a child of the Python forkserver).
+//!   ahead of their requests: a bash, a child of the Python forkserver, a file helper).
 //! - [`identity`]: who the agent is inside its sandbox, so that user code cannot speak for it.
 //!
 //! Dependencies: the protocol and `ffi/` (the one place for `unsafe`), nothing of the server.
@@ -13,6 +13,7 @@
 mod agent_loop;
 mod context;
 mod execution;
+mod file_helper;
 pub mod files;
 mod forkserver;
 pub mod identity;

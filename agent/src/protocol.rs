@@ -144,6 +144,9 @@ pub struct AgentConfig {
     /// Keep a bash started ahead of the next `bash` execution.
     #[serde(default)]
     pub bash_standby: bool,
+    /// Keep the files API's helper started ahead of the next file operation.
+    #[serde(default)]
+    pub file_standby: bool,
 }
 
 /// What the server asks the agent to run.

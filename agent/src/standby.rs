@@ -96,7 +96,7 @@ impl Standby {
     /// the agent applies to every process now).
     pub fn can_serve(&self, request: &SpawnRequest, limits: &ProcessLimits) -> bool {
         let same_start = request.language == self.language
-            // A file operation is its own helper process, never a standby.
+            // A file operation has its own helper (`file_helper`), never a bash or python.
             && request.file.is_none()
             && request.limits == self.limits
             && *limits == self.limits

@@ -112,6 +112,7 @@ impl Env {
             ),
             python_standby: true,
             bash_standby: true,
+            file_standby: true,
         };
         let cgroup_parent = base
             .file_name()
@@ -157,6 +158,7 @@ impl Env {
         let agent_config = AgentConfig {
             python_standby: standbys,
             bash_standby: standbys,
+            file_standby: standbys,
             ..self.agent_config.clone()
         };
         let mut spec = bundle::spec(&bundle::BundleSpec {

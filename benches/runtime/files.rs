@@ -77,6 +77,55 @@ impl FilesSession {
         format!("f{}", self.next_id)
     }
 
+    /// A `bash` execution of `code` in the same session, for scale: seconds from sending to
+    /// `SANDBOX_EXECUTION_DONE`.
+    pub fn run_bash(&mut self, code: &str) -> io::Result<f64> {
+        let id = self.id();
+        let started = Instant::now();
+        self.send(json!({"id": id, "language": "bash", "code": code}))?;
+        loop {
+            let frame = self.next()?;
+            if frame["status"] == "SANDBOX_EXECUTION_DONE" {
+                if frame["exit_code"] != 0 {
+                    return Err(io_error(format!("bash {code:?} failed: {frame}")));
+                }
+                return Ok(started.elapsed().as_secs_f64());
+            }
+            if frame["event"] == "error" {
+                return Err(io_error(format!("bash {code:?} failed: {frame}")));
+            }
+        }
+    }
+
+    /// Two `read_file`s of `path` sent together: the agent's waiting helper serves the first,
+    /// a helper started for it the second. Seconds from sending to each reply (first, second).
+    pub fn read_pair(&mut self, path: &str) -> io::Result<(f64, f64)> {
+        let (first, second) = (self.id(), self.id());
+        let messages = [
+            json!({"action": "read_file", "id": first, "path": path}).to_string(),
+            json!({"action": "read_file", "id": second, "path": path}).to_string(),
+        ];
+        let started = Instant::now();
+        for message in messages {
+            self.socket.send(Message::Text(message)).map_err(io_error)?;
+        }
+        let (mut first_done, mut second_done) = (None, None);
+        while first_done.is_none() || second_done.is_none() {
+            let frame = self.next()?;
+            match frame["event"].as_str() {
+                Some("reply") if frame["id"] == first.as_str() => {
+                    first_done = Some(started.elapsed().as_secs_f64())
+                }
+                Some("reply") if frame["id"] == second.as_str() => {
+                    second_done = Some(started.elapsed().as_secs_f64())
+                }
+                Some("error") => return Err(io_error(format!("read failed: {frame}"))),
+                _ => {}
+            }
+        }
+        Ok((first_done.unwrap_or(0.0), second_done.unwrap_or(0.0)))
+    }
+
     /// `read_file`: (seconds from sending to the reply, bytes received).
     pub fn read(&mut self, path: &str) -> io::Result<(f64, usize)> {
         let id = self.id();

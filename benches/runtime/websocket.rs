@@ -325,13 +325,25 @@ impl Session {
     }
 
     /// Terminals: `code`'s output through a terminal; (seconds from the message to DONE,
-    /// output bytes).
-    pub fn terminal_run(&mut self, code: &str) -> io::Result<(f64, usize)> {
+    /// output bytes, `stdout` events).
+    pub fn terminal_run(&mut self, code: &str) -> io::Result<(f64, usize, usize)> {
         let started = Instant::now();
         self.send(json!({"id": "out", "language": "bash", "code": code,
             "pty": {"cols": 80, "rows": 24}, "timeout": 300}))?;
-        let (_, bytes) = self.until(|frame| frame["status"] == "SANDBOX_EXECUTION_DONE")?;
-        Ok((started.elapsed().as_secs_f64(), bytes))
+        let (mut bytes, mut events) = (0, 0);
+        loop {
+            let frame = self.next()?;
+            if frame["event"] == "error" {
+                return Err(io_error(format!("server error: {frame}")));
+            }
+            if let Some(text) = frame["data"].as_str() {
+                bytes += text.len();
+                events += 1;
+            }
+            if frame["status"] == "SANDBOX_EXECUTION_DONE" {
+                return Ok((started.elapsed().as_secs_f64(), bytes, events));
+            }
+        }
     }
 
     pub fn kill(mut self) {

@@ -34,7 +34,7 @@ if [ ! -e "$stamp" ]; then
 fi
 
 examples=()
-for f in client_example.py checkpoint.py filesystem_snapshot.py third_party_libraries.py code_interpreter.py files.py web_app.py mcp_client.py; do
+for f in client_example.py checkpoint.py filesystem_snapshot.py third_party_libraries.py code_interpreter.py files.py web_app.py mcp_client.py terminal.py; do
     [ -e "$repo/example/$f" ] && examples+=("$repo/example/$f")
 done
 
@@ -55,6 +55,9 @@ if [ -n "${SANDBOX_TEST_AUTH_URL:-}" ]; then
     # The example as a user runs it against a server that requires an API key.
     step env SANDBOX_API_KEY="$SANDBOX_TEST_API_KEY" "$venv/bin/python" \
         "$repo/example/client_example.py" "$SANDBOX_TEST_AUTH_URL"
+    # The terminal example (a shell on a pseudo-terminal), with the key.
+    step env SANDBOX_API_KEY="$SANDBOX_TEST_API_KEY" "$venv/bin/python" \
+        "$repo/example/terminal.py" "$SANDBOX_TEST_AUTH_URL"
     # The MCP example, through /mcp of the same server, with the key.
     mcp_url="${SANDBOX_TEST_AUTH_URL/#ws:/http:}"
     step env SANDBOX_API_KEY="$SANDBOX_TEST_API_KEY" "$venv/bin/python" \

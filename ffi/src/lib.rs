@@ -208,6 +208,44 @@ pub fn set_window_size(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<(
     Ok(())
 }
 
+/// Read inherited descriptor `fd` to its end (at most `limit` bytes), then close it.
+///
+/// A process started ahead of its request (the files API's pre-started helper) gets its
+/// request on a pipe at a fixed descriptor next to stdio; `std` has no safe way to adopt a
+/// descriptor by number. The caller must have inherited `fd` and wrapped it nowhere else: it
+/// is closed here. More than `limit` bytes is an `InvalidData` error (the rest is not read).
+pub fn read_inherited_to_end(fd: RawFd, limit: usize) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let outcome = loop {
+        // SAFETY: `chunk` is a live stack buffer of `chunk.len()` bytes that `read` may fill;
+        // `read` on a descriptor that is not open fails with EBADF and touches no memory.
+        let n = unsafe { libc::read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break Err(error);
+        }
+        if n == 0 {
+            break Ok(());
+        }
+        // `n` is positive and at most `chunk.len()` here.
+        bytes.extend_from_slice(&chunk[..n as usize]);
+        if bytes.len() > limit {
+            break Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("more than {limit} bytes on descriptor {fd}"),
+            ));
+        }
+    };
+    // SAFETY: `close` takes a plain integer; the caller guarantees nothing else owns `fd`,
+    // so no other handle is left pointing at a closed (or reused) descriptor.
+    unsafe { libc::close(fd) };
+    outcome.map(|()| bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,5 +361,26 @@ mod tests {
         assert!(text.contains("tty"), "{text:?}");
         // It leads its own session.
         assert!(text.contains(&format!("{pid}")), "{text:?}");
+    }
+
+    #[test]
+    fn an_inherited_descriptor_is_read_to_its_end_within_a_limit() {
+        use std::io::Write;
+        use std::os::fd::IntoRawFd;
+        let read_all = |bytes: &[u8], limit: usize| {
+            let (reader, mut writer) = std::io::pipe().unwrap();
+            writer.write_all(bytes).unwrap();
+            drop(writer);
+            read_inherited_to_end(reader.into_raw_fd(), limit)
+        };
+        let request = vec![b'x'; 10_000];
+        assert_eq!(read_all(&request, 10_000).unwrap(), request);
+        assert_eq!(read_all(b"", 10).unwrap(), b"");
+        let error = read_all(&request, 4096).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert_eq!(
+            read_inherited_to_end(-1, 10).unwrap_err().raw_os_error(),
+            Some(libc::EBADF)
+        );
     }
 }

@@ -290,6 +290,7 @@ impl Server {
                     max_code_bytes: 1000,
                 },
                 held_output_bytes: 100,
+                resend_output_bytes: 1000,
                 egress_unavailable: (!has(b'n'))
                     .then(|| "network egress is disabled on this server".to_string()),
                 store_timeout: Duration::from_secs(30),

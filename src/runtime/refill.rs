@@ -1,15 +1,22 @@
 //! When and how much the fresh pool is refilled, without I/O.
 //!
 //! - [`FreshTarget`]: how many fresh sandboxes to keep started. `SANDBOX_POOL_SIZE` is the
-//!   floor; each request that finds no ready sandbox in the pool raises the target by one, up
-//!   to `SANDBOX_POOL_MAX`, and every [`SHRINK_AFTER`] without such a miss lowers it by one
-//!   again. Bursts of requests thus find the pool as deep as the last burst needed, and an
-//!   idle server goes back to its floor (each pooled sandbox holds 20-50 MB).
+//!   floor; each request that finds no ready sandbox in the pool raises the target by
+//!   [`GROWTH_PER_MISS`], up to `SANDBOX_POOL_MAX`, and every [`SHRINK_AFTER`] without such a
+//!   miss lowers it by one again. Bursts of requests thus find the pool as deep as the last
+//!   burst needed, and an idle server goes back to its floor (each pooled sandbox holds 20-50
+//!   MB).
 //! - [`RefillBackoff`]: after a sandbox start failed (runsc broken, the image gone), refills
 //!   wait, 100 ms at first, doubling up to 30 s, instead of starting the next sandbox at once
 //!   (which made a tight loop of failing `runsc run`s); a start that succeeds ends the wait.
 
 use std::time::{Duration, Instant};
+
+/// How much one miss raises the target. More than one: a request that misses shows a burst
+/// under way, and the requests after it in that burst wait for starts too; sandboxes started
+/// together are ready together (several starts at once take about as long as one, see
+/// `POOL_STARTS_AT_ONCE`), while one more per miss makes each of them wait a whole start.
+pub const GROWTH_PER_MISS: usize = 4;
 
 /// A target raised by a miss goes down by one after this long without another.
 pub const SHRINK_AFTER: Duration = Duration::from_secs(60);
@@ -45,9 +52,7 @@ impl FreshTarget {
     /// A request found no ready sandbox in the pool.
     pub fn missed(&mut self, now: Instant) {
         self.decay(now);
-        if self.floor + self.extra < self.max {
-            self.extra += 1;
-        }
+        self.extra = (self.extra + GROWTH_PER_MISS).min(self.max - self.floor);
         self.since = Some(now);
     }
 
@@ -137,9 +142,19 @@ mod tests {
         target.missed(later);
         assert_eq!(
             target.target(later + SHRINK_AFTER - Duration::from_secs(1)),
-            4
+            5
         );
         assert_eq!(target.target(later + SHRINK_AFTER * 10), 2);
+    }
+
+    #[test]
+    fn each_miss_deepens_the_pool_by_several() {
+        let now = Instant::now();
+        let mut target = FreshTarget::new(2, 100);
+        target.missed(now);
+        assert_eq!(target.target(now), 2 + GROWTH_PER_MISS);
+        target.missed(now);
+        assert_eq!(target.target(now), 2 + 2 * GROWTH_PER_MISS);
     }
 
     #[test]

@@ -145,6 +145,7 @@ pub fn agent_config(config: &Config) -> AgentConfig {
         ),
         python_standby: true,
         bash_standby: true,
+        file_standby: true,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use super::execute::ExecuteJob;
-use super::websocket::WsConnection;
+use super::websocket::{Linger, WsConnection};
 use crate::http::request::{HeadCheck, Limits, RelayCheck, RequestParser};
 
 /// A client connection (HTTP, then WebSocket after an upgrade: the id stays), never reused
@@ -100,7 +100,16 @@ pub enum Phase {
     Mcp(McpWaiting),
     /// Send what is buffered, then close.
     Closing,
+    /// The last response is out and the write side is shut: what the client still sends (the
+    /// rest of a refused body) is read and dropped until it closes too, so that closing does
+    /// not reset the connection under the response (see [`Connection::drain_lingering`]).
+    Lingering { since: Instant, discarded: usize },
 }
+
+/// How long a closing connection waits for its client to close too.
+pub const LINGER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How much of a client's unwanted input a closing connection reads at most.
+const LINGER_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// The `/mcp` tool call a connection waits for.
 #[derive(Debug, Clone)]
@@ -234,6 +243,43 @@ impl Connection {
             self.last_write_progress = now;
         }
         ok
+    }
+
+    /// Lingering: shut the write side (the client sees the response end), then read and
+    /// drop what arrives. [`Linger::Done`] at the client's end of file, past
+    /// `LINGER_MAX_BYTES`, or when the socket failed: the connection can go.
+    pub fn drain_lingering(&mut self) -> Linger {
+        let Phase::Lingering { discarded, .. } = &mut self.phase else {
+            return Linger::Done;
+        };
+        let mut buffer = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut buffer) {
+                Ok(0) => return Linger::Done,
+                Ok(n) => {
+                    *discarded += n;
+                    if *discarded > LINGER_MAX_BYTES {
+                        return Linger::Done;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Linger::Going,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Linger::Done,
+            }
+        }
+    }
+
+    /// After the last response of a connection that closes: linger (see
+    /// [`Phase::Lingering`]) unless the client is gone already. Returns whether it lingers.
+    pub fn begin_lingering(&mut self) -> bool {
+        if self.peer_closed || self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+            return false;
+        }
+        self.phase = Phase::Lingering {
+            since: Instant::now(),
+            discarded: 0,
+        };
+        self.drain_lingering() == Linger::Going
     }
 
     pub fn job(&self) -> Option<&ExecuteJob> {

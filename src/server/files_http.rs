@@ -26,6 +26,7 @@ use crate::http::query::{parse_query, single_param};
 use crate::http::request::{Request, StreamCheck};
 use crate::http::response::{encode_chunk, final_chunk, ResponseHead};
 use crate::runtime::SandboxKey;
+use crate::server::store_work::StoredSandbox;
 use crate::session::file_messages::{FileMessage, DEFAULT_FILE_MODE};
 use crate::session::files::HttpFileOut;
 use crate::session::{token, SessionId};
@@ -161,7 +162,7 @@ pub fn parse(request: &Request, sandbox_id: &str) -> Result<FilesRequest, ApiErr
 pub fn status_of(code: &str) -> u16 {
     match code {
         "not_found" => 404,
-        "is_a_directory" | "not_a_directory" | "already_exists" | "busy" => 409,
+        "is_a_directory" | "not_a_directory" | "already_exists" | "busy" | "attach_first" => 409,
         "permission_denied" => 403,
         "no_space" => 507,
         "path_too_long" => 414,
@@ -196,6 +197,22 @@ fn unknown_sandbox(sandbox_id: &str) -> ApiError {
     ))
 }
 
+/// Why a sandbox that is not live here (and named with its right token) takes no files
+/// request: its files are in a checkpoint image, which only a restore (an attach) opens.
+pub fn not_live_answer(sandbox_id: &str, stored: &StoredSandbox) -> ApiError {
+    let why = match stored {
+        StoredSandbox::Unknown => return unknown_sandbox(sandbox_id),
+        StoredSandbox::Checkpointed => format!("sandbox {sandbox_id} is checkpointed"),
+        StoredSandbox::Elsewhere(owner) => {
+            format!("sandbox {sandbox_id} runs on another server instance ({owner})")
+        }
+    };
+    ApiError::File(
+        "attach_first".into(),
+        format!("{why}: attach to it first (/attach/{sandbox_id}), then retry"),
+    )
+}
+
 impl Server {
     /// Start a files request; `streamed`: its body follows (an upload).
     pub(super) fn start_files(
@@ -213,6 +230,24 @@ impl Server {
             .filter(|live| token::matches(live.token_sha256, &request.token))
             .map(|live| live.session);
         let Some(session_id) = live else {
+            if self.sessions.live_sandbox(&request.sandbox_id).is_none() {
+                // Not here: a checkpointed sandbox gets told to attach first (the store says,
+                // on a worker thread; the connection waits as for the store's other answers).
+                let asked = self.persistence.check_files_sandbox(
+                    id,
+                    &request.sandbox_id,
+                    request.token.clone(),
+                );
+                if asked.is_some() {
+                    if let Some(connection) = self.connections.http.get_mut(&id) {
+                        connection.phase = Phase::Waiting {
+                            since: Instant::now(),
+                            keep_alive: keep_alive_if_refused,
+                        };
+                    }
+                    return;
+                }
+            }
             let error = unknown_sandbox(&request.sandbox_id);
             return self.respond(id, &error.response(), keep_alive_if_refused, false);
         };

@@ -8,11 +8,12 @@ use mio::Interest;
 
 use super::api::{self, ApiError, ApiRequest, ExecuteRequest, Parsed, Response};
 use super::connection::{
-    Connection, ConnectionId, Phase, ReadOutcome, OUT_HIGH_WATER, OUT_LOW_WATER,
+    Connection, ConnectionId, Phase, ReadOutcome, LINGER_TIMEOUT, OUT_HIGH_WATER, OUT_LOW_WATER,
 };
 use super::execute::ExecuteJob;
 use super::playground;
 use super::store_work::CheckpointQuery;
+use super::websocket::Linger;
 use super::Server;
 use crate::http::request::{HttpError, Progress, Request};
 use crate::io_token::{token, Tag};
@@ -73,6 +74,12 @@ impl Server {
             let Some(connection) = self.connections.http.get_mut(&id) else {
                 return;
             };
+            if matches!(connection.phase, Phase::Lingering { .. }) {
+                if connection.drain_lingering() == Linger::Done {
+                    self.close(id);
+                }
+                return;
+            }
             match connection.read_available() {
                 Ok(ReadOutcome::Open) => {}
                 Ok(ReadOutcome::Closed) if matches!(connection.phase, Phase::File(_)) => {
@@ -370,6 +377,7 @@ impl Server {
         }
         let finished = match connection.phase {
             Phase::Closing => true,
+            Phase::Lingering { .. } => return,
             // Shutting down: a connection without a running request takes no new one, so it
             // closes once its last response is out (it must not hold the shutdown up).
             Phase::Reading => self.shutdown_deadline.is_some(),
@@ -380,7 +388,14 @@ impl Server {
             | Phase::Mcp(_) => false,
         };
         if finished && connection.out.is_empty() {
-            self.close(id);
+            // A refusal may come before the client sent all of its body: closing with that
+            // unread would reset the connection, and the client could lose the response.
+            let linger = matches!(connection.phase, Phase::Closing)
+                && self.shutdown_deadline.is_none()
+                && connection.begin_lingering();
+            if !linger {
+                self.close(id);
+            }
             return;
         }
         self.resume_file_output(id);
@@ -421,6 +436,8 @@ impl Server {
             // The session bounds each file operation; this is the backstop.
             let file_late = matches!(&connection.phase, Phase::File(job)
                 if now.duration_since(job.since) > crate::session::files::FILE_OPERATION_TIMEOUT * 2);
+            let linger_over = matches!(connection.phase, Phase::Lingering { since, .. }
+                if now.duration_since(since) > LINGER_TIMEOUT);
             if slow_request {
                 let error = HttpError::new(408, "the request did not arrive in time");
                 expired.push((*id, Some(ApiError::Http(error))));
@@ -430,7 +447,7 @@ impl Server {
                     store_timeout.as_secs()
                 );
                 expired.push((*id, Some(ApiError::Unavailable(message))));
-            } else if idle || stalled || file_late {
+            } else if idle || stalled || file_late || linger_over {
                 expired.push((*id, None));
             }
         }

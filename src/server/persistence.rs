@@ -20,12 +20,14 @@ use super::recovery::Peer;
 use super::save::{Action, Report, Save};
 use super::sessions::Control;
 use super::store_work::{
-    self, AttachCheck, AttachOutcome, CheckpointQuery, DeleteError, HandoffAsked, VerifiedImage,
+    self, AttachCheck, AttachOutcome, CheckpointQuery, DeleteError, HandoffAsked, StoredSandbox,
+    VerifiedImage,
 };
 use super::websocket::Waiting;
 use super::Server;
 use crate::agent_protocol::{ExecId, Language};
 use crate::config::Config;
+use crate::ids::SandboxId;
 use crate::runtime::{Owner, RuntimeEvent};
 use crate::session::events::{OutputEncoding, ProcessKind};
 use crate::session::{RequestId, SaveRequest, SavedProcess, SavedState, Session, SessionId};
@@ -85,6 +87,12 @@ pub enum JobResult {
     CheckpointsListed {
         connection: ConnectionId,
         list: Value,
+    },
+    /// The store said what it knows of the sandbox of a files request (not live here).
+    FilesSandboxChecked {
+        connection: ConnectionId,
+        sandbox_id: String,
+        stored: StoredSandbox,
     },
     /// Fire-and-forget work (discarding an image, releasing a lease).
     Done,
@@ -594,6 +602,34 @@ impl Persistence {
         Ok(())
     }
 
+    /// A files request for a sandbox that is not live here: ask the store (on a worker
+    /// thread) whether it is checkpointed or elsewhere, to answer why not. `None`: there is no
+    /// store (or the id cannot be one of ours), so it is simply unknown.
+    pub fn check_files_sandbox(
+        &mut self,
+        connection: ConnectionId,
+        sandbox_id: &str,
+        token: String,
+    ) -> Option<()> {
+        let base = self.checkpoint_base(&SandboxId::parse(sandbox_id)?.to_string())?;
+        let (owner, ttl) = (self.instance_id.clone(), self.store.lease_ttl);
+        let sandbox_id = sandbox_id.to_string();
+        let stand_in = sandbox_id.clone();
+        self.jobs.spawn_or(
+            move || JobResult::FilesSandboxChecked {
+                connection,
+                stored: store_work::stored_sandbox(&base, &token, &owner, ttl),
+                sandbox_id,
+            },
+            move |_| JobResult::FilesSandboxChecked {
+                connection,
+                sandbox_id: stand_in,
+                stored: StoredSandbox::Unknown,
+            },
+        );
+        Some(())
+    }
+
     /// Remove a killed sandbox's saved state (its checkpoints and lease).
     pub fn remove_saved_state(&mut self, session: SessionId, sandbox_id: &str) {
         let base = self.checkpoint_base(sandbox_id);
@@ -938,6 +974,7 @@ impl Server {
                 JobResult::AttachChecked { connection, .. }
                 | JobResult::SnapshotsListed { connection, .. }
                 | JobResult::CheckpointsListed { connection, .. }
+                | JobResult::FilesSandboxChecked { connection, .. }
                 | JobResult::SnapshotDeleted { connection, .. } => Peer::Connection(*connection),
                 // Bookkeeping of the server itself, no peer to blame: handled as is (each
                 // session it concerns is guarded on its own).
@@ -1014,6 +1051,14 @@ impl Server {
                     Ok(Response::json(200, &list))
                 };
                 self.answer_waiting(connection, answer);
+            }
+            JobResult::FilesSandboxChecked {
+                connection,
+                sandbox_id,
+                stored,
+            } => {
+                let answer = super::files_http::not_live_answer(&sandbox_id, &stored);
+                self.answer_waiting(connection, Err(answer));
             }
             JobResult::SavedStateRemoved { session } => self.saved_state_removed(session),
             JobResult::LeaseRenewed { session, result } => {

@@ -283,6 +283,44 @@ pub struct CheckpointQuery {
     pub ttl: Duration,
 }
 
+/// What the store says about a sandbox a files request names that is not live here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredSandbox {
+    /// Not in the store, or the token does not match (the same answer: no hint it exists).
+    Unknown,
+    /// Checkpointed and held by no instance: an attach restores it.
+    Checkpointed,
+    /// Running on another instance (named).
+    Elsewhere(String),
+}
+
+/// A files request for a sandbox that is not live on this instance (`owner`): the token is
+/// checked against the manifest (or, for a sandbox never checkpointed, its lease) first.
+/// Nothing is changed in the store. A store that cannot be read counts as not knowing it.
+pub fn stored_sandbox(base: &Path, token: &str, owner: &str, ttl: Duration) -> StoredSandbox {
+    let manifest = store::load(base).ok().flatten();
+    let held = match lease::find(base, ttl) {
+        Ok(lease::Found::Lease(current))
+            if current.expires_unix_ms > store::now_unix_ms() && current.owner != owner =>
+        {
+            Some(current)
+        }
+        _ => None,
+    };
+    let expected = match (&manifest, &held) {
+        (Some(manifest), _) => manifest.token_sha256.clone(),
+        (None, Some(current)) => current.token_sha256.clone(),
+        (None, None) => return StoredSandbox::Unknown,
+    };
+    if !token::matches(&expected.unwrap_or_default(), token) {
+        return StoredSandbox::Unknown;
+    }
+    match held {
+        Some(current) => StoredSandbox::Elsewhere(current.owner),
+        None => StoredSandbox::Checkpointed,
+    }
+}
+
 /// `GET /sandboxes?checkpointed=1`: checkpointed sandboxes in the store, in id order, from
 /// `after` on, at most `limit` (never a token). The work is bounded: one listing of the store,
 /// then at most `4 * limit` sandbox directories (the others, never checkpointed, are live

@@ -322,6 +322,9 @@ pub struct Frame {
     pub event: ServerEvent,
     pub id: Option<RequestId>,
     pub process: Option<ProcessId>,
+    /// The event's number among its process's (see `resend`); `None` for processes started
+    /// without a request id and for events that are not numbered.
+    pub seq: Option<u64>,
 }
 
 impl From<ServerEvent> for Frame {
@@ -330,13 +333,24 @@ impl From<ServerEvent> for Frame {
             event,
             id: None,
             process: None,
+            seq: None,
         }
     }
 }
 
 impl Frame {
     pub fn new(event: ServerEvent, id: Option<RequestId>, process: Option<ProcessId>) -> Self {
-        Frame { event, id, process }
+        Frame {
+            event,
+            id,
+            process,
+            seq: None,
+        }
+    }
+
+    /// The same frame with its number.
+    pub fn numbered(self, seq: Option<u64>) -> Self {
+        Frame { seq, ..self }
     }
 
     /// The event answering the request `id` (if it had one).
@@ -356,12 +370,14 @@ impl Frame {
     pub fn to_json(&self) -> String {
         let id = self.id.as_ref();
         let process_id = self.process;
+        let seq = self.seq;
         let status_frame = |status: Status| StatusFrame {
             event: "status_update",
             id,
             message: None,
             process_id,
             protocol: (status == Status::Running).then_some(PROTOCOL_VERSION),
+            seq,
             status: status.as_str(),
             stdin_window: None,
         };
@@ -403,6 +419,7 @@ impl Frame {
                 },
                 id,
                 process_id,
+                seq,
             }),
             ServerEvent::Done(done) => serde_json::to_string(&DoneFrame {
                 duration_ms: done.duration_ms,
@@ -411,6 +428,7 @@ impl Frame {
                 id,
                 process_id,
                 reason: done.reason.as_str(),
+                seq,
                 signal: done.signal,
                 status: Status::ExecutionDone.as_str(),
                 timed_out: done.reason == Reason::Timeout,
@@ -419,6 +437,7 @@ impl Frame {
                 event: "stdin_ack",
                 id,
                 process_id,
+                seq,
                 written: *written,
             }),
             ServerEvent::Reply(reply) => serde_json::to_string(&self.reply_value(reply)),
@@ -429,6 +448,7 @@ impl Frame {
                 id,
                 kind: "cell",
                 process_id,
+                seq,
                 status: Status::ExecutionRunning.as_str(),
             }),
             ServerEvent::CellResult {
@@ -440,6 +460,7 @@ impl Frame {
                 id,
                 is_main_result: *is_main_result,
                 process_id,
+                seq,
             }),
             ServerEvent::CellError {
                 name,
@@ -450,6 +471,7 @@ impl Frame {
                 id,
                 name,
                 process_id,
+                seq,
                 traceback,
                 value,
             }),
@@ -527,6 +549,8 @@ struct StatusFrame<'a> {
     process_id: Option<ProcessId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     protocol: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     stdin_window: Option<u64>,
@@ -557,6 +581,8 @@ struct OutputFrame<'a> {
     id: Option<&'a RequestId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     process_id: Option<ProcessId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -569,6 +595,8 @@ struct DoneFrame<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     process_id: Option<ProcessId>,
     reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     signal: Option<i32>,
     status: &'static str,
     timed_out: bool,
@@ -583,6 +611,8 @@ struct CellRunningFrame<'a> {
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     process_id: Option<ProcessId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     status: &'static str,
 }
 
@@ -595,6 +625,8 @@ struct CellResultFrame<'a> {
     is_main_result: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     process_id: Option<ProcessId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -605,6 +637,8 @@ struct CellErrorFrame<'a> {
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     process_id: Option<ProcessId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     traceback: &'a [String],
     value: &'a str,
 }
@@ -616,6 +650,8 @@ struct StdinAckFrame<'a> {
     id: Option<&'a RequestId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     process_id: Option<ProcessId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     written: u64,
 }
 

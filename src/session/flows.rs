@@ -361,6 +361,7 @@ impl Replay {
                 // Keys a protocol-2 server adds to the compatible answers.
                 object.remove("protocol");
                 object.remove("process_id");
+                object.remove("seq");
             }
             if expected.get("duration_ms").is_none() {
                 object.remove("duration_ms");
@@ -504,6 +505,7 @@ fn settings(server: &Map<String, Value>) -> SessionSettings {
             max_code_bytes: number("max_code_bytes", 1000) as usize,
         },
         held_output_bytes: number("held_output_bytes", 100) as usize,
+        resend_output_bytes: number("resend_output_bytes", 1 << 20) as usize,
         egress_unavailable: match server.get("egress_unavailable") {
             Some(Value::Null) => None,
             Some(value) => Some(text(value)),

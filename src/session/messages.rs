@@ -16,6 +16,7 @@
 //! of an addition (`process_id`, the new actions' fields) are malformed too; without one, the
 //! compatible answers stay.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -51,8 +52,9 @@ pub enum ClientMessage {
     Checkpoint,
     /// `{"action": "snapshot_filesystem", "name"}`: the name, or why it is not a string.
     SnapshotFilesystem(Result<String, String>),
-    /// `{"action": "reconnect"}`.
-    Reconnect,
+    /// `{"action": "reconnect", "received"}`: with, per process, the `seq` of the last event
+    /// the client got before the drop (empty without `received`: nothing is sent again).
+    Reconnect(Received),
     /// `{"action": "list_processes"}`.
     ListProcesses,
     /// `{"action": "attach_process", "process_id"}`.
@@ -158,7 +160,9 @@ fn dispatch(message: &Map<String, Value>, has_id: bool, limits: &ExecLimits) -> 
         Some(Action::SnapshotFilesystem) => {
             return ClientMessage::SnapshotFilesystem(snapshot_name(message))
         }
-        Some(Action::Reconnect) => return ClientMessage::Reconnect,
+        Some(Action::Reconnect) => {
+            return malformed(received(message).map(ClientMessage::Reconnect))
+        }
         Some(Action::ListProcesses) => return ClientMessage::ListProcesses,
         Some(Action::AttachProcess) => {
             let process = optional_process(message).and_then(|process| {
@@ -225,6 +229,53 @@ fn optional_process(message: &Map<String, Value>) -> Result<Option<ProcessId>, S
                 )
             }),
     }
+}
+
+/// Per process, the `seq` of the last event a client received (`reconnect`'s `received`).
+pub type Received = BTreeMap<ProcessId, u64>;
+
+/// Most processes a `received` may name (a session keeps far fewer).
+const MAX_RECEIVED_PROCESSES: usize = 4096;
+
+/// `reconnect`'s `received`: `{"<process_id>": seq, ...}`, seq an integer below 2^53.
+fn received(message: &Map<String, Value>) -> Result<Received, String> {
+    let entries = match message.get("received") {
+        None | Some(Value::Null) => return Ok(Received::new()),
+        Some(Value::Object(entries)) => entries,
+        Some(other) => {
+            return Err(format!(
+                "received must be an object of process ids to seq numbers, got {}",
+                quoted(other)
+            ))
+        }
+    };
+    if entries.len() > MAX_RECEIVED_PROCESSES {
+        return Err(format!(
+            "received names {} processes, at most {MAX_RECEIVED_PROCESSES} are allowed",
+            entries.len()
+        ));
+    }
+    let mut received = Received::new();
+    for (key, value) in entries {
+        let process = key
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id > 0 && key.bytes().all(|byte| byte.is_ascii_digit()))
+            .ok_or_else(|| {
+                format!(
+                    "received keys must be process ids (positive integers), got {}",
+                    quoted(&Value::from(key.as_str()))
+                )
+            })?;
+        let seq = value.as_u64().filter(|seq| *seq < 1 << 53).ok_or_else(|| {
+            format!(
+                "received[{key}] must be a seq number (an integer from 0), got {}",
+                quoted(value)
+            )
+        })?;
+        received.insert(ProcessId(process), seq);
+    }
+    Ok(received)
 }
 
 /// `resize`: the terminal process and its new size.
@@ -306,7 +357,7 @@ mod tests {
         );
         assert_eq!(
             message(r#"{"action":"reconnect"}"#),
-            ClientMessage::Reconnect
+            ClientMessage::Reconnect(Received::new())
         );
         assert_eq!(
             message(r#"{"action":"snapshot_filesystem","name":"s"}"#),
@@ -533,12 +584,59 @@ mod tests {
     fn request_ids_are_kept_and_invalid_ones_make_the_message_malformed() {
         let envelope = parse(r#"{"id":"7","action":"reconnect"}"#, &LIMITS);
         assert_eq!(envelope.id, Some(RequestId::Text("7".into())));
-        assert_eq!(envelope.message, ClientMessage::Reconnect);
+        assert_eq!(envelope.message, ClientMessage::Reconnect(Received::new()));
         let envelope = parse(r#"{"id":null,"action":"reconnect"}"#, &LIMITS);
         assert_eq!(envelope.id, None, "null is no id");
-        assert_eq!(envelope.message, ClientMessage::Reconnect);
+        assert_eq!(envelope.message, ClientMessage::Reconnect(Received::new()));
         let envelope = parse(r#"{"id":{"no":1},"action":"reconnect"}"#, &LIMITS);
         assert_eq!(envelope.id, None);
         assert!(matches!(envelope.message, ClientMessage::Malformed(_)));
+    }
+
+    #[test]
+    fn reconnect_says_what_the_client_received_of_each_process() {
+        let envelope = parse(
+            r#"{"id":"9","action":"reconnect","received":{"3":5,"12":0}}"#,
+            &LIMITS,
+        );
+        let expected = Received::from([(ProcessId(3), 5), (ProcessId(12), 0)]);
+        assert_eq!(envelope.message, ClientMessage::Reconnect(expected));
+        for (bad, needle) in [
+            (
+                r#"{"action":"reconnect","received":[1]}"#,
+                "must be an object",
+            ),
+            (
+                r#"{"action":"reconnect","received":{"x":1}}"#,
+                "process ids",
+            ),
+            (
+                r#"{"action":"reconnect","received":{"0":1}}"#,
+                "process ids",
+            ),
+            (
+                r#"{"action":"reconnect","received":{"+3":1}}"#,
+                "process ids",
+            ),
+            (
+                r#"{"action":"reconnect","received":{"3":-1}}"#,
+                "received[3]",
+            ),
+            (
+                r#"{"action":"reconnect","received":{"3":"1"}}"#,
+                "received[3]",
+            ),
+            (
+                r#"{"action":"reconnect","received":{"3":9007199254740992}}"#,
+                "received[3]",
+            ),
+        ] {
+            match parse(bad, &LIMITS).message {
+                ClientMessage::Malformed(problem) => {
+                    assert!(problem.contains(needle), "{bad}: {problem}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 }

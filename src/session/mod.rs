@@ -32,6 +32,7 @@ pub mod messages;
 pub mod options;
 mod process_requests;
 pub mod processes;
+mod resend;
 pub mod stdin_window;
 pub mod text;
 pub mod token;
@@ -109,6 +110,8 @@ pub struct SessionSettings {
     pub exec: ExecLimits,
     /// Output held for clients that do not follow the processes, before they are paused.
     pub held_output_bytes: usize,
+    /// The latest numbered events sent, kept for a reconnect after a drop (see `resend`).
+    pub resend_output_bytes: usize,
     /// Why sandboxes cannot have network egress here (`None`: they can).
     pub egress_unavailable: Option<String>,
     /// How long the session waits for the store before it goes on without it.
@@ -273,6 +276,8 @@ pub struct Session {
     /// The request id of the kill, checkpoint or snapshot under way: its statuses echo it.
     pending_request: Option<RequestId>,
     processes: Processes,
+    /// The latest numbered events sent, for a `reconnect` after a drop (see `resend`).
+    resend: resend::ResendLog,
     /// File operations under way (the files API).
     files: files::FileTransfers,
     /// The code interpreter's contexts (issue 13).
@@ -338,6 +343,7 @@ impl Session {
         Session {
             id,
             processes: Processes::new(settings.max_session_processes),
+            resend: resend::ResendLog::new(settings.resend_output_bytes),
             files: files::FileTransfers::default(),
             code: code::CodeContexts::default(),
             settings,
@@ -959,7 +965,7 @@ impl Session {
             }
             ClientMessage::Checkpoint => self.checkpoint(id, &mut out),
             ClientMessage::SnapshotFilesystem(name) => self.snapshot(name, id, &mut out),
-            ClientMessage::Reconnect => self.reconnect(&mut out, control),
+            ClientMessage::Reconnect(received) => self.reconnect(&received, &mut out, control),
             ClientMessage::Stdin(process, stdin) => {
                 self.stdin(process, stdin, id, &mut out, control)
             }

@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use super::events::{ProcessKind, Reply};
-use super::messages::{ExecMessage, StdinMessage};
+use super::messages::{ExecMessage, Received, StdinMessage};
 use super::processes::{Lookup, NewProcess};
 use super::stdin_window::StdinWindow;
 use super::{
@@ -254,7 +254,21 @@ impl Session {
     /// `reconnect`: the client (back after a drop) follows every process again, and gets
     /// what was held of each, in process order. The compatible foreground execution comes
     /// first with its `SANDBOX_EXECUTION_RUNNING`, as the original protocol replays it.
-    pub(super) fn reconnect(&mut self, out: &mut Vec<Out>, control: &mut dyn SandboxControl) {
+    /// Before what was held of a process named in `received`, what was sent of it after the
+    /// `seq` the client got last goes again (the drop may have swallowed it; see `resend`).
+    pub(super) fn reconnect(
+        &mut self,
+        received: &Received,
+        out: &mut Vec<Out>,
+        control: &mut dyn SandboxControl,
+    ) {
+        // Processes that ended and were forgotten while the client was away: their end was
+        // sent, and may have been lost (taken before following replays and forgets others).
+        let forgotten: Vec<(ProcessId, u64)> = received
+            .iter()
+            .filter(|(process, _)| self.processes.get(**process).is_none())
+            .map(|(process, after)| (*process, *after))
+            .collect();
         if let Some(foreground) = self.processes.foreground_to_replay() {
             if let Some(process) = self.processes.get(foreground) {
                 if process.is_started() {
@@ -263,7 +277,13 @@ impl Session {
                     ));
                 }
             }
-            self.follow(foreground, None, out, control);
+            self.follow(
+                foreground,
+                None,
+                received.get(&foreground).copied(),
+                out,
+                control,
+            );
         }
         for process in self.processes.ids() {
             if self
@@ -271,8 +291,11 @@ impl Session {
                 .get(process)
                 .is_some_and(|process| !process.is_followed())
             {
-                self.follow(process, None, out, control);
+                self.follow(process, None, received.get(&process).copied(), out, control);
             }
+        }
+        for (process, after) in forgotten {
+            out.extend(self.resend.after(process, after).into_iter().map(Out::Send));
         }
     }
 
@@ -304,7 +327,7 @@ impl Session {
             id.cloned(),
             Some(process),
         )));
-        self.follow(process, id.cloned(), out, control);
+        self.follow(process, id.cloned(), None, out, control);
     }
 
     pub(super) fn list_processes(&self, id: Option<&RequestId>, out: &mut Vec<Out>) {
@@ -312,21 +335,30 @@ impl Session {
         out.push(Out::Send(Frame::answering(ServerEvent::Reply(reply), id)));
     }
 
-    /// The client follows `process` (under `request`, if given): what was held of it goes out,
-    /// its output is no longer paused, and its stdin acknowledgement catches up.
+    /// The client follows `process` (under `request`, if given): what was sent of it after
+    /// number `resend_after` (if given) goes again, then what was held of it, its output is
+    /// no longer paused, and its stdin acknowledgement catches up.
     fn follow(
         &mut self,
         process: ProcessId,
         request: Option<RequestId>,
+        resend_after: Option<u64>,
         out: &mut Vec<Out>,
         control: &mut dyn SandboxControl,
     ) {
+        if let Some(after) = resend_after {
+            out.extend(self.resend.after(process, after).into_iter().map(Out::Send));
+        }
         let held = self.processes.take_held(process);
         let Some(entry) = self.processes.get_mut(process) else {
             return;
         };
         entry.follow(request);
-        out.extend(held.into_iter().map(|event| Out::Send(entry.frame(event))));
+        for (seq, event) in held {
+            let frame = entry.frame(event).numbered(seq);
+            self.resend.record(&frame);
+            out.push(Out::Send(frame));
+        }
         if let Some(written) = entry.stdin.as_mut().and_then(StdinWindow::take_ack) {
             out.push(Out::Send(entry.frame(ServerEvent::StdinAck { written })));
         }
@@ -357,11 +389,18 @@ impl Session {
         event: ServerEvent,
         control: &mut dyn SandboxControl,
     ) {
-        let Some(entry) = self.processes.get(process) else {
+        let Some(entry) = self.processes.get_mut(process) else {
             return;
         };
+        // Acknowledgements are not numbered: each one says all that was consumed so far.
+        let seq = match event {
+            ServerEvent::StdinAck { .. } => None,
+            _ => entry.number(),
+        };
         if self.attached && entry.is_followed() {
-            out.push(Out::Send(entry.frame(event)));
+            let frame = entry.frame(event).numbered(seq);
+            self.resend.record(&frame);
+            out.push(Out::Send(frame));
             return;
         }
         let is_foreground = self.processes.foreground_to_replay() == Some(process);
@@ -369,7 +408,7 @@ impl Session {
             // A compatible reconnect replays the foreground with a RUNNING of its own.
             return;
         }
-        if self.processes.hold(process, event) > self.settings.held_output_bytes {
+        if self.processes.hold(process, seq, event) > self.settings.held_output_bytes {
             self.pause_held_processes(control);
         }
     }
@@ -474,7 +513,7 @@ impl Session {
             ServerEvent::Error(text),
         ];
         for event in events {
-            self.processes.hold(process, event);
+            self.processes.hold(process, None, event);
         }
     }
 

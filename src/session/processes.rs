@@ -74,8 +74,10 @@ pub struct Process {
     /// Its output is paused in the runtime because too much is held.
     pub paused: bool,
     pub stdin: Option<StdinWindow>,
-    /// Events kept for a client that does not follow it, in order, and their size.
-    held: VecDeque<ServerEvent>,
+    /// Events kept for a client that does not follow it, in order, with their numbers.
+    held: VecDeque<(Option<u64>, ServerEvent)>,
+    /// The number of its latest event (see [`Process::number`]).
+    last_seq: u64,
     context: Option<String>,
     /// A code cell's event being assembled from its parts (see `code`); `None` once it grew
     /// past its bound (the rest of it is dropped, and so is the event).
@@ -103,6 +105,7 @@ impl Process {
             paused: false,
             stdin: new.stdin,
             held: VecDeque::new(),
+            last_seq: 0,
             context: new.context,
             cell_event: Some(Vec::new()),
             context_died: false,
@@ -166,6 +169,14 @@ impl Process {
     /// `event` as a frame of this process: with the follower's request id and its id.
     pub fn frame(&self, event: ServerEvent) -> Frame {
         Frame::new(event, self.follower.clone(), Some(self.id()))
+    }
+
+    /// The number of its next event (1, 2, ...): only a process started with a request id
+    /// numbers its events (`seq`, see `resend`); the compatible foreground one does not.
+    pub fn number(&mut self) -> Option<u64> {
+        self.request.as_ref()?;
+        self.last_seq += 1;
+        Some(self.last_seq)
     }
 
     /// A client follows it from now on; with `request`, its events carry that id.
@@ -404,11 +415,12 @@ impl Processes {
         }
     }
 
-    /// Keep `event` of process `id` for later; returns the bytes held now, in all.
-    pub fn hold(&mut self, id: ProcessId, event: ServerEvent) -> usize {
+    /// Keep `event` (number `seq`) of process `id` for later; returns the bytes held now,
+    /// in all.
+    pub fn hold(&mut self, id: ProcessId, seq: Option<u64>, event: ServerEvent) -> usize {
         if let Some(process) = self.table.get_mut(&id) {
             self.held_bytes += event.to_json().len();
-            process.held.push_back(event);
+            process.held.push_back((seq, event));
         }
         self.held_bytes
     }
@@ -417,15 +429,15 @@ impl Processes {
         self.held_bytes
     }
 
-    /// What is held of process `id`, in order, taken.
-    pub fn take_held(&mut self, id: ProcessId) -> Vec<ServerEvent> {
+    /// What is held of process `id`, in order, with the events' numbers, taken.
+    pub fn take_held(&mut self, id: ProcessId) -> Vec<(Option<u64>, ServerEvent)> {
         let Some(process) = self.table.get_mut(&id) else {
             return Vec::new();
         };
-        let events: Vec<ServerEvent> = process.held.drain(..).collect();
+        let events: Vec<(Option<u64>, ServerEvent)> = process.held.drain(..).collect();
         self.held_bytes = self
             .held_bytes
-            .saturating_sub(events.iter().map(|event| event.to_json().len()).sum());
+            .saturating_sub(events.iter().map(|(_, event)| event.to_json().len()).sum());
         events
     }
 
@@ -442,8 +454,8 @@ impl Processes {
     }
 }
 
-fn held_size(events: &VecDeque<ServerEvent>) -> usize {
-    events.iter().map(|event| event.to_json().len()).sum()
+fn held_size(events: &VecDeque<(Option<u64>, ServerEvent)>) -> usize {
+    events.iter().map(|(_, event)| event.to_json().len()).sum()
 }
 
 #[cfg(test)]
@@ -566,7 +578,7 @@ mod tests {
         let mut processes = Processes::new(16);
         let id = processes.start(new(1, None));
         let size = output("x").to_json().len();
-        assert_eq!(processes.hold(id, output("x")), size);
+        assert_eq!(processes.hold(id, None, output("x")), size);
         processes.get_mut(id).unwrap().finish(&outcome());
         processes.forget_if_done(id);
         assert_eq!(processes.held_bytes(), size);
@@ -575,12 +587,12 @@ mod tests {
             1,
             "kept while its events are held"
         );
-        assert_eq!(processes.take_held(id), [output("x")]);
+        assert_eq!(processes.take_held(id), [(None, output("x"))]);
         assert_eq!(processes.held_bytes(), 0);
         processes.forget_if_done(id);
         assert!(processes.entries().is_empty());
         assert_eq!(
-            processes.hold(id, output("y")),
+            processes.hold(id, None, output("y")),
             0,
             "gone: nothing to hold for"
         );
@@ -591,7 +603,7 @@ mod tests {
         let mut processes = Processes::new(2);
         for exec in 1..=4 {
             let id = processes.start(new(exec, Some(RequestId::Number(exec.into()))));
-            processes.hold(id, output("x"));
+            processes.hold(id, None, output("x"));
             processes.get_mut(id).unwrap().finish(&outcome());
             processes.forget_if_done(id);
         }

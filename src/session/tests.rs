@@ -100,6 +100,7 @@ fn settings(checkpoint: bool) -> SessionSettings {
             max_code_bytes: 1000,
         },
         held_output_bytes: 100,
+        resend_output_bytes: 1 << 20,
         egress_unavailable: Some(
             "network egress is disabled on this server (SANDBOX_EGRESS=off)".into(),
         ),

@@ -99,6 +99,8 @@ enum Timer {
     ExecTimeout(SandboxKey, ExecId),
     /// A killed execution did not end.
     KillGrace(SandboxKey, ExecId),
+    /// A deferred `runsc delete` may wait no longer.
+    DeferredDelete(SandboxKey),
 }
 
 struct Sandbox {
@@ -138,16 +140,34 @@ pub struct Core {
     fresh_target: FreshTarget,
     /// Refills wait while starts keep failing.
     refill_backoff: RefillBackoff,
-    /// When real work last took a pooled fresh sandbox.
-    last_take: Option<Instant>,
+    /// Sandboxes whose agent is disconnected (their processes are gone) but whose `runsc
+    /// delete` waits for the starts under way to end (see [`DEFERRED_DELETES_MAX`]).
+    deferred_deletes: Vec<SandboxKey>,
+    /// When real work last found a ready sandbox in the fresh pool, unless a request found
+    /// none since (see [`Core::fresh_refill_wanted`]).
+    last_hit: Option<Instant>,
 }
 
-/// Fresh pooled sandboxes started at the same time at most: each `runsc run` costs a few
-/// hundred milliseconds of CPU, which real work needs too.
-pub const POOL_STARTS_AT_ONCE: usize = 2;
+/// Fresh pooled sandboxes started at the same time at most. A start spends much of its
+/// ~150 ms waiting (processes spawned, the sentry booting, the agent's hello) rather than on
+/// the CPU, so on 2 CPUs four starts at once finish about three times as many sandboxes per
+/// second as one at a time (docs/performance.md); beyond that they mostly slow each other
+/// and the real work beside them.
+pub const POOL_STARTS_AT_ONCE: usize = 4;
 
-/// The pool above `SANDBOX_POOL_SIZE` is refilled once no request took from it for this long.
+/// The pool above `SANDBOX_POOL_SIZE` is refilled once no request found a ready sandbox in it
+/// for this long, or at once after a request found none.
 pub const DEEP_REFILL_QUIET: Duration = Duration::from_millis(250);
+
+/// Used sandboxes whose `runsc delete` may wait at once, at most. While sandboxes start (a
+/// burst of requests waits for them), each delete's CPU (a `runsc` process, the sandbox's and
+/// gofer's teardown) slows the starts the requests wait for. A deferred sandbox is
+/// disconnected at once, so its agent and every process in it end; only the host-side cleanup
+/// waits, for [`DELETE_DEFER_MAX`] at most, and never while a request waits for a slot.
+pub const DEFERRED_DELETES_MAX: usize = 8;
+
+/// The longest a deferred `runsc delete` waits.
+pub const DELETE_DEFER_MAX: Duration = Duration::from_secs(1);
 
 impl Core {
     pub fn new(settings: Settings) -> Self {
@@ -165,7 +185,8 @@ impl Core {
             health: StartHealth::default(),
             fresh_target,
             refill_backoff: RefillBackoff::default(),
-            last_take: None,
+            deferred_deletes: Vec::new(),
+            last_hit: None,
         }
     }
 
@@ -337,16 +358,18 @@ impl Core {
 
     /// How many fresh sandboxes to start for the pool now (before the slot limit): up to its
     /// target, at most [`POOL_STARTS_AT_ONCE`] starting at a time. Below `SANDBOX_POOL_SIZE`
-    /// at once; the part above it (grown with demand) only once no request took a pooled
-    /// sandbox for [`DEEP_REFILL_QUIET`]: during a burst, the requests the deep pool serves
-    /// do not share the CPU with `runsc run`s starting their successors.
+    /// at once. The part above it (grown with demand): at once after a request found no
+    /// ready sandbox (requests are waiting for starts: the sooner the better), but while
+    /// requests find ready ones, only after [`DEEP_REFILL_QUIET`] without such a hit, so that
+    /// the requests the deep pool serves do not share the CPU with `runsc run`s starting their
+    /// successors.
     pub fn fresh_refill_wanted(&mut self, now: Instant) -> usize {
         if !self.refill_backoff.allows(now) {
             return 0;
         }
         let quiet = self
-            .last_take
-            .is_none_or(|taken| now.saturating_duration_since(taken) >= DEEP_REFILL_QUIET);
+            .last_hit
+            .is_none_or(|hit| now.saturating_duration_since(hit) >= DEEP_REFILL_QUIET);
         let target = if quiet {
             self.fresh_target.target(now)
         } else {
@@ -361,8 +384,8 @@ impl Core {
     pub fn refill_deadline(&mut self, now: Instant) -> Option<Instant> {
         let backoff = self.refill_backoff.not_before().filter(|at| *at > now);
         let deep = self
-            .last_take
-            .map(|taken| taken + DEEP_REFILL_QUIET)
+            .last_hit
+            .map(|hit| hit + DEEP_REFILL_QUIET)
             .filter(|at| *at > now && self.pools.fresh_len() < self.fresh_target.target(now));
         match (backoff, deep) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -398,6 +421,8 @@ impl Core {
         }
         self.arm_start_timer(key, now);
         self.waiting.push_back(key);
+        // The slot it waits for may be one whose delete was deferred.
+        self.end_deferred_deletes();
     }
 
     fn arm_start_timer(&mut self, key: SandboxKey, now: Instant) {
@@ -499,14 +524,17 @@ impl Core {
     }
 
     /// A pooled fresh sandbox for real work, ready first, else the oldest still starting. Not
-    /// finding a ready one is a miss: the pool deepens (see `runtime::refill`).
+    /// finding a ready one is a miss: the pool deepens (see `runtime::refill`), and its deep
+    /// part is refilled at once.
     pub fn take_fresh(&mut self, now: Instant) -> Option<SandboxKey> {
         let sandboxes = &self.sandboxes;
         let taken = self.pools.take_fresh(|key| Self::readiness(sandboxes, key));
         if taken.is_none_or(|key| self.state(key) != Some(State::Ready)) {
             self.fresh_target.missed(now);
+            self.last_hit = None;
+        } else {
+            self.last_hit = Some(now);
         }
-        self.last_take = Some(now);
         taken
     }
 
@@ -855,6 +883,7 @@ impl Core {
         for key in keys {
             self.delete(key, now);
         }
+        self.end_deferred_deletes();
         self.pools.clear();
     }
 
@@ -997,6 +1026,7 @@ impl Core {
                 Timer::ExecTimeout(key, exec) => {
                     let _ = self.kill_exec(key, exec, Reason::Timeout, now);
                 }
+                Timer::DeferredDelete(key) => self.end_deferred_delete(key),
                 Timer::KillGrace(key, exec) => {
                     eprintln!(
                         "runtime: sandbox key {key}: execution {exec} ignored SIGKILL; deleting the sandbox"
@@ -1017,13 +1047,44 @@ impl Core {
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
             let Some(sandbox) = self.sandboxes.get_mut(&key) else {
-                return;
+                break;
             };
             for action in sandbox.lifecycle.handle(event) {
                 if let Some(next) = self.carry_out(key, action, now) {
                     events.push_back(next);
                 }
             }
+        }
+        if !self.deferred_deletes.is_empty() && !self.deletes_may_wait() {
+            self.end_deferred_deletes();
+        }
+    }
+
+    /// Whether one more used sandbox's `runsc delete` may wait (see [`DEFERRED_DELETES_MAX`]).
+    fn may_defer_delete(&self) -> bool {
+        self.deferred_deletes.len() < DEFERRED_DELETES_MAX && self.deletes_may_wait()
+    }
+
+    /// Deletes wait only while sandboxes start and no request waits for a slot.
+    fn deletes_may_wait(&self) -> bool {
+        self.waiting.is_empty()
+            && self
+                .sandboxes
+                .values()
+                .any(|sandbox| sandbox.lifecycle.state() == State::Starting)
+    }
+
+    /// Spawn the deferred deletes now.
+    fn end_deferred_deletes(&mut self) {
+        for key in std::mem::take(&mut self.deferred_deletes) {
+            self.actions.push_back(Action::Delete(key));
+        }
+    }
+
+    fn end_deferred_delete(&mut self, key: SandboxKey) {
+        if let Some(at) = self.deferred_deletes.iter().position(|k| *k == key) {
+            self.deferred_deletes.remove(at);
+            self.actions.push_back(Action::Delete(key));
         }
     }
 
@@ -1081,7 +1142,14 @@ impl Core {
                 self.end_all_execs(key, now);
                 self.cancel_start_timer(key);
                 self.pools.remove(key);
-                self.actions.push_back(Action::Delete(key));
+                if self.may_defer_delete() {
+                    self.actions.push_back(Action::Disconnect(key));
+                    self.deferred_deletes.push(key);
+                    self.timers
+                        .arm(deadline(now, DELETE_DEFER_MAX), Timer::DeferredDelete(key));
+                } else {
+                    self.actions.push_back(Action::Delete(key));
+                }
             }
             Do::StartCheckpoint => {
                 let image = self

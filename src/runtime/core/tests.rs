@@ -6,6 +6,7 @@ use crate::agent_protocol::{
     AgentHello, ExitStatus, Inspection, Language, Stream, CREDIT_BATCH_BYTES, OUTPUT_WINDOW_BYTES,
 };
 use crate::runtime::exec::ExecOutcome;
+use crate::runtime::refill::GROWTH_PER_MISS;
 use crate::runtime::MAX_STDIN_IN_FLIGHT;
 
 const OWNER: Owner = Owner::Session(1);
@@ -976,41 +977,65 @@ fn requests_that_find_the_pool_empty_deepen_it_and_quiet_shallows_it() {
     assert_eq!(h.core.fresh_pool_len(), 2);
 }
 
-/// The pool's floor is refilled at once, its deep part (grown with demand) once requests stop
-/// taking from it for a moment, two starts at a time, and nothing while starts keep failing.
+/// The pool's floor is refilled at once. Its deep part (grown with demand) is refilled at once
+/// after a request found no ready sandbox (requests wait for starts), but while requests find
+/// ready ones only once they pause; at most `POOL_STARTS_AT_ONCE` start at a time, and nothing
+/// starts while starts keep failing.
 #[test]
-fn the_deep_pool_is_refilled_once_requests_pause() {
-    let mut h = Harness::new(16);
-    assert_eq!(
-        h.core.fresh_refill_wanted(h.now),
-        2,
-        "the floor, two at a time"
-    );
-    for _ in 0..2 {
-        let key = h.ready_sandbox(None);
+fn the_deep_pool_is_refilled_after_a_miss_or_once_requests_pause() {
+    let mut settings = settings(16);
+    settings.pool_max = 10;
+    let mut h = Harness {
+        core: Core::new(settings),
+        now: Instant::now(),
+    };
+    let pool_one = |h: &mut Harness, ready: bool| {
+        let key = if ready {
+            h.ready_sandbox(None)
+        } else {
+            h.add_fresh(None)
+        };
         h.core.add_to_fresh_pool(key);
+        key
+    };
+    assert_eq!(h.core.fresh_refill_wanted(h.now), 2, "the floor");
+    for _ in 0..2 {
+        pool_one(&mut h, true);
     }
     assert_eq!(h.core.fresh_refill_wanted(h.now), 0);
-    // A burst: three requests, the third finds the pool empty.
-    for _ in 0..3 {
-        h.core.take_fresh(h.now);
+    // A burst: two requests find ready sandboxes; only the floor comes back.
+    for _ in 0..2 {
+        assert!(h.core.take_fresh(h.now).is_some());
     }
-    assert_eq!(h.core.fresh_pool_target(h.now), 3);
-    // During the burst, only the floor comes back, two at a time.
+    assert_eq!(h.core.fresh_pool_target(h.now), 2);
     assert_eq!(h.core.fresh_refill_wanted(h.now), 2);
-    let starting: Vec<SandboxKey> = (0..2)
-        .map(|_| {
-            let key = h.add_fresh(None);
-            h.core.add_to_fresh_pool(key);
-            key
-        })
+    let first = pool_one(&mut h, false);
+    // The third finds it still starting: a miss deepens the pool by GROWTH_PER_MISS, and the
+    // deep part starts at once, POOL_STARTS_AT_ONCE at a time.
+    assert_eq!(h.core.take_fresh(h.now), Some(first));
+    assert_eq!(h.core.fresh_pool_target(h.now), 2 + GROWTH_PER_MISS);
+    assert_eq!(h.core.fresh_refill_wanted(h.now), POOL_STARTS_AT_ONCE);
+    let starting: Vec<SandboxKey> = (0..POOL_STARTS_AT_ONCE)
+        .map(|_| pool_one(&mut h, false))
         .collect();
-    assert_eq!(h.core.fresh_refill_wanted(h.now), 0, "two start already");
+    assert_eq!(
+        h.core.fresh_refill_wanted(h.now),
+        0,
+        "as many start already"
+    );
     for key in starting {
         h.core.run_exited(key, Ok(()), h.now);
         h.core.on_frame(key, hello(1), h.now);
     }
     h.actions();
+    assert_eq!(
+        h.core.fresh_refill_wanted(h.now),
+        2,
+        "after a miss, the rest of the target as starts end"
+    );
+    // A request finds a ready sandbox: the deep part waits until requests pause.
+    assert!(h.core.take_fresh(h.now).is_some());
+    assert_eq!(h.core.fresh_pool_len(), POOL_STARTS_AT_ONCE - 1);
     assert_eq!(h.core.fresh_refill_wanted(h.now), 0, "the floor is full");
     assert_eq!(
         h.core.refill_deadline(h.now),
@@ -1018,7 +1043,11 @@ fn the_deep_pool_is_refilled_once_requests_pause() {
         "the loop wakes for the deep part"
     );
     h.now += DEEP_REFILL_QUIET;
-    assert_eq!(h.core.fresh_refill_wanted(h.now), 1, "then the deep part");
+    assert_eq!(
+        h.core.fresh_refill_wanted(h.now),
+        2 + GROWTH_PER_MISS - (POOL_STARTS_AT_ONCE - 1),
+        "then the deep part"
+    );
     assert_eq!(h.core.refill_deadline(h.now), None);
     h.core.count_failed_start("runsc: gone", h.now);
     assert_eq!(
@@ -1026,4 +1055,89 @@ fn the_deep_pool_is_refilled_once_requests_pause() {
         0,
         "not while starts fail"
     );
+}
+
+/// While sandboxes start, a used sandbox is disconnected at once (its agent and processes end)
+/// but its `runsc delete`, whose CPU would slow the starts, waits: until no sandbox starts any
+/// more, `DELETE_DEFER_MAX` at most, never while a request waits for a slot, and for at most
+/// `DEFERRED_DELETES_MAX` sandboxes at once. Its slot stays held meanwhile.
+#[test]
+fn deletes_wait_while_sandboxes_start_within_bounds() {
+    let mut h = Harness::new(16);
+    let used = h.ready_sandbox(Some(OWNER));
+    h.core.delete(used, h.now);
+    assert_eq!(
+        h.actions(),
+        [Action::Delete(used)],
+        "nothing starts: at once"
+    );
+    h.core.delete_exited(used, h.now);
+    h.actions();
+
+    let used = h.ready_sandbox(Some(OWNER));
+    let starting = h.add_fresh(None);
+    h.actions();
+    h.core.delete(used, h.now);
+    assert_eq!(h.actions(), [Action::Disconnect(used)]);
+    assert_eq!(h.core.state(used), Some(State::Deleting));
+    assert_eq!(h.core.live_sandboxes(), 2, "its slot is still held");
+    h.core.run_exited(starting, Ok(()), h.now);
+    h.core.on_frame(starting, hello(1), h.now);
+    assert_eq!(
+        h.actions(),
+        [Action::Delete(used)],
+        "the start ended: the delete goes"
+    );
+    h.core.delete_exited(used, h.now);
+    h.actions();
+
+    // A start that goes on: the delete waits DELETE_DEFER_MAX at most.
+    let used = h.ready_sandbox(Some(OWNER));
+    let _starting = h.add_fresh(None);
+    h.actions();
+    h.core.delete(used, h.now);
+    assert_eq!(h.actions(), [Action::Disconnect(used)]);
+    assert_eq!(h.advance(DELETE_DEFER_MAX - Duration::from_millis(1)), []);
+    assert_eq!(h.advance(Duration::from_millis(1)), [Action::Delete(used)]);
+    h.core.delete_exited(used, h.now);
+    h.actions();
+
+    // At most DEFERRED_DELETES_MAX wait; the next goes at once.
+    let used: Vec<SandboxKey> = (0..=DEFERRED_DELETES_MAX)
+        .map(|_| h.ready_sandbox(Some(OWNER)))
+        .collect();
+    for key in &used {
+        h.core.delete(*key, h.now);
+    }
+    let actions = h.actions();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|action| matches!(action, Action::Disconnect(_)))
+            .count(),
+        DEFERRED_DELETES_MAX
+    );
+    assert_eq!(
+        actions.last(),
+        Some(&Action::Delete(used[DEFERRED_DELETES_MAX]))
+    );
+}
+
+/// A request that must wait for a slot ends every deferred delete at once: the slot it waits
+/// for may be one of theirs.
+#[test]
+fn a_request_waiting_for_a_slot_ends_the_deferred_deletes() {
+    let mut h = Harness::new(3);
+    let used = h.ready_sandbox(Some(OWNER));
+    let _busy = h.ready_sandbox(Some(OTHER));
+    let _starting = h.add_fresh(None);
+    h.actions();
+    h.core.delete(used, h.now);
+    assert_eq!(h.actions(), [Action::Disconnect(used)]);
+    let waiting = h.add_fresh(Some(OTHER));
+    assert_eq!(h.core.waiting_for_slot(), 1);
+    assert_eq!(h.actions(), [Action::Delete(used)]);
+    h.core.delete_exited(used, h.now);
+    h.core.grant_slots(h.now);
+    assert_eq!(h.core.state(waiting), Some(State::Starting));
 }

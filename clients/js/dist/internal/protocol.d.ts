@@ -68,6 +68,11 @@ export declare class ClientProtocol {
     private readonly abandoned;
     /** Protocol 2: attach_process requests: process id and binary output. */
     private readonly pendingAttach;
+    /**
+     * Protocol 2: the `seq` of the last numbered event of each process that has not ended, sent
+     * with `reconnect` so that the server sends again what a drop lost.
+     */
+    private readonly received;
     /** The code of a SANDBOX_FILE_ERROR status, until its error event gives the text. */
     private readonly fileCodes;
     /** Protocol 1: the key of the one process (starting or running). */
@@ -247,6 +252,11 @@ export declare class ClientProtocol {
     beginReattach(): void;
     /** Reconnecting failed for good (or the user closed the sandbox). */
     giveUp(error: SandboxError): Effect[];
+    /**
+     * Remember the last numbered event of each process (the latest, not the highest: a restored
+     * sandbox numbers its processes' events from 1 again).
+     */
+    private noteReceived;
     private failEverything;
 }
 //# sourceMappingURL=protocol.d.ts.map

@@ -138,6 +138,11 @@ export class ClientProtocol {
     abandoned = new Set();
     /** Protocol 2: attach_process requests: process id and binary output. */
     pendingAttach = new Map();
+    /**
+     * Protocol 2: the `seq` of the last numbered event of each process that has not ended, sent
+     * with `reconnect` so that the server sends again what a drop lost.
+     */
+    received = new Map();
     /** The code of a SANDBOX_FILE_ERROR status, until its error event gives the text. */
     fileCodes = new Map();
     /** Protocol 1: the key of the one process (starting or running). */
@@ -418,6 +423,10 @@ export class ClientProtocol {
             if (foreground?.started === true)
                 foreground.resume = true;
         }
+        if (this.protocol >= 2 && this.received.size > 0) {
+            const received = Object.fromEntries([...this.received].map(([pid, seq]) => [String(pid), seq]));
+            return actionMessage('reconnect', this.newId(), { received });
+        }
         return actionMessage('reconnect', this.newId());
     }
     /** The caller stopped waiting for the answer (timeout or cancellation). */
@@ -448,6 +457,7 @@ export class ClientProtocol {
         const frame = parseFrame(text);
         if (frame === undefined)
             return [];
+        this.noteReceived(frame);
         const effects = [];
         const event = frame['event'];
         const requestId = optStr(frame['id']);
@@ -1100,6 +1110,22 @@ export class ClientProtocol {
         effects.push({ type: 'Closed', error, terminated: this.terminated, checkpointed: this.checkpointed });
         return effects;
     }
+    /**
+     * Remember the last numbered event of each process (the latest, not the highest: a restored
+     * sandbox numbers its processes' events from 1 again).
+     */
+    noteReceived(frame) {
+        const processId = optInt(frame['process_id']);
+        const seq = optInt(frame['seq']);
+        if (processId === undefined || seq === undefined)
+            return;
+        if (frame['status'] === 'SANDBOX_EXECUTION_DONE') {
+            this.received.delete(processId); // its last event: nothing to ask again
+        }
+        else {
+            this.received.set(processId, seq);
+        }
+    }
     failEverything(error, effects) {
         for (const request of [...this.requests.values()]) {
             if (request.kind === 'stdin' || (request.kind === 'kill_process' && request.key === undefined))
@@ -1110,6 +1136,7 @@ export class ClientProtocol {
         this.processes.clear();
         this.aliases.clear();
         this.pendingAttach.clear();
+        this.received.clear();
         this.foreground = undefined;
     }
 }

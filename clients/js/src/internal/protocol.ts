@@ -193,6 +193,11 @@ export class ClientProtocol {
   private readonly abandoned = new Set<string>();
   /** Protocol 2: attach_process requests: process id and binary output. */
   private readonly pendingAttach = new Map<string, { processId: number; binary: boolean }>();
+  /**
+   * Protocol 2: the `seq` of the last numbered event of each process that has not ended, sent
+   * with `reconnect` so that the server sends again what a drop lost.
+   */
+  private readonly received = new Map<number, number>();
   /** The code of a SANDBOX_FILE_ERROR status, until its error event gives the text. */
   private readonly fileCodes = new Map<string, string>();
   /** Protocol 1: the key of the one process (starting or running). */
@@ -492,6 +497,10 @@ export class ClientProtocol {
       const foreground = this.processes.get(this.foreground ?? '');
       if (foreground?.started === true) foreground.resume = true;
     }
+    if (this.protocol >= 2 && this.received.size > 0) {
+      const received = Object.fromEntries([...this.received].map(([pid, seq]) => [String(pid), seq]));
+      return actionMessage('reconnect', this.newId(), { received });
+    }
     return actionMessage('reconnect', this.newId());
   }
 
@@ -519,6 +528,7 @@ export class ClientProtocol {
   receiveFrame(text: string): Effect[] {
     const frame = parseFrame(text);
     if (frame === undefined) return [];
+    this.noteReceived(frame);
     const effects: Effect[] = [];
     const event = frame['event'];
     const requestId = optStr(frame['id']);
@@ -1142,6 +1152,21 @@ export class ClientProtocol {
     return effects;
   }
 
+  /**
+   * Remember the last numbered event of each process (the latest, not the highest: a restored
+   * sandbox numbers its processes' events from 1 again).
+   */
+  private noteReceived(frame: ServerFrame): void {
+    const processId = optInt(frame['process_id']);
+    const seq = optInt(frame['seq']);
+    if (processId === undefined || seq === undefined) return;
+    if (frame['status'] === 'SANDBOX_EXECUTION_DONE') {
+      this.received.delete(processId); // its last event: nothing to ask again
+    } else {
+      this.received.set(processId, seq);
+    }
+  }
+
   private failEverything(error: SandboxError, effects: Effect[]): void {
     for (const request of [...this.requests.values()]) {
       if (request.kind === 'stdin' || (request.kind === 'kill_process' && request.key === undefined)) continue;
@@ -1151,6 +1176,7 @@ export class ClientProtocol {
     this.processes.clear();
     this.aliases.clear();
     this.pendingAttach.clear();
+    this.received.clear();
     this.foreground = undefined;
   }
 }

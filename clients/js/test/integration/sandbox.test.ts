@@ -376,7 +376,7 @@ describe('integration: live server', () => {
     assert.ok(creation.message.includes(name), creation.message);
   });
 
-  live('runs the TypeScript examples (checkpoint/snapshot end with the "not enabled" message, never hang)', async () => {
+  live('runs the TypeScript examples (terminal included; checkpoint/snapshot end with the "not enabled" message, never hang)', async () => {
     const tsx = join(here, '..', '..', 'node_modules', '.bin', 'tsx');
     const run = (file: string): Promise<{ code: number; out: string }> =>
       new Promise((resolve) => {
@@ -393,6 +393,11 @@ describe('integration: live server', () => {
     const main = await run('client_example.ts');
     assert.equal(main.code, 0, main.out);
     assert.match(main.out, /Hello from the sandbox!/);
+    const terminal = await run('terminal.ts');
+    assert.equal(terminal.code, 0, terminal.out);
+    assert.match(terminal.out, /on \/dev\/pts\/\d+; size and isatty: 24 80 True/);
+    assert.match(terminal.out, /after resize: 40 120/);
+    assert.match(terminal.out, /the shell exited with code 3/);
     for (const file of ['checkpoint.ts', 'filesystem_snapshot.ts']) {
       const result = await run(file);
       assert.equal(result.code, 1, result.out);

@@ -219,6 +219,9 @@ class ClientProtocol:
         self._abandoned: set[str] = set()
         # Protocol 2: attach_process requests: (process_id, binary output).
         self._pending_attach: dict[str, tuple[int, bool]] = {}
+        # Protocol 2: the ``seq`` of the last numbered event of each process that has not
+        # ended, sent with ``reconnect`` so that the server sends again what a drop lost.
+        self._received: dict[int, int] = {}
         # The code of a SANDBOX_FILE_ERROR status, until its error event gives the text.
         self._file_codes: dict[str, str] = {}
         # Protocol 1: the key of the one process (starting or running).
@@ -524,6 +527,9 @@ class ClientProtocol:
             foreground = self._processes.get(self._foreground or "")
             if foreground is not None and foreground.started:
                 foreground.resume = True
+        if self.protocol >= 2 and self._received:
+            received = {str(pid): seq for pid, seq in self._received.items()}
+            return action_message("reconnect", self._new_id(), received=received)
         return action_message("reconnect", self._new_id())
 
     def abandon(self, request_id: str) -> None:
@@ -549,6 +555,7 @@ class ClientProtocol:
         frame = parse_frame(text)
         if frame is None:
             return []
+        self._note_received(frame)
         effects: list[Effect] = []
         event = frame.get("event")
         request_id = opt_str(frame.get("id"))
@@ -609,6 +616,17 @@ class ClientProtocol:
             written = opt_int(frame.get("written")) or 0
             effects.append(FileAcknowledged(request_id, written, opt_int(frame.get("window"))))
         return effects
+
+    def _note_received(self, frame: dict[str, Any]) -> None:
+        """Remember the last numbered event of each process (the latest, not the highest:
+        a restored sandbox numbers its processes' events from 1 again)."""
+        process_id, seq = opt_int(frame.get("process_id")), opt_int(frame.get("seq"))
+        if process_id is None or seq is None:
+            return
+        if frame.get("status") == "SANDBOX_EXECUTION_DONE":
+            self._received.pop(process_id, None)  # its last event: nothing to ask again
+        else:
+            self._received[process_id] = seq
 
     def _flush_held(self, effects: list[Effect]) -> None:
         if self._held_status is not None:
@@ -1155,6 +1173,7 @@ class ClientProtocol:
         self._processes.clear()
         self._aliases.clear()
         self._pending_attach.clear()
+        self._received.clear()
         self._foreground = None
 
 
