@@ -106,18 +106,26 @@ impl RequestFraming {
             state: State::Stopped,
             upgrade: false,
         };
-        let body = body_length(first, &framing.body_limits())?;
+        let body = framing.body_of(first)?;
         framing.start_body(first, body);
         Ok(framing)
     }
 
-    /// Bodies are streamed with back-pressure, never held: the API's limit for bodies it holds
-    /// in memory does not apply (as for file uploads).
-    fn body_limits(&self) -> Limits {
-        Limits {
+    /// How `request`'s body is framed. Bodies are streamed with back-pressure, never held: the
+    /// API's limit for bodies it holds in memory does not apply (as for file uploads). A request
+    /// without `Content-Length` or `Transfer-Encoding` has no body (RFC 9112 6.3): the API's
+    /// demand for a length on a `POST` (411) is not the application's.
+    fn body_of(&self, request: &Request) -> Result<BodyLength, HttpError> {
+        if request.header("content-length").is_none()
+            && request.header("transfer-encoding").is_none()
+        {
+            return Ok(BodyLength::None);
+        }
+        let limits = Limits {
             max_body_bytes: usize::MAX,
             ..self.limits
-        }
+        };
+        body_length(request, &limits)
     }
 
     /// Whether nothing of a request is under way (between requests, nothing partial held):
@@ -197,7 +205,7 @@ impl RequestFraming {
         if let Some(check) = &self.head_check {
             check.check(request).map_err(Flow::Refuse)?;
         }
-        let body = body_length(request, &self.body_limits()).map_err(Flow::Refuse)?;
+        let body = self.body_of(request).map_err(Flow::Refuse)?;
         out.extend_from_slice(&upstream_head(
             request,
             &UpstreamHead {
@@ -390,6 +398,17 @@ mod tests {
         // The body is 11 bytes, whatever they look like (here: the start of a head).
         let body = "GET /ports/";
         let next = format!("GET /ports/{CAP}/next HTTP/1.1\r\nHost: h\r\n\r\n");
+        // Without a length, a request has no body (the API would answer 411).
+        let bare = format!("POST /ports/{CAP}/bare HTTP/1.1\r\nHost: h\r\n\r\n");
+        let (out, flow) = pushed(
+            &mut framing_after(GET),
+            format!("{bare}{next}").as_bytes(),
+            9,
+        );
+        assert_eq!(flow, Flow::Open);
+        let bare_upstream = upstream("/bare", "").replacen("GET", "POST", 1);
+        assert_eq!(out, format!("{bare_upstream}{}", upstream("/next", "")));
+        assert!(framing_after(&bare).is_between_requests());
         for size in [1, 4, 100] {
             let mut framing = framing_after(&post);
             assert!(!framing.is_between_requests(), "the first body is due");
