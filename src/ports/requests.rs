@@ -130,7 +130,8 @@ impl RequestFraming {
 
     /// Whether nothing of a request is under way (between requests, nothing partial held):
     /// what the client sent so far is complete.
-    pub fn is_between_requests(&self) -> bool {
+    #[cfg(test)]
+    fn is_between_requests(&self) -> bool {
         matches!(&self.state, State::Head(parser) if parser.is_idle())
     }
 
