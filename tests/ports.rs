@@ -116,6 +116,59 @@ while True:
     held.append(c)
 "#;
 
+/// The standard library's HTTP server in HTTP/1.1 mode (keep-alive) on port 8004: files from
+/// /root/www, `POST` answers with the path it saw, its `X-Forwarded-Prefix` and the body it read
+/// (`Content-Length` or chunked), and `GET /ws` upgrades to a WebSocket that echoes text frames.
+const KEEPALIVE_APP: &str = r#"
+import base64, hashlib, http.server, os, struct
+os.chdir("/root/www")
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        if self.headers.get("Transfer-Encoding") == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+        out = b"%s|%s|%s" % (self.path.encode(), self.headers.get("X-Forwarded-Prefix", "").encode(), body)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def do_GET(self):
+        if self.path != "/ws":
+            return super().do_GET()
+        key = self.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        while True:
+            b1, b2 = self.rfile.read(2)
+            n = b2 & 127
+            if n == 126:
+                n = struct.unpack(">H", self.rfile.read(2))[0]
+            mask = self.rfile.read(4) if b2 & 128 else b"\0\0\0\0"
+            payload = bytes(x ^ mask[i % 4] for i, x in enumerate(self.rfile.read(n)))
+            if b1 & 15 == 8:
+                self.wfile.write(b"\x88\x00")
+                return
+            out = b"echo: " + payload
+            self.wfile.write(bytes([0x81, len(out)]) + out)
+http.server.ThreadingHTTPServer(("127.0.0.1", 8004), Handler).serve_forever()
+"#;
+
 /// Run bash `code` in the session and assert it exits 0; its stdout.
 fn run_ok(ws: &mut Ws, code: &str) -> String {
     let result = ws.run("bash", code);
@@ -307,6 +360,134 @@ fn server_sent_events_arrive_as_produced_and_a_websocket_is_relayed_both_ways() 
         assert_eq!(answer.into_text().unwrap(), format!("echo: {word}"));
     }
     let _ = client.close(None);
+    ws.kill_sandbox();
+}
+
+/// Reads one response with a `Content-Length` body from a kept-alive connection, byte by byte
+/// (nothing of the next response is consumed): status, head and body.
+fn read_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).expect("a response head");
+        assert_eq!(n, 1, "closed in a head: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let (status, head, _) = split_response(&head);
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("a response body");
+    (status, head, body)
+}
+
+#[test]
+fn the_path_form_keeps_the_connection_for_every_request_and_a_later_upgrade() {
+    let server = TestServer::start(&[]);
+    let Created { mut ws, .. } = create(&server, json!({}));
+    run_ok(
+        &mut ws,
+        "mkdir -p /root/www && echo hello > /root/www/a.txt",
+    );
+    start_app(&mut ws, "keepalive", KEEPALIVE_APP, 8004);
+    let prefix = path_of(&expose(&mut ws, 8004));
+
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // Two requests one after the other on the same connection.
+    for _ in 0..2 {
+        write!(stream, "GET {prefix}a.txt HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        let (status, head, body) = read_response(&mut stream);
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, b"hello\n".as_slice()),
+            "{head}"
+        );
+    }
+    // Then pipelined: a body by length, a chunked body (sent in pieces), a GET.
+    let chunked = format!(
+        "POST {prefix}chunked?x=1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;e=1\r\ndefg\r\n0\r\n\r\n"
+    );
+    let pipelined = format!(
+        "POST {prefix}length HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello{chunked}GET {prefix}a.txt HTTP/1.1\r\nHost: h\r\n\r\n"
+    );
+    for piece in pipelined.as_bytes().chunks(40) {
+        stream.write_all(piece).unwrap();
+    }
+    let prefix_seen = prefix.trim_end_matches('/');
+    let (status, _, body) = read_response(&mut stream);
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("/length|{prefix_seen}|hello")
+    );
+    let (status, _, body) = read_response(&mut stream);
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("/chunked?x=1|{prefix_seen}|abcdefg")
+    );
+    let (status, _, body) = read_response(&mut stream);
+    assert_eq!((status, body.as_slice()), (200, b"hello\n".as_slice()));
+
+    // A WebSocket upgrade on the same, reused connection.
+    let url = format!("ws://127.0.0.1:{}{prefix}ws", server.port);
+    let (mut client, response) = tungstenite::client::client(url.as_str(), stream)
+        .expect("the upgrade on a reused connection");
+    assert_eq!(response.status().as_u16(), 101);
+    for word in ["one", "two"] {
+        client
+            .send(tungstenite::Message::Text(word.into()))
+            .unwrap();
+        let answer = client.read().expect("the echo");
+        assert_eq!(answer.into_text().unwrap(), format!("echo: {word}"));
+    }
+    let _ = client.close(None);
+
+    // Bad framing after a good request: the good one is answered, then the error, then the
+    // connection closes.
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET {prefix}a.txt HTTP/1.1\r\nHost: h\r\n\r\nPOST {prefix}x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    )
+    .unwrap();
+    let (status, _, body) = read_response(&mut stream);
+    assert_eq!((status, body.as_slice()), (200, b"hello\n".as_slice()));
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .expect("the error, then the end");
+    let (status, _, body) = split_response(&rest);
+    assert_eq!(status, 400);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("invalid chunk size line"), "{body}");
+
+    // A request for something else (the API) on the connection: the answers before it come,
+    // then the connection ends (the client sends it again on a new one).
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET {prefix}a.txt HTTP/1.1\r\nHost: h\r\n\r\nGET /status HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    .unwrap();
+    let (status, _, body) = read_response(&mut stream);
+    assert_eq!((status, body.as_slice()), (200, b"hello\n".as_slice()));
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("the end");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    // The application saw every path without the prefix.
+    let log = run_ok(&mut ws, "cat /tmp/keepalive.log");
+    assert!(log.contains("\"GET /a.txt HTTP/1.1\" 200"), "{log}");
+    assert!(!log.contains("/ports/"), "{log}");
     ws.kill_sandbox();
 }
 

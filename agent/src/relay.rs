@@ -111,9 +111,6 @@ impl Relay {
 
     fn opened(&mut self, outbox: &mut Vec<u8>) {
         self.link = Link::Open;
-        if let Some(socket) = &self.socket {
-            let _ = socket.set_nodelay(true);
-        }
         FromAgent::Started(self.id).encode(outbox);
         self.write(outbox);
     }
@@ -363,7 +360,11 @@ fn start_connect(port: u16, v6: bool) -> io::Result<(TcpStream, bool)> {
         Err(Errno::EINPROGRESS) | Err(Errno::EINTR) => false,
         Err(error) => return Err(error.into()),
     };
-    Ok((TcpStream::from(fd), connected))
+    let socket = TcpStream::from(fd);
+    // Requests (and their bodies) go out as they come, not held for the peer's ACK. Set
+    // while the handshake is under way, so that it costs nothing once it is done.
+    let _ = socket.set_nodelay(true);
+    Ok((socket, connected))
 }
 
 /// Make closing `socket` send a reset rather than the usual handshake: a connection that passes

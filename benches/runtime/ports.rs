@@ -2,8 +2,9 @@
 //! to a small GET compared with the same GET made inside the sandbox.
 //!
 //! The application is a small Python server on 127.0.0.1:8000 inside a sandbox without network:
-//! `GET /big` answers `PORT_BYTES` bytes from a 1 MiB buffer (`sendall`), `GET /small` 2 bytes.
-//! Every request opens a new connection (the path form closes after each response).
+//! `GET /big` answers `PORT_BYTES` bytes from a 1 MiB buffer (`sendall`), `GET /small` 2 bytes
+//! and closes (so each of these requests opens a new connection), `GET /keep` 2 bytes and keeps
+//! the connection for the next request (HTTP/1.1 keep-alive, through the path form too).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -27,21 +28,27 @@ BLOCK = b"x" * (1 << 20)
 def serve(c):
     try:
         data = b""
-        while b"\r\n\r\n" not in data:
-            part = c.recv(65536)
-            if not part:
-                return
-            data += part
-        path = data.split(b" ", 2)[1]
-        if path == b"/big":
-            size = int(open("/root/size").read())
-            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
-            while size > 0:
-                n = min(size, len(BLOCK))
-                c.sendall(BLOCK[:n])
-                size -= n
-        else:
-            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        while True:
+            while b"\r\n\r\n" not in data:
+                part = c.recv(65536)
+                if not part:
+                    return
+                data += part
+            head, data = data.split(b"\r\n\r\n", 1)
+            path = head.split(b" ", 2)[1]
+            if path == b"/keep":
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                continue
+            if path == b"/big":
+                size = int(open("/root/size").read())
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
+                while size > 0:
+                    n = min(size, len(BLOCK))
+                    c.sendall(BLOCK[:n])
+                    size -= n
+            else:
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            return
     finally:
         c.close()
 s = socket.socket()
@@ -70,8 +77,53 @@ for i in range(40):
     c.close()
     assert data.endswith(b"ok"), data
     samples.append(time.perf_counter() - started)
-print(json.dumps(samples[5:]))
+kept = []
+c = socket.create_connection(("127.0.0.1", 8000))
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for i in range(45):
+    started = time.perf_counter()
+    c.sendall(b"GET /keep HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while not data.endswith(b"\r\n\r\nok"):
+        part = c.recv(65536)
+        assert part, data
+        data += part
+    kept.append(time.perf_counter() - started)
+c.close()
+print(json.dumps([samples[5:], kept[5:]]))
 "#;
+
+/// GETs of `/keep` on one kept-alive connection: seconds per request, after 5 warm-ups.
+fn kept_alive_gets(port: u16, path: &str) -> io::Result<Vec<f64>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut samples = Vec::new();
+    let mut buffer = [0u8; 4096];
+    for round in 0..45 {
+        pause(20);
+        let started = Instant::now();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        )?;
+        let mut response = Vec::new();
+        while !response.ends_with(b"\r\n\r\nok") {
+            let n = stream.read(&mut buffer)?;
+            check(n > 0, || {
+                format!("closed after {:?}", String::from_utf8_lossy(&response))
+            })?;
+            response.extend_from_slice(&buffer[..n]);
+        }
+        check(response.starts_with(b"HTTP/1.1 200"), || {
+            String::from_utf8_lossy(&response).to_string()
+        })?;
+        if round >= 5 {
+            samples.push(seconds(started.elapsed()));
+        }
+    }
+    Ok(samples)
+}
 
 /// One GET on a new connection, read to the end; (seconds, body bytes).
 fn get(port: u16, path: &str) -> io::Result<(f64, u64)> {
@@ -166,23 +218,33 @@ pub fn bench_ports(env: &Env, report: &mut Report) -> io::Result<()> {
         pause(20);
         through.push(get(server.port, &format!("{prefix}small"))?.0);
     }
+    let kept = kept_alive_gets(server.port, &format!("{prefix}keep"))?;
     let (inside, ok) = session.run_stdout("python", INSIDE)?;
     check(ok, || {
         format!("the GET inside the sandbox failed: {inside}")
     })?;
-    let inside: Vec<f64> = serde_json::from_str::<Value>(inside.trim())
-        .ok()
-        .and_then(|value| value.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(Value::as_f64)
-        .collect();
-    check(!inside.is_empty(), || "no samples from inside".to_string())?;
+    let inside: Value = serde_json::from_str(inside.trim()).unwrap_or_default();
+    let samples = |index: usize| -> Vec<f64> {
+        inside[index]
+            .as_array()
+            .map(|list| list.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let (inside, inside_kept) = (samples(0), samples(1));
+    check(!inside.is_empty() && !inside_kept.is_empty(), || {
+        "no samples from inside".to_string()
+    })?;
     report.rows.push(Row::latency(
         "GET of 2 bytes through an exposed port (new connection each), client to last byte",
         &through,
         "the same GET made inside the sandbox (Python, new connection each)",
         Some(Stat::latency(&inside)),
+    ));
+    report.rows.push(Row::latency(
+        "GET of 2 bytes through an exposed port, one kept-alive connection (path form)",
+        &kept,
+        "the same GETs made inside the sandbox (Python, one kept-alive connection)",
+        Some(Stat::latency(&inside_kept)),
     ));
     session.kill();
     server.stop();

@@ -21,7 +21,7 @@ use std::fmt;
 use std::rc::Rc;
 
 /// Longest chunk-size line (size plus extensions) accepted; real clients send a few bytes.
-const MAX_CHUNK_LINE: usize = 4096;
+pub(crate) const MAX_CHUNK_LINE: usize = 4096;
 /// Extra room for chunk framing when a pipelined request waits raw behind a completed one.
 const PIPELINE_SLACK: usize = 64 * 1024;
 /// Heads up to this size are re-parsed on every push even without a new line, so garbage such
@@ -269,6 +269,12 @@ type HeadCheckFn = dyn Fn(&Request) -> Result<(), HttpError>;
 impl HeadCheck {
     pub fn new(check: impl Fn(&Request) -> Result<(), HttpError> + 'static) -> Self {
         HeadCheck(Rc::new(check))
+    }
+
+    /// Runs the check on `request` (for heads parsed outside a connection's parser: the later
+    /// requests of a port's connection).
+    pub fn check(&self, request: &Request) -> Result<(), HttpError> {
+        (self.0)(request)
     }
 }
 
@@ -794,7 +800,7 @@ fn take_line<'a>(input: &mut &'a [u8], max: usize) -> Result<Option<&'a [u8]>, (
 
 /// Parses `1*HEXDIG [BWS ; ext] CRLF`. Sizes that overflow saturate and are then rejected by
 /// the body limit, so their exact value never matters.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
+pub(crate) fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
     let invalid = || HttpError::bad_request(format!("invalid chunk size line {}", quote(line)));
     let content = line.strip_suffix(b"\r\n").ok_or_else(|| {
         HttpError::bad_request(format!(
@@ -911,6 +917,25 @@ fn split_target(target: &str) -> (String, String) {
     let (path, query) = origin.split_once('?').unwrap_or((origin, ""));
     let path = if path.is_empty() { "/" } else { path };
     (path.to_string(), query.to_string())
+}
+
+/// How a request's body is framed, for a relay that passes bodies on undecoded (the ports of
+/// issue 20): the same rules as the parser's, ambiguous framing refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// The framing of `request`'s body under `limits` (a `Content-Length` over the body limit is
+/// refused here already).
+pub fn body_length(request: &Request, limits: &Limits) -> Result<BodyLength, HttpError> {
+    Ok(match body_framing(request, limits)? {
+        None => BodyLength::None,
+        Some(Framing::Length { remaining }) => BodyLength::Length(remaining as u64),
+        Some(Framing::Chunked { .. }) => BodyLength::Chunked,
+    })
 }
 
 /// Decides how the body is framed (`None`: no body), rejecting ambiguous framing, which is

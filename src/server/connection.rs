@@ -61,6 +61,12 @@ impl Connections {
         ConnectionId(self.last_id)
     }
 
+    /// The limits and key check of request heads, for heads parsed after a connection's
+    /// parser handed it over (the later requests through a port, `crate::ports::requests`).
+    pub fn head_rules(&self) -> (Limits, Option<HeadCheck>) {
+        (self.limits, self.head_check.clone())
+    }
+
     /// A new HTTP connection on `stream`, with the server's parser limits and key check.
     pub fn add(&mut self, id: ConnectionId, stream: TcpStream) {
         let mut parser = RequestParser::new(self.limits)

@@ -1,18 +1,19 @@
 //! Exposed ports in the event loop (issue 20): the `expose`, `unexpose` and `list_ports`
 //! messages of sessions, and the HTTP connections relayed to an application inside a sandbox.
 //!
-//! A request whose head names a port (`crate::ports::route`) is not parsed further: the
-//! connection becomes a byte pipe to one relay in the sandbox's agent (an execution without a
-//! process, `runtime::Runtime::start_relay`), which dials `127.0.0.1:PORT` there. The first
-//! request's head is rewritten (the path form's prefix taken off, `X-Forwarded-*` set); after
-//! it, bytes go both ways as they come: keep-alive (host form), chunked and streamed responses,
-//! streamed request bodies and WebSocket upgrades all pass through unchanged.
+//! A request whose head names a port (`crate::ports::route`) is not handled by the API: the
+//! connection is relayed to one relay in the sandbox's agent (an execution without a process,
+//! `runtime::Runtime::start_relay`), which dials `127.0.0.1:PORT` there, for as long as both
+//! sides keep it open (HTTP/1.1 keep-alive). The first request's head is rewritten (the path
+//! form's prefix taken off, `X-Forwarded-*` set).
 //!
-//! The path form asks the application to close after its response (`Connection: close`), and
-//! the connection ends with it: a later request on the same connection would need its prefix
-//! taken off too, which means following every request's framing here. Browsers and HTTP
-//! clients simply open another connection. The host form needs no rewriting and stays a pipe
-//! for as long as both sides keep it open.
+//! The path form follows every later request on the connection too
+//! (`crate::ports::requests`): each head is rewritten the same way and checked against the
+//! limits, each body passed on undecoded. A request for anything else than this port ends the
+//! connection once the answers asked for before it are out (the client sends it again on a new
+//! connection), and bad framing gets its error after them. The host form needs no rewriting
+//! and is a byte pipe. Responses pass through unchanged either way: chunked and streamed
+//! responses, streamed request bodies and WebSocket upgrades included.
 //!
 //! Back-pressure both ways: output of the relay waits in the connection's buffer up to its
 //! high-water mark, then the relay's credit is held back (the agent stops reading the socket
@@ -31,6 +32,7 @@ use super::Server;
 use crate::agent_protocol::ExecId;
 use crate::http::request::Request;
 use crate::http::response::json_error_body;
+use crate::ports::requests::{Flow, RequestFraming};
 use crate::ports::{self, Exposures, PortRoute, PortTarget, UpstreamHead};
 use crate::runtime::exec::Reason;
 use crate::runtime::{RuntimeEvent, SandboxKey};
@@ -85,9 +87,15 @@ pub struct PortRelay {
     pub sandbox_id: String,
     pub port: u16,
     pub exec: ExecId,
-    /// Bytes for the application not yet handed to the runtime (the rewritten head and what
-    /// came with it).
-    pending: Vec<u8>,
+    /// The requests after the first (path form; `None`: the host form, a pipe).
+    framing: Option<RequestFraming>,
+    /// No more requests go on (one for something else, or bad framing): the application's
+    /// side is to be half-closed after what was sent.
+    requests_stopped: bool,
+    /// That half-close was sent.
+    upstream_closed: bool,
+    /// The error for bad framing, sent once the application's answers before it are out.
+    refusal: Option<Response>,
     /// Handed to the runtime and not yet written to the application's socket.
     in_flight: u64,
     /// The client closed its side: the application's side is shut for writing.
@@ -100,6 +108,44 @@ pub struct PortRelay {
     ended: bool,
     /// The relay's output is held back because the client's buffer is full.
     pub paused: bool,
+}
+
+/// Bytes from the client, for the application (`out`): framed request by request (path form)
+/// or as they are (`framing` is `None`: the host form).
+fn frame(framing: &mut Option<RequestFraming>, input: &[u8], out: &mut Vec<u8>) -> Flow {
+    match framing {
+        Some(framing) => framing.push(input, out),
+        None => {
+            out.extend_from_slice(input);
+            Flow::Open
+        }
+    }
+}
+
+impl PortRelay {
+    /// Bytes from the client, for the application (`out`).
+    fn frame(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let flow = frame(&mut self.framing, input, out);
+        self.follow(flow);
+    }
+
+    /// What the framing of the client's bytes says to do next.
+    fn follow(&mut self, flow: Flow) {
+        match flow {
+            Flow::Open => {}
+            Flow::Leave => self.stop_requests(None),
+            Flow::Refuse(error) => {
+                self.stop_requests(Some(error_response(error.status, &error.message)))
+            }
+        }
+    }
+
+    /// Nothing more from the client goes on; `refusal` follows the application's answers.
+    fn stop_requests(&mut self, refusal: Option<Response>) {
+        self.client_done = true;
+        self.requests_stopped = true;
+        self.refusal = refusal;
+    }
 }
 
 /// The event a relayed connection needs from the runtime, if `event` is about one.
@@ -192,6 +238,23 @@ impl Server {
                 return Err(error_response(503, &message).header("Retry-After", "1"));
             }
         };
+        // The path form follows every request (a first one framed ambiguously is refused
+        // here); the host form is a pipe.
+        let mut framing = match target.port {
+            Some(_) => None,
+            None => {
+                let (limits, head_check) = self.connections.head_rules();
+                let framing = RequestFraming::after(
+                    request,
+                    &target.capability,
+                    limits,
+                    head_check,
+                    self.config.ports.require_key,
+                )
+                .map_err(|error| error_response(error.status, &error.message))?;
+                Some(framing)
+            }
+        };
         let limit = self.config.ports.max_connections_per_sandbox;
         if self.ports.open_relays(sandbox) >= limit {
             let message = format!(
@@ -199,9 +262,24 @@ impl Server {
             );
             return Err(error_response(503, &message).header("Retry-After", "1"));
         }
+        let Some(connection) = self.connections.http.get_mut(&id) else {
+            return Ok(());
+        };
+        // The rewritten head and what came with it go with the connect (one write to the
+        // agent, which holds them until the connection is made: no round trip waited for).
+        let mut first = ports::upstream_head(
+            request,
+            &UpstreamHead {
+                target,
+                proto: ports::forwarded_proto(request),
+                close: false,
+                drop_authorization: self.config.ports.require_key,
+            },
+        );
+        let flow = frame(&mut framing, &connection.parser.take_raw(), &mut first);
         let exec = self
             .runtime
-            .start_relay(sandbox, port, 2 * UPSTREAM_IN_FLIGHT)
+            .start_relay(sandbox, port, 2 * UPSTREAM_IN_FLIGHT, &first)
             .map_err(|error| {
                 error_response(
                     502,
@@ -209,32 +287,27 @@ impl Server {
                 )
             })?;
         self.ports.add_relay(sandbox, exec, id);
-        let mut pending = ports::upstream_head(
-            request,
-            &UpstreamHead {
-                target,
-                proto: ports::forwarded_proto(request),
-                close: target.port.is_none(),
-                drop_authorization: self.config.ports.require_key,
-            },
-        );
         let Some(connection) = self.connections.http.get_mut(&id) else {
             return Ok(());
         };
-        pending.extend(connection.parser.take_raw());
-        connection.phase = Phase::Port(Box::new(PortRelay {
+        let mut relay = Box::new(PortRelay {
             sandbox,
             sandbox_id,
             port,
             exec,
-            pending,
-            in_flight: 0,
+            framing,
+            requests_stopped: false,
+            upstream_closed: false,
+            refusal: None,
+            in_flight: first.len() as u64,
             client_done: false,
             answered: false,
             since: Instant::now(),
             ended: false,
             paused: false,
-        }));
+        });
+        relay.follow(flow);
+        connection.phase = Phase::Port(relay);
         Ok(())
     }
 
@@ -252,7 +325,7 @@ impl Server {
         if relay.ended {
             return;
         }
-        let mut chunk = std::mem::take(&mut relay.pending);
+        let mut chunk = Vec::new();
         let mut client_gone = false;
         while !relay.client_done && (relay.in_flight + chunk.len() as u64) < UPSTREAM_IN_FLIGHT {
             let mut buffer = [0u8; 64 * 1024];
@@ -265,7 +338,7 @@ impl Server {
                 }
                 Ok(n) => {
                     connection.last_activity = Instant::now();
-                    chunk.extend_from_slice(&buffer[..n]);
+                    relay.frame(&buffer[..n], &mut chunk);
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
@@ -288,8 +361,11 @@ impl Server {
             // events, a WebSocket) must not keep the relay and its slot.
             return self.end_port_connection(id);
         }
-        if client_gone {
-            // Before it, a half-close ends the request; the application's answer may come.
+        if (client_gone || relay.requests_stopped) && !relay.upstream_closed {
+            // Before it, a half-close ends the requests; the application's answers may come.
+            // (Requests stopped: the application sees the end after those it got, answers
+            // them and closes.)
+            relay.upstream_closed = true;
             let _ = self.runtime.close_stdin(sandbox, exec);
         }
     }
@@ -344,7 +420,10 @@ impl Server {
             }
             RuntimeEvent::ExecFinished(_, outcome) => {
                 relay.ended = true;
-                if relay.answered {
+                if let Some(refusal) = relay.refusal.take().filter(|_| relay.answered) {
+                    // Bad framing after requests the application answered: its error last.
+                    self.respond(id, &refusal, false, false);
+                } else if relay.answered {
                     connection.phase = Phase::Closing;
                 } else {
                     let message = if outcome.reason == Reason::SandboxLost {

@@ -9,6 +9,8 @@
 //! wrong capabilities get the same answer (`not_found`), so nothing tells whether a sandbox or a
 //! port exists.
 
+pub mod requests;
+
 use std::collections::{BTreeMap, HashMap};
 
 use crate::http::request::Request;
@@ -323,6 +325,20 @@ pub struct UpstreamHead<'a> {
     pub drop_authorization: bool,
 }
 
+/// Whether `request` asks to switch protocols (`Upgrade` with `Connection: upgrade`).
+fn is_upgrade(request: &Request) -> bool {
+    request.header("upgrade").is_some()
+        && request
+            .list("connection")
+            .any(|token| token.eq_ignore_ascii_case("upgrade"))
+}
+
+/// Whether the connection belongs to the application after `request` (an upgrade, which a
+/// WebSocket is, or a `CONNECT`): what follows is no longer HTTP requests.
+pub fn is_tunnel(request: &Request) -> bool {
+    is_upgrade(request) || request.method.eq_ignore_ascii_case("CONNECT")
+}
+
 /// The request head for the application: the request line with the prefix taken off, the
 /// client's headers, and `X-Forwarded-Host/Proto/Prefix`.
 pub fn upstream_head(request: &Request, how: &UpstreamHead<'_>) -> Vec<u8> {
@@ -339,10 +355,7 @@ pub fn upstream_head(request: &Request, how: &UpstreamHead<'_>) -> Vec<u8> {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     // An upgrade keeps its `Connection: upgrade`; everything else is told how it ends.
-    let connection: Vec<&str> = request.list("connection").collect();
-    if request.header("upgrade").is_some()
-        && connection.iter().any(|t| t.eq_ignore_ascii_case("upgrade"))
-    {
+    if is_upgrade(request) {
         head.push_str("connection: upgrade\r\n");
     } else if how.close || !request.keep_alive() {
         head.push_str("connection: close\r\n");
