@@ -53,7 +53,12 @@ async def read_until(output: AsyncIterator[bytes], seen: bytearray, needle: byte
         while needle not in seen:
             seen.extend(await output.__anext__())
 
-    await asyncio.wait_for(read(), DEADLINE)
+    try:
+        await asyncio.wait_for(read(), DEADLINE)
+    except asyncio.TimeoutError as timeout:
+        said = bytes(seen)
+        message = f"no {needle!r} within {DEADLINE:g} s; the terminal said {said!r}"
+        raise AssertionError(message) from timeout
     return bytes(seen)
 
 
