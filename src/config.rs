@@ -106,6 +106,9 @@ pub struct PortsConfig {
     /// `SANDBOX_PORT_RESPONSE_TIMEOUT_SECS`: an application that sends nothing back within
     /// this after a request was passed on gets the client a 504.
     pub response_timeout: Duration,
+    /// `SANDBOX_PORT_IDLE_TIMEOUT_SECS`: a connection through a port on which nothing moved
+    /// either way for this long is closed (it holds one of the sandbox's port connections).
+    pub idle_timeout: Duration,
 }
 
 /// Limits applied to sandboxes and executions.
@@ -353,6 +356,7 @@ impl Config {
                 max_exposed_per_sandbox: env.bounded("SANDBOX_MAX_EXPOSED_PORTS", 16, 1..=1024)?
                     as usize,
                 response_timeout: env.seconds("SANDBOX_PORT_RESPONSE_TIMEOUT_SECS", 60)?,
+                idle_timeout: env.seconds("SANDBOX_PORT_IDLE_TIMEOUT_SECS", 300)?,
             },
             mcp: McpConfig {
                 idle_timeout: env.seconds("SANDBOX_MCP_IDLE_TIMEOUT_SECS", 600)?,

@@ -491,6 +491,36 @@ fn the_path_form_keeps_the_connection_for_every_request_and_a_later_upgrade() {
     ws.kill_sandbox();
 }
 
+/// A kept-alive connection through a port holds one of the sandbox's port connections: one
+/// that nothing crossed for `SANDBOX_PORT_IDLE_TIMEOUT_SECS` is closed, and its slot is free.
+#[test]
+fn an_idle_port_connection_is_closed_and_gives_its_slot_back() {
+    let server = TestServer::start(&[
+        ("SANDBOX_PORT_IDLE_TIMEOUT_SECS", "2"),
+        ("SANDBOX_MAX_PORT_CONNECTIONS", "1"),
+    ]);
+    let Created { mut ws, .. } = create(&server, json!({}));
+    run_ok(
+        &mut ws,
+        "mkdir -p /root/www && echo hello > /root/www/a.txt",
+    );
+    start_app(&mut ws, "keepalive", KEEPALIVE_APP, 8004);
+    let prefix = path_of(&expose(&mut ws, 8004));
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(stream, "GET {prefix}a.txt HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    let (status, _, body) = read_response(&mut stream);
+    assert_eq!((status, body.as_slice()), (200, b"hello\n".as_slice()));
+    // Kept, then silent: the server ends it (the end of file, with nothing more).
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("closed by the server");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    // The one port connection the sandbox may have is free again.
+    let (status, _, body) = get(server.port, &format!("{prefix}a.txt"));
+    assert_eq!((status, body.as_slice()), (200, b"hello\n".as_slice()));
+    ws.kill_sandbox();
+}
+
 #[test]
 fn every_way_a_port_is_unreachable_has_its_status() {
     let server = TestServer::start(&[("SANDBOX_PORT_RESPONSE_TIMEOUT_SECS", "2")]);

@@ -418,6 +418,7 @@ impl Server {
     pub(super) fn sweep_connections(&mut self, now: Instant) {
         let http = &self.config.http;
         let store_timeout = self.config.create_timeout;
+        let port_idle_timeout = self.config.ports.idle_timeout;
         let mut expired = Vec::new();
         for (id, connection) in &self.connections.http {
             let reading = matches!(connection.phase, Phase::Reading);
@@ -438,6 +439,11 @@ impl Server {
                 if now.duration_since(job.since) > crate::session::files::FILE_OPERATION_TIMEOUT * 2);
             let linger_over = matches!(connection.phase, Phase::Lingering { since, .. }
                 if now.duration_since(since) > LINGER_TIMEOUT);
+            // A kept-alive connection through a port holds one of the sandbox's port
+            // connections: one that nothing crossed for long goes.
+            let port_idle = matches!(connection.phase, Phase::Port(_))
+                && connection.out.is_empty()
+                && now.duration_since(connection.last_activity) > port_idle_timeout;
             if slow_request {
                 let error = HttpError::new(408, "the request did not arrive in time");
                 expired.push((*id, Some(ApiError::Http(error))));
@@ -447,7 +453,7 @@ impl Server {
                     store_timeout.as_secs()
                 );
                 expired.push((*id, Some(ApiError::Unavailable(message))));
-            } else if idle || stalled || file_late || linger_over {
+            } else if idle || stalled || file_late || linger_over || port_idle {
                 expired.push((*id, None));
             }
         }
