@@ -63,8 +63,10 @@ async def main(url: str) -> None:
         text = await read_until(output, seen, b"done-4")
         print("after resize:", *re.findall(r"^\d+ \d+$", text, re.M))
 
-        # Ctrl-C interrupts the job in the foreground; the shell goes on.
-        await term.write("echo sleeping-$((3*3)); sleep 100\r")
+        # Ctrl-C interrupts the job in the foreground; the shell goes on. The job prints its
+        # marker itself and then becomes `sleep`: once the marker shows, the job ctrl-C must
+        # reach is in the foreground (a ctrl-C typed before would go to the shell instead).
+        await term.write("bash -c 'echo sleeping-$((3*3)); exec sleep 100'\r")
         await read_until(output, seen, b"sleeping-9")
         await term.write("\x03")
         await term.write("echo back-$((4*4))\r")

@@ -61,8 +61,10 @@ async function main(): Promise<void> {
     text = await readUntil('done-4');
     console.log('after resize:', ...(text.match(/^\d+ \d+$/gm) ?? []));
 
-    // Ctrl-C interrupts the job in the foreground; the shell goes on.
-    await term.write('echo sleeping-$((3*3)); sleep 100\r');
+    // Ctrl-C interrupts the job in the foreground; the shell goes on. The job prints its marker
+    // itself and then becomes `sleep`: once the marker shows, the job ctrl-C must reach is in
+    // the foreground (a ctrl-C typed before would go to the shell instead).
+    await term.write("bash -c 'echo sleeping-$((3*3)); exec sleep 100'\r");
     await readUntil('sleeping-9');
     await term.write('\x03');
     await term.write('echo back-$((4*4))\r');

@@ -166,8 +166,10 @@ def test_codesandbox_shell_on_a_real_terminal(tmp_path: Path) -> None:
         os.write(fd, b"stty size; echo hi-$((1+1))\r")
         read_pty_until(fd, seen, b"hi-2")
         assert b"22 77" in seen, bytes(seen)
-        os.write(fd, b"sleep 100; echo no-$((1+1))-output\r")
-        time.sleep(1)
+        # The job prints, then becomes `sleep`: once its line shows, ctrl-C reaches it (one
+        # typed before would go to the shell).
+        os.write(fd, b"bash -c 'echo zz-$((1+1)); exec sleep 100'; echo no-$((1+1))-output\r")
+        read_pty_until(fd, seen, b"zz-2")
         os.write(fd, b"\x03")
         os.write(fd, b"echo on-$((4+4))\r")
         read_pty_until(fd, seen, b"on-8")
