@@ -380,6 +380,25 @@ fn a_dead_context_is_reported_and_can_be_restarted() {
     session.ws.kill_sandbox();
 }
 
+/// A context whose directory does not exist cannot start: its create is the error (naming
+/// the directory), and nothing is left behind.
+#[test]
+fn a_context_in_a_missing_directory_is_refused_at_create() {
+    let server = TestServer::start(&[]);
+    let Created { ws, .. } = create(&server, json!({}));
+    let mut session = Session::new(ws);
+    let answer = session.ask(json!({"action": "create_code_context", "cwd": "/no/such/dir"}));
+    assert_eq!(answer["status"], "SANDBOX_CODE_CONTEXT_ERROR", "{answer}");
+    let message = answer["message"].as_str().unwrap_or_default();
+    assert!(message.contains("/no/such/dir"), "{message}");
+    let listed = session.ask(json!({"action": "list_code_contexts"}));
+    assert_eq!(listed["contexts"], json!([]), "{listed}");
+    // A good one still works.
+    let context = session.ask(json!({"action": "create_code_context", "cwd": "/tmp"}));
+    assert_eq!(context["context"]["cwd"], "/tmp", "{context}");
+    session.ws.kill_sandbox();
+}
+
 #[test]
 fn contexts_are_isolated_and_cells_of_one_context_wait_their_turn() {
     let server = TestServer::start(&[]);

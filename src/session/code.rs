@@ -180,6 +180,10 @@ pub struct CodeContexts {
     /// The sandbox (re)started: the agent's next report is the whole truth (a restore keeps
     /// the contexts of the checkpoint, a snapshot's reset ends them).
     resync: bool,
+    /// Contexts created on request whose start the agent has not reported yet, with the
+    /// request to answer: the reply waits for the report, so that a context that could not
+    /// start (a missing `cwd`) is an error of its request, not a dead context found later.
+    pending_creates: Vec<(String, Option<RequestId>)>,
 }
 
 impl CodeContexts {
@@ -420,10 +424,11 @@ impl Session {
                 id,
             ));
         }
-        let context = CodeContext::new(cwd);
-        let view = context.view(&context_id);
-        self.code.table.insert(context_id, context);
-        reply(out, id, Reply::CodeContext(view));
+        self.code
+            .table
+            .insert(context_id.clone(), CodeContext::new(cwd));
+        // Answered when the agent reports the context (see `on_code_contexts`).
+        self.code.pending_creates.push((context_id, id.cloned()));
     }
 
     fn restart_code_context(
@@ -539,7 +544,55 @@ impl Session {
     }
 
     /// The agent's table of contexts: which died (and, after a restore, which there are).
-    pub(super) fn on_code_contexts(&mut self, contexts: Vec<ContextInfo>) {
+    /// Contexts created on request are answered now: with the context, or with why it could
+    /// not start (it is then deleted).
+    pub(super) fn on_code_contexts(
+        &mut self,
+        contexts: Vec<ContextInfo>,
+        out: &mut Vec<Out>,
+        control: &mut dyn SandboxControl,
+    ) {
+        let mut failed = Vec::new();
+        for (context_id, id) in std::mem::take(&mut self.code.pending_creates) {
+            let Some(info) = contexts.iter().find(|info| info.context_id == context_id) else {
+                // Not in this report (it came from before the create): wait for the next.
+                self.code.pending_creates.push((context_id, id));
+                continue;
+            };
+            match &info.died {
+                None => {
+                    let view = self
+                        .code
+                        .table
+                        .get(&context_id)
+                        .map(|c| c.view(&context_id));
+                    if let Some(view) = view {
+                        reply(out, id.as_ref(), Reply::CodeContext(view));
+                    }
+                }
+                Some(why) => {
+                    self.code.table.remove(&context_id);
+                    if let Some(sandbox) = self.sandbox {
+                        let command = ContextCommand::Delete {
+                            context_id: context_id.clone(),
+                        };
+                        let _ = control.context_command(sandbox, command);
+                    }
+                    let message = format!("cannot create a code context: {why}");
+                    out.extend(error_frames(
+                        Status::CodeContextError,
+                        &message,
+                        id.as_ref(),
+                    ));
+                    failed.push(context_id);
+                }
+            }
+        }
+        // The ones that could not start are gone (the agent deletes them too).
+        let contexts: Vec<ContextInfo> = contexts
+            .into_iter()
+            .filter(|info| !failed.contains(&info.context_id))
+            .collect();
         if std::mem::take(&mut self.code.resync) {
             let known: Vec<String> = contexts.iter().map(|c| c.context_id.clone()).collect();
             self.code.table.retain(|context_id, context| {

@@ -1188,7 +1188,9 @@ impl Session {
             RuntimeEvent::CellEvent(exec, data, last) => {
                 self.on_cell_event(exec, data, last, &mut out, control)
             }
-            RuntimeEvent::CodeContexts(contexts) => self.on_code_contexts(contexts),
+            RuntimeEvent::CodeContexts(contexts) => {
+                self.on_code_contexts(contexts, &mut out, control)
+            }
             RuntimeEvent::Checkpointed(_) | RuntimeEvent::Ready => {}
         }
         out
