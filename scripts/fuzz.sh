@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fuzz the parsers and the session machine with libFuzzer, on the stable toolchain.
 #
-#   scripts/fuzz.sh                  every target for FUZZ_SECONDS each (default 12: five targets, one minute): what CI runs
-#   scripts/fuzz.sh session          one target (http_request, session, query, agent_frames, mcp)
+#   scripts/fuzz.sh                  every target for FUZZ_SECONDS each (default 12: six targets, 75 s): what CI runs
+#   scripts/fuzz.sh session          one target (http_request, session, query, agent_frames, mcp, port_requests)
 #   FUZZ_SECONDS=600 scripts/fuzz.sh http_request
 #
 # Exits non-zero when a target crashes (a panic or a broken invariant in src/fuzzing/), after
@@ -25,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all_targets=(http_request session query agent_frames mcp)
+all_targets=(http_request session query agent_frames mcp port_requests)
 seconds=${FUZZ_SECONDS:-12}
 if [ $# -gt 0 ]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
 for target in "${targets[@]}"; do

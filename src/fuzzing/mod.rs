@@ -13,6 +13,7 @@
 pub mod agent_frames;
 pub mod http_request;
 pub mod mcp;
+pub mod port_requests;
 pub mod query;
 pub mod session;
 
@@ -83,6 +84,11 @@ mod tests {
     #[test]
     fn mcp_corpus_replays() {
         replay_corpus("mcp", mcp::run);
+    }
+
+    #[test]
+    fn port_requests_corpus_replays() {
+        replay_corpus("port_requests", port_requests::run);
     }
 
     #[test]

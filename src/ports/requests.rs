@@ -20,7 +20,8 @@
 //! - at bad input ([`Flow::Refuse`]): the same, and the client gets the error (400, 431, ...)
 //!   after those answers.
 //!
-//! Nothing is held but a partial head (up to the header limit) or a partial chunk-size line.
+//! Nothing is held but a partial head (up to the header limit), a partial chunk-size line or a
+//! partial trailer line (bounded like a head): each is passed on once it is whole and valid.
 
 use memchr::memchr;
 
@@ -66,12 +67,10 @@ enum Chunk {
     DataEnd(usize),
     /// The trailer section after the last chunk, up to its empty line.
     Trailers {
-        /// Bytes of the current line so far.
-        line: usize,
+        /// The current line so far (passed on once it is known to end with CRLF).
+        line: Vec<u8>,
         /// Bytes of the trailer section so far (bounded like a head).
         total: usize,
-        /// The byte before this one (a line must end with CRLF).
-        last: u8,
     },
 }
 
@@ -130,8 +129,7 @@ impl RequestFraming {
 
     /// Whether nothing of a request is under way (between requests, nothing partial held):
     /// what the client sent so far is complete.
-    #[cfg(test)]
-    fn is_between_requests(&self) -> bool {
+    pub fn is_between_requests(&self) -> bool {
         matches!(&self.state, State::Head(parser) if parser.is_idle())
     }
 
@@ -171,11 +169,10 @@ impl RequestFraming {
                     }
                 }
                 State::Chunked(chunk) => {
-                    let (used, done) = match chunk.follow(rest, self.limits.max_header_bytes) {
+                    let (used, done) = match chunk.follow(rest, self.limits.max_header_bytes, out) {
                         Ok(progress) => progress,
                         Err(error) => return self.stop(Flow::Refuse(error)),
                     };
-                    out.extend_from_slice(&rest[..used]);
                     rest = &rest[used..];
                     if done {
                         self.end_body();
@@ -242,12 +239,16 @@ impl RequestFraming {
 }
 
 impl Chunk {
-    /// Follows chunked framing over `input`: (bytes that belong to the body, whether the body
-    /// ended with them). `max_trailer_bytes` bounds the trailer section like a head.
+    /// Follows chunked framing over `input`, passing on to `out` what is known to be good:
+    /// chunk data as it comes, a size line or a trailer line once it is whole and valid (so the
+    /// bytes passed on do not depend on how the input was split, also when it turns out bad).
+    /// (Bytes of `input` used, whether the body ended with them.) `max_trailer_bytes` bounds
+    /// the trailer section like a head.
     fn follow(
         &mut self,
         input: &[u8],
         max_trailer_bytes: usize,
+        out: &mut Vec<u8>,
     ) -> Result<(usize, bool), HttpError> {
         let mut used = 0;
         while used < input.len() {
@@ -269,11 +270,11 @@ impl Chunk {
                             // Saturated: the application could read another size than this.
                             return Err(HttpError::new(400, "chunk size is too large"));
                         }
+                        out.extend_from_slice(line);
                         *self = if size == 0 {
                             Chunk::Trailers {
-                                line: 0,
+                                line: Vec::new(),
                                 total: 0,
-                                last: 0,
                             }
                         } else {
                             Chunk::Data(size)
@@ -284,6 +285,7 @@ impl Chunk {
                     let take = rest
                         .len()
                         .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                    out.extend_from_slice(&rest[..take]);
                     used += take;
                     *remaining -= take as u64;
                     if *remaining == 0 {
@@ -294,36 +296,37 @@ impl Chunk {
                     if rest[0] != b"\r\n"[*seen] {
                         return Err(HttpError::new(400, "chunk data is not followed by crlf"));
                     }
+                    out.push(rest[0]);
                     used += 1;
                     *seen += 1;
                     if *seen == 2 {
                         *self = Chunk::Size(Vec::new());
                     }
                 }
-                Chunk::Trailers { line, total, last } => {
-                    let byte = rest[0];
-                    used += 1;
-                    *line += 1;
-                    *total += 1;
+                Chunk::Trailers { line, total } => {
+                    let take = memchr(b'\n', rest).map_or(rest.len(), |end| end + 1);
+                    *total += take;
                     if *total > max_trailer_bytes {
                         return Err(HttpError::new(
                             431,
                             format!("request trailers exceed {max_trailer_bytes} bytes"),
                         ));
                     }
-                    if byte == b'\n' {
-                        if *last != b'\r' {
+                    line.extend_from_slice(&rest[..take]);
+                    used += take;
+                    if line.ends_with(b"\n") {
+                        if !line.ends_with(b"\r\n") {
                             return Err(HttpError::new(
                                 400,
                                 "chunked trailer line is not terminated by crlf",
                             ));
                         }
-                        if *line == 2 {
+                        out.extend_from_slice(line);
+                        if line.len() == 2 {
                             return Ok((used, true));
                         }
-                        *line = 0;
+                        line.clear();
                     }
-                    *last = byte;
                 }
             }
         }
