@@ -513,6 +513,30 @@ mod tests {
         );
     }
 
+    /// A size line (or trailer line) goes on only once it is whole and valid: what the
+    /// application gets does not depend on how the client's bytes were split (found by the
+    /// `port_requests` fuzz target).
+    #[test]
+    fn a_bad_size_line_is_not_passed_on_whatever_the_split() {
+        let head = format!("POST /ports/{CAP}/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for size in [1, 3, 100] {
+            let mut framing = framing_after(&head);
+            let (out, flow) = pushed(&mut framing, b"3\r\nabc\r\n3456789a+cdef\r\n", size);
+            assert_eq!(out, "3\r\nabc\r\n", "split in pieces of {size}");
+            assert!(
+                matches!(flow, Flow::Refuse(ref e) if e.status == 400),
+                "{flow:?}"
+            );
+            let mut framing = framing_after(&head);
+            let (out, flow) = pushed(&mut framing, b"0\r\nX-T: 1\n", size);
+            assert_eq!(out, "0\r\n", "a trailer line without CR, pieces of {size}");
+            assert!(
+                matches!(flow, Flow::Refuse(ref e) if e.status == 400),
+                "{flow:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_limits_hold_for_every_request() {
         let limits = Limits {
