@@ -5,9 +5,9 @@
 # SANDBOX_TEST_API_KEY (scripts/test.sh starts them; tests whose server is not set are skipped
 # and say why), and against the clients' protocol-2 stand-in server (with the Python of
 # $PYTHON or clients/python/.venv, which clients/python/run-tests.sh makes). Screenshots go to
-# $PLAYGROUND_ARTIFACTS (default: a new directory under /tmp, printed). Chromium comes from
-# Debian (`chromium`, installed here when missing and root); playwright-core never downloads a
-# browser. Exits non-zero on the first failure.
+# $PLAYGROUND_ARTIFACTS (default: a new directory under /tmp, printed, removed when the tests
+# pass). Chromium comes from Debian (`chromium`, installed here when missing and root);
+# playwright-core never downloads a browser. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -29,8 +29,14 @@ export CHROMIUM
 step "npm ci"
 npm ci --no-audit --no-fund
 
+# Screenshots and downloads: kept where PLAYGROUND_ARTIFACTS says, else in a temporary
+# directory that is removed when the tests pass (kept to look at when they fail).
+keep_artifacts=${PLAYGROUND_ARTIFACTS:+1}
 export PLAYGROUND_ARTIFACTS=${PLAYGROUND_ARTIFACTS:-$(mktemp -d /tmp/crs-playground.XXXXXX)}
 step "tests ($("$CHROMIUM" --version), artifacts in $PLAYGROUND_ARTIFACTS)"
 # --experimental-websocket: Node 20's WebSocket, for the bridge to the protocol-2 stand-in.
 node --experimental-websocket --test --test-reporter=spec --test-concurrency=1 \
   client.test.mjs playground.test.mjs
+if [ -z "$keep_artifacts" ]; then
+  rm -rf "$PLAYGROUND_ARTIFACTS"
+fi
