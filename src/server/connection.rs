@@ -9,7 +9,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use super::execute::ExecuteJob;
-use super::websocket::{Linger, WsConnection};
+use super::websocket::{discard_input, Discarded, Linger, WsConnection};
 use crate::http::request::{HeadCheck, Limits, RelayCheck, RequestParser};
 
 /// A client connection (HTTP, then WebSocket after an upgrade: the id stays), never reused
@@ -252,20 +252,9 @@ impl Connection {
         let Phase::Lingering { discarded, .. } = &mut self.phase else {
             return Linger::Done;
         };
-        let mut buffer = [0u8; 64 * 1024];
-        loop {
-            match self.stream.read(&mut buffer) {
-                Ok(0) => return Linger::Done,
-                Ok(n) => {
-                    *discarded += n;
-                    if *discarded > LINGER_MAX_BYTES {
-                        return Linger::Done;
-                    }
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Linger::Going,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Linger::Done,
-            }
+        match discard_input(&mut self.stream, discarded, LINGER_MAX_BYTES) {
+            Discarded::Blocked => Linger::Going,
+            Discarded::PeerClosed | Discarded::GiveUp => Linger::Done,
         }
     }
 

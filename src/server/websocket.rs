@@ -94,6 +94,38 @@ pub enum Linger {
     Done,
 }
 
+/// What reading and throwing away a closing peer's input came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discarded {
+    /// Nothing more to read now.
+    Blocked,
+    /// The peer closed its side.
+    PeerClosed,
+    /// More than the bound came, or the socket failed.
+    GiveUp,
+}
+
+/// Read and throw away what `stream` holds, counting it in `discarded` (at most `max_bytes`
+/// in all): lingering after a refusal (a WebSocket's close, an HTTP response), so that
+/// closing with unread input does not reset the connection under what was sent.
+pub fn discard_input(stream: &mut impl Read, discarded: &mut usize, max_bytes: usize) -> Discarded {
+    let mut buffer = [0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Discarded::PeerClosed,
+            Ok(n) => {
+                *discarded += n;
+                if *discarded > max_bytes {
+                    return Discarded::GiveUp;
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Discarded::Blocked,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Discarded::GiveUp,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Lingering {
     write_shut: bool,
@@ -275,20 +307,14 @@ impl WsConnection {
     /// from the refusal on; tungstenite reads nothing more.
     pub fn linger(&mut self) -> Linger {
         let lingering = self.lingering.get_or_insert_with(Lingering::default);
-        let mut buffer = [0u8; 16 * 1024];
-        let peer_closed = loop {
-            match self.ws.get_mut().read(&mut buffer) {
-                Ok(0) => break true,
-                Ok(n) => {
-                    lingering.discarded += n;
-                    if lingering.discarded > LINGER_MAX_BYTES {
-                        return Linger::Done;
-                    }
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break false,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Linger::Done,
-            }
+        let peer_closed = match discard_input(
+            self.ws.get_mut(),
+            &mut lingering.discarded,
+            LINGER_MAX_BYTES,
+        ) {
+            Discarded::PeerClosed => true,
+            Discarded::Blocked => false,
+            Discarded::GiveUp => return Linger::Done,
         };
         if !lingering.write_shut {
             match self.ws.flush() {
