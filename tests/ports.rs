@@ -231,9 +231,22 @@ fn path_of(url: &str) -> String {
 
 /// One HTTP exchange on a fresh connection, read to the end (the path form closes after the
 /// response): status, head and body.
-fn http(port: u16, request: &str) -> (u16, String, Vec<u8>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+/// A connection to the server, reads bounded by `IO_TIMEOUT`.
+fn connect_to(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// The keep-alive app on port 8004, exposed, serving `a.txt` ("hello\n"); the link's path.
+fn serve_hello_with_keep_alive(ws: &mut Ws) -> String {
+    run_ok(ws, "mkdir -p /root/www && echo hello > /root/www/a.txt");
+    start_app(ws, "keepalive", KEEPALIVE_APP, 8004);
+    path_of(&expose(ws, 8004))
+}
+
+fn http(port: u16, request: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = connect_to(port);
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = Vec::new();
     stream
@@ -324,8 +337,7 @@ fn server_sent_events_arrive_as_produced_and_a_websocket_is_relayed_both_ways() 
     let sse = path_of(&expose(&mut ws, 8001));
     let echo = path_of(&expose(&mut ws, 8002));
 
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut stream = connect_to(server.port);
     write!(
         stream,
         "GET {sse}events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
@@ -346,8 +358,7 @@ fn server_sent_events_arrive_as_produced_and_a_websocket_is_relayed_both_ways() 
     assert!(text.contains("data: second"), "{text}");
     assert!(text.ends_with("0\r\n\r\n"), "{text}");
 
-    let socket = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let socket = connect_to(server.port);
     let url = format!("ws://127.0.0.1:{}{echo}socket", server.port);
     let (mut client, response) =
         tungstenite::client::client(url.as_str(), socket).expect("the upgrade through the port");
@@ -391,15 +402,9 @@ fn read_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
 fn the_path_form_keeps_the_connection_for_every_request_and_a_later_upgrade() {
     let server = TestServer::start(&[]);
     let Created { mut ws, .. } = create(&server, json!({}));
-    run_ok(
-        &mut ws,
-        "mkdir -p /root/www && echo hello > /root/www/a.txt",
-    );
-    start_app(&mut ws, "keepalive", KEEPALIVE_APP, 8004);
-    let prefix = path_of(&expose(&mut ws, 8004));
+    let prefix = serve_hello_with_keep_alive(&mut ws);
 
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut stream = connect_to(server.port);
     // Two requests one after the other on the same connection.
     for _ in 0..2 {
         write!(stream, "GET {prefix}a.txt HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
@@ -452,8 +457,7 @@ fn the_path_form_keeps_the_connection_for_every_request_and_a_later_upgrade() {
 
     // Bad framing after a good request: the good one is answered, then the error, then the
     // connection closes.
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut stream = connect_to(server.port);
     write!(
         stream,
         "GET {prefix}a.txt HTTP/1.1\r\nHost: h\r\n\r\nPOST {prefix}x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
@@ -472,8 +476,7 @@ fn the_path_form_keeps_the_connection_for_every_request_and_a_later_upgrade() {
 
     // A request for something else (the API) on the connection: the answers before it come,
     // then the connection ends (the client sends it again on a new one).
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut stream = connect_to(server.port);
     write!(
         stream,
         "GET {prefix}a.txt HTTP/1.1\r\nHost: h\r\n\r\nGET /status HTTP/1.1\r\nHost: h\r\n\r\n"
@@ -500,14 +503,8 @@ fn an_idle_port_connection_is_closed_and_gives_its_slot_back() {
         ("SANDBOX_MAX_PORT_CONNECTIONS", "1"),
     ]);
     let Created { mut ws, .. } = create(&server, json!({}));
-    run_ok(
-        &mut ws,
-        "mkdir -p /root/www && echo hello > /root/www/a.txt",
-    );
-    start_app(&mut ws, "keepalive", KEEPALIVE_APP, 8004);
-    let prefix = path_of(&expose(&mut ws, 8004));
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let prefix = serve_hello_with_keep_alive(&mut ws);
+    let mut stream = connect_to(server.port);
     write!(stream, "GET {prefix}a.txt HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
     let (status, _, body) = read_response(&mut stream);
     assert_eq!((status, body.as_slice()), (200, b"hello\n".as_slice()));
@@ -570,8 +567,7 @@ fn every_way_a_port_is_unreachable_has_its_status() {
     assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
     // Unexposing closes the connections open through the port (here one waiting for its
     // answer, which would otherwise get the 504 above after 2 s).
-    let mut waiting = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    waiting.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut waiting = connect_to(server.port);
     write!(waiting, "GET {silent} HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
     ws.run("bash", "sleep 0.3");
     let reply = ask(
@@ -659,8 +655,7 @@ fn the_host_form_needs_the_domain_and_an_api_key_only_when_asked() {
     );
     assert_eq!((status, body.as_slice()), (200, b"hi\n".as_slice()));
     // The host form stays a pipe: two requests on one connection (keep-alive).
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut stream = connect_to(server.port);
     for _ in 0..2 {
         write!(stream, "GET /index.txt HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
         let mut response = Vec::new();
@@ -792,8 +787,7 @@ fn an_exposed_port_survives_a_checkpoint_and_answers_503_meanwhile() {
     assert_eq!((status, body.as_slice()), (200, b"kept\n".as_slice()));
     // A stream open through a port does not stop the checkpoint: it is closed first.
     let events = path_of(&expose(&mut ws, 8001));
-    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut stream = connect_to(server.port);
     write!(stream, "GET {events} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut received = Vec::new();
     let mut buffer = [0u8; 4096];
