@@ -295,7 +295,7 @@ impl Session {
             }
         }
         for (process, after) in forgotten {
-            out.extend(self.resend.after(process, after).into_iter().map(Out::Send));
+            self.resend.resend_after(process, after, out);
         }
     }
 
@@ -347,7 +347,7 @@ impl Session {
         control: &mut dyn SandboxControl,
     ) {
         if let Some(after) = resend_after {
-            out.extend(self.resend.after(process, after).into_iter().map(Out::Send));
+            self.resend.resend_after(process, after, out);
         }
         let held = self.processes.take_held(process);
         let Some(entry) = self.processes.get_mut(process) else {
@@ -355,9 +355,7 @@ impl Session {
         };
         entry.follow(request);
         for (seq, event) in held {
-            let frame = entry.frame(event).numbered(seq);
-            self.resend.record(&frame);
-            out.push(Out::Send(frame));
+            self.resend.send(entry.frame(event).numbered(seq), out);
         }
         if let Some(written) = entry.stdin.as_mut().and_then(StdinWindow::take_ack) {
             out.push(Out::Send(entry.frame(ServerEvent::StdinAck { written })));
@@ -398,9 +396,7 @@ impl Session {
             _ => entry.number(),
         };
         if self.attached && entry.is_followed() {
-            let frame = entry.frame(event).numbered(seq);
-            self.resend.record(&frame);
-            out.push(Out::Send(frame));
+            self.resend.send(entry.frame(event).numbered(seq), out);
             return;
         }
         let is_foreground = self.processes.foreground_to_replay() == Some(process);

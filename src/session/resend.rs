@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 
 use super::events::{Frame, ServerEvent};
 use super::ids::ProcessId;
+use super::Out;
 
 #[derive(Debug)]
 struct Sent {
@@ -55,6 +56,17 @@ impl ResendLog {
                 self.bytes -= old.bytes;
             }
         }
+    }
+
+    /// `frame` goes to the client now: recorded (see [`ResendLog::record`]), then sent.
+    pub fn send(&mut self, frame: Frame, out: &mut Vec<Out>) {
+        self.record(&frame);
+        out.push(Out::Send(frame));
+    }
+
+    /// Send again the frames of `process` numbered after `after` that are still kept.
+    pub fn resend_after(&self, process: ProcessId, after: u64, out: &mut Vec<Out>) {
+        out.extend(self.after(process, after).into_iter().map(Out::Send));
     }
 
     /// The frames of `process` numbered after `after` that are still kept, in order.
