@@ -424,9 +424,10 @@ impl Core {
     }
 
     /// Pooled fresh sandboxes beyond the target (demand went down): to be deleted, the oldest
-    /// first.
+    /// first. The starts that requests in line wait for are not surplus (without a pool,
+    /// `SANDBOX_POOL_SIZE=0`, they are the only fresh pooled sandboxes).
     pub fn surplus_fresh(&mut self, now: Instant) -> Vec<SandboxKey> {
-        let target = self.fresh_target.target(now);
+        let target = self.fresh_target.target(now) + self.claims.len();
         let mut surplus = Vec::new();
         while self.pools.fresh_len() > target {
             let oldest = self.pools.fresh().next();

@@ -1389,3 +1389,33 @@ fn a_wait_in_line_is_bounded_and_requests_are_refused_only_at_capacity() {
     assert_eq!(h.becomes_ready(b), []);
     assert_eq!(h.core.pool_ready(), 1);
 }
+
+#[test]
+fn without_a_pool_a_request_in_line_keeps_the_start_made_for_it() {
+    let mut h = Harness {
+        core: Core::new(Settings {
+            pool_size: 0,
+            pool_max: 0,
+            ..settings(4)
+        }),
+        now: Instant::now(),
+    };
+    queued(h.claim(http(1)));
+    let start = h
+        .core
+        .pools
+        .fresh()
+        .next()
+        .expect("a start for the request");
+    assert_eq!(h.core.fresh_pool_target(h.now), 0);
+    assert_eq!(
+        h.core.surplus_fresh(h.now),
+        [],
+        "not surplus: the request waits for it"
+    );
+    assert_eq!(
+        h.becomes_ready(start),
+        [notice(start, http(1), RuntimeEvent::Ready)]
+    );
+    assert_eq!(h.core.fresh_pool_len(), 0);
+}
