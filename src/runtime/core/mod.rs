@@ -604,18 +604,21 @@ impl Core {
             .count()
     }
 
-    /// Whether one more request in line needs a fresh start of its own, and how it gets a slot.
-    /// Each request waiting in line should have a start under way (the starts serve the line
-    /// in order, whichever ends first), and like any real work it may wait for a slot being
-    /// freed or take one from the pools. `None`: the starts under way suffice, or the only
-    /// sandbox to give up is a fresh one still starting (which serves the line anyway). An
-    /// error: every slot holds real work.
+    /// Whether one more request may wait in line, and if it needs a fresh start of its own, how
+    /// that start gets a slot. Each request in line has a start under way (the starts serve the
+    /// line in order, whichever ends first): `None` if the starts under way are more than the
+    /// requests in line. Else, like any real work, the start may wait for a slot being freed or
+    /// take a pooled sandbox's. Refused (as a create would be) when every slot holds real work
+    /// or a start already promised to the line.
     pub fn admit_claim(&self) -> Result<Option<Admission>, RuntimeError> {
         if self.claims.len() < self.fresh_starts_under_way() {
             return Ok(None);
         }
         match self.admit(true)? {
-            Admission::Evict(pooled) if self.pools.is_fresh(pooled) => Ok(None),
+            // No ready one is pooled while requests wait: this one is promised to the line.
+            Admission::Evict(pooled) if self.pools.is_fresh(pooled) => {
+                Err(RuntimeError::AtCapacity(self.settings.max_sandboxes))
+            }
             admission => Ok(Some(admission)),
         }
     }

@@ -1336,6 +1336,23 @@ fn a_wait_in_line_is_bounded_and_requests_are_refused_only_at_capacity() {
         matches!(h.core.admit_claim(), Err(RuntimeError::AtCapacity(2))),
         "refused like a create"
     );
+    // One slot holds real work, the other a start promised to the request in line: a second
+    // request is refused too (it would wait for a sandbox the first one gets).
+    let mut h = Harness::new(2);
+    h.ready_sandbox(Some(OWNER));
+    queued(h.claim(http(1)));
+    assert!(matches!(
+        h.core.admit_claim(),
+        Err(RuntimeError::AtCapacity(2))
+    ));
+    // A pooled start nobody waits for yet serves the next request without a start of its own.
+    let mut h = Harness::new(3);
+    h.ready_sandbox(Some(OWNER));
+    h.pooled_start();
+    h.pooled_start();
+    queued(h.claim(http(1)));
+    assert!(matches!(h.core.admit_claim(), Ok(None)));
+
     let mut h = Harness::new(2);
     let claim = queued(h.claim(http(1)));
     let start = h
