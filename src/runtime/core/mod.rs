@@ -392,7 +392,8 @@ impl Core {
     /// ready sandbox (requests are waiting for starts: the sooner the better), but while
     /// requests find ready ones, only after [`DEEP_REFILL_QUIET`] without such a hit, so that
     /// the requests the deep pool serves do not share the CPU with `runsc run`s starting their
-    /// successors.
+    /// successors. The starts promised to requests in line count neither as pool nor as pool
+    /// starts (as when a request took a start for itself).
     pub fn fresh_refill_wanted(&mut self, now: Instant) -> usize {
         if !self.refill_backoff.allows(now) {
             return 0;
@@ -405,8 +406,15 @@ impl Core {
         } else {
             self.settings.pool_size
         };
-        let room = POOL_STARTS_AT_ONCE.saturating_sub(self.fresh_pool_starting());
-        target.saturating_sub(self.pools.fresh_len()).min(room)
+        let promised = self.claims.len();
+        let starting = self.fresh_pool_starting().saturating_sub(promised);
+        let room = POOL_STARTS_AT_ONCE.saturating_sub(starting);
+        target.saturating_sub(self.fresh_spare()).min(room)
+    }
+
+    /// Pooled fresh sandboxes not promised to the requests in line.
+    fn fresh_spare(&self) -> usize {
+        self.pools.fresh_len().saturating_sub(self.claims.len())
     }
 
     /// When refills must next be looked at again although nothing happened: the end of their
@@ -416,7 +424,7 @@ impl Core {
         let deep = self
             .last_hit
             .map(|hit| hit + DEEP_REFILL_QUIET)
-            .filter(|at| *at > now && self.pools.fresh_len() < self.fresh_target.target(now));
+            .filter(|at| *at > now && self.fresh_spare() < self.fresh_target.target(now));
         match (backoff, deep) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),

@@ -1220,6 +1220,10 @@ fn a_ready_sandbox_goes_to_the_request_that_waited_longest_whichever_start_it_is
     assert_eq!(h.core.waiting_for_sandbox(), 3);
     // A session (which keeps the sandbox it is given) takes none of the starts in line.
     assert_eq!(h.core.take_fresh(h.now), None);
+    // The starts promised to the line are not pool: the pool is refilled beside them, up to
+    // its target grown by the misses (4 at most here), as many starting at once.
+    assert_eq!(h.core.fresh_pool_target(h.now), 4);
+    assert_eq!(h.core.fresh_refill_wanted(h.now), 4);
     // Readiness out of order: the last start first, then the second, then the first.
     assert_eq!(
         h.becomes_ready(c),
