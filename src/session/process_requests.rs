@@ -359,17 +359,19 @@ impl Session {
         } else {
             entry.follow(None);
         }
+        // Before what was held, which may end with the process's DONE: nothing comes after it.
+        if let Some(written) = entry
+            .stdin
+            .as_mut()
+            .filter(|_| after_a_drop)
+            .and_then(StdinWindow::ack_again)
+        {
+            out.push(Out::Send(entry.frame(ServerEvent::StdinAck { written })));
+        }
         for (seq, event) in held {
             self.resend.send(entry.frame(event).numbered(seq), out);
         }
-        let ack = entry.stdin.as_mut().and_then(|stdin| {
-            if after_a_drop {
-                stdin.ack_again()
-            } else {
-                stdin.take_ack()
-            }
-        });
-        if let Some(written) = ack {
+        if let Some(written) = entry.stdin.as_mut().and_then(StdinWindow::take_ack) {
             out.push(Out::Send(entry.frame(ServerEvent::StdinAck { written })));
         }
         if std::mem::take(&mut entry.paused) {
