@@ -172,6 +172,47 @@ fn a_terminal_is_a_tty_of_the_size_asked_then_resized_and_exits_with_its_code() 
     ws.kill_sandbox();
 }
 
+/// Readline writes back the window size it read each time it prepares the terminal for a line;
+/// a resize landing in between was undone for good (1 in a few hundred resizes followed at
+/// once by a command). Here a program does that on purpose, right after it sees the resize:
+/// the server's size wins again, and the program sees it.
+#[test]
+fn a_resize_undone_by_a_program_writing_back_the_old_size_is_set_again() {
+    const WRITES_BACK: &str = r#"
+import fcntl, struct, sys, termios, time
+def size():
+    return struct.unpack("HHHH", fcntl.ioctl(0, termios.TIOCGWINSZ, bytes(8)))[:2]
+old = fcntl.ioctl(0, termios.TIOCGWINSZ, bytes(8))
+print("read", "size", flush=True)
+deadline = time.monotonic() + 30
+while size() == (30, 100) and time.monotonic() < deadline:
+    time.sleep(0.001)
+fcntl.ioctl(0, termios.TIOCSWINSZ, old)
+print("wrote", "back", flush=True)
+deadline = time.monotonic() + 10
+while size() != (40, 120) and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("final", "size", size(), flush=True)
+"#;
+    let server = TestServer::start(&[]);
+    let Created { mut ws, .. } = create(&server, json!({}));
+    let code = format!("python3 -c '{WRITES_BACK}'");
+    let mut term = Terminal::start(&mut ws, "t", &code, 100, 30);
+    term.read_until(&mut ws, 0, "read size");
+    ws.request(
+        "r",
+        json!({"action": "resize", "process_id": term.process_id, "cols": 120, "rows": 40}),
+    );
+    let reply = term.answer(&mut ws, "r");
+    assert_eq!(reply["event"], "reply", "{reply}");
+    let done = term.wait_done(&mut ws);
+    assert_eq!(done["exit_code"], 0, "{done}");
+    let output = &term.output;
+    assert!(output.contains("wrote back"), "{output:?}");
+    assert!(output.contains("final size (40, 120)"), "{output:?}");
+    ws.kill_sandbox();
+}
+
 #[test]
 fn ctrl_c_interrupts_the_foreground_job_and_the_shell_goes_on() {
     let server = TestServer::start(&[]);

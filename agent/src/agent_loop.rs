@@ -236,6 +236,9 @@ impl Agent {
             for (source, flags) in ready {
                 self.handle(source, flags)?;
             }
+            for execution in self.executions.values_mut() {
+                execution.keep_window_size();
+            }
             self.finish_exited_executions();
             self.finish_cells();
             self.kill_doomed_groups();
@@ -339,6 +342,10 @@ impl Agent {
         // reports (see `execution`).
         for execution in self.executions.values() {
             if let Some(until) = execution.drain_deadline() {
+                wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+            }
+            // A resize is checked once more when it has settled (see `keep_window_size`).
+            if let Some(until) = execution.resize_check_at() {
                 wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
             }
         }
@@ -648,7 +655,7 @@ impl Agent {
                 }
             }
             ToAgent::Resize(id, size) => {
-                if let Some(execution) = self.executions.get(&id) {
+                if let Some(execution) = self.executions.get_mut(&id) {
                     execution.resize(size);
                 }
             }

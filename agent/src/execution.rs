@@ -176,7 +176,29 @@ pub struct Execution {
     window: u64,
     /// Its pipes are not read again before this (see [`OUTPUT_REST`]).
     resting_until: Option<Instant>,
+    /// A terminal's last resize, until the agent has seen it hold (see `keep_window_size`).
+    resize_to_keep: Option<ResizeToKeep>,
 }
+
+/// A window size the agent set and checks again on the terminal's next events.
+#[derive(Debug, Clone, Copy)]
+struct ResizeToKeep {
+    size: TerminalSize,
+    /// When it was set (last set, after a repeat).
+    set_at: Instant,
+    /// How many times it was set again after being undone.
+    repeats: u8,
+}
+
+/// How long a resize must be seen holding before the agent stops checking it: far above the
+/// gap between readline's read and write of the size (microseconds; about a millisecond
+/// under ptrace on a busy machine), and short enough that a program's own later change of
+/// size (`stty rows 10`) is not undone.
+const RESIZE_SETTLE: Duration = Duration::from_millis(250);
+
+/// A resize undone this many times is left as it is: something in the sandbox keeps setting
+/// another size on purpose.
+const MAX_RESIZE_REPEATS: u8 = 3;
 
 impl Execution {
     /// Start `request` as a new process group with fresh pipes.
@@ -255,10 +277,19 @@ impl Execution {
 
     /// Set a terminal execution's window size (its foreground programs get SIGWINCH); nothing
     /// for an execution on pipes or whose terminal is closed already.
-    pub fn resize(&self, size: TerminalSize) {
+    pub fn resize(&mut self, size: TerminalSize) {
         if !self.terminal {
             return;
         }
+        self.set_window_size(size);
+        self.resize_to_keep = Some(ResizeToKeep {
+            size,
+            set_at: Instant::now(),
+            repeats: 0,
+        });
+    }
+
+    fn set_window_size(&self, size: TerminalSize) {
         if let Some(master) = self.master() {
             if let Err(error) = sandbox_ffi::set_window_size(master.as_fd(), size.cols, size.rows) {
                 eprintln!("sandbox-agent: cannot resize terminal {}: {error}", self.id);
@@ -266,6 +297,44 @@ impl Execution {
             }
         }
         self.signal_foreground(Signal::SIGWINCH);
+    }
+
+    /// Set the last resize again if something undid it. Readline (bash's prompt, python's)
+    /// reads the window size and writes the same value back each time it prepares the
+    /// terminal for a line (to stop there when it runs in the background). A resize that lands
+    /// between that read and write is undone, and nobody is told: a resize followed at once
+    /// by a command saw the old size, 1 time in a few hundred under gVisor, where the two
+    /// calls are ~100 us apart. So the agent checks the size before each keystroke, on each
+    /// wake-up, and once more at the end (`resize_check_at`), until it has held for
+    /// [`RESIZE_SETTLE`]; after that, a program's own change of size is its business.
+    pub fn keep_window_size(&mut self) {
+        let Some(mut resize) = self.resize_to_keep.take() else {
+            return;
+        };
+        let Some(master) = self.master() else {
+            return;
+        };
+        let wanted = (resize.size.cols, resize.size.rows);
+        match sandbox_ffi::window_size(master.as_fd()) {
+            Ok(now) if now == wanted => {
+                if resize.set_at.elapsed() < RESIZE_SETTLE {
+                    self.resize_to_keep = Some(resize);
+                }
+            }
+            Ok(_) if resize.repeats < MAX_RESIZE_REPEATS => {
+                self.set_window_size(resize.size);
+                resize.repeats += 1;
+                resize.set_at = Instant::now();
+                self.resize_to_keep = Some(resize);
+            }
+            Ok(_) | Err(_) => {}
+        }
+    }
+
+    /// When the last resize must be checked once more (see `keep_window_size`).
+    pub fn resize_check_at(&self) -> Option<Instant> {
+        self.resize_to_keep
+            .map(|resize| resize.set_at + RESIZE_SETTLE)
     }
 
     /// A terminal's master side, while open.
@@ -381,6 +450,7 @@ impl Execution {
             drained_after_exit: 0,
             window: u64::from(OUTPUT_WINDOW_BYTES),
             resting_until: None,
+            resize_to_keep: None,
         }
     }
 
@@ -475,6 +545,8 @@ impl Execution {
     /// A terminal's signal characters become signals (see the module's comment).
     pub fn queue_stdin(&mut self, data: Vec<u8>, outbox: &mut Vec<u8>) {
         let data = if self.terminal {
+            // Before the keystrokes reach the program, which may read the size because of them.
+            self.keep_window_size();
             let (kept, signals) = self.take_signal_characters(data);
             let taken = signals.len();
             for signal in signals {
@@ -1137,6 +1209,62 @@ mod tests {
         let (output, status) = terminal_output(&mut execution);
         assert!(output.contains("03"), "{output:?}");
         assert_eq!(status, ExitStatus::Code(0));
+    }
+
+    /// A resize undone by a program that writes back the size it read before (readline does,
+    /// each time it prepares the terminal) is set again on the next check, a bounded number of
+    /// times; a resize that held through its settle time is not checked any more.
+    #[test]
+    fn a_resize_undone_by_a_program_is_set_again() {
+        let request = terminal_request("exec sleep 100");
+        let size = request.pty.unwrap();
+        let mut execution =
+            Execution::spawn_terminal(ExecId(1), &request, &AgentConfig::default(), size).unwrap();
+        let size_now = |execution: &Execution| {
+            sandbox_ffi::window_size(execution.master().unwrap().as_fd()).unwrap()
+        };
+        let undo = |execution: &Execution| {
+            sandbox_ffi::set_window_size(execution.master().unwrap().as_fd(), 91, 17).unwrap()
+        };
+        execution.resize(TerminalSize {
+            cols: 120,
+            rows: 40,
+        });
+        assert_eq!(size_now(&execution), (120, 40));
+        for _ in 0..MAX_RESIZE_REPEATS {
+            undo(&execution);
+            execution.keep_window_size();
+            assert_eq!(size_now(&execution), (120, 40));
+        }
+        // Undone once more: something sets its own size on purpose, and keeps it.
+        undo(&execution);
+        execution.keep_window_size();
+        assert_eq!(size_now(&execution), (91, 17));
+        assert_eq!(execution.resize_check_at(), None);
+
+        execution.resize(TerminalSize {
+            cols: 100,
+            rows: 30,
+        });
+        let check_at = execution
+            .resize_check_at()
+            .expect("checked until it settles");
+        std::thread::sleep(check_at.saturating_duration_since(Instant::now()));
+        execution.keep_window_size();
+        assert_eq!(
+            execution.resize_check_at(),
+            None,
+            "it held: not checked any more"
+        );
+        undo(&execution);
+        execution.keep_window_size();
+        assert_eq!(
+            size_now(&execution),
+            (91, 17),
+            "a later change is the program's own"
+        );
+        execution.signal_group(libc::SIGKILL);
+        let _ = nix::sys::wait::waitpid(execution.pid(), None);
     }
 
     #[test]

@@ -208,6 +208,23 @@ pub fn set_window_size(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<(
     Ok(())
 }
 
+/// The window size of the terminal `fd` belongs to, as (cols, rows).
+pub fn window_size(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: `fd` is a live descriptor for the borrow's duration; TIOCGWINSZ writes one
+    // `winsize` struct, which lives on this stack frame until the call returns.
+    let result = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ as _, &mut size) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((size.ws_col, size.ws_row))
+}
+
 /// Read inherited descriptor `fd` to its end (at most `limit` bytes), then close it.
 ///
 /// A process started ahead of its request (the files API's pre-started helper) gets its
