@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ use crate::protocol::{
     AgentConfig, AgentHello, CellRequest, ContextCommand, ExecId, ExitStatus, FrameDecoder,
     FromAgent, Inspection, Language, SpawnRequest, ToAgent, MAX_OUTPUT_CHUNK_BYTES,
 };
-use crate::relay::Relay;
+use crate::relay::{self, Relay};
 use crate::standby::Standby;
 
 /// How long a killed execution's process group is watched for survivors.
@@ -119,6 +119,11 @@ pub struct Agent {
     /// Relays that ended, closed once their `Exited` is written: closing a socket costs
     /// syscalls (slow under ptrace), and a client reading a response to its end waits for it.
     ended_relays: Vec<Relay>,
+    /// The socket for the next relay (`relay::spare_socket`), made when a relay ends. Wanted
+    /// once a relay was asked for, until an inspection (a checkpoint may follow): sandboxes
+    /// whose ports are used keep one, the others none.
+    relay_spare: Option<OwnedFd>,
+    relay_spare_wanted: bool,
     bash_standby: Option<Standby>,
     python_standby: Option<Standby>,
     forkserver: Option<Forkserver>,
@@ -178,6 +183,8 @@ impl Agent {
             relays_connecting: false,
             relay_closed_at: None,
             ended_relays: Vec::new(),
+            relay_spare: None,
+            relay_spare_wanted: false,
             bash_standby: None,
             python_standby: None,
             forkserver: None,
@@ -206,7 +213,13 @@ impl Agent {
         FromAgent::Ready(hello).encode(&mut self.outbox);
         loop {
             self.flush_outbox()?;
-            self.ended_relays.clear();
+            if !self.ended_relays.is_empty() {
+                self.ended_relays.clear();
+                // After the `Exited` just written, not between a `Connect` and its connect.
+                if self.relay_spare_wanted && self.relay_spare.is_none() {
+                    self.relay_spare = relay::spare_socket().ok();
+                }
+            }
             if self.server_closed && self.executions.is_empty() && self.relays.is_empty() {
                 return Ok(());
             }
@@ -408,8 +421,9 @@ impl Agent {
                 Ok(())
             }
             Source::RelayWrite(id) => {
+                let error_reported = flags.intersects(PollFlags::POLLERR | PollFlags::POLLHUP);
                 if let Some(relay) = self.relays.get_mut(&id) {
-                    relay.on_writable(&mut self.outbox);
+                    relay.on_writable(error_reported, &mut self.outbox);
                 }
                 Ok(())
             }
@@ -523,7 +537,8 @@ impl Agent {
                     FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
                     return;
                 }
-                match Relay::connect(id, port, &mut self.outbox) {
+                self.relay_spare_wanted = true;
+                match Relay::connect(id, port, self.relay_spare.take(), &mut self.outbox) {
                     Ok(relay) => {
                         self.relays_connecting = true;
                         self.relays.insert(id, relay);
@@ -614,6 +629,8 @@ impl Agent {
                 self.report_contexts();
             }
             ToAgent::Inspect => {
+                self.relay_spare = None;
+                self.relay_spare_wanted = false;
                 let mut open = open_tcp_connections();
                 // Relays the server closed just before (it does before a checkpoint) are
                 // reset; give the network stack a moment to drop them from its table.

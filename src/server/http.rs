@@ -52,6 +52,9 @@ impl Server {
                 continue;
             }
             self.connections.add(id, stream);
+            // A client sends its request right after connecting, so it is often here already:
+            // read it now rather than on the next turn of the loop.
+            self.connection_ready(id, true, false);
         }
     }
 

@@ -279,8 +279,7 @@ impl Session {
             }
             self.follow(
                 foreground,
-                None,
-                received.get(&foreground).copied(),
+                Following::AfterADrop(received.get(&foreground).copied()),
                 out,
                 control,
             );
@@ -291,7 +290,8 @@ impl Session {
                 .get(process)
                 .is_some_and(|process| !process.is_followed())
             {
-                self.follow(process, None, received.get(&process).copied(), out, control);
+                let resend_after = received.get(&process).copied();
+                self.follow(process, Following::AfterADrop(resend_after), out, control);
             }
         }
         for (process, after) in forgotten {
@@ -327,7 +327,7 @@ impl Session {
             id.cloned(),
             Some(process),
         )));
-        self.follow(process, id.cloned(), None, out, control);
+        self.follow(process, Following::TakenOver(id.cloned()), out, control);
     }
 
     pub(super) fn list_processes(&self, id: Option<&RequestId>, out: &mut Vec<Out>) {
@@ -335,25 +335,39 @@ impl Session {
         out.push(Out::Send(Frame::answering(ServerEvent::Reply(reply), id)));
     }
 
-    /// The client follows `process` (under `request`, if given): what was sent of it after
-    /// number `resend_after` (if given) goes again, then what was held of it, its output is
-    /// no longer paused, and its stdin acknowledgement catches up.
+    /// The client follows `process`: what was sent of it after the `seq` it named (back after
+    /// a drop) goes again, then what was held of it, its output is no longer paused, and its
+    /// stdin acknowledgement catches up: in full after a drop, which may have swallowed the
+    /// last one (a writer waiting for it would wait for ever).
     fn follow(
         &mut self,
         process: ProcessId,
-        request: Option<RequestId>,
-        resend_after: Option<u64>,
+        following: Following,
         out: &mut Vec<Out>,
         control: &mut dyn SandboxControl,
     ) {
-        if let Some(after) = resend_after {
+        if let Following::AfterADrop(Some(after)) = following {
             self.resend.resend_after(process, after, out);
         }
         let held = self.processes.take_held(process);
         let Some(entry) = self.processes.get_mut(process) else {
             return;
         };
-        entry.follow(request);
+        let after_a_drop = matches!(following, Following::AfterADrop(_));
+        if let Following::TakenOver(request) = following {
+            entry.follow(request);
+        } else {
+            entry.follow(None);
+        }
+        // Before what was held, which may end with the process's DONE: nothing comes after it.
+        if let Some(written) = entry
+            .stdin
+            .as_mut()
+            .filter(|_| after_a_drop)
+            .and_then(StdinWindow::ack_again)
+        {
+            out.push(Out::Send(entry.frame(ServerEvent::StdinAck { written })));
+        }
         for (seq, event) in held {
             self.resend.send(entry.frame(event).numbered(seq), out);
         }
@@ -605,4 +619,13 @@ impl Session {
         }
         out
     }
+}
+
+/// How a client comes to follow a process.
+enum Following {
+    /// `reconnect`: the same client, back after a drop, with the `seq` it got last (if it
+    /// said).
+    AfterADrop(Option<u64>),
+    /// `attach_process`: a client takes the process over, under its own request id if given.
+    TakenOver(Option<RequestId>),
 }

@@ -98,6 +98,16 @@ impl StdinWindow {
         })
     }
 
+    /// The total to acknowledge to a client back after a drop: the last acknowledgement may
+    /// have been lost with the connection, and each one carries the whole total, so one more
+    /// is harmless. None while nothing was consumed.
+    pub fn ack_again(&mut self) -> Option<u64> {
+        (self.consumed > 0).then(|| {
+            self.acknowledged = self.consumed;
+            self.consumed
+        })
+    }
+
     /// A new client follows the process: it counts from what was received so far, which the
     /// reply tells it.
     pub fn attach(&mut self) -> u64 {
