@@ -80,6 +80,7 @@ pub struct Gauges {
     pub snapshot_pool_ready: usize,
     pub snapshot_pools: usize,
     pub waiting_for_slot: usize,
+    pub waiting_for_sandbox: usize,
     pub pool_evictions: u64,
     pub connections: usize,
     pub sessions: usize,
@@ -129,6 +130,12 @@ impl Metrics {
                 "sandbox_waiting_for_slot",
                 "Requests waiting for a sandbox being deleted to free its slot.",
                 gauges.waiting_for_slot as u64,
+                "gauge",
+            ),
+            (
+                "sandbox_requests_waiting",
+                "`/execute` requests waiting in line for the next sandbox to become ready.",
+                gauges.waiting_for_sandbox as u64,
                 "gauge",
             ),
             (

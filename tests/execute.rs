@@ -547,6 +547,57 @@ fn a_busy_sandbox_does_not_block_another() {
     );
 }
 
+/// Requests that find no ready sandbox wait in line, each served by the next sandbox to become
+/// ready (issue 15): a burst on a server without a pool is served, each request in a sandbox of
+/// its own, and a client that leaves the line leaves no sandbox behind.
+#[test]
+fn requests_in_line_are_served_and_a_client_that_leaves_the_line_leaves_nothing() {
+    let server = TestServer::start(&[("SANDBOX_POOL_SIZE", "0")]);
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|n| {
+                let server = &server;
+                scope.spawn(move || {
+                    let result = server.execute_json("bash", &format!("echo {n}"), None);
+                    assert_clean_exit(&result);
+                    assert_eq!(result["stdout"], format!("{n}\n"));
+                    result["sandbox_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|client| client.join().expect("client"))
+            .collect()
+    });
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "one sandbox per request: {ids:?}");
+
+    let mut gone = server.connect();
+    gone.send(&common::execute_request("bash", "true", None, true));
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .metric("sandbox_requests_waiting")
+            == Some(1.0)),
+        "the request never waited in line"
+    );
+    drop(gone);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            server.metric("sandbox_requests_waiting") == Some(0.0)
+                && server.metric("sandbox_live") == Some(0.0)
+                && common::runsc_sandboxes(&server.runsc_root()).is_empty()
+        }),
+        "the start made for the request that left was not deleted"
+    );
+    server.assert_healthy();
+}
+
 #[test]
 fn each_execution_gets_a_fresh_sandbox_without_stdin() {
     let server = TestServer::start(&[]);

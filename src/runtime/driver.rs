@@ -24,7 +24,7 @@ use crate::ids::SandboxId;
 
 use super::agent_link::{AgentLink, READ_BUDGET, READ_BUFFER_BYTES};
 use super::children::{self, Children, Purpose};
-use super::core::{Action, Core, Origin, Settings};
+use super::core::{Action, Claimed, Core, Origin, Settings};
 use super::exec::Reason;
 use super::lifecycle::State;
 use super::network::{Network, SandboxNetwork};
@@ -114,6 +114,11 @@ impl Runtime {
     /// Requests admitted that wait for a sandbox being deleted to free its slot.
     pub fn waiting_for_slot(&self) -> usize {
         self.core.waiting_for_slot()
+    }
+
+    /// Requests waiting in line for a fresh sandbox (see [`Runtime::claim_fresh`]).
+    pub fn waiting_for_sandbox(&self) -> usize {
+        self.core.waiting_for_sandbox()
     }
 
     pub fn pool_ready(&self) -> usize {
@@ -209,6 +214,39 @@ impl Runtime {
             }
         }
         self.create(Some(owner))
+    }
+
+    /// A fresh sandbox for `owner`, whichever is ready first (`/execute`): a ready pooled one
+    /// at once if nobody waits in line; else the owner waits in line (and, unless the starts
+    /// under way suffice for the line, one more is started as real work). The sandbox comes
+    /// with its `Ready` notice; `StartFailed` names the claim's key instead.
+    pub fn claim_fresh(&mut self, owner: Owner) -> Result<Claimed, RuntimeError> {
+        let now = Instant::now();
+        if let Some(key) = self.core.take_ready_fresh(owner, now) {
+            self.drain(now);
+            return Ok(Claimed::Sandbox(key));
+        }
+        if let Some(admission) = self.core.admit_claim()? {
+            let key = self.create_admitted(None, admission, false)?;
+            self.core.add_to_fresh_pool(key);
+        }
+        let now = Instant::now();
+        let claim = self.core.queue_claim(owner, now);
+        self.drain(now);
+        Ok(Claimed::Queued(claim))
+    }
+
+    /// `owner` no longer waits in line for a fresh sandbox (its client went away).
+    pub fn withdraw_claims(&mut self, owner: Owner) {
+        self.core.withdraw_claims(owner);
+    }
+
+    /// A sandbox whose `Ready` notice found its owner gone: back to the line or the pool if it
+    /// was never used, else deleted.
+    pub fn give_back(&mut self, sandbox: SandboxKey) {
+        let now = Instant::now();
+        self.core.give_back(sandbox, now);
+        self.drain(now);
     }
 
     /// A sandbox with the files of the snapshot image `image` and nothing else of it: a pooled
@@ -320,7 +358,17 @@ impl Runtime {
         owner: Option<Owner>,
         egress: bool,
     ) -> Result<SandboxKey, RuntimeError> {
-        let admission = self.core.admit(owner)?;
+        let admission = self.core.admit(owner.is_some())?;
+        self.create_admitted(owner, admission, egress)
+    }
+
+    /// Start a new sandbox (or queue it for a slot) as `admission` says.
+    fn create_admitted(
+        &mut self,
+        owner: Option<Owner>,
+        admission: Admission,
+        egress: bool,
+    ) -> Result<SandboxKey, RuntimeError> {
         let id = SandboxId::random().map_err(RuntimeError::NoRandomness)?;
         let key = self.add_resources(id, egress)?;
         // The start time counts from before `runsc run` is spawned.
@@ -396,7 +444,7 @@ impl Runtime {
         if self.core.find(&id).is_some() {
             return Err(RuntimeError::WrongState("already running here"));
         }
-        let admission = self.core.admit(owner)?;
+        let admission = self.core.admit(owner.is_some())?;
         let key = self.add_resources(id, egress)?;
         let now = Instant::now();
         self.core.add(

@@ -44,6 +44,7 @@ use std::time::Duration;
 use crate::agent_protocol::{ContextInfo, ExecId, FileRequest, Language, Stream, TerminalSize};
 use exec::ExecOutcome;
 
+pub use self::core::Claimed;
 pub use driver::Runtime;
 pub use error::RuntimeError;
 pub use execs::MAX_STDIN_IN_FLIGHT;

@@ -123,6 +123,10 @@ impl Pools {
         self.fresh.push_back(key);
     }
 
+    pub fn is_fresh(&self, key: SandboxKey) -> bool {
+        self.fresh.contains(&key)
+    }
+
     pub fn fresh_len(&self) -> usize {
         self.fresh.len()
     }

@@ -1,4 +1,6 @@
 //! `POST /execute`: one execution in a fresh sandbox, as a small state machine per request.
+//! The sandbox is known once it is ready: a request that found none ready in the pool waits in
+//! line for the first one to become ready (`Runtime::claim_fresh`).
 //!
 //! ```text
 //! WaitingForSandbox --Ready--> Running --ExecFinished--> Done
@@ -47,7 +49,8 @@ pub struct Finished {
 
 #[derive(Debug)]
 pub struct ExecuteJob {
-    pub sandbox: SandboxKey,
+    /// None while the request waits in line for a sandbox.
+    pub sandbox: Option<SandboxKey>,
     sandbox_id: String,
     request: ExecuteRequest,
     phase: Phase,
@@ -60,15 +63,10 @@ pub struct ExecuteJob {
 }
 
 impl ExecuteJob {
-    pub fn new(
-        sandbox: SandboxKey,
-        sandbox_id: String,
-        request: ExecuteRequest,
-        keep_alive: bool,
-    ) -> Self {
+    pub fn new(request: ExecuteRequest, keep_alive: bool) -> Self {
         ExecuteJob {
-            sandbox,
-            sandbox_id,
+            sandbox: None,
+            sandbox_id: String::new(),
             request,
             phase: Phase::WaitingForSandbox,
             keep_alive,
@@ -78,6 +76,12 @@ impl ExecuteJob {
             logged: Vec::new(),
             started: Instant::now(),
         }
+    }
+
+    /// The sandbox this request runs in (`sandbox_id` is its public id).
+    pub fn bind(&mut self, sandbox: SandboxKey, sandbox_id: String) {
+        self.sandbox = Some(sandbox);
+        self.sandbox_id = sandbox_id;
     }
 
     pub fn set_running(&mut self, exec: ExecId) {
@@ -118,7 +122,10 @@ impl ExecuteJob {
                 .response()
                 .encode(self.keep_alive, false)
         };
-        eprintln!("execute: sandbox {} failed: {message}", self.sandbox_id);
+        match self.sandbox {
+            Some(_) => eprintln!("execute: sandbox {} failed: {message}", self.sandbox_id),
+            None => eprintln!("execute: no sandbox for the request: {message}"),
+        }
         Step {
             bytes,
             start: None,
@@ -262,7 +269,9 @@ mod tests {
             },
             json,
         };
-        ExecuteJob::new(SandboxKey(1), "a".repeat(32), request, true)
+        let mut job = ExecuteJob::new(request, true);
+        job.bind(SandboxKey(1), "a".repeat(32));
+        job
     }
 
     fn finished() -> RuntimeEvent {

@@ -18,7 +18,7 @@ use super::Server;
 use crate::http::request::{HttpError, Progress, Request};
 use crate::io_token::{token, Tag};
 use crate::metrics::Gauges;
-use crate::runtime::{Owner, RuntimeEvent, SandboxKey};
+use crate::runtime::{Claimed, Owner, RuntimeEvent, SandboxKey};
 
 impl Server {
     pub(super) fn accept(&mut self) {
@@ -93,13 +93,12 @@ impl Server {
                 }
                 Ok(ReadOutcome::Closed) => {
                     // A client gone mid-execution: its sandbox is killed and deleted.
-                    if let Some(job) = connection.job() {
+                    if let Some(sandbox) = connection.job().and_then(|job| job.sandbox) {
                         eprintln!(
-                            "server: client of sandbox key {} disconnected; deleting it",
-                            job.sandbox
+                            "server: client of sandbox key {sandbox} disconnected; deleting it"
                         );
-                        self.runtime.delete(job.sandbox);
                     }
+                    self.abandon_execute(id);
                     self.close(id);
                     return;
                 }
@@ -119,9 +118,7 @@ impl Server {
     /// Answer a request that cannot be served and close: after a parse error the stream is
     /// out of sync, and a running execution's sandbox goes.
     fn refuse_request(&mut self, id: ConnectionId, error: ApiError) {
-        if let Some(job) = self.connections.http.get(&id).and_then(Connection::job) {
-            self.runtime.delete(job.sandbox);
-        }
+        self.abandon_execute(id);
         self.respond(id, &error.response(), false, false);
         self.flush(id);
     }
@@ -279,21 +276,40 @@ impl Server {
         }
     }
 
+    /// Run `/execute` in a fresh sandbox: a ready pooled one, or the first to become ready
+    /// once the requests that came before are served (see `Runtime::claim_fresh`).
     fn start_execute(&mut self, id: ConnectionId, request: ExecuteRequest, keep_alive: bool) {
-        match self.runtime.acquire(Owner::Http(id.0)) {
-            Ok(sandbox) => {
-                let sandbox_id = self
-                    .runtime
-                    .sandbox_id(sandbox)
-                    .map(|id| id.to_string())
-                    .unwrap_or_default();
+        match self.runtime.claim_fresh(Owner::Http(id.0)) {
+            Ok(claimed) => {
+                let mut job = ExecuteJob::new(request, keep_alive);
+                if let Claimed::Sandbox(sandbox) = claimed {
+                    job.bind(sandbox, self.sandbox_name(sandbox));
+                }
                 if let Some(connection) = self.connections.http.get_mut(&id) {
-                    connection.phase = Phase::Executing(Box::new(ExecuteJob::new(
-                        sandbox, sandbox_id, request, keep_alive,
-                    )));
+                    connection.phase = Phase::Executing(Box::new(job));
                 }
             }
             Err(error) => self.respond(id, &ApiError::from(error).response(), keep_alive, false),
+        }
+    }
+
+    fn sandbox_name(&self, sandbox: SandboxKey) -> String {
+        self.runtime
+            .sandbox_id(sandbox)
+            .map(|id| id.to_string())
+            .unwrap_or_default()
+    }
+
+    /// The `/execute` of a connection ends without a response (the client went away or the
+    /// connection failed): its sandbox is deleted (its code may be running), or its place in
+    /// line for one is given up.
+    pub(super) fn abandon_execute(&mut self, id: ConnectionId) {
+        let Some(job) = self.connections.http.get(&id).and_then(Connection::job) else {
+            return;
+        };
+        match job.sandbox {
+            Some(sandbox) => self.runtime.delete(sandbox),
+            None => self.runtime.withdraw_claims(Owner::Http(id.0)),
         }
     }
 
@@ -304,17 +320,39 @@ impl Server {
         sandbox: SandboxKey,
         event: RuntimeEvent,
     ) {
-        let Some(connection) = self.connections.http.get_mut(&id) else {
+        // What the request on this connection is bound to; `Some(None)` while it waits in line.
+        let bound = match self
+            .connections
+            .http
+            .get(&id)
+            .map(|connection| &connection.phase)
+        {
+            Some(Phase::Executing(job)) => Some(job.sandbox),
+            _ => None,
+        };
+        match bound {
+            Some(Some(bound)) if bound == sandbox => {}
+            // The sandbox it waited in line for, or the end of its wait (the key names the claim).
+            Some(None) if matches!(event, RuntimeEvent::Ready | RuntimeEvent::StartFailed(_)) => {}
+            // Given to a request that is gone: never used, it serves the next one.
+            _ if event == RuntimeEvent::Ready => return self.runtime.give_back(sandbox),
             // The client is gone; make sure its sandbox goes too.
-            self.runtime.delete(sandbox);
+            None if !self.connections.http.contains_key(&id) => {
+                return self.runtime.delete(sandbox)
+            }
+            _ => return,
+        }
+        let sandbox_name = self.sandbox_name(sandbox);
+        let Some(connection) = self.connections.http.get_mut(&id) else {
             return;
         };
         let Phase::Executing(job) = &mut connection.phase else {
             return;
         };
-        if job.sandbox != sandbox {
-            return;
+        if job.sandbox.is_none() && event == RuntimeEvent::Ready {
+            job.bind(sandbox, sandbox_name);
         }
+        let has_sandbox = job.sandbox.is_some();
         let mut step = job.on_event(event);
         if let Some(spec) = step.start.take() {
             match self.runtime.start_exec(sandbox, spec) {
@@ -336,7 +374,9 @@ impl Server {
                 Phase::Closing
             };
             connection.output_paused = false;
-            self.runtime.delete(sandbox);
+            if has_sandbox {
+                self.runtime.delete(sandbox);
+            }
             *self.metrics.executions.entry(finished.result).or_default() += 1;
             *self
                 .metrics
@@ -360,9 +400,7 @@ impl Server {
             return;
         };
         if !connection.flush() {
-            if let Some(job) = connection.job() {
-                self.runtime.delete(job.sandbox);
-            }
+            self.abandon_execute(id);
             self.close(id);
             return;
         }
@@ -371,8 +409,8 @@ impl Server {
         }
         if connection.output_paused && connection.out.len() < OUT_LOW_WATER {
             connection.output_paused = false;
-            if let Some(job) = connection.job() {
-                self.runtime.set_output_paused(job.sandbox, false);
+            if let Some(sandbox) = connection.job().and_then(|job| job.sandbox) {
+                self.runtime.set_output_paused(sandbox, false);
             }
             if let Phase::Mcp(waiting) = &connection.phase {
                 self.runtime.set_output_paused(waiting.sandbox, false);
@@ -464,9 +502,7 @@ impl Server {
             match error {
                 Some(error) => self.refuse_request(id, error),
                 None => {
-                    if let Some(job) = self.connections.http.get(&id).and_then(Connection::job) {
-                        self.runtime.delete(job.sandbox);
-                    }
+                    self.abandon_execute(id);
                     self.close(id);
                 }
             }
@@ -486,6 +522,7 @@ impl Server {
             snapshot_pool_ready: self.runtime.snapshot_pool_ready(),
             snapshot_pools: self.runtime.snapshot_pools(),
             waiting_for_slot: self.runtime.waiting_for_slot(),
+            waiting_for_sandbox: self.runtime.waiting_for_sandbox(),
             pool_evictions: stats.pool_evictions,
             connections: self.connections.http.len(),
             sessions: self.sessions.len(),

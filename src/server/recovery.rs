@@ -81,12 +81,8 @@ impl Server {
         let Some(connection) = self.connections.http.get_mut(&id) else {
             return;
         };
-        let mut response_started = false;
-        if let Phase::Executing(job) = &connection.phase {
-            response_started = job.response_started();
-            let sandbox = job.sandbox;
-            self.runtime.delete(sandbox);
-        }
+        let response_started = connection.job().is_some_and(|job| job.response_started());
+        self.abandon_execute(id);
         if response_started {
             if let Some(connection) = self.connections.http.get_mut(&id) {
                 connection.phase = Phase::Closing;

@@ -101,6 +101,27 @@ enum Timer {
     KillGrace(SandboxKey, ExecId),
     /// A deferred `runsc delete` may wait no longer.
     DeferredDelete(SandboxKey),
+    /// A request waited for a fresh sandbox too long (the key names its claim).
+    Claim(SandboxKey),
+}
+
+/// Real work waiting for a fresh sandbox, whichever becomes ready first (see
+/// [`Core::queue_claim`]).
+struct Claim {
+    owner: Owner,
+    /// Names the claim in the notice of its failure: a key reserved for it, never a sandbox's.
+    key: SandboxKey,
+    timer: TimerId,
+}
+
+/// How a request for a fresh sandbox was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// This ready sandbox is the owner's now (its `Ready` notice is queued).
+    Sandbox(SandboxKey),
+    /// The owner waits in line: it gets `Ready` from the sandbox it is given, or `StartFailed`
+    /// naming this key (the claim's, not a sandbox's).
+    Queued(SandboxKey),
 }
 
 struct Sandbox {
@@ -130,6 +151,9 @@ pub struct Core {
     pools: Pools,
     /// Sandboxes admitted while every slot was taken, in the order they get a slot.
     waiting: VecDeque<SandboxKey>,
+    /// Requests waiting for a fresh sandbox, oldest first: each fresh pooled sandbox that
+    /// becomes ready goes to the first of them.
+    claims: VecDeque<Claim>,
     timers: Timers<Timer>,
     actions: VecDeque<Action>,
     next_key: u64,
@@ -178,6 +202,7 @@ impl Core {
             sandboxes: HashMap::new(),
             by_id: HashMap::new(),
             waiting: VecDeque::new(),
+            claims: VecDeque::new(),
             timers: Timers::default(),
             actions: VecDeque::new(),
             next_key: 1,
@@ -230,6 +255,11 @@ impl Core {
         self.waiting.len()
     }
 
+    /// Requests waiting in line for a fresh sandbox.
+    pub fn waiting_for_sandbox(&self) -> usize {
+        self.claims.len()
+    }
+
     pub fn stats(&self) -> &RuntimeStats {
         &self.stats
     }
@@ -266,14 +296,14 @@ impl Core {
 
     // ---- Admission, creation and pools ----------------------------------------------------
 
-    /// How a new sandbox gets a slot: real work (`owner`) may wait for one or take one from the
-    /// pools; a pool refill only uses a free one.
-    pub fn admit(&self, owner: Option<Owner>) -> Result<Admission, RuntimeError> {
+    /// How a new sandbox gets a slot: real work may wait for one or take one from the pools; a
+    /// pool refill only uses a free one.
+    pub fn admit(&self, real_work: bool) -> Result<Admission, RuntimeError> {
         let slots = self.slots();
-        let admission = match owner {
-            Some(_) => self.pools.admit(slots),
-            None if slots.free() > 0 => Admission::Start,
-            None => Admission::Refuse,
+        let admission = match real_work {
+            true => self.pools.admit(slots),
+            false if slots.free() > 0 => Admission::Start,
+            false => Admission::Refuse,
         };
         match admission {
             Admission::Refuse => Err(RuntimeError::AtCapacity(self.settings.max_sandboxes)),
@@ -362,7 +392,8 @@ impl Core {
     /// ready sandbox (requests are waiting for starts: the sooner the better), but while
     /// requests find ready ones, only after [`DEEP_REFILL_QUIET`] without such a hit, so that
     /// the requests the deep pool serves do not share the CPU with `runsc run`s starting their
-    /// successors.
+    /// successors. The starts promised to requests in line count neither as pool nor as pool
+    /// starts (as when a request took a start for itself).
     pub fn fresh_refill_wanted(&mut self, now: Instant) -> usize {
         if !self.refill_backoff.allows(now) {
             return 0;
@@ -375,8 +406,15 @@ impl Core {
         } else {
             self.settings.pool_size
         };
-        let room = POOL_STARTS_AT_ONCE.saturating_sub(self.fresh_pool_starting());
-        target.saturating_sub(self.pools.fresh_len()).min(room)
+        let promised = self.claims.len();
+        let starting = self.fresh_pool_starting().saturating_sub(promised);
+        let room = POOL_STARTS_AT_ONCE.saturating_sub(starting);
+        target.saturating_sub(self.fresh_spare()).min(room)
+    }
+
+    /// Pooled fresh sandboxes not promised to the requests in line.
+    fn fresh_spare(&self) -> usize {
+        self.pools.fresh_len().saturating_sub(self.claims.len())
     }
 
     /// When refills must next be looked at again although nothing happened: the end of their
@@ -386,7 +424,7 @@ impl Core {
         let deep = self
             .last_hit
             .map(|hit| hit + DEEP_REFILL_QUIET)
-            .filter(|at| *at > now && self.pools.fresh_len() < self.fresh_target.target(now));
+            .filter(|at| *at > now && self.fresh_spare() < self.fresh_target.target(now));
         match (backoff, deep) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -394,9 +432,10 @@ impl Core {
     }
 
     /// Pooled fresh sandboxes beyond the target (demand went down): to be deleted, the oldest
-    /// first.
+    /// first. The starts that requests in line wait for are not surplus (without a pool,
+    /// `SANDBOX_POOL_SIZE=0`, they are the only fresh pooled sandboxes).
     pub fn surplus_fresh(&mut self, now: Instant) -> Vec<SandboxKey> {
-        let target = self.fresh_target.target(now);
+        let target = self.fresh_target.target(now) + self.claims.len();
         let mut surplus = Vec::new();
         while self.pools.fresh_len() > target {
             let oldest = self.pools.fresh().next();
@@ -523,19 +562,170 @@ impl Core {
         }
     }
 
-    /// A pooled fresh sandbox for real work, ready first, else the oldest still starting. Not
-    /// finding a ready one is a miss: the pool deepens (see `runtime::refill`), and its deep
-    /// part is refilled at once.
+    /// A pooled fresh sandbox for real work that keeps the sandbox it is given (a WebSocket
+    /// session): ready first, else the oldest still starting. Not finding a ready one is a
+    /// miss: the pool deepens (see `runtime::refill`), and its deep part is refilled at once.
+    /// While requests wait in line for a fresh sandbox, the starts under way are theirs: none
+    /// is taken (the caller starts its own).
     pub fn take_fresh(&mut self, now: Instant) -> Option<SandboxKey> {
         let sandboxes = &self.sandboxes;
-        let taken = self.pools.take_fresh(|key| Self::readiness(sandboxes, key));
+        let taken = if self.claims.is_empty() {
+            self.pools.take_fresh(|key| Self::readiness(sandboxes, key))
+        } else {
+            None
+        };
+        self.count_hit_or_miss(taken, now);
+        taken
+    }
+
+    /// A ready pooled fresh sandbox for `owner`, if there is one and no request waits in line
+    /// before it (see [`Core::queue_claim`]); a miss otherwise (see [`Core::take_fresh`]).
+    pub fn take_ready_fresh(&mut self, owner: Owner, now: Instant) -> Option<SandboxKey> {
+        let sandboxes = &self.sandboxes;
+        let ready_only = |key| match Self::readiness(sandboxes, key) {
+            Readiness::Ready => Readiness::Ready,
+            _ => Readiness::Unusable,
+        };
+        let taken = if self.claims.is_empty() {
+            self.pools.take_fresh(ready_only)
+        } else {
+            None
+        };
+        self.count_hit_or_miss(taken, now);
+        taken.filter(|key| self.hand_over(*key, owner))
+    }
+
+    fn count_hit_or_miss(&mut self, taken: Option<SandboxKey>, now: Instant) {
         if taken.is_none_or(|key| self.state(key) != Some(State::Ready)) {
             self.fresh_target.missed(now);
             self.last_hit = None;
         } else {
             self.last_hit = Some(now);
         }
-        taken
+    }
+
+    /// Pooled fresh sandboxes on their way to ready: starting, or admitted to wait for a slot.
+    fn fresh_starts_under_way(&self) -> usize {
+        self.pools
+            .fresh()
+            .filter(|key| matches!(self.state(*key), Some(State::Starting | State::Waiting)))
+            .count()
+    }
+
+    /// Whether one more request may wait in line, and if it needs a fresh start of its own, how
+    /// that start gets a slot. Each request in line has a start under way (the starts serve the
+    /// line in order, whichever ends first): `None` if the starts under way are more than the
+    /// requests in line. Else, like any real work, the start may wait for a slot being freed or
+    /// take a pooled sandbox's. Refused (as a create would be) when every slot holds real work
+    /// or a start already promised to the line.
+    pub fn admit_claim(&self) -> Result<Option<Admission>, RuntimeError> {
+        if self.claims.len() < self.fresh_starts_under_way() {
+            return Ok(None);
+        }
+        match self.admit(true)? {
+            // No ready one is pooled while requests wait: this one is promised to the line.
+            Admission::Evict(pooled) if self.pools.is_fresh(pooled) => {
+                Err(RuntimeError::AtCapacity(self.settings.max_sandboxes))
+            }
+            admission => Ok(Some(admission)),
+        }
+    }
+
+    /// `owner` found no ready fresh sandbox (see [`Core::take_ready_fresh`]) and waits in line:
+    /// the fresh pooled sandboxes that become ready go to the requests in line in the order
+    /// they came, whichever start ends first. A start belongs to nobody until it is ready, so
+    /// an early request never waits for a slow start while later ones are served by faster
+    /// ones. The wait is bounded by the create timeout.
+    pub fn queue_claim(&mut self, owner: Owner, now: Instant) -> SandboxKey {
+        let key = self.reserve_key();
+        let timer = self.timers.arm(
+            deadline(now, self.settings.create_timeout),
+            Timer::Claim(key),
+        );
+        self.claims.push_back(Claim { owner, key, timer });
+        key
+    }
+
+    /// The owner no longer waits (its client went away): its place in line is given up. The
+    /// starts under way stay in the pool, for the next request.
+    pub fn withdraw_claims(&mut self, owner: Owner) {
+        let timers: Vec<TimerId> = self
+            .claims
+            .iter()
+            .filter(|claim| claim.owner == owner)
+            .map(|claim| claim.timer)
+            .collect();
+        timers
+            .into_iter()
+            .for_each(|timer| self.timers.cancel(timer));
+        self.claims.retain(|claim| claim.owner != owner);
+    }
+
+    /// A sandbox handed to an owner that went away before it used it (its `Ready` notice found
+    /// nobody): back to the line or the fresh pool if nothing ever ran in it, deleted otherwise.
+    pub fn give_back(&mut self, key: SandboxKey, now: Instant) {
+        let unused = self.sandboxes.get_mut(&key).is_some_and(|sandbox| {
+            sandbox.lifecycle.state() == State::Ready
+                && !sandbox.from_image
+                && sandbox.execs.is_empty()
+                && sandbox.checkpoint_to.is_none()
+        });
+        if !unused {
+            return self.delete(key, now);
+        }
+        if let Some(sandbox) = self.sandboxes.get_mut(&key) {
+            sandbox.owner = None;
+        }
+        self.pools.add_fresh(key);
+        self.serve_claim(key);
+    }
+
+    /// The fresh pooled sandbox `key` is ready: it goes to the first request in line, if any.
+    fn serve_claim(&mut self, key: SandboxKey) {
+        if !self.pools.is_fresh(key) || self.state(key) != Some(State::Ready) {
+            return;
+        }
+        let Some(claim) = self.claims.pop_front() else {
+            return;
+        };
+        self.timers.cancel(claim.timer);
+        self.pools.remove(key);
+        self.hand_over(key, claim.owner);
+    }
+
+    /// A fresh pooled start failed: the requests in line beyond the starts still under way
+    /// fail with it, the newest first (the older ones are served first by the starts left).
+    fn fail_uncovered_claims(&mut self, message: &str) {
+        while self.claims.len() > self.fresh_starts_under_way() {
+            let Some(claim) = self.claims.pop_back() else {
+                return;
+            };
+            self.timers.cancel(claim.timer);
+            self.notify_claim(&claim, message.to_string());
+        }
+    }
+
+    /// A request in line waited for the create timeout.
+    fn claim_timed_out(&mut self, key: SandboxKey) {
+        let Some(position) = self.claims.iter().position(|claim| claim.key == key) else {
+            return;
+        };
+        let Some(claim) = self.claims.remove(position) else {
+            return;
+        };
+        let message = format!(
+            "no sandbox became ready within {} s; retry shortly",
+            self.settings.create_timeout.as_secs()
+        );
+        self.notify_claim(&claim, message);
+    }
+
+    fn notify_claim(&mut self, claim: &Claim, message: String) {
+        self.actions.push_back(Action::Notify(Notice {
+            owner: claim.owner,
+            sandbox: claim.key,
+            event: RuntimeEvent::StartFailed(message),
+        }));
     }
 
     /// A create from the snapshot `image` is asked for: its pool becomes the most recently
@@ -885,6 +1075,10 @@ impl Core {
         }
         self.end_deferred_deletes();
         self.pools.clear();
+        for claim in std::mem::take(&mut self.claims) {
+            self.timers.cancel(claim.timer);
+            self.notify_claim(&claim, "the server is shutting down".into());
+        }
     }
 
     // ---- What happened (reported by the driver) --------------------------------------------
@@ -1027,6 +1221,7 @@ impl Core {
                     let _ = self.kill_exec(key, exec, Reason::Timeout, now);
                 }
                 Timer::DeferredDelete(key) => self.end_deferred_delete(key),
+                Timer::Claim(key) => self.claim_timed_out(key),
                 Timer::KillGrace(key, exec) => {
                     eprintln!(
                         "runtime: sandbox key {key}: execution {exec} ignored SIGKILL; deleting the sandbox"
@@ -1115,6 +1310,7 @@ impl Core {
                 self.health.started();
                 self.refill_backoff.succeeded();
                 self.notify(key, RuntimeEvent::Ready);
+                self.serve_claim(key);
             }
             Do::NotifyStartFailed(message) => {
                 self.stats.start_failures += 1;
@@ -1130,6 +1326,9 @@ impl Core {
                     self.refill_backoff.failed(now);
                 }
                 eprintln!("runtime: sandbox key {key} failed to start: {message}");
+                if fresh && pooled && self.pools.is_fresh(key) {
+                    self.fail_uncovered_claims(&message);
+                }
                 self.notify(key, RuntimeEvent::StartFailed(message));
             }
             Do::NotifyLost(message) => {
@@ -1192,6 +1391,8 @@ impl Core {
             }
             Do::Forget => {
                 self.waiting.retain(|waiting| *waiting != key);
+                // A pooled start admitted to wait for a slot (for a request in line).
+                self.pools.remove(key);
                 self.cancel_start_timer(key);
                 if let Some(sandbox) = self.sandboxes.remove(&key) {
                     self.by_id.remove(&sandbox.id);

@@ -71,7 +71,7 @@ impl Harness {
     /// A fresh sandbox whose `runsc run` the driver spawned: admitted, added, and (unless
     /// `owner` waits for a slot) starting.
     fn add_fresh(&mut self, owner: Option<Owner>) -> SandboxKey {
-        let admission = self.core.admit(owner).expect("admitted");
+        let admission = self.core.admit(owner.is_some()).expect("admitted");
         let key = self.core.reserve_key();
         let id = SandboxId::random().unwrap();
         self.core
@@ -522,7 +522,7 @@ fn a_shutdown_checkpoint_takes_running_executions_along_and_a_restore_adopts_the
 
     // Another instance restores it and follows the execution again.
     let mut other = Harness::new(2);
-    let admission = other.core.admit(Some(OWNER)).unwrap();
+    let admission = other.core.admit(true).unwrap();
     let restored = other.core.reserve_key();
     let id = SandboxId::random().unwrap();
     let image = PathBuf::from("/store/image-2");
@@ -659,7 +659,7 @@ fn fresh_starts_that_fail_make_the_server_unready_but_failed_restores_do_not() {
 
     // A restore whose image does not start says nothing about runsc; a ready sandbox resets.
     let mut h = Harness::new(4);
-    let admission = h.core.admit(Some(OWNER)).unwrap();
+    let admission = h.core.admit(true).unwrap();
     let key = h.core.reserve_key();
     let origin = Origin::Image {
         image: PathBuf::from("/bad"),
@@ -724,7 +724,7 @@ fn a_wait_for_a_slot_is_bounded_and_real_work_is_refused_when_it_holds_every_slo
     let mut h = Harness::new(1);
     let busy = h.ready_sandbox(Some(OTHER));
     assert!(matches!(
-        h.core.admit(Some(OWNER)),
+        h.core.admit(true),
         Err(RuntimeError::AtCapacity(1))
     ));
     h.core.delete(busy, h.now);
@@ -1140,4 +1140,303 @@ fn a_request_waiting_for_a_slot_ends_the_deferred_deletes() {
     h.core.delete_exited(used, h.now);
     h.core.grant_slots(h.now);
     assert_eq!(h.core.state(waiting), Some(State::Starting));
+}
+
+// ---- Requests in line for a fresh sandbox (issue 15) ----------------------------------------
+
+/// `/execute` requests, each its own connection.
+fn http(n: u64) -> Owner {
+    Owner::Http(100 + n)
+}
+
+impl Harness {
+    /// A fresh sandbox started for the pool (still starting).
+    fn pooled_start(&mut self) -> SandboxKey {
+        let key = self.add_fresh(None);
+        self.core.add_to_fresh_pool(key);
+        key
+    }
+
+    /// `owner` asks for a fresh sandbox as the driver's `claim_fresh` does, the start it may
+    /// need admitted as real work and added to the pool.
+    fn claim(&mut self, owner: Owner) -> Claimed {
+        if let Some(key) = self.core.take_ready_fresh(owner, self.now) {
+            return Claimed::Sandbox(key);
+        }
+        if let Some(admission) = self.core.admit_claim().expect("admitted") {
+            let key = self.core.reserve_key();
+            let id = SandboxId::random().unwrap();
+            self.core
+                .add(key, id, None, admission, Origin::Fresh, self.now);
+            self.core.add_to_fresh_pool(key);
+        }
+        Claimed::Queued(self.core.queue_claim(owner, self.now))
+    }
+
+    /// The agent of a starting sandbox says hello.
+    fn becomes_ready(&mut self, key: SandboxKey) -> Vec<Action> {
+        self.core.run_exited(key, Ok(()), self.now);
+        self.frame(key, hello(1))
+    }
+}
+
+fn queued(claimed: Claimed) -> SandboxKey {
+    match claimed {
+        Claimed::Queued(key) => key,
+        Claimed::Sandbox(key) => panic!("given sandbox {key} at once"),
+    }
+}
+
+/// The sandbox is being deleted: at once, or (while other starts run) disconnected with its
+/// `runsc delete` deferred.
+fn goes(actions: &[Action], key: SandboxKey) -> bool {
+    actions.contains(&Action::Delete(key)) || actions.contains(&Action::Disconnect(key))
+}
+
+/// The notices among `actions`.
+fn notices(actions: Vec<Action>) -> Vec<Action> {
+    actions
+        .into_iter()
+        .filter(|action| matches!(action, Action::Notify(_)))
+        .collect()
+}
+
+fn start_failed(claim: SandboxKey, owner: Owner, message: &str) -> Action {
+    notice(claim, owner, RuntimeEvent::StartFailed(message.into()))
+}
+
+#[test]
+fn a_ready_sandbox_goes_to_the_request_that_waited_longest_whichever_start_it_is() {
+    let mut h = Harness::new(8);
+    let (a, b) = (h.pooled_start(), h.pooled_start());
+    // Two starts under way: the first two requests wait in line without a start of their own.
+    queued(h.claim(http(1)));
+    queued(h.claim(http(2)));
+    assert_eq!(h.core.fresh_pool_len(), 2);
+    // The third needs one more start, admitted as real work.
+    queued(h.claim(http(3)));
+    assert_eq!(h.core.fresh_pool_len(), 3);
+    let c = h.core.pools.fresh().last().unwrap();
+    assert_eq!(h.core.waiting_for_sandbox(), 3);
+    // A session (which keeps the sandbox it is given) takes none of the starts in line.
+    assert_eq!(h.core.take_fresh(h.now), None);
+    // The starts promised to the line are not pool: the pool is refilled beside them, up to
+    // its target grown by the misses (4 at most here), as many starting at once.
+    assert_eq!(h.core.fresh_pool_target(h.now), 4);
+    assert_eq!(h.core.fresh_refill_wanted(h.now), 4);
+    // Readiness out of order: the last start first, then the second, then the first.
+    assert_eq!(
+        h.becomes_ready(c),
+        [notice(c, http(1), RuntimeEvent::Ready)]
+    );
+    assert_eq!(
+        h.becomes_ready(b),
+        [notice(b, http(2), RuntimeEvent::Ready)]
+    );
+    assert_eq!(
+        h.becomes_ready(a),
+        [notice(a, http(3), RuntimeEvent::Ready)]
+    );
+    assert_eq!(h.core.waiting_for_sandbox(), 0);
+    assert_eq!(h.core.fresh_pool_len(), 0, "each went to its request");
+    // Nothing is left to time out.
+    assert_eq!(h.advance(Duration::from_secs(31)), []);
+    // With nobody in line, a ready pooled sandbox is taken at once.
+    let d = h.ready_sandbox(None);
+    h.core.add_to_fresh_pool(d);
+    assert_eq!(h.claim(http(4)), Claimed::Sandbox(d));
+    assert_eq!(h.actions(), [notice(d, http(4), RuntimeEvent::Ready)]);
+}
+
+#[test]
+fn a_request_gone_from_the_line_leaves_its_sandbox_to_the_next_or_the_pool() {
+    let mut h = Harness::new(8);
+    let (a, b) = (h.pooled_start(), h.pooled_start());
+    queued(h.claim(http(1)));
+    queued(h.claim(http(2)));
+    h.core.withdraw_claims(http(1));
+    assert_eq!(h.core.waiting_for_sandbox(), 1);
+    assert_eq!(
+        h.becomes_ready(b),
+        [notice(b, http(2), RuntimeEvent::Ready)]
+    );
+    // Nobody waits any more: the other start stays in the pool, ready for the next request.
+    assert_eq!(h.becomes_ready(a), []);
+    assert_eq!(h.core.pool_ready(), 1);
+    assert_eq!(
+        h.advance(Duration::from_secs(31)),
+        [],
+        "no timeout for a request gone"
+    );
+    assert_eq!(h.claim(http(3)), Claimed::Sandbox(a));
+    assert_eq!(h.actions(), [notice(a, http(3), RuntimeEvent::Ready)]);
+
+    // A sandbox whose `Ready` found its request gone serves the next one, unused...
+    let c = h.pooled_start();
+    queued(h.claim(http(4)));
+    assert_eq!(
+        h.becomes_ready(c),
+        [notice(c, http(4), RuntimeEvent::Ready)]
+    );
+    let d = h.pooled_start();
+    queued(h.claim(http(5)));
+    h.core.give_back(c, h.now);
+    assert_eq!(h.actions(), [notice(c, http(5), RuntimeEvent::Ready)]);
+    // ...or goes back to the pool; once used, it is deleted.
+    h.core.give_back(c, h.now);
+    assert_eq!(h.actions(), []);
+    assert!(h.core.pools.is_fresh(c));
+    assert_eq!(h.claim(http(6)), Claimed::Sandbox(c));
+    h.actions();
+    h.core.start_exec(c, spec(10), h.now).unwrap();
+    h.actions();
+    h.core.give_back(c, h.now);
+    assert!(goes(&h.actions(), c));
+    assert!(h.core.pools.is_fresh(d));
+}
+
+#[test]
+fn a_failed_start_fails_the_newest_request_it_leaves_without_a_start() {
+    let mut h = Harness::new(8);
+    let (a, b) = (h.pooled_start(), h.pooled_start());
+    queued(h.claim(http(1)));
+    let second = queued(h.claim(http(2)));
+    h.core.run_exited(a, Err("runsc: boom".into()), h.now);
+    let actions = h.actions();
+    assert!(
+        actions.contains(&start_failed(second, http(2), "runsc: boom")),
+        "{actions:?}"
+    );
+    assert!(goes(&actions, a));
+    assert_eq!(h.core.waiting_for_sandbox(), 1);
+    // The oldest is served by the start left.
+    assert_eq!(
+        notices(h.becomes_ready(b)),
+        [notice(b, http(1), RuntimeEvent::Ready)]
+    );
+
+    // More starts under way than requests in line: a failure fails nobody.
+    let (c, d) = (h.pooled_start(), h.pooled_start());
+    queued(h.claim(http(3)));
+    h.core.run_exited(c, Err("runsc: boom".into()), h.now);
+    let actions = h.actions();
+    assert!(goes(&actions, c));
+    assert!(!actions
+        .iter()
+        .any(|action| matches!(action, Action::Notify(_))));
+    assert_eq!(
+        notices(h.becomes_ready(d)),
+        [notice(d, http(3), RuntimeEvent::Ready)]
+    );
+}
+
+#[test]
+fn a_wait_in_line_is_bounded_and_requests_are_refused_only_at_capacity() {
+    let mut h = Harness::new(2);
+    // Both slots hold real work: nothing to wait for.
+    h.ready_sandbox(Some(OWNER));
+    h.ready_sandbox(Some(OWNER));
+    assert!(
+        matches!(h.core.admit_claim(), Err(RuntimeError::AtCapacity(2))),
+        "refused like a create"
+    );
+    // One slot holds real work, the other a start promised to the request in line: a second
+    // request is refused too (it would wait for a sandbox the first one gets).
+    let mut h = Harness::new(2);
+    h.ready_sandbox(Some(OWNER));
+    queued(h.claim(http(1)));
+    assert!(matches!(
+        h.core.admit_claim(),
+        Err(RuntimeError::AtCapacity(2))
+    ));
+    // A pooled start nobody waits for yet serves the next request without a start of its own.
+    let mut h = Harness::new(3);
+    h.ready_sandbox(Some(OWNER));
+    h.pooled_start();
+    h.pooled_start();
+    queued(h.claim(http(1)));
+    assert!(matches!(h.core.admit_claim(), Ok(None)));
+
+    let mut h = Harness::new(2);
+    let claim = queued(h.claim(http(1)));
+    let start = h
+        .core
+        .pools
+        .fresh()
+        .next()
+        .expect("a start for the request");
+    assert_eq!(h.core.state(start), Some(State::Starting));
+    let actions = h.advance(Duration::from_secs(30));
+    // Its start timed out at the same time: the request fails once, with the start's reason.
+    let failures: Vec<&Action> = actions
+        .iter()
+        .filter(
+            |action| matches!(action, Action::Notify(Notice { owner, .. }) if *owner == http(1)),
+        )
+        .collect();
+    assert_eq!(
+        failures,
+        [&start_failed(
+            claim,
+            http(1),
+            "the sandbox did not become ready in time"
+        )]
+    );
+    assert_eq!(h.core.waiting_for_sandbox(), 0);
+
+    // A request in line waits its create timeout at most, whatever its starts do.
+    let mut h = Harness::new(4);
+    let a = h.pooled_start();
+    h.now += Duration::from_secs(10);
+    let claim = queued(h.claim(http(2)));
+    h.now += Duration::from_secs(15);
+    let b = h.pooled_start();
+    // The first start times out; the second is still under way for the request.
+    let actions = h.advance(Duration::from_secs(5));
+    assert!(goes(&actions, a));
+    assert!(!actions
+        .iter()
+        .any(|action| matches!(action, Action::Notify(Notice { owner, .. }) if *owner == http(2))));
+    let actions = h.advance(Duration::from_secs(10));
+    assert_eq!(
+        notices(actions),
+        [start_failed(
+            claim,
+            http(2),
+            "no sandbox became ready within 30 s; retry shortly"
+        )]
+    );
+    // The start it waited for ends up in the pool.
+    assert_eq!(h.becomes_ready(b), []);
+    assert_eq!(h.core.pool_ready(), 1);
+}
+
+#[test]
+fn without_a_pool_a_request_in_line_keeps_the_start_made_for_it() {
+    let mut h = Harness {
+        core: Core::new(Settings {
+            pool_size: 0,
+            pool_max: 0,
+            ..settings(4)
+        }),
+        now: Instant::now(),
+    };
+    queued(h.claim(http(1)));
+    let start = h
+        .core
+        .pools
+        .fresh()
+        .next()
+        .expect("a start for the request");
+    assert_eq!(h.core.fresh_pool_target(h.now), 0);
+    assert_eq!(
+        h.core.surplus_fresh(h.now),
+        [],
+        "not surplus: the request waits for it"
+    );
+    assert_eq!(
+        h.becomes_ready(start),
+        [notice(start, http(1), RuntimeEvent::Ready)]
+    );
+    assert_eq!(h.core.fresh_pool_len(), 0);
 }

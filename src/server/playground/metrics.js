@@ -40,6 +40,7 @@ export function summarize(samples) {
     ['ready in pool', samples.sandbox_pool_ready, 'started and waiting for a request'],
     ['ready from snapshots', samples.sandbox_snapshot_pool_ready, 'pooled sandboxes restored from snapshots'],
     ['waiting for a slot', samples.sandbox_waiting_for_slot, 'requests waiting for a sandbox slot'],
+    ['waiting in line', samples.sandbox_requests_waiting, '/execute requests waiting for the next sandbox to be ready'],
     ['sessions', samples.sandbox_sessions, 'WebSocket sessions, attached or not'],
     ['sandboxes created', samples.sandbox_created_total, 'since the server started'],
     ['executions', sum(executions), byReason || 'by how they ended'],
