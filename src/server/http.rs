@@ -12,6 +12,7 @@ use super::connection::{
 };
 use super::execute::ExecuteJob;
 use super::playground;
+use super::recovery::Peer;
 use super::store_work::CheckpointQuery;
 use super::websocket::Linger;
 use super::Server;
@@ -53,8 +54,11 @@ impl Server {
             }
             self.connections.add(id, stream);
             // A client sends its request right after connecting, so it is often here already:
-            // read it now rather than on the next turn of the loop.
-            self.connection_ready(id, true, false);
+            // read it now rather than on the next turn of the loop (guarded as there: a panic
+            // ends this connection only).
+            self.guarded(Peer::Connection(id), |server| {
+                server.connection_ready(id, true, false)
+            });
         }
     }
 
