@@ -344,8 +344,12 @@ impl Agent {
             if let Some(until) = execution.drain_deadline() {
                 wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
             }
-            // A resize is checked once more when it has settled (see `keep_window_size`).
-            if let Some(until) = execution.resize_check_at() {
+            // A resize is checked once more when it has settled (see `keep_window_size`), and
+            // before the keystrokes held after it go.
+            for until in [execution.resize_check_at(), execution.keys_held_until()]
+                .into_iter()
+                .flatten()
+            {
                 wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
             }
         }

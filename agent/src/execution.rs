@@ -200,6 +200,13 @@ const RESIZE_SETTLE: Duration = Duration::from_millis(250);
 /// another size on purpose.
 const MAX_RESIZE_REPEATS: u8 = 3;
 
+/// Keystrokes that come right after a resize wait this long after it (and after each time it
+/// is set again), and go only once the size was seen holding: readline may be between its
+/// read and its write-back of the size, and the command they type would see the old one.
+/// Far longer than that gap (tens of microseconds, a few milliseconds on a busy machine);
+/// nobody types this fast after resizing a window.
+const RESIZE_HOLDS_KEYS: Duration = Duration::from_millis(10);
+
 impl Execution {
     /// Start `request` as a new process group with fresh pipes.
     pub fn spawn(
@@ -329,6 +336,13 @@ impl Execution {
             }
             Ok(_) | Err(_) => {}
         }
+    }
+
+    /// Until when a terminal's keystrokes wait after a resize (see [`RESIZE_HOLDS_KEYS`]).
+    pub fn keys_held_until(&self) -> Option<Instant> {
+        self.resize_to_keep
+            .map(|resize| resize.set_at + RESIZE_HOLDS_KEYS)
+            .filter(|until| *until > Instant::now())
     }
 
     /// When the last resize must be checked once more (see `keep_window_size`).
@@ -496,7 +510,7 @@ impl Execution {
     }
 
     pub fn stdin_fd_if_pending(&self) -> Option<BorrowedFd<'_>> {
-        if !self.has_stdin_pending() {
+        if !self.has_stdin_pending() || self.keys_held_until().is_some() {
             None
         } else {
             self.stdin.as_ref().map(|pipe| pipe.as_fd())
@@ -1231,6 +1245,19 @@ mod tests {
             rows: 40,
         });
         assert_eq!(size_now(&execution), (120, 40));
+        // Keystrokes right after it wait (readline may be about to write the old size back).
+        let mut outbox = Vec::new();
+        execution.queue_stdin(b"x".to_vec(), &mut outbox);
+        assert!(
+            execution.stdin_fd_if_pending().is_none(),
+            "held after a resize"
+        );
+        let held_until = execution.keys_held_until().expect("held for a while");
+        std::thread::sleep(held_until.saturating_duration_since(Instant::now()));
+        assert!(
+            execution.stdin_fd_if_pending().is_some(),
+            "they go once it held"
+        );
         for _ in 0..MAX_RESIZE_REPEATS {
             undo(&execution);
             execution.keep_window_size();
