@@ -273,7 +273,7 @@ impl Agent {
             // they wake (see `Execution::resting_until`).
             let resting = execution.resting_until().filter(|until| *until > now);
             if let Some(until) = resting {
-                wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+                wake_by(&mut wake_at, until);
             }
             if outbox_has_room && execution.output_window_open() && resting.is_none() {
                 if let Some(fd) = execution.stdout_fd() {
@@ -308,13 +308,11 @@ impl Agent {
         }
         // While relays connect, wake up to time them out.
         if self.relays_connecting {
-            let until = now + RELAY_CONNECT_POLL;
-            wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+            wake_by(&mut wake_at, now + RELAY_CONNECT_POLL);
         }
         // Missing standbys are started once idle long enough.
         if !self.server_closed && self.standbys_missing() {
-            let until = self.last_activity + IDLE_BEFORE_STANDBYS;
-            wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+            wake_by(&mut wake_at, self.last_activity + IDLE_BEFORE_STANDBYS);
         }
         for (slot, context) in &self.contexts {
             if outbox_has_room && context.window_open() {
@@ -336,27 +334,24 @@ impl Agent {
         }
         // An interrupted cell's grace ends at its deadline.
         if let Some(until) = self.contexts.values().filter_map(Context::deadline).min() {
-            wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+            wake_by(&mut wake_at, until);
         }
         // A terminal whose process exited is drained until a deadline its master never
-        // reports (see `execution`).
+        // reports (see `execution`); a resize is checked once more when it has settled (see
+        // `keep_window_size`), and before the keystrokes held after it go.
         for execution in self.executions.values() {
-            if let Some(until) = execution.drain_deadline() {
-                wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
-            }
-            // A resize is checked once more when it has settled (see `keep_window_size`), and
-            // before the keystrokes held after it go.
-            for until in [execution.resize_check_at(), execution.keys_held_until()]
-                .into_iter()
-                .flatten()
-            {
-                wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+            let deadlines = [
+                execution.drain_deadline(),
+                execution.resize_check_at(),
+                execution.keys_held_until(),
+            ];
+            for until in deadlines.into_iter().flatten() {
+                wake_by(&mut wake_at, until);
             }
         }
         // While killed groups may still hold a process, wake up to kill them again.
         if !self.doomed.is_empty() {
-            let until = now + DOOMED_GROUP_POLL;
-            wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+            wake_by(&mut wake_at, now + DOOMED_GROUP_POLL);
         }
         let timeout = match wake_at {
             None => PollTimeout::NONE,
@@ -1082,6 +1077,11 @@ impl Agent {
 }
 
 /// TCP sockets in any state but LISTEN (0A) and CLOSE (07), from /proc/net/tcp and tcp6.
+/// The loop wakes at `until` at the latest (`wake_at` is the earliest time asked so far).
+fn wake_by(wake_at: &mut Option<Instant>, until: Instant) {
+    *wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
+}
+
 fn open_tcp_connections() -> u32 {
     ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
