@@ -311,9 +311,10 @@ impl Execution {
     /// terminal for a line (to stop there when it runs in the background). A resize that lands
     /// between that read and write is undone, and nobody is told: a resize followed at once
     /// by a command saw the old size, 1 time in a few hundred under gVisor, where the two
-    /// calls are ~100 us apart. So the agent checks the size before each keystroke, on each
-    /// wake-up, and once more at the end (`resize_check_at`), until it has held for
-    /// [`RESIZE_SETTLE`]; after that, a program's own change of size is its business.
+    /// calls are ~100 us apart. So the agent's loop checks the size after each wake-up (so
+    /// before any keystroke is written: they are written on a later turn) and once more at
+    /// the end (`resize_check_at`), until it has held for [`RESIZE_SETTLE`]; after that, a
+    /// program's own change of size is its business.
     pub fn keep_window_size(&mut self) {
         let Some(mut resize) = self.resize_to_keep.take() else {
             return;
@@ -559,8 +560,6 @@ impl Execution {
     /// A terminal's signal characters become signals (see the module's comment).
     pub fn queue_stdin(&mut self, data: Vec<u8>, outbox: &mut Vec<u8>) {
         let data = if self.terminal {
-            // Before the keystrokes reach the program, which may read the size because of them.
-            self.keep_window_size();
             let (kept, signals) = self.take_signal_characters(data);
             let taken = signals.len();
             for signal in signals {
