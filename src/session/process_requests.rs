@@ -346,27 +346,25 @@ impl Session {
         out: &mut Vec<Out>,
         control: &mut dyn SandboxControl,
     ) {
-        if let Following::AfterADrop(Some(after)) = following {
-            self.resend.resend_after(process, after, out);
-        }
+        let (request, after_a_drop) = match following {
+            Following::AfterADrop(resend_after) => {
+                if let Some(after) = resend_after {
+                    self.resend.resend_after(process, after, out);
+                }
+                (None, true)
+            }
+            Following::TakenOver(request) => (request, false),
+        };
         let held = self.processes.take_held(process);
         let Some(entry) = self.processes.get_mut(process) else {
             return;
         };
-        let after_a_drop = matches!(following, Following::AfterADrop(_));
-        if let Following::TakenOver(request) = following {
-            entry.follow(request);
-        } else {
-            entry.follow(None);
-        }
+        entry.follow(request);
         // Before what was held, which may end with the process's DONE: nothing comes after it.
-        if let Some(written) = entry
-            .stdin
-            .as_mut()
-            .filter(|_| after_a_drop)
-            .and_then(StdinWindow::ack_again)
-        {
-            out.push(Out::Send(entry.frame(ServerEvent::StdinAck { written })));
+        if after_a_drop {
+            if let Some(written) = entry.stdin.as_mut().and_then(StdinWindow::ack_again) {
+                out.push(Out::Send(entry.frame(ServerEvent::StdinAck { written })));
+            }
         }
         for (seq, event) in held {
             self.resend.send(entry.frame(event).numbered(seq), out);

@@ -102,10 +102,8 @@ impl StdinWindow {
     /// have been lost with the connection, and each one carries the whole total, so one more
     /// is harmless. None while nothing was consumed.
     pub fn ack_again(&mut self) -> Option<u64> {
-        (self.consumed > 0).then(|| {
-            self.acknowledged = self.consumed;
-            self.consumed
-        })
+        self.acknowledged = 0;
+        self.take_ack()
     }
 
     /// A new client follows the process: it counts from what was received so far, which the
