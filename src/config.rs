@@ -109,6 +109,10 @@ pub struct PortsConfig {
     /// `SANDBOX_PORT_IDLE_TIMEOUT_SECS`: a connection through a port on which nothing moved
     /// either way for this long is closed (it holds one of the sandbox's port connections).
     pub idle_timeout: Duration,
+    /// `SANDBOX_PORT_PRECONNECT`: `on` (the default) has the agent open the next connection
+    /// to a port's application as soon as one ends, so that the next request finds it open;
+    /// the application then sees an idle connection for up to 3 s after each one.
+    pub preconnect: bool,
 }
 
 /// Limits applied to sandboxes and executions.
@@ -357,6 +361,7 @@ impl Config {
                     as usize,
                 response_timeout: env.seconds("SANDBOX_PORT_RESPONSE_TIMEOUT_SECS", 60)?,
                 idle_timeout: env.seconds("SANDBOX_PORT_IDLE_TIMEOUT_SECS", 300)?,
+                preconnect: env.on_off("SANDBOX_PORT_PRECONNECT", true)?,
             },
             mcp: McpConfig {
                 idle_timeout: env.seconds("SANDBOX_MCP_IDLE_TIMEOUT_SECS", 600)?,

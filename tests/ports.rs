@@ -496,6 +496,80 @@ fn the_path_form_keeps_the_connection_for_every_request_and_a_later_upgrade() {
 
 /// A kept-alive connection through a port holds one of the sandbox's port connections: one
 /// that nothing crossed for `SANDBOX_PORT_IDLE_TIMEOUT_SECS` is closed, and its slot is free.
+/// A server on port 8005 that serves one connection at a time and writes a line per
+/// connection to /tmp/conns.log: how long after its accept the request came ("-1": none came).
+const ONE_AT_A_TIME_APP: &str = r#"
+import socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8005))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    accepted = time.monotonic()
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            part = c.recv(65536)
+            if not part:
+                break
+            data += part
+    except OSError:
+        pass
+    waited = time.monotonic() - accepted if data else -1
+    with open("/tmp/conns.log", "a") as log:
+        log.write("%.3f\n" % waited)
+    if data:
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    c.close()
+"#;
+
+/// What the app of `ONE_AT_A_TIME_APP` logged: per connection, seconds from its accept to its
+/// request (negative: it ended without one).
+fn connections_logged(ws: &mut Ws) -> Vec<f64> {
+    run_ok(ws, "cat /tmp/conns.log 2>/dev/null; true")
+        .lines()
+        .map(|line| line.trim().parse().expect("a number"))
+        .collect()
+}
+
+/// After a connection through a port ends, the agent opens the next one to the application
+/// at once (docs/protocol.md "Ports"): the next request finds it accepted, even by a server
+/// that serves one connection at a time; unused for 3 s, it is closed. Off, nothing is opened
+/// ahead.
+#[test]
+fn the_next_connection_to_a_port_is_opened_ahead_unless_turned_off() {
+    for preconnect in ["on", "off"] {
+        let server = TestServer::start(&[("SANDBOX_PORT_PRECONNECT", preconnect)]);
+        let Created { mut ws, .. } = create(&server, json!({}));
+        start_app(&mut ws, "one", ONE_AT_A_TIME_APP, 8005);
+        let prefix = path_of(&expose(&mut ws, 8005));
+        let get_ok = || {
+            let (status, head, body) = get(server.port, &format!("{prefix}x"));
+            assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()), "{head}");
+        };
+        get_ok();
+        std::thread::sleep(Duration::from_millis(1000));
+        get_ok();
+        // The connection opened after the second request ends unused.
+        std::thread::sleep(Duration::from_millis(4000));
+        let logged = connections_logged(&mut ws);
+        if preconnect == "on" {
+            assert_eq!(logged.len(), 3, "{logged:?}");
+            assert!(logged[0] >= 0.0 && logged[0] < 0.5, "{logged:?}");
+            // Opened as the first ended, used by the second request 1 s later.
+            assert!(logged[1] >= 0.5, "{logged:?}");
+            assert!(logged[2] < 0.0, "{logged:?}");
+        } else {
+            assert_eq!(logged.len(), 2, "{logged:?}");
+            assert!(logged.iter().all(|waited| (0.0..0.5).contains(waited)), "{logged:?}");
+        }
+        // Whatever was opened ahead is gone: a request still gets its answer.
+        get_ok();
+        ws.kill_sandbox();
+    }
+}
+
 #[test]
 fn an_idle_port_connection_is_closed_and_gives_its_slot_back() {
     let server = TestServer::start(&[

@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -45,8 +45,9 @@ use crate::protocol::{
     AgentConfig, AgentHello, CellRequest, ContextCommand, ExecId, ExitStatus, FrameDecoder,
     FromAgent, Inspection, Language, SpawnRequest, ToAgent, MAX_OUTPUT_CHUNK_BYTES,
 };
-use crate::relay::{self, Relay};
+use crate::relay::Relay;
 use crate::standby::Standby;
+use crate::warm::Sockets;
 
 /// How long a killed execution's process group is watched for survivors.
 const DOOMED_GROUP_WATCH: Duration = Duration::from_secs(2);
@@ -92,6 +93,8 @@ enum Source {
     ExecRequest(ExecId),
     RelayRead(ExecId),
     RelayWrite(ExecId),
+    /// The warm connection to a port (see [`crate::warm`]).
+    Warm(u16),
     ContextStdout(u32),
     ContextStderr(u32),
     ContextEvents(u32),
@@ -119,11 +122,9 @@ pub struct Agent {
     /// Relays that ended, closed once their `Exited` is written: closing a socket costs
     /// syscalls (slow under ptrace), and a client reading a response to its end waits for it.
     ended_relays: Vec<Relay>,
-    /// The socket for the next relay (`relay::spare_socket`), made when a relay ends. Wanted
-    /// once a relay was asked for, until an inspection (a checkpoint may follow): sandboxes
-    /// whose ports are used keep one, the others none.
-    relay_spare: Option<OwnedFd>,
-    relay_spare_wanted: bool,
+    /// What the next relays start from, made when relays end: a spare socket, a warm
+    /// connection to each port just used.
+    relay_sockets: Sockets,
     bash_standby: Option<Standby>,
     python_standby: Option<Standby>,
     forkserver: Option<Forkserver>,
@@ -153,6 +154,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(config: AgentConfig) -> io::Result<Self> {
+        let warm_port_connections = config.warm_port_connections;
         let (signal_reader, signal_writer) = UnixStream::pair()?;
         signal_reader.set_nonblocking(true)?;
         signal_writer.set_nonblocking(true)?;
@@ -181,10 +183,9 @@ impl Agent {
             executions: BTreeMap::new(),
             relays: BTreeMap::new(),
             relays_connecting: false,
+            relay_sockets: Sockets::new(warm_port_connections),
             relay_closed_at: None,
             ended_relays: Vec::new(),
-            relay_spare: None,
-            relay_spare_wanted: false,
             bash_standby: None,
             python_standby: None,
             forkserver: None,
@@ -214,11 +215,11 @@ impl Agent {
         loop {
             self.flush_outbox()?;
             if !self.ended_relays.is_empty() {
-                self.ended_relays.clear();
                 // After the `Exited` just written, not between a `Connect` and its connect.
-                if self.relay_spare_wanted && self.relay_spare.is_none() {
-                    self.relay_spare = relay::spare_socket().ok();
-                }
+                let ports: Vec<(u16, bool)> =
+                    self.ended_relays.iter().map(Relay::destination).collect();
+                self.ended_relays.clear();
+                self.relay_sockets.after_relays_ended(ports);
             }
             if self.server_closed && self.executions.is_empty() && self.relays.is_empty() {
                 return Ok(());
@@ -253,6 +254,15 @@ impl Agent {
         let mut wake_at: Option<Instant> = None;
         let mut sources = Vec::new();
         let mut fds: Vec<PollFd<'_>> = Vec::new();
+        // Warm connections first: one that died is dropped before a `Connect` read in the
+        // same turn would take it.
+        if let Some(expiry) = self.relay_sockets.expire(now) {
+            wake_by(&mut wake_at, expiry);
+        }
+        for (port, fd, events) in self.relay_sockets.poll_fds() {
+            sources.push(Source::Warm(port));
+            fds.push(PollFd::new(fd, events));
+        }
         if !self.server_closed {
             sources.push(Source::ServerIn);
             fds.push(PollFd::new(self.server_in.as_fd(), readable));
@@ -419,6 +429,10 @@ impl Agent {
                 }
                 Ok(())
             }
+            Source::Warm(port) => {
+                self.relay_sockets.on_event(port, flags);
+                Ok(())
+            }
             Source::RelayWrite(id) => {
                 let error_reported = flags.intersects(PollFlags::POLLERR | PollFlags::POLLHUP);
                 if let Some(relay) = self.relays.get_mut(&id) {
@@ -536,8 +550,8 @@ impl Agent {
                     FromAgent::SpawnFailed(id, error.to_string()).encode(&mut self.outbox);
                     return;
                 }
-                self.relay_spare_wanted = true;
-                match Relay::connect(id, port, self.relay_spare.take(), &mut self.outbox) {
+                let ahead = self.relay_sockets.take_for(port);
+                match Relay::connect(id, port, ahead, &mut self.outbox) {
                     Ok(relay) => {
                         self.relays_connecting = true;
                         self.relays.insert(id, relay);
@@ -597,6 +611,7 @@ impl Agent {
                     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
                     self.executions.clear();
                     self.relays.clear();
+                    self.relay_sockets.drop_all();
                     self.bash_standby = None;
                     self.python_standby = None;
                     self.forkserver = None;
@@ -628,8 +643,9 @@ impl Agent {
                 self.report_contexts();
             }
             ToAgent::Inspect => {
-                self.relay_spare = None;
-                self.relay_spare_wanted = false;
+                if self.relay_sockets.drop_all() {
+                    self.relay_closed_at = Some(Instant::now());
+                }
                 let mut open = open_tcp_connections();
                 // Relays the server closed just before (it does before a checkpoint) are
                 // reset; give the network stack a moment to drop them from its table.
@@ -1076,12 +1092,12 @@ impl Agent {
     }
 }
 
-/// TCP sockets in any state but LISTEN (0A) and CLOSE (07), from /proc/net/tcp and tcp6.
 /// The loop wakes at `until` at the latest (`wake_at` is the earliest time asked so far).
 fn wake_by(wake_at: &mut Option<Instant>, until: Instant) {
     *wake_at = Some(wake_at.map_or(until, |at| at.min(until)));
 }
 
+/// TCP sockets in any state but LISTEN (0A) and CLOSE (07), from /proc/net/tcp and tcp6.
 fn open_tcp_connections() -> u32 {
     ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()

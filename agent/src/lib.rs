@@ -21,6 +21,7 @@ mod pipes;
 pub mod protocol;
 mod relay;
 mod standby;
+mod warm;
 
 pub use agent_loop::Agent;
 

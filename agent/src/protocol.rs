@@ -147,6 +147,10 @@ pub struct AgentConfig {
     /// Keep the files API's helper started ahead of the next file operation.
     #[serde(default)]
     pub file_standby: bool,
+    /// After a port relay ends, open the next connection to that port ahead of its request
+    /// (see the agent's `warm` module).
+    #[serde(default)]
+    pub warm_port_connections: bool,
 }
 
 /// What the server asks the agent to run.

@@ -35,10 +35,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(32);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
-    /// The connect is under way (since when; whether this is the IPv6 attempt).
+    /// The connect is under way, since then.
     Connecting {
         since: Instant,
-        v6: bool,
     },
     Open,
     /// The connection could not be made (`SpawnFailed` was sent): to be forgotten.
@@ -51,9 +50,25 @@ const ONE_SEGMENT_BYTES: usize = 8 * 1024;
 /// Written bytes leave the buffer in batches (as an execution's stdin).
 const COMPACT_AFTER: usize = 1024 * 1024;
 
+/// What a relay starts from (see [`crate::warm`]).
+pub enum Ahead {
+    /// A connection opened to the port ahead of the relay (whether its connect is done, and
+    /// whether it is over IPv6).
+    Warm {
+        socket: TcpStream,
+        connected: bool,
+        v6: bool,
+    },
+    /// A socket made ahead, to connect.
+    Spare(OwnedFd),
+    Nothing,
+}
+
 pub struct Relay {
     id: ExecId,
     port: u16,
+    /// Connected (or connecting) over IPv6: nothing listened on 127.0.0.1.
+    v6: bool,
     link: Link,
     /// `None` once closed (by a signal from the server: reset at once).
     socket: Option<TcpStream>,
@@ -74,17 +89,27 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Start connecting to `port` on loopback (IPv4, through `spare` if there is one, then
-    /// IPv6 for an application bound to `::1` only). `Started` or `SpawnFailed` goes to
-    /// `outbox` once the connection is accepted or refused (at once, or when the socket polls
-    /// writable: `on_writable`).
+    /// Start a relay to `port` on loopback from what was made ahead for it: a warm connection
+    /// (see [`crate::warm`]), else a connect through the spare socket, then IPv6 for an
+    /// application bound to `::1` only. `Started` or `SpawnFailed` goes to `outbox` once the
+    /// connection is accepted or refused (at once, or when the socket polls writable:
+    /// `on_writable`).
     pub fn connect(
         id: ExecId,
         port: u16,
-        spare: Option<OwnedFd>,
+        ahead: Ahead,
         outbox: &mut Vec<u8>,
     ) -> Result<Self, String> {
         let refused = |error: &io::Error| error.raw_os_error() == Some(libc::ECONNREFUSED);
+        let spare = match ahead {
+            Ahead::Warm {
+                socket,
+                connected,
+                v6,
+            } => return Ok(Relay::new(id, port, socket, connected, v6, outbox)),
+            Ahead::Spare(spare) => Some(spare),
+            Ahead::Nothing => None,
+        };
         let (socket, connected, v6) = match start_connect(port, false, spare) {
             Ok((socket, connected)) => (socket, connected, false),
             // Nothing on 127.0.0.1: perhaps an application bound to ::1 only.
@@ -100,12 +125,23 @@ impl Relay {
                 ))
             }
         };
+        Ok(Relay::new(id, port, socket, connected, v6, outbox))
+    }
+
+    fn new(
+        id: ExecId,
+        port: u16,
+        socket: TcpStream,
+        connected: bool,
+        v6: bool,
+        outbox: &mut Vec<u8>,
+    ) -> Self {
         let mut relay = Relay {
             id,
             port,
+            v6,
             link: Link::Connecting {
                 since: Instant::now(),
-                v6,
             },
             socket: Some(socket),
             pending: Vec::new(),
@@ -121,7 +157,7 @@ impl Relay {
         if connected {
             relay.opened(outbox);
         }
-        Ok(relay)
+        relay
     }
 
     fn opened(&mut self, outbox: &mut Vec<u8>) {
@@ -139,14 +175,19 @@ impl Relay {
         FromAgent::SpawnFailed(self.id, message).encode(outbox);
     }
 
+    /// Where it connected: the port and whether over IPv6 (where a warm connection goes).
+    pub fn destination(&self) -> (u16, bool) {
+        (self.port, self.v6)
+    }
+
     /// Whether `SpawnFailed` was sent: the relay is to be forgotten without `Exited`.
     pub fn failed(&self) -> bool {
         self.link == Link::Failed
     }
 
-    fn connecting(&self) -> Option<(Instant, bool)> {
+    fn connecting_since(&self) -> Option<Instant> {
         match self.link {
-            Link::Connecting { since, v6 } => Some((since, v6)),
+            Link::Connecting { since } => Some(since),
             _ => None,
         }
     }
@@ -154,9 +195,10 @@ impl Relay {
     /// The socket polled writable (`error_reported`: with `POLLERR` or `POLLHUP`): a connect
     /// under way is done (accepted or refused), or bytes can go out.
     pub fn on_writable(&mut self, error_reported: bool, outbox: &mut Vec<u8>) {
-        let Some((_, v6)) = self.connecting() else {
+        if self.connecting_since().is_none() {
             return self.write(outbox);
-        };
+        }
+        let v6 = self.v6;
         let Some(socket) = &self.socket else {
             return;
         };
@@ -172,9 +214,9 @@ impl Relay {
                 match start_connect(self.port, true, None) {
                     Ok((socket, connected)) => {
                         self.socket = Some(socket);
+                        self.v6 = true;
                         self.link = Link::Connecting {
                             since: Instant::now(),
-                            v6: true,
                         };
                         if connected {
                             self.opened(outbox);
@@ -198,8 +240,8 @@ impl Relay {
     /// A connect that takes longer than [`CONNECT_TIMEOUT`] fails. Whether one is still under
     /// way (the agent's loop then wakes up to check again).
     pub fn check_connect_timeout(&mut self, outbox: &mut Vec<u8>) -> bool {
-        match self.connecting() {
-            Some((since, _)) if since.elapsed() > CONNECT_TIMEOUT => {
+        match self.connecting_since() {
+            Some(since) if since.elapsed() > CONNECT_TIMEOUT => {
                 let why = format!("not accepted within {} s", CONNECT_TIMEOUT.as_secs());
                 self.fail(&why, outbox);
                 false
@@ -221,7 +263,7 @@ impl Relay {
     pub fn write_fd(&self) -> Option<BorrowedFd<'_>> {
         let waiting =
             self.link == Link::Open && !self.write_closed && self.written < self.pending.len();
-        (waiting || self.connecting().is_some())
+        (waiting || self.connecting_since().is_some())
             .then_some(())
             .and(self.socket.as_ref())
             .map(|socket| socket.as_fd())
@@ -395,7 +437,11 @@ fn new_socket(family: AddressFamily) -> io::Result<OwnedFd> {
 
 /// A non-blocking socket connecting to `port` on loopback (IPv4 through `spare` if given);
 /// whether it is connected already.
-fn start_connect(port: u16, v6: bool, spare: Option<OwnedFd>) -> io::Result<(TcpStream, bool)> {
+pub(crate) fn start_connect(
+    port: u16,
+    v6: bool,
+    spare: Option<OwnedFd>,
+) -> io::Result<(TcpStream, bool)> {
     let fd = match (v6, spare) {
         (false, Some(spare)) => spare,
         (false, None) => new_socket(AddressFamily::Inet)?,
@@ -419,7 +465,7 @@ fn start_connect(port: u16, v6: bool, spare: Option<OwnedFd>) -> io::Result<(Tcp
 /// Make closing `socket` send a reset rather than the usual handshake: a connection that passes
 /// through TIME_WAIT stays in the sandbox's TCP table for a minute, and runsc refuses to
 /// checkpoint a sandbox with any connection there.
-fn reset_on_close(socket: &TcpStream) {
+pub(crate) fn reset_on_close(socket: &TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -454,8 +500,11 @@ mod tests {
     /// `SpawnFailed`.
     fn connected(port: u16, through_spare: bool) -> Result<Relay, String> {
         let mut outbox = Vec::new();
-        let spare = through_spare.then(|| spare_socket().unwrap());
-        let mut relay = Relay::connect(ExecId(3), port, spare, &mut outbox)?;
+        let ahead = match through_spare {
+            true => Ahead::Spare(spare_socket().unwrap()),
+            false => Ahead::Nothing,
+        };
+        let mut relay = Relay::connect(ExecId(3), port, ahead, &mut outbox)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while outbox.is_empty() && std::time::Instant::now() < deadline {
             let Some(fd) = relay.write_fd() else {

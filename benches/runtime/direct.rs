@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use sandbox::agent_protocol::{
-    AgentConfig, ExecId, ExitStatus, FrameDecoder, FromAgent, Language, ProcessLimits,
-    SpawnRequest, Stream, ToAgent, CREDIT_BATCH_BYTES,
+    AgentConfig, ExecId, ExitStatus, FrameDecoder, FromAgent, Language, SpawnRequest, Stream,
+    ToAgent, CREDIT_BATCH_BYTES,
 };
 use sandbox::config::{Config, Limits};
 use sandbox::runtime::bundle;
@@ -96,24 +96,7 @@ impl Env {
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sandbox-agent")));
         std::fs::copy(&agent_binary, agent_dir.join(bundle::AGENT_FILE))?;
         let limits = config.limits.clone();
-        // Same as `Runtime::new` builds it.
-        let agent_config = AgentConfig {
-            limits: ProcessLimits {
-                address_space_bytes: Some(limits.process_memory_mb * 1024 * 1024),
-                processes: Some(limits.max_processes),
-                cpu_seconds: None,
-                file_size_bytes: Some(limits.max_file_mb * 1024 * 1024),
-                open_files: Some(1024),
-            },
-            base_env: bundle::base_env(
-                config.wheelhouse.is_some(),
-                false,
-                config.ca_bundle.is_some(),
-            ),
-            python_standby: true,
-            bash_standby: true,
-            file_standby: true,
-        };
+        let agent_config = sandbox::runtime::agent_config(&config);
         let cgroup_parent = base
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())

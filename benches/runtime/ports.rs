@@ -179,20 +179,7 @@ pub fn bench_ports(env: &Env, report: &mut Report) -> io::Result<()> {
         })?;
         streamed.push(PORT_BYTES as f64 / elapsed / 1e6);
     }
-    let start = format!(
-        "echo {PORT_BYTES} > /root/size\ncat > /root/app.py <<'PYEOF'\n{APP}\nPYEOF\n\
-         nohup python3 /root/app.py >/tmp/app.log 2>&1 &\n\
-         for i in $(seq 200); do grep -q ':1F40 00000000:0000 0A' /proc/net/tcp && exit 0; sleep 0.1; done; exit 1"
-    );
-    let (_, started) = session.run_stdout("bash", &start)?;
-    check(started, || "the application did not start".to_string())?;
-    let reply = session.request("expose", json!({"action": "expose", "port": 8000}))?;
-    let url = reply["url"].as_str().unwrap_or("");
-    let prefix = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('/'))
-        .map(|(_, path)| format!("/{path}"))
-        .ok_or_else(|| io::Error::other(format!("no path in {url:?}")))?;
+    let prefix = start_and_expose_app(&mut session)?;
 
     get(server.port, &format!("{prefix}big"))?; // warm-up
     let mut throughput = Vec::new();
@@ -210,14 +197,7 @@ pub fn bench_ports(env: &Env, report: &mut Report) -> io::Result<()> {
         Some(Stat::rate(&streamed)),
     ));
 
-    for _ in 0..5 {
-        get(server.port, &format!("{prefix}small"))?; // warm-up
-    }
-    let mut through = Vec::new();
-    for _ in 0..40 {
-        pause(20);
-        through.push(get(server.port, &format!("{prefix}small"))?.0);
-    }
+    let through = small_gets(server.port, &prefix)?;
     let kept = kept_alive_gets(server.port, &format!("{prefix}keep"))?;
     let (inside, ok) = session.run_stdout("python", INSIDE)?;
     check(ok, || {
@@ -248,5 +228,49 @@ pub fn bench_ports(env: &Env, report: &mut Report) -> io::Result<()> {
     ));
     session.kill();
     server.stop();
+
+    // The same GETs through a server that opens nothing ahead (see the agent's `warm`).
+    let server = Server::start(env, "ports-cold", 1, &[("SANDBOX_PORT_PRECONNECT", "off")])?;
+    let mut session = Session::create(server.port)?;
+    let prefix = start_and_expose_app(&mut session)?;
+    let cold = small_gets(server.port, &prefix)?;
+    report.rows.push(Row::latency(
+        "the same GET through a server with SANDBOX_PORT_PRECONNECT=off",
+        &cold,
+        "the same GET made inside the sandbox (Python, new connection each)",
+        Some(Stat::latency(&inside)),
+    ));
+    session.kill();
+    server.stop();
     Ok(())
+}
+
+/// Start `APP` in the session's sandbox and expose its port; the path of its URL.
+fn start_and_expose_app(session: &mut Session) -> io::Result<String> {
+    let start = format!(
+        "echo {PORT_BYTES} > /root/size\ncat > /root/app.py <<'PYEOF'\n{APP}\nPYEOF\n\
+         nohup python3 /root/app.py >/tmp/app.log 2>&1 &\n\
+         for i in $(seq 200); do grep -q ':1F40 00000000:0000 0A' /proc/net/tcp && exit 0; sleep 0.1; done; exit 1"
+    );
+    let (_, started) = session.run_stdout("bash", &start)?;
+    check(started, || "the application did not start".to_string())?;
+    let reply = session.request("expose", json!({"action": "expose", "port": 8000}))?;
+    let url = reply["url"].as_str().unwrap_or("");
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, path)| format!("/{path}"))
+        .ok_or_else(|| io::Error::other(format!("no path in {url:?}")))
+}
+
+/// 40 GETs of `/small`, each on a new connection, 20 ms apart, after 5 warm-ups: seconds each.
+fn small_gets(port: u16, prefix: &str) -> io::Result<Vec<f64>> {
+    for _ in 0..5 {
+        get(port, &format!("{prefix}small"))?;
+    }
+    let mut samples = Vec::new();
+    for _ in 0..40 {
+        pause(20);
+        samples.push(get(port, &format!("{prefix}small"))?.0);
+    }
+    Ok(samples)
 }

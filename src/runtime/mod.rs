@@ -48,6 +48,7 @@ pub use self::core::Claimed;
 pub use driver::Runtime;
 pub use error::RuntimeError;
 pub use execs::MAX_STDIN_IN_FLIGHT;
+pub use setup::agent_config;
 
 /// The runtime's handle of a sandbox (small, never reused); the public id is
 /// [`crate::ids::SandboxId`].

@@ -146,6 +146,7 @@ pub fn agent_config(config: &Config) -> AgentConfig {
         python_standby: true,
         bash_standby: true,
         file_standby: true,
+        warm_port_connections: config.ports.preconnect,
     }
 }
 
