@@ -216,8 +216,11 @@ impl Agent {
             self.flush_outbox()?;
             if !self.ended_relays.is_empty() {
                 // After the `Exited` just written, not between a `Connect` and its connect.
-                let ports: Vec<(u16, bool)> =
-                    self.ended_relays.iter().map(Relay::destination).collect();
+                let ports: Vec<(u16, bool)> = self
+                    .ended_relays
+                    .iter()
+                    .filter_map(Relay::warm_destination)
+                    .collect();
                 self.ended_relays.clear();
                 self.relay_sockets.after_relays_ended(ports);
             }

@@ -175,9 +175,11 @@ impl Relay {
         FromAgent::SpawnFailed(self.id, message).encode(outbox);
     }
 
-    /// Where it connected: the port and whether over IPv6 (where a warm connection goes).
-    pub fn destination(&self) -> (u16, bool) {
-        (self.port, self.v6)
+    /// Where a warm connection may go after this relay (see [`crate::warm`]): its port, and
+    /// whether over IPv6. None when the server closed it (a client gone, a timeout, a
+    /// checkpoint coming): only a connection the application ended is followed by another.
+    pub fn warm_destination(&self) -> Option<(u16, bool)> {
+        self.killed.is_none().then_some((self.port, self.v6))
     }
 
     /// Whether `SpawnFailed` was sent: the relay is to be forgotten without `Exited`.
@@ -567,6 +569,33 @@ mod tests {
         let mut outbox = Vec::new();
         relay.queue(vec![1; 10], &mut outbox);
         assert_eq!(frames(&outbox), [FromAgent::StdinWritten(ExecId(3), 10)]);
+    }
+
+    /// A warm connection whose connect is still under way (the agent took it at once) opens
+    /// the relay when it polls writable, as a connect of its own would.
+    #[test]
+    fn a_warm_connection_still_connecting_opens_the_relay_once_accepted() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (socket, connected) = start_connect(port, false, None).unwrap();
+        let mut outbox = Vec::new();
+        let ahead = Ahead::Warm {
+            socket,
+            connected,
+            v6: false,
+        };
+        let mut relay = Relay::connect(ExecId(4), port, ahead, &mut outbox).unwrap();
+        if !connected {
+            assert!(outbox.is_empty());
+            let fd = relay.write_fd().expect("polled while connecting");
+            let revents = poll_one(fd, PollFlags::POLLOUT);
+            assert!(revents.contains(PollFlags::POLLOUT), "{revents:?}");
+            relay.on_writable(false, &mut outbox);
+        }
+        assert_eq!(frames(&outbox), [FromAgent::Started(ExecId(4))]);
+        assert_eq!(relay.warm_destination(), Some((port, false)));
+        relay.close(libc::SIGKILL);
+        assert_eq!(relay.warm_destination(), None, "closed by the server");
     }
 
     #[test]
