@@ -21,6 +21,19 @@ use crate::io_token::{token, Tag};
 use crate::metrics::Gauges;
 use crate::runtime::{Claimed, Owner, RuntimeEvent, SandboxKey};
 
+/// What an HTTP connection's request is bound to, when a runtime notice for `/execute` comes.
+#[derive(Debug, Clone, Copy)]
+enum ExecuteBinding {
+    /// Its `/execute` runs in this sandbox.
+    Sandbox(SandboxKey),
+    /// Its `/execute` waits in line for a sandbox.
+    WaitingInLine,
+    /// The connection is doing something else (its `/execute` ended).
+    NoExecute,
+    /// The connection is closed.
+    ConnectionGone,
+}
+
 impl Server {
     pub(super) fn accept(&mut self) {
         loop {
@@ -324,26 +337,23 @@ impl Server {
         sandbox: SandboxKey,
         event: RuntimeEvent,
     ) {
-        // What the request on this connection is bound to; `Some(None)` while it waits in line.
-        let bound = match self
-            .connections
-            .http
-            .get(&id)
-            .map(|connection| &connection.phase)
-        {
-            Some(Phase::Executing(job)) => Some(job.sandbox),
-            _ => None,
+        let bound = match self.connections.http.get(&id).map(|c| &c.phase) {
+            None => ExecuteBinding::ConnectionGone,
+            Some(Phase::Executing(job)) => match job.sandbox {
+                Some(bound) => ExecuteBinding::Sandbox(bound),
+                None => ExecuteBinding::WaitingInLine,
+            },
+            Some(_) => ExecuteBinding::NoExecute,
         };
         match bound {
-            Some(Some(bound)) if bound == sandbox => {}
+            ExecuteBinding::Sandbox(bound) if bound == sandbox => {}
             // The sandbox it waited in line for, or the end of its wait (the key names the claim).
-            Some(None) if matches!(event, RuntimeEvent::Ready | RuntimeEvent::StartFailed(_)) => {}
+            ExecuteBinding::WaitingInLine
+                if matches!(event, RuntimeEvent::Ready | RuntimeEvent::StartFailed(_)) => {}
             // Given to a request that is gone: never used, it serves the next one.
             _ if event == RuntimeEvent::Ready => return self.runtime.give_back(sandbox),
             // The client is gone; make sure its sandbox goes too.
-            None if !self.connections.http.contains_key(&id) => {
-                return self.runtime.delete(sandbox)
-            }
+            ExecuteBinding::ConnectionGone => return self.runtime.delete(sandbox),
             _ => return,
         }
         let sandbox_name = self.sandbox_name(sandbox);
