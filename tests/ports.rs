@@ -846,6 +846,80 @@ fn nothing_behind_a_port_reaches_the_host_or_the_server() {
     ws.kill_sandbox();
 }
 
+/// Two instances share a store: a link that lands on the instance that does not hold its
+/// sandbox says where the sandbox is (docs/protocol.md, "Which instance answers"), and works
+/// there once the sandbox is attached (restored) through it.
+#[test]
+fn a_link_on_another_instance_says_where_its_sandbox_is() {
+    let dirs = store::SharedDirs::new();
+    let env = dirs.env();
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let (a, b) = (TestServer::start(&env), TestServer::start(&env));
+    let Created {
+        mut ws,
+        sandbox_id,
+        token,
+    } = create(&a, json!({"enable_checkpoint": true}));
+    start_http_server(&mut ws, "echo here > index.txt");
+    let url = path_of(&expose(&mut ws, 8000));
+    let (status, _, body) = get(a.port, &format!("{url}index.txt"));
+    assert_eq!((status, body.as_slice()), (200, b"here\n".as_slice()));
+
+    // The link's record reaches the store on a worker thread.
+    let mut answer = (0, String::new(), Vec::new());
+    for _ in 0..100 {
+        answer = get(b.port, &format!("{url}index.txt"));
+        if answer.0 == 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, head, body) = answer;
+    let body = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 503, "{head}\n{body}");
+    assert!(body.contains("runs on another instance"), "{body}");
+    assert_eq!(dirs.port_links().len(), 1, "{:?}", dirs.port_links());
+    // A link nobody issued is unknown, on every instance.
+    let (status, _, _) = get(b.port, &format!("/ports/{}/", "0".repeat(32)));
+    assert_eq!(status, 404);
+
+    ws.send(json!({"action": "checkpoint"}));
+    for status in [
+        "SANDBOX_CHECKPOINTING",
+        "SANDBOX_DELETING",
+        "SANDBOX_DELETED",
+        "SANDBOX_CHECKPOINTED",
+    ] {
+        ws.expect_status(status);
+    }
+    ws.expect_close(1000);
+    let (status, _, body) = get(b.port, &format!("{url}index.txt"));
+    let body = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("checkpointed"), "{body}");
+
+    // Attached through B: restored there, and the same link works on B.
+    let mut ws = ws::connect(b.port, &ws::attach_path(&sandbox_id, &token));
+    ws.expect_status("SANDBOX_RESTORING");
+    ws.expect_status("SANDBOX_RUNNING");
+    let (status, _, body) = get(b.port, &format!("{url}index.txt"));
+    assert_eq!((status, body.as_slice()), (200, b"here\n".as_slice()));
+
+    // Deleted: its links lead nowhere, on B and in the store.
+    ws.kill_sandbox();
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        dirs.port_links().is_empty()
+    });
+    assert!(gone, "left in the store: {:?}", dirs.port_links());
+    let (status, _, _) = get(b.port, &format!("{url}index.txt"));
+    assert_eq!(status, 404);
+    drop((a, b));
+}
+
 #[test]
 fn an_exposed_port_survives_a_checkpoint_and_answers_503_meanwhile() {
     let dirs = store::SharedDirs::new();

@@ -20,6 +20,11 @@ use crate::session::token::same;
 /// Hex digits of a capability (128 bits).
 pub const CAPABILITY_HEX: usize = 32;
 
+/// What a capability is kept and looked up by, here and in the store (`store::port_links`).
+pub fn capability_digest(capability: &str) -> String {
+    sha256_hex(capability.as_bytes())
+}
+
 /// Where the path form of a port URL starts.
 pub const PATH_PREFIX: &str = "/ports/";
 
@@ -77,7 +82,7 @@ impl Exposures {
         if ports.len() >= limit {
             return Err(ExposeError::TooMany(limit));
         }
-        let digest = sha256_hex(capability.as_bytes());
+        let digest = capability_digest(&capability);
         ports.insert(port, digest.clone());
         self.by_digest.insert(
             digest,
@@ -91,19 +96,15 @@ impl Exposures {
         Ok(capability)
     }
 
-    /// Revoke `port` of `sandbox_id`; whether it was exposed.
-    pub fn unexpose(&mut self, sandbox_id: &str, port: u16) -> bool {
-        let Some(ports) = self.by_sandbox.get_mut(sandbox_id) else {
-            return false;
-        };
-        let Some(digest) = ports.remove(&port) else {
-            return false;
-        };
+    /// Revoke `port` of `sandbox_id`; the digest of its capability if it was exposed.
+    pub fn unexpose(&mut self, sandbox_id: &str, port: u16) -> Option<String> {
+        let ports = self.by_sandbox.get_mut(sandbox_id)?;
+        let digest = ports.remove(&port)?;
         if ports.is_empty() {
             self.by_sandbox.remove(sandbox_id);
         }
         self.by_digest.remove(&digest);
-        true
+        Some(digest)
     }
 
     fn capability_of(&self, sandbox_id: &str, port: u16) -> Option<String> {
@@ -127,16 +128,18 @@ impl Exposures {
             .unwrap_or_default()
     }
 
-    /// The sandbox is gone for good: its ports go with it.
-    pub fn remove_sandbox(&mut self, sandbox_id: &str) {
-        for digest in self
+    /// The sandbox is gone for good: its ports go with it. The digests of their capabilities.
+    pub fn remove_sandbox(&mut self, sandbox_id: &str) -> Vec<String> {
+        let digests: Vec<String> = self
             .by_sandbox
             .remove(sandbox_id)
             .unwrap_or_default()
             .into_values()
-        {
-            self.by_digest.remove(&digest);
+            .collect();
+        for digest in &digests {
+            self.by_digest.remove(digest);
         }
+        digests
     }
 
     /// The sandbox left this instance (checkpointed, moved) or came back (restored here).
@@ -156,7 +159,7 @@ impl Exposures {
     /// The exposure `capability` names, if any (`port`: the port a host-form URL names,
     /// which must be the exposure's).
     pub fn find(&self, capability: &str, port: Option<u16>) -> Option<&Exposure> {
-        let exposure = self.by_digest.get(&sha256_hex(capability.as_bytes()))?;
+        let exposure = self.by_digest.get(&capability_digest(capability))?;
         let matches =
             same(&exposure.capability, capability) && port.is_none_or(|port| port == exposure.port);
         matches.then_some(exposure)
@@ -402,8 +405,8 @@ mod tests {
         assert_eq!(exposures.of_sandbox("sb1"), [(8000, CAP.to_string())]);
         exposures.set_held_here("sb1", false);
         assert!(!exposures.find(CAP, None).unwrap().held_here);
-        assert!(exposures.unexpose("sb1", 8000));
-        assert!(!exposures.unexpose("sb1", 8000));
+        assert!(exposures.unexpose("sb1", 8000).is_some());
+        assert!(exposures.unexpose("sb1", 8000).is_none());
         assert!(exposures.find(CAP, None).is_none());
         assert!(exposures.of_sandbox("sb1").is_empty());
     }

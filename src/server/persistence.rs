@@ -31,7 +31,7 @@ use crate::ids::SandboxId;
 use crate::runtime::{Owner, RuntimeEvent};
 use crate::session::events::{OutputEncoding, ProcessKind};
 use crate::session::{RequestId, SaveRequest, SavedProcess, SavedState, Session, SessionId};
-use crate::store::{self, handoff, lease, leftovers, Builds, SavedSettings};
+use crate::store::{self, handoff, lease, leftovers, port_links, Builds, SavedSettings};
 
 /// Sandbox directories one sweep of the checkpoint store examines at most.
 const SWEEP_MAX_DIRS: usize = 256;
@@ -94,9 +94,18 @@ pub enum JobResult {
         sandbox_id: String,
         stored: StoredSandbox,
     },
+    /// The store said where the sandbox of a port link unknown here is.
+    PortLinkChecked {
+        connection: ConnectionId,
+        stored: StoredSandbox,
+    },
     /// Fire-and-forget work (discarding an image, releasing a lease).
     Done,
 }
+
+/// Port links looked up in the store at once at most: anyone can present a link, and each
+/// look is a read of shared storage (a network call on Cloud Storage).
+const MAX_PORT_LINK_LOOKUPS: usize = 16;
 
 /// The periodic sweep of the checkpoint store.
 struct StoreSweep {
@@ -155,6 +164,8 @@ pub struct Persistence {
     instance_id: String,
     /// The sandbox image and agent builds, recorded with checkpoints.
     builds: Builds,
+    /// Port links being looked up in the store (see `MAX_PORT_LINK_LOOKUPS`).
+    port_lookups: usize,
 }
 
 impl Persistence {
@@ -211,6 +222,7 @@ impl Persistence {
                 rootfs_stamp,
                 agent,
             },
+            port_lookups: 0,
         }
     }
 
@@ -630,6 +642,67 @@ impl Persistence {
         Some(())
     }
 
+    /// Record in the store which sandbox and port the capability of SHA-256 `digest` leads to,
+    /// so that the other instances can tell where its link's sandbox is.
+    pub fn record_port_link(&mut self, digest: String, sandbox_id: &str, port: u16) {
+        let Some(root) = self.store.checkpoint_root.clone() else {
+            return;
+        };
+        let sandbox_id = sandbox_id.to_string();
+        self.jobs.spawn(move || {
+            if let Err(error) = port_links::write(&root, &digest, &sandbox_id, port) {
+                eprintln!(
+                    "persistence: cannot record the link of port {port} of {sandbox_id}: {error}"
+                );
+            }
+            JobResult::Done
+        });
+    }
+
+    /// The links of SHA-256 `digests` are revoked or their sandbox is gone.
+    pub fn forget_port_links(&mut self, digests: Vec<String>) {
+        let Some(root) = self.store.checkpoint_root.clone() else {
+            return;
+        };
+        if digests.is_empty() {
+            return;
+        }
+        self.jobs.spawn(move || {
+            for digest in &digests {
+                port_links::remove(&root, digest);
+            }
+            JobResult::Done
+        });
+    }
+
+    /// A port link this instance does not know: ask the store (on a worker thread) whether it
+    /// leads to a sandbox held elsewhere or checkpointed. `None`: no store, or too many looks
+    /// under way; the link is then simply unknown.
+    pub fn check_port_link(
+        &mut self,
+        connection: ConnectionId,
+        digest: String,
+        port: Option<u16>,
+    ) -> Option<()> {
+        let root = self.store.checkpoint_root.clone()?;
+        if self.port_lookups >= MAX_PORT_LINK_LOOKUPS {
+            return None;
+        }
+        self.port_lookups += 1;
+        let (owner, ttl) = (self.instance_id.clone(), self.store.lease_ttl);
+        self.jobs.spawn_or(
+            move || JobResult::PortLinkChecked {
+                connection,
+                stored: store_work::port_link_sandbox(&root, &digest, port, &owner, ttl),
+            },
+            move |_| JobResult::PortLinkChecked {
+                connection,
+                stored: StoredSandbox::Unknown,
+            },
+        );
+        Some(())
+    }
+
     /// Remove a killed sandbox's saved state (its checkpoints and lease).
     pub fn remove_saved_state(&mut self, session: SessionId, sandbox_id: &str) {
         let base = self.checkpoint_base(sandbox_id);
@@ -975,6 +1048,7 @@ impl Server {
                 | JobResult::SnapshotsListed { connection, .. }
                 | JobResult::CheckpointsListed { connection, .. }
                 | JobResult::FilesSandboxChecked { connection, .. }
+                | JobResult::PortLinkChecked { connection, .. }
                 | JobResult::SnapshotDeleted { connection, .. } => Peer::Connection(*connection),
                 // Bookkeeping of the server itself, no peer to blame: handled as is (each
                 // session it concerns is guarded on its own).
@@ -1059,6 +1133,11 @@ impl Server {
             } => {
                 let answer = super::files_http::not_live_answer(&sandbox_id, &stored);
                 self.answer_waiting(connection, Err(answer));
+            }
+            JobResult::PortLinkChecked { connection, stored } => {
+                self.persistence.port_lookups -= 1;
+                let answer = super::ports::not_here_answer(&stored);
+                self.answer_waiting(connection, Ok(answer));
             }
             JobResult::SavedStateRemoved { session } => self.saved_state_removed(session),
             JobResult::LeaseRenewed { session, result } => {

@@ -28,6 +28,7 @@ use serde_json::{json, Map, Value};
 
 use super::api::Response;
 use super::connection::{ConnectionId, Phase, OUT_HIGH_WATER, OUT_LOW_WATER};
+use super::store_work::StoredSandbox;
 use super::Server;
 use crate::agent_protocol::ExecId;
 use crate::http::request::Request;
@@ -167,6 +168,19 @@ fn error_response(status: u16, message: &str) -> Response {
         .closing()
 }
 
+/// The answer for a link whose sandbox does not run on this instance, from what the store says
+/// of it (docs/protocol.md, "Which instance answers").
+pub(super) fn not_here_answer(stored: &StoredSandbox) -> Response {
+    let message = match stored {
+        StoredSandbox::Unknown => return not_found(),
+        StoredSandbox::Checkpointed => "the sandbox is not running on this instance (checkpointed, or moved to another instance); attach to it to restore it, then retry".to_string(),
+        StoredSandbox::Elsewhere(owner) => format!(
+            "the sandbox runs on another instance of this service ({owner}), which alone can reach its ports: open the link there, or attach to the sandbox through this instance to move it here (if it allows handoffs), then retry"
+        ),
+    };
+    error_response(503, &message).header("Retry-After", "1")
+}
+
 /// The one answer for an unknown, revoked or wrong capability: nothing in it says whether a
 /// sandbox or a port exists.
 fn not_found() -> Response {
@@ -194,10 +208,40 @@ impl Server {
             }
             PortRoute::Target(target) => target,
         };
+        if self
+            .ports
+            .exposures
+            .find(&target.capability, target.port)
+            .is_none()
+            && self.look_up_port_link(id, &target)
+        {
+            return;
+        }
         match self.open_relay(id, &request, &target) {
             Ok(()) => self.read_port_client(id),
             Err(response) => self.respond(id, &response, false, false),
         }
+    }
+
+    /// A link this instance does not know may lead to a sandbox another instance holds, or one
+    /// checkpointed: the store says (on a worker thread), and the connection waits for its
+    /// answer (`not_here_answer`). Whether it waits.
+    fn look_up_port_link(&mut self, id: ConnectionId, target: &PortTarget) -> bool {
+        let digest = ports::capability_digest(&target.capability);
+        if self
+            .persistence
+            .check_port_link(id, digest, target.port)
+            .is_none()
+        {
+            return false;
+        }
+        if let Some(connection) = self.connections.http.get_mut(&id) {
+            connection.phase = Phase::Waiting {
+                since: Instant::now(),
+                keep_alive: false,
+            };
+        }
+        true
     }
 
     fn open_relay(
@@ -212,15 +256,8 @@ impl Server {
             .find(&target.capability, target.port)
             .ok_or_else(not_found)?;
         let (sandbox_id, port) = (exposure.sandbox_id.clone(), exposure.port);
-        let not_here = || {
-            error_response(
-                503,
-                "the sandbox is not running on this instance (checkpointed, or moved to another instance); attach to it to restore it, then retry",
-            )
-            .header("Retry-After", "1")
-        };
         if !exposure.held_here {
-            return Err(not_here());
+            return Err(not_here_answer(&StoredSandbox::Checkpointed));
         }
         let session = self
             .sessions
@@ -559,12 +596,15 @@ impl Server {
         Value::Array(list)
     }
 
-    /// Expose `port` of `sandbox_id`; its URL.
+    /// Expose `port` of `sandbox_id`; its URL. The link of a checkpointable sandbox (which
+    /// can move between instances) is recorded in the store too, so that the other instances
+    /// can say where it leads.
     pub(super) fn expose_port(
         &mut self,
         sandbox_id: &str,
         port: u16,
         origin: &str,
+        checkpointable: bool,
     ) -> Result<String, String> {
         let mut bytes = [0u8; ports::CAPABILITY_HEX / 2];
         crate::ids::random_bytes(&mut bytes)
@@ -576,6 +616,10 @@ impl Server {
             .exposures
             .expose(sandbox_id, port, capability, limit)
             .map_err(|error| error.to_string())?;
+        if checkpointable {
+            let digest = ports::capability_digest(&capability);
+            self.persistence.record_port_link(digest, sandbox_id, port);
+        }
         Ok(self.port_url(origin, port, &capability))
     }
 
@@ -607,8 +651,11 @@ impl Server {
                 request.as_ref(),
             ),
             Some(session) => {
-                let sandbox_id = session.sandbox_id().to_string();
-                self.port_action(action, &message, &sandbox_id, &origin, request.as_ref())
+                let sandbox = (
+                    session.sandbox_id().to_string(),
+                    session.is_checkpointable(),
+                );
+                self.port_action(action, &message, &sandbox, &origin, request.as_ref())
             }
         };
         if let Some(socket) = self.connections.websockets.get_mut(&id) {
@@ -619,14 +666,16 @@ impl Server {
         true
     }
 
+    /// `sandbox`: its id, and whether it is checkpointable.
     fn port_action(
         &mut self,
         action: &str,
         message: &Map<String, Value>,
-        sandbox_id: &str,
+        sandbox: &(String, bool),
         origin: &str,
         request: Option<&RequestId>,
     ) -> Vec<Out> {
+        let (sandbox_id, checkpointable) = (sandbox.0.as_str(), sandbox.1);
         let reply = |fields: Map<String, Value>| {
             vec![Out::Send(Frame::answering(
                 ServerEvent::Reply(Reply::Fields(fields)),
@@ -645,7 +694,7 @@ impl Server {
         let mut fields = Map::new();
         fields.insert("port".into(), json!(port));
         if action == "expose" {
-            match self.expose_port(sandbox_id, port, origin) {
+            match self.expose_port(sandbox_id, port, origin, checkpointable) {
                 Ok(url) => {
                     fields.insert("url".into(), json!(url));
                 }
@@ -654,7 +703,9 @@ impl Server {
         } else {
             let was = self.ports.exposures.unexpose(sandbox_id, port);
             self.close_port_connections(sandbox_id, Some(port));
-            fields.insert("unexposed".into(), json!(was));
+            fields.insert("unexposed".into(), json!(was.is_some()));
+            self.persistence
+                .forget_port_links(was.into_iter().collect());
         }
         reply(fields)
     }
@@ -667,7 +718,8 @@ impl Server {
         }
         self.close_port_connections(sandbox_id, None);
         if session.was_killed() || !session.is_checkpointable() {
-            self.ports.exposures.remove_sandbox(sandbox_id);
+            let digests = self.ports.exposures.remove_sandbox(sandbox_id);
+            self.persistence.forget_port_links(digests);
         } else {
             self.ports.exposures.set_held_here(sandbox_id, false);
         }
@@ -675,7 +727,7 @@ impl Server {
 
     /// A sandbox restored here from a checkpoint: its saved exposures hold again.
     pub(super) fn restore_ports(&mut self, sandbox_id: &str, saved: &[crate::store::SavedPort]) {
-        self.ports.exposures.remove_sandbox(sandbox_id);
+        let _ = self.ports.exposures.remove_sandbox(sandbox_id);
         for saved in saved {
             // A manifest is shared storage: only well-formed capabilities come back.
             if ports::is_capability(&saved.capability) {
@@ -700,9 +752,11 @@ impl Server {
     }
 
     /// Register the ports named by `expose_ports` in a session's init.
-    pub(super) fn expose_at_create(&mut self, sandbox_id: &str, ports: &[u16], origin: &str) {
+    pub(super) fn expose_at_create(&mut self, session: &Session, ports: &[u16], origin: &str) {
+        let sandbox_id = session.sandbox_id().to_string();
         for port in ports {
-            if let Err(error) = self.expose_port(sandbox_id, *port, origin) {
+            let checkpointable = session.is_checkpointable();
+            if let Err(error) = self.expose_port(&sandbox_id, *port, origin, checkpointable) {
                 eprintln!("server: cannot expose port {port} of {sandbox_id}: {error}");
             }
         }

@@ -307,8 +307,7 @@ impl Server {
                 .get(&id)
                 .map(|socket| socket.origin.clone())
                 .unwrap_or_default();
-            let sandbox_id = session.sandbox_id().to_string();
-            self.expose_at_create(&sandbox_id, &expose, &origin);
+            self.expose_at_create(&session, &expose, &origin);
         }
         self.sessions.insert(session);
         self.sessions.link(session_id, id);

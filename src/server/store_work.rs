@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::session::options::validate_snapshot_name;
 use crate::session::token;
-use crate::store::{self, handoff, lease, leftovers, Builds, Manifest};
+use crate::store::{self, handoff, lease, leftovers, port_links, Builds, Manifest};
 
 /// What the store says about an attach to a sandbox that is not live here.
 #[derive(Debug)]
@@ -299,14 +299,7 @@ pub enum StoredSandbox {
 /// Nothing is changed in the store. A store that cannot be read counts as not knowing it.
 pub fn stored_sandbox(base: &Path, token: &str, owner: &str, ttl: Duration) -> StoredSandbox {
     let manifest = store::load(base).ok().flatten();
-    let held = match lease::find(base, ttl) {
-        Ok(lease::Found::Lease(current))
-            if current.expires_unix_ms > store::now_unix_ms() && current.owner != owner =>
-        {
-            Some(current)
-        }
-        _ => None,
-    };
+    let held = held_elsewhere(base, owner, ttl);
     let expected = match (&manifest, &held) {
         (Some(manifest), _) => manifest.token_sha256.clone(),
         (None, Some(current)) => current.token_sha256.clone(),
@@ -318,6 +311,44 @@ pub fn stored_sandbox(base: &Path, token: &str, owner: &str, ttl: Duration) -> S
     match held {
         Some(current) => StoredSandbox::Elsewhere(current.owner),
         None => StoredSandbox::Checkpointed,
+    }
+}
+
+/// The lease of a sandbox that another instance than `owner` holds now.
+fn held_elsewhere(base: &Path, owner: &str, ttl: Duration) -> Option<lease::Lease> {
+    match lease::find(base, ttl) {
+        Ok(lease::Found::Lease(current))
+            if current.expires_unix_ms > store::now_unix_ms() && current.owner != owner =>
+        {
+            Some(current)
+        }
+        _ => None,
+    }
+}
+
+/// A port link whose capability this instance does not know (`port`: the host form's port,
+/// which must match). Its entry in `port-links` names the sandbox, which then must exist in
+/// the store: held by another instance, or checkpointed. Nothing is changed in the store.
+pub fn port_link_sandbox(
+    root: &Path,
+    digest: &str,
+    port: Option<u16>,
+    owner: &str,
+    ttl: Duration,
+) -> StoredSandbox {
+    let Some((sandbox_id, exposed)) = port_links::find(root, digest) else {
+        return StoredSandbox::Unknown;
+    };
+    if port.is_some_and(|port| port != exposed) {
+        return StoredSandbox::Unknown;
+    }
+    let base = root.join(&sandbox_id);
+    if let Some(current) = held_elsewhere(&base, owner, ttl) {
+        return StoredSandbox::Elsewhere(current.owner);
+    }
+    match store::load(&base) {
+        Ok(Some(_)) => StoredSandbox::Checkpointed,
+        _ => StoredSandbox::Unknown,
     }
 }
 

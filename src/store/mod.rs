@@ -11,6 +11,8 @@
 //!   current.json                  the manifest: which image, file sizes and SHA-256s, settings
 //!   lease-<generation>.json       who runs the sandbox now (checkpoints only; see `lease`)
 //!   handoff-<generation>.json     another instance asks for the sandbox (see `handoff`)
+//! <checkpoint root>/port-links/     which sandbox an exposed port's link leads to (see
+//!                                 `port_links`)
 //! ```
 //! A directory left with only an expired lease (its instance died before any checkpoint) is
 //! removed by whoever finds it (see `leftovers`).
@@ -23,6 +25,7 @@ mod error;
 pub mod handoff;
 pub mod lease;
 pub mod leftovers;
+pub mod port_links;
 
 pub use error::{ManifestProblem, StoreError};
 

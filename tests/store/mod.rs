@@ -51,6 +51,12 @@ impl SharedDirs {
         ]
     }
 
+    /// The entries of `<checkpoints>/port-links` (which sandbox each exposed port's link
+    /// leads to).
+    pub fn port_links(&self) -> Vec<String> {
+        entries(&self.checkpoints.join("port-links"))
+    }
+
     /// `<checkpoints>/<sandbox_id>`.
     pub fn base(&self, sandbox_id: &str) -> PathBuf {
         self.checkpoints.join(sandbox_id)
