@@ -907,16 +907,32 @@ fn a_link_on_another_instance_says_where_its_sandbox_is() {
     ws.expect_status("SANDBOX_RUNNING");
     let (status, _, body) = get(b.port, &format!("{url}index.txt"));
     assert_eq!((status, body.as_slice()), (200, b"here\n".as_slice()));
+    // A, which held it before, now says where it is too.
+    let (status, _, body) = get(a.port, &format!("{url}index.txt"));
+    let body = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("runs on another instance"), "{body}");
 
-    // Deleted: its links lead nowhere, on B and in the store.
+    // Unexposed: its record goes (one per exposed port).
+    let links_after = |count: usize| {
+        (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            dirs.port_links().len() == count
+        })
+    };
+    expose(&mut ws, 8009);
+    assert!(links_after(2), "{:?}", dirs.port_links());
+    let reply = ask(&mut ws, "u", json!({"action": "unexpose", "port": 8009}));
+    assert_eq!(reply["unexposed"], true, "{reply}");
+    assert!(links_after(1), "{:?}", dirs.port_links());
+
+    // Deleted: its links lead nowhere, on either instance, and the store forgets them.
     ws.kill_sandbox();
-    let gone = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
-        dirs.port_links().is_empty()
-    });
-    assert!(gone, "left in the store: {:?}", dirs.port_links());
-    let (status, _, _) = get(b.port, &format!("{url}index.txt"));
-    assert_eq!(status, 404);
+    assert!(links_after(0), "left in the store: {:?}", dirs.port_links());
+    for server in [&b, &a] {
+        let (status, _, _) = get(server.port, &format!("{url}index.txt"));
+        assert_eq!(status, 404);
+    }
     drop((a, b));
 }
 

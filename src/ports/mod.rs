@@ -107,6 +107,11 @@ impl Exposures {
         Some(digest)
     }
 
+    /// Whether `port` of `sandbox_id` is exposed.
+    pub fn is_exposed(&self, sandbox_id: &str, port: u16) -> bool {
+        self.capability_of(sandbox_id, port).is_some()
+    }
+
     fn capability_of(&self, sandbox_id: &str, port: u16) -> Option<String> {
         let digest = self.by_sandbox.get(sandbox_id)?.get(&port)?;
         self.by_digest

@@ -99,6 +99,8 @@ pub enum JobResult {
         connection: ConnectionId,
         stored: StoredSandbox,
     },
+    /// A batch of port link records was written and removed.
+    PortLinksUpdated,
     /// Fire-and-forget work (discarding an image, releasing a lease).
     Done,
 }
@@ -166,6 +168,38 @@ pub struct Persistence {
     builds: Builds,
     /// Port links being looked up in the store (see `MAX_PORT_LINK_LOOKUPS`).
     port_lookups: usize,
+    /// Port link records to write or remove, in order, one batch at a time (a write and a
+    /// removal of the same link on two threads could land in the wrong order).
+    port_link_updates: Vec<PortLinkUpdate>,
+    port_link_updating: bool,
+}
+
+/// Carry out one change to the port link records (on a worker thread).
+fn apply_port_link_update(root: &std::path::Path, update: PortLinkUpdate) {
+    match update {
+        PortLinkUpdate::Record {
+            digest,
+            sandbox_id,
+            port,
+        } => {
+            if let Err(error) = port_links::write(root, &digest, &sandbox_id, port) {
+                eprintln!(
+                    "persistence: cannot record the link of port {port} of {sandbox_id}: {error}"
+                );
+            }
+        }
+        PortLinkUpdate::Forget(digest) => port_links::remove(root, &digest),
+    }
+}
+
+/// A change to the store's port link records (`store::port_links`).
+enum PortLinkUpdate {
+    Record {
+        digest: String,
+        sandbox_id: String,
+        port: u16,
+    },
+    Forget(String),
 }
 
 impl Persistence {
@@ -223,6 +257,8 @@ impl Persistence {
                 agent,
             },
             port_lookups: 0,
+            port_link_updates: Vec::new(),
+            port_link_updating: false,
         }
     }
 
@@ -645,34 +681,47 @@ impl Persistence {
     /// Record in the store which sandbox and port the capability of SHA-256 `digest` leads to,
     /// so that the other instances can tell where its link's sandbox is.
     pub fn record_port_link(&mut self, digest: String, sandbox_id: &str, port: u16) {
-        let Some(root) = self.store.checkpoint_root.clone() else {
-            return;
-        };
         let sandbox_id = sandbox_id.to_string();
-        self.jobs.spawn(move || {
-            if let Err(error) = port_links::write(&root, &digest, &sandbox_id, port) {
-                eprintln!(
-                    "persistence: cannot record the link of port {port} of {sandbox_id}: {error}"
-                );
-            }
-            JobResult::Done
+        self.update_port_links(PortLinkUpdate::Record {
+            digest,
+            sandbox_id,
+            port,
         });
     }
 
     /// The links of SHA-256 `digests` are revoked or their sandbox is gone.
     pub fn forget_port_links(&mut self, digests: Vec<String>) {
+        for digest in digests {
+            self.update_port_links(PortLinkUpdate::Forget(digest));
+        }
+    }
+
+    fn update_port_links(&mut self, update: PortLinkUpdate) {
+        if self.store.checkpoint_root.is_some() {
+            self.port_link_updates.push(update);
+            self.start_port_link_updates();
+        }
+    }
+
+    /// The updates waiting go to the store in one job, once the previous one is done.
+    fn start_port_link_updates(&mut self) {
         let Some(root) = self.store.checkpoint_root.clone() else {
             return;
         };
-        if digests.is_empty() {
+        if self.port_link_updating || self.port_link_updates.is_empty() {
             return;
         }
-        self.jobs.spawn(move || {
-            for digest in &digests {
-                port_links::remove(&root, digest);
-            }
-            JobResult::Done
-        });
+        self.port_link_updating = true;
+        let updates = std::mem::take(&mut self.port_link_updates);
+        self.jobs.spawn_or(
+            move || {
+                for update in updates {
+                    apply_port_link_update(&root, update);
+                }
+                JobResult::PortLinksUpdated
+            },
+            |_| JobResult::PortLinksUpdated,
+        );
     }
 
     /// A port link this instance does not know: ask the store (on a worker thread) whether it
@@ -1052,7 +1101,9 @@ impl Server {
                 | JobResult::SnapshotDeleted { connection, .. } => Peer::Connection(*connection),
                 // Bookkeeping of the server itself, no peer to blame: handled as is (each
                 // session it concerns is guarded on its own).
-                JobResult::StoreSwept(_) | JobResult::HandoffsWatched(_) => {
+                JobResult::StoreSwept(_)
+                | JobResult::HandoffsWatched(_)
+                | JobResult::PortLinksUpdated => {
                     self.job_finished(result);
                     continue;
                 }
@@ -1133,6 +1184,10 @@ impl Server {
             } => {
                 let answer = super::files_http::not_live_answer(&sandbox_id, &stored);
                 self.answer_waiting(connection, Err(answer));
+            }
+            JobResult::PortLinksUpdated => {
+                self.persistence.port_link_updating = false;
+                self.persistence.start_port_link_updates();
             }
             JobResult::PortLinkChecked { connection, stored } => {
                 self.persistence.port_lookups -= 1;

@@ -174,9 +174,8 @@ pub(super) fn not_here_answer(stored: &StoredSandbox) -> Response {
     let message = match stored {
         StoredSandbox::Unknown => return not_found(),
         StoredSandbox::Checkpointed => "the sandbox is not running on this instance (checkpointed, or moved to another instance); attach to it to restore it, then retry".to_string(),
-        StoredSandbox::Elsewhere(owner) => format!(
-            "the sandbox runs on another instance of this service ({owner}), which alone can reach its ports: open the link there, or attach to the sandbox through this instance to move it here (if it allows handoffs), then retry"
-        ),
+        // Not the instance's name: a link is shared, and the name tells of the host.
+        StoredSandbox::Elsewhere(_) => "the sandbox runs on another instance of this service, which alone can reach its ports: open the link there, or attach to the sandbox through this instance to move it here (if it allows handoffs), then retry".to_string(),
     };
     error_response(503, &message).header("Retry-After", "1")
 }
@@ -208,13 +207,14 @@ impl Server {
             }
             PortRoute::Target(target) => target,
         };
-        if self
+        // A link not known here, or known but of a sandbox that left: the store may say
+        // where it is now.
+        let held_here = self
             .ports
             .exposures
             .find(&target.capability, target.port)
-            .is_none()
-            && self.look_up_port_link(id, &target)
-        {
+            .map(|exposure| exposure.held_here);
+        if held_here != Some(true) && self.look_up_port_link(id, &target) {
             return;
         }
         match self.open_relay(id, &request, &target) {
@@ -611,12 +611,13 @@ impl Server {
             .map_err(|error| format!("cannot make a capability: {error}"))?;
         let capability = crate::ids::hex(&bytes);
         let limit = self.config.ports.max_exposed_per_sandbox;
+        let new = !self.ports.exposures.is_exposed(sandbox_id, port);
         let capability = self
             .ports
             .exposures
             .expose(sandbox_id, port, capability, limit)
             .map_err(|error| error.to_string())?;
-        if checkpointable {
+        if checkpointable && new {
             let digest = ports::capability_digest(&capability);
             self.persistence.record_port_link(digest, sandbox_id, port);
         }
@@ -704,8 +705,10 @@ impl Server {
             let was = self.ports.exposures.unexpose(sandbox_id, port);
             self.close_port_connections(sandbox_id, Some(port));
             fields.insert("unexposed".into(), json!(was.is_some()));
-            self.persistence
-                .forget_port_links(was.into_iter().collect());
+            if checkpointable {
+                self.persistence
+                    .forget_port_links(was.into_iter().collect());
+            }
         }
         reply(fields)
     }
@@ -718,10 +721,17 @@ impl Server {
         }
         self.close_port_connections(sandbox_id, None);
         if session.was_killed() || !session.is_checkpointable() {
-            let digests = self.ports.exposures.remove_sandbox(sandbox_id);
-            self.persistence.forget_port_links(digests);
+            self.drop_sandbox_ports(session);
         } else {
             self.ports.exposures.set_held_here(sandbox_id, false);
+        }
+    }
+
+    /// The sandbox of `session` is gone for good: its links too, here and in the store.
+    pub(super) fn drop_sandbox_ports(&mut self, session: &Session) {
+        let digests = self.ports.exposures.remove_sandbox(session.sandbox_id());
+        if session.is_checkpointable() {
+            self.persistence.forget_port_links(digests);
         }
     }
 
@@ -737,6 +747,11 @@ impl Server {
                     saved.capability.clone(),
                     usize::MAX,
                 );
+                // Again: the record may be missing (removed by an instance that died before
+                // its next checkpoint, or made before links were recorded).
+                let digest = ports::capability_digest(&saved.capability);
+                self.persistence
+                    .record_port_link(digest, sandbox_id, saved.port);
             }
         }
     }

@@ -54,6 +54,8 @@ impl Server {
             if let Some(sandbox) = session.sandbox() {
                 self.runtime.delete(sandbox);
             }
+            self.close_port_connections(session.sandbox_id(), None);
+            self.drop_sandbox_ports(&session);
         }
         if let Some(connection) = connection {
             self.fail_websocket(connection);

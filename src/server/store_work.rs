@@ -348,9 +348,19 @@ pub fn port_link_sandbox(
     }
     match store::load(&base) {
         Ok(Some(_)) => StoredSandbox::Checkpointed,
-        _ => StoredSandbox::Unknown,
+        Ok(None) => {
+            // Neither held nor checkpointed: the sandbox is gone (its instance died before
+            // removing the entry).
+            port_links::remove_if_older(root, digest, STALE_PORT_LINK);
+            StoredSandbox::Unknown
+        }
+        Err(_) => StoredSandbox::Unknown,
     }
 }
+
+/// A port link entry whose sandbox is gone from the store is removed once it is this old (a
+/// new sandbox's lease may be written after its first link's entry).
+const STALE_PORT_LINK: Duration = Duration::from_secs(60);
 
 /// `GET /sandboxes?checkpointed=1`: checkpointed sandboxes in the store, in id order, from
 /// `after` on, at most `limit` (never a token). The work is bounded: one listing of the store,

@@ -13,6 +13,7 @@
 //! exists (an instance that died leaves its entries behind).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +57,23 @@ pub fn remove(root: &Path, digest: &str) {
     }
 }
 
+/// Remove the entry of `digest` if it was written at least `age` ago: one whose sandbox is
+/// gone from the store (its instance died before removing it). A younger one may be of a
+/// sandbox whose lease is still being written.
+pub fn remove_if_older(root: &Path, digest: &str, age: Duration) {
+    let Some(path) = entry_path(root, digest) else {
+        return;
+    };
+    let old_enough = std::fs::metadata(&path)
+        .and_then(|metadata| metadata.modified())
+        .ok()
+        .and_then(|written| written.elapsed().ok())
+        .is_some_and(|elapsed| elapsed >= age);
+    if old_enough {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// The sandbox and port the capability of SHA-256 `digest` leads to, if an entry says so.
 pub fn find(root: &Path, digest: &str) -> Option<(String, u16)> {
     let bytes = super::read_bounded(&entry_path(root, digest)?, MAX_ENTRY_BYTES).ok()?;
@@ -84,6 +102,12 @@ mod tests {
         assert_eq!(find(&root, &digest), None);
         write(&root, &digest, &sandbox, 8000).unwrap();
         assert_eq!(find(&root, &digest), Some((sandbox, 8000)));
+        // Too young to be taken for a leftover.
+        remove_if_older(&root, &digest, Duration::from_secs(60));
+        assert!(find(&root, &digest).is_some());
+        remove_if_older(&root, &digest, Duration::ZERO);
+        assert_eq!(find(&root, &digest), None);
+        write(&root, &digest, &format!("{:032x}", 8), 8001).unwrap();
         remove(&root, &digest);
         assert_eq!(find(&root, &digest), None);
         std::fs::remove_dir_all(&root).unwrap();
