@@ -504,7 +504,7 @@ impl Server {
                 expired.push((*id, Some(ApiError::Http(error))));
             } else if store_late {
                 let message = format!(
-                    "the snapshot store did not answer within {} s; retry later",
+                    "the shared store did not answer within {} s; retry later",
                     store_timeout.as_secs()
                 );
                 expired.push((*id, Some(ApiError::Unavailable(message))));
