@@ -216,16 +216,7 @@ fn restored_and_snapshot_sandboxes_keep_their_agent_out_of_reach() {
         token,
     } = create(&server, json!({"enable_checkpoint": true}));
     assert_attempts_fail(&mut ws, "bash", json!({}));
-    ws.send(json!({"action": "checkpoint"}));
-    for status in [
-        "SANDBOX_CHECKPOINTING",
-        "SANDBOX_DELETING",
-        "SANDBOX_DELETED",
-        "SANDBOX_CHECKPOINTED",
-    ] {
-        ws.expect_status(status);
-    }
-    ws.expect_close(1000);
+    ws.checkpoint_to_the_end();
     let mut ws = connect(server.port, &attach_path(&sandbox_id, &token));
     ws.expect_status("SANDBOX_RESTORING");
     ws.expect_status("SANDBOX_RUNNING");

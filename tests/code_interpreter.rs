@@ -484,16 +484,7 @@ fn a_checkpoint_keeps_the_contexts_and_their_state_on_another_instance() {
     let other = session.ask(json!({"action": "create_code_context"}));
     let other_id = other["context"]["context_id"].as_str().unwrap().to_string();
     session.run_in("mine = 'c1 state'", json!({"context_id": other_id}));
-    session.ws.send(json!({"action": "checkpoint"}));
-    for status in [
-        "SANDBOX_CHECKPOINTING",
-        "SANDBOX_DELETING",
-        "SANDBOX_DELETED",
-        "SANDBOX_CHECKPOINTED",
-    ] {
-        session.ws.expect_status(status);
-    }
-    session.ws.expect_close(1000);
+    session.ws.checkpoint_to_the_end();
     dirs.wait_lease_released(&sandbox_id);
 
     let mut ws = connect(b.port, &attach_path(&sandbox_id, &token));

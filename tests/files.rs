@@ -1032,16 +1032,7 @@ fn written_files_survive_a_checkpoint_and_go_into_snapshots() {
     // A checkpoint keeps it: after the restore it reads back over both transports. The file
     // helper that waits for its request is checkpointed with the rest, and serves after.
     let waiting = waiting_file_helper(&mut ws);
-    ws.send(json!({"action": "checkpoint"}));
-    for status in [
-        "SANDBOX_CHECKPOINTING",
-        "SANDBOX_DELETING",
-        "SANDBOX_DELETED",
-        "SANDBOX_CHECKPOINTED",
-    ] {
-        ws.expect_status(status);
-    }
-    ws.expect_close(1000);
+    ws.checkpoint_to_the_end();
     // Checkpointed, held by no session: over HTTP, attach first (409); a wrong token learns
     // nothing (404, as for an unknown sandbox).
     let target = files_target(&sandbox_id, "path=/root/kept.bin");

@@ -387,16 +387,7 @@ fn a_handoff_from_a_dead_instance_restores_the_last_checkpoint_once_its_lease_ex
         sandbox_id,
         token,
     } = handoff_sandbox(a);
-    ws.send(json!({"action": "checkpoint"}));
-    for status in [
-        "SANDBOX_CHECKPOINTING",
-        "SANDBOX_DELETING",
-        "SANDBOX_DELETED",
-        "SANDBOX_CHECKPOINTED",
-    ] {
-        ws.expect_status(status);
-    }
-    ws.expect_close(1000);
+    ws.checkpoint_to_the_end();
     cluster.dirs.wait_lease_released(&sandbox_id);
     let mut ws = connect(a.port, &attach_path(&sandbox_id, &token));
     ws.expect_status("SANDBOX_RESTORING");
@@ -433,16 +424,7 @@ fn an_instance_killed_mid_checkpoint_leaves_the_previous_checkpoint_restorable()
         sandbox_id,
         token,
     } = handoff_sandbox(a);
-    ws.send(json!({"action": "checkpoint"}));
-    for status in [
-        "SANDBOX_CHECKPOINTING",
-        "SANDBOX_DELETING",
-        "SANDBOX_DELETED",
-        "SANDBOX_CHECKPOINTED",
-    ] {
-        ws.expect_status(status);
-    }
-    ws.expect_close(1000);
+    ws.checkpoint_to_the_end();
     cluster.dirs.wait_lease_released(&sandbox_id);
     let first_image = cluster.dirs.image_dir(&sandbox_id);
     let mut on_a = connect(a.port, &attach_path(&sandbox_id, &token));

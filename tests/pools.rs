@@ -232,16 +232,7 @@ fn six_snapshot_pools_filling_every_slot_give_way_to_real_work() {
         token,
     } = checkpointed;
     sh(&mut saving, "echo before the checkpoint > /root/kept");
-    saving.send(json!({"action": "checkpoint"}));
-    for status in [
-        "SANDBOX_CHECKPOINTING",
-        "SANDBOX_DELETING",
-        "SANDBOX_DELETED",
-        "SANDBOX_CHECKPOINTED",
-    ] {
-        saving.expect_status(status);
-    }
-    saving.expect_close(1000);
+    saving.checkpoint_to_the_end();
     wait_full_of_pools(server, MAX);
     let evictions_before = metric(server, "sandbox_pool_evictions_total");
 

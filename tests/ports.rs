@@ -886,16 +886,7 @@ fn a_link_on_another_instance_says_where_its_sandbox_is() {
     let (status, _, _) = get(b.port, &format!("/ports/{}/", "0".repeat(32)));
     assert_eq!(status, 404);
 
-    ws.send(json!({"action": "checkpoint"}));
-    for status in [
-        "SANDBOX_CHECKPOINTING",
-        "SANDBOX_DELETING",
-        "SANDBOX_DELETED",
-        "SANDBOX_CHECKPOINTED",
-    ] {
-        ws.expect_status(status);
-    }
-    ws.expect_close(1000);
+    ws.checkpoint_to_the_end();
     let (status, _, body) = get(b.port, &format!("{url}index.txt"));
     let body = String::from_utf8_lossy(&body).to_string();
     assert_eq!(status, 503, "{body}");
@@ -967,16 +958,7 @@ fn an_exposed_port_survives_a_checkpoint_and_answers_503_meanwhile() {
         received.extend_from_slice(&buffer[..n]);
     }
 
-    ws.send(json!({"action": "checkpoint"}));
-    for status in [
-        "SANDBOX_CHECKPOINTING",
-        "SANDBOX_DELETING",
-        "SANDBOX_DELETED",
-        "SANDBOX_CHECKPOINTED",
-    ] {
-        ws.expect_status(status);
-    }
-    ws.expect_close(1000);
+    ws.checkpoint_to_the_end();
     stream.read_to_end(&mut received).expect("the stream ends");
     assert!(!String::from_utf8_lossy(&received).contains("second"));
     assert_eq!(

@@ -352,6 +352,21 @@ impl Ws {
     }
 
     /// kill_sandbox and its whole ending.
+    /// Ask for a checkpoint and follow it to its end: the four statuses in order, then the
+    /// close (1000) that ends the session once the sandbox is saved.
+    pub fn checkpoint_to_the_end(&mut self) {
+        self.send(json!({"action": "checkpoint"}));
+        for status in [
+            "SANDBOX_CHECKPOINTING",
+            "SANDBOX_DELETING",
+            "SANDBOX_DELETED",
+            "SANDBOX_CHECKPOINTED",
+        ] {
+            self.expect_status(status);
+        }
+        self.expect_close(1000);
+    }
+
     pub fn kill_sandbox(&mut self) {
         self.send(json!({"action": "kill_sandbox"}));
         self.expect_killed();
