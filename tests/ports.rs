@@ -598,6 +598,52 @@ fn an_idle_port_connection_is_closed_and_gives_its_slot_back() {
     ws.kill_sandbox();
 }
 
+/// Port 8006, HTTP/1.1 with keep-alive: `/ok` answers, `/hang` never does.
+const HANG_APP: &str = r#"
+import http.server, time
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/hang":
+            time.sleep(3600)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+http.server.ThreadingHTTPServer(("127.0.0.1", 8006), Handler).serve_forever()
+"#;
+
+/// A later request on a kept-alive connection is timed like the first: silent past
+/// `SANDBOX_PORT_RESPONSE_TIMEOUT_SECS`, it gets its 504 on that connection.
+#[test]
+fn a_later_request_on_a_kept_alive_connection_gets_its_504() {
+    let server = TestServer::start(&[("SANDBOX_PORT_RESPONSE_TIMEOUT_SECS", "2")]);
+    let Created { mut ws, .. } = create(&server, json!({}));
+    start_app(&mut ws, "hang", HANG_APP, 8006);
+    let prefix = path_of(&expose(&mut ws, 8006));
+    let mut stream = connect_to(server.port);
+    for _ in 0..2 {
+        write!(stream, "GET {prefix}ok HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        let (status, _, body) = read_response(&mut stream);
+        assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+    }
+    let asked = std::time::Instant::now();
+    write!(stream, "GET {prefix}hang HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+    let (status, _, body) = read_response(&mut stream);
+    let body = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("did not answer within 2 s"), "{body}");
+    assert!(
+        asked.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("closed after the 504");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    ws.kill_sandbox();
+}
+
 #[test]
 fn every_way_a_port_is_unreachable_has_its_status() {
     let server = TestServer::start(&[("SANDBOX_PORT_RESPONSE_TIMEOUT_SECS", "2")]);

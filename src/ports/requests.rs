@@ -85,6 +85,8 @@ pub struct RequestFraming {
     state: State,
     /// The request being passed on is an upgrade: a tunnel after its body.
     upgrade: bool,
+    /// Heads passed on after the first request's.
+    later_heads: u64,
 }
 
 impl RequestFraming {
@@ -104,6 +106,7 @@ impl RequestFraming {
             drop_authorization,
             state: State::Stopped,
             upgrade: false,
+            later_heads: 0,
         };
         let body = framing.body_of(first)?;
         framing.start_body(first, body);
@@ -125,6 +128,11 @@ impl RequestFraming {
             ..self.limits
         };
         body_length(request, &limits)
+    }
+
+    /// How many requests after the first were passed on (their heads).
+    pub fn later_heads(&self) -> u64 {
+        self.later_heads
     }
 
     /// Whether nothing of a request is under way (between requests, nothing partial held):
@@ -213,6 +221,7 @@ impl RequestFraming {
                 drop_authorization: self.drop_authorization,
             },
         ));
+        self.later_heads += 1;
         self.start_body(request, body);
         Ok(())
     }
@@ -389,10 +398,12 @@ mod tests {
             assert_eq!(flow, Flow::Open);
             assert_eq!(out, upstream("/a?x=1", "") + &upstream("/b", ""));
             assert!(framing.is_between_requests());
+            assert_eq!(framing.later_heads(), 2, "counted once each");
         }
         let (out, _) = pushed(&mut framing, b"GET /ports/", 100);
         assert_eq!(out, "");
         assert!(!framing.is_between_requests(), "a partial head is held");
+        assert_eq!(framing.later_heads(), 0, "not passed on yet");
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct PortRelay {
     answered: bool,
     /// When the request was handed on (for `SANDBOX_PORT_RESPONSE_TIMEOUT_SECS`).
     since: Instant,
+    /// When a later request of a kept-alive connection (path form) was handed on, while
+    /// nothing came back since: it is timed as the first one is.
+    later_request_since: Option<Instant>,
     /// The application ended the connection.
     ended: bool,
     /// The relay's output is held back because the client's buffer is full.
@@ -126,8 +129,27 @@ fn frame(framing: &mut Option<RequestFraming>, input: &[u8], out: &mut Vec<u8>) 
 impl PortRelay {
     /// Bytes from the client, for the application (`out`).
     fn frame(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let heads = self.later_heads();
         let flow = frame(&mut self.framing, input, out);
+        if self.later_heads() > heads {
+            self.later_request_since.get_or_insert_with(Instant::now);
+        }
         self.follow(flow);
+    }
+
+    fn later_heads(&self) -> u64 {
+        self.framing.as_ref().map_or(0, RequestFraming::later_heads)
+    }
+
+    /// The application sent nothing back within `timeout` of a request.
+    fn silent_past(&self, timeout: std::time::Duration, now: Instant) -> bool {
+        let waited_since = if self.answered {
+            self.later_request_since
+        } else {
+            Some(self.since)
+        };
+        !self.ended
+            && waited_since.is_some_and(|since| now.saturating_duration_since(since) > timeout)
     }
 
     /// What the framing of the client's bytes says to do next.
@@ -340,6 +362,7 @@ impl Server {
             client_done: false,
             answered: false,
             since: Instant::now(),
+            later_request_since: None,
             ended: false,
             paused: false,
         });
@@ -445,6 +468,7 @@ impl Server {
             }
             RuntimeEvent::Output(_, _, data) => {
                 relay.answered = true;
+                relay.later_request_since = None;
                 connection.out.extend_from_slice(&data);
                 if connection.out.len() > OUT_HIGH_WATER && !relay.paused {
                     relay.paused = true;
@@ -518,13 +542,7 @@ impl Server {
             .http
             .iter()
             .filter_map(|(id, connection)| match &connection.phase {
-                Phase::Port(relay)
-                    if !relay.answered
-                        && !relay.ended
-                        && now.saturating_duration_since(relay.since) > timeout =>
-                {
-                    Some((*id, relay.port))
-                }
+                Phase::Port(relay) if relay.silent_past(timeout, now) => Some((*id, relay.port)),
                 _ => None,
             })
             .collect();
