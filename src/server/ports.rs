@@ -141,7 +141,8 @@ impl PortRelay {
         self.framing.as_ref().map_or(0, RequestFraming::later_heads)
     }
 
-    /// The application sent nothing back within `timeout` of a request.
+    /// The application sent nothing back within `timeout` of a request. Not while its output
+    /// is held back for a client that does not read (a pipelining one): that is not silence.
     fn silent_past(&self, timeout: std::time::Duration, now: Instant) -> bool {
         let waited_since = if self.answered {
             self.later_request_since
@@ -149,6 +150,7 @@ impl PortRelay {
             Some(self.since)
         };
         !self.ended
+            && !self.paused
             && waited_since.is_some_and(|since| now.saturating_duration_since(since) > timeout)
     }
 
@@ -514,6 +516,10 @@ impl Server {
         };
         if relay.paused && connection.out.len() < OUT_LOW_WATER {
             relay.paused = false;
+            // A later request's wait starts again: what was held back comes first.
+            if relay.later_request_since.is_some() {
+                relay.later_request_since = Some(Instant::now());
+            }
             self.runtime
                 .set_exec_output_paused(relay.sandbox, relay.exec, false);
         }
