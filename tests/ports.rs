@@ -549,22 +549,23 @@ fn the_next_connection_to_a_port_is_opened_ahead_unless_turned_off() {
             assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()), "{head}");
         };
         get_ok();
-        std::thread::sleep(Duration::from_millis(1000));
+        std::thread::sleep(Duration::from_millis(1500));
         get_ok();
         // The connection opened after the second request ends unused.
-        std::thread::sleep(Duration::from_millis(4000));
+        std::thread::sleep(Duration::from_millis(4500));
         let logged = connections_logged(&mut ws);
         if preconnect == "on" {
             assert_eq!(logged.len(), 3, "{logged:?}");
-            assert!(logged[0] >= 0.0 && logged[0] < 0.5, "{logged:?}");
-            // Opened as the first ended, used by the second request 1 s later.
-            assert!(logged[1] >= 0.5, "{logged:?}");
+            assert!(logged[0] >= 0.0 && logged[0] < 1.0, "{logged:?}");
+            // Opened as the first ended, used by the second request 1.5 s later (0.5 s of
+            // margin either way, for a loaded machine).
+            assert!(logged[1] >= 1.0, "{logged:?}");
             // Closed unused: the application read an end of file, not a reset.
             assert_eq!(logged[2], -1.0, "{logged:?}");
         } else {
             assert_eq!(logged.len(), 2, "{logged:?}");
             assert!(
-                logged.iter().all(|waited| (0.0..0.5).contains(waited)),
+                logged.iter().all(|waited| (0.0..1.0).contains(waited)),
                 "{logged:?}"
             );
         }
