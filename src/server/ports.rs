@@ -34,7 +34,7 @@ use crate::agent_protocol::ExecId;
 use crate::http::request::Request;
 use crate::http::response::json_error_body;
 use crate::ports::requests::{Flow, RequestFraming};
-use crate::ports::{self, Exposures, PortRoute, PortTarget, UpstreamHead};
+use crate::ports::{self, Exposure, Exposures, PortRoute, PortTarget, UpstreamHead};
 use crate::runtime::exec::Reason;
 use crate::runtime::{RuntimeEvent, SandboxKey};
 use crate::session::events::{Frame, Reply, ServerEvent, Status};
@@ -233,15 +233,16 @@ impl Server {
         };
         // A link not known here, or known but of a sandbox that left: the store may say
         // where it is now.
-        let held_here = self
+        let exposure = self
             .ports
             .exposures
             .find(&target.capability, target.port)
-            .map(|exposure| exposure.held_here);
+            .cloned();
+        let held_here = exposure.as_ref().map(|exposure| exposure.held_here);
         if held_here != Some(true) && self.look_up_port_link(id, &target) {
             return;
         }
-        match self.open_relay(id, &request, &target) {
+        match self.open_relay(id, &request, &target, exposure) {
             Ok(()) => self.read_port_client(id),
             Err(response) => self.respond(id, &response, false, false),
         }
@@ -268,18 +269,16 @@ impl Server {
         true
     }
 
+    /// Relay the connection to the port `exposure` names (`None`: the link is unknown).
     fn open_relay(
         &mut self,
         id: ConnectionId,
         request: &Request,
         target: &PortTarget,
+        exposure: Option<Exposure>,
     ) -> Result<(), Response> {
-        let exposure = self
-            .ports
-            .exposures
-            .find(&target.capability, target.port)
-            .ok_or_else(not_found)?;
-        let (sandbox_id, port) = (exposure.sandbox_id.clone(), exposure.port);
+        let exposure = exposure.ok_or_else(not_found)?;
+        let (sandbox_id, port) = (exposure.sandbox_id, exposure.port);
         if !exposure.held_here {
             return Err(not_here_answer(&StoredSandbox::Checkpointed));
         }
